@@ -1,0 +1,45 @@
+# detloop: the two commands. Both create .venv idempotently (a second run installs nothing).
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.detloop-installed
+OPENCV_VERSION := 4.12.0.88
+
+.PHONY: demo test env unit integration stack-up stack-down lint bench clean-data
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -e ".[dev,dask]" "opencv-python==$(OPENCV_VERSION)" "opencv-python-headless==$(OPENCV_VERSION)"
+	@# cv2: opencv-python needs libGL, absent on a fresh Debian; the headless build of the same
+	@# version is installed last so its cv2/ wins, deterministically.
+	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall "opencv-python-headless==$(OPENCV_VERSION)"
+	$(BIN)/python -c "import cv2; print('cv2', cv2.__version__, 'ok')"
+	@touch $(STAMP)
+
+demo: env
+	$(BIN)/detloop demo
+
+test: env
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+unit: env
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: env
+	$(BIN)/python -m pytest -q tests/integration
+
+stack-up: env
+	$(BIN)/detloop stack up
+
+stack-down: env
+	$(BIN)/detloop stack down
+
+lint: env
+	$(BIN)/ruff check detloop flows tasks infra benchmarks tests
+
+bench: env
+	$(BIN)/detloop bench all

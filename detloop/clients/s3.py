@@ -1,0 +1,146 @@
+"""Thin S3 client (boto3) for SeaweedFS locally and AWS S3 at scale.
+
+Errors are re-raised as :class:`ServiceError` naming the endpoint, so a user sees one line
+("S3 at http://127.0.0.1:8333 is not reachable ...") instead of a botocore traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from detloop.errors import ServiceError
+from detloop.settings import Settings
+
+
+def make_s3_client(settings: Settings) -> Any:
+    """A boto3 S3 client configured from settings (path-style, retries, credentials from the env)."""
+    import boto3
+    from botocore.config import Config
+
+    key, secret = settings.s3_credentials()
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3.endpoint_url,
+        region_name=settings.s3.region,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=Config(
+            s3={"addressing_style": settings.s3.addressing_style},
+            retries={"max_attempts": 5, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+            max_pool_connections=32,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+
+
+class S3Store:
+    """The handful of S3 operations detloop needs, with errors that name the endpoint."""
+
+    def __init__(self, settings: Settings, client: Any | None = None):
+        self.settings = settings
+        self.endpoint = settings.s3.endpoint_url or f"AWS S3 ({settings.s3.region})"
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = make_s3_client(self.settings)
+        return self._client
+
+    def _wrap(self, err: Exception, what: str) -> ServiceError:
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+        if isinstance(err, EndpointConnectionError):
+            return ServiceError(f"S3 at {self.endpoint} is not reachable ({what}); is the stack up? (`detloop stack up`)")
+        if isinstance(err, NoCredentialsError):
+            return ServiceError(
+                f"S3 at {self.endpoint}: no credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY ({what})"
+            )
+        if isinstance(err, ClientError):
+            code = err.response.get("Error", {}).get("Code", "?")
+            return ServiceError(f"S3 at {self.endpoint}: {code} on {what}")
+        return ServiceError(f"S3 at {self.endpoint}: {type(err).__name__}: {err} ({what})")
+
+    def ensure_bucket(self, bucket: str) -> None:
+        try:
+            self.client.head_bucket(Bucket=bucket)
+            return
+        except Exception as err:  # head_bucket raises ClientError 404 when missing
+            from botocore.exceptions import ClientError
+
+            if not isinstance(err, ClientError):
+                raise self._wrap(err, f"head_bucket {bucket}") from err
+        try:
+            self.client.create_bucket(Bucket=bucket)
+        except Exception as err:
+            from botocore.exceptions import ClientError
+
+            if isinstance(err, ClientError) and err.response.get("Error", {}).get("Code") in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
+                return
+            raise self._wrap(err, f"create_bucket {bucket}") from err
+
+    def put_bytes(self, bucket: str, key: str, body: bytes, content_type: str | None = None) -> str:
+        """Upload; returns the ETag (without quotes)."""
+        kw: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body}
+        if content_type:
+            kw["ContentType"] = content_type
+        try:
+            return str(self.client.put_object(**kw).get("ETag", "")).strip('"')
+        except Exception as err:
+            raise self._wrap(err, f"put s3://{bucket}/{key}") from err
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as err:
+            raise self._wrap(err, f"get s3://{bucket}/{key}") from err
+
+    def exists(self, bucket: str, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._wrap(err, f"head s3://{bucket}/{key}") from err
+        except Exception as err:
+            raise self._wrap(err, f"head s3://{bucket}/{key}") from err
+
+    def put_json(self, bucket: str, key: str, obj: Any) -> str:
+        return self.put_bytes(
+            bucket, key, json.dumps(obj, indent=1, sort_keys=True).encode(), content_type="application/json"
+        )
+
+    def get_json(self, bucket: str, key: str) -> Any:
+        return json.loads(self.get_bytes(bucket, key))
+
+    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for page in pages:
+                for o in page.get("Contents", []) or []:
+                    yield ObjectInfo(o["Key"], int(o.get("Size", 0)), str(o.get("ETag", "")).strip('"'))
+        except Exception as err:
+            raise self._wrap(err, f"list s3://{bucket}/{prefix}") from err
+
+    def delete(self, bucket: str, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=bucket, Key=key)
+        except Exception as err:
+            raise self._wrap(err, f"delete s3://{bucket}/{key}") from err

@@ -1,0 +1,439 @@
+"""One typed settings tree for detloop.
+
+Settings come from a YAML file (``configs/local.yaml`` by default, or ``$DETLOOP_CONFIG``) with
+environment overrides of the form ``DETLOOP_<SECTION>__<FIELD>=value`` (double underscore between
+levels, value parsed as YAML so ``DETLOOP_SELECTION__BUDGET=80`` is an int). Everything is validated
+on load: unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the
+field path and what is allowed.
+
+Secrets (S3 keys, the Label Studio token) are never read from the YAML file. They come from the
+environment, from a Prefect Secret block named in the config, or, for the embedded local stack only,
+from the ``secrets.env`` file that ``detloop stack up`` generates inside the data dir.
+
+Nothing here does work at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "local.yaml"
+ENV_PREFIX = "DETLOOP_"
+SECRET_FIELDS = {
+    ("s3", "access_key_id"),
+    ("s3", "secret_access_key"),
+    ("label_studio", "api_token"),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for a user: one line per bad field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+# --------------------------------------------------------------------------------------------
+# Services
+# --------------------------------------------------------------------------------------------
+class S3Settings(_Model):
+    """Object storage. Locally a SeaweedFS server; at scale AWS S3 (set ``endpoint_url: null``)."""
+
+    endpoint_url: str | None = Field(
+        "http://127.0.0.1:8333", description="S3 endpoint; null means AWS S3 proper."
+    )
+    region: str = Field("us-east-1", description="S3 region name.")
+    addressing_style: Literal["path", "virtual", "auto"] = Field("path", description="boto3 addressing style.")
+    production_bucket: str = Field("detloop-production", description="Where cameras drop frames.")
+    production_prefix: str = Field("frames/", description="Key prefix of camera frames in the production bucket.")
+    data_bucket: str = Field("detloop-data", description="Datasets, rounds, manifests, reports.")
+    artifacts_bucket: str = Field("detloop-mlflow", description="MLflow artifact store.")
+    oracle_bucket: str = Field(
+        "detloop-oracle", description="Synthetic world ground truth: read only by simulated annotators and benchmarks."
+    )
+    access_key_id: SecretStr | None = Field(None, description="From env DETLOOP_S3__ACCESS_KEY_ID or AWS_ACCESS_KEY_ID.")
+    secret_access_key: SecretStr | None = Field(
+        None, description="From env DETLOOP_S3__SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY."
+    )
+    secret_block: str | None = Field(
+        None, description="Optional Prefect Secret block holding JSON {access_key_id, secret_access_key}."
+    )
+
+
+class MLflowSettings(_Model):
+    tracking_uri: str = Field("http://127.0.0.1:5000", description="MLflow tracking server URL.")
+    experiment: str = Field("detloop", description="Experiment that training and evaluation runs go to.")
+    model_name: str = Field("detloop-detector", description="Registered model name; serving loads models:/NAME@champion.")
+
+
+class LabelStudioSettings(_Model):
+    url: str = Field("http://127.0.0.1:8080", description="Label Studio base URL.")
+    project_title: str = Field("detloop", description="Title of the project detloop creates or reuses.")
+    username: str = Field("admin@detloop.local", description="Admin user the local stack creates.")
+    presign: bool = Field(True, description="Presigned S3 URLs for images; false: Label Studio proxies the bytes.")
+    presign_ttl_minutes: int = Field(60, ge=1, le=10080, description="Lifetime of presigned image URLs.")
+    import_batch_size: int = Field(500, ge=1, le=10000, description="Tasks per import request.")
+    api_token: SecretStr | None = Field(
+        None, description="From env DETLOOP_LABEL_STUDIO__API_TOKEN or LABEL_STUDIO_API_KEY."
+    )
+    secret_block: str | None = Field(None, description="Optional Prefect Secret block holding the API token.")
+
+
+class PrefectSettings(_Model):
+    api_url: str = Field("http://127.0.0.1:4200/api", description="Prefect API URL.")
+    weekly_cron: str = Field("0 3 * * 1", description="Cron of the weekly select-for-labeling run.")
+    timezone: str = Field("UTC", description="Timezone of the cron schedule.")
+    watch_interval_seconds: int = Field(60, ge=5, le=86400, description="How often watch-rounds runs.")
+    task_runner: Literal["threads", "dask"] = Field("threads", description="Task runner for scoring fan-out.")
+    dask_address: str | None = Field(None, description="Dask scheduler address when task_runner is dask.")
+    max_workers: int = Field(2, ge=1, le=256, description="Threads of the thread task runner.")
+
+
+class ServicePorts(_Model):
+    """Ports of the embedded local stack (all bound to 127.0.0.1)."""
+
+    s3: Port = 8333
+    weed_master: Port = 9333
+    weed_volume: Port = 9340
+    weed_filer: Port = 8888
+    mlflow: Port = 5000
+    label_studio: Port = 8080
+    prefect: Port = 4200
+
+
+class StackSettings(_Model):
+    host: str = Field("127.0.0.1", description="Loopback address every local service binds to.")
+    ports: ServicePorts = Field(default_factory=ServicePorts)
+    start_timeout_seconds: int = Field(300, ge=5, le=3600, description="How long `stack up` waits for health.")
+    label_studio_version: str = Field("1.23.*", description="Label Studio release installed into its own venv.")
+    runner: bool = Field(True, description="Start the Prefect runner (detloop serve) with the stack.")
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+class SamplingSettings(_Model):
+    window_days: int = Field(7, ge=1, le=365, description="Days before as_of that a round samples from.")
+    max_frames: int = Field(2000, ge=1, le=10_000_000, description="Upper bound on frames sampled per round.")
+    per_camera_quota: int | None = Field(None, ge=1, description="Frames per camera (stratified); null: no quota.")
+    max_per_camera_per_day: int | None = Field(None, ge=1, description="Cap of frames per camera per day.")
+    dedup_hamming: int = Field(4, ge=0, le=64, description="Hamming distance (of 64-bit dHash) for near-duplicates.")
+    seed: int = Field(0, ge=0, description="Seed of the sampler.")
+
+
+class SelectionSettings(_Model):
+    budget: int = Field(60, ge=1, le=1_000_000, description="Frames sent to annotators per round (control included).")
+    strategy: str = Field("entropy", description="Box uncertainty strategy (see `detloop select strategies`).")
+    aggregation: Literal["max", "mean", "sum", "topk"] = Field("sum", description="Per-image aggregation.")
+    topk: int = Field(3, ge=1, le=1000, description="k of the top-k mean aggregation.")
+    class_balance: bool = Field(True, description="Weight up frames predicting classes rare in the labelled set.")
+    class_balance_power: float = Field(0.5, ge=0.0, le=4.0, description="Exponent of the inverse-frequency weight.")
+    diversity: Literal["none", "kcenter", "filter_kcenter"] = Field(
+        "filter_kcenter", description="Diversity step on embeddings."
+    )
+    filter_factor: float = Field(3.0, ge=1.0, le=100.0, description="Top (factor x budget) by uncertainty enter k-center.")
+    control_share: float = Field(0.1, ge=0.0, le=0.5, description="Share of the budget drawn uniformly at random.")
+    control_min: int = Field(20, ge=0, description="Minimum control frames per round (when the budget allows).")
+    ambiguous_band: tuple[float, float] = Field((0.25, 0.6), description="Confidence band counted as ambiguous.")
+    conf_threshold: float = Field(0.25, ge=0.0, le=1.0, description="Confidence above which a box counts as detected.")
+    seed: int = Field(0, ge=0, description="Seed of the random control arm and tie breaks.")
+
+    @field_validator("ambiguous_band")
+    @classmethod
+    def _band(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not (0.0 <= lo < hi <= 1.0):
+            raise ValueError(f"must satisfy 0 <= low < high <= 1, got {v}")
+        return v
+
+
+class ModelSettings(_Model):
+    arch: str = Field("yolo11n.yaml", description="Ultralytics model YAML the bootstrap model starts from.")
+    input_size: int = Field(320, ge=32, le=4096, multiple_of=32, description="Model input size (pixels, square).")
+    conf_threshold: float = Field(0.001, ge=0.0, le=1.0, description="Minimum score kept by NMS when scoring.")
+    iou_threshold: float = Field(0.6, ge=0.0, le=1.0, description="NMS IoU threshold.")
+    max_det: int = Field(100, ge=1, le=10000, description="Maximum detections per frame.")
+    batch_size: int = Field(16, ge=1, le=1024, description="Frames per inference batch.")
+    backend: Literal["onnx", "torch"] = Field("onnx", description="Scoring backend.")
+
+
+class TrainingSettings(_Model):
+    bootstrap_epochs: int = Field(60, ge=1, le=10000, description="Epochs of the bootstrap model from the YAML.")
+    finetune_epochs: int = Field(10, ge=1, le=10000, description="Epochs of each fine-tune from the champion.")
+    batch: int = Field(16, ge=1, le=1024)
+    nbs: int = Field(16, ge=1, le=1024, description="Nominal batch size (gradient accumulation).")
+    optimizer: str = Field("AdamW")
+    lr0: float = Field(0.002, gt=0.0, le=1.0)
+    finetune_lr0: float = Field(0.001, gt=0.0, le=1.0)
+    workers: int = Field(2, ge=0, le=64, description="Dataloader workers.")
+    threads: int | None = Field(None, ge=1, le=1024, description="Torch threads; null: all cores.")
+    oversample_factor: int = Field(2, ge=1, le=20, description="Repeats of hard frames in the train list.")
+    min_train_frames: int = Field(8, ge=1, description="Refuse to train on fewer labelled frames.")
+    device: str = Field("cpu")
+    seed: int = Field(0, ge=0)
+    timeout_minutes: int = Field(120, ge=1, le=100000, description="Training subprocess is killed after this.")
+
+
+class EvaluationSettings(_Model):
+    min_instances: int = Field(50, ge=1, description="Slices/classes with fewer instances report insufficient data.")
+    latency_frames: int = Field(32, ge=1, le=10000, description="Frames timed for the latency comparison.")
+
+
+class GateSettings(_Model):
+    min_delta: float = Field(0.0, ge=-1.0, le=1.0, description="Golden mAP50-95 must improve by at least this.")
+    class_tol: float = Field(0.05, ge=0.0, le=1.0, description="Largest allowed drop of any class AP.")
+    small_tol: float = Field(0.05, ge=0.0, le=1.0, description="Largest allowed drop of small-object AP.")
+    latency_ratio_max: float = Field(1.5, gt=0.0, le=100.0, description="Challenger/champion latency ratio limit.")
+    bootstrap_floor: float = Field(0.01, ge=0.0, le=1.0, description="Golden mAP50-95 a first model needs.")
+    auto_promote: bool = Field(True, description="Promote a passing challenger without a human.")
+
+
+class RoundSettings(_Model):
+    deadline_days: int = Field(5, ge=0, le=365, description="Days annotators have before a round closes partially.")
+    on_open_round: Literal["skip", "open_another"] = Field(
+        "skip", description="What the weekly run does while the previous round is still open."
+    )
+
+
+class WorldRef(_Model):
+    config: str = Field("configs/world.yaml", description="Synthetic world parameters (relative to the repo root).")
+    seed: int = Field(0, ge=0, description="World seed.")
+
+
+class Settings(_Model):
+    """The whole resolved configuration."""
+
+    data_dir: Path = Field(Path(".detloop"), description="Local state: services, logs, pids, caches.")
+    classes: list[str] = Field(min_length=1, description="Class names; the order never changes between rounds.")
+    s3: S3Settings = Field(default_factory=S3Settings)
+    mlflow: MLflowSettings = Field(default_factory=MLflowSettings)
+    label_studio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
+    prefect: PrefectSettings = Field(default_factory=PrefectSettings)
+    stack: StackSettings = Field(default_factory=StackSettings)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    rounds: RoundSettings = Field(default_factory=RoundSettings)
+    world: WorldRef = Field(default_factory=WorldRef)
+    source: str | None = Field(None, description="File the settings were loaded from (set by the loader).")
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, v: list[str]) -> list[str]:
+        dupes = sorted({c for c in v if v.count(c) > 1})
+        if dupes:
+            raise ValueError(f"class names must be unique; repeated: {dupes}")
+        if any(not c.strip() for c in v):
+            raise ValueError("class names must be non-empty")
+        return v
+
+    @model_validator(mode="after")
+    def _resolve_data_dir(self) -> Settings:
+        if not self.data_dir.is_absolute():
+            object.__setattr__(self, "data_dir", (Path.cwd() / self.data_dir).resolve())
+        return self
+
+    # ---- derived paths ----------------------------------------------------------------------
+    @property
+    def secrets_file(self) -> Path:
+        return self.data_dir / "secrets.env"
+
+    def world_config_path(self) -> Path:
+        p = Path(self.world.config)
+        return p if p.is_absolute() else REPO_ROOT / p
+
+    # ---- secrets ----------------------------------------------------------------------------
+    def s3_credentials(self) -> tuple[str | None, str | None]:
+        """(access key id, secret access key) resolved lazily; never logged."""
+        a = self.s3.access_key_id.get_secret_value() if self.s3.access_key_id else None
+        s = self.s3.secret_access_key.get_secret_value() if self.s3.secret_access_key else None
+        if (a is None or s is None) and self.s3.secret_block:
+            block = _prefect_secret(self.s3.secret_block)
+            if isinstance(block, dict):
+                a = a or block.get("access_key_id")
+                s = s or block.get("secret_access_key")
+        return a, s
+
+    def label_studio_token(self) -> str | None:
+        if self.label_studio.api_token:
+            return self.label_studio.api_token.get_secret_value()
+        if self.label_studio.secret_block:
+            value = _prefect_secret(self.label_studio.secret_block)
+            return str(value) if value else None
+        return None
+
+    def masked_dump(self) -> dict[str, Any]:
+        """The resolved config as plain data with every secret masked."""
+        data = self.model_dump(mode="json")
+        for section, field in SECRET_FIELDS:
+            value = data.get(section, {}).get(field)
+            data[section][field] = "********" if value else None
+        return data
+
+
+def _prefect_secret(name: str) -> Any:
+    from prefect.blocks.system import Secret  # heavy import only when a block is configured
+
+    try:
+        return Secret.load(name).get()
+    except Exception as err:  # the block API raises ValueError / httpx errors
+        raise ConfigError(f"cannot load Prefect Secret block {name!r}: {err}") from err
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for key in path[:-1]:
+        nxt = node.get(key)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[key] = nxt
+        node = nxt
+    node[path[-1]] = value
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX) or key == "DETLOOP_CONFIG":
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        if tuple(path) in SECRET_FIELDS:
+            value: Any = raw  # secrets are strings; never YAML-parse them
+        else:
+            try:
+                value = yaml.safe_load(raw) if raw != "" else None
+            except yaml.YAMLError:
+                value = raw
+        _set_path(out, path, value)
+    return out
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(merged.get(k), dict):
+            merged[k] = _deep_merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def read_secrets_file(path: Path) -> dict[str, str]:
+    """Parse a KEY=VALUE file (the local stack's generated secrets)."""
+    out: dict[str, str] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        k, v = line.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "literal_error":
+            msg = f"must be one of {e.get('ctx', {}).get('expected', '')}"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"{source}: {loc}: {msg}{got_s}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Load, merge and validate the settings.
+
+    Args:
+        path: YAML file; default ``$DETLOOP_CONFIG`` or ``configs/local.yaml``.
+        env: environment to read overrides and secrets from (default ``os.environ``).
+        overrides: nested dict applied last (used by tests and flow parameters).
+
+    Raises:
+        ConfigError: with one line per invalid field: ``file: a.b: message (got value)``.
+    """
+    env = os.environ if env is None else env
+    cfg_path = Path(path or env.get("DETLOOP_CONFIG") or DEFAULT_CONFIG)
+    if not cfg_path.is_file():
+        raise ConfigError(f"config file not found: {cfg_path}")
+    try:
+        raw = yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{cfg_path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{cfg_path}: top level must be a mapping, got {type(raw).__name__}")
+    for section, field in SECRET_FIELDS:
+        if isinstance(raw.get(section), dict) and raw[section].get(field) not in (None, ""):
+            raise ConfigError(
+                f"{cfg_path}: {section}.{field}: secrets are not allowed in config files; "
+                f"set DETLOOP_{section.upper()}__{field.upper()} in the environment or use a Prefect Secret block"
+            )
+    data = _deep_merge(raw, _env_overrides(env))
+    if overrides:
+        data = _deep_merge(data, overrides)
+    data["source"] = str(cfg_path)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, str(cfg_path))) from None
+    _fill_secrets(settings, env)
+    return settings
+
+
+def _fill_secrets(settings: Settings, env: Mapping[str, str]) -> None:
+    """Standard env names, then the local stack's generated secrets file."""
+    local = read_secrets_file(settings.secrets_file)
+    if settings.s3.access_key_id is None:
+        v = env.get("AWS_ACCESS_KEY_ID") or local.get("DETLOOP_S3__ACCESS_KEY_ID")
+        if v:
+            settings.s3.access_key_id = SecretStr(v)
+    if settings.s3.secret_access_key is None:
+        v = env.get("AWS_SECRET_ACCESS_KEY") or local.get("DETLOOP_S3__SECRET_ACCESS_KEY")
+        if v:
+            settings.s3.secret_access_key = SecretStr(v)
+    if settings.label_studio.api_token is None:
+        v = env.get("LABEL_STUDIO_API_KEY") or local.get("DETLOOP_LABEL_STUDIO__API_TOKEN")
+        if v:
+            settings.label_studio.api_token = SecretStr(v)
+
+
+def parse_as_of(value: str | date | None) -> date:
+    """``as_of`` for every "this week" command: an ISO date, or today when None."""
+    if value is None:
+        return date.today()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(value)
+    except ValueError as err:
+        raise ConfigError(f"as_of: expected an ISO date like 2026-01-12, got {value!r}") from err
