@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detloop.settings import ConfigError, load_settings, parse_as_of
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def _base() -> dict:
+    return yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "test.yaml", "production.example.yaml"])
+def test_shipped_configs_validate(name: str) -> None:
+    s = load_settings(REPO / "configs" / name, env={})
+    assert s.classes[-1] == "star"
+    assert s.source and s.source.endswith(name)
+
+
+def test_unknown_key_is_rejected_with_path(tmp_path: Path) -> None:
+    data = _base()
+    data["selection"]["budgett"] = 5
+    with pytest.raises(ConfigError, match=r"selection\.budgett: unknown key"):
+        load_settings(_write(tmp_path, data), env={})
+
+
+def test_out_of_range_names_field_and_bound(tmp_path: Path) -> None:
+    data = _base()
+    data["selection"]["control_share"] = 0.9
+    with pytest.raises(ConfigError) as exc:
+        load_settings(_write(tmp_path, data), env={})
+    msg = str(exc.value)
+    assert "selection.control_share" in msg and "0.5" in msg and "0.9" in msg
+
+
+def test_wrong_type_and_literal(tmp_path: Path) -> None:
+    data = _base()
+    data["model"]["input_size"] = "big"
+    data["selection"]["aggregation"] = "median"
+    with pytest.raises(ConfigError) as exc:
+        load_settings(_write(tmp_path, data), env={})
+    msg = str(exc.value)
+    assert "model.input_size" in msg
+    assert "selection.aggregation: must be one of" in msg and "'topk'" in msg
+
+
+def test_env_overrides_are_typed(tmp_path: Path) -> None:
+    s = load_settings(
+        REPO / "configs" / "local.yaml",
+        env={"DETLOOP_SELECTION__BUDGET": "80", "DETLOOP_GATE__AUTO_PROMOTE": "false", "DETLOOP_DATA_DIR": str(tmp_path)},
+    )
+    assert s.selection.budget == 80
+    assert s.gate.auto_promote is False
+    assert s.data_dir == tmp_path
+
+
+def test_env_override_out_of_range_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="selection.budget"):
+        load_settings(REPO / "configs" / "local.yaml", env={"DETLOOP_SELECTION__BUDGET": "0"})
+
+
+def test_secrets_refused_in_file(tmp_path: Path) -> None:
+    data = _base()
+    data["label_studio"]["api_token"] = "abc"
+    with pytest.raises(ConfigError, match="secrets are not allowed"):
+        load_settings(_write(tmp_path, data), env={})
+
+
+def test_secrets_from_env_are_masked() -> None:
+    s = load_settings(
+        REPO / "configs" / "local.yaml",
+        env={"AWS_ACCESS_KEY_ID": "AKIAXXX", "AWS_SECRET_ACCESS_KEY": "shh", "LABEL_STUDIO_API_KEY": "tok123"},
+    )
+    assert s.s3_credentials() == ("AKIAXXX", "shh")
+    assert s.label_studio_token() == "tok123"
+    dumped = str(s.masked_dump())
+    assert "shh" not in dumped and "tok123" not in dumped and "********" in dumped
+    assert "shh" not in repr(s)
+
+
+def test_secrets_file_in_data_dir(tmp_path: Path) -> None:
+    (tmp_path / "secrets.env").write_text("DETLOOP_S3__ACCESS_KEY_ID=k1\nDETLOOP_S3__SECRET_ACCESS_KEY=s1\n")
+    s = load_settings(REPO / "configs" / "local.yaml", env={"DETLOOP_DATA_DIR": str(tmp_path)})
+    assert s.s3_credentials() == ("k1", "s1")
+
+
+def test_duplicate_classes_rejected(tmp_path: Path) -> None:
+    data = _base()
+    data["classes"] = ["a", "b", "a"]
+    with pytest.raises(ConfigError, match="repeated"):
+        load_settings(_write(tmp_path, data), env={})
+
+
+def test_missing_file_and_bad_band(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.yaml", env={})
+    data = _base()
+    data["selection"]["ambiguous_band"] = [0.7, 0.2]
+    with pytest.raises(ConfigError, match="ambiguous_band"):
+        load_settings(_write(tmp_path, data), env={})
+
+
+def test_parse_as_of() -> None:
+    assert parse_as_of("2026-01-12").isoformat() == "2026-01-12"
+    with pytest.raises(ConfigError, match="as_of"):
+        parse_as_of("last monday")
