@@ -1,0 +1,200 @@
+"""The scoring artifact: ONNX model with the raw YOLO head **and** an image embedding in one pass.
+
+Ultralytics' own exporter has no embedding output, so :func:`export_scoring_artifact` wraps the
+detection model, runs its layers the way ``DetectionModel._predict_once`` does, keeps the feature maps
+fed to the Detect head, global-average-pools and concatenates them (the embedding), then runs the head
+in export mode (``(B, 4 + C, A)``: cx, cy, w, h in input pixels + C sigmoid class scores). The graph is
+exported with ``torch.onnx.export`` (legacy TorchScript exporter, opset 17, dynamic batch).
+
+Output directory layout (the contract consumed by selection / scoring, see
+:class:`detloop.contracts.ScoringArtifactMeta`)::
+
+    out_dir/model.onnx   input "images" (B, 3, S, S) float32 RGB in [0, 1], letterboxed (pad 114, centred)
+                         outputs "raw" (B, 4 + C, A) and "embedding" (B, D)
+    out_dir/meta.json    ScoringArtifactMeta.to_dict()
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detloop.contracts import ScoringArtifactMeta
+from detloop.errors import DataError
+
+ONNX_NAME = "model.onnx"
+META_NAME = "meta.json"
+OPSET = 17
+
+
+def _load_detection_model(weights_pt: Path) -> Any:
+    """The ``DetectionModel`` inside an Ultralytics checkpoint, in float32 on CPU."""
+    from ultralytics import YOLO
+
+    yolo = YOLO(str(weights_pt), task="detect")
+    return yolo.model.float().cpu()
+
+
+def _build_wrapper(det_model: Any) -> Any:
+    """A ``torch.nn.Module`` returning ``(raw, embedding)`` for a fused copy of ``det_model``."""
+    import copy
+
+    import torch
+    from ultralytics.nn.modules import C2f, Detect
+
+    model = copy.deepcopy(det_model).float().cpu()
+    model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
+    model.eval()
+    head = model.model[-1]
+    if not isinstance(head, Detect):
+        raise DataError(f"scoring export needs a Detect head, got {type(head).__name__}")
+    if getattr(head, "end2end", False):
+        raise DataError("scoring export needs a one-to-many head (YOLOv8/11); end-to-end heads have no score vectors")
+    for m in model.modules():
+        if isinstance(m, C2f):
+            m.forward = m.forward_split
+        if isinstance(m, Detect):
+            m.dynamic = False
+            m.export = True
+            m.format = "onnx"
+            m.xyxy = False
+            m.shape = None  # cached anchors would freeze the anchor count
+
+    class ScoringWrapper(torch.nn.Module):
+        def __init__(self, inner: Any):
+            super().__init__()
+            self.layers = inner.model
+            self.save = set(inner.save)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            y: list[Any] = []
+            for m in self.layers[:-1]:
+                if m.f != -1:
+                    x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+                x = m(x)
+                y.append(x if m.i in self.save else None)
+            head = self.layers[-1]
+            feats = [x if j == -1 else y[j] for j in head.f]
+            emb = torch.cat([torch.nn.functional.adaptive_avg_pool2d(f, 1).flatten(1) for f in feats], 1)
+            raw = head(list(feats))
+            return raw, emb
+
+    wrapper = ScoringWrapper(model)
+    wrapper.eval()
+    return wrapper
+
+
+def export_scoring_artifact(
+    weights_pt: str | Path,
+    out_dir: str | Path,
+    class_names: list[str],
+    input_size: int,
+    registry_version: str | None = None,
+    model_name: str | None = None,
+) -> Path:
+    """Export ``model.onnx`` (raw head + embedding) and ``meta.json`` into ``out_dir``.
+
+    Args:
+        weights_pt: Ultralytics ``.pt`` checkpoint (YOLOv8/11 detection model).
+        out_dir: directory to write into (created).
+        class_names: the configured class list; must match the checkpoint's class count and names.
+        input_size: square input side S in pixels (multiple of the stride).
+        registry_version: optional registry version recorded in the metadata.
+        model_name: optional registered model name recorded in the metadata.
+
+    Returns:
+        ``out_dir`` (containing ``model.onnx`` and ``meta.json``).
+
+    Raises:
+        DataError: the checkpoint's classes differ from ``class_names``, or the head is not exportable.
+    """
+    import torch
+
+    weights_pt = Path(weights_pt)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    det_model = _load_detection_model(weights_pt)
+    names = det_model.names
+    model_names = [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
+    if model_names != list(class_names):
+        raise DataError(
+            f"{weights_pt.name}: model classes {model_names} differ from configured classes {list(class_names)}"
+        )
+    stride = int(max(det_model.stride.tolist())) if hasattr(det_model, "stride") else 32
+    if input_size % stride:
+        raise DataError(f"input_size {input_size} is not a multiple of the model stride {stride}")
+    wrapper = _build_wrapper(det_model)
+    dummy = torch.zeros(1, 3, input_size, input_size, dtype=torch.float32)
+    with torch.no_grad():
+        raw, emb = wrapper(dummy)
+    onnx_path = out / ONNX_NAME
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (dummy,),
+            str(onnx_path),
+            input_names=["images"],
+            output_names=["raw", "embedding"],
+            dynamic_axes={"images": {0: "batch"}, "raw": {0: "batch"}, "embedding": {0: "batch"}},
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    meta = ScoringArtifactMeta(
+        class_names=list(class_names),
+        input_size=int(input_size),
+        stride=stride,
+        embedding_dim=int(emb.shape[1]),
+        registry_version=registry_version,
+        model_name=model_name,
+    )
+    meta_dict = meta.to_dict()
+    meta_dict["num_anchors"] = int(raw.shape[2])
+    (out / META_NAME).write_text(json.dumps(meta_dict, indent=2))
+    return out
+
+
+def read_meta(artifact_dir: str | Path) -> ScoringArtifactMeta:
+    """``meta.json`` of an exported artifact directory."""
+    return ScoringArtifactMeta.from_dict(json.loads((Path(artifact_dir) / META_NAME).read_text()))
+
+
+def preprocess(images: list[np.ndarray], input_size: int) -> tuple[np.ndarray, list[Any]]:
+    """Letterbox RGB frames into the ONNX input.
+
+    Args:
+        images: list of ``(H, W, 3)`` uint8 RGB frames.
+        input_size: square model input side S.
+
+    Returns:
+        ``(B, 3, S, S)`` float32 in [0, 1] and the per-frame :class:`detloop.ops.Letterbox`.
+    """
+    from detloop.ops import letterbox_image
+
+    batch, boxes = [], []
+    for img in images:
+        lb_img, lb = letterbox_image(img, input_size)
+        batch.append(lb_img.transpose(2, 0, 1))
+        boxes.append(lb)
+    arr = np.ascontiguousarray(np.stack(batch)).astype(np.float32) / 255.0
+    return arr, boxes
+
+
+def run_onnx(session: Any, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run an onnxruntime session of a scoring artifact: ``(B,3,S,S) -> (raw (B,4+C,A), embedding (B,D))``."""
+    raw, emb = session.run(["raw", "embedding"], {"images": batch})
+    return raw, emb
+
+
+def open_session(artifact_dir: str | Path, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session for ``artifact_dir/model.onnx`` (``threads`` None: all cores)."""
+    import os
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    return ort.InferenceSession(str(Path(artifact_dir) / ONNX_NAME), opts, providers=["CPUExecutionProvider"])
