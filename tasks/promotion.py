@@ -1,0 +1,204 @@
+"""The promotion gate: a pure function from two models' scores and a policy to a decision with reasons.
+
+No registry call happens here (those are in :mod:`detloop.clients.registry` and
+:mod:`tasks.registry_ops`). Rules (values from ``settings.gate``):
+
+- golden mAP50-95 must improve by at least ``min_delta`` (challenger - champion >= min_delta);
+- no class AP (golden slice) may drop by more than ``class_tol``;
+- small-object AP (golden slice) may not drop by more than ``small_tol``;
+- latency ratio challenger / champion must be <= ``latency_ratio_max``;
+- bootstrap (no champion): golden mAP50-95 >= ``bootstrap_floor``.
+
+A class or size bucket with too few instances (``None`` score: "insufficient data") gates nothing and is
+listed as skipped. The golden mAP itself is required: without it there is no evidence to promote on.
+A NaN score counts as missing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from detloop.settings import GateSettings
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """Thresholds of the gate (see :class:`detloop.settings.GateSettings`)."""
+
+    min_delta: float = 0.0
+    class_tol: float = 0.05
+    small_tol: float = 0.05
+    latency_ratio_max: float = 1.5
+    bootstrap_floor: float = 0.01
+    auto_promote: bool = True
+
+    @classmethod
+    def from_settings(cls, gate: GateSettings) -> GatePolicy:
+        return cls(
+            min_delta=gate.min_delta,
+            class_tol=gate.class_tol,
+            small_tol=gate.small_tol,
+            latency_ratio_max=gate.latency_ratio_max,
+            bootstrap_floor=gate.bootstrap_floor,
+            auto_promote=gate.auto_promote,
+        )
+
+
+@dataclass(frozen=True)
+class ModelScores:
+    """What the gate looks at for one model (golden slice; ``None`` = insufficient data / not measured).
+
+    Attributes:
+        golden_map: mAP50-95 on the golden slice.
+        class_ap: class name -> AP50-95 on the golden slice.
+        small_ap: AP50-95 of small objects on the golden slice.
+        latency_ms: mean CPU latency per frame (ms), measured interleaved with the other model.
+    """
+
+    golden_map: float | None
+    class_ap: dict[str, float | None] = field(default_factory=dict)
+    small_ap: float | None = None
+    latency_ms: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelScores:
+        return cls(
+            golden_map=d.get("golden_map"),
+            class_ap=dict(d.get("class_ap") or {}),
+            small_ap=d.get("small_ap"),
+            latency_ms=d.get("latency_ms"),
+        )
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule evaluated: ``status`` is ``pass``, ``fail`` or ``skipped`` (insufficient data)."""
+
+    name: str
+    status: str
+    value: float | None
+    limit: float | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Outcome of the gate.
+
+    Attributes:
+        passed: every gating check passed.
+        promote: passed and the policy allows automatic promotion.
+        bootstrap: there was no champion.
+        reasons: one line per failed check (empty when passed).
+        checks: every check, including passed and skipped ones.
+    """
+
+    passed: bool
+    promote: bool
+    bootstrap: bool
+    reasons: list[str]
+    checks: list[Check]
+
+    @property
+    def outcome(self) -> str:
+        if not self.passed:
+            return "rejected"
+        return "promoted" if self.promote else "passed-awaiting-human"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["outcome"] = self.outcome
+        return d
+
+    def to_markdown(self) -> str:
+        """The gate report as a markdown table (stored as an artifact of the model version)."""
+        lines = [
+            f"# Gate report: {self.outcome}",
+            "",
+            f"bootstrap: {self.bootstrap}",
+            "",
+            "| check | status | value | limit | detail |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for c in self.checks:
+            v = "" if c.value is None else f"{c.value:.4f}"
+            lim = "" if c.limit is None else f"{c.limit:.4f}"
+            lines.append(f"| {c.name} | {c.status} | {v} | {lim} | {c.detail} |")
+        if self.reasons:
+            lines += ["", "## Reasons", *[f"- {r}" for r in self.reasons]]
+        return "\n".join(lines) + "\n"
+
+
+def _ok(x: float | None) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def decide(challenger: ModelScores, champion: ModelScores | None, policy: GatePolicy) -> Decision:
+    """Apply the promotion policy.
+
+    Args:
+        challenger: the new model's scores on the golden slice.
+        champion: the current champion's scores on the SAME data (same run), or None at bootstrap.
+        policy: thresholds.
+
+    Returns:
+        A :class:`Decision`; ``passed`` is False whenever any gating check fails.
+    """
+    checks: list[Check] = []
+
+    def add(name: str, ok: bool | None, value: float | None, limit: float | None, detail: str) -> None:
+        status = "skipped" if ok is None else ("pass" if ok else "fail")
+        checks.append(Check(name, status, value, limit, detail))
+
+    cg = challenger.golden_map
+    if champion is None:
+        if not _ok(cg):
+            add("bootstrap_floor", False, None, policy.bootstrap_floor, "golden mAP50-95 missing (insufficient data)")
+        else:
+            add("bootstrap_floor", cg >= policy.bootstrap_floor, cg, policy.bootstrap_floor,  # type: ignore[operator]
+                f"golden mAP50-95 {cg:.4f} vs floor {policy.bootstrap_floor:.4f}")
+    else:
+        pg = champion.golden_map
+        if not (_ok(cg) and _ok(pg)):
+            add("golden_map_delta", False, None, policy.min_delta,
+                "golden mAP50-95 missing (insufficient data) for " + ("challenger" if not _ok(cg) else "champion"))
+        else:
+            delta = cg - pg  # type: ignore[operator]
+            add("golden_map_delta", delta >= policy.min_delta, delta, policy.min_delta,
+                f"golden mAP50-95 {cg:.4f} vs champion {pg:.4f} (delta {delta:+.4f}, need >= {policy.min_delta:+.4f})")
+        for name in sorted(set(challenger.class_ap) | set(champion.class_ap)):
+            a, b = challenger.class_ap.get(name), champion.class_ap.get(name)
+            if not (_ok(a) and _ok(b)):
+                add(f"class_ap[{name}]", None, None, policy.class_tol, "insufficient data: gates nothing")
+                continue
+            drop = b - a  # type: ignore[operator]
+            add(f"class_ap[{name}]", drop <= policy.class_tol, drop, policy.class_tol,
+                f"class {name} AP {a:.4f} vs champion {b:.4f} (drop {drop:.4f}, allowed {policy.class_tol:.4f})")
+        a, b = challenger.small_ap, champion.small_ap
+        if not (_ok(a) and _ok(b)):
+            add("small_ap", None, None, policy.small_tol, "small objects: insufficient data, gates nothing")
+        else:
+            drop = b - a  # type: ignore[operator]
+            add("small_ap", drop <= policy.small_tol, drop, policy.small_tol,
+                f"small-object AP {a:.4f} vs champion {b:.4f} (drop {drop:.4f}, allowed {policy.small_tol:.4f})")
+        la, lb = challenger.latency_ms, champion.latency_ms
+        if not (_ok(la) and _ok(lb)) or lb <= 0:  # type: ignore[operator]
+            add("latency_ratio", None, None, policy.latency_ratio_max, "latency not measured: gates nothing")
+        else:
+            ratio = la / lb  # type: ignore[operator]
+            add("latency_ratio", ratio <= policy.latency_ratio_max, ratio, policy.latency_ratio_max,
+                f"latency {la:.2f} ms vs champion {lb:.2f} ms (ratio {ratio:.3f}, max {policy.latency_ratio_max:.3f})")
+    reasons = [c.detail for c in checks if c.status == "fail"]
+    passed = not reasons
+    return Decision(
+        passed=passed,
+        promote=passed and policy.auto_promote,
+        bootstrap=champion is None,
+        reasons=reasons,
+        checks=checks,
+    )
