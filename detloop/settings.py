@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "local.yaml"
 ENV_PREFIX = "DETLOOP_"
+# Variables of the test harness (e.g. DETLOOP_TEST_KEEP_STACK), not settings overrides.
+NON_SETTING_ENV_PREFIX = "DETLOOP_TEST_"
 SECRET_FIELDS = {
     ("s3", "access_key_id"),
     ("s3", "secret_access_key"),
@@ -119,6 +121,9 @@ class StackSettings(_Model):
     start_timeout_seconds: int = Field(300, ge=5, le=3600, description="How long `stack up` waits for health.")
     label_studio_version: str = Field("1.23.*", description="Label Studio release installed into its own venv.")
     runner: bool = Field(True, description="Start the Prefect runner (detloop serve) with the stack.")
+    label_studio_venv: Path | None = Field(
+        None, description="Label Studio's own venv; null: <data_dir>/label-studio-venv (installed on first up)."
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,6 +154,9 @@ class SelectionSettings(_Model):
     ambiguous_band: tuple[float, float] = Field((0.25, 0.6), description="Confidence band counted as ambiguous.")
     conf_threshold: float = Field(0.25, ge=0.0, le=1.0, description="Confidence above which a box counts as detected.")
     seed: int = Field(0, ge=0, description="Seed of the random control arm and tie breaks.")
+    committee_alias: str = Field(
+        "previous-champion", description="Registry alias of the previous champion (committee strategy)."
+    )
 
     @field_validator("ambiguous_band")
     @classmethod
@@ -167,6 +175,14 @@ class ModelSettings(_Model):
     max_det: int = Field(100, ge=1, le=10000, description="Maximum detections per frame.")
     batch_size: int = Field(16, ge=1, le=1024, description="Frames per inference batch.")
     backend: Literal["onnx", "torch"] = Field("onnx", description="Scoring backend.")
+    scoring_conf_threshold: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="Minimum top-class score kept when scoring production frames (keeps sub-threshold candidates).",
+    )
+    scoring_max_candidates: int = Field(
+        2000, ge=1, le=100000, description="Top candidates per frame that enter NMS when scoring."
+    )
+    read_threads: int = Field(4, ge=1, le=256, description="Threads of the prefetching S3 reader (download + decode).")
 
 
 class TrainingSettings(_Model):
@@ -312,7 +328,7 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX) or key == "DETLOOP_CONFIG":
+        if not key.startswith(ENV_PREFIX) or key == "DETLOOP_CONFIG" or key.startswith(NON_SETTING_ENV_PREFIX):
             continue
         path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
         if not path:

@@ -1,0 +1,507 @@
+"""Scoring production frames with the champion: boxes + class-score vectors + embedding + image stats.
+
+- :func:`load_scorer` opens a scoring artifact (directory with ``model.onnx`` + ``meta.json``, see
+  :class:`~detloop.contracts.ScoringArtifactMeta`) on ONNX Runtime, or a ``.pt`` file on torch via
+  Ultralytics (fallback). :func:`resolve_model` finds the champion in the MLflow registry
+  (``models:/<name>@champion``) and says clearly when there is none.
+- :func:`iter_decoded` is the prefetching reader: a thread pool downloads, validates, decodes and
+  letterboxes frames ahead of inference (cv2 releases the GIL); bad objects come out as
+  :class:`~detloop.contracts.Quarantined`.
+- :func:`score` runs batches, decodes the raw head ``(B, 4+C, A)`` with NMS that carries the class
+  score columns along (:meth:`Detections.from_yolo_raw`), and keeps the embedding and per-frame
+  brightness/contrast. Optional TTA (horizontal flip) and committee (previous champion) passes.
+- :func:`write_predictions` stores production predictions per window as JSONL (+ ``embeddings.npy``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from detloop.contracts import FrameRef, Quarantined, ScoringArtifactMeta
+from detloop.detections import Detections
+from detloop.errors import DataError, ServiceError
+from detloop.ops import Letterbox
+from detloop.settings import ModelSettings, Settings
+
+
+# --------------------------------------------------------------------------------------------
+# Plain data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ScoredFrame:
+    """One production frame after scoring.
+
+    Attributes:
+        frame: where it is in S3.
+        width, height: frame size in pixels.
+        detections: boxes in frame pixels with ``class_scores`` ``(N, C)`` (kept down to the scoring
+            confidence threshold: sub-threshold candidates are kept on purpose).
+        embedding: ``(D,)`` float32 image embedding, or None.
+        brightness: mean grey level in [0, 1].
+        contrast: standard deviation of the grey level in [0, 1].
+        tta: detections on the horizontally flipped frame, mapped back (TTA pass), or None.
+        committee: detections of the previous champion, or None.
+    """
+
+    frame: FrameRef
+    width: int
+    height: int
+    detections: Detections
+    embedding: np.ndarray | None = None
+    brightness: float = 0.0
+    contrast: float = 0.0
+    tta: Detections | None = None
+    committee: Detections | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able row of ``predictions.jsonl`` (embedding stored separately)."""
+        r: dict[str, Any] = {
+            "frame": self.frame.to_dict(),
+            "width": self.width,
+            "height": self.height,
+            "brightness": round(self.brightness, 5),
+            "contrast": round(self.contrast, 5),
+            "detections": self.detections.to_dict(),
+        }
+        if self.tta is not None:
+            r["tta"] = self.tta.to_dict()
+        if self.committee is not None:
+            r["committee"] = self.committee.to_dict()
+        return r
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any], embedding: np.ndarray | None = None) -> ScoredFrame:
+        return cls(
+            frame=FrameRef.from_dict(r["frame"]),
+            width=int(r["width"]),
+            height=int(r["height"]),
+            detections=Detections.from_dict(r["detections"]),
+            embedding=embedding,
+            brightness=float(r.get("brightness", 0.0)),
+            contrast=float(r.get("contrast", 0.0)),
+            tta=Detections.from_dict(r["tta"]) if r.get("tta") else None,
+            committee=Detections.from_dict(r["committee"]) if r.get("committee") else None,
+        )
+
+
+@dataclass
+class DecodedFrame:
+    """A frame ready for inference.
+
+    Attributes:
+        ref: the frame.
+        tensor: float32 ``(3, S, S)`` RGB in [0, 1], letterboxed.
+        letterbox: geometry to map boxes back.
+        brightness, contrast: grey mean / std in [0, 1] over the frame content.
+    """
+
+    ref: FrameRef
+    tensor: np.ndarray
+    letterbox: Letterbox
+    brightness: float
+    contrast: float
+
+
+@dataclass
+class ScoringResult:
+    """What :func:`score` returns: scored frames (input order minus quarantined), quarantine, timings (s)."""
+
+    frames: list[ScoredFrame]
+    quarantined: list[Quarantined]
+    timings: dict[str, float] = field(default_factory=dict)
+    model: str = ""
+
+    def embeddings(self) -> np.ndarray | None:
+        if not self.frames or any(f.embedding is None for f in self.frames):
+            return None
+        return np.stack([f.embedding for f in self.frames]).astype(np.float32)  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------------------------
+# Scorers
+# --------------------------------------------------------------------------------------------
+class Scorer(Protocol):
+    """A model that maps a batch to (raw head, embedding)."""
+
+    meta: ScoringArtifactMeta
+    name: str
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(B, 3, S, S)`` float32 -> raw ``(B, 4+C, A)`` and embedding ``(B, D)`` (or None)."""
+        ...
+
+
+class OnnxScorer:
+    """ONNX Runtime on CPU over a scoring artifact directory."""
+
+    def __init__(self, directory: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.directory = Path(directory)
+        meta_path = self.directory / "meta.json"
+        try:
+            self.meta = ScoringArtifactMeta.from_dict(json.loads(meta_path.read_text()))
+        except (OSError, ValueError, TypeError) as err:
+            raise DataError(f"scoring artifact {self.directory}: unreadable meta.json ({err})") from err
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(
+                str(self.directory / "model.onnx"), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise DataError(f"scoring artifact {self.directory}: cannot load model.onnx ({err})") from err
+        outs = [o.name for o in self.session.get_outputs()]
+        self._raw = self.meta.outputs.get("raw", "raw")
+        self._emb = self.meta.outputs.get("embedding", "embedding")
+        if self._raw not in outs:
+            raise DataError(f"scoring artifact {self.directory}: no output {self._raw!r} (outputs: {outs})")
+        self._out_names = [self._raw] + ([self._emb] if self._emb in outs else [])
+        self.name = self.meta.registry_version or self.directory.name
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        res = self.session.run(self._out_names, {self.meta.input_name: np.ascontiguousarray(batch, np.float32)})
+        return res[0], (res[1] if len(res) > 1 else None)
+
+
+class TorchScorer:
+    """Fallback: an Ultralytics ``.pt`` on torch; the embedding is the GAP of the Detect head inputs."""
+
+    def __init__(self, weights: Path, input_size: int, class_names: Sequence[str] | None = None,
+                 threads: int | None = None):
+        import torch
+        from ultralytics import YOLO
+
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            yolo = YOLO(str(weights))
+        except Exception as err:  # ultralytics raises assorted types on bad files
+            raise DataError(f"cannot load model weights {weights}: {err}") from err
+        self.model = yolo.model.float().eval()
+        names = yolo.names
+        cn = list(class_names) if class_names else [names[i] for i in sorted(names)]
+        self.meta = ScoringArtifactMeta(class_names=cn, input_size=input_size, stride=int(self.model.stride.max()))
+        self.name = Path(weights).name
+        self._feats: list[Any] = []
+        self.model.model[-1].register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: Any, inputs: tuple[Any, ...]) -> None:
+        self._feats = list(inputs[0])
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
+            raw = out[0] if isinstance(out, (tuple, list)) else out
+            emb = torch.cat([f.mean(dim=(2, 3)) for f in self._feats], dim=1) if self._feats else None
+        return raw.numpy(), None if emb is None else emb.numpy()
+
+
+def load_scorer(path: str | Path, model_settings: ModelSettings | None = None,
+                class_names: Sequence[str] | None = None, threads: int | None = None) -> Scorer:
+    """Open a scoring model.
+
+    Args:
+        path: a directory with ``model.onnx`` + ``meta.json`` (ONNX Runtime), a ``model.onnx`` file
+            beside its ``meta.json``, or an Ultralytics ``.pt`` (torch fallback).
+        model_settings: input size for ``.pt`` files; ``backend: torch`` forces torch when a ``.pt``
+            sits in the artifact directory.
+        class_names: class names for ``.pt`` files (default: the model's).
+        threads: intra-op threads (default: all cores).
+
+    Raises:
+        DataError: the path is missing or is not a scoring artifact.
+    """
+    p = Path(path)
+    ms = model_settings or ModelSettings()
+    if p.is_file() and p.suffix == ".onnx":
+        p = p.parent
+    if p.is_dir():
+        pts = sorted(p.glob("*.pt"))
+        if ms.backend == "torch" and pts:
+            return TorchScorer(pts[0], ms.input_size, class_names, threads)
+        if (p / "model.onnx").is_file() and (p / "meta.json").is_file():
+            return OnnxScorer(p, threads)
+        if pts:
+            return TorchScorer(pts[0], ms.input_size, class_names, threads)
+        raise DataError(f"{p}: not a scoring artifact (needs model.onnx + meta.json, or a .pt file)")
+    if p.is_file() and p.suffix == ".pt":
+        return TorchScorer(p, ms.input_size, class_names, threads)
+    raise DataError(f"model not found: {p} (expected a scoring artifact directory or a .pt file)")
+
+
+def resolve_model(settings: Settings, alias: str = "champion", dest: Path | None = None) -> Path:
+    """Download ``models:/<model_name>@<alias>`` from the MLflow registry; returns the local directory.
+
+    Raises:
+        DataError: no such registered model or alias ("no champion yet"), with what to do.
+        ServiceError: MLflow is not reachable.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name = settings.mlflow.model_name
+    client = mlflow.MlflowClient(tracking_uri=settings.mlflow.tracking_uri)
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        code = getattr(err, "error_code", "")
+        if "RESOURCE_DOES_NOT_EXIST" in str(code) or "not found" in str(err).lower() or "alias" in str(err).lower():
+            raise DataError(
+                f"no {alias} model: registered model {name!r} has no @{alias} alias at {settings.mlflow.tracking_uri}; "
+                "train and promote one first, or pass --model PATH"
+            ) from err
+        raise ServiceError(f"MLflow at {settings.mlflow.tracking_uri}: {err}") from err
+    except Exception as err:  # connection errors surface as requests/httpx exceptions
+        raise ServiceError(f"MLflow at {settings.mlflow.tracking_uri} is not reachable: {type(err).__name__}") from err
+    dest = dest or settings.data_dir / "models" / f"{name}-v{mv.version}"
+    if dest.exists() and (any(dest.glob("**/meta.json")) or any(dest.glob("**/*.pt"))):
+        return _artifact_root(dest)  # already downloaded (registry versions are immutable)
+    dest.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}@{alias}", dst_path=str(dest))
+    except Exception as err:
+        raise ServiceError(f"MLflow at {settings.mlflow.tracking_uri}: cannot download models:/{name}@{alias} ({err})") from err
+    root = _artifact_root(Path(local))
+    meta = root / "meta.json"
+    if meta.is_file():
+        d = json.loads(meta.read_text())
+        d.setdefault("registry_version", str(mv.version))
+        d.setdefault("model_name", name)
+        meta.write_text(json.dumps(d))
+    return root
+
+
+def _artifact_root(p: Path) -> Path:
+    """The directory holding ``meta.json`` (artifacts may be nested one level)."""
+    if (p / "meta.json").is_file():
+        return p
+    found = sorted(p.glob("**/meta.json"))
+    return found[0].parent if found else p
+
+
+# --------------------------------------------------------------------------------------------
+# Prefetching reader
+# --------------------------------------------------------------------------------------------
+def prepare(img_bgr: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox, float, float]:
+    """BGR frame -> (``(3, S, S)`` float32 RGB [0, 1] letterboxed, letterbox, brightness, contrast)."""
+    import cv2
+
+    from detloop.ops import letterbox_image
+
+    boxed, lb = letterbox_image(img_bgr, size)
+    w, h = lb.resized
+    content = boxed[lb.pad_y : lb.pad_y + h, lb.pad_x : lb.pad_x + w]
+    grey = cv2.cvtColor(content, cv2.COLOR_BGR2GRAY)
+    mean, std = cv2.meanStdDev(grey)
+    tensor = np.ascontiguousarray(boxed[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)
+    tensor *= 1.0 / 255.0
+    return tensor, lb, float(mean[0, 0]) / 255.0, float(std[0, 0]) / 255.0
+
+
+def _load_one(store: Any, ref: FrameRef, size: int) -> DecodedFrame | Quarantined:
+    from tasks.sampling import decode_image
+
+    try:
+        data = store.get_bytes(ref.bucket, ref.key)
+    except Exception as err:  # a missing/unreadable object is quarantined, not fatal
+        return Quarantined(ref.bucket, ref.key, f"unreadable: {err}")
+    img, reason = decode_image(data)
+    if img is None:
+        return Quarantined(ref.bucket, ref.key, str(reason))
+    tensor, lb, b, c = prepare(img, size)
+    return DecodedFrame(ref, tensor, lb, b, c)
+
+
+def iter_decoded(
+    store: Any, refs: Sequence[FrameRef], size: int, threads: int = 4, prefetch: int = 64
+) -> Iterator[DecodedFrame | Quarantined]:
+    """Yield decoded frames (or quarantine records) in input order, reading up to ``prefetch`` ahead."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="detloop-read") as ex:
+        pending: deque[Any] = deque()
+        it = iter(refs)
+        for ref in it:
+            pending.append(ex.submit(_load_one, store, ref, size))
+            if len(pending) >= prefetch:
+                break
+        while pending:
+            fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(ex.submit(_load_one, store, nxt, size))
+            yield fut.result()
+
+
+def iter_batches(items: Iterator[DecodedFrame | Quarantined], batch_size: int,
+                 quarantine: list[Quarantined]) -> Iterator[list[DecodedFrame]]:
+    """Group decoded frames into batches; quarantine records go to ``quarantine``."""
+    batch: list[DecodedFrame] = []
+    for it in items:
+        if isinstance(it, Quarantined):
+            quarantine.append(it)
+            continue
+        batch.append(it)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------
+def flip_raw(raw: np.ndarray, size: int) -> np.ndarray:
+    """Raw head output of a horizontally flipped input, mapped back: ``cx -> S - cx``. ``(B, 4+C, A)``."""
+    out = np.array(raw, copy=True)
+    out[:, 0, :] = size - out[:, 0, :]
+    return out
+
+
+def decode_batch(raw: np.ndarray, letterboxes: Sequence[Letterbox], ms: ModelSettings) -> list[Detections]:
+    """Per-image :meth:`Detections.from_yolo_raw` with the scoring thresholds."""
+    return [
+        Detections.from_yolo_raw(raw[i], lb, conf_threshold=ms.scoring_conf_threshold, iou_threshold=ms.iou_threshold,
+                                 max_det=ms.max_det, max_candidates=ms.scoring_max_candidates)
+        for i, lb in enumerate(letterboxes)
+    ]
+
+
+def score_decoded(
+    batch: Sequence[DecodedFrame],
+    scorer: Scorer,
+    ms: ModelSettings,
+    tta: bool = False,
+    committee: Scorer | None = None,
+    timings: dict[str, float] | None = None,
+) -> list[ScoredFrame]:
+    """Score one batch of decoded frames (pure given the scorer)."""
+    t = timings if timings is not None else {}
+    x = np.stack([d.tensor for d in batch])
+    lbs = [d.letterbox for d in batch]
+    t0 = time.perf_counter()
+    raw, emb = scorer.infer(x)
+    t1 = time.perf_counter()
+    dets = decode_batch(raw, lbs, ms)
+    t2 = time.perf_counter()
+    t["infer"] = t.get("infer", 0.0) + (t1 - t0)
+    t["nms"] = t.get("nms", 0.0) + (t2 - t1)
+    tta_dets: list[Detections | None] = [None] * len(batch)
+    com_dets: list[Detections | None] = [None] * len(batch)
+    if tta:
+        t3 = time.perf_counter()
+        raw_f, _ = scorer.infer(np.ascontiguousarray(x[..., ::-1]))
+        tta_dets = list(decode_batch(flip_raw(raw_f, x.shape[-1]), lbs, ms))
+        t["tta"] = t.get("tta", 0.0) + (time.perf_counter() - t3)
+    if committee is not None:
+        t3 = time.perf_counter()
+        raw_c, _ = committee.infer(x)
+        com_dets = list(decode_batch(raw_c, lbs, ms))
+        t["committee"] = t.get("committee", 0.0) + (time.perf_counter() - t3)
+    out = []
+    for i, d in enumerate(batch):
+        out.append(ScoredFrame(
+            frame=d.ref, width=d.letterbox.orig_w, height=d.letterbox.orig_h, detections=dets[i],
+            embedding=None if emb is None else np.asarray(emb[i], np.float32),
+            brightness=d.brightness, contrast=d.contrast, tta=tta_dets[i], committee=com_dets[i],
+        ))
+    return out
+
+
+def score(
+    refs: Sequence[FrameRef],
+    scorer: Scorer,
+    store: Any,
+    ms: ModelSettings,
+    tta: bool = False,
+    committee: Scorer | None = None,
+    read_threads: int | None = None,
+) -> ScoringResult:
+    """Score frames streamed from S3 in batches of ``ms.batch_size`` with a prefetching reader.
+
+    Args:
+        refs: frames to score.
+        scorer: the champion (see :func:`load_scorer`).
+        store: ``S3Store``.
+        ms: ``settings.model`` (batch size, thresholds).
+        tta: also score the horizontally flipped frame (about 2x the inference cost).
+        committee: the previous champion, scored on the same tensors (about 2x).
+        read_threads: reader threads (default ``ms.read_threads``).
+
+    Returns:
+        :class:`ScoringResult` with frames in input order (quarantined ones left out).
+    """
+    size = int(scorer.meta.input_size)
+    timings: dict[str, float] = {}
+    quarantine: list[Quarantined] = []
+    frames: list[ScoredFrame] = []
+    t0 = time.perf_counter()
+    reader = iter_decoded(store, refs, size, read_threads or ms.read_threads, prefetch=ms.batch_size * 3)
+    for batch in iter_batches(reader, ms.batch_size, quarantine):
+        frames.extend(score_decoded(batch, scorer, ms, tta, committee, timings))
+    timings["total"] = time.perf_counter() - t0
+    return ScoringResult(frames, quarantine, timings, scorer.name)
+
+
+# --------------------------------------------------------------------------------------------
+# Stored production predictions
+# --------------------------------------------------------------------------------------------
+def predictions_prefix(start: date | str, end: date | str, model_version: str) -> str:
+    """``predictions/window=<start>_<end>/model=<version>/`` (end exclusive)."""
+    return f"predictions/window={start}_{end}/model={model_version}/"
+
+
+def write_predictions(store: Any, bucket: str, prefix: str, result: ScoringResult,
+                      class_names: Sequence[str]) -> dict[str, str]:
+    """Write ``predictions.jsonl`` (one row per frame), ``embeddings.npy`` (same row order) and ``meta.json``.
+
+    Returns:
+        The keys written.
+    """
+    store.ensure_bucket(bucket)
+    lines = "\n".join(json.dumps(f.to_record(), separators=(",", ":")) for f in result.frames)
+    keys = {"predictions": prefix + "predictions.jsonl", "meta": prefix + "meta.json"}
+    store.put_bytes(bucket, keys["predictions"], (lines + "\n" if lines else "").encode(), "application/x-ndjson")
+    emb = result.embeddings()
+    if emb is not None:
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, emb.astype(np.float16))
+        keys["embeddings"] = prefix + "embeddings.npy"
+        store.put_bytes(bucket, keys["embeddings"], buf.getvalue(), "application/octet-stream")
+    store.put_json(bucket, keys["meta"], {
+        "model": result.model, "class_names": list(class_names), "n_frames": len(result.frames),
+        "n_quarantined": len(result.quarantined), "embeddings_dtype": "float16" if emb is not None else None,
+        "quarantined": [q.to_dict() for q in result.quarantined],
+    })
+    return keys
+
+
+def read_predictions(store: Any, bucket: str, prefix: str) -> list[ScoredFrame]:
+    """Read back what :func:`write_predictions` wrote (for the drift monitor and re-selection)."""
+    import io
+
+    text = store.get_bytes(bucket, prefix + "predictions.jsonl").decode()
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    emb = None
+    if store.exists(bucket, prefix + "embeddings.npy"):
+        emb = np.load(io.BytesIO(store.get_bytes(bucket, prefix + "embeddings.npy"))).astype(np.float32)
+    return [ScoredFrame.from_record(r, None if emb is None else emb[i]) for i, r in enumerate(rows)]

@@ -1,0 +1,389 @@
+"""Hard-example selection: uncertainty x class balance, diversity, and a random control arm.
+
+Pure: :func:`select` takes scored frames (or a :class:`~tasks.strategies.BoxPool` + embeddings) and
+the selection settings and returns :class:`SelectionResult` with ``SelectedFrame`` records (arm
+``selected`` or ``control``) and a report. Writing the report to S3 and drawing the plot are thin
+helpers at the bottom.
+
+Order of operations (all vectorised):
+
+1. the random **control arm** is drawn first, uniformly from the whole pool, seeded by
+   ``(settings.seed, round_seed)``: its labels estimate live accuracy without bias, so control frames
+   must never be trained on;
+2. box uncertainty (the configured strategy) on boxes above ``conf_threshold``, aggregated per frame;
+   frames with no such box get a defined score from their best sub-threshold candidates;
+3. multiplied by the class-balance weight (rare predicted classes weigh more);
+4. diversity: ``none`` (top scores), ``kcenter`` (k-center greedy on all embeddings) or
+   ``filter_kcenter`` (top ``filter_factor x n`` by score, then k-center among them). The budget is
+   met exactly (or the whole pool when it is smaller).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from detloop.contracts import FrameRef, SelectedFrame
+from detloop.detections import Detections
+from detloop.settings import SelectionSettings
+from tasks.scoring import ScoredFrame
+from tasks.strategies import (
+    STRATEGIES,
+    BoxPool,
+    StrategyParams,
+    aggregate,
+    class_weights,
+    empty_frame_scores,
+    frame_class_weight,
+    get_strategy,
+    kcenter_greedy,
+    plan_arms,
+    resolve_strategy,
+)
+
+REPORT_VERSION = 1
+
+
+@dataclass
+class SelectionResult:
+    """What :func:`select` returns.
+
+    Attributes:
+        frames: chosen frames, selected arm first (by pick order), then control.
+        report: JSON-able dict: settings, notes, counts, per-frame rows (every pool frame).
+        final_scores: ``(F,)`` final score of every pool frame (uncertainty x class weight).
+        cutoff: lowest final score among the selected arm (None when nothing was selected).
+        notes: user-facing lines (empty window, budget larger than pool, fallbacks).
+    """
+
+    frames: list[SelectedFrame]
+    report: dict[str, Any]
+    final_scores: np.ndarray
+    cutoff: float | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def selected(self) -> list[SelectedFrame]:
+        return [f for f in self.frames if f.arm == "selected"]
+
+    @property
+    def control(self) -> list[SelectedFrame]:
+        return [f for f in self.frames if f.arm == "control"]
+
+    def markdown(self, max_rows: int = 50) -> str:
+        """Markdown summary + table of chosen frames (for a Prefect artifact or the CLI)."""
+        r = self.report
+        lines = [
+            f"**Selection** strategy `{r['strategy']}` ({r['aggregation']}), diversity `{r['diversity']}`, "
+            f"pool {r['counts']['pool']} frames, selected {r['counts']['selected']}, "
+            f"control {r['counts']['control']}",
+            "",
+        ]
+        lines += [f"- {n}" for n in self.notes]
+        if self.notes:
+            lines.append("")
+        if not self.frames:
+            lines.append("_nothing selected_")
+            return "\n".join(lines)
+        lines += ["| rank | arm | camera | date | key | score | reason |", "|---:|---|---|---|---|---:|---|"]
+        for f in self.frames[:max_rows]:
+            lines.append(
+                f"| {f.rank} | {f.arm} | {f.frame.camera} | {f.frame.date} | `{f.frame.key.rsplit('/', 1)[-1]}` "
+                f"| {f.uncertainty:.4f} | {f.reason} |"
+            )
+        if len(self.frames) > max_rows:
+            lines.append(f"| … | | | | {len(self.frames) - max_rows} more | | |")
+        return "\n".join(lines)
+
+
+def _params(settings: SelectionSettings) -> StrategyParams:
+    return StrategyParams(ambiguous_band=tuple(settings.ambiguous_band))  # type: ignore[arg-type]
+
+
+def pool_from_frames(frames: Sequence[ScoredFrame], num_classes: int) -> tuple[BoxPool, np.ndarray | None]:
+    """Flatten scored frames into a :class:`BoxPool` and an ``(F, D)`` float32 embedding matrix (or None)."""
+    tta = [f.tta for f in frames] if any(f.tta is not None for f in frames) else None
+    com = [f.committee for f in frames] if any(f.committee is not None for f in frames) else None
+    pool = BoxPool.from_detections([f.detections for f in frames], num_classes, tta=tta, committee=com)
+    emb = None
+    if frames and all(f.embedding is not None for f in frames):
+        emb = np.stack([np.asarray(f.embedding, np.float32) for f in frames])
+    return pool, emb
+
+
+def score_frames(
+    pool: BoxPool,
+    settings: SelectionSettings,
+    labelled_class_counts: Sequence[int] | np.ndarray | None = None,
+    all_strategies: bool = True,
+) -> dict[str, Any]:
+    """Per-frame scores of the configured strategy (+ every other applicable one, for the report).
+
+    Returns:
+        dict with ``uncertainty`` ``(F,)``, ``class_weight`` ``(F,)``, ``final`` ``(F,)``,
+        ``n_detected`` ``(F,)``, ``per_strategy`` {name: ``(F,)``}, ``strategy`` (name actually
+        used), ``notes``.
+    """
+    params = _params(settings)
+    notes: list[str] = []
+    strat, note = resolve_strategy(settings.strategy, pool)
+    if note:
+        notes.append(note)
+    det_mask = pool.confidence >= settings.conf_threshold
+    det = pool.subset(det_mask)
+    cand = pool.subset(~det_mask)
+    n_det = np.bincount(det.frame_index, minlength=pool.n_frames)
+
+    def frame_scores(s: Any) -> np.ndarray:
+        agg = s.aggregation or settings.aggregation
+        f = aggregate(s.fn(det, params), det.frame_index, pool.n_frames, agg, settings.topk)
+        empty = n_det == 0
+        if empty.any():
+            f[empty] = empty_frame_scores(cand, s, params, settings.conf_threshold, agg, settings.topk)[empty]
+        return f
+
+    unc = frame_scores(strat)
+    per: dict[str, np.ndarray] = {strat.name: unc}
+    if all_strategies:
+        for name, s in STRATEGIES.items():
+            if name in per:
+                continue
+            if (s.needs == "tta" and pool.tta is None) or (s.needs == "committee" and pool.committee is None):
+                continue
+            per[name] = frame_scores(s)
+    if settings.class_balance:
+        w = frame_class_weight(det, class_weights(labelled_class_counts, pool.num_classes,
+                                                  settings.class_balance_power))
+    else:
+        w = np.ones(pool.n_frames)
+    return {"uncertainty": unc, "class_weight": w, "final": unc * w, "n_detected": n_det,
+            "per_strategy": per, "strategy": strat.name, "notes": notes}
+
+
+def select_indices(
+    final: np.ndarray,
+    embeddings: np.ndarray | None,
+    settings: SelectionSettings,
+    round_seed: int = 0,
+) -> dict[str, Any]:
+    """Choose frame indices for both arms from final scores (pure, vectorised).
+
+    Args:
+        final: ``(F,)`` final scores.
+        embeddings: ``(F, D)`` or None (diversity then falls back to top scores).
+        settings: selection settings (budget, control share, diversity).
+        round_seed: mixed with ``settings.seed`` for the control draw and tie breaks.
+
+    Returns:
+        dict with ``control`` ``(n_c,)``, ``selected`` ``(n_s,)`` (pick order), ``plan``, ``notes``.
+    """
+    n = len(final)
+    plan = plan_arms(settings.budget, n, settings.control_share, settings.control_min)
+    notes = list(plan.notes)
+    rng = np.random.default_rng([settings.seed, round_seed])
+    control = np.sort(rng.choice(n, size=plan.n_control, replace=False)) if plan.n_control else np.zeros(0, np.int64)
+    rest = np.setdiff1d(np.arange(n), control, assume_unique=True)
+    k = plan.n_selected
+    if k == 0:
+        return {"control": control, "selected": np.zeros(0, np.int64), "plan": plan, "notes": notes}
+    # rank by score, ties broken by a seeded permutation (not by listing order)
+    tie = rng.permutation(len(rest))
+    order = rest[np.lexsort((tie, -final[rest]))]
+    diversity = settings.diversity
+    if diversity != "none" and embeddings is None:
+        notes.append(f"diversity {diversity!r}: no embeddings; took the top scores")
+        diversity = "none"
+    if diversity == "none" or k >= len(order):
+        sel = order[:k]
+    elif diversity == "kcenter":
+        sub = kcenter_greedy(embeddings[order], k, first=0)  # type: ignore[index]
+        sel = order[sub]
+    else:  # filter_kcenter
+        m = min(len(order), max(k, int(np.ceil(settings.filter_factor * k))))
+        top = order[:m]
+        sub = kcenter_greedy(embeddings[top], k, first=0)  # type: ignore[index]
+        sel = top[sub]
+    return {"control": control, "selected": np.asarray(sel, np.int64), "plan": plan, "notes": notes}
+
+
+def _reason(i: int, sc: dict[str, Any], settings: SelectionSettings, class_names: Sequence[str] | None,
+            pool: BoxPool, diversity: str) -> str:
+    strat = sc["strategy"]
+    u, w = float(sc["uncertainty"][i]), float(sc["class_weight"][i])
+    if sc["n_detected"][i] == 0:
+        base = f"no detection >= {settings.conf_threshold:g}; sub-threshold candidates score {u:.3f}"
+    else:
+        base = f"{strat} {settings.aggregation} {u:.3f} over {int(sc['n_detected'][i])} boxes"
+    if w > 1.0 + 1e-9:
+        base += f" x class weight {w:.2f}"
+    if diversity != "none":
+        base += f" ({diversity})"
+    return base
+
+
+def select(
+    frames: Sequence[ScoredFrame],
+    labelled_class_counts: Sequence[int] | np.ndarray | None,
+    settings: SelectionSettings,
+    round_seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+) -> SelectionResult:
+    """Select frames for labelling.
+
+    Args:
+        frames: scored pool (``ScoredFrame.detections`` carry ``class_scores`` ``(N, C)``).
+        labelled_class_counts: ``(C,)`` boxes per class in the labelled set (None: no class balance).
+        settings: ``settings.selection``.
+        round_seed: seed of this round (mixed with ``settings.seed``).
+        class_names: names for the report (optional).
+        num_classes: C when no frame has a box (default: from the frames / ``class_names``).
+
+    Returns:
+        :class:`SelectionResult`. An empty pool gives an empty result with a note, not an error.
+
+    Raises:
+        DataError: unknown strategy (listing the valid ones) or inconsistent class counts.
+    """
+    get_strategy(settings.strategy)  # unknown name -> error listing the valid ones, even on an empty pool
+    if num_classes is None:
+        num_classes = next((f.detections.num_classes for f in frames if f.detections.num_classes), None)
+        num_classes = num_classes or (len(class_names) if class_names else 1)
+    if not frames:
+        return _empty_result(settings, "empty window: no frames to score; nothing selected")
+    pool, emb = pool_from_frames(frames, num_classes)
+    sc = score_frames(pool, settings, labelled_class_counts)
+    picked = select_indices(sc["final"], emb, settings, round_seed)
+    notes = sc["notes"] + picked["notes"]
+    final = sc["final"]
+    rank = np.empty(len(final), np.int64)
+    rank[np.lexsort((np.arange(len(final)), -final))] = np.arange(1, len(final) + 1)
+
+    out: list[SelectedFrame] = []
+    arm_of: dict[int, str] = {}
+    diversity = settings.diversity if emb is not None else "none"
+    for pick, i in enumerate(picked["selected"].tolist()):
+        arm_of[i] = "selected"
+        out.append(_selected_frame(frames[i], "selected", sc, i, int(rank[i]),
+                                   _reason(i, sc, settings, class_names, pool, diversity) + f"; pick {pick + 1}",
+                                   settings))
+    for i in picked["control"].tolist():
+        arm_of[i] = "control"
+        out.append(_selected_frame(frames[i], "control", sc, i, int(rank[i]),
+                                   "control: uniform random draw (never trained on)", settings))
+    sel_idx = picked["selected"]
+    cutoff = float(final[sel_idx].min()) if len(sel_idx) else None
+    rows = [
+        {
+            "key": f.frame.key, "camera": f.frame.camera, "date": f.frame.date, "etag": f.frame.etag,
+            "arm": arm_of.get(i), "rank": int(rank[i]), "final": float(final[i]),
+            "class_weight": float(sc["class_weight"][i]), "n_detected": int(sc["n_detected"][i]),
+            "scores": {k: float(v[i]) for k, v in sc["per_strategy"].items()},
+        }
+        for i, f in enumerate(frames)
+    ]
+    report = _report_header(settings, sc["strategy"], notes)
+    report.update(
+        counts={"pool": len(frames), "selected": len(sel_idx), "control": len(picked["control"]),
+                "no_detection": int((sc["n_detected"] == 0).sum())},
+        cutoff=cutoff,
+        class_names=list(class_names) if class_names else None,
+        labelled_class_counts=None if labelled_class_counts is None else [int(c) for c in labelled_class_counts],
+        frames=rows,
+    )
+    return SelectionResult(out, report, final, cutoff, notes)
+
+
+def _selected_frame(f: ScoredFrame, arm: str, sc: dict[str, Any], i: int, rank: int, reason: str,
+                    settings: SelectionSettings) -> SelectedFrame:
+    d: Detections = f.detections
+    pre = d[d.confidence >= settings.conf_threshold] if len(d) else d
+    return SelectedFrame(
+        frame=f.frame, width=f.width, height=f.height, arm=arm,  # type: ignore[arg-type]
+        strategy=str(sc["strategy"]), uncertainty=float(sc["final"][i]), rank=rank, reason=reason,
+        predictions=pre.to_dict(), scores={k: float(v[i]) for k, v in sc["per_strategy"].items()},
+    )
+
+
+def _report_header(settings: SelectionSettings, strategy: str, notes: list[str]) -> dict[str, Any]:
+    return {
+        "version": REPORT_VERSION,
+        "strategy": strategy,
+        "configured_strategy": settings.strategy,
+        "aggregation": settings.aggregation,
+        "diversity": settings.diversity,
+        "budget": settings.budget,
+        "settings": settings.model_dump(mode="json"),
+        "notes": notes,
+    }
+
+
+def _empty_result(settings: SelectionSettings, note: str) -> SelectionResult:
+    report = _report_header(settings, settings.strategy, [note])
+    report.update(counts={"pool": 0, "selected": 0, "control": 0, "no_detection": 0}, cutoff=None, frames=[])
+    return SelectionResult([], report, np.zeros(0), None, [note])
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs: plot and S3 (thin)
+# --------------------------------------------------------------------------------------------
+def plot_scores(result: SelectionResult, path: str | None = None) -> bytes:
+    """PNG of the final-score distribution with the cut-off line and the control frames marked.
+
+    Returns:
+        The PNG bytes (also written to ``path`` when given).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    s = result.final_scores
+    if len(s):
+        ax.hist(s, bins=min(50, max(5, len(s) // 5)), color="#7a9cc6", label=f"pool ({len(s)})")
+        ctrl = [f.uncertainty for f in result.control]
+        if ctrl:
+            ax.plot(ctrl, np.zeros(len(ctrl)), "|", color="#d62728", ms=14, label=f"control ({len(ctrl)})")
+        if result.cutoff is not None:
+            ax.axvline(result.cutoff, color="k", ls="--", label=f"cut-off {result.cutoff:.3f}")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "empty pool", ha="center", va="center")
+    ax.set_xlabel("final score (uncertainty x class weight)")
+    ax.set_ylabel("frames")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    data = buf.getvalue()
+    if path:
+        with open(path, "wb") as fh:
+            fh.write(data)
+    return data
+
+
+def write_selection_report(store: Any, bucket: str, run_id: str, result: SelectionResult) -> dict[str, str]:
+    """Write ``runs/<run_id>/selection_report.json``, ``.md`` and ``selection_scores.png``; returns the keys."""
+    prefix = f"runs/{run_id}/"
+    keys = {
+        "report": prefix + "selection_report.json",
+        "markdown": prefix + "selection_report.md",
+        "plot": prefix + "selection_scores.png",
+        "selected": prefix + "selected_frames.json",
+    }
+    store.put_bytes(bucket, keys["report"], json.dumps(result.report, indent=1).encode(), "application/json")
+    store.put_bytes(bucket, keys["markdown"], result.markdown(max_rows=10_000).encode(), "text/markdown")
+    store.put_bytes(bucket, keys["plot"], plot_scores(result), "image/png")
+    store.put_json(bucket, keys["selected"], [f.to_dict() for f in result.frames])
+    return keys
+
+
+def frame_ref_of(d: dict[str, Any]) -> FrameRef:
+    """FrameRef from a report row or manifest entry."""
+    return FrameRef.from_dict(d)

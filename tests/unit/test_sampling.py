@@ -1,0 +1,129 @@
+"""Sampling: window, stratification, validation, perceptual hash and dedup (pure)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import date
+
+import cv2
+import numpy as np
+import pytest
+
+from tasks.sampling import (
+    check_image_bytes,
+    decode_image,
+    dhash,
+    frames_in_window,
+    hamming,
+    near_duplicates,
+    stratified_order,
+    window_dates,
+)
+
+
+@dataclass
+class Obj:
+    key: str
+    size: int = 100
+    etag: str = "e"
+
+
+def keys(cams: list[str], days: list[str], n: int) -> list[Obj]:
+    return [Obj(f"frames/camera={c}/date={d}/{i:06d}-x.jpg") for c in cams for d in days for i in range(n)]
+
+
+def jpeg(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", img)
+    assert ok
+    return buf.tobytes()
+
+
+def scene(seed: int, h: int = 120, w: int = 160) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), 90, np.uint8)
+    for _ in range(6):
+        x, y = rng.integers(0, w - 30), rng.integers(0, h - 30)
+        img[y : y + 30, x : x + 30] = rng.integers(0, 255, 3)
+    return img
+
+
+def test_window_excludes_as_of_and_respects_focus() -> None:
+    d = window_dates(date(2026, 1, 8), 7)
+    assert d[0] == date(2026, 1, 1) and d[-1] == date(2026, 1, 7) and len(d) == 7
+    objs = [*keys(["a", "b"], ["2025-12-31", "2026-01-01", "2026-01-07", "2026-01-08"], 2), Obj("frames/readme.txt")]
+    refs = frames_in_window(objs, "prod", date(2026, 1, 8), 7)
+    assert {r.date for r in refs} == {"2026-01-01", "2026-01-07"} and len(refs) == 8
+    refs = frames_in_window(objs, "prod", date(2026, 1, 8), 7, cameras=["b"], dates=[date(2026, 1, 7)])
+    assert {(r.camera, r.date) for r in refs} == {("b", "2026-01-07")}
+
+
+def test_stratified_order_quota_caps_and_balance() -> None:
+    objs = keys(["a"], ["2026-01-01", "2026-01-02"], 50) + keys(["b"], ["2026-01-01"], 5)
+    refs = frames_in_window(objs, "p", date(2026, 1, 3), 7)
+    order = stratified_order(refs, per_camera_quota=20, max_per_camera_per_day=8, seed=1)
+    per_cam = Counter(r.camera for r in order)
+    per_day = Counter((r.camera, r.date) for r in order)
+    assert per_cam == {"a": 16, "b": 5}  # a: 2 days x cap 8 (< quota 20); b: all 5
+    assert max(per_day.values()) <= 8
+    # prefix of 10 is balanced across cameras while both still have frames
+    assert Counter(r.camera for r in order[:10]) == {"a": 5, "b": 5}
+    # deterministic by seed, independent of listing order
+    again = stratified_order(list(reversed(refs)), 20, 8, seed=1)
+    assert [r.key for r in again] == [r.key for r in order]
+    assert [r.key for r in stratified_order(refs, 20, 8, seed=2)] != [r.key for r in order]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "zero-byte"),
+        (b"hello, not a picture", "not an image"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 100, "truncated JPEG"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, "truncated PNG"),
+    ],
+)
+def test_bad_bytes_are_named(data: bytes, reason: str) -> None:
+    img, why = decode_image(data)
+    assert img is None and why is not None and reason in why
+
+
+def test_truncated_real_jpeg_and_corrupt_body() -> None:
+    good = jpeg(scene(0))
+    assert check_image_bytes(good) is None
+    img, why = decode_image(good)
+    assert why is None and img is not None and img.shape == (120, 160, 3)
+    _, why = decode_image(good[: len(good) // 2])
+    assert why is not None and "truncated" in why
+    garbage = good[:4] + b"\x00" * (len(good) - 6) + b"\xff\xd9"  # header + EOI but nothing decodable
+    _, why = decode_image(garbage)
+    assert why is not None and "corrupt" in why
+
+
+def test_dhash_near_duplicates_close_different_scenes_far() -> None:
+    a = scene(1)
+    noisy = np.clip(a.astype(int) + np.random.default_rng(0).integers(-4, 5, a.shape), 0, 255).astype(np.uint8)
+    recompressed = cv2.imdecode(np.frombuffer(jpeg(noisy), np.uint8), cv2.IMREAD_COLOR)
+    ha, hn, hb = dhash(a), dhash(recompressed), dhash(scene(2))
+    assert int(hamming(ha, np.array([hn]))[0]) <= 4
+    assert int(hamming(ha, np.array([hb]))[0]) > 10
+    assert dhash(cv2.cvtColor(a, cv2.COLOR_BGR2GRAY)) == dhash(cv2.cvtColor(a, cv2.COLOR_BGR2GRAY))
+
+
+def test_hamming_matches_python_popcount() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2**63, 100, dtype=np.uint64)
+    b = rng.integers(0, 2**63, 100, dtype=np.uint64)
+    want = [bin(int(x) ^ int(y)).count("1") for x, y in zip(a, b, strict=True)]
+    np.testing.assert_array_equal(hamming(a, b), want)
+
+
+def test_near_duplicates_greedy_within_camera() -> None:
+    h = np.array([0b0, 0b1, 0b111111, 0b0, 0b11], np.uint64)
+    groups = ["a", "a", "a", "b", "a"]
+    dup = near_duplicates(h, groups, threshold=1)
+    # 1 is within 1 bit of 0; 0 in camera b is not compared with camera a; 0b11 is 1 bit from kept 0b1? no:
+    # 0b1 was dropped, so 0b11 compares with 0 (2 bits) and 0b111111 (4 bits): kept
+    np.testing.assert_array_equal(dup, [-1, 0, -1, -1, -1])
+    np.testing.assert_array_equal(near_duplicates(h, groups, threshold=0), [-1, -1, -1, -1, -1])
+    np.testing.assert_array_equal(near_duplicates(h, ["a"] * 5, threshold=2), [-1, 0, -1, 0, 0])
