@@ -1,0 +1,532 @@
+"""Evaluation: COCO metrics per slice, per class, per size and per camera (faster-coco-eval), latency,
+and per-class serving thresholds.
+
+Plain data in, plain data out:
+
+- an :class:`EvalSlice` is a name plus a list of :class:`EvalItem` (image path, ground truth
+  :class:`~detloop.detections.Detections` in frame pixels, camera). Build one from a YOLO-format directory
+  with :func:`slice_from_yolo_dir` or from a materialized dataset version with :func:`slice_from_data_yaml`;
+- :func:`compute_metrics` is pure (ground truth + predictions -> :class:`SliceMetrics`);
+- :func:`evaluate` runs one model (its ONNX scoring artifact, exported from the ``.pt`` when needed) on
+  the slices; :func:`evaluate_pair` runs challenger and champion on the same slices in the same run and
+  measures their CPU latency interleaved.
+
+A slice, class or size bucket with fewer than ``min_instances`` ground-truth boxes is reported with
+``sufficient=False`` ("insufficient data") and gates nothing (:func:`gate_scores` maps it to ``None``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detloop.detections import Detections
+from detloop.errors import DataError
+
+SIZE_BUCKETS = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, 1e10)}
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class EvalItem:
+    """One labelled frame of a slice."""
+
+    image: str
+    gt: Detections
+    camera: str = "unknown"
+
+
+@dataclass
+class EvalSlice:
+    """A named evaluation slice (golden, newest round, control arm, crowded, ...)."""
+
+    name: str
+    items: list[EvalItem]
+
+    @property
+    def n_instances(self) -> int:
+        return int(sum(len(it.gt) for it in self.items))
+
+
+@dataclass
+class Metric:
+    """AP numbers of one group (a class, a size bucket, a camera, or the whole slice)."""
+
+    n_instances: int
+    sufficient: bool
+    map: float | None = None  # AP50-95; None when no ground truth
+    map50: float | None = None
+    ar: float | None = None  # AR@100, IoU 0.5:0.95
+
+
+@dataclass
+class SliceMetrics:
+    """Metrics of one model on one slice."""
+
+    name: str
+    n_images: int
+    overall: Metric
+    per_class: dict[str, Metric] = field(default_factory=dict)
+    per_size: dict[str, Metric] = field(default_factory=dict)
+    per_camera: dict[str, Metric] = field(default_factory=dict)
+
+
+@dataclass
+class EvalReport:
+    """One model evaluated on every slice of a run.
+
+    Attributes:
+        model: label of the model (registry version, path).
+        slices: slice name -> metrics.
+        thresholds: class name -> confidence threshold with the best F1 (IoU 0.5) on ``threshold_slice``.
+        threshold_slice: slice the thresholds come from (golden when present).
+        latency_ms: mean CPU latency per frame in ms (batch 1, onnxruntime), None if not measured.
+    """
+
+    model: str
+    slices: dict[str, SliceMetrics]
+    thresholds: dict[str, float] = field(default_factory=dict)
+    threshold_slice: str | None = None
+    latency_ms: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalReport:
+        def metric(m: dict[str, Any]) -> Metric:
+            return Metric(**m)
+
+        slices = {
+            k: SliceMetrics(
+                name=v["name"],
+                n_images=v["n_images"],
+                overall=metric(v["overall"]),
+                per_class={c: metric(m) for c, m in v.get("per_class", {}).items()},
+                per_size={c: metric(m) for c, m in v.get("per_size", {}).items()},
+                per_camera={c: metric(m) for c, m in v.get("per_camera", {}).items()},
+            )
+            for k, v in d["slices"].items()
+        }
+        return cls(d["model"], slices, d.get("thresholds", {}), d.get("threshold_slice"), d.get("latency_ms"))
+
+    def flat_metrics(self) -> dict[str, float]:
+        """``{slice}.{group}.{metric}`` -> value, for MLflow metrics / version tags (sufficient groups only)."""
+        out: dict[str, float] = {}
+        for sname, sm in self.slices.items():
+            groups: list[tuple[str, Metric]] = [("all", sm.overall)]
+            groups += [(f"class_{k}", v) for k, v in sm.per_class.items()]
+            groups += [(f"size_{k}", v) for k, v in sm.per_size.items()]
+            groups += [(f"camera_{k}", v) for k, v in sm.per_camera.items()]
+            for g, m in groups:
+                if not m.sufficient:
+                    continue
+                for key in ("map", "map50", "ar"):
+                    val = getattr(m, key)
+                    if val is not None:
+                        out[f"{sname}.{g}.{key}"] = float(val)
+        if self.latency_ms is not None:
+            out["latency_ms"] = float(self.latency_ms)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Pure metrics
+# --------------------------------------------------------------------------------------------
+def _coco_dicts(
+    gts: Sequence[Detections], preds: Sequence[Detections], num_classes: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    images, anns, dets = [], [], []
+    aid = 1
+    for i, (g, p) in enumerate(zip(gts, preds, strict=True)):
+        images.append({"id": i + 1, "width": 1, "height": 1})
+        for (x1, y1, x2, y2), c in zip(g.xyxy.astype(float), g.class_id, strict=True):
+            w, h = x2 - x1, y2 - y1
+            anns.append({"id": aid, "image_id": i + 1, "category_id": int(c) + 1, "bbox": [x1, y1, w, h],
+                         "area": w * h, "iscrowd": 0})
+            aid += 1
+        for (x1, y1, x2, y2), c, s in zip(p.xyxy.astype(float), p.class_id, p.confidence.astype(float), strict=True):
+            dets.append({"image_id": i + 1, "category_id": int(c) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                         "score": s, "area": (x2 - x1) * (y2 - y1)})
+    gt = {"images": images, "annotations": anns,
+          "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)]}
+    return gt, dets
+
+
+def _mean_valid(a: np.ndarray) -> float | None:
+    v = a[a > -1]
+    return float(v.mean()) if v.size else None
+
+
+def _coco_eval(gts: Sequence[Detections], preds: Sequence[Detections], num_classes: int) -> dict[str, Any]:
+    """Run COCO bbox evaluation; returns per-class / per-size AP arrays (-1 where undefined)."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    gt_dict, dets = _coco_dicts(gts, preds, num_classes)
+    T, K = 10, num_classes
+    if not gt_dict["annotations"]:
+        return {"empty": True}
+    if not dets:  # nothing predicted: every AP with ground truth is 0
+        zeros = np.zeros((T, 101, K, 4), dtype=np.float64)
+        for k in range(K):
+            for a, (lo, hi) in enumerate([(0, 1e10), *SIZE_BUCKETS.values()]):
+                n = sum(int(((g.class_id == k) & (g.area >= lo) & (g.area < hi)).sum()) for g in gts)
+                if n == 0:
+                    zeros[:, :, k, a] = -1
+        recall = zeros[:, 0, :, :]
+        return {"precision": zeros, "recall": recall}
+    coco_gt = COCO(gt_dict, print_function=lambda *a, **k: None)
+    coco_dt = coco_gt.loadRes(dets)
+    ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=lambda *a, **k: None)
+    ev.params.catIds = list(range(1, K + 1))
+    ev.evaluate()
+    ev.accumulate()
+    prec = np.asarray(ev.eval["precision"])[..., -1]  # (T, R, K, A) at maxDets=100
+    rec = np.asarray(ev.eval["recall"])[..., -1]  # (T, K, A)
+    return {"precision": prec, "recall": rec}
+
+
+def _metric_from(res: dict[str, Any], k: int | None, a: int, n: int, min_instances: int) -> Metric:
+    """AP of class ``k`` (None: mean over classes) and area range ``a`` (0 all, 1 small, 2 medium, 3 large)."""
+    if res.get("empty") or n == 0:
+        return Metric(n_instances=n, sufficient=False)
+    prec, rec = res["precision"], res["recall"]
+    ks = slice(None) if k is None else slice(k, k + 1)
+    p = prec[:, :, ks, a]
+    r = rec[:, ks, a]
+    return Metric(
+        n_instances=n,
+        sufficient=n >= min_instances,
+        map=_mean_valid(p),
+        map50=_mean_valid(p[0]),
+        ar=_mean_valid(r),
+    )
+
+
+def compute_metrics(
+    name: str,
+    gts: Sequence[Detections],
+    preds: Sequence[Detections],
+    class_names: Sequence[str],
+    cameras: Sequence[str] | None = None,
+    min_instances: int = 50,
+) -> SliceMetrics:
+    """COCO mAP50-95 / mAP50 / AR overall, per class, per size (COCO areas) and per camera.
+
+    Args:
+        name: slice name.
+        gts: per image, ground truth in frame pixels.
+        preds: per image, predictions in frame pixels (with confidence).
+        class_names: configured classes (class ids index into it).
+        cameras: per image camera id (default all ``unknown``).
+        min_instances: groups with fewer ground-truth boxes are ``sufficient=False``.
+
+    Returns:
+        :class:`SliceMetrics`.
+    """
+    if len(gts) != len(preds):
+        raise DataError(f"slice {name}: {len(gts)} ground-truth frames but {len(preds)} prediction frames")
+    cams = list(cameras) if cameras is not None else ["unknown"] * len(gts)
+    nc = len(class_names)
+    res = _coco_eval(gts, preds, nc)
+    all_cls = np.concatenate([g.class_id for g in gts]) if gts else np.zeros(0, np.int64)
+    all_area = np.concatenate([g.area for g in gts]) if gts else np.zeros(0)
+    n_total = int(all_cls.size)
+    out = SliceMetrics(name=name, n_images=len(gts), overall=_metric_from(res, None, 0, n_total, min_instances))
+    for k, cname in enumerate(class_names):
+        out.per_class[cname] = _metric_from(res, k, 0, int((all_cls == k).sum()), min_instances)
+    for a, (bucket, (lo, hi)) in enumerate(SIZE_BUCKETS.items(), start=1):
+        n = int(((all_area >= lo) & (all_area < hi)).sum())
+        out.per_size[bucket] = _metric_from(res, None, a, n, min_instances)
+    for cam in sorted(set(cams)):
+        idx = [i for i, c in enumerate(cams) if c == cam]
+        sub_g = [gts[i] for i in idx]
+        sub_p = [preds[i] for i in idx]
+        n = int(sum(len(g) for g in sub_g))
+        out.per_camera[cam] = _metric_from(_coco_eval(sub_g, sub_p, nc), None, 0, n, min_instances)
+    if n_total < min_instances:
+        out.overall.sufficient = False
+    return out
+
+
+def best_f1_thresholds(
+    gts: Sequence[Detections], preds: Sequence[Detections], class_names: Sequence[str], iou: float = 0.5,
+    default: float = 0.25,
+) -> dict[str, float]:
+    """Per-class confidence threshold that maximises F1 (greedy matching at ``iou``), for serving.
+
+    Classes without ground truth or predictions get ``default``.
+    """
+    from detloop.ops import box_iou
+
+    out: dict[str, float] = {}
+    for k, cname in enumerate(class_names):
+        scores, tps = [], []
+        n_gt = 0
+        for g, p in zip(gts, preds, strict=True):
+            gk = g.xyxy[g.class_id == k]
+            pm = p.class_id == k
+            pk, sk = p.xyxy[pm], p.confidence[pm]
+            n_gt += len(gk)
+            order = np.argsort(-sk)
+            used = np.zeros(len(gk), bool)
+            ious = box_iou(pk[order], gk) if len(gk) and len(pk) else np.zeros((len(pk), len(gk)))
+            for row, j in enumerate(order):
+                tp = False
+                if len(gk):
+                    cand = np.where(~used & (ious[row] >= iou))[0]
+                    if cand.size:
+                        used[cand[np.argmax(ious[row][cand])]] = True
+                        tp = True
+                scores.append(float(sk[j]))
+                tps.append(tp)
+        if n_gt == 0 or not scores:
+            out[cname] = default
+            continue
+        order = np.argsort(-np.asarray(scores))
+        s = np.asarray(scores)[order]
+        tp = np.cumsum(np.asarray(tps)[order])
+        fp = np.arange(1, len(s) + 1) - tp
+        f1 = 2 * tp / (tp + fp + n_gt)
+        best = int(np.argmax(f1))
+        out[cname] = float(s[best])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Slices from files
+# --------------------------------------------------------------------------------------------
+def _read_image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+def _label_path(img: Path) -> Path:
+    parts = list(img.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return Path(*parts).with_suffix(".txt")
+
+
+def slice_from_images(name: str, images: Sequence[str | Path], num_classes: int,
+                      cameras: Sequence[str] | None = None) -> EvalSlice:
+    """A slice from image files with YOLO labels beside them (``images/`` -> ``labels/``, ``.txt``)."""
+    items = []
+    for i, img in enumerate(images):
+        img = Path(img)
+        w, h = _read_image_size(img)
+        lp = _label_path(img)
+        text = lp.read_text() if lp.is_file() else ""
+        gt = Detections.from_yolo_txt(text, w, h, num_classes=num_classes)
+        cam = cameras[i] if cameras is not None else _camera_from_name(img.name)
+        items.append(EvalItem(str(img), gt, cam))
+    return EvalSlice(name, items)
+
+
+def _camera_from_name(name: str) -> str:
+    """Camera id encoded in a materialized file name ``<camera>__<rest>`` (else ``unknown``)."""
+    return name.split("__", 1)[0] if "__" in name else "unknown"
+
+
+IMG_EXT = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def slice_from_yolo_dir(name: str, images_dir: str | Path, num_classes: int) -> EvalSlice:
+    """A slice from a YOLO images directory (labels in the sibling ``labels/`` tree)."""
+    files = sorted(p for p in Path(images_dir).rglob("*") if p.suffix.lower() in IMG_EXT)
+    return slice_from_images(name, files, num_classes)
+
+
+def slice_from_data_yaml(name: str, data_yaml: str | Path, split: str, num_classes: int) -> EvalSlice:
+    """A slice from one split of an Ultralytics ``data.yaml`` (a directory or a ``.txt`` list of images)."""
+    import yaml
+
+    data = yaml.safe_load(Path(data_yaml).read_text())
+    root = Path(data.get("path") or Path(data_yaml).parent)
+    if split not in data:
+        raise DataError(f"{data_yaml}: no split {split!r}; has {sorted(k for k in data if k not in ('path', 'names'))}")
+    entries = data[split] if isinstance(data[split], list) else [data[split]]
+    files: list[Path] = []
+    for e in entries:
+        p = Path(e) if Path(e).is_absolute() else root / e
+        if p.suffix == ".txt":
+            for line in p.read_text().splitlines():
+                if line.strip():
+                    q = Path(line.strip())
+                    files.append(q if q.is_absolute() else root / q)
+        else:
+            files += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMG_EXT)
+    return slice_from_images(name, files, num_classes)
+
+
+# --------------------------------------------------------------------------------------------
+# Running a model
+# --------------------------------------------------------------------------------------------
+def _load_rgb(path: str) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(f"cannot read image {path}")
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def ensure_artifact(model: str | Path, class_names: Sequence[str], input_size: int, work_dir: Path) -> Path:
+    """A scoring-artifact directory for ``model`` (an artifact dir, a dir with ``model.onnx``, or a ``.pt``)."""
+    from tasks.export import ONNX_NAME, export_scoring_artifact
+
+    p = Path(model)
+    if p.is_dir() and (p / ONNX_NAME).is_file():
+        return p
+    if p.is_dir() and (p / "scoring" / ONNX_NAME).is_file():
+        return p / "scoring"
+    if p.is_file() and p.suffix == ".pt":
+        return export_scoring_artifact(p, work_dir / f"artifact-{p.stem}-{abs(hash(str(p))) % 10**8}",
+                                       list(class_names), input_size)
+    raise DataError(f"no scoring artifact or .pt weights at {model}")
+
+
+def predict_items(artifact: Path, items: Sequence[EvalItem], settings: Any, batch: int = 16) -> list[Detections]:
+    """Run the ONNX scoring artifact on the slice frames (letterbox + NMS as served)."""
+    from tasks.export import open_session, preprocess, read_meta, run_onnx
+
+    meta = read_meta(artifact)
+    sess = open_session(artifact, settings.training.threads)
+    out: list[Detections] = []
+    for i in range(0, len(items), batch):
+        imgs = [_load_rgb(it.image) for it in items[i : i + batch]]
+        arr, lbs = preprocess(imgs, meta.input_size)
+        raw, _ = run_onnx(sess, arr)
+        for r, lb in zip(raw, lbs, strict=True):
+            out.append(Detections.from_yolo_raw(
+                r, lb, conf_threshold=settings.model.conf_threshold, iou_threshold=settings.model.iou_threshold,
+                max_det=settings.model.max_det))
+    return out
+
+
+def measure_latency(artifacts: Sequence[Path], frames: Sequence[str], rounds: int = 3,
+                    threads: int | None = None) -> list[float]:
+    """Mean ms per frame (batch 1) of each artifact, measured interleaved on the same frames.
+
+    Each round times every artifact once over all frames, alternating the order, so drift of the
+    machine's speed affects all models alike. Returns one number per artifact (median of rounds).
+    """
+    from tasks.export import open_session, preprocess, read_meta, run_onnx
+
+    if not frames:
+        return [float("nan")] * len(artifacts)
+    sessions = [open_session(a, threads) for a in artifacts]
+    sizes = [read_meta(a).input_size for a in artifacts]
+    imgs = [_load_rgb(f) for f in frames]
+    inputs = [[preprocess([im], s)[0] for im in imgs] for s in sizes]
+    for sess, inp in zip(sessions, inputs, strict=True):  # warm-up
+        run_onnx(sess, inp[0])
+    times: list[list[float]] = [[] for _ in artifacts]
+    for r in range(rounds):
+        order = list(range(len(artifacts)))
+        if r % 2:
+            order.reverse()
+        for j in order:
+            t0 = time.perf_counter()
+            for x in inputs[j]:
+                run_onnx(sessions[j], x)
+            times[j].append((time.perf_counter() - t0) * 1000 / len(inputs[j]))
+    return [float(np.median(t)) for t in times]
+
+
+def evaluate(
+    model: str | Path,
+    slices: Sequence[EvalSlice],
+    settings: Any,
+    work_dir: str | Path | None = None,
+    label: str | None = None,
+    threshold_slice: str = "golden",
+) -> EvalReport:
+    """Evaluate one model on every slice (no latency; see :func:`evaluate_pair`).
+
+    Args:
+        model: scoring-artifact directory or ``.pt`` weights (exported to ONNX in ``work_dir``).
+        slices: evaluation slices.
+        settings: :class:`detloop.settings.Settings` (classes, model NMS settings, min_instances).
+        work_dir: scratch directory for an export.
+        label: name recorded in the report.
+        threshold_slice: slice the per-class F1 thresholds come from (the first slice if absent).
+    """
+    import tempfile
+
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="detloop-eval-"))
+    art = ensure_artifact(model, settings.classes, settings.model.input_size, work)
+    report = EvalReport(model=label or str(model), slices={})
+    preds_by_slice: dict[str, list[Detections]] = {}
+    for sl in slices:
+        preds = predict_items(art, sl.items, settings, settings.model.batch_size)
+        preds_by_slice[sl.name] = preds
+        report.slices[sl.name] = compute_metrics(
+            sl.name, [it.gt for it in sl.items], preds, settings.classes, [it.camera for it in sl.items],
+            settings.evaluation.min_instances)
+    th = next((s for s in slices if s.name == threshold_slice), slices[0] if slices else None)
+    if th is not None:
+        report.thresholds = best_f1_thresholds([it.gt for it in th.items], preds_by_slice[th.name], settings.classes)
+        report.threshold_slice = th.name
+    return report
+
+
+def evaluate_pair(
+    challenger: str | Path,
+    champion: str | Path | None,
+    slices: Sequence[EvalSlice],
+    settings: Any,
+    work_dir: str | Path | None = None,
+    labels: tuple[str, str] = ("challenger", "champion"),
+) -> tuple[EvalReport, EvalReport | None]:
+    """Evaluate challenger and champion on the same slices in the same run, plus interleaved latency.
+
+    Latency uses up to ``settings.evaluation.latency_frames`` frames of the first slice.
+    """
+    import tempfile
+
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="detloop-eval-"))
+    ch_art = ensure_artifact(challenger, settings.classes, settings.model.input_size, work / "challenger")
+    ch = evaluate(ch_art, slices, settings, work, labels[0])
+    cp = None
+    arts = [ch_art]
+    if champion is not None:
+        cp_art = ensure_artifact(champion, settings.classes, settings.model.input_size, work / "champion")
+        cp = evaluate(cp_art, slices, settings, work, labels[1])
+        arts.append(cp_art)
+    frames = [it.image for sl in slices[:1] for it in sl.items][: settings.evaluation.latency_frames]
+    lat = measure_latency(arts, frames, threads=settings.training.threads)
+    ch.latency_ms = lat[0]
+    if cp is not None:
+        cp.latency_ms = lat[1]
+    return ch, cp
+
+
+def gate_scores(report: EvalReport, slice_name: str = "golden") -> Any:
+    """The gate's view of a report (:class:`tasks.promotion.ModelScores`); insufficient groups -> None."""
+    from tasks.promotion import ModelScores
+
+    sm = report.slices.get(slice_name)
+    if sm is None:
+        return ModelScores(golden_map=None, latency_ms=report.latency_ms)
+
+    def val(m: Metric) -> float | None:
+        return m.map if m.sufficient else None
+
+    return ModelScores(
+        golden_map=val(sm.overall),
+        class_ap={k: val(m) for k, m in sm.per_class.items()},
+        small_ap=val(sm.per_size["small"]) if "small" in sm.per_size else None,
+        latency_ms=report.latency_ms,
+    )

@@ -1,0 +1,112 @@
+"""Evaluation metrics against hand-computed COCO APs (101-point interpolation, IoU 0.50:0.95)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detloop.detections import Detections
+from tasks.evaluation import best_f1_thresholds, compute_metrics, gate_scores
+
+CLASSES = ["a", "b", "c"]
+
+
+def det(boxes: list[list[float]], cls: list[int], conf: list[float] | None = None) -> Detections:
+    return Detections(xyxy=np.asarray(boxes, float).reshape(-1, 4),
+                      confidence=np.asarray(conf if conf is not None else [1.0] * len(cls), float),
+                      class_id=np.asarray(cls, np.int64))
+
+
+def hand_ap(tp_sorted: list[bool], n_gt: int) -> float:
+    """COCO 101-point interpolated AP of a ranked TP/FP list."""
+    tp = np.cumsum(tp_sorted)
+    fp = np.cumsum([not t for t in tp_sorted])
+    rec = tp / n_gt
+    prec = tp / (tp + fp)
+    for i in range(len(prec) - 2, -1, -1):  # precision envelope
+        prec[i] = max(prec[i], prec[i + 1])
+    out = []
+    for r in np.linspace(0, 1, 101):
+        idx = np.searchsorted(rec, r, side="left")
+        out.append(prec[idx] if idx < len(prec) else 0.0)
+    return float(np.mean(out))
+
+
+def test_hand_computed_class_and_size_aps() -> None:
+    # class a: 2 large GT boxes; predictions: exact (0.9), false positive (0.8), exact (0.7) -> TP FP TP
+    g0 = det([[0, 0, 100, 100], [200, 200, 300, 300]], [0, 0])
+    p0 = det([[0, 0, 100, 100], [400, 400, 500, 500], [200, 200, 300, 300]], [0, 0, 0], [0.9, 0.8, 0.7])
+    # class b: one small GT (20x20); prediction shifted so IoU = 0.6? -> use a box with IoU 0.62
+    g1 = det([[10, 10, 30, 30]], [1])
+    # shift right by d: IoU = (20-d)*20 / (2*400 - (20-d)*20); d=4.7 -> 15.3*20=306/(800-306)=0.619
+    p1 = det([[14.7, 10, 34.7, 30]], [1], [0.95])
+    m = compute_metrics("s", [g0, g1], [p0, p1], CLASSES, cameras=["cam1", "cam2"], min_instances=1)
+    ap_a = hand_ap([True, False, True], 2)
+    assert ap_a == pytest.approx((51 * 1.0 + 50 * (2 / 3)) / 101)
+    assert m.per_class["a"].map == pytest.approx(ap_a, abs=1e-6)
+    assert m.per_class["a"].map50 == pytest.approx(ap_a, abs=1e-6)
+    # IoU 0.619 matches at thresholds 0.50, 0.55, 0.60 only -> 3/10 of AP 1.0
+    assert m.per_class["b"].map50 == pytest.approx(1.0)
+    assert m.per_class["b"].map == pytest.approx(0.3, abs=1e-6)
+    assert m.per_class["c"].n_instances == 0 and m.per_class["c"].map is None
+    assert m.overall.map == pytest.approx((ap_a + 0.3) / 2, abs=1e-6)
+    # size buckets: class b's box is the only small one, class a's are large (100x100 = 10000 > 96^2)
+    assert m.per_size["small"].map == pytest.approx(0.3, abs=1e-6)
+    assert m.per_size["small"].n_instances == 1
+    assert m.per_size["large"].map == pytest.approx(ap_a, abs=1e-6)
+    assert m.per_size["medium"].n_instances == 0 and m.per_size["medium"].map is None
+    # per camera
+    assert m.per_camera["cam1"].map == pytest.approx(ap_a, abs=1e-6)
+    assert m.per_camera["cam2"].map == pytest.approx(0.3, abs=1e-6)
+    # recall: class a finds both boxes at every IoU -> AR 1; class b 3/10 thresholds
+    assert m.per_class["a"].ar == pytest.approx(1.0)
+    assert m.per_class["b"].ar == pytest.approx(0.3)
+
+
+def test_insufficient_data_and_no_predictions() -> None:
+    g = [det([[0, 0, 50, 50]], [0]), det([[0, 0, 10, 10], [20, 20, 40, 40]], [1, 1])]
+    p = [Detections.empty(3), Detections.empty(3)]
+    m = compute_metrics("s", g, p, CLASSES, min_instances=2)
+    assert m.overall.map == 0.0 and m.overall.sufficient
+    assert not m.per_class["a"].sufficient and m.per_class["b"].sufficient
+    assert m.per_class["b"].map == 0.0
+    from tasks.evaluation import EvalReport
+
+    s = gate_scores(EvalReport("x", {"golden": m}))
+    assert s.golden_map == 0.0 and s.class_ap["a"] is None and s.class_ap["b"] == 0.0
+    m2 = compute_metrics("s", g, p, CLASSES, min_instances=50)
+    assert not m2.overall.sufficient
+    assert gate_scores(EvalReport("x", {"golden": m2})).golden_map is None
+
+
+def test_perfect_predictions_score_one_and_report_round_trip() -> None:
+    rng = np.random.default_rng(0)
+    gts, preds = [], []
+    for _ in range(10):
+        xy = rng.uniform(0, 200, size=(4, 2))
+        wh = rng.uniform(5, 150, size=(4, 2))
+        boxes = np.hstack([xy, xy + wh])
+        cls = rng.integers(0, 3, size=4)
+        gts.append(det(boxes.tolist(), cls.tolist()))
+        preds.append(det(boxes.tolist(), cls.tolist(), rng.uniform(0.3, 1, 4).tolist()))
+    m = compute_metrics("s", gts, preds, CLASSES, min_instances=1)
+    assert m.overall.map == pytest.approx(1.0)
+    from tasks.evaluation import EvalReport
+
+    r = EvalReport("x", {"s": m}, {"a": 0.5})
+    assert EvalReport.from_dict(r.to_dict()) == r
+    assert r.flat_metrics()["s.all.map"] == pytest.approx(1.0)
+
+
+def test_best_f1_threshold() -> None:
+    # GT: 2 boxes of class a. preds: TP 0.9, FP 0.6, TP 0.5, FP 0.3; F1 = 2TP / (n_pred + n_gt):
+    # at 0.9: 2/3=.667, at 0.6: 2/4=.5, at 0.5: 4/5=.8, at 0.3: 4/6=.667 -> 0.5
+    g = [det([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 0])]
+    p = [det([[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30], [70, 70, 80, 80]], [0, 0, 0, 0],
+             [0.9, 0.6, 0.5, 0.3])]
+    th = best_f1_thresholds(g, p, CLASSES)
+    assert th["a"] == pytest.approx(0.5)
+    assert th["b"] == 0.25  # no ground truth: default
+    # a third GT matched by the 0.3 box: at 0.5: 4/6=.667, at 0.3: 6/7=.857 -> 0.3
+    g2 = [det([[0, 0, 10, 10], [20, 20, 30, 30], [70, 70, 80, 80]], [0, 0, 0])]
+    assert best_f1_thresholds(g2, p, CLASSES)["a"] == pytest.approx(0.3)
