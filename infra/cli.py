@@ -1,0 +1,118 @@
+"""``detloop stack up | status | down | logs SERVICE``: the embedded local stack."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+stack_app = typer.Typer(
+    help="The local stack of real servers on loopback: S3 (SeaweedFS), MLflow, Label Studio, Prefect, runner.",
+    no_args_is_help=True,
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config YAML (default $DETLOOP_CONFIG or configs/local.yaml).",
+                 envvar="DETLOOP_CONFIG"),
+]
+
+
+def _settings(config: Path | None):  # type: ignore[no-untyped-def]
+    from detloop.cli import get_settings
+
+    return get_settings(config)
+
+
+def _echo(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _print_status(settings) -> bool:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+    from rich.table import Table
+
+    from infra.stack import status
+
+    rows = status(settings)
+    table = Table(title=f"detloop stack ({settings.data_dir})")
+    for col in ("service", "URL", "pid", "state"):
+        table.add_column(col)
+    colors = {"healthy": "green", "stopped": "red", "unhealthy": "red"}
+    for r in rows:
+        c = colors.get(r.state, "yellow")
+        table.add_row(r.service, r.url, str(r.pid or "-"), f"[{c}]{r.state}[/{c}]")
+    Console().print(table)
+    return all(r.state in ("healthy", "not installed", "disabled") for r in rows)
+
+
+@stack_app.command("up")
+def up(config: ConfigOpt = None) -> None:
+    """Start every service that is not running (idempotent) and wait until all are healthy."""
+    from infra.stack import ensure_up
+
+    settings = _settings(config)
+    res = ensure_up(settings, log=_echo)
+    for name, why in res.skipped.items():
+        _echo(f"{name}: {why}")
+    _echo(
+        f"stack up in {res.seconds:.1f} s: started {', '.join(res.started) or 'nothing'}; "
+        f"already running {', '.join(res.already_running) or 'nothing'}"
+    )
+    _print_status(settings)
+    for name, err in res.errors.items():
+        typer.secho(f"error: {name}: {err}", fg=typer.colors.RED, err=True)
+    if res.errors:
+        raise typer.Exit(1)
+
+
+@stack_app.command("status")
+def status_cmd(config: ConfigOpt = None) -> None:
+    """Table of service, URL, pid and health; exit 1 when a service is not healthy."""
+    ok = _print_status(_settings(config))
+    raise typer.Exit(0 if ok else 1)
+
+
+@stack_app.command("down")
+def down_cmd(config: ConfigOpt = None) -> None:
+    """Stop the services this stack started (reverse order, verified pids, SIGKILL if needed). State is kept."""
+    from infra.stack import down
+
+    res = down(_settings(config), log=_echo)
+    _echo("stack down: " + ", ".join(f"{k} {v}" for k, v in res.items()))
+
+
+@stack_app.command("logs")
+def logs_cmd(
+    service: Annotated[str, typer.Argument(help="s3 | mlflow | label-studio | prefect | runner | label-studio-install")],
+    lines: Annotated[int, typer.Option("-n", "--lines", min=0, help="Lines from the end.")] = 50,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines (Ctrl-C stops).")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Print the end of a service's log file."""
+    from infra.procs import StackError, tail_lines
+    from infra.stack import SERVICES, stack_paths
+
+    known = (*SERVICES, "label-studio-install")
+    if service not in known:
+        raise StackError(f"unknown service {service!r}; known: {', '.join(known)}")
+    path = stack_paths(_settings(config)).log(service)
+    if not path.exists():
+        raise StackError(f"no log yet for {service}: {path}")
+    for line in tail_lines(path, lines):
+        typer.echo(line)
+    if not follow:
+        return
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        try:
+            while True:
+                chunk = f.readline()
+                if chunk:
+                    typer.echo(chunk.decode(errors="replace").rstrip("\n"))
+                else:
+                    time.sleep(0.5)
+        except KeyboardInterrupt:
+            return
