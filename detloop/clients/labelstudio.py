@@ -1,0 +1,341 @@
+"""Thin Label Studio client (label-studio-sdk 2.x) for detloop's annotation rounds.
+
+What it adds over the SDK, and nothing more:
+
+- every call goes through :meth:`LabelStudioClient._call`, which retries network errors and 5xx
+  answers with exponential backoff and then raises :class:`~detloop.errors.ServiceError` naming the
+  URL; a 401 becomes one line saying the token is wrong (the token itself is never printed);
+- the project is found by its title (``label_studio.project_title``), created on first use with a
+  label config generated from the configured class list, and refused when its config was edited to
+  hold other classes (the difference is listed);
+- the S3 import storage of the production bucket is attached once (never synced: detloop imports
+  the tasks itself with ``data.image = s3://bucket/key``);
+- tasks are listed as plain dicts, filtered on ``data.<field>`` server-side.
+
+Business rules (what to push, how to read annotations) live in ``tasks/annotation.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from xml.sax.saxutils import quoteattr
+
+from detloop.errors import DetloopError, ServiceError
+from detloop.settings import Settings
+
+T = TypeVar("T")
+
+FROM_NAME = "label"
+TO_NAME = "image"
+IMAGE_FIELD = "image"
+PROJECT_MARKER = "detloop-managed"
+
+
+class LabelConfigError(DetloopError):
+    """The project's label config does not match the configured classes."""
+
+
+def label_config_xml(class_names: Sequence[str]) -> str:
+    """Label Studio config: one Image and one RectangleLabels with a Label per class, in class order."""
+    labels = "\n".join(f"    <Label value={quoteattr(c)}/>" for c in class_names)
+    return (
+        "<View>\n"
+        f'  <Image name="{TO_NAME}" value="${IMAGE_FIELD}" zoom="true"/>\n'
+        f'  <RectangleLabels name="{FROM_NAME}" toName="{TO_NAME}">\n'
+        f"{labels}\n"
+        "  </RectangleLabels>\n"
+        "</View>"
+    )
+
+
+def config_class_names(label_config: str) -> list[str]:
+    """Label values of the RectangleLabels control named ``label`` in a label config XML.
+
+    Raises:
+        LabelConfigError: when the XML cannot be parsed or has no such control.
+    """
+    try:
+        root = ET.fromstring(label_config)
+    except ET.ParseError as err:
+        raise LabelConfigError(f"label config is not valid XML: {err}") from err
+    for node in root.iter("RectangleLabels"):
+        if node.get("name") == FROM_NAME:
+            return [lab.get("value", "") for lab in node.iter("Label")]
+    raise LabelConfigError(f"label config has no <RectangleLabels name=\"{FROM_NAME}\">")
+
+
+def check_label_config(label_config: str, class_names: Sequence[str], where: str = "project") -> None:
+    """Refuse a label config whose classes differ from the configured ones, listing the difference.
+
+    Raises:
+        LabelConfigError: ``... unknown classes [...]; missing classes [...]``.
+    """
+    have = config_class_names(label_config)
+    unknown = sorted(set(have) - set(class_names))
+    missing = [c for c in class_names if c not in set(have)]
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"classes not in the config's class list {unknown}")
+        if missing:
+            parts.append(f"configured classes missing from it {missing}")
+        raise LabelConfigError(
+            f"Label Studio {where} label config was edited: " + "; ".join(parts)
+            + " (fix the project's labeling setup or the `classes` list; detloop never rewrites it)"
+        )
+
+
+def data_filter(field: str, value: Any, ftype: str = "String", operator: str = "equal") -> dict[str, Any]:
+    """One Data Manager filter item on ``task.data[field]``."""
+    return {"filter": f"filter:tasks:data.{field}", "operator": operator, "type": ftype, "value": value}
+
+
+@dataclass(frozen=True)
+class Project:
+    id: int
+    title: str
+    label_config: str
+
+
+class LabelStudioClient:
+    """The Label Studio calls detloop needs, with retries and one-line errors.
+
+    Args:
+        settings: the resolved settings (URL, token, retry policy).
+        sdk: an already built ``label_studio_sdk.LabelStudio`` (tests); built lazily otherwise.
+        retries: attempts after the first one on network errors and 5xx answers.
+        backoff_s: first sleep; doubles each attempt.
+        sleep: injectable sleep (tests).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        sdk: Any | None = None,
+        retries: int | None = None,
+        backoff_s: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.settings = settings
+        self.url = settings.label_studio.url.rstrip("/")
+        self.retries = settings.label_studio.retries if retries is None else retries
+        self.backoff_s = settings.label_studio.backoff_seconds if backoff_s is None else backoff_s
+        self._sleep = sleep
+        self._sdk = sdk
+
+    # ---- plumbing --------------------------------------------------------------------------------
+    @property
+    def sdk(self) -> Any:
+        if self._sdk is None:
+            from label_studio_sdk import LabelStudio
+
+            token = self.settings.label_studio_token()
+            if not token:
+                raise ServiceError(
+                    f"Label Studio at {self.url}: no API token; set DETLOOP_LABEL_STUDIO__API_TOKEN "
+                    "or LABEL_STUDIO_API_KEY"
+                )
+            self._sdk = LabelStudio(base_url=self.url, api_key=token, timeout=self.settings.label_studio.timeout_seconds)
+        return self._sdk
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one API call: retry network errors / 5xx with backoff, then raise one line."""
+        import httpx
+        from label_studio_sdk.core.api_error import ApiError
+
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except ApiError as err:
+                code = err.status_code or 0
+                if code == 401:
+                    raise ServiceError(
+                        f"Label Studio at {self.url} refused the API token (401) on {what}: the token is wrong "
+                        "or was revoked; set DETLOOP_LABEL_STUDIO__API_TOKEN"
+                    ) from None
+                if code < 500 or attempt == self.retries:
+                    body = str(err.body)[:300].replace("\n", " ")
+                    raise ServiceError(f"Label Studio at {self.url}: HTTP {code} on {what}: {body}") from err
+            except (httpx.TransportError, ConnectionError) as err:
+                if attempt == self.retries:
+                    raise ServiceError(
+                        f"Label Studio at {self.url} is not reachable ({what}) after {self.retries + 1} attempts: "
+                        f"{type(err).__name__}; is the stack up? (`detloop stack up`)"
+                    ) from err
+            self._sleep(delay)
+            delay *= 2
+        raise ServiceError(f"Label Studio at {self.url}: {what} failed")  # pragma: no cover
+
+    def _http(self, method: str, path: str, what: str, **kw: Any) -> Any:
+        """A raw JSON request through the SDK's authenticated httpx client (bulk reads, no model parsing)."""
+        from label_studio_sdk.core.api_error import ApiError
+
+        wrapper = self.sdk._client_wrapper
+
+        def go() -> Any:
+            resp = wrapper.httpx_client.request(path, method=method, **kw)
+            if resp.status_code >= 400:
+                try:
+                    body = resp.json()
+                except ValueError:
+                    body = resp.text
+                raise ApiError(status_code=resp.status_code, headers=dict(resp.headers), body=body)
+            return resp.json() if resp.content else None
+
+        return self._call(what, go)
+
+    # ---- health and identity ----------------------------------------------------------------------
+    def whoami(self) -> dict[str, Any]:
+        """The token's user (checks reachability and the token)."""
+        return self._http("GET", "api/current-user/whoami", "whoami")  # type: ignore[no-any-return]
+
+    # ---- project ---------------------------------------------------------------------------------
+    def find_project(self, title: str) -> Project | None:
+        """The project with exactly this title (the oldest when several), or None."""
+        found: list[Project] = []
+        page = 1
+        while True:
+            data = self._http(
+                "GET", "api/projects/", f"list projects titled {title!r}",
+                params={"title": title, "page": page, "page_size": 100, "include": "id,title,label_config"},
+            )
+            rows = data.get("results", []) if isinstance(data, dict) else data
+            found += [Project(int(p["id"]), p["title"], p.get("label_config") or "") for p in rows
+                      if p.get("title") == title]
+            if not isinstance(data, dict) or not data.get("next"):
+                break
+            page += 1
+        if not found:
+            return None
+        p = min(found, key=lambda x: x.id)
+        if not p.label_config:  # `include` may drop it on some versions
+            full = self._call(f"get project {p.id}", lambda: self.sdk.projects.get(id=p.id))
+            p = Project(p.id, p.title, full.label_config or "")
+        return p
+
+    def ensure_project(self, title: str, class_names: Sequence[str]) -> Project:
+        """Find the project by title or create it; refuse a hand-edited label config with other classes."""
+        p = self.find_project(title)
+        if p is None:
+            created = self._call(
+                f"create project {title!r}",
+                lambda: self.sdk.projects.create(
+                    title=title,
+                    label_config=label_config_xml(class_names),
+                    description=f"{PROJECT_MARKER}: annotation rounds of detloop (classes {list(class_names)})",
+                ),
+            )
+            return Project(int(created.id), title, created.label_config or label_config_xml(class_names))
+        check_label_config(p.label_config, class_names, where=f"project {title!r} (id {p.id}) at {self.url}:")
+        return p
+
+    def update_label_config(self, project_id: int, label_config: str) -> None:
+        """Replace the label config (used by tests to simulate a hand edit)."""
+        self._call(f"update project {project_id}",
+                   lambda: self.sdk.projects.update(id=project_id, label_config=label_config))
+
+    def delete_project(self, project_id: int) -> None:
+        self._call(f"delete project {project_id}", lambda: self.sdk.projects.delete(id=project_id))
+
+    # ---- storage -----------------------------------------------------------------------------------
+    def ensure_s3_storage(self, project_id: int, bucket: str, presign: bool, presign_ttl_minutes: int) -> int:
+        """Attach an S3 import storage for ``bucket`` once (no prefix; never synced). Returns its id.
+
+        With ``presign`` Label Studio answers the browser's image request with a redirect to a presigned
+        URL; without it Label Studio streams the bytes itself. The S3 endpoint is the server's own
+        ``S3_ENDPOINT`` (the stack sets it), so a loopback endpoint passes its SSRF protection.
+        """
+        existing = self._http("GET", "api/storages/s3", f"list S3 storages of project {project_id}",
+                              params={"project": project_id})
+        for s in existing or []:
+            if s.get("bucket") == bucket and bool(s.get("presign")) == bool(presign):
+                return int(s["id"])
+        key, secret = self.settings.s3_credentials()
+        kw: dict[str, Any] = {
+            "project": project_id, "bucket": bucket, "presign": presign, "presign_ttl": presign_ttl_minutes,
+            "region_name": self.settings.s3.region, "title": f"detloop {bucket}", "recursive_scan": True,
+            "use_blob_urls": False,
+        }
+        if key and secret:
+            kw.update(aws_access_key_id=key, aws_secret_access_key=secret)
+        for s in existing or []:  # presign changed: update in place
+            if s.get("bucket") == bucket:
+                sid = int(s["id"])
+                self._call(f"update S3 storage {sid}", lambda sid=sid: self.sdk.import_storage.s3.update(id=sid, **kw))
+                return sid
+        st = self._call(f"attach S3 storage for bucket {bucket!r} to project {project_id}",
+                        lambda: self.sdk.import_storage.s3.create(**kw))
+        return int(st.id)
+
+    # ---- tasks -------------------------------------------------------------------------------------
+    def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]]) -> list[int]:
+        """One import request; returns the new task ids (in order)."""
+        res = self._http(
+            "POST", f"api/projects/{project_id}/import", f"import {len(tasks)} tasks into project {project_id}",
+            params={"return_task_ids": "true", "commit_to_project": "true"}, json=list(tasks),
+        )
+        return [int(t) for t in (res or {}).get("task_ids", [])]
+
+    def iter_tasks(
+        self,
+        project_id: int,
+        filters: Sequence[dict[str, Any]] = (),
+        fields: str = "all",
+        page_size: int = 1000,
+    ) -> Iterator[dict[str, Any]]:
+        """Tasks of a project as plain dicts (``fields="all"``: with annotations and predictions).
+
+        ``filters`` are Data Manager items (see :func:`data_filter`), combined with AND.
+        """
+        query = json.dumps({"filters": {"conjunction": "and", "items": list(filters)}})
+        page = 1
+        while True:
+            data = self._http(
+                "GET", "api/tasks/", f"list tasks of project {project_id} (page {page})",
+                params={"project": project_id, "fields": fields, "query": query, "page": page, "page_size": page_size},
+            )
+            rows = data.get("tasks", []) if isinstance(data, dict) else []
+            yield from rows
+            total = int(data.get("total", 0)) if isinstance(data, dict) else 0
+            if not rows or page * page_size >= total:
+                return
+            page += 1
+
+    def create_annotation(self, task_id: int, result: list[dict[str, Any]], was_cancelled: bool = False,
+                          lead_time: float | None = None) -> int:
+        """Submit one annotation (what the editor's Submit / Skip buttons do)."""
+        body: dict[str, Any] = {"result": result, "was_cancelled": was_cancelled}
+        if lead_time is not None:
+            body["lead_time"] = lead_time
+        res = self._http("POST", f"api/tasks/{task_id}/annotations/", f"annotate task {task_id}", json=body)
+        return int(res["id"])
+
+    def resolve_url(self, task_id: int, uri: str) -> str:
+        """The URL the browser fetches for an ``s3://`` image of a task."""
+        import base64
+
+        b64 = base64.urlsafe_b64encode(uri.encode()).decode()
+        return f"{self.url}/tasks/{task_id}/resolve/?fileuri={b64}"
+
+    def fetch_as_browser(self, task_id: int, uri: str) -> tuple[int, bytes, str | None]:
+        """GET the image the way the editor does; returns (final status, bytes, redirect target host or None)."""
+        import httpx
+
+        token = self.settings.label_studio_token() or ""
+
+        def go() -> tuple[int, bytes, str | None]:
+            with httpx.Client(timeout=30.0, follow_redirects=False) as c:
+                r = c.get(self.resolve_url(task_id, uri), headers={"Authorization": f"Token {token}"})
+                if r.status_code in (301, 302, 303, 307, 308):
+                    loc = r.headers["location"]
+                    r2 = c.get(loc)
+                    return r2.status_code, r2.content, httpx.URL(loc).host
+                return r.status_code, r.content, None
+
+        return self._call(f"fetch image of task {task_id}", go)
