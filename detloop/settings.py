@@ -91,6 +91,18 @@ class LabelStudioSettings(_Model):
         None, description="From env DETLOOP_LABEL_STUDIO__API_TOKEN or LABEL_STUDIO_API_KEY."
     )
     secret_block: str | None = Field(None, description="Optional Prefect Secret block holding the API token.")
+    retries: int = Field(4, ge=0, le=20, description="Retries of a Label Studio call on network errors / 5xx.")
+    backoff_seconds: float = Field(0.5, ge=0.0, le=60.0, description="First retry delay; doubles each retry.")
+    timeout_seconds: float = Field(120.0, gt=0.0, le=3600.0, description="Timeout of one Label Studio request.")
+    annotation_policy: Literal["latest", "consensus"] = Field(
+        "latest", description="Several annotations on a task: the latest submitted, or boxes most annotators agree on."
+    )
+    min_box_pixels: float = Field(
+        1.0, ge=0.0, le=1000.0, description="Boxes narrower or lower than this (pixels, after clipping) are dropped."
+    )
+    prediction_conf_threshold: float = Field(
+        0.25, ge=0.0, le=1.0, description="Predicted boxes at or above this confidence become the pre-annotation."
+    )
 
 
 class PrefectSettings(_Model):
@@ -220,6 +232,9 @@ class RoundSettings(_Model):
     deadline_days: int = Field(5, ge=0, le=365, description="Days annotators have before a round closes partially.")
     on_open_round: Literal["skip", "open_another"] = Field(
         "skip", description="What the weekly run does while the previous round is still open."
+    )
+    val_share: float = Field(
+        0.2, ge=0.0, le=1.0, description="Share of (camera, date, hour) groups of labelled round frames put in val."
     )
 
 
