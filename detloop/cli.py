@@ -73,6 +73,7 @@ def _register_subapps() -> None:
     for module, attr, name in [
         ("infra.cli", "stack_app", "stack"),
         ("detloop.world.cli", "world_app", "world"),
+        ("detloop.datasets_cli", "dataset_app", "dataset"),
     ]:
         try:
             mod = importlib.import_module(module)
