@@ -1,0 +1,251 @@
+"""Thin MLflow tracking / registry client with retries and user-facing errors naming the server URL.
+
+Only network calls live here; the promotion rule is in :mod:`tasks.promotion` and the registry
+workflow (register, promote, rollback) in :mod:`tasks.registry`. ``mlflow`` is imported lazily.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from detloop.errors import ServiceError
+from detloop.settings import Settings
+
+T = TypeVar("T")
+
+DEFAULT_BACKOFF: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+
+
+def _is_transient(err: BaseException) -> bool:
+    """Network errors and 5xx / 429 answers are retried; 4xx (bad request, not found) are not."""
+    import requests
+
+    if isinstance(err, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+        return True
+    try:
+        from mlflow.exceptions import MlflowException, RestException
+    except ImportError:  # pragma: no cover
+        return False
+    if isinstance(err, RestException):
+        code = getattr(err, "get_http_status_code", lambda: 500)()
+        return code >= 500 or code == 429
+    if isinstance(err, MlflowException):
+        msg = str(err)
+        return any(s in msg for s in ("Max retries exceeded", "Connection refused", "ConnectionError", "timed out",
+                                      "API request to", "Failed to establish"))
+    return False
+
+
+def with_retries(fn: Callable[[], T], what: str, url: str, backoff: Sequence[float] = DEFAULT_BACKOFF) -> T:
+    """Call ``fn``; retry transient failures with ``backoff`` sleeps; raise :class:`ServiceError` naming ``url``."""
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except Exception as err:
+            if _is_transient(err) and attempt < len(backoff):
+                time.sleep(backoff[attempt])
+                attempt += 1
+                continue
+            if _is_transient(err):
+                raise ServiceError(
+                    f"MLflow at {url} unreachable while trying to {what} (after {attempt + 1} attempts): "
+                    f"{type(err).__name__}"
+                ) from err
+            raise
+
+
+class RegistryClient:
+    """MLflow tracking + model registry for one experiment and one registered model name."""
+
+    def __init__(self, settings: Settings, experiment: str | None = None, model_name: str | None = None,
+                 backoff: Sequence[float] = DEFAULT_BACKOFF):
+        self.url = settings.mlflow.tracking_uri
+        self.experiment_name = experiment or settings.mlflow.experiment
+        self.model_name = model_name or settings.mlflow.model_name
+        self.backoff = tuple(backoff)
+        self._client: Any = None
+        self._experiment_id: str | None = None
+
+    # ---- plumbing ---------------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import os
+
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # we retry ourselves, quickly
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.url, registry_uri=self.url)
+        return self._client
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        return with_retries(fn, what, self.url, self.backoff)
+
+    def ping(self) -> None:
+        """Raise :class:`ServiceError` when the server does not answer."""
+        import requests
+
+        def _get() -> None:
+            r = requests.get(self.url.rstrip("/") + "/health", timeout=5)
+            r.raise_for_status()
+
+        try:
+            self.call("check health", _get)
+        except requests.HTTPError as err:
+            raise ServiceError(f"MLflow at {self.url} answered {err.response.status_code} on /health") from err
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self.call("get experiment", lambda: self.client.get_experiment_by_name(self.experiment_name))
+            if exp is None:
+                try:
+                    self._experiment_id = self.call(
+                        "create experiment", lambda: self.client.create_experiment(self.experiment_name))
+                except Exception:  # created concurrently
+                    exp = self.call("get experiment", lambda: self.client.get_experiment_by_name(self.experiment_name))
+                    if exp is None:
+                        raise
+                    self._experiment_id = exp.experiment_id
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    # ---- runs -------------------------------------------------------------------------------
+    def find_runs(self, filter_string: str, max_results: int = 10) -> list[Any]:
+        return list(self.call("search runs", lambda: self.client.search_runs(
+            [self.experiment_id], filter_string=filter_string, max_results=max_results,
+            order_by=["attributes.start_time DESC"])))
+
+    def create_run(self, run_name: str, tags: dict[str, str]) -> str:
+        run = self.call("create run", lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags))
+        return str(run.info.run_id)
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.call("log params", lambda i=i: self.client.log_batch(run_id, params=items[i : i + 100]))
+
+    def log_metrics(self, run_id: str, rows: Sequence[tuple[str, float, int]]) -> None:
+        """``(key, value, step)`` rows, in batches."""
+        import math
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k.replace("(", "_").replace(")", ""), float(v), ts, int(s))
+                 for k, v, s in rows if v is not None and math.isfinite(float(v))]
+        for i in range(0, len(items), 500):
+            self.call("log metrics", lambda i=i: self.client.log_batch(run_id, metrics=items[i : i + 500]))
+
+    def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        self.call("set run tags", lambda: self.client.log_batch(run_id, tags=items))
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.call("upload artifact", lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.call("upload artifact", lambda: self.client.log_text(run_id, text, artifact_file))
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.call("end run", lambda: self.client.set_terminated(run_id, status))
+
+    def download_run_artifact(self, run_id: str, path: str, dst: Path) -> Path:
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self.call("download artifact", lambda: self.client.download_artifacts(run_id, path, str(dst))))
+
+    # ---- registry ---------------------------------------------------------------------------
+    def ensure_registered_model(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.call("get registered model", lambda: self.client.get_registered_model(self.model_name))
+        except MlflowException:
+            try:
+                self.call("create registered model", lambda: self.client.create_registered_model(self.model_name))
+            except MlflowException:  # created concurrently
+                self.call("get registered model", lambda: self.client.get_registered_model(self.model_name))
+
+    def versions(self, filter_extra: str = "") -> list[Any]:
+        """All versions of the model, newest first (aliases filled in)."""
+        flt = f"name='{self.model_name}'" + (f" and {filter_extra}" if filter_extra else "")
+        vs = list(self.call("search model versions", lambda: self.client.search_model_versions(flt, max_results=1000)))
+        out = [self.get_version(v.version) for v in vs]  # search results may omit aliases
+        return sorted(out, key=lambda v: int(v.version), reverse=True)
+
+    def get_version(self, version: str | int) -> Any:
+        return self.call("get model version", lambda: self.client.get_model_version(self.model_name, str(version)))
+
+    def version_for_run(self, run_id: str) -> Any | None:
+        vs = self.versions(f"run_id='{run_id}'")
+        return vs[0] if vs else None
+
+    def version_by_alias(self, alias: str) -> Any | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.call(f"resolve alias {alias}",
+                             lambda: self.client.get_model_version_by_alias(self.model_name, alias))
+        except MlflowException as err:
+            if "RESOURCE_DOES_NOT_EXIST" in str(err) or "not found" in str(err).lower() or "does not exist" in str(
+                    err).lower():
+                return None
+            raise
+
+    def set_alias(self, alias: str, version: str | int) -> None:
+        self.call(f"set alias {alias}",
+                  lambda: self.client.set_registered_model_alias(self.model_name, alias, str(version)))
+
+    def delete_alias(self, alias: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.call(f"delete alias {alias}", lambda: self.client.delete_registered_model_alias(self.model_name, alias))
+        except MlflowException:
+            pass
+
+    def set_version_tags(self, version: str | int, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.call("set version tag",
+                      lambda k=k, v=v: self.client.set_model_version_tag(self.model_name, str(version), k, str(v)))
+
+    def register_logged_model(self, run_id: str, local_dir: Path, name: str, tags: dict[str, str],
+                              params: dict[str, str]) -> Any:
+        """LoggedModel route (``register_model('runs:/...')`` fails for plain files in MLflow 3).
+
+        ``initialize`` -> upload every file -> finalize READY -> model version. A failed upload finalizes
+        the LoggedModel as FAILED and registers nothing.
+        """
+        lm = self.call("create logged model", lambda: self.client.create_logged_model(
+            self.experiment_id, name=name, source_run_id=run_id, tags=tags, params=params))
+        model_id = lm.model_id
+        try:
+            self.call("upload model files", lambda: self.client.log_model_artifacts(model_id, str(local_dir)))
+        except Exception:
+            try:
+                self.client.finalize_logged_model(model_id, "FAILED")
+            finally:
+                raise
+        self.call("finalize logged model", lambda: self.client.finalize_logged_model(model_id, "READY"))
+        self.ensure_registered_model()
+        return self.call("create model version", lambda: self.client.create_model_version(
+            self.model_name, source=f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id))
+
+    def download_version(self, version: Any, dst: Path) -> Path:
+        """Download every file of a model version into ``dst``."""
+        import mlflow.artifacts
+
+        dst.mkdir(parents=True, exist_ok=True)
+        uri = f"models:/{self.model_name}/{version.version}"
+        return Path(self.call("download model version", lambda: mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(dst), tracking_uri=self.url, registry_uri=self.url)))
