@@ -1,0 +1,53 @@
+"""Integration tests run against the REAL local test stack (``configs/test.yaml``: ``.detloop-test``, ports +100).
+
+The session fixture :func:`stack_settings` brings the stack up once (idempotent: a running stack is reused,
+also one started by another engineer or session) and stops it at the end only when this session started
+it and ``DETLOOP_TEST_KEEP_STACK`` is not set. Every test in this folder is marked ``integration``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEST_CONFIG = REPO_ROOT / "configs" / "test.yaml"
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def _test_settings():  # type: ignore[no-untyped-def]
+    """Settings of the test stack; a relative data dir is anchored at the repo root, not the cwd."""
+    from detloop.settings import load_settings
+
+    raw = yaml.safe_load(TEST_CONFIG.read_text()) or {}
+    data_dir = Path(raw.get("data_dir", ".detloop-test"))
+    if not data_dir.is_absolute():
+        data_dir = REPO_ROOT / data_dir
+    return load_settings(TEST_CONFIG, overrides={"data_dir": str(data_dir)})
+
+
+@pytest.fixture(scope="session")
+def stack_settings() -> Iterator:  # type: ignore[type-arg]
+    """``Settings`` of the running test stack (secrets filled from its ``secrets.env``)."""
+    from detloop.offline import apply_offline_env
+    from infra.stack import client_env, down, ensure_up
+
+    os.environ["DETLOOP_CONFIG"] = str(TEST_CONFIG)
+    settings = _test_settings()
+    apply_offline_env(settings)
+    result = ensure_up(settings, log=lambda m: print(f"[stack] {m}", file=sys.stderr))
+    os.environ.update(client_env(settings))
+    yield settings
+    if result.started and not os.environ.get("DETLOOP_TEST_KEEP_STACK"):
+        down(settings, log=lambda m: print(f"[stack] {m}", file=sys.stderr))
