@@ -398,13 +398,26 @@ def train(
 
     Raises:
         DataError: classes differ / too little data. TrainingError: crash or timeout.
+        PromotionError: another training holds the training lock.
         ServiceError: MLflow unreachable (the message names its URL).
     """
+    from tasks.registry import training_lock
+
+    counts = check_dataset(data_yaml, settings.classes, settings.training.min_train_frames)
+    with training_lock(settings):
+        return _train_locked(data_yaml, settings, init_weights, run_name, tags, dataset_version, parent_version,
+                             epochs, registry, counts)
+
+
+def _train_locked(
+    data_yaml: str | Path, settings: Settings, init_weights: str | Path | None, run_name: str,
+    tags: dict[str, str] | None, dataset_version: str | None, parent_version: str | None, epochs: int | None,
+    registry: Any, counts: dict[str, int],
+) -> TrainResult:
     from detloop.clients.registry import RegistryClient
     from detloop.offline import ensure_ultralytics_fonts, yolo_config_dir
 
     tc = settings.training
-    counts = check_dataset(data_yaml, settings.classes, tc.min_train_frames)
     bootstrap = init_weights is None
     n_epochs = int(epochs or (tc.bootstrap_epochs if bootstrap else tc.finetune_epochs))
     threads = tc.threads or os.cpu_count() or 1
