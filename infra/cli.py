@@ -84,6 +84,30 @@ def down_cmd(config: ConfigOpt = None) -> None:
     _echo("stack down: " + ", ".join(f"{k} {v}" for k, v in res.items()))
 
 
+@stack_app.command("restart")
+def restart_cmd(
+    services: Annotated[list[str] | None, typer.Argument(help="Services to restart (default: all).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Stop the given services (e.g. ``runner`` after changing flow code), then `up` again. State is kept."""
+    from infra.procs import StackError
+    from infra.stack import SERVICES, down, ensure_up
+
+    chosen = tuple(services or SERVICES)
+    unknown = [x for x in chosen if x not in SERVICES]
+    if unknown:
+        raise StackError(f"unknown service(s) {', '.join(unknown)}; known: {', '.join(SERVICES)}")
+    settings = _settings(config)
+    down(settings, log=_echo, services=chosen)
+    res = ensure_up(settings, log=_echo)
+    _echo(f"restarted {', '.join(res.started) or 'nothing'} in {res.seconds:.1f} s")
+    _print_status(settings)
+    for name, err in res.errors.items():
+        typer.secho(f"error: {name}: {err}", fg=typer.colors.RED, err=True)
+    if res.errors:
+        raise typer.Exit(1)
+
+
 @stack_app.command("logs")
 def logs_cmd(
     service: Annotated[str, typer.Argument(help="s3 | mlflow | label-studio | prefect | runner | label-studio-install")],

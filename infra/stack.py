@@ -447,6 +447,7 @@ class UpResult:
     skipped: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def _current(settings: Settings, service: str, log: Log) -> PidRecord | None:
@@ -599,11 +600,19 @@ def ensure_up(settings: Settings, log: Log = _noop) -> UpResult:
                 res.already_running.append(service)
             return rec
 
+        def mark(phase: str, since: float) -> float:
+            now = time.monotonic()
+            res.phases[phase] = round(now - since, 2)
+            return now
+
+        t = time.monotonic()
         s3 = bring("s3")
         _wait_healthy(settings, "s3", s3, deadline)
         create_buckets(settings, sec)
+        t = mark("s3_and_buckets", t)
         waiting = {"mlflow": bring("mlflow"), "prefect": bring("prefect")}
         ensure_label_studio_venv(settings, log)
+        t = mark("label_studio_venv", t)
         waiting["label-studio"] = bring("label-studio")
         for name, rec in waiting.items():
             _wait_healthy(settings, name, rec, deadline)
@@ -613,6 +622,7 @@ def ensure_up(settings: Settings, log: Log = _noop) -> UpResult:
                 f"{settings.secrets_file} (or DETLOOP_LABEL_STUDIO__API_TOKEN); its admin was created with "
                 f"another token: set that one, or stop the stack and delete {paths.label_studio}"
             )
+        t = mark("mlflow_prefect_label_studio", t)
         if not settings.stack.runner:
             res.skipped["runner"] = "disabled (stack.runner: false)"
         elif not runner_installed():
@@ -624,6 +634,7 @@ def ensure_up(settings: Settings, log: Log = _noop) -> UpResult:
                 _wait_healthy(settings, "runner", rec, deadline)
             except StackError as err:  # the rest of the stack is usable: report, do not raise
                 res.errors["runner"] = str(err)
+            mark("runner", t)
     res.seconds = time.monotonic() - t0
     return res
 
@@ -681,7 +692,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
         elif service == "runner" and not runner_installed():
             state = "not installed"
         elif not live:
-            state = "unhealthy (not started by this stack)" if healthy(settings, service) else "stopped"
+            state = "running (not started by this stack)" if healthy(settings, service) else "stopped"
         else:
             state = "healthy" if healthy(settings, service, rec) else "unhealthy"
         out.append(ServiceStatus(service, TITLES[service], service_url(settings, service), pid, state, paths.log(service)))

@@ -2,7 +2,7 @@
 
 The session fixture :func:`stack_settings` brings the stack up once (idempotent: a running stack is reused,
 also one started by another engineer or session) and stops it at the end only when this session started
-it and ``DETLOOP_TEST_KEEP_STACK`` is not set. Every test in this folder is marked ``integration``.
+it and ``DETLOOP_TEST_KEEP_STACK`` is not set, and then only the services this session started. Every test in this folder is marked ``integration``.
 """
 
 from __future__ import annotations
@@ -50,4 +50,5 @@ def stack_settings() -> Iterator:  # type: ignore[type-arg]
     os.environ.update(client_env(settings))
     yield settings
     if result.started and not os.environ.get("DETLOOP_TEST_KEEP_STACK"):
-        down(settings, log=lambda m: print(f"[stack] {m}", file=sys.stderr))
+        # only what THIS session started (a session that merely restarted the runner leaves the servers up)
+        down(settings, log=lambda m: print(f"[stack] {m}", file=sys.stderr), services=tuple(result.started))
