@@ -487,16 +487,17 @@ def build_round_version(
     settings: Settings,
     round_id: str,
     entries: Sequence[Any],
-    parent_id: str | None = None,
-    golden_id: str | None = None,
+    parent_id: str | None = "latest",
+    golden_id: str | None = "latest",
 ) -> tuple[str, Any, dict[str, Any]]:
     """Write the dataset version ``parent + this round's entries`` (kind ``train``).
 
     Args:
         entries: ``DatasetEntry`` of the round (from :func:`copy_frames`).
-        parent_id: previous train version (default: the latest ``train`` version, else the latest
-            ``seed`` version, else none).
-        golden_id: golden version whose frames must never be trained on (default: the latest).
+        parent_id: previous train version; ``"latest"``: the latest ``train`` version, else the latest
+            ``seed`` version, else none; None: no parent.
+        golden_id: golden version whose frames must never be trained on; ``"latest"``: the latest
+            golden version; None: no golden check.
 
     Returns:
         (version id, manifest, report with counts and the frames excluded as golden).
@@ -504,10 +505,10 @@ def build_round_version(
     from detloop import datasets as ds
     from tasks import rounds
 
-    if parent_id is None:
+    if parent_id == "latest":
         parent_id = ds.latest_version(store, settings, "train") or ds.latest_version(store, settings, "seed")
     parent = ds.load_manifest(store, settings, parent_id) if parent_id else None
-    if golden_id is None:
+    if golden_id == "latest":
         golden_id = ds.latest_version(store, settings, "golden")
     golden = {e.frame_sha for e in ds.load_manifest(store, settings, golden_id).entries} if golden_id else set()
     kept = [e for e in entries if e.frame_sha not in golden]

@@ -21,7 +21,7 @@ again, so consumers can deduplicate on it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -161,12 +161,14 @@ def watch_rounds(
     emit: Emit,
     store: Any | None = None,
     ls: Any | None = None,
+    round_ids: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Compute progress of every open round, close the finished ones and emit their event once.
 
     Args:
         now: the current time (simulated in tests and demos; naive means UTC).
         emit: ``emit(event=..., resource=..., payload=..., id=...)`` (Prefect's ``emit_event``).
+        round_ids: only these rounds (default: every round record in the data bucket).
 
     Returns:
         ``{"now", "rounds": [{round_id, status, progress, emitted, event_id}], "emitted": [...]}``.
@@ -180,6 +182,8 @@ def watch_rounds(
     emitted: list[str] = []
     project_id: int | None = None
     for rec in list_rounds(store, settings):
+        if round_ids is not None and rec.round_id not in round_ids:
+            continue
         if rec.status == "open":
             if project_id is None:
                 ls = ls or LabelStudioClient(settings)

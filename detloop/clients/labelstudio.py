@@ -298,7 +298,8 @@ class LabelStudioClient:
         while True:
             data = self._http(
                 "GET", "api/tasks/", f"list tasks of project {project_id} (page {page})",
-                params={"project": project_id, "fields": fields, "query": query, "page": page, "page_size": page_size},
+                params={"project": project_id, "fields": fields, "query": query, "page": page, "page_size": page_size,
+                        "resolve_uri": "false"},
             )
             rows = data.get("tasks", []) if isinstance(data, dict) else []
             yield from rows

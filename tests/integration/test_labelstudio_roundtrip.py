@@ -1,0 +1,325 @@
+"""Label Studio round trips against the REAL test stack (Label Studio + SeaweedFS S3).
+
+Each module run uses its own buckets and its own Label Studio project (uuid suffix), so parallel
+runs and other engineers' tests never see each other's tasks or rounds.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import cv2
+import numpy as np
+import pytest
+
+from detloop.clients.labelstudio import LabelConfigError, LabelStudioClient, label_config_xml
+from detloop.contracts import FrameRef, SelectedFrame
+from detloop.detections import Detections
+from detloop.errors import ServiceError
+from detloop.sim.annotator import AnnotatorProfile, annotate_pending, truth_key
+from tasks import annotation, rounds
+
+W, H = 320, 240
+AS_OF = "2026-01-12"
+
+
+class Recorder:
+    """Stands in for Prefect's emit_event: records every call."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    def __call__(self, **kw):  # type: ignore[no-untyped-def]
+        self.events.append(kw)
+
+
+class CrashingLS:
+    """The real client, except that import number ``after + 1`` dies (a crash half-way)."""
+
+    def __init__(self, ls: LabelStudioClient, after: int) -> None:
+        self._ls, self._left = ls, after
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._ls, name)
+
+    def import_tasks(self, project_id: int, tasks: list) -> list[int]:
+        if self._left == 0:
+            raise ServiceError("simulated crash during import")
+        self._left -= 1
+        return self._ls.import_tasks(project_id, tasks)
+
+
+def _jpeg(rng: np.random.Generator, boxes: np.ndarray) -> bytes:
+    img = rng.integers(0, 60, (H, W, 3), dtype=np.uint8)
+    for x1, y1, x2, y2 in boxes.astype(int):
+        cv2.rectangle(img, (x1, y1), (x2, y2), (200, 200, 200), -1)
+    ok, buf = cv2.imencode(".jpg", img)
+    if not ok:
+        raise RuntimeError("jpeg encoding failed")
+    return buf.tobytes()
+
+
+@pytest.fixture(scope="module")
+def env(stack_settings):  # type: ignore[no-untyped-def]
+    """Own buckets + project; 12 frames with oracle truth and predictions (10 selected, 2 control)."""
+    from detloop.clients.s3 import S3Store
+
+    sfx = uuid.uuid4().hex[:8]
+    s = stack_settings.model_copy(deep=True)
+    # the stack's own buckets (SeaweedFS gives each new bucket its own volumes and runs out of them
+    # after a handful), with keys, round ids and the project unique to this run
+    s.label_studio.project_title = f"detloop-it-{sfx}"
+    s.label_studio.import_batch_size = 5  # several batches with few frames
+    s.label_studio.backoff_seconds = 0.01
+    store = S3Store(s)
+    rng = np.random.default_rng(7)
+    frames, truths, bodies = [], {}, {}
+    for i in range(12):
+        n = i % 3 + 1 if i != 11 else 0  # frame 11: no object (a negative)
+        x1 = rng.uniform(5, 200, n)
+        y1 = rng.uniform(5, 150, n)
+        boxes = np.stack([x1, y1, x1 + rng.uniform(30, 80, n), y1 + rng.uniform(30, 70, n)], 1) if n else np.zeros((0, 4))
+        cls = rng.integers(0, len(s.classes), n)
+        key = f"frames/camera=it{sfx}c{i % 2}/date=2026-01-0{5 + i % 3}/{10 + i:02d}0000-{i:04d}.jpg"
+        body = _jpeg(rng, boxes)
+        etag = store.put_bytes(s.s3.production_bucket, key, body)
+        store.put_json(s.s3.oracle_bucket, truth_key(key), {
+            "width": W, "height": H, "boxes": boxes.tolist(), "class_names": [s.classes[c] for c in cls]})
+        truth = Detections(xyxy=boxes, confidence=np.ones(n), class_id=cls)
+        # the model's view: frames 0-3 exact (confident), 4-5 miss a box, 6-7 shifted box, others exact
+        pred = truth
+        if i in (4, 5) and n:
+            pred = truth[np.arange(n) > 0]
+        if i in (6, 7) and n:
+            xy = truth.xyxy.copy()
+            xy[0] += np.array([20, 0, 20, 0], np.float32)
+            pred = Detections(xyxy=xy, confidence=np.ones(n), class_id=truth.class_id)
+        pred = Detections(xyxy=pred.xyxy, confidence=np.full(len(pred), 0.9), class_id=pred.class_id)
+        frames.append(SelectedFrame(
+            frame=FrameRef(s.s3.production_bucket, key, etag, f"it{sfx}c{i % 2}", f"2026-01-0{5 + i % 3}", len(body)),
+            width=W, height=H, arm="control" if i >= 10 else "selected", strategy="entropy",
+            uncertainty=round(1.0 - i / 20, 3), rank=i, reason="test", predictions=pred.to_dict()))
+        truths[key], bodies[key] = truth, body
+    ls = LabelStudioClient(s)
+    yield {"sfx": sfx, "s": s, "store": store, "ls": ls, "frames": frames, "truths": truths, "bodies": bodies}
+    p = ls.find_project(s.label_studio.project_title)
+    if p is not None:
+        ls.delete_project(p.id)
+    for key in truths:
+        store.delete(s.s3.production_bucket, key)
+        store.delete(s.s3.oracle_bucket, truth_key(key))
+    for o in list(store.list(s.s3.data_bucket, rounds.ROUND_PREFIX)):
+        if sfx in o.key:
+            store.delete(s.s3.data_bucket, o.key)
+
+
+def test_push_is_idempotent_and_crash_safe(env):  # type: ignore[no-untyped-def]
+    s, ls, frames = env["s"], env["ls"], env["frames"]
+    rid = "r-push-" + env["sfx"]
+    # a crash half-way: the second import batch fails after the first went in
+    with pytest.raises(ServiceError, match="crash"):
+        annotation.push_round(s, frames, rid, "3", AS_OF, ls=CrashingLS(ls, after=1), store=env["store"])
+    assert rounds.load_round(env["store"], s, rid) is None  # the record is written only at the end
+    full = annotation.push_round(s, frames, rid, "3", AS_OF, ls=ls, store=env["store"])
+    assert (full.imported, full.already_present, full.batches) == (7, 5, 2)
+    again = annotation.push_round(s, frames, rid, "3", AS_OF, ls=ls, store=env["store"])
+    assert (again.imported, again.already_present) == (0, 12)
+    tasks = annotation.round_tasks(ls, full.project_id, rid)
+    keys = [t["data"]["s3_key"] for t in tasks]
+    assert sorted(keys) == sorted(f.frame.key for f in frames)
+    t0 = next(t for t in tasks if t["data"]["s3_key"] == frames[0].frame.key)
+    assert t0["data"]["image"] == frames[0].frame.uri
+    assert t0["data"]["arm"] == "selected" and t0["data"]["round_id"] == rid
+    assert t0["predictions"][0]["model_version"] == "3"
+    assert t0["predictions"][0]["score"] == pytest.approx(frames[0].uncertainty)
+    rec = rounds.load_round(env["store"], s, rid)
+    assert rec is not None and rec.status == "open" and (rec.n_selected, rec.n_control) == (10, 2)
+    assert rec.deadline.startswith("2026-01-17")
+    # the project is reused by title on the next run
+    assert ls.ensure_project(s.label_studio.project_title, s.classes).id == full.project_id
+
+
+@pytest.mark.parametrize("presign", [True, False])
+def test_image_reaches_the_browser_from_s3(env, presign):  # type: ignore[no-untyped-def]
+    s, ls, frames = env["s"], env["ls"], env["frames"]
+    s2 = s.model_copy(deep=True)
+    s2.label_studio.presign = presign
+    rid = "r-image-" + env["sfx"]
+    rep = annotation.push_round(s2, frames[:1], rid, "3", AS_OF, ls=ls, store=env["store"])
+    tid = annotation.round_tasks(ls, rep.project_id, rid)[0]["id"]
+    ls.ensure_s3_storage(rep.project_id, s.s3.production_bucket, presign, 5)
+    status, body, redirect_host = ls.fetch_as_browser(int(tid), frames[0].frame.uri)
+    assert status == 200
+    assert body == env["bodies"][frames[0].frame.key]
+    if presign:
+        assert redirect_host == "127.0.0.1"  # the browser is sent to the S3 endpoint
+    else:
+        assert redirect_host is None  # Label Studio streamed the bytes itself
+
+
+def test_round_trip_with_simulated_annotator(env):  # type: ignore[no-untyped-def]
+    s, ls, store, frames = env["s"], env["ls"], env["store"], env["frames"]
+    rid = "r-trip-" + env["sfx"]
+    annotation.push_round(s, frames, rid, "5", AS_OF, ls=ls, store=store)
+    emit = Recorder()
+    t0 = datetime(2026, 1, 13, tzinfo=UTC)
+    report = rounds.watch_rounds(s, t0, emit, store=store, ls=ls, round_ids=[rid])
+    assert emit.events == []
+    row = next(r for r in report["rounds"] if r["round_id"] == rid)
+    assert row["progress"]["pending"] == 12
+
+    # a perfect annotator who skips some tasks, in two sittings
+    prof = AnnotatorProfile(p_skip=0.2, seed=3, throughput=5)
+    first = annotate_pending(s, prof, round_id=rid, ls=ls, store=store)
+    assert first["seen"] == 5
+    rounds.watch_rounds(s, t0, emit, store=store, ls=ls, round_ids=[rid])
+    assert [e for e in emit.events if e["payload"]["round_id"] == rid] == []
+    rest = annotate_pending(s, AnnotatorProfile(p_skip=0.2, seed=3), round_id=rid, ls=ls, store=store)
+    assert rest["seen"] == 7
+    skipped = first["skipped"] + rest["skipped"]
+
+    rounds.watch_rounds(s, t0, emit, store=store, ls=ls, round_ids=[rid])
+    rounds.watch_rounds(s, t0 + timedelta(days=30), emit, store=store, ls=ls, round_ids=[rid])  # a later run: no second event
+    mine = [e for e in emit.events if e["payload"]["round_id"] == rid]
+    assert len(mine) == 1
+    ev = mine[0]
+    assert ev["event"] == rounds.EVENT_ROUND_COMPLETED
+    assert ev["id"] == rounds.completed_event_id(rid)
+    assert ev["payload"]["status"] == "completed"
+    assert (ev["payload"]["labelled"], ev["payload"]["skipped"], ev["payload"]["pending"]) == (12 - skipped, skipped, 0)
+    rec = rounds.load_round(store, s, rid)
+    assert rec.status == "completed" and rec.completed_event_id == str(ev["id"])
+
+    pulled = annotation.pull_round(s, rid, ls=ls, store=store)
+    assert pulled.report["frames"] == 12 - skipped == len(pulled.frames)
+    assert pulled.report["skipped"] == skipped
+    for f in pulled.frames:
+        truth = env["truths"][f.key]
+        assert len(f.detections) == len(truth)
+        np.testing.assert_allclose(np.sort(f.detections.xyxy, 0), np.sort(truth.xyxy, 0), atol=0.05)
+        i = int(f.key.rsplit("-", 1)[1][:4])
+        expect_hard = i in (4, 5, 6, 7) and len(truth) > 0
+        assert f.hard == expect_hard, (f.key, f.quality)
+        if i in (4, 5) and len(truth):
+            assert f.quality.added == 1 and f.quality.deleted == 0
+        if i in (6, 7) and len(truth):
+            assert f.quality.moved == 1
+        # retention: the frame is in content-addressed storage, byte for byte
+        assert store.get_bytes(s.s3.data_bucket, f.blob_key) == env["bodies"][f.key]
+    if any(int(f.key.rsplit("-", 1)[1][:4]) == 11 for f in pulled.frames):
+        assert pulled.report["negative_frames"] == 1
+
+    # the dataset version: id stable for the same content, control arm never in train
+    v1, m1, r1 = annotation.build_round_version(store, s, rid, pulled.entries, parent_id=None, golden_id=None)
+    again = annotation.pull_round(s, rid, ls=ls, store=store)
+    v2, _, _ = annotation.build_round_version(store, s, rid, again.entries, parent_id=None, golden_id=None)
+    assert v1 == v2
+    assert r1["new_entries"] == len(pulled.frames)
+    control = {f.sha256 for f in pulled.frames if f.arm == "control"}
+    for e in m1.entries:
+        assert (e.split == "control") == (e.frame_sha in control)
+        assert e.source == f"round:{rid}"
+    assert rounds.load_round(store, s, rid).dataset_version == v1
+    rounds.mark_round(store, s, rid, status="trained")
+    assert rounds.load_round(store, s, rid).status == "trained"
+
+
+def test_deadline_closes_a_partial_round_once(env):  # type: ignore[no-untyped-def]
+    s, ls, store, frames = env["s"], env["ls"], env["store"], env["frames"]
+    rid = "r-late-" + env["sfx"]
+    annotation.push_round(s, frames[:4], rid, "5", AS_OF, ls=ls, store=store)
+    annotate_pending(s, AnnotatorProfile(throughput=1), round_id=rid, ls=ls, store=store)
+    emit = Recorder()
+    rounds.watch_rounds(s, datetime(2026, 1, 16, 23, 59), emit, store=store, ls=ls, round_ids=[rid])
+    assert [e for e in emit.events if e["payload"]["round_id"] == rid] == []
+    rounds.watch_rounds(s, datetime(2026, 1, 17, 0, 0), emit, store=store, ls=ls, round_ids=[rid])
+    rounds.watch_rounds(s, datetime(2026, 1, 18), emit, store=store, ls=ls, round_ids=[rid])
+    mine = [e for e in emit.events if e["payload"]["round_id"] == rid]
+    assert len(mine) == 1
+    assert mine[0]["payload"]["partial"] is True
+    assert (mine[0]["payload"]["labelled"], mine[0]["payload"]["pending"]) == (1, 3)
+    assert rounds.load_round(store, s, rid).status == "closed_partial"
+
+
+def _rect(x: float, y: float, w: float, h: float, label: str) -> dict:
+    return {"from_name": "label", "to_name": "image", "type": "rectanglelabels", "original_width": W,
+            "original_height": H, "image_rotation": 0,
+            "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": [label]}}
+
+
+def test_bad_annotations_are_reported(env):  # type: ignore[no-untyped-def]
+    s, ls, store = env["s"], env["ls"], env["store"]
+    project = ls.ensure_project(s.label_studio.project_title, s.classes)
+    c0, c1 = s.classes[0], s.classes[1]
+
+    def task(rid: str, i: int, anns: list[dict]) -> dict:
+        key = f"frames/camera=bad{env['sfx']}/date=2026-01-05/090000-{i:04d}.jpg"
+        return {"data": {"image": f"s3://{s.s3.production_bucket}/{key}", "s3_key": key, "round_id": rid,
+                         "arm": "selected", "width": W, "height": H, "camera": "bad", "date": "2026-01-05",
+                         "bucket": s.s3.production_bucket},
+                "annotations": anns}
+
+    rid = "r-bad-" + env["sfx"]
+    ls.import_tasks(project.id, [
+        task(rid, 0, [{"result": [_rect(90, 90, 20, 20, c0), _rect(10, 10, 0, 5, c0)]}]),  # clipped + zero-area
+        task(rid, 1, [{"result": []}]),  # submitted with no box: a negative frame
+        task(rid, 2, [{"result": [_rect(10, 10, 5, 5, c0)], "was_cancelled": True}]),  # skipped
+        task(rid, 3, [{"result": [_rect(10, 10, 10, 10, c0)]}, {"result": [_rect(50, 50, 10, 10, c1)]}]),  # two
+        task(rid, 4, [{"result": [_rect(120, 10, 5, 5, c1)]}]),  # entirely outside the frame
+        task(rid, 5, []),  # pending
+    ])
+    pulled = annotation.pull_round(s, rid, ls=ls, store=store, copy=False)
+    r = pulled.report
+    assert (r["labelled"], r["skipped"], r["pending"], r["frames"]) == (4, 1, 1, 4)
+    assert r["boxes_clipped"] == 1 and r["boxes_dropped"] == 2
+    assert r["negative_frames"] == 2  # task 1, and task 4 after its only box was dropped
+    assert r["multi_annotated"] == 1
+    by_key = {f.key[-8:-4]: f for f in pulled.frames}
+    np.testing.assert_allclose(by_key["0000"].detections.xyxy, [[288, 216, 320, 240]], atol=1e-3)
+    # policy "latest": the second (newer) annotation of task 3
+    assert by_key["0003"].detections.class_id.tolist() == [1]
+    stored = store.get_json(s.s3.data_bucket, rounds.round_prefix(rid) + "labels_report.json")
+    assert stored["boxes_dropped"] == 2
+    # consensus of two disagreeing annotators keeps nothing
+    cons = annotation.pull_round(s, rid, ls=ls, store=store, copy=False, policy="consensus")
+    assert len({f.key[-8:-4]: f for f in cons.frames}["0003"].detections) == 0
+
+    rid2 = "r-unknown-" + env["sfx"]
+    ls.import_tasks(project.id, [task(rid2, 7, [{"result": [_rect(10, 10, 10, 10, "zebra")]}])])
+    # the server accepts a label outside the config in an import; the pull refuses it, naming it
+    with pytest.raises(annotation.UnknownLabelsInRound, match="zebra"):
+        annotation.pull_round(s, rid2, ls=ls, store=store, copy=False)
+
+
+def test_hand_edited_label_config_is_refused(env):  # type: ignore[no-untyped-def]
+    s, ls = env["s"], env["ls"]
+    title = f"{s.label_studio.project_title}-edited"
+    p = ls.ensure_project(title, s.classes)
+    try:
+        ls.update_label_config(p.id, label_config_xml([*s.classes[:-1], "unicorn"]))
+        with pytest.raises(LabelConfigError) as err:
+            ls.ensure_project(title, s.classes)
+        msg = str(err.value)
+        assert "unicorn" in msg and s.classes[-1] in msg and "\n" not in msg
+    finally:
+        ls.delete_project(p.id)
+
+
+def test_wrong_token_and_server_down_are_one_line(env):  # type: ignore[no-untyped-def]
+    from pydantic import SecretStr
+
+    s = env["s"].model_copy(deep=True)
+    s.label_studio.api_token = SecretStr("0" * 40)
+    with pytest.raises(ServiceError) as err:
+        LabelStudioClient(s).whoami()
+    assert "token" in str(err.value) and "0" * 40 not in str(err.value) and "\n" not in str(err.value)
+
+    down = env["s"].model_copy(deep=True)
+    down.label_studio.url = "http://127.0.0.1:9"  # discard port: nothing listens
+    sleeps: list[float] = []
+    client = LabelStudioClient(down, retries=3, backoff_s=0.1, sleep=sleeps.append)
+    with pytest.raises(ServiceError, match=r"http://127\.0\.0\.1:9 is not reachable"):
+        annotation.push_round(down, env["frames"][:2], "r-down-" + env["sfx"], "1", AS_OF, ls=client, store=env["store"])
+    assert sleeps == [0.1, 0.2, 0.4]
+    assert rounds.load_round(env["store"], env["s"], "r-down-" + env["sfx"]) is None  # nothing half-written
