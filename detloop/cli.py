@@ -74,6 +74,7 @@ def _register_subapps() -> None:
         ("infra.cli", "stack_app", "stack"),
         ("detloop.world.cli", "world_app", "world"),
         ("detloop.datasets_cli", "dataset_app", "dataset"),
+        ("detloop.select_cli", "select_app", "select"),
     ]:
         try:
             mod = importlib.import_module(module)

@@ -194,7 +194,10 @@ class ModelSettings(_Model):
     scoring_max_candidates: int = Field(
         2000, ge=1, le=100000, description="Top candidates per frame that enter NMS when scoring."
     )
-    read_threads: int = Field(4, ge=1, le=256, description="Threads of the prefetching S3 reader (download + decode).")
+    read_threads: int = Field(2, ge=1, le=256, description="Threads of the prefetching S3 reader (download + decode).")
+    fast_decode: bool = Field(
+        True, description="Decode JPEGs at 1/2, 1/4 or 1/8 scale when that still covers the model input (DCT scaling)."
+    )
 
 
 class TrainingSettings(_Model):

@@ -298,38 +298,102 @@ def _artifact_root(p: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 # Prefetching reader
 # --------------------------------------------------------------------------------------------
-def prepare(img_bgr: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox, float, float]:
-    """BGR frame -> (``(3, S, S)`` float32 RGB [0, 1] letterboxed, letterbox, brightness, contrast)."""
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a JPEG's SOF header, or None when not found (no decoding)."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            i += 1 if marker == 0xFF else 2
+            continue
+        seg = int.from_bytes(data[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            h = int.from_bytes(data[i + 5 : i + 7], "big")
+            w = int.from_bytes(data[i + 7 : i + 9], "big")
+            return (w, h) if w and h else None
+        i += 2 + seg
+    return None
+
+
+def decode_for_model(data: bytes, size: int, fast: bool = True) -> tuple[np.ndarray | None, int, int, str | None]:
+    """Validate and decode a frame for a model of input side ``size``.
+
+    With ``fast``, a JPEG at least 2x (4x, 8x) larger than its letterboxed size is decoded at 1/2
+    (1/4, 1/8) scale by the JPEG decoder's DCT scaling (several times cheaper than a full decode +
+    resize; pixels differ slightly from a full-resolution decode).
+
+    Returns:
+        ``(bgr image or None, original width, original height, quarantine reason or None)``.
+    """
     import cv2
 
-    from detloop.ops import letterbox_image
+    from tasks.sampling import check_image_bytes, decode_image
 
-    boxed, lb = letterbox_image(img_bgr, size)
-    w, h = lb.resized
-    content = boxed[lb.pad_y : lb.pad_y + h, lb.pad_x : lb.pad_x + w]
-    grey = cv2.cvtColor(content, cv2.COLOR_BGR2GRAY)
+    if fast:
+        reason = check_image_bytes(data)
+        if reason:
+            return None, 0, 0, reason
+        wh = jpeg_size(data)
+        if wh is not None:
+            w, h = wh
+            lb = Letterbox.compute(w, h, size)
+            nw, nh = lb.resized
+            for r, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                            (2, cv2.IMREAD_REDUCED_COLOR_2)):
+                if w // r >= nw and h // r >= nh:
+                    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+                    if img is None:
+                        return None, 0, 0, "corrupt image (decoder failed)"
+                    return img, w, h, None
+    img, reason = decode_image(data)
+    if img is None:
+        return None, 0, 0, reason
+    return img, img.shape[1], img.shape[0], None
+
+
+def prepare(img_bgr: np.ndarray, size: int, orig_w: int | None = None, orig_h: int | None = None,
+            ) -> tuple[np.ndarray, Letterbox, float, float]:
+    """BGR frame -> (``(3, S, S)`` float32 RGB [0, 1] letterboxed, letterbox, brightness, contrast).
+
+    ``orig_w/orig_h``: the frame's true size when ``img_bgr`` was decoded at reduced scale (the
+    letterbox maps boxes back to the original frame).
+    """
+    import cv2
+
+    h0, w0 = img_bgr.shape[:2]
+    lb = Letterbox.compute(orig_w or w0, orig_h or h0, size)
+    nw, nh = lb.resized
+    if (w0, h0) != (nw, nh):
+        img_bgr = cv2.resize(img_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    grey = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2GRAY)
     mean, std = cv2.meanStdDev(grey)
-    tensor = np.ascontiguousarray(boxed[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)
-    tensor *= 1.0 / 255.0
+    boxed = np.full((size, size, 3), 114, np.uint8)
+    boxed[lb.pad_y : lb.pad_y + nh, lb.pad_x : lb.pad_x + nw] = img_bgr
+    tensor = np.empty((3, size, size), np.float32)
+    for c in range(3):  # BGR -> RGB planes, scaled to [0, 1]
+        np.multiply(boxed[:, :, 2 - c], np.float32(1.0 / 255.0), out=tensor[c], casting="unsafe")
     return tensor, lb, float(mean[0, 0]) / 255.0, float(std[0, 0]) / 255.0
 
 
-def _load_one(store: Any, ref: FrameRef, size: int) -> DecodedFrame | Quarantined:
-    from tasks.sampling import decode_image
-
+def _load_one(store: Any, ref: FrameRef, size: int, fast: bool = True) -> DecodedFrame | Quarantined:
     try:
         data = store.get_bytes(ref.bucket, ref.key)
     except Exception as err:  # a missing/unreadable object is quarantined, not fatal
         return Quarantined(ref.bucket, ref.key, f"unreadable: {err}")
-    img, reason = decode_image(data)
+    img, w, h, reason = decode_for_model(data, size, fast)
     if img is None:
         return Quarantined(ref.bucket, ref.key, str(reason))
-    tensor, lb, b, c = prepare(img, size)
+    tensor, lb, b, c = prepare(img, size, w, h)
     return DecodedFrame(ref, tensor, lb, b, c)
 
 
 def iter_decoded(
-    store: Any, refs: Sequence[FrameRef], size: int, threads: int = 4, prefetch: int = 64
+    store: Any, refs: Sequence[FrameRef], size: int, threads: int = 4, prefetch: int = 64, fast: bool = True
 ) -> Iterator[DecodedFrame | Quarantined]:
     """Yield decoded frames (or quarantine records) in input order, reading up to ``prefetch`` ahead."""
     from concurrent.futures import ThreadPoolExecutor
@@ -338,14 +402,14 @@ def iter_decoded(
         pending: deque[Any] = deque()
         it = iter(refs)
         for ref in it:
-            pending.append(ex.submit(_load_one, store, ref, size))
+            pending.append(ex.submit(_load_one, store, ref, size, fast))
             if len(pending) >= prefetch:
                 break
         while pending:
             fut = pending.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(ex.submit(_load_one, store, nxt, size))
+                pending.append(ex.submit(_load_one, store, nxt, size, fast))
             yield fut.result()
 
 
@@ -375,11 +439,39 @@ def flip_raw(raw: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def decode_raw(raw: np.ndarray, lb: Letterbox, conf_threshold: float, iou_threshold: float, max_det: int,
+               max_candidates: int) -> Detections:
+    """One image's raw head ``(4 + C, A)`` -> Detections with ``class_scores`` ``(N, C)``, in frame pixels.
+
+    Same result as :meth:`Detections.from_yolo_raw` (per-class greedy NMS, kept by descending score),
+    but NMS runs in OpenCV's C++ ``NMSBoxesBatched`` (~2 ms for 2,000 candidates instead of ~300 ms in
+    the numpy loop). Candidates: top-class score above ``conf_threshold``, at most ``max_candidates``
+    (highest first).
+    """
+    import cv2
+
+    nc = raw.shape[0] - 4
+    conf = raw[4:].max(axis=0)  # (A,)
+    cand = np.flatnonzero(conf > conf_threshold)
+    if cand.size == 0:
+        return Detections.empty(nc)
+    if cand.size > max_candidates:
+        cand = cand[np.argpartition(-conf[cand], max_candidates - 1)[:max_candidates]]
+    cs = np.ascontiguousarray(raw[4:, cand].T)  # (K, C)
+    cid = cs.argmax(axis=1)
+    cf = conf[cand]
+    cx, cy, w, h = raw[0, cand], raw[1, cand], raw[2, cand], raw[3, cand]
+    xywh = np.stack([cx - w / 2, cy - h / 2, w, h], axis=1).astype(np.float64)
+    keep = np.asarray(cv2.dnn.NMSBoxesBatched(xywh, cf, cid, 0.0, float(iou_threshold), top_k=int(max_det)),
+                      np.int64).reshape(-1)[:max_det]
+    xyxy = np.concatenate([xywh[keep, :2], xywh[keep, :2] + xywh[keep, 2:]], axis=1)
+    return Detections(xyxy=lb.to_frame(xyxy), confidence=cf[keep], class_id=cid[keep], class_scores=cs[keep])
+
+
 def decode_batch(raw: np.ndarray, letterboxes: Sequence[Letterbox], ms: ModelSettings) -> list[Detections]:
-    """Per-image :meth:`Detections.from_yolo_raw` with the scoring thresholds."""
+    """Per-image :func:`decode_raw` with the scoring thresholds of ``ms``."""
     return [
-        Detections.from_yolo_raw(raw[i], lb, conf_threshold=ms.scoring_conf_threshold, iou_threshold=ms.iou_threshold,
-                                 max_det=ms.max_det, max_candidates=ms.scoring_max_candidates)
+        decode_raw(raw[i], lb, ms.scoring_conf_threshold, ms.iou_threshold, ms.max_det, ms.scoring_max_candidates)
         for i, lb in enumerate(letterboxes)
     ]
 
@@ -453,7 +545,8 @@ def score(
     quarantine: list[Quarantined] = []
     frames: list[ScoredFrame] = []
     t0 = time.perf_counter()
-    reader = iter_decoded(store, refs, size, read_threads or ms.read_threads, prefetch=ms.batch_size * 3)
+    reader = iter_decoded(store, refs, size, read_threads or ms.read_threads, prefetch=ms.batch_size * 3,
+                          fast=ms.fast_decode)
     for batch in iter_batches(reader, ms.batch_size, quarantine):
         frames.extend(score_decoded(batch, scorer, ms, tta, committee, timings))
     timings["total"] = time.perf_counter() - t0

@@ -1,0 +1,196 @@
+"""Benchmark 1: the whole scoring pipeline vs bare ONNX Runtime inference, same frames, one run.
+
+    .venv/bin/python -m benchmarks.scoring_pipeline [--config configs/test.yaml] [--frames 256]
+
+Pipeline = S3 read (prefetching thread pool) + JPEG decode + letterbox + inference + NMS carrying the
+class-score vectors + embedding + brightness/contrast, in the default single-pass configuration
+(``settings.model``: batch size, reader threads; ONNX Runtime with default threads).
+Baseline = ONNX Runtime on the same frames pre-decoded and pre-letterboxed to float32 tensors, best of
+1 / 2 intra-op threads. Also reports TTA (flipped copy) and committee (second model) as cost multipliers.
+
+Needs the test stack's S3 (`DETLOOP_CONFIG=configs/test.yaml detloop stack up`). Without ``--model`` it
+exports a randomly initialised YOLO11n (class biases spread so NMS has real work) with
+``tasks.export.export_scoring_artifact``. Writes ``benchmarks/results/scoring_pipeline.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CLASSES = ["disc", "square", "triangle", "ring", "star"]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def make_random_weights(path: Path, class_names: list[str], seed: int = 0, bias_mean: float = -2.0,
+                        bias_std: float = 2.0) -> Path:
+    """Save a randomly initialised YOLO11n ``.pt`` whose class biases are spread (scores cover (0, 1))."""
+    import torch
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(seed)
+    m = DetectionModel("yolo11n.yaml", nc=len(class_names), verbose=False)
+    m.names = dict(enumerate(class_names))
+    with torch.no_grad():
+        for seq in m.model[-1].cv3:
+            seq[-1].bias.normal_(bias_mean, bias_std)
+    y = YOLO("yolo11n.yaml")
+    y.model = m
+    path.parent.mkdir(parents=True, exist_ok=True)
+    y.save(str(path))
+    return path
+
+
+def make_random_artifact(out_dir: Path, class_names: list[str], input_size: int, seed: int = 0) -> Path:
+    """Random weights exported as a scoring artifact directory (``model.onnx`` + ``meta.json``)."""
+    from tasks.export import export_scoring_artifact
+
+    if (out_dir / "model.onnx").is_file() and (out_dir / "meta.json").is_file():
+        return out_dir
+    pt = make_random_weights(out_dir.parent / f"{out_dir.name}.pt", class_names, seed)
+    return export_scoring_artifact(pt, out_dir, class_names, input_size)
+
+
+def synthetic_jpegs(n: int, width: int = 640, height: int = 480, seed: int = 0) -> list[bytes]:
+    """``n`` JPEG frames of shapes on a noisy background (quality 90)."""
+    import cv2
+
+    from detloop.synth_shapes import make_frame
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        img, _, _ = make_frame(rng, size=max(width, height))
+        img = np.ascontiguousarray(img[:height, :width])
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise RuntimeError("cv2.imencode failed")
+        out.append(buf.tobytes())
+    return out
+
+
+def upload_frames(store: Any, bucket: str, prefix: str, jpegs: list[bytes], day: str = "2030-01-01") -> list[Any]:
+    """Put frames under ``<prefix>camera=bench/date=<day>/`` and return their FrameRefs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from detloop.contracts import FrameRef
+
+    store.ensure_bucket(bucket)
+    keys = [f"{prefix}camera=bench/date={day}/{i:06d}-f.jpg" for i in range(len(jpegs))]
+    with ThreadPoolExecutor(8) as ex:
+        etags = list(ex.map(lambda kv: store.put_bytes(bucket, kv[0], kv[1], "image/jpeg"), zip(keys, jpegs, strict=True)))
+    return [FrameRef(bucket, k, e, "bench", day, len(b)) for k, e, b in zip(keys, etags, jpegs, strict=True)]
+
+
+def bare_inference(artifact: Path, tensors: np.ndarray, batch: int, threads: int, repeats: int = 2) -> float:
+    """Frames/s of ORT alone over pre-decoded tensors (best of ``repeats`` passes)."""
+    from tasks.scoring import OnnxScorer
+
+    sc = OnnxScorer(artifact, threads=threads)
+    sc.infer(tensors[:batch])  # warm-up
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(0, len(tensors), batch):
+            sc.infer(tensors[i : i + batch])
+        best = max(best, len(tensors) / (time.perf_counter() - t0))
+    return best
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=os.environ.get("DETLOOP_CONFIG", "configs/test.yaml"))
+    ap.add_argument("--frames", type=int, default=256)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--model", type=Path, default=None, help="Scoring artifact dir (default: random YOLO11n).")
+    ap.add_argument("--out", type=Path, default=RESULTS / "scoring_pipeline.json")
+    args = ap.parse_args(argv)
+
+    from detloop.clients.s3 import S3Store
+    from detloop.offline import apply_offline_env
+    from detloop.settings import load_settings
+    from tasks.sampling import decode_image
+    from tasks.scoring import load_scorer, prepare, score
+
+    settings = load_settings(args.config)
+    apply_offline_env(settings)
+    ms = settings.model
+    size = ms.input_size
+    work = settings.data_dir / "bench"
+    artifact = args.model or make_random_artifact(work / f"rand-yolo11n-{size}", settings.classes, size)
+    committee_art = make_random_artifact(work / f"rand-yolo11n-{size}-b", settings.classes, size, seed=1)
+
+    store = S3Store(settings)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}/"
+    jpegs = synthetic_jpegs(args.frames, args.width, args.height)
+    refs = upload_frames(store, settings.s3.production_bucket, prefix, jpegs)
+    try:
+        # pre-decoded tensors for the baseline (not timed)
+        tensors = np.stack([prepare(decode_image(b)[0], size)[0] for b in jpegs])  # type: ignore[arg-type]
+        baseline = {t: bare_inference(Path(artifact), tensors, ms.batch_size, t) for t in (1, 2)}
+        best_threads = max(baseline, key=lambda t: baseline[t])
+        raw_fps = baseline[best_threads]
+
+        scorer = load_scorer(artifact, ms)
+        score(refs[: ms.batch_size], scorer, store, ms)  # warm-up (session, thread pools)
+        runs: dict[str, dict[str, Any]] = {}
+        for name, kw in [("single", {}), ("tta", {"tta": True}),
+                         ("committee", {"committee": load_scorer(committee_art, ms)})]:
+            best = None
+            for _ in range(2):
+                res = score(refs, scorer, store, ms, **kw)
+                if best is None or res.timings["total"] < best.timings["total"]:
+                    best = res
+            assert best is not None
+            runs[name] = {
+                "seconds": round(best.timings["total"], 3),
+                "frames_per_s": round(len(best.frames) / best.timings["total"], 2),
+                "timings": {k: round(v, 3) for k, v in best.timings.items()},
+                "boxes_per_frame": round(float(np.mean([len(f.detections) for f in best.frames])), 1),
+                "quarantined": len(best.quarantined),
+            }
+        # bare inference again, interleaved, to bound drift between passes
+        raw_fps_after = bare_inference(Path(artifact), tensors, ms.batch_size, best_threads)
+    finally:
+        for r in refs:
+            store.delete(r.bucket, r.key)
+    pipe_fps = runs["single"]["frames_per_s"]
+    raw_ref = max(raw_fps, raw_fps_after)
+    out = {
+        "benchmark": "scoring_pipeline",
+        "frames": args.frames,
+        "frame_size": [args.width, args.height],
+        "input_size": size,
+        "batch_size": ms.batch_size,
+        "read_threads": ms.read_threads,
+        "model": str(artifact) if args.model else "random YOLO11n (class biases ~N(-2, 2)), exported by tasks.export",
+        "bare_onnx_fps_by_threads": {str(k): round(v, 2) for k, v in baseline.items()},
+        "bare_onnx_fps_after": round(raw_fps_after, 2),
+        "bare_onnx_best_threads": best_threads,
+        "pipeline_fps": pipe_fps,
+        "ratio_pipeline_over_bare": round(pipe_fps / raw_ref, 3),
+        "target_ratio": 0.85,
+        "tta_cost_multiplier": round(runs["tta"]["seconds"] / runs["single"]["seconds"], 2),
+        "committee_cost_multiplier": round(runs["committee"]["seconds"] / runs["single"]["seconds"], 2),
+        "runs": runs,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()

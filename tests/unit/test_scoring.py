@@ -1,0 +1,98 @@
+"""Scoring pieces that need no model or service: raw-head decoding, JPEG header, preprocessing, records."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from detloop.contracts import FrameRef
+from detloop.detections import Detections
+from detloop.ops import Letterbox, letterbox_image
+from tasks.scoring import ScoredFrame, decode_for_model, decode_raw, flip_raw, jpeg_size, prepare
+
+
+def random_raw(rng: np.random.Generator, nc: int = 5, anchors: int = 2100, size: int = 320) -> np.ndarray:
+    raw = np.empty((4 + nc, anchors), np.float32)
+    raw[0] = rng.uniform(0, size, anchors)
+    raw[1] = rng.uniform(0, size, anchors)
+    raw[2] = rng.uniform(4, 60, anchors)
+    raw[3] = rng.uniform(4, 60, anchors)
+    raw[4:] = 1 / (1 + np.exp(-rng.normal(-3, 2, (nc, anchors))))
+    return raw
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_decode_raw_matches_reference_decoder(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    raw = random_raw(rng)
+    lb = Letterbox.compute(640, 480, 320)
+    fast = decode_raw(raw, lb, 0.05, 0.6, 100, 30000)
+    ref = Detections.from_yolo_raw(raw, lb, conf_threshold=0.05, iou_threshold=0.6, max_det=100)
+    assert len(fast) == len(ref) > 10
+    assert fast.equals(ref, atol=1e-3)
+    np.testing.assert_allclose(fast.class_scores, ref.class_scores, atol=1e-6)
+
+
+def test_decode_raw_empty_and_candidate_cap() -> None:
+    raw = np.zeros((9, 100), np.float32)
+    d = decode_raw(raw, Letterbox.compute(320, 320, 320), 0.05, 0.6, 100, 1000)
+    assert len(d) == 0 and d.num_classes == 5
+    rng = np.random.default_rng(5)
+    raw = random_raw(rng)
+    capped = decode_raw(raw, Letterbox.compute(320, 320, 320), 0.0, 0.6, 1000, 50)
+    assert len(capped) <= 50
+    assert capped.confidence.min() >= np.sort(raw[4:].max(0))[-50] - 1e-6
+
+
+def test_flip_raw_mirrors_centres() -> None:
+    raw = np.zeros((1, 6, 3), np.float32)
+    raw[0, 0] = [10, 160, 300]
+    np.testing.assert_allclose(flip_raw(raw, 320)[0, 0], [310, 160, 20])
+
+
+def test_jpeg_size_and_reduced_decode() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    data = cv2.imencode(".jpg", img)[1].tobytes()
+    assert jpeg_size(data) == (640, 480)
+    assert jpeg_size(b"\x89PNG....") is None
+    small, w, h, why = decode_for_model(data, 320, fast=True)
+    assert why is None and (w, h) == (640, 480) and small is not None and small.shape == (240, 320, 3)
+    full, w, h, why = decode_for_model(data, 320, fast=False)
+    assert full is not None and full.shape == (480, 640, 3)
+    _, _, _, why = decode_for_model(data[:1000], 320)
+    assert why is not None and "truncated" in why
+
+
+def test_prepare_matches_letterbox_image_on_full_decode() -> None:
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (300, 500, 3), dtype=np.uint8)
+    t, lb, b, c = prepare(img, 320)
+    boxed, lb2 = letterbox_image(img, 320)
+    assert lb == lb2
+    np.testing.assert_allclose(t, boxed[:, :, ::-1].transpose(2, 0, 1) / 255.0, atol=1e-6)
+    grey = cv2.cvtColor(cv2.resize(img, lb.resized, interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2GRAY)
+    assert b == pytest.approx(grey.mean() / 255, abs=1e-6) and c == pytest.approx(grey.std() / 255, abs=1e-6)
+
+
+def test_reduced_decode_keeps_frame_geometry() -> None:
+    img = np.zeros((480, 640, 3), np.uint8)
+    img[100:200, 300:400] = 255  # a white square at x 300..400, y 100..200 in frame pixels
+    data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    small, w, h, _ = decode_for_model(data, 320)
+    t, lb, _, _ = prepare(small, 320, w, h)  # type: ignore[arg-type]
+    ys, xs = np.nonzero(t[0] > 0.5)
+    box = lb.to_frame(np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]]))[0]
+    np.testing.assert_allclose(box, [300, 100, 400, 200], atol=2.5)
+
+
+def test_scored_frame_record_round_trip() -> None:
+    det = Detections(np.array([[1, 2, 30, 40]]), np.array([0.7]), np.array([2]),
+                     class_scores=np.array([[0.1, 0.2, 0.7]]))
+    f = ScoredFrame(FrameRef("b", "frames/camera=a/date=2026-01-01/x.jpg", "e", "a", "2026-01-01"), 64, 48, det,
+                    np.ones(4, np.float32), 0.4, 0.1, tta=det)
+    g = ScoredFrame.from_record(f.to_record(), f.embedding)
+    assert g.detections.equals(det) and g.tta is not None and g.committee is None
+    np.testing.assert_allclose(g.detections.class_scores, det.class_scores)
+    assert (g.brightness, g.contrast, g.frame.key) == (0.4, 0.1, f.frame.key)
