@@ -1,0 +1,315 @@
+"""Pure parts of the annotation round trip: tasks, states, policies, validation, quality, rounds."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detloop.clients.labelstudio import (
+    LabelConfigError,
+    check_label_config,
+    config_class_names,
+    label_config_xml,
+)
+from detloop.clients.s3 import ObjectInfo
+from detloop.contracts import FrameRef, RoundRecord, SelectedFrame
+from detloop.detections import Detections
+from detloop.settings import load_settings
+from tasks import annotation as an
+from tasks import rounds
+
+CLASSES = ["disc", "square", "triangle"]
+W, H = 200, 100
+
+
+@pytest.fixture()
+def cfg():  # type: ignore[no-untyped-def]
+    return load_settings("configs/test.yaml", env={})
+
+
+def dets(boxes: list[list[float]], cls: list[int], conf: list[float] | None = None) -> Detections:
+    return Detections(xyxy=np.array(boxes, np.float32).reshape(-1, 4), confidence=np.array(conf or [1.0] * len(cls)),
+                      class_id=np.array(cls))
+
+
+def ls_results(d: Detections) -> list[dict[str, Any]]:
+    return d.to_label_studio(W, H, CLASSES, with_score=False)
+
+
+def task(tid: int, anns: list[dict[str, Any]] | None, pred: Detections | None = None, rid: str = "r1",
+         arm: str = "selected") -> dict[str, Any]:
+    return {
+        "id": tid,
+        "data": {"image": f"s3://prod/k{tid}.jpg", "s3_key": f"frames/camera=c/date=2026-01-05/100000-{tid:04d}.jpg",
+                 "bucket": "prod", "round_id": rid, "arm": arm, "width": W, "height": H, "camera": "c",
+                 "date": "2026-01-05"},
+        "annotations": anns or [],
+        "predictions": [{"result": ls_results(pred)}] if pred is not None else [],
+    }
+
+
+def ann(d: Detections | list[dict[str, Any]], aid: int = 1, cancelled: bool = False, when: str = "2026-01-01") -> dict:
+    res = d if isinstance(d, list) else ls_results(d)
+    return {"id": aid, "result": res, "was_cancelled": cancelled, "updated_at": when}
+
+
+# ---- label config ---------------------------------------------------------------------------------
+def test_label_config_round_trips_class_names() -> None:
+    names = ["disc", "a \"quoted\" & <odd> name"]
+    assert config_class_names(label_config_xml(names)) == names
+    check_label_config(label_config_xml(names), names)
+
+
+def test_edited_label_config_lists_the_difference() -> None:
+    with pytest.raises(LabelConfigError) as err:
+        check_label_config(label_config_xml(["disc", "unicorn"]), CLASSES)
+    msg = str(err.value)
+    assert "'unicorn'" in msg and "'square'" in msg and "'triangle'" in msg and "'disc'" not in msg
+
+
+def test_label_config_without_rectangles_is_refused() -> None:
+    with pytest.raises(LabelConfigError, match="RectangleLabels"):
+        check_label_config("<View><Image name='image' value='$image'/></View>", CLASSES)
+
+
+# ---- push ---------------------------------------------------------------------------------------
+def test_build_task_carries_fields_and_confident_preannotation() -> None:
+    pred = dets([[10, 10, 50, 50], [0, 0, 20, 20]], [1, 2], [0.9, 0.1])
+    sf = SelectedFrame(frame=FrameRef("prod", "frames/camera=c/date=2026-01-05/x.jpg", "e", "c", "2026-01-05"),
+                       width=W, height=H, arm="control", strategy="entropy", uncertainty=0.7, rank=3, reason="r",
+                       predictions=pred.to_dict())
+    t = an.build_task(sf, "r9", "12", CLASSES, conf_threshold=0.25)
+    assert t["data"]["image"] == "s3://prod/frames/camera=c/date=2026-01-05/x.jpg"
+    assert {k: t["data"][k] for k in ("round_id", "arm", "strategy", "uncertainty")} == {
+        "round_id": "r9", "arm": "control", "strategy": "entropy", "uncertainty": 0.7}
+    p = t["predictions"][0]
+    assert p["model_version"] == "12" and p["score"] == 0.7
+    assert len(p["result"]) == 1 and p["result"][0]["value"]["rectanglelabels"] == ["square"]
+    assert p["result"][0]["value"]["x"] == pytest.approx(5.0)
+    json.dumps(t)  # import format is plain JSON
+
+
+def test_batched_covers_everything_once() -> None:
+    out = list(an.batched(list(range(11)), 4))
+    assert [len(b) for b in out] == [4, 4, 3] and [x for b in out for x in b] == list(range(11))
+
+
+# ---- states and policies ------------------------------------------------------------------------------
+def test_task_state_from_annotations_and_counters() -> None:
+    assert an.task_state(task(1, [])) == "pending"
+    assert an.task_state(task(1, [ann([], cancelled=True)])) == "skipped"
+    assert an.task_state(task(1, [ann([], cancelled=True), ann([], 2)])) == "labelled"
+    assert an.task_state({"id": 1, "total_annotations": 0, "cancelled_annotations": 1}) == "skipped"
+    assert an.task_state({"id": 1, "total_annotations": 2, "cancelled_annotations": 0}) == "labelled"
+    assert an.task_state({"id": 1, "total_annotations": 0, "cancelled_annotations": 0}) == "pending"
+    counts = an.round_progress([task(1, []), task(2, [ann([])]), task(3, [ann([], cancelled=True)])])
+    assert counts == {"total": 3, "labelled": 1, "skipped": 1, "pending": 1}
+
+
+def test_latest_policy_takes_most_recent_submitted() -> None:
+    old, new = dets([[1, 1, 9, 9]], [0]), dets([[20, 20, 40, 40]], [1])
+    t = task(1, [ann(new, 2, when="2026-01-02"), ann(old, 1, when="2026-01-01"),
+                 ann(old, 3, cancelled=True, when="2026-01-03")])
+    pulled = an.convert_round_tasks([t], "r1", CLASSES, "latest")
+    assert pulled.frames[0].detections.class_id.tolist() == [1]
+
+
+def test_consensus_keeps_majority_boxes() -> None:
+    a = dets([[10, 10, 50, 50], [60, 10, 90, 40]], [0, 1])
+    b = dets([[12, 10, 52, 50]], [0])
+    c = dets([[11, 11, 51, 49], [60, 10, 90, 40]], [0, 2])  # the second box: other class, no majority
+    out = an.consensus([a, b, c])
+    assert out.class_id.tolist() == [0]
+    np.testing.assert_allclose(out.xyxy[0], [11, 10.333, 51, 49.667], atol=1e-3)
+    assert out.confidence[0] == pytest.approx(1.0)
+    assert len(an.consensus([a, dets([[150, 60, 190, 90]], [0])])) == 0  # two annotators disagree
+    assert an.consensus([a]).equals(a)
+
+
+def test_clip_and_drop() -> None:
+    d = dets([[-10, 10, 30, 50], [50, 50, 50, 80], [250, 10, 260, 20], [40, 40, 10, 10], [5, 5, 5.5, 20]],
+             [0, 0, 1, 2, 0])
+    out, clipped, dropped = an.clip_boxes(d, W, H, min_px=1.0)
+    assert (clipped, dropped) == (1, 3)
+    np.testing.assert_allclose(out.xyxy, [[0, 10, 30, 50], [10, 10, 40, 40]])  # the flipped box is kept
+
+
+# ---- quality --------------------------------------------------------------------------------------
+def test_label_quality_categories() -> None:
+    pred = dets([[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 60], [80, 0, 90, 10]], [0, 1, 0, 2])
+    human = dets([[0, 0, 10, 10], [24, 20, 44, 40], [50, 50, 60, 60], [100, 50, 120, 70]], [0, 1, 2, 1])
+    q = an.label_quality(pred, human)
+    # exact = accepted; IoU 0.67 same class = accepted; same box other class = moved; far box = deleted/added
+    assert (q.accepted, q.moved, q.deleted, q.added) == (2, 1, 1, 1)
+    assert q.hard
+    low = an.label_quality(dets([[0, 0, 10, 10]], [0]), dets([[6, 0, 16, 10]], [0]))  # IoU 0.25
+    assert (low.accepted, low.moved) == (0, 1)
+    assert not an.label_quality(pred, pred).hard
+
+
+boxes_st = st.lists(
+    st.tuples(st.floats(0, 150), st.floats(0, 80), st.floats(2, 50), st.floats(2, 20), st.integers(0, 2)),
+    max_size=8,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(boxes_st, boxes_st)
+def test_label_quality_accounts_for_every_box(p: list, h: list) -> None:
+    def mk(rows: list) -> Detections:
+        return dets([[x, y, x + w, y + hh] for x, y, w, hh, _ in rows], [c for *_, c in rows])
+
+    pred, human = mk(p), mk(h)
+    q = an.label_quality(pred, human)
+    assert q.accepted + q.moved + q.deleted == len(pred)
+    assert q.accepted + q.moved + q.added == len(human)
+    assert min(q.accepted, q.moved, q.deleted, q.added) >= 0
+
+
+# ---- conversion report ---------------------------------------------------------------------------
+def test_convert_report_counts_and_negative_frames() -> None:
+    pred = dets([[10, 10, 50, 50]], [0])
+    tasks = [
+        task(1, [ann(pred)], pred),  # accepted
+        task(2, [ann(dets([[10, 10, 50, 50], [100, 20, 150, 60]], [0, 1]))], pred),  # a miss added
+        task(3, [ann([])], pred),  # negative: the predicted box deleted
+        task(4, [ann([], cancelled=True)], pred),  # skipped
+        task(5, [], pred),  # pending
+        task(6, [ann(dets([[-5, 10, 20, 50]], [2]))], None, arm="control"),  # clipped, no prediction
+        task(7, [ann(pred)], pred, rid="other-round"),  # not ours
+    ]
+    pulled = an.convert_round_tasks(tasks, "r1", CLASSES)
+    r = pulled.report
+    assert (r["tasks"], r["labelled"], r["skipped"], r["pending"], r["frames"]) == (6, 4, 1, 1, 4)
+    assert r["negative_frames"] == 1 and r["boxes_clipped"] == 1 and r["hard_frames"] == 3
+    assert r["quality"]["predicted"] == 3 and r["quality"]["accepted"] == 2 and r["quality"]["deleted"] == 1
+    assert r["quality"]["added"] == 2 and r["by_arm"] == {"selected": 3, "control": 1}
+    assert [f.task_id for f in pulled.frames if f.hard] == [2, 3, 6]
+    json.dumps(r)
+
+
+def test_unknown_labels_are_listed_with_tasks() -> None:
+    bad = ls_results(dets([[1, 1, 9, 9]], [0]))
+    bad[0]["value"]["rectanglelabels"] = ["zebra"]
+    worse = ls_results(dets([[1, 1, 9, 9]], [0]))
+    worse[0]["value"]["rectanglelabels"] = ["okapi"]
+    with pytest.raises(an.UnknownLabelsInRound) as err:
+        an.convert_round_tasks([task(1, [ann(bad)]), task(2, [ann(worse)]), task(3, [ann(bad)])], "r1", CLASSES)
+    msg = str(err.value)
+    assert "'zebra' (tasks [1, 3])" in msg and "'okapi' (tasks [2])" in msg and "\n" not in msg
+    assert err.value.unknown == {"zebra": [1, 3], "okapi": [2]}
+
+
+# ---- rounds ---------------------------------------------------------------------------------------
+class MemStore:
+    """In-memory stand-in for S3Store (the methods rounds.py uses)."""
+
+    def __init__(self) -> None:
+        self.objs: dict[tuple[str, str], bytes] = {}
+
+    def exists(self, b: str, k: str) -> bool:
+        return (b, k) in self.objs
+
+    def put_json(self, b: str, k: str, obj: Any) -> str:
+        self.objs[(b, k)] = json.dumps(obj).encode()
+        return "etag"
+
+    def get_json(self, b: str, k: str) -> Any:
+        return json.loads(self.objs[(b, k)])
+
+    def list(self, b: str, prefix: str = ""):  # type: ignore[no-untyped-def]
+        for (bb, k), v in sorted(self.objs.items()):
+            if bb == b and k.startswith(prefix):
+                yield ObjectInfo(k, len(v), "")
+
+
+class FakeLS:
+    """Tasks per round as counters, like ``fields=task_only`` returns them."""
+
+    def __init__(self, states: dict[str, list[str]]):
+        self.states = states
+
+    def ensure_project(self, title: str, classes: list[str]):  # type: ignore[no-untyped-def]
+        return type("P", (), {"id": 1})()
+
+    def iter_tasks(self, project_id: int, filters: list[dict], fields: str = "all"):  # type: ignore[no-untyped-def]
+        rid = filters[0]["value"]
+        for i, s in enumerate(self.states.get(rid, [])):
+            yield {"id": i, "data": {"round_id": rid}, "total_annotations": int(s == "labelled"),
+                   "cancelled_annotations": int(s == "skipped")}
+
+
+def test_deadline_and_decision() -> None:
+    assert rounds.deadline_for("2026-01-12", 5) == datetime(2026, 1, 17, tzinfo=UTC)
+    rec = RoundRecord("r", "2026-01-12", "x", "2026-01-17T00:00:00+00:00", "open", "1", 2, 0)
+    t = datetime(2026, 1, 16, 12)
+    assert rounds.decide(rec, {"total": 2, "pending": 1}, t) is None
+    assert rounds.decide(rec, {"total": 2, "pending": 0}, t) == "completed"
+    assert rounds.decide(rec, {"total": 0, "pending": 0}, t) is None
+    assert rounds.decide(rec, {"total": 2, "pending": 1}, datetime(2026, 1, 17)) == "closed_partial"
+    rec.status = "completed"
+    assert rounds.decide(rec, {"total": 2, "pending": 1}, datetime(2026, 2, 1)) is None
+
+
+def test_event_id_is_deterministic_per_round() -> None:
+    assert rounds.completed_event_id("r1") == rounds.completed_event_id("r1")
+    assert rounds.completed_event_id("r1") != rounds.completed_event_id("r2")
+    assert isinstance(rounds.completed_event_id("r1"), uuid.UUID)
+
+
+def test_watch_rounds_emits_once_per_round(cfg) -> None:  # type: ignore[no-untyped-def]
+    store = MemStore()
+    for rid in ("a", "b", "c"):
+        rounds.open_round(store, cfg, rid, "2026-01-12", "7", 3, 1, now=datetime(2026, 1, 12))
+    ls = FakeLS({"a": ["labelled"] * 3 + ["skipped"], "b": ["labelled", "pending", "pending", "pending"], "c": []})
+    events: list[dict] = []
+    rep = rounds.watch_rounds(cfg, datetime(2026, 1, 13), lambda **kw: events.append(kw), store=store, ls=ls)
+    assert rep["emitted"] == ["a"]
+    assert events[0]["payload"] | {} == {"round_id": "a", "status": "completed", "partial": False,
+                                         "model_version": "7", "total": 4, "labelled": 3, "skipped": 1, "pending": 0}
+    assert events[0]["id"] == rounds.completed_event_id("a")
+    rounds.watch_rounds(cfg, datetime(2026, 1, 14), lambda **kw: events.append(kw), store=store, ls=ls)
+    assert len(events) == 1
+    # the deadline: b closes partially, c (no task found) too; a is not emitted again
+    rep = rounds.watch_rounds(cfg, datetime(2026, 1, 17), lambda **kw: events.append(kw), store=store, ls=ls)
+    assert sorted(rep["emitted"]) == ["b", "c"] and len(events) == 3
+    assert rounds.load_round(store, cfg, "b").status == "closed_partial"
+    assert {e["payload"]["round_id"]: e["payload"]["pending"] for e in events[1:]} == {"b": 3, "c": 0}
+
+
+def test_emit_failure_leaves_round_to_retry_with_same_id(cfg) -> None:  # type: ignore[no-untyped-def]
+    store = MemStore()
+    rounds.open_round(store, cfg, "a", "2026-01-12", "7", 1, 0)
+    ls = FakeLS({"a": ["labelled"]})
+
+    def boom(**kw: Any) -> None:
+        raise ConnectionError("prefect down")
+
+    with pytest.raises(ConnectionError):
+        rounds.watch_rounds(cfg, datetime(2026, 1, 13), boom, store=store, ls=ls)
+    rec = rounds.load_round(store, cfg, "a")
+    assert rec.status == "completed" and rec.completed_event_id is None
+    events: list[dict] = []
+    rounds.watch_rounds(cfg, datetime(2026, 1, 13), lambda **kw: events.append(kw), store=store, ls=ls)
+    assert [e["id"] for e in events] == [rounds.completed_event_id("a")]
+
+
+def test_open_round_is_idempotent_and_mark_round_validates(cfg) -> None:  # type: ignore[no-untyped-def]
+    store = MemStore()
+    a = rounds.open_round(store, cfg, "a", "2026-01-12", "7", 3, 1, now=datetime(2026, 1, 12, 8))
+    b = rounds.open_round(store, cfg, "a", "2026-01-12", "8", 9, 9, now=datetime(2026, 1, 13))
+    assert a == b
+    assert rounds.mark_round(store, cfg, "a", status="trained", dataset_version="abc").status == "trained"
+    with pytest.raises(Exception, match="cannot set"):
+        rounds.mark_round(store, cfg, "a", as_of="2020-01-01")
+    with pytest.raises(Exception, match="status must be"):
+        rounds.mark_round(store, cfg, "a", status="done")
+    with pytest.raises(Exception, match="not found"):
+        rounds.mark_round(store, cfg, "nope", status="trained")
