@@ -1,0 +1,238 @@
+"""Training, scoring export, evaluation, registration, gate, promotion and rollback against the REAL
+local MLflow server and S3 of the test stack.
+
+One module-scoped tiny bootstrap training (2 epochs, 16 frames, 320 px) feeds every test; names
+(experiment, registered model, promotion-log key) are unique per session so parallel runs do not collide.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def settings(request: pytest.FixtureRequest) -> Any:
+    base = request.getfixturevalue("stack_settings")
+    tag = uuid.uuid4().hex[:8]
+    s = base.model_copy(deep=True)
+    s.mlflow.experiment = f"test-training-{tag}"
+    s.mlflow.model_name = f"test-detector-{tag}"
+    from detloop.offline import apply_offline_env
+
+    apply_offline_env(s)
+    return s
+
+
+@pytest.fixture(scope="module")
+def log_key(settings: Any) -> str:
+    return f"test-promotions/{settings.mlflow.model_name}/log.jsonl"
+
+
+@pytest.fixture(scope="module")
+def dataset(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from detloop.synth_shapes import write_yolo_dataset
+
+    return write_yolo_dataset(tmp_path_factory.mktemp("ds"), settings.classes, n_train=16, n_val=12, seed=1,
+                              r_range=(8.0, 40.0))
+
+
+@pytest.fixture(scope="module")
+def boot(settings: Any, dataset: Path) -> Any:
+    from tasks.training import train
+
+    return train(dataset, settings, None, f"boot-{settings.mlflow.model_name}", {"round_id": "r-boot"},
+                 dataset_version="dv-seed", epochs=2)
+
+
+def test_dataset_refusals(settings: Any, dataset: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from detloop.errors import DataError
+    from detloop.synth_shapes import write_yolo_dataset
+    from tasks.training import check_dataset
+
+    data = yaml.safe_load(dataset.read_text())
+    data["names"] = {0: "square", 1: "disc", 2: "triangle", 3: "ring", 4: "hexagon"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(DataError, match=r"missing \['star'\]; unexpected \['hexagon'\]"):
+        check_dataset(bad, settings.classes, 4)
+    data["names"] = {0: "square", 1: "disc", 2: "triangle", 3: "ring", 4: "star"}
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(DataError, match="order differs"):
+        check_dataset(bad, settings.classes, 4)
+    tiny = write_yolo_dataset(tmp_path / "tiny", settings.classes, n_train=2, n_val=0)
+    with pytest.raises(DataError, match=r"2 train frames \(need >= 4\), 0 val frames"):
+        check_dataset(tiny, settings.classes, 4)
+
+
+@pytest.mark.slow
+def test_bootstrap_training_is_tracked_and_reused(settings: Any, dataset: Path, boot: Any) -> None:
+    from detloop.clients.registry import RegistryClient
+    from tasks.training import train
+
+    assert boot.weights.is_file() and not boot.reused and boot.bootstrap
+    reg = RegistryClient(settings)
+    run = reg.client.get_run(boot.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == "2" and run.data.params["dataset_version"] == "dv-seed"
+    assert run.data.tags["detloop.input_hash"] == boot.input_hash
+    assert len(run.data.tags["detloop.git_commit"]) >= 7
+    hist = reg.client.get_metric_history(boot.run_id, "metrics/mAP50-95_B")
+    assert sorted(m.step for m in hist) == [1, 2]  # one point per epoch
+    assert run.data.metrics["train_seconds"] > 0
+    arts = {a.path for a in reg.client.list_artifacts(boot.run_id, "plots")}
+    assert "plots/curves.png" in arts
+    # the same inputs again: the finished run is reused, nothing retrained
+    again = train(dataset, settings, None, f"boot-{settings.mlflow.model_name}", {"round_id": "r-boot"},
+                  dataset_version="dv-seed", epochs=2)
+    assert again.reused and again.run_id == boot.run_id and again.weights.is_file()
+
+
+@pytest.mark.slow
+def test_onnx_parity_on_trained_model(settings: Any, dataset: Path, boot: Any, tmp_path: Path) -> None:
+    """ONNX raw head == torch raw head of the trained model on letterboxed real frames."""
+    import torch
+    from ultralytics import YOLO
+
+    from tasks.evaluation import _load_rgb
+    from tasks.export import export_scoring_artifact, open_session, preprocess, run_onnx
+
+    art = export_scoring_artifact(boot.weights, tmp_path / "art", settings.classes, settings.model.input_size)
+    imgs = sorted((dataset.parent / "images" / "val").glob("*.png"))[:4]
+    frames = [_load_rgb(str(p))[:250] for p in imgs]  # non-square: letterbox padding is exercised
+    batch, _ = preprocess(frames, settings.model.input_size)
+    raw, emb = run_onnx(open_session(art), batch)
+    model = YOLO(str(boot.weights)).model.float().eval()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(batch))[0].numpy()
+    np.testing.assert_allclose(raw, ref, atol=2e-2, rtol=1e-3)
+    assert emb.shape == (4, 448) and np.isfinite(emb).all()
+
+
+@pytest.mark.slow
+def test_crash_marks_run_failed_and_registers_nothing(settings: Any, dataset: Path, monkeypatch: Any) -> None:
+    from detloop.clients.registry import RegistryClient
+    from tasks.training import TrainingError, train
+
+    monkeypatch.setenv("DETLOOP_TEST_CRASH_TRAINING", "1")
+    with pytest.raises(TrainingError, match="exited with code"):
+        train(dataset, settings, None, "crash", {"round_id": "r-crash"}, epochs=3)
+    reg = RegistryClient(settings)
+    runs = reg.find_runs("tags.round_id = 'r-crash'")
+    assert runs and runs[0].info.status == "FAILED"
+    assert reg.version_for_run(runs[0].info.run_id) is None
+
+
+def test_mlflow_down_names_the_url(settings: Any) -> None:
+    from detloop.clients.registry import RegistryClient
+    from detloop.errors import ServiceError
+
+    s = settings.model_copy(deep=True)
+    s.mlflow.tracking_uri = "http://127.0.0.1:9"  # nothing listens on the discard port
+    reg = RegistryClient(s, backoff=(0.05, 0.05))
+    with pytest.raises(ServiceError, match=r"MLflow at http://127.0.0.1:9 unreachable.*after 3 attempts"):
+        reg.version_by_alias("champion")
+
+
+@pytest.mark.slow
+def test_register_gate_promote_rollback(settings: Any, dataset: Path, boot: Any, log_key: str,
+                                        tmp_path: Path) -> None:
+    from detloop.clients.registry import RegistryClient
+    from tasks import registry as R
+    from tasks.evaluation import evaluate_pair, gate_scores, slice_from_yolo_dir
+    from tasks.promotion import GatePolicy, decide
+    from tasks.training import oversample_hard, train
+
+    reg = RegistryClient(settings)
+    golden = slice_from_yolo_dir("golden", dataset.parent / "images" / "val", len(settings.classes))
+    assert R.load_champion(settings, tmp_path / "none") is None  # bootstrap: no champion yet
+
+    # ---- bootstrap: evaluate, gate (floor 0: a weak first model may start the loop), register, promote
+    ch, cp = evaluate_pair(boot.weights, None, [golden], settings, tmp_path / "eval1")
+    assert cp is None and ch.latency_ms and ch.latency_ms > 0
+    assert set(ch.thresholds) == set(settings.classes)
+    v1 = R.register_challenger(settings, boot.run_id, boot.weights, ch, dataset_version="dv-seed")
+    assert R.register_challenger(settings, boot.run_id, boot.weights, ch) == v1  # retry: no duplicate
+    assert len(reg.versions()) == 1
+    d1 = decide(gate_scores(ch), None, GatePolicy(bootstrap_floor=0.0))
+    assert d1.passed and d1.bootstrap
+    R.record_gate(settings, v1, d1, run_id=boot.run_id)
+    R.promote(settings, v1, d1, log_key=log_key)
+    assert reg.version_by_alias("champion").version == v1
+
+    # ---- round 1: fine-tune from the champion on an oversampled train list
+    champ_dir = R.load_champion(settings, tmp_path / "champ")
+    assert champ_dir is not None
+    meta = json.loads((champ_dir / "scoring" / "meta.json").read_text())
+    assert meta["registry_version"] == v1 and meta["class_names"] == settings.classes
+    assert set(json.loads((champ_dir / "champion.json").read_text())["thresholds"]) == set(settings.classes)
+    hard = sorted(p.stem for p in (dataset.parent / "images" / "train").glob("*.png"))[:3]
+    over = oversample_hard(dataset, hard, 3, tmp_path / "over")
+    assert len((tmp_path / "over" / "train.txt").read_text().split()) == 16 + 3 * 2
+    ft = train(over, settings, champ_dir / "weights" / "best.pt", f"ft-{settings.mlflow.model_name}",
+               {"round_id": "r-1"}, dataset_version="dv-1", parent_version=v1, epochs=1)
+    log = (ft.out_dir / "train.log").read_text()
+    assert "22 train" in log  # the repeats survived Ultralytics' loader (16 + 6 copies)
+    ch2, cp2 = evaluate_pair(ft.weights, champ_dir / "scoring", [golden], settings, tmp_path / "eval2")
+    assert cp2 is not None and cp2.latency_ms and ch2.latency_ms
+    # champion re-evaluated on the same data equals its own registration-time numbers
+    assert cp2.slices["golden"].overall.map == pytest.approx(ch.slices["golden"].overall.map, abs=1e-6)
+    v2 = R.register_challenger(settings, ft.run_id, ft.weights, ch2, dataset_version="dv-1", parent_version=v1)
+    assert reg.version_by_alias("challenger").version == v2
+    assert reg.get_version(v2).tags["detloop.parent_version"] == v1
+
+    # ---- a failing gate never promotes
+    strict = GatePolicy(min_delta=1.0)
+    d2 = decide(gate_scores(ch2), gate_scores(cp2), strict)
+    assert not d2.passed and any("golden mAP50-95" in r for r in d2.reasons)
+    R.record_gate(settings, v2, d2, run_id=ft.run_id, champion_version=v1)
+    with pytest.raises(R.PromotionError, match="did not pass the gate"):
+        R.promote(settings, v2, d2, log_key=log_key)
+    with pytest.raises(R.PromotionError, match="did not pass the gate"):
+        R.promote(settings, v2, None, log_key=log_key)  # from the recorded tags (the CLI path)
+    assert reg.version_by_alias("champion").version == v1
+    assert reg.get_version(v2).tags["gate.outcome"] == "rejected"
+    gate_md = reg.client.list_artifacts(ft.run_id, "gate")
+    assert any(a.path.endswith(f"gate_report_v{v2}.md") for a in gate_md)
+
+    # ---- a human overrides, with a reason; then rolls back
+    with pytest.raises(R.PromotionError, match="needs --reason"):
+        R.promote(settings, v2, None, override=True, log_key=log_key)
+    R.promote(settings, v2, None, override=True, reason="field test", actor="tester", log_key=log_key)
+    assert reg.version_by_alias("champion").version == v2
+    assert reg.version_by_alias("previous-champion").version == v1
+    assert reg.get_version(v2).tags["detloop.override_reason"] == "field test"
+    R.rollback(settings, reason="regression", actor="tester", log_key=log_key)
+    assert reg.version_by_alias("champion").version == v1
+    assert reg.version_by_alias("previous-champion").version == v2
+
+    entries = R.read_promotion_log(settings, log_key)
+    assert [(e["action"], e["version"]) for e in entries] == [("promote", v1), ("override", v2), ("rollback", v1)]
+    assert entries[1]["actor"] == "tester" and entries[1]["reason"] == "field test"
+    rows = {r["version"]: r for r in R.list_models(settings)}
+    assert rows[v1]["aliases"] == ["champion"] and rows[v2]["gate"] == "rejected"
+    assert "previous-champion" in rows[v2]["aliases"]
+
+
+def test_training_lock_refuses_a_second_training(settings: Any, dataset: Path) -> None:
+    from tasks.registry import PromotionError, training_lock
+    from tasks.training import train
+
+    with training_lock(settings), pytest.raises(PromotionError, match="another training"):
+        train(dataset, settings, None, "locked", epochs=1)
+
+
+@pytest.fixture(autouse=True)
+def _no_crash_env(monkeypatch: Any) -> None:
+    if os.environ.get("DETLOOP_TEST_CRASH_TRAINING"):
+        monkeypatch.delenv("DETLOOP_TEST_CRASH_TRAINING")
