@@ -75,6 +75,8 @@ def _register_subapps() -> None:
         ("detloop.world.cli", "world_app", "world"),
         ("detloop.datasets_cli", "dataset_app", "dataset"),
         ("detloop.select_cli", "select_app", "select"),
+        ("detloop.models_cli", "models_app", None),
+        ("detloop.models_cli", "champion_app", "champion"),
     ]:
         try:
             mod = importlib.import_module(module)
