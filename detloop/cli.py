@@ -77,6 +77,8 @@ def _register_subapps() -> None:
         ("detloop.select_cli", "select_app", "select"),
         ("detloop.models_cli", "models_app", None),
         ("detloop.models_cli", "champion_app", "champion"),
+        ("detloop.rounds_cli", "rounds_app", "rounds"),
+        ("detloop.rounds_cli", "annotate_app", "annotate"),
     ]:
         try:
             mod = importlib.import_module(module)
