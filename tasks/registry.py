@@ -357,3 +357,59 @@ def list_models(settings: Settings, registry: Any = None) -> list[dict[str, Any]
             "reasons": v.tags.get("gate.reasons", ""),
         })
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# One call for a whole post-training step (CLI `detloop train --register` and the flows)
+# --------------------------------------------------------------------------------------------
+def evaluate_register_gate(
+    settings: Settings,
+    train_result: Any,
+    slices: list[Any],
+    dataset_version: str | None = None,
+    promote_if_passed: bool | None = None,
+    registry: Any = None,
+    work_dir: Path | None = None,
+    log_key: str = PROMOTION_LOG_KEY,
+) -> dict[str, Any]:
+    """Evaluate challenger and champion on the same slices, register, gate, and promote when allowed.
+
+    Args:
+        settings: settings (gate policy from ``settings.gate``).
+        train_result: :class:`tasks.training.TrainResult` of the challenger.
+        slices: evaluation slices; the one named ``golden`` gates (``tasks.evaluation.gate_scores``).
+        dataset_version: dataset version id recorded on the version.
+        promote_if_passed: default ``settings.gate.auto_promote``.
+        registry: registry client (default from settings).
+        work_dir: scratch directory (default under the data dir).
+        log_key: promotion-log key in the data bucket.
+
+    Returns:
+        ``{"version", "champion_version", "decision", "challenger_report", "champion_report", "promoted"}``.
+    """
+    from tasks.evaluation import evaluate_pair, gate_scores
+    from tasks.promotion import GatePolicy, decide
+
+    reg = _client(settings, registry)
+    work = work_dir or settings.data_dir / "eval" / train_result.run_id
+    champ = reg.version_by_alias(CHAMPION)
+    if champ is not None and champ.run_id == train_result.run_id:  # a retry after a completed promotion
+        prev = reg.version_by_alias(PREVIOUS)
+        return {"version": str(champ.version), "champion_version": str(prev.version) if prev else None,
+                "decision": None, "challenger_report": None, "champion_report": None, "promoted": True}
+    champ_dir = load_champion(settings, registry=reg) if champ is not None else None
+    ch_rep, cp_rep = evaluate_pair(train_result.weights, champ_dir / "scoring" if champ_dir else None, slices,
+                                   settings, work)
+    parent = str(champ.version) if champ is not None else None
+    version = register_challenger(settings, train_result.run_id, train_result.weights, ch_rep,
+                                  dataset_version=dataset_version, parent_version=parent, registry=reg)
+    policy = GatePolicy.from_settings(settings.gate)
+    decision = decide(gate_scores(ch_rep), gate_scores(cp_rep) if cp_rep is not None else None, policy)
+    record_gate(settings, version, decision, run_id=train_result.run_id, champion_version=parent, registry=reg)
+    do_promote = settings.gate.auto_promote if promote_if_passed is None else promote_if_passed
+    promoted = False
+    if decision.passed and do_promote:
+        promote(settings, version, decision, actor="detloop-gate", registry=reg, log_key=log_key)
+        promoted = True
+    return {"version": version, "champion_version": parent, "decision": decision, "challenger_report": ch_rep,
+            "champion_report": cp_rep, "promoted": promoted}
