@@ -92,6 +92,8 @@ def _register_subapps() -> None:
 
 _register_subapps()
 
+from detloop import flows_cli as _flows_cli  # noqa: E402, F401  (adds serve / bootstrap / run / demo)
+
 
 def main() -> None:
     """Entry point with user-facing error handling."""

@@ -1,0 +1,80 @@
+"""What every detloop flow shares: settings per run, retry policy for network calls, reports.
+
+Retries are for network calls only (S3, Label Studio, MLflow): a bug in our code is not retried.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from detloop.settings import Settings, load_settings
+from flows.params import _Params
+
+# Backoff for tasks that talk to services (seconds between attempts).
+NETWORK_RETRIES = 3
+NETWORK_RETRY_DELAYS = [2, 10, 30]
+
+EVENT_ROUND_COMPLETED = "detloop.annotation.round.completed"
+EVENT_ROUND_READY = "detloop.annotation.round.ready"
+EVENT_MODEL_PROMOTED = "detloop.model.promoted"
+EVENT_GATE_FAILED = "detloop.model.gate_failed"
+
+
+def settings_for(params: _Params) -> Settings:
+    """Settings of one run: the config file, environment overrides, then the run's parameters."""
+    from detloop.offline import apply_offline_env
+
+    s = load_settings(params.config or None, overrides=params.overrides())
+    apply_offline_env(s)
+    return s
+
+
+def md_table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None) -> str:
+    """A markdown table of dict rows (for Prefect artifacts and the CLI)."""
+    rows = list(rows)
+    if not rows:
+        return "_(none)_\n"
+    cols = list(columns) if columns is not None else list(rows[0])
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        if v is None:
+            return "-"
+        return str(v).replace("|", "\\|")
+
+    out = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    out += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def publish_report(key: str, markdown: str, description: str) -> None:
+    """Attach a markdown artifact to the current flow run (no-op outside a run)."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is None:
+        return
+    create_markdown_artifact(key=key, markdown=markdown, description=description)
+
+
+def notify(event: str, resource_id: str, payload: dict[str, Any], message: str) -> None:
+    """Tell people: a Prefect event (automations turn it into Slack/e-mail) plus a log line.
+
+    The local default is the log and the run's artifact; a team adds a Prefect automation on these
+    events with a notification block (see docs/flows.md).
+    """
+    from prefect import get_run_logger
+    from prefect.events import emit_event
+
+    emit_event(event=event, resource={"prefect.resource.id": resource_id}, payload=payload)
+    try:
+        get_run_logger().info("%s: %s", event, message)
+    except Exception:  # outside a run context there is no run logger
+        print(f"{event}: {message}")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True, default=str)

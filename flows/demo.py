@@ -1,0 +1,219 @@
+"""The main job: the loop on the synthetic production world, through the real deployments and events.
+
+``detloop demo`` (and ``make demo``):
+
+1. set-up: bring the stack up with the runner, publish a synthetic world with drift events, the golden
+   set and the seed set, bootstrap a champion (the ``bootstrap/manual`` deployment);
+2. the loop, one simulated week at a time (``as_of`` advancing): run ``select-for-labeling/weekly``,
+   let simulated annotators label the round in Label Studio, run ``watch-rounds/interval``, whose
+   ``detloop.annotation.round.completed`` event triggers ``retrain-and-promote`` on the runner; wait
+   for it and read its result;
+3. print a table per round and write a learning-curve PNG.
+
+Re-running continues where it stopped: every step is idempotent (published keys are skipped, the
+bootstrap sees the champion, a week whose round exists resumes it, a trained round reports its result).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from detloop.errors import DetloopError
+from detloop.settings import Settings
+
+START = date(2026, 1, 5)  # a Monday; the world's drift events are dated from here
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    frames_per_day: int  # per active camera
+    seed_frames: int
+    golden_frames: int
+    budget: int
+    bootstrap_epochs: int | None  # None: the config's training.bootstrap_epochs
+
+
+SIZES = {
+    "tiny": DemoSize(frames_per_day=2, seed_frames=40, golden_frames=40, budget=10, bootstrap_epochs=None),
+    "default": DemoSize(frames_per_day=8, seed_frames=150, golden_frames=200, budget=60, bootstrap_epochs=None),
+    "large": DemoSize(frames_per_day=20, seed_frames=300, golden_frames=400, budget=120, bootstrap_epochs=None),
+}
+
+
+def _run_deployment(name: str, params: dict[str, Any], timeout: float) -> Any:
+    from prefect.deployments import run_deployment
+
+    fr = run_deployment(name, parameters={"params": params}, timeout=timeout)
+    if fr.state is None or not fr.state.is_completed():
+        state = fr.state.name if fr.state else "unknown"
+        msg = fr.state.message if fr.state else ""
+        raise DetloopError(f"flow run {fr.name} of {name} ended {state}: {msg} (see the Prefect UI)")
+    return fr
+
+
+def _wait_for_retrain(round_id: str, timeout: float, poll: float = 3.0) -> Any:
+    """Wait for the event-triggered ``retrain-and-promote`` run of ``round_id`` to finish."""
+    from prefect import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name("retrain-and-promote/on-round-completed")
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(limit=50)
+            mine = [r for r in runs if r.deployment_id == dep.id
+                    and (r.parameters.get("params") or {}).get("round_id") == round_id]
+            done = [r for r in mine if r.state is not None and r.state.is_final()]
+            if any(r.state.is_completed() for r in done):
+                return next(r for r in done if r.state.is_completed())
+            if done and not [r for r in mine if r.state is not None and not r.state.is_final()]:
+                r = done[0]
+                raise DetloopError(f"retrain-and-promote for {round_id} ended {r.state.name}: {r.state.message}")
+            time.sleep(poll)
+    raise DetloopError(f"no finished retrain-and-promote run for round {round_id} after {timeout:.0f} s "
+                       "(is the runner up? `detloop stack status`)")
+
+
+def _round_for(settings: Settings, as_of: date) -> str | None:
+    from detloop.clients.s3 import S3Store
+    from flows.loop import round_id_for
+    from tasks.rounds import load_round
+
+    rid = round_id_for(as_of, None, None)
+    return rid if load_round(S3Store(settings), settings, rid) is not None else None
+
+
+def setup_world(settings: Settings, size: DemoSize, weeks: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Publish production frames (with the world's drift events), the golden set and the seed set."""
+    from detloop.world.publish import publish_golden, publish_seed, publish_world
+
+    days = 7 * (weeks + 1)
+    rep = publish_world(settings, START, days, size.frames_per_day, corrupt=3, progress=True)
+    log(f"world: {getattr(rep, 'written', '?')} frames written over {days} days from {START} "
+        f"(existing skipped: {getattr(rep, 'skipped', '?')})")
+    golden = publish_golden(settings, frames=size.golden_frames, progress=True)
+    seed = publish_seed(settings, frames=size.seed_frames, progress=True)
+    log(f"golden dataset version {golden}, seed dataset version {seed}")
+    return {"golden": golden, "seed": seed}
+
+
+def run_demo(
+    settings: Settings,
+    weeks: int = 3,
+    size: str = "default",
+    log: Callable[[str], None] = print,
+    timeout: float = 3600.0,
+    out_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Set up and run ``weeks`` simulated weeks; returns timings, one row per round and the PNG path."""
+    from detloop.clients.s3 import S3Store
+    from detloop.sim.annotator import AnnotatorProfile, annotate_pending
+    from infra.stack import client_env, ensure_up
+
+    if size not in SIZES:
+        raise DetloopError(f"--size must be one of {sorted(SIZES)}, got {size!r}")
+    spec = SIZES[size]
+    t0 = time.monotonic()
+    import os
+
+    ensure_up(settings, log=log)
+    os.environ.update(client_env(settings))
+    ids = setup_world(settings, spec, weeks, log)
+    _wait_for_deployments(timeout=120)
+    boot_params: dict[str, Any] = {"dataset_version": ids["seed"]}
+    if spec.bootstrap_epochs:
+        boot_params["epochs"] = spec.bootstrap_epochs
+    log("bootstrap: training the first champion (deployment bootstrap/manual) ...")
+    tb = time.monotonic()
+    _run_deployment("bootstrap/manual", boot_params, timeout)
+    bootstrap_s = time.monotonic() - tb
+    setup_s = time.monotonic() - t0
+
+    store = S3Store(settings)
+    rows: list[dict[str, Any]] = []
+    profile = AnnotatorProfile(p_skip=0.02, p_miss_small=0.05, jitter=0.02, p_flip=0.01, seed=settings.world.seed)
+    t_loop = time.monotonic()
+    for w in range(1, weeks + 1):
+        as_of = START + timedelta(days=7 * w)
+        log(f"week {w}: select-for-labeling as_of={as_of} ...")
+        _run_deployment("select-for-labeling/weekly", {"as_of": as_of.isoformat(), "budget": spec.budget}, timeout)
+        round_id = _round_for(settings, as_of)
+        if round_id is None:
+            log(f"week {w}: no round opened (empty window or skipped)")
+            continue
+        counts = annotate_pending(settings, profile, round_id=round_id)
+        log(f"week {w}: simulated annotators on {round_id}: {counts}")
+        _run_deployment("watch-rounds/interval", {}, timeout=600)
+        _wait_for_retrain(round_id, timeout)
+        result = store.get_json(settings.s3.data_bucket, f"rounds/{round_id}/result.json")
+        rows.append({
+            "week": w, "as_of": str(as_of), "round": round_id, "labels": result.get("labelled_frames"),
+            "boxes": result.get("labelled_boxes"), "champion_map": result.get("golden_map_champion"),
+            "challenger_map": result.get("golden_map_challenger"), "decision": result.get("outcome"),
+            "version": result.get("version"),
+        })
+        log(f"week {w}: {rows[-1]}")
+    loop_s = time.monotonic() - t_loop
+    out_dir = out_dir or settings.data_dir / "demo"
+    png = plot_learning_curve(rows, out_dir / "learning_curve.png", store, settings)
+    return {"setup_seconds": setup_s, "bootstrap_seconds": bootstrap_s, "loop_seconds": loop_s, "rounds": rows,
+            "learning_curve": str(png)}
+
+
+def _wait_for_deployments(timeout: float) -> None:
+    """The runner registers the deployments when it starts: wait until they exist."""
+    from prefect import get_client
+
+    names = ["bootstrap/manual", "select-for-labeling/weekly", "watch-rounds/interval",
+             "retrain-and-promote/on-round-completed"]
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            missing = []
+            for n in names:
+                try:
+                    client.read_deployment_by_name(n)
+                except Exception:
+                    missing.append(n)
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise DetloopError(f"deployments {missing} not registered; is the runner up? (`detloop stack status`, "
+                                   "`detloop stack logs runner`)")
+            time.sleep(2)
+
+
+def plot_learning_curve(rows: list[dict[str, Any]], path: Path, store: Any, settings: Settings) -> Path:
+    """Golden mAP50-95 of champion and challenger per round vs cumulative labelled frames."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cum, xs, champ, chall = 0, [], [], []
+    for r in rows:
+        cum += int(r.get("labels") or 0)
+        xs.append(cum)
+        champ.append(r.get("champion_map"))
+        chall.append(r.get("challenger_map"))
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    if xs:
+        ax.plot(xs, [c if c is not None else float("nan") for c in champ], "o--", label="champion before round")
+        ax.plot(xs, [c if c is not None else float("nan") for c in chall], "o-", label="challenger after round")
+        for x, r in zip(xs, rows, strict=True):
+            ax.annotate(str(r.get("decision", ""))[:8], (x, r.get("challenger_map") or 0), fontsize=7,
+                        textcoords="offset points", xytext=(0, 6), ha="center")
+    ax.set_xlabel("labelled frames (cumulative)")
+    ax.set_ylabel("golden mAP50-95")
+    ax.set_title("detloop demo: golden mAP per round")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,109 @@
+"""Typed flow parameters.
+
+Each flow takes one pydantic model, so the Prefect UI renders a form with descriptions and ranges and
+the server rejects invalid parameters when a run is created (deployments enforce the schema). Every
+field is optional: ``None`` means "use the config".
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    config: str | None = Field(
+        None, description="Config file for this run (default: the runner's $DETLOOP_CONFIG / configs/local.yaml)."
+    )
+
+    def overrides(self) -> dict[str, Any]:
+        """Nested settings overrides this run asks for (only fields that were set)."""
+        return {}
+
+
+class SelectParams(_Params):
+    """Parameters of ``select-for-labeling``."""
+
+    as_of: date | None = Field(None, description="The 'this week' date: the window ends here (default: today).")
+    window_days: int | None = Field(None, ge=1, le=365, description="Days before as_of to sample from.")
+    cameras: list[str] | None = Field(None, description="Only these cameras (default: all).")
+    dates: list[date] | None = Field(None, description="Only these dates inside the window (default: all).")
+    budget: int | None = Field(None, ge=1, le=100_000, description="Frames to send to annotators (control included).")
+    strategy: str | None = Field(None, description="Uncertainty strategy name (see `detloop select strategies`).")
+    control_share: float | None = Field(None, ge=0.0, le=0.5, description="Share of the budget drawn at random.")
+    force_new_round: bool = Field(
+        False, description="Open a new round even if the previous one is still open (default: follow config)."
+    )
+
+    def overrides(self) -> dict[str, Any]:
+        o: dict[str, Any] = {}
+        if self.window_days is not None:
+            o.setdefault("sampling", {})["window_days"] = self.window_days
+        sel = {k: v for k, v in {"budget": self.budget, "strategy": self.strategy,
+                                  "control_share": self.control_share}.items() if v is not None}
+        if sel:
+            o["selection"] = sel
+        return o
+
+
+class WatchParams(_Params):
+    """Parameters of ``watch-rounds``."""
+
+    now: datetime | None = Field(None, description="Clock used for deadlines (default: now). Simulated time for backfills.")
+
+
+class GateOverrides(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_delta: float | None = Field(None, ge=-1.0, le=1.0, description="Golden mAP50-95 must improve by at least this.")
+    class_tol: float | None = Field(None, ge=0.0, le=1.0, description="Largest allowed drop of any class AP.")
+    small_tol: float | None = Field(None, ge=0.0, le=1.0, description="Largest allowed drop of small-object AP.")
+    latency_ratio_max: float | None = Field(None, gt=0.0, le=100.0, description="Challenger/champion latency limit.")
+    auto_promote: bool | None = Field(None, description="Promote a passing challenger without a human.")
+
+
+class RetrainParams(_Params):
+    """Parameters of ``retrain-and-promote`` (started by the round-completed event, or by hand)."""
+
+    round_id: str = Field(..., min_length=1, description="Labelling round whose labels to train on.")
+    epochs: int | None = Field(None, ge=1, le=10_000, description="Fine-tune epochs (default: training.finetune_epochs).")
+    gate: GateOverrides = Field(default_factory=GateOverrides, description="Per-run gate overrides.")
+
+    def overrides(self) -> dict[str, Any]:
+        o: dict[str, Any] = {}
+        if self.epochs is not None:
+            o["training"] = {"finetune_epochs": self.epochs}
+        g = {k: v for k, v in self.gate.model_dump().items() if v is not None}
+        if g:
+            o["gate"] = g
+        return o
+
+
+class PromoteParams(_Params):
+    """Parameters of the manual ``promote`` flow."""
+
+    version: str = Field(..., min_length=1, description="Registered model version to make champion.")
+    reason: str = Field(..., min_length=3, description="Why (recorded in the promotion log).")
+    override: bool = Field(False, description="Promote even if its gate failed (recorded).")
+    who: str | None = Field(None, description="Who asks (default: the runner's user).")
+
+
+class RollbackParams(_Params):
+    """Parameters of the manual ``rollback`` flow."""
+
+    reason: str = Field(..., min_length=3, description="Why (recorded in the promotion log).")
+    who: str | None = Field(None, description="Who asks (default: the runner's user).")
+
+
+class BootstrapParams(_Params):
+    """Parameters of ``bootstrap``: train the first champion on a seed dataset version."""
+
+    dataset_version: str | None = Field(None, description="Seed dataset version id (default: the newest seed version).")
+    epochs: int | None = Field(None, ge=1, le=10_000, description="Epochs (default: training.bootstrap_epochs).")
+
+    def overrides(self) -> dict[str, Any]:
+        return {"training": {"bootstrap_epochs": self.epochs}} if self.epochs is not None else {}

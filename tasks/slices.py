@@ -1,0 +1,90 @@
+"""Evaluation slices built from dataset versions.
+
+The gate compares challenger and champion on the same slices in the same run:
+
+- ``golden``: the frozen, versioned golden set (never trained on).
+- ``round``: frames of the newest labelled round that went to ``val`` (recent distribution; its
+  ``train`` frames are left out: the challenger was trained on them).
+- ``control``: the round's control-arm frames (uniform random, never trained on): an unbiased estimate of
+  accuracy on live traffic.
+- ``crowded``: golden frames whose ground truth has overlapping boxes (max pairwise IoU >= 0.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detloop.detections import Detections
+from detloop.ops import box_iou
+from detloop.settings import Settings
+from tasks.evaluation import EvalItem, EvalSlice
+
+CROWD_IOU = 0.3
+
+
+def items_from_version(
+    store: Any, settings: Settings, version_id: str, split: str, source: str | None = None
+) -> list[EvalItem]:
+    """Materialize one split of a version and read its items (camera from the manifest).
+
+    Args:
+        split: ``golden`` | ``val`` | ``control`` | ``train``.
+        source: keep only entries from this source (e.g. ``round:<id>``).
+    """
+    from detloop import datasets as ds
+
+    manifest = ds.load_manifest(store, settings, version_id)
+    entries = [e for e in manifest.by_split(split) if source is None or e.source == source]
+    if not entries:
+        return []
+    data_yaml = ds.materialize(store, settings, version_id, splits=(split,))
+    root = Path(data_yaml).parent
+    items = []
+    for e in entries:
+        img = root / "images" / split / f"{e.frame_sha}.{e.ext}"
+        lbl = root / "labels" / split / f"{e.frame_sha}.txt"
+        text = lbl.read_text() if lbl.is_file() else ""
+        gt = Detections.from_yolo_txt(text, e.width, e.height, num_classes=len(settings.classes))
+        items.append(EvalItem(image=str(img), gt=gt, camera=e.camera))
+    return items
+
+
+def is_crowded(gt: Detections, iou: float = CROWD_IOU) -> bool:
+    """True when two ground-truth boxes overlap by at least ``iou``."""
+    if len(gt) < 2:
+        return False
+    m = box_iou(gt.xyxy, gt.xyxy)
+    np.fill_diagonal(m, 0.0)
+    return bool(m.max() >= iou)
+
+
+def build_slices(
+    store: Any,
+    settings: Settings,
+    golden_version: str,
+    round_version: str | None = None,
+    round_id: str | None = None,
+) -> list[EvalSlice]:
+    """The gate's slices; ``golden`` first (latency and thresholds are measured on it)."""
+    golden = items_from_version(store, settings, golden_version, "golden")
+    slices = [EvalSlice("golden", golden)]
+    crowded = [it for it in golden if is_crowded(it.gt)]
+    if crowded:
+        slices.append(EvalSlice("crowded", crowded))
+    if round_version and round_id:
+        src = f"round:{round_id}"
+        rnd = items_from_version(store, settings, round_version, "val", source=src)
+        if rnd:
+            slices.append(EvalSlice("round", rnd))
+        ctl = items_from_version(store, settings, round_version, "control", source=src)
+        if ctl:
+            slices.append(EvalSlice("control", ctl))
+    return slices
+
+
+def slice_summary(slices: Sequence[EvalSlice]) -> list[dict[str, Any]]:
+    return [{"slice": s.name, "frames": len(s.items), "instances": s.n_instances} for s in slices]
