@@ -78,6 +78,7 @@ class RegistryClient:
 
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # we retry ourselves, quickly
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             from mlflow import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.url, registry_uri=self.url)
@@ -246,6 +247,13 @@ class RegistryClient:
         import mlflow.artifacts
 
         dst.mkdir(parents=True, exist_ok=True)
-        uri = f"models:/{self.model_name}/{version.version}"
-        return Path(self.call("download model version", lambda: mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=str(dst), tracking_uri=self.url, registry_uri=self.url)))
+        # resolve through OUR client: a models:/ URI would consult the process-global registry URI
+        uri = self.call("resolve model version files", lambda: self.client.get_model_version_download_uri(
+            self.model_name, str(version.version)))
+        got = Path(self.call("download model version", lambda: mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(dst), tracking_uri=self.url)))
+        if got.resolve() != dst.resolve():  # the URI's last segment ("artifacts") became a subfolder
+            for child in list(got.iterdir()):
+                child.rename(dst / child.name)
+            got.rmdir()
+        return dst
