@@ -250,3 +250,30 @@ def test_materialize_golden_only(settings) -> None:
     assert len(Path(data["val"]).read_text().split()) == 2
     with pytest.raises(DataError, match="no frames"):
         materialize(store, settings, vid, splits=("train",))
+
+
+def test_ultralytics_reads_the_materialized_train_list_with_oversampled_copies(settings) -> None:
+    """Ultralytics' dataset loader keeps every oversampled copy (distinct hardlinked paths) with its labels."""
+    import cv2
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    store = MemStore()
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(4):
+        img = np.full((96, 128, 3), 100, np.uint8)
+        cv2.rectangle(img, (10 + i, 10), (40 + i, 40), (0, 0, 255), -1)
+        img[0, 0] = rng.integers(0, 255, 3)  # distinct bytes per frame
+        body = cv2.imencode(".jpg", img)[1].tobytes()
+        det = _det([(i % 5, 10 + i, 10, 40 + i, 40)])
+        entries.append(store_labelled_frame(
+            store, settings.s3.data_bucket, body, det, width=128, height=96, classes=CLASSES, camera="c",
+            date="2026-01-05", hour=i, split="train", source="seed", hard=(i < 2), key=f"k{i}.jpg",
+        ))
+    vid = save_manifest(store, settings, build_version("seed", CLASSES, entries))
+    y = materialize(store, settings, vid, splits=("train",), oversample=3)
+    data = check_det_dataset(str(y))
+    ds = YOLODataset(img_path=data["train"], imgsz=64, augment=False, data=data, batch_size=2)
+    assert len(ds) == 2 * 3 + 2
+    assert sum(len(lb["cls"]) for lb in ds.labels) == len(ds)  # every copy kept its one box
