@@ -104,9 +104,14 @@ def live_process(record: PidRecord) -> bool:
 
     try:
         p = psutil.Process(record.pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return record_matches(record, p.create_time(), p.cmdline())
+        for _ in range(20):
+            if p.status() == psutil.STATUS_ZOMBIE:
+                return False
+            cmdline = p.cmdline()
+            if cmdline:
+                return record_matches(record, p.create_time(), cmdline)
+            time.sleep(0.05)  # /proc/<pid>/cmdline is briefly empty right after a process starts
+        return False
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
