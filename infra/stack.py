@@ -132,6 +132,22 @@ def service_url(settings: Settings, service: str) -> str:
     }[service]
 
 
+def url_mismatches(settings: Settings) -> list[str]:
+    """Client URLs of ``settings`` that do not point at the ports this stack serves (one line each)."""
+    pairs = [
+        ("s3.endpoint_url", settings.s3.endpoint_url, service_url(settings, "s3")),
+        ("mlflow.tracking_uri", settings.mlflow.tracking_uri, service_url(settings, "mlflow")),
+        ("label_studio.url", settings.label_studio.url, service_url(settings, "label-studio")),
+        ("prefect.api_url", settings.prefect.api_url, service_url(settings, "prefect")),
+    ]
+    norm = lambda u: (u or "").rstrip("/").replace("://localhost:", "://127.0.0.1:")  # noqa: E731
+    return [
+        f"{name} is {got!r} but the stack serves {want!r} (stack.host/stack.ports)"
+        for name, got, want in pairs
+        if norm(got) != norm(want)
+    ]
+
+
 def service_ports(settings: Settings, service: str) -> dict[str, int]:
     """label -> port that ``service`` will bind (checked free before start)."""
     p = settings.stack.ports
@@ -584,6 +600,8 @@ def ensure_up(settings: Settings, log: Log = _noop) -> UpResult:
     paths.root.mkdir(parents=True, exist_ok=True)
     res = UpResult()
     with procs.file_lock(paths.lock):
+        for line in url_mismatches(settings):
+            log(f"warning: {line}")
         sec = ensure_secrets(settings.secrets_file)
         _fill_settings_secrets(settings, sec)
         _write_resolved_config(settings)

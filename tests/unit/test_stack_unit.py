@@ -15,7 +15,7 @@ from detloop.settings import REPO_ROOT, load_settings
 from infra import procs
 from infra.procs import PidRecord, PortOwner, StackError
 from infra.secrets import LS_PASSWORD, LS_TOKEN, S3_KEY, S3_SECRET, ensure_secrets, resolve_secrets
-from infra.stack import _base_env, build_spec, client_env, s3_identity_config, service_ports
+from infra.stack import _base_env, build_spec, client_env, s3_identity_config, service_ports, url_mismatches
 
 
 # ---- ports ---------------------------------------------------------------------------------------
@@ -205,3 +205,12 @@ def test_s3_identity_config_shape() -> None:
     ident = cfg["identities"][0]  # type: ignore[index]
     assert ident["credentials"] == [{"accessKey": "AK", "secretKey": "SK"}]
     assert "Admin" in ident["actions"]
+
+
+def test_url_mismatch_between_client_urls_and_stack_ports() -> None:
+    s = load_settings(REPO_ROOT / "configs" / "test.yaml", env={})
+    assert url_mismatches(s) == []
+    assert url_mismatches(load_settings(REPO_ROOT / "configs" / "local.yaml", env={})) == []
+    bad = load_settings(REPO_ROOT / "configs" / "test.yaml", env={}, overrides={"mlflow": {"tracking_uri": "http://127.0.0.1:5000"}})
+    (line,) = url_mismatches(bad)
+    assert line.startswith("mlflow.tracking_uri is 'http://127.0.0.1:5000' but the stack serves 'http://127.0.0.1:5100'")
