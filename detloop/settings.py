@@ -146,7 +146,14 @@ class SamplingSettings(_Model):
     max_frames: int = Field(2000, ge=1, le=10_000_000, description="Upper bound on frames sampled per round.")
     per_camera_quota: int | None = Field(None, ge=1, description="Frames per camera (stratified); null: no quota.")
     max_per_camera_per_day: int | None = Field(None, ge=1, description="Cap of frames per camera per day.")
-    dedup_hamming: int = Field(4, ge=0, le=64, description="Hamming distance (of 64-bit dHash) for near-duplicates.")
+    dedup_hamming: int = Field(
+        2, ge=0, le=4096,
+        description="Frames of one camera whose dHashes differ by at most this many bits are near-duplicates.",
+    )
+    dedup_hash_size: int = Field(
+        16, ge=4, le=64,
+        description="dHash grid side n (n*n bits); 8 is the classic 64-bit hash, too coarse for fixed cameras.",
+    )
     seed: int = Field(0, ge=0, description="Seed of the sampler.")
 
 
@@ -220,6 +227,9 @@ class TrainingSettings(_Model):
 class EvaluationSettings(_Model):
     min_instances: int = Field(50, ge=1, description="Slices/classes with fewer instances report insufficient data.")
     latency_frames: int = Field(32, ge=1, le=10000, description="Frames timed for the latency comparison.")
+    golden_version: str | None = Field(
+        None, description="Golden dataset version the gate uses; null: the newest golden version (pin it in production)."
+    )
 
 
 class GateSettings(_Model):

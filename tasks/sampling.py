@@ -162,31 +162,50 @@ def _area_resize(gray: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return np.add.reduceat(rows, xs[:-1], axis=1) / np.diff(xs)[None, :]
 
 
-def dhash(image: np.ndarray, margin: float = 2.0) -> np.uint64:
-    """64-bit difference hash: area-resize to 8x9 grey, bit = left cell brighter than its right neighbour.
+def dhash(image: np.ndarray, size: int = 16, margin: float = 4.0) -> np.ndarray:
+    """Difference hash of ``size * size`` bits: area-resize to ``size x (size + 1)`` grey cells, bit = left
+    cell brighter than its right neighbour by more than ``margin`` grey levels.
 
-    A bit is set only when the left cell is brighter by more than ``margin`` grey levels, so flat
-    regions (equal neighbours, common in fixed-camera frames) give stable 0 bits instead of bits
-    decided by sensor noise or JPEG re-compression.
+    The margin keeps flat regions (equal neighbours, common in fixed-camera frames) at stable 0 bits
+    instead of bits decided by sensor noise or JPEG re-compression. ``size = 8`` is the classic 64-bit
+    dHash; on fixed cameras it is dominated by the static background (frames with different objects
+    differ by 0-2 bits in the synthetic world), hence the default 16 (256 bits).
 
     Args:
         image: ``(H, W)`` grey or ``(H, W, 3)`` colour array (any channel order), ``H, W >= 9``.
+        size: grid side (bits = size * size).
         margin: grey levels (0-255 scale) a difference must exceed to set a bit.
 
     Returns:
-        The hash as ``np.uint64``; near-identical frames differ in few bits.
+        ``(ceil(size * size / 64),)`` uint64 words; near-identical frames differ in few bits.
     """
     g = np.asarray(image)
     if g.ndim == 3:
         g = g.astype(np.float64).mean(axis=2)
-    small = _area_resize(g, 8, 9)
+    small = _area_resize(g, size, size + 1)
     bits = (small[:, :-1] - small[:, 1:] > margin).reshape(-1)
-    return np.uint64(int(np.packbits(bits.astype(np.uint8)).view(">u8")[0]))
+    pad = (-len(bits)) % 64
+    packed = np.packbits(np.concatenate([bits, np.zeros(pad, bool)]).astype(np.uint8))
+    return packed.view(">u8").astype(np.uint64)
 
 
-def hamming(a: np.ndarray | np.uint64, b: np.ndarray) -> np.ndarray:
-    """Hamming distances between 64-bit hashes ``a`` (scalar or ``(N,)``) and ``b`` ``(N,)`` or ``(M,)``."""
-    return np.bitwise_count(np.bitwise_xor(np.asarray(a, np.uint64), np.asarray(b, np.uint64))).astype(np.int64)
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distances between hashes of W uint64 words.
+
+    Args:
+        a: ``(W,)`` one hash, or ``(N, W)``.
+        b: ``(M, W)`` hashes (or ``(M,)`` for 64-bit hashes).
+
+    Returns:
+        ``(M,)`` distances of ``a`` to each row of ``b`` (``(N,)`` element-wise when both are ``(N, W)``).
+    """
+    a = np.asarray(a, np.uint64)
+    b = np.asarray(b, np.uint64)
+    if b.ndim == 1:
+        b = b[:, None]
+    if a.ndim == 0:
+        a = a[None]
+    return np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1).astype(np.int64)
 
 
 def near_duplicates(hashes: np.ndarray, groups: Sequence[str], threshold: int) -> np.ndarray:
@@ -196,7 +215,7 @@ def near_duplicates(hashes: np.ndarray, groups: Sequence[str], threshold: int) -
     same group. ``threshold = 0`` removes exact hash matches only.
 
     Args:
-        hashes: ``(N,)`` uint64 dHashes, in priority order.
+        hashes: ``(N, W)`` (or ``(N,)`` 64-bit) uint64 dHashes, in priority order.
         groups: ``(N,)`` group of each frame.
         threshold: Hamming distance (0-64).
 
@@ -204,6 +223,8 @@ def near_duplicates(hashes: np.ndarray, groups: Sequence[str], threshold: int) -
         ``(N,)`` int64: -1 for kept frames, else the index of the kept frame it duplicates.
     """
     hashes = np.asarray(hashes, np.uint64)
+    if hashes.ndim == 1:
+        hashes = hashes[:, None]
     dup_of = np.full(len(hashes), -1, np.int64)
     kept: dict[str, list[int]] = defaultdict(list)
     kept_h: dict[str, np.ndarray] = {}
@@ -218,7 +239,7 @@ def near_duplicates(hashes: np.ndarray, groups: Sequence[str], threshold: int) -
         idx.append(i)
         buf = kept_h.get(g)
         if buf is None or len(buf) < len(idx):
-            nb = np.zeros(max(16, 2 * len(idx)), np.uint64)
+            nb = np.zeros((max(16, 2 * len(idx)), hashes.shape[1]), np.uint64)
             if buf is not None:
                 nb[: len(buf)] = buf
             kept_h[g] = buf = nb
@@ -350,7 +371,7 @@ def sample(
     stats = {"listed": len(listed), "eligible": len(order), "downloaded": 0, "quarantined": 0,
              "duplicates": 0, "sampled": 0}
     kept: list[FrameRef] = []
-    kept_hashes: list[np.uint64] = []
+    kept_hashes: list[np.ndarray] = []
     quarantined: list[Quarantined] = []
     dups: list[tuple[str, str]] = []
     pos = 0
@@ -361,7 +382,7 @@ def sample(
         datas = fetch_bytes(store, chunk, threads)
         stats["downloaded"] += len(chunk)
         good: list[FrameRef] = []
-        hashes: list[np.uint64] = []
+        hashes: list[np.ndarray] = []
         for ref, data in zip(chunk, datas, strict=True):
             if isinstance(data, Exception):
                 quarantined.append(Quarantined(ref.bucket, ref.key, f"unreadable: {data}"))
@@ -372,14 +393,16 @@ def sample(
                 continue
             ref.size = len(data)
             good.append(ref)
-            hashes.append(dhash(img))
-        allh = np.array(kept_hashes + hashes, np.uint64)
+            hashes.append(dhash(img, sp.dedup_hash_size))
+        allh = np.array(kept_hashes + hashes, np.uint64).reshape(-1, (sp.dedup_hash_size**2 + 63) // 64)
         groups = [r.camera for r in kept] + [r.camera for r in good]
         dup_of = near_duplicates(allh, groups, sp.dedup_hamming)
+        before = kept + good  # indices of dup_of refer to this list
+        base = len(kept_hashes)
         for j, ref in enumerate(good):
-            i = len(kept_hashes) + j
+            i = base + j
             if dup_of[i] >= 0:
-                other = (kept + good)[dup_of[i]]
+                other = before[dup_of[i]]
                 dups.append((ref.key, other.key))
             elif len(kept) < sp.max_frames:
                 kept.append(ref)

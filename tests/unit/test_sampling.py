@@ -107,7 +107,10 @@ def test_dhash_near_duplicates_close_different_scenes_far() -> None:
     ha, hn, hb = dhash(a), dhash(recompressed), dhash(scene(2))
     assert int(hamming(ha, np.array([hn]))[0]) <= 4
     assert int(hamming(ha, np.array([hb]))[0]) > 10
-    assert dhash(cv2.cvtColor(a, cv2.COLOR_BGR2GRAY)) == dhash(cv2.cvtColor(a, cv2.COLOR_BGR2GRAY))
+    assert ha.shape == (4,) and ha.dtype == np.uint64  # 16 x 16 bits in 4 words
+    assert dhash(a, size=8).shape == (1,)
+    grey = cv2.cvtColor(a, cv2.COLOR_BGR2GRAY)
+    assert np.array_equal(dhash(grey), dhash(grey))
 
 
 def test_hamming_matches_python_popcount() -> None:
@@ -115,7 +118,10 @@ def test_hamming_matches_python_popcount() -> None:
     a = rng.integers(0, 2**63, 100, dtype=np.uint64)
     b = rng.integers(0, 2**63, 100, dtype=np.uint64)
     want = [bin(int(x) ^ int(y)).count("1") for x, y in zip(a, b, strict=True)]
-    np.testing.assert_array_equal(hamming(a, b), want)
+    np.testing.assert_array_equal(hamming(a[:, None], b[:, None]), want)  # element-wise, one word
+    np.testing.assert_array_equal(hamming(a[:1], b), [bin(int(a[0]) ^ int(y)).count("1") for y in b])
+    two = np.stack([a, b], axis=1)  # (100, 2): 128-bit hashes
+    np.testing.assert_array_equal(hamming(two[0], two), [bin(int(a[0]) ^ int(x)).count("1") + bin(int(b[0]) ^ int(y)).count("1") for x, y in two])
 
 
 def test_near_duplicates_greedy_within_camera() -> None:
