@@ -10,3 +10,29 @@ demo, the tests and the benchmarks run on. Modules:
 
 Nothing is imported eagerly here; import the submodules.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+_PUBLIC = {
+    "oracle_truth": "detloop.world.publish",
+    "publish_world": "detloop.world.publish",
+    "publish_seed": "detloop.world.publish",
+    "publish_golden": "detloop.world.publish",
+    "publish_labelled_set": "detloop.world.publish",
+    "load_world": "detloop.world.publish",
+    "render_frame": "detloop.world.render",
+    "WorldConfig": "detloop.world.config",
+    "load_world_config": "detloop.world.config",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy re-exports (``from detloop.world import oracle_truth``) without importing at package import."""
+    if name in _PUBLIC:
+        import importlib
+
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'detloop.world' has no attribute {name!r}")
