@@ -363,12 +363,15 @@ def save_manifest(store: S3Store, settings: Settings, manifest: DatasetManifest,
     bucket = settings.s3.data_bucket
     vid = manifest.version_id
     key = manifest_key(vid)
+    index_key = f"{INDEX_PREFIX}/{manifest.kind}/{vid}.json"
     if store.exists(bucket, key):
-        return vid
-    store.put_bytes(bucket, key, manifest.canonical_json(), content_type="application/json")
-    store.put_json(
+        if store.exists(bucket, index_key):
+            return vid
+    else:
+        store.put_bytes(bucket, key, manifest.canonical_json(), content_type="application/json")
+    store.put_json(  # after the manifest: a listed version always exists
         bucket,
-        f"{INDEX_PREFIX}/{manifest.kind}/{vid}.json",
+        index_key,
         {
             "id": vid,
             "kind": manifest.kind,
@@ -377,7 +380,7 @@ def save_manifest(store: S3Store, settings: Settings, manifest: DatasetManifest,
             "n_frames": len(manifest.entries),
             "splits": manifest.counts(),
             "boxes": sum(e.n_boxes for e in manifest.entries),
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
             "note": note,
         },
     )

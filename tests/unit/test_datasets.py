@@ -277,3 +277,20 @@ def test_ultralytics_reads_the_materialized_train_list_with_oversampled_copies(s
     ds = YOLODataset(img_path=data["train"], imgsz=64, augment=False, data=data, batch_size=2)
     assert len(ds) == 2 * 3 + 2
     assert sum(len(lb["cls"]) for lb in ds.labels) == len(ds)  # every copy kept its one box
+
+
+def test_missing_index_entry_is_repaired_and_latest_follows_creation(settings) -> None:
+    from detloop.datasets import latest_version
+
+    store = MemStore()
+    m1 = build_version("seed", CLASSES, [_entry(store, 1)])
+    v1 = save_manifest(store, settings, m1)
+    del store.objects[(settings.s3.data_bucket, f"datasets/index/seed/{v1}.json")]
+    assert list_versions(store, settings) == []
+    assert save_manifest(store, settings, m1) == v1
+    assert [v["id"] for v in list_versions(store, settings)] == [v1]
+    ids = [v1]
+    for i in range(2, 6):  # written in quick succession: order still follows creation
+        ids.append(save_manifest(store, settings, build_version("seed", CLASSES, [_entry(store, i)])))
+    assert latest_version(store, settings, "seed") == ids[-1]
+    assert [v["id"] for v in list_versions(store, settings, "seed")] == ids
