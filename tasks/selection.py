@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from detloop.contracts import FrameRef, SelectedFrame
+from detloop.contracts import SelectedFrame
 from detloop.detections import Detections
 from detloop.settings import SelectionSettings
 from tasks.scoring import ScoredFrame
@@ -55,7 +55,9 @@ class SelectionResult:
 
     Attributes:
         frames: chosen frames, selected arm first (by pick order), then control.
-        report: JSON-able dict: settings, notes, counts, per-frame rows (every pool frame).
+        report: JSON-able dict: settings, notes, counts, ``chosen`` (one row per chosen frame: arm, rank,
+            reason, scores per strategy) and ``pool`` (every pool frame, columnar: key, arm, rank, final
+            score, class weight, scores per strategy).
         final_scores: ``(F,)`` final score of every pool frame (uncertainty x class weight).
         cutoff: lowest final score among the selected arm (None when nothing was selected).
         notes: user-facing lines (empty window, budget larger than pool, fallbacks).
@@ -112,7 +114,9 @@ def pool_from_frames(frames: Sequence[ScoredFrame], num_classes: int) -> tuple[B
     pool = BoxPool.from_detections([f.detections for f in frames], num_classes, tta=tta, committee=com)
     emb = None
     if frames and all(f.embedding is not None for f in frames):
-        emb = np.stack([np.asarray(f.embedding, np.float32) for f in frames])
+        emb = np.empty((len(frames), len(frames[0].embedding)), np.float32)  # type: ignore[arg-type]
+        for i, f in enumerate(frames):
+            emb[i] = f.embedding
     return pool, emb
 
 
@@ -278,14 +282,25 @@ def select(
                                    "control: uniform random draw (never trained on)", settings))
     sel_idx = picked["selected"]
     cutoff = float(final[sel_idx].min()) if len(sel_idx) else None
-    rows = [
-        {
-            "key": f.frame.key, "camera": f.frame.camera, "date": f.frame.date, "etag": f.frame.etag,
-            "arm": arm_of.get(i), "rank": int(rank[i]), "final": float(final[i]),
-            "class_weight": float(sc["class_weight"][i]), "n_detected": int(sc["n_detected"][i]),
-            "scores": {k: float(v[i]) for k, v in sc["per_strategy"].items()},
-        }
-        for i, f in enumerate(frames)
+    arm_col = [None] * len(frames)
+    for i, a in arm_of.items():
+        arm_col[i] = a
+    pool_cols = {  # every pool frame, columnar (cheap for 100k frames): row i of each list is frame i
+        "key": [f.frame.key for f in frames],
+        "etag": [f.frame.etag for f in frames],
+        "camera": [f.frame.camera for f in frames],
+        "date": [f.frame.date for f in frames],
+        "arm": arm_col,
+        "rank": rank.tolist(),
+        "final": np.round(final, 6).tolist(),
+        "class_weight": np.round(sc["class_weight"], 4).tolist(),
+        "n_detected": sc["n_detected"].tolist(),
+        "scores": {k: np.round(v, 6).tolist() for k, v in sc["per_strategy"].items()},
+    }
+    chosen = [
+        {"key": f.frame.key, "camera": f.frame.camera, "date": f.frame.date, "arm": f.arm, "rank": f.rank,
+         "final": f.uncertainty, "reason": f.reason, "scores": f.scores}
+        for f in out
     ]
     report = _report_header(settings, sc["strategy"], notes)
     report.update(
@@ -294,7 +309,8 @@ def select(
         cutoff=cutoff,
         class_names=list(class_names) if class_names else None,
         labelled_class_counts=None if labelled_class_counts is None else [int(c) for c in labelled_class_counts],
-        frames=rows,
+        chosen=chosen,
+        pool=pool_cols,
     )
     return SelectionResult(out, report, final, cutoff, notes)
 
@@ -325,7 +341,8 @@ def _report_header(settings: SelectionSettings, strategy: str, notes: list[str])
 
 def _empty_result(settings: SelectionSettings, note: str) -> SelectionResult:
     report = _report_header(settings, settings.strategy, [note])
-    report.update(counts={"pool": 0, "selected": 0, "control": 0, "no_detection": 0}, cutoff=None, frames=[])
+    report.update(counts={"pool": 0, "selected": 0, "control": 0, "no_detection": 0}, cutoff=None, chosen=[],
+                  pool={})
     return SelectionResult([], report, np.zeros(0), None, [note])
 
 
@@ -384,6 +401,3 @@ def write_selection_report(store: Any, bucket: str, run_id: str, result: Selecti
     return keys
 
 
-def frame_ref_of(d: dict[str, Any]) -> FrameRef:
-    """FrameRef from a report row or manifest entry."""
-    return FrameRef.from_dict(d)

@@ -12,9 +12,10 @@ Registry: :data:`STRATEGIES` maps a name to a :class:`Strategy`; :func:`get_stra
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -95,31 +96,28 @@ class BoxPool:
 
         Detections without ``class_scores`` get a one-hot vector scaled by their confidence.
         """
-        cs, conf, xyxy, fi = [], [], [], []
-        for i, d in enumerate(dets):
-            if len(d) == 0:
-                continue
-            s = d.class_scores
-            if s is None:
-                s = np.zeros((len(d), num_classes), np.float32)
-                s[np.arange(len(d)), d.class_id] = d.confidence
-            if s.shape[1] != num_classes:
-                raise DataError(f"frame {i}: class_scores has {s.shape[1]} classes, expected {num_classes}")
-            cs.append(s)
-            conf.append(d.confidence)
-            xyxy.append(d.xyxy)
-            fi.append(np.full(len(d), i, np.int64))
-        if not cs:
+        n = len(dets)
+        counts = np.fromiter((len(d.confidence) for d in dets), np.int64, count=n)
+        if counts.sum() == 0:
             return cls(
                 np.zeros((0, num_classes), np.float32), np.zeros(0, np.float32), np.zeros((0, 4), np.float32),
-                np.zeros(0, np.int64), len(dets), tta, committee,
+                np.zeros(0, np.int64), n, tta, committee,
             )
+        cs = []
+        for i, d in enumerate(dets):
+            s = d.class_scores
+            if s is None:
+                s = np.zeros((len(d.confidence), num_classes), np.float32)
+                s[np.arange(len(d.confidence)), d.class_id] = d.confidence
+            elif s.shape[1] != num_classes:
+                raise DataError(f"frame {i}: class_scores has {s.shape[1]} classes, expected {num_classes}")
+            cs.append(s)
         return cls(
             np.concatenate(cs).astype(np.float32, copy=False),
-            np.concatenate(conf).astype(np.float32, copy=False),
-            np.concatenate(xyxy).astype(np.float32, copy=False),
-            np.concatenate(fi),
-            len(dets),
+            np.concatenate([d.confidence for d in dets]).astype(np.float32, copy=False),
+            np.concatenate([d.xyxy for d in dets]).astype(np.float32, copy=False),
+            np.repeat(np.arange(n, dtype=np.int64), counts),
+            n,
             tta,
             committee,
         )
@@ -459,6 +457,20 @@ def kcenter_greedy(
     k = min(int(k), n - len(already or []))
     if k <= 0:
         return np.zeros(0, np.int64)
+    with _one_blas_thread():  # a (N, D) @ (D,) product is memory-bound; BLAS threads only spin
+        return _kcenter(x, k, first, already)
+
+
+def _one_blas_thread() -> Any:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _kcenter(x: np.ndarray, k: int, first: int | None, already: Sequence[int] | None) -> np.ndarray:
+    n = len(x)
     sq = np.einsum("ij,ij->i", x, x)
     mind = np.full(n, np.inf, np.float32)
 

@@ -133,7 +133,8 @@ def test_score_store_predictions_and_select(world: dict[str, Any]) -> None:
     report = world["store"].get_json(bucket, run.keys["report"])
     assert report["counts"] == {"pool": len(frames), "selected": 10, "control": 2,
                                 "no_detection": report["counts"]["no_detection"]}
-    assert {r["arm"] for r in report["frames"]} == {"selected", "control", None}
+    assert set(report["pool"]["arm"]) == {"selected", "control", None}
+    assert len(report["pool"]["key"]) == len(frames) and len(report["chosen"]) == 12
     assert world["store"].get_bytes(bucket, run.keys["plot"])[:4] == b"\x89PNG"
     # stored production predictions read back identical
     prefix = run.keys["predictions_predictions"].rsplit("/", 1)[0] + "/"

@@ -50,7 +50,7 @@ def test_confused_frame_is_selected_over_confident_ones() -> None:
     res = select(frames, None, settings(budget=1))
     assert [f.frame.key for f in res.selected] == [frames[9].frame.key]
     assert res.selected[0].arm == "selected" and res.selected[0].rank == 1
-    assert res.report["frames"][9]["arm"] == "selected"
+    assert res.report["pool"]["arm"][9] == "selected" and res.report["chosen"][0]["key"] == frames[9].frame.key
 
 
 def test_control_arm_share_is_exact_and_reproducible_by_seed() -> None:
@@ -146,10 +146,14 @@ def test_report_is_json_and_has_scores_per_strategy(tmp_path) -> None:  # type: 
     res = select(frames, [10, 10, 10, 10], settings(budget=10, control_share=0.2, control_min=2),
                  class_names=list("abcd"))
     data = json.loads(json.dumps(res.report))
-    assert len(data["frames"]) == 50
-    row = next(r for r in data["frames"] if r["arm"] == "selected")
-    assert {"entropy", "margin", "least_confidence", "ambiguous"} <= set(row["scores"])
-    assert sorted(r["rank"] for r in data["frames"]) == list(range(1, 51))
+    pool = data["pool"]
+    assert len(pool["key"]) == 50 and len(data["chosen"]) == 10
+    assert {"entropy", "margin", "least_confidence", "ambiguous"} <= set(pool["scores"])
+    assert all(len(v) == 50 for v in pool["scores"].values())
+    row = next(r for r in data["chosen"] if r["arm"] == "selected")
+    assert {"entropy", "margin", "least_confidence", "ambiguous"} <= set(row["scores"]) and row["reason"]
+    assert sorted(pool["rank"]) == list(range(1, 51))
+    assert pool["arm"].count("selected") == 8 and pool["arm"].count("control") == 2
     md = res.markdown()
     assert "| rank | arm |" in md and "control" in md
     png = plot_scores(res, str(tmp_path / "p.png"))
