@@ -1,0 +1,108 @@
+"""Pure parts of training and the registry client: class-list checks, size refusals, oversampling,
+input hash, results.csv parsing, retry/backoff and the MLflow-down message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from detloop.errors import DataError, ServiceError
+from detloop.synth_shapes import write_yolo_dataset
+from tasks.training import (
+    check_dataset,
+    class_difference,
+    input_hash,
+    oversample_hard,
+    read_results_csv,
+)
+
+CLASSES = ["disc", "square", "triangle", "ring", "star"]
+
+
+def test_class_difference_lists_missing_extra_and_order() -> None:
+    assert class_difference(CLASSES, CLASSES) is None
+    assert class_difference(["disc", "square"], ["disc", "square", "star"]) == "missing ['star']"
+    assert class_difference(["disc", "hex"], ["disc"]) == "unexpected ['hex']"
+    msg = class_difference(["square", "disc"], ["disc", "square"])
+    assert msg is not None and "order differs" in msg and "square: 0 (config 1)" in msg
+
+
+def test_check_dataset_counts_and_refusals(tmp_path: Path) -> None:
+    y = write_yolo_dataset(tmp_path / "ok", CLASSES, n_train=5, n_val=2, size=64, r_range=(5, 12))
+    counts = check_dataset(y, CLASSES, 4)
+    assert counts["train"] == 5 and counts["val"] == 2 and counts["train_boxes"] >= 5
+    with pytest.raises(DataError, match=r"5 train frames \(need >= 6\)"):
+        check_dataset(y, CLASSES, 6)
+    with pytest.raises(DataError, match=r"missing \['extra'\]; unexpected \['star'\]"):
+        check_dataset(y, [*CLASSES[:-1], "extra"], 1)
+    with pytest.raises(DataError, match="dataset file not found"):
+        check_dataset(tmp_path / "nope.yaml", CLASSES, 1)
+
+
+def test_oversample_repeats_hard_frames_as_linked_copies(tmp_path: Path) -> None:
+    y = write_yolo_dataset(tmp_path / "ds", CLASSES, n_train=4, n_val=1, size=64, r_range=(5, 12))
+    hard = ["train_00001", "train_00003"]
+    new = oversample_hard(y, hard, 3, tmp_path / "over")
+    lines = (tmp_path / "over" / "train.txt").read_text().split()
+    assert len(lines) == 4 + 2 * 2
+    assert sum("train_00001" in line for line in lines) == 3
+    for line in lines:
+        p = Path(line)
+        assert p.is_file()
+        lbl = Path(str(p).replace("/images/", "/labels/")).with_suffix(".txt")
+        assert lbl.is_file() and lbl.read_text().strip()
+    rep = tmp_path / "over" / "images" / "train_rep" / "train_00001__rep1.png"
+    assert rep.stat().st_ino == (tmp_path / "ds" / "images" / "train" / "train_00001.png").stat().st_ino
+    assert check_dataset(new, CLASSES, 1)["train"] == 8
+    assert oversample_hard(y, hard, 1, tmp_path / "one").parent.joinpath("train.txt").read_text().count("\n") == 4
+
+
+def test_input_hash_changes_with_data_weights_and_params(tmp_path: Path) -> None:
+    y = write_yolo_dataset(tmp_path / "ds", CLASSES, n_train=3, n_val=1, size=64, r_range=(5, 12))
+    h = input_hash(y, None, {"epochs": 1})
+    assert h == input_hash(y, None, {"epochs": 1})
+    assert h != input_hash(y, None, {"epochs": 2})
+    w = tmp_path / "w.pt"
+    w.write_bytes(b"weights")
+    assert h != input_hash(y, w, {"epochs": 1})
+    lbl = next((tmp_path / "ds" / "labels" / "train").glob("*.txt"))
+    lbl.write_text(lbl.read_text() + "0 0.5 0.5 0.1 0.1\n")
+    assert h != input_hash(y, None, {"epochs": 1})
+
+
+def test_read_results_csv(tmp_path: Path) -> None:
+    p = tmp_path / "results.csv"
+    p.write_text("epoch,  train/box_loss,  metrics/mAP50-95(B)\n1, 2.5, 0.01\n2, 2.0, 0.05\n")
+    rows = read_results_csv(p)
+    assert rows == [{"epoch": 1.0, "train/box_loss": 2.5, "metrics/mAP50-95(B)": 0.01},
+                    {"epoch": 2.0, "train/box_loss": 2.0, "metrics/mAP50-95(B)": 0.05}]
+    assert read_results_csv(tmp_path / "missing.csv") == []
+
+
+def test_retries_then_message_names_url() -> None:
+    import requests
+
+    from detloop.clients.registry import with_retries
+
+    calls = {"n": 0}
+
+    def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise requests.ConnectionError("refused")
+        return "ok"
+
+    assert with_retries(flaky, "x", "http://h:1", backoff=(0, 0, 0)) == "ok" and calls["n"] == 3
+
+    def down() -> None:
+        raise requests.ConnectionError("refused")
+
+    with pytest.raises(ServiceError, match=r"MLflow at http://h:1 unreachable while trying to list \(after 3"):
+        with_retries(down, "list", "http://h:1", backoff=(0, 0))
+
+    def bad_request() -> None:
+        raise ValueError("4xx-like, not retried")
+
+    with pytest.raises(ValueError):
+        with_retries(bad_request, "x", "http://h:1", backoff=(0, 0))
