@@ -163,7 +163,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raw_fps_after = bare_inference(Path(artifact), tensors, ms.batch_size, best_threads)
     finally:
         for r in refs:
-            store.delete(r.bucket, r.key)
+            try:
+                store.delete(r.bucket, r.key)
+            except Exception as err:  # cleanup only: a stack restart mid-run must not hide the results
+                print(f"cleanup: {err}")
     pipe_fps = runs["single"]["frames_per_s"]
     raw_ref = max(raw_fps, raw_fps_after)
     out = {
@@ -183,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tta_cost_multiplier": round(runs["tta"]["seconds"] / runs["single"]["seconds"], 2),
         "committee_cost_multiplier": round(runs["committee"]["seconds"] / runs["single"]["seconds"], 2),
         "runs": runs,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "loadavg_1m_at_end": round(os.getloadavg()[0], 2)},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -96,3 +98,47 @@ def test_scored_frame_record_round_trip() -> None:
     assert g.detections.equals(det) and g.tta is not None and g.committee is None
     np.testing.assert_allclose(g.detections.class_scores, det.class_scores)
     assert (g.brightness, g.contrast, g.frame.key) == (0.4, 0.1, f.frame.key)
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A randomly initialised YOLO11n (.pt) and its scoring artifact (ONNX + meta)."""
+    import os
+
+    d = tmp_path_factory.mktemp("scorer")
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(d / "yolocfg"))
+    from benchmarks.scoring_pipeline import make_random_artifact
+
+    art = make_random_artifact(d / "rand", ["disc", "square", "triangle", "ring", "star"], 320)
+    return d / "rand.pt", art
+
+
+def test_torch_fallback_matches_onnx_scorer(random_model: tuple[Path, Path]) -> None:
+    from detloop.settings import ModelSettings
+    from tasks.scoring import OnnxScorer, TorchScorer, load_scorer
+
+    pt, art = random_model
+    onnx = load_scorer(art)
+    torch_sc = load_scorer(pt, ModelSettings(input_size=320))
+    assert isinstance(onnx, OnnxScorer) and isinstance(torch_sc, TorchScorer)
+    assert torch_sc.meta.class_names == onnx.meta.class_names
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 3, 320, 320), dtype=np.float32)
+    raw_o, emb_o = onnx.infer(x)
+    raw_t, emb_t = torch_sc.infer(x)
+    assert raw_o.shape == raw_t.shape == (2, 9, 2100)
+    assert emb_o is not None and emb_t is not None and emb_o.shape == emb_t.shape
+    np.testing.assert_allclose(raw_t[:, :4], raw_o[:, :4], atol=0.05)  # box pixels (fused vs unfused BN)
+    np.testing.assert_allclose(raw_t[:, 4:], raw_o[:, 4:], atol=2e-3)
+    np.testing.assert_allclose(emb_t, emb_o, atol=2e-3)
+
+
+def test_load_scorer_errors_are_one_line(tmp_path: Path) -> None:
+    from detloop.errors import DataError
+    from tasks.scoring import load_scorer
+
+    with pytest.raises(DataError, match="model not found"):
+        load_scorer(tmp_path / "nope")
+    with pytest.raises(DataError, match="not a scoring artifact"):
+        load_scorer(tmp_path)
