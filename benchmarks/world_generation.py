@@ -2,7 +2,7 @@
 
 Measures, single-threaded: frames/s (wall clock, and per CPU second, which holds up on a busy machine) of ``render_frame`` alone and with JPEG encoding (640x480, the
 shipped ``configs/world.yaml``); optionally (``--s3``) the throughput of ``publish_world`` to the test
-stack's S3 with N threads, into throw-away buckets. Writes ``benchmarks/results/world_generation.json``.
+stack's S3 with N threads, under a throw-away key prefix (deleted afterwards). Writes ``benchmarks/results/world_generation.json``.
 
 Run: ``.venv/bin/python -m benchmarks.world_generation [--frames 400] [--s3]``
 (``--s3`` needs the test stack: ``DETLOOP_CONFIG=configs/test.yaml detloop stack up``).
@@ -108,15 +108,18 @@ def main() -> None:
     }
     if args.s3:
         from detloop.clients.s3 import S3Store
-        from detloop.world.publish import publish_world
+        from detloop.world.publish import TRUTH_PREFIX, publish_world
 
         s = settings.model_copy(deep=True)
-        uid = uuid.uuid4().hex[:8]
-        s.s3.production_bucket = f"bench-world-prod-{uid}"
-        s.s3.oracle_bucket = f"bench-world-oracle-{uid}"
+        s.s3.production_prefix = f"bench-world-{uuid.uuid4().hex[:8]}/frames/"  # own prefix, shared buckets
+        store = S3Store(s)
         days = max(1, args.frames // (len(cams) * 20))
-        r = publish_world(s, day0, days, 20, store=S3Store(s), threads=args.threads)
-        r2 = publish_world(s, day0, days, 20, store=S3Store(s), threads=args.threads)
+        r = publish_world(s, day0, days, 20, store=store, threads=args.threads)
+        r2 = publish_world(s, day0, days, 20, store=store, threads=args.threads)
+        for bucket, prefix in ((s.s3.production_bucket, s.s3.production_prefix),
+                               (s.s3.oracle_bucket, f"{TRUTH_PREFIX}{s.s3.production_prefix}")):
+            for o in list(store.list(bucket, prefix)):
+                store.delete(bucket, o.key)
         out["publish"] = {"frames": r.frames, "threads": args.threads, "seconds": round(r.seconds, 2),
                           "fps": round(r.frames / r.seconds, 1), "mb": round(r.bytes / 1e6, 1),
                           "republish_seconds_all_skipped": round(r2.seconds, 2)}
