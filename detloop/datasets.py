@@ -595,6 +595,12 @@ def materialize(
     others = [s for s in splits if s != "train"]
     val_split = "val" if "val" in splits else (others[0] if others else "train")
     train_split = "train" if "train" in splits else val_split
+    counts = manifest.counts()
+    empty = [sp for sp in dict.fromkeys((train_split, val_split)) if counts.get(sp, 0) == 0]
+    if empty:
+        raise DataError(
+            f"dataset {version_id} has no frames in split(s) {empty} needed for the YAML's train/val (it has {counts})"
+        )
     data = {
         "path": str(root),
         "train": str(lists[train_split]),

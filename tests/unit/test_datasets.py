@@ -250,6 +250,9 @@ def test_materialize_golden_only(settings) -> None:
     assert len(Path(data["val"]).read_text().split()) == 2
     with pytest.raises(DataError, match="no frames"):
         materialize(store, settings, vid, splits=("train",))
+    train_only = build_version("seed", CLASSES, [_entry(store, 7)])
+    with pytest.raises(DataError, match=r"no frames in split\(s\) \['val'\]"):
+        materialize(store, settings, save_manifest(store, settings, train_only), splits=("train", "val"))
 
 
 def test_ultralytics_reads_the_materialized_train_list_with_oversampled_copies(settings) -> None:
