@@ -89,7 +89,7 @@ def rounds_show(
         from detloop.clients.labelstudio import LabelStudioClient
 
         ls = LabelStudioClient(s)
-        out["progress_now"] = round_progress(round_tasks(ls, ensure_project(s, ls).id, round_id, "task_only"))
+        out["progress_now"] = round_progress(round_tasks(ls, ensure_project(s, ls).id, round_id, "progress"))
     key = round_prefix(round_id) + "labels_report.json"
     if store.exists(s.s3.data_bucket, key):
         rep = store.get_json(s.s3.data_bucket, key)

@@ -96,6 +96,9 @@ def build_task(
             "height": int(sf.height),
             "camera": sf.frame.camera,
             "date": sf.frame.date,
+            # the pre-annotation again, in frame pixels: label quality is measured against exactly
+            # this, and the export API (the fast read path) returns predictions as ids only
+            "pre": {k: v for k, v in dets.to_dict().items() if k in ("xyxy", "confidence", "class_id")},
         },
         "predictions": [
             {
@@ -377,12 +380,7 @@ def convert_round_tasks(
             issues.append({"task_id": tid, "key": data.get("s3_key"), "clipped": n_clip, "dropped": n_drop})
         counts["boxes_clipped"] += n_clip
         counts["boxes_dropped"] += n_drop
-        preds = t.get("predictions") or []
-        pred_res = preds[-1].get("result", []) if preds else []
-        try:
-            pred = Detections.from_label_studio(pred_res, class_names, w, h)
-        except UnknownLabelsError:
-            pred = Detections.empty()
+        pred = _preannotation(t, class_names, w, h)
         q = label_quality(pred, dets)
         quality = quality + q
         negatives += len(dets) == 0
@@ -415,6 +413,20 @@ def convert_round_tasks(
         "issues": issues,
     }
     return PulledRound(round_id, frames, report)
+
+
+def _preannotation(task: dict[str, Any], class_names: Sequence[str], w: int, h: int) -> Detections:
+    """What the annotator was shown: ``data.pre`` (frame pixels), else the task's last prediction."""
+    pre = (task.get("data") or {}).get("pre")
+    if isinstance(pre, dict):
+        return Detections.from_dict(pre)
+    preds = [p for p in task.get("predictions") or [] if isinstance(p, dict)]
+    if not preds:
+        return Detections.empty()
+    try:
+        return Detections.from_label_studio(preds[-1].get("result", []), class_names, w, h)
+    except UnknownLabelsError:
+        return Detections.empty()
 
 
 def quality_report(q: Quality) -> dict[str, Any]:
@@ -550,11 +562,27 @@ def ensure_project(settings: Settings, ls: Any) -> Any:
     return ls.ensure_project(settings.label_studio.project_title, settings.classes)
 
 
+# what each reader needs from the server (``include``): serialising less is several times faster
+INCLUDE = {
+    "ids": "id",  # pull: which tasks, then the export API for their full content
+    "task_only": "id,data",  # push: dedupe on data.s3_key
+    "progress": "id,total_annotations,cancelled_annotations",  # watcher: counters only
+}
+
+
 def round_tasks(ls: Any, project_id: int, round_id: str, fields: str = "all") -> list[dict[str, Any]]:
-    """All tasks of one round (server-side filter on ``data.round_id``)."""
+    """All tasks of one round (server-side filter on ``data.round_id``).
+
+    ``fields``: ``all`` (data, annotations with ``was_cancelled``, predictions; read through the
+    export API), ``task_only`` (id and data) or ``progress`` (id and annotation counters).
+    """
     from detloop.clients.labelstudio import data_filter
 
-    return list(ls.iter_tasks(project_id, [data_filter("round_id", round_id)], fields=fields))
+    flt = [data_filter("round_id", round_id)]
+    if fields == "all":
+        ids = [int(t["id"]) for t in ls.iter_tasks(project_id, flt, fields="task_only", include=INCLUDE["ids"])]
+        return list(ls.export_tasks(project_id, ids))
+    return list(ls.iter_tasks(project_id, flt, fields="task_only", include=INCLUDE[fields]))
 
 
 def push_round(

@@ -188,7 +188,7 @@ def watch_rounds(
             if project_id is None:
                 ls = ls or LabelStudioClient(settings)
                 project_id = ensure_project(settings, ls).id
-            progress = round_progress(round_tasks(ls, project_id, rec.round_id, fields="task_only"))
+            progress = round_progress(round_tasks(ls, project_id, rec.round_id, fields="progress"))
             new = decide(rec, progress, now)
             rec.counts = {**rec.counts, **progress}
             if new is not None:

@@ -288,25 +288,52 @@ class LabelStudioClient:
         filters: Sequence[dict[str, Any]] = (),
         fields: str = "all",
         page_size: int = 1000,
+        include: str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Tasks of a project as plain dicts (``fields="all"``: with annotations and predictions).
 
-        ``filters`` are Data Manager items (see :func:`data_filter`), combined with AND.
+        ``filters`` are Data Manager items (see :func:`data_filter`), combined with AND. ``include``
+        (comma-separated task fields, e.g. ``"id,data,annotations,predictions"``) makes the server
+        serialise only those: several times faster than the full task on large rounds.
         """
         query = json.dumps({"filters": {"conjunction": "and", "items": list(filters)}})
         page = 1
         while True:
-            data = self._http(
-                "GET", "api/tasks/", f"list tasks of project {project_id} (page {page})",
-                params={"project": project_id, "fields": fields, "query": query, "page": page, "page_size": page_size,
-                        "resolve_uri": "false"},
-            )
+            params: dict[str, Any] = {"project": project_id, "fields": fields, "query": query, "page": page,
+                                      "page_size": page_size, "resolve_uri": "false"}
+            if include:
+                params["include"] = include
+            data = self._http("GET", "api/tasks/", f"list tasks of project {project_id} (page {page})", params=params)
             rows = data.get("tasks", []) if isinstance(data, dict) else []
             yield from rows
             total = int(data.get("total", 0)) if isinstance(data, dict) else 0
             if not rows or page * page_size >= total:
                 return
             page += 1
+
+    def export_tasks(self, project_id: int, task_ids: Sequence[int], chunk: int = 500,
+                     threads: int = 2) -> list[dict[str, Any]]:
+        """Full tasks (annotations with ``was_cancelled``, predictions, data) by id, via the export API.
+
+        The export serialiser is 1.5-2x faster than listing tasks with ``fields=all`` (whose
+        ``include`` option reduces annotations to their ids), so a round is pulled as: ids from a
+        filtered list, then exports of ``chunk`` ids (``threads`` requests in flight).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        ids = [int(i) for i in task_ids]
+        parts = [ids[i : i + chunk] for i in range(0, len(ids), chunk)]
+
+        def one(part: list[int]) -> list[dict[str, Any]]:
+            return self._http(  # type: ignore[no-any-return]
+                "GET", f"api/projects/{project_id}/export", f"export {len(part)} tasks of project {project_id}",
+                params={"exportType": "JSON", "download_all_tasks": "true", "ids[]": part},
+            ) or []
+
+        if not parts:
+            return []
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(parts)))) as pool:
+            return [t for res in pool.map(one, parts) for t in res]
 
     def create_annotation(self, task_id: int, result: list[dict[str, Any]], was_cancelled: bool = False,
                           lead_time: float | None = None) -> int:

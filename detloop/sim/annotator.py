@@ -59,13 +59,16 @@ def truth_key(production_key: str) -> str:
 def parse_truth(obj: dict[str, Any], class_names: Sequence[str]) -> tuple[Detections, int, int]:
     """Oracle JSON -> (Detections in frame pixels, width, height).
 
-    Accepts ``{"width","height","boxes": [[x1,y1,x2,y2], ...], "class_names": [...]}`` or
-    ``"class_ids": [...]`` (indices into the configured classes), or ``"detections"`` in
-    ``Detections.to_dict()`` form.
+    Accepts the world's ``{"width","height","boxes": [{"xyxy": [x1,y1,x2,y2], "class": name}, ...]}``,
+    ``{"boxes": [[x1,y1,x2,y2], ...], "class_names": [...]}`` (or ``"class_ids"``: indices into the
+    configured classes), or ``"detections"`` in ``Detections.to_dict()`` form.
     """
     w, h = int(obj.get("width") or 0), int(obj.get("height") or 0)
     if "detections" in obj:
         return Detections.from_dict(obj["detections"]), w, h
+    rows = obj.get("boxes") or []
+    if rows and isinstance(rows[0], dict):  # the world's format: [{"xyxy": [...], "class": name}, ...]
+        obj = {"boxes": [r["xyxy"] for r in rows], "class_names": [r["class"] for r in rows]}
     boxes = np.asarray(obj.get("boxes") or [], dtype=np.float32).reshape(-1, 4)
     if "class_names" in obj:
         index = {c: i for i, c in enumerate(class_names)}
@@ -154,7 +157,8 @@ def annotate_pending(
     if project is None:
         raise DataError(f"no Label Studio project titled {settings.label_studio.project_title!r} at {ls.url}")
     filters = [data_filter("round_id", round_id)] if round_id else []
-    pending = [t for t in ls.iter_tasks(project.id, filters, fields="task_only")
+    pending = [t for t in ls.iter_tasks(project.id, filters, fields="task_only",
+                                        include="id,data,total_annotations,cancelled_annotations")
                if not int(t.get("total_annotations") or 0) and not int(t.get("cancelled_annotations") or 0)]
     pending.sort(key=lambda t: int(t["id"]))
     if profile.throughput is not None:

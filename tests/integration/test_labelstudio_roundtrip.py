@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from detloop.clients.labelstudio import LabelConfigError, LabelStudioClient, label_config_xml
+from detloop.clients.labelstudio import LabelConfigError, LabelStudioClient, data_filter, label_config_xml
 from detloop.contracts import FrameRef, SelectedFrame
 from detloop.detections import Detections
 from detloop.errors import ServiceError
@@ -85,7 +85,8 @@ def env(stack_settings):  # type: ignore[no-untyped-def]
         body = _jpeg(rng, boxes)
         etag = store.put_bytes(s.s3.production_bucket, key, body)
         store.put_json(s.s3.oracle_bucket, truth_key(key), {
-            "width": W, "height": H, "boxes": boxes.tolist(), "class_names": [s.classes[c] for c in cls]})
+            "width": W, "height": H,  # the world's truth format (detloop.world.render.truth_to_json)
+            "boxes": [{"xyxy": b, "class": s.classes[c]} for b, c in zip(boxes.tolist(), cls, strict=True)]})
         truth = Detections(xyxy=boxes, confidence=np.ones(n), class_id=cls)
         # the model's view: frames 0-3 exact (confident), 4-5 miss a box, 6-7 shifted box, others exact
         pred = truth
@@ -93,7 +94,8 @@ def env(stack_settings):  # type: ignore[no-untyped-def]
             pred = truth[np.arange(n) > 0]
         if i in (6, 7) and n:
             xy = truth.xyxy.copy()
-            xy[0] += np.array([20, 0, 20, 0], np.float32)
+            dx = 0.6 * (xy[0, 2] - xy[0, 0])  # IoU 0.25 with the truth: a moved box
+            xy[0] += np.array([dx, 0, dx, 0], np.float32)
             pred = Detections(xyxy=xy, confidence=np.ones(n), class_id=truth.class_id)
         pred = Detections(xyxy=pred.xyxy, confidence=np.full(len(pred), 0.9), class_id=pred.class_id)
         frames.append(SelectedFrame(
@@ -126,6 +128,8 @@ def test_push_is_idempotent_and_crash_safe(env):  # type: ignore[no-untyped-def]
     again = annotation.push_round(s, frames, rid, "3", AS_OF, ls=ls, store=env["store"])
     assert (again.imported, again.already_present) == (0, 12)
     tasks = annotation.round_tasks(ls, full.project_id, rid)
+    assert len(tasks) == 12
+    tasks = list(ls.iter_tasks(full.project_id, [data_filter("round_id", rid)], fields="all"))  # with predictions
     keys = [t["data"]["s3_key"] for t in tasks]
     assert sorted(keys) == sorted(f.frame.key for f in frames)
     t0 = next(t for t in tasks if t["data"]["s3_key"] == frames[0].frame.key)

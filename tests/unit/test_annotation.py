@@ -239,7 +239,7 @@ class FakeLS:
     def ensure_project(self, title: str, classes: list[str]):  # type: ignore[no-untyped-def]
         return type("P", (), {"id": 1})()
 
-    def iter_tasks(self, project_id: int, filters: list[dict], fields: str = "all"):  # type: ignore[no-untyped-def]
+    def iter_tasks(self, project_id: int, filters: list[dict], fields: str = "all", include: str | None = None):  # type: ignore[no-untyped-def]
         rid = filters[0]["value"]
         for i, s in enumerate(self.states.get(rid, [])):
             yield {"id": i, "data": {"round_id": rid}, "total_annotations": int(s == "labelled"),

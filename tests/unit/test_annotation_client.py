@@ -92,6 +92,8 @@ def test_parse_truth_formats() -> None:
     assert (w, h) == (10, 8) and d.class_id.tolist() == [1]
     d, _, _ = parse_truth({"width": 10, "height": 8, "boxes": [[1, 1, 4, 4]], "class_ids": [2]}, CLASSES)
     assert d.class_id.tolist() == [2]
+    d, w, _ = parse_truth({"width": 10, "boxes": [{"xyxy": [1, 1, 4, 4], "class": "c"}]}, CLASSES)
+    assert w == 10 and d.class_id.tolist() == [2] and d.xyxy.tolist() == [[1, 1, 4, 4]]
     with pytest.raises(DataError, match="zebra"):
         parse_truth({"boxes": [[1, 1, 4, 4]], "class_names": ["zebra"]}, CLASSES)
 
