@@ -143,7 +143,15 @@ class Scorer(Protocol):
 class OnnxScorer:
     """ONNX Runtime on CPU over a scoring artifact directory."""
 
-    def __init__(self, directory: Path, threads: int | None = None):
+    def __init__(self, directory: Path, threads: int | None = None, spin: bool = False):
+        """Open ``directory/model.onnx``.
+
+        Args:
+            directory: scoring artifact directory.
+            threads: intra-op threads (None: ONNX Runtime's default, all cores).
+            spin: let idle intra-op threads spin-wait. Off by default: while the reader threads decode
+                the next batch, spinning threads only burn the cores they need.
+        """
         import onnxruntime as ort
 
         self.directory = Path(directory)
@@ -156,6 +164,7 @@ class OnnxScorer:
         if threads:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self.session = ort.InferenceSession(
