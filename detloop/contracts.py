@@ -143,3 +143,4 @@ class RoundRecord(_Plain):
     counts: dict[str, int] = field(default_factory=dict)
     completed_event_id: str | None = None
     dataset_version: str | None = None
+    project: str | None = None  # Label Studio project title: rounds are scoped to one project

@@ -74,14 +74,29 @@ def _no_cache() -> Any:
 
 
 @task(name="fetch-champion", cache_policy=_no_cache(), **_NET)
-def fetch_champion(settings: Any) -> tuple[Any, str | None]:
-    """Champion files from the registry (``models:/<name>@champion``): (local dir, version) or (None, None)."""
+def fetch_champion(settings: Any) -> tuple[Any, str | None, str | None]:
+    """Champion files from the registry (``models:/<name>@champion``).
+
+    Returns:
+        (local dir, registry version, dataset version it was trained on), or (None, None, None).
+    """
     from tasks.registry import champion_version, load_champion
 
     mv = champion_version(settings)
     if mv is None:
-        return None, None
-    return load_champion(settings), str(mv.version)
+        return None, None, None
+    dataset = (mv.tags or {}).get("detloop.dataset_version") or None
+    return load_champion(settings), str(mv.version), dataset
+
+
+def _golden_version(store: Any, settings: Any) -> str:
+    from detloop.datasets import latest_version
+    from detloop.errors import DataError
+
+    golden = settings.evaluation.golden_version or latest_version(store, settings, "golden")
+    if golden is None:
+        raise DataError("no golden dataset version; publish one first (`detloop world golden`)")
+    return golden
 
 
 @task(name="sample-window", cache_policy=_no_cache(), **_NET)
@@ -229,7 +244,7 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
         return {"as_of": str(as_of), "round_id": round_id, "status": existing.status, "resumed": True}
 
     # 1. the champion scores the window
-    model_dir, model_version = fetch_champion(settings)
+    model_dir, model_version, champion_data = fetch_champion(settings)
     if model_dir is None:
         raise DataError(f"no champion in the registry ({settings.mlflow.model_name} at {settings.mlflow.tracking_uri}); "
                         "run the bootstrap flow first (`detloop bootstrap`)")
@@ -248,7 +263,7 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
     scored = score_frames(settings, sample, model_dir, model_version)
 
     # 4. select
-    train_version = latest_version(store, settings, "train") or latest_version(store, settings, "seed")
+    train_version = champion_data or latest_version(store, settings, "train") or latest_version(store, settings, "seed")
     counts = None
     if train_version and settings.selection.class_balance:
         boxes = load_manifest(store, settings, train_version).box_counts(split="train")
@@ -302,7 +317,7 @@ def watch_rounds(params: WatchParams = WatchParams()) -> dict[str, Any]:  # noqa
 def retrain_and_promote(params: RetrainParams) -> dict[str, Any]:
     """Labels of a round -> dataset version -> fine-tune -> evaluate -> register -> gate -> promote or not."""
     from detloop.clients.s3 import S3Store
-    from detloop.datasets import latest_version, materialize
+    from detloop.datasets import materialize
     from detloop.errors import DataError
     from tasks.annotation import build_round_version
     from tasks.rounds import load_round, mark_round
@@ -327,20 +342,19 @@ def retrain_and_promote(params: RetrainParams) -> dict[str, Any]:
     # 1. labels back from Label Studio, validated, frames copied to content-addressed storage
     pulled = pull_labels(settings, round_id)
 
-    # 2. a new immutable dataset version
-    version_id, _manifest, ds_report = build_round_version(store, settings, round_id, pulled.entries)
+    # 2. a new immutable dataset version: the champion's training data + this round
+    champion_dir, champion_version, champion_data = fetch_champion(settings)
+    golden = _golden_version(store, settings)
+    version_id, _manifest, ds_report = build_round_version(store, settings, round_id, pulled.entries,
+                                                           parent_id=champion_data or "latest", golden_id=golden)
 
     # 3. fine-tune the champion on it
-    champion_dir, champion_version = fetch_champion(settings)
     init = Path(champion_dir) / "weights" / "best.pt" if champion_dir else None
     data_yaml = materialize(store, settings, version_id, oversample=settings.training.oversample_factor)
     trained = train_task(settings, data_yaml, init, f"round-{round_id}", {"detloop.round_id": round_id},
                          version_id, champion_version)
 
     # 4. evaluate challenger and champion on the same slices
-    golden = latest_version(store, settings, "golden")
-    if golden is None:
-        raise DataError("no golden dataset version; publish one first (`detloop world golden`)")
     ch, cp, slices = evaluate_task(settings, trained.weights, champion_dir, golden, version_id, round_id,
                                    settings.data_dir / "eval" / f"round-{round_id}")
 
@@ -412,16 +426,16 @@ def bootstrap(params: BootstrapParams = BootstrapParams()) -> dict[str, Any]:  #
     store = S3Store(settings)
 
     # 0. already bootstrapped?
-    champion_dir, champion_version = fetch_champion(settings)
+    champion_dir, champion_version, _ = fetch_champion(settings)
     if champion_dir is not None:
         log.info("champion v%s exists; bootstrap is not needed", champion_version)
         return {"version": champion_version, "outcome": "exists", "resumed": True}
 
     # 1. the seed dataset version
     seed = params.dataset_version or latest_version(store, settings, "seed")
-    golden = latest_version(store, settings, "golden")
-    if seed is None or golden is None:
-        raise DataError("bootstrap needs a seed and a golden dataset version (`detloop world seed`, `detloop world golden`)")
+    if seed is None:
+        raise DataError("bootstrap needs a seed dataset version (`detloop world seed`)")
+    golden = _golden_version(store, settings)
     data_yaml = materialize(store, settings, seed)
 
     # 2. train from the model YAML

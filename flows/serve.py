@@ -33,6 +33,7 @@ PROMOTION_LIMIT = "detloop-promotion"
 
 def build_deployments(settings: Settings) -> list[Any]:
     """RunnerDeployments for every flow (module entrypoints, schema-enforced parameters)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.deployments.runner import EntrypointType
     from prefect.events import DeploymentEventTrigger
 
@@ -61,6 +62,8 @@ def build_deployments(settings: Settings) -> list[Any]:
         ),
         watch_rounds.to_deployment(
             "interval", interval=settings.prefect.watch_interval_seconds, tags=["detloop"],
+            # overlapping watchers are pointless: a new one is cancelled while one runs
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
             description="Progress of open rounds; emits detloop.annotation.round.completed once per round.",
             **common,
         ),
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     from prefect import serve
 
-    serve(*deployments, limit=4, print_starting_message=True)
+    serve(*deployments, limit=8, print_starting_message=True)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def _utc(dt: datetime) -> datetime:
 
 
 def deadline_for(as_of: str | date, deadline_days: int) -> datetime:
-    """Midnight UTC ``deadline_days`` after ``as_of``."""
+    """Midnight UTC ``deadline_days`` after the given day."""
     d = date.fromisoformat(as_of) if isinstance(as_of, str) else as_of
     return datetime.combine(d + timedelta(days=deadline_days), time(0, 0), tzinfo=UTC)
 
@@ -73,11 +73,18 @@ def save_round(store: Any, settings: Settings, rec: RoundRecord) -> None:
 
 
 def list_rounds(store: Any, settings: Settings, status: str | None = None) -> list[RoundRecord]:
-    """All round records (optionally one status), by creation time."""
+    """Round records of this Label Studio project (optionally one status), by creation time.
+
+    Rounds are scoped to ``settings.label_studio.project_title``: several detloop instances (or test
+    runs) can share a data bucket without watching or blocking each other's rounds.
+    """
     out = []
+    project = settings.label_studio.project_title
     for obj in store.list(settings.s3.data_bucket, ROUND_PREFIX):
         if obj.key.endswith("/round.json"):
             rec = RoundRecord.from_dict(store.get_json(settings.s3.data_bucket, obj.key))
+            if rec.project != project:
+                continue
             if status is None or rec.status == status:
                 out.append(rec)
     return sorted(out, key=lambda r: (r.created_at, r.round_id))
@@ -94,7 +101,11 @@ def open_round(
     selection_report_key: str | None = None,
     now: datetime | None = None,
 ) -> RoundRecord:
-    """Create the round record as ``open`` (an existing record is kept as it is: idempotent)."""
+    """Create the round record as ``open`` (an existing record is kept as it is: idempotent).
+
+    The deadline counts from when the round is really opened (``now``, default the wall clock), not from
+    ``as_of``: a backfill or demo of a past week still gives annotators ``rounds.deadline_days``.
+    """
     existing = load_round(store, settings, round_id)
     if existing is not None:
         return existing
@@ -103,13 +114,14 @@ def open_round(
         round_id=round_id,
         as_of=str(as_of),
         created_at=now.isoformat(timespec="seconds"),
-        deadline=deadline_for(as_of, settings.rounds.deadline_days).isoformat(timespec="seconds"),
+        deadline=deadline_for(now.date(), settings.rounds.deadline_days).isoformat(timespec="seconds"),
         status="open",
         model_version=model_version,
         n_selected=int(n_selected),
         n_control=int(n_control),
         selection_report_key=selection_report_key,
         counts={"total": int(n_selected) + int(n_control)},
+        project=settings.label_studio.project_title,
     )
     save_round(store, settings, rec)
     return rec

@@ -22,6 +22,7 @@ from tasks import annotation, rounds
 
 W, H = 320, 240
 AS_OF = "2026-01-12"
+OPENED = datetime(2026, 1, 12, 9, 0)  # when the round is opened (the deadline counts from here)
 
 
 class Recorder:
@@ -123,7 +124,7 @@ def test_push_is_idempotent_and_crash_safe(env):  # type: ignore[no-untyped-def]
     with pytest.raises(ServiceError, match="crash"):
         annotation.push_round(s, frames, rid, "3", AS_OF, ls=CrashingLS(ls, after=1), store=env["store"])
     assert rounds.load_round(env["store"], s, rid) is None  # the record is written only at the end
-    full = annotation.push_round(s, frames, rid, "3", AS_OF, ls=ls, store=env["store"])
+    full = annotation.push_round(s, frames, rid, "3", AS_OF, ls=ls, store=env["store"], now=OPENED)
     assert (full.imported, full.already_present, full.batches) == (7, 5, 2)
     again = annotation.push_round(s, frames, rid, "3", AS_OF, ls=ls, store=env["store"])
     assert (again.imported, again.already_present) == (0, 12)
@@ -232,7 +233,7 @@ def test_round_trip_with_simulated_annotator(env):  # type: ignore[no-untyped-de
 def test_deadline_closes_a_partial_round_once(env):  # type: ignore[no-untyped-def]
     s, ls, store, frames = env["s"], env["ls"], env["store"], env["frames"]
     rid = "r-late-" + env["sfx"]
-    annotation.push_round(s, frames[:4], rid, "5", AS_OF, ls=ls, store=store)
+    annotation.push_round(s, frames[:4], rid, "5", AS_OF, ls=ls, store=store, now=OPENED)
     annotate_pending(s, AnnotatorProfile(throughput=1), round_id=rid, ls=ls, store=store)
     emit = Recorder()
     rounds.watch_rounds(s, datetime(2026, 1, 16, 23, 59), emit, store=store, ls=ls, round_ids=[rid])
