@@ -224,6 +224,30 @@ def test_register_gate_promote_rollback(settings: Any, dataset: Path, boot: Any,
     assert "previous-champion" in rows[v2]["aliases"]
 
 
+@pytest.mark.slow
+def test_cli_models_pull_and_refused_promote(settings: Any, boot: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    """The CLI on the state left by the promotion test: list, pull the champion, refuse a failed version."""
+    from typer.testing import CliRunner
+
+    from detloop.cli import app
+    from tasks.registry import PromotionError
+
+    monkeypatch.setenv("DETLOOP_MLFLOW__MODEL_NAME", settings.mlflow.model_name)
+    monkeypatch.setenv("DETLOOP_MLFLOW__EXPERIMENT", settings.mlflow.experiment)
+    runner = CliRunner()
+    r = runner.invoke(app, ["models", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.output.splitlines() if line.startswith("{")]
+    champ = next(row for row in rows if "champion" in row["aliases"])
+    rejected = next(row for row in rows if row["gate"] == "rejected")
+    r = runner.invoke(app, ["champion", "pull", str(tmp_path / "srv")])
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "srv" / "champion.json").read_text())
+    assert info["version"] == champ["version"] and (tmp_path / "srv" / "scoring" / "model.onnx").is_file()
+    r = runner.invoke(app, ["promote", "--version", rejected["version"]])
+    assert isinstance(r.exception, PromotionError) and "did not pass the gate" in str(r.exception)
+
+
 def test_training_lock_refuses_a_second_training(settings: Any, dataset: Path) -> None:
     from tasks.registry import PromotionError, training_lock
     from tasks.training import train
