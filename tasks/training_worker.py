@@ -3,7 +3,8 @@
 Runs one Ultralytics training described by a JSON spec (:class:`tasks.training.TrainSpec`) and writes
 ``result.json`` into the run directory. It is a separate process so that a crash cannot take the flow
 down and a timeout can kill it (and its dataloader workers) as a process group. Ultralytics' own
-MLflow / hub callbacks are switched off; the parent logs to MLflow.
+MLflow / hub callbacks are switched off; the parent logs to MLflow. If the parent dies, a watchdog
+thread kills the worker's process group.
 """
 
 from __future__ import annotations
@@ -72,7 +73,24 @@ def run(spec: dict) -> dict:
     return result
 
 
+def _exit_with_parent(interval_s: float = 5.0) -> None:
+    """Kill our process group when the parent dies (we run in our own session, so nothing else would)."""
+    import signal
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
+
+
 def main() -> None:
+    _exit_with_parent()
     spec = json.loads(Path(sys.argv[1]).read_text())
     if os.environ.get("DETLOOP_TEST_CRASH_TRAINING") == "1":  # fault injection for tests
         raise RuntimeError("injected training crash")
