@@ -54,6 +54,11 @@ TITLES = {
     "prefect": "Prefect server",
     "runner": "Prefect runner",
 }
+# Every S3 bucket is a SeaweedFS collection with its own volumes. Defaults (7 volumes per new collection,
+# slots = free disk / 30 GB or 1 GB) ran out after ~10 buckets; one volume per collection, 256 MB volumes
+# (files are not preallocated) and 1000 slots leave room for many test buckets.
+WEED_VOLUME_SIZE_MB = 256
+WEED_MAX_VOLUMES = 1000
 GRPC_OFFSET = 10000  # SeaweedFS opens <port>+10000 for gRPC of master, volume, filer and S3
 RUNNER_MODULE = "flows.serve"
 LS_INSTALL_TIMEOUT_S = 1800
@@ -278,14 +283,16 @@ def build_spec(settings: Settings, service: str, sec: StackSecrets) -> ServiceSp
         argv = (
             _bin("weed"), "server",
             f"-ip={h}", f"-ip.bind={h}", f"-dir={paths.weed}",
-            "-volume.max=0", "-master.volumeSizeLimitMB=1024",
+            f"-volume.max={WEED_MAX_VOLUMES}", f"-master.volumeSizeLimitMB={WEED_VOLUME_SIZE_MB}",
             f"-master.port={p.weed_master}", f"-volume.port={p.weed_volume}",
             "-filer", f"-filer.port={p.weed_filer}",
             "-s3", f"-s3.port={p.s3}", f"-s3.config={paths.weed / 's3.json'}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.telemetry=false",
         )  # fmt: skip
-        return ServiceSpec(service, argv, base, paths.weed)
+        env = dict(base)
+        env["WEED_MASTER_VOLUME_GROWTH_COPY_1"] = "1"  # one volume per new bucket (collection), not 7
+        return ServiceSpec(service, argv, env, paths.weed)
     if service == "mlflow":
         env = dict(base)
         env.update(

@@ -199,6 +199,10 @@ def test_down_then_up_keeps_everything(stack_settings: Settings, tmp_path: Path)
         store = S3Store(s)
         key, body = "keep/me.bin", random.randbytes(5000)
         store.put_bytes(s.s3.data_bucket, key, body)
+        extra = [f"many-{i:02d}" for i in range(16)]  # SeaweedFS defaults ran out of volume slots at ~10 buckets
+        for b in extra:
+            store.ensure_bucket(b)
+            store.put_bytes(b, "x", b"1")
         ml = MlflowClient(tracking_uri=s.mlflow.tracking_uri)
         exp_id = ml.create_experiment("keep")
         run = ml.create_run(exp_id)
@@ -228,6 +232,7 @@ def test_down_then_up_keeps_everything(stack_settings: Settings, tmp_path: Path)
         restart_s = time.monotonic() - t0
         assert set(second.started) == set(first.started)
         assert store.get_bytes(s.s3.data_bucket, key) == body
+        assert all(store.get_bytes(b, "x") == b"1" for b in extra)
         ml2 = MlflowClient(tracking_uri=s.mlflow.tracking_uri)
         assert ml2.get_run(run.info.run_id).info.status == "FINISHED"
         assert ml2.get_model_version_by_alias("keep-model", "champion").version == mv.version

@@ -171,6 +171,7 @@ def test_specs_bind_loopback_scrub_env_and_keep_secrets_out_of_client_env(tmp_pa
     assert "-ip.bind=127.0.0.1" in weed.argv and "-master.telemetry=false" in weed.argv
     assert "-s3.port.iceberg=0" in weed.argv and "-s3.port.lance=0" in weed.argv
     assert f"-s3.port={s.stack.ports.s3}" in weed.argv
+    assert weed.env["WEED_MASTER_VOLUME_GROWTH_COPY_1"] == "1" and "-volume.max=1000" in weed.argv
     ml = build_spec(s, "mlflow", sec)
     assert ml.env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert ml.env["AWS_SECRET_ACCESS_KEY"] == sec.s3_secret_access_key
