@@ -14,7 +14,9 @@
 3. copy: ``tasks.annotation.copy_frames`` of M labelled frames (S3 get + content-addressed put of the
    frame and its YOLO txt), the retention step of a pull, timed on M frames written for the purpose.
 
-The server's memory is the RSS of Label Studio's process group before and after. Writes
+The machine's 1-minute load average is recorded before and after: on a shared 2-core box the
+timings scale with it, so each phase also records the CPU seconds of this process and of Label
+Studio's process group (a load-independent measure of the work). The server's memory is the RSS of Label Studio's process group before and after. Writes
 ``benchmarks/results/labelstudio_io.json``. Uses a throwaway project (deleted at the end).
 """
 
@@ -71,6 +73,44 @@ def _labelled_tasks(frames: list[Any], round_id: str, classes: list[str], seed: 
     return tasks
 
 
+def _server_cpu_s(settings: Any) -> float | None:
+    """CPU seconds (user + system) used so far by Label Studio's process group (None if not found)."""
+    import psutil
+
+    from infra import procs
+    from infra.stack import stack_paths
+
+    rec = procs.read_pid_file(stack_paths(settings).pid("label-studio"))
+    if rec is None:
+        return None
+    total = 0.0
+    for pid in procs.group_members(rec.pid):
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
+class _Phase:
+    """Wall time, this process's CPU time and the server's CPU time of one phase."""
+
+    def __init__(self, settings: Any, res: dict[str, Any], name: str) -> None:
+        self.settings, self.res, self.name = settings, res, name
+
+    def __enter__(self) -> _Phase:
+        self.t, self.c, self.sv = time.perf_counter(), time.process_time(), _server_cpu_s(self.settings)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.res[f"{self.name}_s"] = round(time.perf_counter() - self.t, 2)
+        self.res[f"{self.name}_client_cpu_s"] = round(time.process_time() - self.c, 2)
+        sv = _server_cpu_s(self.settings)
+        if sv is not None and self.sv is not None:
+            self.res[f"{self.name}_server_cpu_s"] = round(sv - self.sv, 2)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=os.environ.get("DETLOOP_CONFIG", "configs/test.yaml"))
@@ -95,30 +135,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res: dict[str, Any] = {
         "tasks": args.tasks, "import_batch_size": s.label_studio.import_batch_size, "boxes_per_task": 3,
         "cpu_count": os.cpu_count(), "python": platform.python_version(), "label_studio_rss_mb_before": rss0,
+        "loadavg_1min_before": round(os.getloadavg()[0], 2),
     }
     frames = _frames(args.tasks, s.s3.production_bucket, f"bench-{sfx}")
     try:
         # 1. push
-        t = time.perf_counter()
-        rep = annotation.push_round(s, frames, f"bench-push-{sfx}", "bench", "2030-01-01", ls=ls, store=store)
-        res["push_s"] = round(time.perf_counter() - t, 2)
+        with _Phase(s, res, "push"):
+            rep = annotation.push_round(s, frames, f"bench-push-{sfx}", "bench", "2030-01-01", ls=ls, store=store)
         res["push_imported"] = rep.imported
-        t = time.perf_counter()
-        again = annotation.push_round(s, frames, f"bench-push-{sfx}", "bench", "2030-01-01", ls=ls, store=store)
-        res["repush_noop_s"] = round(time.perf_counter() - t, 2)
+        with _Phase(s, res, "repush_noop"):
+            again = annotation.push_round(s, frames, f"bench-push-{sfx}", "bench", "2030-01-01", ls=ls, store=store)
         res["repush_imported"] = again.imported
         res["label_studio_rss_mb_after_push"] = service_rss_mb(s).get("label-studio")
 
         # 2. pull
         rid = f"bench-pull-{sfx}"
         tasks = _labelled_tasks(_frames(args.tasks, s.s3.production_bucket, f"bench-{sfx}-l", seed=5), rid, s.classes)
-        t = time.perf_counter()
-        for batch in annotation.batched(tasks, s.label_studio.import_batch_size):
-            ls.import_tasks(rep.project_id, batch)
-        res["setup_labelled_import_s"] = round(time.perf_counter() - t, 2)
-        t = time.perf_counter()
-        pulled = annotation.pull_round(s, rid, ls=ls, store=store, copy=False)
-        res["pull_convert_s"] = round(time.perf_counter() - t, 2)
+        with _Phase(s, res, "setup_labelled_import"):
+            for batch in annotation.batched(tasks, s.label_studio.import_batch_size):
+                ls.import_tasks(rep.project_id, batch)
+        with _Phase(s, res, "pull_convert"):
+            pulled = annotation.pull_round(s, rid, ls=ls, store=store, copy=False)
         res["pull_frames"] = len(pulled.frames)
         res["pull_quality"] = {k: pulled.report["quality"][k] for k in ("predicted", "accepted", "moved", "deleted",
                                                                         "added")}
@@ -131,10 +168,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             sub = pulled.frames[:m]
             for i, f in enumerate(sub):
                 store.put_bytes(f.bucket, f.key, body[:-8] + i.to_bytes(8, "big"))
-            t = time.perf_counter()
-            annotation.copy_frames(store, s, sub, rid)
+            with _Phase(s, res, "copy"):
+                annotation.copy_frames(store, s, sub, rid)
             res["copy_frames"] = m
-            res["copy_s"] = round(time.perf_counter() - t, 2)
             res["copy_frame_bytes"] = len(body)
             for f in sub:
                 store.delete(f.bucket, f.key)
@@ -145,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in (f"bench-push-{sfx}", f"bench-pull-{sfx}"):
             for o in list(store.list(s.s3.data_bucket, f"rounds/{r}/")):
                 store.delete(s.s3.data_bucket, o.key)
+    res["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
