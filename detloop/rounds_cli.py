@@ -102,22 +102,24 @@ def rounds_show(
 def rounds_watch(
     config: ConfigOpt = None,
     now: Annotated[str | None, typer.Option(help="Simulated current time (ISO); default: now.")] = None,
-    emit: Annotated[bool, typer.Option(help="Emit events to the Prefect API (else only print them).")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report only: write nothing, emit nothing.")] = False,
 ) -> None:
-    """Compute progress of open rounds, close finished/overdue ones, emit the completion event once."""
+    """Compute progress of open rounds, close finished/overdue ones, emit the completion event once.
+
+    Events go to the Prefect API of the config (the same call the watch-rounds flow makes).
+    """
     from tasks.rounds import watch_rounds
 
     s, store = _ctx(config)
     printed: list[dict[str, Any]] = []
 
     def emit_fn(**kw: Any) -> None:
-        if emit:
-            from prefect.events import emit_event
+        from prefect.events import emit_event
 
-            emit_event(**kw)
+        emit_event(**kw)
         printed.append({"event": kw["event"], "id": str(kw["id"]), "payload": kw["payload"]})
 
-    report = watch_rounds(s, _parse_now(now), emit_fn, store=store)
+    report = watch_rounds(s, _parse_now(now), emit_fn, store=store, dry_run=dry_run)
     typer.echo(json.dumps({**report, "events": printed}, indent=1, default=str))
 
 

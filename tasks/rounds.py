@@ -174,6 +174,7 @@ def watch_rounds(
     store: Any | None = None,
     ls: Any | None = None,
     round_ids: Collection[str] | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Compute progress of every open round, close the finished ones and emit their event once.
 
@@ -181,6 +182,8 @@ def watch_rounds(
         now: the current time (simulated in tests and demos; naive means UTC).
         emit: ``emit(event=..., resource=..., payload=..., id=...)`` (Prefect's ``emit_event``).
         round_ids: only these rounds (default: every round record in the data bucket).
+        dry_run: compute and report only: no record is written and nothing is emitted (rows say
+            ``would_emit``).
 
     Returns:
         ``{"now", "rounds": [{round_id, status, progress, emitted, event_id}], "emitted": [...]}``.
@@ -205,9 +208,14 @@ def watch_rounds(
             rec.counts = {**rec.counts, **progress}
             if new is not None:
                 rec.status = new  # type: ignore[assignment]
-            save_round(store, settings, rec)
+            if not dry_run:
+                save_round(store, settings, rec)
         if rec.status in TERMINAL and rec.completed_event_id is None:
             eid = completed_event_id(rec.round_id)
+            if dry_run:
+                rows.append({"round_id": rec.round_id, "status": rec.status, "progress": rec.counts,
+                             "emitted": False, "would_emit": True, "event_id": str(eid)})
+                continue
             emit(
                 event=EVENT_ROUND_COMPLETED,
                 resource={"prefect.resource.id": f"detloop.round.{rec.round_id}", "prefect.resource.name": rec.round_id},

@@ -313,3 +313,14 @@ def test_open_round_is_idempotent_and_mark_round_validates(cfg) -> None:  # type
         rounds.mark_round(store, cfg, "a", status="done")
     with pytest.raises(Exception, match="not found"):
         rounds.mark_round(store, cfg, "nope", status="trained")
+
+
+def test_watch_rounds_dry_run_writes_and_emits_nothing(cfg) -> None:  # type: ignore[no-untyped-def]
+    store = MemStore()
+    rounds.open_round(store, cfg, "a", "2026-01-12", "7", 1, 0)
+    before = dict(store.objs)
+    events: list[dict] = []
+    rep = rounds.watch_rounds(cfg, datetime(2026, 1, 13), lambda **kw: events.append(kw), store=store,
+                              ls=FakeLS({"a": ["labelled"]}), dry_run=True)
+    assert events == [] and store.objs == before
+    assert rep["rounds"][0]["would_emit"] is True and rep["rounds"][0]["status"] == "completed"
