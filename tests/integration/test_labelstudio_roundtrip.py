@@ -328,3 +328,28 @@ def test_wrong_token_and_server_down_are_one_line(env):  # type: ignore[no-untyp
         annotation.push_round(down, env["frames"][:2], "r-down-" + env["sfx"], "1", AS_OF, ls=client, store=env["store"])
     assert sleeps == [0.1, 0.2, 0.4]
     assert rounds.load_round(env["store"], env["s"], "r-down-" + env["sfx"]) is None  # nothing half-written
+
+
+def test_cli_simulate_show_pull(env):  # type: ignore[no-untyped-def]
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from detloop.cli import app
+
+    s, ls, store, frames = env["s"], env["ls"], env["store"], env["frames"]
+    rid = "r-cli-" + env["sfx"]
+    annotation.push_round(s, frames[:3], rid, "5", AS_OF, ls=ls, store=store)
+    runner = CliRunner()
+    cli_env = {"DETLOOP_CONFIG": "configs/test.yaml", "DETLOOP_LABEL_STUDIO__PROJECT_TITLE": s.label_studio.project_title}
+    res = runner.invoke(app, ["annotate", "simulate", "--round", rid, "--p-skip", "0", "--p-miss-small", "0",
+                              "--jitter", "0", "--p-flip", "0"], env=cli_env)
+    assert res.exit_code == 0, res.output
+    assert _json.loads(res.output)["annotated"] == 3
+    res = runner.invoke(app, ["rounds", "show", rid], env=cli_env)
+    assert res.exit_code == 0, res.output
+    shown = _json.loads(res.output)
+    assert shown["record"]["round_id"] == rid and shown["progress_now"]["labelled"] == 3
+    res = runner.invoke(app, ["rounds", "pull", rid], env=cli_env)
+    assert res.exit_code == 0, res.output
+    assert _json.loads(res.output)["frames"] == 3
