@@ -59,7 +59,10 @@ TITLES = {
 # (files are not preallocated) and 1000 slots leave room for many test buckets.
 WEED_VOLUME_SIZE_MB = 256
 WEED_MAX_VOLUMES = 1000
-GRPC_OFFSET = 10000  # SeaweedFS opens <port>+10000 for gRPC of master, volume, filer and S3
+GRPC_OFFSET = 10000
+# SeaweedFS hangs in a graceful gRPC stop on SIGTERM (measured: never exits), so it gets SIGKILL sooner;
+# its volumes and the filer's leveldb recover (the restart test reads everything back).
+TERM_TIMEOUT_S = {"s3": 3.0}  # SeaweedFS opens <port>+10000 for gRPC of master, volume, filer and S3
 RUNNER_MODULE = "flows.serve"
 LS_INSTALL_TIMEOUT_S = 1800
 # Inherited variables that would leak into a server's behaviour or carry secrets of another setup.
@@ -288,7 +291,7 @@ def build_spec(settings: Settings, service: str, sec: StackSecrets) -> ServiceSp
             "-filer", f"-filer.port={p.weed_filer}",
             "-s3", f"-s3.port={p.s3}", f"-s3.config={paths.weed / 's3.json'}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.telemetry=false",
+            "-master.telemetry=false", "-master.electionTimeout=1s",
         )  # fmt: skip
         env = dict(base)
         env["WEED_MASTER_VOLUME_GROWTH_COPY_1"] = "1"  # one volume per new bucket (collection), not 7
@@ -687,7 +690,7 @@ def down(settings: Settings, log: Log = _noop, services: tuple[str, ...] = SERVI
                 out[service] = "not running"
                 pid_path.unlink(missing_ok=True)
                 continue
-            outcome = procs.stop_group(rec)
+            outcome = procs.stop_group(rec, term_timeout_s=TERM_TIMEOUT_S.get(service, 10.0))
             pid_path.unlink(missing_ok=True)
             out[service] = outcome
             log(f"{service}: {outcome}" + ("" if outcome == "not running" else f" (pid {rec.pid})"))
