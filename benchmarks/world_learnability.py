@@ -5,7 +5,8 @@ stream (both as plain local YOLO datasets, no S3), trains ``yolo11n.yaml`` from 
 settings measured to work on small CPU datasets (imgsz 320, batch = nbs = 16, AdamW lr0 0.002), then
 validates. Writes ``benchmarks/results/world_learnability.json``.
 
-Run: ``.venv/bin/python -m benchmarks.world_learnability --epochs 40``
+Run: ``.venv/bin/python -m benchmarks.world_learnability --epochs 30``; evaluate saved weights on the
+golden set per drift slice: ``... --weights best.pt --val 200 --out benchmarks/results/world_drift_slices.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,32 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def slice_name(camera: str, drifts: list[str]) -> str:
+    """Condition of a val frame: the new camera, the drifts in force, or ``no-drift``."""
+    if camera == "cam4":
+        return "new-camera-cam4" + ("+" + "+".join(drifts) if drifts else "")
+    return "+".join(drifts) if drifts else "no-drift"
+
+
+def eval_slices(model, root: Path, slices: dict, names: list[str], imgsz: int, batch: int) -> dict:  # type: ignore[no-untyped-def]
+    """mAP50 / mAP50-95 of ``model`` on each slice of the val frames (slices with >= 5 frames)."""
+    import yaml
+
+    out = {}
+    for name, paths in sorted(slices.items()):
+        if len(paths) < 5:
+            continue
+        lst = root / f"slice_{name}.txt"
+        lst.write_text("\n".join(paths) + "\n")
+        y = root / f"slice_{name}.yaml"
+        y.write_text(yaml.safe_dump({"path": str(root), "train": str(lst), "val": str(lst),
+                                     "names": dict(enumerate(names))}))
+        m = model.val(data=str(y), imgsz=imgsz, batch=batch, device="cpu", plots=False, verbose=False,
+                      project=str(root / "runs"), name=f"val_{name}", exist_ok=True)
+        out[name] = {"frames": len(paths), "mAP50": round(float(m.box.map50), 4), "mAP50-95": round(float(m.box.map), 4)}
+    return out
+
+
 def render_dataset(root: Path, settings, n_train: int, n_val: int, seed: int) -> tuple[Path, dict]:  # type: ignore[no-untyped-def]
     """Write images/{train,val} + labels and data.yaml; returns (yaml path, stats)."""
     import cv2
@@ -34,7 +61,8 @@ def render_dataset(root: Path, settings, n_train: int, n_val: int, seed: int) ->
 
     cfg = load_world(settings)
     classes = list(settings.classes)
-    stats: dict = {"boxes": {"train": 0, "val": 0}, "per_class_train": [0] * len(classes), "render_seconds": 0.0}
+    stats: dict = {"boxes": {"train": 0, "val": 0}, "per_class_train": [0] * len(classes), "render_seconds": 0.0,
+                   "val_slices": {}}
     t0 = time.perf_counter()
     for split, stream, spec, n in (("train", "seed", cfg.seed_set, n_train), ("val", "golden", cfg.golden_set, n_val)):
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -45,6 +73,9 @@ def render_dataset(root: Path, settings, n_train: int, n_val: int, seed: int) ->
             cv2.imwrite(str(root / "images" / split / f"{name}.jpg"), f.image, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
             (root / "labels" / split / f"{name}.txt").write_text(f.truth.to_yolo_txt(cfg.width, cfg.height))
             stats["boxes"][split] += len(f.truth)
+            if split == "val":
+                stats["val_slices"].setdefault(slice_name(f.camera, f.meta["drifts"]), []).append(
+                    str(root / "images" / split / f"{name}.jpg"))
             if split == "train":
                 stats["per_class_train"] = (np.array(stats["per_class_train"]) + np.bincount(
                     f.truth.class_id, minlength=len(classes))).tolist()
@@ -66,6 +97,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", default="configs/test.yaml")
     ap.add_argument("--out", default=str(RESULTS / "world_learnability.json"))
+    ap.add_argument("--weights", default=None,
+                    help="Skip training: evaluate these weights on --val golden frames, per drift slice.")
     args = ap.parse_args()
 
     from detloop.offline import apply_offline_env, ensure_ultralytics_fonts
@@ -86,6 +119,22 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="world-learn-"))
     data_yaml, stats = render_dataset(work / "data", settings, args.train, args.val, args.seed)
+    slices = stats.pop("val_slices")
+    names = list(settings.classes)
+    if args.weights:
+        best = YOLO(args.weights)
+        m = best.val(data=str(data_yaml), imgsz=args.imgsz, batch=args.batch, device="cpu", plots=False,
+                     verbose=False, project=str(work / "runs"), name="val", exist_ok=True)
+        per_class = {names[int(c)]: round(float(a), 4) for c, a in zip(m.box.ap_class_index, m.box.ap50, strict=True)}
+        out = {"benchmark": "world_learnability_slices", "date": date.today().isoformat(), "weights": args.weights,
+               "val_frames": args.val, "val_stream": "golden",
+               "val": {"mAP50": round(float(m.box.map50), 4), "mAP50-95": round(float(m.box.map), 4),
+                       "ap50_per_class": per_class},
+               "slices": eval_slices(best, work / "data", slices, names, args.imgsz, args.batch)}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1))
+        print(json.dumps(out, indent=1))
+        return
     model = YOLO("yolo11n.yaml")
     t0 = time.perf_counter()
     model.train(
@@ -105,7 +154,6 @@ def main() -> None:
     best = YOLO(str(run_dir / "weights" / "best.pt"))
     m = best.val(data=str(data_yaml), imgsz=args.imgsz, batch=args.batch, device="cpu", plots=False, verbose=False,
                  project=str(work / "runs"), name="val", exist_ok=True)
-    names = list(settings.classes)
     per_class = {names[int(c)]: round(float(ap50), 4) for c, ap50 in zip(m.box.ap_class_index, m.box.ap50, strict=True)}
     out = {
         "benchmark": "world_learnability",
@@ -120,6 +168,8 @@ def main() -> None:
         "val": {"mAP50": round(float(m.box.map50), 4), "mAP50-95": round(float(m.box.map), 4),
                 "ap50_per_class": per_class},
         "curve": curve,
+        "slices": eval_slices(best, work / "data", slices, names, args.imgsz, args.batch),
+        "weights": str(run_dir / "weights" / "best.pt"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
