@@ -221,11 +221,8 @@ def _next_round(store: Any, settings: Any, as_of: date, params: SelectParams) ->
 def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]:  # noqa: B008
     """Sample the production window -> score with the champion -> select -> push a round to Label Studio."""
     from detloop.clients.s3 import S3Store
-    from detloop.datasets import latest_version, load_manifest
-    from detloop.errors import DataError
     from detloop.settings import parse_as_of
     from tasks.rounds import load_round, mark_round
-    from tasks.selection import select, write_selection_report
 
     log = get_run_logger()
     settings = settings_for(params)
@@ -243,26 +240,75 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
         log.info("round %s already %s; nothing to do", round_id, existing.status)
         return {"as_of": str(as_of), "round_id": round_id, "status": existing.status, "resumed": True}
 
-    # 1. the champion scores the window
+    # 1. the round's selection: the stored one when resuming, else sample -> score -> select
+    stored = _stored_selection(store, settings, round_id)
+    if stored is not None:
+        frames, model_version, stats = stored
+        log.info("round %s: resuming with its stored selection of %d frames", round_id, len(frames))
+        notes: list[str] = ["resumed: stored selection reused"]
+        table = ""
+    else:
+        made = _make_selection(settings, store, as_of, params, round_id)
+        if made is None:
+            return {"as_of": str(as_of), "round_id": None, "selected": 0}
+        frames, model_version, stats, notes, table = made
+
+    # 2. push the round to Label Studio (deduped on S3 key + round id)
+    push = push_round_task(settings, frames, round_id, model_version, as_of)
+    mark_round(store, settings, round_id, selection_report_key=f"runs/{round_id}/selection_report.json")
+
+    # 3. report
+    summary = {"as_of": str(as_of), "round_id": round_id, "model_version": model_version, **stats,
+               "selected": sum(f.arm == "selected" for f in frames), "control": sum(f.arm == "control" for f in frames),
+               "imported": push.imported, "already_present": push.already_present, "project_id": push.project_id}
+    md = (f"# Round {round_id} ready for labelling\n\n" + md_table([summary]) + "\n"
+          + "\n".join(f"- {n}" for n in notes) + "\n\n" + table
+          + f"\n\nLabel Studio: {settings.label_studio.url}/projects/{push.project_id}\n")
+    publish_report("round-ready", md, f"select-for-labeling {round_id}")
+    notify(EVENT_ROUND_READY, f"detloop.round.{round_id}", {"round_id": round_id, "tasks": len(frames)},
+           f"round {round_id}: {len(frames)} frames ready in {settings.label_studio.url}")
+    return summary
+
+
+def _stored_selection(store: Any, settings: Any, round_id: str) -> tuple[list[Any], str | None, dict[str, Any]] | None:
+    """The selection written by an earlier run of this round (a re-run never re-selects)."""
+    from detloop.contracts import SelectedFrame
+
+    bucket, prefix = settings.s3.data_bucket, f"runs/{round_id}/"
+    if not (store.exists(bucket, prefix + "selected_frames.json") and store.exists(bucket, prefix + "selection_meta.json")):
+        return None
+    frames = [SelectedFrame.from_dict(d) for d in store.get_json(bucket, prefix + "selected_frames.json")]
+    meta = store.get_json(bucket, prefix + "selection_meta.json")
+    return frames, meta.get("model_version"), meta.get("stats", {})
+
+
+def _make_selection(settings: Any, store: Any, as_of: date, params: SelectParams, round_id: str
+                    ) -> tuple[list[Any], str | None, dict[str, Any], list[str], str] | None:
+    """Champion scores the sampled window; select; store the selection. None when there is nothing to label."""
+    from detloop.datasets import latest_version, load_manifest
+    from detloop.errors import DataError
+    from tasks.selection import select, write_selection_report
+
+    log = get_run_logger()
+    # the champion
     model_dir, model_version, champion_data = fetch_champion(settings)
     if model_dir is None:
         raise DataError(f"no champion in the registry ({settings.mlflow.model_name} at {settings.mlflow.tracking_uri}); "
                         "run the bootstrap flow first (`detloop bootstrap`)")
 
-    # 2. sample production frames
+    # sample production frames
     sample = sample_window(settings, as_of, params.cameras, params.dates, round_id)
     for note in sample.notes:
         log.info(note)
     if not sample.frames:
         md = f"# Week {as_of}: nothing to label\n\n" + "\n".join(f"- {n}" for n in sample.notes or ["empty window"])
         publish_report("select-empty", md, "select-for-labeling: empty window")
-        return {"as_of": str(as_of), "round_id": None, "selected": 0, "notes": sample.notes,
-                "quarantined": len(sample.quarantined)}
+        return None
 
-    # 3. score
+    # score
     scored = score_frames(settings, sample, model_dir, model_version)
 
-    # 4. select
+    # select (class balance against what the champion was trained on)
     train_version = champion_data or latest_version(store, settings, "train") or latest_version(store, settings, "seed")
     counts = None
     if train_version and settings.selection.class_balance:
@@ -270,26 +316,12 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
         counts = [int(boxes.get(c, 0)) for c in settings.classes]
     result = select(scored.frames, counts, settings.selection, round_seed=int(config_hash(round_id)[:8], 16),
                     class_names=settings.classes, num_classes=len(settings.classes))
-    keys = write_selection_report(store, settings.s3.data_bucket, round_id, result)
-
-    # 5. push the round to Label Studio
-    push = push_round_task(settings, result.frames, round_id, model_version, as_of)
-    mark_round(store, settings, round_id, selection_report_key=keys["report"])
-
-    # 6. report
-    summary = {
-        "as_of": str(as_of), "round_id": round_id, "model_version": model_version, "window": list(sample.window),
-        "sampled": len(sample.frames), "quarantined": len(sample.quarantined), "duplicates": len(sample.duplicates),
-        "scored": len(scored.frames), "selected": len(result.selected), "control": len(result.control),
-        "imported": push.imported, "already_present": push.already_present, "project_id": push.project_id,
-    }
-    md = (f"# Round {round_id} ready for labelling\n\n" + md_table([summary]) + "\n"
-          + "\n".join(f"- {n}" for n in result.notes) + "\n\n" + result.markdown(max_rows=30)
-          + f"\n\nLabel Studio: {settings.label_studio.url}/projects/{push.project_id}\n")
-    publish_report("round-ready", md, f"select-for-labeling {round_id}")
-    notify(EVENT_ROUND_READY, f"detloop.round.{round_id}", {"round_id": round_id, "tasks": len(result.frames)},
-           f"round {round_id}: {len(result.frames)} frames ready in {settings.label_studio.url}")
-    return summary
+    stats = {"window": list(sample.window), "sampled": len(sample.frames), "quarantined": len(sample.quarantined),
+             "duplicates": len(sample.duplicates), "scored": len(scored.frames)}
+    store.put_json(settings.s3.data_bucket, f"runs/{round_id}/selection_meta.json",
+                   {"model_version": model_version, "stats": stats, "notes": result.notes})
+    write_selection_report(store, settings.s3.data_bucket, round_id, result)  # selected_frames.json last of all
+    return result.frames, model_version, stats, result.notes, result.markdown(max_rows=30)
 
 
 @flow(name="watch-rounds", log_prints=True)
