@@ -152,8 +152,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rid = f"bench-pull-{sfx}"
         tasks = _labelled_tasks(_frames(args.tasks, s.s3.production_bucket, f"bench-{sfx}-l", seed=5), rid, s.classes)
         with _Phase(s, res, "setup_labelled_import"):
+            task_ids: dict[str, int] = {}
             for batch in annotation.batched(tasks, s.label_studio.import_batch_size):
-                ls.import_tasks(rep.project_id, batch)
+                ids = ls.import_tasks(rep.project_id, batch)
+                task_ids.update({t["data"]["s3_key"]: i for t, i in zip(batch, ids, strict=True)})
+            annotation.save_task_ids(store, s, rid, task_ids)  # what push_round records
         with _Phase(s, res, "pull_convert"):
             pulled = annotation.pull_round(s, rid, ls=ls, store=store, copy=False)
         res["pull_frames"] = len(pulled.frames)

@@ -619,21 +619,60 @@ def push_round(
     project = ensure_project(settings, ls)
     for bucket in sorted({sf.frame.bucket for sf in selected}):
         ls.ensure_s3_storage(project.id, bucket, settings.label_studio.presign, settings.label_studio.presign_ttl_minutes)
-    present = {str((t.get("data") or {}).get("s3_key")) for t in round_tasks(ls, project.id, round_id, "task_only")}
+    listed = round_tasks(ls, project.id, round_id, "task_only")
+    task_ids = {str((t.get("data") or {}).get("s3_key")): int(t["id"]) for t in listed}
+    present = set(task_ids)
     todo = [sf for sf in selected if sf.frame.key not in present]
     tasks = [build_task(sf, round_id, model_version, settings.classes, settings.label_studio.prediction_conf_threshold)
              for sf in todo]
     ids: list[int] = []
     n_batches = 0
     for batch in batched(tasks, settings.label_studio.import_batch_size):
-        ids += ls.import_tasks(project.id, batch)
+        new_ids = ls.import_tasks(project.id, batch)
+        task_ids.update({t["data"]["s3_key"]: i for t, i in zip(batch, new_ids, strict=False)})
+        ids += new_ids
         n_batches += 1
+    save_task_ids(store, settings, round_id, task_ids)
     rounds.open_round(
         store, settings, round_id=round_id, as_of=as_of, model_version=model_version,
         n_selected=sum(sf.arm == "selected" for sf in selected), n_control=sum(sf.arm == "control" for sf in selected),
         now=now,
     )
     return PushReport(round_id, project.id, len(selected), len(present & set(keys)), len(ids), ids, n_batches)
+
+
+def task_ids_key(round_id: str) -> str:
+    from tasks.rounds import round_prefix
+
+    return round_prefix(round_id) + "tasks.json"
+
+
+def save_task_ids(store: Any, settings: Settings, round_id: str, task_ids: dict[str, int]) -> None:
+    """``rounds/<round_id>/tasks.json``: production key -> Label Studio task id of the round."""
+    store.put_json(settings.s3.data_bucket, task_ids_key(round_id), {"round_id": round_id, "tasks": task_ids})
+
+
+def load_task_ids(store: Any, settings: Settings, round_id: str) -> dict[str, int] | None:
+    if not store.exists(settings.s3.data_bucket, task_ids_key(round_id)):
+        return None
+    return {str(k): int(v) for k, v in store.get_json(settings.s3.data_bucket, task_ids_key(round_id))["tasks"].items()}
+
+
+def read_round_tasks(settings: Settings, round_id: str, ls: Any, store: Any, project_id: int) -> list[dict[str, Any]]:
+    """Full tasks of a round (annotations, data) through the export API.
+
+    The task ids come from ``rounds/<round_id>/tasks.json`` written by the push (saves a filtered
+    listing, ~0.6 ms of server CPU per task); when that file is missing, or the last watch counted
+    more tasks for the round than it lists, they come from a filtered listing.
+    """
+    from tasks import rounds
+
+    ids = load_task_ids(store, settings, round_id)
+    rec = rounds.load_round(store, settings, round_id)
+    if ids is None or (rec is not None and int(rec.counts.get("total", 0)) > len(ids)):
+        return round_tasks(ls, project_id, round_id, "all")
+    return [t for t in ls.export_tasks(project_id, sorted(ids.values()))
+            if (t.get("data") or {}).get("round_id") == round_id]
 
 
 def pull_round(
@@ -646,8 +685,7 @@ def pull_round(
 ) -> PulledRound:
     """Read a round's labels, validate and convert them; copy the frames to content-addressed storage.
 
-    The report is also written to ``rounds/<round_id>/labels_report.json`` and the round record's
-    counts are updated with the label quality.
+    The report is also written to ``rounds/<round_id>/labels_report.json``.
     """
     from detloop.clients.labelstudio import LabelStudioClient
     from detloop.clients.s3 import S3Store
@@ -656,7 +694,7 @@ def pull_round(
     ls = ls or LabelStudioClient(settings)
     store = store or S3Store(settings)
     project = ensure_project(settings, ls)
-    tasks = round_tasks(ls, project.id, round_id, "all")
+    tasks = read_round_tasks(settings, round_id, ls, store, project.id)
     pulled = convert_round_tasks(tasks, round_id, settings.classes, policy or settings.label_studio.annotation_policy,
                                  settings.label_studio.min_box_pixels)
     if copy:
