@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -178,7 +179,10 @@ class OnnxScorer:
         if self._raw not in outs:
             raise DataError(f"scoring artifact {self.directory}: no output {self._raw!r} (outputs: {outs})")
         self._out_names = [self._raw] + ([self._emb] if self._emb in outs else [])
-        self.name = self.meta.registry_version or self.directory.name
+        m = self.meta
+        # "<registered name>-v<version>" for registry models (names the predictions prefix), else the folder
+        self.name = (f"{m.model_name}-v{m.registry_version}" if m.model_name and m.registry_version
+                     else m.registry_version or self.directory.name)
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         res = self.session.run(self._out_names, {self.meta.input_name: np.ascontiguousarray(batch, np.float32)})
@@ -278,21 +282,24 @@ def resolve_model(settings: Settings, alias: str = "champion", dest: Path | None
     except Exception as err:  # connection errors surface as requests/httpx exceptions
         raise ServiceError(f"MLflow at {settings.mlflow.tracking_uri} is not reachable: {type(err).__name__}") from err
     dest = dest or settings.data_dir / "models" / f"{name}-v{mv.version}"
-    if dest.exists() and (any(dest.glob("**/meta.json")) or any(dest.glob("**/*.pt"))):
-        return _artifact_root(dest)  # already downloaded (registry versions are immutable)
-    dest.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
-    try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}@{alias}", dst_path=str(dest))
-    except Exception as err:
-        raise ServiceError(f"MLflow at {settings.mlflow.tracking_uri}: cannot download models:/{name}@{alias} ({err})") from err
-    root = _artifact_root(Path(local))
+    if not (dest.exists() and (any(dest.glob("**/meta.json")) or any(dest.glob("**/*.pt")))):
+        dest.mkdir(parents=True, exist_ok=True)  # registry versions are immutable: download once
+        mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        try:
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}@{alias}", dst_path=str(dest))
+        except Exception as err:
+            raise ServiceError(
+                f"MLflow at {settings.mlflow.tracking_uri}: cannot download models:/{name}@{alias} ({err})"
+            ) from err
+    root = _artifact_root(dest)
     meta = root / "meta.json"
-    if meta.is_file():
+    if meta.is_file():  # stored predictions and reports name the registry version, not a folder
         d = json.loads(meta.read_text())
-        d.setdefault("registry_version", str(mv.version))
-        d.setdefault("model_name", name)
-        meta.write_text(json.dumps(d))
+        if not d.get("registry_version") or not d.get("model_name"):
+            d["registry_version"] = d.get("registry_version") or str(mv.version)
+            d["model_name"] = d.get("model_name") or name
+            meta.write_text(json.dumps(d))
     return root
 
 
