@@ -133,3 +133,51 @@ def test_near_duplicates_greedy_within_camera() -> None:
     np.testing.assert_array_equal(dup, [-1, 0, -1, -1, -1])
     np.testing.assert_array_equal(near_duplicates(h, groups, threshold=0), [-1, -1, -1, -1, -1])
     np.testing.assert_array_equal(near_duplicates(h, ["a"] * 5, threshold=2), [-1, 0, -1, 0, 0])
+
+
+class FakeStore:
+    """In-memory stand-in for S3Store (list / get_bytes / put_json / ensure_bucket)."""
+
+    def __init__(self, objects: dict[str, bytes]):
+        self.objects = objects
+        self.written: dict[str, object] = {}
+
+    def list(self, bucket: str, prefix: str = "") -> list[Obj]:
+        return [Obj(k, len(v), f"etag-{k}") for k, v in sorted(self.objects.items()) if k.startswith(prefix)]
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        return self.objects[key]
+
+    def ensure_bucket(self, bucket: str) -> None:
+        pass
+
+    def put_json(self, bucket: str, key: str, obj: object) -> str:
+        self.written[key] = obj
+        return "etag"
+
+
+def test_sample_fills_max_frames_across_chunks_without_duplicates() -> None:
+    from detloop.settings import load_settings
+    from tasks.sampling import sample
+
+    objs: dict[str, bytes] = {}
+    for i in range(80):  # 80 distinct frames over two cameras and two days
+        cam, day = f"c{i % 2}", f"2026-01-0{1 + (i // 2) % 2}"
+        objs[f"frames/camera={cam}/date={day}/{i:06d}-a.jpg"] = jpeg(scene(100 + i))
+    for i in range(0, 80, 2):  # 40 exact re-uploads under new keys (same camera/day)
+        objs[f"frames/camera=c0/date=2026-01-0{1 + (i // 2) % 2}/{i:06d}-dup.jpg"] = objs[
+            f"frames/camera=c0/date=2026-01-0{1 + (i // 2) % 2}/{i:06d}-a.jpg"]
+    objs["frames/camera=c1/date=2026-01-01/999999-z.jpg"] = b""
+    objs["frames/camera=c1/date=2026-01-02/999998-t.jpg"] = jpeg(scene(7))[:500]
+    settings = load_settings(overrides={"sampling": {"max_frames": 70, "window_days": 7}})
+    store = FakeStore(objs)
+    res = sample(settings, date(2026, 1, 3), store, cameras=["c0", "c1"], run_id="r1")  # type: ignore[arg-type]
+    keys = [f.key for f in res.frames]
+    assert len(keys) == 70 == len(set(keys))
+    # no frame and its re-upload both sampled
+    stems = [k.rsplit("/", 1)[1].split("-")[0] for k in keys if "/camera=c0/" in k]
+    assert len(stems) == len(set(stems))
+    assert {q.reason.split(" ")[0] for q in res.quarantined} == {"zero-byte", "truncated"}
+    assert res.stats["sampled"] == 70 and res.stats["duplicates"] == len(res.duplicates) > 0
+    assert store.written["runs/r1/sample_manifest.json"]["stats"]["sampled"] == 70  # type: ignore[index]
+    assert len(store.written["runs/r1/quarantine.json"]["quarantined"]) == 2  # type: ignore[index]
