@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "control": len(res.control),
         "target": {"seconds": 10, "peak_rss_mb": 2048},
         "meets_target": bool(select_s < 10 and peak < 2048),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+                    "loadavg_1m_at_end": round(os.getloadavg()[0], 2)},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
