@@ -79,6 +79,7 @@ def _register_subapps() -> None:
         ("detloop.models_cli", "champion_app", "champion"),
         ("detloop.rounds_cli", "rounds_app", "rounds"),
         ("detloop.rounds_cli", "annotate_app", "annotate"),
+        ("benchmarks.cli", "bench_app", "bench"),
     ]:
         try:
             mod = importlib.import_module(module)

@@ -1,0 +1,735 @@
+"""Active-learning benchmark (issue 7): strategies against random, on the same seed set and pool.
+
+For each seed s (selection seed = training seed = s):
+
+1. a bootstrap model is trained from the model YAML on the seed set (shared by every arm of seed s);
+2. for each arm and round r = 1..R: the arm picks ``budget`` frames from its unlabelled pool with its
+   current model, the simulated annotator labels them from the oracle truth (``degrade``: jitter,
+   missed small boxes, class flips), the model is fine-tuned from the arm's previous weights for a fixed
+   number of epochs on seed set + everything the arm labelled so far (``last.pt`` is kept: per-epoch
+   validation never picks weights), and evaluated on the benchmark evaluation set (mAP50-95, mAP50,
+   per class, per size);
+3. the **no-new-labels control** gets the same fine-tunes on the seed set alone.
+
+Every (arm, seed, round) result is a JSON file under ``<work_dir>/<run key>/`` (plus its weights), so
+an interrupted run continues where it stopped. :func:`summarize` turns the cached results into the
+learning curves (frames and boxes axes), label efficiency with a bootstrap CI over seeds, plots and the
+result JSON. Labels come from the oracle without Label Studio (``--via-label-studio`` is not built).
+
+Run: ``detloop bench al --quick`` (smoke) or ``detloop bench al`` (the full measurement); see
+``docs/active_learning_benchmark.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.al_data import BenchData, BenchFrame
+from benchmarks.al_metrics import Curve, efficiency_ci, final_summary, mean_curve
+from detloop.detections import Detections
+from detloop.errors import DataError
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+CONTROL = "no_new_labels"
+RANDOM = "random"
+MAIN_ARMS = ("random", "entropy_sum", "entropy_kcenter", "default")
+EXTRA_ARMS = ("least_confidence_max", "margin_max")
+QUICK_ARMS = ("random", "entropy_sum", "default")
+AXES = ("frames", "boxes", "frames_paid", "boxes_paid")
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+@dataclass
+class AnnotatorNoise:
+    """Simulated annotator noise (see :class:`detloop.sim.annotator.AnnotatorProfile`)."""
+
+    jitter: float = 0.02
+    p_miss_small: float = 0.05
+    p_flip: float = 0.01
+
+
+@dataclass
+class BenchConfig:
+    """Everything that defines a benchmark run (recorded with the results; its hash names the run).
+
+    Attributes:
+        arms: strategies to run (``no_new_labels`` is always added).
+        seeds: seeds; seed s is the selection seed, the training seed and the annotator-noise seed.
+        rounds: selection rounds R.
+        budget: frames labelled per round b (control-arm frames of ``default`` included).
+        epochs: epochs of each fine-tune (fixed budget).
+        bootstrap_epochs: epochs of the bootstrap model from the YAML.
+        sizes: frames per split (world mode): ``seed`` (bootstrap), ``pool``, ``eval``, ``val``.
+        imgsz, batch: training input size (pixels) and batch (= nominal batch: no gradient accumulation).
+        lr0, finetune_lr0: AdamW learning rates of the bootstrap and of fine-tunes.
+        finetune_warmup_epochs: Ultralytics warmup of fine-tunes (0: no warmup; its 100-iteration minimum
+            and 0.1 bias lr would otherwise cover a whole short fine-tune).
+        threads: torch threads (training and inference).
+        config: detloop config (classes, the configured ``selection`` = the ``default`` arm).
+        world_config, world_seed: the synthetic world (ignored with ``data``).
+        data: a YOLO ``data.yaml`` with seed / pool / eval splits instead of the world.
+        noise: annotator noise.
+        metric: headline metric (``map`` = mAP50-95 or ``map50``).
+        rare_class: class of the rare-class view (default: fewest eval instances).
+        work_dir: cache of rendered data, weights and per-round JSON.
+        timeout_minutes: per training subprocess.
+    """
+
+    arms: list[str] = field(default_factory=lambda: list(MAIN_ARMS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    rounds: int = 4
+    budget: int = 50
+    epochs: int = 6
+    bootstrap_epochs: int = 60
+    sizes: dict[str, int] = field(default_factory=lambda: {"seed": 150, "pool": 1500, "eval": 300, "val": 16})
+    imgsz: int = 320
+    batch: int = 16
+    lr0: float = 0.002
+    finetune_lr0: float = 0.001
+    finetune_warmup_epochs: float = 0.0
+    threads: int = 2
+    config: str = "configs/local.yaml"
+    world_config: str = "configs/world.yaml"
+    world_seed: int = 0
+    data: str | None = None
+    noise: AnnotatorNoise = field(default_factory=AnnotatorNoise)
+    metric: str = "map"
+    rare_class: str | None = None
+    work_dir: str = ".detloop-bench/al"
+    timeout_minutes: int = 240
+
+    def run_key(self) -> str:
+        """Hash of what changes results (not arms, seeds or rounds: those only add cached files)."""
+        d = asdict(self)
+        for k in ("arms", "seeds", "rounds", "work_dir", "timeout_minutes", "metric", "rare_class", "threads"):
+            d.pop(k)
+        if self.data:
+            d.pop("world_config")
+            d.pop("world_seed")
+            d.pop("sizes")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def quick_config() -> BenchConfig:
+    """The ``--quick`` smoke size: 3 strategies, 1 seed, 3 rounds, small pool and evaluation set."""
+    return BenchConfig(arms=list(QUICK_ARMS), seeds=[0], rounds=3, budget=40, epochs=4, bootstrap_epochs=30,
+                       sizes={"seed": 100, "pool": 400, "eval": 150, "val": 8})
+
+
+def check_arms(arms: Sequence[str]) -> list[str]:
+    """Known arm names (random first), ``no_new_labels`` excluded; raises DataError on an unknown name."""
+    known = (*MAIN_ARMS, *EXTRA_ARMS)
+    bad = [a for a in arms if a not in known]
+    if bad:
+        raise DataError(f"unknown benchmark arm(s) {bad}; valid: {', '.join(known)}")
+    if RANDOM not in arms:
+        raise DataError("the benchmark needs the 'random' arm: label efficiency is measured against it")
+    return [RANDOM] + [a for a in dict.fromkeys(arms) if a != RANDOM]
+
+
+def selection_settings(arm: str, configured: Any, budget: int, seed: int) -> Any:
+    """SelectionSettings of a strategy arm (``default`` = the configured selection, budget replaced).
+
+    Non-default arms have no class balance, no control arm and a fixed aggregation/diversity:
+    ``entropy_sum`` (entropy, sum), ``entropy_kcenter`` (entropy, sum, filter + k-center),
+    ``least_confidence_max`` and ``margin_max`` (max over boxes).
+    """
+    from detloop.settings import SelectionSettings
+
+    plain = {"class_balance": False, "control_share": 0.0, "control_min": 0, "budget": budget, "seed": seed}
+    table = {
+        "entropy_sum": {"strategy": "entropy", "aggregation": "sum", "diversity": "none"},
+        "entropy_kcenter": {"strategy": "entropy", "aggregation": "sum", "diversity": "filter_kcenter"},
+        "least_confidence_max": {"strategy": "least_confidence", "aggregation": "max", "diversity": "none"},
+        "margin_max": {"strategy": "margin", "aggregation": "max", "diversity": "none"},
+    }
+    if arm == "default":
+        return configured.model_copy(update={"budget": budget, "seed": seed})
+    if arm not in table:
+        raise DataError(f"arm {arm!r} has no selection settings")
+    return SelectionSettings(**{**plain, **table[arm]})
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers
+# --------------------------------------------------------------------------------------------
+def random_pick(n_unlabelled: int, budget: int, seed: int, round_index: int) -> np.ndarray:
+    """Indices (into the unlabelled list) of the random arm's frames: uniform, seeded by (seed, round)."""
+    rng = np.random.default_rng([seed, round_index, 7919])
+    k = min(budget, n_unlabelled)
+    return np.sort(rng.choice(n_unlabelled, size=k, replace=False)) if k else np.zeros(0, np.int64)
+
+
+def annotate(frame: BenchFrame, noise: AnnotatorNoise, seed: int, num_classes: int) -> Detections:
+    """What the simulated annotator draws for ``frame`` (seeded per (seed, frame name))."""
+    from detloop.sim.annotator import AnnotatorProfile, degrade
+
+    prof = AnnotatorProfile(p_miss_small=noise.p_miss_small, jitter=noise.jitter, p_flip=noise.p_flip, seed=seed)
+    h = hashlib.sha256(f"{seed}|{frame.name}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(h[:8], "big"))
+    return degrade(frame.truth, prof, rng, num_classes, frame.width, frame.height)
+
+
+def curves_from_records(records: Sequence[dict[str, Any]], axis: str, metric: str) -> Curve:
+    """One seed's curve of an arm from its round records (round 1..R, sorted), on ``axis``.
+
+    ``metric`` is a key of the record's ``metrics`` (``map``, ``map50``, ``small_map``,
+    ``class.<name>.map``).
+    """
+    recs = sorted((r for r in records if r["round"] >= 1), key=lambda r: r["round"])
+    x = [r["cumulative"][axis] for r in recs]
+    y = [metric_value(r["metrics"], metric) for r in recs]
+    return Curve(np.array(x, float), np.array([np.nan if v is None else v for v in y], float))
+
+
+def metric_value(m: dict[str, Any], key: str) -> float | None:
+    """``map`` / ``map50`` / ``small_map`` / ``class.<name>.<map|map50>`` from a metrics dict."""
+    if key.startswith("class."):
+        _, name, k = key.split(".", 2)
+        return (m.get("per_class", {}).get(name) or {}).get(k)
+    return m.get(key)
+
+
+# --------------------------------------------------------------------------------------------
+# Model I/O
+# --------------------------------------------------------------------------------------------
+class Frames:
+    """Letterboxed uint8 inputs of a split, loaded once: ``(N, 3, S, S)`` RGB."""
+
+    def __init__(self, frames: Sequence[BenchFrame], size: int):
+        import cv2
+
+        from detloop.ops import Letterbox
+
+        self.size = size
+        self.arr = np.full((len(frames), 3, size, size), 114, np.uint8)
+        self.lbs = []
+        for i, f in enumerate(frames):
+            img = cv2.imread(f.image, cv2.IMREAD_COLOR)
+            if img is None:
+                raise DataError(f"cannot read image {f.image}")
+            h, w = img.shape[:2]
+            lb = Letterbox.compute(w, h, size)
+            nw, nh = lb.resized
+            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)[:, :, ::-1]
+            self.arr[i, :, lb.pad_y : lb.pad_y + nh, lb.pad_x : lb.pad_x + nw] = img.transpose(2, 0, 1)
+            self.lbs.append(lb)
+
+
+def infer(weights: Path, frames: Frames, idx: Sequence[int], conf: float, iou: float, max_det: int,
+          max_candidates: int, threads: int, with_embedding: bool, batch: int = 32,
+          ) -> tuple[list[Detections], np.ndarray | None]:
+    """Run ``weights`` (torch) on frames ``idx``; detections in frame pixels with ``class_scores``.
+
+    Returns:
+        (detections per frame, ``(len(idx), D)`` float32 embeddings or None).
+    """
+    from tasks.scoring import TorchScorer, decode_raw
+
+    scorer = TorchScorer(weights, frames.size, threads=threads)
+    dets: list[Detections] = []
+    embs = []
+    idx = list(idx)
+    for s in range(0, len(idx), batch):
+        part = idx[s : s + batch]
+        x = frames.arr[part].astype(np.float32) / 255.0
+        raw, emb = scorer.infer(x)
+        for j, i in enumerate(part):
+            dets.append(decode_raw(raw[j], frames.lbs[i], conf, iou, max_det, max_candidates))
+        if with_embedding and emb is not None:
+            embs.append(emb)
+    return dets, (np.concatenate(embs).astype(np.float32) if embs else None)
+
+
+def evaluate_weights(weights: Path, data: BenchData, frames: Frames, settings: Any, threads: int) -> dict[str, Any]:
+    """mAP50-95, mAP50, AR, small-object AP and per-class AP on the evaluation set."""
+    from tasks.evaluation import compute_metrics
+
+    ms = settings.model
+    preds, _ = infer(weights, frames, range(len(data.eval)), ms.conf_threshold, ms.iou_threshold, ms.max_det,
+                     ms.scoring_max_candidates, threads, False)
+    sm = compute_metrics("bench-eval", [f.truth for f in data.eval], preds, data.classes,
+                         [f.camera for f in data.eval], min_instances=1)
+    return {
+        "map": sm.overall.map, "map50": sm.overall.map50, "ar": sm.overall.ar,
+        "small_map": sm.per_size["small"].map, "small_map50": sm.per_size["small"].map50,
+        "small_instances": sm.per_size["small"].n_instances,
+        "per_class": {c: {"map": m.map, "map50": m.map50, "instances": m.n_instances} for c, m in sm.per_class.items()},
+        "per_camera": {c: {"map": m.map, "instances": m.n_instances} for c, m in sm.per_camera.items()},
+    }
+
+
+def train_once(cfg: BenchConfig, data_yaml: Path, init: Path | None, epochs: int, seed: int, out_dir: Path,
+               yolo_dir: Path, arch: str) -> tuple[Path, float]:
+    """One Ultralytics training in the project's training worker (no MLflow). Returns (last.pt, seconds)."""
+    from tasks.training import TrainSpec, run_worker
+
+    extra: dict[str, Any] = {} if init is None else {"warmup_epochs": cfg.finetune_warmup_epochs}
+    spec = TrainSpec(
+        data=str(data_yaml), model=str(init) if init else arch, pretrained=str(init) if init else False,
+        epochs=epochs, imgsz=cfg.imgsz, batch=cfg.batch, nbs=cfg.batch, optimizer="AdamW",
+        lr0=cfg.finetune_lr0 if init else cfg.lr0, workers=2, threads=cfg.threads, device="cpu", seed=seed,
+        out_dir=str(out_dir / "ul"), yolo_config_dir=str(yolo_dir), extra=extra,
+    )
+    t0 = time.time()
+    res = run_worker(spec, cfg.timeout_minutes * 60, out_dir / "train.log")
+    return Path(res["last"]), time.time() - t0
+
+
+def write_data_yaml(path: Path, train: Sequence[str], val: Sequence[str], classes: Sequence[str]) -> Path:
+    """An Ultralytics data.yaml over image lists (labels found via ``images`` -> ``labels``)."""
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.parent / "train.txt").write_text("\n".join(train) + "\n")
+    (path.parent / "val.txt").write_text("\n".join(val) + "\n")
+    path.write_text(yaml.safe_dump({"path": str(path.parent), "train": str(path.parent / "train.txt"),
+                                    "val": str(path.parent / "val.txt"), "names": dict(enumerate(classes))}))
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# The runner
+# --------------------------------------------------------------------------------------------
+class Runner:
+    """Runs (and resumes) one benchmark configuration."""
+
+    def __init__(self, cfg: BenchConfig, log: Callable[[str], None] = print):
+        from detloop.offline import apply_offline_env, ensure_ultralytics_fonts
+        from detloop.settings import load_settings
+
+        self.cfg = cfg
+        self.log = log
+        self.settings = load_settings(REPO / cfg.config if not Path(cfg.config).is_absolute() else cfg.config)
+        apply_offline_env(self.settings)
+        ensure_ultralytics_fonts(self.settings)
+        self.yolo_dir = self.settings.data_dir / "ultralytics"
+        work = Path(cfg.work_dir)
+        self.root = (work if work.is_absolute() else REPO / work) / cfg.run_key()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.data = self._load_data()
+        (self.root / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        self._frames: dict[str, Frames] = {}
+        self._scored: dict[str, tuple[list[Detections], np.ndarray | None]] = {}
+
+    def _load_data(self) -> BenchData:
+        from benchmarks.al_data import load_yolo_dataset, render_world
+
+        if self.cfg.data:
+            return load_yolo_dataset(Path(self.cfg.data), self.cfg.sizes.get("val", 16))
+        wc = Path(self.cfg.world_config)
+        t0 = time.time()
+        d = render_world(self.root / "data", wc if wc.is_absolute() else REPO / wc, list(self.settings.classes),
+                         self.cfg.world_seed, self.cfg.sizes)
+        self.log(f"world data ready in {time.time() - t0:.1f} s: {self.root / 'data'}")
+        return d
+
+    def frames(self, split: str) -> Frames:
+        if split not in self._frames:
+            self._frames[split] = Frames(getattr(self.data, split), self.cfg.imgsz)
+        return self._frames[split]
+
+    # ---- paths ---------------------------------------------------------------------------------
+    def rec_path(self, arm: str, seed: int, r: int) -> Path:
+        return self.root / "runs" / arm / f"s{seed}" / f"r{r}.json"
+
+    def weights_path(self, arm: str, seed: int, r: int) -> Path:
+        return self.root / "runs" / arm / f"s{seed}" / f"r{r}.pt"
+
+    def load_record(self, arm: str, seed: int, r: int) -> dict[str, Any] | None:
+        p = self.rec_path(arm, seed, r)
+        if p.is_file() and self.weights_path(arm, seed, r).is_file():
+            return json.loads(p.read_text())
+        return None
+
+    def _save(self, rec: dict[str, Any], weights: Path) -> None:
+        w = self.weights_path(rec["arm"], rec["seed"], rec["round"])
+        w.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(weights, w)
+        tmp = self.rec_path(rec["arm"], rec["seed"], rec["round"]).with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=1))
+        tmp.replace(self.rec_path(rec["arm"], rec["seed"], rec["round"]))  # record last: it marks completion
+
+    # ---- steps ---------------------------------------------------------------------------------
+    def bootstrap(self, seed: int) -> dict[str, Any]:
+        rec = self.load_record("bootstrap", seed, 0)
+        if rec:
+            return rec
+        d = self.data
+        work = self.root / "work" / "bootstrap" / f"s{seed}"
+        y = write_data_yaml(work / "data.yaml", [f.image for f in d.seed], [f.image for f in d.val], d.classes)
+        self.log(f"seed {seed}: bootstrap training ({len(d.seed)} frames, {self.cfg.bootstrap_epochs} epochs)")
+        last, secs = train_once(self.cfg, y, None, self.cfg.bootstrap_epochs, seed, work, self.yolo_dir,
+                                self.settings.model.arch)
+        t0 = time.time()
+        metrics = evaluate_weights(last, d, self.frames("eval"), self.settings, self.cfg.threads)
+        rec = {"arm": "bootstrap", "seed": seed, "round": 0, "metrics": metrics,
+               "cumulative": dict.fromkeys(AXES, 0), "train_seconds": round(secs, 1),
+               "eval_seconds": round(time.time() - t0, 1), "load_avg": round(os.getloadavg()[0], 2)}
+        self._save(rec, last)
+        self.log(f"seed {seed}: bootstrap mAP50-95 {metrics['map']:.4f} mAP50 {metrics['map50']:.4f} ({secs:.0f} s)")
+        return rec
+
+    def _score_pool(self, weights: Path) -> tuple[list[Detections], np.ndarray | None]:
+        key = str(weights)
+        if key not in self._scored:
+            ms = self.settings.model
+            self._scored = {key: infer(weights, self.frames("pool"), range(len(self.data.pool)),
+                                       ms.scoring_conf_threshold, ms.iou_threshold, ms.max_det,
+                                       ms.scoring_max_candidates, self.cfg.threads, True)}
+        return self._scored[key]
+
+    def _choose(self, arm: str, seed: int, r: int, weights: Path, unlabelled: list[int],
+                class_counts: np.ndarray) -> tuple[list[int], list[int], dict[str, Any]]:
+        """(pool indices to train on, control indices labelled but not trained on, info)."""
+        from detloop.contracts import FrameRef
+        from tasks.scoring import ScoredFrame
+        from tasks.selection import select
+
+        b = self.cfg.budget
+        if arm == RANDOM:
+            return [unlabelled[i] for i in random_pick(len(unlabelled), b, seed, r)], [], {}
+        dets, emb = self._score_pool(weights)
+        sel = selection_settings(arm, self.settings.selection, b, seed)
+        pool = self.data.pool
+        frames = [ScoredFrame(FrameRef("bench", pool[i].name, "", pool[i].camera, ""), pool[i].width,
+                              pool[i].height, dets[i], None if emb is None else emb[i]) for i in unlabelled]
+        res = select(frames, class_counts, sel, round_seed=r, class_names=self.data.classes,
+                     num_classes=len(self.data.classes))
+        by_name = {pool[i].name: i for i in unlabelled}
+        chosen = [by_name[f.frame.key] for f in res.selected]
+        control = [by_name[f.frame.key] for f in res.control]
+        return chosen, control, {"strategy": res.report["strategy"], "notes": res.notes,
+                                 "selection_settings": sel.model_dump(mode="json")}
+
+    def run_arm(self, arm: str, seed: int) -> list[dict[str, Any]]:
+        """Rounds 1..R of one arm and seed (cached rounds are reused)."""
+        boot = self.bootstrap(seed)
+        d, nc = self.data, len(self.data.classes)
+        recs = [boot]
+        trained: list[int] = []
+        control_all: list[int] = []
+        weights = self.weights_path("bootstrap", seed, 0)
+        arm_dir = self.root / "runs" / arm / f"s{seed}"
+        seed_counts = np.bincount(np.concatenate([f.truth.class_id for f in d.seed] + [np.zeros(0, np.int64)]),
+                                  minlength=nc)
+        labelled_counts = seed_counts.copy()
+        cum = dict.fromkeys(AXES, 0)
+        for r in range(1, self.cfg.rounds + 1):
+            rec = self.load_record(arm, seed, r)
+            if rec is not None:
+                trained += rec["new_frames_idx"]
+                control_all += rec["control_idx"]
+                labelled_counts = np.array(rec["labelled_class_counts"])
+                cum = rec["cumulative"]
+                weights = self.weights_path(arm, seed, r)
+                recs.append(rec)
+                continue
+            t0 = time.time()
+            done = set(trained) | set(control_all)
+            unlabelled = [i for i in range(len(d.pool)) if i not in done]
+            if arm == CONTROL:
+                new, control, info = [], [], {}
+            else:
+                new, control, info = self._choose(arm, seed, r, weights, unlabelled, labelled_counts)
+            t_sel = time.time() - t0
+            # the annotator labels every chosen frame (control too: it is paid for)
+            lbl_dir = arm_dir / "labelled" / "labels"
+            img_dir = arm_dir / "labelled" / "images"
+            lbl_dir.mkdir(parents=True, exist_ok=True)
+            img_dir.mkdir(parents=True, exist_ok=True)
+            drawn = {"new": 0, "control": 0}
+            for kind, idx in (("new", new), ("control", control)):
+                for i in idx:
+                    f = d.pool[i]
+                    ann = annotate(f, self.cfg.noise, seed, nc)
+                    drawn[kind] += len(ann)
+                    if kind == "new":
+                        link = img_dir / Path(f.image).name
+                        if not link.exists():
+                            link.symlink_to(Path(f.image).resolve())
+                        (lbl_dir / f"{Path(f.image).stem}.txt").write_text(ann.to_yolo_txt(f.width, f.height))
+                        labelled_counts = labelled_counts + np.bincount(ann.class_id, minlength=nc)
+            trained += new
+            control_all += control
+            truth_new = int(sum(len(d.pool[i].truth) for i in new))
+            truth_ctl = int(sum(len(d.pool[i].truth) for i in control))
+            cum = {"frames": cum["frames"] + len(new), "boxes": cum["boxes"] + truth_new,
+                   "frames_paid": cum["frames_paid"] + len(new) + len(control),
+                   "boxes_paid": cum["boxes_paid"] + truth_new + truth_ctl}
+            train_imgs = [f.image for f in d.seed] + [str(img_dir / Path(d.pool[i].image).name) for i in trained]
+            work = self.root / "work" / arm / f"s{seed}" / f"r{r}"
+            y = write_data_yaml(work / "data.yaml", train_imgs, [f.image for f in d.val], d.classes)
+            last, secs = train_once(self.cfg, y, weights, self.cfg.epochs, seed, work, self.yolo_dir,
+                                    self.settings.model.arch)
+            t1 = time.time()
+            metrics = evaluate_weights(last, d, self.frames("eval"), self.settings, self.cfg.threads)
+            rare_new = np.bincount(np.concatenate([d.pool[i].truth.class_id for i in new] + [np.zeros(0, np.int64)]),
+                                   minlength=nc)
+            rec = {
+                "arm": arm, "seed": seed, "round": r, "metrics": metrics, "cumulative": cum,
+                "new_frames": len(new), "new_boxes_truth": truth_new, "new_boxes_drawn": drawn["new"],
+                "control_frames": len(control), "control_boxes_truth": truth_ctl,
+                "new_boxes_per_class": {c: int(rare_new[k]) for k, c in enumerate(d.classes)},
+                "labelled_class_counts": labelled_counts.astype(int).tolist(),
+                "new_frames_idx": [int(i) for i in new], "control_idx": [int(i) for i in control],
+                "new_frame_names": [d.pool[i].name for i in new], "selection": info,
+                "select_seconds": round(t_sel, 1), "train_seconds": round(secs, 1),
+                "eval_seconds": round(time.time() - t1, 1), "load_avg": round(os.getloadavg()[0], 2),
+            }
+            self._save(rec, last)
+            weights = self.weights_path(arm, seed, r)
+            recs.append(rec)
+            self.log(f"{arm} seed {seed} round {r}: +{len(new)} frames / +{truth_new} boxes "
+                     f"(control {len(control)}), mAP50-95 {metrics['map']:.4f}, mAP50 {metrics['map50']:.4f} "
+                     f"[select {t_sel:.0f} s, train {secs:.0f} s]")
+        return recs
+
+    def run(self) -> dict[str, Any]:
+        """All arms (+ the no-new-labels control) for all seeds, seed-major; then :func:`summarize`."""
+        arms = [*check_arms(self.cfg.arms), CONTROL]
+        t0 = time.time()
+        for seed in self.cfg.seeds:
+            for arm in arms:
+                self.run_arm(arm, seed)
+        return summarize(self, arms, time.time() - t0)
+
+    def records(self, arm: str, seed: int) -> list[dict[str, Any]] | None:
+        """Cached records of an arm/seed (bootstrap first), or None when a round is missing."""
+        boot = self.load_record("bootstrap", seed, 0)
+        recs = [self.load_record(arm, seed, r) for r in range(1, self.cfg.rounds + 1)]
+        if boot is None or any(r is None for r in recs):
+            return None
+        return [boot, *recs]  # type: ignore[list-item]
+
+
+# --------------------------------------------------------------------------------------------
+# Summary, plots, JSON
+# --------------------------------------------------------------------------------------------
+def rare_class_of(data: BenchData, wanted: str | None) -> str:
+    if wanted:
+        if wanted not in data.classes:
+            raise DataError(f"rare class {wanted!r} is not one of {data.classes}")
+        return wanted
+    counts = np.bincount(np.concatenate([f.truth.class_id for f in data.eval]), minlength=len(data.classes))
+    return data.classes[int(np.argmin(counts))]
+
+
+def summarize(runner: Runner, arms: Sequence[str], run_seconds: float) -> dict[str, Any]:
+    """Curves, efficiency per axis, control comparison and plots from the cached records."""
+    cfg, data = runner.cfg, runner.data
+    rare = rare_class_of(data, cfg.rare_class)
+    recs = {a: {s: runner.records(a, s) for s in cfg.seeds} for a in arms}
+    complete = {a: [s for s in cfg.seeds if recs[a][s] is not None] for a in arms}
+    seeds_all = [s for s in cfg.seeds if all(s in complete[a] for a in arms)]
+    per_arm: dict[str, Any] = {}
+    for a in arms:
+        rows = []
+        for s in complete[a]:
+            for r in recs[a][s]:  # type: ignore[union-attr]
+                m = r["metrics"]
+                rows.append({"seed": s, "round": r["round"], **{k: r["cumulative"][k] for k in AXES},
+                             "map": _r(m["map"]), "map50": _r(m["map50"]), "small_map": _r(m["small_map"]),
+                             "rare_map": _r(metric_value(m, f"class.{rare}.map")),
+                             "rare_map50": _r(metric_value(m, f"class.{rare}.map50")),
+                             "rare_boxes_added": (r.get("new_boxes_per_class") or {}).get(rare, 0),
+                             "train_seconds": r.get("train_seconds")})
+        per_arm[a] = {"seeds_complete": complete[a], "rows": rows}
+        if complete[a]:
+            finals = [recs[a][s][-1] for s in complete[a]]  # type: ignore[index]
+            per_arm[a]["final"] = {k: final_summary([Curve(np.array([f["cumulative"]["frames"] + 1.0]),
+                                                           np.array([_nan(metric_value(f["metrics"], k))]))
+                                                     for f in finals])
+                                   for k in ("map", "map50", "small_map", f"class.{rare}.map")}
+            per_arm[a]["final"]["boxes_trained_mean"] = float(np.mean([f["cumulative"]["boxes"] for f in finals]))
+            per_arm[a]["final"]["boxes_paid_mean"] = float(np.mean([f["cumulative"]["boxes_paid"] for f in finals]))
+    eff: dict[str, Any] = {}
+    if len(seeds_all) >= 1 and RANDOM in arms:
+        for a in arms:
+            if a in (RANDOM, CONTROL):
+                continue
+            eff[a] = {}
+            for axis in AXES:
+                for met in (cfg.metric, f"class.{rare}.map"):
+                    try:
+                        rc = [curves_from_records(recs[RANDOM][s], axis, met) for s in seeds_all]  # type: ignore[arg-type]
+                        sc = [curves_from_records(recs[a][s], axis, met) for s in seeds_all]  # type: ignore[arg-type]
+                        eff[a][f"{axis}:{met}"] = efficiency_ci(rc, sc).to_dict()
+                    except ValueError as err:
+                        eff[a][f"{axis}:{met}"] = {"text": "n/a", "error": str(err)}
+    control = {}
+    if seeds_all and CONTROL in arms:
+        for a in arms:
+            by_round = {}
+            for r in range(0, cfg.rounds + 1):
+                vals = [_nan(recs[a][s][r]["metrics"]["map"]) for s in seeds_all]  # type: ignore[index]
+                by_round[r] = _r(float(np.nanmean(vals)))
+            control[a] = by_round
+    out = {
+        "benchmark": "active_learning",
+        "date": time.strftime("%Y-%m-%d"),
+        "run_key": cfg.run_key(),
+        "config": asdict(cfg),
+        "source": {k: v for k, v in data.source.items()},
+        "data": data.stats(),
+        "rare_class": rare,
+        "x_axes": "labels ADDED beyond the shared seed set (frames / oracle boxes); *_paid include the default "
+                  "arm's control frames (labelled, never trained on)",
+        "seeds_complete_all_arms": seeds_all,
+        "arms": per_arm,
+        "efficiency_vs_random": eff,
+        "map_by_round_mean": control,
+        "machine": {"cpus": os.cpu_count(), "threads": cfg.threads, "python": platform.python_version(),
+                    "load_avg_at_end": [round(v, 2) for v in os.getloadavg()]},
+        "run_seconds_this_invocation": round(run_seconds, 1),
+        "train_seconds_total_cached": round(sum(r.get("train_seconds") or 0 for a in per_arm.values()
+                                                for r in a["rows"]), 1),
+    }
+    return out
+
+
+def _r(v: Any, nd: int = 4) -> float | None:
+    return None if v is None or not np.isfinite(v) else round(float(v), nd)
+
+
+def _nan(v: float | None) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def plot(summary: dict[str, Any], curve_png: Path, rare_png: Path) -> None:
+    """Learning curves (frames, boxes, rounds incl. the control) and the rare-class view, bands over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    arms = summary["arms"]
+    seeds = summary["seeds_complete_all_arms"]
+    rare = summary["rare_class"]
+
+    def series(a: str, axis: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        rows = [r for r in arms[a]["rows"] if r["seed"] in seeds]
+        if not rows:
+            return None
+        by_seed: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_seed.setdefault(r["seed"], []).append(r)
+        curves = []
+        for rs in by_seed.values():
+            rs = sorted(rs, key=lambda r: r["round"])
+            x = np.array([r["round"] if axis == "round" else r[axis] for r in rs], float)
+            y = np.array([_nan(r[key]) for r in rs], float)
+            if axis != "round" and np.any(np.diff(x) <= 0):  # control arm: x stays 0
+                return None
+            curves.append(Curve(x, y))
+        mc, sd = mean_curve(curves)
+        return mc.x, mc.y, sd
+
+    def panel(ax: Any, axis: str, key: str, title: str) -> None:
+        for a in arms:
+            s = series(a, axis, key)
+            if s is None:
+                continue
+            x, y, sd = s
+            ls = "--" if a == CONTROL else "-"
+            ax.plot(x, y, ls, marker="o", ms=3, label=a)
+            ax.fill_between(x, y - sd, y + sd, alpha=0.15)
+        ax.set_xlabel({"frames": "frames labelled (added)", "boxes": "boxes labelled (added)",
+                       "round": "round (0 = bootstrap)"}[axis])
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+
+    fig, axs = plt.subplots(1, 3, figsize=(14, 4), dpi=100)
+    panel(axs[0], "frames", "map", "mAP50-95 vs frames")
+    panel(axs[1], "boxes", "map", "mAP50-95 vs boxes")
+    panel(axs[2], "round", "map", "mAP50-95 vs round (no-new-labels control dashed)")
+    axs[0].set_ylabel("mAP50-95 (benchmark eval set)")
+    axs[2].legend(fontsize=8)
+    fig.suptitle(f"Active-learning benchmark: mean ± sd over seeds {seeds}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(curve_png)
+    plt.close(fig)
+
+    fig, axs = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    panel(axs[0], "frames", "rare_map", f"AP50-95 of rare class '{rare}' vs frames")
+    for a in arms:
+        rows = sorted((r for r in arms[a]["rows"] if r["seed"] in seeds and r["round"] >= 1),
+                      key=lambda r: (r["round"], r["seed"]))
+        if not rows or a == CONTROL:
+            continue
+        rounds = sorted({r["round"] for r in rows})
+        cum = [np.mean([sum(q["rare_boxes_added"] for q in rows if q["seed"] == s and q["round"] <= k)
+                        for s in seeds]) for k in rounds]
+        xs = [np.mean([r["frames"] for r in rows if r["round"] == k]) for k in rounds]
+        axs[1].plot(xs, cum, marker="o", ms=3, label=a)
+    axs[1].set_xlabel("frames labelled (added)")
+    axs[1].set_ylabel(f"'{rare}' boxes labelled")
+    axs[1].grid(alpha=0.3)
+    axs[1].legend(fontsize=8)
+    axs[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(rare_png)
+    plt.close(fig)
+
+
+def run_benchmark(cfg: BenchConfig, out_json: Path, curve_png: Path, rare_png: Path,
+                  summary_only: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the benchmark, write the JSON and the two PNGs; returns the summary."""
+    t0 = time.time()
+    runner = Runner(cfg, log)
+    if summary_only:
+        arms = [*check_arms(cfg.arms), CONTROL]
+        summary = summarize(runner, arms, 0.0)
+    else:
+        summary = runner.run()
+    summary["wall_seconds_this_invocation"] = round(time.time() - t0, 1)
+    summary["outputs"] = {"json": str(out_json), "curve_png": str(curve_png), "rare_png": str(rare_png),
+                          "work_dir": str(runner.root)}
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(summary, indent=1, default=str))
+    if summary["seeds_complete_all_arms"]:
+        plot(summary, curve_png, rare_png)
+    return summary
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The docs/benchmarks.md table: final metrics and label efficiency per arm."""
+    m = summary["config"]["metric"]
+    rare = summary["rare_class"]
+    lines = [f"| arm | final mAP50-95 (mean ± sd) | final mAP50 | final AP {rare} | small AP | boxes added | "
+             f"efficiency frames | efficiency boxes |", "|---|---|---|---|---|---|---|---|"]
+    for a, d in summary["arms"].items():
+        f = d.get("final")
+        if not f:
+            continue
+
+        def ms(k: str, f: dict[str, Any] = f) -> str:
+            v = f[k]
+            return "n/a" if v["mean"] is None else (f"{v['mean']:.4f}" + (f" ± {v['std']:.4f}" if v["std"] else ""))
+
+        e = summary["efficiency_vs_random"].get(a, {})
+
+        def et(axis: str, e: dict[str, Any] = e, a: str = a) -> str:
+            x = e.get(f"{axis}:{m}")
+            if not x:
+                return "(baseline)" if a == RANDOM else "-"
+            ci = x.get("ci")
+            return x["text"] + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+        lines.append(f"| {a} | {ms('map')} | {ms('map50')} | {ms(f'class.{rare}.map')} | {ms('small_map')} | "
+                     f"{f['boxes_trained_mean']:.0f} | {et('frames')} | {et('boxes')} |")
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""``detloop bench``: benchmarks run from the command line (the active-learning benchmark, issue 7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+bench_app = typer.Typer(help="Benchmarks: `detloop bench al` measures selection strategies against random.",
+                        no_args_is_help=True)
+
+
+def _ints(text: str) -> list[int]:
+    from detloop.errors import DataError
+
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError as err:
+        raise DataError(f"--seeds must be comma-separated integers, got {text!r}") from err
+
+
+@bench_app.command("al")
+def bench_al(
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke size: 3 strategies, 1 seed, 3 rounds.")] = False,
+    all_arms: Annotated[bool, typer.Option("--all", help="Also least confidence (max) and margin (max).")] = False,
+    arms: Annotated[str | None, typer.Option(help="Comma-separated arms (overrides --quick/--all).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (selection = training seed).")] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="Selection rounds.")] = None,
+    budget: Annotated[int | None, typer.Option(min=1, help="Frames labelled per round.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per fine-tune.")] = None,
+    bootstrap_epochs: Annotated[int | None, typer.Option(min=1, help="Epochs of the bootstrap model.")] = None,
+    seed_frames: Annotated[int | None, typer.Option(min=1, help="Seed (bootstrap) set frames (world).")] = None,
+    pool: Annotated[int | None, typer.Option(min=1, help="Pool frames (world).")] = None,
+    eval_frames: Annotated[int | None, typer.Option("--eval", min=1, help="Evaluation frames (world).")] = None,
+    world_seed: Annotated[int | None, typer.Option(help="World seed (a second one confirms a result).")] = None,
+    data: Annotated[Path | None, typer.Option(help="YOLO data.yaml with seed/pool/eval splits instead of the "
+                                                   "synthetic world.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="detloop config: classes and the "
+                                                "configured selection (the 'default' arm).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Torch threads.")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Cache of data, weights and per-round results.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Result JSON (PNGs are written beside it).")] = None,
+    summary_only: Annotated[bool, typer.Option("--summary-only", help="Only summarise cached rounds.")] = False,
+    via_label_studio: Annotated[bool, typer.Option("--via-label-studio", help="Not built: labels always come "
+                                                   "from the oracle through the simulated annotator.")] = False,
+) -> None:
+    """Run (or resume) the active-learning benchmark; writes the JSON, a learning-curve PNG and a rare-class PNG."""
+    from benchmarks.al import RESULTS, BenchConfig, check_arms, markdown_table, quick_config, run_benchmark
+    from detloop.errors import DataError
+
+    if via_label_studio:
+        raise DataError("--via-label-studio is not implemented: the benchmark labels through the simulated "
+                        "annotator directly (the Label Studio round trip is tested in tests/integration)")
+    cfg = quick_config() if quick else BenchConfig()
+    if all_arms:
+        cfg.arms = [*cfg.arms, "least_confidence_max", "margin_max"]
+    if arms:
+        cfg.arms = [a.strip() for a in arms.split(",") if a.strip()]
+    cfg.arms = check_arms(cfg.arms)
+    if seeds:
+        cfg.seeds = _ints(seeds)
+    for name, val in (("rounds", rounds), ("budget", budget), ("epochs", epochs),
+                      ("bootstrap_epochs", bootstrap_epochs), ("world_seed", world_seed), ("threads", threads)):
+        if val is not None:
+            setattr(cfg, name, val)
+    for name, val in (("seed", seed_frames), ("pool", pool), ("eval", eval_frames)):
+        if val is not None:
+            cfg.sizes = {**cfg.sizes, name: val}
+    if data is not None:
+        cfg.data = str(data.resolve())
+    if config is not None:
+        cfg.config = str(config.resolve())
+    if work_dir is not None:
+        cfg.work_dir = str(work_dir.resolve())
+    stem = "al_quick" if quick else "al"
+    out_json = out or RESULTS / f"{stem}.json"
+    summary = run_benchmark(cfg, out_json, out_json.with_name(out_json.stem + "_curve.png"),
+                            out_json.with_name(out_json.stem + "_rare.png"), summary_only,
+                            log=lambda m: typer.echo(m, err=True))
+    typer.echo(markdown_table(summary))
+    typer.echo(f"wrote {out_json}")

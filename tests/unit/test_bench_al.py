@@ -1,0 +1,291 @@
+"""Active-learning benchmark: label-efficiency math, arms, annotator, inputs and the summary (pure, no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from benchmarks.al import (
+    CONTROL,
+    AnnotatorNoise,
+    BenchConfig,
+    annotate,
+    check_arms,
+    curves_from_records,
+    markdown_table,
+    metric_value,
+    plot,
+    random_pick,
+    selection_settings,
+    summarize,
+)
+from benchmarks.al_data import BenchData, BenchFrame, load_yolo_dataset, render_world
+from benchmarks.al_metrics import (
+    Curve,
+    common_grid,
+    efficiency_ci,
+    label_efficiency,
+    labels_to_reach,
+    mean_curve,
+)
+from detloop.detections import Detections
+from detloop.errors import DataError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def C(x: list[float], y: list[float]) -> Curve:
+    return Curve(np.array(x, float), np.array(y, float))
+
+
+# ---- curves ------------------------------------------------------------------------------------
+def test_curve_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="same length"):
+        C([1, 2], [0.1])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        C([1, 1], [0.1, 0.2])
+    with pytest.raises(ValueError, match="at least one"):
+        C([], [])
+
+
+def test_labels_to_reach_interpolates_between_points() -> None:
+    c = C([50, 100, 150], [0.1, 0.3, 0.5])
+    x, before = labels_to_reach(c, 0.4)
+    assert not before
+    assert x == pytest.approx(125.0)
+    assert labels_to_reach(c, 0.05) == (50.0, True)
+    assert labels_to_reach(c, 0.6) == (None, False)
+
+
+def test_labels_to_reach_takes_first_crossing_of_a_non_monotone_curve() -> None:
+    c = C([10, 20, 30, 40], [0.1, 0.5, 0.2, 0.45])
+    x, _ = labels_to_reach(c, 0.45)
+    assert x == pytest.approx(10 + (0.45 - 0.1) / 0.4 * 10)
+
+
+def test_label_efficiency_point_lower_bound_and_never() -> None:
+    rnd = C([50, 100, 150, 200], [0.1, 0.2, 0.3, 0.4])
+    e = label_efficiency(rnd, C([50, 100, 150, 200], [0.2, 0.4, 0.5, 0.6]))
+    assert (e.kind, e.value, e.n_random, e.n_strategy) == ("point", pytest.approx(2.0), 200.0, 100.0)
+    assert e.text == "2.00x"
+    lb = label_efficiency(rnd, C([50, 100], [0.45, 0.5]))
+    assert lb.kind == "lower_bound" and lb.value == pytest.approx(4.0) and lb.text == "> 4.00x"
+    nv = label_efficiency(rnd, C([50, 100, 150, 200], [0.1, 0.15, 0.2, 0.39]))
+    assert nv.kind == "never" and nv.value is None and nv.text == "never"
+    # random against itself is exactly 1x
+    assert label_efficiency(rnd, rnd).value == pytest.approx(1.0)
+
+
+def test_random_that_peaks_early_needs_fewer_labels_than_its_last_point() -> None:
+    rnd = C([50, 100, 150, 200], [0.1, 0.45, 0.3, 0.4])
+    e = label_efficiency(rnd, C([50, 100, 150, 200], [0.1, 0.2, 0.3, 0.4]))
+    n_rand = 50 + (0.4 - 0.1) / 0.35 * 50
+    assert e.n_random == pytest.approx(n_rand)
+    assert e.value == pytest.approx(n_rand / 200)
+
+
+def test_mean_curve_on_common_grid_of_box_axes() -> None:
+    a = C([100, 200, 300], [0.1, 0.2, 0.3])
+    b = C([150, 250, 350], [0.2, 0.3, 0.4])
+    grid = common_grid([a, b])
+    assert grid.tolist() == [150, 200, 250, 300]
+    m, sd = mean_curve([a, b])
+    ya = np.interp(grid, a.x, a.y)
+    yb = np.interp(grid, b.x, b.y)
+    np.testing.assert_allclose(m.y, (ya + yb) / 2)
+    np.testing.assert_allclose(sd, np.std(np.stack([ya, yb]), axis=0, ddof=1))
+    with pytest.raises(ValueError, match="do not overlap"):
+        common_grid([C([1, 2], [0, 0]), C([3, 4], [0, 0])])
+
+
+def test_efficiency_ci_over_seeds() -> None:
+    rnd = [C([50, 100, 150, 200], [0.1, 0.2, 0.3, 0.4])] * 3
+    same = efficiency_ci(rnd, [C([50, 100, 150, 200], [0.2, 0.4, 0.5, 0.6])] * 3, n_boot=200)
+    assert same.estimate.value == pytest.approx(2.0)
+    assert same.ci == (pytest.approx(2.0), pytest.approx(2.0))  # identical seeds: no spread
+    one = efficiency_ci(rnd[:1], [C([50, 100], [0.2, 0.4])], n_boot=200)
+    assert one.ci is None and one.notes
+    with pytest.raises(ValueError, match="paired"):
+        efficiency_ci(rnd, rnd[:2])
+    # spread across seeds widens the interval around the estimate
+    strat = [C([50, 100, 150, 200], [0.2, 0.4, 0.5, 0.6]), C([50, 100, 150, 200], [0.1, 0.25, 0.35, 0.45]),
+             C([50, 100, 150, 200], [0.15, 0.3, 0.42, 0.5])]
+    r = efficiency_ci(rnd, strat, n_boot=500, seed=1)
+    assert r.ci is not None and r.ci[0] < r.estimate.value < r.ci[1]  # type: ignore[operator]
+    d = r.to_dict()
+    assert d["text"] == r.estimate.text and len(d["ci"]) == 2
+
+
+# ---- arms and helpers ----------------------------------------------------------------------------
+def test_check_arms_puts_random_first_and_rejects_unknown() -> None:
+    assert check_arms(["entropy_sum", "random", "entropy_sum"]) == ["random", "entropy_sum"]
+    with pytest.raises(DataError, match="unknown benchmark arm"):
+        check_arms(["random", "bald"])
+    with pytest.raises(DataError, match="needs the 'random' arm"):
+        check_arms(["entropy_sum"])
+
+
+def test_selection_settings_of_arms() -> None:
+    from detloop.settings import SelectionSettings
+
+    configured = SelectionSettings(budget=60, strategy="entropy", class_balance=True, control_share=0.1,
+                                   control_min=20)
+    d = selection_settings("default", configured, 50, 3)
+    assert (d.budget, d.seed, d.class_balance, d.control_min) == (50, 3, True, 20)
+    e = selection_settings("entropy_kcenter", configured, 50, 3)
+    assert (e.strategy, e.aggregation, e.diversity, e.class_balance, e.control_share) == (
+        "entropy", "sum", "filter_kcenter", False, 0.0)
+    m = selection_settings("margin_max", configured, 50, 3)
+    assert (m.strategy, m.aggregation, m.diversity) == ("margin", "max", "none")
+    with pytest.raises(DataError):
+        selection_settings("random", configured, 50, 3)
+
+
+def test_random_pick_is_seeded_distinct_and_capped() -> None:
+    a = random_pick(100, 10, seed=0, round_index=1)
+    assert len(a) == 10 and len(set(a.tolist())) == 10 and a.max() < 100
+    assert np.array_equal(a, random_pick(100, 10, 0, 1))
+    assert not np.array_equal(a, random_pick(100, 10, 1, 1))
+    assert not np.array_equal(a, random_pick(100, 10, 0, 2))
+    assert len(random_pick(4, 10, 0, 1)) == 4
+
+
+def frame(name: str, n: int = 6, w: int = 640, h: int = 480) -> BenchFrame:
+    rng = np.random.default_rng(len(name))
+    xy = rng.uniform(0, 300, (n, 2))
+    sz = rng.uniform(10, 80, (n, 2))
+    truth = Detections(np.hstack([xy, xy + sz]), np.ones(n), rng.integers(0, 5, n))
+    return BenchFrame(name, f"/nonexistent/{name}.jpg", truth, w, h)
+
+
+def test_annotator_is_deterministic_per_seed_and_frame() -> None:
+    f = frame("a", 20)
+    noise = AnnotatorNoise(jitter=0.05, p_miss_small=0.5, p_flip=0.2)
+    a1, a2, b = annotate(f, noise, 0, 5), annotate(f, noise, 0, 5), annotate(f, noise, 1, 5)
+    assert a1.equals(a2)
+    assert not a1.equals(b)
+    clean = annotate(f, AnnotatorNoise(0.0, 0.0, 0.0), 0, 5)
+    assert clean.equals(Detections(f.truth.xyxy, np.ones(20), f.truth.class_id))
+
+
+def test_metric_value_and_curves_from_records() -> None:
+    m = {"map": 0.3, "map50": 0.5, "per_class": {"star": {"map": 0.1, "map50": 0.2}}}
+    assert metric_value(m, "map") == 0.3
+    assert metric_value(m, "class.star.map50") == 0.2
+    assert metric_value(m, "class.disc.map") is None
+    recs = [{"round": 0, "cumulative": {"frames": 0}, "metrics": {"map": 0.1}},
+            {"round": 2, "cumulative": {"frames": 100}, "metrics": {"map": 0.3}},
+            {"round": 1, "cumulative": {"frames": 50}, "metrics": {"map": 0.2}}]
+    c = curves_from_records(recs, "frames", "map")
+    assert c.x.tolist() == [50, 100] and c.y.tolist() == [0.2, 0.3]  # bootstrap point left out
+
+
+def test_run_key_ignores_seeds_and_rounds_but_not_training() -> None:
+    a = BenchConfig()
+    b = BenchConfig(seeds=[5], rounds=9, arms=["random"])
+    c = BenchConfig(epochs=7)
+    assert a.run_key() == b.run_key() != c.run_key()
+    assert BenchConfig(world_seed=1).run_key() != a.run_key()
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+def _yolo_dir(tmp: Path, counts: dict[str, int]) -> Path:
+    import cv2
+
+    for split, n in counts.items():
+        (tmp / "images" / split).mkdir(parents=True)
+        (tmp / "labels" / split).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(tmp / "images" / split / f"{split}{i}.jpg"), np.zeros((48, 64, 3), np.uint8))
+            (tmp / "labels" / split / f"{split}{i}.txt").write_text(f"{i % 2} 0.5 0.5 0.25 0.5\n")
+    return tmp
+
+
+def test_load_yolo_dataset(tmp_path: Path) -> None:
+    root = _yolo_dir(tmp_path, {"train": 3, "pool": 5, "test": 2})
+    (root / "data.yaml").write_text("names: [a, b]\ntrain: images/train\npool: images/pool\ntest: images/test\n")
+    d = load_yolo_dataset(root)
+    assert (len(d.seed), len(d.pool), len(d.eval), len(d.val)) == (3, 5, 2, 3)
+    assert d.classes == ["a", "b"]
+    f = d.pool[1]
+    assert f.width == 64 and f.height == 48 and f.truth.class_id.tolist() == [1]
+    np.testing.assert_allclose(f.truth.xyxy[0], [24, 12, 40, 36], atol=1e-4)
+    assert d.stats()["pool"]["boxes_per_class"] == {"a": 3, "b": 2}
+
+
+def test_load_yolo_dataset_errors(tmp_path: Path) -> None:
+    root = _yolo_dir(tmp_path, {"train": 2, "pool": 2})
+    (root / "data.yaml").write_text("names: [a, b]\ntrain: images/train\npool: images/pool\n")
+    with pytest.raises(DataError, match="'eval' or 'test'"):
+        load_yolo_dataset(root / "data.yaml")
+    (root / "data.yaml").write_text("names: [a, b]\ntrain: images/train\npool: images/pool\neval: images/pool\n")
+    with pytest.raises(DataError, match="also in the seed or eval"):
+        load_yolo_dataset(root)
+    (root / "data.yaml").write_text("names: [a]\ntrain: images/train\npool: images/pool\neval: images/train\n")
+    with pytest.raises(DataError, match="outside"):
+        load_yolo_dataset(root)
+    with pytest.raises(DataError, match="not found"):
+        load_yolo_dataset(root / "missing.yaml")
+
+
+def test_render_world_is_reused_and_counts_match(tmp_path: Path) -> None:
+    classes = ["disc", "square", "triangle", "ring", "star"]
+    sizes = {"seed": 3, "pool": 4, "eval": 3, "val": 2}
+    d = render_world(tmp_path, REPO / "configs" / "world.yaml", classes, 0, sizes)
+    assert [len(d.seed), len(d.pool), len(d.eval), len(d.val)] == [3, 4, 3, 2]
+    assert d.source["world_params"]["classes"]["star"]["weight"] == pytest.approx(0.03)
+    assert not {f.name for f in d.pool} & {f.name for f in d.eval}
+    stamp = Path(d.pool[0].image).stat().st_mtime_ns
+    d2 = render_world(tmp_path, REPO / "configs" / "world.yaml", classes, 0, sizes)
+    assert Path(d2.pool[0].image).stat().st_mtime_ns == stamp  # reused, not re-rendered
+    assert all(a.truth.equals(b.truth, atol=1e-3) for a, b in zip(d.pool, d2.pool, strict=True))
+    other = render_world(tmp_path / "w1", REPO / "configs" / "world.yaml", classes, 1, sizes)
+    assert other.source["key"] != d.source["key"]
+
+
+# ---- summary on synthetic records ----------------------------------------------------------------
+class FakeRunner:
+    """What :func:`summarize` reads from a Runner: cfg, data, records(arm, seed)."""
+
+    def __init__(self, table: dict[str, list[list[float]]], boxes_per_frame: dict[str, float], tmp: Path):
+        self.cfg = BenchConfig(arms=["random", "entropy_sum"], seeds=[0, 1], rounds=3, budget=50)
+        star = frame("e", 4)
+        star.truth.class_id[:] = [0, 1, 2, 4]
+        self.data = BenchData(["disc", "square", "triangle", "ring", "star"], [], [], [star], [], {"kind": "fake"})
+        self.table, self.bpf = table, boxes_per_frame
+
+    def records(self, arm: str, seed: int) -> list[dict[str, Any]]:
+        out = []
+        for r, y in enumerate(self.table[arm][seed]):
+            f = 0 if arm == CONTROL else 50 * r
+            cum = {"frames": f, "boxes": f * self.bpf[arm], "frames_paid": f, "boxes_paid": f * self.bpf[arm]}
+            out.append({"round": r, "cumulative": cum, "new_boxes_per_class": {"star": 1},
+                        "metrics": {"map": y, "map50": y * 2, "small_map": y / 2,
+                                    "per_class": {"star": {"map": y / 3, "map50": y}}}, "train_seconds": 1.0})
+        return out
+
+
+def test_summarize_efficiency_on_both_axes_and_plots(tmp_path: Path) -> None:
+    table = {"random": [[0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4]],
+             "entropy_sum": [[0.1, 0.3, 0.4, 0.5], [0.1, 0.3, 0.4, 0.5]],
+             CONTROL: [[0.1, 0.12, 0.13, 0.14], [0.1, 0.12, 0.13, 0.14]]}
+    # entropy-sum picks frames with twice the boxes: 2x on frames, 1x on boxes
+    runner = FakeRunner(table, {"random": 6.0, "entropy_sum": 12.0, CONTROL: 0.0}, tmp_path)
+    s = summarize(runner, ["random", "entropy_sum", CONTROL], 1.0)  # type: ignore[arg-type]
+    e = s["efficiency_vs_random"]["entropy_sum"]
+    assert e["frames:map"]["value"] == pytest.approx(150 / 100)
+    assert e["boxes:map"]["value"] == pytest.approx(900 / 1200)
+    assert s["rare_class"] == "ring"  # fewest eval instances (0)
+    assert s["map_by_round_mean"][CONTROL][3] == pytest.approx(0.14)
+    assert s["arms"]["entropy_sum"]["final"]["map"]["mean"] == pytest.approx(0.5)
+    table_md = markdown_table(s)
+    assert "| entropy_sum |" in table_md and "1.50x" in table_md and "(baseline)" in table_md
+    json.dumps(s)
+    curve, rare = tmp_path / "c.png", tmp_path / "r.png"
+    plot(s, curve, rare)
+    assert curve.stat().st_size > 1000 and rare.stat().st_size > 1000
