@@ -336,12 +336,14 @@ def test_cli_simulate_show_pull(env):  # type: ignore[no-untyped-def]
     from typer.testing import CliRunner
 
     from detloop.cli import app
+    from detloop.settings import REPO_ROOT
 
     s, ls, store, frames = env["s"], env["ls"], env["store"], env["frames"]
     rid = "r-cli-" + env["sfx"]
     annotation.push_round(s, frames[:3], rid, "5", AS_OF, ls=ls, store=store)
     runner = CliRunner()
-    cli_env = {"DETLOOP_CONFIG": "configs/test.yaml", "DETLOOP_LABEL_STUDIO__PROJECT_TITLE": s.label_studio.project_title}
+    cli_env = {"DETLOOP_CONFIG": str(REPO_ROOT / "configs" / "test.yaml"), "DETLOOP_DATA_DIR": str(s.data_dir),
+               "DETLOOP_LABEL_STUDIO__PROJECT_TITLE": s.label_studio.project_title}
     res = runner.invoke(app, ["annotate", "simulate", "--round", rid, "--p-skip", "0", "--p-miss-small", "0",
                               "--jitter", "0", "--p-flip", "0"], env=cli_env)
     assert res.exit_code == 0, res.output

@@ -21,7 +21,7 @@ from detloop.clients.labelstudio import (
 from detloop.clients.s3 import ObjectInfo
 from detloop.contracts import FrameRef, RoundRecord, SelectedFrame
 from detloop.detections import Detections
-from detloop.settings import load_settings
+from detloop.settings import REPO_ROOT, load_settings
 from tasks import annotation as an
 from tasks import rounds
 
@@ -31,7 +31,7 @@ W, H = 200, 100
 
 @pytest.fixture()
 def cfg():  # type: ignore[no-untyped-def]
-    return load_settings("configs/test.yaml", env={})
+    return load_settings(REPO_ROOT / "configs" / "test.yaml", env={})
 
 
 def dets(boxes: list[list[float]], cls: list[int], conf: list[float] | None = None) -> Detections:

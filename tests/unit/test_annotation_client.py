@@ -11,13 +11,13 @@ from pydantic import SecretStr
 from detloop.clients.labelstudio import LabelStudioClient
 from detloop.detections import Detections
 from detloop.errors import DataError, ServiceError
-from detloop.settings import load_settings
+from detloop.settings import REPO_ROOT, load_settings
 from detloop.sim.annotator import AnnotatorProfile, annotation_for, degrade, parse_truth
 
 
 @pytest.fixture()
 def client():  # type: ignore[no-untyped-def]
-    s = load_settings("configs/test.yaml", env={})
+    s = load_settings(REPO_ROOT / "configs" / "test.yaml", env={})
     s.label_studio.api_token = SecretStr("f" * 40)
     sleeps: list[float] = []
     c = LabelStudioClient(s, sdk=object(), retries=3, backoff_s=0.5, sleep=sleeps.append)
@@ -76,7 +76,7 @@ def test_client_errors_are_not_retried(client) -> None:  # type: ignore[no-untyp
 
 
 def test_missing_token_names_the_variable() -> None:
-    s = load_settings("configs/test.yaml", env={})
+    s = load_settings(REPO_ROOT / "configs" / "test.yaml", env={})
     s.label_studio.api_token = None
     s.data_dir = s.data_dir / "nonexistent-for-test"
     with pytest.raises(ServiceError, match="DETLOOP_LABEL_STUDIO__API_TOKEN"):
