@@ -89,6 +89,8 @@ def read_truth(store: Any, settings: Settings, key: str) -> tuple[Detections, in
         oracle_truth = None
     if oracle_truth is not None:
         return oracle_truth(store, settings, key), None, None
+    if not store.exists(settings.s3.oracle_bucket, truth_key(key)):
+        raise DataError(f"no ground truth for {key} (s3://{settings.s3.oracle_bucket}/{truth_key(key)} does not exist)")
     dets, w, h = parse_truth(store.get_json(settings.s3.oracle_bucket, truth_key(key)), settings.classes)
     return dets, w or None, h or None
 
@@ -146,7 +148,8 @@ def annotate_pending(
     """Annotate the project's pending tasks (optionally of one round) like a person would.
 
     Returns:
-        Counts ``{"seen", "annotated", "skipped", "boxes"}``.
+        Counts ``{"seen", "annotated", "skipped", "boxes", "no_truth"}`` (tasks without oracle truth
+        are left pending).
     """
     from detloop.clients.labelstudio import LabelStudioClient, data_filter
     from detloop.clients.s3 import S3Store
@@ -163,10 +166,14 @@ def annotate_pending(
     pending.sort(key=lambda t: int(t["id"]))
     if profile.throughput is not None:
         pending = pending[: profile.throughput]
-    out = {"seen": len(pending), "annotated": 0, "skipped": 0, "boxes": 0}
+    out = {"seen": len(pending), "annotated": 0, "skipped": 0, "boxes": 0, "no_truth": 0}
     for t in pending:
         data = t.get("data") or {}
-        truth, tw, th = read_truth(store, settings, str(data["s3_key"]))
+        try:
+            truth, tw, th = read_truth(store, settings, str(data["s3_key"]))
+        except DataError:
+            out["no_truth"] += 1  # not a frame of the synthetic world: a person would have to look
+            continue
         w, h = int(data.get("width") or tw or 0), int(data.get("height") or th or 0)
         skip, result = annotation_for(t, truth, profile, settings.classes, w, h)
         ls.create_annotation(int(t["id"]), result, was_cancelled=skip, lead_time=profile.seconds_per_task or None)

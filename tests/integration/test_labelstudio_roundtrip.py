@@ -355,3 +355,16 @@ def test_cli_simulate_show_pull(env):  # type: ignore[no-untyped-def]
     res = runner.invoke(app, ["rounds", "pull", rid], env=cli_env)
     assert res.exit_code == 0, res.output
     assert _json.loads(res.output)["frames"] == 3
+
+
+def test_simulated_annotator_leaves_frames_without_truth_pending(env):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    s, ls, store, frames = env["s"], env["ls"], env["store"], env["frames"]
+    rid = "r-notruth-" + env["sfx"]
+    stranger = replace(frames[0], frame=replace(frames[0].frame, key=frames[0].frame.key.replace(".jpg", "-x.jpg")))
+    annotation.push_round(s, [frames[1], stranger], rid, "5", AS_OF, ls=ls, store=store)
+    out = annotate_pending(s, AnnotatorProfile(), round_id=rid, ls=ls, store=store)
+    assert (out["seen"], out["annotated"], out["no_truth"]) == (2, 1, 1)
+    project = ls.find_project(s.label_studio.project_title)
+    assert annotation.round_progress(annotation.round_tasks(ls, project.id, rid, "progress"))["pending"] == 1
