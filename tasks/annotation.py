@@ -34,8 +34,9 @@ production frame that the bucket's lifecycle rule may expire.
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -585,6 +586,39 @@ def round_tasks(ls: Any, project_id: int, round_id: str, fields: str = "all") ->
     return list(ls.iter_tasks(project_id, flt, fields="task_only", include=INCLUDE[fields]))
 
 
+def _import_batch(settings: Settings, ls: Any, project_id: int, round_id: str, batch: Sequence[dict[str, Any]],
+                  sleep: Callable[[float], None]) -> dict[str, int]:
+    """Import one batch; on failure, check what went in before trying the rest again (no duplicates).
+
+    Returns:
+        ``{s3_key: task_id}`` of the batch's tasks now in the project.
+    """
+    from detloop.errors import ServiceError
+
+    todo = list(batch)
+    done: dict[str, int] = {}
+    delay = settings.label_studio.backoff_seconds
+    for attempt in range(settings.label_studio.retries + 1):
+        try:
+            new_ids = ls.import_tasks(project_id, todo, retry=False)
+            done.update({t["data"]["s3_key"]: i for t, i in zip(todo, new_ids, strict=False)})
+            return done
+        except ServiceError:
+            if attempt == settings.label_studio.retries:
+                raise
+        sleep(delay)
+        delay *= 2
+        # the failed request may have gone through (a timeout after the commit): look before retrying
+        now_present = {str((t.get("data") or {}).get("s3_key")): int(t["id"])
+                       for t in round_tasks(ls, project_id, round_id, "task_only")}
+        keys = {t["data"]["s3_key"] for t in todo}
+        done.update({k: v for k, v in now_present.items() if k in keys})
+        todo = [t for t in todo if t["data"]["s3_key"] not in now_present]
+        if not todo:
+            return done
+    return done  # pragma: no cover
+
+
 def push_round(
     settings: Settings,
     selected: Sequence[SelectedFrame],
@@ -594,6 +628,7 @@ def push_round(
     ls: Any | None = None,
     store: Any | None = None,
     now: datetime | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> PushReport:
     """Push a round's selected frames as tasks (idempotent) and open its round record.
 
@@ -628,9 +663,9 @@ def push_round(
     ids: list[int] = []
     n_batches = 0
     for batch in batched(tasks, settings.label_studio.import_batch_size):
-        new_ids = ls.import_tasks(project.id, batch)
-        task_ids.update({t["data"]["s3_key"]: i for t, i in zip(batch, new_ids, strict=False)})
-        ids += new_ids
+        new = _import_batch(settings, ls, project.id, round_id, batch, sleep)
+        task_ids.update(new)
+        ids += list(new.values())
         n_batches += 1
     save_task_ids(store, settings, round_id, task_ids)
     rounds.open_round(

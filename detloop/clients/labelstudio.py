@@ -143,13 +143,17 @@ class LabelStudioClient:
             self._sdk = LabelStudio(base_url=self.url, api_key=token, timeout=self.settings.label_studio.timeout_seconds)
         return self._sdk
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one API call: retry network errors / 5xx with backoff, then raise one line."""
+    def _call(self, what: str, fn: Callable[[], T], retries: int | None = None) -> T:
+        """Run one API call: retry network errors / 5xx with backoff, then raise one line.
+
+        ``retries=0`` for calls that are not idempotent (an import): the caller decides.
+        """
         import httpx
         from label_studio_sdk.core.api_error import ApiError
 
+        n_retries = self.retries if retries is None else retries
         delay = self.backoff_s
-        for attempt in range(self.retries + 1):
+        for attempt in range(n_retries + 1):
             try:
                 return fn()
             except ApiError as err:
@@ -159,20 +163,20 @@ class LabelStudioClient:
                         f"Label Studio at {self.url} refused the API token (401) on {what}: the token is wrong "
                         "or was revoked; set DETLOOP_LABEL_STUDIO__API_TOKEN"
                     ) from None
-                if code < 500 or attempt == self.retries:
+                if code < 500 or attempt == n_retries:
                     body = str(err.body)[:300].replace("\n", " ")
                     raise ServiceError(f"Label Studio at {self.url}: HTTP {code} on {what}: {body}") from err
             except (httpx.TransportError, ConnectionError) as err:
-                if attempt == self.retries:
+                if attempt == n_retries:
                     raise ServiceError(
-                        f"Label Studio at {self.url} is not reachable ({what}) after {self.retries + 1} attempts: "
+                        f"Label Studio at {self.url} is not reachable ({what}) after {n_retries + 1} attempt(s): "
                         f"{type(err).__name__}; is the stack up? (`detloop stack up`)"
                     ) from err
             self._sleep(delay)
             delay *= 2
         raise ServiceError(f"Label Studio at {self.url}: {what} failed")  # pragma: no cover
 
-    def _http(self, method: str, path: str, what: str, **kw: Any) -> Any:
+    def _http(self, method: str, path: str, what: str, retries: int | None = None, **kw: Any) -> Any:
         """A raw JSON request through the SDK's authenticated httpx client (bulk reads, no model parsing)."""
         from label_studio_sdk.core.api_error import ApiError
 
@@ -188,7 +192,7 @@ class LabelStudioClient:
                 raise ApiError(status_code=resp.status_code, headers=dict(resp.headers), body=body)
             return resp.json() if resp.content else None
 
-        return self._call(what, go)
+        return self._call(what, go, retries)
 
     # ---- health and identity ----------------------------------------------------------------------
     def whoami(self) -> dict[str, Any]:
@@ -274,10 +278,16 @@ class LabelStudioClient:
         return int(st.id)
 
     # ---- tasks -------------------------------------------------------------------------------------
-    def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]]) -> list[int]:
-        """One import request; returns the new task ids (in order)."""
+    def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]], retry: bool = True) -> list[int]:
+        """One import request; returns the new task ids (in order).
+
+        An import is not idempotent: a retry after a timeout whose request did go through would
+        duplicate the batch. ``retry=False`` leaves the retry to the caller, who can check first
+        (``tasks.annotation.push_round`` does).
+        """
         res = self._http(
             "POST", f"api/projects/{project_id}/import", f"import {len(tasks)} tasks into project {project_id}",
+            retries=None if retry else 0,
             params={"return_task_ids": "true", "commit_to_project": "true"}, json=list(tasks),
         )
         return [int(t) for t in (res or {}).get("task_ids", [])]

@@ -44,11 +44,11 @@ class CrashingLS:
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         return getattr(self._ls, name)
 
-    def import_tasks(self, project_id: int, tasks: list) -> list[int]:
+    def import_tasks(self, project_id: int, tasks: list, retry: bool = True) -> list[int]:
         if self._left == 0:
             raise ServiceError("simulated crash during import")
         self._left -= 1
-        return self._ls.import_tasks(project_id, tasks)
+        return self._ls.import_tasks(project_id, tasks, retry=retry)
 
 
 def _jpeg(rng: np.random.Generator, boxes: np.ndarray) -> bytes:

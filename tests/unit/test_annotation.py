@@ -324,3 +324,38 @@ def test_watch_rounds_dry_run_writes_and_emits_nothing(cfg) -> None:  # type: ig
                               ls=FakeLS({"a": ["labelled"]}), dry_run=True)
     assert events == [] and store.objs == before
     assert rep["rounds"][0]["would_emit"] is True and rep["rounds"][0]["status"] == "completed"
+
+
+class TimeoutAfterCommitLS:
+    """Imports commit, but the first answer is lost (a timeout): the classic duplicate-maker."""
+
+    def __init__(self) -> None:
+        self.tasks: list[dict] = []
+        self.calls = 0
+
+    def import_tasks(self, project_id: int, tasks: list, retry: bool = True) -> list[int]:
+        from detloop.errors import ServiceError
+
+        assert retry is False  # push must not let the client blindly retry a POST
+        self.calls += 1
+        ids = []
+        for t in tasks[: 2 if self.calls == 1 else None]:  # the first call commits 2 tasks, then times out
+            self.tasks.append({"id": len(self.tasks) + 1, "data": t["data"]})
+            ids.append(len(self.tasks))
+        if self.calls == 1:
+            raise ServiceError("Label Studio at http://x: ReadTimeout")
+        return ids
+
+    def iter_tasks(self, project_id: int, filters: list[dict], fields: str = "all", include: str | None = None):  # type: ignore[no-untyped-def]
+        rid = filters[0]["value"]
+        yield from (t for t in self.tasks if t["data"]["round_id"] == rid)
+
+
+def test_import_retry_after_lost_answer_creates_no_duplicate(cfg) -> None:  # type: ignore[no-untyped-def]
+    ls = TimeoutAfterCommitLS()
+    batch = [{"data": {"s3_key": f"k{i}", "round_id": "r"}} for i in range(5)]
+    sleeps: list[float] = []
+    got = an._import_batch(cfg, ls, 1, "r", batch, sleeps.append)
+    assert sorted(got) == [f"k{i}" for i in range(5)] and len(set(got.values())) == 5
+    assert [t["data"]["s3_key"] for t in ls.tasks] == [f"k{i}" for i in range(5)]  # each exactly once
+    assert ls.calls == 2 and sleeps == [cfg.label_studio.backoff_seconds]
