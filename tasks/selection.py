@@ -215,8 +215,8 @@ def select_indices(
     return {"control": control, "selected": np.asarray(sel, np.int64), "plan": plan, "notes": notes}
 
 
-def _reason(i: int, sc: dict[str, Any], settings: SelectionSettings, class_names: Sequence[str] | None,
-            pool: BoxPool, diversity: str) -> str:
+def _reason(i: int, sc: dict[str, Any], settings: SelectionSettings, diversity: str) -> str:
+    """One line: why frame ``i`` was selected (strategy, aggregation, class weight, diversity step)."""
     strat = sc["strategy"]
     u, w = float(sc["uncertainty"][i]), float(sc["class_weight"][i])
     if sc["n_detected"][i] == 0:
@@ -274,7 +274,7 @@ def select(
     for pick, i in enumerate(picked["selected"].tolist()):
         arm_of[i] = "selected"
         out.append(_selected_frame(frames[i], "selected", sc, i, int(rank[i]),
-                                   _reason(i, sc, settings, class_names, pool, diversity) + f"; pick {pick + 1}",
+                                   _reason(i, sc, settings, diversity) + f"; pick {pick + 1}",
                                    settings))
     for i in picked["control"].tolist():
         arm_of[i] = "control"
