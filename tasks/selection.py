@@ -1,8 +1,8 @@
 """Hard-example selection: uncertainty x class balance, diversity, and a random control arm.
 
-Pure: :func:`select` takes scored frames (or a :class:`~tasks.strategies.BoxPool` + embeddings) and
-the selection settings and returns :class:`SelectionResult` with ``SelectedFrame`` records (arm
-``selected`` or ``control``) and a report. Writing the report to S3 and drawing the plot are thin
+Pure: :func:`select` takes scored frames and the selection settings and returns
+:class:`SelectionResult` with ``SelectedFrame`` records (arm ``selected`` or ``control``) and a report
+(lower level: :func:`score_frames` on a :class:`~tasks.strategies.BoxPool`, then :func:`select_indices`). Writing the report to S3 and drawing the plot are thin
 helpers at the bottom.
 
 Order of operations (all vectorised):
