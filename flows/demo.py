@@ -83,7 +83,7 @@ def _round_for(settings: Settings, as_of: date) -> str | None:
     from flows.loop import round_id_for
     from tasks.rounds import load_round
 
-    rid = round_id_for(as_of, None, None)
+    rid = round_id_for(settings.label_studio.project_title, as_of)
     return rid if load_round(S3Store(settings), settings, rid) is not None else None
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,14 @@ from flows.params import (
 )
 
 
-def round_id_for(as_of: date, cameras: list[str] | None, dates: list[date] | None, attempt: int = 0) -> str:
-    """Deterministic round id: the as_of date, a hash of any focus, and a counter for extra rounds."""
-    rid = f"r{as_of.isoformat()}"
+def round_id_for(project: str, as_of: date, cameras: list[str] | None = None, dates: list[date] | None = None,
+                 attempt: int = 0) -> str:
+    """Deterministic round id: the Label Studio project, the as_of date, a hash of any focus, a counter.
+
+    The project slug keeps ids unique when several detloop projects share a data bucket.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", project.lower()).strip("-") or "detloop"
+    rid = f"{slug}-{as_of.isoformat()}"
     if cameras or dates:
         focus = json.dumps({"cameras": sorted(cameras or []), "dates": sorted(str(d) for d in dates or [])})
         rid += "-" + hashlib.sha256(focus.encode()).hexdigest()[:6]
@@ -204,7 +210,8 @@ def _next_round(store: Any, settings: Any, as_of: date, params: SelectParams) ->
     """The round id this run works on, or (None, why) when the weekly run should select nothing."""
     from tasks.rounds import list_rounds
 
-    base = round_id_for(as_of, params.cameras, params.dates)
+    project = settings.label_studio.project_title
+    base = round_id_for(project, as_of, params.cameras, params.dates)
     rounds = list_rounds(store, settings)
     mine = sorted(r.round_id for r in rounds if r.round_id == base or r.round_id.startswith(base + "-"))
     open_other = [r.round_id for r in rounds if r.status == "open" and r.round_id not in mine]
@@ -214,7 +221,7 @@ def _next_round(store: Any, settings: Any, as_of: date, params: SelectParams) ->
         return None, f"round(s) {open_other} still open; rounds.on_open_round=skip"
     if not mine:
         return base, "new"
-    return round_id_for(as_of, params.cameras, params.dates, attempt=len(mine)), "another"
+    return round_id_for(project, as_of, params.cameras, params.dates, attempt=len(mine)), "another"
 
 
 @flow(name="select-for-labeling", log_prints=True)

@@ -1,0 +1,198 @@
+"""The loop end to end through the real deployments served by the stack's runner, at a tiny size.
+
+One module-scoped world: its own production prefix, Label Studio project, MLflow experiment and
+registered model (the stack's buckets are shared: SeaweedFS runs out of volumes with many buckets).
+The config travels as the flows' ``config`` parameter, so the runner (started with configs/test.yaml)
+runs these flows on the test's isolated settings.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+START = date(2026, 1, 5)
+BUDGET = 8
+
+
+def _run(name: str, params: dict, timeout: float = 900):  # type: ignore[no-untyped-def]
+    from prefect.deployments import run_deployment
+
+    return run_deployment(name, parameters={"params": params}, timeout=timeout)
+
+
+def _watch(cfg: str):  # type: ignore[no-untyped-def]
+    """Run watch-rounds via its deployment; a run is cancelled while a scheduled one runs: try again."""
+    for _ in range(10):
+        fr = _run("watch-rounds/interval", {"config": cfg})
+        if not fr.state.is_cancelled():
+            return fr
+        time.sleep(5)
+    return fr
+
+
+@pytest.fixture(scope="module")
+def world(stack_settings, tmp_path_factory):  # type: ignore[no-untyped-def]
+    from detloop.settings import load_settings
+    from detloop.world.publish import publish_golden, publish_seed, publish_world
+    from flows.demo import _wait_for_deployments
+
+    sfx = uuid.uuid4().hex[:8]
+    cfg = yaml.safe_load((Path(stack_settings.source)).read_text())
+    cfg["data_dir"] = str(stack_settings.data_dir)
+    cfg["s3"] = {**cfg.get("s3", {}), "production_prefix": f"flowtest-{sfx}/frames/"}
+    cfg["label_studio"] = {**cfg.get("label_studio", {}), "project_title": f"detloop-flowtest-{sfx}"}
+    cfg["mlflow"] = {**cfg.get("mlflow", {}), "experiment": f"flowtest-{sfx}", "model_name": f"flowtest-{sfx}"}
+    cfg["training"] = {**cfg.get("training", {}), "bootstrap_epochs": 2, "finetune_epochs": 1}
+    cfg["gate"] = {"bootstrap_floor": 0.0, "min_delta": -1.0, "class_tol": 1.0, "small_tol": 1.0,
+                   "latency_ratio_max": 100.0}
+    cfg["evaluation"] = {**cfg.get("evaluation", {}), "min_instances": 5}
+    path = tmp_path_factory.mktemp("flowtest") / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    s = load_settings(path)
+    publish_world(s, START, 14, 2)
+    golden = publish_golden(s, frames=24)
+    seed = publish_seed(s, frames=30)
+    cfg["evaluation"]["golden_version"] = golden
+    path.write_text(yaml.safe_dump(cfg))
+    s = load_settings(path)
+    _wait_for_deployments(timeout=120)
+    return {"cfg": str(path), "s": s, "seed": seed, "golden": golden, "sfx": sfx}
+
+
+def _tasks(s):  # type: ignore[no-untyped-def]
+    from detloop.clients.labelstudio import LabelStudioClient
+
+    ls = LabelStudioClient(s)
+    p = ls.find_project(s.label_studio.project_title)
+    return [] if p is None else list(ls.iter_tasks(p.id, [], fields="task_only"))
+
+
+def test_invalid_parameters_are_rejected_at_creation(world):  # type: ignore[no-untyped-def]
+    with pytest.raises(Exception, match=r"(?i)validat|budget|greater"):
+        _run("select-for-labeling/weekly", {"config": world["cfg"], "budget": -5}, timeout=0)
+    with pytest.raises(Exception, match=r"(?i)validat|round_id|required"):
+        _run("retrain-and-promote/on-round-completed", {"config": world["cfg"]}, timeout=0)
+
+
+def test_full_round_through_deployments_and_event(world):  # type: ignore[no-untyped-def]
+    from detloop.clients.s3 import S3Store
+    from detloop.sim.annotator import AnnotatorProfile, annotate_pending
+    from flows.demo import _wait_for_retrain
+    from flows.loop import round_id_for
+    from tasks.registry import list_models
+    from tasks.rounds import load_round
+
+    s, cfg = world["s"], world["cfg"]
+    store = S3Store(s)
+
+    # no champion yet: selection says so clearly
+    fr = _run("select-for-labeling/weekly", {"config": cfg, "as_of": str(START + timedelta(days=7))})
+    assert fr.state.is_failed() and "no champion" in (fr.state.message or "") + str(fr.state)
+
+    # bootstrap through its deployment; a second run sees the champion and does nothing
+    fr = _run("bootstrap/manual", {"config": cfg, "dataset_version": world["seed"]})
+    assert fr.state.is_completed(), fr.state.message
+    fr = _run("bootstrap/manual", {"config": cfg, "dataset_version": world["seed"]})
+    assert fr.state.is_completed()
+    assert len(list_models(s)) == 1
+
+    # a manual run with parameters from the prefect CLI, as a user would type it
+    as_of = START + timedelta(days=7)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), "deployment", "run", "select-for-labeling/weekly",
+         "--params", json.dumps({"params": {"config": cfg, "as_of": str(as_of), "budget": BUDGET}}), "--watch"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rid = round_id_for(s.label_studio.project_title, as_of)
+    rec = load_round(store, s, rid)
+    assert rec is not None and rec.status == "open"
+    n_tasks = len(_tasks(s))
+    assert 0 < n_tasks <= BUDGET
+
+    # re-running the same week resumes the round: no duplicate tasks
+    fr = _run("select-for-labeling/weekly", {"config": cfg, "as_of": str(as_of), "budget": BUDGET})
+    assert fr.state.is_completed()
+    assert len(_tasks(s)) == n_tasks
+
+    # annotators label it; the watcher emits the event; the trigger starts retrain-and-promote
+    counts = annotate_pending(s, AnnotatorProfile(seed=1), round_id=rid)
+    assert counts["annotated"] + counts["skipped"] == n_tasks
+    fr = _watch(cfg)
+    assert fr.state.is_completed()
+    run = _wait_for_retrain(rid, timeout=900)
+    assert run.parameters["params"]["round_id"] == rid
+    result = store.get_json(s.s3.data_bucket, f"rounds/{rid}/result.json")
+    assert result["round_id"] == rid and result["dataset_version"]
+    assert result["golden_map_challenger"] is not None and result["golden_map_champion"] is not None
+    assert load_round(store, s, rid).status == "trained"
+    versions = list_models(s)
+    assert len(versions) == 2
+
+    # the event fires once: a second watch emits nothing, and no second retrain run appears
+    fr = _watch(cfg)
+    assert fr.state.is_completed()
+    time.sleep(3)
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name("retrain-and-promote/on-round-completed")
+        runs = [r for r in client.read_flow_runs(limit=200) if r.deployment_id == dep.id
+                and (r.parameters.get("params") or {}).get("round_id") == rid]
+    assert len(runs) == 1
+
+    # retrain again by hand for the same round: it finds the work done, registers nothing new
+    fr = _run("retrain-and-promote/on-round-completed", {"config": cfg, "round_id": rid})
+    assert fr.state.is_completed()
+    assert len(list_models(s)) == 2
+
+
+def test_rerun_after_a_crash_mid_flow_does_not_duplicate(world, monkeypatch):  # type: ignore[no-untyped-def]
+    """Crash retrain-and-promote after training; the re-run reuses the MLflow run and registers once."""
+    import flows.loop as loop
+    from detloop.clients.s3 import S3Store
+    from detloop.sim.annotator import AnnotatorProfile, annotate_pending
+    from flows.params import RetrainParams, SelectParams, WatchParams
+    from tasks.registry import list_models
+    from tasks.rounds import load_round
+
+    s, cfg = world["s"], world["cfg"]
+    as_of = START + timedelta(days=14)
+    loop.select_for_labeling(SelectParams(config=cfg, as_of=as_of, budget=BUDGET))
+    rid = loop.round_id_for(s.label_studio.project_title, as_of)
+    annotate_pending(s, AnnotatorProfile(seed=2), round_id=rid)
+    # close the round in this process (the event it emits also starts a run on the runner; the
+    # deployment's concurrency limit and the round-id idempotence make that harmless)
+    monkeypatch.setattr("prefect.events.emit_event", lambda **kw: None)
+    loop.watch_rounds(WatchParams(config=cfg))
+    assert load_round(S3Store(s), s, rid).status in ("completed", "closed_partial")
+    before = len(list_models(s))
+
+    calls = {"n": 0}
+    real = loop.register_and_gate.fn
+
+    def crash(*a, **kw):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        raise RuntimeError("injected crash after training")
+
+    monkeypatch.setattr(loop.register_and_gate, "fn", crash)
+    with pytest.raises(Exception, match="injected crash"):
+        loop.retrain_and_promote(RetrainParams(config=cfg, round_id=rid))
+    assert calls["n"] == 1 and len(list_models(s)) == before
+    monkeypatch.setattr(loop.register_and_gate, "fn", real)
+    out = loop.retrain_and_promote(RetrainParams(config=cfg, round_id=rid))
+    assert out.get("train_reused") is True or out.get("resumed") is True
+    assert len(list_models(s)) == before + 1
+    out2 = loop.retrain_and_promote(RetrainParams(config=cfg, round_id=rid))
+    assert out2.get("resumed") is True and len(list_models(s)) == before + 1
