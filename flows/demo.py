@@ -56,6 +56,21 @@ def _run_deployment(name: str, params: dict[str, Any], timeout: float) -> Any:
     return fr
 
 
+def run_watch(params: dict[str, Any], attempts: int = 10, wait: float = 5.0) -> Any:
+    """Run ``watch-rounds/interval`` now; while a scheduled watch runs a new one is cancelled, so retry."""
+    from prefect.deployments import run_deployment
+
+    fr = None
+    for _ in range(attempts):
+        fr = run_deployment("watch-rounds/interval", parameters={"params": params}, timeout=600)
+        if fr.state is None or not fr.state.is_cancelled():
+            break
+        time.sleep(wait)
+    if fr is None or fr.state is None or not fr.state.is_completed():
+        raise DetloopError(f"watch-rounds did not complete ({fr.state.name if fr and fr.state else 'no state'})")
+    return fr
+
+
 def _wait_for_retrain(round_id: str, timeout: float, poll: float = 3.0) -> Any:
     """Wait for the event-triggered ``retrain-and-promote`` run of ``round_id`` to finish."""
     from prefect import get_client
@@ -147,7 +162,7 @@ def run_demo(
             continue
         counts = annotate_pending(settings, profile, round_id=round_id)
         log(f"week {w}: simulated annotators on {round_id}: {counts}")
-        _run_deployment("watch-rounds/interval", {}, timeout=600)
+        run_watch({})
         _wait_for_retrain(round_id, timeout)
         result = store.get_json(settings.s3.data_bucket, f"rounds/{round_id}/result.json")
         rows.append({
