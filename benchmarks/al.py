@@ -48,6 +48,7 @@ MAIN_ARMS = ("random", "entropy_sum", "entropy_kcenter", "default")
 EXTRA_ARMS = ("least_confidence_max", "margin_max")
 QUICK_ARMS = ("random", "entropy_sum", "default")
 AXES = ("frames", "boxes", "frames_paid", "boxes_paid")
+COLD_START_MAP50 = 0.3  # below this bootstrap mAP50 the comparison is flagged as cold start
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,8 +127,8 @@ class BenchConfig:
 
 def quick_config() -> BenchConfig:
     """The ``--quick`` smoke size: 3 strategies, 1 seed, 3 rounds, small pool and evaluation set."""
-    return BenchConfig(arms=list(QUICK_ARMS), seeds=[0], rounds=3, budget=40, epochs=4, bootstrap_epochs=30,
-                       sizes={"seed": 100, "pool": 400, "eval": 150, "val": 8})
+    return BenchConfig(arms=list(QUICK_ARMS), seeds=[0], rounds=3, budget=40, epochs=3, bootstrap_epochs=30,
+                       sizes={"seed": 120, "pool": 400, "eval": 150, "val": 8})
 
 
 def check_arms(arms: Sequence[str]) -> list[str]:
@@ -579,8 +580,17 @@ def summarize(runner: Runner, arms: Sequence[str], run_seconds: float) -> dict[s
                 vals = [_nan(recs[a][s][r]["metrics"]["map"]) for s in seeds_all]  # type: ignore[index]
                 by_round[r] = _r(float(np.nanmean(vals)))
             control[a] = by_round
+    boots = {s: runner.load_record("bootstrap", s, 0) for s in cfg.seeds}
+    boot_map50 = {s: _r(b["metrics"]["map50"]) for s, b in boots.items() if b}
+    cold = [s for s, v in boot_map50.items() if v is None or v < COLD_START_MAP50]
+    bootstrap = {"map50_by_seed": boot_map50,
+                 "map_by_seed": {s: _r(b["metrics"]["map"]) for s, b in boots.items() if b},
+                 "cold_start_warning": (f"bootstrap mAP50 < {COLD_START_MAP50} for seeds {cold}: uncertainty scores "
+                                        "of a near-untrained model are noise (cold start); raise --bootstrap-epochs "
+                                        "or --seed-frames before trusting a comparison") if cold else None}
     out = {
         "benchmark": "active_learning",
+        "bootstrap": bootstrap,
         "date": time.strftime("%Y-%m-%d"),
         "run_key": cfg.run_key(),
         "config": asdict(cfg),

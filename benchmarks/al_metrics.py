@@ -60,6 +60,8 @@ class Efficiency:
         target: random's final mean metric.
         n_random: labels random needs to reach ``target``.
         n_strategy: labels the strategy needs (its first x for ``lower_bound``; None for ``never``).
+        x_max: the strategy's last x (with ``never``: the target was not reached within this many labels;
+            an arm that labels fewer frames per round, e.g. with a control arm, may simply stop earlier).
     """
 
     kind: Kind
@@ -67,6 +69,7 @@ class Efficiency:
     target: float
     n_random: float
     n_strategy: float | None
+    x_max: float | None = None
 
     @property
     def text(self) -> str:
@@ -78,7 +81,7 @@ class Efficiency:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "value": _r(self.value), "text": self.text, "target": _r(self.target),
-                "n_random": _r(self.n_random), "n_strategy": _r(self.n_strategy)}
+                "n_random": _r(self.n_random), "n_strategy": _r(self.n_strategy), "x_max": _r(self.x_max)}
 
 
 @dataclass(frozen=True)
@@ -168,10 +171,11 @@ def label_efficiency(random: Curve, strategy: Curve) -> Efficiency:
         n_rand = float(random.x[-1])
     n_strat, before = labels_to_reach(strategy, target)
     if n_strat is None:
-        return Efficiency("never", None, target, n_rand, None)
+        return Efficiency("never", None, target, n_rand, None, float(strategy.x[-1]))
     if n_strat <= 0:
         raise ValueError("label counts must be positive")
-    return Efficiency("lower_bound" if before else "point", n_rand / n_strat, target, n_rand, n_strat)
+    return Efficiency("lower_bound" if before else "point", n_rand / n_strat, target, n_rand, n_strat,
+                      float(strategy.x[-1]))
 
 
 def efficiency_ci(

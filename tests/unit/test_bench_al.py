@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -259,6 +258,9 @@ class FakeRunner:
         self.data = BenchData(["disc", "square", "triangle", "ring", "star"], [], [], [star], [], {"kind": "fake"})
         self.table, self.bpf = table, boxes_per_frame
 
+    def load_record(self, arm: str, seed: int, r: int) -> dict[str, Any]:
+        return self.records("random", seed)[r]
+
     def records(self, arm: str, seed: int) -> list[dict[str, Any]]:
         out = []
         for r, y in enumerate(self.table[arm][seed]):
@@ -282,6 +284,7 @@ def test_summarize_efficiency_on_both_axes_and_plots(tmp_path: Path) -> None:
     assert e["boxes:map"]["value"] == pytest.approx(900 / 1200)
     assert s["rare_class"] == "ring"  # fewest eval instances (0)
     assert s["map_by_round_mean"][CONTROL][3] == pytest.approx(0.14)
+    assert s["bootstrap"]["map50_by_seed"] == {0: 0.2, 1: 0.2} and "cold start" in s["bootstrap"]["cold_start_warning"]
     assert s["arms"]["entropy_sum"]["final"]["map"]["mean"] == pytest.approx(0.5)
     table_md = markdown_table(s)
     assert "| entropy_sum |" in table_md and "1.50x" in table_md and "(baseline)" in table_md
@@ -289,3 +292,64 @@ def test_summarize_efficiency_on_both_axes_and_plots(tmp_path: Path) -> None:
     curve, rare = tmp_path / "c.png", tmp_path / "r.png"
     plot(s, curve, rare)
     assert curve.stat().st_size > 1000 and rare.stat().st_size > 1000
+
+
+# ---- the runner end to end, training replaced by an untrained model (no services, no training) --------
+def test_runner_end_to_end_with_untrained_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    import benchmarks.al as al
+
+    classes = ["disc", "square", "triangle", "ring", "star"]
+    net = DetectionModel("yolo11n.yaml", nc=len(classes), verbose=False)
+    net.names = dict(enumerate(classes))
+    random_pt = tmp_path / "untrained.pt"
+    torch.save({"model": net, "train_args": {}}, random_pt)
+    calls: list[dict[str, Any]] = []
+
+    def fake_train(cfg: Any, data_yaml: Path, init: Path | None, epochs: int, seed: int, out_dir: Path,
+                   yolo_dir: Path, arch: str) -> tuple[Path, float]:
+        import yaml
+
+        d = yaml.safe_load(Path(data_yaml).read_text())
+        train = Path(d["train"]).read_text().split()
+        calls.append({"init": init, "epochs": epochs, "train": train, "dir": str(out_dir)})
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return random_pt, 0.0
+
+    monkeypatch.setattr(al, "train_once", fake_train)
+    cfg = BenchConfig(arms=["random", "entropy_sum", "default"], seeds=[0], rounds=2, budget=4, epochs=1,
+                      bootstrap_epochs=1, sizes={"seed": 5, "pool": 14, "eval": 4, "val": 2},
+                      config=str(REPO / "configs" / "test.yaml"), work_dir=str(tmp_path / "work"), threads=1)
+    out = tmp_path / "al.json"
+    s = al.run_benchmark(cfg, out, tmp_path / "c.png", tmp_path / "r.png", log=lambda m: None)
+    # 1 bootstrap + (3 arms + control) x 2 rounds
+    assert len(calls) == 1 + 4 * 2
+    assert calls[0]["init"] is None and calls[0]["epochs"] == 1 and len(calls[0]["train"]) == 5
+    runner_root = Path(s["outputs"]["work_dir"])
+    for arm in ("random", "entropy_sum", "default", CONTROL):
+        recs = [json.loads((runner_root / "runs" / arm / "s0" / f"r{r}.json").read_text()) for r in (1, 2)]
+        picked = recs[0]["new_frames_idx"] + recs[1]["new_frames_idx"]
+        paid = picked + recs[0]["control_idx"] + recs[1]["control_idx"]
+        assert len(set(paid)) == len(paid)  # never labels a frame twice
+        if arm == CONTROL:
+            assert paid == [] and recs[1]["cumulative"]["frames"] == 0
+        elif arm == "default":  # test.yaml: control_min 4 -> half of a budget of 4 goes to the control arm
+            assert recs[0]["new_frames"] == 2 and recs[0]["control_frames"] == 2
+            assert recs[1]["cumulative"]["frames_paid"] == 8 and recs[1]["cumulative"]["frames"] == 4
+        else:
+            assert recs[1]["cumulative"]["frames"] == 8
+        # round r trains on the seed set + everything the arm labelled (control frames excluded)
+        train2 = next(c for c in calls if c["dir"].endswith(f"{arm}/s0/r2"))["train"]
+        assert len(train2) == 5 + len(picked)
+        for img in train2[5:]:
+            lbl = Path(img.replace("/images/", "/labels/")).with_suffix(".txt")
+            assert lbl.is_file()
+    assert s["seeds_complete_all_arms"] == [0]
+    assert set(s["efficiency_vs_random"]) == {"entropy_sum", "default"}
+    assert (tmp_path / "c.png").is_file() and json.loads(out.read_text())["run_key"] == cfg.run_key()
+    # resume: everything cached, nothing trains again
+    calls.clear()
+    al.run_benchmark(cfg, out, tmp_path / "c.png", tmp_path / "r.png", log=lambda m: None)
+    assert calls == []
