@@ -88,6 +88,9 @@ class BenchConfig:
         rare_class: class of the rare-class view (default: fewest eval instances).
         work_dir: cache of rendered data, weights and per-round JSON.
         timeout_minutes: per training subprocess.
+        bootstrap_weights: start every seed from these Ultralytics ``.pt`` weights instead of training a
+            bootstrap model (e.g. a team's current model on its own data; the bootstrap then does not vary
+            with the training seed).
     """
 
     arms: list[str] = field(default_factory=lambda: list(MAIN_ARMS))
@@ -112,12 +115,17 @@ class BenchConfig:
     rare_class: str | None = None
     work_dir: str = ".detloop-bench/al"
     timeout_minutes: int = 240
+    bootstrap_weights: str | None = None
 
     def run_key(self) -> str:
         """Hash of what changes results (not arms, seeds or rounds: those only add cached files)."""
         d = asdict(self)
         for k in ("arms", "seeds", "rounds", "work_dir", "timeout_minutes", "metric", "rare_class", "threads"):
             d.pop(k)
+        if self.bootstrap_weights:
+            p = Path(self.bootstrap_weights)
+            d["bootstrap_weights"] = [p.name, p.stat().st_size if p.is_file() else None]
+            d.pop("bootstrap_epochs")
         if self.data:
             d.pop("world_config")
             d.pop("world_seed")
@@ -372,10 +380,16 @@ class Runner:
             return rec
         d = self.data
         work = self.root / "work" / "bootstrap" / f"s{seed}"
-        y = write_data_yaml(work / "data.yaml", [f.image for f in d.seed], [f.image for f in d.val], d.classes)
-        self.log(f"seed {seed}: bootstrap training ({len(d.seed)} frames, {self.cfg.bootstrap_epochs} epochs)")
-        last, secs = train_once(self.cfg, y, None, self.cfg.bootstrap_epochs, seed, work, self.yolo_dir,
-                                self.settings.model.arch)
+        if self.cfg.bootstrap_weights:
+            last, secs = Path(self.cfg.bootstrap_weights), 0.0
+            if not last.is_file():
+                raise DataError(f"--bootstrap-weights: no such file {last}")
+            self.log(f"seed {seed}: bootstrap model = {last} (not trained here)")
+        else:
+            y = write_data_yaml(work / "data.yaml", [f.image for f in d.seed], [f.image for f in d.val], d.classes)
+            self.log(f"seed {seed}: bootstrap training ({len(d.seed)} frames, {self.cfg.bootstrap_epochs} epochs)")
+            last, secs = train_once(self.cfg, y, None, self.cfg.bootstrap_epochs, seed, work, self.yolo_dir,
+                                    self.settings.model.arch)
         t0 = time.time()
         metrics = evaluate_weights(last, d, self.frames("eval"), self.settings, self.cfg.threads)
         rec = {"arm": "bootstrap", "seed": seed, "round": 0, "metrics": metrics,

@@ -41,6 +41,8 @@ def bench_al(
     threads: Annotated[int | None, typer.Option(min=1, help="Torch threads.")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Cache of data, weights and per-round results.")] = None,
     out: Annotated[Path | None, typer.Option(help="Result JSON (PNGs are written beside it).")] = None,
+    bootstrap_weights: Annotated[Path | None, typer.Option(help="Start from these .pt weights instead of training "
+                                                         "a bootstrap model (e.g. your current model).")] = None,
     summary_only: Annotated[bool, typer.Option("--summary-only", help="Only summarise cached rounds.")] = False,
     via_label_studio: Annotated[bool, typer.Option("--via-label-studio", help="Not built: labels always come "
                                                    "from the oracle through the simulated annotator.")] = False,
@@ -71,6 +73,8 @@ def bench_al(
         cfg.data = str(data.resolve())
     if config is not None:
         cfg.config = str(config.resolve())
+    if bootstrap_weights is not None:
+        cfg.bootstrap_weights = str(bootstrap_weights.resolve())
     if work_dir is not None:
         cfg.work_dir = str(work_dir.resolve())
     stem = "al_quick" if quick else "al"

@@ -353,3 +353,8 @@ def test_runner_end_to_end_with_untrained_model(tmp_path: Path, monkeypatch: pyt
     calls.clear()
     al.run_benchmark(cfg, out, tmp_path / "c.png", tmp_path / "r.png", log=lambda m: None)
     assert calls == []
+    # a given bootstrap model replaces the bootstrap training
+    cfg2 = BenchConfig(**{**cfg.__dict__, "arms": ["random"], "rounds": 1, "bootstrap_weights": str(random_pt)})
+    assert cfg2.run_key() != cfg.run_key()
+    al.run_benchmark(cfg2, tmp_path / "al2.json", tmp_path / "c2.png", tmp_path / "r2.png", log=lambda m: None)
+    assert len(calls) == 2 and all(c["init"] is not None for c in calls)  # random r1 + control r1, no bootstrap
