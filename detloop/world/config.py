@@ -67,7 +67,7 @@ class DriftSpec(_Model):
     """A change of the world from a date on (optionally until a date, optionally for some cameras).
 
     Several drifts can apply at once: brightness offsets add, contrast and size scales multiply,
-    class weights override per class (later entries win).
+    class weights and class colours override per class (later entries win).
     """
 
     name: str = Field(description="Short name (shown in docs and benchmark reports).")
@@ -78,6 +78,9 @@ class DriftSpec(_Model):
     contrast: float = Field(1.0, gt=0.0, le=4.0, description="Pixel values scaled around 128.")
     class_weights: dict[str, float] = Field(default_factory=dict, description="Class weights that replace the defaults.")
     size_scale: float = Field(1.0, gt=0.0, le=10.0, description="Multiplies object sizes.")
+    class_colors: dict[str, Color] = Field(
+        default_factory=dict, description="New base colours of some classes (appearance drift, e.g. repainted goods)."
+    )
 
     def applies(self, camera: str, day: date) -> bool:
         if day < self.start or (self.end is not None and day > self.end):
@@ -153,7 +156,7 @@ class WorldConfig(_Model):
             bad = sorted(set(d.cameras) - cams)
             if bad:
                 raise ValueError(f"drift {d.name!r}: unknown cameras {bad}")
-            badc = sorted(set(d.class_weights) - set(self.classes))
+            badc = sorted((set(d.class_weights) | set(d.class_colors)) - set(self.classes))
             if badc:
                 raise ValueError(f"drift {d.name!r}: unknown classes {badc}")
         unknown = sorted(set(self.classes) - set(SHAPES))

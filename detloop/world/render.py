@@ -50,6 +50,7 @@ class Conditions:
         class_probs: float64 ``(C,)`` probabilities of each class (config order of ``classes``).
         size_scale: multiplies object sizes.
         drifts: names of the drifts in force.
+        colors: base BGR colour of each class (config order), after colour drifts.
     """
 
     brightness: float
@@ -57,12 +58,14 @@ class Conditions:
     class_probs: np.ndarray
     size_scale: float
     drifts: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...] = ()
 
 
 def conditions(cfg: WorldConfig, classes: list[str], camera: str, day: date) -> Conditions:
     """Combine the drifts that apply to ``camera`` on ``day`` (offsets add, scales multiply)."""
     b, c, s = 0.0, 1.0, 1.0
     weights = {k: cfg.classes[k].weight for k in classes}
+    colors = {k: tuple(cfg.classes[k].color) for k in classes}
     names = []
     for d in cfg.drift:
         if not d.applies(camera, day):
@@ -72,10 +75,11 @@ def conditions(cfg: WorldConfig, classes: list[str], camera: str, day: date) -> 
         c *= d.contrast
         s *= d.size_scale
         weights.update({k: v for k, v in d.class_weights.items() if k in weights})
+        colors.update({k: tuple(v) for k, v in d.class_colors.items() if k in colors})
     w = np.array([weights[k] for k in classes], dtype=np.float64)
     if w.sum() <= 0:
         w = np.ones_like(w)
-    return Conditions(b, c, w / w.sum(), s, tuple(names))
+    return Conditions(b, c, w / w.sum(), s, tuple(names), tuple(colors[k] for k in classes))  # type: ignore[misc]
 
 
 @dataclass
@@ -261,11 +265,13 @@ def frame_time(seed: int, stream: str, camera: str, day: date, index: int, frame
     return f"{hh:02d}{mm:02d}{ss:02d}", hh
 
 
-def _class_color(rng: np.random.Generator, cfg: WorldConfig, classes: list[str], cls: int) -> tuple[int, int, int]:
+def _class_color(
+    rng: np.random.Generator, cfg: WorldConfig, classes: list[str], cls: int, palette: tuple[tuple[int, int, int], ...]
+) -> tuple[int, int, int]:
     src = cls
     if rng.random() < cfg.objects.color_confusion and len(classes) > 1:
         src = int(rng.choice([i for i in range(len(classes)) if i != cls]))
-    base = np.array(cfg.classes[classes[src]].color, np.float64)
+    base = np.array(palette[src], np.float64)
     j = rng.uniform(-cfg.objects.color_jitter, cfg.objects.color_jitter, 3)
     c = np.clip(base + j, 0, 255).astype(int)
     return int(c[0]), int(c[1]), int(c[2])
@@ -288,7 +294,7 @@ def _plan(rng: np.random.Generator, cfg: WorldConfig, classes: list[str], cond: 
         n = int(rng.integers(int(cfg.crowd.size.min), int(cfg.crowd.size.max) + 1))
         size = _sample_size(rng, cfg, cond.size_scale)
         theta = rng.uniform(0, 2 * np.pi)
-        first = _Obj(cls, classes[cls], 0, 0, size, theta, _class_color(rng, cfg, classes, cls), crowd=0)
+        first = _Obj(cls, classes[cls], 0, 0, size, theta, _class_color(rng, cfg, classes, cls, cond.colors), crowd=0)
         w, h = first.box_wh()
         first.cx = rng.uniform(w, W - w)
         first.cy = rng.uniform(h, H - h)
@@ -298,7 +304,7 @@ def _plan(rng: np.random.Generator, cfg: WorldConfig, classes: list[str], cond: 
             iou = rng.uniform(cfg.crowd.iou.min, cfg.crowd.iou.max)
             dx, dy = _iou_offset(rng, w, h, iou)
             p = objs[prev]
-            o = _Obj(cls, classes[cls], p.cx + dx, p.cy + dy, size, theta, _class_color(rng, cfg, classes, cls), 0, prev)
+            o = _Obj(cls, classes[cls], p.cx + dx, p.cy + dy, size, theta, _class_color(rng, cfg, classes, cls, cond.colors), 0, prev)
             x1, y1, x2, y2 = o.box()
             if x1 < 0 or y1 < 0 or x2 > W or y2 > H:
                 continue
@@ -309,7 +315,7 @@ def _plan(rng: np.random.Generator, cfg: WorldConfig, classes: list[str], cond: 
     for _ in range(n):
         cls = int(rng.choice(len(classes), p=probs))
         size = _sample_size(rng, cfg, cond.size_scale)
-        o = _Obj(cls, classes[cls], 0, 0, size, rng.uniform(0, 2 * np.pi), _class_color(rng, cfg, classes, cls))
+        o = _Obj(cls, classes[cls], 0, 0, size, rng.uniform(0, 2 * np.pi), _class_color(rng, cfg, classes, cls, cond.colors))
         w, h = o.box_wh()
         o.cx = rng.uniform(w / 2 + 1, W - w / 2 - 1)
         o.cy = rng.uniform(h / 2 + 1, H - h / 2 - 1)

@@ -116,16 +116,16 @@ def test_brightness_drift_moves_mean_intensity_by_the_configured_offset() -> Non
 
 
 def test_contrast_and_dusk_drift_of_shipped_config(cfg: WorldConfig) -> None:
-    c0 = conditions(cfg, CLASSES, "cam1", date(2026, 1, 18))
-    c1 = conditions(cfg, CLASSES, "cam1", date(2026, 1, 19))
+    dusk = next(d for d in cfg.drift if d.name == "cam1-dusk")
+    c0 = conditions(cfg, CLASSES, "cam1", dusk.start - timedelta(days=1))
+    c1 = conditions(cfg, CLASSES, "cam1", dusk.start)
     assert c0.drifts == () and c1.drifts == ("cam1-dusk",)
-    assert c1.brightness == -45 and c1.contrast == pytest.approx(0.7)
-    before = [f.image.std() for f in _frames(cfg, "cam1", date(2026, 1, 18), 8)]
-    after = [f.image.std() for f in _frames(cfg, "cam1", date(2026, 1, 19), 8)]
-    assert np.mean(after) < np.mean(before)
-    assert np.mean([f.image.mean() for f in _frames(cfg, "cam1", date(2026, 1, 19), 8)]) < np.mean(
-        [f.image.mean() for f in _frames(cfg, "cam1", date(2026, 1, 18), 8)]
-    ) - 30
+    assert c1.brightness == dusk.brightness < 0 and dusk.contrast < 1
+    assert c1.contrast == pytest.approx(dusk.contrast)
+    before = _frames(cfg, "cam1", dusk.start - timedelta(days=1), 8)
+    after = _frames(cfg, "cam1", dusk.start, 8)
+    assert np.mean([f.image.std() for f in after]) < np.mean([f.image.std() for f in before])
+    assert np.mean([f.image.mean() for f in after]) < np.mean([f.image.mean() for f in before]) - 30
 
 
 def _class_share(frames) -> np.ndarray:
@@ -152,13 +152,15 @@ def test_object_sizes_floor_and_size_drift(cfg: WorldConfig) -> None:
         return np.concatenate([np.maximum(f.truth.xyxy[:, 2] - f.truth.xyxy[:, 0],
                                           f.truth.xyxy[:, 3] - f.truth.xyxy[:, 1]) for f in frames])
 
-    before = sizes(_frames(cfg, "cam2", date(2026, 2, 8), 60))
-    after = sizes(_frames(cfg, "cam2", date(2026, 2, 9), 60))
+    start = next(d for d in cfg.drift if d.name == "cam2-zoom-out").start
+    before = sizes(_frames(cfg, "cam2", start - timedelta(days=1), 60))
+    after = sizes(_frames(cfg, "cam2", start, 60))
     assert before.min() >= cfg.objects.min_size_px - 0.5  # >= 6 px at model input 320
     assert after.min() >= cfg.objects.min_size_px - 0.5
     assert before.max() <= cfg.objects.size_px.max + 0.5
+    scale = next(d for d in cfg.drift if d.name == "cam2-zoom-out").size_scale
     ratio = np.median(after) / np.median(before)
-    assert 0.5 < ratio < 0.78, ratio  # size_scale 0.6, floored at 12 px
+    assert 0.8 * scale < ratio < 1.3 * scale, (ratio, scale)  # floored at 12 px, so a little above the scale
     small = (before < 32).mean()
     assert 0.25 < small < 0.8  # many COCO-small objects
 
@@ -204,3 +206,28 @@ def test_labelled_stream_plan_is_deterministic_and_spans_cameras(cfg: WorldConfi
     assert all(cfg.golden_set.start <= p.day <= last for p in a)
     seed_plan = plan_stream(cfg, 0, "seed", cfg.seed_set.start, cfg.seed_set.days, cfg.seed_set.frames)
     assert max(p.day for p in seed_plan) < date(2026, 1, 5)  # seed set predates production and every drift
+
+
+def test_repaint_drift_changes_class_colours_on_its_camera_only(cfg: WorldConfig) -> None:
+    rep = next(d for d in cfg.drift if d.class_colors)
+    cam = rep.cameras[0]
+    other = next(c.id for c in cfg.cameras if c.id not in rep.cameras)
+    i = CLASSES.index(next(iter(rep.class_colors)))
+    assert conditions(cfg, CLASSES, cam, rep.start).colors[i] == tuple(rep.class_colors[CLASSES[i]])
+    assert conditions(cfg, CLASSES, cam, rep.start - timedelta(days=1)).colors[i] == tuple(cfg.classes[CLASSES[i]].color)
+    assert conditions(cfg, CLASSES, other, rep.start).colors[i] == tuple(cfg.classes[CLASSES[i]].color)
+
+    def mean_colour(frames) -> np.ndarray:  # mean BGR inside boxes of class i (centre patch)
+        px = []
+        for f in frames:
+            for (x1, y1, x2, y2), c in zip(f.truth.xyxy, f.truth.class_id, strict=True):
+                if c == i and CLASSES[i] == "square":
+                    cx, cy = int((x1 + x2) / 2), int((y1 + y2) / 2)
+                    px.append(f.image[cy - 2 : cy + 3, cx - 2 : cx + 3].reshape(-1, 3).mean(0))
+        return np.mean(px, 0)
+
+    before = mean_colour(_frames(cfg, cam, rep.start - timedelta(days=1), 40))
+    after = mean_colour(_frames(cfg, cam, rep.start, 40))
+    shift = np.array(rep.class_colors[CLASSES[i]], float) - np.array(cfg.classes[CLASSES[i]].color, float)
+    moved = after - before
+    assert np.dot(moved, shift) / np.linalg.norm(shift) > 0.4 * np.linalg.norm(shift)  # most of the way
