@@ -1,9 +1,10 @@
 """The synthetic world against the REAL test-stack S3: publish + read back, golden/seed versions, materialize.
 
 Each run writes production frames and truth under its own key prefix (``it-world-<uid>/frames/``) in
-the shared buckets and deletes them at the end. New buckets are avoided on purpose: SeaweedFS gives
-every bucket its own volumes, and the test stack has room for only a few. Dataset blobs and versions
-are content-addressed, so they are shared safely (same content, same keys).
+the shared buckets, and dataset versions into ONE throw-away data bucket (so other tests'
+``latest_version`` never sees these versions); everything is deleted at the end. No more buckets than
+that: SeaweedFS gives every bucket its own volumes (7 x 1 GB slots), and the test stack has room for
+only a few.
 """
 
 from __future__ import annotations
@@ -30,13 +31,16 @@ def world_settings(stack_settings, tmp_path_factory):  # type: ignore[no-untyped
     uid = uuid.uuid4().hex[:8]
     s = stack_settings.model_copy(deep=True)
     s.s3.production_prefix = f"it-world-{uid}/frames/"
+    s.s3.data_bucket = f"it-world-data-{uid}"
     s.data_dir = tmp_path_factory.mktemp("world-data")
     yield s
     store = S3Store(s)
     for bucket, prefix in ((s.s3.production_bucket, s.s3.production_prefix),
-                           (s.s3.oracle_bucket, f"{TRUTH_PREFIX}{s.s3.production_prefix}")):
+                           (s.s3.oracle_bucket, f"{TRUTH_PREFIX}{s.s3.production_prefix}"),
+                           (s.s3.data_bucket, "")):
         for o in list(store.list(bucket, prefix)):
             store.delete(bucket, o.key)
+    store.client.delete_bucket(Bucket=s.s3.data_bucket)  # frees its SeaweedFS volumes
 
 
 def test_publish_tiny_world_and_read_it_back(world_settings) -> None:
@@ -70,7 +74,7 @@ def test_golden_version_round_trip_and_materialize(world_settings) -> None:
     store = S3Store(s)
     vid = publish_labelled_set(s, "golden", frames=10, store=store)
     assert publish_labelled_set(s, "golden", frames=10, store=store) == vid
-    assert vid in [v["id"] for v in list_versions(store, s, "golden")]
+    assert [v["id"] for v in list_versions(store, s, "golden")] == [vid]
     m = load_manifest(store, s, vid)
     assert m.kind == "golden" and m.counts() == {"golden": 10}
     y = materialize(store, s, vid, splits=("golden",))
@@ -103,6 +107,7 @@ def test_seed_child_version_materialize_and_cli(world_settings, monkeypatch) -> 
 
     from detloop.cli import app
 
+    monkeypatch.setenv("DETLOOP_S3__DATA_BUCKET", s.s3.data_bucket)
     runner = CliRunner()
     out = runner.invoke(app, ["dataset", "list"])
     assert out.exit_code == 0, out.output
