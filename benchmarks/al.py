@@ -403,9 +403,12 @@ class Runner:
         key = str(weights)
         if key not in self._scored:
             ms = self.settings.model
-            self._scored = {key: infer(weights, self.frames("pool"), range(len(self.data.pool)),
-                                       ms.scoring_conf_threshold, ms.iou_threshold, ms.max_det,
-                                       ms.scoring_max_candidates, self.cfg.threads, True)}
+            # keep the bootstrap models' scores (round 1 of every arm of a seed), drop other rounds'
+            boot_dir = str(self.root / "runs" / "bootstrap")
+            self._scored = {k: v for k, v in self._scored.items() if k.startswith(boot_dir)}
+            self._scored[key] = infer(weights, self.frames("pool"), range(len(self.data.pool)),
+                                      ms.scoring_conf_threshold, ms.iou_threshold, ms.max_det,
+                                      ms.scoring_max_candidates, self.cfg.threads, True)
         return self._scored[key]
 
     def _choose(self, arm: str, seed: int, r: int, weights: Path, unlabelled: list[int],

@@ -319,6 +319,15 @@ def test_runner_end_to_end_with_untrained_model(tmp_path: Path, monkeypatch: pyt
         return random_pt, 0.0
 
     monkeypatch.setattr(al, "train_once", fake_train)
+    pool_scorings: list[str] = []
+    real_infer = al.infer
+
+    def counting_infer(weights: Path, *a: Any, **k: Any) -> Any:
+        if a[-1] is True:  # with_embedding: a pool scoring pass
+            pool_scorings.append(str(weights))
+        return real_infer(weights, *a, **k)
+
+    monkeypatch.setattr(al, "infer", counting_infer)
     cfg = BenchConfig(arms=["random", "entropy_sum", "default"], seeds=[0], rounds=2, budget=4, epochs=1,
                       bootstrap_epochs=1, sizes={"seed": 5, "pool": 14, "eval": 4, "val": 2},
                       config=str(REPO / "configs" / "test.yaml"), work_dir=str(tmp_path / "work"), threads=1)
@@ -347,6 +356,8 @@ def test_runner_end_to_end_with_untrained_model(tmp_path: Path, monkeypatch: pyt
             lbl = Path(img.replace("/images/", "/labels/")).with_suffix(".txt")
             assert lbl.is_file()
     assert s["seeds_complete_all_arms"] == [0]
+    # the bootstrap model scores the pool once for both strategy arms' round 1; round 2 once per arm
+    assert len(pool_scorings) == 3 and sum("/bootstrap/" in w for w in pool_scorings) == 1
     assert set(s["efficiency_vs_random"]) == {"entropy_sum", "default"}
     assert (tmp_path / "c.png").is_file() and json.loads(out.read_text())["run_key"] == cfg.run_key()
     # resume: everything cached, nothing trains again
