@@ -683,8 +683,17 @@ def task_ids_key(round_id: str) -> str:
 
 
 def save_task_ids(store: Any, settings: Settings, round_id: str, task_ids: dict[str, int]) -> None:
-    """``rounds/<round_id>/tasks.json``: production key -> Label Studio task id of the round."""
-    store.put_json(settings.s3.data_bucket, task_ids_key(round_id), {"round_id": round_id, "tasks": task_ids})
+    """``rounds/<round_id>/tasks.json``: production key -> Label Studio task id, and the project's title."""
+    store.put_json(settings.s3.data_bucket, task_ids_key(round_id), {
+        "round_id": round_id, "project_title": settings.label_studio.project_title,
+        "label_studio_url": settings.label_studio.url, "tasks": task_ids})
+
+
+def round_project_title(store: Any, settings: Settings, round_id: str) -> str | None:
+    """Title of the Label Studio project a round was pushed to (None when unknown)."""
+    if not store.exists(settings.s3.data_bucket, task_ids_key(round_id)):
+        return None
+    return store.get_json(settings.s3.data_bucket, task_ids_key(round_id)).get("project_title")
 
 
 def load_task_ids(store: Any, settings: Settings, round_id: str) -> dict[str, int] | None:

@@ -181,7 +181,9 @@ def watch_rounds(
     Args:
         now: the current time (simulated in tests and demos; naive means UTC).
         emit: ``emit(event=..., resource=..., payload=..., id=...)`` (Prefect's ``emit_event``).
-        round_ids: only these rounds (default: every round record in the data bucket).
+        round_ids: only these rounds (default: every round record in the data bucket that was
+            pushed to the configured project; rounds of another project sharing the bucket are
+            left to that project's watcher).
         dry_run: compute and report only: no record is written and nothing is emitted (rows say
             ``would_emit``).
 
@@ -190,7 +192,7 @@ def watch_rounds(
     """
     from detloop.clients.labelstudio import LabelStudioClient
     from detloop.clients.s3 import S3Store
-    from tasks.annotation import ensure_project, round_progress, round_tasks
+    from tasks.annotation import ensure_project, round_progress, round_project_title, round_tasks
 
     store = store or S3Store(settings)
     rows: list[dict[str, Any]] = []
@@ -199,6 +201,10 @@ def watch_rounds(
     for rec in list_rounds(store, settings):
         if round_ids is not None and rec.round_id not in round_ids:
             continue
+        if round_ids is None and rec.status == "open":
+            title = round_project_title(store, settings, rec.round_id)
+            if title is not None and title != settings.label_studio.project_title:
+                continue  # another project's round (projects sharing a data bucket)
         if rec.status == "open":
             if project_id is None:
                 ls = ls or LabelStudioClient(settings)

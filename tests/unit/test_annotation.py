@@ -359,3 +359,17 @@ def test_import_retry_after_lost_answer_creates_no_duplicate(cfg) -> None:  # ty
     assert sorted(got) == [f"k{i}" for i in range(5)] and len(set(got.values())) == 5
     assert [t["data"]["s3_key"] for t in ls.tasks] == [f"k{i}" for i in range(5)]  # each exactly once
     assert ls.calls == 2 and sleeps == [cfg.label_studio.backoff_seconds]
+
+
+def test_watch_rounds_leaves_other_projects_rounds_alone(cfg) -> None:  # type: ignore[no-untyped-def]
+    store = MemStore()
+    other = cfg.model_copy(deep=True)
+    other.label_studio.project_title = "someone-else"
+    for s_, rid in ((cfg, "mine"), (other, "theirs")):
+        rounds.open_round(store, s_, rid, "2026-01-12", "7", 1, 0)
+        an.save_task_ids(store, s_, rid, {"k": 1})
+    events: list[dict] = []
+    rounds.watch_rounds(cfg, datetime(2026, 2, 1), lambda **kw: events.append(kw), store=store,
+                        ls=FakeLS({"mine": ["labelled"], "theirs": []}))
+    assert [e["payload"]["round_id"] for e in events] == ["mine"]
+    assert rounds.load_round(store, cfg, "theirs").status == "open"
