@@ -14,6 +14,8 @@ Label efficiency of a strategy against random (the issue's definition):
 
 written ``"> x"`` when the strategy is already at or above ``target`` at its first point (only a lower
 bound is known: ``x = n_rand / x_first``), and ``"never"`` when its mean curve never reaches ``target``.
+When random's own first point is already at its final value (random did not improve: e.g. an untrained
+model at mAP 0 throughout), only upper bounds exist on both sides and the ratio is ``"undefined"``.
 The confidence interval resamples seeds with replacement (paired: seed s of random and of the strategy
 share the bootstrap model) and recomputes the efficiency on the resampled mean curves.
 """
@@ -26,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-Kind = Literal["point", "lower_bound", "never"]
+Kind = Literal["point", "lower_bound", "never", "undefined"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class Efficiency:
 
     @property
     def text(self) -> str:
+        if self.kind == "undefined":
+            return "undefined (random did not improve)"
         if self.kind == "never" or self.value is None:
             return "never"
         if self.kind == "lower_bound":
@@ -166,9 +170,11 @@ def labels_to_reach(curve: Curve, target: float) -> tuple[float | None, bool]:
 def label_efficiency(random: Curve, strategy: Curve) -> Efficiency:
     """Label efficiency of ``strategy`` against ``random`` (both mean curves; see the module docstring)."""
     target = float(random.y[-1])
-    n_rand, _ = labels_to_reach(random, target)
-    if n_rand is None:  # cannot happen: random reaches its own final value at the latest at its end
-        n_rand = float(random.x[-1])
+    n_rand, before_r = labels_to_reach(random, target)
+    if n_rand is None:  # only with NaN values: a finite curve reaches its own final value at its end
+        return Efficiency("undefined", None, target, float(random.x[-1]), None, float(strategy.x[-1]))
+    if before_r:
+        return Efficiency("undefined", None, target, n_rand, None, float(strategy.x[-1]))
     n_strat, before = labels_to_reach(strategy, target)
     if n_strat is None:
         return Efficiency("never", None, target, n_rand, None, float(strategy.x[-1]))
@@ -206,12 +212,18 @@ def efficiency_ci(
     for b in range(n_boot):
         idx = rng.integers(0, n, n)
         e = label_efficiency(mean_curve([random[i] for i in idx])[0], mean_curve([strategy[i] for i in idx])[0])
-        vals[b] = 0.0 if e.value is None else e.value
+        vals[b] = np.nan if e.kind == "undefined" else (0.0 if e.value is None else e.value)
         kinds.append(e.kind)
     a = (1 - level) / 2
-    lo, hi = np.quantile(vals, [a, 1 - a])
     notes = [] if n >= 5 else [f"{n} seeds: a bootstrap over so few seeds understates the spread"]
-    return EfficiencyCI(est, (float(lo), float(hi)), level, n_boot, kinds.count("never") / n_boot,
+    n_undef = kinds.count("undefined")
+    if n_undef:
+        notes.append(f"{n_undef} of {n_boot} resamples undefined (random did not improve); left out of the interval")
+    ci = None
+    if n_undef < n_boot:
+        lo, hi = np.nanquantile(vals, [a, 1 - a])
+        ci = (float(lo), float(hi))
+    return EfficiencyCI(est, ci, level, n_boot, kinds.count("never") / n_boot,
                         kinds.count("lower_bound") / n_boot, notes)
 
 

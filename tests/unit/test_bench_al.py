@@ -76,6 +76,9 @@ def test_label_efficiency_point_lower_bound_and_never() -> None:
     assert lb.kind == "lower_bound" and lb.value == pytest.approx(4.0) and lb.text == "> 4.00x"
     nv = label_efficiency(rnd, C([50, 100, 150, 200], [0.1, 0.15, 0.2, 0.39]))
     assert nv.kind == "never" and nv.value is None and nv.text == "never"
+    # random did not improve (flat at 0): both sides are upper bounds, no ratio
+    flat = label_efficiency(C([16, 32], [0.0, 0.0]), C([8, 16], [0.0, 0.0]))
+    assert flat.kind == "undefined" and flat.value is None and "undefined" in flat.text
     # random against itself is exactly 1x
     assert label_efficiency(rnd, rnd).value == pytest.approx(1.0)
 
