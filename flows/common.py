@@ -16,6 +16,32 @@ from flows.params import _Params
 NETWORK_RETRIES = 3
 NETWORK_RETRY_DELAYS = [2, 10, 30]
 
+_TRANSIENT_NAMES = {
+    "ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "EndpointConnectionError", "ConnectTimeoutError",
+    "ReadTimeoutError", "ConnectError", "RemoteProtocolError", "TransportError", "ServiceError", "ProtocolError",
+}
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """A service that is down or flaky (worth a retry), not a bug or bad input (never retried)."""
+    while exc is not None:
+        if any(c.__name__ in _TRANSIENT_NAMES for c in type(exc).__mro__):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def retry_on_network(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry only when the failure came from a service call."""
+    exc = state.data if isinstance(getattr(state, "data", None), BaseException) else None
+    if exc is None:
+        try:
+            state.result()
+        except BaseException as err:  # the state carries the exception
+            exc = err
+    return is_transient(exc)
+
+
 EVENT_ROUND_COMPLETED = "detloop.annotation.round.completed"
 EVENT_ROUND_READY = "detloop.annotation.round.ready"
 EVENT_MODEL_PROMOTED = "detloop.model.promoted"

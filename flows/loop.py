@@ -34,6 +34,7 @@ from flows.common import (
     md_table,
     notify,
     publish_report,
+    retry_on_network,
     settings_for,
 )
 from flows.params import (
@@ -70,7 +71,7 @@ def config_hash(*parts: Any) -> str:
 # ================================================================================================
 # Tasks: units worth retrying (network) or caching (expensive). Plain work lives in tasks/.
 # ================================================================================================
-_NET = {"retries": NETWORK_RETRIES, "retry_delay_seconds": NETWORK_RETRY_DELAYS}
+_NET = {"retries": NETWORK_RETRIES, "retry_delay_seconds": NETWORK_RETRY_DELAYS, "retry_condition_fn": retry_on_network}
 
 
 def _no_cache() -> Any:
