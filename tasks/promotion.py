@@ -106,9 +106,13 @@ class Decision:
 
     @property
     def outcome(self) -> str:
+        """``passed`` (may be promoted automatically), ``passed-awaiting-human`` or ``rejected``.
+
+        The gate only decides; whether a promotion happened is recorded by ``promote``.
+        """
         if not self.passed:
             return "rejected"
-        return "promoted" if self.promote else "passed-awaiting-human"
+        return "passed" if self.promote else "passed-awaiting-human"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

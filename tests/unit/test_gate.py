@@ -95,7 +95,7 @@ def test_examples_and_report() -> None:
     champ = ModelScores(0.40, {"disc": 0.5, "square": 0.4, "triangle": None}, 0.2, 10.0)
     better = ModelScores(0.45, {"disc": 0.52, "square": 0.38, "triangle": 0.9}, 0.19, 11.0)
     d = decide(better, champ, p)
-    assert d.passed and d.promote and d.outcome == "promoted"
+    assert d.passed and d.promote and d.outcome == "passed"
     worse_class = ModelScores(0.45, {"disc": 0.40, "square": 0.40, "triangle": 0.1}, 0.2, 10.0)
     d = decide(worse_class, champ, p)
     assert not d.passed and d.outcome == "rejected"
