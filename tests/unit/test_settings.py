@@ -65,7 +65,7 @@ def test_env_overrides_are_typed(tmp_path: Path) -> None:
 
 
 def test_env_override_out_of_range_is_rejected() -> None:
-    with pytest.raises(ConfigError, match="selection.budget"):
+    with pytest.raises(ConfigError, match=r"selection\.budget"):
         load_settings(REPO / "configs" / "local.yaml", env={"DETLOOP_SELECTION__BUDGET": "0"})
 
 

@@ -80,7 +80,11 @@ def test_publish_is_idempotent_and_truth_matches_frames(settings) -> None:
     assert third.written == 1 and store.objects[(settings.s3.production_bucket, k0)] == before
 
 
-def test_corrupt_objects_are_injected_without_truth(settings) -> None:
+def test_corrupt_objects_are_injected_without_truth(settings, monkeypatch) -> None:
+    from PIL import ImageFile
+
+    # another library imported in the same test session may switch PIL to tolerate truncated files
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False)
     store = MemStore()
     r = publish_world(settings, date(2026, 1, 5), 1, 2, corrupt=3, store=store)
     assert len(r.corrupt_keys) == 3
