@@ -132,6 +132,19 @@ class BenchConfig:
             d.pop("sizes")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
+    def bootstrap_key(self) -> str:
+        """Hash of what changes the bootstrap model and its evaluation (fine-tune settings excluded), so a
+        run that only changes budget, fine-tune epochs/lr or annotator noise reuses the bootstrap models."""
+        d = asdict(self)
+        for k in ("arms", "seeds", "rounds", "work_dir", "timeout_minutes", "metric", "rare_class", "threads",
+                  "budget", "epochs", "finetune_lr0", "finetune_warmup_epochs", "noise"):
+            d.pop(k)
+        if self.bootstrap_weights:
+            p = Path(self.bootstrap_weights)
+            d["bootstrap_weights"] = [p.name, p.stat().st_size if p.is_file() else None]
+            d.pop("bootstrap_epochs")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
 
 def quick_config() -> BenchConfig:
     """The ``--quick`` smoke size: 3 strategies, 1 seed, 3 rounds, small pool and evaluation set."""
@@ -353,11 +366,16 @@ class Runner:
         return self._frames[split]
 
     # ---- paths ---------------------------------------------------------------------------------
+    def _dir(self, arm: str, seed: int) -> Path:
+        if arm == "bootstrap":  # shared by runs that differ only in fine-tune settings
+            return self.root.parent / "bootstrap" / self.cfg.bootstrap_key() / f"s{seed}"
+        return self.root / "runs" / arm / f"s{seed}"
+
     def rec_path(self, arm: str, seed: int, r: int) -> Path:
-        return self.root / "runs" / arm / f"s{seed}" / f"r{r}.json"
+        return self._dir(arm, seed) / f"r{r}.json"
 
     def weights_path(self, arm: str, seed: int, r: int) -> Path:
-        return self.root / "runs" / arm / f"s{seed}" / f"r{r}.pt"
+        return self._dir(arm, seed) / f"r{r}.pt"
 
     def load_record(self, arm: str, seed: int, r: int) -> dict[str, Any] | None:
         p = self.rec_path(arm, seed, r)
@@ -404,7 +422,7 @@ class Runner:
         if key not in self._scored:
             ms = self.settings.model
             # keep the bootstrap models' scores (round 1 of every arm of a seed), drop other rounds'
-            boot_dir = str(self.root / "runs" / "bootstrap")
+            boot_dir = str(self._dir("bootstrap", 0).parent)
             self._scored = {k: v for k, v in self._scored.items() if k.startswith(boot_dir)}
             self._scored[key] = infer(weights, self.frames("pool"), range(len(self.data.pool)),
                                       ms.scoring_conf_threshold, ms.iou_threshold, ms.max_det,

@@ -193,6 +193,10 @@ def test_run_key_ignores_seeds_and_rounds_but_not_training() -> None:
     c = BenchConfig(epochs=7)
     assert a.run_key() == b.run_key() != c.run_key()
     assert BenchConfig(world_seed=1).run_key() != a.run_key()
+    # fine-tune settings change the run but reuse the bootstrap models
+    assert c.bootstrap_key() == a.bootstrap_key() == BenchConfig(budget=10, finetune_lr0=0.01).bootstrap_key()
+    assert BenchConfig(bootstrap_epochs=5).bootstrap_key() != a.bootstrap_key()
+    assert BenchConfig(sizes={"seed": 150, "pool": 1500, "eval": 200, "val": 16}).bootstrap_key() != a.bootstrap_key()
 
 
 # ---- inputs ------------------------------------------------------------------------------------
@@ -361,10 +365,17 @@ def test_runner_end_to_end_with_untrained_model(tmp_path: Path, monkeypatch: pyt
     assert s["seeds_complete_all_arms"] == [0]
     # the bootstrap model scores the pool once for both strategy arms' round 1; round 2 once per arm
     assert len(pool_scorings) == 3 and sum("/bootstrap/" in w for w in pool_scorings) == 1
+    # another budget: new run, same bootstrap (no bootstrap training)
+    calls.clear()
+    cfg3 = BenchConfig(**{**cfg.__dict__, "arms": ["random"], "rounds": 1, "budget": 3})
+    s3 = al.run_benchmark(cfg3, tmp_path / "al3.json", tmp_path / "c3.png", tmp_path / "r3.png", log=lambda m: None)
+    assert len(calls) == 2 and all(c["init"] is not None for c in calls)
+    assert s3["bootstrap"]["map_by_seed"] == s["bootstrap"]["map_by_seed"]
     assert set(s["efficiency_vs_random"]) == {"entropy_sum", "default"}
     assert (tmp_path / "c.png").is_file() and json.loads(out.read_text())["run_key"] == cfg.run_key()
     # resume: everything cached, nothing trains again
     calls.clear()
+    cfg = BenchConfig(**cfg.__dict__)
     al.run_benchmark(cfg, out, tmp_path / "c.png", tmp_path / "r.png", log=lambda m: None)
     assert calls == []
     # a given bootstrap model replaces the bootstrap training
