@@ -163,12 +163,13 @@ def test_rerun_after_a_crash_mid_flow_does_not_duplicate(world, monkeypatch):  #
     import flows.loop as loop
     from detloop.clients.s3 import S3Store
     from detloop.sim.annotator import AnnotatorProfile, annotate_pending
-    from flows.params import RetrainParams, SelectParams, WatchParams
+    from flows.params import BootstrapParams, RetrainParams, SelectParams, WatchParams
     from tasks.registry import list_models
     from tasks.rounds import load_round
 
     s, cfg = world["s"], world["cfg"]
     as_of = START + timedelta(days=14)
+    loop.bootstrap(BootstrapParams(config=cfg, dataset_version=world["seed"]))  # no-op when a champion exists
     loop.select_for_labeling(SelectParams(config=cfg, as_of=as_of, budget=BUDGET))
     rid = loop.round_id_for(s.label_studio.project_title, as_of)
     annotate_pending(s, AnnotatorProfile(seed=2), round_id=rid)

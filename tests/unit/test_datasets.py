@@ -6,14 +6,12 @@ S3 is replaced by an in-memory store with the same methods as ``S3Store`` (pure 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from detloop.clients.s3 import ObjectInfo
 from detloop.datasets import (
     DatasetEntry,
     DatasetManifest,
@@ -32,38 +30,9 @@ from detloop.datasets import (
 from detloop.detections import Detections
 from detloop.errors import DataError
 from detloop.settings import load_settings
+from tests.unit.memstore import MemStore
 
 CLASSES = ["disc", "square", "triangle", "ring", "star"]
-
-
-class MemStore:
-    """The subset of ``S3Store`` the dataset code uses, in memory; counts puts."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str], bytes] = {}
-        self.puts = 0
-
-    def put_bytes(self, bucket: str, key: str, body: bytes, content_type: str | None = None) -> str:
-        self.puts += 1
-        self.objects[(bucket, key)] = bytes(body)
-        return sha256_bytes(body)[:32]
-
-    def get_bytes(self, bucket: str, key: str) -> bytes:
-        return self.objects[(bucket, key)]
-
-    def exists(self, bucket: str, key: str) -> bool:
-        return (bucket, key) in self.objects
-
-    def put_json(self, bucket: str, key: str, obj: object) -> str:
-        return self.put_bytes(bucket, key, json.dumps(obj, sort_keys=True).encode())
-
-    def get_json(self, bucket: str, key: str) -> object:
-        return json.loads(self.get_bytes(bucket, key))
-
-    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
-        for (b, k), v in sorted(self.objects.items()):
-            if b == bucket and k.startswith(prefix):
-                yield ObjectInfo(k, len(v), "")
 
 
 @pytest.fixture
