@@ -641,6 +641,8 @@ def ensure_up(settings: Settings, log: Log = _noop) -> UpResult:
         waiting = {"mlflow": bring("mlflow"), "prefect": bring("prefect")}
         ensure_label_studio_venv(settings, log)
         t = mark("label_studio_venv", t)
+        # the health timeout is for starting services: a first-time install does not eat into it
+        deadline = max(deadline, time.monotonic() + settings.stack.start_timeout_seconds)
         waiting["label-studio"] = bring("label-studio")
         for name, rec in waiting.items():
             _wait_healthy(settings, name, rec, deadline)
