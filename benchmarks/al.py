@@ -206,6 +206,11 @@ def annotate(frame: BenchFrame, noise: AnnotatorNoise, seed: int, num_classes: i
     return degrade(frame.truth, prof, rng, num_classes, frame.width, frame.height)
 
 
+def labelled_name(frame: BenchFrame) -> str:
+    """File name of a labelled pool frame in an arm's folder (the unique frame name + the image suffix)."""
+    return frame.name + Path(frame.image).suffix
+
+
 def curves_from_records(records: Sequence[dict[str, Any]], axis: str, metric: str) -> Curve:
     """One seed's curve of an arm from its round records (round 1..R, sorted), on ``axis``.
 
@@ -495,10 +500,10 @@ class Runner:
                     ann = annotate(f, self.cfg.noise, seed, nc)
                     drawn[kind] += len(ann)
                     if kind == "new":
-                        link = img_dir / Path(f.image).name
+                        link = img_dir / labelled_name(f)
                         if not link.exists():
                             link.symlink_to(Path(f.image).resolve())
-                        (lbl_dir / f"{Path(f.image).stem}.txt").write_text(ann.to_yolo_txt(f.width, f.height))
+                        (lbl_dir / f"{Path(labelled_name(f)).stem}.txt").write_text(ann.to_yolo_txt(f.width, f.height))
                         labelled_counts = labelled_counts + np.bincount(ann.class_id, minlength=nc)
             trained += new
             control_all += control
@@ -507,7 +512,7 @@ class Runner:
             cum = {"frames": cum["frames"] + len(new), "boxes": cum["boxes"] + truth_new,
                    "frames_paid": cum["frames_paid"] + len(new) + len(control),
                    "boxes_paid": cum["boxes_paid"] + truth_new + truth_ctl}
-            train_imgs = [f.image for f in d.seed] + [str(img_dir / Path(d.pool[i].image).name) for i in trained]
+            train_imgs = [f.image for f in d.seed] + [str(img_dir / labelled_name(d.pool[i])) for i in trained]
             work = self.root / "work" / arm / f"s{seed}" / f"r{r}"
             y = write_data_yaml(work / "data.yaml", train_imgs, [f.image for f in d.val], d.classes)
             last, secs = train_once(self.cfg, y, weights, self.cfg.epochs, seed, work, self.yolo_dir,

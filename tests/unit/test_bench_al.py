@@ -383,3 +383,48 @@ def test_runner_end_to_end_with_untrained_model(tmp_path: Path, monkeypatch: pyt
     assert cfg2.run_key() != cfg.run_key()
     al.run_benchmark(cfg2, tmp_path / "al2.json", tmp_path / "c2.png", tmp_path / "r2.png", log=lambda m: None)
     assert len(calls) == 2 and all(c["init"] is not None for c in calls)  # random r1 + control r1, no bootstrap
+
+
+def test_runner_on_a_yolo_folder_with_an_untrained_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--data mode: any YOLO dataset (here: world frames copied into a foreign layout with clashing names)."""
+    import shutil
+
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    import benchmarks.al as al
+
+    classes = ["disc", "square", "triangle", "ring", "star"]
+    world = render_world(tmp_path / "w", REPO / "configs" / "world.yaml", classes, 0,
+                         {"seed": 4, "pool": 8, "eval": 3, "val": 1})
+    root = tmp_path / "mine"
+    for split, frames in (("train", world.seed), ("pool/a", world.pool[:4]), ("pool/b", world.pool[4:]),
+                          ("test", world.eval)):
+        for i, f in enumerate(frames):  # pool/a and pool/b both hold img0..img3
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f.image, root / "images" / split / f"img{i}.jpg")
+            (root / "labels" / split / f"img{i}.txt").write_text(f.truth.to_yolo_txt(f.width, f.height))
+    (root / "data.yaml").write_text("names: {0: disc, 1: square, 2: triangle, 3: ring, 4: star}\n"
+                                    "train: images/train\npool: images/pool\ntest: images/test\n")
+    net = DetectionModel("yolo11n.yaml", nc=5, verbose=False)
+    pt = tmp_path / "untrained.pt"
+    torch.save({"model": net, "train_args": {}}, pt)
+    trained_lists: list[list[str]] = []
+
+    def fake_train(cfg: Any, data_yaml: Path, init: Path | None, *a: Any) -> tuple[Path, float]:
+        import yaml
+
+        trained_lists.append(Path(yaml.safe_load(Path(data_yaml).read_text())["train"]).read_text().split())
+        return pt, 0.0
+
+    monkeypatch.setattr(al, "train_once", fake_train)
+    cfg = BenchConfig(arms=["random", "entropy_sum"], seeds=[0], rounds=1, budget=8, data=str(root / "data.yaml"),
+                      config=str(REPO / "configs" / "test.yaml"), work_dir=str(tmp_path / "work"), threads=1)
+    s = al.run_benchmark(cfg, tmp_path / "al.json", tmp_path / "c.png", tmp_path / "r.png", log=lambda m: None)
+    assert s["source"]["kind"] == "yolo" and s["data"]["pool"]["frames"] == 8
+    # the whole pool (8 frames, 4 pairs of equal file names) was labelled: 8 distinct files with labels
+    for lst in trained_lists[1:3]:
+        added = lst[4:]
+        assert len(added) == 8 and len(set(added)) == 8
+        assert all(Path(p.replace("/images/", "/labels/")).with_suffix(".txt").is_file() for p in added)
