@@ -156,11 +156,25 @@ def pull_labels(settings: Any, round_id: str) -> Any:
 @task(name="train", cache_policy=_no_cache())
 def train_task(settings: Any, data_yaml: Any, init_weights: Any, run_name: str, tags: dict[str, str],
                dataset_version: str, parent_version: str | None, epochs: int | None = None) -> Any:
-    """Training is idempotent by input hash (a finished MLflow run with the same inputs is reused)."""
+    """Training is idempotent by input hash (a finished MLflow run with the same inputs is reused).
+
+    One training at a time (a file lock): a second one waits for the first, up to the training timeout.
+    """
+    import time
+
+    from tasks.registry import PromotionError
     from tasks.training import train
 
-    return train(data_yaml, settings, init_weights, run_name, tags=tags, dataset_version=dataset_version,
-                 parent_version=parent_version, epochs=epochs)
+    deadline = time.monotonic() + settings.training.timeout_minutes * 60
+    while True:
+        try:
+            return train(data_yaml, settings, init_weights, run_name, tags=tags, dataset_version=dataset_version,
+                         parent_version=parent_version, epochs=epochs)
+        except PromotionError as err:
+            if "another training" not in str(err) or time.monotonic() > deadline:
+                raise
+            get_run_logger().info("%s; waiting", err)
+            time.sleep(15)
 
 
 @task(name="evaluate", cache_policy=_no_cache(), **_NET)

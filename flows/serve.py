@@ -27,13 +27,14 @@ from typing import Any
 
 from detloop.settings import Settings, load_settings
 
-TRAINING_LIMIT = "detloop-training"
-PROMOTION_LIMIT = "detloop-promotion"
+# No deployment concurrency limits: Prefect 3.8 keeps their leases in the server's memory, so a run
+# that holds a slot when the server restarts (`stack down` / `up`) leaks the slot forever. One training
+# and one promotion at a time are enforced by kernel file locks instead (tasks/registry.py), which a
+# crashed holder releases with its process; a queued retrain waits for the lock (flows/loop.py).
 
 
 def build_deployments(settings: Settings) -> list[Any]:
     """RunnerDeployments for every flow (module entrypoints, schema-enforced parameters)."""
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.deployments.runner import EntrypointType
     from prefect.events import DeploymentEventTrigger
 
@@ -62,42 +63,27 @@ def build_deployments(settings: Settings) -> list[Any]:
         ),
         watch_rounds.to_deployment(
             "interval", interval=settings.prefect.watch_interval_seconds, tags=["detloop"],
-            # overlapping watchers are pointless: a new one is cancelled while one runs
-            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
             description="Progress of open rounds; emits detloop.annotation.round.completed once per round.",
             **common,
         ),
         retrain_and_promote.to_deployment(
-            "on-round-completed", triggers=[trigger], concurrency_limit=1, tags=["detloop", "training"],
+            "on-round-completed", triggers=[trigger], tags=["detloop", "training"],
             description="Labels of a round -> dataset version -> fine-tune -> evaluate -> register -> gate -> promote.",
             **common,
         ),
         bootstrap.to_deployment(
-            "manual", concurrency_limit=1, tags=["detloop", "training"],
+            "manual", tags=["detloop", "training"],
             description="Train the first champion from the model YAML on the seed dataset version.", **common,
         ),
         promote.to_deployment(
-            "manual", concurrency_limit=1, tags=["detloop", "registry"],
+            "manual", tags=["detloop", "registry"],
             description="Make a registered version champion (with a reason; override records who and why).", **common,
         ),
         rollback.to_deployment(
-            "manual", concurrency_limit=1, tags=["detloop", "registry"],
+            "manual", tags=["detloop", "registry"],
             description="Restore previous-champion as champion (with a reason).", **common,
         ),
     ]
-
-
-def ensure_concurrency_limits() -> None:
-    """Global limits so one training and one promotion run at a time across deployments."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-
-    with get_client(sync_client=True) as client:
-        for name in (TRAINING_LIMIT, PROMOTION_LIMIT):
-            try:
-                client.read_global_concurrency_limit_by_name(name)
-            except Exception:  # ObjectNotFound: create it
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,7 +97,6 @@ def main(argv: list[str] | None = None) -> None:
     from detloop.offline import apply_offline_env
 
     apply_offline_env(settings)
-    ensure_concurrency_limits()
     deployments = build_deployments(settings)
     if args.work_pool:
         from prefect import deploy
