@@ -16,15 +16,15 @@ exports a randomly initialised YOLO11n (class biases spread so NMS has real work
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks._common import machine_info, utc_now, write_result
 
 CLASSES = ["disc", "square", "triangle", "ring", "star"]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -197,14 +197,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tta_cost_multiplier": round(runs["tta"]["seconds"] / runs["single"]["seconds"], 2),
         "committee_cost_multiplier": round(runs["committee"]["seconds"] / runs["single"]["seconds"], 2),
         "runs": runs,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "loadavg_1m_at_end": round(os.getloadavg()[0], 2)},
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        "when": utc_now(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
-    return out
+    return write_result(args.out, out)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,14 @@ Writes ``benchmarks/results/selection_scale.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import resource
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks._common import machine_info, utc_now, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -105,14 +104,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "control": len(res.control),
         "target": {"seconds": 10, "peak_rss_mb": 2048},
         "meets_target": bool(select_s < 10 and peak < 2048),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-                    "loadavg_1m_at_end": round(os.getloadavg()[0], 2)},
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(numpy=np.__version__),
+        "when": utc_now(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
-    return out
+    return write_result(args.out, out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,28 @@
+"""What every benchmark records beside its numbers: the machine, its load, when; and how it writes JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+
+def machine_info(**extra: Any) -> dict[str, Any]:
+    """Cores, Python, the 1-minute load average at the end of the run (noisy machines), plus ``extra``."""
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "loadavg_1m_at_end": round(os.getloadavg()[0], 2), **extra}
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def write_result(out: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """Write the result JSON (creating its folder) and print it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return result
