@@ -427,8 +427,8 @@ def retrain_and_promote(params: RetrainParams) -> dict[str, Any]:
     store.put_json(settings.s3.data_bucket, result_key, summary)
     mark_round(store, settings, round_id, status="trained", dataset_version=version_id)
     publish_report("retrain-and-promote", _round_markdown(summary, decision), f"retrain-and-promote {round_id}")
-    event = EVENT_MODEL_PROMOTED if promotion else EVENT_GATE_FAILED if not decision.passed else EVENT_MODEL_PROMOTED
     if promotion or not decision.passed:
+        event = EVENT_MODEL_PROMOTED if promotion else EVENT_GATE_FAILED
         notify(event, f"detloop.model.{settings.mlflow.model_name}.{version}",
                {"version": version, "round_id": round_id, "outcome": decision.outcome},
                f"version {version} from round {round_id}: {decision.outcome}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -48,6 +48,15 @@ def _print_status(settings) -> bool:  # type: ignore[no-untyped-def]
     return all(r.state in ("healthy", "not installed", "disabled") for r in rows)
 
 
+def _finish(settings: Any, res: Any) -> None:
+    """Status table, then one line per service that failed to start (exit 1 if any)."""
+    _print_status(settings)
+    for name, err in res.errors.items():
+        typer.secho(f"error: {name}: {err}", fg=typer.colors.RED, err=True)
+    if res.errors:
+        raise typer.Exit(1)
+
+
 @stack_app.command("up")
 def up(config: ConfigOpt = None) -> None:
     """Start every service that is not running (idempotent) and wait until all are healthy."""
@@ -61,11 +70,7 @@ def up(config: ConfigOpt = None) -> None:
         f"stack up in {res.seconds:.1f} s: started {', '.join(res.started) or 'nothing'}; "
         f"already running {', '.join(res.already_running) or 'nothing'}"
     )
-    _print_status(settings)
-    for name, err in res.errors.items():
-        typer.secho(f"error: {name}: {err}", fg=typer.colors.RED, err=True)
-    if res.errors:
-        raise typer.Exit(1)
+    _finish(settings, res)
 
 
 @stack_app.command("status")
@@ -101,11 +106,7 @@ def restart_cmd(
     down(settings, log=_echo, services=chosen)
     res = ensure_up(settings, log=_echo)
     _echo(f"restarted {', '.join(res.started) or 'nothing'} in {res.seconds:.1f} s")
-    _print_status(settings)
-    for name, err in res.errors.items():
-        typer.secho(f"error: {name}: {err}", fg=typer.colors.RED, err=True)
-    if res.errors:
-        raise typer.Exit(1)
+    _finish(settings, res)
 
 
 @stack_app.command("logs")

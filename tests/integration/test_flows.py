@@ -31,16 +31,6 @@ def _run(name: str, params: dict, timeout: float = 900):  # type: ignore[no-unty
     return run_deployment(name, parameters={"params": params}, timeout=timeout)
 
 
-def _watch(cfg: str):  # type: ignore[no-untyped-def]
-    """Run watch-rounds via its deployment; a run is cancelled while a scheduled one runs: try again."""
-    for _ in range(10):
-        fr = _run("watch-rounds/interval", {"config": cfg})
-        if not fr.state.is_cancelled():
-            return fr
-        time.sleep(5)
-    return fr
-
-
 @pytest.fixture(scope="module")
 def world(stack_settings, tmp_path_factory):  # type: ignore[no-untyped-def]
     from detloop.settings import load_settings
@@ -88,7 +78,7 @@ def test_invalid_parameters_are_rejected_at_creation(world):  # type: ignore[no-
 def test_full_round_through_deployments_and_event(world):  # type: ignore[no-untyped-def]
     from detloop.clients.s3 import S3Store
     from detloop.sim.annotator import AnnotatorProfile, annotate_pending
-    from flows.demo import _wait_for_retrain
+    from flows.demo import _wait_for_retrain, run_watch
     from flows.loop import round_id_for
     from tasks.registry import list_models
     from tasks.rounds import load_round
@@ -129,7 +119,7 @@ def test_full_round_through_deployments_and_event(world):  # type: ignore[no-unt
     # annotators label it; the watcher emits the event; the trigger starts retrain-and-promote
     counts = annotate_pending(s, AnnotatorProfile(seed=1), round_id=rid)
     assert counts["annotated"] + counts["skipped"] == n_tasks
-    fr = _watch(cfg)
+    fr = run_watch({"config": cfg})
     assert fr.state.is_completed()
     run = _wait_for_retrain(rid, timeout=900)
     assert run.parameters["params"]["round_id"] == rid
@@ -141,7 +131,7 @@ def test_full_round_through_deployments_and_event(world):  # type: ignore[no-unt
     assert len(versions) == 2
 
     # the event fires once: a second watch emits nothing, and no second retrain run appears
-    fr = _watch(cfg)
+    fr = run_watch({"config": cfg})
     assert fr.state.is_completed()
     time.sleep(3)
     from prefect import get_client
