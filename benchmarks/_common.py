@@ -26,3 +26,23 @@ def write_result(out: Path, result: dict[str, Any]) -> dict[str, Any]:
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return result
+
+
+def service_cpu_s(settings: Any, service: str) -> float | None:
+    """CPU seconds (user + system) used so far by a stack service's process group (None if not running)."""
+    import psutil
+
+    from infra import procs
+    from infra.stack import stack_paths
+
+    rec = procs.read_pid_file(stack_paths(settings).pid(service))
+    if rec is None:
+        return None
+    total = 0.0
+    for pid in procs.group_members(rec.pid):
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._common import service_cpu_s
+
 RESULTS = Path(__file__).resolve().parent / "results"
 W, H = 640, 480
 
@@ -74,23 +76,7 @@ def _labelled_tasks(frames: list[Any], round_id: str, classes: list[str], seed: 
 
 
 def _server_cpu_s(settings: Any) -> float | None:
-    """CPU seconds (user + system) used so far by Label Studio's process group (None if not found)."""
-    import psutil
-
-    from infra import procs
-    from infra.stack import stack_paths
-
-    rec = procs.read_pid_file(stack_paths(settings).pid("label-studio"))
-    if rec is None:
-        return None
-    total = 0.0
-    for pid in procs.group_members(rec.pid):
-        try:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            continue
-    return total
+    return service_cpu_s(settings, "label-studio")
 
 
 class _Phase:

@@ -4,9 +4,10 @@
 
 Pipeline = S3 read (prefetching thread pool) + JPEG decode + letterbox + inference + NMS carrying the
 class-score vectors + embedding + brightness/contrast, in the default single-pass configuration
-(``settings.model``: batch size, reader threads; ONNX Runtime with default threads).
+(``settings.model``: batch size, reader threads, ``inference_workers`` concurrent batches of
+``inference_threads`` ONNX Runtime threads).
 Baseline = ONNX Runtime on the same frames pre-decoded and pre-letterboxed to float32 tensors, best of
-1 / 2 intra-op threads. Also reports TTA (flipped copy) and committee (second model) as cost multipliers.
+{1, cores} intra-op threads x spinning, and one-thread sessions run concurrently (one batch per core). Also reports TTA (flipped copy) and committee (second model) as cost multipliers.
 
 Needs the test stack's S3 (`DETLOOP_CONFIG=configs/test.yaml detloop stack up`). Without ``--model`` it
 exports a randomly initialised YOLO11n (class biases spread so NMS has real work) with
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import machine_info, utc_now, write_result
+from benchmarks._common import machine_info, service_cpu_s, utc_now, write_result
 
 CLASSES = ["disc", "square", "triangle", "ring", "star"]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -92,18 +93,28 @@ def upload_frames(store: Any, bucket: str, prefix: str, jpegs: list[bytes], day:
 
 
 def bare_inference(artifact: Path, tensors: np.ndarray, batch: int, threads: int, spin: bool = True,
-                   repeats: int = 2) -> float:
-    """Frames/s of ORT alone over pre-decoded tensors (best of ``repeats`` passes)."""
+                   repeats: int = 2, workers: int = 1) -> float:
+    """Frames/s of ORT alone over pre-decoded tensors (best of ``repeats`` passes).
+
+    ``workers`` > 1: that many batches run concurrently on one session (``threads`` intra-op threads each).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tasks.scoring import OnnxScorer
 
     sc = OnnxScorer(artifact, threads=threads, spin=spin)
     sc.infer(tensors[:batch])  # warm-up
+    batches = [tensors[i : i + batch] for i in range(0, len(tensors), batch)]
     best = 0.0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for i in range(0, len(tensors), batch):
-            sc.infer(tensors[i : i + batch])
-        best = max(best, len(tensors) / (time.perf_counter() - t0))
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            if workers == 1:
+                for b in batches:
+                    sc.infer(b)
+            else:
+                list(ex.map(sc.infer, batches))
+            best = max(best, len(tensors) / (time.perf_counter() - t0))
     return best
 
 
@@ -139,9 +150,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         # pre-decoded tensors for the baseline (not timed)
         tensors = np.stack([prepare(decode_image(b)[0], size)[0] for b in jpegs])  # type: ignore[arg-type]
-        baseline = {(t, spin): bare_inference(Path(artifact), tensors, ms.batch_size, t, spin)
-                    for t in (1, 2) for spin in (True, False)}
-        best_threads, best_spin = max(baseline, key=lambda t: baseline[t])
+        cores = os.cpu_count() or 2
+        configs = [(t, spin, 1) for t in sorted({1, cores}) for spin in (True, False)] + [(1, False, cores)]
+        baseline = {c: bare_inference(Path(artifact), tensors, ms.batch_size, c[0], c[1], workers=c[2])
+                    for c in configs}
+        best_threads, best_spin, best_workers = max(baseline, key=lambda c: baseline[c])
 
         scorer = load_scorer(artifact, ms)
         score(refs[: ms.batch_size], scorer, store, ms)  # warm-up (session, thread pools)
@@ -159,14 +172,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # interleaved pairs (bare, pipeline): the ratio of each pair sees the same machine load
         pairs = []
         for _ in range(args.pairs):
-            bare = bare_inference(Path(artifact), tensors, ms.batch_size, best_threads, best_spin, repeats=1)
+            c0 = time.process_time()
+            bare = bare_inference(Path(artifact), tensors, ms.batch_size, best_threads, best_spin, repeats=1,
+                                  workers=best_workers)
+            c1, s1 = time.process_time(), service_cpu_s(settings, "s3")
             res = score(refs, scorer, store, ms)
+            c2, s2 = time.process_time(), service_cpu_s(settings, "s3")
             pipe = len(res.frames) / res.timings["total"]
-            pairs.append({"bare_fps": round(bare, 2), "pipeline_fps": round(pipe, 2), "ratio": round(pipe / bare, 3)})
+            pairs.append({"bare_fps": round(bare, 2), "pipeline_fps": round(pipe, 2), "ratio": round(pipe / bare, 3),
+                          # CPU per frame: this process (both passes) and the S3 server (pipeline pass)
+                          "bare_cpu_ms_per_frame": round((c1 - c0) * 1000 / len(tensors), 2),
+                          "pipeline_cpu_ms_per_frame": round((c2 - c1) * 1000 / len(res.frames), 2),
+                          "s3_server_cpu_ms_per_frame": (round((s2 - s1) * 1000 / len(res.frames), 2)
+                                                         if s1 is not None and s2 is not None else None)})
             runs["single"] = record(res)
         for name, kw in [("tta", {"tta": True}), ("committee", {"committee": load_scorer(committee_art, ms)})]:
             runs[name] = record(score(refs, scorer, store, ms, **kw))
-        raw_fps_after = bare_inference(Path(artifact), tensors, ms.batch_size, best_threads, best_spin, repeats=1)
+        raw_fps_after = bare_inference(Path(artifact), tensors, ms.batch_size, best_threads, best_spin, repeats=1,
+                                  workers=best_workers)
     finally:
         for r in refs:
             try:
@@ -184,8 +207,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch_size": ms.batch_size,
         "read_threads": ms.read_threads,
         "model": str(artifact) if args.model else "random YOLO11n (class biases ~N(-2, 2)), exported by tasks.export",
-        "bare_onnx_fps_by_threads_spin": {f"{t}{'-spin' if sp else ''}": round(v, 2)
-                                          for (t, sp), v in baseline.items()},
+        "bare_onnx_fps_by_config": {f"{t} thread{'s' if t > 1 else ''}{' spin' if sp else ''} x {w} worker{'s' if w > 1 else ''}": round(v, 2)
+                                    for (t, sp, w), v in baseline.items()},
+        "bare_onnx_best_workers": best_workers,
+        "inference_workers": ms.inference_workers or (os.cpu_count() or 1),
+        "inference_threads": ms.inference_threads,
         "bare_onnx_fps_after": round(raw_fps_after, 2),
         "bare_onnx_best_threads": best_threads,
         "bare_onnx_best_spin": best_spin,

@@ -66,6 +66,11 @@ class S3Settings(_Model):
     )
     region: str = Field("us-east-1", description="S3 region name.")
     addressing_style: Literal["path", "virtual", "auto"] = Field("path", description="boto3 addressing style.")
+    presigned_reads: bool = Field(
+        True,
+        description="Scoring reads frames with presigned GETs over a pooled HTTP connection (about half the "
+        "client CPU of boto3 get_object); any failure falls back to boto3.",
+    )
     production_bucket: str = Field("detloop-production", description="Where cameras drop frames.")
     production_prefix: str = Field("frames/", description="Key prefix of camera frames in the production bucket.")
     data_bucket: str = Field("detloop-data", description="Datasets, rounds, manifests, reports.")
@@ -210,6 +215,14 @@ class ModelSettings(_Model):
         2000, ge=1, le=100000, description="Top candidates per frame that enter NMS when scoring."
     )
     read_threads: int = Field(2, ge=1, le=256, description="Threads of the prefetching S3 reader (download + decode).")
+    inference_workers: int = Field(
+        0, ge=0, le=256,
+        description="Batches scored concurrently (ONNX Runtime; torch scores one at a time). 0: one per CPU core.",
+    )
+    inference_threads: int | None = Field(
+        1, ge=1, le=1024,
+        description="ONNX Runtime intra-op threads per worker; null: all cores (then use inference_workers: 1).",
+    )
     fast_decode: bool = Field(
         True, description="Decode JPEGs at 1/2, 1/4 or 1/8 scale when that still covers the model input (DCT scaling)."
     )

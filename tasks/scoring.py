@@ -7,7 +7,9 @@
 - :func:`iter_decoded` is the prefetching reader: a thread pool downloads, validates, decodes and
   letterboxes frames ahead of inference (cv2 releases the GIL); bad objects come out as
   :class:`~detloop.contracts.Quarantined`.
-- :func:`score` runs batches, decodes the raw head ``(B, 4+C, A)`` with NMS that carries the class
+- :func:`score` runs batches (concurrently on ONNX Runtime: ``model.inference_workers`` sessions calls of
+  ``model.inference_threads`` intra-op threads each, so a worker preempted by the reader does not stall
+  the others at a thread barrier), decodes the raw head ``(B, 4+C, A)`` with NMS that carries the class
   score columns along (:meth:`Detections.from_yolo_raw`), and keeps the embedding and per-frame
   brightness/contrast. Optional TTA (horizontal flip) and committee (previous champion) passes.
 - :func:`write_predictions` stores production predictions per window as JSONL (+ ``embeddings.npy``).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -136,13 +139,17 @@ class Scorer(Protocol):
     meta: ScoringArtifactMeta
     name: str
 
+    concurrent: bool  # whether infer() may be called from several threads at once
+
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """``(B, 3, S, S)`` float32 -> raw ``(B, 4+C, A)`` and embedding ``(B, D)`` (or None)."""
         ...
 
 
 class OnnxScorer:
-    """ONNX Runtime on CPU over a scoring artifact directory."""
+    """ONNX Runtime on CPU over a scoring artifact directory (``InferenceSession.run`` is thread-safe)."""
+
+    concurrent = True
 
     def __init__(self, directory: Path, threads: int | None = None, spin: bool = False):
         """Open ``directory/model.onnx``.
@@ -192,6 +199,8 @@ class OnnxScorer:
 class TorchScorer:
     """Fallback: an Ultralytics ``.pt`` on torch; the embedding is the GAP of the Detect head inputs."""
 
+    concurrent = False  # the embedding comes from a forward hook's state
+
     def __init__(self, weights: Path, input_size: int, class_names: Sequence[str] | None = None,
                  threads: int | None = None):
         import torch
@@ -234,7 +243,7 @@ def load_scorer(path: str | Path, model_settings: ModelSettings | None = None,
         model_settings: input size for ``.pt`` files; ``backend: torch`` forces torch when a ``.pt``
             sits in the artifact directory.
         class_names: class names for ``.pt`` files (default: the model's).
-        threads: intra-op threads (default: all cores).
+        threads: intra-op threads (default: ``model.inference_threads`` on ONNX Runtime, all cores on torch).
 
     Raises:
         DataError: the path is missing or is not a scoring artifact.
@@ -248,7 +257,7 @@ def load_scorer(path: str | Path, model_settings: ModelSettings | None = None,
         if ms.backend == "torch" and pts:
             return TorchScorer(pts[0], ms.input_size, class_names, threads)
         if (p / "model.onnx").is_file() and (p / "meta.json").is_file():
-            return OnnxScorer(p, threads)
+            return OnnxScorer(p, threads if threads is not None else ms.inference_threads)
         if pts:
             return TorchScorer(pts[0], ms.input_size, class_names, threads)
         raise DataError(f"{p}: not a scoring artifact (needs model.onnx + meta.json, or a .pt file)")
@@ -398,7 +407,7 @@ def prepare(img_bgr: np.ndarray, size: int, orig_w: int | None = None, orig_h: i
 
 def _load_one(store: Any, ref: FrameRef, size: int, fast: bool = True) -> DecodedFrame | Quarantined:
     try:
-        data = store.get_bytes(ref.bucket, ref.key)
+        data = store.read_frame(ref.bucket, ref.key)
     except Exception as err:  # a missing/unreadable object is quarantined, not fatal
         return Quarantined(ref.bucket, ref.key, f"unreadable: {err}")
     img, w, h, reason = decode_for_model(data, size, fast)
@@ -554,19 +563,48 @@ def score(
         read_threads: reader threads (default ``ms.read_threads``).
 
     Returns:
-        :class:`ScoringResult` with frames in input order (quarantined ones left out).
+        :class:`ScoringResult` with frames in input order (quarantined ones left out); its timings
+        ``infer`` / ``nms`` / ``tta`` / ``committee`` are summed over workers, ``total`` is wall time.
     """
     size = int(scorer.meta.input_size)
-    timings: dict[str, float] = {}
     quarantine: list[Quarantined] = []
-    frames: list[ScoredFrame] = []
     t0 = time.perf_counter()
     reader = iter_decoded(store, refs, size, read_threads or ms.read_threads, prefetch=ms.batch_size * 3,
                           fast=ms.fast_decode)
-    for batch in iter_batches(reader, ms.batch_size, quarantine):
-        frames.extend(score_decoded(batch, scorer, ms, tta, committee, timings))
+    batches = enumerate(iter_batches(reader, ms.batch_size, quarantine))
+    workers = inference_workers(ms, scorer, committee)
+    done: dict[int, list[ScoredFrame]] = {}
+    per_worker: list[dict[str, float]] = [{} for _ in range(workers)]
+    lock = threading.Lock()
+
+    def work(timings: dict[str, float]) -> None:
+        while True:
+            with lock:  # the reader is one iterator: workers take whole batches in turn
+                item = next(batches, None)
+            if item is None:
+                return
+            i, batch = item
+            done[i] = score_decoded(batch, scorer, ms, tta, committee, timings)
+
+    if workers == 1:
+        work(per_worker[0])
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="detloop-infer") as ex:
+            for f in [ex.submit(work, t) for t in per_worker]:
+                f.result()
+    timings = {k: sum(t.get(k, 0.0) for t in per_worker) for k in set().union(*per_worker)}
     timings["total"] = time.perf_counter() - t0
+    frames = [f for i in sorted(done) for f in done[i]]
     return ScoringResult(frames, quarantine, timings, scorer.name)
+
+
+def inference_workers(ms: ModelSettings, scorer: Scorer, committee: Scorer | None = None) -> int:
+    """Concurrent batches: ``ms.inference_workers`` (0: one per core), 1 when a scorer is not thread-safe."""
+    if not getattr(scorer, "concurrent", False) or (committee is not None and not getattr(committee, "concurrent", False)):
+        return 1
+    return ms.inference_workers or max(1, os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------------------------

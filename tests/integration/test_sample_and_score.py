@@ -159,3 +159,28 @@ def test_cli_run_prints_report(world: dict[str, Any], monkeypatch: pytest.Monkey
     bad = CliRunner().invoke(app, ["select", "run", "--as-of", AS_OF.isoformat(), "--strategy", "nope", "--no-write"])
     assert bad.exit_code != 0
     assert "entropy" in str(bad.exception) or "entropy" in bad.output
+
+
+def test_read_frame_presigned_matches_boto_and_errors_alike(world: dict[str, Any]) -> None:
+    """The scoring reader's presigned GET returns the same bytes as boto3, and a missing key fails the same way."""
+    from detloop.clients.s3 import S3Store
+    from detloop.errors import ServiceError
+
+    s = world["settings"]
+    store = world["store"]
+    bucket = s.s3.production_bucket
+    odd = f"{s.s3.production_prefix}odd key/ä+%20 frame.jpg"  # needs URL quoting in the presigned URL
+    body = store.get_bytes(bucket, world["first"])
+    store.put_bytes(bucket, odd, body, "image/jpeg")
+    boto_only = s.model_copy(deep=True)
+    boto_only.s3.presigned_reads = False
+    plain = S3Store(boto_only)
+    for key in (world["first"], odd):
+        assert store.read_frame(bucket, key) == plain.read_frame(bucket, key) == store.get_bytes(bucket, key)
+    assert store._pool is not None and plain._pool is None  # the fast path was taken (and only when enabled)
+    missing = f"{s.s3.production_prefix}no-such-frame.jpg"
+    with pytest.raises(ServiceError) as fast_err:
+        store.read_frame(bucket, missing)
+    with pytest.raises(ServiceError) as boto_err:
+        store.get_bytes(bucket, missing)
+    assert str(fast_err.value) == str(boto_err.value)

@@ -31,6 +31,8 @@ class MemStore:
     def get_bytes(self, bucket: str, key: str) -> bytes:
         return self.objects[(bucket, key)]
 
+    read_frame = get_bytes
+
     def exists(self, bucket: str, key: str) -> bool:
         return (bucket, key) in self.objects
 

@@ -142,3 +142,47 @@ def test_load_scorer_errors_are_one_line(tmp_path: Path) -> None:
         load_scorer(tmp_path / "nope")
     with pytest.raises(DataError, match="not a scoring artifact"):
         load_scorer(tmp_path)
+
+
+def test_concurrent_workers_score_the_same_frames_in_input_order(random_model: tuple[Path, Path]) -> None:
+    """Batches scored by several workers come back in input order with the same detections."""
+    from detloop.settings import ModelSettings
+    from tasks.scoring import inference_workers, load_scorer, score
+    from tests.unit.memstore import MemStore
+
+    _, art = random_model
+    store = MemStore()
+    rng = np.random.default_rng(3)
+    refs = []
+    for i in range(23):  # not a multiple of the batch size
+        img = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+        ok, buf = cv2.imencode(".jpg", img)
+        assert ok
+        key = f"f/{i:03d}.jpg"
+        store.put_bytes("b", key, buf.tobytes())
+        refs.append(FrameRef("b", key, "e", "cam0", "2030-01-01"))
+    store.put_bytes("b", "f/bad.jpg", b"not an image")
+    refs.insert(5, FrameRef("b", "f/bad.jpg", "e", "cam0", "2030-01-01"))
+    results = {}
+    for workers in (1, 3):
+        ms = ModelSettings(batch_size=4, inference_workers=workers)
+        scorer = load_scorer(art, ms)
+        assert inference_workers(ms, scorer) == workers
+        results[workers] = score(refs, scorer, store, ms)
+    one, three = results[1], results[3]
+    assert [f.frame.key for f in three.frames] == [r.key for r in refs if r.key != "f/bad.jpg"]
+    assert [q.key for q in three.quarantined] == ["f/bad.jpg"]
+    for a, b in zip(one.frames, three.frames, strict=True):
+        assert a.frame.key == b.frame.key and a.detections.equals(b.detections, atol=1e-4)
+        np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-5)
+
+
+def test_torch_scorer_is_scored_one_batch_at_a_time(random_model: tuple[Path, Path]) -> None:
+    from detloop.settings import ModelSettings
+    from tasks.scoring import inference_workers, load_scorer
+
+    pt, art = random_model
+    ms = ModelSettings(input_size=320, inference_workers=4)
+    assert inference_workers(ms, load_scorer(pt, ms)) == 1
+    assert inference_workers(ms, load_scorer(art, ms), committee=load_scorer(pt, ms)) == 1
+    assert inference_workers(ms, load_scorer(art, ms)) == 4
