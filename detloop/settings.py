@@ -123,9 +123,25 @@ class PrefectSettings(_Model):
     weekly_cron: str = Field("0 3 * * 1", description="Cron of the weekly select-for-labeling run.")
     timezone: str = Field("UTC", description="Timezone of the cron schedule.")
     watch_interval_seconds: int = Field(60, ge=5, le=86400, description="How often watch-rounds runs.")
-    task_runner: Literal["threads", "dask"] = Field("threads", description="Task runner for scoring fan-out.")
-    dask_address: str | None = Field(None, description="Dask scheduler address when task_runner is dask.")
-    max_workers: int = Field(2, ge=1, le=256, description="Threads of the thread task runner.")
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads",
+        description="Where scoring chunks run: threads in the flow's process, or a Dask cluster (the dask extra).",
+    )
+    dask_address: str | None = Field(
+        None, description="Dask scheduler address (tcp://host:8786) when task_runner is dask; null: a temporary "
+        "local cluster of max_workers processes.",
+    )
+    max_workers: int = Field(2, ge=1, le=256, description="Threads of the thread task runner; processes of a temporary Dask cluster.")
+    notification_block: str | None = Field(
+        None,
+        description="Prefect notification block '<block-type-slug>/<name>' (Slack, e-mail, webhook, ...) that "
+        "receives round-ready, gate-failed and promoted messages; null: the run's log and artifacts only.",
+    )
+    score_chunk_frames: int = Field(
+        1000, ge=1, le=10_000_000,
+        description="Frames per scoring task on Dask. Threads score the whole window as one task (the scorer "
+        "already keeps every core busy).",
+    )
 
 
 class ServicePorts(_Model):

@@ -89,13 +89,13 @@ def publish_report(key: str, markdown: str, description: str) -> None:
 def notify(event: str, resource_id: str, payload: dict[str, Any], message: str) -> None:
     """Tell people: a Prefect event (automations turn it into Slack/e-mail) plus a log line.
 
-    The local default is the log and the run's artifact; a team adds a Prefect automation on these
-    events with a notification block (see docs/flows.md).
+    The local default is the log and the run's artifact; with ``prefect.notification_block`` the runner
+    creates automations that send ``message`` through that block (:mod:`flows.notifications`).
     """
     from prefect import get_run_logger
     from prefect.events import emit_event
 
-    emit_event(event=event, resource={"prefect.resource.id": resource_id}, payload=payload)
+    emit_event(event=event, resource={"prefect.resource.id": resource_id}, payload={**payload, "message": message})
     try:
         get_run_logger().info("%s: %s", event, message)
     except Exception:  # outside a run context there is no run logger
@@ -104,3 +104,30 @@ def notify(event: str, resource_id: str, payload: dict[str, Any], message: str) 
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=1, sort_keys=True, default=str)
+
+
+def make_task_runner(settings: Settings) -> Any:
+    """The configured Prefect task runner: threads, or Dask (an existing scheduler or a temporary local cluster)."""
+    from detloop.settings import ConfigError
+
+    p = settings.prefect
+    if p.task_runner == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as err:
+            raise ConfigError(
+                "prefect.task_runner: dask needs prefect-dask; install the dask extra: pip install -e '.[dask]'"
+            ) from err
+        if p.dask_address:
+            return DaskTaskRunner(address=p.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": p.max_workers, "threads_per_worker": 1,
+                                              "dashboard_address": None})
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=p.max_workers)
+
+
+def chunks(items: Sequence[Any], settings: Settings) -> list[list[Any]]:
+    """Scoring chunks: one with the thread runner, ``prefect.score_chunk_frames`` each on Dask."""
+    size = settings.prefect.score_chunk_frames if settings.prefect.task_runner == "dask" else max(1, len(items))
+    return [list(items[i : i + size]) for i in range(0, len(items), size)] or [[]]

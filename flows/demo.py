@@ -123,8 +123,13 @@ def run_demo(
     log: Callable[[str], None] = print,
     timeout: float = 3600.0,
     out_dir: Path | None = None,
+    bring_up: bool = True,
 ) -> dict[str, Any]:
-    """Set up and run ``weeks`` simulated weeks; returns timings, one row per round and the PNG path."""
+    """Set up and run ``weeks`` simulated weeks; returns timings, one row per round and the PNG path.
+
+    The deployments run with ``settings``' config file (their ``config`` parameter), so the same
+    served runner can run the demo on another world. ``bring_up=False``: the stack is already up.
+    """
     from detloop.clients.s3 import S3Store
     from detloop.sim.annotator import AnnotatorProfile, annotate_pending
     from infra.stack import client_env, ensure_up
@@ -135,11 +140,13 @@ def run_demo(
     t0 = time.monotonic()
     import os
 
-    ensure_up(settings, log=log)
+    if bring_up:
+        ensure_up(settings, log=log)
     os.environ.update(client_env(settings))
+    base: dict[str, Any] = {"config": str(settings.source)} if settings.source else {}
     ids = setup_world(settings, spec, weeks, log)
     _wait_for_deployments(timeout=120)
-    boot_params: dict[str, Any] = {"dataset_version": ids["seed"]}
+    boot_params: dict[str, Any] = {**base, "dataset_version": ids["seed"]}
     if spec.bootstrap_epochs:
         boot_params["epochs"] = spec.bootstrap_epochs
     log("bootstrap: training the first champion (deployment bootstrap/manual) ...")
@@ -155,14 +162,15 @@ def run_demo(
     for w in range(1, weeks + 1):
         as_of = START + timedelta(days=7 * w)
         log(f"week {w}: select-for-labeling as_of={as_of} ...")
-        _run_deployment("select-for-labeling/weekly", {"as_of": as_of.isoformat(), "budget": spec.budget}, timeout)
+        _run_deployment("select-for-labeling/weekly", {**base, "as_of": as_of.isoformat(), "budget": spec.budget},
+                        timeout)
         round_id = _round_for(settings, as_of)
         if round_id is None:
             log(f"week {w}: no round opened (empty window or skipped)")
             continue
         counts = annotate_pending(settings, profile, round_id=round_id)
         log(f"week {w}: simulated annotators on {round_id}: {counts}")
-        run_watch({})
+        run_watch(base)
         _wait_for_retrain(round_id, timeout)
         result = store.get_json(settings.s3.data_bucket, f"rounds/{round_id}/result.json")
         rows.append({

@@ -31,6 +31,8 @@ from flows.common import (
     EVENT_ROUND_READY,
     NETWORK_RETRIES,
     NETWORK_RETRY_DELAYS,
+    chunks,
+    make_task_runner,
     md_table,
     notify,
     publish_report,
@@ -113,18 +115,30 @@ def sample_window(settings: Any, as_of: date, cameras: list[str] | None, dates: 
     return sample(settings, as_of, cameras=cameras, dates=dates, run_id=run_id)
 
 
-@task(name="score-frames", cache_policy=_no_cache(), **_NET)
-def score_frames(settings: Any, sample: Any, model_dir: Any, model_version: str) -> Any:
-    """Score the sample with the champion; cached in S3 by (window, frames + etags, model version, config)."""
+@task(name="score-chunk", cache_policy=_no_cache(), **_NET)
+def score_chunk(settings: Any, frames: list[Any], model_version: str) -> Any:
+    """Score one chunk of the sample with registry version ``model_version``.
+
+    Runs wherever the task runner puts it (a Dask worker on another host included): the model is fetched
+    from the registry into that machine's ``data_dir`` once per version, and frames are read from S3.
+    """
     from detloop.clients.s3 import S3Store
-    from tasks.scoring import (
-        ScoringResult,
-        load_scorer,
-        predictions_prefix,
-        read_predictions,
-        score,
-        write_predictions,
-    )
+    from tasks.registry import load_champion
+    from tasks.scoring import load_scorer, score
+
+    model_dir = load_champion(settings, version=model_version)
+    scorer = load_scorer(Path(model_dir) / "scoring", settings.model, settings.classes)
+    return score(frames, scorer, S3Store(settings), settings.model)
+
+
+def score_sample(settings: Any, sample: Any, model_version: str) -> Any:
+    """Score the sample with the champion on the configured task runner (chunks on Dask, one task on threads).
+
+    Cached in S3 by (window, frames + etags, model version, model config): a re-run reads the stored
+    predictions instead of scoring again.
+    """
+    from detloop.clients.s3 import S3Store
+    from tasks.scoring import ScoringResult, predictions_prefix, read_predictions, write_predictions
 
     store = S3Store(settings)
     bucket = settings.s3.data_bucket
@@ -133,8 +147,17 @@ def score_frames(settings: Any, sample: Any, model_dir: Any, model_version: str)
     prefix = predictions_prefix(sample.window[0], sample.window[1], model_version) + f"sample={key}/"
     if store.exists(bucket, prefix + "meta.json"):
         return ScoringResult(read_predictions(store, bucket, prefix), [], {"cached": 1.0}, model_version)
-    scorer = load_scorer(Path(model_dir) / "scoring", settings.model, settings.classes)
-    result = score(sample.frames, scorer, store, settings.model)
+    parts = chunks(sample.frames, settings)
+    with make_task_runner(settings) as runner:
+        futures = [runner.submit(score_chunk, {"settings": settings, "frames": c, "model_version": model_version})
+                   for c in parts]
+        results = [f.result() for f in futures]
+    result = ScoringResult(
+        frames=[f for r in results for f in r.frames], quarantined=[q for r in results for q in r.quarantined],
+        timings={k: sum(r.timings.get(k, 0.0) for r in results) for k in {k for r in results for k in r.timings}},
+        model=results[0].model if results else model_version,
+    )
+    result.timings["chunks"] = float(len(parts))
     write_predictions(store, bucket, prefix, result, settings.classes)
     return result
 
@@ -328,7 +351,7 @@ def _make_selection(settings: Any, store: Any, as_of: date, params: SelectParams
         return None
 
     # score
-    scored = score_frames(settings, sample, model_dir, model_version)
+    scored = score_sample(settings, sample, model_version)
 
     # select (class balance against what the champion was trained on)
     train_version = champion_data or latest_version(store, settings, "train") or latest_version(store, settings, "seed")

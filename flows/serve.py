@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> None:
 
     apply_offline_env(settings)
     deployments = build_deployments(settings)
+    from flows.notifications import ensure_notifications
+
+    for name in ensure_notifications(settings):
+        print(f"notifications: automation {name!r} is set")
     if args.work_pool:
         from prefect import deploy
 

@@ -21,7 +21,9 @@ import contextlib
 import fcntl
 import getpass
 import json
+import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -306,21 +308,22 @@ def champion_version(settings: Settings, registry: Any = None) -> Any | None:
 
 
 def load_champion(settings: Settings, dest_dir: str | Path | None = None, alias: str = CHAMPION,
-                  registry: Any = None) -> Path | None:
-    """Fetch the files of the version behind ``alias`` into ``dest_dir`` (as a deployment would).
+                  registry: Any = None, version: str | None = None) -> Path | None:
+    """Fetch the files of the version behind ``alias`` (or of ``version``) into ``dest_dir`` (as a deployment would).
 
     Writes ``dest_dir/champion.json`` (version, alias, thresholds, class names) and stamps the version
-    into ``scoring/meta.json``. Returns None when no version holds the alias (bootstrap).
+    into ``scoring/meta.json``. Returns None when no version holds the alias (bootstrap). Safe when
+    several processes (e.g. Dask workers on one host) fetch the same version at once.
     """
     reg = _client(settings, registry)
-    mv = reg.version_by_alias(alias)
+    mv = reg.get_version(version) if version is not None else reg.version_by_alias(alias)
     if mv is None:
         return None
     dest = Path(dest_dir) if dest_dir else settings.data_dir / "champion" / f"v{mv.version}"
     marker = dest / "champion.json"
     if marker.is_file() and json.loads(marker.read_text()).get("version") == str(mv.version):
         return dest
-    tmp = dest.with_name(dest.name + ".partial")
+    tmp = dest.with_name(f"{dest.name}.partial-{os.getpid()}-{threading.get_ident()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     reg.download_version(mv, tmp)
@@ -334,9 +337,17 @@ def load_champion(settings: Settings, dest_dir: str | Path | None = None, alias:
     (tmp / "champion.json").write_text(json.dumps({
         "model": reg.model_name, "version": str(mv.version), "alias": alias, "run_id": mv.run_id,
         "thresholds": thresholds, "class_names": settings.classes, "pulled_at": _now()}, indent=2))
+    if marker.is_file() and json.loads(marker.read_text()).get("version") == str(mv.version):
+        shutil.rmtree(tmp)  # another process finished the same download first
+        return dest
     if dest.exists():
         shutil.rmtree(dest)
-    tmp.rename(dest)
+    try:
+        tmp.rename(dest)
+    except OSError:  # lost a race to another process: keep its copy when it is complete
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not marker.is_file():
+            raise
     return dest
 
 

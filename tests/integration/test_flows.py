@@ -31,13 +31,8 @@ def _run(name: str, params: dict, timeout: float = 900):  # type: ignore[no-unty
     return run_deployment(name, parameters={"params": params}, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def world(stack_settings, tmp_path_factory):  # type: ignore[no-untyped-def]
-    from detloop.settings import load_settings
-    from detloop.world.publish import publish_golden, publish_seed, publish_world
-    from flows.demo import _wait_for_deployments
-
-    sfx = uuid.uuid4().hex[:8]
+def _isolated_config(stack_settings, sfx: str) -> dict:  # type: ignore[no-untyped-def]
+    """The test stack's config with this world's own prefix, project, experiment and model; tiny training."""
     cfg = yaml.safe_load((Path(stack_settings.source)).read_text())
     cfg["data_dir"] = str(stack_settings.data_dir)
     cfg["s3"] = {**cfg.get("s3", {}), "production_prefix": f"flowtest-{sfx}/frames/"}
@@ -47,6 +42,17 @@ def world(stack_settings, tmp_path_factory):  # type: ignore[no-untyped-def]
     cfg["gate"] = {"bootstrap_floor": 0.0, "min_delta": -1.0, "class_tol": 1.0, "small_tol": 1.0,
                    "latency_ratio_max": 100.0}
     cfg["evaluation"] = {**cfg.get("evaluation", {}), "min_instances": 5}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def world(stack_settings, tmp_path_factory):  # type: ignore[no-untyped-def]
+    from detloop.settings import load_settings
+    from detloop.world.publish import publish_golden, publish_seed, publish_world
+    from flows.demo import _wait_for_deployments
+
+    sfx = uuid.uuid4().hex[:8]
+    cfg = _isolated_config(stack_settings, sfx)
     path = tmp_path_factory.mktemp("flowtest") / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     s = load_settings(path)
@@ -188,3 +194,29 @@ def test_rerun_after_a_crash_mid_flow_does_not_duplicate(world, monkeypatch):  #
     assert len(list_models(s)) == before + 1
     out2 = loop.retrain_and_promote(RetrainParams(config=cfg, round_id=rid))
     assert out2.get("resumed") is True and len(list_models(s)) == before + 1
+
+
+def test_demo_tiny_runs_the_same_path_and_resumes(stack_settings, tmp_path):  # type: ignore[no-untyped-def]
+    """`make demo`'s job at the tiny size, one week, on its own world: then re-run, which finds the work done."""
+    from detloop.settings import load_settings
+    from flows.demo import run_demo
+    from tasks.registry import list_models
+
+    sfx = uuid.uuid4().hex[:8]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_isolated_config(stack_settings, sfx)))
+    s = load_settings(path)
+    lines: list[str] = []
+    out = run_demo(s, weeks=1, size="tiny", log=lines.append, timeout=900, out_dir=tmp_path / "demo", bring_up=False)
+    assert len(out["rounds"]) == 1, lines
+    row = out["rounds"][0]
+    assert row["labels"] and row["labels"] > 0 and row["decision"] in ("passed", "passed-awaiting-human", "rejected"), row
+    assert row["champion_map"] is not None and row["challenger_map"] is not None
+    assert Path(out["learning_curve"]).read_bytes()[:4] == b"\x89PNG"
+    assert out["setup_seconds"] > 0 and out["loop_seconds"] > 0
+    n_versions = len(list_models(s))
+    assert n_versions == 2  # bootstrap + the round's challenger
+
+    again = run_demo(s, weeks=1, size="tiny", log=lines.append, timeout=900, out_dir=tmp_path / "demo", bring_up=False)
+    assert again["rounds"] == out["rounds"]
+    assert len(list_models(s)) == n_versions  # nothing retrained or registered twice

@@ -224,6 +224,61 @@ def test_register_gate_promote_rollback(settings: Any, dataset: Path, boot: Any,
     assert "previous-champion" in rows[v2]["aliases"]
 
 
+_SCORING_INPUTS: dict[str, tuple[Any, Any, str]] = {}
+
+
+def _scoring_flow(runner: str) -> Any:
+    """``flows.loop.score_sample`` inside a flow run (its inputs are not flow parameters: no settings in the API)."""
+    from prefect import flow
+
+    from flows.loop import score_sample
+
+    @flow(name=f"test-scoring-{runner}")
+    def run() -> Any:
+        return score_sample(*_SCORING_INPUTS[runner])
+
+    return run()
+
+
+def test_scoring_on_a_dask_local_cluster_matches_threads(settings: Any) -> None:
+    """`prefect.task_runner: dask` fans scoring chunks out to Dask workers (here a LocalCluster of two
+    processes) that fetch the champion from the registry themselves; results equal the thread runner's."""
+    import types
+    from datetime import date
+
+    from distributed import Client, LocalCluster
+
+    from benchmarks.scoring_pipeline import synthetic_jpegs, upload_frames
+    from detloop.clients.s3 import S3Store
+    from tasks import registry as R
+
+    champion = R.champion_version(settings)
+    assert champion is not None, "needs the champion left by test_register_gate_promote_rollback"
+    store = S3Store(settings)
+    refs = upload_frames(store, settings.s3.production_bucket, f"it-dask-{uuid.uuid4().hex[:8]}/",
+                         synthetic_jpegs(23, seed=5))
+    results = {}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        for runner, day in (("threads", 1), ("dask", 2)):  # another window: no cache hit between the two
+            s = settings.model_copy(deep=True)
+            s.prefect.task_runner = runner
+            s.prefect.dask_address = cluster.scheduler_address
+            s.prefect.score_chunk_frames = 10
+            sample = types.SimpleNamespace(frames=refs, window=(date(2030, 1, day), date(2030, 1, day)))
+
+            _SCORING_INPUTS[runner] = (s, sample, str(champion.version))
+            results[runner] = _scoring_flow(runner)
+        with Client(cluster.scheduler_address) as client:  # the workers, not this process, scored the chunks
+            ran = client.run(lambda: "tasks.scoring" in __import__("sys").modules)
+    threads, dask = results["threads"], results["dask"]
+    assert threads.timings["chunks"] == 1 and dask.timings["chunks"] == 3
+    assert len(ran) == 2 and any(ran.values())
+    assert [f.frame.key for f in dask.frames] == [f.frame.key for f in threads.frames] == [r.key for r in refs]
+    for a, b in zip(threads.frames, dask.frames, strict=True):
+        assert a.detections.equals(b.detections, atol=1e-3)
+        np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_cli_models_pull_and_refused_promote(settings: Any, boot: Any, tmp_path: Path, monkeypatch: Any) -> None:
     """The CLI on the state left by the promotion test: list, pull the champion, refuse a failed version."""

@@ -60,3 +60,36 @@ def test_md_table() -> None:
     assert out.splitlines()[0] == "| a | b | c | d |"
     assert "0.1235" in out and "| - |" in out and "x\\|y" in out
     assert md_table([]) == "_(none)_\n"
+
+
+def test_scoring_chunks_follow_the_task_runner() -> None:
+    from detloop.settings import load_settings
+    from flows.common import chunks
+
+    s = load_settings("configs/test.yaml", env={})
+    items = list(range(25))
+    assert chunks(items, s) == [items]  # threads: one task, the scorer uses every core
+    s.prefect.task_runner = "dask"
+    s.prefect.score_chunk_frames = 10
+    got = chunks(items, s)
+    assert [len(c) for c in got] == [10, 10, 5] and sum(got, []) == items
+    assert chunks([], s) == [[]]
+
+
+def test_task_runner_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from detloop.settings import ConfigError, load_settings
+    from flows.common import make_task_runner
+
+    s = load_settings("configs/test.yaml", env={})
+    assert isinstance(make_task_runner(s), ThreadPoolTaskRunner)
+    s.prefect.task_runner = "dask"
+    s.prefect.dask_address = "tcp://10.0.0.5:8786"
+    runner = make_task_runner(s)
+    assert type(runner).__name__ == "DaskTaskRunner" and runner.address == "tcp://10.0.0.5:8786"
+    monkeypatch.setitem(sys.modules, "prefect_dask", None)  # the extra not installed
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[dask\]'"):
+        make_task_runner(s)
