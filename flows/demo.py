@@ -71,6 +71,18 @@ def run_watch(params: dict[str, Any], attempts: int = 10, wait: float = 5.0) -> 
     return fr
 
 
+def retrain_runs(client: Any, deployment_id: Any, limit: int = 100) -> list[Any]:
+    """The newest runs of one deployment (filtered by the server: ids of event-triggered runs are random,
+    so the default id order does not put new runs first)."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    return list(client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit,
+    ))
+
+
 def _wait_for_retrain(round_id: str, timeout: float, poll: float = 3.0) -> Any:
     """Wait for the event-triggered ``retrain-and-promote`` run of ``round_id`` to finish."""
     from prefect import get_client
@@ -79,9 +91,8 @@ def _wait_for_retrain(round_id: str, timeout: float, poll: float = 3.0) -> Any:
     with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name("retrain-and-promote/on-round-completed")
         while time.monotonic() < deadline:
-            runs = client.read_flow_runs(limit=50)
-            mine = [r for r in runs if r.deployment_id == dep.id
-                    and (r.parameters.get("params") or {}).get("round_id") == round_id]
+            mine = [r for r in retrain_runs(client, dep.id)
+                    if (r.parameters.get("params") or {}).get("round_id") == round_id]
             done = [r for r in mine if r.state is not None and r.state.is_final()]
             if any(r.state.is_completed() for r in done):
                 return next(r for r in done if r.state.is_completed())

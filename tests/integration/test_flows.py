@@ -142,10 +142,11 @@ def test_full_round_through_deployments_and_event(world):  # type: ignore[no-unt
     time.sleep(3)
     from prefect import get_client
 
+    from flows.demo import retrain_runs
+
     with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name("retrain-and-promote/on-round-completed")
-        runs = [r for r in client.read_flow_runs(limit=200) if r.deployment_id == dep.id
-                and (r.parameters.get("params") or {}).get("round_id") == rid]
+        runs = [r for r in retrain_runs(client, dep.id) if (r.parameters.get("params") or {}).get("round_id") == rid]
     assert len(runs) == 1
 
     # retrain again by hand for the same round: it finds the work done, registers nothing new
