@@ -197,16 +197,19 @@ def test_rerun_after_a_crash_mid_flow_does_not_duplicate(world, monkeypatch):  #
     assert out2.get("resumed") is True and len(list_models(s)) == before + 1
 
 
-def test_demo_tiny_runs_the_same_path_and_resumes(stack_settings, tmp_path):  # type: ignore[no-untyped-def]
+def test_demo_tiny_runs_the_same_path_and_resumes(stack_settings, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     """`make demo`'s job at the tiny size, one week, on its own world: then re-run, which finds the work done."""
     from detloop.settings import load_settings
     from flows.demo import run_demo
+    from infra.stack import client_env
     from tasks.registry import list_models
 
     sfx = uuid.uuid4().hex[:8]
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(_isolated_config(stack_settings, sfx)))
     s = load_settings(path)
+    for k, v in client_env(s).items():  # run_demo exports these (DETLOOP_CONFIG too): undone after the test
+        monkeypatch.setenv(k, v)
     lines: list[str] = []
     out = run_demo(s, weeks=1, size="tiny", log=lines.append, timeout=900, out_dir=tmp_path / "demo", bring_up=False)
     assert len(out["rounds"]) == 1, lines
