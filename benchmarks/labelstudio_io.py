@@ -75,10 +75,6 @@ def _labelled_tasks(frames: list[Any], round_id: str, classes: list[str], seed: 
     return tasks
 
 
-def _server_cpu_s(settings: Any) -> float | None:
-    return service_cpu_s(settings, "label-studio")
-
-
 class _Phase:
     """Wall time, this process's CPU time and the server's CPU time of one phase."""
 
@@ -86,13 +82,13 @@ class _Phase:
         self.settings, self.res, self.name = settings, res, name
 
     def __enter__(self) -> _Phase:
-        self.t, self.c, self.sv = time.perf_counter(), time.process_time(), _server_cpu_s(self.settings)
+        self.t, self.c, self.sv = time.perf_counter(), time.process_time(), service_cpu_s(self.settings, "label-studio")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.res[f"{self.name}_s"] = round(time.perf_counter() - self.t, 2)
         self.res[f"{self.name}_client_cpu_s"] = round(time.process_time() - self.c, 2)
-        sv = _server_cpu_s(self.settings)
+        sv = service_cpu_s(self.settings, "label-studio")
         if sv is not None and self.sv is not None:
             self.res[f"{self.name}_server_cpu_s"] = round(sv - self.sv, 2)
 
