@@ -151,10 +151,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # pre-decoded tensors for the baseline (not timed)
         tensors = np.stack([prepare(decode_image(b)[0], size)[0] for b in jpegs])  # type: ignore[arg-type]
         cores = os.cpu_count() or 2
-        configs = [(t, spin, 1) for t in sorted({1, cores}) for spin in (True, False)] + [(1, False, cores)]
-        baseline = {c: bare_inference(Path(artifact), tensors, ms.batch_size, c[0], c[1], workers=c[2])
-                    for c in configs}
-        best_threads, best_spin, best_workers = max(baseline, key=lambda c: baseline[c])
+        # (threads, spin, workers, batch): the baseline gets its best batch size too, not the pipeline's
+        configs = [(t, spin, 1, ms.batch_size) for t in sorted({1, cores}) for spin in (True, False)]
+        configs += [(1, False, cores, b) for b in sorted({8, 16, ms.batch_size})]
+        baseline = {c: bare_inference(Path(artifact), tensors, c[3], c[0], c[1], workers=c[2]) for c in configs}
+        best_threads, best_spin, best_workers, best_batch = max(baseline, key=lambda c: baseline[c])
 
         scorer = load_scorer(artifact, ms)
         score(refs[: ms.batch_size], scorer, store, ms)  # warm-up (session, thread pools)
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pairs = []
         for _ in range(args.pairs):
             c0 = time.process_time()
-            bare = bare_inference(Path(artifact), tensors, ms.batch_size, best_threads, best_spin, repeats=1,
+            bare = bare_inference(Path(artifact), tensors, best_batch, best_threads, best_spin, repeats=1,
                                   workers=best_workers)
             c1, s1 = time.process_time(), service_cpu_s(settings, "s3")
             res = score(refs, scorer, store, ms)
@@ -188,8 +189,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs["single"] = record(res)
         for name, kw in [("tta", {"tta": True}), ("committee", {"committee": load_scorer(committee_art, ms)})]:
             runs[name] = record(score(refs, scorer, store, ms, **kw))
-        raw_fps_after = bare_inference(Path(artifact), tensors, ms.batch_size, best_threads, best_spin, repeats=1,
-                                  workers=best_workers)
+        raw_fps_after = bare_inference(Path(artifact), tensors, best_batch, best_threads, best_spin, repeats=1,
+                                       workers=best_workers)
     finally:
         for r in refs:
             try:
@@ -207,8 +208,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch_size": ms.batch_size,
         "read_threads": ms.read_threads,
         "model": str(artifact) if args.model else "random YOLO11n (class biases ~N(-2, 2)), exported by tasks.export",
-        "bare_onnx_fps_by_config": {f"{t} thread{'s' if t > 1 else ''}{' spin' if sp else ''} x {w} worker{'s' if w > 1 else ''}": round(v, 2)
-                                    for (t, sp, w), v in baseline.items()},
+        "bare_onnx_fps_by_config": {f"{t} thread{'s' if t > 1 else ''}{' spin' if sp else ''} x {w} worker{'s' if w > 1 else ''}, batch {b}": round(v, 2)
+                                    for (t, sp, w, b), v in baseline.items()},
+        "bare_onnx_best_batch": best_batch,
         "bare_onnx_best_workers": best_workers,
         "inference_workers": ms.inference_workers or (os.cpu_count() or 1),
         "inference_threads": ms.inference_threads,

@@ -400,8 +400,9 @@ def prepare(img_bgr: np.ndarray, size: int, orig_w: int | None = None, orig_h: i
     boxed = np.full((size, size, 3), 114, np.uint8)
     boxed[lb.pad_y : lb.pad_y + nh, lb.pad_x : lb.pad_x + nw] = img_bgr
     tensor = np.empty((3, size, size), np.float32)
+    planes = cv2.split(boxed)  # contiguous planes: ~2x faster to scale than strided HWC slices
     for c in range(3):  # BGR -> RGB planes, scaled to [0, 1]
-        np.multiply(boxed[:, :, 2 - c], np.float32(1.0 / 255.0), out=tensor[c], casting="unsafe")
+        np.multiply(planes[2 - c], np.float32(1.0 / 255.0), out=tensor[c], casting="unsafe")
     return tensor, lb, float(mean[0, 0]) / 255.0, float(std[0, 0]) / 255.0
 
 
