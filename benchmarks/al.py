@@ -80,7 +80,8 @@ class BenchConfig:
         finetune_warmup_epochs: Ultralytics warmup of fine-tunes (0: no warmup; its 100-iteration minimum
             and 0.1 bias lr would otherwise cover a whole short fine-tune).
         threads: torch threads (training and inference).
-        config: detloop config (classes, the configured ``selection`` = the ``default`` arm).
+        config: detloop config (classes, the configured ``selection`` = the ``default`` arm; that arm's
+            cache is keyed by the selection's content as well, see :meth:`Runner.arm_dir_name`).
         world_config, world_seed: the synthetic world (ignored with ``data``).
         data: a YOLO ``data.yaml`` with seed / pool / eval splits instead of the world.
         noise: annotator noise.
@@ -161,6 +162,14 @@ def check_arms(arms: Sequence[str]) -> list[str]:
     if RANDOM not in arms:
         raise DataError("the benchmark needs the 'random' arm: label efficiency is measured against it")
     return [RANDOM] + [a for a in dict.fromkeys(arms) if a != RANDOM]
+
+
+def selection_key(configured: Any) -> str:
+    """Hash of the configured SelectionSettings minus what the benchmark replaces (budget, seed)."""
+    d = configured.model_dump(mode="json")
+    d.pop("budget", None)
+    d.pop("seed", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def selection_settings(arm: str, configured: Any, budget: int, seed: int) -> Any:
@@ -371,10 +380,17 @@ class Runner:
         return self._frames[split]
 
     # ---- paths ---------------------------------------------------------------------------------
+    def arm_dir_name(self, arm: str) -> str:
+        """Cache directory of an arm: ``default`` is keyed by the configured selection's content too, so
+        editing the config's ``selection`` re-runs that arm instead of reusing stale rounds."""
+        if arm != "default":
+            return arm
+        return f"default-{selection_key(self.settings.selection)}"
+
     def _dir(self, arm: str, seed: int) -> Path:
         if arm == "bootstrap":  # shared by runs that differ only in fine-tune settings
             return self.root.parent / "bootstrap" / self.cfg.bootstrap_key() / f"s{seed}"
-        return self.root / "runs" / arm / f"s{seed}"
+        return self.root / "runs" / self.arm_dir_name(arm) / f"s{seed}"
 
     def rec_path(self, arm: str, seed: int, r: int) -> Path:
         return self._dir(arm, seed) / f"r{r}.json"
@@ -465,7 +481,7 @@ class Runner:
         trained: list[int] = []
         control_all: list[int] = []
         weights = self.weights_path("bootstrap", seed, 0)
-        arm_dir = self.root / "runs" / arm / f"s{seed}"
+        arm_dir = self._dir(arm, seed)
         seed_counts = np.bincount(np.concatenate([f.truth.class_id for f in d.seed] + [np.zeros(0, np.int64)]),
                                   minlength=nc)
         labelled_counts = seed_counts.copy()
@@ -513,7 +529,7 @@ class Runner:
                    "frames_paid": cum["frames_paid"] + len(new) + len(control),
                    "boxes_paid": cum["boxes_paid"] + truth_new + truth_ctl}
             train_imgs = [f.image for f in d.seed] + [str(img_dir / labelled_name(d.pool[i])) for i in trained]
-            work = self.root / "work" / arm / f"s{seed}" / f"r{r}"
+            work = self.root / "work" / self.arm_dir_name(arm) / f"s{seed}" / f"r{r}"
             y = write_data_yaml(work / "data.yaml", train_imgs, [f.image for f in d.val], d.classes)
             last, secs = train_once(self.cfg, y, weights, self.cfg.epochs, seed, work, self.yolo_dir,
                                     self.settings.model.arch)

@@ -198,7 +198,14 @@ class SelectionSettings(_Model):
     )
     filter_factor: float = Field(3.0, ge=1.0, le=100.0, description="Top (factor x budget) by uncertainty enter k-center.")
     control_share: float = Field(0.1, ge=0.0, le=0.5, description="Share of the budget drawn uniformly at random.")
-    control_min: int = Field(20, ge=0, description="Minimum control frames per round (when the budget allows).")
+    control_min: int = Field(
+        20, ge=0, description="Minimum control frames, per round or pooled over control_pool_rounds rounds."
+    )
+    control_pool_rounds: int = Field(
+        1, ge=1, le=52,
+        description="Rounds control_min is pooled over: each round draws at least ceil(control_min / this) "
+        "control frames, and the gate's control slice evaluates the last this-many rounds' control frames together.",
+    )
     ambiguous_band: tuple[float, float] = Field((0.25, 0.6), description="Confidence band counted as ambiguous.")
     conf_threshold: float = Field(0.25, ge=0.0, le=1.0, description="Confidence above which a box counts as detected.")
     seed: int = Field(0, ge=0, description="Seed of the random control arm and tie breaks.")

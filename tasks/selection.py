@@ -187,7 +187,7 @@ def select_indices(
         dict with ``control`` ``(n_c,)``, ``selected`` ``(n_s,)`` (pick order), ``plan``, ``notes``.
     """
     n = len(final)
-    plan = plan_arms(settings.budget, n, settings.control_share, settings.control_min)
+    plan = plan_arms(settings.budget, n, settings.control_share, settings.control_min, settings.control_pool_rounds)
     notes = list(plan.notes)
     rng = np.random.default_rng([settings.seed, round_seed])
     control = np.sort(rng.choice(n, size=plan.n_control, replace=False)) if plan.n_control else np.zeros(0, np.int64)

@@ -5,14 +5,15 @@ The gate compares challenger and champion on the same slices in the same run:
 - ``golden``: the frozen, versioned golden set (never trained on).
 - ``round``: frames of the newest labelled round that went to ``val`` (recent distribution; its
   ``train`` frames are left out: the challenger was trained on them).
-- ``control``: the round's control-arm frames (uniform random, never trained on): an unbiased estimate of
-  accuracy on live traffic.
+- ``control``: the control-arm frames (uniform random, never trained on) of this round and, with
+  ``selection.control_pool_rounds`` N > 1, of the N - 1 rounds before it: an unbiased estimate of
+  accuracy on live traffic (pooled rounds trade recency for a smaller control share per round).
 - ``crowded``: golden frames whose ground truth has overlapping boxes (max pairwise IoU >= 0.3).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +28,19 @@ CROWD_IOU = 0.3
 
 
 def items_from_version(
-    store: Any, settings: Settings, version_id: str, split: str, source: str | None = None
+    store: Any, settings: Settings, version_id: str, split: str, source: str | Collection[str] | None = None
 ) -> list[EvalItem]:
     """Materialize one split of a version and read its items (camera from the manifest).
 
     Args:
         split: ``golden`` | ``val`` | ``control`` | ``train``.
-        source: keep only entries from this source (e.g. ``round:<id>``).
+        source: keep only entries from this source (e.g. ``round:<id>``) or these sources.
     """
     from detloop import datasets as ds
 
     manifest = ds.load_manifest(store, settings, version_id)
-    entries = [e for e in manifest.by_split(split) if source is None or e.source == source]
+    keep = None if source is None else {source} if isinstance(source, str) else set(source)
+    entries = [e for e in manifest.by_split(split) if keep is None or e.source in keep]
     if not entries:
         return []
     data_yaml = ds.materialize(store, settings, version_id, splits=(split,))
@@ -62,6 +64,22 @@ def is_crowded(gt: Detections, iou: float = CROWD_IOU) -> bool:
     return bool(m.max() >= iou)
 
 
+def control_sources(entries: Sequence[Any], current: str, rounds: int) -> list[str]:
+    """Sources (``round:<id>``) of the control slice: ``current`` and the ``rounds - 1`` rounds before it.
+
+    Rounds are ordered by the newest capture date among their control entries (then by id), so the
+    order does not depend on how round ids are spelled; rounds after ``current`` are never included.
+    """
+    newest: dict[str, str] = {}
+    for e in entries:
+        if e.source.startswith("round:"):
+            newest[e.source] = max(newest.get(e.source, ""), e.date)
+    newest.setdefault(current, max(newest.values(), default=""))
+    order = sorted(newest, key=lambda s: (newest[s], s))
+    upto = order[: order.index(current) + 1]
+    return upto[-max(1, rounds):]
+
+
 def build_slices(
     store: Any,
     settings: Settings,
@@ -80,7 +98,11 @@ def build_slices(
         rnd = items_from_version(store, settings, round_version, "val", source=src)
         if rnd:
             slices.append(EvalSlice("round", rnd))
-        ctl = items_from_version(store, settings, round_version, "control", source=src)
+        from detloop import datasets as ds
+
+        manifest = ds.load_manifest(store, settings, round_version)
+        sources = control_sources(manifest.by_split("control"), src, settings.selection.control_pool_rounds)
+        ctl = items_from_version(store, settings, round_version, "control", source=sources)
         if ctl:
             slices.append(EvalSlice("control", ctl))
     return slices

@@ -508,25 +508,29 @@ class ArmPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def plan_arms(budget: int, pool: int, control_share: float, control_min: int) -> ArmPlan:
+def plan_arms(budget: int, pool: int, control_share: float, control_min: int, pool_rounds: int = 1) -> ArmPlan:
     """Split ``budget`` between arms.
 
-    ``n_control = max(round(share * budget), control_min)`` when ``share > 0`` (never more than half
-    the budget unless the share says so), capped by the pool; the rest goes to the selected arm. A
-    budget larger than the pool takes the whole pool (noted).
+    ``n_control = max(round(share * budget), ceil(control_min / pool_rounds))`` when ``share > 0``:
+    ``control_min`` is reached per round (``pool_rounds`` 1) or over the last ``pool_rounds`` rounds
+    together, which keeps the control arm near its share at small budgets. Never more than half the
+    budget unless the share says so, capped by the pool; the rest goes to the selected arm. A budget
+    larger than the pool takes the whole pool (noted).
     """
     notes: list[str] = []
     take = min(budget, pool)
     if budget > pool:
         notes.append(f"budget {budget} is larger than the pool of {pool} frames: taking all of them")
+    per_round_min = -(-control_min // max(1, pool_rounds))
     if control_share <= 0 or take == 0:
         n_control = 0
     else:
-        want = max(round(control_share * budget), control_min)
+        want = max(round(control_share * budget), per_round_min)
         cap = max(round(control_share * budget), take // 2)
         n_control = min(want, cap, take)
-        if n_control < control_min:
+        if n_control < per_round_min:
             notes.append(
-                f"control arm has {n_control} frames (< control_min {control_min}): pool it over recent rounds"
+                f"control arm has {n_control} frames (< {per_round_min} = control_min {control_min} over "
+                f"{pool_rounds} round(s)): raise control_pool_rounds to pool it over more rounds"
             )
     return ArmPlan(budget, pool, n_control, take - n_control, notes)

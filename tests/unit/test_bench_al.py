@@ -344,8 +344,12 @@ def test_runner_end_to_end_with_untrained_model(tmp_path: Path, monkeypatch: pyt
     assert len(calls) == 1 + 4 * 2
     assert calls[0]["init"] is None and calls[0]["epochs"] == 1 and len(calls[0]["train"]) == 5
     runner_root = Path(s["outputs"]["work_dir"])
+    from detloop.settings import load_settings
+
+    default_dir = f"default-{al.selection_key(load_settings(cfg.config).selection)}"
     for arm in ("random", "entropy_sum", "default", CONTROL):
-        recs = [json.loads((runner_root / "runs" / arm / "s0" / f"r{r}.json").read_text()) for r in (1, 2)]
+        arm_dir = default_dir if arm == "default" else arm
+        recs = [json.loads((runner_root / "runs" / arm_dir / "s0" / f"r{r}.json").read_text()) for r in (1, 2)]
         picked = recs[0]["new_frames_idx"] + recs[1]["new_frames_idx"]
         paid = picked + recs[0]["control_idx"] + recs[1]["control_idx"]
         assert len(set(paid)) == len(paid)  # never labels a frame twice
@@ -357,7 +361,7 @@ def test_runner_end_to_end_with_untrained_model(tmp_path: Path, monkeypatch: pyt
         else:
             assert recs[1]["cumulative"]["frames"] == 8
         # round r trains on the seed set + everything the arm labelled (control frames excluded)
-        train2 = next(c for c in calls if c["dir"].endswith(f"{arm}/s0/r2"))["train"]
+        train2 = next(c for c in calls if c["dir"].endswith(f"{arm_dir}/s0/r2"))["train"]
         assert len(train2) == 5 + len(picked)
         for img in train2[5:]:
             lbl = Path(img.replace("/images/", "/labels/")).with_suffix(".txt")
@@ -378,6 +382,17 @@ def test_runner_end_to_end_with_untrained_model(tmp_path: Path, monkeypatch: pyt
     cfg = BenchConfig(**cfg.__dict__)
     al.run_benchmark(cfg, out, tmp_path / "c.png", tmp_path / "r.png", log=lambda m: None)
     assert calls == []
+    # another configured selection (control_min pooled over 4 rounds): only the default arm runs again
+    monkeypatch.setenv("DETLOOP_SELECTION__CONTROL_POOL_ROUNDS", "4")
+    cfg4 = BenchConfig(**{**cfg.__dict__, "rounds": 1})
+    s4 = al.run_benchmark(cfg4, tmp_path / "al4.json", tmp_path / "c4.png", tmp_path / "r4.png", log=lambda m: None)
+    pooled_dir = f"default-{al.selection_key(load_settings(cfg.config).selection)}"
+    assert pooled_dir != default_dir and [Path(c["dir"]).parent.parent.name for c in calls] == [pooled_dir]
+    r1 = json.loads((runner_root / "runs" / pooled_dir / "s0" / "r1.json").read_text())
+    assert (r1["new_frames"], r1["control_frames"]) == (3, 1)  # ceil(4 / 4) control frames, not 2
+    assert s4["seeds_complete_all_arms"] == [0]
+    monkeypatch.delenv("DETLOOP_SELECTION__CONTROL_POOL_ROUNDS")
+    calls.clear()
     # a given bootstrap model replaces the bootstrap training
     cfg2 = BenchConfig(**{**cfg.__dict__, "arms": ["random"], "rounds": 1, "bootstrap_weights": str(random_pt)})
     assert cfg2.run_key() != cfg.run_key()

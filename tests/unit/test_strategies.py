@@ -164,5 +164,16 @@ def test_plan_arms_shares_and_caps() -> None:
     p = plan_arms(budget=100, pool=30, control_share=0.1, control_min=20)
     assert p.n_control + p.n_selected == 30 and any("larger than the pool" in n for n in p.notes)
     p = plan_arms(budget=10, pool=100, control_share=0.1, control_min=20)
-    assert p.n_control == 5 and any("pool it over recent rounds" in n for n in p.notes)
+    assert p.n_control == 5 and any("control_pool_rounds" in n for n in p.notes)
     assert plan_arms(50, 100, 0.0, 20).n_control == 0
+
+
+def test_plan_arms_pools_control_min_over_rounds() -> None:
+    # budget 50, share 10 %: 20 per round would be 40 % of the budget; pooled over 4 rounds, 5 per round
+    assert plan_arms(50, 1000, 0.1, 20).n_control == 20
+    p = plan_arms(50, 1000, 0.1, 20, pool_rounds=4)
+    assert (p.n_control, p.n_selected, p.notes) == (5, 45, [])
+    assert plan_arms(50, 1000, 0.1, 21, pool_rounds=4).n_control == 6  # ceil(21 / 4)
+    assert plan_arms(500, 10_000, 0.1, 20, pool_rounds=4).n_control == 50  # the share dominates
+    p = plan_arms(20, 1000, 0.1, 20, pool_rounds=2)  # 10 wanted, capped at half the budget
+    assert p.n_control == 10 and p.notes == []
