@@ -14,7 +14,14 @@ For each seed s (selection seed = training seed = s):
 Every (arm, seed, round) result is a JSON file under ``<work_dir>/<run key>/`` (plus its weights), so
 an interrupted run continues where it stopped. :func:`summarize` turns the cached results into the
 learning curves (frames and boxes axes), label efficiency with a bootstrap CI over seeds, plots and the
-result JSON. Labels come from the oracle without Label Studio (``--via-label-studio`` is not built).
+result JSON.
+
+Labels: by default the simulated annotator's labels (:func:`annotate`) are written directly. With
+``--via-label-studio`` (``BenchConfig.via_label_studio``) every round's paid frames (new and control)
+go through the real Label Studio server of the configured stack instead, and the arm trains on what the
+loop's own reader (``tasks.annotation.convert_round_tasks``) made of them; see
+:mod:`benchmarks.al_labelstudio`. Same labels, so the run key is the same; each round record says which
+way its labels came (``labels_via``).
 
 Run: ``detloop bench al --quick`` (smoke) or ``detloop bench al`` (the full measurement); see
 ``docs/active_learning_benchmark.md``.
@@ -28,6 +35,7 @@ import os
 import platform
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,6 +57,7 @@ EXTRA_ARMS = ("least_confidence_max", "margin_max")
 QUICK_ARMS = ("random", "entropy_sum", "default")
 AXES = ("frames", "boxes", "frames_paid", "boxes_paid")
 COLD_START_MAP50 = 0.3  # below this bootstrap mAP50 the comparison is flagged as cold start
+NOT_IN_KEY = ("via_label_studio", "label_studio_project")  # how labels travel, not what they are
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,6 +101,9 @@ class BenchConfig:
         bootstrap_weights: start every seed from these Ultralytics ``.pt`` weights instead of training a
             bootstrap model (e.g. a team's current model on its own data; the bootstrap then does not vary
             with the training seed).
+        via_label_studio: label the paid frames through the configured stack's Label Studio (and S3)
+            instead of writing the annotator's labels directly; not part of the run key (same labels).
+        label_studio_project: title of that Label Studio project (default ``detloop-bench-<run key>``).
     """
 
     arms: list[str] = field(default_factory=lambda: list(MAIN_ARMS))
@@ -117,11 +129,14 @@ class BenchConfig:
     work_dir: str = ".detloop-bench/al"
     timeout_minutes: int = 240
     bootstrap_weights: str | None = None
+    via_label_studio: bool = False
+    label_studio_project: str | None = None
 
     def run_key(self) -> str:
         """Hash of what changes results (not arms, seeds or rounds: those only add cached files)."""
         d = asdict(self)
-        for k in ("arms", "seeds", "rounds", "work_dir", "timeout_minutes", "metric", "rare_class", "threads"):
+        for k in ("arms", "seeds", "rounds", "work_dir", "timeout_minutes", "metric", "rare_class", "threads",
+                  *NOT_IN_KEY):
             d.pop(k)
         if self.bootstrap_weights:
             p = Path(self.bootstrap_weights)
@@ -138,7 +153,7 @@ class BenchConfig:
         run that only changes budget, fine-tune epochs/lr or annotator noise reuses the bootstrap models."""
         d = asdict(self)
         for k in ("arms", "seeds", "rounds", "work_dir", "timeout_minutes", "metric", "rare_class", "threads",
-                  "budget", "epochs", "finetune_lr0", "finetune_warmup_epochs", "noise"):
+                  "budget", "epochs", "finetune_lr0", "finetune_warmup_epochs", "noise", *NOT_IN_KEY):
             d.pop(k)
         if self.bootstrap_weights:
             p = Path(self.bootstrap_weights)
@@ -361,6 +376,7 @@ class Runner:
         (self.root / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
         self._frames: dict[str, Frames] = {}
         self._scored: dict[str, tuple[list[Detections], np.ndarray | None]] = {}
+        self._oracle: Any = None
 
     def _load_data(self) -> BenchData:
         from benchmarks.al_data import load_yolo_dataset, render_world
@@ -473,6 +489,32 @@ class Runner:
         return chosen, control, {"strategy": res.report["strategy"], "notes": res.notes,
                                  "selection_settings": sel.model_dump(mode="json")}
 
+    def oracle(self) -> Any:
+        """The Label Studio oracle of ``--via-label-studio`` (built and health-checked on first use)."""
+        if self._oracle is None:
+            from benchmarks.al_labelstudio import LabelStudioOracle, project_title
+
+            title = self.cfg.label_studio_project or project_title(self.cfg.run_key())
+            self._oracle = LabelStudioOracle(self.settings, title, self.data.classes, self.cfg.noise, log=self.log)
+            self._oracle.check()
+        return self._oracle
+
+    def label(self, arm: str, seed: int, r: int, new: Sequence[int], control: Sequence[int],
+              ) -> tuple[list[Detections], dict[str, Any]]:
+        """The annotator's labels of a round's paid frames (``new`` then ``control``) and how they came."""
+        frames = [self.data.pool[i] for i in (*new, *control)]
+        nc = len(self.data.classes)
+        t0 = time.perf_counter()
+        if not frames:
+            return [], {"labels_via": "none", "label_seconds": 0.0}
+        if not self.cfg.via_label_studio:
+            labels = [annotate(f, self.cfg.noise, seed, nc) for f in frames]
+            return labels, {"labels_via": "direct", "label_seconds": round(time.perf_counter() - t0, 4)}
+        oracle = self.oracle()
+        labels = oracle.label(frames, seed, r, self.arm_dir_name(arm), control={self.data.pool[i].name for i in control})
+        return labels, {"labels_via": "label-studio", "label_seconds": round(time.perf_counter() - t0, 4),
+                        "label_studio": oracle.last_report}
+
     def run_arm(self, arm: str, seed: int) -> list[dict[str, Any]]:
         """Rounds 1..R of one arm and seed (cached rounds are reused)."""
         boot = self.bootstrap(seed)
@@ -510,17 +552,17 @@ class Runner:
             lbl_dir.mkdir(parents=True, exist_ok=True)
             img_dir.mkdir(parents=True, exist_ok=True)
             drawn = {"new": 0, "control": 0}
-            for kind, idx in (("new", new), ("control", control)):
-                for i in idx:
-                    f = d.pool[i]
-                    ann = annotate(f, self.cfg.noise, seed, nc)
-                    drawn[kind] += len(ann)
-                    if kind == "new":
-                        link = img_dir / labelled_name(f)
-                        if not link.exists():
-                            link.symlink_to(Path(f.image).resolve())
-                        (lbl_dir / f"{Path(labelled_name(f)).stem}.txt").write_text(ann.to_yolo_txt(f.width, f.height))
-                        labelled_counts = labelled_counts + np.bincount(ann.class_id, minlength=nc)
+            labels, how = self.label(arm, seed, r, new, control)
+            for k, ann in enumerate(labels):
+                kind = "new" if k < len(new) else "control"
+                drawn[kind] += len(ann)
+                if kind == "new":
+                    f = d.pool[new[k]]
+                    link = img_dir / labelled_name(f)
+                    if not link.exists():
+                        link.symlink_to(Path(f.image).resolve())
+                    (lbl_dir / f"{Path(labelled_name(f)).stem}.txt").write_text(ann.to_yolo_txt(f.width, f.height))
+                    labelled_counts = labelled_counts + np.bincount(ann.class_id, minlength=nc)
             trained += new
             control_all += control
             truth_new = int(sum(len(d.pool[i].truth) for i in new))
@@ -545,7 +587,7 @@ class Runner:
                 "labelled_class_counts": labelled_counts.astype(int).tolist(),
                 "new_frames_idx": [int(i) for i in new], "control_idx": [int(i) for i in control],
                 "new_frame_names": [d.pool[i].name for i in new], "selection": info,
-                "select_seconds": round(t_sel, 1), "train_seconds": round(secs, 1),
+                **how, "select_seconds": round(t_sel, 1), "train_seconds": round(secs, 1),
                 "eval_seconds": round(time.time() - t1, 1), "load_avg": round(os.getloadavg()[0], 2),
             }
             self._save(rec, last)
@@ -560,6 +602,8 @@ class Runner:
         """All arms (+ the no-new-labels control) for all seeds, seed-major; then :func:`summarize`."""
         arms = [*check_arms(self.cfg.arms), CONTROL]
         t0 = time.time()
+        if self.cfg.via_label_studio:
+            self.oracle()  # a service that is down fails here, before any training
         for seed in self.cfg.seeds:
             for arm in arms:
                 self.run_arm(arm, seed)
@@ -636,6 +680,9 @@ def summarize(runner: Runner, arms: Sequence[str], run_seconds: float) -> dict[s
                 vals = [_nan(recs[a][s][r]["metrics"]["map"]) for s in seeds_all]  # type: ignore[index]
                 by_round[r] = _r(float(np.nanmean(vals)))
             control[a] = by_round
+    # rounds cached before labels_via was recorded were all labelled directly
+    via = Counter(r.get("labels_via", "direct") for a in arms for s in complete[a]
+                  for r in recs[a][s][1:])  # type: ignore[index]
     boots = {s: runner.load_record("bootstrap", s, 0) for s in cfg.seeds}
     boot_map50 = {s: _r(b["metrics"]["map50"]) for s, b in boots.items() if b}
     cold = [s for s, v in boot_map50.items() if v is None or v < COLD_START_MAP50]
@@ -653,6 +700,8 @@ def summarize(runner: Runner, arms: Sequence[str], run_seconds: float) -> dict[s
         "source": {k: v for k, v in data.source.items()},
         "data": data.stats(),
         "rare_class": rare,
+        "labels_via": {"this_invocation": "label-studio" if cfg.via_label_studio else "direct",
+                       "rounds": dict(sorted(via.items()))},
         "x_axes": "labels ADDED beyond the shared seed set (frames / oracle boxes); *_paid include the default "
                   "arm's control frames (labelled, never trained on)",
         "seeds_complete_all_arms": seeds_all,

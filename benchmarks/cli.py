@@ -44,17 +44,20 @@ def bench_al(
     bootstrap_weights: Annotated[Path | None, typer.Option(help="Start from these .pt weights instead of training "
                                                          "a bootstrap model (e.g. your current model).")] = None,
     summary_only: Annotated[bool, typer.Option("--summary-only", help="Only summarise cached rounds.")] = False,
-    via_label_studio: Annotated[bool, typer.Option("--via-label-studio", help="Not built: labels always come "
-                                                   "from the oracle through the simulated annotator.")] = False,
+    via_label_studio: Annotated[bool, typer.Option(
+        "--via-label-studio", help="Send each round's paid frames (new and control) through the config's real "
+        "Label Studio and S3 (stack must be up): one project per run, one task per frame (idempotent), the simulated "
+        "annotator submits over the API, labels are read back with the loop's converter and trained on. Slower; "
+        "same labels, same run key. Default: the annotator's labels are written directly.")] = False,
+    label_studio_project: Annotated[str | None, typer.Option(
+        help="Label Studio project title for --via-label-studio (default: detloop-bench-<run key>).")] = None,
 ) -> None:
     """Run (or resume) the active-learning benchmark; writes the JSON, a learning-curve PNG and a rare-class PNG."""
     from benchmarks.al import RESULTS, BenchConfig, check_arms, markdown_table, quick_config, run_benchmark
-    from detloop.errors import DataError
 
-    if via_label_studio:
-        raise DataError("--via-label-studio is not implemented: the benchmark labels through the simulated "
-                        "annotator directly (the Label Studio round trip is tested in tests/integration)")
     cfg = quick_config() if quick else BenchConfig()
+    cfg.via_label_studio = via_label_studio
+    cfg.label_studio_project = label_studio_project
     if all_arms:
         cfg.arms = [*cfg.arms, "least_confidence_max", "margin_max"]
     if arms:
