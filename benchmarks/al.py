@@ -357,15 +357,23 @@ def write_data_yaml(path: Path, train: Sequence[str], val: Sequence[str], classe
 # The runner
 # --------------------------------------------------------------------------------------------
 class Runner:
-    """Runs (and resumes) one benchmark configuration."""
+    """Runs (and resumes) one benchmark configuration.
 
-    def __init__(self, cfg: BenchConfig, log: Callable[[str], None] = print):
+    With ``cfg.via_label_studio`` and ``preflight`` the stack's Label Studio and S3 are checked first
+    (before the data is rendered or anything trains): a service that is down fails in one line naming it.
+    """
+
+    def __init__(self, cfg: BenchConfig, log: Callable[[str], None] = print, preflight: bool = True):
         from detloop.offline import apply_offline_env, ensure_ultralytics_fonts
         from detloop.settings import load_settings
 
         self.cfg = cfg
         self.log = log
         self.settings = load_settings(REPO / cfg.config if not Path(cfg.config).is_absolute() else cfg.config)
+        if cfg.via_label_studio and preflight:
+            from benchmarks.al_labelstudio import check_services
+
+            check_services(self.settings)
         apply_offline_env(self.settings)
         ensure_ultralytics_fonts(self.settings)
         self.yolo_dir = self.settings.data_dir / "ultralytics"
@@ -490,13 +498,12 @@ class Runner:
                                  "selection_settings": sel.model_dump(mode="json")}
 
     def oracle(self) -> Any:
-        """The Label Studio oracle of ``--via-label-studio`` (built and health-checked on first use)."""
+        """The Label Studio oracle of ``--via-label-studio`` (built on first use)."""
         if self._oracle is None:
             from benchmarks.al_labelstudio import LabelStudioOracle, project_title
 
             title = self.cfg.label_studio_project or project_title(self.cfg.run_key())
             self._oracle = LabelStudioOracle(self.settings, title, self.data.classes, self.cfg.noise, log=self.log)
-            self._oracle.check()
         return self._oracle
 
     def label(self, arm: str, seed: int, r: int, new: Sequence[int], control: Sequence[int],
@@ -602,8 +609,6 @@ class Runner:
         """All arms (+ the no-new-labels control) for all seeds, seed-major; then :func:`summarize`."""
         arms = [*check_arms(self.cfg.arms), CONTROL]
         t0 = time.time()
-        if self.cfg.via_label_studio:
-            self.oracle()  # a service that is down fails here, before any training
         for seed in self.cfg.seeds:
             for arm in arms:
                 self.run_arm(arm, seed)
@@ -805,7 +810,7 @@ def run_benchmark(cfg: BenchConfig, out_json: Path, curve_png: Path, rare_png: P
                   summary_only: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the benchmark, write the JSON and the two PNGs; returns the summary."""
     t0 = time.time()
-    runner = Runner(cfg, log)
+    runner = Runner(cfg, log, preflight=not summary_only)
     if summary_only:
         arms = [*check_arms(cfg.arms), CONTROL]
         summary = summarize(runner, arms, 0.0)

@@ -138,6 +138,22 @@ def compare_labels(direct: Sequence[Detections], pulled: Sequence[Detections]) -
 # --------------------------------------------------------------------------------------------
 # The oracle
 # --------------------------------------------------------------------------------------------
+def check_services(settings: Settings, ls: Any | None = None, store: Any | None = None) -> None:
+    """Fail fast, in one line naming the URL, when Label Studio or S3 is down or refuses the credentials.
+
+    Label Studio is asked once (``whoami``, no retries) unless a client is given; S3 through the S3
+    client (``ensure_bucket`` of the data bucket).
+
+    Raises:
+        ServiceError: from the clients' own error handling.
+    """
+    from detloop.clients.labelstudio import LabelStudioClient
+    from detloop.clients.s3 import S3Store
+
+    (ls or LabelStudioClient(settings, retries=0)).whoami()
+    (store or S3Store(settings)).ensure_bucket(settings.s3.data_bucket)
+
+
 class LabelStudioOracle:
     """Labels benchmark frames through a real Label Studio server (one project per benchmark run).
 
@@ -172,15 +188,8 @@ class LabelStudioOracle:
         self.last_report: dict[str, Any] = {}
 
     def check(self) -> None:
-        """Fail fast, in one line naming the URL, when Label Studio or S3 is down or refuses the credentials.
-
-        Raises:
-            ServiceError: from the clients' own error handling (Label Studio is asked once, no retries).
-        """
-        from detloop.clients.labelstudio import LabelStudioClient
-
-        (LabelStudioClient(self.settings, retries=0) if self._own_ls else self.ls).whoami()
-        self.store.ensure_bucket(self.bucket)
+        """:func:`check_services` with this oracle's clients (an own Label Studio client is asked once)."""
+        check_services(self.settings, None if self._own_ls else self.ls, self.store)
 
     @property
     def project(self) -> Any:

@@ -336,3 +336,25 @@ def test_runner_trains_on_what_label_studio_returns(tmp_path: Path, monkeypatch:
     s2 = al.run_benchmark(cfg2, tmp_path / "al2.json", tmp_path / "c2.png", tmp_path / "r2.png", log=lambda m: None)
     assert s2["labels_via"] == {"this_invocation": "direct", "rounds": {"direct": 2, "none": 1}}
     assert len(fake.tasks) == 8  # Label Studio untouched
+
+
+def test_runner_checks_the_services_before_rendering_or_training(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.al as al
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("DETLOOP_LABEL_STUDIO__URL", url)
+    monkeypatch.setenv("DETLOOP_DATA_DIR", str(tmp_path / "dd"))
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "f" * 40)
+    monkeypatch.setattr(al, "train_once", lambda *a, **k: pytest.fail("trained although Label Studio is down"))
+    cfg = BenchConfig(arms=["random"], seeds=[0], rounds=1, budget=2, sizes={"seed": 3, "pool": 4, "eval": 2, "val": 1},
+                      config=str(REPO / "configs" / "test.yaml"), work_dir=str(tmp_path / "work"), via_label_studio=True)
+    with pytest.raises(ServiceError, match=f"Label Studio at {url} is not reachable"):
+        al.run_benchmark(cfg, tmp_path / "al.json", tmp_path / "c.png", tmp_path / "r.png", log=lambda m: None)
+    assert not (tmp_path / "work").exists()  # nothing rendered
+    # --summary-only needs no service
+    summary = al.run_benchmark(cfg, tmp_path / "al.json", tmp_path / "c.png", tmp_path / "r.png", summary_only=True,
+                               log=lambda m: None)
+    assert summary["labels_via"] == {"this_invocation": "label-studio", "rounds": {}}
