@@ -314,17 +314,20 @@ def test_runner_trains_on_what_label_studio_returns(tmp_path: Path, monkeypatch:
             super().__init__(*a, ls=fake, store=FakeStore(), **k)
 
     monkeypatch.setattr(als, "LabelStudioOracle", Oracle)
+    preflights: list[Any] = []  # no services in a unit test: the preflight is recorded, not sent
+    monkeypatch.setattr(als, "check_services", lambda settings, *a, **k: preflights.append(settings))
     cfg = BenchConfig(arms=["random", "default"], seeds=[0], rounds=1, budget=4, epochs=1, bootstrap_epochs=1,
                       sizes={"seed": 5, "pool": 14, "eval": 4, "val": 2}, config=str(REPO / "configs" / "test.yaml"),
                       work_dir=str(tmp_path / "work"), threads=1, via_label_studio=True)
     s = al.run_benchmark(cfg, tmp_path / "al.json", tmp_path / "c.png", tmp_path / "r.png", log=lambda m: None)
     assert s["labels_via"] == {"this_invocation": "label-studio", "rounds": {"label-studio": 2, "none": 1}}
+    assert len(preflights) == 1  # the services are checked once, before any work
     assert list(fake.projects) == [project_title(cfg.run_key())]
     assert len(fake.tasks) == 8  # random 4 + default 2 new + 2 control
     root = Path(s["outputs"]["work_dir"])
     rec = json.loads((root / "runs" / "random" / "s0" / "r1.json").read_text())
     assert rec["labels_via"] == "label-studio" and rec["label_studio"]["tasks_created"] == 4
-    pool = {f.name: f for f in al.Runner(cfg, log=lambda m: None).data.pool}
+    pool = {f.name: f for f in al.Runner(cfg, log=lambda m: None, preflight=False).data.pool}
     for name in rec["new_frame_names"]:
         f = pool[name]
         txt = (root / "runs" / "random" / "s0" / "labelled" / "labels" / f"{name}.txt").read_text()
