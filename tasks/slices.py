@@ -28,17 +28,19 @@ CROWD_IOU = 0.3
 
 
 def items_from_version(
-    store: Any, settings: Settings, version_id: str, split: str, source: str | Collection[str] | None = None
+    store: Any, settings: Settings, version_id: str, split: str, source: str | Collection[str] | None = None,
+    manifest: Any | None = None,
 ) -> list[EvalItem]:
     """Materialize one split of a version and read its items (camera from the manifest).
 
     Args:
         split: ``golden`` | ``val`` | ``control`` | ``train``.
         source: keep only entries from this source (e.g. ``round:<id>``) or these sources.
+        manifest: the version's manifest when the caller has already read it (else it is read here).
     """
     from detloop import datasets as ds
 
-    manifest = ds.load_manifest(store, settings, version_id)
+    manifest = manifest or ds.load_manifest(store, settings, version_id)
     keep = None if source is None else {source} if isinstance(source, str) else set(source)
     entries = [e for e in manifest.by_split(split) if keep is None or e.source in keep]
     if not entries:
@@ -94,15 +96,15 @@ def build_slices(
     if crowded:
         slices.append(EvalSlice("crowded", crowded))
     if round_version and round_id:
-        src = f"round:{round_id}"
-        rnd = items_from_version(store, settings, round_version, "val", source=src)
-        if rnd:
-            slices.append(EvalSlice("round", rnd))
         from detloop import datasets as ds
 
-        manifest = ds.load_manifest(store, settings, round_version)
+        manifest = ds.load_manifest(store, settings, round_version)  # read and verified once for both slices
+        src = f"round:{round_id}"
+        rnd = items_from_version(store, settings, round_version, "val", source=src, manifest=manifest)
+        if rnd:
+            slices.append(EvalSlice("round", rnd))
         sources = control_sources(manifest.by_split("control"), src, settings.selection.control_pool_rounds)
-        ctl = items_from_version(store, settings, round_version, "control", source=sources)
+        ctl = items_from_version(store, settings, round_version, "control", source=sources, manifest=manifest)
         if ctl:
             slices.append(EvalSlice("control", ctl))
     return slices
