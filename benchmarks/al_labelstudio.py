@@ -57,7 +57,7 @@ def project_title(run_key: str) -> str:
     return f"detloop-bench-{run_key}"
 
 
-def round_id_for(arm: str, seed: int, round_index: int) -> str:
+def bench_round_id(arm: str, seed: int, round_index: int) -> str:
     """``data.round_id`` of an (arm, seed, round): the dedupe scope of its tasks inside the project."""
     return f"bench-{arm}-s{seed}-r{round_index}"
 
@@ -238,7 +238,7 @@ class LabelStudioOracle:
         from tasks.annotation import _import_batch, batched, convert_round_tasks, round_tasks, task_state
 
         t0 = time.perf_counter()
-        rid = round_id_for(arm, seed, round_index)
+        rid = bench_round_id(arm, seed, round_index)
         keys = [frame_key(self.title, f) for f in frames]
         dupes = sorted(k for k, n in Counter(keys).items() if n > 1)
         if dupes:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from benchmarks.al import CONTROL, BenchConfig, annotate
-from benchmarks.al_labelstudio import S3_PREFIX, frame_key, round_id_for
+from benchmarks.al_labelstudio import S3_PREFIX, bench_round_id, frame_key
 from detloop.clients.labelstudio import LabelStudioClient
 from detloop.detections import Detections
 
@@ -110,7 +110,7 @@ def test_bench_round_via_label_studio(env, tmp_path: Path) -> None:  # type: ign
     tasks = _tasks(ls, project.id)
     assert len(tasks) == 8 and all(int(t["total_annotations"]) == 1 for t in tasks)
     arms = sorted((t["data"]["round_id"], t["data"]["arm"]) for t in tasks)
-    rid_r, rid_d = round_id_for("random", 0, 1), round_id_for(default_dir, 0, 1)
+    rid_r, rid_d = bench_round_id("random", 0, 1), bench_round_id(default_dir, 0, 1)
     assert arms == sorted([(rid_d, "control")] * 2 + [(rid_d, "selected")] * 2 + [(rid_r, "selected")] * 4)
 
     # (a) what Label Studio holds, read back with the loop's converter, is the annotator's labels ...

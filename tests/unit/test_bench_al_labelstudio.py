@@ -17,12 +17,12 @@ from benchmarks.al_data import BenchFrame
 from benchmarks.al_labelstudio import (
     LabelStudioOracle,
     annotation_result,
+    bench_round_id,
     bench_task,
     compare_labels,
     frame_key,
     labels_by_key,
     project_title,
-    round_id_for,
 )
 from detloop.clients.labelstudio import Project, label_config_xml
 from detloop.detections import Detections
@@ -57,7 +57,7 @@ def exported(task: dict[str, Any], tid: int, results: list[list[dict[str, Any]]]
 def test_names_are_derived_from_the_run() -> None:
     f = bframe("cam1__2026-01-05_0007")
     assert project_title("8cb267d3ce") == "detloop-bench-8cb267d3ce"
-    assert round_id_for("default-1a2b3c4d", 2, 3) == "bench-default-1a2b3c4d-s2-r3"
+    assert bench_round_id("default-1a2b3c4d", 2, 3) == "bench-default-1a2b3c4d-s2-r3"
     assert frame_key("detloop-bench-x", f) == "bench/al/detloop-bench-x/frames/cam1__2026-01-05_0007.jpg"
 
 
@@ -253,7 +253,7 @@ def test_oracle_completes_a_half_done_round(settings: Any, tmp_path: Path) -> No
     ls, store = FakeLS(), FakeStore()
     o = LabelStudioOracle(settings, "p", CLASSES, NOISE, ls=ls, store=store, log=lambda m: None)
     pid = o.project.id
-    rid = round_id_for("random", 0, 1)
+    rid = bench_round_id("random", 0, 1)
     keys = [frame_key("p", f) for f in frames]
     ids = ls.import_tasks(pid, [bench_task(f, o.bucket, k, rid, "selected", i, CLASSES)
                                 for i, (f, k) in enumerate(zip(frames[:3], keys[:3], strict=True))])
