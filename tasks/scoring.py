@@ -103,16 +103,22 @@ class DecodedFrame:
 
     Attributes:
         ref: the frame.
-        tensor: float32 ``(3, S, S)`` RGB in [0, 1], letterboxed.
+        image: uint8 ``(S, S, 3)`` BGR, letterboxed (4x smaller than its float tensor while it waits in
+            the prefetch queue; :func:`to_tensors` converts whole batches into a reused buffer).
         letterbox: geometry to map boxes back.
         brightness, contrast: grey mean / std in [0, 1] over the frame content.
     """
 
     ref: FrameRef
-    tensor: np.ndarray
+    image: np.ndarray
     letterbox: Letterbox
     brightness: float
     contrast: float
+
+    @property
+    def tensor(self) -> np.ndarray:
+        """float32 ``(3, S, S)`` RGB in [0, 1] (a new array)."""
+        return to_tensors([self.image])[0]
 
 
 @dataclass
@@ -381,12 +387,13 @@ def decode_for_model(data: bytes, size: int, fast: bool = True) -> tuple[np.ndar
     return img, img.shape[1], img.shape[0], None
 
 
-def prepare(img_bgr: np.ndarray, size: int, orig_w: int | None = None, orig_h: int | None = None,
-            ) -> tuple[np.ndarray, Letterbox, float, float]:
-    """BGR frame -> (``(3, S, S)`` float32 RGB [0, 1] letterboxed, letterbox, brightness, contrast).
+def letterbox_u8(img_bgr: np.ndarray, size: int, orig_w: int | None = None, orig_h: int | None = None,
+                 ) -> tuple[np.ndarray, Letterbox, float, float]:
+    """BGR frame -> (``(S, S, 3)`` uint8 BGR letterboxed, letterbox, brightness, contrast).
 
     ``orig_w/orig_h``: the frame's true size when ``img_bgr`` was decoded at reduced scale (the
-    letterbox maps boxes back to the original frame).
+    letterbox maps boxes back to the original frame). Brightness and contrast are the grey mean and
+    standard deviation in [0, 1] over the frame content (padding excluded).
     """
     import cv2
 
@@ -397,13 +404,50 @@ def prepare(img_bgr: np.ndarray, size: int, orig_w: int | None = None, orig_h: i
         img_bgr = cv2.resize(img_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
     grey = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2GRAY)
     mean, std = cv2.meanStdDev(grey)
-    boxed = np.full((size, size, 3), 114, np.uint8)
-    boxed[lb.pad_y : lb.pad_y + nh, lb.pad_x : lb.pad_x + nw] = img_bgr
-    tensor = np.empty((3, size, size), np.float32)
-    planes = cv2.split(boxed)  # contiguous planes: ~2x faster to scale than strided HWC slices
-    for c in range(3):  # BGR -> RGB planes, scaled to [0, 1]
-        np.multiply(planes[2 - c], np.float32(1.0 / 255.0), out=tensor[c], casting="unsafe")
-    return tensor, lb, float(mean[0, 0]) / 255.0, float(std[0, 0]) / 255.0
+    boxed = cv2.copyMakeBorder(img_bgr, lb.pad_y, size - nh - lb.pad_y, lb.pad_x, size - nw - lb.pad_x,
+                               cv2.BORDER_CONSTANT, value=(114, 114, 114))
+    return boxed, lb, float(mean[0, 0]) / 255.0, float(std[0, 0]) / 255.0
+
+
+_BATCH_BUFFERS = threading.local()
+
+
+def to_tensors(images: Sequence[np.ndarray], reuse: bool = False) -> np.ndarray:
+    """Letterboxed uint8 BGR ``(S, S, 3)`` images -> float32 ``(B, 3, S, S)`` RGB in [0, 1].
+
+    With ``reuse`` the result is a view of a buffer owned by the calling thread and overwritten by its
+    next call: a scoring worker converts each batch into the same memory instead of faulting in fresh
+    pages for every frame and again for the stacked batch (measured here: 0.6-0.8 ms -> 0.2 ms of CPU
+    per 320 px frame).
+    """
+    import cv2
+
+    n = len(images)
+    s = images[0].shape[0] if n else 0
+    if reuse:
+        buf = getattr(_BATCH_BUFFERS, "buf", None)
+        if buf is None or buf.shape[0] < n or buf.shape[2] != s:
+            buf = np.empty((max(n, 1), 3, s, s), np.float32)
+            _BATCH_BUFFERS.buf = buf
+        out = buf[:n]
+    else:
+        out = np.empty((n, 3, s, s), np.float32)
+    scale = np.float32(1.0 / 255.0)
+    for i, img in enumerate(images):
+        planes = cv2.split(img)  # contiguous planes: ~1.5x faster to scale than strided HWC slices
+        for c in range(3):  # BGR -> RGB planes
+            np.multiply(planes[2 - c], scale, out=out[i, c], casting="unsafe")
+    return out
+
+
+def prepare(img_bgr: np.ndarray, size: int, orig_w: int | None = None, orig_h: int | None = None,
+            ) -> tuple[np.ndarray, Letterbox, float, float]:
+    """BGR frame -> (``(3, S, S)`` float32 RGB [0, 1] letterboxed, letterbox, brightness, contrast).
+
+    :func:`letterbox_u8` followed by :func:`to_tensors` for one frame (see there for ``orig_w/orig_h``).
+    """
+    boxed, lb, b, c = letterbox_u8(img_bgr, size, orig_w, orig_h)
+    return to_tensors([boxed])[0], lb, b, c
 
 
 def _load_one(store: Any, ref: FrameRef, size: int, fast: bool = True) -> DecodedFrame | Quarantined:
@@ -414,8 +458,8 @@ def _load_one(store: Any, ref: FrameRef, size: int, fast: bool = True) -> Decode
     img, w, h, reason = decode_for_model(data, size, fast)
     if img is None:
         return Quarantined(ref.bucket, ref.key, str(reason))
-    tensor, lb, b, c = prepare(img, size, w, h)
-    return DecodedFrame(ref, tensor, lb, b, c)
+    boxed, lb, b, c = letterbox_u8(img, size, w, h)
+    return DecodedFrame(ref, boxed, lb, b, c)
 
 
 def iter_decoded(
@@ -512,7 +556,7 @@ def score_decoded(
 ) -> list[ScoredFrame]:
     """Score one batch of decoded frames (pure given the scorer)."""
     t = timings if timings is not None else {}
-    x = np.stack([d.tensor for d in batch])
+    x = to_tensors([d.image for d in batch], reuse=True)
     lbs = [d.letterbox for d in batch]
     t0 = time.perf_counter()
     raw, emb = scorer.infer(x)

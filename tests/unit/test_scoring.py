@@ -11,7 +11,16 @@ import pytest
 from detloop.contracts import FrameRef
 from detloop.detections import Detections
 from detloop.ops import Letterbox, letterbox_image
-from tasks.scoring import ScoredFrame, decode_for_model, decode_raw, flip_raw, jpeg_size, prepare
+from tasks.scoring import (
+    ScoredFrame,
+    decode_for_model,
+    decode_raw,
+    flip_raw,
+    jpeg_size,
+    letterbox_u8,
+    prepare,
+    to_tensors,
+)
 
 
 def random_raw(rng: np.random.Generator, nc: int = 5, anchors: int = 2100, size: int = 320) -> np.ndarray:
@@ -76,6 +85,20 @@ def test_prepare_matches_letterbox_image_on_full_decode() -> None:
     np.testing.assert_allclose(t, boxed[:, :, ::-1].transpose(2, 0, 1) / 255.0, atol=1e-6)
     grey = cv2.cvtColor(cv2.resize(img, lb.resized, interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2GRAY)
     assert b == pytest.approx(grey.mean() / 255, abs=1e-6) and c == pytest.approx(grey.std() / 255, abs=1e-6)
+
+
+def test_batch_conversion_into_the_reused_buffer_matches_per_frame_prepare() -> None:
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 255, (240 + 8 * i, 320, 3), dtype=np.uint8) for i in range(3)]
+    boxed = [letterbox_u8(f, 320)[0] for f in frames]
+    assert all(b.shape == (320, 320, 3) and b.dtype == np.uint8 for b in boxed)
+    first = to_tensors(boxed, reuse=True)
+    np.testing.assert_array_equal(first, np.stack([prepare(f, 320)[0] for f in frames]))
+    np.testing.assert_array_equal(first, to_tensors(boxed))
+    second = to_tensors(boxed[:2], reuse=True)  # the same thread's next (smaller) batch reuses the memory
+    assert second.shape == (2, 3, 320, 320) and np.shares_memory(first, second)
+    np.testing.assert_array_equal(second, to_tensors(boxed[:2]))
+    assert not np.shares_memory(to_tensors(boxed), to_tensors(boxed))  # without reuse: fresh arrays
 
 
 def test_reduced_decode_keeps_frame_geometry() -> None:
