@@ -9,7 +9,7 @@ class-score vectors + embedding + brightness/contrast, in the default single-pas
 Baseline = ONNX Runtime on the same frames pre-decoded and pre-letterboxed to float32 tensors, best of
 {1, cores} intra-op threads x spinning, and one-thread sessions run concurrently (one batch per core). Also reports TTA (flipped copy) and committee (second model) as cost multipliers.
 
-Needs the test stack's S3 (`DETLOOP_CONFIG=configs/test.yaml detloop stack up`). Without ``--model`` it
+Needs the test stack's S3 (`DETLOOP_CONFIG=configs/test.yaml detloop stack up --s3-only`). Without ``--model`` it
 exports a randomly initialised YOLO11n (class biases spread so NMS has real work) with
 ``tasks.export.export_scoring_artifact``. Writes ``benchmarks/results/scoring_pipeline.json``.
 """

@@ -58,12 +58,16 @@ def _finish(settings: Any, res: Any) -> None:
 
 
 @stack_app.command("up")
-def up(config: ConfigOpt = None) -> None:
+def up(
+    config: ConfigOpt = None,
+    s3_only: Annotated[bool, typer.Option("--s3-only", help="Start only S3 and its buckets (enough for the "
+                                          "scoring and selection benchmarks; a quiet machine to time on).")] = False,
+) -> None:
     """Start every service that is not running (idempotent) and wait until all are healthy."""
     from infra.stack import ensure_up
 
     settings = _settings(config)
-    res = ensure_up(settings, log=_echo)
+    res = ensure_up(settings, log=_echo, s3_only=s3_only)
     for name, why in res.skipped.items():
         _echo(f"{name}: {why}")
     _echo(

@@ -226,12 +226,19 @@ def test_down_then_up_keeps_everything(stack_settings: Settings, tmp_path: Path)
         assert all(procs.port_bindable("127.0.0.1", p) for p in _all_ports(s))
         assert all(r.state == "stopped" for r in status(s) if r.service != "runner")
 
+        # -- S3 alone (the benchmarks' quiet machine): its data is there, nothing else starts ------
+        only = ensure_up(s, s3_only=True)
+        assert only.started == ["s3"] and only.already_running == []
+        assert store.get_bytes(s.s3.data_bucket, key) == body
+        assert {r.service: r.state for r in status(s) if r.service != "runner"} == {
+            "s3": "healthy", "mlflow": "stopped", "label-studio": "stopped", "prefect": "stopped"
+        }
+
         # -- up again: everything is still there -------------------------------------------------
         t0 = time.monotonic()
         second = ensure_up(s)
         restart_s = time.monotonic() - t0
-        assert set(second.started) == set(first.started)
-        assert store.get_bytes(s.s3.data_bucket, key) == body
+        assert set(second.started) == set(first.started) - {"s3"} and second.already_running == ["s3"]
         assert all(store.get_bytes(b, "x") == b"1" for b in extra)
         ml2 = MlflowClient(tracking_uri=s.mlflow.tracking_uri)
         assert ml2.get_run(run.info.run_id).info.status == "FINISHED"

@@ -172,6 +172,12 @@ def test_specs_bind_loopback_scrub_env_and_keep_secrets_out_of_client_env(tmp_pa
     assert "-s3.port.iceberg=0" in weed.argv and "-s3.port.lance=0" in weed.argv
     assert f"-s3.port={s.stack.ports.s3}" in weed.argv
     assert weed.env["WEED_MASTER_VOLUME_GROWTH_COPY_1"] == "1" and "-volume.max=1000" in weed.argv
+    import os
+
+    if "GOMAXPROCS" not in os.environ:  # half the cores for the co-located S3 server, unless the user set it
+        assert weed.env["GOMAXPROCS"] == str(max(1, (os.cpu_count() or 2) // 2))
+    else:
+        assert weed.env["GOMAXPROCS"] == os.environ["GOMAXPROCS"]
     ml = build_spec(s, "mlflow", sec)
     assert ml.env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert ml.env["AWS_SECRET_ACCESS_KEY"] == sec.s3_secret_access_key
