@@ -524,6 +524,36 @@ def _wait_healthy(settings: Settings, service: str, rec: PidRecord, deadline: fl
         time.sleep(0.5)
 
 
+def _wait_volumes_registered(settings: Settings, deadline: float) -> None:
+    """Wait until SeaweedFS's master knows every volume on disk.
+
+    ``/healthz`` answers before the volume server's first heartbeat reaches the master; until then a
+    GET of an existing object fails with ``InternalError`` (measured: right after ``up --s3-only``).
+    """
+    import urllib.request
+
+    paths = stack_paths(settings)
+    on_disk = len(list(paths.weed.glob("*.dat")))
+    url = f"http://{settings.stack.host}:{settings.stack.ports.weed_master}/dir/status"
+    known = -1
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                topo = json.load(resp).get("Topology", {})
+            known = sum(int(n.get("Volumes", 0)) for dc in topo.get("DataCenters") or []
+                        for rack in dc.get("Racks") or [] for n in rack.get("DataNodes") or [])
+            if known >= on_disk:
+                return
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() >= deadline:
+            raise StackError(
+                f"{TITLES['s3']}: the master at {url} knows {known} of the {on_disk} volumes on disk after "
+                f"{settings.stack.start_timeout_seconds} s; log: {paths.log('s3')}"
+            )
+        time.sleep(0.2)
+
+
 def _write_s3_config(settings: Settings, sec: StackSecrets) -> None:
     path = stack_paths(settings).weed / "s3.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -642,6 +672,8 @@ def ensure_up(settings: Settings, log: Log = _noop, s3_only: bool = False) -> Up
         t = time.monotonic()
         s3 = bring("s3")
         _wait_healthy(settings, "s3", s3, deadline)
+        if "s3" in res.started:
+            _wait_volumes_registered(settings, deadline)
         create_buckets(settings, sec)
         t = mark("s3_and_buckets", t)
         if s3_only:
