@@ -115,11 +115,6 @@ class DecodedFrame:
     brightness: float
     contrast: float
 
-    @property
-    def tensor(self) -> np.ndarray:
-        """float32 ``(3, S, S)`` RGB in [0, 1] (a new array)."""
-        return to_tensors([self.image])[0]
-
 
 @dataclass
 class ScoringResult:

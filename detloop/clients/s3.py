@@ -140,28 +140,28 @@ class S3Store:
 
         u = urlsplit(url)
         target = f"{u.path}?{u.query}" if u.query else u.path
-        conns = getattr(self._local, "conns", None)
-        if conns is None:
-            conns = self._local.conns = {}
-        origin = (u.scheme, u.hostname, u.port)
-        for attempt in (0, 1):
-            conn = conns.get(origin)
-            if conn is None:
-                conn = conns[origin] = self._connect(u.scheme, u.hostname or "", u.port)
+        conns = self._local.__dict__.setdefault("conns", {})
+        origin = (u.scheme, u.hostname or "", u.port)
+
+        def once() -> tuple[int, bytes]:
+            conn = conns.get(origin) or conns.setdefault(origin, self._connect(*origin))
             try:
                 conn.request("GET", target)
                 resp = conn.getresponse()
                 body = resp.read()  # read to the end: the connection stays usable
-                if resp.will_close:
-                    conn.close()
-                    conns.pop(origin, None)
-                return resp.status, body
-            except (http.client.HTTPException, ConnectionError, OSError):
+            except (http.client.HTTPException, OSError):
                 conn.close()
-                conns.pop(origin, None)
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+                del conns[origin]
+                raise
+            if resp.will_close:
+                conn.close()
+                del conns[origin]
+            return resp.status, body
+
+        try:
+            return once()
+        except (http.client.HTTPException, OSError):  # a dropped keep-alive connection: one fresh one
+            return once()
 
     @staticmethod
     def _connect(scheme: str, host: str, port: int | None) -> Any:
