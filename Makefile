@@ -10,7 +10,14 @@ OPENCV_VERSION := 4.12.0.88
 
 env: $(STAMP)
 
+# The venv takes ~7.3 GB (torch+torchvision wheels that import beside ultralytics on x86_64 are the CUDA
+# builds); below NEED_GB free, pip would die half-way with ENOSPC, so say so first, in one line.
+NEED_GB ?= 8
+
 $(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || { free=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); \
+	  if [ "$$free" -lt $(NEED_GB) ]; then \
+	    echo "detloop: only $${free} GB free on $$(df -P . | awk 'NR==2 {print $$6}') ($(CURDIR)); the environment needs about $(NEED_GB) GB (set NEED_GB=0 to try anyway)" >&2; exit 1; fi; }
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -e ".[dev,dask]" "opencv-python==$(OPENCV_VERSION)" "opencv-python-headless==$(OPENCV_VERSION)"
