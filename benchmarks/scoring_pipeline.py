@@ -79,6 +79,25 @@ def synthetic_jpegs(n: int, width: int = 640, height: int = 480, seed: int = 0) 
     return out
 
 
+def world_jpegs(settings: Any, n: int, seed: int = 0) -> list[bytes]:
+    """``n`` frames of the synthetic production world, as the cameras publish them.
+
+    Spread over every active camera and the golden set's date range (the production weeks, every drift,
+    the camera added mid-way), from a stream of their own, encoded at the world's JPEG quality.
+    """
+    from datetime import timedelta
+
+    from detloop.world.publish import load_world, plan_stream
+    from detloop.world.render import encode_jpeg, render_frame
+
+    cfg = load_world(settings)
+    span = cfg.golden_set
+    plan = plan_stream(cfg, seed, "bench", span.start, span.days, n)
+    assert all(span.start <= p.day < span.start + timedelta(days=span.days) for p in plan)
+    return [encode_jpeg(render_frame(cfg, list(settings.classes), p.camera, p.day, p.index, p.frames_per_day,
+                                     seed, "bench").image, cfg.jpeg_quality) for p in plan]
+
+
 def upload_frames(store: Any, bucket: str, prefix: str, jpegs: list[bytes], day: str = "2030-01-01") -> list[Any]:
     """Put frames under ``<prefix>camera=bench/date=<day>/`` and return their FrameRefs."""
     from concurrent.futures import ThreadPoolExecutor
@@ -122,8 +141,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=os.environ.get("DETLOOP_CONFIG", "configs/test.yaml"))
     ap.add_argument("--frames", type=int, default=256)
-    ap.add_argument("--width", type=int, default=640)
-    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--frames-from", choices=["world", "noise"], default="world",
+                    help="world: the synthetic production world's frames (what the demo champion scores); "
+                         "noise: shapes on a noisy background (larger JPEGs, a harder case for decode and S3).")
+    ap.add_argument("--width", type=int, default=640, help="Frame width (noise frames only).")
+    ap.add_argument("--height", type=int, default=480, help="Frame height (noise frames only).")
     ap.add_argument("--pairs", type=int, default=3, help="Interleaved (bare, pipeline) measurement pairs.")
     ap.add_argument("--model", type=Path, default=None, help="Scoring artifact dir (default: random YOLO11n).")
     ap.add_argument("--out", type=Path, default=RESULTS / "scoring_pipeline.json")
@@ -145,7 +167,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     store = S3Store(settings)
     prefix = f"bench-{uuid.uuid4().hex[:8]}/"
-    jpegs = synthetic_jpegs(args.frames, args.width, args.height)
+    if args.frames_from == "world":
+        jpegs = world_jpegs(settings, args.frames)
+    else:
+        jpegs = synthetic_jpegs(args.frames, args.width, args.height)
+    frame_wh = decode_image(jpegs[0])[0].shape[1::-1]  # type: ignore[union-attr]
     refs = upload_frames(store, settings.s3.production_bucket, prefix, jpegs)
     try:
         # pre-decoded tensors for the baseline (not timed)
@@ -203,7 +229,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = {
         "benchmark": "scoring_pipeline",
         "frames": args.frames,
-        "frame_size": [args.width, args.height],
+        "frames_from": args.frames_from,
+        "frame_size": [int(v) for v in frame_wh],
+        "jpeg_kb_mean": round(float(np.mean([len(b) for b in jpegs])) / 1000, 1),
         "input_size": size,
         "batch_size": ms.batch_size,
         "read_threads": ms.read_threads,

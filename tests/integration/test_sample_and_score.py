@@ -177,6 +177,9 @@ def test_read_frame_presigned_matches_boto_and_errors_alike(world: dict[str, Any
     plain = S3Store(boto_only)
     for key in (world["first"], odd):
         assert store.read_frame(bucket, key) == plain.read_frame(bucket, key) == store.get_bytes(bucket, key)
+        # the server accepts detloop's own SigV4 signature (no silent fallback to boto3)
+        assert store._get_url(store.presigned_get_url(bucket, key)) == (200, body if key == odd else
+                                                                       store.get_bytes(bucket, key))
     # the fast path was taken (and only when enabled): this thread holds a keep-alive connection
     conns = getattr(store._local, "conns", {})
     assert len(conns) == 1 and getattr(plain._local, "conns", None) is None
