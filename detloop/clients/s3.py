@@ -10,6 +10,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from detloop.errors import ServiceError
@@ -84,12 +85,12 @@ class QueryPresigner:
         """A GET URL for ``s3://bucket/key`` valid for ``expires`` seconds from ``now`` (default: now, UTC)."""
         import hashlib
         import hmac
-        from datetime import datetime, timezone
+        from datetime import datetime
         from urllib.parse import quote
 
         scheme, host, prefix = self._bucket_layout(bucket)
         creds = self._credentials.get_frozen_credentials()
-        amz_date = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+        amz_date = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
         scope = f"{amz_date[:8]}/{self._region}/s3/aws4_request"
         params = {
             "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
