@@ -1,6 +1,11 @@
 """Benchmark 1: the whole scoring pipeline vs bare ONNX Runtime inference, same frames, one run.
 
     .venv/bin/python -m benchmarks.scoring_pipeline [--config configs/test.yaml] [--frames 256]
+        [--frames-from world|noise] [--model <champion>/scoring]
+
+Frames: by default the synthetic production world's (``configs/world.yaml``: every camera, the production
+weeks and their drifts, JPEG quality 90, ~61 KB each), i.e. what the demo's champion scores;
+``--frames-from noise`` uses shapes on a noisy background (~110 KB JPEGs, a harder case for decode and S3).
 
 Pipeline = S3 read (prefetching thread pool) + JPEG decode + letterbox + inference + NMS carrying the
 class-score vectors + embedding + brightness/contrast, in the default single-pass configuration

@@ -68,8 +68,8 @@ class S3Settings(_Model):
     addressing_style: Literal["path", "virtual", "auto"] = Field("path", description="boto3 addressing style.")
     presigned_reads: bool = Field(
         True,
-        description="Scoring reads frames with presigned GETs over a pooled HTTP connection (about half the "
-        "client CPU of boto3 get_object); any failure falls back to boto3.",
+        description="Scoring reads frames with presigned GETs (signed by detloop, SigV4) over a keep-alive HTTP "
+        "connection per reader thread (a tenth of the client CPU of boto3 get_object); any failure falls back to boto3.",
     )
     production_bucket: str = Field("detloop-production", description="Where cameras drop frames.")
     production_prefix: str = Field("frames/", description="Key prefix of camera frames in the production bucket.")
