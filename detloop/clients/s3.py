@@ -17,18 +17,22 @@ from detloop.errors import ServiceError
 from detloop.settings import Settings
 
 
-def make_s3_client(settings: Settings, session: Any | None = None) -> Any:
-    """A boto3 S3 client configured from settings (path-style, retries, credentials from the env)."""
+def make_s3_session(settings: Settings) -> Any:
+    """A boto3 session holding the configured keys, or boto3's default chain (env, profile, role) without them."""
     import boto3
-    from botocore.config import Config
 
     key, secret = settings.s3_credentials()
-    return (session or boto3).client(
+    return boto3.session.Session(aws_access_key_id=key, aws_secret_access_key=secret)
+
+
+def make_s3_client(settings: Settings, session: Any | None = None) -> Any:
+    """A boto3 S3 client configured from settings (path-style, retries, credentials from ``session``)."""
+    from botocore.config import Config
+
+    return (session or make_s3_session(settings)).client(
         "s3",
         endpoint_url=settings.s3.endpoint_url,
         region_name=settings.s3.region,
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
         config=Config(
             s3={"addressing_style": settings.s3.addressing_style},
             retries={"max_attempts": 5, "mode": "standard"},
@@ -132,10 +136,7 @@ class S3Store:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    import boto3
-
-                    key, secret = self.settings.s3_credentials()
-                    session = boto3.session.Session(aws_access_key_id=key, aws_secret_access_key=secret)
+                    session = make_s3_session(self.settings)
                     self._client = make_s3_client(self.settings, session)
                     creds = session.get_credentials()  # the same ones the client signs with
                     if creds is not None:
