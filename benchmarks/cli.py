@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-bench_app = typer.Typer(help="Benchmarks: `detloop bench al` measures selection strategies against random.",
+bench_app = typer.Typer(help="Benchmarks (results in benchmarks/results/, tables in docs/benchmarks.md): `al` measures "
+                        "selection strategies against random; `scoring`, `selection`, `labelstudio`, or `all` of those three.",
                         no_args_is_help=True)
 
 
@@ -87,3 +88,81 @@ def bench_al(
                             log=lambda m: typer.echo(m, err=True))
     typer.echo(markdown_table(summary))
     typer.echo(f"wrote {out_json}")
+
+
+# --------------------------------------------------------------------------------------------
+# The measured-once benchmarks of docs/benchmarks.md (each also runs as `python -m benchmarks.<name>`)
+# --------------------------------------------------------------------------------------------
+_PASS = {"allow_extra_args": True, "ignore_unknown_options": True}
+_CONFIG = typer.Option("--config", "-c", help="detloop config whose stack the benchmark uses "
+                                              "(default: $DETLOOP_CONFIG or configs/test.yaml).")
+
+
+def _config(config: Path | None) -> str:
+    import os
+
+    return str(config or os.environ.get("DETLOOP_CONFIG") or "configs/test.yaml")
+
+
+def _stack_up(config: str, s3_only: bool) -> None:
+    """Start what the benchmark needs of ``config``'s stack (a no-op for services already up)."""
+    from detloop.settings import load_settings
+    from infra.stack import ensure_up
+
+    ensure_up(load_settings(config), lambda m: typer.echo(m, err=True), s3_only=s3_only)
+
+
+def _headline(name: str, result: dict[str, Any], keys: list[str]) -> None:
+    shown = ", ".join(f"{k} {result[k]}" for k in keys if k in result)
+    typer.echo(f"{name}: {shown}", err=True)
+
+
+@bench_app.command("scoring", context_settings=_PASS)
+def bench_scoring(ctx: typer.Context, config: Annotated[Path | None, _CONFIG] = None) -> None:
+    """Scoring pipeline vs bare ONNX Runtime (issue 3): starts the config's S3 if needed, then runs
+    `python -m benchmarks.scoring_pipeline`; other options go there (`detloop bench scoring -- --help`)."""
+    from benchmarks import scoring_pipeline
+
+    cfg = _config(config)
+    if "--help" not in ctx.args and "-h" not in ctx.args:
+        _stack_up(cfg, s3_only=True)
+    r = scoring_pipeline.main(["--config", cfg, *ctx.args])
+    _headline("scoring", r, ["input_size", "pipeline_fps", "ratio_pipeline_over_bare", "target_ratio"])
+
+
+@bench_app.command("selection", context_settings=_PASS)
+def bench_selection(ctx: typer.Context) -> None:
+    """Selection at scale (100k frames, 256-d, budget 1,000): `python -m benchmarks.selection_scale`;
+    other options go there (`detloop bench selection -- --help`). Needs no stack."""
+    from benchmarks import selection_scale
+
+    r = selection_scale.main(list(ctx.args))
+    _headline("selection", r, ["select_seconds", "peak_rss_mb", "meets_target"])
+
+
+@bench_app.command("labelstudio", context_settings=_PASS)
+def bench_labelstudio(ctx: typer.Context, config: Annotated[Path | None, _CONFIG] = None) -> None:
+    """Label Studio push / pull of 10k tasks: starts the config's stack if needed, then runs
+    `python -m benchmarks.labelstudio_io`; other options go there (`detloop bench labelstudio -- --help`)."""
+    from benchmarks import labelstudio_io
+
+    cfg = _config(config)
+    if "--help" not in ctx.args and "-h" not in ctx.args:
+        _stack_up(cfg, s3_only=False)
+    r = labelstudio_io.main(["--config", cfg, *ctx.args])
+    _headline("labelstudio", r, ["tasks", "push_s", "pull_convert_s"])
+
+
+@bench_app.command("all")
+def bench_all(config: Annotated[Path | None, _CONFIG] = None) -> None:
+    """Selection at scale, the scoring pipeline and Label Studio I/O at their documented sizes (about 15
+    minutes on 2 cores; the active-learning benchmark, hours, is `detloop bench al`). JSON goes to
+    benchmarks/results/; the tables in docs/benchmarks.md are written by hand from it."""
+    from benchmarks import labelstudio_io, scoring_pipeline, selection_scale
+
+    cfg = _config(config)
+    _headline("selection", selection_scale.main([]), ["select_seconds", "peak_rss_mb", "meets_target"])
+    _stack_up(cfg, s3_only=False)
+    _headline("scoring", scoring_pipeline.main(["--config", cfg]),
+              ["input_size", "pipeline_fps", "ratio_pipeline_over_bare", "target_ratio"])
+    _headline("labelstudio", labelstudio_io.main(["--config", cfg]), ["tasks", "push_s", "pull_convert_s"])

@@ -1,0 +1,32 @@
+"""`detloop bench`: every benchmark the docs name is a command (`make bench` runs `detloop bench all`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from detloop.cli import app
+
+
+def test_bench_lists_every_benchmark() -> None:
+    res = CliRunner().invoke(app, ["bench", "--help"])
+    assert res.exit_code == 0
+    for name in ("al", "scoring", "selection", "labelstudio", "all"):
+        assert f" {name} " in res.output
+
+
+def test_bench_selection_forwards_options_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "sel.json"
+    res = CliRunner().invoke(app, ["bench", "selection", "--frames", "3000", "--budget", "60", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    assert (r["frames"], r["budget"], r["selected"] + r["control"]) == (3000, 60, 60)
+    assert "selection: select_seconds" in res.output
+
+
+def test_bench_scoring_help_is_the_benchmarks_own(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["bench", "scoring", "--", "--help"])
+    assert res.exit_code == 0
+    assert "--frames-from" in res.output  # argparse help of benchmarks.scoring_pipeline: no stack started
