@@ -39,10 +39,24 @@ class DemoSize:
 
 
 SIZES = {
-    "tiny": DemoSize(frames_per_day=2, seed_frames=40, golden_frames=40, budget=10, bootstrap_epochs=None),
+    "tiny": DemoSize(frames_per_day=2, seed_frames=100, golden_frames=40, budget=10, bootstrap_epochs=None),
     "default": DemoSize(frames_per_day=8, seed_frames=150, golden_frames=200, budget=60, bootstrap_epochs=None),
     "large": DemoSize(frames_per_day=20, seed_frames=300, golden_frames=400, budget=120, bootstrap_epochs=None),
 }
+
+
+def _require_champion(settings: Settings, size: str, spec: DemoSize) -> None:
+    """After the bootstrap: stop with the gate's reason when it promoted nothing (the weeks need a champion)."""
+    from tasks.registry import champion_version, list_models
+
+    if champion_version(settings) is not None:
+        return
+    boot = next((m for m in list_models(settings) if m["dataset_version"] != "-"), None)
+    why = f"version {boot['version']} was {boot['gate']}: {boot['reasons']}" if boot else "no model version was registered"
+    raise DetloopError(
+        f"the bootstrap promoted no champion ({why}); at --size {size} the seed set has {spec.seed_frames} frames. "
+        "Use a larger --size, more training.bootstrap_epochs, or a lower gate.bootstrap_floor in your config"
+    )
 
 
 def _run_deployment(name: str, params: dict[str, Any], timeout: float) -> Any:
@@ -164,6 +178,7 @@ def run_demo(
     tb = time.monotonic()
     _run_deployment("bootstrap/manual", boot_params, timeout)
     bootstrap_s = time.monotonic() - tb
+    _require_champion(settings, size, spec)
     setup_s = time.monotonic() - t0
 
     store = S3Store(settings)

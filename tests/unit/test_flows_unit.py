@@ -93,3 +93,24 @@ def test_task_runner_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "prefect_dask", None)  # the extra not installed
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[dask\]'"):
         make_task_runner(s)
+
+
+def test_demo_stops_with_the_gate_reason_when_the_bootstrap_promotes_nothing(monkeypatch):  # type: ignore[no-untyped-def]
+    """Error path (fake registry): the demo names the rejected bootstrap and why, instead of failing a week later."""
+    import pytest
+
+    import tasks.registry as reg
+    from detloop.errors import DetloopError
+    from detloop.settings import Settings
+    from flows.demo import SIZES, _require_champion
+
+    versions = [{"version": "1", "gate": "rejected", "dataset_version": "0ef2",
+                 "reasons": "golden mAP50-95 0.0040 vs floor 0.0100"}]
+    monkeypatch.setattr(reg, "list_models", lambda s: versions)
+    monkeypatch.setattr(reg, "champion_version", lambda s: None)
+    with pytest.raises(DetloopError) as err:
+        _require_champion(Settings(classes=["a"]), "tiny", SIZES["tiny"])
+    msg = str(err.value)
+    assert "version 1 was rejected: golden mAP50-95 0.0040 vs floor 0.0100" in msg and "--size tiny" in msg
+    monkeypatch.setattr(reg, "champion_version", lambda s: object())
+    _require_champion(Settings(classes=["a"]), "tiny", SIZES["tiny"])  # a champion: nothing to say
