@@ -137,14 +137,15 @@ class S3Store:
             with self._lock:
                 if self._client is None:
                     session = make_s3_session(self.settings)
-                    self._client = make_s3_client(self.settings, session)
+                    client = make_s3_client(self.settings, session)
                     creds = session.get_credentials()  # the same ones the client signs with
                     if creds is not None:
                         self._presigner = QueryPresigner(
-                            creds, self._client.meta.region_name or self.settings.s3.region,
-                            lambda b, k: self._client.generate_presigned_url(
+                            creds, client.meta.region_name or self.settings.s3.region,
+                            lambda b, k: client.generate_presigned_url(
                                 "get_object", Params={"Bucket": b, "Key": k}, ExpiresIn=900),
                         )
+                    self._client = client  # last: a thread that sees the client sees the presigner too
         return self._client
 
     def _wrap(self, err: Exception, what: str) -> ServiceError:
