@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -112,7 +112,26 @@ def _stack_up(config: str, s3_only: bool) -> None:
     ensure_up(load_settings(config), lambda m: typer.echo(m, err=True), s3_only=s3_only)
 
 
-def _headline(name: str, result: dict[str, Any], keys: list[str]) -> None:
+# name -> (module in benchmarks/, what of the stack it needs: None | "s3" | "all", headline keys of its JSON)
+_BENCHES: dict[str, tuple[str, str | None, list[str]]] = {
+    "selection": ("selection_scale", None, ["select_seconds", "peak_rss_mb", "meets_target"]),
+    "scoring": ("scoring_pipeline", "s3", ["input_size", "pipeline_fps", "ratio_pipeline_over_bare", "target_ratio"]),
+    "labelstudio": ("labelstudio_io", "all", ["tasks", "push_s", "pull_convert_s"]),
+}
+
+
+def _run(name: str, args: list[str], config: Path | None) -> None:
+    """Start what benchmark ``name`` needs of the stack, run its ``main`` with ``args``, echo its headline."""
+    import importlib
+
+    module, needs, keys = _BENCHES[name]
+    help_only = "--help" in args or "-h" in args
+    if needs:
+        cfg = _config(config)
+        if not help_only:
+            _stack_up(cfg, s3_only=needs == "s3")
+        args = ["--config", cfg, *args]
+    result = importlib.import_module(f"benchmarks.{module}").main(args)
     shown = ", ".join(f"{k} {result[k]}" for k in keys if k in result)
     typer.echo(f"{name}: {shown}", err=True)
 
@@ -121,36 +140,21 @@ def _headline(name: str, result: dict[str, Any], keys: list[str]) -> None:
 def bench_scoring(ctx: typer.Context, config: Annotated[Path | None, _CONFIG] = None) -> None:
     """Scoring pipeline vs bare ONNX Runtime (issue 3): starts the config's S3 if needed, then runs
     `python -m benchmarks.scoring_pipeline`; other options go there (`detloop bench scoring -- --help`)."""
-    from benchmarks import scoring_pipeline
-
-    cfg = _config(config)
-    if "--help" not in ctx.args and "-h" not in ctx.args:
-        _stack_up(cfg, s3_only=True)
-    r = scoring_pipeline.main(["--config", cfg, *ctx.args])
-    _headline("scoring", r, ["input_size", "pipeline_fps", "ratio_pipeline_over_bare", "target_ratio"])
+    _run("scoring", list(ctx.args), config)
 
 
 @bench_app.command("selection", context_settings=_PASS)
 def bench_selection(ctx: typer.Context) -> None:
     """Selection at scale (100k frames, 256-d, budget 1,000): `python -m benchmarks.selection_scale`;
     other options go there (`detloop bench selection -- --help`). Needs no stack."""
-    from benchmarks import selection_scale
-
-    r = selection_scale.main(list(ctx.args))
-    _headline("selection", r, ["select_seconds", "peak_rss_mb", "meets_target"])
+    _run("selection", list(ctx.args), None)
 
 
 @bench_app.command("labelstudio", context_settings=_PASS)
 def bench_labelstudio(ctx: typer.Context, config: Annotated[Path | None, _CONFIG] = None) -> None:
     """Label Studio push / pull of 10k tasks: starts the config's stack if needed, then runs
     `python -m benchmarks.labelstudio_io`; other options go there (`detloop bench labelstudio -- --help`)."""
-    from benchmarks import labelstudio_io
-
-    cfg = _config(config)
-    if "--help" not in ctx.args and "-h" not in ctx.args:
-        _stack_up(cfg, s3_only=False)
-    r = labelstudio_io.main(["--config", cfg, *ctx.args])
-    _headline("labelstudio", r, ["tasks", "push_s", "pull_convert_s"])
+    _run("labelstudio", list(ctx.args), config)
 
 
 @bench_app.command("all")
@@ -158,11 +162,5 @@ def bench_all(config: Annotated[Path | None, _CONFIG] = None) -> None:
     """Selection at scale, the scoring pipeline and Label Studio I/O at their documented sizes (about 15
     minutes on 2 cores; the active-learning benchmark, hours, is `detloop bench al`). JSON goes to
     benchmarks/results/; the tables in docs/benchmarks.md are written by hand from it."""
-    from benchmarks import labelstudio_io, scoring_pipeline, selection_scale
-
-    cfg = _config(config)
-    _headline("selection", selection_scale.main([]), ["select_seconds", "peak_rss_mb", "meets_target"])
-    _stack_up(cfg, s3_only=False)
-    _headline("scoring", scoring_pipeline.main(["--config", cfg]),
-              ["input_size", "pipeline_fps", "ratio_pipeline_over_bare", "target_ratio"])
-    _headline("labelstudio", labelstudio_io.main(["--config", cfg]), ["tasks", "push_s", "pull_convert_s"])
+    for name in _BENCHES:
+        _run(name, [], config)

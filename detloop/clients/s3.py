@@ -43,6 +43,10 @@ def make_s3_client(settings: Settings, session: Any | None = None) -> Any:
     )
 
 
+def _boto_presigned_get(client: Any, bucket: str, key: str, expires: int = 900) -> str:
+    return str(client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires))
+
+
 class QueryPresigner:
     """Presigned S3 GET URLs (SigV4 query auth, ``UNSIGNED-PAYLOAD``) without botocore's request machinery.
 
@@ -142,8 +146,7 @@ class S3Store:
                     if creds is not None:
                         self._presigner = QueryPresigner(
                             creds, client.meta.region_name or self.settings.s3.region,
-                            lambda b, k: client.generate_presigned_url(
-                                "get_object", Params={"Bucket": b, "Key": k}, ExpiresIn=900),
+                            lambda b, k: _boto_presigned_get(client, b, k),
                         )
                     self._client = client  # last: a thread that sees the client sees the presigner too
         return self._client
@@ -224,8 +227,7 @@ class S3Store:
         client = self.client
         if self._presigner is not None:
             return self._presigner.url(bucket, key, expires)
-        return str(client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
-                                                 ExpiresIn=expires))
+        return _boto_presigned_get(client, bucket, key, expires)
 
     def _get_url(self, url: str) -> tuple[int, bytes]:
         """GET ``url`` on this thread's keep-alive connection to its host; one reconnect if it went stale."""
