@@ -31,7 +31,8 @@ demo: env
 	$(BIN)/detloop demo
 
 test: env
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 tests
 
 unit: env
 	$(BIN)/python -m pytest -q tests/unit
@@ -46,7 +47,8 @@ stack-down: env
 	$(BIN)/detloop stack down
 
 lint: env
-	$(BIN)/ruff check detloop flows tasks infra benchmarks tests
+	$(BIN)/ruff check cli detloop flows tasks infra benchmarks tests
+	$(BIN)/lint-imports
 
 bench: env
 	$(BIN)/detloop bench all

@@ -19,7 +19,7 @@ result JSON.
 Labels: by default the simulated annotator's labels (:func:`annotate`) are written directly. With
 ``--via-label-studio`` (``BenchConfig.via_label_studio``) every round's paid frames (new and control)
 go through the real Label Studio server of the configured stack instead, and the arm trains on what the
-loop's own reader (``tasks.annotation.convert_round_tasks``) made of them; see
+loop's own reader (``tasks.ls_tasks.convert_round_tasks``) made of them; see
 :mod:`benchmarks.al_labelstudio`. Same labels, so the run key is the same; each round record says which
 way its labels came (``labels_via``).
 
@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.al_data import BenchData, BenchFrame
+from benchmarks.al_data import AnnotatorNoise, BenchData, BenchFrame, annotate, labelled_name
 from benchmarks.al_metrics import Curve, efficiency_ci, final_summary, mean_curve
 from detloop.detections import Detections
 from detloop.errors import DataError
@@ -63,15 +63,6 @@ NOT_IN_KEY = ("via_label_studio", "label_studio_project")  # how labels travel, 
 # --------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------
-@dataclass
-class AnnotatorNoise:
-    """Simulated annotator noise (see :class:`detloop.sim.annotator.AnnotatorProfile`)."""
-
-    jitter: float = 0.02
-    p_miss_small: float = 0.05
-    p_flip: float = 0.01
-
-
 @dataclass
 class BenchConfig:
     """Everything that defines a benchmark run (recorded with the results; its hash names the run).
@@ -218,21 +209,6 @@ def random_pick(n_unlabelled: int, budget: int, seed: int, round_index: int) -> 
     rng = np.random.default_rng([seed, round_index, 7919])
     k = min(budget, n_unlabelled)
     return np.sort(rng.choice(n_unlabelled, size=k, replace=False)) if k else np.zeros(0, np.int64)
-
-
-def annotate(frame: BenchFrame, noise: AnnotatorNoise, seed: int, num_classes: int) -> Detections:
-    """What the simulated annotator draws for ``frame`` (seeded per (seed, frame name))."""
-    from detloop.sim.annotator import AnnotatorProfile, degrade
-
-    prof = AnnotatorProfile(p_miss_small=noise.p_miss_small, jitter=noise.jitter, p_flip=noise.p_flip, seed=seed)
-    h = hashlib.sha256(f"{seed}|{frame.name}".encode()).digest()
-    rng = np.random.default_rng(int.from_bytes(h[:8], "big"))
-    return degrade(frame.truth, prof, rng, num_classes, frame.width, frame.height)
-
-
-def labelled_name(frame: BenchFrame) -> str:
-    """File name of a labelled pool frame in an arm's folder (the unique frame name + the image suffix)."""
-    return frame.name + Path(frame.image).suffix
 
 
 def curves_from_records(records: Sequence[dict[str, Any]], axis: str, metric: str) -> Curve:
@@ -477,8 +453,7 @@ class Runner:
     def _choose(self, arm: str, seed: int, r: int, weights: Path, unlabelled: list[int],
                 class_counts: np.ndarray) -> tuple[list[int], list[int], dict[str, Any]]:
         """(pool indices to train on, control indices labelled but not trained on, info)."""
-        from detloop.contracts import FrameRef
-        from tasks.scoring import ScoredFrame
+        from detloop.contracts import FrameRef, ScoredFrame
         from tasks.selection import select
 
         b = self.cfg.budget

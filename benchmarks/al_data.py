@@ -238,3 +238,27 @@ def load_yolo_dataset(data_yaml: Path, val_frames: int = 16) -> BenchData:
            else frames["seed"][:val_frames])
     source = {"kind": "yolo", "data_yaml": str(data_yaml.resolve()), "splits": picked}
     return BenchData(list(names), frames["seed"], frames["pool"], frames["eval"], val, source)
+
+
+@dataclass
+class AnnotatorNoise:
+    """Simulated annotator noise (see :class:`detloop.sim.annotator.AnnotatorProfile`)."""
+
+    jitter: float = 0.02
+    p_miss_small: float = 0.05
+    p_flip: float = 0.01
+
+
+def annotate(frame: BenchFrame, noise: AnnotatorNoise, seed: int, num_classes: int) -> Detections:
+    """What the simulated annotator draws for ``frame`` (seeded per (seed, frame name))."""
+    from detloop.sim.annotator import AnnotatorProfile, degrade
+
+    prof = AnnotatorProfile(p_miss_small=noise.p_miss_small, jitter=noise.jitter, p_flip=noise.p_flip, seed=seed)
+    h = hashlib.sha256(f"{seed}|{frame.name}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(h[:8], "big"))
+    return degrade(frame.truth, prof, rng, num_classes, frame.width, frame.height)
+
+
+def labelled_name(frame: BenchFrame) -> str:
+    """File name of a labelled pool frame in an arm's folder (the unique frame name + the image suffix)."""
+    return frame.name + Path(frame.image).suffix

@@ -11,14 +11,14 @@ what the product does with a round:
    (:meth:`detloop.clients.labelstudio.LabelStudioClient.ensure_project`), with the data bucket
    attached as a never-synced S3 import storage (the way ``tasks.annotation.push_round`` does it);
 2. each paid frame's image is uploaded once to ``s3://<data bucket>/bench/al/<project title>/frames/``
-   and becomes one task built by :func:`tasks.annotation.build_task` (``data.image`` = its ``s3://``
+   and becomes one task built by :func:`tasks.ls_tasks.build_task` (``data.image`` = its ``s3://``
    URI, ``data.round_id`` = ``bench-<arm>-s<seed>-r<round>``, ``data.arm`` = selected / control);
    tasks already in the round are listed first and skipped (the loop's dedupe on
    ``data.round_id`` + ``data.s3_key``), and imports go through the loop's crash-safe batch import;
 3. the simulated annotator submits, through the API, an annotation whose boxes are exactly
    ``annotate(frame, noise, seed, num_classes)``, only on tasks that have none yet;
 4. the round's tasks are read back through the export API and converted by
-   :func:`tasks.annotation.convert_round_tasks` (annotation policy, unknown-label check, clipping,
+   :func:`tasks.ls_tasks.convert_round_tasks` (annotation policy, unknown-label check, clipping,
    boxes under ``label_studio.min_box_pixels`` dropped); those ``Detections`` are what the arm trains on.
 
 Not used on purpose: ``push_round`` / ``pull_round`` as a whole. They also write a round record and
@@ -37,8 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.al import AnnotatorNoise, annotate, labelled_name
-from benchmarks.al_data import BenchFrame
+from benchmarks.al_data import AnnotatorNoise, BenchFrame, annotate, labelled_name
 from detloop.detections import Detections
 from detloop.errors import DataError
 from detloop.settings import Settings
@@ -69,7 +68,7 @@ def frame_key(title: str, frame: BenchFrame) -> str:
 
 def bench_task(frame: BenchFrame, bucket: str, key: str, round_id: str, arm: str, rank: int,
                class_names: Sequence[str]) -> dict[str, Any]:
-    """Import-format task of one paid frame, built by the loop's :func:`tasks.annotation.build_task`.
+    """Import-format task of one paid frame, built by the loop's :func:`tasks.ls_tasks.build_task`.
 
     Args:
         arm: ``selected`` (trained on) or ``control`` (paid, never trained on).
@@ -80,7 +79,7 @@ def bench_task(frame: BenchFrame, bucket: str, key: str, round_id: str, arm: str
         ``data.bench_frame`` = the frame's name.
     """
     from detloop.contracts import FrameRef, SelectedFrame
-    from tasks.annotation import build_task
+    from tasks.ls_tasks import build_task
 
     sf = SelectedFrame(frame=FrameRef(bucket, key, "", frame.camera, ""), width=frame.width, height=frame.height,
                        arm=arm, strategy=STRATEGY, uncertainty=0.0, rank=rank, reason="benchmark")  # type: ignore[arg-type]
@@ -98,7 +97,7 @@ def annotation_result(dets: Detections, frame: BenchFrame, class_names: Sequence
 
 
 def labels_by_key(pulled: Any, keys: Sequence[str]) -> list[Detections]:
-    """The pulled labels of ``keys`` in that order (``pulled``: a :class:`tasks.annotation.PulledRound`).
+    """The pulled labels of ``keys`` in that order (``pulled``: a :class:`tasks.ls_tasks.PulledRound`).
 
     Raises:
         DataError: a frame came back without a submitted annotation (skipped, pending or missing).
@@ -150,7 +149,7 @@ def check_services(settings: Settings, ls: Any | None = None, store: Any | None 
     from detloop.clients.labelstudio import LabelStudioClient
     from detloop.clients.s3 import S3Store
 
-    (ls or LabelStudioClient(settings, retries=0)).whoami()
+    (ls or LabelStudioClient(settings)).whoami()
     (store or S3Store(settings)).ensure_bucket(settings.s3.data_bucket)
 
 
@@ -167,8 +166,7 @@ class LabelStudioOracle:
     """
 
     def __init__(self, settings: Settings, title: str, class_names: Sequence[str], noise: AnnotatorNoise,
-                 ls: Any | None = None, store: Any | None = None, log: Callable[[str], None] = print,
-                 sleep: Callable[[float], None] = time.sleep):
+                 ls: Any | None = None, store: Any | None = None, log: Callable[[str], None] = print):
         from detloop.clients.labelstudio import LabelStudioClient
         from detloop.clients.s3 import S3Store
 
@@ -182,7 +180,6 @@ class LabelStudioOracle:
         self.store = store or S3Store(self.settings)
         self.bucket = self.settings.s3.data_bucket
         self.log = log
-        self._sleep = sleep
         self._project: Any = None
         self._uploaded: set[str] = set()
         self.last_report: dict[str, Any] = {}
@@ -235,7 +232,8 @@ class LabelStudioOracle:
             DataError: a frame came back without a submitted annotation, or with unknown labels.
         """
         from detloop.clients.labelstudio import data_filter
-        from tasks.annotation import _import_batch, batched, convert_round_tasks, round_tasks, task_state
+        from tasks.annotation import round_tasks
+        from tasks.ls_tasks import batched, convert_round_tasks, task_state
 
         t0 = time.perf_counter()
         rid = bench_round_id(arm, seed, round_index)
@@ -253,7 +251,8 @@ class LabelStudioOracle:
         todo = [bench_task(f, self.bucket, k, rid, "control" if f.name in control else "selected", i, self.classes)
                 for i, (f, k) in enumerate(zip(frames, keys, strict=True)) if k not in listed]
         for batch in batched(todo, self.settings.label_studio.import_batch_size):
-            ids.update(_import_batch(self.settings, self.ls, pid, rid, batch, self._sleep))
+            new_ids = self.ls.import_tasks(pid, batch)
+            ids.update({t["data"]["s3_key"]: i for t, i in zip(batch, new_ids, strict=True)})
         t_imp = time.perf_counter()
         nc = len(self.classes)
         direct = [annotate(f, self.noise, seed, nc) for f in frames]

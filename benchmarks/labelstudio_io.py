@@ -11,7 +11,7 @@
    from the push: reported as ``setup_s``), then ``tasks.annotation.pull_round(copy=False)``: list the
    round's tasks with annotations and predictions, pick the annotation per policy, convert to
    ``Detections``, clip/validate, label quality against the pre-annotation, report.
-3. copy: ``tasks.annotation.copy_frames`` of M labelled frames (S3 get + content-addressed put of the
+3. copy: ``tasks.round_version.copy_frames`` of M labelled frames (S3 get + content-addressed put of the
    frame and its YOLO txt), the retention step of a pull, timed on M frames written for the purpose.
 
 The machine's 1-minute load average is recorded before and after: on a shared 2-core box the
@@ -61,7 +61,7 @@ def _frames(n: int, bucket: str, prefix: str, seed: int = 0) -> list[Any]:
 def _labelled_tasks(frames: list[Any], round_id: str, classes: list[str], seed: int = 1) -> list[dict[str, Any]]:
     """Import-format tasks with a pre-annotation and an embedded human annotation (jittered boxes)."""
     from detloop.detections import Detections
-    from tasks.annotation import build_task
+    from tasks.ls_tasks import build_task
 
     rng = np.random.default_rng(seed)
     tasks = []
@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from detloop.offline import apply_offline_env
     from detloop.settings import load_settings
     from infra.stack import service_rss_mb
-    from tasks import annotation
+    from tasks import annotation, rounds
+    from tasks.ls_tasks import batched
+    from tasks.round_version import copy_frames
 
     s = load_settings(args.config)
     apply_offline_env(s)
@@ -135,10 +137,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tasks = _labelled_tasks(_frames(args.tasks, s.s3.production_bucket, f"bench-{sfx}-l", seed=5), rid, s.classes)
         with _Phase(s, res, "setup_labelled_import"):
             task_ids: dict[str, int] = {}
-            for batch in annotation.batched(tasks, s.label_studio.import_batch_size):
+            for batch in batched(tasks, s.label_studio.import_batch_size):
                 ids = ls.import_tasks(rep.project_id, batch)
                 task_ids.update({t["data"]["s3_key"]: i for t, i in zip(batch, ids, strict=True)})
-            annotation.save_task_ids(store, s, rid, task_ids)  # what push_round records
+            rounds.save_task_ids(store, s, rid, task_ids)  # what push_round records
         with _Phase(s, res, "pull_convert"):
             pulled = annotation.pull_round(s, rid, ls=ls, store=store, copy=False)
         res["pull_frames"] = len(pulled.frames)
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for i, f in enumerate(sub):
                 store.put_bytes(f.bucket, f.key, body[:-8] + i.to_bytes(8, "big"))
             with _Phase(s, res, "copy"):
-                annotation.copy_frames(store, s, sub, rid)
+                copy_frames(store, s, sub, rid)
             res["copy_frames"] = m
             res["copy_frame_bytes"] = len(body)
             for f in sub:

@@ -1,13 +1,15 @@
-"""Time per round at demo scale (train, export, evaluate, register) and the bootstrap model's golden mAP.
+"""Time per round at demo scale (train, then evaluate -> register -> gate -> promote) and the bootstrap model's
+golden mAP.
 
 Runs against the TEST stack (``configs/test.yaml``, never the demo stack) with the DEMO training and
 model settings of ``configs/local.yaml`` (bootstrap / fine-tune epochs, batch, nbs, input size):
 
 1. publish the world's seed set (~150 frames) and golden set (200 frames) as dataset versions;
-2. bootstrap: train ``model.arch`` from scratch for ``bootstrap_epochs`` on the seed version;
-   export the scoring artifact; evaluate on the golden slices; register; gate; promote;
-3. one fine-tune round from the champion (``finetune_epochs``, hard frames oversampled) with the
-   champion re-evaluated on the same slices and latency measured interleaved; register; gate.
+2. bootstrap: train ``model.arch`` from scratch for ``bootstrap_epochs`` on the seed version, then the
+   loop's own post-training subflow (:func:`flows.post_training.evaluate_and_promote`: export, evaluate on
+   the golden slices, register, gate, promote);
+3. one fine-tune round from the champion (``finetune_epochs``, hard frames oversampled), then the same
+   subflow (the champion re-evaluated on the same slices, latency measured interleaved).
 
 Run::
 
@@ -77,59 +79,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
 
     from detloop import datasets as ds
-    from detloop.clients.s3 import S3Store
+    from detloop.clients import Clients
     from detloop.offline import apply_offline_env
     from detloop.settings import load_settings
     from detloop.world.publish import publish_golden, publish_seed
+    from flows.post_training import evaluate_and_promote
     from tasks import registry as R
-    from tasks.evaluation import evaluate_pair, gate_scores
-    from tasks.export import export_scoring_artifact
-    from tasks.promotion import GatePolicy, decide
-    from tasks.slices import build_slices
     from tasks.training import train
 
     s = load_settings(args.config)
     demo = load_settings(args.demo_config, env={})
-    s.training = demo.training.model_copy(deep=True)
-    s.model = demo.model.model_copy(deep=True)
-    s.gate = demo.gate.model_copy(deep=True)
-    s.evaluation = demo.evaluation.model_copy(deep=True)
-    if args.bootstrap_epochs:
-        s.training.bootstrap_epochs = args.bootstrap_epochs
-    if args.finetune_epochs:
-        s.training.finetune_epochs = args.finetune_epochs
     tag = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    s.mlflow.experiment = f"bench-round-{tag}"
-    s.mlflow.model_name = f"bench-round-{tag}"
+    # the demo's training, model, gate and evaluation settings on this stack, under a model name of its own
+    overrides: dict[str, Any] = {
+        "training": demo.training.model_dump(mode="json"), "model": demo.model.model_dump(mode="json"),
+        "gate": demo.gate.model_dump(mode="json"), "evaluation": demo.evaluation.model_dump(mode="json"),
+        "mlflow": {"experiment": f"bench-round-{tag}", "model_name": f"bench-round-{tag}"},
+        "data_dir": str(s.data_dir),
+    }
+    if args.bootstrap_epochs:
+        overrides["training"]["bootstrap_epochs"] = args.bootstrap_epochs
+    if args.finetune_epochs:
+        overrides["training"]["finetune_epochs"] = args.finetune_epochs
+    s = load_settings(args.config, overrides=overrides)
     apply_offline_env(s)
-    store = S3Store(s)
+    os.environ.setdefault("PREFECT_API_URL", s.prefect.api_url)
+    clients = Clients.from_settings(s)
+    store = clients.store
     t = Timer()
     load0 = os.getloadavg()
-    work = s.data_dir / "bench" / f"round-{tag}"
-    log_key = f"bench-promotions/{s.mlflow.model_name}/log.jsonl"
 
     with t("publish_seed_and_golden"):
         seed_vid = publish_seed(s, frames=args.seed_frames, threads=4)
         golden_vid = publish_golden(s, frames=args.golden_frames, threads=4)
     with t("materialize_seed"):
         seed_yaml = ds.materialize(store, s, seed_vid, splits=("train", "val"))
-    with t("build_slices"):
-        slices = build_slices(store, s, golden_vid)
 
-    # ---- bootstrap ----------------------------------------------------------------------------
+    # ---- bootstrap: train, then the post-training subflow (evaluate -> register -> gate -> promote) -------
     with t("bootstrap_train"):
-        boot = train(seed_yaml, s, None, f"bench-boot-{tag}", {"benchmark": "round_timing"},
+        boot = train(seed_yaml, s, clients.registry, None, f"bench-boot-{tag}", {"benchmark": "round_timing"},
                      dataset_version=seed_vid)
-    with t("bootstrap_export"):
-        art = export_scoring_artifact(boot.weights, work / "boot-art", s.classes, s.model.input_size)
-    with t("bootstrap_evaluate"):
-        ch, _ = evaluate_pair(art, None, slices, s, work / "eval-boot")
-    with t("bootstrap_register_gate_promote"):
-        v1 = R.register_challenger(s, boot.run_id, boot.weights, ch, dataset_version=seed_vid, scoring_dir=art)
-        d1 = decide(gate_scores(ch), None, GatePolicy.from_settings(s.gate))
-        R.record_gate(s, v1, d1, run_id=boot.run_id)
-        if d1.passed:
-            R.promote(s, v1, d1, actor="benchmark", log_key=log_key)
+    with t("bootstrap_evaluate_register_gate_promote"):
+        post1 = evaluate_and_promote(boot.run_id, str(boot.weights), seed_vid, args.config, overrides,
+                                     golden=golden_vid, actor="benchmark")
     result: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_start": load0},
@@ -140,34 +132,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "epochs": boot.epochs, "train_seconds": boot.train_seconds,
             "val_map50_95_ultralytics": boot.metrics.get("metrics/mAP50-95(B)"),
             "val_map50_ultralytics": boot.metrics.get("metrics/mAP50(B)"),
-            "golden": _summary(ch), "gate": d1.outcome, "version": v1,
+            "golden": _summary(post1.challenger_report), "gate": post1.outcome, "version": post1.version,
         },
     }
     # ---- one fine-tune round -------------------------------------------------------------------
     if not args.skip_finetune:
-        champ_dir = R.load_champion(s, work / "champ") if d1.passed else None
-        init = champ_dir / "weights" / "best.pt" if champ_dir else boot.weights
+        champion = R.fetch_champion(s, clients.registry)
+        init = champion.weights if champion else boot.weights
         with t("round_materialize"):
             ft_yaml = ds.materialize(store, s, seed_vid, splits=("train", "val"),
                                      oversample=s.training.oversample_factor)
         with t("round_train"):
-            ft = train(ft_yaml, s, init, f"bench-ft-{tag}", {"benchmark": "round_timing"},
-                       dataset_version=seed_vid, parent_version=v1)
-        with t("round_export"):
-            ft_art = export_scoring_artifact(ft.weights, work / "ft-art", s.classes, s.model.input_size)
-        with t("round_evaluate_pair"):
-            ch2, cp2 = evaluate_pair(ft_art, (champ_dir / "scoring") if champ_dir else art, slices, s,
-                                     work / "eval-ft")
-        with t("round_register_gate"):
-            v2 = R.register_challenger(s, ft.run_id, ft.weights, ch2, dataset_version=seed_vid,
-                                       parent_version=v1, scoring_dir=ft_art)
-            d2 = decide(gate_scores(ch2), gate_scores(cp2), GatePolicy.from_settings(s.gate))
-            R.record_gate(s, v2, d2, run_id=ft.run_id, champion_version=v1)
+            ft = train(ft_yaml, s, clients.registry, init, f"bench-ft-{tag}", {"benchmark": "round_timing"},
+                       dataset_version=seed_vid, parent_version=post1.version)
+        with t("round_evaluate_register_gate_promote"):
+            post2 = evaluate_and_promote(ft.run_id, str(ft.weights), seed_vid, args.config, overrides,
+                                         golden=golden_vid, actor="benchmark")
+        ch2, cp2 = post2.challenger_report, post2.champion_report
         result["finetune"] = {
             "epochs": ft.epochs, "train_seconds": ft.train_seconds,
             "golden": _summary(ch2), "champion_golden": _summary(cp2) if cp2 else None,
             "latency_ratio": (ch2.latency_ms / cp2.latency_ms) if cp2 and cp2.latency_ms else None,
-            "gate": d2.outcome, "reasons": d2.reasons, "version": v2,
+            "gate": post2.outcome, "reasons": post2.decision.reasons if post2.decision else [],
+            "version": post2.version,
         }
     result["phases_seconds"] = t.phases
     boot_round = sum(v for k, v in t.phases.items() if k.startswith("bootstrap_"))

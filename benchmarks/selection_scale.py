@@ -37,9 +37,8 @@ def peak_rss_mb() -> float:
 
 def make_frames(n: int, dim: int, boxes: int, nc: int, seed: int = 0) -> list[Any]:
     """Synthetic scored frames: random sigmoid-like class vectors, boxes, clustered embeddings."""
-    from detloop.contracts import FrameRef
+    from detloop.contracts import FrameRef, ScoredFrame
     from detloop.detections import Detections
-    from tasks.scoring import ScoredFrame
 
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((50, dim)).astype(np.float32) * 3

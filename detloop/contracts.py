@@ -24,6 +24,10 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import date
 from typing import Any, Literal
 
+import numpy as np
+
+from detloop.detections import Detections
+
 FRAME_KEY_RE = re.compile(r"camera=(?P<camera>[^/]+)/date=(?P<date>\d{4}-\d{2}-\d{2})/(?P<frame>[^/]+)\.(?P<ext>jpe?g|png)$")
 
 Arm = Literal["selected", "control"]
@@ -144,3 +148,133 @@ class RoundRecord(_Plain):
     completed_event_id: str | None = None
     dataset_version: str | None = None
     project: str | None = None  # Label Studio project title: rounds are scoped to one project
+
+
+# ------------------------------------------------------------------------------------------------
+# Between scoring and selection
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class ScoredFrame:
+    """One production frame after scoring.
+
+    Attributes:
+        frame: where it is in S3.
+        width, height: frame size in pixels.
+        detections: boxes in frame pixels with ``class_scores`` ``(N, C)`` (kept down to the scoring
+            confidence threshold: sub-threshold candidates are kept on purpose).
+        embedding: ``(D,)`` float32 image embedding, or None.
+        brightness: mean grey level in [0, 1].
+        contrast: standard deviation of the grey level in [0, 1].
+        tta: detections on the horizontally flipped frame, mapped back (TTA pass), or None.
+        committee: detections of the previous champion, or None.
+    """
+
+    frame: FrameRef
+    width: int
+    height: int
+    detections: Detections
+    embedding: np.ndarray | None = None
+    brightness: float = 0.0
+    contrast: float = 0.0
+    tta: Detections | None = None
+    committee: Detections | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able row of ``predictions.jsonl`` (embedding stored separately)."""
+        r: dict[str, Any] = {
+            "frame": self.frame.to_dict(),
+            "width": self.width,
+            "height": self.height,
+            "brightness": round(self.brightness, 5),
+            "contrast": round(self.contrast, 5),
+            "detections": self.detections.to_dict(),
+        }
+        if self.tta is not None:
+            r["tta"] = self.tta.to_dict()
+        if self.committee is not None:
+            r["committee"] = self.committee.to_dict()
+        return r
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any], embedding: np.ndarray | None = None) -> ScoredFrame:
+        return cls(
+            frame=FrameRef.from_dict(r["frame"]),
+            width=int(r["width"]),
+            height=int(r["height"]),
+            detections=Detections.from_dict(r["detections"]),
+            embedding=embedding,
+            brightness=float(r.get("brightness", 0.0)),
+            contrast=float(r.get("contrast", 0.0)),
+            tta=Detections.from_dict(r["tta"]) if r.get("tta") else None,
+            committee=Detections.from_dict(r["committee"]) if r.get("committee") else None,
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Between a labelling round and its dataset version
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Quality:
+    """Label quality of one frame against its pre-annotation (box counts)."""
+
+    predicted: int = 0
+    accepted: int = 0
+    moved: int = 0
+    deleted: int = 0
+    added: int = 0
+
+    @property
+    def hard(self) -> bool:
+        return bool(self.moved or self.deleted or self.added)
+
+    def __add__(self, o: Quality) -> Quality:
+        return Quality(*(a + b for a, b in zip(astuple_q(self), astuple_q(o), strict=True)))
+
+
+def astuple_q(q: Quality) -> tuple[int, int, int, int, int]:
+    return (q.predicted, q.accepted, q.moved, q.deleted, q.added)
+
+
+@dataclass
+class LabelledFrame:
+    """One labelled frame of a round, ready to become a dataset entry."""
+
+    task_id: int
+    bucket: str
+    key: str
+    width: int
+    height: int
+    arm: str
+    camera: str
+    date: str
+    detections: Detections
+    quality: Quality
+    annotations: int = 1
+    sha256: str | None = None
+    blob_key: str | None = None
+
+    @property
+    def hard(self) -> bool:
+        return self.quality.hard
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k not in ("detections", "quality")}
+        d["detections"] = self.detections.to_dict()
+        d["quality"] = asdict(self.quality)
+        d["hard"] = self.hard
+        return d
+
+
+@dataclass
+class RoundCompleted(_Plain):
+    """A round that is done (all tasks labelled or skipped, or past its deadline), to be announced once.
+
+    ``event_id`` is the same on every re-run (a uuid5 of the round id): consumers deduplicate on it.
+    """
+
+    round_id: str
+    status: str
+    partial: bool
+    model_version: str | None
+    counts: dict[str, int]
+    event_id: str

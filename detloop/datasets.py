@@ -63,6 +63,15 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file, read in 1 MB chunks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def blob_key(sha: str, ext: str) -> str:
     """``blobs/sha256/<first 2 hex>/<sha>.<ext>``."""
     return f"{BLOB_PREFIX}/{sha[:2]}/{sha}.{ext.lstrip('.')}"

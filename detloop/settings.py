@@ -16,7 +16,7 @@ Nothing here does work at import time.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,6 +32,8 @@ from pydantic import (
     model_validator,
 )
 
+from detloop.errors import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "local.yaml"
 ENV_PREFIX = "DETLOOP_"
@@ -44,8 +46,13 @@ SECRET_FIELDS = {
 }
 
 
-class ConfigError(ValueError):
-    """A configuration problem, phrased for a user: one line per bad field."""
+# The names of the selection registry (``tasks/strategies.py`` implements exactly these; a unit test
+# keeps the two in step). Literal types: a config naming anything else is refused on load with the list.
+StrategyName = Literal[
+    "least_confidence", "margin", "entropy", "binary_entropy", "ambiguous", "tta", "committee",
+]
+AggregationName = Literal["max", "mean", "sum", "topk"]
+DiversityName = Literal["none", "kcenter", "filter_kcenter"]
 
 
 class _Model(BaseModel):
@@ -104,8 +111,6 @@ class LabelStudioSettings(_Model):
         None, description="From env DETLOOP_LABEL_STUDIO__API_TOKEN or LABEL_STUDIO_API_KEY."
     )
     secret_block: str | None = Field(None, description="Optional Prefect Secret block holding the API token.")
-    retries: int = Field(4, ge=0, le=20, description="Retries of a Label Studio call on network errors / 5xx.")
-    backoff_seconds: float = Field(0.5, ge=0.0, le=60.0, description="First retry delay; doubles each retry.")
     timeout_seconds: float = Field(120.0, gt=0.0, le=3600.0, description="Timeout of one Label Studio request.")
     annotation_policy: Literal["latest", "consensus"] = Field(
         "latest", description="Several annotations on a task: the latest submitted, or boxes most annotators agree on."
@@ -136,6 +141,15 @@ class PrefectSettings(_Model):
         None,
         description="Prefect notification block '<block-type-slug>/<name>' (Slack, e-mail, webhook, ...) that "
         "receives round-ready, gate-failed and promoted messages; null: the run's log and artifacts only.",
+    )
+    retries: int = Field(
+        3, ge=0, le=20,
+        description="Retries of a flow step when a service is unavailable (refused, timeout, 5xx, 429): the one "
+        "retry layer. A rejected request (4xx), bad data or a bug is never retried.",
+    )
+    retry_delays_seconds: list[Annotated[float, Field(ge=0.0, le=3600.0)]] = Field(
+        [2.0, 10.0, 30.0], min_length=1, max_length=20,
+        description="Seconds before each retry (the last repeats); their sum should outlast a service restart.",
     )
     score_chunk_frames: int = Field(
         1000, ge=1, le=10_000_000,
@@ -188,12 +202,12 @@ class SamplingSettings(_Model):
 
 class SelectionSettings(_Model):
     budget: int = Field(60, ge=1, le=1_000_000, description="Frames sent to annotators per round (control included).")
-    strategy: str = Field("entropy", description="Box uncertainty strategy (see `detloop select strategies`).")
-    aggregation: Literal["max", "mean", "sum", "topk"] = Field("sum", description="Per-image aggregation.")
+    strategy: StrategyName = Field("entropy", description="Box uncertainty strategy (see `detloop select strategies`).")
+    aggregation: AggregationName = Field("sum", description="Per-image aggregation.")
     topk: int = Field(3, ge=1, le=1000, description="k of the top-k mean aggregation.")
     class_balance: bool = Field(True, description="Weight up frames predicting classes rare in the labelled set.")
     class_balance_power: float = Field(0.5, ge=0.0, le=4.0, description="Exponent of the inverse-frequency weight.")
-    diversity: Literal["none", "kcenter", "filter_kcenter"] = Field(
+    diversity: DiversityName = Field(
         "filter_kcenter", description="Diversity step on embeddings."
     )
     filter_factor: float = Field(3.0, ge=1.0, le=100.0, description="Top (factor x budget) by uncertainty enter k-center.")
@@ -351,23 +365,34 @@ class Settings(_Model):
 
     # ---- secrets ----------------------------------------------------------------------------
     def s3_credentials(self) -> tuple[str | None, str | None]:
-        """(access key id, secret access key) resolved lazily; never logged."""
+        """(access key id, secret access key), or Nones for boto3's default chain; never logged."""
         a = self.s3.access_key_id.get_secret_value() if self.s3.access_key_id else None
         s = self.s3.secret_access_key.get_secret_value() if self.s3.secret_access_key else None
-        if (a is None or s is None) and self.s3.secret_block:
-            block = _prefect_secret(self.s3.secret_block)
-            if isinstance(block, dict):
-                a = a or block.get("access_key_id")
-                s = s or block.get("secret_access_key")
         return a, s
 
     def label_studio_token(self) -> str | None:
-        if self.label_studio.api_token:
-            return self.label_studio.api_token.get_secret_value()
-        if self.label_studio.secret_block:
-            value = _prefect_secret(self.label_studio.secret_block)
-            return str(value) if value else None
-        return None
+        return self.label_studio.api_token.get_secret_value() if self.label_studio.api_token else None
+
+    def fill_secret_blocks(self, load: Callable[[str], Any]) -> None:
+        """Fill secrets that the environment did not give from the configured secret blocks.
+
+        ``load(name)`` returns a block's value (the flows pass Prefect's ``Secret.load(name).get()``; the core
+        never imports Prefect). ``s3.secret_block`` holds ``{access_key_id, secret_access_key}``;
+        ``label_studio.secret_block`` holds the API token. Values already set are kept.
+        """
+        if self.s3.secret_block and (self.s3.access_key_id is None or self.s3.secret_access_key is None):
+            block = load(self.s3.secret_block)
+            if not isinstance(block, dict):
+                raise ConfigError(f"s3.secret_block {self.s3.secret_block!r}: expected a JSON object with "
+                                  "access_key_id and secret_access_key")
+            if self.s3.access_key_id is None and block.get("access_key_id"):
+                self.s3.access_key_id = SecretStr(str(block["access_key_id"]))
+            if self.s3.secret_access_key is None and block.get("secret_access_key"):
+                self.s3.secret_access_key = SecretStr(str(block["secret_access_key"]))
+        if self.label_studio.secret_block and self.label_studio.api_token is None:
+            value = load(self.label_studio.secret_block)
+            if value:
+                self.label_studio.api_token = SecretStr(str(value))
 
     def masked_dump(self) -> dict[str, Any]:
         """The resolved config as plain data with every secret masked."""
@@ -376,15 +401,6 @@ class Settings(_Model):
             value = data.get(section, {}).get(field)
             data[section][field] = "********" if value else None
         return data
-
-
-def _prefect_secret(name: str) -> Any:
-    from prefect.blocks.system import Secret  # heavy import only when a block is configured
-
-    try:
-        return Secret.load(name).get()
-    except Exception as err:  # the block API raises ValueError / httpx errors
-        raise ConfigError(f"cannot load Prefect Secret block {name!r}: {err}") from err
 
 
 # --------------------------------------------------------------------------------------------

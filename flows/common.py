@@ -9,37 +9,32 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from detloop.errors import is_retryable
 from detloop.settings import Settings, load_settings
 from flows.params import _Params
 
-# Backoff for tasks that talk to services (seconds between attempts).
+# The one retry layer of detloop: Prefect task retries, and only when a service was unavailable
+# (clients raise ServiceUnavailable for refused connections, timeouts, 5xx and 429, and never retry
+# themselves). Defaults of the task decorators; a run applies its config's `prefect.retries` and
+# `prefect.retry_delays_seconds` with `retrying`. The delays outlast a restart of any stack service
+# (3-35 s measured).
 NETWORK_RETRIES = 3
 NETWORK_RETRY_DELAYS = [2, 10, 30]
 
-_TRANSIENT_NAMES = {
-    "ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "EndpointConnectionError", "ConnectTimeoutError",
-    "ReadTimeoutError", "ConnectError", "RemoteProtocolError", "TransportError", "ServiceError", "ProtocolError",
-}
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    """A service that is down or flaky (worth a retry), not a bug or bad input (never retried)."""
-    while exc is not None:
-        if any(c.__name__ in _TRANSIENT_NAMES for c in type(exc).__mro__):
-            return True
-        exc = exc.__cause__
-    return False
-
 
 def retry_on_network(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry only when the failure came from a service call."""
-    exc = state.data if isinstance(getattr(state, "data", None), BaseException) else None
-    if exc is None:
-        try:
-            state.result()
-        except BaseException as err:  # the state carries the exception
-            exc = err
-    return is_transient(exc)
+    """Prefect ``retry_condition_fn``: retry only when the task failed with :class:`ServiceUnavailable`.
+
+    A rejected request, bad data, a busy lock or a bug is never retried.
+    """
+    exc = getattr(state, "data", None)
+    if isinstance(exc, BaseException):
+        return is_retryable(exc)
+    try:
+        state.result()
+    except BaseException as err:  # a failed state re-raises its exception
+        return is_retryable(err)
+    return False
 
 
 EVENT_ROUND_COMPLETED = "detloop.annotation.round.completed"
@@ -48,13 +43,64 @@ EVENT_MODEL_PROMOTED = "detloop.model.promoted"
 EVENT_GATE_FAILED = "detloop.model.gate_failed"
 
 
+def announce_round_completed(config: str | None) -> Any:
+    """``announce(RoundCompleted)`` for :func:`tasks.watch.watch_rounds`: emits Prefect's round-completed event.
+
+    The event id is the round's deterministic id (consumers dedupe on it); ``config`` travels in the payload
+    so the triggered retrain runs with the same settings.
+    """
+    import uuid
+
+    from prefect.events import emit_event
+
+    def announce(done: Any) -> Any:
+        return emit_event(
+            event=EVENT_ROUND_COMPLETED,
+            resource={"prefect.resource.id": f"detloop.round.{done.round_id}", "prefect.resource.name": done.round_id},
+            payload={"round_id": done.round_id, "status": done.status, "partial": done.partial,
+                     "model_version": done.model_version, **done.counts, "config": config or ""},
+            id=uuid.UUID(done.event_id),
+        )
+
+    return announce
+
+
 def settings_for(params: _Params) -> Settings:
     """Settings of one run: the config file, environment overrides, then the run's parameters."""
+    return run_settings(params.config, params.overrides())
+
+
+def run_settings(config: str | None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from ``config`` (None: ``$DETLOOP_CONFIG`` or the default), environment, ``overrides``;
+    secret blocks filled and every library switched to offline mode."""
     from detloop.offline import apply_offline_env
 
-    s = load_settings(params.config or None, overrides=params.overrides())
+    s = load_settings(config or None, overrides=overrides or None)
+    s.fill_secret_blocks(load_secret_block)
     apply_offline_env(s)
     return s
+
+
+def retrying(t: Any, settings: Settings) -> Any:
+    """Prefect task ``t`` with the configured retry policy (``prefect.retries``, ``prefect.retry_delays_seconds``).
+
+    Only :class:`ServiceUnavailable` is retried, whatever the policy.
+    """
+    p = settings.prefect
+    return t.with_options(retries=p.retries, retry_delay_seconds=list(p.retry_delays_seconds),
+                          retry_condition_fn=retry_on_network)
+
+
+def load_secret_block(name: str) -> Any:
+    """The value of Prefect Secret block ``name`` (for :meth:`Settings.fill_secret_blocks`)."""
+    from prefect.blocks.system import Secret
+
+    from detloop.errors import ConfigError
+
+    try:
+        return Secret.load(name).get()
+    except ValueError as err:  # no such block
+        raise ConfigError(f"cannot load Prefect Secret block {name!r}: {err}") from err
 
 
 def md_table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None) -> str:

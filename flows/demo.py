@@ -47,11 +47,13 @@ SIZES = {
 
 def _require_champion(settings: Settings, size: str, spec: DemoSize) -> None:
     """After the bootstrap: stop with the gate's reason when it promoted nothing (the weeks need a champion)."""
+    from detloop.clients.registry import RegistryClient
     from tasks.registry import champion_version, list_models
 
-    if champion_version(settings) is not None:
+    registry = RegistryClient(settings)
+    if champion_version(registry) is not None:
         return
-    boot = next((m for m in list_models(settings) if m["dataset_version"] != "-"), None)
+    boot = next((m for m in list_models(registry) if m["dataset_version"] != "-"), None)
     why = f"version {boot['version']} was {boot['gate']}: {boot['reasons']}" if boot else "no model version was registered"
     raise DetloopError(
         f"the bootstrap promoted no champion ({why}); at --size {size} the seed set has {spec.seed_frames} frames. "
@@ -120,8 +122,7 @@ def _wait_for_retrain(round_id: str, timeout: float, poll: float = 3.0) -> Any:
 
 def _round_for(settings: Settings, as_of: date) -> str | None:
     from detloop.clients.s3 import S3Store
-    from flows.loop import round_id_for
-    from tasks.rounds import load_round
+    from tasks.rounds import load_round, round_id_for
 
     rid = round_id_for(settings.label_studio.project_title, as_of)
     return rid if load_round(S3Store(settings), settings, rid) is not None else None
@@ -148,26 +149,20 @@ def run_demo(
     log: Callable[[str], None] = print,
     timeout: float = 3600.0,
     out_dir: Path | None = None,
-    bring_up: bool = True,
 ) -> dict[str, Any]:
     """Set up and run ``weeks`` simulated weeks; returns timings, one row per round and the PNG path.
 
-    The deployments run with ``settings``' config file (their ``config`` parameter), so the same
-    served runner can run the demo on another world. ``bring_up=False``: the stack is already up.
+    The stack must be up, with its runner (``detloop demo`` brings it up first). The deployments run with
+    ``settings``' config file (their ``config`` parameter), so the same served runner can run the demo on
+    another world.
     """
     from detloop.clients.s3 import S3Store
     from detloop.sim.annotator import AnnotatorProfile, annotate_pending
-    from infra.stack import client_env, ensure_up
 
     if size not in SIZES:
         raise DetloopError(f"--size must be one of {sorted(SIZES)}, got {size!r}")
     spec = SIZES[size]
     t0 = time.monotonic()
-    import os
-
-    if bring_up:
-        ensure_up(settings, log=log)
-    os.environ.update(client_env(settings))
     base: dict[str, Any] = {"config": str(settings.source)} if settings.source else {}
     ids = setup_world(settings, spec, weeks, log)
     _wait_for_deployments(timeout=120)

@@ -10,7 +10,9 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from detloop.settings import GateSettings
 
 
 class _Params(BaseModel):
@@ -56,14 +58,24 @@ class WatchParams(_Params):
     now: datetime | None = Field(None, description="Clock used for deadlines (default: now). Simulated time for backfills.")
 
 
-class GateOverrides(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _optional_fields_of(model: type[BaseModel], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``model``'s fields, each optional (default None) with its constraints and description kept."""
+    from pydantic.fields import FieldInfo
 
-    min_delta: float | None = Field(None, ge=-1.0, le=1.0, description="Golden mAP50-95 must improve by at least this.")
-    class_tol: float | None = Field(None, ge=0.0, le=1.0, description="Largest allowed drop of any class AP.")
-    small_tol: float | None = Field(None, ge=0.0, le=1.0, description="Largest allowed drop of small-object AP.")
-    latency_ratio_max: float | None = Field(None, gt=0.0, le=100.0, description="Challenger/champion latency limit.")
-    auto_promote: bool | None = Field(None, description="Promote a passing challenger without a human.")
+    out: dict[str, Any] = {}
+    for name, fi in model.model_fields.items():
+        if name in exclude:
+            continue
+        out[name] = (fi.annotation | None, FieldInfo.merge_field_infos(fi, default=None))
+    return out
+
+
+# Per-run gate overrides: the fields of GateSettings (their one definition), each optional. The bootstrap
+# floor is not a per-round knob.
+GateOverrides = create_model(
+    "GateOverrides", __config__=ConfigDict(extra="forbid"),
+    **_optional_fields_of(GateSettings, exclude=("bootstrap_floor",)),
+)
 
 
 class RetrainParams(_Params):

@@ -28,7 +28,14 @@ import numpy as np
 from detloop.detections import Detections
 from detloop.errors import DataError
 
+# COCO's area ranges (px^2). Closed at both ends, as the COCO evaluation applies them (a box is ignored
+# when ``area < lo or area > hi``): a box of exactly 32 x 32 px belongs to both small and medium.
 SIZE_BUCKETS = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, 1e10)}
+
+
+def in_size_bucket(area: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``(N,)`` bool: boxes whose area lies in the closed range ``[lo, hi]`` (how COCO scores them)."""
+    return (area >= lo) & (area <= hi)
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,6 +95,8 @@ class EvalReport:
         thresholds: class name -> confidence threshold with the best F1 (IoU 0.5) on ``threshold_slice``.
         threshold_slice: slice the thresholds come from (golden when present).
         latency_ms: mean CPU latency per frame in ms (batch 1, onnxruntime), None if not measured.
+        artifact: the scoring artifact directory that was evaluated (what registration uploads).
+        artifact_sha256: SHA-256 of its ``model.onnx``.
     """
 
     model: str
@@ -95,6 +104,8 @@ class EvalReport:
     thresholds: dict[str, float] = field(default_factory=dict)
     threshold_slice: str | None = None
     latency_ms: float | None = None
+    artifact: str | None = None
+    artifact_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,7 +126,8 @@ class EvalReport:
             )
             for k, v in d["slices"].items()
         }
-        return cls(d["model"], slices, d.get("thresholds", {}), d.get("threshold_slice"), d.get("latency_ms"))
+        return cls(d["model"], slices, d.get("thresholds", {}), d.get("threshold_slice"), d.get("latency_ms"),
+                   d.get("artifact"), d.get("artifact_sha256"))
 
     def flat_metrics(self) -> dict[str, float]:
         """``{slice}.{group}.{metric}`` -> value, for MLflow metrics / version tags (sufficient groups only)."""
@@ -177,7 +189,7 @@ def _coco_eval(gts: Sequence[Detections], preds: Sequence[Detections], num_class
         zeros = np.zeros((T, 101, K, 4), dtype=np.float64)
         for k in range(K):
             for a, (lo, hi) in enumerate([(0, 1e10), *SIZE_BUCKETS.values()]):
-                n = sum(int(((g.class_id == k) & (g.area >= lo) & (g.area < hi)).sum()) for g in gts)
+                n = sum(int(((g.class_id == k) & in_size_bucket(g.area, lo, hi)).sum()) for g in gts)
                 if n == 0:
                     zeros[:, :, k, a] = -1
         recall = zeros[:, 0, :, :]
@@ -243,9 +255,13 @@ def compute_metrics(
     for k, cname in enumerate(class_names):
         out.per_class[cname] = _metric_from(res, k, 0, int((all_cls == k).sum()), min_instances)
     for a, (bucket, (lo, hi)) in enumerate(SIZE_BUCKETS.items(), start=1):
-        n = int(((all_area >= lo) & (all_area < hi)).sum())
+        n = int(in_size_bucket(all_area, lo, hi).sum())
         out.per_size[bucket] = _metric_from(res, None, a, n, min_instances)
-    for cam in sorted(set(cams)):
+    groups = sorted(set(cams))
+    for cam in groups:
+        if len(groups) == 1:  # one camera (or none given): its metric is the slice's, no second COCO pass
+            out.per_camera[cam] = _metric_from(res, None, 0, n_total, min_instances)
+            continue
         idx = [i for i, c in enumerate(cams) if c == cam]
         sub_g = [gts[i] for i in idx]
         sub_p = [preds[i] for i in idx]
@@ -466,8 +482,12 @@ def evaluate(
     import tempfile
 
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="detloop-eval-"))
+    from detloop.datasets import file_sha256
+    from tasks.export import ONNX_NAME
+
     art = ensure_artifact(model, settings.classes, settings.model.input_size, work)
-    report = EvalReport(model=label or str(model), slices={})
+    report = EvalReport(model=label or str(model), slices={}, artifact=str(art),
+                        artifact_sha256=file_sha256(Path(art) / ONNX_NAME))
     preds_by_slice: dict[str, list[Detections]] = {}
     for sl in slices:
         preds = predict_items(art, sl.items, settings, settings.model.batch_size)

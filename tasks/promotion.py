@@ -1,7 +1,7 @@
 """The promotion gate: a pure function from two models' scores and a policy to a decision with reasons.
 
-No registry call happens here (those are in :mod:`detloop.clients.registry` and
-:mod:`tasks.registry_ops`). Rules (values from ``settings.gate``):
+No registry call happens here (those are in :mod:`tasks.registry`). The policy is ``settings.gate``
+(:class:`~detloop.settings.GateSettings`, the one definition of the gate's fields). Rules:
 
 - golden mAP50-95 must improve by at least ``min_delta`` (challenger - champion >= min_delta);
 - no class AP (golden slice) may drop by more than ``class_tol``;
@@ -21,29 +21,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from detloop.settings import GateSettings
-
-
-@dataclass(frozen=True)
-class GatePolicy:
-    """Thresholds of the gate (see :class:`detloop.settings.GateSettings`)."""
-
-    min_delta: float = 0.0
-    class_tol: float = 0.05
-    small_tol: float = 0.05
-    latency_ratio_max: float = 1.5
-    bootstrap_floor: float = 0.01
-    auto_promote: bool = True
-
-    @classmethod
-    def from_settings(cls, gate: GateSettings) -> GatePolicy:
-        return cls(
-            min_delta=gate.min_delta,
-            class_tol=gate.class_tol,
-            small_tol=gate.small_tol,
-            latency_ratio_max=gate.latency_ratio_max,
-            bootstrap_floor=gate.bootstrap_floor,
-            auto_promote=gate.auto_promote,
-        )
 
 
 @dataclass(frozen=True)
@@ -142,7 +119,7 @@ def _ok(x: float | None) -> bool:
     return x is not None and not (isinstance(x, float) and math.isnan(x))
 
 
-def decide(challenger: ModelScores, champion: ModelScores | None, policy: GatePolicy) -> Decision:
+def decide(challenger: ModelScores, champion: ModelScores | None, policy: GateSettings) -> Decision:
     """Apply the promotion policy.
 
     Args:

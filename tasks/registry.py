@@ -1,7 +1,7 @@
 """Registry workflow: register a challenger, record the gate, promote, roll back, pull the champion.
 
-Network calls go through :class:`detloop.clients.registry.RegistryClient`; the rule deciding whether to
-promote is the pure :func:`tasks.promotion.decide`. Aliases: ``challenger`` (newest registered),
+Network calls go through the injected :class:`~detloop.clients.protocols.ModelRegistry` (and the object
+store for the promotion log); the rule deciding whether to promote is the pure :func:`tasks.promotion.decide`. Aliases: ``challenger`` (newest registered),
 ``champion`` (served), ``previous-champion`` (what ``rollback`` restores). Moving ``champion`` is one
 ``set_registered_model_alias`` call, so a reader always sees exactly one champion. MLflow keeps no
 alias history: every promotion / rollback is appended to ``promotions/log.jsonl`` in the data bucket.
@@ -13,6 +13,9 @@ Files of a registered version (the LoggedModel's artifacts)::
     scoring/meta.json         ScoringArtifactMeta
     thresholds.json           per-class serving thresholds (best F1 on the golden slice)
     eval_report.json          EvalReport of the registration run (may be absent)
+
+The ``scoring/`` folder is the very one the gate evaluated (copied, never exported again): the version
+records its ``model.onnx`` SHA-256 in the tag ``detloop.onnx_sha256``.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from detloop.errors import DetloopError
+from detloop.errors import DetloopError, LockBusy
 from detloop.settings import Settings
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
@@ -38,7 +42,7 @@ PROMOTION_LOG_KEY = "promotions/log.jsonl"
 
 
 class PromotionError(DetloopError):
-    """A promotion / rollback was refused (failed gate, nothing to roll back to, lock busy)."""
+    """A promotion / rollback was refused (failed gate, missing reason, nothing to roll back to)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -46,7 +50,7 @@ class PromotionError(DetloopError):
 # --------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def file_lock(path: Path, what: str, wait_s: float = 0.0) -> Iterator[None]:
-    """Exclusive ``flock`` on ``path``; waits up to ``wait_s`` then raises :class:`PromotionError`.
+    """Exclusive ``flock`` on ``path``; waits up to ``wait_s`` then raises :class:`LockBusy`.
 
     A crashed holder releases the lock with its process (kernel flock), so no stale lock survives.
     """
@@ -60,7 +64,8 @@ def file_lock(path: Path, what: str, wait_s: float = 0.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise PromotionError(f"another {what} is running (lock {path} is held)") from None
+                    holder = _lock_holder(path)
+                    raise LockBusy(f"another {what} is running (lock {path} is held{holder})") from None
                 time.sleep(0.5)
         f.seek(0)
         f.truncate()
@@ -71,6 +76,15 @@ def file_lock(path: Path, what: str, wait_s: float = 0.0) -> Iterator[None]:
         with contextlib.suppress(OSError):
             fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
+
+
+def _lock_holder(path: Path) -> str:
+    """`` by pid N since T`` from the lock file's content, or ``""``."""
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return ""
+    return f" by pid {info['pid']} since {info['since']}" if "pid" in info and "since" in info else ""
 
 
 def training_lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
@@ -87,14 +101,6 @@ def promotion_lock(settings: Settings) -> contextlib.AbstractContextManager[None
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _client(settings: Settings, registry: Any) -> Any:
-    if registry is not None:
-        return registry
-    from detloop.clients.registry import RegistryClient
-
-    return RegistryClient(settings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,16 +132,20 @@ def build_model_dir(
 
 def register_challenger(
     settings: Settings,
+    registry: Any,
     run_id: str,
     weights: Path,
+    scoring_dir: Path,
     report: Any | None = None,
     dataset_version: str | None = None,
     parent_version: str | None = None,
     extra_tags: dict[str, str] | None = None,
-    scoring_dir: Path | None = None,
-    registry: Any = None,
 ) -> str:
     """Register a trained model as a new version with alias ``challenger``; idempotent per run.
+
+    Args:
+        scoring_dir: the scoring artifact the gate evaluated (``model.onnx`` + ``meta.json``); it is
+            registered as is, byte for byte.
 
     An existing version for ``run_id`` is returned as is (a retried flow never duplicates). The version is
     created only after every file was uploaded and the LoggedModel finalized READY.
@@ -143,19 +153,22 @@ def register_challenger(
     Returns:
         The registry version (string).
     """
-    reg = _client(settings, registry)
-    existing = reg.version_for_run(run_id)
+    from detloop.datasets import file_sha256
+    from tasks.export import ONNX_NAME
+
+    existing = registry.version_for_run(run_id)
     if existing is not None:
-        reg.set_alias(CHALLENGER, existing.version)
+        registry.set_alias(CHALLENGER, existing.version)
         return str(existing.version)
     work = settings.data_dir / "registry" / f"run-{run_id}"
-    build_model_dir(Path(weights), work, settings, report, scoring_dir)
+    build_model_dir(Path(weights), work, settings, report, Path(scoring_dir))
     tags = {
         "detloop.run_id": run_id,
         "detloop.dataset_version": dataset_version or "",
         "detloop.parent_version": parent_version or "",
         "detloop.classes": ",".join(settings.classes),
         "detloop.input_size": str(settings.model.input_size),
+        "detloop.onnx_sha256": file_sha256(work / "scoring" / ONNX_NAME),
         "detloop.registered_at": _now(),
         **(extra_tags or {}),
     }
@@ -166,18 +179,18 @@ def register_challenger(
         if report.latency_ms is not None:
             tags["detloop.latency_ms"] = f"{report.latency_ms:.2f}"
         tags["detloop.thresholds"] = json.dumps({k: round(v, 4) for k, v in report.thresholds.items()})
-    mv = reg.register_logged_model(run_id, work, name=f"{reg.model_name}-{run_id[:8]}", tags=tags,
-                                   params={"run_id": run_id})
-    reg.set_alias(CHALLENGER, mv.version)
+    mv = registry.register_logged_model(run_id, work, name=f"{registry.model_name}-{run_id[:8]}", tags=tags,
+                                        params={"run_id": run_id})
+    registry.set_alias(CHALLENGER, mv.version)
     if report is not None:
-        reg.log_metrics(run_id, [(f"eval.{k}", v, 0) for k, v in report.flat_metrics().items()])
+        registry.log_metrics(run_id, [(f"eval.{k}", v, 0) for k, v in report.flat_metrics().items()])
     return str(mv.version)
 
 
-def record_gate(settings: Settings, version: str, decision: Any, run_id: str | None = None,
-                champion_version: str | None = None, registry: Any = None) -> None:
+def record_gate(registry: Any, version: str, decision: Any, run_id: str | None = None,
+                champion_version: str | None = None) -> None:
     """Write the gate outcome as version tags and the markdown report as a run artifact."""
-    reg = _client(settings, registry)
+    reg = registry
     reg.set_version_tags(version, {
         "gate.outcome": decision.outcome,
         "gate.passed": str(decision.passed).lower(),
@@ -194,44 +207,30 @@ def record_gate(settings: Settings, version: str, decision: Any, run_id: str | N
 # --------------------------------------------------------------------------------------------
 # Promote / rollback
 # --------------------------------------------------------------------------------------------
-def _append_log(settings: Settings, entry: dict[str, Any], log_key: str) -> None:
-    from detloop.clients.s3 import S3Store
-    from detloop.errors import ServiceError
-
-    store = S3Store(settings)
+def _append_log(store: Any, settings: Settings, entry: dict[str, Any], log_key: str) -> None:
     bucket = settings.s3.data_bucket
-    try:
-        body = store.get_bytes(bucket, log_key)
-    except ServiceError as err:
-        if "NoSuchKey" not in str(err) and "404" not in str(err):
-            raise
-        body = b""
+    body = store.get_bytes_or_none(bucket, log_key) or b""
     line = json.dumps(entry, sort_keys=True).encode() + b"\n"
     store.put_bytes(bucket, log_key, body + line, content_type="application/x-ndjson")
 
 
-def read_promotion_log(settings: Settings, log_key: str = PROMOTION_LOG_KEY) -> list[dict[str, Any]]:
+def read_promotion_log(store: Any, settings: Settings, log_key: str = PROMOTION_LOG_KEY) -> list[dict[str, Any]]:
     """Entries of the promotion log (oldest first)."""
-    from detloop.clients.s3 import S3Store
-    from detloop.errors import ServiceError
-
-    try:
-        body = S3Store(settings).get_bytes(settings.s3.data_bucket, log_key)
-    except ServiceError as err:
-        if "NoSuchKey" in str(err) or "404" in str(err):
-            return []
-        raise
+    body = store.get_bytes_or_none(settings.s3.data_bucket, log_key)
+    if body is None:
+        return []
     return [json.loads(line) for line in body.decode().splitlines() if line.strip()]
 
 
 def promote(
     settings: Settings,
+    registry: Any,
+    store: Any,
     version: str,
     decision: Any | None = None,
     override: bool = False,
     reason: str | None = None,
     actor: str | None = None,
-    registry: Any = None,
     log_key: str = PROMOTION_LOG_KEY,
 ) -> dict[str, Any]:
     """Move ``champion`` to ``version`` (old champion -> ``previous-champion``) and log it.
@@ -243,9 +242,9 @@ def promote(
         The promotion-log entry.
 
     Raises:
-        PromotionError: failed gate without override, missing reason, or the promotion lock is busy.
+        PromotionError: failed gate without override, or a missing reason. LockBusy: another promotion.
     """
-    reg = _client(settings, registry)
+    reg = registry
     actor = actor or getpass.getuser()
     with promotion_lock(settings):
         mv = reg.get_version(version)
@@ -270,18 +269,18 @@ def promote(
         reg.set_version_tags(version, {"detloop.promoted_at": entry["at"], "detloop.promoted_by": actor,
                                        "detloop.promotion": entry["action"],
                                        **({"detloop.override_reason": reason} if override and reason else {})})
-        _append_log(settings, entry, log_key)
+        _append_log(store, settings, entry, log_key)
     return entry
 
 
-def rollback(settings: Settings, reason: str | None = None, actor: str | None = None, registry: Any = None,
+def rollback(settings: Settings, registry: Any, store: Any, reason: str | None = None, actor: str | None = None,
              log_key: str = PROMOTION_LOG_KEY) -> dict[str, Any]:
     """Restore ``previous-champion`` as ``champion``; the demoted version becomes ``previous-champion``.
 
     Raises:
         PromotionError: there is no ``previous-champion``.
     """
-    reg = _client(settings, registry)
+    reg = registry
     actor = actor or getpass.getuser()
     with promotion_lock(settings):
         prev = reg.version_by_alias(PREVIOUS)
@@ -296,26 +295,60 @@ def rollback(settings: Settings, reason: str | None = None, actor: str | None = 
             reg.delete_alias(PREVIOUS)
         entry = {"at": _now(), "action": "rollback", "model": reg.model_name, "version": str(prev.version),
                  "previous": str(cur.version) if cur is not None else None, "actor": actor, "reason": reason or ""}
-        _append_log(settings, entry, log_key)
+        _append_log(store, settings, entry, log_key)
     return entry
 
 
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
-def champion_version(settings: Settings, registry: Any = None) -> Any | None:
-    return _client(settings, registry).version_by_alias(CHAMPION)
+def champion_version(registry: Any) -> Any | None:
+    return registry.version_by_alias(CHAMPION)
 
 
-def load_champion(settings: Settings, dest_dir: str | Path | None = None, alias: str = CHAMPION,
-                  registry: Any = None, version: str | None = None) -> Path | None:
+@dataclass(frozen=True)
+class Champion:
+    """The model behind an alias, fetched into a local directory (``weights/``, ``scoring/``, ...)."""
+
+    version: str
+    local_dir: Path
+    run_id: str | None
+    dataset_version: str | None  # the dataset version it was trained on
+
+    @property
+    def scoring_dir(self) -> Path:
+        return self.local_dir / "scoring"
+
+    @property
+    def weights(self) -> Path:
+        return self.local_dir / "weights" / "best.pt"
+
+
+def fetch_champion(settings: Settings, registry: Any, alias: str = CHAMPION) -> Champion | None:
+    """The one champion fetcher: the version behind ``alias``, downloaded once per version; None when none.
+
+    Raises:
+        ServiceUnavailable: MLflow (or its artifact store) is not reachable.
+    """
+    mv = registry.version_by_alias(alias)
+    if mv is None:
+        return None
+    local = load_champion(settings, registry, version=str(mv.version), alias=alias)
+    if local is None:  # pragma: no cover - the version was deleted in between
+        return None
+    return Champion(str(mv.version), local, getattr(mv, "run_id", None),
+                    (mv.tags or {}).get("detloop.dataset_version") or None)
+
+
+def load_champion(settings: Settings, registry: Any, dest_dir: str | Path | None = None, alias: str = CHAMPION,
+                  version: str | None = None) -> Path | None:
     """Fetch the files of the version behind ``alias`` (or of ``version``) into ``dest_dir`` (as a deployment would).
 
     Writes ``dest_dir/champion.json`` (version, alias, thresholds, class names) and stamps the version
     into ``scoring/meta.json``. Returns None when no version holds the alias (bootstrap). Safe when
     several processes (e.g. Dask workers on one host) fetch the same version at once.
     """
-    reg = _client(settings, registry)
+    reg = registry
     mv = reg.get_version(version) if version is not None else reg.version_by_alias(alias)
     if mv is None:
         return None
@@ -351,11 +384,10 @@ def load_champion(settings: Settings, dest_dir: str | Path | None = None, alias:
     return dest
 
 
-def list_models(settings: Settings, registry: Any = None) -> list[dict[str, Any]]:
+def list_models(registry: Any) -> list[dict[str, Any]]:
     """Versions (newest first) with aliases, gate outcome and golden mAP."""
-    reg = _client(settings, registry)
     out = []
-    for v in reg.versions():
+    for v in registry.versions():
         out.append({
             "version": str(v.version),
             "aliases": sorted(getattr(v, "aliases", []) or []),
@@ -368,59 +400,3 @@ def list_models(settings: Settings, registry: Any = None) -> list[dict[str, Any]
             "reasons": v.tags.get("gate.reasons", ""),
         })
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# One call for a whole post-training step (CLI `detloop train --register` and the flows)
-# --------------------------------------------------------------------------------------------
-def evaluate_register_gate(
-    settings: Settings,
-    train_result: Any,
-    slices: list[Any],
-    dataset_version: str | None = None,
-    promote_if_passed: bool | None = None,
-    registry: Any = None,
-    work_dir: Path | None = None,
-    log_key: str = PROMOTION_LOG_KEY,
-) -> dict[str, Any]:
-    """Evaluate challenger and champion on the same slices, register, gate, and promote when allowed.
-
-    Args:
-        settings: settings (gate policy from ``settings.gate``).
-        train_result: :class:`tasks.training.TrainResult` of the challenger.
-        slices: evaluation slices; the one named ``golden`` gates (``tasks.evaluation.gate_scores``).
-        dataset_version: dataset version id recorded on the version.
-        promote_if_passed: default ``settings.gate.auto_promote``.
-        registry: registry client (default from settings).
-        work_dir: scratch directory (default under the data dir).
-        log_key: promotion-log key in the data bucket.
-
-    Returns:
-        ``{"version", "champion_version", "decision", "challenger_report", "champion_report", "promoted"}``.
-    """
-    from tasks.evaluation import evaluate_pair, gate_scores
-    from tasks.promotion import GatePolicy, decide
-
-    reg = _client(settings, registry)
-    work = work_dir or settings.data_dir / "eval" / train_result.run_id
-    champ = reg.version_by_alias(CHAMPION)
-    if champ is not None and champ.run_id == train_result.run_id:  # a retry after a completed promotion
-        prev = reg.version_by_alias(PREVIOUS)
-        return {"version": str(champ.version), "champion_version": str(prev.version) if prev else None,
-                "decision": None, "challenger_report": None, "champion_report": None, "promoted": True}
-    champ_dir = load_champion(settings, registry=reg) if champ is not None else None
-    ch_rep, cp_rep = evaluate_pair(train_result.weights, champ_dir / "scoring" if champ_dir else None, slices,
-                                   settings, work)
-    parent = str(champ.version) if champ is not None else None
-    version = register_challenger(settings, train_result.run_id, train_result.weights, ch_rep,
-                                  dataset_version=dataset_version, parent_version=parent, registry=reg)
-    policy = GatePolicy.from_settings(settings.gate)
-    decision = decide(gate_scores(ch_rep), gate_scores(cp_rep) if cp_rep is not None else None, policy)
-    record_gate(settings, version, decision, run_id=train_result.run_id, champion_version=parent, registry=reg)
-    do_promote = settings.gate.auto_promote if promote_if_passed is None else promote_if_passed
-    promoted = False
-    if decision.passed and do_promote:
-        promote(settings, version, decision, actor="detloop-gate", registry=reg, log_key=log_key)
-        promoted = True
-    return {"version": version, "champion_version": parent, "decision": decision, "challenger_report": ch_rep,
-            "champion_report": cp_rep, "promoted": promoted}

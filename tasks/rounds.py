@@ -1,27 +1,27 @@
-"""Round records in S3 and the watcher that decides when a labelling round is done.
+"""Round records in S3: the one module that writes them (and the round's task-id map).
 
 A round record (:class:`~detloop.contracts.RoundRecord`) lives at ``rounds/<round_id>/round.json``
 in the data bucket. Lifecycle:
 
-- ``open``: written by :func:`tasks.annotation.push_round` after every task went in; its deadline is
-  ``as_of + rounds.deadline_days`` (midnight UTC).
-- ``completed``: every task of the round is labelled or skipped (set by :func:`watch_rounds`).
-- ``closed_partial``: the deadline passed with tasks still pending (set by :func:`watch_rounds`);
-  the labels present are used, the report says how many were missing.
+- ``open``: written by :func:`open_round` (from :func:`tasks.annotation.push_round`, after every task
+  went in); its deadline is ``rounds.deadline_days`` after it opened (midnight UTC).
+- ``completed``: every task of the round is labelled or skipped (decided by :func:`decide`, applied by
+  :func:`tasks.watch.watch_rounds`).
+- ``closed_partial``: the deadline passed with tasks still pending; the labels present are used, the
+  report says how many were missing.
 - ``trained``: set by the retrain flow with :func:`mark_round`.
 
-:func:`watch_rounds` is a plain function: it takes ``now`` (simulated time in tests and demos) and an
-``emit`` callable with the signature of Prefect's ``emit_event(event, resource, payload=..., id=...)``.
-It emits ``detloop.annotation.round.completed`` once per round: the event id is a uuid5 of the round
-id, the record stores it after emitting, and a round whose record already holds it is never emitted
-again. If the process dies between the emit and the write, the next run emits the SAME event id
-again, so consumers can deduplicate on it.
+``rounds/<round_id>/tasks.json`` maps each frame's key to its Label Studio task id
+(:func:`save_task_ids`, :func:`load_task_ids`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -29,12 +29,9 @@ from detloop.contracts import RoundRecord
 from detloop.errors import DataError
 from detloop.settings import Settings
 
-EVENT_ROUND_COMPLETED = "detloop.annotation.round.completed"
 _NS = uuid.UUID("6f1d7a52-4a8e-4df0-9a55-2f1f0f0d6e11")  # detloop's namespace for event ids
 ROUND_PREFIX = "rounds/"
 TERMINAL = ("completed", "closed_partial", "trained")
-
-Emit = Callable[..., Any]
 
 
 def round_prefix(round_id: str) -> str:
@@ -46,11 +43,11 @@ def round_key(round_id: str) -> str:
 
 
 def completed_event_id(round_id: str) -> uuid.UUID:
-    """Deterministic event id of a round's completion event."""
-    return uuid.uuid5(_NS, f"{EVENT_ROUND_COMPLETED}/{round_id}")
+    """Deterministic id of a round's completion event (the same on every re-run: consumers dedupe on it)."""
+    return uuid.uuid5(_NS, f"detloop.annotation.round.completed/{round_id}")
 
 
-def _utc(dt: datetime) -> datetime:
+def utc(dt: datetime) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
@@ -109,7 +106,7 @@ def open_round(
     existing = load_round(store, settings, round_id)
     if existing is not None:
         return existing
-    now = _utc(now or datetime.now(UTC))
+    now = utc(now or datetime.now(UTC))
     rec = RoundRecord(
         round_id=round_id,
         as_of=str(as_of),
@@ -150,6 +147,50 @@ def mark_round(store: Any, settings: Settings, round_id: str, **fields: Any) -> 
     return rec
 
 
+# ---- which round a weekly run works on (pure) --------------------------------------------------------
+def round_id_for(project: str, as_of: date, cameras: Sequence[str] | None = None,
+                 dates: Sequence[date] | None = None, attempt: int = 0) -> str:
+    """Deterministic round id: the Label Studio project, the as_of date, a hash of any focus, a counter.
+
+    The project slug keeps ids unique when several detloop projects share a data bucket.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", project.lower()).strip("-") or "detloop"
+    rid = f"{slug}-{as_of.isoformat()}"
+    if cameras or dates:
+        focus = json.dumps({"cameras": sorted(cameras or []), "dates": sorted(str(d) for d in dates or [])})
+        rid += "-" + hashlib.sha256(focus.encode()).hexdigest()[:6]
+    if attempt:
+        rid += f"-{attempt + 1}"
+    return rid
+
+
+def plan_round(records: Sequence[RoundRecord], project: str, as_of: date, cameras: Sequence[str] | None,
+               dates: Sequence[date] | None, on_open_round: str, force_new: bool = False) -> tuple[str | None, str]:
+    """The round a selection run for ``as_of`` works on, or ``(None, why)`` when it should select nothing.
+
+    A re-run of the same week resumes its round; while another round is open, ``on_open_round: skip``
+    selects nothing (unless ``force_new``); otherwise a new round, or another one with a counter.
+
+    Returns:
+        ``(round_id, "resume" | "new" | "another")`` or ``(None, reason)``.
+    """
+    base = round_id_for(project, as_of, cameras, dates)
+    mine = sorted(r.round_id for r in records if r.round_id == base or r.round_id.startswith(base + "-"))
+    open_other = [r.round_id for r in records if r.status == "open" and r.round_id not in mine]
+    if base in mine and not force_new:
+        return base, "resume"
+    if open_other and on_open_round == "skip" and not force_new:
+        return None, f"round(s) {open_other} still open; rounds.on_open_round=skip"
+    if not mine:
+        return base, "new"
+    return round_id_for(project, as_of, cameras, dates, attempt=len(mine)), "another"
+
+
+def round_seed(round_id: str) -> int:
+    """Seed of a round's random draws (control arm, tie breaks): stable across re-runs of the round."""
+    return int(hashlib.sha256(json.dumps([round_id]).encode()).hexdigest()[:8], 16)
+
+
 # ---- the decision (pure) --------------------------------------------------------------------------
 def decide(rec: RoundRecord, progress: dict[str, int], now: datetime) -> str | None:
     """New status of an open round given its task counts, or None when it stays open.
@@ -161,85 +202,35 @@ def decide(rec: RoundRecord, progress: dict[str, int], now: datetime) -> str | N
         return None
     if progress.get("total", 0) > 0 and progress.get("pending", 0) == 0:
         return "completed"
-    if _utc(now) >= datetime.fromisoformat(rec.deadline):
+    if utc(now) >= datetime.fromisoformat(rec.deadline):
         return "closed_partial"
     return None
 
 
-# ---- the watcher --------------------------------------------------------------------------------
-def watch_rounds(
-    settings: Settings,
-    now: datetime,
-    emit: Emit,
-    store: Any | None = None,
-    ls: Any | None = None,
-    round_ids: Collection[str] | None = None,
-    dry_run: bool = False,
-) -> dict[str, Any]:
-    """Compute progress of every open round, close the finished ones and emit their event once.
+# ---- the round's task ids ------------------------------------------------------------------------
+def task_ids_key(round_id: str) -> str:
+    return round_prefix(round_id) + "tasks.json"
 
-    Args:
-        now: the current time (simulated in tests and demos; naive means UTC).
-        emit: ``emit(event=..., resource=..., payload=..., id=...)`` (Prefect's ``emit_event``).
-        round_ids: only these rounds (default: every round record in the data bucket that was
-            pushed to the configured project; rounds of another project sharing the bucket are
-            left to that project's watcher).
-        dry_run: compute and report only: no record is written and nothing is emitted (rows say
-            ``would_emit``).
 
-    Returns:
-        ``{"now", "rounds": [{round_id, status, progress, emitted, event_id}], "emitted": [...]}``.
-    """
-    from detloop.clients.labelstudio import LabelStudioClient
-    from detloop.clients.s3 import S3Store
-    from tasks.annotation import ensure_project, round_progress, round_project_title, round_tasks
+def save_task_ids(store: Any, settings: Settings, round_id: str, task_ids: dict[str, int]) -> None:
+    """``rounds/<round_id>/tasks.json``: production key -> Label Studio task id, and the project's title."""
+    store.put_json(settings.s3.data_bucket, task_ids_key(round_id), {
+        "round_id": round_id, "project_title": settings.label_studio.project_title,
+        "label_studio_url": settings.label_studio.url, "tasks": task_ids})
 
-    store = store or S3Store(settings)
-    rows: list[dict[str, Any]] = []
-    emitted: list[str] = []
-    project_id: int | None = None
-    for rec in list_rounds(store, settings):
-        if round_ids is not None and rec.round_id not in round_ids:
-            continue
-        if round_ids is None and rec.status == "open":
-            title = round_project_title(store, settings, rec.round_id)
-            if title is not None and title != settings.label_studio.project_title:
-                continue  # another project's round (projects sharing a data bucket)
-        if rec.status == "open":
-            if project_id is None:
-                ls = ls or LabelStudioClient(settings)
-                project_id = ensure_project(settings, ls).id
-            progress = round_progress(round_tasks(ls, project_id, rec.round_id, fields="progress"))
-            new = decide(rec, progress, now)
-            rec.counts = {**rec.counts, **progress}
-            if new is not None:
-                rec.status = new  # type: ignore[assignment]
-            if not dry_run:
-                save_round(store, settings, rec)
-        if rec.status in TERMINAL and rec.completed_event_id is None:
-            eid = completed_event_id(rec.round_id)
-            if dry_run:
-                rows.append({"round_id": rec.round_id, "status": rec.status, "progress": rec.counts,
-                             "emitted": False, "would_emit": True, "event_id": str(eid)})
-                continue
-            emit(
-                event=EVENT_ROUND_COMPLETED,
-                resource={"prefect.resource.id": f"detloop.round.{rec.round_id}", "prefect.resource.name": rec.round_id},
-                payload={
-                    "round_id": rec.round_id,
-                    "status": rec.status,
-                    "partial": rec.status == "closed_partial",
-                    "model_version": rec.model_version,
-                    **{k: int(v) for k, v in rec.counts.items()},
-                },
-                id=eid,
-            )
-            rec.completed_event_id = str(eid)
-            save_round(store, settings, rec)
-            emitted.append(rec.round_id)
-            rows.append({"round_id": rec.round_id, "status": rec.status, "progress": rec.counts,
-                         "emitted": True, "event_id": str(eid)})
-        elif rec.status == "open":
-            rows.append({"round_id": rec.round_id, "status": rec.status, "progress": rec.counts,
-                         "emitted": False, "event_id": None})
-    return {"now": _utc(now).isoformat(timespec="seconds"), "rounds": rows, "emitted": emitted}
+
+def _task_ids_doc(store: Any, settings: Settings, round_id: str) -> dict[str, Any] | None:
+    if not store.exists(settings.s3.data_bucket, task_ids_key(round_id)):
+        return None
+    return store.get_json(settings.s3.data_bucket, task_ids_key(round_id))  # type: ignore[no-any-return]
+
+
+def round_project_title(store: Any, settings: Settings, round_id: str) -> str | None:
+    """Title of the Label Studio project a round was pushed to (None when unknown)."""
+    doc = _task_ids_doc(store, settings, round_id)
+    return None if doc is None else doc.get("project_title")
+
+
+def load_task_ids(store: Any, settings: Settings, round_id: str) -> dict[str, int] | None:
+    doc = _task_ids_doc(store, settings, round_id)
+    return None if doc is None else {str(k): int(v) for k, v in doc["tasks"].items()}

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from detloop.contracts import FrameRef, Quarantined, parse_frame_key
+from detloop.errors import NotFound
 from detloop.settings import SamplingSettings, Settings
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -304,30 +305,27 @@ def list_window(
 
 
 def list_cameras(store: Any, bucket: str, prefix: str) -> list[str]:
-    """Camera ids under ``<prefix>camera=<id>/`` (S3 delimiter listing)."""
-    cams: list[str] = []
-    try:
-        pages = store.client.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=f"{prefix}camera=", Delimiter="/"
-        )
-        for page in pages:
-            for cp in page.get("CommonPrefixes", []) or []:
-                p = cp["Prefix"][len(prefix):].strip("/")
-                if p.startswith("camera="):
-                    cams.append(p[len("camera="):])
-    except Exception as err:
-        raise store._wrap(err, f"list s3://{bucket}/{prefix}camera=") from err
+    """Camera ids under ``<prefix>camera=<id>/`` (one delimiter listing)."""
+    cams = []
+    for p in store.list_prefixes(bucket, f"{prefix}camera="):
+        p = p[len(prefix):].strip("/")
+        if p.startswith("camera="):
+            cams.append(p[len("camera="):])
     return sorted(cams)
 
 
-def fetch_bytes(store: Any, refs: Sequence[FrameRef], threads: int = 8) -> list[bytes | Exception]:
-    """Download objects in a thread pool; an error becomes the list element instead of raising."""
+def fetch_bytes(store: Any, refs: Sequence[FrameRef], threads: int = 8) -> list[bytes | NotFound]:
+    """Download objects in a thread pool.
+
+    An object that vanished since it was listed becomes its :class:`NotFound` (the caller quarantines it);
+    a service failure (S3 down, access denied) raises: it is not the frame's fault.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
-    def get(r: FrameRef) -> bytes | Exception:
+    def get(r: FrameRef) -> bytes | NotFound:
         try:
             return store.get_bytes(r.bucket, r.key)  # type: ignore[no-any-return]
-        except Exception as err:  # quarantined by the caller with the message
+        except NotFound as err:
             return err
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as ex:
@@ -337,7 +335,7 @@ def fetch_bytes(store: Any, refs: Sequence[FrameRef], threads: int = 8) -> list[
 def sample(
     settings: Settings,
     as_of: date,
-    store: Any | None = None,
+    store: Any,
     cameras: Sequence[str] | None = None,
     dates: Sequence[date] | None = None,
     run_id: str | None = None,
@@ -352,7 +350,7 @@ def sample(
     Args:
         settings: full settings (buckets, ``sampling``).
         as_of: end of the window (exclusive).
-        store: an ``S3Store`` (default: a new one).
+        store: the object store (:class:`~detloop.clients.protocols.ObjectStore`).
         cameras / dates: optional focus.
         run_id: when given, manifests go to ``runs/<run_id>/sample_manifest.json`` and
             ``runs/<run_id>/quarantine.json`` in the data bucket.
@@ -361,9 +359,6 @@ def sample(
     Returns:
         :class:`SampleResult`; an empty window is a result with a note, not an error.
     """
-    from detloop.clients.s3 import S3Store
-
-    store = store or S3Store(settings)
     sp = settings.sampling
     start, end = window(as_of, sp.window_days)
     listed = list_window(store, settings, as_of, cameras, dates)
@@ -384,8 +379,8 @@ def sample(
         good: list[FrameRef] = []
         hashes: list[np.ndarray] = []
         for ref, data in zip(chunk, datas, strict=True):
-            if isinstance(data, Exception):
-                quarantined.append(Quarantined(ref.bucket, ref.key, f"unreadable: {data}"))
+            if isinstance(data, NotFound):
+                quarantined.append(Quarantined(ref.bucket, ref.key, f"missing: {data}"))
                 continue
             img, reason = decode_image(data)
             if img is None:

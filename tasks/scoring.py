@@ -2,8 +2,8 @@
 
 - :func:`load_scorer` opens a scoring artifact (directory with ``model.onnx`` + ``meta.json``, see
   :class:`~detloop.contracts.ScoringArtifactMeta`) on ONNX Runtime, or a ``.pt`` file on torch via
-  Ultralytics (fallback). :func:`resolve_model` finds the champion in the MLflow registry
-  (``models:/<name>@champion``) and says clearly when there is none.
+  Ultralytics (fallback). :func:`resolve_model` fetches the champion from the MLflow registry
+  (``models:/<name>@champion``, through :func:`tasks.registry.load_champion`) and says clearly when there is none.
 - :func:`iter_decoded` is the prefetching reader: a thread pool downloads, validates, decodes and
   letterboxes frames ahead of inference (cv2 releases the GIL); bad objects come out as
   :class:`~detloop.contracts.Quarantined`.
@@ -30,9 +30,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from detloop.contracts import FrameRef, Quarantined, ScoringArtifactMeta
+from detloop.contracts import FrameRef, Quarantined, ScoredFrame, ScoringArtifactMeta
 from detloop.detections import Detections
-from detloop.errors import DataError, ServiceError
+from detloop.errors import DataError, NotFound
 from detloop.ops import Letterbox
 from detloop.settings import ModelSettings, Settings
 
@@ -40,63 +40,6 @@ from detloop.settings import ModelSettings, Settings
 # --------------------------------------------------------------------------------------------
 # Plain data
 # --------------------------------------------------------------------------------------------
-@dataclass
-class ScoredFrame:
-    """One production frame after scoring.
-
-    Attributes:
-        frame: where it is in S3.
-        width, height: frame size in pixels.
-        detections: boxes in frame pixels with ``class_scores`` ``(N, C)`` (kept down to the scoring
-            confidence threshold: sub-threshold candidates are kept on purpose).
-        embedding: ``(D,)`` float32 image embedding, or None.
-        brightness: mean grey level in [0, 1].
-        contrast: standard deviation of the grey level in [0, 1].
-        tta: detections on the horizontally flipped frame, mapped back (TTA pass), or None.
-        committee: detections of the previous champion, or None.
-    """
-
-    frame: FrameRef
-    width: int
-    height: int
-    detections: Detections
-    embedding: np.ndarray | None = None
-    brightness: float = 0.0
-    contrast: float = 0.0
-    tta: Detections | None = None
-    committee: Detections | None = None
-
-    def to_record(self) -> dict[str, Any]:
-        """JSON-able row of ``predictions.jsonl`` (embedding stored separately)."""
-        r: dict[str, Any] = {
-            "frame": self.frame.to_dict(),
-            "width": self.width,
-            "height": self.height,
-            "brightness": round(self.brightness, 5),
-            "contrast": round(self.contrast, 5),
-            "detections": self.detections.to_dict(),
-        }
-        if self.tta is not None:
-            r["tta"] = self.tta.to_dict()
-        if self.committee is not None:
-            r["committee"] = self.committee.to_dict()
-        return r
-
-    @classmethod
-    def from_record(cls, r: dict[str, Any], embedding: np.ndarray | None = None) -> ScoredFrame:
-        return cls(
-            frame=FrameRef.from_dict(r["frame"]),
-            width=int(r["width"]),
-            height=int(r["height"]),
-            detections=Detections.from_dict(r["detections"]),
-            embedding=embedding,
-            brightness=float(r.get("brightness", 0.0)),
-            contrast=float(r.get("contrast", 0.0)),
-            tta=Detections.from_dict(r["tta"]) if r.get("tta") else None,
-            committee=Detections.from_dict(r["committee"]) if r.get("committee") else None,
-        )
-
-
 @dataclass
 class DecodedFrame:
     """A frame ready for inference.
@@ -124,6 +67,7 @@ class ScoringResult:
     quarantined: list[Quarantined]
     timings: dict[str, float] = field(default_factory=dict)
     model: str = ""
+    keys: dict[str, str] = field(default_factory=dict)  # where the predictions are stored (data bucket)
 
     def embeddings(self) -> np.ndarray | None:
         if not self.frames or any(f.embedding is None for f in self.frames):
@@ -267,58 +211,78 @@ def load_scorer(path: str | Path, model_settings: ModelSettings | None = None,
     raise DataError(f"model not found: {p} (expected a scoring artifact directory or a .pt file)")
 
 
-def resolve_model(settings: Settings, alias: str = "champion", dest: Path | None = None) -> Path:
-    """Download ``models:/<model_name>@<alias>`` from the MLflow registry; returns the local directory.
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model scores: a registry version (fetched on the machine that scores) or a local artifact.
+
+    Plain data, so it travels to a Dask worker where the model is fetched once per version.
+    """
+
+    version: str | None = None  # registry version of settings.mlflow.model_name
+    path: str | None = None  # a scoring artifact directory or an Ultralytics .pt (by hand, benchmarks)
+
+    @property
+    def label(self) -> str:
+        return f"v{self.version}" if self.version else str(self.path)
+
+    def content_id(self) -> str:
+        """What identifies the model's content: the registry version, or ``file-<sha256[:12]>`` of its file."""
+        if self.version is not None:
+            return str(self.version)
+        from detloop.datasets import file_sha256
+
+        p = Path(str(self.path))
+        if p.is_dir():
+            onnx, pts = p / "model.onnx", sorted(p.glob("*.pt"))
+            p = onnx if onnx.is_file() else (pts[0] if pts else onnx)
+        if not p.is_file():
+            raise DataError(f"model not found: {self.path} (expected a scoring artifact directory or a .pt file)")
+        return "file-" + file_sha256(p)[:12]
+
+
+def open_model(settings: Settings, registry: Any, ref: ModelRef, threads: int | None = None) -> Scorer:
+    """The scorer of ``ref`` (a registry version is downloaded into ``data_dir`` once per version)."""
+    if ref.path:
+        return load_scorer(ref.path, settings.model, settings.classes, threads)
+    from tasks.registry import load_champion
+
+    local = load_champion(settings, registry, version=ref.version)
+    if local is None:  # pragma: no cover - load_champion raises NotFound for a missing version
+        raise NotFound(f"model {settings.mlflow.model_name} has no version {ref.version}")
+    return load_scorer(local / "scoring", settings.model, settings.classes, threads)
+
+
+def score_with(settings: Settings, clients: Any, frames: Sequence[FrameRef], model: ModelRef,
+               committee: ModelRef | None = None, tta: bool = False) -> ScoringResult:
+    """Open ``model`` (and the ``committee`` model) and :func:`score` ``frames`` read from the object store.
 
     Raises:
-        DataError: no such registered model or alias ("no champion yet"), with what to do.
-        ServiceError: MLflow is not reachable.
+        DataError: the model's classes differ from the configured ones.
     """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    name = settings.mlflow.model_name
-    client = mlflow.MlflowClient(tracking_uri=settings.mlflow.tracking_uri)
-    try:
-        mv = client.get_model_version_by_alias(name, alias)
-    except MlflowException as err:
-        code = getattr(err, "error_code", "")
-        if "RESOURCE_DOES_NOT_EXIST" in str(code) or "not found" in str(err).lower() or "alias" in str(err).lower():
-            raise DataError(
-                f"no {alias} model: registered model {name!r} has no @{alias} alias at {settings.mlflow.tracking_uri}; "
-                "train and promote one first, or pass --model PATH"
-            ) from err
-        raise ServiceError(f"MLflow at {settings.mlflow.tracking_uri}: {err}") from err
-    except Exception as err:  # connection errors surface as requests/httpx exceptions
-        raise ServiceError(f"MLflow at {settings.mlflow.tracking_uri} is not reachable: {type(err).__name__}") from err
-    dest = dest or settings.data_dir / "models" / f"{name}-v{mv.version}"
-    if not (dest.exists() and (any(dest.glob("**/meta.json")) or any(dest.glob("**/*.pt")))):
-        dest.mkdir(parents=True, exist_ok=True)  # registry versions are immutable: download once
-        mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        try:
-            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}@{alias}", dst_path=str(dest))
-        except Exception as err:
-            raise ServiceError(
-                f"MLflow at {settings.mlflow.tracking_uri}: cannot download models:/{name}@{alias} ({err})"
-            ) from err
-    root = _artifact_root(dest)
-    meta = root / "meta.json"
-    if meta.is_file():  # stored predictions and reports name the registry version, not a folder
-        d = json.loads(meta.read_text())
-        if not d.get("registry_version") or not d.get("model_name"):
-            d["registry_version"] = d.get("registry_version") or str(mv.version)
-            d["model_name"] = d.get("model_name") or name
-            meta.write_text(json.dumps(d))
-    return root
+    scorer = open_model(settings, clients.registry, model)
+    if list(scorer.meta.class_names) != list(settings.classes):
+        raise DataError(f"model {model.label} classes {scorer.meta.class_names} differ from the configured "
+                        f"classes {settings.classes}")
+    other = open_model(settings, clients.registry, committee) if committee is not None else None
+    return score(frames, scorer, clients.store, settings.model, tta=tta, committee=other)
 
 
-def _artifact_root(p: Path) -> Path:
-    """The directory holding ``meta.json`` (artifacts may be nested one level)."""
-    if (p / "meta.json").is_file():
-        return p
-    found = sorted(p.glob("**/meta.json"))
-    return found[0].parent if found else p
+def resolve_model(settings: Settings, registry: Any, alias: str = "champion") -> Path:
+    """The scoring artifact directory of ``models:/<model_name>@<alias>`` (fetched once per version).
+
+    Raises:
+        NotFound: no version holds the alias ("no champion yet"), with what to do.
+        ServiceUnavailable: MLflow is not reachable (the message names its URL).
+    """
+    from tasks.registry import load_champion
+
+    local = load_champion(settings, alias=alias, registry=registry)
+    if local is None:
+        raise NotFound(
+            f"no {alias} model: registered model {settings.mlflow.model_name!r} has no @{alias} alias at "
+            f"{settings.mlflow.tracking_uri}; train and promote one first, or pass --model PATH"
+        )
+    return local / "scoring"
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,10 +410,16 @@ def prepare(img_bgr: np.ndarray, size: int, orig_w: int | None = None, orig_h: i
 
 
 def _load_one(store: Any, ref: FrameRef, size: int, fast: bool = True) -> DecodedFrame | Quarantined:
+    """Read and decode one frame. Bad data is quarantined with its reason; a service failure raises.
+
+    Only the frame's own fault is quarantined: undecodable, empty or not an image, or gone from the bucket
+    (:class:`NotFound`). An S3 outage (:class:`~detloop.errors.ServiceUnavailable`) or refusal propagates, so
+    the scoring task fails, caches nothing, and a re-run scores the frame.
+    """
     try:
         data = store.read_frame(ref.bucket, ref.key)
-    except Exception as err:  # a missing/unreadable object is quarantined, not fatal
-        return Quarantined(ref.bucket, ref.key, f"unreadable: {err}")
+    except NotFound as err:
+        return Quarantined(ref.bucket, ref.key, f"missing: {err}")
     img, w, h, reason = decode_for_model(data, size, fast)
     if img is None:
         return Quarantined(ref.bucket, ref.key, str(reason))

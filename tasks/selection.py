@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from detloop.contracts import SelectedFrame
+from detloop.contracts import ScoredFrame, SelectedFrame
 from detloop.detections import Detections
 from detloop.settings import SelectionSettings
-from tasks.scoring import ScoredFrame
 from tasks.strategies import (
     STRATEGIES,
     BoxPool,
@@ -401,3 +400,36 @@ def write_selection_report(store: Any, bucket: str, run_id: str, result: Selecti
     return keys
 
 
+
+
+def write_selection(store: Any, bucket: str, run_id: str, result: SelectionResult,
+                    meta: dict[str, Any]) -> dict[str, str]:
+    """Store a run's selection: ``selection_meta.json`` (``meta`` + notes), the reports, and last of all
+    ``selected_frames.json``, the marker that the selection is complete (what a re-run resumes with)."""
+    meta_key = f"runs/{run_id}/selection_meta.json"
+    store.put_json(bucket, meta_key, {**meta, "notes": result.notes})
+    return {"meta": meta_key, **write_selection_report(store, bucket, run_id, result)}
+
+
+def read_stored_selection(store: Any, bucket: str, run_id: str
+                          ) -> tuple[list[SelectedFrame], str | None, dict[str, Any]] | None:
+    """``(frames, model version, stats)`` of a complete stored selection of ``run_id``, or None."""
+    prefix = f"runs/{run_id}/"
+    if not (store.exists(bucket, prefix + "selected_frames.json") and store.exists(bucket, prefix + "selection_meta.json")):
+        return None
+    frames = [SelectedFrame.from_dict(d) for d in store.get_json(bucket, prefix + "selected_frames.json")]
+    meta = store.get_json(bucket, prefix + "selection_meta.json")
+    return frames, meta.get("model_version"), meta.get("stats", {})
+
+
+def labelled_class_counts(store: Any, settings: Any, dataset_version: str | None) -> list[int] | None:
+    """Boxes per configured class in the train split of ``dataset_version`` (default: the newest train, else
+    seed version): what class balance weighs against. None when no labelled version exists."""
+    from detloop.datasets import latest_version, load_manifest
+
+    version = (dataset_version or latest_version(store, settings, "train")
+               or latest_version(store, settings, "seed"))
+    if version is None:
+        return None
+    boxes = load_manifest(store, settings, version).box_counts(split="train")
+    return [int(boxes.get(c, 0)) for c in settings.classes]

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detloop.errors import DataError, DetloopError
+from detloop.errors import DataError, DetloopError, NotFound
 from detloop.settings import REPO_ROOT, Settings
 
 IMG_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -372,13 +372,13 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def train(
     data_yaml: str | Path,
     settings: Settings,
+    registry: Any,
     init_weights: str | Path | None,
     run_name: str,
     tags: dict[str, str] | None = None,
     dataset_version: str | None = None,
     parent_version: str | None = None,
     epochs: int | None = None,
-    registry: Any = None,
 ) -> TrainResult:
     """Train a challenger (bootstrap when ``init_weights`` is None) and track it in MLflow.
 
@@ -391,14 +391,14 @@ def train(
         dataset_version: dataset version id (logged as tag and param).
         parent_version: registry version of the champion fine-tuned from.
         epochs: override of ``bootstrap_epochs`` / ``finetune_epochs``.
-        registry: a :class:`detloop.clients.registry.RegistryClient` (default from settings).
+        registry: the model registry (:class:`~detloop.clients.protocols.ModelRegistry`) runs are tracked in.
 
     Returns:
         :class:`TrainResult`.
 
     Raises:
         DataError: classes differ / too little data. TrainingError: crash or timeout.
-        PromotionError: another training holds the training lock.
+        LockBusy: another training holds the training lock.
         ServiceError: MLflow unreachable (the message names its URL).
     """
     from tasks.registry import training_lock
@@ -414,7 +414,6 @@ def _train_locked(
     tags: dict[str, str] | None, dataset_version: str | None, parent_version: str | None, epochs: int | None,
     registry: Any, counts: dict[str, int],
 ) -> TrainResult:
-    from detloop.clients.registry import RegistryClient
     from detloop.offline import ensure_ultralytics_fonts, yolo_config_dir
 
     tc = settings.training
@@ -428,7 +427,7 @@ def _train_locked(
         "classes": ",".join(settings.classes), "device": tc.device,
     }
     ihash = input_hash(data_yaml, init_weights, params)
-    reg = registry or RegistryClient(settings)
+    reg = registry
     base = settings.data_dir / "training"
     run_dir = base / run_name
     all_tags = {
@@ -444,8 +443,8 @@ def _train_locked(
     for run in reg.find_runs(f"tags.`detloop.input_hash` = '{ihash}' and attributes.status = 'FINISHED'"):
         try:
             local = reg.download_run_artifact(run.info.run_id, "weights/best.pt", run_dir / "reused")
-        except Exception:  # incomplete artifacts: train again
-            continue
+        except NotFound:  # a finished run without its weights (deleted artifacts): train again
+            continue  # (MLflow or its artifact store down is ServiceUnavailable: it propagates, nothing retrains)
         metrics = {k: float(v) for k, v in run.data.metrics.items()}
         return TrainResult(run.info.run_id, Path(local), run_dir, metrics, 0.0, True, ihash, n_epochs, bootstrap,
                            dict(run.data.tags))

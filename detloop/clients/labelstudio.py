@@ -2,9 +2,11 @@
 
 What it adds over the SDK, and nothing more:
 
-- every call goes through :meth:`LabelStudioClient._call`, which retries network errors and 5xx
-  answers with exponential backoff and then raises :class:`~detloop.errors.ServiceError` naming the
-  URL; a 401 becomes one line saying the token is wrong (the token itself is never printed);
+- every call goes through :meth:`LabelStudioClient._call`, which translates failures by type and status
+  code: no connection, a timeout, 5xx or 429 -> :class:`~detloop.errors.ServiceUnavailable`; 404 ->
+  :class:`~detloop.errors.NotFound`; any other 4xx -> :class:`~detloop.errors.ServiceRejected` with the
+  server's reason; a 401 says the token is wrong (the token itself is never printed). Nothing here
+  retries, and the SDK's own retries are off: the flows are the one retry layer;
 - the project is found by its title (``label_studio.project_title``), created on first use with a
   label config generated from the configured class list, and refused when its config was edited to
   hold other classes (the difference is listed);
@@ -18,82 +20,25 @@ Business rules (what to push, how to read annotations) live in ``tasks/annotatio
 from __future__ import annotations
 
 import json
-import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from xml.sax.saxutils import quoteattr
 
-from detloop.errors import DetloopError, ServiceError
+from detloop.errors import ServiceRejected, http_error, unreachable
+from detloop.ls_format import (  # noqa: F401  (the format's names, also importable from here)
+    FROM_NAME,
+    IMAGE_FIELD,
+    PROJECT_MARKER,
+    TO_NAME,
+    LabelConfigError,
+    check_label_config,
+    config_class_names,
+    data_filter,
+    label_config_xml,
+)
 from detloop.settings import Settings
 
 T = TypeVar("T")
-
-FROM_NAME = "label"
-TO_NAME = "image"
-IMAGE_FIELD = "image"
-PROJECT_MARKER = "detloop-managed"
-
-
-class LabelConfigError(DetloopError):
-    """The project's label config does not match the configured classes."""
-
-
-def label_config_xml(class_names: Sequence[str]) -> str:
-    """Label Studio config: one Image and one RectangleLabels with a Label per class, in class order."""
-    labels = "\n".join(f"    <Label value={quoteattr(c)}/>" for c in class_names)
-    return (
-        "<View>\n"
-        f'  <Image name="{TO_NAME}" value="${IMAGE_FIELD}" zoom="true"/>\n'
-        f'  <RectangleLabels name="{FROM_NAME}" toName="{TO_NAME}">\n'
-        f"{labels}\n"
-        "  </RectangleLabels>\n"
-        "</View>"
-    )
-
-
-def config_class_names(label_config: str) -> list[str]:
-    """Label values of the RectangleLabels control named ``label`` in a label config XML.
-
-    Raises:
-        LabelConfigError: when the XML cannot be parsed or has no such control.
-    """
-    try:
-        root = ET.fromstring(label_config)
-    except ET.ParseError as err:
-        raise LabelConfigError(f"label config is not valid XML: {err}") from err
-    for node in root.iter("RectangleLabels"):
-        if node.get("name") == FROM_NAME:
-            return [lab.get("value", "") for lab in node.iter("Label")]
-    raise LabelConfigError(f"label config has no <RectangleLabels name=\"{FROM_NAME}\">")
-
-
-def check_label_config(label_config: str, class_names: Sequence[str], where: str = "project") -> None:
-    """Refuse a label config whose classes differ from the configured ones, listing the difference.
-
-    Raises:
-        LabelConfigError: ``... unknown classes [...]; missing classes [...]``.
-    """
-    have = config_class_names(label_config)
-    unknown = sorted(set(have) - set(class_names))
-    missing = [c for c in class_names if c not in set(have)]
-    if unknown or missing:
-        parts = []
-        if unknown:
-            parts.append(f"classes not in the config's class list {unknown}")
-        if missing:
-            parts.append(f"configured classes missing from it {missing}")
-        raise LabelConfigError(
-            f"Label Studio {where} label config was edited: " + "; ".join(parts)
-            + " (fix the project's labeling setup or the `classes` list; detloop never rewrites it)"
-        )
-
-
-def data_filter(field: str, value: Any, ftype: str = "String", operator: str = "equal") -> dict[str, Any]:
-    """One Data Manager filter item on ``task.data[field]``."""
-    return {"filter": f"filter:tasks:data.{field}", "operator": operator, "type": ftype, "value": value}
-
 
 @dataclass(frozen=True)
 class Project:
@@ -103,29 +48,16 @@ class Project:
 
 
 class LabelStudioClient:
-    """The Label Studio calls detloop needs, with retries and one-line errors.
+    """The Label Studio calls detloop needs, with one-line errors that say whether a retry can help.
 
     Args:
-        settings: the resolved settings (URL, token, retry policy).
+        settings: the resolved settings (URL, token, timeout).
         sdk: an already built ``label_studio_sdk.LabelStudio`` (tests); built lazily otherwise.
-        retries: attempts after the first one on network errors and 5xx answers.
-        backoff_s: first sleep; doubles each attempt.
-        sleep: injectable sleep (tests).
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        sdk: Any | None = None,
-        retries: int | None = None,
-        backoff_s: float | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ):
+    def __init__(self, settings: Settings, sdk: Any | None = None):
         self.settings = settings
         self.url = settings.label_studio.url.rstrip("/")
-        self.retries = settings.label_studio.retries if retries is None else retries
-        self.backoff_s = settings.label_studio.backoff_seconds if backoff_s is None else backoff_s
-        self._sleep = sleep
         self._sdk = sdk
 
     # ---- plumbing --------------------------------------------------------------------------------
@@ -136,47 +68,34 @@ class LabelStudioClient:
 
             token = self.settings.label_studio_token()
             if not token:
-                raise ServiceError(
+                raise ServiceRejected(
                     f"Label Studio at {self.url}: no API token; set DETLOOP_LABEL_STUDIO__API_TOKEN "
-                    "or LABEL_STUDIO_API_KEY"
+                    "or LABEL_STUDIO_API_KEY", service="Label Studio", url=self.url,
                 )
-            self._sdk = LabelStudio(base_url=self.url, api_key=token, timeout=self.settings.label_studio.timeout_seconds)
+            self._sdk = LabelStudio(base_url=self.url, api_key=token, max_retries=0,
+                                    timeout=self.settings.label_studio.timeout_seconds)
         return self._sdk
 
-    def _call(self, what: str, fn: Callable[[], T], retries: int | None = None) -> T:
-        """Run one API call: retry network errors / 5xx with backoff, then raise one line.
-
-        ``retries=0`` for calls that are not idempotent (an import): the caller decides.
-        """
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one API call once; translate its failure into a detloop error naming the URL."""
         import httpx
         from label_studio_sdk.core.api_error import ApiError
 
-        n_retries = self.retries if retries is None else retries
-        delay = self.backoff_s
-        for attempt in range(n_retries + 1):
-            try:
-                return fn()
-            except ApiError as err:
-                code = err.status_code or 0
-                if code == 401:
-                    raise ServiceError(
-                        f"Label Studio at {self.url} refused the API token (401) on {what}: the token is wrong "
-                        "or was revoked; set DETLOOP_LABEL_STUDIO__API_TOKEN"
-                    ) from None
-                if code < 500 or attempt == n_retries:
-                    body = str(err.body)[:300].replace("\n", " ")
-                    raise ServiceError(f"Label Studio at {self.url}: HTTP {code} on {what}: {body}") from err
-            except (httpx.TransportError, ConnectionError) as err:
-                if attempt == n_retries:
-                    raise ServiceError(
-                        f"Label Studio at {self.url} is not reachable ({what}) after {n_retries + 1} attempt(s): "
-                        f"{type(err).__name__}; is the stack up? (`detloop stack up`)"
-                    ) from err
-            self._sleep(delay)
-            delay *= 2
-        raise ServiceError(f"Label Studio at {self.url}: {what} failed")  # pragma: no cover
+        try:
+            return fn()
+        except ApiError as err:
+            code = int(err.status_code or 0)
+            if code == 401:
+                raise ServiceRejected(
+                    f"Label Studio at {self.url} refused the API token (401) on {what}: the token is wrong "
+                    "or was revoked; set DETLOOP_LABEL_STUDIO__API_TOKEN", service="Label Studio", url=self.url,
+                    status=401,
+                ) from None
+            raise http_error("Label Studio", self.url, code, what, str(err.body)) from err
+        except (httpx.TransportError, ConnectionError, TimeoutError) as err:
+            raise unreachable("Label Studio", self.url, what, err) from err
 
-    def _http(self, method: str, path: str, what: str, retries: int | None = None, **kw: Any) -> Any:
+    def _http(self, method: str, path: str, what: str, **kw: Any) -> Any:
         """A raw JSON request through the SDK's authenticated httpx client (bulk reads, no model parsing)."""
         from label_studio_sdk.core.api_error import ApiError
 
@@ -192,7 +111,7 @@ class LabelStudioClient:
                 raise ApiError(status_code=resp.status_code, headers=dict(resp.headers), body=body)
             return resp.json() if resp.content else None
 
-        return self._call(what, go, retries)
+        return self._call(what, go)
 
     # ---- health and identity ----------------------------------------------------------------------
     def whoami(self) -> dict[str, Any]:
@@ -278,16 +197,15 @@ class LabelStudioClient:
         return int(st.id)
 
     # ---- tasks -------------------------------------------------------------------------------------
-    def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]], retry: bool = True) -> list[int]:
+    def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]]) -> list[int]:
         """One import request; returns the new task ids (in order).
 
-        An import is not idempotent: a retry after a timeout whose request did go through would
-        duplicate the batch. ``retry=False`` leaves the retry to the caller, who can check first
-        (``tasks.annotation.push_round`` does).
+        An import is not idempotent: blindly repeating one after a timeout whose request did go through
+        would duplicate the batch. Callers list the round's tasks before importing
+        (``tasks.annotation.push_round`` does), so a retried push imports only what is missing.
         """
         res = self._http(
             "POST", f"api/projects/{project_id}/import", f"import {len(tasks)} tasks into project {project_id}",
-            retries=None if retry else 0,
             params={"return_task_ids": "true", "commit_to_project": "true"}, json=list(tasks),
         )
         return [int(t) for t in (res or {}).get("task_ids", [])]

@@ -1,7 +1,12 @@
-"""Thin MLflow tracking / registry client with retries and user-facing errors naming the server URL.
+"""Thin MLflow tracking / registry client with user-facing errors naming the server URL.
 
 Only network calls live here; the promotion rule is in :mod:`tasks.promotion` and the registry
 workflow (register, promote, rollback) in :mod:`tasks.registry`. ``mlflow`` is imported lazily.
+
+Every call runs once (MLflow's own HTTP retries are switched off: the flows are the one retry layer)
+and its failure is translated by type and status code: no connection, a timeout, 5xx or 429 ->
+:class:`ServiceUnavailable`; ``RESOURCE_DOES_NOT_EXIST`` -> :class:`NotFound`; any other 4xx ->
+:class:`ServiceRejected`.
 """
 
 from __future__ import annotations
@@ -11,62 +16,66 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from detloop.errors import ServiceError
+from detloop.errors import NotFound, ServiceError, ServiceRejected, http_error, unreachable
 from detloop.settings import Settings
 
 T = TypeVar("T")
 
-DEFAULT_BACKOFF: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 
-
-def _is_transient(err: BaseException) -> bool:
-    """Network errors and 5xx / 429 answers are retried; 4xx (bad request, not found) are not."""
+def _connection_failure(err: BaseException) -> BaseException | None:
+    """The connection error or timeout in ``err``'s cause/context chain, if any (MLflow wraps them)."""
     import requests
 
-    if isinstance(err, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
-        return True
+    seen = 0
+    cur: BaseException | None = err
+    while cur is not None and seen < 10:
+        if isinstance(cur, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return None
+
+
+def classify_mlflow_error(err: BaseException, url: str, what: str) -> ServiceError | NotFound | None:
+    """The detloop error for an exception of an MLflow call, or None when it is not a service failure (a bug)."""
+    import requests
+
+    if isinstance(err, ServiceError | NotFound):
+        return err
+    conn = _connection_failure(err)
+    if conn is not None:
+        return unreachable("MLflow", url, what, conn)
     try:
-        from mlflow.exceptions import MlflowException, RestException
+        from mlflow.exceptions import MlflowException
     except ImportError:  # pragma: no cover
-        return False
-    if isinstance(err, RestException):
-        code = getattr(err, "get_http_status_code", lambda: 500)()
-        return code >= 500 or code == 429
+        return None
     if isinstance(err, MlflowException):
-        msg = str(err)
-        return any(s in msg for s in ("Max retries exceeded", "Connection refused", "ConnectionError", "timed out",
-                                      "API request to", "Failed to establish"))
-    return False
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return NotFound(f"MLflow at {url}: not found on {what}: {err.message[:300]}")
+        return http_error("MLflow", url, int(err.get_http_status_code()), what, err.message)
+    if isinstance(err, requests.HTTPError) and err.response is not None:
+        return http_error("MLflow", url, int(err.response.status_code), what, err.response.text)
+    return None
 
 
-def with_retries(fn: Callable[[], T], what: str, url: str, backoff: Sequence[float] = DEFAULT_BACKOFF) -> T:
-    """Call ``fn``; retry transient failures with ``backoff`` sleeps; raise :class:`ServiceError` naming ``url``."""
-    attempt = 0
-    while True:
-        try:
-            return fn()
-        except Exception as err:
-            if _is_transient(err) and attempt < len(backoff):
-                time.sleep(backoff[attempt])
-                attempt += 1
-                continue
-            if _is_transient(err):
-                raise ServiceError(
-                    f"MLflow at {url} unreachable while trying to {what} (after {attempt + 1} attempts): "
-                    f"{type(err).__name__}"
-                ) from err
+def call_mlflow(fn: Callable[[], T], what: str, url: str) -> T:
+    """Call ``fn`` once; a failure of the MLflow server is raised as a detloop error naming ``url``."""
+    try:
+        return fn()
+    except Exception as err:
+        mapped = classify_mlflow_error(err, url, what)
+        if mapped is None or mapped is err:
             raise
+        raise mapped from err
 
 
 class RegistryClient:
     """MLflow tracking + model registry for one experiment and one registered model name."""
 
-    def __init__(self, settings: Settings, experiment: str | None = None, model_name: str | None = None,
-                 backoff: Sequence[float] = DEFAULT_BACKOFF):
+    def __init__(self, settings: Settings, experiment: str | None = None, model_name: str | None = None):
         self.url = settings.mlflow.tracking_uri
         self.experiment_name = experiment or settings.mlflow.experiment
         self.model_name = model_name or settings.mlflow.model_name
-        self.backoff = tuple(backoff)
         self._client: Any = None
         self._experiment_id: str | None = None
 
@@ -76,7 +85,7 @@ class RegistryClient:
         if self._client is None:
             import os
 
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # we retry ourselves, quickly
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # the flows are the one retry layer
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             from mlflow import MlflowClient
@@ -85,20 +94,17 @@ class RegistryClient:
         return self._client
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
-        return with_retries(fn, what, self.url, self.backoff)
+        return call_mlflow(fn, what, self.url)
 
     def ping(self) -> None:
-        """Raise :class:`ServiceError` when the server does not answer."""
+        """Raise :class:`ServiceUnavailable` (or another :class:`ServiceError`) when the server does not answer."""
         import requests
 
         def _get() -> None:
             r = requests.get(self.url.rstrip("/") + "/health", timeout=5)
             r.raise_for_status()
 
-        try:
-            self.call("check health", _get)
-        except requests.HTTPError as err:
-            raise ServiceError(f"MLflow at {self.url} answered {err.response.status_code} on /health") from err
+        self.call("check health", _get)
 
     @property
     def experiment_id(self) -> str:
@@ -108,7 +114,7 @@ class RegistryClient:
                 try:
                     self._experiment_id = self.call(
                         "create experiment", lambda: self.client.create_experiment(self.experiment_name))
-                except Exception:  # created concurrently
+                except ServiceRejected:  # created concurrently (RESOURCE_ALREADY_EXISTS)
                     exp = self.call("get experiment", lambda: self.client.get_experiment_by_name(self.experiment_name))
                     if exp is None:
                         raise
@@ -167,14 +173,12 @@ class RegistryClient:
 
     # ---- registry ---------------------------------------------------------------------------
     def ensure_registered_model(self) -> None:
-        from mlflow.exceptions import MlflowException
-
         try:
             self.call("get registered model", lambda: self.client.get_registered_model(self.model_name))
-        except MlflowException:
+        except NotFound:
             try:
                 self.call("create registered model", lambda: self.client.create_registered_model(self.model_name))
-            except MlflowException:  # created concurrently
+            except ServiceRejected:  # created concurrently (RESOURCE_ALREADY_EXISTS)
                 self.call("get registered model", lambda: self.client.get_registered_model(self.model_name))
 
     def versions(self, filter_extra: str = "") -> list[Any]:
@@ -191,28 +195,39 @@ class RegistryClient:
         vs = self.versions(f"run_id='{run_id}'")
         return vs[0] if vs else None
 
-    def version_by_alias(self, alias: str) -> Any | None:
-        from mlflow.exceptions import MlflowException
-
+    def aliases(self) -> dict[str, str]:
+        """``{alias: version}`` of the registered model (empty when the model is not registered yet)."""
         try:
-            return self.call(f"resolve alias {alias}",
-                             lambda: self.client.get_model_version_by_alias(self.model_name, alias))
-        except MlflowException as err:
-            if "RESOURCE_DOES_NOT_EXIST" in str(err) or "not found" in str(err).lower() or "does not exist" in str(
-                    err).lower():
-                return None
-            raise
+            rm = self.call("get registered model", lambda: self.client.get_registered_model(self.model_name))
+        except NotFound:
+            return {}
+        raw = getattr(rm, "aliases", None) or {}
+        if isinstance(raw, dict):
+            return {str(k): str(v) for k, v in raw.items()}
+        return {str(a.alias): str(a.version) for a in raw}
+
+    def version_by_alias(self, alias: str) -> Any | None:
+        """The version holding ``alias``, or None (no such alias, or no such registered model yet).
+
+        Read through the registered model's alias list: MLflow answers an unknown alias with a generic
+        INVALID_PARAMETER_VALUE, which cannot be told from a bad request without reading its text.
+        """
+        version = self.aliases().get(alias)
+        if version is None:
+            return None
+        try:
+            return self.get_version(version)
+        except NotFound:  # the alias moved or the version was deleted in between
+            return None
 
     def set_alias(self, alias: str, version: str | int) -> None:
         self.call(f"set alias {alias}",
                   lambda: self.client.set_registered_model_alias(self.model_name, alias, str(version)))
 
     def delete_alias(self, alias: str) -> None:
-        from mlflow.exceptions import MlflowException
-
         try:
             self.call(f"delete alias {alias}", lambda: self.client.delete_registered_model_alias(self.model_name, alias))
-        except MlflowException:
+        except NotFound:
             pass
 
     def set_version_tags(self, version: str | int, tags: dict[str, Any]) -> None:

@@ -1,7 +1,13 @@
 """Thin S3 client (boto3) for SeaweedFS locally and AWS S3 at scale.
 
-Errors are re-raised as :class:`ServiceError` naming the endpoint, so a user sees one line
-("S3 at http://127.0.0.1:8333 is not reachable ...") instead of a botocore traceback.
+Errors are translated by type and status code (:mod:`detloop.errors`), naming the endpoint, so a user
+sees one line ("S3 at http://127.0.0.1:8333 is not reachable ...") instead of a botocore traceback:
+no connection, a timeout, 5xx or throttling -> :class:`ServiceUnavailable`; a missing key or bucket ->
+:class:`NotFound`; any other 4xx (denied, bad request) and missing credentials -> :class:`ServiceRejected`.
+
+botocore's own retries are off (``max_attempts: 1``): the flows are the one retry layer
+(Prefect task retries on :class:`ServiceUnavailable`), so an outage is retried once, with backoff
+that outlasts a service restart, not multiplied per call.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
-from detloop.errors import ServiceError
+from detloop.errors import NotFound, ServiceError, ServiceRejected, ServiceUnavailable, unreachable
 from detloop.settings import Settings
 
 
@@ -35,7 +41,7 @@ def make_s3_client(settings: Settings, session: Any | None = None) -> Any:
         region_name=settings.s3.region,
         config=Config(
             s3={"addressing_style": settings.s3.addressing_style},
-            retries={"max_attempts": 5, "mode": "standard"},
+            retries={"total_max_attempts": 1, "mode": "standard"},  # the flows retry (see module docstring)
             connect_timeout=5,
             read_timeout=60,
             max_pool_connections=32,
@@ -124,6 +130,54 @@ class ObjectInfo:
     etag: str
 
 
+def _error_code(err: BaseException) -> str:
+    """The S3 error code of a botocore ``ClientError`` (e.g. ``NoSuchKey``), else ``""``."""
+    response = getattr(err, "response", None)
+    return str((response or {}).get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
+_NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound", "NoSuchUpload"}
+_UNAVAILABLE_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
+                      "ThrottlingException", "RequestTimeTooSkewed"}
+
+
+def classify_s3_error(err: BaseException, endpoint: str, what: str) -> ServiceError | NotFound:
+    """Translate a botocore / socket exception into a detloop error, by type and status code only."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ReadTimeoutError,
+    )
+    from botocore.exceptions import ConnectTimeoutError as BotoConnectTimeout
+
+    if isinstance(err, ServiceError | NotFound):
+        return err
+    if isinstance(err, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError | BotoConnectTimeout
+                  | ConnectionError | TimeoutError):
+        return unreachable("S3", endpoint, what, err)
+    if isinstance(err, NoCredentialsError | PartialCredentialsError):
+        return ServiceRejected(f"S3 at {endpoint}: no credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                               f"({what})", service="S3", url=endpoint)
+    if isinstance(err, ClientError):
+        code = _error_code(err)
+        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        msg = f"S3 at {endpoint}: {code or status} on {what}"
+        if code in _NOT_FOUND_CODES or status == 404:
+            return NotFound(msg)
+        if code in _UNAVAILABLE_CODES or status >= 500 or status == 429:
+            return ServiceUnavailable(msg, service="S3", url=endpoint, status=status or None)
+        return ServiceRejected(msg, service="S3", url=endpoint, status=status or None)
+    # anything else from botocore's HTTP layer (urllib3 protocol errors, SSL) means no usable answer
+    from botocore.exceptions import HTTPClientError
+
+    if isinstance(err, HTTPClientError):
+        return unreachable("S3", endpoint, what, err)
+    raise err
+
+
 class S3Store:
     """The handful of S3 operations detloop needs, with errors that name the endpoint."""
 
@@ -151,38 +205,22 @@ class S3Store:
                     self._client = client  # last: a thread that sees the client sees the presigner too
         return self._client
 
-    def _wrap(self, err: Exception, what: str) -> ServiceError:
-        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-
-        if isinstance(err, EndpointConnectionError):
-            return ServiceError(f"S3 at {self.endpoint} is not reachable ({what}); is the stack up? (`detloop stack up`)")
-        if isinstance(err, NoCredentialsError):
-            return ServiceError(
-                f"S3 at {self.endpoint}: no credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY ({what})"
-            )
-        if isinstance(err, ClientError):
-            code = err.response.get("Error", {}).get("Code", "?")
-            return ServiceError(f"S3 at {self.endpoint}: {code} on {what}")
-        return ServiceError(f"S3 at {self.endpoint}: {type(err).__name__}: {err} ({what})")
+    def _wrap(self, err: Exception, what: str) -> ServiceError | NotFound:
+        """The detloop error for a botocore / connection exception raised while doing ``what``."""
+        return classify_s3_error(err, self.endpoint, what)
 
     def ensure_bucket(self, bucket: str) -> None:
         try:
             self.client.head_bucket(Bucket=bucket)
             return
-        except Exception as err:  # head_bucket raises ClientError 404 when missing
-            from botocore.exceptions import ClientError
-
-            if not isinstance(err, ClientError):
-                raise self._wrap(err, f"head_bucket {bucket}") from err
+        except Exception as err:  # head_bucket raises ClientError 404 when the bucket is missing
+            wrapped = self._wrap(err, f"head_bucket {bucket}")
+            if not isinstance(wrapped, NotFound):
+                raise wrapped from err
         try:
             self.client.create_bucket(Bucket=bucket)
         except Exception as err:
-            from botocore.exceptions import ClientError
-
-            if isinstance(err, ClientError) and err.response.get("Error", {}).get("Code") in (
-                "BucketAlreadyOwnedByYou",
-                "BucketAlreadyExists",
-            ):
+            if _error_code(err) in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 return
             raise self._wrap(err, f"create_bucket {bucket}") from err
 
@@ -218,7 +256,7 @@ class S3Store:
                 status, body = self._get_url(self.presigned_get_url(bucket, key))
                 if status == 200:
                     return body
-            except Exception:  # any failure: the boto3 path below retries and names the endpoint
+            except Exception:  # any failure: the boto3 path below tries once more and names the endpoint
                 pass
         return self.get_bytes(bucket, key)
 
@@ -272,17 +310,21 @@ class S3Store:
         return http.client.HTTPConnection(host, port, timeout=60)
 
     def exists(self, bucket: str, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
             self.client.head_object(Bucket=bucket, Key=key)
             return True
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise self._wrap(err, f"head s3://{bucket}/{key}") from err
         except Exception as err:
-            raise self._wrap(err, f"head s3://{bucket}/{key}") from err
+            wrapped = self._wrap(err, f"head s3://{bucket}/{key}")
+            if isinstance(wrapped, NotFound):
+                return False
+            raise wrapped from err
+
+    def get_bytes_or_none(self, bucket: str, key: str) -> bytes | None:
+        """:meth:`get_bytes`, or None when the key does not exist (any other failure raises)."""
+        try:
+            return self.get_bytes(bucket, key)
+        except NotFound:
+            return None
 
     def put_json(self, bucket: str, key: str, obj: Any) -> str:
         return self.put_bytes(
@@ -300,6 +342,18 @@ class S3Store:
                     yield ObjectInfo(o["Key"], int(o.get("Size", 0)), str(o.get("ETag", "")).strip('"'))
         except Exception as err:
             raise self._wrap(err, f"list s3://{bucket}/{prefix}") from err
+
+    def list_prefixes(self, bucket: str, prefix: str = "", delimiter: str = "/") -> list[str]:
+        """The common prefixes directly under ``prefix`` (an S3 delimiter listing), e.g. ``frames/camera=cam1/``."""
+        out: list[str] = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix, Delimiter=delimiter)
+            for page in pages:
+                out += [cp["Prefix"] for cp in page.get("CommonPrefixes", []) or []]
+        except Exception as err:
+            raise self._wrap(err, f"list s3://{bucket}/{prefix}*{delimiter}") from err
+        return out
 
     def delete(self, bucket: str, key: str) -> None:
         try:

@@ -127,7 +127,7 @@ def degrade(truth: Detections, profile: AnnotatorProfile, rng: np.random.Generat
 def annotation_for(task: dict[str, Any], truth: Detections, profile: AnnotatorProfile,
                    class_names: Sequence[str], width: int, height: int) -> tuple[bool, list[dict[str, Any]]]:
     """(skip?, Label Studio result) the simulated annotator submits for one task."""
-    from detloop.clients.labelstudio import FROM_NAME, TO_NAME
+    from detloop.ls_format import FROM_NAME, TO_NAME
 
     data = task.get("data") or {}
     rng = _rng(profile.seed, f"{data.get('round_id')}|{data.get('s3_key')}")

@@ -86,7 +86,8 @@ def _close(a: Detections, b: Detections) -> bool:
 
 
 def test_bench_round_via_label_studio(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from tasks.annotation import convert_round_tasks, round_tasks
+    from tasks.annotation import round_tasks
+    from tasks.ls_tasks import convert_round_tasks
 
     cfg, ls, title = env["cfg"], env["ls"], env["title"]
     s, runner = _run(cfg, tmp_path)

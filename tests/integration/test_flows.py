@@ -82,12 +82,12 @@ def test_invalid_parameters_are_rejected_at_creation(world):  # type: ignore[no-
 
 
 def test_full_round_through_deployments_and_event(world):  # type: ignore[no-untyped-def]
+    from detloop.clients.registry import RegistryClient
     from detloop.clients.s3 import S3Store
     from detloop.sim.annotator import AnnotatorProfile, annotate_pending
     from flows.demo import _wait_for_retrain, run_watch
-    from flows.loop import round_id_for
     from tasks.registry import list_models
-    from tasks.rounds import load_round
+    from tasks.rounds import load_round, round_id_for
 
     s, cfg = world["s"], world["cfg"]
     store = S3Store(s)
@@ -101,7 +101,7 @@ def test_full_round_through_deployments_and_event(world):  # type: ignore[no-unt
     assert fr.state.is_completed(), fr.state.message
     fr = _run("bootstrap/manual", {"config": cfg, "dataset_version": world["seed"]})
     assert fr.state.is_completed()
-    assert len(list_models(s)) == 1
+    assert len(list_models(RegistryClient(s))) == 1
 
     # a manual run with parameters from the prefect CLI, as a user would type it
     as_of = START + timedelta(days=7)
@@ -133,7 +133,7 @@ def test_full_round_through_deployments_and_event(world):  # type: ignore[no-unt
     assert result["round_id"] == rid and result["dataset_version"]
     assert result["golden_map_challenger"] is not None and result["golden_map_champion"] is not None
     assert load_round(store, s, rid).status == "trained"
-    versions = list_models(s)
+    versions = list_models(RegistryClient(s))
     assert len(versions) == 2
 
     # the event fires once: a second watch emits nothing, and no second retrain run appears
@@ -152,53 +152,56 @@ def test_full_round_through_deployments_and_event(world):  # type: ignore[no-unt
     # retrain again by hand for the same round: it finds the work done, registers nothing new
     fr = _run("retrain-and-promote/on-round-completed", {"config": cfg, "round_id": rid})
     assert fr.state.is_completed()
-    assert len(list_models(s)) == 2
+    assert len(list_models(RegistryClient(s))) == 2
 
 
 def test_rerun_after_a_crash_mid_flow_does_not_duplicate(world, monkeypatch):  # type: ignore[no-untyped-def]
     """Crash retrain-and-promote after training; the re-run reuses the MLflow run and registers once."""
     import flows.loop as loop
+    from detloop.clients.registry import RegistryClient
     from detloop.clients.s3 import S3Store
     from detloop.sim.annotator import AnnotatorProfile, annotate_pending
+    from flows import steps
     from flows.params import BootstrapParams, RetrainParams, SelectParams, WatchParams
     from tasks.registry import list_models
-    from tasks.rounds import load_round
+    from tasks.rounds import load_round, round_id_for
 
     s, cfg = world["s"], world["cfg"]
     as_of = START + timedelta(days=14)
     loop.bootstrap(BootstrapParams(config=cfg, dataset_version=world["seed"]))  # no-op when a champion exists
     loop.select_for_labeling(SelectParams(config=cfg, as_of=as_of, budget=BUDGET))
-    rid = loop.round_id_for(s.label_studio.project_title, as_of)
+    rid = round_id_for(s.label_studio.project_title, as_of)
     annotate_pending(s, AnnotatorProfile(seed=2), round_id=rid)
     # close the round in this process (the event it emits also starts a run on the runner; the
     # deployment's concurrency limit and the round-id idempotence make that harmless)
     monkeypatch.setattr("prefect.events.emit_event", lambda **kw: None)
     loop.watch_rounds(WatchParams(config=cfg))
     assert load_round(S3Store(s), s, rid).status in ("completed", "closed_partial")
-    before = len(list_models(s))
+    before = len(list_models(RegistryClient(s)))
 
     calls = {"n": 0}
-    real = loop.register_and_gate.fn
+    real = steps.register.fn
 
     def crash(*a, **kw):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         raise RuntimeError("injected crash after training")
 
-    monkeypatch.setattr(loop.register_and_gate, "fn", crash)
+    monkeypatch.setattr(steps.register, "fn", crash)
     with pytest.raises(Exception, match="injected crash"):
         loop.retrain_and_promote(RetrainParams(config=cfg, round_id=rid))
     assert calls["n"] == 1  # a bug is not retried (only service errors are)
-    assert len(list_models(s)) == before
-    monkeypatch.setattr(loop.register_and_gate, "fn", real)
+    assert len(list_models(RegistryClient(s))) == before
+    monkeypatch.setattr(steps.register, "fn", real)
     out = loop.retrain_and_promote(RetrainParams(config=cfg, round_id=rid))
     assert out.get("train_reused") is True or out.get("resumed") is True
-    assert len(list_models(s)) == before + 1
+    assert len(list_models(RegistryClient(s))) == before + 1
     out2 = loop.retrain_and_promote(RetrainParams(config=cfg, round_id=rid))
-    assert out2.get("resumed") is True and len(list_models(s)) == before + 1
+    assert out2.get("resumed") is True and len(list_models(RegistryClient(s))) == before + 1
 
 
 def test_demo_tiny_runs_the_same_path_and_resumes(stack_settings, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     """`make demo`'s job at the tiny size, one week, on its own world: then re-run, which finds the work done."""
+    from detloop.clients.registry import RegistryClient
     from detloop.settings import load_settings
     from flows.demo import run_demo
     from infra.stack import client_env
@@ -208,19 +211,19 @@ def test_demo_tiny_runs_the_same_path_and_resumes(stack_settings, tmp_path, monk
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(_isolated_config(stack_settings, sfx)))
     s = load_settings(path)
-    for k, v in client_env(s).items():  # run_demo exports these (DETLOOP_CONFIG too): undone after the test
+    for k, v in client_env(s).items():  # `detloop demo` exports these (DETLOOP_CONFIG too): undone after the test
         monkeypatch.setenv(k, v)
     lines: list[str] = []
-    out = run_demo(s, weeks=1, size="tiny", log=lines.append, timeout=900, out_dir=tmp_path / "demo", bring_up=False)
+    out = run_demo(s, weeks=1, size="tiny", log=lines.append, timeout=900, out_dir=tmp_path / "demo")
     assert len(out["rounds"]) == 1, lines
     row = out["rounds"][0]
     assert row["labels"] and row["labels"] > 0 and row["decision"] in ("passed", "passed-awaiting-human", "rejected"), row
     assert row["champion_map"] is not None and row["challenger_map"] is not None
     assert Path(out["learning_curve"]).read_bytes()[:4] == b"\x89PNG"
     assert out["setup_seconds"] > 0 and out["loop_seconds"] > 0
-    n_versions = len(list_models(s))
+    n_versions = len(list_models(RegistryClient(s)))
     assert n_versions == 2  # bootstrap + the round's challenger
 
-    again = run_demo(s, weeks=1, size="tiny", log=lines.append, timeout=900, out_dir=tmp_path / "demo", bring_up=False)
+    again = run_demo(s, weeks=1, size="tiny", log=lines.append, timeout=900, out_dir=tmp_path / "demo")
     assert again["rounds"] == out["rounds"]
-    assert len(list_models(s)) == n_versions  # nothing retrained or registered twice
+    assert len(list_models(RegistryClient(s))) == n_versions  # nothing retrained or registered twice

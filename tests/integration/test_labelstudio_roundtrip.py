@@ -16,9 +16,11 @@ import pytest
 from detloop.clients.labelstudio import LabelConfigError, LabelStudioClient, data_filter, label_config_xml
 from detloop.contracts import FrameRef, SelectedFrame
 from detloop.detections import Detections
-from detloop.errors import ServiceError
+from detloop.errors import ServiceError, ServiceRejected, ServiceUnavailable
 from detloop.sim.annotator import AnnotatorProfile, annotate_pending, truth_key
-from tasks import annotation, rounds
+from tasks import annotation, rounds, watch
+from tasks.ls_tasks import round_progress
+from tasks.round_version import build_round_version
 
 W, H = 320, 240
 AS_OF = "2026-01-12"
@@ -26,13 +28,15 @@ OPENED = datetime(2026, 1, 12, 9, 0)  # when the round is opened (the deadline c
 
 
 class Recorder:
-    """Stands in for Prefect's emit_event: records every call."""
+    """Stands in for the flow's announcer: records every event it would emit (as the payload it carries)."""
 
     def __init__(self) -> None:
         self.events: list[dict] = []
 
-    def __call__(self, **kw):  # type: ignore[no-untyped-def]
-        self.events.append(kw)
+    def __call__(self, done):  # type: ignore[no-untyped-def]
+        self.events.append({"id": done.event_id, "payload": {
+            "round_id": done.round_id, "status": done.status, "partial": done.partial,
+            "model_version": done.model_version, **done.counts}})
 
 
 class CrashingLS:
@@ -44,11 +48,11 @@ class CrashingLS:
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         return getattr(self._ls, name)
 
-    def import_tasks(self, project_id: int, tasks: list, retry: bool = True) -> list[int]:
+    def import_tasks(self, project_id: int, tasks: list) -> list[int]:
         if self._left == 0:
-            raise ServiceError("simulated crash during import")
+            raise ServiceUnavailable("simulated crash during import")
         self._left -= 1
-        return self._ls.import_tasks(project_id, tasks, retry=retry)
+        return self._ls.import_tasks(project_id, tasks)
 
 
 def _jpeg(rng: np.random.Generator, boxes: np.ndarray) -> bytes:
@@ -72,7 +76,6 @@ def env(stack_settings):  # type: ignore[no-untyped-def]
     # after a handful), with keys, round ids and the project unique to this run
     s.label_studio.project_title = f"detloop-it-{sfx}"
     s.label_studio.import_batch_size = 5  # several batches with few frames
-    s.label_studio.backoff_seconds = 0.01
     store = S3Store(s)
     rng = np.random.default_rng(7)
     frames, truths, bodies = [], {}, {}
@@ -151,7 +154,7 @@ def test_image_reaches_the_browser_from_s3(env, presign):  # type: ignore[no-unt
     s2 = s.model_copy(deep=True)
     s2.label_studio.presign = presign
     rid = "r-image-" + env["sfx"]
-    rep = annotation.push_round(s2, frames[:1], rid, "3", AS_OF, ls=ls, store=env["store"])
+    rep = annotation.push_round(s2, frames[:1], rid, "3", AS_OF, ls, env["store"])
     tid = annotation.round_tasks(ls, rep.project_id, rid)[0]["id"]
     ls.ensure_s3_storage(rep.project_id, s.s3.production_bucket, presign, 5)
     status, body, redirect_host = ls.fetch_as_browser(int(tid), frames[0].frame.uri)
@@ -166,10 +169,10 @@ def test_image_reaches_the_browser_from_s3(env, presign):  # type: ignore[no-unt
 def test_round_trip_with_simulated_annotator(env):  # type: ignore[no-untyped-def]
     s, ls, store, frames = env["s"], env["ls"], env["store"], env["frames"]
     rid = "r-trip-" + env["sfx"]
-    annotation.push_round(s, frames, rid, "5", AS_OF, ls=ls, store=store)
+    annotation.push_round(s, frames, rid, "5", AS_OF, ls, store)
     emit = Recorder()
     t0 = datetime(2026, 1, 13, tzinfo=UTC)
-    report = rounds.watch_rounds(s, t0, emit, store=store, ls=ls, round_ids=[rid])
+    report = watch.watch_rounds(s, t0, emit, store, ls, round_ids=[rid])
     assert emit.events == []
     row = next(r for r in report["rounds"] if r["round_id"] == rid)
     assert row["progress"]["pending"] == 12
@@ -178,25 +181,24 @@ def test_round_trip_with_simulated_annotator(env):  # type: ignore[no-untyped-de
     prof = AnnotatorProfile(p_skip=0.2, seed=3, throughput=5)
     first = annotate_pending(s, prof, round_id=rid, ls=ls, store=store)
     assert first["seen"] == 5
-    rounds.watch_rounds(s, t0, emit, store=store, ls=ls, round_ids=[rid])
+    watch.watch_rounds(s, t0, emit, store, ls, round_ids=[rid])
     assert [e for e in emit.events if e["payload"]["round_id"] == rid] == []
     rest = annotate_pending(s, AnnotatorProfile(p_skip=0.2, seed=3), round_id=rid, ls=ls, store=store)
     assert rest["seen"] == 7
     skipped = first["skipped"] + rest["skipped"]
 
-    rounds.watch_rounds(s, t0, emit, store=store, ls=ls, round_ids=[rid])
-    rounds.watch_rounds(s, t0 + timedelta(days=30), emit, store=store, ls=ls, round_ids=[rid])  # a later run: no second event
+    watch.watch_rounds(s, t0, emit, store, ls, round_ids=[rid])
+    watch.watch_rounds(s, t0 + timedelta(days=30), emit, store, ls, round_ids=[rid])  # a later run: no second event
     mine = [e for e in emit.events if e["payload"]["round_id"] == rid]
     assert len(mine) == 1
     ev = mine[0]
-    assert ev["event"] == rounds.EVENT_ROUND_COMPLETED
-    assert ev["id"] == rounds.completed_event_id(rid)
+    assert ev["id"] == str(rounds.completed_event_id(rid))
     assert ev["payload"]["status"] == "completed"
     assert (ev["payload"]["labelled"], ev["payload"]["skipped"], ev["payload"]["pending"]) == (12 - skipped, skipped, 0)
     rec = rounds.load_round(store, s, rid)
     assert rec.status == "completed" and rec.completed_event_id == str(ev["id"])
 
-    pulled = annotation.pull_round(s, rid, ls=ls, store=store)
+    pulled = annotation.pull_round(s, rid, ls, store)
     assert pulled.report["frames"] == 12 - skipped == len(pulled.frames)
     assert pulled.report["skipped"] == skipped
     for f in pulled.frames:
@@ -216,9 +218,9 @@ def test_round_trip_with_simulated_annotator(env):  # type: ignore[no-untyped-de
         assert pulled.report["negative_frames"] == 1
 
     # the dataset version: id stable for the same content, control arm never in train
-    v1, m1, r1 = annotation.build_round_version(store, s, rid, pulled.entries, parent_id=None, golden_id=None)
-    again = annotation.pull_round(s, rid, ls=ls, store=store)
-    v2, _, _ = annotation.build_round_version(store, s, rid, again.entries, parent_id=None, golden_id=None)
+    v1, m1, r1 = build_round_version(store, s, rid, pulled.entries, parent_id=None, golden_id=None)
+    again = annotation.pull_round(s, rid, ls, store)
+    v2, _, _ = build_round_version(store, s, rid, again.entries, parent_id=None, golden_id=None)
     assert v1 == v2
     assert r1["new_entries"] == len(pulled.frames)
     control = {f.sha256 for f in pulled.frames if f.arm == "control"}
@@ -233,13 +235,13 @@ def test_round_trip_with_simulated_annotator(env):  # type: ignore[no-untyped-de
 def test_deadline_closes_a_partial_round_once(env):  # type: ignore[no-untyped-def]
     s, ls, store, frames = env["s"], env["ls"], env["store"], env["frames"]
     rid = "r-late-" + env["sfx"]
-    annotation.push_round(s, frames[:4], rid, "5", AS_OF, ls=ls, store=store, now=OPENED)
+    annotation.push_round(s, frames[:4], rid, "5", AS_OF, ls, store, now=OPENED)
     annotate_pending(s, AnnotatorProfile(throughput=1), round_id=rid, ls=ls, store=store)
     emit = Recorder()
-    rounds.watch_rounds(s, datetime(2026, 1, 16, 23, 59), emit, store=store, ls=ls, round_ids=[rid])
+    watch.watch_rounds(s, datetime(2026, 1, 16, 23, 59), emit, store, ls, round_ids=[rid])
     assert [e for e in emit.events if e["payload"]["round_id"] == rid] == []
-    rounds.watch_rounds(s, datetime(2026, 1, 17, 0, 0), emit, store=store, ls=ls, round_ids=[rid])
-    rounds.watch_rounds(s, datetime(2026, 1, 18), emit, store=store, ls=ls, round_ids=[rid])
+    watch.watch_rounds(s, datetime(2026, 1, 17, 0, 0), emit, store, ls, round_ids=[rid])
+    watch.watch_rounds(s, datetime(2026, 1, 18), emit, store, ls, round_ids=[rid])
     mine = [e for e in emit.events if e["payload"]["round_id"] == rid]
     assert len(mine) == 1
     assert mine[0]["payload"]["partial"] is True
@@ -316,18 +318,44 @@ def test_wrong_token_and_server_down_are_one_line(env):  # type: ignore[no-untyp
 
     s = env["s"].model_copy(deep=True)
     s.label_studio.api_token = SecretStr("0" * 40)
-    with pytest.raises(ServiceError) as err:
+    with pytest.raises(ServiceRejected) as err:
         LabelStudioClient(s).whoami()
     assert "token" in str(err.value) and "0" * 40 not in str(err.value) and "\n" not in str(err.value)
 
     down = env["s"].model_copy(deep=True)
     down.label_studio.url = "http://127.0.0.1:9"  # discard port: nothing listens
-    sleeps: list[float] = []
-    client = LabelStudioClient(down, retries=3, backoff_s=0.1, sleep=sleeps.append)
-    with pytest.raises(ServiceError, match=r"http://127\.0\.0\.1:9 is not reachable"):
-        annotation.push_round(down, env["frames"][:2], "r-down-" + env["sfx"], "1", AS_OF, ls=client, store=env["store"])
-    assert sleeps == [0.1, 0.2, 0.4]
+    with pytest.raises(ServiceUnavailable, match=r"http://127\.0\.0\.1:9 is not reachable"):
+        annotation.push_round(down, env["frames"][:2], "r-down-" + env["sfx"], "1", AS_OF, LabelStudioClient(down),
+                              env["store"])
     assert rounds.load_round(env["store"], env["s"], "r-down-" + env["sfx"]) is None  # nothing half-written
+
+
+def test_a_4xx_from_label_studio_is_rejected_once_and_never_retried(env):  # type: ignore[no-untyped-def]
+    """Through the flows' one retry layer (a Prefect task with the loop's retry policy, on the real server)."""
+    from prefect import flow, task
+
+    from flows.loop import _NET
+
+    s = env["s"]
+    ls = LabelStudioClient(s)
+    project = annotation.ensure_project(s, ls)
+    sent: list[str] = []
+    ls.sdk._client_wrapper.httpx_client.httpx_client.event_hooks["request"].append(
+        lambda request: sent.append(request.url.path))
+
+    @task(**{**_NET, "retry_delay_seconds": 0})
+    def bad_import() -> list[int]:
+        return ls.import_tasks(project.id, [{"data": "not an object"}])  # the server answers 400
+
+    @flow
+    def one_import() -> list[int]:
+        return bad_import()
+
+    with pytest.raises(ServiceRejected) as err:
+        one_import()
+    assert [p for p in sent if p.endswith("/import")] == [f"/api/projects/{project.id}/import"]  # sent once
+    msg = str(err.value)
+    assert err.value.status == 400 and s.label_studio.url in msg and "\n" not in msg
 
 
 def test_cli_simulate_show_pull(env):  # type: ignore[no-untyped-def]
@@ -335,12 +363,12 @@ def test_cli_simulate_show_pull(env):  # type: ignore[no-untyped-def]
 
     from typer.testing import CliRunner
 
-    from detloop.cli import app
+    from cli.main import app
     from detloop.settings import REPO_ROOT
 
     s, ls, store, frames = env["s"], env["ls"], env["store"], env["frames"]
     rid = "r-cli-" + env["sfx"]
-    annotation.push_round(s, frames[:3], rid, "5", AS_OF, ls=ls, store=store)
+    annotation.push_round(s, frames[:3], rid, "5", AS_OF, ls, store)
     runner = CliRunner()
     cli_env = {"DETLOOP_CONFIG": str(REPO_ROOT / "configs" / "test.yaml"), "DETLOOP_DATA_DIR": str(s.data_dir),
                "DETLOOP_LABEL_STUDIO__PROJECT_TITLE": s.label_studio.project_title}
@@ -363,8 +391,8 @@ def test_simulated_annotator_leaves_frames_without_truth_pending(env):  # type: 
     s, ls, store, frames = env["s"], env["ls"], env["store"], env["frames"]
     rid = "r-notruth-" + env["sfx"]
     stranger = replace(frames[0], frame=replace(frames[0].frame, key=frames[0].frame.key.replace(".jpg", "-x.jpg")))
-    annotation.push_round(s, [frames[1], stranger], rid, "5", AS_OF, ls=ls, store=store)
+    annotation.push_round(s, [frames[1], stranger], rid, "5", AS_OF, ls, store)
     out = annotate_pending(s, AnnotatorProfile(), round_id=rid, ls=ls, store=store)
     assert (out["seen"], out["annotated"], out["no_truth"]) == (2, 1, 1)
     project = ls.find_project(s.label_studio.project_title)
-    assert annotation.round_progress(annotation.round_tasks(ls, project.id, rid, "progress"))["pending"] == 1
+    assert round_progress(annotation.round_tasks(ls, project.id, rid, "progress"))["pending"] == 1

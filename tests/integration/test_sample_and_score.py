@@ -23,6 +23,18 @@ PER_DAY = 4
 AS_OF = date(2026, 2, 5)  # window of 7 days ends here: covers START .. START + 2
 
 
+def run_selection(settings: Any, as_of: date, model: Path, run_id: str | None = None,
+                  labelled_counts: list[int] | None = None, write: bool = True) -> Any:
+    """The selection subflow (a real Prefect flow run) with this module's settings as overrides."""
+    from flows.selection import select_frames
+    from tests.integration.conftest import TEST_CONFIG
+
+    overrides = {"data_dir": str(settings.data_dir), "s3": {"production_prefix": settings.s3.production_prefix},
+                 "selection": {"budget": settings.selection.budget, "control_min": settings.selection.control_min}}
+    return select_frames(as_of, run_id or f"it-sel-{uuid.uuid4().hex[:8]}", str(TEST_CONFIG), overrides,
+                         model_path=str(model), labelled_counts=labelled_counts, write=write)
+
+
 @pytest.fixture(scope="module")
 def world(stack_settings: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from detloop.clients.s3 import S3Store
@@ -88,33 +100,30 @@ def test_sample_caps_and_focus(world: dict[str, Any]) -> None:
 
 
 def test_empty_window_selects_nothing_with_a_message(world: dict[str, Any]) -> None:
-    from detloop.select_cli import run_selection
-
-    run = run_selection(world["settings"], date(2020, 1, 1), model=world["artifact"], write=False,
-                        store=world["store"])
-    assert run.result.frames == []
+    run = run_selection(world["settings"], date(2020, 1, 1), model=world["artifact"], write=False)
+    assert run.result is None and run.scoring is None
     assert any("empty window" in n for n in run.notes)
 
 
 def test_missing_champion_is_a_clear_error(world: dict[str, Any]) -> None:
-    from detloop.errors import DataError
+    from detloop.clients.registry import RegistryClient
+    from detloop.errors import NotFound
     from tasks.scoring import resolve_model
 
     s = world["settings"].model_copy(deep=True)
     s.mlflow.model_name = f"it-sel-none-{world['tag']}"
-    with pytest.raises(DataError, match="no champion model"):
-        resolve_model(s, "champion")
+    with pytest.raises(NotFound, match="no champion model"):
+        resolve_model(s, RegistryClient(s), "champion")
 
 
 def test_score_store_predictions_and_select(world: dict[str, Any]) -> None:
-    from detloop.select_cli import run_selection
     from tasks.scoring import read_predictions
 
     s = world["settings"].model_copy(deep=True)
     s.selection.budget = 12
     s.selection.control_min = 2
     run = run_selection(s, AS_OF, model=world["artifact"], run_id=f"it-sel-{world['tag']}-b",
-                        labelled_class_counts=[50, 40, 30, 20, 1], store=world["store"])
+                        labelled_counts=[50, 40, 30, 20, 1])
     frames = run.scoring.frames
     assert len(frames) == run.sample.stats["sampled"] > 0
     meta_dim = json.loads((world["artifact"] / "meta.json").read_text())["embedding_dim"]
@@ -148,7 +157,7 @@ def test_score_store_predictions_and_select(world: dict[str, Any]) -> None:
 def test_cli_run_prints_report(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from detloop.cli import app
+    from cli.main import app
 
     s = world["settings"]
     monkeypatch.setenv("DETLOOP_S3__PRODUCTION_PREFIX", s.s3.production_prefix)
@@ -164,7 +173,7 @@ def test_cli_run_prints_report(world: dict[str, Any], monkeypatch: pytest.Monkey
 def test_read_frame_presigned_matches_boto_and_errors_alike(world: dict[str, Any]) -> None:
     """The scoring reader's presigned GET returns the same bytes as boto3, and a missing key fails the same way."""
     from detloop.clients.s3 import S3Store
-    from detloop.errors import ServiceError
+    from detloop.errors import NotFound
 
     s = world["settings"]
     store = world["store"]
@@ -191,8 +200,65 @@ def test_read_frame_presigned_matches_boto_and_errors_alike(world: dict[str, Any
     assert store.read_frame(bucket, odd) == body
     assert next(iter(getattr(store._local, "conns", {}).values())) is not conn
     missing = f"{s.s3.production_prefix}no-such-frame.jpg"
-    with pytest.raises(ServiceError) as fast_err:
+    with pytest.raises(NotFound) as fast_err:
         store.read_frame(bucket, missing)
-    with pytest.raises(ServiceError) as boto_err:
+    with pytest.raises(NotFound) as boto_err:
         store.get_bytes(bucket, missing)
     assert str(fast_err.value) == str(boto_err.value)
+
+
+def test_s3_outage_while_scoring_fails_caches_nothing_and_a_rerun_scores_every_frame(
+        world: dict[str, Any], stack_settings: Any) -> None:
+    """The real S3 stops as scoring reads its first frame: the flow fails with ServiceUnavailable naming the URL
+    (after the configured retries), nothing is cached and nothing is quarantined; with S3 back, a re-run scores
+    them all."""
+    from prefect import flow
+
+    from detloop.clients import Clients
+    from detloop.clients.s3 import S3Store
+    from detloop.errors import ServiceUnavailable
+    from flows.selection import predictions_cache_prefix, score_sample
+    from infra.stack import down, ensure_up
+    from tasks.sampling import sample
+    from tasks.scoring import ModelRef
+
+    s, store = world["settings"], world["store"]
+    smp = sample(s, AS_OF, store, cameras=["cam1", "cam4"])  # a frame set of its own: no cache from other tests
+    assert smp.frames
+    class OutageOnFirstRead(S3Store):
+        """The real store; the first frame read first stops the real S3 server."""
+
+        stopped = False
+
+        def read_frame(self, bucket: str, key: str) -> bytes:
+            if not OutageOnFirstRead.stopped:
+                OutageOnFirstRead.stopped = True
+                down(stack_settings, services=("s3",))
+            return super().read_frame(bucket, key)
+
+    real = Clients.from_settings(s)
+    model = ModelRef(path=str(world["artifact"]))
+    prefix = predictions_cache_prefix(s, smp, model)
+
+    run_with: dict[str, Any] = {}  # the clients are not flow parameters (nothing of them goes to the API)
+
+    @flow(name="test-scoring-during-s3-outage")
+    def scoring() -> Any:
+        return score_sample(s, run_with["clients"], smp, model)
+
+    run_with["clients"] = Clients(OutageOnFirstRead(s), real.labels, real.registry)
+    try:
+        with pytest.raises(ServiceUnavailable) as err:
+            scoring()
+    finally:
+        ensure_up(stack_settings)
+    assert OutageOnFirstRead.stopped
+    msg = str(err.value)
+    assert s.s3.endpoint_url in msg and "not reachable" in msg and "\n" not in msg
+    assert not list(store.list(s.s3.data_bucket, prefix))  # nothing cached
+
+    run_with["clients"] = real
+    again = scoring()
+    assert not again.quarantined and "cached" not in again.timings
+    assert [f.frame.key for f in again.frames] == [f.key for f in smp.frames]
+    assert store.exists(s.s3.data_bucket, prefix + "meta.json")

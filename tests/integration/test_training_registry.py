@@ -46,11 +46,18 @@ def dataset(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def boot(settings: Any, dataset: Path) -> Any:
+def clients(settings: Any) -> Any:
+    from detloop.clients import Clients
+
+    return Clients.from_settings(settings)
+
+
+@pytest.fixture(scope="module")
+def boot(settings: Any, dataset: Path, clients: Any) -> Any:
     from tasks.training import train
 
-    return train(dataset, settings, None, f"boot-{settings.mlflow.model_name}", {"round_id": "r-boot"},
-                 dataset_version="dv-seed", epochs=2)
+    return train(dataset, settings, clients.registry, None, f"boot-{settings.mlflow.model_name}",
+                 {"round_id": "r-boot"}, dataset_version="dv-seed", epochs=2)
 
 
 def test_dataset_refusals(settings: Any, dataset: Path, tmp_path: Path) -> None:
@@ -76,7 +83,7 @@ def test_dataset_refusals(settings: Any, dataset: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_bootstrap_training_is_tracked_and_reused(settings: Any, dataset: Path, boot: Any) -> None:
+def test_bootstrap_training_is_tracked_and_reused(settings: Any, dataset: Path, boot: Any, clients: Any) -> None:
     from detloop.clients.registry import RegistryClient
     from tasks.training import train
 
@@ -93,8 +100,8 @@ def test_bootstrap_training_is_tracked_and_reused(settings: Any, dataset: Path, 
     arts = {a.path for a in reg.client.list_artifacts(boot.run_id, "plots")}
     assert "plots/curves.png" in arts
     # the same inputs again: the finished run is reused, nothing retrained
-    again = train(dataset, settings, None, f"boot-{settings.mlflow.model_name}", {"round_id": "r-boot"},
-                  dataset_version="dv-seed", epochs=2)
+    again = train(dataset, settings, clients.registry, None, f"boot-{settings.mlflow.model_name}",
+                  {"round_id": "r-boot"}, dataset_version="dv-seed", epochs=2)
     assert again.reused and again.run_id == boot.run_id and again.weights.is_file()
 
 
@@ -120,58 +127,70 @@ def test_onnx_parity_on_trained_model(settings: Any, dataset: Path, boot: Any, t
 
 
 @pytest.mark.slow
-def test_crash_marks_run_failed_and_registers_nothing(settings: Any, dataset: Path, monkeypatch: Any) -> None:
-    from detloop.clients.registry import RegistryClient
+def test_crash_marks_run_failed_and_registers_nothing(settings: Any, dataset: Path, monkeypatch: Any,
+                                                      clients: Any) -> None:
     from tasks.training import TrainingError, train
 
     monkeypatch.setenv("DETLOOP_TEST_CRASH_TRAINING", "1")
     with pytest.raises(TrainingError, match="exited with code"):
-        train(dataset, settings, None, "crash", {"round_id": "r-crash"}, epochs=3)
-    reg = RegistryClient(settings)
+        train(dataset, settings, clients.registry, None, "crash", {"round_id": "r-crash"}, epochs=3)
+    reg = clients.registry
     runs = reg.find_runs("tags.round_id = 'r-crash'")
     assert runs and runs[0].info.status == "FAILED"
     assert reg.version_for_run(runs[0].info.run_id) is None
 
 
-def test_mlflow_down_names_the_url(settings: Any) -> None:
+def test_mlflow_down_is_unavailable_naming_the_url(settings: Any) -> None:
     from detloop.clients.registry import RegistryClient
-    from detloop.errors import ServiceError
+    from detloop.errors import ServiceUnavailable
 
     s = settings.model_copy(deep=True)
     s.mlflow.tracking_uri = "http://127.0.0.1:9"  # nothing listens on the discard port
-    reg = RegistryClient(s, backoff=(0.05, 0.05))
-    with pytest.raises(ServiceError, match=r"MLflow at http://127.0.0.1:9 unreachable.*after 3 attempts"):
-        reg.version_by_alias("champion")
+    with pytest.raises(ServiceUnavailable, match=r"MLflow at http://127.0.0.1:9 is not reachable"):
+        RegistryClient(s).version_by_alias("champion")
+
+
+def test_mlflow_answers_are_classified(settings: Any, clients: Any) -> None:
+    """Against the real server: an unknown alias or version is NotFound, a bad request is ServiceRejected."""
+    from detloop.errors import NotFound, ServiceRejected
+
+    reg = clients.registry
+    assert reg.version_by_alias("no-such-alias") is None
+    with pytest.raises(NotFound):
+        reg.get_version("987654")
+    with pytest.raises(ServiceRejected, match="HTTP 400"):
+        reg.find_runs("this is not a filter")
 
 
 @pytest.mark.slow
 def test_register_gate_promote_rollback(settings: Any, dataset: Path, boot: Any, log_key: str,
-                                        tmp_path: Path) -> None:
-    from detloop.clients.registry import RegistryClient
+                                        tmp_path: Path, clients: Any) -> None:
+    from detloop.settings import GateSettings
     from tasks import registry as R
     from tasks.evaluation import evaluate_pair, gate_scores, slice_from_yolo_dir
-    from tasks.promotion import GatePolicy, decide
+    from tasks.promotion import decide
     from tasks.training import oversample_hard, train
 
-    reg = RegistryClient(settings)
+    reg, store = clients.registry, clients.store
     golden = slice_from_yolo_dir("golden", dataset.parent / "images" / "val", len(settings.classes))
-    assert R.load_champion(settings, tmp_path / "none") is None  # bootstrap: no champion yet
+    assert R.load_champion(settings, reg, tmp_path / "none") is None  # bootstrap: no champion yet
 
     # ---- bootstrap: evaluate, gate (floor 0: a weak first model may start the loop), register, promote
     ch, cp = evaluate_pair(boot.weights, None, [golden], settings, tmp_path / "eval1")
     assert cp is None and ch.latency_ms and ch.latency_ms > 0
     assert set(ch.thresholds) == set(settings.classes)
-    v1 = R.register_challenger(settings, boot.run_id, boot.weights, ch, dataset_version="dv-seed")
-    assert R.register_challenger(settings, boot.run_id, boot.weights, ch) == v1  # retry: no duplicate
+    art = Path(ch.artifact)
+    v1 = R.register_challenger(settings, reg, boot.run_id, boot.weights, art, ch, dataset_version="dv-seed")
+    assert R.register_challenger(settings, reg, boot.run_id, boot.weights, art, ch) == v1  # retry: no duplicate
     assert len(reg.versions()) == 1
-    d1 = decide(gate_scores(ch), None, GatePolicy(bootstrap_floor=0.0))
+    d1 = decide(gate_scores(ch), None, GateSettings(bootstrap_floor=0.0))
     assert d1.passed and d1.bootstrap
-    R.record_gate(settings, v1, d1, run_id=boot.run_id)
-    R.promote(settings, v1, d1, log_key=log_key)
+    R.record_gate(reg, v1, d1, run_id=boot.run_id)
+    R.promote(settings, reg, store, v1, d1, log_key=log_key)
     assert reg.version_by_alias("champion").version == v1
 
     # ---- round 1: fine-tune from the champion on an oversampled train list
-    champ_dir = R.load_champion(settings, tmp_path / "champ")
+    champ_dir = R.load_champion(settings, reg, tmp_path / "champ")
     assert champ_dir is not None
     meta = json.loads((champ_dir / "scoring" / "meta.json").read_text())
     assert meta["registry_version"] == v1 and meta["class_names"] == settings.classes
@@ -179,7 +198,7 @@ def test_register_gate_promote_rollback(settings: Any, dataset: Path, boot: Any,
     hard = sorted(p.stem for p in (dataset.parent / "images" / "train").glob("*.png"))[:3]
     over = oversample_hard(dataset, hard, 3, tmp_path / "over")
     assert len((tmp_path / "over" / "train.txt").read_text().split()) == 16 + 3 * 2
-    ft = train(over, settings, champ_dir / "weights" / "best.pt", f"ft-{settings.mlflow.model_name}",
+    ft = train(over, settings, reg, champ_dir / "weights" / "best.pt", f"ft-{settings.mlflow.model_name}",
                {"round_id": "r-1"}, dataset_version="dv-1", parent_version=v1, epochs=1)
     log = (ft.out_dir / "train.log").read_text()
     assert "22 train" in log  # the repeats survived Ultralytics' loader (16 + 6 copies)
@@ -187,19 +206,20 @@ def test_register_gate_promote_rollback(settings: Any, dataset: Path, boot: Any,
     assert cp2 is not None and cp2.latency_ms and ch2.latency_ms
     # champion re-evaluated on the same data equals its own registration-time numbers
     assert cp2.slices["golden"].overall.map == pytest.approx(ch.slices["golden"].overall.map, abs=1e-6)
-    v2 = R.register_challenger(settings, ft.run_id, ft.weights, ch2, dataset_version="dv-1", parent_version=v1)
+    v2 = R.register_challenger(settings, reg, ft.run_id, ft.weights, Path(ch2.artifact), ch2, dataset_version="dv-1",
+                               parent_version=v1)
     assert reg.version_by_alias("challenger").version == v2
     assert reg.get_version(v2).tags["detloop.parent_version"] == v1
 
     # ---- a failing gate never promotes
-    strict = GatePolicy(min_delta=1.0)
+    strict = GateSettings(min_delta=1.0)
     d2 = decide(gate_scores(ch2), gate_scores(cp2), strict)
     assert not d2.passed and any("golden mAP50-95" in r for r in d2.reasons)
-    R.record_gate(settings, v2, d2, run_id=ft.run_id, champion_version=v1)
+    R.record_gate(reg, v2, d2, run_id=ft.run_id, champion_version=v1)
     with pytest.raises(R.PromotionError, match="did not pass the gate"):
-        R.promote(settings, v2, d2, log_key=log_key)
+        R.promote(settings, reg, store, v2, d2, log_key=log_key)
     with pytest.raises(R.PromotionError, match="did not pass the gate"):
-        R.promote(settings, v2, None, log_key=log_key)  # from the recorded tags (the CLI path)
+        R.promote(settings, reg, store, v2, None, log_key=log_key)  # from the recorded tags (the CLI path)
     assert reg.version_by_alias("champion").version == v1
     assert reg.get_version(v2).tags["gate.outcome"] == "rejected"
     gate_md = reg.client.list_artifacts(ft.run_id, "gate")
@@ -207,31 +227,58 @@ def test_register_gate_promote_rollback(settings: Any, dataset: Path, boot: Any,
 
     # ---- a human overrides, with a reason; then rolls back
     with pytest.raises(R.PromotionError, match="needs --reason"):
-        R.promote(settings, v2, None, override=True, log_key=log_key)
-    R.promote(settings, v2, None, override=True, reason="field test", actor="tester", log_key=log_key)
+        R.promote(settings, reg, store, v2, None, override=True, log_key=log_key)
+    R.promote(settings, reg, store, v2, None, override=True, reason="field test", actor="tester", log_key=log_key)
     assert reg.version_by_alias("champion").version == v2
     assert reg.version_by_alias("previous-champion").version == v1
     assert reg.get_version(v2).tags["detloop.override_reason"] == "field test"
-    R.rollback(settings, reason="regression", actor="tester", log_key=log_key)
+    R.rollback(settings, reg, store, reason="regression", actor="tester", log_key=log_key)
     assert reg.version_by_alias("champion").version == v1
     assert reg.version_by_alias("previous-champion").version == v2
 
-    entries = R.read_promotion_log(settings, log_key)
+    entries = R.read_promotion_log(store, settings, log_key)
     assert [(e["action"], e["version"]) for e in entries] == [("promote", v1), ("override", v2), ("rollback", v1)]
     assert entries[1]["actor"] == "tester" and entries[1]["reason"] == "field test"
-    rows = {r["version"]: r for r in R.list_models(settings)}
+    rows = {r["version"]: r for r in R.list_models(reg)}
     assert rows[v1]["aliases"] == ["champion"] and rows[v2]["gate"] == "rejected"
     assert "previous-champion" in rows[v2]["aliases"]
 
 
-_SCORING_INPUTS: dict[str, tuple[Any, Any, str]] = {}
+@pytest.mark.slow
+def test_the_registered_onnx_is_byte_identical_to_the_one_the_gate_evaluated(settings: Any, dataset: Path, boot: Any,
+                                                                            tmp_path: Path) -> None:
+    """The post-training subflow (a real Prefect flow run) registers the very artifact it evaluated."""
+    from detloop.clients.registry import RegistryClient
+    from detloop.datasets import file_sha256
+    from flows.post_training import evaluate_and_promote
+    from tests.integration.conftest import TEST_CONFIG
+
+    name = f"{settings.mlflow.model_name}-post"
+    overrides = {"data_dir": str(settings.data_dir), "gate": {"bootstrap_floor": 0.0},
+                 "mlflow": {"experiment": settings.mlflow.experiment, "model_name": name}}
+    post = evaluate_and_promote(boot.run_id, str(boot.weights), "dv-seed", str(TEST_CONFIG), overrides,
+                                golden_data_yaml=str(dataset))
+    evaluated = Path(post.challenger_report.artifact) / "model.onnx"
+    s = settings.model_copy(deep=True)
+    s.mlflow.model_name = name
+    reg = RegistryClient(s)
+    local = reg.download_version(reg.get_version(post.version), tmp_path / "registered")
+    assert (local / "scoring" / "model.onnx").read_bytes() == evaluated.read_bytes()
+    assert reg.get_version(post.version).tags["detloop.onnx_sha256"] == file_sha256(evaluated)
+    assert post.promoted and reg.version_by_alias("champion").version == post.version
+    again = evaluate_and_promote(boot.run_id, str(boot.weights), "dv-seed", str(TEST_CONFIG), overrides,
+                                 golden_data_yaml=str(dataset))  # a retried run: nothing registered twice
+    assert again.outcome == "already-champion" and again.version == post.version and len(reg.versions()) == 1
+
+
+_SCORING_INPUTS: dict[str, tuple[Any, ...]] = {}
 
 
 def _scoring_flow(runner: str) -> Any:
-    """``flows.loop.score_sample`` inside a flow run (its inputs are not flow parameters: no settings in the API)."""
+    """``flows.selection.score_sample`` inside a flow run (its inputs are not flow parameters: no settings in the API)."""
     from prefect import flow
 
-    from flows.loop import score_sample
+    from flows.selection import score_sample
 
     @flow(name=f"test-scoring-{runner}")
     def run() -> Any:
@@ -240,7 +287,7 @@ def _scoring_flow(runner: str) -> Any:
     return run()
 
 
-def test_scoring_on_a_dask_local_cluster_matches_threads(settings: Any) -> None:
+def test_scoring_on_a_dask_local_cluster_matches_threads(settings: Any, clients: Any) -> None:
     """`prefect.task_runner: dask` fans scoring chunks out to Dask workers (here a LocalCluster of two
     processes) that fetch the champion from the registry themselves; results equal the thread runner's."""
     import types
@@ -249,12 +296,12 @@ def test_scoring_on_a_dask_local_cluster_matches_threads(settings: Any) -> None:
     from distributed import Client, LocalCluster
 
     from benchmarks.scoring_pipeline import synthetic_jpegs, upload_frames
-    from detloop.clients.s3 import S3Store
     from tasks import registry as R
+    from tasks.scoring import ModelRef
 
-    champion = R.champion_version(settings)
+    champion = R.champion_version(clients.registry)
     assert champion is not None, "needs the champion left by test_register_gate_promote_rollback"
-    store = S3Store(settings)
+    store = clients.store
     refs = upload_frames(store, settings.s3.production_bucket, f"it-dask-{uuid.uuid4().hex[:8]}/",
                          synthetic_jpegs(23, seed=5))
     results = {}
@@ -266,7 +313,7 @@ def test_scoring_on_a_dask_local_cluster_matches_threads(settings: Any) -> None:
             s.prefect.score_chunk_frames = 10
             sample = types.SimpleNamespace(frames=refs, window=(date(2030, 1, day), date(2030, 1, day)))
 
-            _SCORING_INPUTS[runner] = (s, sample, str(champion.version))
+            _SCORING_INPUTS[runner] = (s, clients, sample, ModelRef(version=str(champion.version)))
             results[runner] = _scoring_flow(runner)
         with Client(cluster.scheduler_address) as client:  # the workers, not this process, scored the chunks
             ran = client.run(lambda: "tasks.scoring" in __import__("sys").modules)
@@ -284,7 +331,7 @@ def test_cli_models_pull_and_refused_promote(settings: Any, boot: Any, tmp_path:
     """The CLI on the state left by the promotion test: list, pull the champion, refuse a failed version."""
     from typer.testing import CliRunner
 
-    from detloop.cli import app
+    from cli.main import app
     from tasks.registry import PromotionError
 
     monkeypatch.setenv("DETLOOP_MLFLOW__MODEL_NAME", settings.mlflow.model_name)
@@ -303,12 +350,13 @@ def test_cli_models_pull_and_refused_promote(settings: Any, boot: Any, tmp_path:
     assert isinstance(r.exception, PromotionError) and "did not pass the gate" in str(r.exception)
 
 
-def test_training_lock_refuses_a_second_training(settings: Any, dataset: Path) -> None:
-    from tasks.registry import PromotionError, training_lock
+def test_training_lock_refuses_a_second_training(settings: Any, dataset: Path, clients: Any) -> None:
+    from detloop.errors import LockBusy
+    from tasks.registry import training_lock
     from tasks.training import train
 
-    with training_lock(settings), pytest.raises(PromotionError, match="another training"):
-        train(dataset, settings, None, "locked", epochs=1)
+    with training_lock(settings), pytest.raises(LockBusy, match=r"another training .* held by pid \d+ since"):
+        train(dataset, settings, clients.registry, None, "locked", epochs=1)
 
 
 @pytest.fixture(autouse=True)

@@ -105,7 +105,7 @@ def test_seed_child_version_materialize_and_cli(world_settings, monkeypatch) -> 
     n_hard_train = len([e for e in child.entries if e.split == "train" and e.hard])
     assert len(Path(data["train"]).read_text().split()) == n_train + n_hard_train
 
-    from detloop.cli import app
+    from cli.main import app
 
     monkeypatch.setenv("DETLOOP_S3__DATA_BUCKET", s.s3.data_bucket)
     runner = CliRunner()

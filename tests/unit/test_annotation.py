@@ -23,7 +23,9 @@ from detloop.contracts import FrameRef, RoundRecord, SelectedFrame
 from detloop.detections import Detections
 from detloop.settings import REPO_ROOT, load_settings
 from tasks import annotation as an
-from tasks import rounds
+from tasks import label_quality as lq
+from tasks import ls_tasks as lt
+from tasks import rounds, watch
 
 CLASSES = ["disc", "square", "triangle"]
 W, H = 200, 100
@@ -85,7 +87,7 @@ def test_build_task_carries_fields_and_confident_preannotation() -> None:
     sf = SelectedFrame(frame=FrameRef("prod", "frames/camera=c/date=2026-01-05/x.jpg", "e", "c", "2026-01-05"),
                        width=W, height=H, arm="control", strategy="entropy", uncertainty=0.7, rank=3, reason="r",
                        predictions=pred.to_dict())
-    t = an.build_task(sf, "r9", "12", CLASSES, conf_threshold=0.25)
+    t = lt.build_task(sf, "r9", "12", CLASSES, conf_threshold=0.25)
     assert t["data"]["image"] == "s3://prod/frames/camera=c/date=2026-01-05/x.jpg"
     assert {k: t["data"][k] for k in ("round_id", "arm", "strategy", "uncertainty")} == {
         "round_id": "r9", "arm": "control", "strategy": "entropy", "uncertainty": 0.7}
@@ -97,19 +99,19 @@ def test_build_task_carries_fields_and_confident_preannotation() -> None:
 
 
 def test_batched_covers_everything_once() -> None:
-    out = list(an.batched(list(range(11)), 4))
+    out = list(lt.batched(list(range(11)), 4))
     assert [len(b) for b in out] == [4, 4, 3] and [x for b in out for x in b] == list(range(11))
 
 
 # ---- states and policies ------------------------------------------------------------------------------
 def test_task_state_from_annotations_and_counters() -> None:
-    assert an.task_state(task(1, [])) == "pending"
-    assert an.task_state(task(1, [ann([], cancelled=True)])) == "skipped"
-    assert an.task_state(task(1, [ann([], cancelled=True), ann([], 2)])) == "labelled"
-    assert an.task_state({"id": 1, "total_annotations": 0, "cancelled_annotations": 1}) == "skipped"
-    assert an.task_state({"id": 1, "total_annotations": 2, "cancelled_annotations": 0}) == "labelled"
-    assert an.task_state({"id": 1, "total_annotations": 0, "cancelled_annotations": 0}) == "pending"
-    counts = an.round_progress([task(1, []), task(2, [ann([])]), task(3, [ann([], cancelled=True)])])
+    assert lt.task_state(task(1, [])) == "pending"
+    assert lt.task_state(task(1, [ann([], cancelled=True)])) == "skipped"
+    assert lt.task_state(task(1, [ann([], cancelled=True), ann([], 2)])) == "labelled"
+    assert lt.task_state({"id": 1, "total_annotations": 0, "cancelled_annotations": 1}) == "skipped"
+    assert lt.task_state({"id": 1, "total_annotations": 2, "cancelled_annotations": 0}) == "labelled"
+    assert lt.task_state({"id": 1, "total_annotations": 0, "cancelled_annotations": 0}) == "pending"
+    counts = lt.round_progress([task(1, []), task(2, [ann([])]), task(3, [ann([], cancelled=True)])])
     assert counts == {"total": 3, "labelled": 1, "skipped": 1, "pending": 1}
 
 
@@ -117,7 +119,7 @@ def test_latest_policy_takes_most_recent_submitted() -> None:
     old, new = dets([[1, 1, 9, 9]], [0]), dets([[20, 20, 40, 40]], [1])
     t = task(1, [ann(new, 2, when="2026-01-02"), ann(old, 1, when="2026-01-01"),
                  ann(old, 3, cancelled=True, when="2026-01-03")])
-    pulled = an.convert_round_tasks([t], "r1", CLASSES, "latest")
+    pulled = lt.convert_round_tasks([t], "r1", CLASSES, "latest")
     assert pulled.frames[0].detections.class_id.tolist() == [1]
 
 
@@ -125,18 +127,18 @@ def test_consensus_keeps_majority_boxes() -> None:
     a = dets([[10, 10, 50, 50], [60, 10, 90, 40]], [0, 1])
     b = dets([[12, 10, 52, 50]], [0])
     c = dets([[11, 11, 51, 49], [60, 10, 90, 40]], [0, 2])  # the second box: other class, no majority
-    out = an.consensus([a, b, c])
+    out = lq.consensus([a, b, c])
     assert out.class_id.tolist() == [0]
     np.testing.assert_allclose(out.xyxy[0], [11, 10.333, 51, 49.667], atol=1e-3)
     assert out.confidence[0] == pytest.approx(1.0)
-    assert len(an.consensus([a, dets([[150, 60, 190, 90]], [0])])) == 0  # two annotators disagree
-    assert an.consensus([a]).equals(a)
+    assert len(lq.consensus([a, dets([[150, 60, 190, 90]], [0])])) == 0  # two annotators disagree
+    assert lq.consensus([a]).equals(a)
 
 
 def test_clip_and_drop() -> None:
     d = dets([[-10, 10, 30, 50], [50, 50, 50, 80], [250, 10, 260, 20], [40, 40, 10, 10], [5, 5, 5.5, 20]],
              [0, 0, 1, 2, 0])
-    out, clipped, dropped = an.clip_boxes(d, W, H, min_px=1.0)
+    out, clipped, dropped = lq.clip_boxes(d, W, H, min_px=1.0)
     assert (clipped, dropped) == (1, 3)
     np.testing.assert_allclose(out.xyxy, [[0, 10, 30, 50], [10, 10, 40, 40]])  # the flipped box is kept
 
@@ -145,13 +147,13 @@ def test_clip_and_drop() -> None:
 def test_label_quality_categories() -> None:
     pred = dets([[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 60], [80, 0, 90, 10]], [0, 1, 0, 2])
     human = dets([[0, 0, 10, 10], [24, 20, 44, 40], [50, 50, 60, 60], [100, 50, 120, 70]], [0, 1, 2, 1])
-    q = an.label_quality(pred, human)
+    q = lq.label_quality(pred, human)
     # exact = accepted; IoU 0.67 same class = accepted; same box other class = moved; far box = deleted/added
     assert (q.accepted, q.moved, q.deleted, q.added) == (2, 1, 1, 1)
     assert q.hard
-    low = an.label_quality(dets([[0, 0, 10, 10]], [0]), dets([[6, 0, 16, 10]], [0]))  # IoU 0.25
+    low = lq.label_quality(dets([[0, 0, 10, 10]], [0]), dets([[6, 0, 16, 10]], [0]))  # IoU 0.25
     assert (low.accepted, low.moved) == (0, 1)
-    assert not an.label_quality(pred, pred).hard
+    assert not lq.label_quality(pred, pred).hard
 
 
 boxes_st = st.lists(
@@ -167,7 +169,7 @@ def test_label_quality_accounts_for_every_box(p: list, h: list) -> None:
         return dets([[x, y, x + w, y + hh] for x, y, w, hh, _ in rows], [c for *_, c in rows])
 
     pred, human = mk(p), mk(h)
-    q = an.label_quality(pred, human)
+    q = lq.label_quality(pred, human)
     assert q.accepted + q.moved + q.deleted == len(pred)
     assert q.accepted + q.moved + q.added == len(human)
     assert min(q.accepted, q.moved, q.deleted, q.added) >= 0
@@ -185,7 +187,7 @@ def test_convert_report_counts_and_negative_frames() -> None:
         task(6, [ann(dets([[-5, 10, 20, 50]], [2]))], None, arm="control"),  # clipped, no prediction
         task(7, [ann(pred)], pred, rid="other-round"),  # not ours
     ]
-    pulled = an.convert_round_tasks(tasks, "r1", CLASSES)
+    pulled = lt.convert_round_tasks(tasks, "r1", CLASSES)
     r = pulled.report
     assert (r["tasks"], r["labelled"], r["skipped"], r["pending"], r["frames"]) == (6, 4, 1, 1, 4)
     assert r["negative_frames"] == 1 and r["boxes_clipped"] == 1 and r["hard_frames"] == 3
@@ -200,8 +202,8 @@ def test_unknown_labels_are_listed_with_tasks() -> None:
     bad[0]["value"]["rectanglelabels"] = ["zebra"]
     worse = ls_results(dets([[1, 1, 9, 9]], [0]))
     worse[0]["value"]["rectanglelabels"] = ["okapi"]
-    with pytest.raises(an.UnknownLabelsInRound) as err:
-        an.convert_round_tasks([task(1, [ann(bad)]), task(2, [ann(worse)]), task(3, [ann(bad)])], "r1", CLASSES)
+    with pytest.raises(lt.UnknownLabelsInRound) as err:
+        lt.convert_round_tasks([task(1, [ann(bad)]), task(2, [ann(worse)]), task(3, [ann(bad)])], "r1", CLASSES)
     msg = str(err.value)
     assert "'zebra' (tasks [1, 3])" in msg and "'okapi' (tasks [2])" in msg and "\n" not in msg
     assert err.value.unknown == {"zebra": [1, 3], "okapi": [2]}
@@ -264,24 +266,30 @@ def test_event_id_is_deterministic_per_round() -> None:
     assert isinstance(rounds.completed_event_id("r1"), uuid.UUID)
 
 
+def payload(done: Any) -> dict[str, Any]:
+    """What the round-completed event carries (flows.common.announce_round_completed)."""
+    return {"round_id": done.round_id, "status": done.status, "partial": done.partial,
+            "model_version": done.model_version, **done.counts}
+
+
 def test_watch_rounds_emits_once_per_round(cfg) -> None:  # type: ignore[no-untyped-def]
     store = MemStore()
     for rid in ("a", "b", "c"):
         rounds.open_round(store, cfg, rid, "2026-01-12", "7", 3, 1, now=datetime(2026, 1, 12))
     ls = FakeLS({"a": ["labelled"] * 3 + ["skipped"], "b": ["labelled", "pending", "pending", "pending"], "c": []})
-    events: list[dict] = []
-    rep = rounds.watch_rounds(cfg, datetime(2026, 1, 13), lambda **kw: events.append(kw), store=store, ls=ls)
+    events: list[Any] = []
+    rep = watch.watch_rounds(cfg, datetime(2026, 1, 13), events.append, store, ls)
     assert rep["emitted"] == ["a"]
-    assert events[0]["payload"] | {} == {"round_id": "a", "status": "completed", "partial": False,
-                                         "model_version": "7", "total": 4, "labelled": 3, "skipped": 1, "pending": 0}
-    assert events[0]["id"] == rounds.completed_event_id("a")
-    rounds.watch_rounds(cfg, datetime(2026, 1, 14), lambda **kw: events.append(kw), store=store, ls=ls)
+    assert payload(events[0]) == {"round_id": "a", "status": "completed", "partial": False,
+                                  "model_version": "7", "total": 4, "labelled": 3, "skipped": 1, "pending": 0}
+    assert events[0].event_id == str(rounds.completed_event_id("a"))
+    watch.watch_rounds(cfg, datetime(2026, 1, 14), events.append, store, ls)
     assert len(events) == 1
     # the deadline: b closes partially, c (no task found) too; a is not emitted again
-    rep = rounds.watch_rounds(cfg, datetime(2026, 1, 17), lambda **kw: events.append(kw), store=store, ls=ls)
+    rep = watch.watch_rounds(cfg, datetime(2026, 1, 17), events.append, store, ls)
     assert sorted(rep["emitted"]) == ["b", "c"] and len(events) == 3
     assert rounds.load_round(store, cfg, "b").status == "closed_partial"
-    assert {e["payload"]["round_id"]: e["payload"]["pending"] for e in events[1:]} == {"b": 3, "c": 0}
+    assert {e.round_id: e.counts["pending"] for e in events[1:]} == {"b": 3, "c": 0}
 
 
 def test_emit_failure_leaves_round_to_retry_with_same_id(cfg) -> None:  # type: ignore[no-untyped-def]
@@ -289,16 +297,16 @@ def test_emit_failure_leaves_round_to_retry_with_same_id(cfg) -> None:  # type: 
     rounds.open_round(store, cfg, "a", "2026-01-12", "7", 1, 0)
     ls = FakeLS({"a": ["labelled"]})
 
-    def boom(**kw: Any) -> None:
+    def boom(done: Any) -> None:
         raise ConnectionError("prefect down")
 
     with pytest.raises(ConnectionError):
-        rounds.watch_rounds(cfg, datetime(2026, 1, 13), boom, store=store, ls=ls)
+        watch.watch_rounds(cfg, datetime(2026, 1, 13), boom, store, ls)
     rec = rounds.load_round(store, cfg, "a")
     assert rec.status == "completed" and rec.completed_event_id is None
-    events: list[dict] = []
-    rounds.watch_rounds(cfg, datetime(2026, 1, 13), lambda **kw: events.append(kw), store=store, ls=ls)
-    assert [e["id"] for e in events] == [rounds.completed_event_id("a")]
+    events: list[Any] = []
+    watch.watch_rounds(cfg, datetime(2026, 1, 13), events.append, store, ls)
+    assert [e.event_id for e in events] == [str(rounds.completed_event_id("a"))]
 
 
 def test_open_round_is_idempotent_and_mark_round_validates(cfg) -> None:  # type: ignore[no-untyped-def]
@@ -319,31 +327,34 @@ def test_watch_rounds_dry_run_writes_and_emits_nothing(cfg) -> None:  # type: ig
     store = MemStore()
     rounds.open_round(store, cfg, "a", "2026-01-12", "7", 1, 0)
     before = dict(store.objs)
-    events: list[dict] = []
-    rep = rounds.watch_rounds(cfg, datetime(2026, 1, 13), lambda **kw: events.append(kw), store=store,
-                              ls=FakeLS({"a": ["labelled"]}), dry_run=True)
+    events: list[Any] = []
+    rep = watch.watch_rounds(cfg, datetime(2026, 1, 13), events.append, store, FakeLS({"a": ["labelled"]}),
+                             dry_run=True)
     assert events == [] and store.objs == before
     assert rep["rounds"][0]["would_emit"] is True and rep["rounds"][0]["status"] == "completed"
 
 
-class TimeoutAfterCommitLS:
+class TimeoutAfterCommitLS(FakeLS):
     """Imports commit, but the first answer is lost (a timeout): the classic duplicate-maker."""
 
     def __init__(self) -> None:
+        super().__init__({})
         self.tasks: list[dict] = []
         self.calls = 0
 
-    def import_tasks(self, project_id: int, tasks: list, retry: bool = True) -> list[int]:
-        from detloop.errors import ServiceError
+    def ensure_s3_storage(self, *a: Any) -> int:
+        return 1
 
-        assert retry is False  # push must not let the client blindly retry a POST
+    def import_tasks(self, project_id: int, tasks: list) -> list[int]:
+        from detloop.errors import ServiceUnavailable
+
         self.calls += 1
         ids = []
         for t in tasks[: 2 if self.calls == 1 else None]:  # the first call commits 2 tasks, then times out
             self.tasks.append({"id": len(self.tasks) + 1, "data": t["data"]})
             ids.append(len(self.tasks))
         if self.calls == 1:
-            raise ServiceError("Label Studio at http://x: ReadTimeout")
+            raise ServiceUnavailable("Label Studio at http://x is not reachable: ReadTimeout")
         return ids
 
     def iter_tasks(self, project_id: int, filters: list[dict], fields: str = "all", include: str | None = None):  # type: ignore[no-untyped-def]
@@ -351,14 +362,21 @@ class TimeoutAfterCommitLS:
         yield from (t for t in self.tasks if t["data"]["round_id"] == rid)
 
 
-def test_import_retry_after_lost_answer_creates_no_duplicate(cfg) -> None:  # type: ignore[no-untyped-def]
-    ls = TimeoutAfterCommitLS()
-    batch = [{"data": {"s3_key": f"k{i}", "round_id": "r"}} for i in range(5)]
-    sleeps: list[float] = []
-    got = an._import_batch(cfg, ls, 1, "r", batch, sleeps.append)
-    assert sorted(got) == [f"k{i}" for i in range(5)] and len(set(got.values())) == 5
-    assert [t["data"]["s3_key"] for t in ls.tasks] == [f"k{i}" for i in range(5)]  # each exactly once
-    assert ls.calls == 2 and sleeps == [cfg.label_studio.backoff_seconds]
+def test_push_retried_after_lost_answer_creates_no_duplicate(cfg) -> None:  # type: ignore[no-untyped-def]
+    """The flow retries a push that failed on an unavailable Label Studio: the retry imports only what is missing."""
+    from detloop.errors import ServiceUnavailable
+
+    ls, store = TimeoutAfterCommitLS(), MemStore()
+    frames = [SelectedFrame(FrameRef("prod", f"frames/camera=c/date=2026-01-05/10000{i}-a.jpg", "e", "c",
+                                     "2026-01-05"), W, H, "selected", "entropy", 0.5, i, "why") for i in range(5)]
+    with pytest.raises(ServiceUnavailable):
+        an.push_round(cfg, frames, "r", "7", "2026-01-12", ls, store)
+    assert rounds.load_round(store, cfg, "r") is None  # no round record before every task went in
+    rep = an.push_round(cfg, frames, "r", "7", "2026-01-12", ls, store)  # what the flow's retry does
+    assert [t["data"]["s3_key"] for t in ls.tasks] == [f.frame.key for f in frames]  # each exactly once
+    assert rep.already_present == 2 and rep.imported == 3 and ls.calls == 2
+    assert sorted(rounds.load_task_ids(store, cfg, "r")) == sorted(f.frame.key for f in frames)
+    assert rounds.load_round(store, cfg, "r").status == "open"
 
 
 def test_watch_rounds_leaves_other_projects_rounds_alone(cfg) -> None:  # type: ignore[no-untyped-def]
@@ -367,9 +385,8 @@ def test_watch_rounds_leaves_other_projects_rounds_alone(cfg) -> None:  # type: 
     other.label_studio.project_title = "someone-else"
     for s_, rid in ((cfg, "mine"), (other, "theirs")):
         rounds.open_round(store, s_, rid, "2026-01-12", "7", 1, 0)
-        an.save_task_ids(store, s_, rid, {"k": 1})
-    events: list[dict] = []
-    rounds.watch_rounds(cfg, datetime(2026, 2, 1), lambda **kw: events.append(kw), store=store,
-                        ls=FakeLS({"mine": ["labelled"], "theirs": []}))
-    assert [e["payload"]["round_id"] for e in events] == ["mine"]
+        rounds.save_task_ids(store, s_, rid, {"k": 1})
+    events: list[Any] = []
+    watch.watch_rounds(cfg, datetime(2026, 2, 1), events.append, store, FakeLS({"mine": ["labelled"], "theirs": []}))
+    assert [e.round_id for e in events] == ["mine"]
     assert rounds.load_round(store, cfg, "theirs").status == "open"

@@ -10,7 +10,14 @@ from pydantic import SecretStr
 
 from detloop.clients.labelstudio import LabelStudioClient
 from detloop.detections import Detections
-from detloop.errors import DataError, ServiceError
+from detloop.errors import (
+    DataError,
+    NotFound,
+    ServiceError,
+    ServiceRejected,
+    ServiceUnavailable,
+    is_retryable,
+)
 from detloop.settings import REPO_ROOT, load_settings
 from detloop.sim.annotator import AnnotatorProfile, annotation_for, degrade, parse_truth
 
@@ -19,60 +26,63 @@ from detloop.sim.annotator import AnnotatorProfile, annotation_for, degrade, par
 def client():  # type: ignore[no-untyped-def]
     s = load_settings(REPO_ROOT / "configs" / "test.yaml", env={})
     s.label_studio.api_token = SecretStr("f" * 40)
-    sleeps: list[float] = []
-    c = LabelStudioClient(s, sdk=object(), retries=3, backoff_s=0.5, sleep=sleeps.append)
-    return c, sleeps
+    return LabelStudioClient(s, sdk=object())
 
 
-def test_network_errors_retry_with_backoff_then_one_line(client) -> None:  # type: ignore[no-untyped-def]
-    c, sleeps = client
-    calls = []
+def counting(*answers: object):  # type: ignore[no-untyped-def]
+    """A call that raises (or returns) ``answers`` in turn, counting how often it was made."""
+    calls: list[int] = []
+    todo = list(answers)
 
-    def down() -> None:
+    def fn() -> object:
         calls.append(1)
-        raise httpx.ConnectError("refused")
-
-    with pytest.raises(ServiceError) as err:
-        c._call("list tasks", down)
-    assert len(calls) == 4 and sleeps == [0.5, 1.0, 2.0]
-    msg = str(err.value)
-    assert "http://127.0.0.1:8180" in msg and "not reachable" in msg and "list tasks" in msg and "\n" not in msg
-
-
-def test_transient_5xx_recovers(client) -> None:  # type: ignore[no-untyped-def]
-    c, sleeps = client
-    answers = [ApiError(status_code=502, body="bad gateway"), httpx.ReadTimeout("slow"), "ok"]
-
-    def flaky() -> str:
-        a = answers.pop(0)
+        a = todo.pop(0)
         if isinstance(a, Exception):
             raise a
         return a
 
-    assert c._call("x", flaky) == "ok" and sleeps == [0.5, 1.0]
+    return fn, calls
 
 
-def test_wrong_token_is_one_line_without_retry_or_secret(client) -> None:  # type: ignore[no-untyped-def]
-    c, sleeps = client
-
-    def unauthorized() -> None:
-        raise ApiError(status_code=401, body={"detail": "Invalid token."})
-
-    with pytest.raises(ServiceError) as err:
-        c._call("whoami", unauthorized)
+def test_unreachable_is_unavailable_once_and_one_line(client) -> None:  # type: ignore[no-untyped-def]
+    fn, calls = counting(httpx.ConnectError("refused"), "never")
+    with pytest.raises(ServiceUnavailable) as err:
+        client._call("list tasks", fn)
+    assert len(calls) == 1  # the client never retries: the flows are the one retry layer
     msg = str(err.value)
-    assert sleeps == [] and "token is wrong" in msg and "f" * 40 not in msg and "\n" not in msg
+    assert "http://127.0.0.1:8180" in msg and "not reachable" in msg and "list tasks" in msg and "\n" not in msg
+    assert err.value.service == "Label Studio" and err.value.url == "http://127.0.0.1:8180"
 
 
-def test_client_errors_are_not_retried(client) -> None:  # type: ignore[no-untyped-def]
-    c, sleeps = client
+@pytest.mark.parametrize("exc", [ApiError(status_code=502, body="bad gateway"), ApiError(status_code=429, body="slow"),
+                                 httpx.ReadTimeout("slow")])
+def test_5xx_429_and_timeouts_are_retryable(client, exc) -> None:  # type: ignore[no-untyped-def]
+    fn, calls = counting(exc, "ok")
+    with pytest.raises(ServiceUnavailable) as err:
+        client._call("x", fn)
+    assert is_retryable(err.value) and len(calls) == 1
 
-    def bad() -> None:
-        raise ApiError(status_code=400, body={"validation_errors": {"label_config": ["bad"]}})
 
-    with pytest.raises(ServiceError, match="HTTP 400 on import"):
-        c._call("import", bad)
-    assert sleeps == []
+def test_wrong_token_is_rejected_once_without_the_secret(client) -> None:  # type: ignore[no-untyped-def]
+    fn, calls = counting(ApiError(status_code=401, body={"detail": "Invalid token."}))
+    with pytest.raises(ServiceRejected) as err:
+        client._call("whoami", fn)
+    msg = str(err.value)
+    assert len(calls) == 1 and "token is wrong" in msg and "f" * 40 not in msg and "\n" not in msg
+    assert not is_retryable(err.value)
+
+
+def test_4xx_is_rejected_with_the_servers_reason_and_never_retried(client) -> None:  # type: ignore[no-untyped-def]
+    fn, calls = counting(ApiError(status_code=400, body={"validation_errors": {"label_config": ["bad"]}}))
+    with pytest.raises(ServiceRejected, match=r"HTTP 400 on import.*label_config") as err:
+        client._call("import", fn)
+    assert len(calls) == 1 and err.value.status == 400 and not is_retryable(err.value)
+
+
+def test_404_is_not_found(client) -> None:  # type: ignore[no-untyped-def]
+    fn, _ = counting(ApiError(status_code=404, body={"detail": "Not found."}))
+    with pytest.raises(NotFound, match="HTTP 404 on get project 9"):
+        client._call("get project 9", fn)
 
 
 def test_missing_token_names_the_variable() -> None:

@@ -27,7 +27,7 @@ from benchmarks.al_labelstudio import (
 from detloop.clients.labelstudio import Project, label_config_xml
 from detloop.detections import Detections
 from detloop.errors import DataError, ServiceError
-from tasks.annotation import convert_round_tasks
+from tasks.ls_tasks import convert_round_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["disc", "square", "triangle", "ring", "star"]

@@ -110,3 +110,31 @@ def test_best_f1_threshold() -> None:
     # a third GT matched by the 0.3 box: at 0.5: 4/6=.667, at 0.3: 6/7=.857 -> 0.3
     g2 = [det([[0, 0, 10, 10], [20, 20, 30, 30], [70, 70, 80, 80]], [0, 0, 0])]
     assert best_f1_thresholds(g2, p, CLASSES)["a"] == pytest.approx(0.3)
+
+
+def test_a_32x32_box_is_counted_and_scored_in_both_small_and_medium() -> None:
+    """COCO's area ranges are closed at both ends: the counts use the same ranges the AP is scored with."""
+    gts = [det([[0, 0, 32, 32]], [0])]  # area exactly 32**2
+    hit = [det([[0, 0, 32, 32]], [0], [0.9])]
+    m = compute_metrics("s", gts, hit, CLASSES, min_instances=1)
+    for bucket in ("small", "medium"):
+        assert m.per_size[bucket].n_instances == 1 and m.per_size[bucket].sufficient, bucket
+        assert m.per_size[bucket].map == pytest.approx(1.0), bucket
+    assert m.per_size["large"].n_instances == 0 and m.per_size["large"].map is None
+    missed = compute_metrics("s", gts, [det([], [])], CLASSES, min_instances=1)  # the no-prediction path too
+    assert missed.per_size["small"].n_instances == missed.per_size["medium"].n_instances == 1
+    assert missed.per_size["small"].map == missed.per_size["medium"].map == 0.0
+
+
+def test_one_coco_pass_when_there_is_one_camera(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks.evaluation as ev
+
+    calls = []
+    real = ev._coco_eval
+    monkeypatch.setattr(ev, "_coco_eval", lambda *a: calls.append(1) or real(*a))
+    gts = [det([[0, 0, 50, 50]], [0]), det([[10, 10, 60, 60]], [1])]
+    preds = [det([[0, 0, 50, 50]], [0], [0.9]), det([[10, 10, 60, 60]], [1], [0.8])]
+    m = compute_metrics("s", gts, preds, CLASSES, min_instances=1)
+    assert len(calls) == 1 and m.per_camera["unknown"].map == m.overall.map
+    compute_metrics("s", gts, preds, CLASSES, cameras=["cam1", "cam2"], min_instances=1)
+    assert len(calls) == 1 + 3  # the slice, then one pass per camera

@@ -5,10 +5,10 @@ from datetime import date
 import pytest
 from pydantic import ValidationError
 
-from detloop.errors import DataError, ServiceError
-from flows.common import is_transient, md_table
-from flows.loop import round_id_for
+from detloop.errors import DataError, LockBusy, NotFound, ServiceRejected, ServiceUnavailable
+from flows.common import md_table, retry_on_network
 from flows.params import RetrainParams, SelectParams
+from tasks.rounds import round_id_for
 
 
 def test_round_ids_are_deterministic_and_scoped() -> None:
@@ -42,17 +42,17 @@ def test_flow_parameter_schema_has_ranges_and_descriptions() -> None:
     assert budget["minimum"] == 1 and "description" in props["budget"]
 
 
-def test_only_service_failures_are_transient() -> None:
-    assert is_transient(ServiceError("S3 at http://x is down"))
-    assert not is_transient(DataError("bad input"))
-    assert not is_transient(RuntimeError("bug"))
-    try:
-        try:
-            raise ConnectionError("refused")
-        except ConnectionError as inner:
-            raise RuntimeError("wrapped") from inner
-    except RuntimeError as outer:
-        assert is_transient(outer)
+def test_flows_retry_only_unavailable_services() -> None:
+    """The one retry layer: a Prefect task retries on ServiceUnavailable and on nothing else."""
+    from prefect.states import Failed
+
+    def retried(exc: BaseException) -> bool:
+        return retry_on_network(None, None, Failed(data=exc))
+
+    assert retried(ServiceUnavailable("S3 at http://x is not reachable"))
+    for exc in (ServiceRejected("Label Studio at http://x: HTTP 400"), NotFound("no such key"), LockBusy("held"),
+                DataError("bad input"), RuntimeError("bug"), ConnectionError("raw, unclassified")):
+        assert not retried(exc), exc
 
 
 def test_md_table() -> None:
@@ -106,11 +106,11 @@ def test_demo_stops_with_the_gate_reason_when_the_bootstrap_promotes_nothing(mon
 
     versions = [{"version": "1", "gate": "rejected", "dataset_version": "0ef2",
                  "reasons": "golden mAP50-95 0.0040 vs floor 0.0100"}]
-    monkeypatch.setattr(reg, "list_models", lambda s: versions)
-    monkeypatch.setattr(reg, "champion_version", lambda s: None)
+    monkeypatch.setattr(reg, "list_models", lambda r: versions)
+    monkeypatch.setattr(reg, "champion_version", lambda r: None)
     with pytest.raises(DetloopError) as err:
         _require_champion(Settings(classes=["a"]), "tiny", SIZES["tiny"])
     msg = str(err.value)
     assert "version 1 was rejected: golden mAP50-95 0.0040 vs floor 0.0100" in msg and "--size tiny" in msg
-    monkeypatch.setattr(reg, "champion_version", lambda s: object())
+    monkeypatch.setattr(reg, "champion_version", lambda r: object())
     _require_champion(Settings(classes=["a"]), "tiny", SIZES["tiny"])  # a champion: nothing to say

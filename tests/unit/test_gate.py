@@ -7,7 +7,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.promotion import Decision, GatePolicy, ModelScores, decide
+from detloop.settings import GateSettings
+from tasks.promotion import Decision, ModelScores, decide
 
 CLASSES = ["disc", "square", "triangle"]
 score = st.one_of(st.none(), st.floats(0.0, 1.0), st.just(math.nan))
@@ -26,7 +27,7 @@ def model_scores(draw: st.DrawFn, golden: st.SearchStrategy = score) -> ModelSco
 
 
 policies = st.builds(
-    GatePolicy,
+    GateSettings,
     min_delta=st.floats(-0.2, 0.2),
     class_tol=st.floats(0.0, 0.3),
     small_tol=st.floats(0.0, 0.3),
@@ -40,7 +41,7 @@ def _good(x: float | None) -> bool:
     return x is not None and not math.isnan(x)
 
 
-def _violations(ch: ModelScores, champ: ModelScores | None, p: GatePolicy) -> list[str]:
+def _violations(ch: ModelScores, champ: ModelScores | None, p: GateSettings) -> list[str]:
     """Independent re-statement of the policy: names of the checks that must fail."""
     out = []
     if champ is None:
@@ -63,7 +64,7 @@ def _violations(ch: ModelScores, champ: ModelScores | None, p: GatePolicy) -> li
 @settings(max_examples=400, deadline=None)
 @given(ch=model_scores(), champ=st.one_of(st.none(), model_scores()), p=policies)
 def test_no_violation_ever_promotes_and_every_reason_is_reported(
-    ch: ModelScores, champ: ModelScores | None, p: GatePolicy
+    ch: ModelScores, champ: ModelScores | None, p: GateSettings
 ) -> None:
     d = decide(ch, champ, p)
     expected = _violations(ch, champ, p)
@@ -79,7 +80,7 @@ def test_no_violation_ever_promotes_and_every_reason_is_reported(
 
 @settings(max_examples=200, deadline=None)
 @given(ch=model_scores(golden=sure), champ=model_scores(golden=sure), p=policies)
-def test_insufficient_data_gates_nothing(ch: ModelScores, champ: ModelScores, p: GatePolicy) -> None:
+def test_insufficient_data_gates_nothing(ch: ModelScores, champ: ModelScores, p: GateSettings) -> None:
     """Blanking a class or the small bucket (insufficient data) can only remove failures, never add them."""
     d_full = decide(ch, champ, p)
     blank = ModelScores(ch.golden_map, {c: None for c in CLASSES}, None, ch.latency_ms)
@@ -91,7 +92,7 @@ def test_insufficient_data_gates_nothing(ch: ModelScores, champ: ModelScores, p:
 
 
 def test_examples_and_report() -> None:
-    p = GatePolicy(min_delta=0.01, class_tol=0.05, small_tol=0.05, latency_ratio_max=1.5, bootstrap_floor=0.01)
+    p = GateSettings(min_delta=0.01, class_tol=0.05, small_tol=0.05, latency_ratio_max=1.5, bootstrap_floor=0.01)
     champ = ModelScores(0.40, {"disc": 0.5, "square": 0.4, "triangle": None}, 0.2, 10.0)
     better = ModelScores(0.45, {"disc": 0.52, "square": 0.38, "triangle": 0.9}, 0.19, 11.0)
     d = decide(better, champ, p)
@@ -110,6 +111,6 @@ def test_examples_and_report() -> None:
     assert not decide(ModelScores(0.0), None, p).passed
     assert not decide(ModelScores(None), None, p).passed
     # a passing challenger waits for a human when auto_promote is off
-    d = decide(better, champ, GatePolicy(min_delta=0.01, auto_promote=False))
+    d = decide(better, champ, GateSettings(min_delta=0.01, auto_promote=False))
     assert d.passed and not d.promote and d.outcome == "passed-awaiting-human"
     assert isinstance(Decision(**{**d.__dict__}).to_dict()["checks"], list)

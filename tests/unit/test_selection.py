@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from detloop.contracts import FrameRef
+from detloop.contracts import FrameRef, ScoredFrame
 from detloop.detections import Detections
 from detloop.errors import DataError
 from detloop.settings import SelectionSettings
-from tasks.scoring import ScoredFrame
 from tasks.selection import plot_scores, select
 
 C = 4
@@ -113,9 +112,25 @@ def test_empty_pool_selects_nothing_with_a_message() -> None:
     assert "nothing selected" in res.markdown()
 
 
-def test_unknown_strategy_error_lists_valid_names_even_on_empty_pool() -> None:
+def test_unknown_strategy_is_refused_by_the_settings_and_the_registry_lists_valid_names() -> None:
+    from pydantic import ValidationError
+
+    from tasks.strategies import get_strategy
+
+    with pytest.raises(ValidationError, match="entropy"):
+        settings(strategy="nope")
     with pytest.raises(DataError, match=r"valid: .*entropy"):
-        select([], None, settings(strategy="nope"))
+        get_strategy("nope")
+
+
+def test_the_registry_implements_exactly_the_names_the_settings_accept() -> None:
+    from typing import get_args
+
+    from detloop.settings import AggregationName, StrategyName
+    from tasks.strategies import AGGREGATIONS, STRATEGIES
+
+    assert set(STRATEGIES) == set(get_args(StrategyName))
+    assert tuple(AGGREGATIONS) == get_args(AggregationName)
 
 
 def test_frames_without_detections_get_score_from_subthreshold_candidates() -> None:

@@ -54,6 +54,41 @@ def test_wrong_type_and_literal(tmp_path: Path) -> None:
     assert "selection.aggregation: must be one of" in msg and "'topk'" in msg
 
 
+def test_config_check_refuses_unknown_selection_names_listing_the_valid_ones(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    data = _base()
+    data["selection"]["strategy"] = "entropee"
+    data["selection"]["diversity"] = "kcentre"
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, env={})
+    msg = str(exc.value)
+    assert "selection.strategy: must be one of" in msg and "'entropy'" in msg and "'committee'" in msg
+    assert "'entropee'" in msg and "selection.diversity: must be one of" in msg and "'filter_kcenter'" in msg
+    res = CliRunner().invoke(app, ["config", "check", "--config", str(path)])
+    assert res.exit_code != 0 and isinstance(res.exception, ConfigError)
+
+
+def test_secret_blocks_fill_only_missing_secrets() -> None:
+    s = load_settings(REPO / "configs" / "local.yaml", env={"AWS_ACCESS_KEY_ID": "from-env"})
+    s.s3.secret_block = "s3-keys"
+    s.label_studio.secret_block = "ls-token"
+    s.label_studio.api_token = None
+    asked: list[str] = []
+
+    def load(name: str) -> object:
+        asked.append(name)
+        return {"access_key_id": "from-block", "secret_access_key": "sk"} if name == "s3-keys" else "tok"
+
+    s.fill_secret_blocks(load)
+    assert s.s3_credentials() == ("from-env", "sk") and s.label_studio_token() == "tok"
+    assert asked == ["s3-keys", "ls-token"]
+    s.fill_secret_blocks(lambda n: pytest.fail("all secrets are set: no block is read"))
+
+
 def test_env_overrides_are_typed(tmp_path: Path) -> None:
     s = load_settings(
         REPO / "configs" / "local.yaml",

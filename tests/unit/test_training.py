@@ -1,5 +1,5 @@
 """Pure parts of training and the registry client: class-list checks, size refusals, oversampling,
-input hash, results.csv parsing, retry/backoff and the MLflow-down message."""
+input hash, results.csv parsing, and how MLflow failures are classified."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from detloop.errors import DataError, ServiceError
+from detloop.errors import DataError
 from detloop.synth_shapes import write_yolo_dataset
 from tasks.training import (
     check_dataset,
@@ -80,29 +80,46 @@ def test_read_results_csv(tmp_path: Path) -> None:
     assert read_results_csv(tmp_path / "missing.csv") == []
 
 
-def test_retries_then_message_names_url() -> None:
+def test_mlflow_errors_are_classified_by_type_and_status_not_text() -> None:
     import requests
+    from mlflow.exceptions import MlflowException, RestException
 
-    from detloop.clients.registry import with_retries
+    from detloop.clients.registry import call_mlflow
+    from detloop.errors import NotFound, ServiceRejected, ServiceUnavailable
 
     calls = {"n": 0}
 
-    def flaky() -> str:
-        calls["n"] += 1
-        if calls["n"] < 3:
-            raise requests.ConnectionError("refused")
-        return "ok"
-
-    assert with_retries(flaky, "x", "http://h:1", backoff=(0, 0, 0)) == "ok" and calls["n"] == 3
-
     def down() -> None:
-        raise requests.ConnectionError("refused")
+        calls["n"] += 1
+        try:
+            raise requests.ConnectionError("refused")
+        except requests.ConnectionError as e:  # how MLflow's rest_utils wraps it: no `from`, the context remains
+            raise MlflowException(f"API request to http://h:1/api failed with exception {e}")  # noqa: B904
 
-    with pytest.raises(ServiceError, match=r"MLflow at http://h:1 unreachable while trying to list \(after 3"):
-        with_retries(down, "list", "http://h:1", backoff=(0, 0))
+    with pytest.raises(ServiceUnavailable, match=r"MLflow at http://h:1 is not reachable \(list\)"):
+        call_mlflow(down, "list", "http://h:1")
+    assert calls["n"] == 1  # no retry in the client
 
-    def bad_request() -> None:
-        raise ValueError("4xx-like, not retried")
+    def missing() -> None:
+        raise RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "Registered Model not found"})
+
+    with pytest.raises(NotFound):
+        call_mlflow(missing, "get model", "http://h:1")
+
+    def busy() -> None:
+        raise RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "try later"})
+
+    with pytest.raises(ServiceUnavailable, match="HTTP 503"):
+        call_mlflow(busy, "x", "http://h:1")
+
+    def bad() -> None:
+        raise RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad tag"})
+
+    with pytest.raises(ServiceRejected, match="HTTP 400 on x: INVALID_PARAMETER_VALUE: bad tag"):
+        call_mlflow(bad, "x", "http://h:1")
+
+    def bug() -> None:
+        raise ValueError("a bug is not a service failure")
 
     with pytest.raises(ValueError):
-        with_retries(bad_request, "x", "http://h:1", backoff=(0, 0))
+        call_mlflow(bug, "x", "http://h:1")

@@ -6,17 +6,12 @@ Heavy imports stay inside the commands so ``detloop --help`` is fast.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Config YAML (default $DETLOOP_CONFIG or configs/local.yaml).",
-                 envvar="DETLOOP_CONFIG"),
-]
+from cli.common import ConfigOpt, get_settings, parse_now
 
 rounds_app = typer.Typer(help="Labelling rounds: list, show, watch for completion, pull labels.", no_args_is_help=True)
 annotate_app = typer.Typer(help="Simulated annotators (demo and tests): label pending tasks through the API.",
@@ -24,23 +19,11 @@ annotate_app = typer.Typer(help="Simulated annotators (demo and tests): label pe
 
 
 def _ctx(config: Path | None) -> tuple[Any, Any]:
-    from detloop.cli import get_settings
     from detloop.clients.s3 import S3Store
 
     s = get_settings(config)
     return s, S3Store(s)
 
-
-def _parse_now(now: str | None) -> datetime:
-    from detloop.errors import DataError
-
-    if now is None:
-        return datetime.now(UTC)
-    try:
-        dt = datetime.fromisoformat(now)
-    except ValueError as err:
-        raise DataError(f"--now: expected an ISO date or datetime like 2026-01-17T09:00, got {now!r}") from err
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 @rounds_app.command("list")
@@ -77,7 +60,8 @@ def rounds_show(
 ) -> None:
     """One round: its record, live progress and the labels report when pulled."""
     from detloop.errors import DataError
-    from tasks.annotation import ensure_project, round_progress, round_tasks
+    from tasks.annotation import ensure_project, round_tasks
+    from tasks.ls_tasks import round_progress
     from tasks.rounds import load_round, round_prefix
 
     s, store = _ctx(config)
@@ -108,18 +92,19 @@ def rounds_watch(
 
     Events go to the Prefect API of the config (the same call the watch-rounds flow makes).
     """
-    from tasks.rounds import watch_rounds
+    from detloop.clients.labelstudio import LabelStudioClient
+    from flows.common import announce_round_completed
+    from tasks.watch import watch_rounds
 
     s, store = _ctx(config)
     printed: list[dict[str, Any]] = []
+    emit = announce_round_completed(str(config) if config else None)
 
-    def emit_fn(**kw: Any) -> None:
-        from prefect.events import emit_event
+    def announce(done: Any) -> None:
+        emit(done)
+        printed.append(done.to_dict())
 
-        emit_event(**kw)
-        printed.append({"event": kw["event"], "id": str(kw["id"]), "payload": kw["payload"]})
-
-    report = watch_rounds(s, _parse_now(now), emit_fn, store=store, dry_run=dry_run)
+    report = watch_rounds(s, parse_now(now), announce, store, LabelStudioClient(s), dry_run=dry_run)
     typer.echo(json.dumps({**report, "events": printed}, indent=1, default=str))
 
 
@@ -131,10 +116,12 @@ def rounds_pull(
     build: Annotated[bool, typer.Option(help="Also write the new dataset version (parent: latest train).")] = False,
 ) -> None:
     """Pull, validate and convert a round's labels; copy frames to content-addressed storage."""
-    from tasks.annotation import build_round_version, pull_round
+    from detloop.clients.labelstudio import LabelStudioClient
+    from tasks.annotation import pull_round
+    from tasks.round_version import build_round_version
 
     s, store = _ctx(config)
-    pulled = pull_round(s, round_id, store=store, policy=policy)
+    pulled = pull_round(s, round_id, LabelStudioClient(s), store, policy=policy)
     rep = dict(pulled.report)
     rep["issues"] = rep["issues"][:20]
     if build:

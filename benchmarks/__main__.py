@@ -1,4 +1,8 @@
-"""``detloop bench``: benchmarks run from the command line (the active-learning benchmark, issue 7)."""
+"""``python -m benchmarks`` (also ``detloop bench``): the benchmarks, run from the command line.
+
+Results go to ``benchmarks/results/`` (JSON, PNG); the tables and the commands that produced them are in
+``docs/benchmarks.md``.
+"""
 
 from __future__ import annotations
 
@@ -164,3 +168,20 @@ def bench_all(config: Annotated[Path | None, _CONFIG] = None) -> None:
     benchmarks/results/; the tables in docs/benchmarks.md are written by hand from it."""
     for name in _BENCHES:
         _run(name, [], config)
+
+
+def main() -> None:
+    """Entry point: one-line errors (exit 2), as the ``detloop`` command prints them."""
+    import sys
+
+    from detloop.errors import DetloopError
+
+    try:
+        bench_app(prog_name="detloop bench")
+    except DetloopError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,17 +8,13 @@ from typing import Annotated
 
 import typer
 
+from cli.common import ConfigOpt, get_settings
+
 dataset_app = typer.Typer(help="Immutable dataset versions (manifests in S3).", no_args_is_help=True)
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Config YAML (default $DETLOOP_CONFIG or configs/local.yaml).",
-                 envvar="DETLOOP_CONFIG"),
-]
 
 
 def _store(config: Path | None):  # type: ignore[no-untyped-def]
-    from detloop.cli import get_settings
     from detloop.clients.s3 import S3Store
 
     settings = get_settings(config)

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from cli.common import ConfigOpt, get_settings
 
 stack_app = typer.Typer(
     help="The local stack of real servers on loopback: S3 (SeaweedFS), MLflow, Label Studio, Prefect, runner.",
     no_args_is_help=True,
 )
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Config YAML (default $DETLOOP_CONFIG or configs/local.yaml).",
-                 envvar="DETLOOP_CONFIG"),
-]
 
-
-def _settings(config: Path | None):  # type: ignore[no-untyped-def]
-    from detloop.cli import get_settings
-
-    return get_settings(config)
 
 
 def _echo(msg: str) -> None:
@@ -66,7 +57,7 @@ def up(
     """Start every service that is not running (idempotent) and wait until all are healthy."""
     from infra.stack import ensure_up
 
-    settings = _settings(config)
+    settings = get_settings(config)
     res = ensure_up(settings, log=_echo, s3_only=s3_only)
     for name, why in res.skipped.items():
         _echo(f"{name}: {why}")
@@ -80,7 +71,7 @@ def up(
 @stack_app.command("status")
 def status_cmd(config: ConfigOpt = None) -> None:
     """Table of service, URL, pid and health; exit 1 when a service is not healthy."""
-    ok = _print_status(_settings(config))
+    ok = _print_status(get_settings(config))
     raise typer.Exit(0 if ok else 1)
 
 
@@ -89,7 +80,7 @@ def down_cmd(config: ConfigOpt = None) -> None:
     """Stop the services this stack started (reverse order, verified pids, SIGKILL if needed). State is kept."""
     from infra.stack import down
 
-    res = down(_settings(config), log=_echo)
+    res = down(get_settings(config), log=_echo)
     _echo("stack down: " + ", ".join(f"{k} {v}" for k, v in res.items()))
 
 
@@ -106,7 +97,7 @@ def restart_cmd(
     unknown = [x for x in chosen if x not in SERVICES]
     if unknown:
         raise StackError(f"unknown service(s) {', '.join(unknown)}; known: {', '.join(SERVICES)}")
-    settings = _settings(config)
+    settings = get_settings(config)
     down(settings, log=_echo, services=chosen)
     res = ensure_up(settings, log=_echo)
     _echo(f"restarted {', '.join(res.started) or 'nothing'} in {res.seconds:.1f} s")
@@ -127,7 +118,7 @@ def logs_cmd(
     known = (*SERVICES, "label-studio-install")
     if service not in known:
         raise StackError(f"unknown service {service!r}; known: {', '.join(known)}")
-    path = stack_paths(_settings(config)).log(service)
+    path = stack_paths(get_settings(config)).log(service)
     if not path.exists():
         raise StackError(f"no log yet for {service}: {path}")
     for line in tail_lines(path, lines):

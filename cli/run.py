@@ -1,4 +1,4 @@
-"""CLI commands that run the loop's flows: ``serve``, ``bootstrap``, ``run ...``, ``demo``.
+"""Commands that run the loop's flows: ``serve``, ``bootstrap``, ``run ...``, ``demo``.
 
 ``detloop run X`` runs a flow in this process (tracked by the Prefect server in the config);
 ``--deployment`` instead asks the runner to run the deployment, as the UI's "Run" button does.
@@ -11,20 +11,16 @@ from typing import Annotated, Any
 
 import typer
 
-from detloop.cli import ConfigOpt, app, get_settings
+from cli.common import ConfigOpt, get_settings, use_prefect
 
 run_app = typer.Typer(help="Run one step of the loop now (in this process, or via its deployment).",
                       no_args_is_help=True)
-app.add_typer(run_app, name="run")
+loop_app = typer.Typer()  # bootstrap, serve, demo: top-level commands of `detloop`
 
 
 def _prefect_env(config: Path | None) -> Any:
-    import os
-
     s = get_settings(config)
-    os.environ.setdefault("PREFECT_API_URL", s.prefect.api_url)
-    if config is not None:
-        os.environ["DETLOOP_CONFIG"] = str(config)
+    use_prefect(s, config)
     return s
 
 
@@ -91,7 +87,7 @@ def run_retrain(
         deployment, config)
 
 
-@app.command("bootstrap")
+@loop_app.command("bootstrap")
 def bootstrap_cmd(
     dataset_version: Annotated[str | None, typer.Option(help="Seed dataset version (default: newest seed).")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default training.bootstrap_epochs).")] = None,
@@ -102,7 +98,7 @@ def bootstrap_cmd(
     _go("bootstrap", "bootstrap/manual", {"dataset_version": dataset_version, "epochs": epochs}, deployment, config)
 
 
-@app.command("serve")
+@loop_app.command("serve")
 def serve_cmd(
     work_pool: Annotated[str | None, typer.Option(help="Register against this work pool instead of serving.")] = None,
     config: ConfigOpt = None,
@@ -121,7 +117,7 @@ def serve_cmd(
     main(argv)
 
 
-@app.command("demo")
+@loop_app.command("demo")
 def demo_cmd(
     weeks: Annotated[int, typer.Option(min=1, max=52, help="Simulated weeks to run.")] = 3,
     size: Annotated[str, typer.Option(help="World and budget size: tiny | default | large.")] = "default",
@@ -129,11 +125,15 @@ def demo_cmd(
 ) -> None:
     """The loop on the synthetic world, end to end through the real stack, deployments and events."""
     import json
+    import os
 
     from flows.common import md_table
     from flows.demo import run_demo
+    from infra.stack import client_env, ensure_up
 
     s = _prefect_env(config)
+    ensure_up(s, log=lambda m: typer.echo(m))
+    os.environ.update(client_env(s))
     out = run_demo(s, weeks=weeks, size=size, log=lambda m: typer.echo(m))
     typer.echo("")
     typer.echo(md_table(out["rounds"], ["week", "as_of", "labels", "boxes", "champion_map", "challenger_map",

@@ -12,20 +12,11 @@ from typing import Annotated
 
 import typer
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Config YAML (default $DETLOOP_CONFIG or configs/local.yaml).",
-                 envvar="DETLOOP_CONFIG"),
-]
+from cli.common import ConfigOpt, get_settings
 
 models_app = typer.Typer(no_args_is_help=True)
 champion_app = typer.Typer(help="The served model (alias `champion`).", no_args_is_help=True)
 
-
-def _settings(config: Path | None):  # type: ignore[no-untyped-def]
-    from detloop.cli import get_settings
-
-    return get_settings(config)
 
 
 @models_app.command("train")
@@ -46,33 +37,36 @@ def train_cmd(
     """Train a challenger by hand (bootstrap or fine-tune), then evaluate, register and gate it."""
     from datetime import UTC, datetime
 
-    from tasks import registry as R
-    from tasks.evaluation import slice_from_data_yaml
+    from cli.common import use_prefect
+    from detloop.clients import Clients
+    from flows.post_training import evaluate_and_promote
+    from tasks.registry import fetch_champion
     from tasks.training import train
 
-    s = _settings(config)
+    s = get_settings(config)
+    clients = Clients.from_settings(s)
     weights = init_weights
     parent = None
     if weights is None and from_champion:
-        champ_dir = R.load_champion(s)
-        if champ_dir is not None:
-            weights = champ_dir / "weights" / "best.pt"
-            parent = json.loads((champ_dir / "champion.json").read_text())["version"]
+        champion = fetch_champion(s, clients.registry)
+        if champion is not None:
+            weights, parent = champion.weights, champion.version
         else:
             typer.echo("no champion yet: bootstrap training from " + s.model.arch)
     name = run_name or f"manual-{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    res = train(data, s, weights, name, {"trigger": "cli"}, dataset_version=dataset_version,
+    res = train(data, s, clients.registry, weights, name, {"trigger": "cli"}, dataset_version=dataset_version,
                 parent_version=parent, epochs=epochs)
     typer.echo(f"run {res.run_id} {'reused' if res.reused else 'trained'} in {res.train_seconds:.0f}s: "
                f"mAP50-95(val) {res.metrics.get('metrics/mAP50-95(B)', float('nan')):.4f}, weights {res.weights}")
     if not register:
         return
-    sl = slice_from_data_yaml("golden", golden or data, "val", len(s.classes))
-    out = R.evaluate_register_gate(s, res, [sl], dataset_version=dataset_version)
-    d = out["decision"]
-    typer.echo(f"version {out['version']} (champion was {out['champion_version'] or 'none'}): "
-               f"{d.outcome if d else 'already champion'}")
-    for r in (d.reasons if d else []):
+    use_prefect(s, config)
+    post = evaluate_and_promote(res.run_id, str(res.weights), dataset_version, str(config) if config else None,
+                                golden_data_yaml=str(golden or data), reason="gate passed (detloop train)",
+                                actor="detloop:cli")
+    typer.echo(f"version {post.version} (champion was {post.champion_version or 'none'}): {post.outcome}"
+               + (" -> promoted" if post.promoted else ""))
+    for r in (post.decision.reasons if post.decision else []):
         typer.echo(f"  - {r}")
 
 
@@ -85,9 +79,12 @@ def promote_cmd(
     actor: Annotated[str | None, typer.Option("--actor", help="Who (default: the OS user).")] = None,
 ) -> None:
     """Move alias `champion` to VERSION (the old champion becomes `previous-champion`)."""
+    from detloop.clients import Clients
     from tasks.registry import promote
 
-    e = promote(_settings(config), version, None, override=override, reason=reason, actor=actor)
+    s = get_settings(config)
+    c = Clients.from_settings(s)
+    e = promote(s, c.registry, c.store, version, None, override=override, reason=reason, actor=actor)
     typer.echo(f"champion: v{e['version']} (previous: {e['previous'] or 'none'}; {e['action']} by {e['actor']})")
 
 
@@ -98,9 +95,12 @@ def rollback_cmd(
     actor: Annotated[str | None, typer.Option("--actor", help="Who (default: the OS user).")] = None,
 ) -> None:
     """Restore `previous-champion` as `champion`."""
+    from detloop.clients import Clients
     from tasks.registry import rollback
 
-    e = rollback(_settings(config), reason=reason, actor=actor)
+    s = get_settings(config)
+    c = Clients.from_settings(s)
+    e = rollback(s, c.registry, c.store, reason=reason, actor=actor)
     typer.echo(f"champion: v{e['version']} (rolled back from v{e['previous']})")
 
 
@@ -111,10 +111,12 @@ def models_cmd(
     log: Annotated[bool, typer.Option("--log", help="Also print the promotion log.")] = False,
 ) -> None:
     """List registered versions with aliases, gate outcome and golden mAP."""
+    from detloop.clients import Clients
     from tasks.registry import list_models, read_promotion_log
 
-    s = _settings(config)
-    rows = list_models(s)
+    s = get_settings(config)
+    c = Clients.from_settings(s)
+    rows = list_models(c.registry)
     if as_json:
         for r in rows:
             typer.echo(json.dumps(r))
@@ -127,7 +129,7 @@ def models_cmd(
         if not rows:
             typer.echo("(no versions yet)")
     if log:
-        for e in read_promotion_log(s):
+        for e in read_promotion_log(c.store, s):
             typer.echo(json.dumps(e))
 
 
@@ -138,12 +140,13 @@ def champion_pull(
     alias: Annotated[str, typer.Option("--alias", help="Alias to fetch.")] = "champion",
 ) -> None:
     """Fetch the champion's weights, ONNX scoring artifact and thresholds by alias (as a deployment would)."""
-    from detloop.errors import DetloopError
+    from detloop.clients.registry import RegistryClient
+    from detloop.errors import NotFound
     from tasks.registry import load_champion
 
-    s = _settings(config)
-    out = load_champion(s, dest, alias=alias)
+    s = get_settings(config)
+    out = load_champion(s, RegistryClient(s), dest, alias=alias)
     if out is None:
-        raise DetloopError(f"model {s.mlflow.model_name}: no version holds alias '{alias}' (no champion yet)")
+        raise NotFound(f"model {s.mlflow.model_name}: no version holds alias '{alias}' (no champion yet)")
     info = json.loads((out / "champion.json").read_text())
     typer.echo(f"v{info['version']} -> {out} (thresholds: {info['thresholds']})")

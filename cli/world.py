@@ -9,14 +9,11 @@ from typing import Annotated
 
 import typer
 
+from cli.common import ConfigOpt, get_settings
+
 world_app = typer.Typer(help="Synthetic production world: frames, ground truth, seed and golden sets.",
                         no_args_is_help=True)
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Config YAML (default $DETLOOP_CONFIG or configs/local.yaml).",
-                 envvar="DETLOOP_CONFIG"),
-]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="World seed (default: settings world.seed).")]
 
 
@@ -41,7 +38,6 @@ def world_publish(
     config: ConfigOpt = None,
 ) -> None:
     """Write production frames and their oracle truth to S3 (re-publishing skips existing keys)."""
-    from detloop.cli import get_settings
     from detloop.world.publish import publish_world
 
     settings = get_settings(config)
@@ -58,7 +54,6 @@ def world_publish(
 
 
 def _labelled(kind: str, seed: int | None, frames: int | None, threads: int, config: Path | None) -> None:
-    from detloop.cli import get_settings
     from detloop.world.publish import publish_labelled_set
 
     settings = get_settings(config)
@@ -100,7 +95,6 @@ def world_preview(
     """Render a few frames per active camera locally (no S3), with truth boxes and conditions."""
     import cv2
 
-    from detloop.cli import get_settings
     from detloop.world.publish import load_world
     from detloop.world.render import conditions, render_frame
 

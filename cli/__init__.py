@@ -1,0 +1,1 @@
+"""The ``detloop`` command line (Typer): the top layer, over ``flows/``, ``tasks/`` and the core ``detloop/``."""

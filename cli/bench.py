@@ -1,0 +1,22 @@
+"""``detloop bench ...``: runs the benchmarks in ``benchmarks/`` (``python -m benchmarks``) in a child process.
+
+Nothing in the product imports ``benchmarks/``; this command only starts it, forwarding every argument,
+so ``detloop bench al --quick`` and ``python -m benchmarks al --quick`` are the same run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import typer
+
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def bench(ctx: typer.Context) -> None:
+    """Benchmarks (results in benchmarks/results/, tables in docs/benchmarks.md): `al` measures selection
+    strategies against random; `scoring`, `selection`, `labelstudio`, or `all` of those three.
+    `detloop bench --help` lists them; `detloop bench NAME --help` explains one."""
+    rc = subprocess.call([sys.executable, "-m", "benchmarks", *ctx.args])
+    raise typer.Exit(rc)

@@ -1,0 +1,207 @@
+"""The selection pipeline, composed once: sample the production window -> score with the champion -> select.
+
+:func:`select_frames` is a Prefect flow: the weekly ``select-for-labeling`` flow runs it as a subflow, and
+``detloop select run`` runs it by hand. Its parameters are plain (config path and overrides, dates,
+cameras), so it appears in the Prefect UI as its own run; it builds its settings and clients once.
+
+Scoring is cached in S3 by content (window, frames + etags, model version, model config): a re-run reads
+the stored predictions instead of scoring again. An S3 outage fails the scoring step (retried by the
+flow's policy) and caches nothing; only frames that are themselves bad are quarantined.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows import steps
+from flows.common import chunks, make_task_runner, retrying, run_settings
+
+
+@dataclass
+class SelectionRun:
+    """Everything one selection run produced (keys are in the data bucket)."""
+
+    run_id: str
+    as_of: str
+    model: str  # the scoring model's label (``v<version>`` or a path)
+    model_version: str | None  # registry version, None for a model given by path
+    sample: Any  # tasks.sampling.SampleResult
+    scoring: Any  # tasks.scoring.ScoringResult
+    result: Any  # tasks.selection.SelectionResult (None when the window was empty)
+    keys: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        s = self.sample
+        return {"window": list(s.window), "sampled": len(s.frames), "quarantined": len(s.quarantined),
+                "duplicates": len(s.duplicates), "scored": len(self.scoring.frames) if self.scoring else 0}
+
+
+def content_key(*parts: Any) -> str:
+    """A short hash of JSON-able parts (cache keys of stored predictions)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def predictions_cache_prefix(settings: Any, sample: Any, model: Any, committee: Any = None, tta: bool = False) -> str:
+    """Where the predictions of ``sample`` scored by ``model`` are stored: keyed by the frames (keys and
+    etags), the model's content, the committee, TTA and the model settings."""
+    from tasks.scoring import predictions_prefix
+
+    model_id = model.content_id()
+    key = content_key(sorted((f.key, f.etag) for f in sample.frames), model_id,
+                      committee.content_id() if committee else None, tta, settings.model.model_dump(mode="json"))
+    return predictions_prefix(sample.window[0], sample.window[1], model_id) + f"sample={key}/"
+
+
+def score_sample(settings: Any, clients: Any, sample: Any, model: Any, committee: Any = None,
+                 tta: bool = False, write: bool = True) -> Any:
+    """Score the sample on the configured task runner (chunks on Dask, one task on threads); cached in S3.
+
+    Args:
+        model, committee: :class:`tasks.scoring.ModelRef` (a registry version, or a file keyed by its hash).
+
+    Returns:
+        :class:`tasks.scoring.ScoringResult`, its ``keys`` naming the stored predictions.
+    """
+    from tasks.scoring import ScoringResult, read_predictions, write_predictions
+
+    store, bucket = clients.store, settings.s3.data_bucket
+    prefix = predictions_cache_prefix(settings, sample, model, committee, tta)
+    if store.exists(bucket, prefix + "meta.json"):
+        from detloop.contracts import Quarantined
+
+        keys = {"predictions": prefix + "predictions.jsonl", "meta": prefix + "meta.json"}
+        quarantined = [Quarantined.from_dict(q) for q in store.get_json(bucket, keys["meta"]).get("quarantined", [])]
+        return ScoringResult(read_predictions(store, bucket, prefix), quarantined, {"cached": 1.0}, model.label, keys)
+    parts = chunks(sample.frames, settings)
+    score_chunk = retrying(steps.score_chunk, settings)
+    local = clients if settings.prefect.task_runner == "threads" else None  # clients stay in this process
+    with make_task_runner(settings) as runner:
+        futures = [runner.submit(score_chunk, {"settings": settings, "frames": c, "model": model,
+                                               "committee": committee, "tta": tta, "clients": local})
+                   for c in parts]
+        results = [f.result() for f in futures]
+    result = ScoringResult(
+        frames=[f for r in results for f in r.frames], quarantined=[q for r in results for q in r.quarantined],
+        timings={k: sum(r.timings.get(k, 0.0) for r in results) for k in {k for r in results for k in r.timings}},
+        model=model.label,
+    )
+    result.timings["chunks"] = float(len(parts))
+    if write:
+        result.keys = write_predictions(store, bucket, prefix, result, settings.classes)  # meta.json last
+    return result
+
+
+def _select_frames_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    p = flow_run.parameters
+    return f"select-frames {p.get('run_id')}"
+
+
+@flow(name="select-frames", flow_run_name=_select_frames_run_name, log_prints=True)
+def select_frames(
+    as_of: date,
+    run_id: str,
+    config: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    cameras: list[str] | None = None,
+    dates: list[date] | None = None,
+    model_path: str | None = None,
+    labelled_counts: list[int] | None = None,
+    write: bool = True,
+) -> SelectionRun:
+    """Sample the window ending at ``as_of``, score it with the champion (or ``model_path``), select.
+
+    Args:
+        as_of: end of the window (exclusive).
+        run_id: the round id (or a by-hand run id): manifests and reports go under ``runs/<run_id>/``, and
+            the selection's random draws are seeded by it (a re-run draws the same).
+        config, overrides: the settings (config file, then nested overrides such as a run's budget).
+        cameras, dates: optional focus of the sample.
+        model_path: score with this artifact directory or ``.pt`` instead of the registry's champion.
+        labelled_counts: boxes per class in the labelled set; None: counted in the champion's training data.
+        write: write manifests, predictions and the reports to S3 (False: look only).
+
+    Raises:
+        NotFound: no champion (and no ``model_path``), with what to do.
+    """
+    from detloop.clients import Clients
+    from detloop.errors import NotFound
+    from tasks.scoring import ModelRef
+    from tasks.selection import labelled_class_counts, select, write_selection
+    from tasks.strategies import get_strategy
+
+    log = get_run_logger()
+    settings = run_settings(config, overrides)
+    clients = Clients.from_settings(settings)
+    strategy = get_strategy(settings.selection.strategy)
+    notes: list[str] = []
+
+    # 1. the model that scores: the champion, or a model given by hand
+    fetch = retrying(steps.fetch_champion, settings)
+    champion = None
+    if model_path:
+        model = ModelRef(path=model_path)
+    else:
+        champion = fetch(settings, clients)
+        if champion is None:
+            raise NotFound(f"no champion in the registry ({settings.mlflow.model_name} at "
+                           f"{settings.mlflow.tracking_uri}); run the bootstrap flow first (`detloop bootstrap`)")
+        model = ModelRef(version=champion.version)
+    committee = None
+    if strategy.needs == "committee":
+        previous = fetch(settings, clients, settings.selection.committee_alias)
+        if previous is None:
+            notes.append(f"committee: no @{settings.selection.committee_alias} model to compare with")
+        else:
+            committee = ModelRef(version=previous.version)
+
+    # 2. sample production frames
+    sample = retrying(steps.sample_window, settings)(settings, clients, as_of, cameras, dates,
+                                                     run_id if write else None)
+    notes += sample.notes
+    for note in sample.notes:
+        log.info(note)
+    if not sample.frames:
+        return SelectionRun(run_id, as_of.isoformat(), model.label, model.version, sample, None, None, {}, notes)
+
+    # 3. score
+    scored = score_sample(settings, clients, sample, model, committee, tta=strategy.needs == "tta", write=write)
+    if scored.quarantined:
+        notes.append(f"{len(scored.quarantined)} frame(s) quarantined while scoring "
+                     f"(s3://{settings.s3.data_bucket}/runs/{run_id}/selection_report.json, 'quarantined')")
+
+    # 4. select: uncertainty x class balance, diversity, the random control arm
+    if labelled_counts is None and settings.selection.class_balance:
+        trained_on = champion.dataset_version if champion is not None else None
+        labelled_counts = labelled_class_counts(clients.store, settings, trained_on)
+        if labelled_counts is None:
+            notes.append("class balance: no labelled dataset version found; all classes weigh the same")
+    from tasks.rounds import round_seed
+
+    result = select(scored.frames, labelled_counts, settings.selection, round_seed=round_seed(run_id),
+                    class_names=settings.classes, num_classes=len(settings.classes))
+    result.notes[:0] = notes
+    result.report["notes"] = result.notes
+    result.report.update(run_id=run_id, as_of=as_of.isoformat(), model=model.label, sample=sample.stats,
+                         quarantined=[q.to_dict() for q in sample.quarantined + scored.quarantined],
+                         scoring_timings={k: round(v, 3) for k, v in scored.timings.items()})
+    run = SelectionRun(run_id, as_of.isoformat(), model.label, model.version, sample, scored, result, {},
+                       result.notes)
+    run.keys.update({f"predictions_{k}": v for k, v in scored.keys.items()})
+    if sample.manifest_key:
+        run.keys.update(sample_manifest=sample.manifest_key, quarantine=sample.quarantine_key or "")
+    if write:  # the stored selection is what a re-run of the round resumes with (written last)
+        run.keys.update(write_selection(clients.store, settings.s3.data_bucket, run_id, result,
+                                        {"model_version": model.version, "stats": run.stats}))
+    log.info("selected %d + %d control of %d scored frames with %s", len(result.selected), len(result.control),
+             len(scored.frames), model.label)
+    return run

@@ -1,0 +1,164 @@
+"""The loop's Prefect tasks: the units worth retrying (they call a service) or running apart (scoring chunks).
+
+Each wraps one ``tasks/`` function, passing the run's settings and clients down. Retries are the flows'
+one retry layer: only :class:`~detloop.errors.ServiceUnavailable` is retried (``flows.common.retry_on_network``),
+with ``prefect.retries`` / ``prefect.retry_delays_seconds`` (see :func:`flows.common.retrying`). Nothing
+is cached by Prefect: the expensive results have their own content keys in S3 and MLflow.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import NETWORK_RETRIES, NETWORK_RETRY_DELAYS, retry_on_network
+
+NET: dict[str, Any] = {"retries": NETWORK_RETRIES, "retry_delay_seconds": NETWORK_RETRY_DELAYS,
+                       "retry_condition_fn": retry_on_network, "cache_policy": NO_CACHE}
+
+
+@task(name="fetch-champion", **NET)
+def fetch_champion(settings: Any, clients: Any, alias: str = "champion") -> Any:
+    """The model behind ``alias`` (:class:`tasks.registry.Champion`), fetched once per version; None when none."""
+    from tasks.registry import fetch_champion as fetch
+
+    return fetch(settings, clients.registry, alias)
+
+
+@task(name="sample-window", **NET)
+def sample_window(settings: Any, clients: Any, as_of: date, cameras: list[str] | None, dates: list[date] | None,
+                  run_id: str | None) -> Any:
+    from tasks.sampling import sample
+
+    return sample(settings, as_of, clients.store, cameras=cameras, dates=dates, run_id=run_id)
+
+
+@task(name="score-chunk", **NET)
+def score_chunk(settings: Any, frames: list[Any], model: Any, committee: Any = None, tta: bool = False,
+                clients: Any = None) -> Any:
+    """Score one chunk of the sample (:class:`tasks.scoring.ScoringResult`).
+
+    ``model`` / ``committee`` are :class:`tasks.scoring.ModelRef`. Runs wherever the task runner puts it: in the
+    flow's process it uses the run's ``clients``; on a Dask worker (``clients`` None: clients do not travel
+    between processes) it builds its own, and fetches the registry version into that machine's ``data_dir``
+    once per version.
+    """
+    from detloop.clients import Clients
+    from tasks.scoring import score_with
+
+    return score_with(settings, clients or Clients.from_settings(settings), frames, model, committee, tta)
+
+
+@task(name="push-round", **NET)
+def push_round(settings: Any, clients: Any, frames: list[Any], round_id: str, model_version: str | None,
+               as_of: date) -> Any:
+    """Push the round's tasks to Label Studio; idempotent, so a retry after a lost answer duplicates nothing."""
+    from tasks.annotation import push_round as push
+
+    return push(settings, frames, round_id, model_version, as_of.isoformat(), clients.labels, clients.store)
+
+
+@task(name="pull-labels", **NET)
+def pull_labels(settings: Any, clients: Any, round_id: str) -> Any:
+    from tasks.annotation import pull_round
+
+    return pull_round(settings, round_id, clients.labels, clients.store)
+
+
+@task(name="build-dataset-version", **NET)
+def build_dataset_version(settings: Any, clients: Any, round_id: str, entries: list[Any], parent_id: str | None,
+                          golden_id: str) -> Any:
+    """The round's immutable dataset version (content-addressed: a re-run finds the same id)."""
+    from tasks.round_version import build_round_version
+
+    return build_round_version(clients.store, settings, round_id, entries, parent_id=parent_id or "latest",
+                               golden_id=golden_id)
+
+
+@task(name="materialize", **NET)
+def materialize(settings: Any, clients: Any, version_id: str, oversample: int = 1) -> Path:
+    from detloop.datasets import materialize as mat
+
+    return mat(clients.store, settings, version_id, oversample=oversample)
+
+
+@task(name="train", retry_condition_fn=retry_on_network, retries=NETWORK_RETRIES,
+      retry_delay_seconds=NETWORK_RETRY_DELAYS, cache_policy=NO_CACHE)
+def train(settings: Any, clients: Any, data_yaml: Path, init_weights: Path | None, run_name: str,
+          tags: dict[str, str], dataset_version: str, parent_version: str | None, epochs: int | None = None) -> Any:
+    """Train (idempotent by input hash: a finished MLflow run with the same inputs is reused).
+
+    One training at a time per model (a lock): a second one waits for the first, up to the training timeout.
+    """
+    import time
+
+    from prefect import get_run_logger
+
+    from detloop.errors import LockBusy
+    from tasks.training import train as do_train
+
+    deadline = time.monotonic() + settings.training.timeout_minutes * 60
+    while True:
+        try:
+            return do_train(data_yaml, settings, clients.registry, init_weights, run_name, tags=tags,
+                            dataset_version=dataset_version, parent_version=parent_version, epochs=epochs)
+        except LockBusy as err:
+            if time.monotonic() > deadline:
+                raise
+            get_run_logger().info("%s; waiting", err)
+            time.sleep(15)
+
+
+@task(name="evaluate", **NET)
+def evaluate(settings: Any, clients: Any, weights: Path, champion: Any, golden: str, round_version: str | None,
+             round_id: str | None, work: Path) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """Challenger and champion on the same slices: ``(challenger report, champion report or None, slices)``."""
+    from tasks.evaluation import evaluate_pair
+    from tasks.slices import build_slices, slice_summary
+
+    slices = build_slices(clients.store, settings, golden, round_version, round_id)
+    ch, cp = evaluate_pair(weights, champion.scoring_dir if champion else None, slices, settings, work_dir=work)
+    return ch, cp, slice_summary(slices)
+
+
+@task(name="register", **NET)
+def register(settings: Any, clients: Any, run_id: str, weights: Path, report: Any, dataset_version: str | None,
+             parent_version: str | None, extra_tags: dict[str, str]) -> str:
+    """Register the evaluated artifact (``report.artifact``) as a version; idempotent per MLflow run."""
+    from tasks.registry import register_challenger
+
+    return register_challenger(settings, clients.registry, run_id, weights, Path(report.artifact), report,
+                               dataset_version, parent_version, extra_tags)
+
+
+@task(name="record-gate", **NET)
+def record_gate(settings: Any, clients: Any, version: str, decision: Any, run_id: str,
+                champion_version: str | None) -> None:
+    from tasks.registry import record_gate as record
+
+    record(clients.registry, version, decision, run_id, champion_version)
+
+
+@task(name="promote", **NET)
+def promote(settings: Any, clients: Any, version: str, decision: Any, reason: str, actor: str,
+            override: bool = False) -> dict[str, Any]:
+    """Move ``champion`` (idempotent: a version that already is champion is reported, not re-promoted)."""
+    from tasks.registry import champion_version
+    from tasks.registry import promote as do_promote
+
+    cur = champion_version(clients.registry)
+    if cur is not None and str(cur.version) == str(version):
+        return {"action": "noop", "version": str(version), "reason": "already champion"}
+    return do_promote(settings, clients.registry, clients.store, version, decision, override=override,
+                      reason=reason, actor=actor)
+
+
+@task(name="rollback", **NET)
+def rollback(settings: Any, clients: Any, reason: str, actor: str) -> dict[str, Any]:
+    from tasks.registry import rollback as do_rollback
+
+    return do_rollback(settings, clients.registry, clients.store, reason=reason, actor=actor)

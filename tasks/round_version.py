@@ -1,0 +1,107 @@
+"""A round's labels become a dataset version: content-addressed frame copies, then ``parent + round``.
+
+:func:`copy_frames` copies each labelled frame into content-addressed storage
+(``blobs/sha256/<hh>/<sha256>.<ext>`` in the data bucket) so a dataset version never points at a
+production frame that the bucket's lifecycle rule may expire. :func:`build_round_version` writes the
+immutable version (golden frames are never trained on) and records it on the round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from detloop.contracts import LabelledFrame
+from detloop.settings import Settings
+
+
+def split_for(frame: LabelledFrame, val_share: float, salt: str = "") -> str:
+    """``control`` for the control arm (never trained on), else a stable grouped train/val split."""
+    from detloop.contracts import frame_hour, parse_frame_key
+    from detloop.datasets import assign_split
+
+    if frame.arm == "control":
+        return "control"
+    parsed = parse_frame_key(frame.key)
+    camera = frame.camera or (parsed[0] if parsed else "")
+    day = frame.date or (parsed[1].isoformat() if parsed else "")
+    hour = frame_hour(parsed[2]) if parsed else 0
+    return assign_split(camera, day, hour, val_share, salt)
+
+
+def copy_frames(
+    store: Any, settings: Settings, frames: Sequence[LabelledFrame], round_id: str, threads: int = 8
+) -> list[Any]:
+    """Copy each frame (and its YOLO txt label) into content-addressed storage in the data bucket.
+
+    Fills ``frame.sha256`` / ``frame.blob_key`` and returns one ``detloop.datasets.DatasetEntry``
+    per frame (split from :func:`split_for`, ``source = round:<round_id>``). An object already
+    present is not uploaded again, so a re-run costs only the reads.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from detloop.contracts import frame_hour, parse_frame_key
+    from detloop.datasets import blob_key, store_labelled_frame
+
+    def one(f: LabelledFrame) -> Any:
+        body = store.get_bytes(f.bucket, f.key)
+        ext = f.key.rsplit(".", 1)[-1].lower() if "." in f.key else "jpg"
+        parsed = parse_frame_key(f.key)
+        entry = store_labelled_frame(
+            store, settings.s3.data_bucket, body, f.detections, width=f.width, height=f.height,
+            classes=settings.classes, camera=f.camera or (parsed[0] if parsed else ""),
+            date=f.date or (parsed[1].isoformat() if parsed else ""), hour=frame_hour(parsed[2]) if parsed else 0,
+            split=split_for(f, settings.rounds.val_share), source=f"round:{round_id}",
+            arm=f.arm, hard=f.hard, key=f.key, ext=ext,
+        )
+        f.sha256, f.blob_key = entry.frame_sha, blob_key(entry.frame_sha, ext)
+        return entry
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        return list(pool.map(one, frames))
+
+
+def build_round_version(
+    store: Any,
+    settings: Settings,
+    round_id: str,
+    entries: Sequence[Any],
+    parent_id: str | None = "latest",
+    golden_id: str | None = "latest",
+) -> tuple[str, Any, dict[str, Any]]:
+    """Write the dataset version ``parent + this round's entries`` (kind ``train``).
+
+    Args:
+        entries: ``DatasetEntry`` of the round (from :func:`copy_frames`).
+        parent_id: previous train version; ``"latest"``: the latest ``train`` version, else the latest
+            ``seed`` version, else none; None: no parent.
+        golden_id: golden version whose frames must never be trained on; ``"latest"``: the latest
+            golden version; None: no golden check.
+
+    Returns:
+        (version id, manifest, report with counts and the frames excluded as golden).
+    """
+    from detloop import datasets as ds
+    from tasks import rounds
+
+    if parent_id == "latest":
+        parent_id = ds.latest_version(store, settings, "train") or ds.latest_version(store, settings, "seed")
+    parent = ds.load_manifest(store, settings, parent_id) if parent_id else None
+    if golden_id == "latest":
+        golden_id = ds.latest_version(store, settings, "golden")
+    golden = {e.frame_sha for e in ds.load_manifest(store, settings, golden_id).entries} if golden_id else set()
+    kept = [e for e in entries if e.frame_sha not in golden]
+    manifest = ds.build_version("train", settings.classes, kept, parent=parent, parent_id=parent_id, rounds=[round_id])
+    vid = ds.save_manifest(store, settings, manifest, note=f"labels of round {round_id}")
+    if rounds.load_round(store, settings, round_id) is not None:
+        rounds.mark_round(store, settings, round_id, dataset_version=vid)
+    report = {
+        "version": vid,
+        "parent": parent_id,
+        "round_id": round_id,
+        "new_entries": len(kept),
+        "excluded_golden": len(entries) - len(kept),
+        "splits": manifest.counts(),
+        "frames": len(manifest.entries),
+    }
+    return vid, manifest, report
