@@ -31,39 +31,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import machine_info, service_cpu_s, utc_now, write_result
+from tasks.export import make_random_artifact
 
 CLASSES = ["disc", "square", "triangle", "ring", "star"]
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def make_random_weights(path: Path, class_names: list[str], seed: int = 0, bias_mean: float = -2.0,
-                        bias_std: float = 2.0) -> Path:
-    """Save a randomly initialised YOLO11n ``.pt`` whose class biases are spread (scores cover (0, 1))."""
-    import torch
-    from ultralytics import YOLO
-    from ultralytics.nn.tasks import DetectionModel
-
-    torch.manual_seed(seed)
-    m = DetectionModel("yolo11n.yaml", nc=len(class_names), verbose=False)
-    m.names = dict(enumerate(class_names))
-    with torch.no_grad():
-        for seq in m.model[-1].cv3:
-            seq[-1].bias.normal_(bias_mean, bias_std)
-    y = YOLO("yolo11n.yaml")
-    y.model = m
-    path.parent.mkdir(parents=True, exist_ok=True)
-    y.save(str(path))
-    return path
-
-
-def make_random_artifact(out_dir: Path, class_names: list[str], input_size: int, seed: int = 0) -> Path:
-    """Random weights exported as a scoring artifact directory (``model.onnx`` + ``meta.json``)."""
-    from tasks.export import export_scoring_artifact
-
-    if (out_dir / "model.onnx").is_file() and (out_dir / "meta.json").is_file():
-        return out_dir
-    pt = make_random_weights(out_dir.parent / f"{out_dir.name}.pt", class_names, seed)
-    return export_scoring_artifact(pt, out_dir, class_names, input_size)
 
 
 def synthetic_jpegs(n: int, width: int = 640, height: int = 480, seed: int = 0) -> list[bytes]:

@@ -2,7 +2,8 @@
 
 Settings come from a YAML file (``configs/local.yaml`` by default, or ``$DETLOOP_CONFIG``) with
 environment overrides of the form ``DETLOOP_<SECTION>__<FIELD>=value`` (double underscore between
-levels, value parsed as YAML so ``DETLOOP_SELECTION__BUDGET=80`` is an int). Everything is validated
+levels; ``DETLOOP_SELECTION__BUDGET=80`` is an int, lists and mappings are JSON, ``null`` is None), then a
+run's explicit overrides: pydantic-settings sources, highest priority first (overrides, environment, file). Everything is validated
 on load: unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the
 field path and what is allowed.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,6 +32,13 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
 )
 
 from detloop.errors import ConfigError
@@ -318,8 +327,13 @@ class WorldRef(_Model):
     seed: int = Field(0, ge=0, description="World seed.")
 
 
-class Settings(_Model):
-    """The whole resolved configuration."""
+class Settings(BaseSettings):
+    """The whole resolved configuration (see :func:`load_settings` for where values come from)."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", validate_assignment=True, env_prefix=ENV_PREFIX, env_nested_delimiter="__",
+        env_parse_none_str="null", nested_model_default_partial_update=True,
+    )
 
     data_dir: Path = Field(Path(".detloop"), description="Local state: services, logs, pids, caches.")
     classes: list[str] = Field(min_length=1, description="Class names; the order never changes between rounds.")
@@ -337,6 +351,19 @@ class Settings(_Model):
     rounds: RoundSettings = Field(default_factory=RoundSettings)
     world: WorldRef = Field(default_factory=WorldRef)
     source: str | None = Field(None, description="File the settings were loaded from (set by the loader).")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Priority, highest first: explicit values (a run's overrides), the environment, the config file."""
+        ctx = _SOURCES.get()
+        if ctx is None:  # constructed directly (tests): explicit values and the process environment
+            return (init_settings, env_settings)
+        data, env = ctx
+        return (init_settings, _EnvSource(settings_cls, env), _YamlSource(settings_cls, data))
 
     @field_validator("classes")
     @classmethod
@@ -406,44 +433,37 @@ class Settings(_Model):
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
-def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
-    node = data
-    for key in path[:-1]:
-        nxt = node.get(key)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            node[key] = nxt
-        node = nxt
-    node[path[-1]] = value
+class _YamlSource(PydanticBaseSettingsSource):
+    """The config file's values (already read and checked by :func:`load_settings`)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self.data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self.data
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX) or key == "DETLOOP_CONFIG" or key.startswith(NON_SETTING_ENV_PREFIX):
-            continue
-        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
-        if not path:
-            continue
-        if tuple(path) in SECRET_FIELDS:
-            value: Any = raw  # secrets are strings; never YAML-parse them
-        else:
-            try:
-                value = yaml.safe_load(raw) if raw != "" else None
-            except yaml.YAMLError:
-                value = raw
-        _set_path(out, path, value)
-    return out
+class _EnvSource(EnvSettingsSource):
+    """``DETLOOP_<SECTION>__<FIELD>`` variables of a given environment (the process's by default), excluding
+    the variables that are not settings (``DETLOOP_CONFIG``, ``DETLOOP_TEST_*``)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]):
+        self._env = {k: v for k, v in env.items()
+                     if k != "DETLOOP_CONFIG" and not k.startswith(NON_SETTING_ENV_PREFIX)}
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        from pydantic_settings.sources.utils import parse_env_vars
+
+        return parse_env_vars(self._env, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
-def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(merged.get(k), dict):
-            merged[k] = _deep_merge(merged[k], v)
-        else:
-            merged[k] = v
-    return merged
+_SOURCES: ContextVar[tuple[dict[str, Any], Mapping[str, str]] | None] = ContextVar("detloop_settings_sources",
+                                                                                  default=None)
 
 
 def read_secrets_file(path: Path) -> dict[str, str]:
@@ -506,14 +526,15 @@ def load_settings(
                 f"{cfg_path}: {section}.{field}: secrets are not allowed in config files; "
                 f"set DETLOOP_{section.upper()}__{field.upper()} in the environment or use a Prefect Secret block"
             )
-    data = _deep_merge(raw, _env_overrides(env))
-    if overrides:
-        data = _deep_merge(data, overrides)
-    data["source"] = str(cfg_path)
+    token = _SOURCES.set((raw, env))
     try:
-        settings = Settings.model_validate(data)
+        settings = Settings(**{**dict(overrides or {}), "source": str(cfg_path)})
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, str(cfg_path))) from None
+    except SettingsError as err:  # an environment value that is not valid JSON for a list / mapping field
+        raise ConfigError(f"{cfg_path}: {err}") from None
+    finally:
+        _SOURCES.reset(token)
     _fill_secrets(settings, env)
     return settings
 

@@ -198,3 +198,32 @@ def open_session(artifact_dir: str | Path, threads: int | None = None) -> Any:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or os.cpu_count() or 1
     return ort.InferenceSession(str(Path(artifact_dir) / ONNX_NAME), opts, providers=["CPUExecutionProvider"])
+
+
+def make_random_weights(path: Path, class_names: list[str], seed: int = 0, bias_mean: float = -2.0,
+                        bias_std: float = 2.0) -> Path:
+    """Save a randomly initialised YOLO11n ``.pt`` whose class biases are spread (scores cover (0, 1))."""
+    import torch
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(seed)
+    m = DetectionModel("yolo11n.yaml", nc=len(class_names), verbose=False)
+    m.names = dict(enumerate(class_names))
+    with torch.no_grad():
+        for seq in m.model[-1].cv3:
+            seq[-1].bias.normal_(bias_mean, bias_std)
+    y = YOLO("yolo11n.yaml")
+    y.model = m
+    path.parent.mkdir(parents=True, exist_ok=True)
+    y.save(str(path))
+    return path
+
+
+def make_random_artifact(out_dir: Path, class_names: list[str], input_size: int, seed: int = 0) -> Path:
+    """Random weights exported as a scoring artifact directory (``model.onnx`` + ``meta.json``): a model that
+    runs through every path (scoring, evaluation, registry) without training, for tests and benchmarks."""
+    if (out_dir / "model.onnx").is_file() and (out_dir / "meta.json").is_file():
+        return out_dir
+    pt = make_random_weights(out_dir.parent / f"{out_dir.name}.pt", class_names, seed)
+    return export_scoring_artifact(pt, out_dir, class_names, input_size)

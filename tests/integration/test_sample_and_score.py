@@ -53,7 +53,7 @@ def world(stack_settings: Any, tmp_path_factory: pytest.TempPathFactory) -> dict
     outside = f"{settings.s3.production_prefix}camera=cam0/date={AS_OF.isoformat()}/000001-out.jpg"
     store.put_bytes(settings.s3.production_bucket, outside, body, "image/jpeg")
 
-    from benchmarks.scoring_pipeline import make_random_artifact
+    from tasks.export import make_random_artifact
 
     art = make_random_artifact(tmp_path_factory.mktemp("model") / "rand", list(settings.classes),
                                settings.model.input_size)

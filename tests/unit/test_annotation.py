@@ -18,7 +18,6 @@ from detloop.clients.labelstudio import (
     config_class_names,
     label_config_xml,
 )
-from detloop.clients.s3 import ObjectInfo
 from detloop.contracts import FrameRef, RoundRecord, SelectedFrame
 from detloop.detections import Detections
 from detloop.settings import REPO_ROOT, load_settings
@@ -26,6 +25,7 @@ from tasks import annotation as an
 from tasks import label_quality as lq
 from tasks import ls_tasks as lt
 from tasks import rounds, watch
+from tests.fakes import FakeLabelStudio, FakeStore
 
 CLASSES = ["disc", "square", "triangle"]
 W, H = 200, 100
@@ -210,42 +210,16 @@ def test_unknown_labels_are_listed_with_tasks() -> None:
 
 
 # ---- rounds ---------------------------------------------------------------------------------------
-class MemStore:
-    """In-memory stand-in for S3Store (the methods rounds.py uses)."""
-
-    def __init__(self) -> None:
-        self.objs: dict[tuple[str, str], bytes] = {}
-
-    def exists(self, b: str, k: str) -> bool:
-        return (b, k) in self.objs
-
-    def put_json(self, b: str, k: str, obj: Any) -> str:
-        self.objs[(b, k)] = json.dumps(obj).encode()
-        return "etag"
-
-    def get_json(self, b: str, k: str) -> Any:
-        return json.loads(self.objs[(b, k)])
-
-    def list(self, b: str, prefix: str = ""):  # type: ignore[no-untyped-def]
-        for (bb, k), v in sorted(self.objs.items()):
-            if bb == b and k.startswith(prefix):
-                yield ObjectInfo(k, len(v), "")
-
-
-class FakeLS:
-    """Tasks per round as counters, like ``fields=task_only`` returns them."""
-
-    def __init__(self, states: dict[str, list[str]]):
-        self.states = states
-
-    def ensure_project(self, title: str, classes: list[str]):  # type: ignore[no-untyped-def]
-        return type("P", (), {"id": 1})()
-
-    def iter_tasks(self, project_id: int, filters: list[dict], fields: str = "all", include: str | None = None):  # type: ignore[no-untyped-def]
-        rid = filters[0]["value"]
-        for i, s in enumerate(self.states.get(rid, [])):
-            yield {"id": i, "data": {"round_id": rid}, "total_annotations": int(s == "labelled"),
-                   "cancelled_annotations": int(s == "skipped")}
+def ls_with(cfg: Any, states: dict[str, list[str]]) -> FakeLabelStudio:
+    """A fake Label Studio whose project holds, per round, one task per state (labelled / skipped / pending)."""
+    ls = FakeLabelStudio()
+    project = ls.ensure_project(cfg.label_studio.project_title, cfg.classes)
+    for rid, sts in states.items():
+        ids = ls.import_tasks(project.id, [{"data": {"round_id": rid, "s3_key": f"{rid}-{i}"}} for i in range(len(sts))])
+        for task_id, state in zip(ids, sts, strict=True):
+            if state != "pending":
+                ls.create_annotation(task_id, [], was_cancelled=state == "skipped")
+    return ls
 
 
 def test_deadline_and_decision() -> None:
@@ -273,10 +247,10 @@ def payload(done: Any) -> dict[str, Any]:
 
 
 def test_watch_rounds_emits_once_per_round(cfg) -> None:  # type: ignore[no-untyped-def]
-    store = MemStore()
+    store = FakeStore()
     for rid in ("a", "b", "c"):
         rounds.open_round(store, cfg, rid, "2026-01-12", "7", 3, 1, now=datetime(2026, 1, 12))
-    ls = FakeLS({"a": ["labelled"] * 3 + ["skipped"], "b": ["labelled", "pending", "pending", "pending"], "c": []})
+    ls = ls_with(cfg, {"a": ["labelled"] * 3 + ["skipped"], "b": ["labelled", "pending", "pending", "pending"], "c": []})
     events: list[Any] = []
     rep = watch.watch_rounds(cfg, datetime(2026, 1, 13), events.append, store, ls)
     assert rep["emitted"] == ["a"]
@@ -293,9 +267,9 @@ def test_watch_rounds_emits_once_per_round(cfg) -> None:  # type: ignore[no-unty
 
 
 def test_emit_failure_leaves_round_to_retry_with_same_id(cfg) -> None:  # type: ignore[no-untyped-def]
-    store = MemStore()
+    store = FakeStore()
     rounds.open_round(store, cfg, "a", "2026-01-12", "7", 1, 0)
-    ls = FakeLS({"a": ["labelled"]})
+    ls = ls_with(cfg, {"a": ["labelled"]})
 
     def boom(done: Any) -> None:
         raise ConnectionError("prefect down")
@@ -310,7 +284,7 @@ def test_emit_failure_leaves_round_to_retry_with_same_id(cfg) -> None:  # type: 
 
 
 def test_open_round_is_idempotent_and_mark_round_validates(cfg) -> None:  # type: ignore[no-untyped-def]
-    store = MemStore()
+    store = FakeStore()
     a = rounds.open_round(store, cfg, "a", "2026-01-12", "7", 3, 1, now=datetime(2026, 1, 12, 8))
     b = rounds.open_round(store, cfg, "a", "2026-01-12", "8", 9, 9, now=datetime(2026, 1, 13))
     assert a == b
@@ -324,69 +298,56 @@ def test_open_round_is_idempotent_and_mark_round_validates(cfg) -> None:  # type
 
 
 def test_watch_rounds_dry_run_writes_and_emits_nothing(cfg) -> None:  # type: ignore[no-untyped-def]
-    store = MemStore()
+    store = FakeStore()
     rounds.open_round(store, cfg, "a", "2026-01-12", "7", 1, 0)
-    before = dict(store.objs)
+    before = dict(store.objects)
     events: list[Any] = []
-    rep = watch.watch_rounds(cfg, datetime(2026, 1, 13), events.append, store, FakeLS({"a": ["labelled"]}),
+    rep = watch.watch_rounds(cfg, datetime(2026, 1, 13), events.append, store, ls_with(cfg, {"a": ["labelled"]}),
                              dry_run=True)
-    assert events == [] and store.objs == before
+    assert events == [] and store.objects == before
     assert rep["rounds"][0]["would_emit"] is True and rep["rounds"][0]["status"] == "completed"
 
 
-class TimeoutAfterCommitLS(FakeLS):
+class TimeoutAfterCommitLS(FakeLabelStudio):
     """Imports commit, but the first answer is lost (a timeout): the classic duplicate-maker."""
 
-    def __init__(self) -> None:
-        super().__init__({})
-        self.tasks: list[dict] = []
-        self.calls = 0
+    imports = 0
 
-    def ensure_s3_storage(self, *a: Any) -> int:
-        return 1
-
-    def import_tasks(self, project_id: int, tasks: list) -> list[int]:
+    def import_tasks(self, project_id: int, tasks: Any) -> list[int]:
         from detloop.errors import ServiceUnavailable
 
-        self.calls += 1
-        ids = []
-        for t in tasks[: 2 if self.calls == 1 else None]:  # the first call commits 2 tasks, then times out
-            self.tasks.append({"id": len(self.tasks) + 1, "data": t["data"]})
-            ids.append(len(self.tasks))
-        if self.calls == 1:
+        self.imports += 1
+        if self.imports == 1:  # the first call commits 2 tasks, then its answer is lost
+            super().import_tasks(project_id, tasks[:2])
             raise ServiceUnavailable("Label Studio at http://x is not reachable: ReadTimeout")
-        return ids
-
-    def iter_tasks(self, project_id: int, filters: list[dict], fields: str = "all", include: str | None = None):  # type: ignore[no-untyped-def]
-        rid = filters[0]["value"]
-        yield from (t for t in self.tasks if t["data"]["round_id"] == rid)
+        return super().import_tasks(project_id, tasks)
 
 
 def test_push_retried_after_lost_answer_creates_no_duplicate(cfg) -> None:  # type: ignore[no-untyped-def]
     """The flow retries a push that failed on an unavailable Label Studio: the retry imports only what is missing."""
     from detloop.errors import ServiceUnavailable
 
-    ls, store = TimeoutAfterCommitLS(), MemStore()
+    ls, store = TimeoutAfterCommitLS(), FakeStore()
     frames = [SelectedFrame(FrameRef("prod", f"frames/camera=c/date=2026-01-05/10000{i}-a.jpg", "e", "c",
                                      "2026-01-05"), W, H, "selected", "entropy", 0.5, i, "why") for i in range(5)]
     with pytest.raises(ServiceUnavailable):
         an.push_round(cfg, frames, "r", "7", "2026-01-12", ls, store)
     assert rounds.load_round(store, cfg, "r") is None  # no round record before every task went in
     rep = an.push_round(cfg, frames, "r", "7", "2026-01-12", ls, store)  # what the flow's retry does
-    assert [t["data"]["s3_key"] for t in ls.tasks] == [f.frame.key for f in frames]  # each exactly once
-    assert rep.already_present == 2 and rep.imported == 3 and ls.calls == 2
+    assert [t["data"]["s3_key"] for t in ls.tasks.values()] == [f.frame.key for f in frames]  # each exactly once
+    assert rep.already_present == 2 and rep.imported == 3 and ls.imports == 2
     assert sorted(rounds.load_task_ids(store, cfg, "r")) == sorted(f.frame.key for f in frames)
     assert rounds.load_round(store, cfg, "r").status == "open"
 
 
 def test_watch_rounds_leaves_other_projects_rounds_alone(cfg) -> None:  # type: ignore[no-untyped-def]
-    store = MemStore()
+    store = FakeStore()
     other = cfg.model_copy(deep=True)
     other.label_studio.project_title = "someone-else"
     for s_, rid in ((cfg, "mine"), (other, "theirs")):
         rounds.open_round(store, s_, rid, "2026-01-12", "7", 1, 0)
         rounds.save_task_ids(store, s_, rid, {"k": 1})
     events: list[Any] = []
-    watch.watch_rounds(cfg, datetime(2026, 2, 1), events.append, store, FakeLS({"mine": ["labelled"], "theirs": []}))
+    watch.watch_rounds(cfg, datetime(2026, 2, 1), events.append, store, ls_with(cfg, {"mine": ["labelled"], "theirs": []}))
     assert [e.round_id for e in events] == ["mine"]
     assert rounds.load_round(store, cfg, "theirs").status == "open"

@@ -24,10 +24,10 @@ from benchmarks.al_labelstudio import (
     labels_by_key,
     project_title,
 )
-from detloop.clients.labelstudio import Project, label_config_xml
 from detloop.detections import Detections
 from detloop.errors import DataError, ServiceError
 from tasks.ls_tasks import convert_round_tasks
+from tests.fakes import FakeLabelStudio, FakeStore
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["disc", "square", "triangle", "ring", "star"]
@@ -141,78 +141,6 @@ def test_run_key_does_not_depend_on_how_labels_travel() -> None:
 
 
 # ---- the oracle against an in-memory Label Studio ----------------------------------------------------
-class FakeLS:
-    """The LabelStudioClient calls the oracle makes, over an in-memory project (server semantics kept:
-    filters on data fields, counters of submitted/cancelled annotations, export with annotations)."""
-
-    url = "http://fake-ls"
-
-    def __init__(self, edit: Any = None) -> None:
-        self.projects: dict[str, Project] = {}
-        self.tasks: dict[int, dict[str, Any]] = {}
-        self.calls: list[str] = []
-        self.edit = edit  # what a reviewer does to each annotation's result on the server
-
-    def whoami(self) -> dict[str, Any]:
-        return {"id": 1}
-
-    def ensure_project(self, title: str, class_names: list[str]) -> Project:
-        self.calls.append("ensure_project")
-        return self.projects.setdefault(title, Project(len(self.projects) + 1, title, label_config_xml(class_names)))
-
-    def ensure_s3_storage(self, project_id: int, bucket: str, presign: bool, ttl: int) -> int:
-        self.calls.append(f"storage {bucket}")
-        return 1
-
-    def _match(self, t: dict[str, Any], filters: Any) -> bool:
-        return all(t["data"].get(f["filter"].split("data.", 1)[1]) == f["value"] for f in filters)
-
-    def iter_tasks(self, project_id: int, filters: Any = (), fields: str = "all", page_size: int = 1000,
-                   include: str | None = None) -> Any:
-        for tid, t in sorted(self.tasks.items()):
-            if t["project"] == project_id and self._match(t, filters):
-                anns = t["annotations"]
-                yield {"id": tid, "data": t["data"], "total_annotations": sum(not a["was_cancelled"] for a in anns),
-                       "cancelled_annotations": sum(a["was_cancelled"] for a in anns)}
-
-    def import_tasks(self, project_id: int, tasks: list[dict[str, Any]], retry: bool = True) -> list[int]:
-        ids = []
-        for t in tasks:
-            tid = 1000 + len(self.tasks)
-            self.tasks[tid] = {"project": project_id, "data": json.loads(json.dumps(t["data"])), "annotations": []}
-            ids.append(tid)
-        self.calls.append(f"import {len(tasks)}")
-        return ids
-
-    def export_tasks(self, project_id: int, task_ids: list[int]) -> list[dict[str, Any]]:
-        return [{"id": i, "data": self.tasks[i]["data"], "annotations": self.tasks[i]["annotations"],
-                 "predictions": []} for i in task_ids]
-
-    def create_annotation(self, task_id: int, result: list[dict[str, Any]], was_cancelled: bool = False,
-                          lead_time: float | None = None) -> int:
-        anns = self.tasks[task_id]["annotations"]
-        result = json.loads(json.dumps(result))  # what the server stores is JSON
-        anns.append({"id": len(anns) + 1, "result": self.edit(result) if self.edit else result,
-                     "was_cancelled": was_cancelled, "updated_at": f"2026-01-01T00:00:{len(anns):02d}Z"})
-        self.calls.append(f"annotate {task_id}")
-        return len(anns)
-
-
-class FakeStore:
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str], bytes] = {}
-
-    def ensure_bucket(self, bucket: str) -> None:
-        pass
-
-    def exists(self, bucket: str, key: str) -> bool:
-        return (bucket, key) in self.objects
-
-    def put_bytes(self, bucket: str, key: str, body: bytes, content_type: str | None = None) -> str:
-        self.objects[(bucket, key)] = body
-        return "etag"
-
-
 @pytest.fixture
 def settings(tmp_path: Path) -> Any:
     from detloop.settings import load_settings
@@ -222,7 +150,7 @@ def settings(tmp_path: Path) -> Any:
 
 def test_oracle_labels_once_and_a_resumed_round_creates_nothing(settings: Any, tmp_path: Path) -> None:
     frames = [bframe(f"f{i}", n=i % 4, tmp=tmp_path) for i in range(5)]
-    ls, store = FakeLS(), FakeStore()
+    ls, store = FakeLabelStudio(), FakeStore()
     o = LabelStudioOracle(settings, "detloop-bench-t", CLASSES, NOISE, ls=ls, store=store, log=lambda m: None)
     o.check()
     got = o.label(frames, 3, 1, "random", control={"f4"})
@@ -250,7 +178,7 @@ def test_oracle_labels_once_and_a_resumed_round_creates_nothing(settings: Any, t
 def test_oracle_completes_a_half_done_round(settings: Any, tmp_path: Path) -> None:
     """A crash after the import and one annotation: the rest is annotated, nothing is duplicated."""
     frames = [bframe(f"f{i}", n=3, tmp=tmp_path) for i in range(4)]
-    ls, store = FakeLS(), FakeStore()
+    ls, store = FakeLabelStudio(), FakeStore()
     o = LabelStudioOracle(settings, "p", CLASSES, NOISE, ls=ls, store=store, log=lambda m: None)
     pid = o.project.id
     rid = bench_round_id("random", 0, 1)
@@ -269,7 +197,7 @@ def test_oracle_returns_what_label_studio_holds(settings: Any, tmp_path: Path) -
     """A reviewer on the server removes every frame's last box: the oracle returns the reviewed labels."""
     frames = [bframe(f"f{i}", n=3, tmp=tmp_path) for i in range(3)]
     msgs: list[str] = []
-    o = LabelStudioOracle(settings, "p", CLASSES, AnnotatorNoise(0, 0, 0), ls=FakeLS(edit=lambda r: r[:-1]),
+    o = LabelStudioOracle(settings, "p", CLASSES, AnnotatorNoise(0, 0, 0), ls=FakeLabelStudio(edit=lambda r: r[:-1]),
                           store=FakeStore(), log=msgs.append)
     got = o.label(frames, 0, 1, "random")
     assert [len(g) for g in got] == [2, 2, 2]
@@ -307,7 +235,7 @@ def test_runner_trains_on_what_label_studio_returns(tmp_path: Path, monkeypatch:
     pt = tmp_path / "untrained.pt"
     torch.save({"model": net, "train_args": {}}, pt)
     monkeypatch.setattr(al, "train_once", lambda *a, **k: (pt, 0.0))
-    fake = FakeLS(edit=lambda r: r[:1])  # the server keeps only each frame's first box
+    fake = FakeLabelStudio(edit=lambda r: r[:1])  # the server keeps only each frame's first box
 
     class Oracle(LabelStudioOracle):
         def __init__(self, *a: Any, **k: Any) -> None:

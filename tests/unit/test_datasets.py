@@ -30,7 +30,7 @@ from detloop.datasets import (
 from detloop.detections import Detections
 from detloop.errors import DataError
 from detloop.settings import load_settings
-from tests.unit.memstore import MemStore
+from tests.fakes import FakeStore
 
 CLASSES = ["disc", "square", "triangle", "ring", "star"]
 
@@ -47,7 +47,7 @@ def _det(boxes: list[tuple[int, float, float, float, float]]) -> Detections:
     return Detections(xyxy=a[:, 1:], confidence=np.ones(len(a)), class_id=a[:, 0].astype(int))
 
 
-def _entry(store: MemStore, i: int, split: str = "train", source: str = "seed", hard: bool = False,
+def _entry(store: FakeStore, i: int, split: str = "train", source: str = "seed", hard: bool = False,
            boxes: list | None = None, arm: str | None = None, camera: str = "cam0", hour: int = 10) -> DatasetEntry:
     img = f"image-{i}".encode()
     det = _det(boxes if boxes is not None else [(i % 5, 10, 10, 40, 40), (0, 50, 50, 80, 90)])
@@ -58,7 +58,7 @@ def _entry(store: MemStore, i: int, split: str = "train", source: str = "seed", 
 
 
 def test_put_blob_is_content_addressed_and_skips_existing() -> None:
-    store = MemStore()
+    store = FakeStore()
     sha = put_blob(store, "b", b"hello", "txt")
     assert sha == sha256_bytes(b"hello")
     assert ("b", f"blobs/sha256/{sha[:2]}/{sha}.txt") in store.objects
@@ -69,7 +69,7 @@ def test_put_blob_is_content_addressed_and_skips_existing() -> None:
 
 
 def test_version_id_stable_for_same_content_and_changes_with_content(settings) -> None:
-    store = MemStore()
+    store = FakeStore()
     entries = [_entry(store, i) for i in range(6)]
     m1 = build_version("seed", CLASSES, entries)
     m2 = build_version("seed", CLASSES, list(reversed(entries)))  # order of input does not matter
@@ -87,7 +87,7 @@ def test_version_id_stable_for_same_content_and_changes_with_content(settings) -
 
 
 def test_modified_manifest_is_refused(settings) -> None:
-    store = MemStore()
+    store = FakeStore()
     vid = save_manifest(store, settings, build_version("seed", CLASSES, [_entry(store, 1)]))
     key = (settings.s3.data_bucket, f"datasets/{vid}/manifest.json")
     d = json.loads(store.objects[key])
@@ -116,7 +116,7 @@ def test_assign_split_is_grouped_stable_and_near_share() -> None:
 
 
 def test_child_keeps_parent_entries_and_newest_label_wins() -> None:
-    store = MemStore()
+    store = FakeStore()
     parent = build_version("seed", CLASSES, [_entry(store, i) for i in range(4)])
     relabel = _entry(store, 2, source="round:r1", boxes=[(4, 1, 1, 30, 30)], hard=True)
     new = _entry(store, 10, source="round:r1")
@@ -133,7 +133,7 @@ def test_child_keeps_parent_entries_and_newest_label_wins() -> None:
 
 
 def test_golden_and_control_never_train() -> None:
-    store = MemStore()
+    store = FakeStore()
     with pytest.raises(DataError, match="control"):
         DatasetManifest("train", CLASSES, [_entry(store, 1, split="train", arm="control")])
     with pytest.raises(DataError, match="golden"):
@@ -145,14 +145,14 @@ def test_golden_and_control_never_train() -> None:
 
 
 def test_parent_with_other_classes_refused() -> None:
-    store = MemStore()
+    store = FakeStore()
     parent = build_version("seed", CLASSES, [_entry(store, 1)])
     with pytest.raises(DataError, match=r"missing \['cube'\]"):
         build_version("train", [*CLASSES, "cube"], [], parent=parent)
 
 
 def test_diff_counts_added_removed_relabelled_and_boxes() -> None:
-    store = MemStore()
+    store = FakeStore()
     a = build_version("seed", CLASSES, [_entry(store, i, boxes=[(0, 1, 1, 20, 20)]) for i in range(3)])
     b = build_version(
         "train", CLASSES,
@@ -172,7 +172,7 @@ def test_diff_counts_added_removed_relabelled_and_boxes() -> None:
 
 
 def test_materialize_writes_yolo_dataset_with_oversampled_hardlinks(settings, tmp_path: Path) -> None:
-    store = MemStore()
+    store = FakeStore()
     entries = [_entry(store, i, hard=(i == 0)) for i in range(3)] + [_entry(store, 5, split="val")]
     m = build_version("seed", CLASSES, entries)
     vid = save_manifest(store, settings, m)
@@ -203,7 +203,7 @@ def test_materialize_writes_yolo_dataset_with_oversampled_hardlinks(settings, tm
 
 
 def test_materialize_refuses_other_classes(settings) -> None:
-    store = MemStore()
+    store = FakeStore()
     m = build_version("seed", ["disc", "square", "triangle", "ring", "hexagon"], [_entry(store, 1)])
     vid = save_manifest(store, settings, m)
     with pytest.raises(DataError, match=r"missing \['star'\]; extra \['hexagon'\]"):
@@ -211,7 +211,7 @@ def test_materialize_refuses_other_classes(settings) -> None:
 
 
 def test_materialize_golden_only(settings) -> None:
-    store = MemStore()
+    store = FakeStore()
     m = build_version("golden", CLASSES, [_entry(store, i, split="golden", source="golden") for i in range(2)])
     vid = save_manifest(store, settings, m)
     data = yaml.safe_load(materialize(store, settings, vid, splits=("golden",)).read_text())
@@ -230,7 +230,7 @@ def test_ultralytics_reads_the_materialized_train_list_with_oversampled_copies(s
     from ultralytics.data.dataset import YOLODataset
     from ultralytics.data.utils import check_det_dataset
 
-    store = MemStore()
+    store = FakeStore()
     rng = np.random.default_rng(0)
     entries = []
     for i in range(4):
@@ -254,7 +254,7 @@ def test_ultralytics_reads_the_materialized_train_list_with_oversampled_copies(s
 def test_missing_index_entry_is_repaired_and_latest_follows_creation(settings) -> None:
     from detloop.datasets import latest_version
 
-    store = MemStore()
+    store = FakeStore()
     m1 = build_version("seed", CLASSES, [_entry(store, 1)])
     v1 = save_manifest(store, settings, m1)
     del store.objects[(settings.s3.data_bucket, f"datasets/index/seed/{v1}.json")]

@@ -135,27 +135,6 @@ def test_near_duplicates_greedy_within_camera() -> None:
     np.testing.assert_array_equal(near_duplicates(h, ["a"] * 5, threshold=2), [-1, 0, -1, 0, 0])
 
 
-class FakeStore:
-    """In-memory stand-in for S3Store (list / get_bytes / put_json / ensure_bucket)."""
-
-    def __init__(self, objects: dict[str, bytes]):
-        self.objects = objects
-        self.written: dict[str, object] = {}
-
-    def list(self, bucket: str, prefix: str = "") -> list[Obj]:
-        return [Obj(k, len(v), f"etag-{k}") for k, v in sorted(self.objects.items()) if k.startswith(prefix)]
-
-    def get_bytes(self, bucket: str, key: str) -> bytes:
-        return self.objects[key]
-
-    def ensure_bucket(self, bucket: str) -> None:
-        pass
-
-    def put_json(self, bucket: str, key: str, obj: object) -> str:
-        self.written[key] = obj
-        return "etag"
-
-
 def test_sample_fills_max_frames_across_chunks_without_duplicates() -> None:
     from detloop.settings import load_settings
     from tasks.sampling import sample
@@ -169,9 +148,13 @@ def test_sample_fills_max_frames_across_chunks_without_duplicates() -> None:
             f"frames/camera=c0/date=2026-01-0{1 + (i // 2) % 2}/{i:06d}-a.jpg"]
     objs["frames/camera=c1/date=2026-01-01/999999-z.jpg"] = b""
     objs["frames/camera=c1/date=2026-01-02/999998-t.jpg"] = jpeg(scene(7))[:500]
+    from tests.fakes import FakeStore
+
     settings = load_settings(overrides={"sampling": {"max_frames": 70, "window_days": 7}})
-    store = FakeStore(objs)
-    res = sample(settings, date(2026, 1, 3), store, cameras=["c0", "c1"], run_id="r1")  # type: ignore[arg-type]
+    store = FakeStore()
+    prod, data = settings.s3.production_bucket, settings.s3.data_bucket
+    store.objects.update({(prod, k): v for k, v in objs.items()})
+    res = sample(settings, date(2026, 1, 3), store, run_id="r1")  # cameras listed from the bucket
     keys = [f.key for f in res.frames]
     assert len(keys) == 70 == len(set(keys))
     # no frame and its re-upload both sampled
@@ -179,5 +162,28 @@ def test_sample_fills_max_frames_across_chunks_without_duplicates() -> None:
     assert len(stems) == len(set(stems))
     assert {q.reason.split(" ")[0] for q in res.quarantined} == {"zero-byte", "truncated"}
     assert res.stats["sampled"] == 70 and res.stats["duplicates"] == len(res.duplicates) > 0
-    assert store.written["runs/r1/sample_manifest.json"]["stats"]["sampled"] == 70  # type: ignore[index]
-    assert len(store.written["runs/r1/quarantine.json"]["quarantined"]) == 2  # type: ignore[index]
+    assert store.get_json(data, "runs/r1/sample_manifest.json")["stats"]["sampled"] == 70
+    assert len(store.get_json(data, "runs/r1/quarantine.json")["quarantined"]) == 2
+
+
+def test_a_vanished_frame_is_quarantined_but_an_outage_fails_the_sample() -> None:
+    """Bad data is quarantined with its reason; a service that is down is never mistaken for bad data."""
+    from detloop.errors import ServiceUnavailable
+    from detloop.settings import load_settings
+    from tasks import sampling
+    from tests.fakes import FakeStore
+
+    settings = load_settings(overrides={"sampling": {"window_days": 7}})
+    store = FakeStore()
+    prod = settings.s3.production_bucket
+    keys = [f"frames/camera=c0/date=2026-01-01/00000{i}-a.jpg" for i in range(3)]
+    for i, k in enumerate(keys):
+        store.objects[(prod, k)] = jpeg(scene(300 + i))
+    listed = list(store.list(prod, "frames/"))
+    del store.objects[(prod, keys[1])]  # expired between the listing and the download
+    refs = sampling.frames_in_window(listed, prod, date(2026, 1, 3), 7)
+    got = sampling.fetch_bytes(store, refs)
+    assert isinstance(got[1], sampling.NotFound) and isinstance(got[0], bytes)
+    store.down = True
+    with pytest.raises(ServiceUnavailable, match="S3 at http://fake-s3 is not reachable"):
+        sampling.fetch_bytes(store, refs)

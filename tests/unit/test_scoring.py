@@ -131,7 +131,7 @@ def random_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("scorer")
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(d / "yolocfg"))
-    from benchmarks.scoring_pipeline import make_random_artifact
+    from tasks.export import make_random_artifact
 
     art = make_random_artifact(d / "rand", ["disc", "square", "triangle", "ring", "star"], 320)
     return d / "rand.pt", art
@@ -171,10 +171,10 @@ def test_concurrent_workers_score_the_same_frames_in_input_order(random_model: t
     """Batches scored by several workers come back in input order with the same detections."""
     from detloop.settings import ModelSettings
     from tasks.scoring import inference_workers, load_scorer, score
-    from tests.unit.memstore import MemStore
+    from tests.fakes import FakeStore
 
     _, art = random_model
-    store = MemStore()
+    store = FakeStore()
     rng = np.random.default_rng(3)
     refs = []
     for i in range(23):  # not a multiple of the batch size

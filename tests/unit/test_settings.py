@@ -97,6 +97,15 @@ def test_env_overrides_are_typed(tmp_path: Path) -> None:
     assert s.selection.budget == 80
     assert s.gate.auto_promote is False
     assert s.data_dir == tmp_path
+    t = load_settings(REPO / "configs" / "local.yaml", env={
+        "DETLOOP_PREFECT__DASK_ADDRESS": "null", "DETLOOP_PREFECT__RETRY_DELAYS_SECONDS": "[1, 5]",
+        "DETLOOP_CONFIG": "ignored.yaml", "DETLOOP_TEST_KEEP_STACK": "1"},
+        overrides={"prefect": {"retries": 7}, "selection": {"budget": 3}})
+    assert t.prefect.dask_address is None and t.prefect.retry_delays_seconds == [1.0, 5.0]
+    assert t.prefect.retries == 7 and t.selection.budget == 3  # a run's overrides win over env and file
+    assert t.selection.strategy == s.selection.strategy  # the rest of the section is the file's
+    with pytest.raises(ConfigError, match=r"prefect\.retry_delays_seconds"):
+        load_settings(REPO / "configs" / "local.yaml", env={"DETLOOP_PREFECT__RETRY_DELAYS_SECONDS": "[-1]"})
 
 
 def test_env_override_out_of_range_is_rejected() -> None:

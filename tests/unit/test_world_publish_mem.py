@@ -15,7 +15,7 @@ from detloop.errors import DataError
 from detloop.settings import load_settings
 from detloop.world.publish import oracle_truth, publish_labelled_set, publish_world
 from tasks.sampling import check_image_bytes
-from tests.unit.memstore import MemStore
+from tests.fakes import FakeStore
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def settings(tmp_path: Path):
 
 
 def test_publish_is_idempotent_and_truth_matches_frames(settings) -> None:
-    store = MemStore()
+    store = FakeStore()
     r = publish_world(settings, date(2026, 1, 5), 2, 3, store=store, threads=4)
     assert r.frames == 2 * 4 * 3 and r.written == r.frames and r.skipped == 0
     prod = [k for (b, k) in store.objects if b == settings.s3.production_bucket]
@@ -47,7 +47,7 @@ def test_publish_is_idempotent_and_truth_matches_frames(settings) -> None:
 
 
 def test_corrupt_objects_are_injected_without_truth(settings) -> None:
-    store = MemStore()
+    store = FakeStore()
     r = publish_world(settings, date(2026, 1, 5), 1, 2, corrupt=3, store=store)
     assert len(r.corrupt_keys) == 3
     bodies = [store.objects[(settings.s3.production_bucket, k)] for k in r.corrupt_keys]
@@ -62,7 +62,7 @@ def test_corrupt_objects_are_injected_without_truth(settings) -> None:
 
 
 def test_seed_and_golden_versions_are_deterministic(settings) -> None:
-    store = MemStore()
+    store = FakeStore()
     v1 = publish_labelled_set(settings, "seed", frames=24, store=store)
     n = store.puts
     v2 = publish_labelled_set(settings, "seed", frames=24, store=store)

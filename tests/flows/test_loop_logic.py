@@ -1,0 +1,121 @@
+"""The loop's flows, run for real by Prefect, over in-memory services (see ``conftest.py``)."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+START = date(2026, 1, 5)
+AS_OF = date(2026, 1, 12)
+
+
+@pytest.fixture
+def world(config: str, fakes: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A week of production frames in the fake S3 and a random-weights champion in the fake registry."""
+    import shutil
+
+    from detloop.settings import load_settings
+    from detloop.world.publish import publish_world
+    from tasks.export import make_random_artifact
+
+    s = load_settings(config)
+    publish_world(s, START, 7, 3, store=fakes.store, threads=4)
+    art_root = tmp_path_factory.getbasetemp() / "random-artifact"
+    art = make_random_artifact(art_root / "scoring", list(s.classes), s.model.input_size)
+    files = tmp_path_factory.mktemp("model")
+    shutil.copytree(art, files / "scoring")
+    (files / "weights").mkdir()
+    (files / "weights" / "best.pt").write_bytes(b"not used by scoring")
+    fakes.registry.add_model(files, run_id="run-boot", tags={"detloop.dataset_version": ""})
+    return s
+
+
+def test_a_week_opens_one_round_and_a_rerun_resumes_it(world: Any, config: str, fakes: Any) -> None:
+    from flows.loop import select_for_labeling
+    from flows.params import SelectParams
+    from tasks.rounds import load_round, round_id_for
+
+    out = select_for_labeling(SelectParams(config=config, as_of=AS_OF, budget=10))
+    rid = round_id_for(world.label_studio.project_title, AS_OF)
+    assert out["round_id"] == rid and out["selected"] + out["control"] == 10 and out["imported"] == 10
+    assert len(fakes.labels.tasks) == 10 and load_round(fakes.store, world, rid).status == "open"
+    reads = fakes.store.reads
+    again = select_for_labeling(SelectParams(config=config, as_of=AS_OF, budget=10))
+    assert again["round_id"] == rid and again["imported"] == 0 and again["already_present"] == 10
+    assert len(fakes.labels.tasks) == 10
+    assert fakes.store.reads - reads < 40  # resumed from the stored selection: no frame scored again
+    # the next week, while this round is still open: `rounds.on_open_round: skip`
+    skipped = select_for_labeling(SelectParams(config=config, as_of=date(2026, 1, 19), budget=10))
+    assert "still open" in skipped["skipped"] and len(fakes.labels.tasks) == 10
+
+
+def test_a_rejected_request_fails_once_while_an_outage_is_retried(world: Any, config: str, fakes: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from detloop.errors import ServiceRejected, ServiceUnavailable
+    from flows.loop import select_for_labeling
+    from flows.params import SelectParams
+
+    real = fakes.labels.import_tasks
+    calls: list[int] = []
+
+    def rejected(project_id: int, tasks: Any) -> list[int]:
+        calls.append(len(tasks))
+        raise ServiceRejected("Label Studio at http://fake-ls: HTTP 400 on import: bad task")
+
+    monkeypatch.setattr(fakes.labels, "import_tasks", rejected)
+    with pytest.raises(ServiceRejected):
+        select_for_labeling(SelectParams(config=config, as_of=AS_OF, budget=6))
+    assert len(calls) == 1  # never retried
+
+    def flaky(project_id: int, tasks: Any) -> list[int]:
+        calls.append(len(tasks))
+        if len(calls) == 2:
+            raise ServiceUnavailable("Label Studio at http://fake-ls is not reachable (import): ReadTimeout")
+        return real(project_id, tasks)
+
+    monkeypatch.setattr(fakes.labels, "import_tasks", flaky)
+    out = select_for_labeling(SelectParams(config=config, as_of=AS_OF, budget=6))
+    assert len(calls) == 3 and out["imported"] == 6 and len(fakes.labels.tasks) == 6  # retried once, no duplicate
+
+
+def test_watch_announces_a_finished_round_once(world: Any, config: str, fakes: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.loop import select_for_labeling, watch_rounds
+    from flows.params import SelectParams, WatchParams
+
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr("prefect.events.emit_event", lambda **kw: events.append(kw))
+    rid = select_for_labeling(SelectParams(config=config, as_of=AS_OF, budget=6))["round_id"]
+    watch_rounds(WatchParams(config=config))
+    assert [e["event"] for e in events] == ["detloop.annotation.round.ready"]  # from the select flow
+    for tid in list(fakes.labels.tasks):
+        fakes.labels.create_annotation(tid, [])
+    watch_rounds(WatchParams(config=config))
+    watch_rounds(WatchParams(config=config))
+    done = [e for e in events if e["event"] == "detloop.annotation.round.completed"]
+    assert len(done) == 1 and done[0]["payload"]["round_id"] == rid and done[0]["payload"]["labelled"] == 6
+    assert done[0]["payload"]["config"] == config  # the triggered retrain runs with the same settings
+
+
+def test_promote_and_rollback_move_the_aliases_and_log_who_and_why(world: Any, config: str, fakes: Any,
+                                                                   tmp_path: Path) -> None:
+    from flows.loop import promote, rollback
+    from flows.params import PromoteParams, RollbackParams
+    from tasks.registry import PromotionError, read_promotion_log
+
+    reg = fakes.registry
+    files = reg.get_version("1").files
+    v2 = reg.add_model(files, run_id="run-2", tags={"gate.passed": "false", "gate.reasons": "golden mAP dropped"},
+                       alias=None)
+    with pytest.raises(PromotionError, match="did not pass the gate"):
+        promote(PromoteParams(config=config, version=v2, reason="try"))
+    entry = promote(PromoteParams(config=config, version=v2, reason="field test", override=True, who="ana"))
+    assert entry["action"] == "override" and reg.aliases() == {"champion": v2, "previous-champion": "1"}
+    assert promote(PromoteParams(config=config, version=v2, reason="again", override=True))["action"] == "noop"
+    back = rollback(RollbackParams(config=config, reason="regression", who="ana"))
+    assert back["version"] == "1" and reg.aliases()["champion"] == "1"
+    log = read_promotion_log(fakes.store, world)
+    assert [(e["action"], e["version"], e["actor"]) for e in log] == [("override", v2, "ana"), ("rollback", "1", "ana")]
