@@ -43,6 +43,26 @@ EVENT_MODEL_PROMOTED = "detloop.model.promoted"
 EVENT_GATE_FAILED = "detloop.model.gate_failed"
 
 
+def run_name(prefix: str, *keys: str) -> Any:
+    """A ``flow_run_name`` callable: ``prefix`` and the first of ``keys`` the run's parameters hold.
+
+    Parameters given as one model (``params``) are looked into too: ``run_name("retrain", "round_id")``
+    names a run ``retrain detloop-2026-01-12``.
+    """
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        p = dict(flow_run.parameters or {})
+        inner = p.get("params")
+        if inner is not None:
+            p.update(inner if isinstance(inner, dict) else getattr(inner, "__dict__", {}))
+        value = next((p[k] for k in keys if p.get(k) not in (None, "")), None)
+        return f"{prefix} {value}" if value is not None else prefix
+
+    return name
+
+
 def announce_round_completed(config: str | None) -> Any:
     """``announce(RoundCompleted)`` for :func:`tasks.watch.watch_rounds`: emits Prefect's round-completed event.
 

@@ -19,7 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows import steps
-from flows.common import retrying, run_settings
+from flows.common import retrying, run_name, run_settings
 
 
 @dataclass
@@ -50,14 +50,8 @@ def _golden_map(report: Any) -> float | None:
     return None if sm is None else sm.overall.map
 
 
-def _run_name() -> str:
-    from prefect.runtime import flow_run
-
-    p = flow_run.parameters
-    return f"evaluate-and-promote {p.get('round_id') or p.get('run_id')}"
-
-
-@flow(name="evaluate-and-promote", flow_run_name=_run_name, log_prints=True)
+@flow(name="evaluate-and-promote", flow_run_name=run_name("evaluate-and-promote", "round_id", "run_id"),
+      log_prints=True)
 def evaluate_and_promote(
     run_id: str,
     weights: str,

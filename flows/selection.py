@@ -20,7 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows import steps
-from flows.common import chunks, make_task_runner, retrying, run_settings
+from flows.common import chunks, make_task_runner, retrying, run_name, run_settings
 
 
 @dataclass
@@ -99,14 +99,7 @@ def score_sample(settings: Any, clients: Any, sample: Any, model: Any, committee
     return result
 
 
-def _select_frames_run_name() -> str:
-    from prefect.runtime import flow_run
-
-    p = flow_run.parameters
-    return f"select-frames {p.get('run_id')}"
-
-
-@flow(name="select-frames", flow_run_name=_select_frames_run_name, log_prints=True)
+@flow(name="select-frames", flow_run_name=run_name("select-frames", "run_id"), log_prints=True)
 def select_frames(
     as_of: date,
     run_id: str,

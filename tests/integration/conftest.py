@@ -31,7 +31,7 @@ def _test_settings():  # type: ignore[no-untyped-def]
     from detloop.settings import load_settings
 
     raw = yaml.safe_load(TEST_CONFIG.read_text()) or {}
-    data_dir = Path(raw.get("data_dir", ".detloop-test"))
+    data_dir = Path(os.environ.get("DETLOOP_DATA_DIR") or raw.get("data_dir", ".detloop-test"))
     if not data_dir.is_absolute():
         data_dir = REPO_ROOT / data_dir
     return load_settings(TEST_CONFIG, overrides={"data_dir": str(data_dir)})
