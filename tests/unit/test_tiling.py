@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -29,7 +31,7 @@ def test_every_pixel_is_covered_and_neighbours_overlap_as_configured(w: int, h: 
         assert 0 <= t.x0 < t.x1 <= w and 0 <= t.y0 < t.y1 <= h
         assert t.width == min(tile, w) and t.height == min(tile, h)  # full-size tiles (flush at the far edge)
     xs = sorted({t.x0 for t in tiles})
-    for a, b in zip(xs, xs[1:], strict=False):  # horizontal neighbours overlap by at least the configured amount
+    for a, b in itertools.pairwise(xs):  # horizontal neighbours overlap by at least the configured amount
         assert (a + min(tile, w)) - b >= overlap
 
 
@@ -64,9 +66,9 @@ def test_border_duplicates_are_merged() -> None:
     tiles = tile_grid(640, 480, 320, 64)
     assert [(t.x0, t.x1) for t in tiles[:3]] == [(0, 320), (160, 480), (320, 640)]
     a = [[280.0, 100.0, 300.0, 120.0]]  # inside the x-overlap [160, 320) of tiles 0 and 1
-    rows, boxes, s = _merge(a + [[280.5, 100.5, 300.5, 120.5]], [0.9, 0.8], [1, 1], [0, 1], tiles)
+    rows, _boxes, s = _merge([*a, [280.5, 100.5, 300.5, 120.5]], [0.9, 0.8], [1, 1], [0, 1], tiles)
     assert len(rows) == 1 and rows[0] == 0 and s[0] == pytest.approx(0.9)
-    rows, _, s = _merge(a + [[280.5, 100.5, 300.5, 120.5]], [0.9, 0.8], [1, 1], [0, 1], tiles, method="gaussian")
+    rows, _, s = _merge([*a, [280.5, 100.5, 300.5, 120.5]], [0.9, 0.8], [1, 1], [0, 1], tiles, method="gaussian")
     assert s[0] == pytest.approx(0.9) and (len(s) == 1 or s[1] < 0.2)  # soft-NMS: the twin's score decays
 
 
@@ -90,7 +92,7 @@ def test_a_small_object_is_never_merged_into_a_large_one() -> None:
     assert sorted(rows.tolist()) == [0, 1]
     np.testing.assert_allclose(boxes[rows.tolist().index(1)], small)
     # and not across tiles either, when neither is cut by a border
-    rows, _, _ = _merge([big, small], [0.9, 0.6], [0, 0], [0, len(tiles)], tiles + [Tile(0, 0, 640, 480, full=True)])
+    rows, _, _ = _merge([big, small], [0.9, 0.6], [0, 0], [0, len(tiles)], [*tiles, Tile(0, 0, 640, 480, full=True)])
     assert len(rows) == 2
 
 
