@@ -245,6 +245,64 @@ class SelectionSettings(_Model):
         return v
 
 
+class NmsSettings(_Model):
+    """How overlapping candidate boxes of one class are resolved (the same in scoring, evaluation and serving)."""
+
+    method: Literal["hard", "gaussian", "linear"] = Field(
+        "hard",
+        description="hard: greedy NMS deletes a box overlapping a better one by more than iou_threshold; "
+        "gaussian / linear: soft-NMS decays its score instead (keeps real neighbours in crowds).",
+    )
+    iou_threshold: float = Field(
+        0.6, gt=0.0, le=1.0, description="hard: suppression IoU; linear: boxes overlapping more than this decay.",
+    )
+    sigma: float = Field(0.5, gt=0.0, le=10.0, description="Gaussian soft-NMS decay exp(-iou^2 / sigma).")
+    score_floor: float = Field(
+        0.001, ge=0.0, lt=1.0, description="Soft-NMS: boxes whose decayed score falls below this are dropped.",
+    )
+
+
+class TilingOverride(_Model):
+    """Per-camera tiling changes (unset fields keep the ``tiling`` section's values)."""
+
+    enabled: bool | None = None
+    tile: int | None = Field(None, ge=32, le=8192)
+    overlap: int | None = Field(None, ge=0, le=8191)
+    full_frame: bool | None = None
+
+
+class TilingSettings(_Model):
+    """Sliced inference: score overlapping tiles of a frame (small objects at native resolution), merge the boxes."""
+
+    enabled: bool = Field(False, description="Tile frames when scoring, evaluating and serving.")
+    tile: int = Field(320, ge=32, le=8192, description="Tile side in frame pixels (each tile is scaled to the model "
+                                                         "input); at least the model stride (32).")
+    overlap: int = Field(64, ge=0, le=8191, description="Minimum overlap of neighbouring tiles (pixels), < tile.")
+    full_frame: bool = Field(True, description="Also score the whole frame (large objects seen whole).")
+    ios_threshold: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="Pieces of an object cut by a tile border are joined when their intersection covers this share "
+        "of the smaller piece.",
+    )
+    cameras: dict[str, TilingOverride] = Field(default_factory=dict, description="Per-camera changes.")
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> TilingSettings:
+        for where, t in [("tiling", self), *((f"tiling.cameras.{c}", o) for c, o in self.cameras.items())]:
+            tile = t.tile if t.tile is not None else self.tile
+            overlap = t.overlap if t.overlap is not None else self.overlap
+            if overlap >= tile:
+                raise ValueError(f"{where}: overlap must be in [0, tile) = [0, {tile}), got {overlap}")
+        return self
+
+    def for_camera(self, camera: str) -> TilingSettings:
+        """The effective tiling of ``camera`` (its override applied)."""
+        o = self.cameras.get(camera)
+        if o is None:
+            return self
+        return self.model_copy(update={k: v for k, v in o.model_dump().items() if v is not None} | {"cameras": {}})
+
+
 class ModelSettings(_Model):
     arch: str = Field("yolo11n.yaml", description="Ultralytics model YAML the bootstrap model starts from.")
     input_size: int = Field(320, ge=32, le=4096, multiple_of=32, description="Model input size (pixels, square).")
@@ -276,6 +334,8 @@ class ModelSettings(_Model):
     fast_decode: bool = Field(
         True, description="Decode JPEGs at 1/2, 1/4 or 1/8 scale when that still covers the model input (DCT scaling)."
     )
+    nms: NmsSettings = Field(default_factory=NmsSettings)
+    tiling: TilingSettings = Field(default_factory=TilingSettings)
 
 
 class TrainingSettings(_Model):

@@ -158,3 +158,20 @@ def test_parse_as_of() -> None:
     assert parse_as_of("2026-01-12").isoformat() == "2026-01-12"
     with pytest.raises(ConfigError, match="as_of"):
         parse_as_of("last monday")
+
+
+def test_nms_and_tiling_settings_are_validated_with_the_field_and_range() -> None:
+    with pytest.raises(ConfigError, match=r"model\.nms\.sigma: Input should be greater than 0"):
+        load_settings(REPO / "configs" / "local.yaml", env={}, overrides={"model": {"nms": {"sigma": 0}}})
+    with pytest.raises(ConfigError, match=r"model\.tiling\.tile: Input should be greater than or equal to 32"):
+        load_settings(REPO / "configs" / "local.yaml", env={}, overrides={"model": {"tiling": {"tile": 16}}})
+    with pytest.raises(ConfigError, match=r"overlap must be in \[0, tile\) = \[0, 256\), got 300"):
+        load_settings(REPO / "configs" / "local.yaml", env={},
+                      overrides={"model": {"tiling": {"cameras": {"cam2": {"tile": 256, "overlap": 300}}}}})
+    with pytest.raises(ConfigError, match=r"model\.nms\.method: must be one of"):
+        load_settings(REPO / "configs" / "local.yaml", env={}, overrides={"model": {"nms": {"method": "softer"}}})
+    s = load_settings(REPO / "configs" / "local.yaml", env={},
+                      overrides={"model": {"tiling": {"cameras": {"cam2": {"enabled": True, "tile": 256}}}}})
+    cam2, cam1 = s.model.tiling.for_camera("cam2"), s.model.tiling.for_camera("cam1")
+    assert (cam2.enabled, cam2.tile, cam2.overlap) == (True, 256, s.model.tiling.overlap)
+    assert cam1 == s.model.tiling and not cam1.enabled
