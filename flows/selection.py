@@ -81,8 +81,11 @@ def score_sample(settings: Any, clients: Any, sample: Any, model: Any, committee
         quarantined = [Quarantined.from_dict(q) for q in store.get_json(bucket, keys["meta"]).get("quarantined", [])]
         return ScoringResult(read_predictions(store, bucket, prefix), quarantined, {"cached": 1.0}, model.label, keys)
     parts = chunks(sample.frames, settings)
-    score_chunk = retrying(steps.score_chunk, settings)
-    local = clients if settings.prefect.task_runner == "threads" else None  # clients stay in this process
+    threads = settings.prefect.task_runner == "threads"
+    # in this process: the run's clients and retry policy; on Dask the module-level task itself (a copy made by
+    # with_options does not pickle by reference) with its default retries, and clients built on the worker
+    score_chunk = retrying(steps.score_chunk, settings) if threads else steps.score_chunk
+    local = clients if threads else None
     with make_task_runner(settings) as runner:
         futures = [runner.submit(score_chunk, {"settings": settings, "frames": c, "model": model,
                                                "committee": committee, "tta": tta, "clients": local})

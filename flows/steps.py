@@ -44,8 +44,7 @@ def score_frames(settings: Any, frames: list[Any], model: Any, committee: Any = 
     ``model`` / ``committee`` are :class:`tasks.scoring.ModelRef`. Runs wherever the task runner puts it: in the
     flow's process it uses the run's ``clients``; on a Dask worker (``clients`` None: clients do not travel
     between processes) it builds its own, and fetches the registry version into that machine's ``data_dir``
-    once per version. (A plain module-level function, so a task copied with ``with_options`` still pickles by
-    reference for Dask.)
+    once per version.
     """
     from detloop.clients import Clients
     from tasks.scoring import score_with
