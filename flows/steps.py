@@ -37,9 +37,10 @@ def sample_window(settings: Any, clients: Any, as_of: date, cameras: list[str] |
     return sample(settings, as_of, clients.store, cameras=cameras, dates=dates, run_id=run_id)
 
 
-def score_frames(settings: Any, frames: list[Any], model: Any, committee: Any = None, tta: bool = False,
-                 clients: Any = None) -> Any:
-    """Score one chunk of the sample (:class:`tasks.scoring.ScoringResult`); the body of :data:`score_chunk`.
+@task(name="score-chunk", **NET)
+def score_chunk(settings: Any, frames: list[Any], model: Any, committee: Any = None, tta: bool = False,
+                clients: Any = None) -> Any:
+    """Score one chunk of the sample (:class:`tasks.scoring.ScoringResult`).
 
     ``model`` / ``committee`` are :class:`tasks.scoring.ModelRef`. Runs wherever the task runner puts it: in the
     flow's process it uses the run's ``clients``; on a Dask worker (``clients`` None: clients do not travel
@@ -50,9 +51,6 @@ def score_frames(settings: Any, frames: list[Any], model: Any, committee: Any = 
     from tasks.scoring import score_with
 
     return score_with(settings, clients or Clients.from_settings(settings), frames, model, committee, tta)
-
-
-score_chunk = task(name="score-chunk", **NET)(score_frames)
 
 
 @task(name="push-round", **NET)
