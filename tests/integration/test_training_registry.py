@@ -275,14 +275,21 @@ _SCORING_INPUTS: dict[str, tuple[Any, ...]] = {}
 
 
 def _scoring_flow(runner: str) -> Any:
-    """``flows.selection.score_sample`` inside a flow run (its inputs are not flow parameters: no settings in the API)."""
+    """``flows.selection.score_sample`` inside a flow run (its inputs are not flow parameters: no settings in the API).
+
+    The run's clients are built inside the flow: Prefect ships the flow run's context (this closure and the globals
+    it reads) to Dask workers, and clients hold sockets and locks that never travel between processes.
+    """
     from prefect import flow
 
     from flows.selection import score_sample
 
     @flow(name=f"test-scoring-{runner}")
     def run() -> Any:
-        return score_sample(*_SCORING_INPUTS[runner])
+        from detloop.clients import Clients
+
+        settings, sample, model = _SCORING_INPUTS[runner]
+        return score_sample(settings, Clients.from_settings(settings), sample, model)
 
     return run()
 
@@ -313,7 +320,7 @@ def test_scoring_on_a_dask_local_cluster_matches_threads(settings: Any, clients:
             s.prefect.score_chunk_frames = 10
             sample = types.SimpleNamespace(frames=refs, window=(date(2030, 1, day), date(2030, 1, day)))
 
-            _SCORING_INPUTS[runner] = (s, clients, sample, ModelRef(version=str(champion.version)))
+            _SCORING_INPUTS[runner] = (s, sample, ModelRef(version=str(champion.version)))
             results[runner] = _scoring_flow(runner)
         with Client(cluster.scheduler_address) as client:  # the workers, not this process, scored the chunks
             ran = client.run(lambda: "tasks.scoring" in __import__("sys").modules)
