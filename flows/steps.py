@@ -151,7 +151,7 @@ def promote(settings: Any, clients: Any, version: str, decision: Any, reason: st
     from tasks.registry import promote as do_promote
 
     cur = champion_version(clients.registry)
-    if cur is not None and str(cur.version) == str(version):
+    if cur is not None and str(cur.version) == str(version) and not override:  # an override may record it
         return {"action": "noop", "version": str(version), "reason": "already champion"}
     return do_promote(settings, clients.registry, clients.store, version, decision, override=override,
                       reason=reason, actor=actor)

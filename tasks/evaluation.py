@@ -27,6 +27,8 @@ import numpy as np
 
 from detloop.detections import Detections
 from detloop.errors import DataError
+from detloop.postprocess import DecodeParams
+from detloop.preprocess import ModelInput
 
 # COCO's area ranges (px^2). Closed at both ends, as the COCO evaluation applies them (a box is ignored
 # when ``area < lo or area > hi``): a box of exactly 32 x 32 px belongs to both small and medium.
@@ -413,21 +415,48 @@ def ensure_artifact(model: str | Path, class_names: Sequence[str], input_size: i
     raise DataError(f"no scoring artifact or .pt weights at {model}")
 
 
+def eval_decode(ms: Any) -> DecodeParams:
+    """The decode of evaluation: ``model.conf_threshold`` (low, for AP), the scoring candidate cap raised."""
+    return DecodeParams(ms.conf_threshold, ms.iou_threshold, ms.max_det, max(ms.scoring_max_candidates, 30000))
+
+
+def read_for_model(path: str, size: int, fast: bool) -> ModelInput:
+    """An evaluation frame from disk, prepared exactly as scoring prepares a production frame.
+
+    Raises:
+        DataError: the file is missing or not a usable image.
+    """
+    from detloop.preprocess import load_for_model
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+    got = load_for_model(data, size, fast)
+    if isinstance(got, str):
+        raise DataError(f"cannot read image {path}: {got}")
+    return got
+
+
 def predict_items(artifact: Path, items: Sequence[EvalItem], settings: Any, batch: int = 16) -> list[Detections]:
-    """Run the ONNX scoring artifact on the slice frames (letterbox + NMS as served)."""
-    from tasks.export import open_session, preprocess, read_meta, run_onnx
+    """Run the ONNX scoring artifact on the slice frames, with scoring's preprocessing and decode.
+
+    Frames go through :func:`detloop.preprocess.load_for_model` and :func:`detloop.postprocess.decode_raw`,
+    the code production scoring and the registered MLflow model use (only the confidence floor differs:
+    ``model.conf_threshold``, low enough for AP).
+    """
+    from detloop.postprocess import decode_frames
+    from detloop.preprocess import to_tensors
+    from tasks.export import open_session, read_meta, run_onnx
 
     meta = read_meta(artifact)
     sess = open_session(artifact, settings.training.threads)
+    params = eval_decode(settings.model)
     out: list[Detections] = []
     for i in range(0, len(items), batch):
-        imgs = [_load_rgb(it.image) for it in items[i : i + batch]]
-        arr, lbs = preprocess(imgs, meta.input_size)
-        raw, _ = run_onnx(sess, arr)
-        for r, lb in zip(raw, lbs, strict=True):
-            out.append(Detections.from_yolo_raw(
-                r, lb, conf_threshold=settings.model.conf_threshold, iou_threshold=settings.model.iou_threshold,
-                max_det=settings.model.max_det))
+        inputs = [read_for_model(it.image, meta.input_size, settings.model.fast_decode) for it in items[i : i + batch]]
+        raw, _ = run_onnx(sess, to_tensors([m.image for m in inputs]))
+        out += decode_frames(raw, [m.letterbox for m in inputs], params)
     return out
 
 
@@ -438,14 +467,14 @@ def measure_latency(artifacts: Sequence[Path], frames: Sequence[str], rounds: in
     Each round times every artifact once over all frames, alternating the order, so drift of the
     machine's speed affects all models alike. Returns one number per artifact (median of rounds).
     """
-    from tasks.export import open_session, preprocess, read_meta, run_onnx
+    from detloop.preprocess import to_tensors
+    from tasks.export import open_session, read_meta, run_onnx
 
     if not frames:
         return [float("nan")] * len(artifacts)
     sessions = [open_session(a, threads) for a in artifacts]
     sizes = [read_meta(a).input_size for a in artifacts]
-    imgs = [_load_rgb(f) for f in frames]
-    inputs = [[preprocess([im], s)[0] for im in imgs] for s in sizes]
+    inputs = [[to_tensors([read_for_model(f, s, True).image]) for f in frames] for s in sizes]
     for sess, inp in zip(sessions, inputs, strict=True):  # warm-up
         run_onnx(sess, inp[0])
     times: list[list[float]] = [[] for _ in artifacts]
