@@ -195,6 +195,8 @@ def register_challenger(
     registry.set_alias(CHALLENGER, mv.version)
     if report is not None:
         registry.log_metrics(run_id, [(f"eval.{k}", v, 0) for k, v in report.flat_metrics().items()])
+        for path in report.plots.values():  # confusion matrix, PR curves, golden frames (tasks.eval_plots)
+            registry.log_artifact(run_id, Path(path), "plots")
     return str(mv.version)
 
 

@@ -13,7 +13,7 @@ Window: ``[as_of - window_days, as_of)`` by the ``date=`` in the key (``as_of`` 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -370,11 +370,14 @@ def sample(
             f"empty window: no frames in s3://{settings.s3.production_bucket}/{settings.s3.production_prefix} "
             f"dated {start}..{end - timedelta(days=1)}{scope}; nothing to select"
         )
-    if quarantined:
-        notes.append(f"{len(quarantined)} object(s) quarantined (see the quarantine manifest)")
     res = SampleResult(kept, quarantined, dups, stats, (start.isoformat(), end.isoformat()), notes)
     if run_id:
         write_manifests(store, settings, run_id, as_of, res)
+    if quarantined:
+        where = (f"s3://{settings.s3.data_bucket}/{res.quarantine_key}" if res.quarantine_key
+                 else "not written (a look-only run)")
+        reasons = ", ".join(f"{k} ({n})" for k, n in Counter(q.reason.split(" (")[0] for q in quarantined).most_common(3))
+        notes.append(f"{len(quarantined)} object(s) quarantined: {reasons}; the quarantine manifest: {where}")
     return res
 
 
