@@ -286,6 +286,19 @@ def _golden_map(report: Any) -> float | None:
     return None if sm is None else sm.overall.map
 
 
+def _slice_maps(post: Any) -> list[dict[str, Any]]:
+    """The slices table with both models' mAP50-95 side by side (``control``: the blind random arm)."""
+    out = []
+    for row in post.slices:
+        name = row.get("slice")
+        maps = {}
+        for who, rep in (("champion_map", post.champion_report), ("challenger_map", post.challenger_report)):
+            sm = rep.slices.get(name) if rep is not None else None
+            maps[who] = sm.overall.map if sm is not None else None
+        out.append({**row, **maps})
+    return out
+
+
 def _round_summary(round_id: str, rec: Any, pulled: Any, ds_report: dict[str, Any], trained: Any, post: Any,
                    golden: str) -> dict[str, Any]:
     ch, cp = post.challenger_report, post.champion_report
@@ -300,7 +313,7 @@ def _round_summary(round_id: str, rec: Any, pulled: Any, ds_report: dict[str, An
         "latency_ms_challenger": ch.latency_ms if ch is not None else None,
         "latency_ms_champion": cp.latency_ms if cp is not None else None,
         "outcome": post.outcome, "reasons": post.decision.reasons if post.decision is not None else [],
-        "promoted": post.promoted, "slices": post.slices,
+        "promoted": post.promoted, "slices": _slice_maps(post),
     }
 
 

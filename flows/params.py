@@ -11,7 +11,7 @@ field); the deployments pre-fill each form with the runner's configured values (
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.json_schema import SkipJsonSchema
@@ -19,9 +19,9 @@ from pydantic.json_schema import SkipJsonSchema
 from detloop.settings import AggregationName, DiversityName, GateSettings, Settings, StrategyName
 
 # "optional, and the form does not offer None": a field left out of the form uses the config
+# (constraints go on the type: ``Annotated[int, Field(ge=1)] | SkipJsonSchema[None]``; on the union they would not
+# reach the JSON schema, and the server would accept out-of-range values)
 OptStr = str | SkipJsonSchema[None]
-OptInt = int | SkipJsonSchema[None]
-OptFloat = float | SkipJsonSchema[None]
 
 
 class _Params(BaseModel):
@@ -41,19 +41,21 @@ class SelectParams(_Params):
 
     as_of: date | SkipJsonSchema[None] = Field(
         None, description="The 'this week' date: the window ends here (leave empty: today).")
-    window_days: OptInt = Field(None, ge=1, le=365, description="Days before as_of to sample from.")
+    window_days: Annotated[int, Field(ge=1, le=365)] | SkipJsonSchema[None] = Field(
+        None, description="Days before as_of to sample from.")
     cameras: list[str] | SkipJsonSchema[None] = Field(None, description="Only these cameras (leave empty: all).")
     dates: list[date] | SkipJsonSchema[None] = Field(
         None, description="Only these dates inside the window (leave empty: all).")
-    budget: OptInt = Field(None, ge=1, le=100_000, description="Frames to send to annotators (control included).")
+    budget: Annotated[int, Field(ge=1, le=100_000)] | SkipJsonSchema[None] = Field(
+        None, description="Frames to send to annotators (control included).")
     strategy: StrategyName | SkipJsonSchema[None] = Field(
         None, description="Box uncertainty strategy (see `detloop select strategies`).")
     aggregation: AggregationName | SkipJsonSchema[None] = Field(
         None, description="How a frame's box uncertainties add up to the frame's.")
     diversity: DiversityName | SkipJsonSchema[None] = Field(
         None, description="Diversity step over the most uncertain frames (k-center on the embeddings).")
-    control_share: OptFloat = Field(
-        None, ge=0.0, le=0.5, description="Share of the budget drawn at random (the blind control arm).")
+    control_share: Annotated[float, Field(ge=0.0, le=0.5)] | SkipJsonSchema[None] = Field(
+        None, description="Share of the budget drawn at random (the blind control arm).")
     force_new_round: bool = Field(
         False, description="Open a new round even if the previous one is still open (default: follow config)."
     )
@@ -85,7 +87,9 @@ def _optional_fields_of(model: type[BaseModel], exclude: tuple[str, ...] = ()) -
     for name, fi in model.model_fields.items():
         if name in exclude:
             continue
-        out[name] = (fi.annotation | SkipJsonSchema[None], FieldInfo.merge_field_infos(fi, default=None))
+        # constraints stay on the type (on the union they would not reach the JSON schema); None is not offered
+        typ = Annotated[(fi.annotation, *fi.metadata)] if fi.metadata else fi.annotation
+        out[name] = (typ | SkipJsonSchema[None], FieldInfo(default=None, description=fi.description))
     return out
 
 
@@ -101,7 +105,8 @@ class RetrainParams(_Params):
     """Parameters of ``retrain-and-promote`` (started by the round-completed event, or by hand)."""
 
     round_id: str = Field(..., min_length=1, description="Labelling round whose labels to train on.")
-    epochs: OptInt = Field(None, ge=1, le=10_000, description="Fine-tune epochs (leave empty: training.finetune_epochs).")
+    epochs: Annotated[int, Field(ge=1, le=10_000)] | SkipJsonSchema[None] = Field(
+        None, description="Fine-tune epochs (leave empty: training.finetune_epochs).")
     gate: GateOverrides = Field(default_factory=GateOverrides, description="Per-run gate overrides.")
 
     def overrides(self) -> dict[str, Any]:
@@ -134,7 +139,8 @@ class BootstrapParams(_Params):
     """Parameters of ``bootstrap``: train the first champion on a seed dataset version."""
 
     dataset_version: OptStr = Field(None, description="Seed dataset version id (leave empty: the newest seed version).")
-    epochs: OptInt = Field(None, ge=1, le=10_000, description="Epochs (leave empty: training.bootstrap_epochs).")
+    epochs: Annotated[int, Field(ge=1, le=10_000)] | SkipJsonSchema[None] = Field(
+        None, description="Epochs (leave empty: training.bootstrap_epochs).")
 
     def overrides(self) -> dict[str, Any]:
         return {"training": {"bootstrap_epochs": self.epochs}} if self.epochs is not None else {}

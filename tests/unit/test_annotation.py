@@ -377,7 +377,7 @@ def test_push_is_blind_shuffled_and_keeps_the_arms_in_the_round_record(cfg) -> N
     assert rounds.round_view_url(store, cfg, "r-blind") == rep.view_url
     kept = rounds.load_round_frames(store, cfg, "r-blind")
     assert kept is not None and kept[frames[15].frame.key]["arm"] == "control" and kept[frames[3].frame.key]["rank"] == 3
-    for tid, t in ls.tasks.items():  # label everything, then pull: arms come from the record
+    for tid in list(ls.tasks):  # label everything, then pull: arms come from the record
         ls.create_annotation(tid, dets([[10, 10, 50, 50]], [1]).to_label_studio(W, H, CLASSES, with_score=False))
     pulled = an.pull_round(cfg, "r-blind", ls, store, copy=False)
     assert pulled.report["by_arm"] == {"selected": 14, "control": 6}
