@@ -307,6 +307,10 @@ class GateSettings(_Model):
     min_delta: float = Field(0.0, ge=-1.0, le=1.0, description="Golden mAP50-95 must improve by at least this.")
     class_tol: float = Field(0.05, ge=0.0, le=1.0, description="Largest allowed drop of any class AP.")
     small_tol: float = Field(0.05, ge=0.0, le=1.0, description="Largest allowed drop of small-object AP.")
+    crowded_tol: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="Largest allowed drop of mAP50-95 on the crowded slice (golden frames with overlapping truth).",
+    )
     latency_ratio_max: float = Field(1.5, gt=0.0, le=100.0, description="Challenger/champion latency ratio limit.")
     bootstrap_floor: float = Field(0.01, ge=0.0, le=1.0, description="Golden mAP50-95 a first model needs.")
     auto_promote: bool = Field(True, description="Promote a passing challenger without a human.")

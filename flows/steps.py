@@ -45,20 +45,23 @@ def sample_window(settings: Any, clients: Any, as_of: date, cameras: list[str] |
     return sample(settings, as_of, clients.store, cameras=cameras, dates=dates, run_id=run_id)
 
 
-@task(name="score-chunk", **NET)
-def score_chunk(settings: Any, frames: list[Any], model: Any, committee: Any = None, tta: bool = False,
-                clients: Any = None) -> Any:
-    """Score one chunk of the sample (:class:`tasks.scoring.ScoringResult`).
+def score_frames(settings: Any, frames: list[Any], model: Any, committee: Any = None, tta: bool = False,
+                 clients: Any = None) -> Any:
+    """Score one chunk of the sample (:class:`tasks.scoring.ScoringResult`); the body of :data:`score_chunk`.
 
     ``model`` / ``committee`` are :class:`tasks.scoring.ModelRef`. Runs wherever the task runner puts it: in the
     flow's process it uses the run's ``clients``; on a Dask worker (``clients`` None: clients do not travel
     between processes) it builds its own, and fetches the registry version into that machine's ``data_dir``
-    once per version.
+    once per version. (A plain module-level function, so a task copied with ``with_options`` still pickles by
+    reference for Dask.)
     """
     from detloop.clients import Clients
     from tasks.scoring import score_with
 
     return score_with(settings, clients or Clients.from_settings(settings), frames, model, committee, tta)
+
+
+score_chunk = task(name="score-chunk", **NET)(score_frames)
 
 
 @task(name="push-round", **NET)

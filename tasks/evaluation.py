@@ -618,20 +618,22 @@ def evaluate_pair(
     return ch, cp
 
 
-def gate_scores(report: EvalReport, slice_name: str = "golden") -> Any:
+def gate_scores(report: EvalReport, slice_name: str = "golden", crowded_slice: str = "crowded") -> Any:
     """The gate's view of a report (:class:`tasks.promotion.ModelScores`); insufficient groups -> None."""
     from tasks.promotion import ModelScores
-
-    sm = report.slices.get(slice_name)
-    if sm is None:
-        return ModelScores(golden_map=None, latency_ms=report.latency_ms)
 
     def val(m: Metric) -> float | None:
         return m.map if m.sufficient else None
 
+    crowded = report.slices.get(crowded_slice)
+    crowded_ap = val(crowded.overall) if crowded is not None else None
+    sm = report.slices.get(slice_name)
+    if sm is None:
+        return ModelScores(golden_map=None, latency_ms=report.latency_ms, crowded_ap=crowded_ap)
     return ModelScores(
         golden_map=val(sm.overall),
         class_ap={k: val(m) for k, m in sm.per_class.items()},
         small_ap=val(sm.per_size["small"]) if "small" in sm.per_size else None,
         latency_ms=report.latency_ms,
+        crowded_ap=crowded_ap,
     )

@@ -6,6 +6,7 @@ No registry call happens here (those are in :mod:`tasks.registry`). The policy i
 - golden mAP50-95 must improve by at least ``min_delta`` (challenger - champion >= min_delta);
 - no class AP (golden slice) may drop by more than ``class_tol``;
 - small-object AP (golden slice) may not drop by more than ``small_tol``;
+- mAP on the crowded slice (golden frames with overlapping truth boxes) may not drop by more than ``crowded_tol``;
 - latency ratio challenger / champion must be <= ``latency_ratio_max``;
 - bootstrap (no champion): golden mAP50-95 >= ``bootstrap_floor``.
 
@@ -32,12 +33,14 @@ class ModelScores:
         class_ap: class name -> AP50-95 on the golden slice.
         small_ap: AP50-95 of small objects on the golden slice.
         latency_ms: mean CPU latency per frame (ms), measured interleaved with the other model.
+        crowded_ap: mAP50-95 on the crowded slice (golden frames whose truth has overlapping boxes).
     """
 
     golden_map: float | None
     class_ap: dict[str, float | None] = field(default_factory=dict)
     small_ap: float | None = None
     latency_ms: float | None = None
+    crowded_ap: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,6 +52,7 @@ class ModelScores:
             class_ap=dict(d.get("class_ap") or {}),
             small_ap=d.get("small_ap"),
             latency_ms=d.get("latency_ms"),
+            crowded_ap=d.get("crowded_ap"),
         )
 
 
@@ -167,6 +171,13 @@ def decide(challenger: ModelScores, champion: ModelScores | None, policy: GateSe
             drop = b - a  # type: ignore[operator]
             add("small_ap", drop <= policy.small_tol, drop, policy.small_tol,
                 f"small-object AP {a:.4f} vs champion {b:.4f} (drop {drop:.4f}, allowed {policy.small_tol:.4f})")
+        a, b = challenger.crowded_ap, champion.crowded_ap
+        if not (_ok(a) and _ok(b)):
+            add("crowded_ap", None, None, policy.crowded_tol, "crowded slice: insufficient data, gates nothing")
+        else:
+            drop = b - a  # type: ignore[operator]
+            add("crowded_ap", drop <= policy.crowded_tol, drop, policy.crowded_tol,
+                f"crowded-slice mAP {a:.4f} vs champion {b:.4f} (drop {drop:.4f}, allowed {policy.crowded_tol:.4f})")
         la, lb = challenger.latency_ms, champion.latency_ms
         if not (_ok(la) and _ok(lb)) or lb <= 0:  # type: ignore[operator]
             add("latency_ratio", None, None, policy.latency_ratio_max, "latency not measured: gates nothing")

@@ -17,8 +17,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def prefect_server() -> Iterator[None]:
+    """A temporary Prefect server for this package only (the integration tests after it use the test stack's)."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):

@@ -19,7 +19,7 @@ from detloop.detections import Detections
 from detloop.errors import ServiceError, ServiceRejected, ServiceUnavailable
 from detloop.sim.annotator import AnnotatorProfile, annotate_pending, truth_key
 from tasks import annotation, rounds, watch
-from tasks.ls_tasks import round_progress
+from tasks.ls_tasks import UnknownLabelsInRound, round_progress
 from tasks.round_version import build_round_version
 
 W, H = 320, 240
@@ -296,7 +296,7 @@ def test_bad_annotations_are_reported(env):  # type: ignore[no-untyped-def]
     rid2 = "r-unknown-" + env["sfx"]
     ls.import_tasks(project.id, [task(rid2, 7, [{"result": [_rect(10, 10, 10, 10, "zebra")]}])])
     # the server accepts a label outside the config in an import; the pull refuses it, naming it
-    with pytest.raises(annotation.UnknownLabelsInRound, match="zebra"):
+    with pytest.raises(UnknownLabelsInRound, match="zebra"):
         annotation.pull_round(s, rid2, ls=ls, store=store, copy=False)
 
 
@@ -335,7 +335,7 @@ def test_a_4xx_from_label_studio_is_rejected_once_and_never_retried(env):  # typ
     """Through the flows' one retry layer (a Prefect task with the loop's retry policy, on the real server)."""
     from prefect import flow, task
 
-    from flows.loop import _NET
+    from flows.steps import NET
 
     s = env["s"]
     ls = LabelStudioClient(s)
@@ -344,7 +344,7 @@ def test_a_4xx_from_label_studio_is_rejected_once_and_never_retried(env):  # typ
     ls.sdk._client_wrapper.httpx_client.httpx_client.event_hooks["request"].append(
         lambda request: sent.append(request.url.path))
 
-    @task(**{**_NET, "retry_delay_seconds": 0})
+    @task(**{**NET, "retry_delay_seconds": 0})
     def bad_import() -> list[int]:
         return ls.import_tasks(project.id, [{"data": "not an object"}])  # the server answers 400
 

@@ -23,6 +23,7 @@ def model_scores(draw: st.DrawFn, golden: st.SearchStrategy = score) -> ModelSco
         class_ap={c: draw(score) for c in CLASSES},
         small_ap=draw(score),
         latency_ms=draw(latency),
+        crowded_ap=draw(score),
     )
 
 
@@ -31,6 +32,7 @@ policies = st.builds(
     min_delta=st.floats(-0.2, 0.2),
     class_tol=st.floats(0.0, 0.3),
     small_tol=st.floats(0.0, 0.3),
+    crowded_tol=st.floats(0.0, 0.3),
     latency_ratio_max=st.floats(0.5, 3.0),
     bootstrap_floor=st.floats(0.0, 0.5),
     auto_promote=st.booleans(),
@@ -56,6 +58,8 @@ def _violations(ch: ModelScores, champ: ModelScores | None, p: GateSettings) -> 
             out.append(f"class_ap[{c}]")
     if _good(ch.small_ap) and _good(champ.small_ap) and champ.small_ap - ch.small_ap > p.small_tol:
         out.append("small_ap")
+    if _good(ch.crowded_ap) and _good(champ.crowded_ap) and champ.crowded_ap - ch.crowded_ap > p.crowded_tol:
+        out.append("crowded_ap")
     if ch.latency_ms is not None and champ.latency_ms is not None and ch.latency_ms / champ.latency_ms > p.latency_ratio_max:
         out.append("latency_ratio")
     return out
@@ -83,12 +87,13 @@ def test_no_violation_ever_promotes_and_every_reason_is_reported(
 def test_insufficient_data_gates_nothing(ch: ModelScores, champ: ModelScores, p: GateSettings) -> None:
     """Blanking a class or the small bucket (insufficient data) can only remove failures, never add them."""
     d_full = decide(ch, champ, p)
-    blank = ModelScores(ch.golden_map, {c: None for c in CLASSES}, None, ch.latency_ms)
+    blank = ModelScores(ch.golden_map, {c: None for c in CLASSES}, None, ch.latency_ms, None)
     d_blank = decide(blank, champ, p)
     full_fail = {c.name for c in d_full.checks if c.status == "fail"}
     blank_fail = {c.name for c in d_blank.checks if c.status == "fail"}
     assert blank_fail <= full_fail
-    assert all(c.status == "skipped" for c in d_blank.checks if c.name.startswith(("class_ap", "small_ap")))
+    assert all(c.status == "skipped" for c in d_blank.checks
+               if c.name.startswith(("class_ap", "small_ap", "crowded_ap")))
 
 
 def test_examples_and_report() -> None:
@@ -114,3 +119,27 @@ def test_examples_and_report() -> None:
     d = decide(better, champ, GateSettings(min_delta=0.01, auto_promote=False))
     assert d.passed and not d.promote and d.outcome == "passed-awaiting-human"
     assert isinstance(Decision(**{**d.__dict__}).to_dict()["checks"], list)
+
+
+def test_a_crowded_slice_regression_blocks_promotion() -> None:
+    """Soft-NMS or a new model may help the golden mAP yet lose neighbours in crowds: the crowded slice gates."""
+    p = GateSettings(min_delta=0.0, crowded_tol=0.02)
+    champ = ModelScores(0.40, {}, None, None, crowded_ap=0.30)
+    ok = decide(ModelScores(0.42, {}, None, None, crowded_ap=0.29), champ, p)
+    assert ok.passed and [c.status for c in ok.checks if c.name == "crowded_ap"] == ["pass"]
+    bad = decide(ModelScores(0.42, {}, None, None, crowded_ap=0.25), champ, p)
+    assert not bad.passed and any("crowded-slice mAP 0.2500 vs champion 0.3000" in r for r in bad.reasons)
+    thin = decide(ModelScores(0.42, {}, None, None, crowded_ap=None), champ, p)  # too few crowded frames
+    assert thin.passed and [c.status for c in thin.checks if c.name == "crowded_ap"] == ["skipped"]
+
+
+def test_gate_scores_read_the_crowded_slice() -> None:
+    from tasks.evaluation import EvalReport, Metric, SliceMetrics, gate_scores
+
+    def sm(name: str, m: float, sufficient: bool = True) -> SliceMetrics:
+        return SliceMetrics(name=name, n_images=10, overall=Metric(n_instances=60, sufficient=sufficient, map=m))
+
+    rep = EvalReport("x", {"golden": sm("golden", 0.5), "crowded": sm("crowded", 0.3)})
+    assert gate_scores(rep).crowded_ap == 0.3 and gate_scores(rep).golden_map == 0.5
+    rep.slices["crowded"] = sm("crowded", 0.3, sufficient=False)
+    assert gate_scores(rep).crowded_ap is None

@@ -1,0 +1,102 @@
+"""Tiling geometry and merging (pure): coverage, overlaps, mapping back, and the three known failure modes."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detloop.tiling import (
+    Tile,
+    cut_at_border,
+    intersection_over_smaller,
+    merge_tiles,
+    tile_grid,
+    tiles_iou_coverage,
+    to_frame,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(w=st.integers(1, 700), h=st.integers(1, 500), tile=st.integers(32, 400), frac=st.floats(0.0, 0.9))
+def test_every_pixel_is_covered_and_neighbours_overlap_as_configured(w: int, h: int, tile: int, frac: float) -> None:
+    overlap = min(int(tile * frac), tile - 1)
+    tiles = tile_grid(w, h, tile, overlap)
+    cover = tiles_iou_coverage(tiles, w, h)
+    assert cover.min() >= 1  # every pixel
+    for t in tiles:
+        assert 0 <= t.x0 < t.x1 <= w and 0 <= t.y0 < t.y1 <= h
+        assert t.width == min(tile, w) and t.height == min(tile, h)  # full-size tiles (flush at the far edge)
+    xs = sorted({t.x0 for t in tiles})
+    for a, b in itertools.pairwise(xs):  # horizontal neighbours overlap by at least the configured amount
+        assert (a + min(tile, w)) - b >= overlap
+
+
+def test_a_full_frame_pass_is_appended_only_when_the_frame_is_tiled() -> None:
+    tiles = tile_grid(640, 480, 320, 64, full_frame=True)
+    assert tiles[-1] == Tile(0, 0, 640, 480, full=True) and sum(t.full for t in tiles) == 1
+    assert tile_grid(300, 200, 320, 64, full_frame=True) == [Tile(0, 0, 300, 200)]  # one tile already is the frame
+    with pytest.raises(ValueError, match=r"overlap must be in \[0, tile\)"):
+        tile_grid(640, 480, 320, 320)
+
+
+def test_boxes_map_back_exactly() -> None:
+    t = Tile(256, 192, 576, 512)
+    np.testing.assert_array_equal(to_frame(np.array([[0, 0, 10, 20], [5.5, 6.5, 7.5, 8.5]]), t),
+                                  [[256, 192, 266, 212], [261.5, 198.5, 263.5, 200.5]])
+
+
+def test_inner_borders_cut_but_frame_edges_do_not() -> None:
+    t = Tile(0, 0, 320, 320)  # top-left tile of a 640x480 frame: right and bottom edges are inner
+    boxes = np.array([[0, 0, 20, 20], [300, 10, 320, 30], [10, 300, 30, 320], [100, 100, 120, 120]])
+    np.testing.assert_array_equal(cut_at_border(boxes, t, 640, 480), [False, True, True, False])
+    assert not cut_at_border(boxes, Tile(0, 0, 640, 480, full=True), 640, 480).any()
+
+
+def _merge(boxes, scores, cls, tiles_of, tiles, method="hard"):  # type: ignore[no-untyped-def]
+    return merge_tiles(np.asarray(boxes, float), np.asarray(scores, float), np.asarray(cls),
+                       np.asarray(tiles_of), tiles, 640, 480, method=method)
+
+
+def test_border_duplicates_are_merged() -> None:
+    """An object inside the overlap of two tiles is detected by both: one detection remains."""
+    tiles = tile_grid(640, 480, 320, 64)
+    assert [(t.x0, t.x1) for t in tiles[:3]] == [(0, 320), (160, 480), (320, 640)]
+    a = [[280.0, 100.0, 300.0, 120.0]]  # inside the x-overlap [160, 320) of tiles 0 and 1
+    rows, _boxes, s = _merge([*a, [280.5, 100.5, 300.5, 120.5]], [0.9, 0.8], [1, 1], [0, 1], tiles)
+    assert len(rows) == 1 and rows[0] == 0 and s[0] == pytest.approx(0.9)
+    rows, _, s = _merge([*a, [280.5, 100.5, 300.5, 120.5]], [0.9, 0.8], [1, 1], [0, 1], tiles, method="gaussian")
+    assert s[0] == pytest.approx(0.9) and (len(s) == 1 or s[1] < 0.2)  # soft-NMS: the twin's score decays
+
+
+def test_a_large_object_cut_into_pieces_becomes_one_box() -> None:
+    """A 200 px object across the border between tiles 0 and 1: each tile sees a piece touching its cut."""
+    tiles = tile_grid(640, 480, 320, 64)
+    left = [100.0, 50.0, 320.0, 150.0]  # tile 0 ends at x=320: cut there
+    right = [160.0, 50.0, 400.0, 150.0]  # tile 1 starts at x=160: cut there
+    rows, boxes, s = _merge([left, right], [0.7, 0.8], [2, 2], [0, 1], tiles)
+    assert len(rows) == 1
+    np.testing.assert_allclose(boxes[0], [100, 50, 400, 150])  # the union
+    assert s[0] == pytest.approx(0.8)
+
+
+def test_a_small_object_is_never_merged_into_a_large_one() -> None:
+    """Two real objects seen whole in one tile (a small one inside a large one) stay two detections."""
+    tiles = tile_grid(640, 480, 320, 64)
+    big, small = [40.0, 40.0, 200.0, 200.0], [60.0, 60.0, 80.0, 80.0]
+    assert intersection_over_smaller(np.array([small]), np.array([big]))[0, 0] == 1.0  # IoS alone would join them
+    rows, boxes, _ = _merge([big, small], [0.9, 0.6], [0, 0], [0, 0], tiles)
+    assert sorted(rows.tolist()) == [0, 1]
+    np.testing.assert_allclose(boxes[rows.tolist().index(1)], small)
+    # and not across tiles either, when neither is cut by a border
+    rows, _, _ = _merge([big, small], [0.9, 0.6], [0, 0], [0, len(tiles)], [*tiles, Tile(0, 0, 640, 480, full=True)])
+    assert len(rows) == 2
+
+
+def test_different_classes_are_never_merged() -> None:
+    tiles = tile_grid(640, 480, 320, 64)
+    rows, _, _ = _merge([[280, 100, 300, 120], [280, 100, 300, 120]], [0.9, 0.8], [0, 1], [0, 1], tiles)
+    assert len(rows) == 2
