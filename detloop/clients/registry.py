@@ -308,16 +308,23 @@ class RegistryClient:
 
     def download_version(self, version: Any, dst: Path) -> Path:
         """Download every file of a model version into ``dst``."""
+        import shutil
+
         import mlflow.artifacts
 
         dst.mkdir(parents=True, exist_ok=True)
         # resolve through OUR client: a models:/ URI would consult the process-global registry URI
         uri = self.call("resolve model version files", lambda: self.client.get_model_version_download_uri(
             self.model_name, str(version.version)))
+        # MLflow names the download after the URI's last segment ("artifacts", which a pyfunc model also has
+        # inside): download beside ``dst`` and move the files in
+        tmp = dst.parent / f".{dst.name}.download"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
         got = Path(self.call("download model version", lambda: mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=str(dst), tracking_uri=self.url)))
-        if got.resolve() != dst.resolve():  # the URI's last segment ("artifacts") became a subfolder
-            for child in list(got.iterdir()):
-                child.rename(dst / child.name)
-            got.rmdir()
+            artifact_uri=uri, dst_path=str(tmp), tracking_uri=self.url)))
+        for child in list(got.iterdir()):
+            child.rename(dst / child.name)
+        shutil.rmtree(tmp)
         return dst
