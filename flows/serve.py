@@ -116,6 +116,31 @@ def build_deployments(settings: Settings) -> list[Any]:
     ]
 
 
+def remove_stale_deployments(deployments: list[Any]) -> list[str]:
+    """Delete deployments of detloop's flows (tag ``detloop``) that this runner no longer serves.
+
+    An upgrade that renames deployments (``weekly`` -> ``open-weekly-round``, the three ``manual`` ...) would
+    otherwise leave the old ones in the UI, and their schedules would keep creating runs nobody serves.
+
+    Returns:
+        The ``flow/deployment`` names deleted.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    current = {d.full_name for d in deployments}
+    flows = sorted({d.flow_name for d in deployments if d.flow_name})
+    deleted = []
+    with get_client(sync_client=True) as client:
+        names = {f.id: f.name for f in client.read_flows(flow_filter=FlowFilter(name=FlowFilterName(any_=flows)))}
+        for dep in client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=flows))):
+            full = f"{names.get(dep.flow_id, '?')}/{dep.name}"
+            if "detloop" in (dep.tags or []) and full not in current:
+                client.delete_deployment(dep.id)
+                deleted.append(full)
+    return deleted
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="Config YAML (default $DETLOOP_CONFIG or configs/local.yaml)")
@@ -132,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
 
     for name in ensure_notifications(settings):
         print(f"notifications: automation {name!r} is set")
+    for name in remove_stale_deployments(deployments):
+        print(f"deployment {name!r} removed: this version of detloop no longer serves it")
     if args.work_pool:
         from prefect import deploy
 
