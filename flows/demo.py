@@ -4,7 +4,7 @@
 
 1. set-up: bring the stack up with the runner, publish a synthetic world with drift events, the golden
    set and the seed set, bootstrap a champion (the ``bootstrap/train-first-champion`` deployment);
-2. the loop, one simulated week at a time (``as_of`` advancing): run ``select-for-labeling/weekly``,
+2. the loop, one simulated week at a time (``as_of`` advancing): run ``select-for-labeling/open-weekly-round``,
    let simulated annotators label the round in Label Studio, run ``watch-rounds/close-finished-rounds``, whose
    ``detloop.annotation.round.completed`` event triggers ``retrain-and-promote`` on the runner; wait
    for it and read its result;

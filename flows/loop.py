@@ -200,7 +200,8 @@ def _schedule_next_watch(settings: Any, params: WatchParams, log: Any) -> None:
     step = settings.prefect.watch_interval_seconds
     at = datetime.now(UTC) + timedelta(seconds=step)
     slot = int(at.timestamp()) // step
-    nxt = run_deployment(f"{flow_run.get_flow_name()}/{name}", parameters={"params": {"config": params.config}},
+    nxt = run_deployment(f"{flow_run.get_flow_name()}/{name}",
+                         parameters={"params": {"config": params.config} if params.config else {}},
                          scheduled_time=at, timeout=0, as_subflow=False,
                          idempotency_key=f"watch-rounds-{settings.label_studio.project_title}-{slot}")
     log.info("a round is still open: next watch %s at %s", nxt.name, at.isoformat(timespec="seconds"))

@@ -37,9 +37,15 @@ def _isolated_config(stack_settings, sfx: str) -> dict:  # type: ignore[no-untyp
     """The test stack's config with this world's own prefix, project, experiment and model; tiny training."""
     cfg = yaml.safe_load((Path(stack_settings.source)).read_text())
     cfg["data_dir"] = str(stack_settings.data_dir)
-    cfg["s3"] = {**cfg.get("s3", {}), "production_prefix": f"flowtest-{sfx}/frames/"}
-    cfg["label_studio"] = {**cfg.get("label_studio", {}), "project_title": f"detloop-flowtest-{sfx}"}
-    cfg["mlflow"] = {**cfg.get("mlflow", {}), "experiment": f"flowtest-{sfx}", "model_name": f"flowtest-{sfx}"}
+    # the stack's resolved addresses (DETLOOP_TEST_PORT_OFFSET moves them; the runner reads only this file)
+    cfg["s3"] = {**cfg.get("s3", {}), "production_prefix": f"flowtest-{sfx}/frames/",
+                 "endpoint_url": stack_settings.s3.endpoint_url}
+    cfg["label_studio"] = {**cfg.get("label_studio", {}), "project_title": f"detloop-flowtest-{sfx}",
+                           "url": stack_settings.label_studio.url}
+    cfg["mlflow"] = {**cfg.get("mlflow", {}), "experiment": f"flowtest-{sfx}", "model_name": f"flowtest-{sfx}",
+                     "tracking_uri": stack_settings.mlflow.tracking_uri}
+    cfg["prefect"] = {**cfg.get("prefect", {}), "api_url": stack_settings.prefect.api_url}
+    cfg["stack"] = {**cfg.get("stack", {}), "ports": stack_settings.stack.ports.model_dump()}
     cfg["training"] = {**cfg.get("training", {}), "bootstrap_epochs": 2, "finetune_epochs": 1}
     cfg["gate"] = {"bootstrap_floor": 0.0, "min_delta": -1.0, "class_tol": 1.0, "small_tol": 1.0,
                    "latency_ratio_max": 100.0}
