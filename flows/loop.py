@@ -152,38 +152,66 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
 # ================================================================================================
 # watch-rounds: close finished rounds, announce each once
 # ================================================================================================
+WATCH_RUN_SECONDS = 3600  # a following watch hands over to a new run after this long (one run an hour at most)
+
+
 @flow(name="watch-rounds", flow_run_name=run_name("watch", "now", default=now_utc_minute), log_prints=True)
 def watch_rounds(params: WatchParams = WatchParams()) -> dict[str, Any]:  # noqa: B008
     """Progress of open rounds; close finished or overdue ones; emit round-completed once per round.
 
-    Run by its deployment, a watch that leaves a round open (or fails) schedules the next watch
-    ``prefect.watch_interval_seconds`` later: one run scheduled ahead while rounds are open, none otherwise.
+    With ``follow`` (the deployment's trigger and safety schedule set it) the run keeps checking every
+    ``prefect.watch_interval_seconds`` while a round is open and, after an hour, schedules the next watch run and
+    ends: one run an hour while rounds are open, none otherwise, at most one scheduled ahead.
     """
+    import time
+
     from detloop.clients import Clients
     from flows.common import announce_round_completed
     from tasks.watch import watch_rounds as watch
 
     log = get_run_logger()
     settings = settings_for(params)
+    step = settings.prefect.watch_interval_seconds
+    handover = time.monotonic() + WATCH_RUN_SECONDS
     report: dict[str, Any] | None = None
+    seen: dict[str, Any] = {}
     try:
         clients = Clients.from_settings(settings)
-        now = params.now or datetime.now(UTC)
-        # the config travels with the event so the triggered retrain uses the same settings
-        report = watch(settings, now, announce_round_completed(params.config), clients.store, clients.labels)
-    finally:
-        still_open = report is None or any(r["status"] == "open" for r in report["rounds"])
-        if still_open and params.now is None:
+        while True:
+            now = params.now or datetime.now(UTC)
+            # the config travels with the event so the triggered retrain uses the same settings
+            report = watch(settings, now, announce_round_completed(params.config), clients.store, clients.labels)
+            seen = _log_progress(log, report, seen, settings.label_studio.project_title)
+            still_open = any(r["status"] == "open" for r in report["rounds"])
+            if not (params.follow and still_open and params.now is None):
+                break
+            if time.monotonic() + step > handover:
+                _schedule_next_watch(settings, params, log)
+                break
+            time.sleep(step)
+    except BaseException:
+        if params.follow and params.now is None:  # a failed check must not end the watching
             _schedule_next_watch(settings, params, log)
+        raise
     rows = [{"round": r["round_id"], "status": r["status"], **{k: r.get("progress", {}).get(k) for k in
              ("total", "labelled", "pending")}, "emitted": r.get("emitted")} for r in report["rounds"]]
-    for r in rows:
-        log.info("round %s: %s (%s of %s labelled, %s pending)%s", r["round"], r["status"], r["labelled"], r["total"],
-                 r["pending"], "; round-completed emitted" if r["emitted"] else "")
-    if not rows:
-        log.info("no open round of project %r", settings.label_studio.project_title)
     publish_report("watch-rounds", "# Open rounds\n\n" + md_table(rows), "watch-rounds")
     return report
+
+
+def _log_progress(log: Any, report: dict[str, Any], seen: dict[str, Any], project: str) -> dict[str, Any]:
+    """Log each round's progress when it changed since the last check; returns what was logged."""
+    out = {}
+    for r in report["rounds"]:
+        p = r.get("progress", {})
+        key = (r["status"], p.get("labelled"), p.get("pending"), r.get("emitted"))
+        out[r["round_id"]] = key
+        if seen.get(r["round_id"]) != key:
+            log.info("round %s: %s (%s of %s labelled, %s pending)%s", r["round_id"], r["status"], p.get("labelled"),
+                     p.get("total"), p.get("pending"), "; round-completed emitted" if r.get("emitted") else "")
+    if not report["rounds"] and not seen:
+        log.info("no open round of project %r", project)
+    return out
 
 
 def _schedule_next_watch(settings: Any, params: WatchParams, log: Any) -> None:
@@ -200,11 +228,11 @@ def _schedule_next_watch(settings: Any, params: WatchParams, log: Any) -> None:
     step = settings.prefect.watch_interval_seconds
     at = datetime.now(UTC) + timedelta(seconds=step)
     slot = int(at.timestamp()) // step
-    nxt = run_deployment(f"{flow_run.get_flow_name()}/{name}",
-                         parameters={"params": {"config": params.config} if params.config else {}},
+    nxt_params: dict[str, Any] = {"follow": True, **({"config": params.config} if params.config else {})}
+    nxt = run_deployment(f"{flow_run.get_flow_name()}/{name}", parameters={"params": nxt_params},
                          scheduled_time=at, timeout=0, as_subflow=False,
                          idempotency_key=f"watch-rounds-{settings.label_studio.project_title}-{slot}")
-    log.info("a round is still open: next watch %s at %s", nxt.name, at.isoformat(timespec="seconds"))
+    log.info("a round is still open: the next watch run %s starts at %s", nxt.name, at.isoformat(timespec="seconds"))
 
 
 # ================================================================================================

@@ -77,6 +77,10 @@ class WatchParams(_Params):
 
     now: datetime | SkipJsonSchema[None] = Field(
         None, description="Clock used for deadlines (leave empty: now). Simulated time for backfills.")
+    follow: bool = Field(
+        False, description="Keep watching while a round is open: check every prefect.watch_interval_seconds, and hand "
+                           "over to a new run every hour (the deployment's trigger and schedule set it; a run by hand "
+                           "checks once).")
 
 
 def _optional_fields_of(model: type[BaseModel], exclude: tuple[str, ...] = ()) -> dict[str, Any]:

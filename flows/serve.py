@@ -9,9 +9,9 @@ Deployments, named after what they do (``flows.common.DEPLOYMENTS``):
 
 =================================================  =====================================================
 ``select-for-labeling/open-weekly-round``          cron ``prefect.weekly_cron`` (default Monday 03:00)
-``watch-rounds/close-finished-rounds``             event ``detloop.annotation.round.ready``; then itself,
-                                                   once per ``prefect.watch_interval_seconds`` while a
-                                                   round is open; a daily safety-net cron
+``watch-rounds/close-finished-rounds``             event ``detloop.annotation.round.ready``; checks every
+                                                   ``prefect.watch_interval_seconds`` while a round is
+                                                   open, one run an hour; a daily safety-net cron
 ``retrain-and-promote/retrain-on-round-completed`` event ``detloop.annotation.round.completed``
 ``bootstrap/train-first-champion``                 by hand: first champion from the seed dataset version
 ``promote/make-a-version-champion``                by hand, with a reason
@@ -20,10 +20,11 @@ Deployments, named after what they do (``flows.common.DEPLOYMENTS``):
 
 The watcher does not run on a per-minute schedule: Prefect keeps at least an hour of an interval schedule's
 runs scheduled ahead (``PREFECT_API_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME``), 60 runs at one minute, and a
-run a minute piles up 1,440 runs a day while no round is open. Instead a round opening starts it, and a
-watch that leaves a round open schedules the next one (one run scheduled ahead, idempotent per time slot),
-so nothing runs while no round is open. The daily cron restarts the chain if it ever broke (a runner down
-for longer than Prefect keeps late runs).
+run a minute piles up 1,440 runs a day. Instead a round opening starts a watch run that checks every
+``prefect.watch_interval_seconds`` while a round is open; after an hour it schedules the next run (idempotent per
+time slot) and ends, and with no round open it ends without a successor: one run an hour while rounds are open,
+none otherwise, at most one scheduled ahead. The daily cron restarts the chain if it ever broke (a runner
+down for longer than Prefect keeps late runs). A run by hand (``detloop run watch``) checks once.
 
 (``drift-monitor/daily`` joins this list with the drift issue: add it in :func:`build_deployments`.)
 """
@@ -78,7 +79,7 @@ def build_deployments(settings: Settings) -> list[Any]:
         name="round-ready-starts-watching",
         expect={EVENT_ROUND_READY},
         match={"prefect.resource.id": "detloop.round.*"},
-        parameters={"params": {"config": "{{ event.payload.config }}"}},
+        parameters={"params": {"config": "{{ event.payload.config }}", "follow": True}},
     )
     return [
         select_for_labeling.to_deployment(
@@ -88,10 +89,11 @@ def build_deployments(settings: Settings) -> list[Any]:
         ),
         watch_rounds.to_deployment(
             _name("watch"), cron=WATCH_SAFETY_CRON, triggers=[watch_trigger], tags=["detloop"],
+            parameters={"params": {"follow": True}},
             description=(f"Progress of open rounds; closes finished or overdue ones and emits "
-                         f"{EVENT_ROUND_COMPLETED} once per round. Starts when a round opens and runs again every "
-                         f"{settings.prefect.watch_interval_seconds} s while one is open (daily at 04:30 UTC as a "
-                         "safety net)."),
+                         f"{EVENT_ROUND_COMPLETED} once per round. Starts when a round opens and checks every "
+                         f"{settings.prefect.watch_interval_seconds} s while one is open, one run an hour (daily at "
+                         "04:30 UTC as a safety net)."),
             **common,
         ),
         retrain_and_promote.to_deployment(

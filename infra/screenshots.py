@@ -38,7 +38,7 @@ class Shot:
 
     name: str
     url: str
-    wait_s: float = 6.0
+    wait_s: float = 10.0
     script: str | None = None
 
 
@@ -143,6 +143,7 @@ def label_studio_session(url: str, email: str, password: str) -> dict[str, Any]:
 def plan(settings: Any) -> list[Shot]:
     """The pages of ``docs/ui.md``, for the newest round, run, model version and flow runs of the stack."""
     from detloop.clients import Clients
+    from detloop.clients.registry import UI_VIEW
     from tasks import rounds
     from tasks.registry import CHAMPION
 
@@ -157,7 +158,7 @@ def plan(settings: Any) -> list[Shot]:
         if view:
             shots.append(Shot("labelstudio-round-tab", view, 8))
             if ids:
-                shots.append(Shot("labelstudio-task-with-preannotation", f"{view}&task={min(ids.values())}", 10))
+                shots.append(Shot("labelstudio-task-with-preannotation", f"{view}&task={min(ids.values())}", 30))
         project = clients.labels.find_project(settings.label_studio.project_title)
         if project is not None:
             shots.append(Shot("labelstudio-instructions", f"{settings.label_studio.url}/projects/{project.id}"
@@ -165,16 +166,17 @@ def plan(settings: Any) -> list[Shot]:
     # MLflow: the experiment (model-training view), a round's run, its plots, the registered model and champion
     reg = clients.registry
     base = settings.mlflow.tracking_uri.rstrip("/")
-    shots.append(Shot("mlflow-experiment", reg.experiment_url(), 8))
+    shots.append(Shot("mlflow-experiment", reg.experiment_url(), 15))
     champ = reg.version_by_alias(CHAMPION)
     runs = reg.find_runs("attributes.status = 'FINISHED'", max_results=1)
     if runs:
         run_id = runs[0].info.run_id
-        shots.append(Shot("mlflow-run", reg.run_url(run_id), 8))
-        shots.append(Shot("mlflow-run-plots", f"{reg.run_url(run_id)}/artifacts/plots/confusion_matrix.png", 8))
-    shots.append(Shot("mlflow-registered-model", f"{base}/#/models/{settings.mlflow.model_name}", 8))
+        shots.append(Shot("mlflow-run", reg.run_url(run_id), 15))
+        plots = reg.run_url(run_id).replace(f"?{UI_VIEW}", f"/artifacts/plots/confusion_matrix.png?{UI_VIEW}")
+        shots.append(Shot("mlflow-run-plots", plots, 15))
+    shots.append(Shot("mlflow-registered-model", f"{base}/#/models/{settings.mlflow.model_name}?{UI_VIEW}", 15))
     if champ is not None:
-        shots.append(Shot("mlflow-champion-version", reg.version_url(champ.version), 8))
+        shots.append(Shot("mlflow-champion-version", reg.version_url(champ.version), 15))
     # Prefect: deployments, a run form, the runs list, a retrain run's artifact
     ui = settings.prefect.api_url.rstrip("/").removesuffix("/api")
     shots.append(Shot("prefect-deployments", f"{ui}/deployments", 6))

@@ -21,8 +21,11 @@ from detloop.settings import Settings
 
 T = TypeVar("T")
 
-# The experiment opens in MLflow's model-training view (without the kind, MLflow 3 shows its GenAI view:
-# traces, "No data available"); its description is the note MLflow shows on the experiment page.
+# The experiment is a model-training one (MLflow 3's GenAI view shows traces, "No data available"); its
+# description is the note MLflow shows on the experiment page. MLflow 3.17's UI picks the view from a sidebar
+# switch it keeps in the browser (default GenAI) or from the URL's ``workflowType``: detloop's links carry
+# ``UI_VIEW``; the tag sets the experiment's type where the switch is not shown.
+UI_VIEW = "workflowType=machine_learning"
 EXPERIMENT_TAGS = {
     "mlflow.experimentKind": "custom_model_development",
     "mlflow.note.content": (
@@ -140,16 +143,16 @@ class RegistryClient:
         return str(self._experiment_id)
 
     def experiment_url(self) -> str:
-        """The experiment's page in the MLflow UI."""
-        return f"{self.url.rstrip('/')}/#/experiments/{self.experiment_id}"
+        """The experiment's page in the MLflow UI, in its model-training view."""
+        return f"{self.url.rstrip('/')}/#/experiments/{self.experiment_id}?{UI_VIEW}"
 
     def run_url(self, run_id: str) -> str:
-        """A run's page in the MLflow UI."""
-        return f"{self.experiment_url()}/runs/{run_id}"
+        """A run's page in the MLflow UI, in its model-training view."""
+        return f"{self.url.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}?{UI_VIEW}"
 
     def version_url(self, version: str | int) -> str:
         """A model version's page in the MLflow UI."""
-        return f"{self.url.rstrip('/')}/#/models/{self.model_name}/versions/{version}"
+        return f"{self.url.rstrip('/')}/#/models/{self.model_name}/versions/{version}?{UI_VIEW}"
 
     # ---- runs -------------------------------------------------------------------------------
     def find_runs(self, filter_string: str, max_results: int = 10) -> list[Any]:
