@@ -142,3 +142,33 @@ def test_a_champion_moved_in_mlflows_ui_stops_the_weekly_round_until_an_override
     assert read_promotion_log(fakes.store, world)[-1]["version"] == v2 and not check_champion(world, reg, fakes.store).drifted
     out = select_for_labeling(SelectParams(config=config, as_of=AS_OF, budget=6))
     assert out["model_version"] == v2 and out["imported"] == 6
+
+
+def test_a_following_watch_keeps_checking_until_the_round_is_done(world: Any, config: str, fakes: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``follow``: one run checks every watch interval while a round is open (the labellers finish meanwhile)."""
+    import time as time_mod
+
+    from flows.loop import select_for_labeling, watch_rounds
+    from flows.params import SelectParams, WatchParams
+
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr("prefect.events.emit_event", lambda **kw: events.append(kw))
+    rid = select_for_labeling(SelectParams(config=config, as_of=AS_OF, budget=4))["round_id"]
+    waits: list[float] = []
+    real_sleep = time_mod.sleep
+
+    def labellers_work_meanwhile(seconds: float) -> None:
+        if seconds >= 5:  # the watch's wait between checks (the test config's interval is 60 s)
+            waits.append(seconds)
+            if len(waits) == 2:
+                for tid in list(fakes.labels.tasks):
+                    fakes.labels.create_annotation(tid, [])
+            return
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time_mod, "sleep", labellers_work_meanwhile)
+    report = watch_rounds(WatchParams(config=config, follow=True))
+    assert waits == [world.prefect.watch_interval_seconds] * 2  # three checks, then the round was done
+    assert report["rounds"][0]["round_id"] == rid and report["rounds"][0]["emitted"]
+    assert [e["event"] for e in events].count("detloop.annotation.round.completed") == 1
