@@ -265,7 +265,8 @@ def infer(weights: Path, frames: Frames, idx: Sequence[int], conf: float, iou: f
     Returns:
         (detections per frame, ``(len(idx), D)`` float32 embeddings or None).
     """
-    from tasks.scoring import TorchScorer, decode_raw
+    from detloop.postprocess import decode_raw
+    from tasks.scoring import TorchScorer
 
     scorer = TorchScorer(weights, frames.size, threads=threads)
     dets: list[Detections] = []

@@ -85,7 +85,8 @@ def bench_task(frame: BenchFrame, bucket: str, key: str, round_id: str, arm: str
                        arm=arm, strategy=STRATEGY, uncertainty=0.0, rank=rank, reason="benchmark")  # type: ignore[arg-type]
     task = build_task(sf, round_id, None, class_names, 1.0)
     task["predictions"] = []
-    task["data"]["bench_frame"] = frame.name
+    # the benchmark's simulated annotator may see the arm (product tasks are blind): the reader takes it from here
+    task["data"].update(bench_frame=frame.name, arm=arm, rank=rank)
     return task
 
 

@@ -126,9 +126,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from detloop.clients.s3 import S3Store
     from detloop.offline import apply_offline_env
+    from detloop.preprocess import prepare
     from detloop.settings import load_settings
     from tasks.sampling import decode_image
-    from tasks.scoring import load_scorer, prepare, score
+    from tasks.scoring import load_scorer, score
 
     settings = load_settings(args.config)
     apply_offline_env(settings)

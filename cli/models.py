@@ -78,13 +78,20 @@ def promote_cmd(
     reason: Annotated[str | None, typer.Option("--reason", help="Why (required with --override).")] = None,
     actor: Annotated[str | None, typer.Option("--actor", help="Who (default: the OS user).")] = None,
 ) -> None:
-    """Move alias `champion` to VERSION (the old champion becomes `previous-champion`)."""
+    """Move alias `champion` to VERSION (the old champion becomes `previous-champion`).
+
+    With --override, a VERSION that already holds `champion` because someone moved the alias in MLflow's UI is
+    recorded in the promotion log (nothing moves), so the loop builds rounds on it again.
+    """
     from detloop.clients import Clients
     from tasks.registry import promote
 
     s = get_settings(config)
     c = Clients.from_settings(s)
     e = promote(s, c.registry, c.store, version, None, override=override, reason=reason, actor=actor)
+    if e["action"] == "record":
+        typer.echo(f"champion: v{e['version']} recorded in the promotion log (set outside detloop; by {e['actor']})")
+        return
     typer.echo(f"champion: v{e['version']} (previous: {e['previous'] or 'none'}; {e['action']} by {e['actor']})")
 
 
@@ -110,13 +117,17 @@ def models_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
     log: Annotated[bool, typer.Option("--log", help="Also print the promotion log.")] = False,
 ) -> None:
-    """List registered versions with aliases, gate outcome and golden mAP."""
+    """List registered versions with aliases, gate outcome and golden mAP; warn when `champion` was moved outside
+    detloop (it differs from the promotion log)."""
     from detloop.clients import Clients
-    from tasks.registry import list_models, read_promotion_log
+    from tasks.registry import check_champion, list_models, read_promotion_log
 
     s = get_settings(config)
     c = Clients.from_settings(s)
     rows = list_models(c.registry)
+    check = check_champion(s, c.registry, c.store)
+    if check.drifted:  # MLflow's alias buttons moved `champion` around the gate
+        typer.secho(f"WARNING: {check.message()}", fg=typer.colors.RED, bold=True, err=True)
     if as_json:
         for r in rows:
             typer.echo(json.dumps(r))

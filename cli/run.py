@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.common import ConfigOpt, get_settings, use_prefect
+from flows.common import DEPLOYMENTS
 
 run_app = typer.Typer(help="Run one step of the loop now (in this process, or via its deployment).",
                       no_args_is_help=True)
@@ -60,7 +61,7 @@ def run_select(
     config: ConfigOpt = None,
 ) -> None:
     """Sample the window ending at --as-of, score with the champion, select, push a Label Studio round."""
-    _go("select-for-labeling", "select-for-labeling/weekly",
+    _go("select-for-labeling", DEPLOYMENTS["select"],
         {"as_of": as_of, "budget": budget, "strategy": strategy, "cameras": camera or None,
          "force_new_round": force_new_round or None}, deployment, config)
 
@@ -72,7 +73,7 @@ def run_watch(
     config: ConfigOpt = None,
 ) -> None:
     """Check open rounds; close finished/overdue ones and emit their completion event once."""
-    _go("watch-rounds", "watch-rounds/interval", {"now": now}, deployment, config)
+    _go("watch-rounds", DEPLOYMENTS["watch"], {"now": now}, deployment, config)
 
 
 @run_app.command("retrain")
@@ -83,7 +84,7 @@ def run_retrain(
     config: ConfigOpt = None,
 ) -> None:
     """Labels of ROUND_ID -> dataset version -> fine-tune -> evaluate -> register -> gate -> promote."""
-    _go("retrain-and-promote", "retrain-and-promote/on-round-completed", {"round_id": round_id, "epochs": epochs},
+    _go("retrain-and-promote", DEPLOYMENTS["retrain"], {"round_id": round_id, "epochs": epochs},
         deployment, config)
 
 
@@ -95,7 +96,7 @@ def bootstrap_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Train the first champion from the model YAML on the seed dataset version (no-op if one exists)."""
-    _go("bootstrap", "bootstrap/manual", {"dataset_version": dataset_version, "epochs": epochs}, deployment, config)
+    _go("bootstrap", DEPLOYMENTS["bootstrap"], {"dataset_version": dataset_version, "epochs": epochs}, deployment, config)
 
 
 @loop_app.command("serve")
@@ -103,7 +104,7 @@ def serve_cmd(
     work_pool: Annotated[str | None, typer.Option(help="Register against this work pool instead of serving.")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Register the deployments (weekly cron, watch interval, round-completed trigger, manual ones) and serve them.
+    """Register the deployments (weekly round, round watcher, retrain on round completed, by-hand ones) and serve them.
 
     The local stack runs this as its `runner` service; run it by hand only when the stack's runner is off.
     """
@@ -137,7 +138,7 @@ def demo_cmd(
     out = run_demo(s, weeks=weeks, size=size, log=lambda m: typer.echo(m))
     typer.echo("")
     typer.echo(md_table(out["rounds"], ["week", "as_of", "labels", "boxes", "champion_map", "challenger_map",
-                                        "decision", "version"]))
+                                        "control_champion", "control_challenger", "decision", "version"]))
     typer.echo(f"set-up {out['setup_seconds']:.0f} s (bootstrap {out['bootstrap_seconds']:.0f} s), "
                f"loop {out['loop_seconds']:.0f} s for {weeks} week(s)")
     typer.echo(f"learning curve: {out['learning_curve']}")

@@ -17,6 +17,10 @@ FROM_NAME = "label"
 TO_NAME = "image"
 IMAGE_FIELD = "image"
 PROJECT_MARKER = "detloop-managed"
+# One model_version for every round's pre-annotations: Label Studio shows only predictions whose version
+# equals the project's, and sets the project's only when it is empty (so "1" would stay while later rounds
+# import "2", "3"...). The registry version that scored a round is in detloop's round record.
+PREDICTION_MODEL_VERSION = "detloop"
 
 
 class LabelConfigError(DetloopError):
@@ -76,3 +80,22 @@ def check_label_config(label_config: str, class_names: Sequence[str], where: str
 def data_filter(field: str, value: Any, ftype: str = "String", operator: str = "equal") -> dict[str, Any]:
     """One Data Manager filter item on ``task.data[field]``."""
     return {"filter": f"filter:tasks:data.{field}", "operator": operator, "type": ftype, "value": value}
+
+
+def labelling_instructions(class_names: Sequence[str]) -> str:
+    """The project's labelling instructions (HTML, shown to labellers before they start)."""
+    items = "".join(f"<li><b>{c}</b></li>" for c in class_names)
+    return (
+        "<h3>Draw a box around every object of these classes</h3>"
+        f"<ul>{items}</ul>"
+        "<p><b>What counts as an object:</b> any instance of a class above that you can recognise, however small. "
+        "Draw the tightest box around its visible pixels. Background, reflections and shadows are not objects.</p>"
+        "<p><b>Occluded objects</b> (partly hidden by another object): box the visible part only, if you can still "
+        "tell the class; skip it if you cannot.</p>"
+        "<p><b>Truncated objects</b> (cut by the frame border): box the part inside the frame.</p>"
+        "<p><b>Pre-annotations</b> are the current model's guesses: move, relabel or delete wrong boxes and add "
+        "missed ones. Submit a frame with no box when it holds no object. Skip a frame only when it is unusable "
+        "(corrupt, black, unreadable).</p>"
+        "<p>Each tab holds one labelling round; frames come in random order.</p>"
+        f"<!-- {PROJECT_MARKER} -->"
+    )

@@ -37,17 +37,28 @@ def retry_on_network(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+# Deployments, named after what they do (``<flow>/<deployment>``; flows/serve.py registers them)
+DEPLOYMENTS = {
+    "select": "select-for-labeling/open-weekly-round",
+    "watch": "watch-rounds/close-finished-rounds",
+    "retrain": "retrain-and-promote/retrain-on-round-completed",
+    "bootstrap": "bootstrap/train-first-champion",
+    "promote": "promote/make-a-version-champion",
+    "rollback": "rollback/restore-previous-champion",
+}
+
 EVENT_ROUND_COMPLETED = "detloop.annotation.round.completed"
 EVENT_ROUND_READY = "detloop.annotation.round.ready"
 EVENT_MODEL_PROMOTED = "detloop.model.promoted"
 EVENT_GATE_FAILED = "detloop.model.gate_failed"
 
 
-def run_name(prefix: str, *keys: str) -> Any:
+def run_name(prefix: str, *keys: str, default: Any = None) -> Any:
     """A ``flow_run_name`` callable: ``prefix`` and the first of ``keys`` the run's parameters hold.
 
     Parameters given as one model (``params``) are looked into too: ``run_name("retrain", "round_id")``
-    names a run ``retrain detloop-2026-01-12``.
+    names a run ``retrain detloop-2026-01-12``. ``default`` (a callable) names the value when none is set
+    (``select`` runs without ``as_of`` select for today).
     """
 
     def name() -> str:
@@ -58,9 +69,41 @@ def run_name(prefix: str, *keys: str) -> Any:
         if inner is not None:
             p.update(inner if isinstance(inner, dict) else getattr(inner, "__dict__", {}))
         value = next((p[k] for k in keys if p.get(k) not in (None, "")), None)
+        if value is None and default is not None:
+            value = default()
         return f"{prefix} {value}" if value is not None else prefix
 
     return name
+
+
+def today_utc() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).date().isoformat()
+
+
+def now_utc_minute() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def prefect_ui_url(settings: Settings) -> str:
+    """The Prefect UI's base URL (the API URL without ``/api``)."""
+    return settings.prefect.api_url.rstrip("/").removesuffix("/api")
+
+
+def current_flow_run_links(settings: Settings) -> dict[str, str]:
+    """Tags linking an MLflow run to the current Prefect flow run (empty outside a run)."""
+    from prefect.runtime import flow_run
+
+    fid = flow_run.get_id()
+    if not fid:
+        return {}
+    url = f"{prefect_ui_url(settings)}/runs/flow-run/{fid}"
+    return {"detloop.prefect.flow_run_id": str(fid), "detloop.prefect.flow_run_name": str(flow_run.get_name() or ""),
+            "detloop.prefect.flow_run_url": url, "mlflow.source.type": "JOB",
+            "mlflow.source.name": f"prefect flow run {flow_run.get_flow_name()}: {flow_run.get_name()} ({url})"}
 
 
 def announce_round_completed(config: str | None) -> Any:
@@ -123,22 +166,31 @@ def load_secret_block(name: str) -> Any:
         raise ConfigError(f"cannot load Prefect Secret block {name!r}: {err}") from err
 
 
+def _md_cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if v is None:
+        return "-"
+    return str(v).replace("|", "\\|")
+
+
 def md_table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None) -> str:
-    """A markdown table of dict rows (for Prefect artifacts and the CLI)."""
+    """A markdown table of dict rows (for Prefect artifacts and the CLI). Keep it to a few columns: Prefect's
+    artifact page cuts wide tables off; a single record reads better as :func:`md_fields`."""
     rows = list(rows)
     if not rows:
         return "_(none)_\n"
     cols = list(columns) if columns is not None else list(rows[0])
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4f}"
-        if v is None:
-            return "-"
-        return str(v).replace("|", "\\|")
-
     out = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
-    out += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    out += ["| " + " | ".join(_md_cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def md_fields(record: dict[str, Any], keys: Iterable[str] | None = None) -> str:
+    """One record as a two-column ``field | value`` table: never wider than the page."""
+    keys = list(keys) if keys is not None else list(record)
+    out = ["| field | value |", "| --- | --- |"]
+    out += [f"| {k} | {_md_cell(record.get(k))} |" for k in keys if k in record]
     return "\n".join(out) + "\n"
 
 

@@ -3,12 +3,13 @@
 ``detloop demo`` (and ``make demo``):
 
 1. set-up: bring the stack up with the runner, publish a synthetic world with drift events, the golden
-   set and the seed set, bootstrap a champion (the ``bootstrap/manual`` deployment);
-2. the loop, one simulated week at a time (``as_of`` advancing): run ``select-for-labeling/weekly``,
-   let simulated annotators label the round in Label Studio, run ``watch-rounds/interval``, whose
+   set and the seed set, bootstrap a champion (the ``bootstrap/train-first-champion`` deployment);
+2. the loop, one simulated week at a time (``as_of`` advancing): run ``select-for-labeling/open-weekly-round``,
+   let simulated annotators label the round in Label Studio, run ``watch-rounds/close-finished-rounds``, whose
    ``detloop.annotation.round.completed`` event triggers ``retrain-and-promote`` on the runner; wait
    for it and read its result;
-3. print a table per round and write a learning-curve PNG.
+3. print one table row as each week finishes and write a learning-curve PNG (golden mAP against labelled frames,
+   the seed set included, and the blind control arm's mAP beside it).
 
 Re-running continues where it stopped: every step is idempotent (published keys are skipped, the
 bootstrap sees the champion, a week whose round exists resumes it, a trained round reports its result).
@@ -25,6 +26,7 @@ from typing import Any
 
 from detloop.errors import DetloopError
 from detloop.settings import Settings
+from flows.common import DEPLOYMENTS
 
 START = date(2026, 1, 5)  # a Monday; the world's drift events are dated from here
 
@@ -73,12 +75,12 @@ def _run_deployment(name: str, params: dict[str, Any], timeout: float) -> Any:
 
 
 def run_watch(params: dict[str, Any], attempts: int = 10, wait: float = 5.0) -> Any:
-    """Run ``watch-rounds/interval`` now; while a scheduled watch runs a new one is cancelled, so retry."""
+    """Run the watch deployment now (retried while a run of it comes back cancelled)."""
     from prefect.deployments import run_deployment
 
     fr = None
     for _ in range(attempts):
-        fr = run_deployment("watch-rounds/interval", parameters={"params": params}, timeout=600)
+        fr = run_deployment(DEPLOYMENTS["watch"], parameters={"params": params}, timeout=600)
         if fr.state is None or not fr.state.is_cancelled():
             break
         time.sleep(wait)
@@ -105,7 +107,7 @@ def _wait_for_retrain(round_id: str, timeout: float, poll: float = 3.0) -> Any:
 
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
-        dep = client.read_deployment_by_name("retrain-and-promote/on-round-completed")
+        dep = client.read_deployment_by_name(DEPLOYMENTS["retrain"])
         while time.monotonic() < deadline:
             mine = [r for r in retrain_runs(client, dep.id)
                     if (r.parameters.get("params") or {}).get("round_id") == round_id]
@@ -169,9 +171,9 @@ def run_demo(
     boot_params: dict[str, Any] = {**base, "dataset_version": ids["seed"]}
     if spec.bootstrap_epochs:
         boot_params["epochs"] = spec.bootstrap_epochs
-    log("bootstrap: training the first champion (deployment bootstrap/manual) ...")
+    log(f"bootstrap: training the first champion (deployment {DEPLOYMENTS['bootstrap']}) ...")
     tb = time.monotonic()
-    _run_deployment("bootstrap/manual", boot_params, timeout)
+    _run_deployment(DEPLOYMENTS["bootstrap"], boot_params, timeout)
     bootstrap_s = time.monotonic() - tb
     _require_champion(settings, size, spec)
     setup_s = time.monotonic() - t0
@@ -182,38 +184,69 @@ def run_demo(
     t_loop = time.monotonic()
     for w in range(1, weeks + 1):
         as_of = START + timedelta(days=7 * w)
+        tw = time.monotonic()
         log(f"week {w}: select-for-labeling as_of={as_of} ...")
-        _run_deployment("select-for-labeling/weekly", {**base, "as_of": as_of.isoformat(), "budget": spec.budget},
+        _run_deployment(DEPLOYMENTS["select"], {**base, "as_of": as_of.isoformat(), "budget": spec.budget},
                         timeout)
         round_id = _round_for(settings, as_of)
         if round_id is None:
             log(f"week {w}: no round opened (empty window or skipped)")
             continue
         counts = annotate_pending(settings, profile, round_id=round_id)
-        log(f"week {w}: simulated annotators on {round_id}: {counts}")
+        log(f"week {w}: simulated annotators labelled {counts.get('annotated', 0)} and skipped "
+            f"{counts.get('skipped', 0)} frames of {round_id}")
         run_watch(base)
         _wait_for_retrain(round_id, timeout)
         result = store.get_json(settings.s3.data_bucket, f"rounds/{round_id}/result.json")
-        rows.append({
-            "week": w, "as_of": str(as_of), "round": round_id, "labels": result.get("labelled_frames"),
-            "boxes": result.get("labelled_boxes"), "champion_map": result.get("golden_map_champion"),
-            "challenger_map": result.get("golden_map_challenger"), "decision": result.get("outcome"),
-            "version": result.get("version"),
-        })
-        log(f"week {w}: {rows[-1]}")
+        rows.append(week_row(w, as_of, round_id, result, time.monotonic() - tw))
+        if len(rows) == 1:
+            log(table_header())
+        log(table_row(rows[-1]))
     loop_s = time.monotonic() - t_loop
     out_dir = out_dir or settings.data_dir / "demo"
-    png = plot_learning_curve(rows, out_dir / "learning_curve.png", store, settings)
+    png = plot_learning_curve(rows, out_dir / "learning_curve.png", seed_frames=spec.seed_frames)
     return {"setup_seconds": setup_s, "bootstrap_seconds": bootstrap_s, "loop_seconds": loop_s, "rounds": rows,
-            "learning_curve": str(png)}
+            "seed_frames": spec.seed_frames, "learning_curve": str(png)}
+
+
+# one row per finished week: (key, header, width, format)
+COLUMNS = (("week", "week", 4, "{}"), ("as_of", "as_of", 10, "{}"), ("labels", "labels", 6, "{}"),
+           ("boxes", "boxes", 5, "{}"), ("champion_map", "golden before", 13, "{:.3f}"),
+           ("challenger_map", "golden after", 12, "{:.3f}"), ("control_champion", "control before", 14, "{:.3f}"),
+           ("control_challenger", "control after", 13, "{:.3f}"), ("decision", "decision", 21, "{}"),
+           ("version", "version", 7, "{}"), ("minutes", "minutes", 7, "{:.1f}"))
+
+
+def week_row(week: int, as_of: date, round_id: str, result: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """One week's row from its round's ``result.json`` (golden and control-arm mAP50-95 before and after)."""
+    control = next((s for s in result.get("slices") or [] if s.get("slice") == "control"), {})
+    return {"week": week, "as_of": str(as_of), "round": round_id, "labels": result.get("labelled_frames"),
+            "boxes": result.get("labelled_boxes"), "champion_map": result.get("golden_map_champion"),
+            "challenger_map": result.get("golden_map_challenger"), "control_champion": control.get("champion_map"),
+            "control_challenger": control.get("challenger_map"), "control_frames": control.get("frames"),
+            "decision": result.get("outcome"), "version": result.get("version"), "minutes": seconds / 60.0}
+
+
+def _cell(value: Any, width: int, fmt: str) -> str:
+    text = "-" if value is None else (fmt.format(value) if isinstance(value, int | float) else str(value))
+    return text.rjust(width) if isinstance(value, int | float) else text.ljust(width)
+
+
+def table_header() -> str:
+    """The header of the demo's per-week table."""
+    return "  ".join(h.ljust(w) for _, h, w, _ in COLUMNS)
+
+
+def table_row(row: dict[str, Any]) -> str:
+    """One finished week as a fixed-width line under :func:`table_header` (3 decimals, no dicts)."""
+    return "  ".join(_cell(row.get(k), w, f) for k, _, w, f in COLUMNS)
 
 
 def _wait_for_deployments(timeout: float) -> None:
     """The runner registers the deployments when it starts: wait until they exist."""
     from prefect import get_client
 
-    names = ["bootstrap/manual", "select-for-labeling/weekly", "watch-rounds/interval",
-             "retrain-and-promote/on-round-completed"]
+    names = [DEPLOYMENTS[k] for k in ("bootstrap", "select", "watch", "retrain")]
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while True:
@@ -231,32 +264,56 @@ def _wait_for_deployments(timeout: float) -> None:
             time.sleep(2)
 
 
-def plot_learning_curve(rows: list[dict[str, Any]], path: Path, store: Any, settings: Settings) -> Path:
-    """Golden mAP50-95 of champion and challenger per round vs cumulative labelled frames."""
+def plot_learning_curve(rows: list[dict[str, Any]], path: Path, seed_frames: int = 0) -> Path:
+    """Golden mAP50-95 against labelled frames (the seed set first), and the blind control arm beside it.
+
+    Left: the champion before each round and the challenger after it, at the cumulative number of labelled
+    frames (seed set + rounds); the first point is the bootstrap champion at the seed set's size. Right: the
+    same models on each round's control frames (drawn at random from production and never trained on): an
+    unbiased estimate of the gain on production, next to the golden set's.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    cum, xs, champ, chall = 0, [], [], []
+
+    def num(v: Any) -> float:
+        return float(v) if v is not None else float("nan")
+
+    xs, cum = [], seed_frames
     for r in rows:
         cum += int(r.get("labels") or 0)
         xs.append(cum)
-        champ.append(r.get("champion_map"))
-        chall.append(r.get("challenger_map"))
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    if xs:
-        ax.plot(xs, [c if c is not None else float("nan") for c in champ], "o--", label="champion before round")
-        ax.plot(xs, [c if c is not None else float("nan") for c in chall], "o-", label="challenger after round")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    if rows:
+        ax.plot([seed_frames, *xs], [num(rows[0].get("champion_map")), *[num(r.get("challenger_map")) for r in rows]],
+                "o-", label="champion after each round")
+        ax.plot(xs, [num(r.get("champion_map")) for r in rows], "x", color="grey", label="champion before the round")
+        ax.annotate("seed set", (seed_frames, num(rows[0].get("champion_map"))), fontsize=7,
+                    textcoords="offset points", xytext=(4, -10))
         for x, r in zip(xs, rows, strict=True):
-            ax.annotate(str(r.get("decision", ""))[:8], (x, r.get("challenger_map") or 0), fontsize=7,
+            ax.annotate(str(r.get("decision", ""))[:8], (x, num(r.get("challenger_map"))), fontsize=7,
                         textcoords="offset points", xytext=(0, 6), ha="center")
-    ax.set_xlabel("labelled frames (cumulative)")
+        weeks = [r.get("week") for r in rows]
+        w = 0.38
+        bx.bar([i - w / 2 for i in range(len(rows))], [num(r.get("control_champion")) for r in rows], w,
+               label="champion before", color="grey")
+        bx.bar([i + w / 2 for i in range(len(rows))], [num(r.get("control_challenger")) for r in rows], w,
+               label="challenger after")
+        bx.set_xticks(range(len(rows)), [f"week {k}\n({r.get('control_frames') or 0} fr.)" for k, r in
+                                          zip(weeks, rows, strict=True)], fontsize=7)
+    ax.set_xlabel("labelled frames (seed set + rounds, cumulative)")
     ax.set_ylabel("golden mAP50-95")
-    ax.set_title("detloop demo: golden mAP per round")
+    ax.set_title("golden set", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=7)
+    bx.set_ylabel("mAP50-95 on the round's control frames")
+    bx.set_title("blind control arm (random production frames, never trained on)", fontsize=9)
+    bx.grid(alpha=0.3, axis="y")
+    bx.legend(loc="lower right", fontsize=7)
+    fig.suptitle("detloop demo: learning curve")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

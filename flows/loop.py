@@ -29,11 +29,15 @@ from flows.common import (
     EVENT_GATE_FAILED,
     EVENT_MODEL_PROMOTED,
     EVENT_ROUND_READY,
+    md_fields,
     md_table,
     notify,
+    now_utc_minute,
     publish_report,
     retrying,
+    run_name,
     settings_for,
+    today_utc,
 )
 from flows.params import (
     BootstrapParams,
@@ -60,7 +64,25 @@ def _golden_version(store: Any, settings: Any) -> str:
 # ================================================================================================
 # select-for-labeling: one round per week
 # ================================================================================================
-@flow(name="select-for-labeling", log_prints=True)
+def _check_champion(settings: Any, clients: Any, log: Any, refuse: bool) -> Any:
+    """Compare the ``champion`` alias with the promotion log; say so loudly when MLflow's UI moved it.
+
+    Raises:
+        ChampionDrift: with ``refuse``, when the champion is not the one the log records.
+    """
+    from tasks.registry import ChampionDrift
+
+    check = retrying(steps.check_champion, settings)(settings, clients)
+    if check.drifted:
+        log.error(check.message())
+        publish_report("champion-drift", f"# Champion alias moved outside detloop\n\n{check.message()}\n",
+                       "champion alias does not match the promotion log")
+        if refuse:
+            raise ChampionDrift(check.message() + "; no round is opened on an unrecorded champion")
+    return check
+
+
+@flow(name="select-for-labeling", flow_run_name=run_name("select", "as_of", default=today_utc), log_prints=True)
 def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]:  # noqa: B008
     """Sample the production window -> score with the champion -> select -> push a round to Label Studio."""
     from detloop.clients import Clients
@@ -73,6 +95,8 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
     clients = Clients.from_settings(settings)
     store, bucket = clients.store, settings.s3.data_bucket
     as_of = parse_as_of(params.as_of)
+    log.info("week %s: project %r, strategy %s, budget %d (config %s)", as_of, settings.label_studio.project_title,
+             settings.selection.strategy, settings.selection.budget, settings.source)
 
     # 0. one round per week (unless asked otherwise)
     round_id, why = plan_round(list_rounds(store, settings), settings.label_studio.project_title, as_of,
@@ -85,6 +109,9 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
     if existing is not None and existing.status != "open":
         log.info("round %s already %s; nothing to do", round_id, existing.status)
         return {"as_of": str(as_of), "round_id": round_id, "status": existing.status, "resumed": True}
+    # a champion that MLflow's alias buttons set, bypassing the gate: refuse to build a round on it
+    _check_champion(settings, clients, log, refuse=existing is None)
+    log.info("round %s (%s)", round_id, why)
 
     # 1. the round's selection: the stored one when resuming, else the selection subflow
     stored = read_stored_selection(store, bucket, round_id)
@@ -109,41 +136,109 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
     # 3. report
     summary = {"as_of": str(as_of), "round_id": round_id, "model_version": model_version, **stats,
                "selected": sum(f.arm == "selected" for f in frames), "control": sum(f.arm == "control" for f in frames),
-               "imported": push.imported, "already_present": push.already_present, "project_id": push.project_id}
-    md = (f"# Round {round_id} ready for labelling\n\n" + md_table([summary]) + "\n"
-          + "\n".join(f"- {n}" for n in notes) + "\n\n" + table
-          + f"\n\nLabel Studio: {settings.label_studio.url}/projects/{push.project_id}\n")
+               "imported": push.imported, "already_present": push.already_present, "project_id": push.project_id,
+               "label_studio": push.view_url}
+    log.info("round %s: %d selected + %d control frames, %d imported (%d already there); labellers: %s", round_id,
+             summary["selected"], summary["control"], push.imported, push.already_present, push.view_url)
+    md = (f"# Round {round_id} ready for labelling\n\n**Label Studio: [the round's tab]({push.view_url})**\n\n"
+          + md_fields(summary) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n\n" + table + "\n")
     publish_report("round-ready", md, f"select-for-labeling {round_id}")
-    notify(EVENT_ROUND_READY, f"detloop.round.{round_id}", {"round_id": round_id, "tasks": len(frames)},
-           f"round {round_id}: {len(frames)} frames ready in {settings.label_studio.url}")
+    notify(EVENT_ROUND_READY, f"detloop.round.{round_id}",
+           {"round_id": round_id, "tasks": len(frames), "url": push.view_url, "config": params.config or ""},
+           f"round {round_id}: {len(frames)} frames ready in {push.view_url}")
     return summary
 
 
 # ================================================================================================
 # watch-rounds: close finished rounds, announce each once
 # ================================================================================================
-@flow(name="watch-rounds", log_prints=True)
+WATCH_RUN_SECONDS = 3600  # a following watch hands over to a new run after this long (one run an hour at most)
+
+
+@flow(name="watch-rounds", flow_run_name=run_name("watch", "now", default=now_utc_minute), log_prints=True)
 def watch_rounds(params: WatchParams = WatchParams()) -> dict[str, Any]:  # noqa: B008
-    """Progress of open rounds; close finished or overdue ones; emit round-completed once per round."""
+    """Progress of open rounds; close finished or overdue ones; emit round-completed once per round.
+
+    With ``follow`` (the deployment's trigger and safety schedule set it) the run keeps checking every
+    ``prefect.watch_interval_seconds`` while a round is open and, after an hour, schedules the next watch run and
+    ends: one run an hour while rounds are open, none otherwise, at most one scheduled ahead.
+    """
+    import time
+
     from detloop.clients import Clients
     from flows.common import announce_round_completed
     from tasks.watch import watch_rounds as watch
 
+    log = get_run_logger()
     settings = settings_for(params)
-    clients = Clients.from_settings(settings)
-    now = params.now or datetime.now(UTC)
-    # the config travels with the event so the triggered retrain uses the same settings
-    report = watch(settings, now, announce_round_completed(params.config), clients.store, clients.labels)
+    step = settings.prefect.watch_interval_seconds
+    handover = time.monotonic() + WATCH_RUN_SECONDS
+    report: dict[str, Any] | None = None
+    seen: dict[str, Any] = {}
+    try:
+        clients = Clients.from_settings(settings)
+        while True:
+            now = params.now or datetime.now(UTC)
+            # the config travels with the event so the triggered retrain uses the same settings
+            report = watch(settings, now, announce_round_completed(params.config), clients.store, clients.labels)
+            seen = _log_progress(log, report, seen, settings.label_studio.project_title)
+            still_open = any(r["status"] == "open" for r in report["rounds"])
+            if not (params.follow and still_open and params.now is None):
+                break
+            if time.monotonic() + step > handover:
+                _schedule_next_watch(settings, params, log)
+                break
+            time.sleep(step)
+    except BaseException:
+        if params.follow and params.now is None:  # a failed check must not end the watching
+            _schedule_next_watch(settings, params, log)
+        raise
     rows = [{"round": r["round_id"], "status": r["status"], **{k: r.get("progress", {}).get(k) for k in
-             ("total", "labelled", "skipped", "pending")}, "emitted": r.get("emitted")} for r in report["rounds"]]
+             ("total", "labelled", "pending")}, "emitted": r.get("emitted")} for r in report["rounds"]]
     publish_report("watch-rounds", "# Open rounds\n\n" + md_table(rows), "watch-rounds")
     return report
+
+
+def _log_progress(log: Any, report: dict[str, Any], seen: dict[str, Any], project: str) -> dict[str, Any]:
+    """Log each round's progress when it changed since the last check; returns what was logged."""
+    out = {}
+    for r in report["rounds"]:
+        p = r.get("progress", {})
+        key = (r["status"], p.get("labelled"), p.get("pending"), r.get("emitted"))
+        out[r["round_id"]] = key
+        if seen.get(r["round_id"]) != key:
+            log.info("round %s: %s (%s of %s labelled, %s pending)%s", r["round_id"], r["status"], p.get("labelled"),
+                     p.get("total"), p.get("pending"), "; round-completed emitted" if r.get("emitted") else "")
+    if not report["rounds"] and not seen:
+        log.info("no open round of project %r", project)
+    return out
+
+
+def _schedule_next_watch(settings: Any, params: WatchParams, log: Any) -> None:
+    """One follow-up run of this watch deployment, ``watch_interval_seconds`` from now (only inside a deployment
+    run; idempotent per time slot, so two watches never fork two chains)."""
+    from datetime import timedelta
+
+    from prefect.deployments import run_deployment
+    from prefect.runtime import deployment, flow_run
+
+    name = deployment.get_name()
+    if not name:  # a run in this process (CLI, tests): no chain
+        return
+    step = settings.prefect.watch_interval_seconds
+    at = datetime.now(UTC) + timedelta(seconds=step)
+    slot = int(at.timestamp()) // step
+    nxt_params: dict[str, Any] = {"follow": True, **({"config": params.config} if params.config else {})}
+    nxt = run_deployment(f"{flow_run.get_flow_name()}/{name}", parameters={"params": nxt_params},
+                         scheduled_time=at, timeout=0, as_subflow=False,
+                         idempotency_key=f"watch-rounds-{settings.label_studio.project_title}-{slot}")
+    log.info("a round is still open: the next watch run %s starts at %s", nxt.name, at.isoformat(timespec="seconds"))
 
 
 # ================================================================================================
 # retrain-and-promote: a finished round's labels -> a new champion, if the gate agrees
 # ================================================================================================
-@flow(name="retrain-and-promote", log_prints=True)
+@flow(name="retrain-and-promote", flow_run_name=run_name("retrain", "round_id"), log_prints=True)
 def retrain_and_promote(params: RetrainParams) -> dict[str, Any]:
     """Labels of a round -> dataset version -> fine-tune -> evaluate -> register -> gate -> promote or not."""
     from detloop.clients import Clients
@@ -167,6 +262,7 @@ def retrain_and_promote(params: RetrainParams) -> dict[str, Any]:
         return {**done, "resumed": True}
     if rec.status == "open":
         raise DataError(f"round {round_id} is still open ({rec.counts}); wait for watch-rounds to close it")
+    drift = _check_champion(settings, clients, log, refuse=False)  # loud, but the round's labels are in
 
     # 1. labels back from Label Studio, validated, frames copied to content-addressed storage
     pulled = retrying(steps.pull_labels, settings)(settings, clients, round_id)
@@ -180,8 +276,10 @@ def retrain_and_promote(params: RetrainParams) -> dict[str, Any]:
     # 3. fine-tune the champion on it
     data_yaml = retrying(steps.materialize, settings)(settings, clients, version_id,
                                                       settings.training.oversample_factor)
+    log.info("round %s: %d labelled frames -> dataset version %s; fine-tuning champion v%s", round_id,
+             len(pulled.frames), version_id, champion.version if champion else "-")
     trained = retrying(steps.train, settings)(settings, clients, data_yaml, champion.weights if champion else None,
-                                              f"round-{round_id}", {"detloop.round_id": round_id}, version_id,
+                                              f"round-{round_id}", _round_tags(settings, store, round_id), version_id,
                                               champion.version if champion else None)
 
     # 4. evaluate -> register -> gate -> promote (the post-training subflow)
@@ -191,8 +289,16 @@ def retrain_and_promote(params: RetrainParams) -> dict[str, Any]:
 
     # 5. record and report
     summary = _round_summary(round_id, rec, pulled, ds_report, trained, post, golden)
+    summary["links"] = {"mlflow_run": clients.registry.run_url(trained.run_id),
+                        "mlflow_version": clients.registry.version_url(post.version),
+                        "label_studio": _round_view(settings, store, round_id)}
+    if drift.drifted:
+        summary["champion_drift"] = drift.message()
     store.put_json(bucket, result_key, summary)
     mark_round(store, settings, round_id, status="trained", dataset_version=version_id)
+    log.info("round %s: version %s %s (golden mAP50-95 %s vs champion %s); MLflow run %s", round_id, post.version,
+             post.outcome, summary["golden_map_challenger"], summary["golden_map_champion"],
+             summary["links"]["mlflow_run"])
     publish_report("retrain-and-promote", _round_markdown(summary, post.decision), f"retrain-and-promote {round_id}")
     if post.promoted or (post.decision is not None and not post.decision.passed):
         event = EVENT_MODEL_PROMOTED if post.promoted else EVENT_GATE_FAILED
@@ -209,6 +315,19 @@ def _golden_map(report: Any) -> float | None:
     return None if sm is None else sm.overall.map
 
 
+def _slice_maps(post: Any) -> list[dict[str, Any]]:
+    """The slices table with both models' mAP50-95 side by side (``control``: the blind random arm)."""
+    out = []
+    for row in post.slices:
+        name = row.get("slice")
+        maps = {}
+        for who, rep in (("champion_map", post.champion_report), ("challenger_map", post.challenger_report)):
+            sm = rep.slices.get(name) if rep is not None else None
+            maps[who] = sm.overall.map if sm is not None else None
+        out.append({**row, **maps})
+    return out
+
+
 def _round_summary(round_id: str, rec: Any, pulled: Any, ds_report: dict[str, Any], trained: Any, post: Any,
                    golden: str) -> dict[str, Any]:
     ch, cp = post.challenger_report, post.champion_report
@@ -223,21 +342,42 @@ def _round_summary(round_id: str, rec: Any, pulled: Any, ds_report: dict[str, An
         "latency_ms_challenger": ch.latency_ms if ch is not None else None,
         "latency_ms_champion": cp.latency_ms if cp is not None else None,
         "outcome": post.outcome, "reasons": post.decision.reasons if post.decision is not None else [],
-        "promoted": post.promoted, "slices": post.slices,
+        "promoted": post.promoted, "slices": _slice_maps(post),
     }
 
 
+def _round_view(settings: Any, store: Any, round_id: str) -> str:
+    from tasks.rounds import round_view_url
+
+    return round_view_url(store, settings, round_id) or settings.label_studio.url
+
+
+def _round_tags(settings: Any, store: Any, round_id: str) -> dict[str, str]:
+    """MLflow run tags linking a round's training to the Prefect flow run and the round's Label Studio tab."""
+    from flows.common import current_flow_run_links
+
+    return {"detloop.round_id": round_id, "detloop.label_studio_round_url": _round_view(settings, store, round_id),
+            **current_flow_run_links(settings)}
+
+
 def _round_markdown(s: dict[str, Any], decision: Any) -> str:
+    links = s.get("links") or {}
+    head = (f"# Round {s['round_id']}: {s['outcome']}\n\n"
+            f"[MLflow run]({links.get('mlflow_run')}) · [model version {s.get('version')}]({links.get('mlflow_version')})"
+            f" · [Label Studio round]({links.get('label_studio')})\n\n")
+    if s.get("champion_drift"):
+        head += f"> **{s['champion_drift']}**\n\n"
     row = {k: s.get(k) for k in ("round_id", "labelled_frames", "labelled_boxes", "hard_frames", "dataset_version",
                                  "version", "golden_map_champion", "golden_map_challenger", "outcome")}
-    return (f"# Round {s['round_id']}: {s['outcome']}\n\n" + md_table([row]) + "\n## Slices\n\n"
-            + md_table(s["slices"]) + "\n" + (decision.to_markdown() if decision is not None else ""))
+    return (head + md_fields(row) + "\n## Slices\n\n" + md_table(s["slices"]) + "\n"
+            + (decision.to_markdown() if decision is not None else ""))
 
 
 # ================================================================================================
 # bootstrap, promote, rollback
 # ================================================================================================
-@flow(name="bootstrap", log_prints=True)
+@flow(name="bootstrap", flow_run_name=run_name("bootstrap", "dataset_version", default=lambda: "newest seed"),
+      log_prints=True)
 def bootstrap(params: BootstrapParams = BootstrapParams()) -> dict[str, Any]:  # noqa: B008
     """First champion: train the model YAML on the seed dataset version, evaluate, register, gate, promote."""
     from detloop.clients import Clients
@@ -263,8 +403,12 @@ def bootstrap(params: BootstrapParams = BootstrapParams()) -> dict[str, Any]:  #
     data_yaml = retrying(steps.materialize, settings)(settings, clients, seed)
 
     # 2. train from the model YAML
+    from flows.common import current_flow_run_links
+
+    log.info("bootstrap: training %s on seed dataset version %s", settings.model.arch, seed)
     trained = retrying(steps.train, settings)(settings, clients, data_yaml, None, f"bootstrap-{seed}",
-                                              {"detloop.bootstrap": "true"}, seed, None)
+                                              {"detloop.bootstrap": "true", **current_flow_run_links(settings)}, seed,
+                                              None)
 
     # 3. evaluate on the golden set, register, gate (absolute floor), promote
     post = evaluate_and_promote(trained.run_id, str(trained.weights), seed, params.config, params.overrides(),
@@ -273,12 +417,15 @@ def bootstrap(params: BootstrapParams = BootstrapParams()) -> dict[str, Any]:  #
                "train_seconds": trained.train_seconds, "golden_map": _golden_map(post.challenger_report),
                "outcome": post.outcome, "reasons": post.decision.reasons if post.decision is not None else [],
                "promoted": post.promoted, "slices": post.slices}
-    publish_report("bootstrap", "# Bootstrap\n\n" + md_table([{k: v for k, v in summary.items() if k != "slices"}])
-                   + "\n" + (post.decision.to_markdown() if post.decision is not None else ""), "bootstrap")
+    summary["mlflow_run"] = clients.registry.run_url(trained.run_id)
+    publish_report("bootstrap", f"# Bootstrap: {post.outcome}\n\n[MLflow run]({summary['mlflow_run']}) · "
+                   f"[model version {post.version}]({clients.registry.version_url(post.version)})\n\n"
+                   + md_fields({k: v for k, v in summary.items() if k not in ("slices", "mlflow_run")}) + "\n"
+                   + (post.decision.to_markdown() if post.decision is not None else ""), "bootstrap")
     return summary
 
 
-@flow(name="promote", log_prints=True)
+@flow(name="promote", flow_run_name=run_name("promote version", "version"), log_prints=True)
 def promote(params: PromoteParams) -> dict[str, Any]:
     """Manually make a version champion (``override`` forces a failed gate; who and why are logged)."""
     import getpass
@@ -289,13 +436,13 @@ def promote(params: PromoteParams) -> dict[str, Any]:
     clients = Clients.from_settings(settings)
     entry = retrying(steps.promote, settings)(settings, clients, params.version, None, params.reason,
                                               params.who or getpass.getuser(), override=params.override)
-    publish_report("promote", "# Promotion\n\n" + md_table([entry]), "promote")
+    publish_report("promote", "# Promotion\n\n" + md_fields(entry), "promote")
     notify(EVENT_MODEL_PROMOTED, f"detloop.model.{settings.mlflow.model_name}.{params.version}", entry,
            f"version {params.version} promoted by {entry.get('actor')}: {params.reason}")
     return entry
 
 
-@flow(name="rollback", log_prints=True)
+@flow(name="rollback", flow_run_name=run_name("rollback"), log_prints=True)
 def rollback(params: RollbackParams) -> dict[str, Any]:
     """Restore ``previous-champion`` as ``champion``."""
     import getpass
@@ -305,7 +452,7 @@ def rollback(params: RollbackParams) -> dict[str, Any]:
     settings = settings_for(params)
     clients = Clients.from_settings(settings)
     entry = retrying(steps.rollback, settings)(settings, clients, params.reason, params.who or getpass.getuser())
-    publish_report("rollback", "# Rollback\n\n" + md_table([entry]), "rollback")
+    publish_report("rollback", "# Rollback\n\n" + md_fields(entry), "rollback")
     notify(EVENT_MODEL_PROMOTED, f"detloop.model.{settings.mlflow.model_name}.{entry['version']}", entry,
            f"rolled back to version {entry['version']}: {params.reason}")
     return entry

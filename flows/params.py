@@ -2,24 +2,33 @@
 
 Each flow takes one pydantic model, so the Prefect UI renders a form with descriptions and ranges and
 the server rejects invalid parameters when a run is created (deployments enforce the schema). Every
-field is optional: ``None`` means "use the config".
+optional field means "use the config" when left out. Names from a fixed list (strategy, aggregation,
+diversity) are ``Literal`` enums, so the form shows a drop-down; ``SkipJsonSchema[None]`` keeps the
+``None`` branch out of the JSON schema (the form would otherwise offer a "None" type for every optional
+field); the deployments pre-fill each form with the runner's configured values (:func:`configured_defaults`).
 """
 
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.json_schema import SkipJsonSchema
 
-from detloop.settings import GateSettings
+from detloop.settings import AggregationName, DiversityName, GateSettings, Settings, StrategyName
+
+# "optional, and the form does not offer None": a field left out of the form uses the config
+# (constraints go on the type: ``Annotated[int, Field(ge=1)] | SkipJsonSchema[None]``; on the union they would not
+# reach the JSON schema, and the server would accept out-of-range values)
+OptStr = str | SkipJsonSchema[None]
 
 
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    config: str | None = Field(
-        None, description="Config file for this run (default: the runner's $DETLOOP_CONFIG / configs/local.yaml)."
+    config: OptStr = Field(
+        None, description="Config file for this run (leave empty: the runner's $DETLOOP_CONFIG / configs/local.yaml)."
     )
 
     def overrides(self) -> dict[str, Any]:
@@ -30,13 +39,23 @@ class _Params(BaseModel):
 class SelectParams(_Params):
     """Parameters of ``select-for-labeling``."""
 
-    as_of: date | None = Field(None, description="The 'this week' date: the window ends here (default: today).")
-    window_days: int | None = Field(None, ge=1, le=365, description="Days before as_of to sample from.")
-    cameras: list[str] | None = Field(None, description="Only these cameras (default: all).")
-    dates: list[date] | None = Field(None, description="Only these dates inside the window (default: all).")
-    budget: int | None = Field(None, ge=1, le=100_000, description="Frames to send to annotators (control included).")
-    strategy: str | None = Field(None, description="Uncertainty strategy name (see `detloop select strategies`).")
-    control_share: float | None = Field(None, ge=0.0, le=0.5, description="Share of the budget drawn at random.")
+    as_of: date | SkipJsonSchema[None] = Field(
+        None, description="The 'this week' date: the window ends here (leave empty: today).")
+    window_days: Annotated[int, Field(ge=1, le=365)] | SkipJsonSchema[None] = Field(
+        None, description="Days before as_of to sample from.")
+    cameras: list[str] | SkipJsonSchema[None] = Field(None, description="Only these cameras (leave empty: all).")
+    dates: list[date] | SkipJsonSchema[None] = Field(
+        None, description="Only these dates inside the window (leave empty: all).")
+    budget: Annotated[int, Field(ge=1, le=100_000)] | SkipJsonSchema[None] = Field(
+        None, description="Frames to send to annotators (control included).")
+    strategy: StrategyName | SkipJsonSchema[None] = Field(
+        None, description="Box uncertainty strategy (see `detloop select strategies`).")
+    aggregation: AggregationName | SkipJsonSchema[None] = Field(
+        None, description="How a frame's box uncertainties add up to the frame's.")
+    diversity: DiversityName | SkipJsonSchema[None] = Field(
+        None, description="Diversity step over the most uncertain frames (k-center on the embeddings).")
+    control_share: Annotated[float, Field(ge=0.0, le=0.5)] | SkipJsonSchema[None] = Field(
+        None, description="Share of the budget drawn at random (the blind control arm).")
     force_new_round: bool = Field(
         False, description="Open a new round even if the previous one is still open (default: follow config)."
     )
@@ -45,8 +64,9 @@ class SelectParams(_Params):
         o: dict[str, Any] = {}
         if self.window_days is not None:
             o.setdefault("sampling", {})["window_days"] = self.window_days
-        sel = {k: v for k, v in {"budget": self.budget, "strategy": self.strategy,
-                                  "control_share": self.control_share}.items() if v is not None}
+        sel = {k: v for k, v in {"budget": self.budget, "strategy": self.strategy, "aggregation": self.aggregation,
+                                  "diversity": self.diversity, "control_share": self.control_share}.items()
+               if v is not None}
         if sel:
             o["selection"] = sel
         return o
@@ -55,7 +75,12 @@ class SelectParams(_Params):
 class WatchParams(_Params):
     """Parameters of ``watch-rounds``."""
 
-    now: datetime | None = Field(None, description="Clock used for deadlines (default: now). Simulated time for backfills.")
+    now: datetime | SkipJsonSchema[None] = Field(
+        None, description="Clock used for deadlines (leave empty: now). Simulated time for backfills.")
+    follow: bool = Field(
+        False, description="Keep watching while a round is open: check every prefect.watch_interval_seconds, and hand "
+                           "over to a new run every hour (the deployment's trigger and schedule set it; a run by hand "
+                           "checks once).")
 
 
 def _optional_fields_of(model: type[BaseModel], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -66,7 +91,9 @@ def _optional_fields_of(model: type[BaseModel], exclude: tuple[str, ...] = ()) -
     for name, fi in model.model_fields.items():
         if name in exclude:
             continue
-        out[name] = (fi.annotation | None, FieldInfo.merge_field_infos(fi, default=None))
+        # constraints stay on the type (on the union they would not reach the JSON schema); None is not offered
+        typ = Annotated[(fi.annotation, *fi.metadata)] if fi.metadata else fi.annotation
+        out[name] = (typ | SkipJsonSchema[None], FieldInfo(default=None, description=fi.description))
     return out
 
 
@@ -82,7 +109,8 @@ class RetrainParams(_Params):
     """Parameters of ``retrain-and-promote`` (started by the round-completed event, or by hand)."""
 
     round_id: str = Field(..., min_length=1, description="Labelling round whose labels to train on.")
-    epochs: int | None = Field(None, ge=1, le=10_000, description="Fine-tune epochs (default: training.finetune_epochs).")
+    epochs: Annotated[int, Field(ge=1, le=10_000)] | SkipJsonSchema[None] = Field(
+        None, description="Fine-tune epochs (leave empty: training.finetune_epochs).")
     gate: GateOverrides = Field(default_factory=GateOverrides, description="Per-run gate overrides.")
 
     def overrides(self) -> dict[str, Any]:
@@ -101,21 +129,39 @@ class PromoteParams(_Params):
     version: str = Field(..., min_length=1, description="Registered model version to make champion.")
     reason: str = Field(..., min_length=3, description="Why (recorded in the promotion log).")
     override: bool = Field(False, description="Promote even if its gate failed (recorded).")
-    who: str | None = Field(None, description="Who asks (default: the runner's user).")
+    who: OptStr = Field(None, description="Who asks (leave empty: the runner's user).")
 
 
 class RollbackParams(_Params):
     """Parameters of the manual ``rollback`` flow."""
 
     reason: str = Field(..., min_length=3, description="Why (recorded in the promotion log).")
-    who: str | None = Field(None, description="Who asks (default: the runner's user).")
+    who: OptStr = Field(None, description="Who asks (leave empty: the runner's user).")
 
 
 class BootstrapParams(_Params):
     """Parameters of ``bootstrap``: train the first champion on a seed dataset version."""
 
-    dataset_version: str | None = Field(None, description="Seed dataset version id (default: the newest seed version).")
-    epochs: int | None = Field(None, ge=1, le=10_000, description="Epochs (default: training.bootstrap_epochs).")
+    dataset_version: OptStr = Field(None, description="Seed dataset version id (leave empty: the newest seed version).")
+    epochs: Annotated[int, Field(ge=1, le=10_000)] | SkipJsonSchema[None] = Field(
+        None, description="Epochs (leave empty: training.bootstrap_epochs).")
 
     def overrides(self) -> dict[str, Any]:
         return {"training": {"bootstrap_epochs": self.epochs}} if self.epochs is not None else {}
+
+
+def configured_defaults(flow_name: str, settings: Settings) -> dict[str, Any]:
+    """A deployment's default parameters: the configured values of its form fields (shown pre-filled).
+
+    A run created without them (the CLI, the round-completed trigger, the demo) passes its own ``params``,
+    which replace these as a whole: fields it leaves out come from its config.
+    """
+    sel, tr = settings.selection, settings.training
+    values: dict[str, dict[str, Any]] = {
+        "select-for-labeling": {"window_days": settings.sampling.window_days, "budget": sel.budget,
+                                "strategy": sel.strategy, "aggregation": sel.aggregation, "diversity": sel.diversity,
+                                "control_share": sel.control_share},
+        "retrain-and-promote": {"epochs": tr.finetune_epochs},
+        "bootstrap": {"epochs": tr.bootstrap_epochs},
+    }
+    return {"params": values[flow_name]} if flow_name in values else {}

@@ -97,11 +97,13 @@ def evaluate_and_promote(
 
     # 1. challenger and champion on the same slices, in the same run
     if golden_data_yaml:
+        from tasks.eval_plots import plots_for_report
         from tasks.evaluation import evaluate_pair
 
         slices = [slice_from_data_yaml("golden", golden_data_yaml, "val", len(settings.classes))]
         ch, cp = evaluate_pair(Path(weights), champion.scoring_dir if champion else None, slices, settings,
                                work_dir=work)
+        plots_for_report(ch, slices, settings.classes, work / "plots")
         summary: list[dict[str, Any]] = [{"slice": "golden", "frames": len(slices[0].items)}]
     elif golden:
         ch, cp, summary = retrying(steps.evaluate, settings)(settings, clients, Path(weights), champion, golden,

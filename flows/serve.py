@@ -5,15 +5,26 @@ stack starts this as its ``runner`` service (``python -m flows.serve --config ..
 ``detloop serve``. With ``--work-pool`` the same deployments are registered against a work pool
 (e.g. Kubernetes) instead of being served in this process.
 
-Deployments:
+Deployments, named after what they do (``flows.common.DEPLOYMENTS``):
 
-==========================================  ===========================================================
-``select-for-labeling/weekly``              cron ``prefect.weekly_cron`` (default Monday 03:00)
-``watch-rounds/interval``                   every ``prefect.watch_interval_seconds``
-``retrain-and-promote/on-round-completed``  trigger: event ``detloop.annotation.round.completed``
-``bootstrap/manual``                        manual: first champion from the seed dataset version
-``promote/manual``, ``rollback/manual``     manual, with a reason
-==========================================  ===========================================================
+=================================================  =====================================================
+``select-for-labeling/open-weekly-round``          cron ``prefect.weekly_cron`` (default Monday 03:00)
+``watch-rounds/close-finished-rounds``             event ``detloop.annotation.round.ready``; checks every
+                                                   ``prefect.watch_interval_seconds`` while a round is
+                                                   open, one run an hour; a daily safety-net cron
+``retrain-and-promote/retrain-on-round-completed`` event ``detloop.annotation.round.completed``
+``bootstrap/train-first-champion``                 by hand: first champion from the seed dataset version
+``promote/make-a-version-champion``                by hand, with a reason
+``rollback/restore-previous-champion``             by hand, with a reason
+=================================================  =====================================================
+
+The watcher does not run on a per-minute schedule: Prefect keeps at least an hour of an interval schedule's
+runs scheduled ahead (``PREFECT_API_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME``), 60 runs at one minute, and a
+run a minute piles up 1,440 runs a day. Instead a round opening starts a watch run that checks every
+``prefect.watch_interval_seconds`` while a round is open; after an hour it schedules the next run (idempotent per
+time slot) and ends, and with no round open it ends without a successor: one run an hour while rounds are open,
+none otherwise, at most one scheduled ahead. The daily cron restarts the chain if it ever broke (a runner
+down for longer than Prefect keeps late runs). A run by hand (``detloop run watch``) checks once.
 
 (``drift-monitor/daily`` joins this list with the drift issue: add it in :func:`build_deployments`.)
 """
@@ -32,13 +43,21 @@ from detloop.settings import Settings, load_settings
 # and one promotion at a time are enforced by kernel file locks instead (tasks/registry.py), which a
 # crashed holder releases with its process; a queued retrain waits for the lock (flows/loop.py).
 
+WATCH_SAFETY_CRON = "30 4 * * *"  # daily: restarts the watch chain if it broke
+
+
+def _name(key: str) -> str:
+    from flows.common import DEPLOYMENTS
+
+    return DEPLOYMENTS[key].split("/", 1)[1]
+
 
 def build_deployments(settings: Settings) -> list[Any]:
-    """RunnerDeployments for every flow (module entrypoints, schema-enforced parameters)."""
+    """RunnerDeployments for every flow (module entrypoints, schema-enforced parameters, configured defaults)."""
     from prefect.deployments.runner import EntrypointType
     from prefect.events import DeploymentEventTrigger
 
-    from flows.common import EVENT_ROUND_COMPLETED
+    from flows.common import EVENT_ROUND_COMPLETED, EVENT_ROUND_READY
     from flows.loop import (
         bootstrap,
         promote,
@@ -47,43 +66,81 @@ def build_deployments(settings: Settings) -> list[Any]:
         select_for_labeling,
         watch_rounds,
     )
+    from flows.params import configured_defaults
 
     common: dict[str, Any] = {"entrypoint_type": EntrypointType.MODULE_PATH, "enforce_parameter_schema": True}
-    trigger = DeploymentEventTrigger(
+    retrain_trigger = DeploymentEventTrigger(
         name="round-completed-starts-retrain",
         expect={EVENT_ROUND_COMPLETED},
         match={"prefect.resource.id": "detloop.round.*"},
         parameters={"params": {"round_id": "{{ event.payload.round_id }}", "config": "{{ event.payload.config }}"}},
     )
+    watch_trigger = DeploymentEventTrigger(
+        name="round-ready-starts-watching",
+        expect={EVENT_ROUND_READY},
+        match={"prefect.resource.id": "detloop.round.*"},
+        parameters={"params": {"config": "{{ event.payload.config }}", "follow": True}},
+    )
     return [
         select_for_labeling.to_deployment(
-            "weekly", cron=settings.prefect.weekly_cron, tags=["detloop", "weekly"],
+            _name("select"), cron=settings.prefect.weekly_cron, tags=["detloop", "weekly"],
             description="Sample the production window, score with the champion, select, open a Label Studio round.",
-            **common,
+            parameters=configured_defaults("select-for-labeling", settings), **common,
         ),
         watch_rounds.to_deployment(
-            "interval", interval=settings.prefect.watch_interval_seconds, tags=["detloop"],
-            description="Progress of open rounds; emits detloop.annotation.round.completed once per round.",
+            _name("watch"), cron=WATCH_SAFETY_CRON, triggers=[watch_trigger], tags=["detloop"],
+            parameters={"params": {"follow": True}},
+            description=(f"Progress of open rounds; closes finished or overdue ones and emits "
+                         f"{EVENT_ROUND_COMPLETED} once per round. Starts when a round opens and checks every "
+                         f"{settings.prefect.watch_interval_seconds} s while one is open, one run an hour (daily at "
+                         "04:30 UTC as a safety net)."),
             **common,
         ),
         retrain_and_promote.to_deployment(
-            "on-round-completed", triggers=[trigger], tags=["detloop", "training"],
+            _name("retrain"), triggers=[retrain_trigger], tags=["detloop", "training"],
             description="Labels of a round -> dataset version -> fine-tune -> evaluate -> register -> gate -> promote.",
             **common,
         ),
         bootstrap.to_deployment(
-            "manual", tags=["detloop", "training"],
-            description="Train the first champion from the model YAML on the seed dataset version.", **common,
+            _name("bootstrap"), tags=["detloop", "training"],
+            description="Train the first champion from the model YAML on the seed dataset version.",
+            parameters=configured_defaults("bootstrap", settings), **common,
         ),
         promote.to_deployment(
-            "manual", tags=["detloop", "registry"],
-            description="Make a registered version champion (with a reason; override records who and why).", **common,
+            _name("promote"), tags=["detloop", "registry"],
+            description="Make a registered version champion (with a reason; override records who and why, and "
+                        "records a champion someone set in MLflow's UI).", **common,
         ),
         rollback.to_deployment(
-            "manual", tags=["detloop", "registry"],
+            _name("rollback"), tags=["detloop", "registry"],
             description="Restore previous-champion as champion (with a reason).", **common,
         ),
     ]
+
+
+def remove_stale_deployments(deployments: list[Any]) -> list[str]:
+    """Delete deployments of detloop's flows (tag ``detloop``) that this runner no longer serves.
+
+    An upgrade that renames deployments (``weekly`` -> ``open-weekly-round``, the three ``manual`` ...) would
+    otherwise leave the old ones in the UI, and their schedules would keep creating runs nobody serves.
+
+    Returns:
+        The ``flow/deployment`` names deleted.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    current = {d.full_name for d in deployments}
+    flows = sorted({d.flow_name for d in deployments if d.flow_name})
+    deleted = []
+    with get_client(sync_client=True) as client:
+        names = {f.id: f.name for f in client.read_flows(flow_filter=FlowFilter(name=FlowFilterName(any_=flows)))}
+        for dep in client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=flows))):
+            full = f"{names.get(dep.flow_id, '?')}/{dep.name}"
+            if "detloop" in (dep.tags or []) and full not in current:
+                client.delete_deployment(dep.id)
+                deleted.append(full)
+    return deleted
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
 
     for name in ensure_notifications(settings):
         print(f"notifications: automation {name!r} is set")
+    for name in remove_stale_deployments(deployments):
+        print(f"deployment {name!r} removed: this version of detloop no longer serves it")
     if args.work_pool:
         from prefect import deploy
 

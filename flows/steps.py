@@ -29,6 +29,14 @@ def fetch_champion(settings: Any, clients: Any, alias: str = "champion") -> Any:
     return fetch(settings, clients.registry, alias)
 
 
+@task(name="check-champion", **NET)
+def check_champion(settings: Any, clients: Any) -> Any:
+    """The ``champion`` alias against the promotion log (:class:`tasks.registry.ChampionCheck`)."""
+    from tasks.registry import check_champion as check
+
+    return check(settings, clients.registry, clients.store)
+
+
 @task(name="sample-window", **NET)
 def sample_window(settings: Any, clients: Any, as_of: date, cameras: list[str] | None, dates: list[date] | None,
                   run_id: str | None) -> Any:
@@ -117,11 +125,13 @@ def train(settings: Any, clients: Any, data_yaml: Path, init_weights: Path | Non
 def evaluate(settings: Any, clients: Any, weights: Path, champion: Any, golden: str, round_version: str | None,
              round_id: str | None, work: Path) -> tuple[Any, Any, list[dict[str, Any]]]:
     """Challenger and champion on the same slices: ``(challenger report, champion report or None, slices)``."""
+    from tasks.eval_plots import plots_for_report
     from tasks.evaluation import evaluate_pair
     from tasks.slices import build_slices, slice_summary
 
     slices = build_slices(clients.store, settings, golden, round_version, round_id)
     ch, cp = evaluate_pair(weights, champion.scoring_dir if champion else None, slices, settings, work_dir=work)
+    plots_for_report(ch, slices, settings.classes, Path(work) / "plots")  # logged to the run by `register`
     return ch, cp, slice_summary(slices)
 
 
@@ -147,12 +157,15 @@ def record_gate(settings: Any, clients: Any, version: str, decision: Any, run_id
 def promote(settings: Any, clients: Any, version: str, decision: Any, reason: str, actor: str,
             override: bool = False) -> dict[str, Any]:
     """Move ``champion`` (idempotent: a version that already is champion is reported, not re-promoted)."""
-    from tasks.registry import champion_version
+    from tasks.registry import champion_version, logged_champion
     from tasks.registry import promote as do_promote
 
     cur = champion_version(clients.registry)
     if cur is not None and str(cur.version) == str(version):
-        return {"action": "noop", "version": str(version), "reason": "already champion"}
+        # an override records a champion someone set in MLflow's UI; otherwise there is nothing to do
+        recorded = logged_champion(clients.store, settings, clients.registry.model_name) == str(version)
+        if not override or recorded:
+            return {"action": "noop", "version": str(version), "reason": "already champion"}
     return do_promote(settings, clients.registry, clients.store, version, decision, override=override,
                       reason=reason, actor=actor)
 

@@ -6,7 +6,9 @@ a round becomes is built by :mod:`tasks.round_version`.
 
 Pushing is idempotent: the round's tasks already in the project are listed first (server-side filter
 on ``data.round_id``) and their keys skipped, so a second push, or a re-run after a crash half-way (or a
-timeout whose import did go through), creates no duplicate. Nothing here retries: a push that fails on
+timeout whose import did go through), creates no duplicate. A push imports the round's tasks in a shuffled
+order, makes :data:`~detloop.ls_format.PREDICTION_MODEL_VERSION` the project's model version (so labellers see
+the pre-annotations of every round) and creates the round's saved view (a tab filtered on its id). Nothing here retries: a push that fails on
 an unavailable Label Studio is retried as a whole by its flow, and the listing makes that safe.
 """
 
@@ -20,9 +22,10 @@ from typing import Any
 
 from detloop.contracts import SelectedFrame
 from detloop.errors import DataError
+from detloop.ls_format import PREDICTION_MODEL_VERSION, data_filter
 from detloop.settings import Settings
 from tasks import rounds
-from tasks.ls_tasks import PulledRound, batched, build_task, convert_round_tasks
+from tasks.ls_tasks import PulledRound, batched, build_task, convert_round_tasks, shuffled
 from tasks.round_version import copy_frames
 
 
@@ -35,6 +38,7 @@ class PushReport:
     imported: int
     task_ids: list[int]
     batches: int
+    view_url: str | None = None  # the round's tab in Label Studio
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,6 +48,9 @@ def ensure_project(settings: Settings, ls: Any) -> Any:
     """The configured project (created from the class list, or reused and checked)."""
     return ls.ensure_project(settings.label_studio.project_title, settings.classes)
 
+
+# columns a round's tab hides: plumbing, not for labellers
+HIDDEN_COLUMNS = ("tasks:data.pre", "tasks:data.bucket", "tasks:data.s3_key", "tasks:data.round_id")
 
 # what each reader needs from the server (``include``): serialising less is several times faster
 INCLUDE = {
@@ -103,11 +110,14 @@ def push_round(
     project = ensure_project(settings, ls)
     for bucket in sorted({sf.frame.bucket for sf in selected}):
         ls.ensure_s3_storage(project.id, bucket, settings.label_studio.presign, settings.label_studio.presign_ttl_minutes)
+    # arms, ranks and uncertainties stay in detloop's record, written before any task of the round exists
+    rounds.save_round_frames(store, settings, round_id, selected, model_version)
     task_ids = present_task_ids(ls, project.id, round_id)
     present = set(task_ids)
     todo = [sf for sf in selected if sf.frame.key not in present]
-    tasks = [build_task(sf, round_id, model_version, settings.classes, settings.label_studio.prediction_conf_threshold)
-             for sf in todo]
+    tasks = shuffled([build_task(sf, round_id, model_version, settings.classes,
+                                 settings.label_studio.prediction_conf_threshold) for sf in todo],
+                     rounds.round_seed(round_id))
     ids: list[int] = []
     n_batches = 0
     for batch in batched(tasks, settings.label_studio.import_batch_size):
@@ -116,13 +126,17 @@ def push_round(
         task_ids.update(new)
         ids += list(new.values())
         n_batches += 1
-    rounds.save_task_ids(store, settings, round_id, task_ids)
+    if task_ids:  # accepted only once predictions carrying the version exist
+        ls.set_model_version(project.id, PREDICTION_MODEL_VERSION)
+    view_id = ls.ensure_view(project.id, round_id, [data_filter("round_id", round_id)], HIDDEN_COLUMNS)
+    rounds.save_task_ids(store, settings, round_id, task_ids, project.id, view_id, ls.view_url(project.id, view_id))
     rounds.open_round(
         store, settings, round_id=round_id, as_of=as_of, model_version=model_version,
         n_selected=sum(sf.arm == "selected" for sf in selected), n_control=sum(sf.arm == "control" for sf in selected),
         now=now,
     )
-    return PushReport(round_id, project.id, len(selected), len(present & set(keys)), len(ids), ids, n_batches)
+    return PushReport(round_id, project.id, len(selected), len(present & set(keys)), len(ids), ids, n_batches,
+                      ls.view_url(project.id, view_id))
 
 
 def read_round_tasks(settings: Settings, round_id: str, ls: Any, store: Any, project_id: int) -> list[dict[str, Any]]:
@@ -150,12 +164,16 @@ def pull_round(
 ) -> PulledRound:
     """Read a round's labels, validate and convert them; copy the frames to content-addressed storage.
 
-    The report is also written to ``rounds/<round_id>/labels_report.json``.
+    Each frame's arm comes from the round record (``rounds/<round_id>/frames.json``), not from the task
+    (tasks are blind); rounds pushed before that record existed fall back to ``data.arm``. The report is
+    also written to ``rounds/<round_id>/labels_report.json``.
     """
     project = ensure_project(settings, ls)
     tasks = read_round_tasks(settings, round_id, ls, store, project.id)
+    frames = rounds.load_round_frames(store, settings, round_id)
+    arms = {k: str(v["arm"]) for k, v in frames.items()} if frames is not None else None
     pulled = convert_round_tasks(tasks, round_id, settings.classes, policy or settings.label_studio.annotation_policy,
-                                 settings.label_studio.min_box_pixels)
+                                 settings.label_studio.min_box_pixels, arms)
     if copy:
         entries = copy_frames(store, settings, pulled.frames, round_id)
         pulled.report["copied"] = len(entries)

@@ -27,6 +27,8 @@ import numpy as np
 
 from detloop.detections import Detections
 from detloop.errors import DataError
+from detloop.postprocess import DecodeParams
+from detloop.preprocess import ModelInput
 
 # COCO's area ranges (px^2). Closed at both ends, as the COCO evaluation applies them (a box is ignored
 # when ``area < lo or area > hi``): a box of exactly 32 x 32 px belongs to both small and medium.
@@ -97,6 +99,8 @@ class EvalReport:
         latency_ms: mean CPU latency per frame in ms (batch 1, onnxruntime), None if not measured.
         artifact: the scoring artifact directory that was evaluated (what registration uploads).
         artifact_sha256: SHA-256 of its ``model.onnx``.
+        plots: file name -> local path of the plots drawn for it (:mod:`tasks.eval_plots`).
+        predictions: the threshold slice's predictions (for the plots; not serialised).
     """
 
     model: str
@@ -106,9 +110,13 @@ class EvalReport:
     latency_ms: float | None = None
     artifact: str | None = None
     artifact_sha256: str | None = None
+    plots: dict[str, str] = field(default_factory=dict)
+    predictions: dict[str, list[Detections]] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("predictions")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalReport:
@@ -127,7 +135,7 @@ class EvalReport:
             for k, v in d["slices"].items()
         }
         return cls(d["model"], slices, d.get("thresholds", {}), d.get("threshold_slice"), d.get("latency_ms"),
-                   d.get("artifact"), d.get("artifact_sha256"))
+                   d.get("artifact"), d.get("artifact_sha256"), d.get("plots", {}))
 
     def flat_metrics(self) -> dict[str, float]:
         """``{slice}.{group}.{metric}`` -> value, for MLflow metrics / version tags (sufficient groups only)."""
@@ -272,6 +280,49 @@ def compute_metrics(
     return out
 
 
+def match_class(gts: Sequence[Detections], preds: Sequence[Detections], k: int, iou: float = 0.5,
+                ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Greedy matching of class ``k``'s predictions to its ground truth, by descending confidence.
+
+    Returns:
+        ``(scores (P,), true_positive (P,) bool, n_gt)`` over every frame, sorted by descending score.
+    """
+    from detloop.ops import box_iou
+
+    scores: list[float] = []
+    tps: list[bool] = []
+    n_gt = 0
+    for g, p in zip(gts, preds, strict=True):
+        gk = g.xyxy[g.class_id == k]
+        pm = p.class_id == k
+        pk, sk = p.xyxy[pm], p.confidence[pm]
+        n_gt += len(gk)
+        order = np.argsort(-sk)
+        used = np.zeros(len(gk), bool)
+        ious = box_iou(pk[order], gk) if len(gk) and len(pk) else np.zeros((len(pk), len(gk)))
+        for row, j in enumerate(order):
+            tp = False
+            if len(gk):
+                cand = np.where(~used & (ious[row] >= iou))[0]
+                if cand.size:
+                    used[cand[np.argmax(ious[row][cand])]] = True
+                    tp = True
+            scores.append(float(sk[j]))
+            tps.append(tp)
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    return np.asarray(scores, np.float64)[order], np.asarray(tps, bool)[order], n_gt
+
+
+def pr_curve(gts: Sequence[Detections], preds: Sequence[Detections], k: int, iou: float = 0.5,
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision-recall curve of class ``k`` at IoU ``iou``: ``(recall, precision, confidence)``, each ``(P,)``."""
+    s, tp, n_gt = match_class(gts, preds, k, iou)
+    ctp = np.cumsum(tp)
+    precision = ctp / np.arange(1, len(s) + 1) if len(s) else np.zeros(0)
+    recall = ctp / n_gt if n_gt else np.zeros(len(s))
+    return recall, precision, s
+
+
 def best_f1_thresholds(
     gts: Sequence[Detections], preds: Sequence[Detections], class_names: Sequence[str], iou: float = 0.5,
     default: float = 0.25,
@@ -280,40 +331,46 @@ def best_f1_thresholds(
 
     Classes without ground truth or predictions get ``default``.
     """
-    from detloop.ops import box_iou
-
     out: dict[str, float] = {}
     for k, cname in enumerate(class_names):
-        scores, tps = [], []
-        n_gt = 0
-        for g, p in zip(gts, preds, strict=True):
-            gk = g.xyxy[g.class_id == k]
-            pm = p.class_id == k
-            pk, sk = p.xyxy[pm], p.confidence[pm]
-            n_gt += len(gk)
-            order = np.argsort(-sk)
-            used = np.zeros(len(gk), bool)
-            ious = box_iou(pk[order], gk) if len(gk) and len(pk) else np.zeros((len(pk), len(gk)))
-            for row, j in enumerate(order):
-                tp = False
-                if len(gk):
-                    cand = np.where(~used & (ious[row] >= iou))[0]
-                    if cand.size:
-                        used[cand[np.argmax(ious[row][cand])]] = True
-                        tp = True
-                scores.append(float(sk[j]))
-                tps.append(tp)
-        if n_gt == 0 or not scores:
+        s, tps, n_gt = match_class(gts, preds, k, iou)
+        if n_gt == 0 or not len(s):
             out[cname] = default
             continue
-        order = np.argsort(-np.asarray(scores))
-        s = np.asarray(scores)[order]
-        tp = np.cumsum(np.asarray(tps)[order])
+        tp = np.cumsum(tps)
         fp = np.arange(1, len(s) + 1) - tp
         f1 = 2 * tp / (tp + fp + n_gt)
-        best = int(np.argmax(f1))
-        out[cname] = float(s[best])
+        out[cname] = float(s[int(np.argmax(f1))])
     return out
+
+
+def confusion_matrix(gts: Sequence[Detections], preds: Sequence[Detections], num_classes: int,
+                     thresholds: Sequence[float], iou: float = 0.5) -> np.ndarray:
+    """Detection confusion matrix ``(C + 1, C + 1)``: rows the predicted class, columns the true class, the
+    last row/column ``background`` (a missed box / a false alarm).
+
+    Predictions under their class's threshold are dropped; each ground-truth box takes the highest-IoU
+    unmatched prediction (any class) with IoU >= ``iou``.
+    """
+    from detloop.ops import box_iou
+
+    m = np.zeros((num_classes + 1, num_classes + 1), np.int64)
+    th = np.asarray(thresholds, np.float64)
+    for g, p in zip(gts, preds, strict=True):
+        p = p[p.confidence >= th[p.class_id]] if len(p) else p
+        used = np.zeros(len(p), bool)
+        ious = box_iou(g.xyxy, p.xyxy) if len(g) and len(p) else np.zeros((len(g), len(p)))
+        for i in np.argsort(-(ious.max(axis=1) if ious.size else np.zeros(len(g)))):
+            cand = np.where(~used & (ious[i] >= iou))[0] if ious.size else np.zeros(0, np.int64)
+            if cand.size:
+                j = cand[np.argmax(ious[i][cand])]
+                used[j] = True
+                m[int(p.class_id[j]), int(g.class_id[i])] += 1
+            else:
+                m[num_classes, int(g.class_id[i])] += 1
+        for j in np.where(~used)[0]:
+            m[int(p.class_id[j]), num_classes] += 1
+    return m
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,21 +470,48 @@ def ensure_artifact(model: str | Path, class_names: Sequence[str], input_size: i
     raise DataError(f"no scoring artifact or .pt weights at {model}")
 
 
+def eval_decode(ms: Any) -> DecodeParams:
+    """The decode of evaluation: ``model.conf_threshold`` (low, for AP), the scoring candidate cap raised."""
+    return DecodeParams(ms.conf_threshold, ms.iou_threshold, ms.max_det, max(ms.scoring_max_candidates, 30000))
+
+
+def read_for_model(path: str, size: int, fast: bool) -> ModelInput:
+    """An evaluation frame from disk, prepared exactly as scoring prepares a production frame.
+
+    Raises:
+        DataError: the file is missing or not a usable image.
+    """
+    from detloop.preprocess import load_for_model
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+    got = load_for_model(data, size, fast)
+    if isinstance(got, str):
+        raise DataError(f"cannot read image {path}: {got}")
+    return got
+
+
 def predict_items(artifact: Path, items: Sequence[EvalItem], settings: Any, batch: int = 16) -> list[Detections]:
-    """Run the ONNX scoring artifact on the slice frames (letterbox + NMS as served)."""
-    from tasks.export import open_session, preprocess, read_meta, run_onnx
+    """Run the ONNX scoring artifact on the slice frames, with scoring's preprocessing and decode.
+
+    Frames go through :func:`detloop.preprocess.load_for_model` and :func:`detloop.postprocess.decode_raw`,
+    the code production scoring and the registered MLflow model use (only the confidence floor differs:
+    ``model.conf_threshold``, low enough for AP).
+    """
+    from detloop.postprocess import decode_frames
+    from detloop.preprocess import to_tensors
+    from tasks.export import open_session, read_meta, run_onnx
 
     meta = read_meta(artifact)
     sess = open_session(artifact, settings.training.threads)
+    params = eval_decode(settings.model)
     out: list[Detections] = []
     for i in range(0, len(items), batch):
-        imgs = [_load_rgb(it.image) for it in items[i : i + batch]]
-        arr, lbs = preprocess(imgs, meta.input_size)
-        raw, _ = run_onnx(sess, arr)
-        for r, lb in zip(raw, lbs, strict=True):
-            out.append(Detections.from_yolo_raw(
-                r, lb, conf_threshold=settings.model.conf_threshold, iou_threshold=settings.model.iou_threshold,
-                max_det=settings.model.max_det))
+        inputs = [read_for_model(it.image, meta.input_size, settings.model.fast_decode) for it in items[i : i + batch]]
+        raw, _ = run_onnx(sess, to_tensors([m.image for m in inputs]))
+        out += decode_frames(raw, [m.letterbox for m in inputs], params)
     return out
 
 
@@ -438,14 +522,14 @@ def measure_latency(artifacts: Sequence[Path], frames: Sequence[str], rounds: in
     Each round times every artifact once over all frames, alternating the order, so drift of the
     machine's speed affects all models alike. Returns one number per artifact (median of rounds).
     """
-    from tasks.export import open_session, preprocess, read_meta, run_onnx
+    from detloop.preprocess import to_tensors
+    from tasks.export import open_session, read_meta, run_onnx
 
     if not frames:
         return [float("nan")] * len(artifacts)
     sessions = [open_session(a, threads) for a in artifacts]
     sizes = [read_meta(a).input_size for a in artifacts]
-    imgs = [_load_rgb(f) for f in frames]
-    inputs = [[preprocess([im], s)[0] for im in imgs] for s in sizes]
+    inputs = [[to_tensors([read_for_model(f, s, True).image]) for f in frames] for s in sizes]
     for sess, inp in zip(sessions, inputs, strict=True):  # warm-up
         run_onnx(sess, inp[0])
     times: list[list[float]] = [[] for _ in artifacts]
@@ -499,6 +583,7 @@ def evaluate(
     if th is not None:
         report.thresholds = best_f1_thresholds([it.gt for it in th.items], preds_by_slice[th.name], settings.classes)
         report.threshold_slice = th.name
+        report.predictions = {th.name: preds_by_slice[th.name]}
     return report
 
 

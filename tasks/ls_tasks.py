@@ -2,9 +2,17 @@
 
 Out (:func:`build_task`): each :class:`~detloop.contracts.SelectedFrame` becomes one task whose
 ``data.image`` is the frame's ``s3://`` URI (Label Studio serves it through an attached, never
-synced, S3 storage), with a pre-annotation (``model_version`` = the registry version that scored the
-frame) and data fields ``s3_key, bucket, round_id, width, height, camera, date`` plus the
-pre-annotation in frame pixels (``pre``).
+synced, S3 storage), with a pre-annotation and data fields ``s3_key, bucket, round_id, width, height,
+camera, date`` plus the pre-annotation in frame pixels (``pre``). Nothing in a task tells a labeller
+which arm a frame is in: ``arm``, ``rank``, ``uncertainty`` and ``strategy`` stay in detloop's round
+record (:func:`tasks.rounds.save_round_frames`), and :func:`shuffled` orders a round's tasks at random
+(seeded by the round id) so control frames do not come last.
+
+Pre-annotations: every round's predictions carry one constant ``model_version``
+(:data:`detloop.ls_format.PREDICTION_MODEL_VERSION`): Label Studio's labelling queue and data manager show
+only predictions whose version equals the project's, and a constant stays right when two rounds are open at
+once (the registry version that scored a round is in its round record). The prediction ``score`` is the
+model's mean confidence over the pre-annotated boxes and each box's ``score`` its confidence, all in [0, 1].
 
 Back (:func:`convert_round_tasks`): only the round's tasks are read. Per task:
 
@@ -32,7 +40,7 @@ import numpy as np
 from detloop.contracts import LabelledFrame, Quality, SelectedFrame
 from detloop.detections import Detections, UnknownLabelsError
 from detloop.errors import DataError
-from detloop.ls_format import FROM_NAME, IMAGE_FIELD, TO_NAME
+from detloop.ls_format import FROM_NAME, IMAGE_FIELD, PREDICTION_MODEL_VERSION, TO_NAME
 from tasks.label_quality import clip_boxes, consensus, label_quality, quality_report
 
 TaskState = Literal["labelled", "skipped", "pending"]
@@ -55,10 +63,11 @@ def build_task(
     class_names: Sequence[str],
     conf_threshold: float,
 ) -> dict[str, Any]:
-    """One Label Studio task (import format) for a selected frame.
+    """One Label Studio task (import format) for a selected frame; blind to the frame's arm.
 
     The pre-annotation keeps predicted boxes with confidence >= ``conf_threshold`` (frame pixels,
-    converted to percent); its ``score`` is the frame's uncertainty.
+    converted to percent); its ``score`` is their mean confidence (0 when none is kept). ``model_version``
+    (the registry version that scored the frame) is recorded in the round record, not in the task.
     """
     dets = Detections.from_dict(sf.predictions) if sf.predictions else Detections.empty()
     dets = dets[dets.confidence >= conf_threshold]
@@ -68,10 +77,6 @@ def build_task(
             "s3_key": sf.frame.key,
             "bucket": sf.frame.bucket,
             "round_id": round_id,
-            "arm": sf.arm,
-            "strategy": sf.strategy,
-            "uncertainty": float(sf.uncertainty),
-            "rank": int(sf.rank),
             "width": int(sf.width),
             "height": int(sf.height),
             "camera": sf.frame.camera,
@@ -82,13 +87,27 @@ def build_task(
         },
         "predictions": [
             {
-                "model_version": str(model_version) if model_version is not None else "none",
-                "score": float(sf.uncertainty),
+                "model_version": PREDICTION_MODEL_VERSION,
+                "score": prediction_score(dets),
                 "result": dets.to_label_studio(sf.width, sf.height, class_names, FROM_NAME, TO_NAME),
             }
         ],
     }
     return task
+
+
+def prediction_score(dets: Detections) -> float:
+    """The pre-annotation's score for Label Studio: the mean box confidence in [0, 1] (0 for no box)."""
+    return round(float(np.clip(dets.confidence, 0.0, 1.0).mean()), 4) if len(dets) else 0.0
+
+
+def shuffled(tasks: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """A round's tasks in a random order fixed by ``seed`` (the round's): arms and ranks interleaved."""
+    import random
+
+    out = list(tasks)
+    random.Random(seed).shuffle(out)
+    return out
 
 
 def batched(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -147,8 +166,13 @@ def convert_round_tasks(
     class_names: Sequence[str],
     policy: str = "latest",
     min_box_pixels: float = 1.0,
+    arms: dict[str, str] | None = None,
 ) -> PulledRound:
     """Validate and convert the round's tasks (``fields="all"`` dicts) into labelled frames + report.
+
+    ``arms`` maps each frame's S3 key to its arm (the round record's, :func:`tasks.rounds.load_round_frames`);
+    a key it lacks falls back to the task's ``data.arm`` (rounds pushed before tasks were blind), then
+    ``selected``.
 
     Raises:
         UnknownLabelsInRound: when any submitted box names a class outside ``class_names``.
@@ -203,7 +227,7 @@ def convert_round_tasks(
         negatives += len(dets) == 0
         frames.append(LabelledFrame(
             task_id=tid, bucket=str(data.get("bucket") or _bucket_of(data.get("image", ""))),
-            key=str(data.get("s3_key")), width=w, height=h, arm=str(data.get("arm", "selected")),
+            key=str(data.get("s3_key")), width=w, height=h, arm=_arm(arms, data),
             camera=str(data.get("camera", "")), date=str(data.get("date", "")), detections=dets, quality=q,
             annotations=len(anns),
         ))
@@ -230,6 +254,13 @@ def convert_round_tasks(
         "issues": issues,
     }
     return PulledRound(round_id, frames, report)
+
+
+def _arm(arms: dict[str, str] | None, data: dict[str, Any]) -> str:
+    key = str(data.get("s3_key"))
+    if arms and key in arms:
+        return str(arms[key])
+    return str(data.get("arm", "selected"))
 
 
 def _preannotation(task: dict[str, Any], class_names: Sequence[str], w: int, h: int) -> Detections:

@@ -6,16 +6,25 @@ store for the promotion log); the rule deciding whether to promote is the pure :
 ``set_registered_model_alias`` call, so a reader always sees exactly one champion. MLflow keeps no
 alias history: every promotion / rollback is appended to ``promotions/log.jsonl`` in the data bucket.
 
-Files of a registered version (the LoggedModel's artifacts)::
+Files of a registered version (the LoggedModel's artifacts): an MLflow pyfunc model
+(:func:`detloop.serving.build_pyfunc_model`) plus what fine-tuning needs::
 
-    weights/best.pt           Ultralytics checkpoint (fine-tuning starts from it)
-    scoring/model.onnx        raw head + embedding (tasks.export)
-    scoring/meta.json         ScoringArtifactMeta
-    thresholds.json           per-class serving thresholds (best F1 on the golden slice)
-    eval_report.json          EvalReport of the registration run (may be absent)
+    MLmodel, pyfunc_model.py, code/detloop/, requirements.txt, python_env.yaml, input_example.json, ...
+    artifacts/scoring/model.onnx   raw head + embedding (tasks.export): the file the gate evaluated
+    artifacts/scoring/meta.json    ScoringArtifactMeta
+    artifacts/serving.json         serving defaults (the scoring decode, class names, thresholds)
+    artifacts/thresholds.json      per-class serving thresholds (best F1 on the golden slice)
+    weights/best.pt                Ultralytics checkpoint (fine-tuning starts from it)
+    eval_report.json               EvalReport of the registration run (may be absent)
 
-The ``scoring/`` folder is the very one the gate evaluated (copied, never exported again): the version
-records its ``model.onnx`` SHA-256 in the tag ``detloop.onnx_sha256``.
+The scoring folder is the very one the gate evaluated (copied, never exported again): the version records
+its ``model.onnx`` SHA-256 in the tag ``detloop.onnx_sha256``. :func:`load_champion` gives detloop the same
+local layout for old (plain files) and new (pyfunc) versions: ``weights/best.pt``, ``scoring/`` and
+``thresholds.json`` (links into ``artifacts/``), ``champion.json``.
+
+MLflow's UI can move aliases by hand, around the gate: :func:`check_champion` compares ``champion`` with the
+promotion log, and the weekly flow refuses to open a round on a champion the log does not hold until
+``detloop promote --version V --override --reason ...`` records it.
 """
 
 from __future__ import annotations
@@ -180,16 +189,63 @@ def register_challenger(
             tags["detloop.latency_ms"] = f"{report.latency_ms:.2f}"
         tags["detloop.thresholds"] = json.dumps({k: round(v, 4) for k, v in report.thresholds.items()})
     mv = registry.register_logged_model(run_id, work, name=f"{registry.model_name}-{run_id[:8]}", tags=tags,
-                                        params={"run_id": run_id})
+                                        params={"run_id": run_id}, serving=serving_config(settings, report),
+                                        description=version_description(tags, None))
+    registry.describe(None, model_description(settings, registry.model_name))
     registry.set_alias(CHALLENGER, mv.version)
     if report is not None:
         registry.log_metrics(run_id, [(f"eval.{k}", v, 0) for k, v in report.flat_metrics().items()])
+        for path in report.plots.values():  # confusion matrix, PR curves, golden frames (tasks.eval_plots)
+            registry.log_artifact(run_id, Path(path), "plots")
     return str(mv.version)
+
+
+def serving_config(settings: Settings, report: Any | None = None) -> Any:
+    """The served model's defaults: production scoring's decode, the classes, the golden best-F1 thresholds."""
+    from detloop.postprocess import DecodeParams
+    from detloop.serving import ServingConfig
+
+    ms = settings.model
+    thresholds = dict(report.thresholds) if report is not None and report.thresholds else {}
+    return ServingConfig(DecodeParams(ms.scoring_conf_threshold, ms.iou_threshold, ms.max_det, ms.scoring_max_candidates),
+                         ms.fast_decode, list(settings.classes), thresholds, settings.mlflow.model_name)
+
+
+def model_description(settings: Settings, model_name: str) -> str:
+    """The registered model's description (markdown, shown on its MLflow page)."""
+    return (
+        f"detloop detector for classes {', '.join(settings.classes)} ({settings.model.input_size} px input).\n\n"
+        "Each version is an MLflow pyfunc model: input a binary column `image` (JPEG/PNG bytes; base64 in JSON), "
+        "output per image `boxes` ([x1, y1, x2, y2] in frame pixels), `class_ids`, `class_names`, `scores` "
+        "(confidence in [0, 1]). Pre- and post-processing are detloop's scoring code; no torch needed.\n\n"
+        f"- load: `mlflow.pyfunc.load_model(\"models:/{model_name}@champion\")`\n"
+        f"- serve: `mlflow models serve -m models:/{model_name}@champion --env-manager local -p 5055`\n\n"
+        "Aliases: `champion` (served; moved only by detloop's gate or `detloop promote`, every move is in "
+        "`promotions/log.jsonl`), `challenger` (newest), `previous-champion` (what `detloop rollback` restores). "
+        "Moving `champion` with the alias buttons here bypasses the gate: detloop then refuses to open a round "
+        "until `detloop promote --version V --override --reason ...` records it."
+    )
+
+
+def version_description(tags: dict[str, str], decision: Any | None) -> str:
+    """A version's description: where it came from and, once gated, the gate's outcome."""
+    parent = tags.get("detloop.parent_version") or ""
+    src = f"fine-tuned from v{parent}" if parent else "bootstrap (trained from the model YAML)"
+    parts = [f"{src} on dataset version `{tags.get('detloop.dataset_version') or '-'}`"]
+    if tags.get("detloop.round_id"):
+        parts.append(f"labels of round `{tags['detloop.round_id']}`")
+    if tags.get("detloop.golden_map"):
+        parts.append(f"golden mAP50-95 {tags['detloop.golden_map']}")
+    text = "; ".join(parts) + "."
+    if decision is not None:
+        text += f"\n\nGate: **{decision.outcome}**" + (
+            "" if not decision.reasons else " - " + "; ".join(decision.reasons)) + "."
+    return text
 
 
 def record_gate(registry: Any, version: str, decision: Any, run_id: str | None = None,
                 champion_version: str | None = None) -> None:
-    """Write the gate outcome as version tags and the markdown report as a run artifact."""
+    """Write the gate outcome as version tags (and in the description), the markdown report as a run artifact."""
     reg = registry
     reg.set_version_tags(version, {
         "gate.outcome": decision.outcome,
@@ -200,6 +256,7 @@ def record_gate(registry: Any, version: str, decision: Any, run_id: str | None =
         "gate.checks": json.dumps([[c.name, c.status, c.value] for c in decision.checks])[:5000],
         "gate.at": _now(),
     })
+    reg.describe(version, version_description(dict(reg.get_version(version).tags or {}), decision))
     if run_id:
         reg.log_text(run_id, decision.to_markdown(), f"gate/gate_report_v{version}.md")
 
@@ -222,6 +279,46 @@ def read_promotion_log(store: Any, settings: Settings, log_key: str = PROMOTION_
     return [json.loads(line) for line in body.decode().splitlines() if line.strip()]
 
 
+def logged_champion(store: Any, settings: Settings, model_name: str, log_key: str = PROMOTION_LOG_KEY) -> str | None:
+    """The champion the promotion log says ``model_name`` has: the version of its last entry (None: no entry)."""
+    mine = [e for e in read_promotion_log(store, settings, log_key) if e.get("model") == model_name]
+    return str(mine[-1]["version"]) if mine else None
+
+
+@dataclass(frozen=True)
+class ChampionCheck:
+    """The ``champion`` alias against the promotion log (MLflow's alias buttons bypass the gate)."""
+
+    model: str
+    alias_version: str | None
+    logged_version: str | None
+
+    @property
+    def drifted(self) -> bool:
+        """True when the alias points at a version the log does not name as champion."""
+        return self.alias_version is not None and self.alias_version != self.logged_version
+
+    def message(self) -> str:
+        if not self.drifted:
+            return f"champion of {self.model}: v{self.alias_version} (matches the promotion log)"
+        logged = f"v{self.logged_version}" if self.logged_version else "no champion"
+        return (f"CHAMPION ALIAS MOVED OUTSIDE DETLOOP: models:/{self.model}@champion is v{self.alias_version}, but the "
+                f"promotion log records {logged} (someone moved the alias in MLflow's UI, bypassing the gate). "
+                f"To keep v{self.alias_version}: detloop promote --version {self.alias_version} --override --reason "
+                f"\"...\"; to undo: move the alias back to {logged} in MLflow")
+
+
+class ChampionDrift(PromotionError):
+    """The ``champion`` alias was moved outside detloop; nothing is built on it until an override records it."""
+
+
+def check_champion(settings: Settings, registry: Any, store: Any, log_key: str = PROMOTION_LOG_KEY) -> ChampionCheck:
+    """Compare the ``champion`` alias with the promotion log (two reads)."""
+    cur = registry.version_by_alias(CHAMPION)
+    return ChampionCheck(registry.model_name, str(cur.version) if cur is not None else None,
+                         logged_champion(store, settings, registry.model_name, log_key))
+
+
 def promote(
     settings: Settings,
     registry: Any,
@@ -236,7 +333,9 @@ def promote(
     """Move ``champion`` to ``version`` (old champion -> ``previous-champion``) and log it.
 
     Without ``override`` the version must have passed the gate (``decision.passed``, or its recorded
-    ``gate.passed`` tag). With ``override`` a ``reason`` is required; who and why are recorded.
+    ``gate.passed`` tag). With ``override`` a ``reason`` is required; who and why are recorded. An override
+    of the version that already holds ``champion`` but is not the log's champion (the alias was moved in
+    MLflow's UI) records it (action ``record``) without moving any alias.
 
     Returns:
         The promotion-log entry.
@@ -256,7 +355,16 @@ def promote(
             raise PromotionError("--override needs --reason \"...\" (recorded with the promotion)")
         old = reg.version_by_alias(CHAMPION)
         if old is not None and str(old.version) == str(version):
-            raise PromotionError(f"version {version} is already the champion")
+            if not override or logged_champion(store, settings, reg.model_name, log_key) == str(version):
+                raise PromotionError(f"version {version} is already the champion")
+            # the alias was moved outside detloop (MLflow's UI): record it, move nothing
+            entry = {"at": _now(), "action": "record", "model": reg.model_name, "version": str(version),
+                     "previous": logged_champion(store, settings, reg.model_name, log_key), "actor": actor,
+                     "reason": reason, "gate_outcome": mv.tags.get("gate.outcome")}
+            reg.set_version_tags(version, {"detloop.promoted_at": entry["at"], "detloop.promoted_by": actor,
+                                           "detloop.promotion": "record", "detloop.override_reason": reason})
+            _append_log(store, settings, entry, log_key)
+            return entry
         if old is not None:
             reg.set_alias(PREVIOUS, old.version)
         reg.set_alias(CHAMPION, version)  # one call: readers see the old or the new champion, never none
@@ -360,6 +468,7 @@ def load_champion(settings: Settings, registry: Any, dest_dir: str | Path | None
     if tmp.exists():
         shutil.rmtree(tmp)
     reg.download_version(mv, tmp)
+    link_pyfunc_layout(tmp)
     meta_path = tmp / "scoring" / "meta.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
@@ -382,6 +491,16 @@ def load_champion(settings: Settings, registry: Any, dest_dir: str | Path | None
         if not marker.is_file():
             raise
     return dest
+
+
+def link_pyfunc_layout(local: Path) -> Path:
+    """Give a downloaded pyfunc version detloop's layout: ``scoring`` and ``thresholds.json`` link into
+    ``artifacts/`` (a version registered as plain files already has them). The pyfunc model stays loadable."""
+    for name in ("scoring", "thresholds.json"):
+        target = local / "artifacts" / name
+        if target.exists() and not (local / name).exists():
+            (local / name).symlink_to(Path("artifacts") / name)
+    return local
 
 
 def list_models(registry: Any) -> list[dict[str, Any]]:

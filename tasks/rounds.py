@@ -11,8 +11,12 @@ in the data bucket. Lifecycle:
   report says how many were missing.
 - ``trained``: set by the retrain flow with :func:`mark_round`.
 
-``rounds/<round_id>/tasks.json`` maps each frame's key to its Label Studio task id
-(:func:`save_task_ids`, :func:`load_task_ids`).
+``rounds/<round_id>/tasks.json`` maps each frame's key to its Label Studio task id, and names the round's
+saved view (tab) in the project (:func:`save_task_ids`, :func:`load_task_ids`, :func:`round_view_url`).
+
+``rounds/<round_id>/frames.json`` keeps what labellers must not see: each frame's arm (selected / control),
+rank, uncertainty and strategy (:func:`save_round_frames`, :func:`load_round_frames`). Tasks carry none of
+it, so the control arm stays blind; the pull reads the arm from here.
 """
 
 from __future__ import annotations
@@ -212,11 +216,42 @@ def task_ids_key(round_id: str) -> str:
     return round_prefix(round_id) + "tasks.json"
 
 
-def save_task_ids(store: Any, settings: Settings, round_id: str, task_ids: dict[str, int]) -> None:
-    """``rounds/<round_id>/tasks.json``: production key -> Label Studio task id, and the project's title."""
+def save_task_ids(store: Any, settings: Settings, round_id: str, task_ids: dict[str, int],
+                  project_id: int | None = None, view_id: int | None = None, view_url: str | None = None) -> None:
+    """``rounds/<round_id>/tasks.json``: production key -> Label Studio task id, the project, the round's view."""
     store.put_json(settings.s3.data_bucket, task_ids_key(round_id), {
         "round_id": round_id, "project_title": settings.label_studio.project_title,
-        "label_studio_url": settings.label_studio.url, "tasks": task_ids})
+        "label_studio_url": settings.label_studio.url, "project_id": project_id, "view_id": view_id,
+        "view_url": view_url, "tasks": task_ids})
+
+
+def round_view_url(store: Any, settings: Settings, round_id: str) -> str | None:
+    """The browser URL of the round's tab in Label Studio (None for rounds pushed before views existed)."""
+    doc = _task_ids_doc(store, settings, round_id)
+    return None if doc is None else doc.get("view_url")
+
+
+# ---- what labellers must not see ----------------------------------------------------------------
+def frames_key(round_id: str) -> str:
+    return round_prefix(round_id) + "frames.json"
+
+
+def save_round_frames(store: Any, settings: Settings, round_id: str, selected: Sequence[Any],
+                      model_version: str | None) -> None:
+    """``rounds/<round_id>/frames.json``: per frame key its arm, rank, uncertainty, strategy and reason.
+
+    Written before the round's tasks are imported (a pulled task always finds its arm here).
+    """
+    store.put_json(settings.s3.data_bucket, frames_key(round_id), {
+        "round_id": round_id, "model_version": model_version,
+        "frames": {sf.frame.key: {"arm": sf.arm, "rank": int(sf.rank), "uncertainty": float(sf.uncertainty),
+                                  "strategy": sf.strategy, "reason": sf.reason} for sf in selected}})
+
+
+def load_round_frames(store: Any, settings: Settings, round_id: str) -> dict[str, dict[str, Any]] | None:
+    """Per frame key what :func:`save_round_frames` kept, or None (rounds pushed before it existed)."""
+    body = store.get_bytes_or_none(settings.s3.data_bucket, frames_key(round_id))
+    return None if body is None else json.loads(body)["frames"]
 
 
 def _task_ids_doc(store: Any, settings: Settings, round_id: str) -> dict[str, Any] | None:

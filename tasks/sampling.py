@@ -13,7 +13,7 @@ Window: ``[as_of - window_days, as_of)`` by the ``date=`` in the key (``as_of`` 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -23,10 +23,8 @@ import numpy as np
 
 from detloop.contracts import FrameRef, Quarantined, parse_frame_key
 from detloop.errors import NotFound
+from detloop.preprocess import check_image_bytes, decode_image  # noqa: F401  (validation lives in the core)
 from detloop.settings import SamplingSettings, Settings
-
-JPEG_MAGIC = b"\xff\xd8\xff"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,46 +112,8 @@ def _round_robin(lists: Sequence[Sequence[FrameRef]]) -> list[FrameRef]:
 
 
 # --------------------------------------------------------------------------------------------
-# Image validation and decoding
+# Near-duplicates (image validation and decoding: detloop.preprocess)
 # --------------------------------------------------------------------------------------------
-def check_image_bytes(data: bytes) -> str | None:
-    """Why ``data`` is not a usable JPEG/PNG, or None when it looks whole.
-
-    Reasons: ``zero-byte object``, ``not an image (...)``, ``truncated JPEG (no end-of-image marker)``,
-    ``truncated PNG (no IEND chunk)``.
-    """
-    if len(data) == 0:
-        return "zero-byte object"
-    if data.startswith(JPEG_MAGIC):
-        if data.rstrip(b"\x00\r\n ")[-2:] != b"\xff\xd9":
-            return "truncated JPEG (no end-of-image marker)"
-        return None
-    if data.startswith(PNG_MAGIC):
-        if b"IEND" not in data[-16:]:
-            return "truncated PNG (no IEND chunk)"
-        return None
-    return f"not an image (starts with {data[:8]!r})"
-
-
-def decode_image(data: bytes) -> tuple[np.ndarray | None, str | None]:
-    """Validate and decode to an ``(H, W, 3)`` uint8 BGR array.
-
-    Returns:
-        ``(image, None)`` or ``(None, reason)``; never raises on bad bytes.
-    """
-    import cv2
-
-    reason = check_image_bytes(data)
-    if reason:
-        return None, reason
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        return None, "corrupt image (decoder failed)"
-    if img.shape[0] < 8 or img.shape[1] < 8:
-        return None, f"image too small ({img.shape[1]}x{img.shape[0]} px)"
-    return img, None
-
-
 def _area_resize(gray: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Area-average resize of a 2-D array in numpy (block means over near-equal bins)."""
     g = np.asarray(gray, np.float64)
@@ -410,11 +370,14 @@ def sample(
             f"empty window: no frames in s3://{settings.s3.production_bucket}/{settings.s3.production_prefix} "
             f"dated {start}..{end - timedelta(days=1)}{scope}; nothing to select"
         )
-    if quarantined:
-        notes.append(f"{len(quarantined)} object(s) quarantined (see the quarantine manifest)")
     res = SampleResult(kept, quarantined, dups, stats, (start.isoformat(), end.isoformat()), notes)
     if run_id:
         write_manifests(store, settings, run_id, as_of, res)
+    if quarantined:
+        where = (f"s3://{settings.s3.data_bucket}/{res.quarantine_key}" if res.quarantine_key
+                 else "not written (a look-only run)")
+        reasons = ", ".join(f"{k} ({n})" for k, n in Counter(q.reason.split(" (")[0] for q in quarantined).most_common(3))
+        notes.append(f"{len(quarantined)} object(s) quarantined: {reasons}; the quarantine manifest: {where}")
     return res
 
 

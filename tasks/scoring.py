@@ -5,12 +5,13 @@
   Ultralytics (fallback). :func:`resolve_model` fetches the champion from the MLflow registry
   (``models:/<name>@champion``, through :func:`tasks.registry.load_champion`) and says clearly when there is none.
 - :func:`iter_decoded` is the prefetching reader: a thread pool downloads, validates, decodes and
-  letterboxes frames ahead of inference (cv2 releases the GIL); bad objects come out as
-  :class:`~detloop.contracts.Quarantined`.
+  letterboxes frames ahead of inference (cv2 releases the GIL) with :mod:`detloop.preprocess`; bad objects
+  come out as :class:`~detloop.contracts.Quarantined`.
 - :func:`score` runs batches (concurrently on ONNX Runtime: ``model.inference_workers`` sessions calls of
   ``model.inference_threads`` intra-op threads each, so a worker preempted by the reader does not stall
   the others at a thread barrier), decodes the raw head ``(B, 4+C, A)`` with NMS that carries the class
-  score columns along (:meth:`Detections.from_yolo_raw`), and keeps the embedding and per-frame
+  score columns along (:func:`detloop.postprocess.decode_raw`, the decode evaluation and the registered
+  MLflow model use too), and keeps the embedding and per-frame
   brightness/contrast. Optional TTA (horizontal flip) and committee (previous champion) passes.
 - :func:`write_predictions` stores production predictions per window as JSONL (+ ``embeddings.npy``).
 """
@@ -34,6 +35,8 @@ from detloop.contracts import FrameRef, Quarantined, ScoredFrame, ScoringArtifac
 from detloop.detections import Detections
 from detloop.errors import DataError, NotFound
 from detloop.ops import Letterbox
+from detloop.postprocess import DecodeParams, decode_frames, flip_raw
+from detloop.preprocess import load_for_model, to_tensors
 from detloop.settings import ModelSettings, Settings
 
 
@@ -288,127 +291,6 @@ def resolve_model(settings: Settings, registry: Any, alias: str = "champion") ->
 # --------------------------------------------------------------------------------------------
 # Prefetching reader
 # --------------------------------------------------------------------------------------------
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` from a JPEG's SOF header, or None when not found (no decoding)."""
-    if not data.startswith(b"\xff\xd8"):
-        return None
-    i, n = 2, len(data)
-    while i + 9 < n:
-        if data[i] != 0xFF:
-            i += 1
-            continue
-        marker = data[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-            i += 1 if marker == 0xFF else 2
-            continue
-        seg = int.from_bytes(data[i + 2 : i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            h = int.from_bytes(data[i + 5 : i + 7], "big")
-            w = int.from_bytes(data[i + 7 : i + 9], "big")
-            return (w, h) if w and h else None
-        i += 2 + seg
-    return None
-
-
-def decode_for_model(data: bytes, size: int, fast: bool = True) -> tuple[np.ndarray | None, int, int, str | None]:
-    """Validate and decode a frame for a model of input side ``size``.
-
-    With ``fast``, a JPEG at least 2x (4x, 8x) larger than its letterboxed size is decoded at 1/2
-    (1/4, 1/8) scale by the JPEG decoder's DCT scaling (several times cheaper than a full decode +
-    resize; pixels differ slightly from a full-resolution decode).
-
-    Returns:
-        ``(bgr image or None, original width, original height, quarantine reason or None)``.
-    """
-    import cv2
-
-    from tasks.sampling import check_image_bytes, decode_image
-
-    if fast:
-        reason = check_image_bytes(data)
-        if reason:
-            return None, 0, 0, reason
-        wh = jpeg_size(data)
-        if wh is not None:
-            w, h = wh
-            lb = Letterbox.compute(w, h, size)
-            nw, nh = lb.resized
-            for r, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                            (2, cv2.IMREAD_REDUCED_COLOR_2)):
-                if w // r >= nw and h // r >= nh:
-                    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-                    if img is None:
-                        return None, 0, 0, "corrupt image (decoder failed)"
-                    return img, w, h, None
-    img, reason = decode_image(data)
-    if img is None:
-        return None, 0, 0, reason
-    return img, img.shape[1], img.shape[0], None
-
-
-def letterbox_u8(img_bgr: np.ndarray, size: int, orig_w: int | None = None, orig_h: int | None = None,
-                 ) -> tuple[np.ndarray, Letterbox, float, float]:
-    """BGR frame -> (``(S, S, 3)`` uint8 BGR letterboxed, letterbox, brightness, contrast).
-
-    ``orig_w/orig_h``: the frame's true size when ``img_bgr`` was decoded at reduced scale (the
-    letterbox maps boxes back to the original frame). Brightness and contrast are the grey mean and
-    standard deviation in [0, 1] over the frame content (padding excluded).
-    """
-    import cv2
-
-    h0, w0 = img_bgr.shape[:2]
-    lb = Letterbox.compute(orig_w or w0, orig_h or h0, size)
-    nw, nh = lb.resized
-    if (w0, h0) != (nw, nh):
-        img_bgr = cv2.resize(img_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    grey = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2GRAY)
-    mean, std = cv2.meanStdDev(grey)
-    boxed = cv2.copyMakeBorder(img_bgr, lb.pad_y, size - nh - lb.pad_y, lb.pad_x, size - nw - lb.pad_x,
-                               cv2.BORDER_CONSTANT, value=(114, 114, 114))
-    return boxed, lb, float(mean[0, 0]) / 255.0, float(std[0, 0]) / 255.0
-
-
-_BATCH_BUFFERS = threading.local()
-
-
-def to_tensors(images: Sequence[np.ndarray], reuse: bool = False) -> np.ndarray:
-    """Letterboxed uint8 BGR ``(S, S, 3)`` images -> float32 ``(B, 3, S, S)`` RGB in [0, 1].
-
-    With ``reuse`` the result is a view of a buffer owned by the calling thread and overwritten by its
-    next call: a scoring worker converts each batch into the same memory instead of faulting in fresh
-    pages for every frame and again for the stacked batch (measured here: 0.6-0.8 ms -> 0.2 ms of CPU
-    per 320 px frame).
-    """
-    import cv2
-
-    n = len(images)
-    s = images[0].shape[0] if n else 0
-    if reuse:
-        buf = getattr(_BATCH_BUFFERS, "buf", None)
-        if buf is None or buf.shape[0] < n or buf.shape[2] != s:
-            buf = np.empty((max(n, 1), 3, s, s), np.float32)
-            _BATCH_BUFFERS.buf = buf
-        out = buf[:n]
-    else:
-        out = np.empty((n, 3, s, s), np.float32)
-    scale = np.float32(1.0 / 255.0)
-    for i, img in enumerate(images):
-        planes = cv2.split(img)  # contiguous planes: ~1.5x faster to scale than strided HWC slices
-        for c in range(3):  # BGR -> RGB planes
-            np.multiply(planes[2 - c], scale, out=out[i, c], casting="unsafe")
-    return out
-
-
-def prepare(img_bgr: np.ndarray, size: int, orig_w: int | None = None, orig_h: int | None = None,
-            ) -> tuple[np.ndarray, Letterbox, float, float]:
-    """BGR frame -> (``(3, S, S)`` float32 RGB [0, 1] letterboxed, letterbox, brightness, contrast).
-
-    :func:`letterbox_u8` followed by :func:`to_tensors` for one frame (see there for ``orig_w/orig_h``).
-    """
-    boxed, lb, b, c = letterbox_u8(img_bgr, size, orig_w, orig_h)
-    return to_tensors([boxed])[0], lb, b, c
-
-
 def _load_one(store: Any, ref: FrameRef, size: int, fast: bool = True) -> DecodedFrame | Quarantined:
     """Read and decode one frame. Bad data is quarantined with its reason; a service failure raises.
 
@@ -420,11 +302,10 @@ def _load_one(store: Any, ref: FrameRef, size: int, fast: bool = True) -> Decode
         data = store.read_frame(ref.bucket, ref.key)
     except NotFound as err:
         return Quarantined(ref.bucket, ref.key, f"missing: {err}")
-    img, w, h, reason = decode_for_model(data, size, fast)
-    if img is None:
-        return Quarantined(ref.bucket, ref.key, str(reason))
-    boxed, lb, b, c = letterbox_u8(img, size, w, h)
-    return DecodedFrame(ref, boxed, lb, b, c)
+    got = load_for_model(data, size, fast)
+    if isinstance(got, str):
+        return Quarantined(ref.bucket, ref.key, got)
+    return DecodedFrame(ref, got.image, got.letterbox, got.brightness, got.contrast)
 
 
 def iter_decoded(
@@ -467,48 +348,14 @@ def iter_batches(items: Iterator[DecodedFrame | Quarantined], batch_size: int,
 # --------------------------------------------------------------------------------------------
 # Scoring
 # --------------------------------------------------------------------------------------------
-def flip_raw(raw: np.ndarray, size: int) -> np.ndarray:
-    """Raw head output of a horizontally flipped input, mapped back: ``cx -> S - cx``. ``(B, 4+C, A)``."""
-    out = np.array(raw, copy=True)
-    out[:, 0, :] = size - out[:, 0, :]
-    return out
-
-
-def decode_raw(raw: np.ndarray, lb: Letterbox, conf_threshold: float, iou_threshold: float, max_det: int,
-               max_candidates: int) -> Detections:
-    """One image's raw head ``(4 + C, A)`` -> Detections with ``class_scores`` ``(N, C)``, in frame pixels.
-
-    Same result as :meth:`Detections.from_yolo_raw` (per-class greedy NMS, kept by descending score),
-    but NMS runs in OpenCV's C++ ``NMSBoxesBatched`` (~2 ms for 2,000 candidates instead of ~300 ms in
-    the numpy loop). Candidates: top-class score above ``conf_threshold``, at most ``max_candidates``
-    (highest first).
-    """
-    import cv2
-
-    nc = raw.shape[0] - 4
-    conf = raw[4:].max(axis=0)  # (A,)
-    cand = np.flatnonzero(conf > conf_threshold)
-    if cand.size == 0:
-        return Detections.empty(nc)
-    if cand.size > max_candidates:
-        cand = cand[np.argpartition(-conf[cand], max_candidates - 1)[:max_candidates]]
-    cs = np.ascontiguousarray(raw[4:, cand].T)  # (K, C)
-    cid = cs.argmax(axis=1)
-    cf = conf[cand]
-    cx, cy, w, h = raw[0, cand], raw[1, cand], raw[2, cand], raw[3, cand]
-    xywh = np.stack([cx - w / 2, cy - h / 2, w, h], axis=1).astype(np.float64)
-    keep = np.asarray(cv2.dnn.NMSBoxesBatched(xywh, cf, cid, 0.0, float(iou_threshold), top_k=int(max_det)),
-                      np.int64).reshape(-1)[:max_det]
-    xyxy = np.concatenate([xywh[keep, :2], xywh[keep, :2] + xywh[keep, 2:]], axis=1)
-    return Detections(xyxy=lb.to_frame(xyxy), confidence=cf[keep], class_id=cid[keep], class_scores=cs[keep])
+def scoring_decode(ms: ModelSettings) -> DecodeParams:
+    """The decode of production scoring: ``model.scoring_conf_threshold`` keeps sub-threshold candidates."""
+    return DecodeParams(ms.scoring_conf_threshold, ms.iou_threshold, ms.max_det, ms.scoring_max_candidates)
 
 
 def decode_batch(raw: np.ndarray, letterboxes: Sequence[Letterbox], ms: ModelSettings) -> list[Detections]:
-    """Per-image :func:`decode_raw` with the scoring thresholds of ``ms``."""
-    return [
-        decode_raw(raw[i], lb, ms.scoring_conf_threshold, ms.iou_threshold, ms.max_det, ms.scoring_max_candidates)
-        for i, lb in enumerate(letterboxes)
-    ]
+    """Per-image :func:`detloop.postprocess.decode_raw` with the scoring thresholds of ``ms``."""
+    return decode_frames(raw, letterboxes, scoring_decode(ms))
 
 
 def score_decoded(

@@ -25,6 +25,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -243,6 +244,48 @@ def input_hash(data_yaml: str | Path, init_weights: str | Path | None, params: d
     return h.hexdigest()[:32]
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def clean_log(text: str) -> str:
+    """A training log as a person reads it: no ANSI colour codes, one line per progress bar (its final state).
+
+    Ultralytics redraws its progress bars with carriage returns; a line holding several ``\\r``-separated
+    states keeps only the last non-empty one.
+    """
+    out = []
+    for line in _ANSI.sub("", text).split("\n"):
+        parts = [p for p in line.split("\r") if p.strip()]
+        out.append(parts[-1].rstrip() if parts else "")
+    return "\n".join(out).strip("\n") + "\n"
+
+
+def _log_clean_train_log(reg: Any, run_id: str, raw: Path) -> None:
+    """Upload ``raw`` (the worker's stdout) cleaned by :func:`clean_log` as the run's ``logs/train.log``."""
+    if not raw.is_file():
+        return
+    clean = raw.parent / "mlflow-logs" / "train.log"
+    clean.parent.mkdir(parents=True, exist_ok=True)
+    clean.write_text(clean_log(raw.read_text(errors="replace")))
+    reg.log_artifact(run_id, clean, "logs")
+
+
+def run_description(bootstrap: bool, arch: str | None, tags: dict[str, str], parent_version: str | None) -> str:
+    """The run's description (``mlflow.note.content``, markdown): what was trained, from what, and links back."""
+    what = (f"Bootstrap of `{arch}` from scratch" if bootstrap
+            else f"Fine-tune of champion v{parent_version}" + (f" (`{arch}`)" if arch else ""))
+    lines = [f"{what} on dataset version `{tags.get('detloop.dataset_version') or '-'}`."]
+    if tags.get("detloop.round_id"):
+        link = tags.get("detloop.label_studio_round_url")
+        lines.append(f"Labels: round `{tags['detloop.round_id']}`" + (f" ([Label Studio]({link}))" if link else "") + ".")
+    if tags.get("detloop.prefect.flow_run_url"):
+        lines.append(f"Started by Prefect flow run [{tags.get('detloop.prefect.flow_run_name') or 'run'}]"
+                     f"({tags['detloop.prefect.flow_run_url']}).")
+    lines.append("Plots: `plots/` (curves; after the gate: confusion matrix, PR curves, golden frames). "
+                 "Log: `logs/train.log`.")
+    return "\n\n".join(lines)
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
@@ -420,8 +463,8 @@ def _train_locked(
     bootstrap = init_weights is None
     n_epochs = int(epochs or (tc.bootstrap_epochs if bootstrap else tc.finetune_epochs))
     threads = tc.threads or os.cpu_count() or 1
-    params: dict[str, Any] = {
-        "arch": settings.model.arch if bootstrap else "finetune",
+    params: dict[str, Any] = {  # hashed: a finished run with the same inputs is reused
+        "mode": "bootstrap" if bootstrap else "finetune",
         "epochs": n_epochs, "imgsz": settings.model.input_size, "batch": tc.batch, "nbs": tc.nbs,
         "optimizer": tc.optimizer, "lr0": tc.lr0 if bootstrap else tc.finetune_lr0, "seed": tc.seed,
         "classes": ",".join(settings.classes), "device": tc.device,
@@ -439,6 +482,12 @@ def _train_locked(
         "detloop.git_commit": git_commit(),
         **(tags or {}),
     }
+    all_tags.setdefault("mlflow.source.git.commit", all_tags["detloop.git_commit"])
+    all_tags.setdefault("mlflow.source.type", "LOCAL")
+    all_tags.setdefault("mlflow.source.name", "detloop train")
+    # a fine-tune's architecture is the champion's: the worker reads it from the checkpoint (logged after training)
+    arch = settings.model.arch if bootstrap else None
+    all_tags["mlflow.note.content"] = run_description(bootstrap, arch, all_tags, parent_version)
     # ---- idempotency: reuse a finished run with the same inputs ------------------------------
     for run in reg.find_runs(f"tags.`detloop.input_hash` = '{ihash}' and attributes.status = 'FINISHED'"):
         try:
@@ -451,7 +500,8 @@ def _train_locked(
     # ---- train --------------------------------------------------------------------------------
     run_id = reg.create_run(run_name, all_tags)
     try:
-        reg.log_params(run_id, {**params, "dataset_version": dataset_version or "", "parent_version":
+        reg.log_params(run_id, {**params, **({"arch": arch} if bootstrap else {}),
+                                "dataset_version": dataset_version or "", "parent_version":
                                 parent_version or "", "train_frames": counts["train"], "val_frames": counts["val"],
                                 "train_boxes": counts["train_boxes"], "threads": threads,
                                 "init_weights": Path(init_weights).name if init_weights else ""})
@@ -470,12 +520,14 @@ def _train_locked(
         wall = time.time() - t0
     except BaseException:
         try:
-            log = run_dir / "train.log"
-            if log.is_file():
-                reg.log_artifact(run_id, log, "logs")
+            _log_clean_train_log(reg, run_id, run_dir / "train.log")
         finally:
             reg.end_run(run_id, "FAILED")
         raise
+    if not bootstrap:
+        arch = str(result.get("arch") or settings.model.arch)
+        reg.log_params(run_id, {"arch": arch})
+        reg.set_run_tags(run_id, {"mlflow.note.content": run_description(bootstrap, arch, all_tags, parent_version)})
     rows = read_results_csv(Path(result["results_csv"]))
     metric_rows = [(k, v, int(r.get("epoch", i + 1))) for i, r in enumerate(rows) for k, v in r.items()
                    if k != "epoch"]
@@ -492,7 +544,7 @@ def _train_locked(
     reg.log_artifact(run_id, best, "weights")  # as weights/best.pt
     if Path(result["results_csv"]).is_file():
         reg.log_artifact(run_id, Path(result["results_csv"]), "logs")
-    reg.log_artifact(run_id, run_dir / "train.log", "logs")
+    _log_clean_train_log(reg, run_id, run_dir / "train.log")
     reg.end_run(run_id, "FINISHED")
     return TrainResult(run_id, best, run_dir, final, float(result["train_seconds"]), False, ihash, n_epochs,
                        bootstrap, all_tags)

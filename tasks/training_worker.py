@@ -61,7 +61,9 @@ def run(spec: dict) -> dict:
     )
     seconds = time.time() - t0
     save_dir = Path(model.trainer.save_dir)
+    yaml_cfg = getattr(model.model, "yaml", None) or {}
     result = {
+        "arch": str(yaml_cfg.get("yaml_file") or spec["model"]).rsplit("/", 1)[-1],
         "save_dir": str(save_dir),
         "best": str(save_dir / "weights" / "best.pt"),
         "last": str(save_dir / "weights" / "last.pt"),

@@ -22,7 +22,7 @@ from typing import Any
 
 from detloop.clients import Clients
 from detloop.clients.s3 import ObjectInfo
-from detloop.errors import NotFound, ServiceUnavailable
+from detloop.errors import NotFound, ServiceRejected, ServiceUnavailable
 from detloop.ls_format import label_config_xml
 
 
@@ -107,6 +107,8 @@ class _Project:
     id: int
     title: str
     label_config: str
+    model_version: str = ""
+    views: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 class FakeLabelStudio(_Switch):
@@ -180,6 +182,36 @@ class FakeLabelStudio(_Switch):
         self.calls.append(f"annotate {task_id}")
         return len(anns)
 
+    def _project(self, project_id: int) -> _Project:
+        return next(p for p in self.projects.values() if p.id == project_id)
+
+    def set_model_version(self, project_id: int, model_version: str) -> bool:
+        """As Label Studio: only a version that predictions of the project carry is accepted (else a 400)."""
+        self._check(f"set model_version of project {project_id}")
+        p = self._project(project_id)
+        if p.model_version == model_version:
+            return False
+        if not any(pr.get("model_version") == model_version for t in self.tasks.values() if t["project"] == project_id
+                   for pr in t["predictions"]):
+            raise ServiceRejected(f"Label Studio at {self.url}: HTTP 400 on set model_version: Model version "
+                                  "doesn't exist either as live model or as static predictions.")
+        p.model_version = model_version
+        return True
+
+    def ensure_view(self, project_id: int, title: str, filters: Sequence[dict[str, Any]],
+                    hidden_columns: Sequence[str] = ()) -> int:
+        self._check(f"list views of project {project_id}")
+        p = self._project(project_id)
+        for vid, v in p.views.items():
+            if v["title"] == title:
+                return vid
+        vid = len(p.views) + 1
+        p.views[vid] = {"title": title, "filters": list(filters), "hidden": list(hidden_columns)}
+        return vid
+
+    def view_url(self, project_id: int, view_id: int) -> str:
+        return f"{self.url}/projects/{project_id}/data?tab={view_id}"
+
 
 @dataclass
 class _Version:
@@ -189,6 +221,7 @@ class _Version:
     files: Path
     creation_timestamp: int = field(default_factory=lambda: int(time.time() * 1000))
     aliases: list[str] = field(default_factory=list)
+    description: str = ""
 
 
 @dataclass
@@ -222,6 +255,7 @@ class FakeRegistry(_Switch):
         self._versions: dict[str, _Version] = {}
         self._aliases: dict[str, str] = {}
         self.alias_moves: list[tuple[str, str]] = []
+        self.description = ""
 
     # runs
     def find_runs(self, filter_string: str, max_results: int = 10) -> list[Any]:
@@ -307,13 +341,29 @@ class FakeRegistry(_Switch):
         self._versions[str(version)].tags.update({k: str(v) for k, v in tags.items()})
 
     def register_logged_model(self, run_id: str, local_dir: Path, name: str, tags: dict[str, str],
-                              params: dict[str, str]) -> Any:
+                              params: dict[str, str], serving: Any = None, description: str | None = None) -> Any:
+        """Keeps the files as given (no pyfunc model: that format is tested against the real MLflow)."""
         self._check("create model version")
         version = str(len(self._versions) + 1)
         files = self.root / f"v{version}"
         shutil.copytree(local_dir, files)
-        self._versions[version] = _Version(version, run_id, dict(tags), files)
+        if serving is not None:
+            serving.write(files / "serving.json")
+        self._versions[version] = _Version(version, run_id, dict(tags), files, description=description or "")
         return self._versions[version]
+
+    def describe(self, version: str | int | None, text: str) -> None:
+        self._check("describe")
+        if version is None:
+            self.description = text
+        else:
+            self._versions[str(version)].description = text
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.url}/#/experiments/0/runs/{run_id}"
+
+    def version_url(self, version: str | int) -> str:
+        return f"{self.url}/#/models/{self.model_name}/versions/{version}"
 
     def download_version(self, version: Any, dst: Path) -> Path:
         self._check("download model version")

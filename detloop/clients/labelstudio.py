@@ -35,6 +35,7 @@ from detloop.ls_format import (  # noqa: F401  (the format's names, also importa
     config_class_names,
     data_filter,
     label_config_xml,
+    labelling_instructions,
 )
 from detloop.settings import Settings
 
@@ -45,6 +46,7 @@ class Project:
     id: int
     title: str
     label_config: str
+    expert_instruction: str = ""
 
 
 class LabelStudioClient:
@@ -126,11 +128,12 @@ class LabelStudioClient:
         while True:
             data = self._http(
                 "GET", "api/projects/", f"list projects titled {title!r}",
-                params={"title": title, "page": page, "page_size": 100, "include": "id,title,label_config"},
+                params={"title": title, "page": page, "page_size": 100,
+                        "include": "id,title,label_config,expert_instruction"},
             )
             rows = data.get("results", []) if isinstance(data, dict) else data
-            found += [Project(int(p["id"]), p["title"], p.get("label_config") or "") for p in rows
-                      if p.get("title") == title]
+            found += [Project(int(p["id"]), p["title"], p.get("label_config") or "", p.get("expert_instruction") or "")
+                      for p in rows if p.get("title") == title]
             if not isinstance(data, dict) or not data.get("next"):
                 break
             page += 1
@@ -139,12 +142,18 @@ class LabelStudioClient:
         p = min(found, key=lambda x: x.id)
         if not p.label_config:  # `include` may drop it on some versions
             full = self._call(f"get project {p.id}", lambda: self.sdk.projects.get(id=p.id))
-            p = Project(p.id, p.title, full.label_config or "")
+            p = Project(p.id, p.title, full.label_config or "", getattr(full, "expert_instruction", "") or "")
         return p
 
     def ensure_project(self, title: str, class_names: Sequence[str]) -> Project:
-        """Find the project by title or create it; refuse a hand-edited label config with other classes."""
+        """Find the project by title or create it; refuse a hand-edited label config with other classes.
+
+        A new project gets detloop's labelling instructions (:func:`detloop.ls_format.labelling_instructions`,
+        shown before labelling); an existing project without instructions gets them once. Instructions
+        someone wrote are never overwritten.
+        """
         p = self.find_project(title)
+        instructions = labelling_instructions(class_names)
         if p is None:
             created = self._call(
                 f"create project {title!r}",
@@ -152,11 +161,47 @@ class LabelStudioClient:
                     title=title,
                     label_config=label_config_xml(class_names),
                     description=f"{PROJECT_MARKER}: annotation rounds of detloop (classes {list(class_names)})",
+                    expert_instruction=instructions, show_instruction=True,
                 ),
             )
-            return Project(int(created.id), title, created.label_config or label_config_xml(class_names))
+            return Project(int(created.id), title, created.label_config or label_config_xml(class_names), instructions)
         check_label_config(p.label_config, class_names, where=f"project {title!r} (id {p.id}) at {self.url}:")
+        if not p.expert_instruction.strip():
+            self._http("PATCH", f"api/projects/{p.id}/", f"set labelling instructions of project {p.id}",
+                       json={"expert_instruction": instructions, "show_instruction": True})
+            p = Project(p.id, p.title, p.label_config, instructions)
         return p
+
+    def set_model_version(self, project_id: int, model_version: str) -> bool:
+        """Make ``model_version`` the project's (the version whose predictions labellers see); True if changed.
+
+        Label Studio accepts only a version that predictions of the project already carry: call it after
+        importing them.
+        """
+        cur = self._http("GET", f"api/projects/{project_id}/", f"read project {project_id}")
+        if (cur or {}).get("model_version") == model_version:
+            return False
+        self._http("PATCH", f"api/projects/{project_id}/", f"set model_version of project {project_id}",
+                   json={"model_version": model_version})
+        return True
+
+    def ensure_view(self, project_id: int, title: str, filters: Sequence[dict[str, Any]],
+                    hidden_columns: Sequence[str] = ()) -> int:
+        """A saved Data Manager view (a tab) titled ``title`` with these filters; created once. Returns its id."""
+        views = self._http("GET", "api/dm/views/", f"list views of project {project_id}", params={"project": project_id})
+        for v in views or []:
+            if (v.get("data") or {}).get("title") == title:
+                return int(v["id"])
+        body = {"project": project_id, "data": {
+            "title": title, "filters": {"conjunction": "and", "items": list(filters)},
+            "hiddenColumns": {"explore": list(hidden_columns), "labeling": list(hidden_columns)},
+            "ordering": ["tasks:id"]}}
+        created = self._http("POST", "api/dm/views/", f"create view {title!r} in project {project_id}", json=body)
+        return int(created["id"])
+
+    def view_url(self, project_id: int, view_id: int) -> str:
+        """The browser URL of a project's saved view (tab)."""
+        return f"{self.url}/projects/{project_id}/data?tab={view_id}"
 
     def update_label_config(self, project_id: int, label_config: str) -> None:
         """Replace the label config (used by tests to simulate a hand edit)."""

@@ -21,6 +21,20 @@ from detloop.settings import Settings
 
 T = TypeVar("T")
 
+# The experiment is a model-training one (MLflow 3's GenAI view shows traces, "No data available"); its
+# description is the note MLflow shows on the experiment page. MLflow 3.17's UI picks the view from a sidebar
+# switch it keeps in the browser (default GenAI) or from the URL's ``workflowType``: detloop's links carry
+# ``UI_VIEW``; the tag sets the experiment's type where the switch is not shown.
+UI_VIEW = "workflowType=machine_learning"
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": (
+        "detloop: one run per training (bootstrap or a round's fine-tune) with params, per-epoch metrics, "
+        "train.log and plots (curves, confusion matrix, PR curves, golden frames). Registered versions are "
+        "MLflow pyfunc models (encoded images in, boxes out): `mlflow.pyfunc.load_model('models:/<name>@champion')`."
+    ),
+}
+
 
 def _connection_failure(err: BaseException) -> BaseException | None:
     """The connection error or timeout in ``err``'s cause/context chain, if any (MLflow wraps them)."""
@@ -108,20 +122,37 @@ class RegistryClient:
 
     @property
     def experiment_id(self) -> str:
+        """The experiment's id (created on first use), tagged to open in MLflow's model-training view."""
         if self._experiment_id is None:
             exp = self.call("get experiment", lambda: self.client.get_experiment_by_name(self.experiment_name))
             if exp is None:
                 try:
                     self._experiment_id = self.call(
-                        "create experiment", lambda: self.client.create_experiment(self.experiment_name))
+                        "create experiment", lambda: self.client.create_experiment(
+                            self.experiment_name, tags=dict(EXPERIMENT_TAGS)))
                 except ServiceRejected:  # created concurrently (RESOURCE_ALREADY_EXISTS)
                     exp = self.call("get experiment", lambda: self.client.get_experiment_by_name(self.experiment_name))
                     if exp is None:
                         raise
-                    self._experiment_id = exp.experiment_id
-            else:
-                self._experiment_id = exp.experiment_id
-        return self._experiment_id
+            if exp is not None:
+                self._experiment_id = str(exp.experiment_id)
+                missing = {k: v for k, v in EXPERIMENT_TAGS.items() if (exp.tags or {}).get(k) is None}
+                for k, v in missing.items():  # experiments created before the tags existed
+                    self.call("set experiment tag",
+                              lambda k=k, v=v: self.client.set_experiment_tag(self._experiment_id, k, v))
+        return str(self._experiment_id)
+
+    def experiment_url(self) -> str:
+        """The experiment's page in the MLflow UI, in its model-training view."""
+        return f"{self.url.rstrip('/')}/#/experiments/{self.experiment_id}?{UI_VIEW}"
+
+    def run_url(self, run_id: str) -> str:
+        """A run's page in the MLflow UI, in its model-training view."""
+        return f"{self.url.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}?{UI_VIEW}"
+
+    def version_url(self, version: str | int) -> str:
+        """A model version's page in the MLflow UI."""
+        return f"{self.url.rstrip('/')}/#/models/{self.model_name}/versions/{version}?{UI_VIEW}"
 
     # ---- runs -------------------------------------------------------------------------------
     def find_runs(self, filter_string: str, max_results: int = 10) -> list[Any]:
@@ -235,18 +266,38 @@ class RegistryClient:
             self.call("set version tag",
                       lambda k=k, v=v: self.client.set_model_version_tag(self.model_name, str(version), k, str(v)))
 
+    def describe(self, version: str | int | None, text: str) -> None:
+        """Set the description of a model version (or, with ``version`` None, of the registered model)."""
+        if version is None:
+            self.ensure_registered_model()
+            self.call("describe registered model",
+                      lambda: self.client.update_registered_model(self.model_name, description=text))
+            return
+        self.call("describe model version",
+                  lambda: self.client.update_model_version(self.model_name, str(version), description=text))
+
     def register_logged_model(self, run_id: str, local_dir: Path, name: str, tags: dict[str, str],
-                              params: dict[str, str]) -> Any:
+                              params: dict[str, str], serving: Any = None, description: str | None = None) -> Any:
         """LoggedModel route (``register_model('runs:/...')`` fails for plain files in MLflow 3).
 
-        ``initialize`` -> upload every file -> finalize READY -> model version. A failed upload finalizes
-        the LoggedModel as FAILED and registers nothing.
+        With ``serving`` (a :class:`detloop.serving.ServingConfig`) the files are first made an MLflow pyfunc
+        model (:func:`detloop.serving.build_pyfunc_model`: ``MLmodel``, signature, input example, code,
+        requirements; the scoring artifact under ``artifacts/scoring``), so the version loads with
+        ``mlflow.pyfunc.load_model`` and serves with ``mlflow models serve``. ``initialize`` -> upload every
+        file -> finalize READY -> model version. A failed upload finalizes the LoggedModel as FAILED and
+        registers nothing.
         """
+        upload = Path(local_dir)
+        if serving is not None:
+            from detloop.serving import build_pyfunc_model
+
+            upload = build_pyfunc_model(upload, upload.parent / f"{upload.name}-pyfunc", serving)
         lm = self.call("create logged model", lambda: self.client.create_logged_model(
-            self.experiment_id, name=name, source_run_id=run_id, tags=tags, params=params))
+            self.experiment_id, name=name, source_run_id=run_id, tags=tags, params=params,
+            model_type="detloop-detector" if serving is not None else None))
         model_id = lm.model_id
         try:
-            self.call("upload model files", lambda: self.client.log_model_artifacts(model_id, str(local_dir)))
+            self.call("upload model files", lambda: self.client.log_model_artifacts(model_id, str(upload)))
         except Exception:
             try:
                 self.client.finalize_logged_model(model_id, "FAILED")
@@ -255,20 +306,28 @@ class RegistryClient:
         self.call("finalize logged model", lambda: self.client.finalize_logged_model(model_id, "READY"))
         self.ensure_registered_model()
         return self.call("create model version", lambda: self.client.create_model_version(
-            self.model_name, source=f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id))
+            self.model_name, source=f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id,
+            description=description))
 
     def download_version(self, version: Any, dst: Path) -> Path:
         """Download every file of a model version into ``dst``."""
+        import shutil
+
         import mlflow.artifacts
 
         dst.mkdir(parents=True, exist_ok=True)
         # resolve through OUR client: a models:/ URI would consult the process-global registry URI
         uri = self.call("resolve model version files", lambda: self.client.get_model_version_download_uri(
             self.model_name, str(version.version)))
+        # MLflow names the download after the URI's last segment ("artifacts", which a pyfunc model also has
+        # inside): download beside ``dst`` and move the files in
+        tmp = dst.parent / f".{dst.name}.download"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
         got = Path(self.call("download model version", lambda: mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=str(dst), tracking_uri=self.url)))
-        if got.resolve() != dst.resolve():  # the URI's last segment ("artifacts") became a subfolder
-            for child in list(got.iterdir()):
-                child.rename(dst / child.name)
-            got.rmdir()
+            artifact_uri=uri, dst_path=str(tmp), tracking_uri=self.url)))
+        for child in list(got.iterdir()):
+            child.rename(dst / child.name)
+        shutil.rmtree(tmp)
         return dst

@@ -29,7 +29,10 @@ def world(config: str, fakes: Any, tmp_path_factory: pytest.TempPathFactory) -> 
     shutil.copytree(art, files / "scoring")
     (files / "weights").mkdir()
     (files / "weights" / "best.pt").write_bytes(b"not used by scoring")
-    fakes.registry.add_model(files, run_id="run-boot", tags={"detloop.dataset_version": ""})
+    from tasks.registry import promote
+
+    v1 = fakes.registry.add_model(files, run_id="run-boot", tags={"detloop.dataset_version": ""}, alias=None)
+    promote(s, fakes.registry, fakes.store, v1, override=True, reason="the test's champion", actor="test")
     return s
 
 
@@ -118,4 +121,54 @@ def test_promote_and_rollback_move_the_aliases_and_log_who_and_why(world: Any, c
     back = rollback(RollbackParams(config=config, reason="regression", who="ana"))
     assert back["version"] == "1" and reg.aliases()["champion"] == "1"
     log = read_promotion_log(fakes.store, world)
-    assert [(e["action"], e["version"], e["actor"]) for e in log] == [("override", v2, "ana"), ("rollback", "1", "ana")]
+    assert [(e["action"], e["version"], e["actor"]) for e in log][1:] == [("override", v2, "ana"), ("rollback", "1", "ana")]
+
+
+def test_a_champion_moved_in_mlflows_ui_stops_the_weekly_round_until_an_override_records_it(
+        world: Any, config: str, fakes: Any) -> None:
+    from flows.loop import promote, select_for_labeling
+    from flows.params import PromoteParams, SelectParams
+    from tasks.registry import ChampionDrift, check_champion, read_promotion_log
+
+    reg = fakes.registry
+    v2 = reg.add_model(reg.get_version("1").files, run_id="run-2", tags={"gate.passed": "false"}, alias=None)
+    reg.set_alias("champion", v2)  # what MLflow's alias buttons do: no gate, no promotion log
+    assert check_champion(world, reg, fakes.store).drifted
+    with pytest.raises(ChampionDrift, match=rf"@champion is v{v2}, but the promotion log records v1"):
+        select_for_labeling(SelectParams(config=config, as_of=AS_OF, budget=6))
+    assert fakes.labels.tasks == {}  # no round was opened on it
+    entry = promote(PromoteParams(config=config, version=v2, reason="kept after a field check", override=True, who="ana"))
+    assert entry["action"] == "record" and reg.aliases()["champion"] == v2
+    assert read_promotion_log(fakes.store, world)[-1]["version"] == v2 and not check_champion(world, reg, fakes.store).drifted
+    out = select_for_labeling(SelectParams(config=config, as_of=AS_OF, budget=6))
+    assert out["model_version"] == v2 and out["imported"] == 6
+
+
+def test_a_following_watch_keeps_checking_until_the_round_is_done(world: Any, config: str, fakes: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``follow``: one run checks every watch interval while a round is open (the labellers finish meanwhile)."""
+    import time as time_mod
+
+    from flows.loop import select_for_labeling, watch_rounds
+    from flows.params import SelectParams, WatchParams
+
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr("prefect.events.emit_event", lambda **kw: events.append(kw))
+    rid = select_for_labeling(SelectParams(config=config, as_of=AS_OF, budget=4))["round_id"]
+    waits: list[float] = []
+    real_sleep = time_mod.sleep
+
+    def labellers_work_meanwhile(seconds: float) -> None:
+        if seconds >= 5:  # the watch's wait between checks (the test config's interval is 60 s)
+            waits.append(seconds)
+            if len(waits) == 2:
+                for tid in list(fakes.labels.tasks):
+                    fakes.labels.create_annotation(tid, [])
+            return
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time_mod, "sleep", labellers_work_meanwhile)
+    report = watch_rounds(WatchParams(config=config, follow=True))
+    assert waits == [world.prefect.watch_interval_seconds] * 2  # three checks, then the round was done
+    assert report["rounds"][0]["round_id"] == rid and report["rounds"][0]["emitted"]
+    assert [e["event"] for e in events].count("detloop.annotation.round.completed") == 1

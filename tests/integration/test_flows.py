@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.common import DEPLOYMENTS as D
+
 pytestmark = pytest.mark.slow
 
 START = date(2026, 1, 5)
@@ -35,9 +37,15 @@ def _isolated_config(stack_settings, sfx: str) -> dict:  # type: ignore[no-untyp
     """The test stack's config with this world's own prefix, project, experiment and model; tiny training."""
     cfg = yaml.safe_load((Path(stack_settings.source)).read_text())
     cfg["data_dir"] = str(stack_settings.data_dir)
-    cfg["s3"] = {**cfg.get("s3", {}), "production_prefix": f"flowtest-{sfx}/frames/"}
-    cfg["label_studio"] = {**cfg.get("label_studio", {}), "project_title": f"detloop-flowtest-{sfx}"}
-    cfg["mlflow"] = {**cfg.get("mlflow", {}), "experiment": f"flowtest-{sfx}", "model_name": f"flowtest-{sfx}"}
+    # the stack's resolved addresses (DETLOOP_TEST_PORT_OFFSET moves them; the runner reads only this file)
+    cfg["s3"] = {**cfg.get("s3", {}), "production_prefix": f"flowtest-{sfx}/frames/",
+                 "endpoint_url": stack_settings.s3.endpoint_url}
+    cfg["label_studio"] = {**cfg.get("label_studio", {}), "project_title": f"detloop-flowtest-{sfx}",
+                           "url": stack_settings.label_studio.url}
+    cfg["mlflow"] = {**cfg.get("mlflow", {}), "experiment": f"flowtest-{sfx}", "model_name": f"flowtest-{sfx}",
+                     "tracking_uri": stack_settings.mlflow.tracking_uri}
+    cfg["prefect"] = {**cfg.get("prefect", {}), "api_url": stack_settings.prefect.api_url}
+    cfg["stack"] = {**cfg.get("stack", {}), "ports": stack_settings.stack.ports.model_dump()}
     cfg["training"] = {**cfg.get("training", {}), "bootstrap_epochs": 2, "finetune_epochs": 1}
     cfg["gate"] = {"bootstrap_floor": 0.0, "min_delta": -1.0, "class_tol": 1.0, "small_tol": 1.0,
                    "latency_ratio_max": 100.0}
@@ -74,11 +82,48 @@ def _tasks(s):  # type: ignore[no-untyped-def]
     return [] if p is None else list(ls.iter_tasks(p.id, [], fields="task_only"))
 
 
+def test_deployments_are_named_after_what_they_do_and_their_forms_are_typed(world):  # type: ignore[no-untyped-def]
+    """What an operator sees in the Prefect UI: deployment names, the run form (drop-downs, no None type, the
+    configured values pre-filled) and a watcher that does not fill the runs list with scheduled runs."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    from detloop.settings import load_settings
+
+    runner_cfg = load_settings(world["s"].data_dir / "stack-config.yaml")
+    with get_client(sync_client=True) as client:
+        deps = {name: client.read_deployment_by_name(name) for name in D.values()}
+        assert all(d.name != "manual" for d in deps.values())
+        select = deps[D["select"]]
+        schema = select.parameter_openapi_schema
+        props = schema["definitions"]["SelectParams"]["properties"]
+        assert "entropy" in props["strategy"]["enum"] and "kcenter" in props["diversity"]["enum"]
+        assert props["budget"]["minimum"] == 1
+        for d in deps.values():
+            assert '"null"' not in json.dumps(d.parameter_openapi_schema), d.name  # no "Property is type None"
+        assert select.parameters["params"]["budget"] == runner_cfg.selection.budget  # the form shows the config
+        assert select.parameters["params"]["strategy"] == runner_cfg.selection.strategy
+        watch = deps[D["watch"]]
+        assert any("round.ready" in json.dumps(t.model_dump(mode="json")) for t in
+                   client.read_resource_related_automations(f"prefect.deployment.{watch.id}"))
+        scheduled = client.count_flow_runs(
+            deployment_filter=DeploymentFilter(id={"any_": [watch.id]}),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.SCHEDULED]))))
+        assert scheduled <= 4  # the daily safety net's 3 + at most one chained watch (a minute schedule kept 60)
+
+
 def test_invalid_parameters_are_rejected_at_creation(world):  # type: ignore[no-untyped-def]
     with pytest.raises(Exception, match=r"(?i)validat|budget|greater"):
-        _run("select-for-labeling/weekly", {"config": world["cfg"], "budget": -5}, timeout=0)
+        _run(D["select"], {"config": world["cfg"], "budget": -5}, timeout=0)
     with pytest.raises(Exception, match=r"(?i)validat|round_id|required"):
-        _run("retrain-and-promote/on-round-completed", {"config": world["cfg"]}, timeout=0)
+        _run(D["retrain"], {"config": world["cfg"]}, timeout=0)
 
 
 def test_full_round_through_deployments_and_event(world):  # type: ignore[no-untyped-def]
@@ -93,20 +138,20 @@ def test_full_round_through_deployments_and_event(world):  # type: ignore[no-unt
     store = S3Store(s)
 
     # no champion yet: selection says so clearly
-    fr = _run("select-for-labeling/weekly", {"config": cfg, "as_of": str(START + timedelta(days=7))})
+    fr = _run(D["select"], {"config": cfg, "as_of": str(START + timedelta(days=7))})
     assert fr.state.is_failed() and "no champion" in (fr.state.message or "") + str(fr.state)
 
     # bootstrap through its deployment; a second run sees the champion and does nothing
-    fr = _run("bootstrap/manual", {"config": cfg, "dataset_version": world["seed"]})
+    fr = _run(D["bootstrap"], {"config": cfg, "dataset_version": world["seed"]})
     assert fr.state.is_completed(), fr.state.message
-    fr = _run("bootstrap/manual", {"config": cfg, "dataset_version": world["seed"]})
+    fr = _run(D["bootstrap"], {"config": cfg, "dataset_version": world["seed"]})
     assert fr.state.is_completed()
     assert len(list_models(RegistryClient(s))) == 1
 
     # a manual run with parameters from the prefect CLI, as a user would type it
     as_of = START + timedelta(days=7)
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "prefect"), "deployment", "run", "select-for-labeling/weekly",
+        [str(Path(sys.executable).parent / "prefect"), "deployment", "run", D["select"],
          "--params", json.dumps({"params": {"config": cfg, "as_of": str(as_of), "budget": BUDGET}}), "--watch"],
         capture_output=True, text=True, timeout=900,
     )
@@ -118,8 +163,8 @@ def test_full_round_through_deployments_and_event(world):  # type: ignore[no-unt
     assert 0 < n_tasks <= BUDGET
 
     # re-running the same week resumes the round: no duplicate tasks
-    fr = _run("select-for-labeling/weekly", {"config": cfg, "as_of": str(as_of), "budget": BUDGET})
-    assert fr.state.is_completed()
+    fr = _run(D["select"], {"config": cfg, "as_of": str(as_of), "budget": BUDGET})
+    assert fr.state.is_completed() and fr.name == f"select {as_of}"
     assert len(_tasks(s)) == n_tasks
 
     # annotators label it; the watcher emits the event; the trigger starts retrain-and-promote
@@ -132,6 +177,14 @@ def test_full_round_through_deployments_and_event(world):  # type: ignore[no-unt
     result = store.get_json(s.s3.data_bucket, f"rounds/{rid}/result.json")
     assert result["round_id"] == rid and result["dataset_version"]
     assert result["golden_map_challenger"] is not None and result["golden_map_champion"] is not None
+    # runs named after the week and the round; the MLflow run links back to both
+    assert run.name == f"retrain {rid}"
+    assert result["links"]["label_studio"].startswith(s.label_studio.url) and "?tab=" in result["links"]["label_studio"]
+    mlrun = RegistryClient(s).client.get_run(result["run_id"])
+    assert mlrun.data.tags["detloop.prefect.flow_run_url"].endswith(str(run.id))
+    assert mlrun.data.tags["detloop.label_studio_round_url"] == result["links"]["label_studio"]
+    assert mlrun.data.params["arch"] == "yolo11n.yaml" and mlrun.data.params["mode"] == "finetune"
+    assert result["links"]["mlflow_run"].endswith(result["run_id"])
     assert load_round(store, s, rid).status == "trained"
     versions = list_models(RegistryClient(s))
     assert len(versions) == 2
@@ -145,12 +198,12 @@ def test_full_round_through_deployments_and_event(world):  # type: ignore[no-unt
     from flows.demo import retrain_runs
 
     with get_client(sync_client=True) as client:
-        dep = client.read_deployment_by_name("retrain-and-promote/on-round-completed")
+        dep = client.read_deployment_by_name(D["retrain"])
         runs = [r for r in retrain_runs(client, dep.id) if (r.parameters.get("params") or {}).get("round_id") == rid]
     assert len(runs) == 1
 
     # retrain again by hand for the same round: it finds the work done, registers nothing new
-    fr = _run("retrain-and-promote/on-round-completed", {"config": cfg, "round_id": rid})
+    fr = _run(D["retrain"], {"config": cfg, "round_id": rid})
     assert fr.state.is_completed()
     assert len(list_models(RegistryClient(s))) == 2
 

@@ -138,9 +138,10 @@ def test_push_is_idempotent_and_crash_safe(env):  # type: ignore[no-untyped-def]
     assert sorted(keys) == sorted(f.frame.key for f in frames)
     t0 = next(t for t in tasks if t["data"]["s3_key"] == frames[0].frame.key)
     assert t0["data"]["image"] == frames[0].frame.uri
-    assert t0["data"]["arm"] == "selected" and t0["data"]["round_id"] == rid
-    assert t0["predictions"][0]["model_version"] == "3"
-    assert t0["predictions"][0]["score"] == pytest.approx(frames[0].uncertainty)
+    assert t0["data"]["round_id"] == rid and "arm" not in t0["data"] and "uncertainty" not in t0["data"]
+    assert t0["predictions"][0]["model_version"] == "detloop"
+    assert t0["predictions"][0]["score"] == pytest.approx(0.9)  # the boxes' confidence, not the frame's uncertainty
+    assert rounds.load_round_frames(env["store"], s, rid)[frames[11].frame.key]["arm"] == "control"
     rec = rounds.load_round(env["store"], s, rid)
     assert rec is not None and rec.status == "open" and (rec.n_selected, rec.n_control) == (10, 2)
     assert rec.deadline.startswith("2026-01-17")
@@ -396,3 +397,61 @@ def test_simulated_annotator_leaves_frames_without_truth_pending(env):  # type: 
     assert (out["seen"], out["annotated"], out["no_truth"]) == (2, 1, 1)
     project = ls.find_project(s.label_studio.project_title)
     assert round_progress(annotation.round_tasks(ls, project.id, rid, "progress"))["pending"] == 1
+
+
+def _labeller_session(ls: LabelStudioClient, email: str):  # type: ignore[no-untyped-def]
+    """A new labeller, signed up through the organisation's invite link like a person (browser session)."""
+    import httpx
+
+    token = ls._http("GET", "api/invite", "read the invite link")["token"]
+    c = httpx.Client(base_url=ls.url, follow_redirects=False, timeout=30)
+    c.get(f"/user/signup/?token={token}").raise_for_status()
+    r = c.post(f"/user/signup/?token={token}", headers={"Referer": f"{ls.url}/user/signup/"},
+               data={"email": email, "password": f"pw-{uuid.uuid4().hex}", "csrfmiddlewaretoken": c.cookies["csrftoken"]})
+    assert r.status_code == 302, r.text[:300]
+    assert c.get("/api/current-user/whoami").json()["email"] == email
+    return c
+
+
+def test_a_labellers_next_task_in_round_2_carries_its_pre_annotations_and_no_arm(env):  # type: ignore[no-untyped-def]
+    """What a labeller sees (``GET /api/projects/<id>/next/``, as a labeller: it locks the task for them): round 2
+    of a project whose model version was set by an older round still shows pre-annotations, scored in [0, 1],
+    and nothing that tells the control arm apart."""
+    s = env["s"].model_copy(deep=True)
+    s.label_studio.project_title = f"detloop-it-next-{env['sfx']}"
+    ls, store, frames = LabelStudioClient(s), env["store"], env["frames"]
+    project = ls.ensure_project(s.label_studio.project_title, s.classes)
+    try:
+        # an older detloop round imported its predictions under the registry version: the project's version is "1"
+        old = ls.import_tasks(project.id, [{"data": {"image": frames[0].frame.uri, "round_id": "r-old", "width": W,
+                                                     "height": H}, "predictions": [{"model_version": "1", "result": []}]}])
+        ls.create_annotation(old[0], [])
+        assert ls._http("GET", f"api/projects/{project.id}/", "read")["model_version"] == "1"
+        r1, r2 = f"r-one-{env['sfx']}", f"r-two-{env['sfx']}"
+        annotation.push_round(s, frames[:6], r1, "3", AS_OF, ls, store)
+        annotate_pending(s, AnnotatorProfile(p_skip=0.0, seed=5), round_id=r1)
+        rep2 = annotation.push_round(s, frames[6:11], r2, "4", AS_OF, ls, store)  # every frame has a predicted box
+        proj = ls._http("GET", f"api/projects/{project.id}/", "read")
+        assert proj["model_version"] == "detloop"  # moved once predictions carrying it existed
+        assert proj["show_instruction"] and all(c in proj["expert_instruction"] for c in s.classes)
+        assert "ccluded" in proj["expert_instruction"] and "runcated" in proj["expert_instruction"]
+        views = ls._http("GET", "api/dm/views/", "views", params={"project": project.id})
+        assert {v["data"]["title"] for v in views} == {r1, r2} and rep2.view_url.endswith(f"?tab={max(v['id'] for v in views)}")
+
+        labeller = _labeller_session(ls, f"labeller-{env['sfx']}@detloop.test")
+        nxt = labeller.get(f"/api/projects/{project.id}/next/")
+        assert nxt.status_code == 200, nxt.text[:300]
+        task = nxt.json()
+        assert task["data"]["round_id"] == r2
+        assert not {"arm", "rank", "uncertainty", "strategy"} & set(task["data"]), sorted(task["data"])
+        preds = task["predictions"]
+        assert preds and all(p["model_version"] == "detloop" for p in preds)
+        assert all(0.0 <= p["score"] <= 1.0 for p in preds)
+        boxes = [r for p in preds for r in p["result"]]
+        assert boxes and all(0.0 <= r["score"] <= 1.0 for r in boxes)
+        # the pull reads the arms from detloop's record: round 2's control frame comes back as control
+        annotate_pending(s, AnnotatorProfile(p_skip=0.0, seed=6), round_id=r2)
+        pulled = annotation.pull_round(s, r2, ls, store, copy=False)
+        assert pulled.report["by_arm"] == {"selected": 4, "control": 1}
+    finally:
+        ls.delete_project(project.id)

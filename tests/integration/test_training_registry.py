@@ -99,6 +99,14 @@ def test_bootstrap_training_is_tracked_and_reused(settings: Any, dataset: Path, 
     assert run.data.metrics["train_seconds"] > 0
     arts = {a.path for a in reg.client.list_artifacts(boot.run_id, "plots")}
     assert "plots/curves.png" in arts
+    # what a person reads in MLflow's UI: the model-training view, a meaningful arch, a description, a clean log
+    exp = reg.client.get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.data.params["arch"] == settings.model.arch and run.data.params["mode"] == "bootstrap"
+    assert "Bootstrap of" in run.data.tags["mlflow.note.content"]
+    log = reg.download_run_artifact(boot.run_id, "logs/train.log", Path(boot.out_dir) / "dl")
+    text = log.read_text()
+    assert "\x1b[" not in text and "\r" not in text and "Epoch" in text
     # the same inputs again: the finished run is reused, nothing retrained
     again = train(dataset, settings, clients.registry, None, f"boot-{settings.mlflow.model_name}",
                   {"round_id": "r-boot"}, dataset_version="dv-seed", epochs=2)
@@ -244,31 +252,160 @@ def test_register_gate_promote_rollback(settings: Any, dataset: Path, boot: Any,
     assert "previous-champion" in rows[v2]["aliases"]
 
 
-@pytest.mark.slow
-def test_the_registered_onnx_is_byte_identical_to_the_one_the_gate_evaluated(settings: Any, dataset: Path, boot: Any,
-                                                                            tmp_path: Path) -> None:
-    """The post-training subflow (a real Prefect flow run) registers the very artifact it evaluated."""
-    from detloop.clients.registry import RegistryClient
-    from detloop.datasets import file_sha256
+@pytest.fixture(scope="module")
+def post(settings: Any, dataset: Path, boot: Any) -> Any:
+    """The post-training subflow (a real Prefect flow run) on the boot model, as champion of its own model name."""
     from flows.post_training import evaluate_and_promote
     from tests.integration.conftest import TEST_CONFIG
 
     name = f"{settings.mlflow.model_name}-post"
     overrides = {"data_dir": str(settings.data_dir), "gate": {"bootstrap_floor": 0.0},
                  "mlflow": {"experiment": settings.mlflow.experiment, "model_name": name}}
-    post = evaluate_and_promote(boot.run_id, str(boot.weights), "dv-seed", str(TEST_CONFIG), overrides,
-                                golden_data_yaml=str(dataset))
-    evaluated = Path(post.challenger_report.artifact) / "model.onnx"
     s = settings.model_copy(deep=True)
     s.mlflow.model_name = name
+    return {"post": evaluate_and_promote(boot.run_id, str(boot.weights), "dv-seed", str(TEST_CONFIG), overrides,
+                                         golden_data_yaml=str(dataset)),
+            "overrides": overrides, "settings": s}
+
+
+@pytest.mark.slow
+def test_the_registered_onnx_is_byte_identical_to_the_one_the_gate_evaluated(post: Any, dataset: Path, boot: Any,
+                                                                            tmp_path: Path) -> None:
+    """The registered version's scoring ONNX (inside the pyfunc model's artifacts) is the evaluated file."""
+    from detloop.clients.registry import RegistryClient
+    from detloop.datasets import file_sha256
+    from flows.post_training import evaluate_and_promote
+    from tests.integration.conftest import TEST_CONFIG
+
+    p, s = post["post"], post["settings"]
+    evaluated = Path(p.challenger_report.artifact) / "model.onnx"
     reg = RegistryClient(s)
-    local = reg.download_version(reg.get_version(post.version), tmp_path / "registered")
-    assert (local / "scoring" / "model.onnx").read_bytes() == evaluated.read_bytes()
-    assert reg.get_version(post.version).tags["detloop.onnx_sha256"] == file_sha256(evaluated)
-    assert post.promoted and reg.version_by_alias("champion").version == post.version
-    again = evaluate_and_promote(boot.run_id, str(boot.weights), "dv-seed", str(TEST_CONFIG), overrides,
+    local = reg.download_version(reg.get_version(p.version), tmp_path / "registered")
+    assert (local / "artifacts" / "scoring" / "model.onnx").read_bytes() == evaluated.read_bytes()
+    assert reg.get_version(p.version).tags["detloop.onnx_sha256"] == file_sha256(evaluated)
+    assert p.promoted and reg.version_by_alias("champion").version == p.version
+    again = evaluate_and_promote(boot.run_id, str(boot.weights), "dv-seed", str(TEST_CONFIG), post["overrides"],
                                  golden_data_yaml=str(dataset))  # a retried run: nothing registered twice
-    assert again.outcome == "already-champion" and again.version == post.version and len(reg.versions()) == 1
+    assert again.outcome == "already-champion" and again.version == p.version and len(reg.versions()) == 1
+    # detloop's own reader still gets weights/, scoring/ and thresholds.json of a pyfunc version
+    from tasks.registry import fetch_champion
+
+    champ = fetch_champion(s, reg)
+    assert champ is not None and champ.weights.is_file() and (champ.scoring_dir / "model.onnx").is_file()
+    assert (champ.local_dir / "thresholds.json").is_file()
+    # what the MLflow UI shows: descriptions, plots of the evaluated model on its run
+    rm = reg.client.get_registered_model(s.mlflow.model_name)
+    assert "mlflow.pyfunc.load_model" in rm.description
+    assert "Gate: **" in reg.get_version(p.version).description
+    plots = {a.path for a in reg.client.list_artifacts(boot.run_id, "plots")}
+    assert {"plots/confusion_matrix.png", "plots/pr_curves.png", "plots/golden_frames.png"} <= plots
+
+
+def _frame_jpeg(dataset: Path) -> bytes:
+    """A val frame upscaled to 960x720 JPEG (large enough that scoring decodes it at reduced scale)."""
+    import cv2
+
+    img = cv2.imread(str(sorted((dataset.parent / "images" / "val").glob("*.png"))[0]))
+    return bytes(cv2.imencode(".jpg", cv2.resize(img, (960, 720)))[1].tobytes())
+
+
+def _clean_env(settings: Any) -> dict[str, str]:
+    """A user's shell: the venv on PATH, the tracking server, nothing of detloop's test process."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DETLOOP_", "PYTHONPATH", "MLFLOW_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MLFLOW_TRACKING_URI"] = settings.mlflow.tracking_uri
+    return env
+
+
+@pytest.mark.slow
+def test_the_champion_loads_with_mlflow_pyfunc_in_a_clean_process_and_serves(post: Any, dataset: Path,
+                                                                             tmp_path: Path) -> None:
+    """``mlflow.pyfunc.load_model("models:/<name>@champion")`` in a fresh Python predicts the boxes detloop's scoring
+    gives for the same frame; ``mlflow models serve ... --env-manager local`` answers a request with them."""
+    import base64
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from detloop.clients.registry import RegistryClient
+    from detloop.contracts import FrameRef
+    from detloop.settings import ModelSettings
+    from tasks.registry import fetch_champion
+    from tasks.scoring import OnnxScorer, score
+
+    s = post["settings"]
+    name = s.mlflow.model_name
+    jpeg = _frame_jpeg(dataset)
+    (tmp_path / "frame.jpg").write_bytes(jpeg)
+    conf = 1e-4  # low enough that the 2-epoch model gives boxes (at most max_det per frame)
+
+    # the signature a serving user reads
+    import mlflow
+
+    info = mlflow.models.get_model_info(f"models:/{name}@champion")
+    assert info.signature.inputs.to_dict() == [{"type": "binary", "name": "image", "required": True}]
+    assert {"boxes", "class_names", "scores"} <= set(info.signature.outputs.input_names())
+
+    # detloop's scoring of the frame, read from S3 as production frames are
+    key = f"it-pyfunc-{uuid.uuid4().hex[:8]}/frames/camera=c/date=2026-01-05/100000-a.jpg"
+    from detloop.clients.s3 import S3Store
+
+    store = S3Store(s)
+    store.put_bytes(s.s3.production_bucket, key, jpeg)
+    champ = fetch_champion(s, RegistryClient(s))
+    ms = ModelSettings(scoring_conf_threshold=conf)
+    ours = score([FrameRef(s.s3.production_bucket, key, "", "c", "2026-01-05")], OnnxScorer(champ.scoring_dir, 1),
+                 store, ms).frames[0].detections
+    assert len(ours) > 0
+
+    code = ("import json, sys, mlflow, pandas as pd\n"
+            f"m = mlflow.pyfunc.load_model('models:/{name}@champion')\n"
+            "out = m.predict(pd.DataFrame({'image': [open(sys.argv[1], 'rb').read()]}), "
+            f"params={{'conf_threshold': {conf}}})\n"
+            "print(json.dumps(out.iloc[0].to_dict()))\n"
+            "print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'ultralytics'))))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "frame.jpg")], cwd=tmp_path, env=_clean_env(s),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    row, heavy = json.loads(lines[-2]), json.loads(lines[-1])
+    assert heavy == []  # served without torch or Ultralytics
+    np.testing.assert_allclose(np.array(row["boxes"]).reshape(-1, 4), ours.xyxy, atol=2e-3)
+    np.testing.assert_allclose(row["scores"], ours.confidence, atol=1e-4)
+    assert row["class_ids"] == ours.class_id.tolist() and (row["width"], row["height"]) == (960, 720)
+
+    with socket.socket() as sock:  # a free port (the stack's MLflow is on another)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    serve = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+                              f"models:/{name}@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                             cwd=tmp_path, env=_clean_env(s), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert serve.poll() is None, serve.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "mlflow models serve did not answer /ping"
+                time.sleep(1)
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(jpeg).decode()]]},
+                           "params": {"conf_threshold": conf}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            served = json.loads(r.read())["predictions"][0]
+        assert served["boxes"] == row["boxes"] and served["scores"] == row["scores"]
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(timeout=30)
 
 
 _SCORING_INPUTS: dict[str, tuple[Any, ...]] = {}

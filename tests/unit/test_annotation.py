@@ -89,10 +89,13 @@ def test_build_task_carries_fields_and_confident_preannotation() -> None:
                        predictions=pred.to_dict())
     t = lt.build_task(sf, "r9", "12", CLASSES, conf_threshold=0.25)
     assert t["data"]["image"] == "s3://prod/frames/camera=c/date=2026-01-05/x.jpg"
-    assert {k: t["data"][k] for k in ("round_id", "arm", "strategy", "uncertainty")} == {
-        "round_id": "r9", "arm": "control", "strategy": "entropy", "uncertainty": 0.7}
+    assert t["data"]["round_id"] == "r9"
+    # blind: nothing tells a labeller the frame's arm, rank, uncertainty or strategy
+    assert not {"arm", "rank", "uncertainty", "strategy"} & set(t["data"]), sorted(t["data"])
     p = t["predictions"][0]
-    assert p["model_version"] == "12" and p["score"] == 0.7
+    # one constant version for every round (Label Studio shows only the project's version); score = confidence
+    assert p["model_version"] == "detloop" and p["score"] == pytest.approx(0.9)
+    assert p["result"][0]["score"] == pytest.approx(0.9)
     assert len(p["result"]) == 1 and p["result"][0]["value"]["rectanglelabels"] == ["square"]
     assert p["result"][0]["value"]["x"] == pytest.approx(5.0)
     json.dumps(t)  # import format is plain JSON
@@ -334,7 +337,7 @@ def test_push_retried_after_lost_answer_creates_no_duplicate(cfg) -> None:  # ty
         an.push_round(cfg, frames, "r", "7", "2026-01-12", ls, store)
     assert rounds.load_round(store, cfg, "r") is None  # no round record before every task went in
     rep = an.push_round(cfg, frames, "r", "7", "2026-01-12", ls, store)  # what the flow's retry does
-    assert [t["data"]["s3_key"] for t in ls.tasks.values()] == [f.frame.key for f in frames]  # each exactly once
+    assert sorted(t["data"]["s3_key"] for t in ls.tasks.values()) == [f.frame.key for f in frames]  # each once
     assert rep.already_present == 2 and rep.imported == 3 and ls.imports == 2
     assert sorted(rounds.load_task_ids(store, cfg, "r")) == sorted(f.frame.key for f in frames)
     assert rounds.load_round(store, cfg, "r").status == "open"
@@ -351,3 +354,41 @@ def test_watch_rounds_leaves_other_projects_rounds_alone(cfg) -> None:  # type: 
     watch.watch_rounds(cfg, datetime(2026, 2, 1), events.append, store, ls_with(cfg, {"mine": ["labelled"], "theirs": []}))
     assert [e.round_id for e in events] == ["mine"]
     assert rounds.load_round(store, cfg, "theirs").status == "open"
+
+
+def test_push_is_blind_shuffled_and_keeps_the_arms_in_the_round_record(cfg) -> None:  # type: ignore[no-untyped-def]
+    """Control frames are not last, tasks carry no arm, the pull reads each arm from detloop's record."""
+    ls, store = FakeLabelStudio(), FakeStore()
+    frames = [SelectedFrame(FrameRef("prod", f"frames/camera=c/date=2026-01-05/1{i:05d}-a.jpg", "e", "c", "2026-01-05"),
+                            W, H, "control" if i >= 14 else "selected", "entropy", 10.0 - i / 2, i, "why",
+                            predictions=dets([[10, 10, 50, 50]], [1], [0.8]).to_dict()) for i in range(20)]
+    rep = an.push_round(cfg, frames, "r-blind", "7", "2026-01-12", ls, store)
+    imported = [t["data"]["s3_key"] for _, t in sorted(ls.tasks.items())]
+    assert sorted(imported) == [f.frame.key for f in frames]
+    assert imported != [f.frame.key for f in frames]  # shuffled: rank order and the control tail are gone
+    assert imported[-6:] != [f.frame.key for f in frames[-6:]]
+    again_ls, again_store = FakeLabelStudio(), FakeStore()  # the order is fixed by the round id
+    an.push_round(cfg, frames, "r-blind", "7", "2026-01-12", again_ls, again_store)
+    assert [t["data"]["s3_key"] for _, t in sorted(again_ls.tasks.items())] == imported
+    assert all(not {"arm", "rank", "uncertainty", "strategy"} & set(t["data"]) for t in ls.tasks.values())
+    project = ls.projects[cfg.label_studio.project_title]
+    assert project.model_version == "detloop"  # set after the import (the fake refuses it before, like the server)
+    assert [v["title"] for v in project.views.values()] == ["r-blind"] and rep.view_url.endswith("?tab=1")
+    assert rounds.round_view_url(store, cfg, "r-blind") == rep.view_url
+    kept = rounds.load_round_frames(store, cfg, "r-blind")
+    assert kept is not None and kept[frames[15].frame.key]["arm"] == "control" and kept[frames[3].frame.key]["rank"] == 3
+    for tid in list(ls.tasks):  # label everything, then pull: arms come from the record
+        ls.create_annotation(tid, dets([[10, 10, 50, 50]], [1]).to_label_studio(W, H, CLASSES, with_score=False))
+    pulled = an.pull_round(cfg, "r-blind", ls, store, copy=False)
+    assert pulled.report["by_arm"] == {"selected": 14, "control": 6}
+    assert {f.key: f.arm for f in pulled.frames}[frames[19].frame.key] == "control"
+
+
+def test_convert_reads_arms_from_the_record_and_old_tasks_still_work() -> None:
+    old = task(1, [ann(dets([[0, 0, 10, 10]], [0]))], arm="control")  # pushed before tasks were blind
+    blind = task(2, [ann(dets([[0, 0, 10, 10]], [0]))])
+    blind["data"].pop("arm")
+    blind["data"]["s3_key"] = "k2"
+    r = lt.convert_round_tasks([old, blind], "r1", CLASSES, arms={"k2": "control"})
+    assert r.report["by_arm"] == {"control": 2}
+    assert lt.convert_round_tasks([old, blind], "r1", CLASSES).report["by_arm"] == {"control": 1, "selected": 1}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -138,3 +140,47 @@ def test_one_coco_pass_when_there_is_one_camera(monkeypatch: pytest.MonkeyPatch)
     assert len(calls) == 1 and m.per_camera["unknown"].map == m.overall.map
     compute_metrics("s", gts, preds, CLASSES, cameras=["cam1", "cam2"], min_instances=1)
     assert len(calls) == 1 + 3  # the slice, then one pass per camera
+
+
+# ---- the plots of an evaluated model (tasks/eval_plots.py) ------------------------------------------------
+def _d(boxes: list[list[float]], cls: list[int], conf: list[float] | None = None) -> Detections:
+    return Detections(xyxy=np.array(boxes, np.float32).reshape(-1, 4), confidence=np.array(conf or [1.0] * len(cls)),
+                      class_id=np.array(cls))
+
+
+def test_confusion_matrix_counts_hits_confusions_misses_and_false_alarms() -> None:
+    from tasks.evaluation import confusion_matrix
+
+    gt = [_d([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], [0, 1, 2])]
+    pr = [_d([[0, 0, 10, 10], [20, 20, 30, 31], [80, 80, 90, 90], [50, 50, 60, 60]], [0, 0, 1, 2],
+             [0.9, 0.8, 0.7, 0.1])]
+    m = confusion_matrix(gt, pr, 3, [0.5, 0.5, 0.5])  # the class-2 box at 0.1 is under its threshold
+    assert m[0, 0] == 1 and m[0, 1] == 1  # a hit, and a class-1 box predicted as class 0
+    assert m[3, 2] == 1  # the class-2 box was missed (background row)
+    assert m[1, 3] == 1  # a false alarm of class 1 (background column)
+    assert m.sum() == 4
+
+
+def test_pr_curve_is_monotone_in_recall_and_ends_at_the_share_found() -> None:
+    from tasks.evaluation import pr_curve
+
+    gt = [_d([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 0])]
+    pr = [_d([[0, 0, 10, 10], [100, 100, 110, 110], [20, 20, 30, 30]], [0, 0, 0], [0.9, 0.8, 0.7])]
+    rec, prec, conf = pr_curve(gt, pr, 0)
+    np.testing.assert_allclose(rec, [0.5, 0.5, 1.0])
+    np.testing.assert_allclose(prec, [1.0, 0.5, 2 / 3])
+    np.testing.assert_allclose(conf, [0.9, 0.8, 0.7])
+
+
+def test_eval_plots_are_written(tmp_path: Path) -> None:
+    import cv2
+
+    from tasks.eval_plots import write_eval_plots
+
+    img = tmp_path / "f.png"
+    cv2.imwrite(str(img), np.full((60, 80, 3), 200, np.uint8))
+    gt = [_d([[5, 5, 30, 30]], [1])]
+    pr = [_d([[6, 5, 30, 31], [50, 10, 70, 40]], [1, 0], [0.8, 0.6])]
+    out = write_eval_plots(tmp_path / "plots", [str(img)], gt, pr, ["a", "b"], {"a": 0.5, "b": 0.5}, "challenger")
+    assert set(out) == {"confusion_matrix.png", "pr_curves.png", "golden_frames.png"}
+    assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in out.values())

@@ -38,8 +38,49 @@ def test_flow_parameter_schema_has_ranges_and_descriptions() -> None:
 
     schema = select_for_labeling.parameters.model_dump()
     props = schema["definitions"]["SelectParams"]["properties"]
-    budget = next(x for x in props["budget"]["anyOf"] if x.get("type") == "integer")
-    assert budget["minimum"] == 1 and "description" in props["budget"]
+    budget = props["budget"]
+    assert budget["type"] == "integer" and budget["minimum"] == 1 and "description" in budget
+    assert "ge" not in budget  # a constraint the server would not enforce
+
+
+def test_forms_offer_enums_and_no_none_branch() -> None:
+    """What the Prefect UI renders: a drop-down for names from a fixed list, no "Property is type None"."""
+    import json
+    from typing import get_args
+
+    from detloop.settings import StrategyName
+    from flows.loop import bootstrap, retrain_and_promote, select_for_labeling, watch_rounds
+
+    props = select_for_labeling.parameters.model_dump()["definitions"]["SelectParams"]["properties"]
+    assert props["strategy"]["enum"] == list(get_args(StrategyName))
+    assert {"max", "mean", "sum", "topk"} == set(props["aggregation"]["enum"])
+    assert "kcenter" in props["diversity"]["enum"]
+    for f in (select_for_labeling, watch_rounds, retrain_and_promote, bootstrap):
+        text = json.dumps(f.parameters.model_dump())
+        assert '"null"' not in text, f.name  # optional fields carry no None type
+
+
+def test_deployments_prefill_the_configured_values() -> None:
+    from detloop.settings import REPO_ROOT, load_settings
+    from flows.params import SelectParams, configured_defaults
+
+    s = load_settings(REPO_ROOT / "configs" / "test.yaml")
+    d = configured_defaults("select-for-labeling", s)["params"]
+    assert d["budget"] == s.selection.budget == 24 and d["strategy"] == s.selection.strategy
+    SelectParams(**d)  # valid parameters
+    assert configured_defaults("promote", s) == {}
+
+
+def test_flow_run_names_say_which_week_or_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.runtime import flow_run
+
+    from flows.common import run_name
+
+    monkeypatch.setattr(flow_run, "parameters", {"params": {"round_id": "detloop-2026-01-12", "config": None}})
+    assert run_name("retrain", "round_id")() == "retrain detloop-2026-01-12"
+    monkeypatch.setattr(flow_run, "parameters", {"params": {"as_of": None}})
+    assert run_name("select", "as_of", default=lambda: "2026-01-19")() == "select 2026-01-19"
+    assert run_name("rollback")() == "rollback"
 
 
 def test_flows_retry_only_unavailable_services() -> None:
@@ -60,6 +101,31 @@ def test_md_table() -> None:
     assert out.splitlines()[0] == "| a | b | c | d |"
     assert "0.1235" in out and "| - |" in out and "x\\|y" in out
     assert md_table([]) == "_(none)_\n"
+
+
+def test_md_fields_keeps_a_wide_record_two_columns_wide() -> None:
+    from flows.common import md_fields
+
+    rec = {f"field_{i}": i / 3 for i in range(16)}
+    lines = md_fields(rec).splitlines()
+    assert len(lines) == 2 + 16 and all(line.count("|") == 3 for line in lines)
+    assert lines[3] == "| field_1 | 0.3333 |"
+
+
+def test_demo_prints_one_fixed_width_row_per_week() -> None:
+    from datetime import date
+
+    from flows.demo import table_header, table_row, week_row
+
+    result = {"labelled_frames": 58, "labelled_boxes": 140, "golden_map_champion": 0.4301234567891234,
+              "golden_map_challenger": 0.45912345678, "outcome": "passed", "version": "2",
+              "slices": [{"slice": "golden", "frames": 200}, {"slice": "control", "frames": 6,
+                                                             "champion_map": 0.3, "challenger_map": 0.35}]}
+    row = week_row(1, date(2026, 1, 12), "r1", result, 95.0)
+    line = table_row(row)
+    assert len(line) == len(table_header())
+    assert "0.430" in line and "0.459" in line and "0.350" in line and "1.6" in line
+    assert "0.43012" not in line and "{" not in line
 
 
 def test_scoring_chunks_follow_the_task_runner() -> None:

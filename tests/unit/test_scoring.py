@@ -11,16 +11,9 @@ import pytest
 from detloop.contracts import FrameRef
 from detloop.detections import Detections
 from detloop.ops import Letterbox, letterbox_image
-from tasks.scoring import (
-    ScoredFrame,
-    decode_for_model,
-    decode_raw,
-    flip_raw,
-    jpeg_size,
-    letterbox_u8,
-    prepare,
-    to_tensors,
-)
+from detloop.postprocess import decode_raw, flip_raw
+from detloop.preprocess import decode_for_model, jpeg_size, letterbox_u8, prepare, to_tensors
+from tasks.scoring import ScoredFrame
 
 
 def random_raw(rng: np.random.Generator, nc: int = 5, anchors: int = 2100, size: int = 320) -> np.ndarray:

@@ -123,3 +123,15 @@ def test_mlflow_errors_are_classified_by_type_and_status_not_text() -> None:
 
     with pytest.raises(ValueError):
         call_mlflow(bug, "x", "http://h:1")
+
+def test_clean_log_drops_colour_codes_and_progress_redraws() -> None:
+    from tasks.training import clean_log
+
+    raw = ("\x1b[34m\x1b[1mtrain: \x1b[0mScanning 16 images\n"
+           "  1/2  0.5G  1.2  \r  1/2  0.5G  1.1  50%|#####     |\r  1/2  0.5G  1.0 100%|##########|\n"
+           "\x1b[K\n"
+           "Results saved to \x1b[1mruns/x\x1b[0m\n")
+    out = clean_log(raw)
+    assert "\x1b" not in out and "\r" not in out
+    assert out.splitlines() == ["train: Scanning 16 images", "  1/2  0.5G  1.0 100%|##########|", "",
+                                "Results saved to runs/x"]
