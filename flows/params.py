@@ -8,11 +8,12 @@ field is optional: ``None`` means "use the config".
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.json_schema import SkipJsonSchema
 
-from detloop.settings import GateSettings
+from detloop.settings import DriftStatistic, GateSettings
 
 
 class _Params(BaseModel):
@@ -39,6 +40,10 @@ class SelectParams(_Params):
     control_share: float | None = Field(None, ge=0.0, le=0.5, description="Share of the budget drawn at random.")
     force_new_round: bool = Field(
         False, description="Open a new round even if the previous one is still open (default: follow config)."
+    )
+    episode_id: str | None = Field(
+        None, description="A drift episode's targeted round (set by the drift-detected automation): one round per "
+        "episode, opened even while a weekly round is open; cameras and dates focus it.",
     )
 
     def overrides(self) -> dict[str, Any]:
@@ -119,3 +124,30 @@ class BootstrapParams(_Params):
 
     def overrides(self) -> dict[str, Any]:
         return {"training": {"bootstrap_epochs": self.epochs}} if self.epochs is not None else {}
+
+
+class DriftParams(_Params):
+    """Parameters of ``drift-monitor`` (daily, or by hand): which days, which cameras to detail, the rule."""
+
+    as_of: date | SkipJsonSchema[None] = Field(
+        None, description="Monitor the days before this date (default: today).")
+    days: int | SkipJsonSchema[None] = Field(
+        None, ge=1, le=365, description="Days, ending the day before as_of, to evaluate and show (default: "
+        "drift.report_days).")
+    cameras: list[str] | SkipJsonSchema[None] = Field(
+        None, description="Cameras the report details (default: all); episodes always consider every camera.")
+    alarm_statistics: list[DriftStatistic] | SkipJsonSchema[None] = Field(
+        None, description="Statistics whose signals count towards an alarm (default: drift.alarm_statistics).")
+    alarm_min_signals: int | SkipJsonSchema[None] = Field(
+        None, ge=1, le=1000, description="Signals a camera-day needs to count as drifted.")
+    alarm_consecutive_days: int | SkipJsonSchema[None] = Field(
+        None, ge=1, le=60, description="Drifted days in a row that open an episode.")
+    correction: Literal["bonferroni", "fdr"] | SkipJsonSchema[None] = Field(
+        None, description="Multiple-testing correction of a camera-day's tests.")
+    alpha: float | SkipJsonSchema[None] = Field(None, gt=0.0, lt=1.0, description="Level of the corrected tests.")
+
+    def overrides(self) -> dict[str, Any]:
+        d = {k: v for k, v in {"alarm_statistics": self.alarm_statistics, "alarm_min_signals": self.alarm_min_signals,
+                               "alarm_consecutive_days": self.alarm_consecutive_days, "correction": self.correction,
+                               "alpha": self.alpha}.items() if v is not None}
+        return {"drift": d} if d else {}

@@ -13,9 +13,9 @@ Deployments:
 ``retrain-and-promote/on-round-completed``  trigger: event ``detloop.annotation.round.completed``
 ``bootstrap/manual``                        manual: first champion from the seed dataset version
 ``promote/manual``, ``rollback/manual``     manual, with a reason
+``drift-monitor/daily``                     cron ``drift.cron`` (default 04:00 every day)
+``select-for-labeling/on-drift``            trigger: event ``detloop.drift.detected`` (one round per episode)
 ==========================================  ===========================================================
-
-(``drift-monitor/daily`` joins this list with the drift issue: add it in :func:`build_deployments`.)
 """
 
 from __future__ import annotations
@@ -82,6 +82,42 @@ def build_deployments(settings: Settings) -> list[Any]:
         rollback.to_deployment(
             "manual", tags=["detloop", "registry"],
             description="Restore previous-champion as champion (with a reason).", **common,
+        ),
+        *drift_deployments(settings, common),
+    ]
+
+
+def drift_deployments(settings: Settings, common: dict[str, Any]) -> list[Any]:
+    """``drift-monitor/daily`` (cron ``drift.cron``) and ``select-for-labeling/on-drift``, which the
+    ``detloop.drift.detected`` event starts: one round per episode, on its cameras and days."""
+    from prefect.events import DeploymentEventTrigger
+
+    from flows.common import EVENT_DRIFT_DETECTED
+    from flows.drift import drift_monitor
+    from flows.loop import select_for_labeling
+
+    def as_json(name: str) -> dict[str, Any]:  # a list from the payload keeps its type
+        return {"__prefect_kind": "json",
+                "value": {"__prefect_kind": "jinja", "template": "{{ event.payload." + name + " | tojson }}"}}
+
+    on_drift = DeploymentEventTrigger(
+        name="drift-detected-starts-targeted-round",
+        expect={EVENT_DRIFT_DETECTED},
+        match={"prefect.resource.id": "detloop.drift.*"},
+        parameters={"params": {"config": "{{ event.payload.config }}", "as_of": "{{ event.payload.as_of }}",
+                               "episode_id": "{{ event.payload.episode_id }}", "budget": as_json("budget"),
+                               "cameras": as_json("cameras"), "dates": as_json("dates")}},
+    )
+    return [
+        drift_monitor.to_deployment(
+            "daily", cron=settings.drift.cron, tags=["detloop", "monitoring"],
+            description="Production vs the champion's reference, per camera and day; live accuracy; drift episodes "
+            "(each announced once, starting one targeted round).", **common,
+        ),
+        select_for_labeling.to_deployment(
+            "on-drift", triggers=[on_drift], tags=["detloop", "drift"],
+            description="A drift episode's targeted round: its cameras and days, opened even while a weekly round is open.",
+            **common,
         ),
     ]
 
