@@ -172,7 +172,7 @@ class Features:
 # One camera-day against the reference
 # --------------------------------------------------------------------------------------------
 @dataclass
-class Test:
+class Stat:
     """One statistic of one feature.
 
     Attributes:
@@ -207,7 +207,7 @@ class CameraDayStats:
     reference: str  # "camera" or "all cameras" (the camera had too few reference frames)
     sufficient: bool
     note: str = ""
-    tests: list[Test] = field(default_factory=list)
+    tests: list[Stat] = field(default_factory=list)
     summary: dict[str, list[float]] = field(default_factory=dict)  # feature -> [reference mean, window mean]
     class_shares: dict[str, list[float]] = field(default_factory=dict)  # class -> [reference, window]
 
@@ -217,10 +217,10 @@ class CameraDayStats:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CameraDayStats:
         d = dict(d)
-        d["tests"] = [Test(**t) for t in d.get("tests", [])]
+        d["tests"] = [Stat(**t) for t in d.get("tests", [])]
         return cls(**d)
 
-    def test(self, feature: str, statistic: str) -> Test | None:
+    def test(self, feature: str, statistic: str) -> Stat | None:
         return next((t for t in self.tests if t.feature == feature and t.statistic == statistic), None)
 
 
@@ -234,19 +234,19 @@ def _finite(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
-def _continuous(feature: str, ref: np.ndarray, cur: np.ndarray, cfg: DriftSettings, ks: Any) -> list[Test]:
+def _continuous(feature: str, ref: np.ndarray, cur: np.ndarray, cfg: DriftSettings, ks: Any) -> list[Stat]:
     """PSI, KS (by ``ks(ref, cur) -> (D, p)``) and Wasserstein of one continuous feature, as configured."""
-    out: list[Test] = []
+    out: list[Stat] = []
     if "psi" in cfg.statistics:
         v = ds.psi(ref, cur, cfg.psi_bins)
-        out.append(Test(feature, "psi", v, None, ds.psi_noise_floor(cfg.psi_bins, ref.size, cur.size),
+        out.append(Stat(feature, "psi", v, None, ds.psi_noise_floor(cfg.psi_bins, ref.size, cur.size),
                         ds.psi_band(v, cfg.psi_moderate, cfg.psi_significant)))
     if "ks" in cfg.statistics:
         d, p = ks(ref, cur)
-        out.append(Test(feature, "ks", d, p))
+        out.append(Stat(feature, "ks", d, p))
     if "wasserstein" in cfg.statistics:
         w, scaled = ds.wasserstein(ref, cur)
-        out.append(Test(feature, "wasserstein", w, None, _finite(scaled)))
+        out.append(Stat(feature, "wasserstein", w, None, _finite(scaled)))
     return out
 
 
@@ -283,7 +283,7 @@ def compare(ref: Features, cur: Features, cfg: DriftSettings, class_names: Seque
     if "chi2" in cfg.statistics:
         re_, ce = int((ref.detections == 0).sum()), int((cur.detections == 0).sum())
         chi, p = ds.chi2_frames(np.array([re_, ref.n_frames - re_]), np.array([ce, cur.n_frames - ce]))
-        stats.tests.append(Test("empty", "chi2", chi, p))
+        stats.tests.append(Stat("empty", "chi2", chi, p))
 
     # box-level features: p-values by permuting whole frames
     def clustered(values_ref: np.ndarray, frame_ref: np.ndarray, values_cur: np.ndarray,
@@ -311,18 +311,18 @@ def compare(ref: Features, cur: Features, cfg: DriftSettings, class_names: Seque
     if ref.n_boxes >= cfg.min_boxes and cur.n_boxes >= cfg.min_boxes:
         if "psi" in cfg.statistics:
             v = ds.psi_from_counts(rc, cc)
-            stats.tests.append(Test("class_mix", "psi", v, None, ds.psi_noise_floor(len(class_names), int(rc.sum()),
+            stats.tests.append(Stat("class_mix", "psi", v, None, ds.psi_noise_floor(len(class_names), int(rc.sum()),
                                                                                    int(cc.sum())),
                                     ds.psi_band(v, cfg.psi_moderate, cfg.psi_significant)))
         if "chi2" in cfg.statistics:
             data = clustered(ref.box_class, ref.box_frame, cur.box_class, cur.box_frame)
             chi, p = ds.chi2_clustered(data, len(class_names), cfg.permutations, rng)
-            stats.tests.append(Test("class_mix", "chi2", chi, p))
+            stats.tests.append(Stat("class_mix", "chi2", chi, p))
 
     # the embeddings: MMD with a permutation test over frames
     if "mmd" in cfg.statistics and ref.embedding is not None and cur.embedding is not None:
         m, p, _sigma = ds.mmd_test(ref.embedding, cur.embedding, cfg.permutations, rng, cfg.mmd_max_frames)
-        stats.tests.append(Test("embedding", "mmd", m, p))
+        stats.tests.append(Stat("embedding", "mmd", m, p))
     return stats
 
 

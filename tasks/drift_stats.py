@@ -77,8 +77,9 @@ def psi_noise_floor(bins: int, n_ref: int, n_cur: int) -> float:
     """Expected PSI of two samples of ONE distribution (sampling noise alone): ``(bins - 1)(1/n_ref + 1/n_cur)``.
 
     PSI is approximately the chi-squared statistic over ``n_ref n_cur / (n_ref + n_cur)``; under no drift the
-    statistic has mean ``bins - 1``. With 40 frames a day and 10 bins the floor is ~0.25: above the
-    "significant" band by noise alone, which is why PSI is an effect size here and not an alarm by default.
+    statistic has mean ``bins - 1`` (approximately: a bin left empty by chance is floored at ``PSI_EPS`` and
+    gives a larger value). With 40 frames a day and 10 bins the floor is ~0.25: above the "significant" band by
+    noise alone, which is why PSI is an effect size here and not an alarm by default.
     """
     if n_ref <= 0 or n_cur <= 0:
         return float("nan")

@@ -390,10 +390,13 @@ def sample(
                 continue
             ref.size = len(data)
             good.append(ref)
-            hashes.append(dhash(img, sp.dedup_hash_size))
-        allh = np.array(kept_hashes + hashes, np.uint64).reshape(-1, (sp.dedup_hash_size**2 + 63) // 64)
+            hashes.append(dhash(img, sp.dedup_hash_size) if dedup else np.zeros(1, np.uint64))
         groups = [r.camera for r in kept] + [r.camera for r in good]
-        dup_of = near_duplicates(allh, groups, sp.dedup_hamming) if dedup else np.full(len(groups), -1)
+        if dedup:
+            allh = np.array(kept_hashes + hashes, np.uint64).reshape(-1, (sp.dedup_hash_size**2 + 63) // 64)
+            dup_of = near_duplicates(allh, groups, sp.dedup_hamming)
+        else:
+            dup_of = np.full(len(groups), -1)
         before = kept + good  # indices of dup_of refer to this list
         base = len(kept_hashes)
         for j, ref in enumerate(good):
