@@ -396,9 +396,14 @@ def metric_rows(run: DriftRun) -> list[tuple[str, float, int]]:
 # --------------------------------------------------------------------------------------------
 # Episodes and the event
 # --------------------------------------------------------------------------------------------
-def drift_event_id(episode_id: str) -> uuid.UUID:
-    """The one event id of an episode's ``detloop.drift.detected`` (the same on every re-run)."""
-    return uuid.uuid5(_NS, f"{EVENT_DRIFT_DETECTED}/{episode_id}")
+def drift_event_id(model_name: str, episode_id: str) -> uuid.UUID:
+    """The one event id of an episode's ``detloop.drift.detected`` (the same on every re-run; episode ids are
+    unique per registered model, so the model's name is part of it)."""
+    return uuid.uuid5(_NS, f"{EVENT_DRIFT_DETECTED}/{model_name}/{episode_id}")
+
+
+def drift_resource_id(model_name: str, episode_id: str) -> str:
+    return f"detloop.drift.{model_name}.{episode_id}"
 
 
 def update_episodes(settings: Settings, store: Any, run: DriftRun) -> tuple[list[Episode], list[Episode]]:
@@ -444,14 +449,15 @@ def announce_episode(settings: Settings, store: Any, episode: Episode, config: s
     from tasks.drift_records import mark_episode
 
     target = targeted_round(settings, episode)
-    eid = drift_event_id(episode.episode_id)
+    eid = drift_event_id(settings.mlflow.model_name, episode.episode_id)
     payload = {"episode_id": episode.episode_id, "model": settings.mlflow.model_name,
                "model_version": episode.model_version, "classes": episode.classes, "days": episode.days,
                "statistics": episode.signals, **target, "config": config or ""}
     message = (f"drift on {', '.join(episode.cameras)} since {episode.days[0]} (v{episode.model_version}: "
                f"{', '.join(episode.signals[:4])}{' ...' if len(episode.signals) > 4 else ''}); "
                f"targeted round {target['round_id']}")
-    notify(EVENT_DRIFT_DETECTED, f"detloop.drift.{episode.episode_id}", payload, message, event_id=eid)
+    notify(EVENT_DRIFT_DETECTED, drift_resource_id(settings.mlflow.model_name, episode.episode_id), payload, message,
+           event_id=eid)
     return mark_episode(store, settings, episode.episode_id, event_id=str(eid), round_id=target["round_id"],
                         emitted_at=datetime.now(UTC).isoformat(timespec="seconds"))
 

@@ -172,7 +172,10 @@ def control_items(store: Any, settings: Settings, rounds: Sequence[str]) -> tupl
     taken: set[str] = set()
     items: list[Any] = []
     entries: list[Any] = []
+    ids = {r.removeprefix("round:") for r in wanted}
     for v in reversed(ds.list_versions(store, settings, "train")):
+        if not ids & set(v.get("rounds") or []):  # the index says which rounds a version holds
+            continue
         manifest = ds.load_manifest(store, settings, v["id"])
         mine = [e for e in manifest.by_split("control") if e.source in wanted]
         new = {e.frame_sha for e in mine} - taken

@@ -70,7 +70,7 @@ def test_a_dusk_camera_opens_one_episode_announced_once_and_its_round_opens_besi
     assert meta["days"] == ["2026-01-14", "2026-01-15", "2026-01-16"] and meta["anchor"] == "2026-01-17"
     assert out["drifted_cameras"] == ["cam1"] and out["opened"] == ["drift-v1-2026-01-20"]
     drift = [e for e in events if e["event"] == "detloop.drift.detected"]
-    assert len(drift) == 1 and drift[0]["id"] == drift_event_id("drift-v1-2026-01-20")
+    assert len(drift) == 1 and drift[0]["id"] == drift_event_id(world.mlflow.model_name, "drift-v1-2026-01-20")
     payload = drift[0]["payload"]
     assert payload["cameras"] == ["cam1"] and payload["days"] == ["2026-01-19", "2026-01-20"]
     assert any(s.startswith("brightness:") for s in payload["statistics"])

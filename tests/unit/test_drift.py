@@ -279,7 +279,8 @@ def test_targeted_round_parameters_derive_from_the_episode() -> None:
     t = targeted_round(s, e)
     assert t["as_of"] == "2026-01-21" and t["dates"] == ["2026-01-19", "2026-01-20"]  # inside the 7-day window
     assert t["round_id"] == "detloop-test-drift-v3-2026-01-20" and t["cameras"] == ["cam1"]
-    assert drift_event_id(e.episode_id) == drift_event_id("drift-v3-2026-01-20") != drift_event_id("drift-v3-x")
+    assert drift_event_id("m", e.episode_id) == drift_event_id("m", "drift-v3-2026-01-20") != drift_event_id("m", "x")
+    assert drift_event_id("m", e.episode_id) != drift_event_id("other-model", e.episode_id)
 
 
 # ---- settings -----------------------------------------------------------------------------------------------------
