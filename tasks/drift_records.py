@@ -83,6 +83,22 @@ def load_day(store: Any, settings: Settings, version: str, day: str) -> tuple[di
     return doc, stats
 
 
+def load_days(store: Any, settings: Settings, version: str) -> dict[str, dict[str, CameraDayStats]]:
+    """Every stored day against version ``version``'s reference: ``day -> camera -> statistics``.
+
+    What a rule is replayed over (:func:`tasks.drift.verdict`, :func:`tasks.drift.replay`) without scoring
+    anything again.
+    """
+    out = {}
+    for obj in store.list(settings.s3.data_bucket, f"{version_prefix(settings, version)}days/"):
+        if obj.key.endswith(".json"):
+            day = obj.key.rsplit("/", 1)[-1].removesuffix(".json")
+            got = load_day(store, settings, version, day)
+            if got is not None:
+                out[day] = got[1]
+    return dict(sorted(out.items()))
+
+
 def load_day_features(store: Any, settings: Settings, version: str, day: str) -> Features | None:
     """The stored features of ``day`` (scored by version ``version``), or None."""
     bucket, key = settings.s3.data_bucket, f"{version_prefix(settings, version)}days/{day}.npz"
