@@ -286,7 +286,8 @@ def report_markdown(run: DriftRun, settings: Settings, episodes: list[Episode]) 
         v = run.verdicts.get(last or run.days[-1], {}).get(cam)
         drifted = [x for x in run.days if run.verdicts.get(x, {}).get(cam) is not None
                    and run.verdicts[x][cam].status == "drift"]
-        top = max((t for t in (s.tests if s else []) if t.statistic == "psi"), key=lambda t: t.value, default=None)
+        top = max((t for t in (s.tests if s else []) if t.statistic == "psi"),  # the most above its noise floor
+                  key=lambda t: t.value - (t.scaled or 0.0), default=None)
         ep = next((e.episode_id for e in episodes if cam in e.cameras and e.status == "open"), None)
         rows.append({
             "camera": cam, "day": last or "-", "verdict": v.status if v else "-",
@@ -295,7 +296,7 @@ def report_markdown(run: DriftRun, settings: Settings, episodes: list[Episode]) 
             "brightness": f"{_fmt(s.summary['brightness'][0], 2)} -> {_fmt(s.summary['brightness'][1], 2)}" if s else "-",
             "confidence": f"{_fmt(s.summary['confidence'][0], 2)} -> {_fmt(s.summary['confidence'][1], 2)}" if s else "-",
             "dets/frame": f"{_fmt(s.summary['detections'][0], 1)} -> {_fmt(s.summary['detections'][1], 1)}" if s else "-",
-            "top PSI": f"{top.feature} {top.value:.2f} ({top.band})" if top else "-",
+            "top PSI (noise)": f"{top.feature} {top.value:.2f} ({_fmt(top.scaled, 2)})" if top else "-",
             "signals": ", ".join(v.signals[:4]) + (" ..." if v and len(v.signals) > 4 else "") if v else "-",
             "episode": ep or "-",
         })

@@ -238,8 +238,9 @@ def _continuous(feature: str, ref: np.ndarray, cur: np.ndarray, cfg: DriftSettin
     """PSI, KS (by ``ks(ref, cur) -> (D, p)``) and Wasserstein of one continuous feature, as configured."""
     out: list[Stat] = []
     if "psi" in cfg.statistics:
-        v = ds.psi(ref, cur, cfg.psi_bins)
-        out.append(Stat(feature, "psi", v, None, ds.psi_noise_floor(cfg.psi_bins, ref.size, cur.size),
+        bins = ds.psi_bins_for(cur.size, cfg.psi_bins)
+        v = ds.psi(ref, cur, bins)
+        out.append(Stat(feature, "psi", v, None, ds.psi_noise_floor(bins, ref.size, cur.size),
                         ds.psi_band(v, cfg.psi_moderate, cfg.psi_significant)))
     if "ks" in cfg.statistics:
         d, p = ks(ref, cur)

@@ -21,29 +21,39 @@ from typing import Literal
 
 import numpy as np
 
-PSI_EPS = 1e-4  # floor of a bin's share: an empty bin contributes a large but finite term
+PSI_PSEUDO = 0.5  # counts added to every bin before shares are taken: an empty bin stays finite
+PSI_MIN_PER_BIN = 5  # window observations expected per bin at least (fewer bins for small windows)
 Band = Literal["stable", "moderate", "significant"]
 
 
 # --------------------------------------------------------------------------------------------
 # PSI
 # --------------------------------------------------------------------------------------------
-def psi_from_counts(ref_counts: np.ndarray, cur_counts: np.ndarray, eps: float = PSI_EPS) -> float:
-    """PSI of two histograms over the same bins: ``sum((q - p) * ln(q / p))``, shares floored at ``eps``.
+def psi_from_counts(ref_counts: np.ndarray, cur_counts: np.ndarray, pseudo: float = PSI_PSEUDO) -> float:
+    """PSI of two histograms over the same bins: ``sum((q - p) * ln(q / p))``.
+
+    Shares are taken after adding ``pseudo`` to every bin's count, ``p_k = (r_k + a) / (R + a K)``: an empty
+    bin stays finite and, for a small window, does not dominate (a floor such as 1e-4 makes one empty bin
+    worth ~0.7 by itself). With hundreds of observations per side the value is the textbook one.
 
     Args:
         ref_counts, cur_counts: ``(K,)`` counts per bin (reference, window).
 
     Returns:
-        PSI (0 for identical shares; >= 0 always). NaN when either side is empty.
+        PSI (>= 0). NaN when either side is empty.
     """
     r = np.asarray(ref_counts, np.float64)
     c = np.asarray(cur_counts, np.float64)
     if r.sum() <= 0 or c.sum() <= 0:
         return float("nan")
-    p = np.maximum(r / r.sum(), eps)
-    q = np.maximum(c / c.sum(), eps)
+    p = (r + pseudo) / (r.sum() + pseudo * r.size)
+    q = (c + pseudo) / (c.sum() + pseudo * c.size)
     return float(np.sum((q - p) * np.log(q / p)))
+
+
+def psi_bins_for(n_cur: int, bins: int) -> int:
+    """Bins for a window of ``n_cur`` observations: ``bins``, fewer so that each expects ``PSI_MIN_PER_BIN``."""
+    return int(max(2, min(bins, n_cur // PSI_MIN_PER_BIN)))
 
 
 def quantile_edges(ref: np.ndarray, bins: int) -> np.ndarray:
@@ -61,7 +71,8 @@ def bin_counts(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def psi(ref: np.ndarray, cur: np.ndarray, bins: int = 10) -> float:
-    """PSI of a continuous feature over ``bins`` reference-quantile bins (fewer when the reference has ties)."""
+    """PSI of a continuous feature over ``bins`` reference-quantile bins (fewer when the reference has ties;
+    callers pass :func:`psi_bins_for` the window's size)."""
     edges = quantile_edges(ref, bins)
     return psi_from_counts(bin_counts(ref, edges), bin_counts(cur, edges))
 
@@ -77,9 +88,9 @@ def psi_noise_floor(bins: int, n_ref: int, n_cur: int) -> float:
     """Expected PSI of two samples of ONE distribution (sampling noise alone): ``(bins - 1)(1/n_ref + 1/n_cur)``.
 
     PSI is approximately the chi-squared statistic over ``n_ref n_cur / (n_ref + n_cur)``; under no drift the
-    statistic has mean ``bins - 1`` (approximately: a bin left empty by chance is floored at ``PSI_EPS`` and
-    gives a larger value). With 40 frames a day and 10 bins the floor is ~0.25: above the "significant" band by
-    noise alone, which is why PSI is an effect size here and not an alarm by default.
+    statistic has mean ``bins - 1``. With 40 frames a day and 10 bins the floor is ~0.25: above the
+    "significant" band by noise alone (hence :func:`psi_bins_for`: 8 bins at 40 frames, 4 at 24), and why PSI is
+    an effect size here and not an alarm by default.
     """
     if n_ref <= 0 or n_cur <= 0:
         return float("nan")
