@@ -87,9 +87,11 @@ def features_key(settings: Settings) -> str:
 
 def stats_key(settings: Settings) -> str:
     """What the stored statistics depend on (beyond the features): which tests, bins, resamples, minimums."""
+    from tasks.drift import STATS_VERSION
+
     d = settings.drift
-    return _key(d.statistics, d.psi_bins, d.psi_moderate, d.psi_significant, d.permutations, d.mmd_max_frames,
-                d.min_frames, d.min_boxes, d.seed, settings.classes)
+    return _key(STATS_VERSION, d.statistics, d.psi_bins, d.psi_moderate, d.psi_significant, d.permutations,
+                d.mmd_max_frames, d.min_frames, d.min_boxes, d.seed, settings.classes)
 
 
 def _sampling_settings(settings: Settings, days: list[date], n_cameras: int) -> Settings:
