@@ -159,7 +159,8 @@ def ensure_reference(settings: Settings, clients: Any, version: str,
 def ensure_days(settings: Settings, clients: Any, version: str, reference: Features, days: list[date],
                 production: dict[str, list[date]]) -> tuple[dict[str, dict[str, CameraDayStats]], dict[str, Features]]:
     """Statistics of each day against the reference, per camera: stored ones reused; days never scored (or
-    scored under other settings) sampled and scored together; stale statistics recomputed from stored features."""
+    scored under other settings) sampled and scored together; stale statistics recomputed from stored features.
+    A day without any frame is not stored (its frames may still arrive)."""
     from tasks.drift import compare_day
     from tasks.drift_records import load_day, load_day_features, save_day
 
@@ -188,7 +189,8 @@ def ensure_days(settings: Settings, clients: Any, version: str, reference: Featu
             continue
         cams = ref_cams | {c for c, ds_ in production.items() if d in ds_}
         stats[day] = compare_day(reference, feats[day], settings.drift, settings.classes, day, cams)
-        save_day(store, settings, version, day, stats[day], feats[day], {"features_key": fk, "stats_key": sk})
+        if feats[day].n_frames:  # a day without frames (yet) is looked at again next time
+            save_day(store, settings, version, day, stats[day], feats[day], {"features_key": fk, "stats_key": sk})
     return stats, feats
 
 
