@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from cli import bench, dataset, models, rounds, run, select, stack, world
+from cli import bench, dataset, drift, models, rounds, run, select, stack, world
 from cli.common import ConfigOpt, get_settings
 from detloop.errors import DetloopError
 
@@ -56,6 +56,7 @@ app.add_typer(models.champion_app, name="champion")
 app.add_typer(rounds.rounds_app, name="rounds")
 app.add_typer(rounds.annotate_app, name="annotate")
 app.add_typer(run.run_app, name="run")
+app.add_typer(drift.drift_app, name="drift")
 app.add_typer(run.loop_app)
 app.command("bench", context_settings=bench.PASS_THROUGH)(bench.bench)
 

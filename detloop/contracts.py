@@ -148,6 +148,8 @@ class RoundRecord(_Plain):
     completed_event_id: str | None = None
     dataset_version: str | None = None
     project: str | None = None  # Label Studio project title: rounds are scoped to one project
+    reason: str = "weekly"  # why it was opened: "weekly" (the cadence) or "drift" (a drift episode's round)
+    focus_key: str | None = None  # for a drift round: the episode id (one round per episode)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -386,6 +386,97 @@ class RoundSettings(_Model):
     )
 
 
+DriftStatistic = Literal["psi", "ks", "wasserstein", "chi2", "mmd"]
+
+
+class DriftSettings(_Model):
+    """Drift monitoring: what is compared with the champion's reference, how, and when it alarms (docs/drift.md)."""
+
+    cron: str = Field("0 4 * * *", description="Cron of the daily drift-monitor run (prefect.timezone).")
+    reference_days: int = Field(
+        7, ge=1, le=90,
+        description="Production days (days with frames) before the champion's promotion that form its reference.",
+    )
+    frames_per_camera_day: int = Field(
+        40, ge=2, le=100_000, description="Frames scored per camera and day, reference days and monitored days alike.",
+    )
+    min_frames: int = Field(
+        20, ge=2, le=100_000,
+        description="A camera-day (or a camera's reference) with fewer frames says 'not enough data', never drift "
+        "or no drift.",
+    )
+    min_boxes: int = Field(
+        30, ge=2, le=1_000_000,
+        description="Box-level tests (confidence, box size, class mix, each class) run only with this many boxes on "
+        "both sides.",
+    )
+    min_confidence: float = Field(
+        0.25, ge=0.0, le=1.0, description="Boxes at or above this confidence are the detections that are compared.",
+    )
+    report_days: int = Field(
+        14, ge=1, le=365, description="Days, ending the day before as_of, that a run evaluates and the report shows.",
+    )
+    statistics: list[DriftStatistic] = Field(
+        ["psi", "ks", "wasserstein", "chi2", "mmd"], min_length=1, description="Statistics computed.",
+    )
+    psi_bins: int = Field(10, ge=2, le=100, description="PSI bins (cut at reference quantiles).")
+    psi_moderate: float = Field(0.1, ge=0.0, le=10.0, description="PSI from here is 'moderate'.")
+    psi_significant: float = Field(0.2, ge=0.0, le=10.0, description="PSI from here is 'significant' (a signal).")
+    wasserstein_threshold: float = Field(
+        0.5, gt=0.0, le=100.0,
+        description="Wasserstein distance, in reference standard deviations, from which it is a signal.",
+    )
+    permutations: int = Field(
+        999, ge=99, le=100_000,
+        description="Resamples of the permutation tests (box-level KS and chi-squared by whole frames, MMD); the "
+        "smallest p-value is 1/(n+1).",
+    )
+    mmd_max_frames: int = Field(
+        300, ge=10, le=10_000, description="Frames per side of the MMD test (a larger side is subsampled).",
+    )
+    correction: Literal["bonferroni", "fdr"] = Field(
+        "fdr", description="Multiple-testing correction over a camera-day's tests: Bonferroni or Benjamini-Hochberg.",
+    )
+    alpha: float = Field(
+        0.01, gt=0.0, lt=1.0, description="Level of the corrected tests (family-wise error or false discovery rate).",
+    )
+    alarm_statistics: list[DriftStatistic] = Field(
+        ["ks", "chi2", "mmd"], min_length=1, description="Statistics whose signals count towards an alarm.",
+    )
+    alarm_min_signals: int = Field(
+        2, ge=1, le=1000, description="Signals (feature x statistic) a camera-day needs to count as drifted.",
+    )
+    alarm_consecutive_days: int = Field(
+        2, ge=1, le=60,
+        description="Drifted days in a row (days without enough data are skipped) that open an episode.",
+    )
+    close_after_clean_days: int = Field(
+        3, ge=1, le=365, description="Clean days in a row after which a camera leaves its episode.",
+    )
+    live_rounds: int = Field(4, ge=1, le=100, description="Control arms of the last N rounds pooled for live mAP.")
+    live_min_frames: int = Field(
+        20, ge=1, le=100_000, description="Control frames needed for a live mAP (overall and per camera).",
+    )
+    bootstrap_resamples: int = Field(
+        200, ge=20, le=100_000, description="Bootstrap resamples (over frames) of the live mAP interval.",
+    )
+    confidence_level: float = Field(0.9, gt=0.5, lt=1.0, description="Level of the live mAP interval.")
+    experiment: str = Field("detloop-monitoring", description="MLflow experiment of the monitoring runs.")
+    round_budget: int | None = Field(
+        None, ge=1, le=1_000_000, description="Frames of a drift-targeted round (default: selection.budget).",
+    )
+    seed: int = Field(0, ge=0, description="Seed of the permutation tests, subsamples and bootstrap.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DriftSettings:
+        missing = sorted(set(self.alarm_statistics) - set(self.statistics))
+        if missing:
+            raise ValueError(f"alarm_statistics {missing} are not computed: add them to drift.statistics")
+        if self.psi_moderate >= self.psi_significant:
+            raise ValueError("psi_moderate must be below psi_significant")
+        return self
+
+
 class WorldRef(_Model):
     config: str = Field("configs/world.yaml", description="Synthetic world parameters (relative to the repo root).")
     seed: int = Field(0, ge=0, description="World seed.")
@@ -413,6 +504,7 @@ class Settings(BaseSettings):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
     rounds: RoundSettings = Field(default_factory=RoundSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
     world: WorldRef = Field(default_factory=WorldRef)
     source: str | None = Field(None, description="File the settings were loaded from (set by the loader).")
 

@@ -45,12 +45,15 @@ DEPLOYMENTS = {
     "bootstrap": "bootstrap/train-first-champion",
     "promote": "promote/make-a-version-champion",
     "rollback": "rollback/restore-previous-champion",
+    "drift": "drift-monitor/check-production-daily",
+    "drift_round": "select-for-labeling/open-drift-round",
 }
 
 EVENT_ROUND_COMPLETED = "detloop.annotation.round.completed"
 EVENT_ROUND_READY = "detloop.annotation.round.ready"
 EVENT_MODEL_PROMOTED = "detloop.model.promoted"
 EVENT_GATE_FAILED = "detloop.model.gate_failed"
+EVENT_DRIFT_DETECTED = "detloop.drift.detected"
 
 
 def run_name(prefix: str, *keys: str, default: Any = None) -> Any:
@@ -204,16 +207,18 @@ def publish_report(key: str, markdown: str, description: str) -> None:
     create_markdown_artifact(key=key, markdown=markdown, description=description)
 
 
-def notify(event: str, resource_id: str, payload: dict[str, Any], message: str) -> None:
+def notify(event: str, resource_id: str, payload: dict[str, Any], message: str, event_id: Any = None) -> None:
     """Tell people: a Prefect event (automations turn it into Slack/e-mail) plus a log line.
 
     The local default is the log and the run's artifact; with ``prefect.notification_block`` the runner
-    creates automations that send ``message`` through that block (:mod:`flows.notifications`).
+    creates automations that send ``message`` through that block (:mod:`flows.notifications`). ``event_id``
+    (a UUID) makes the event deterministic, so a re-run emits the same event and consumers can dedupe it.
     """
     from prefect import get_run_logger
     from prefect.events import emit_event
 
-    emit_event(event=event, resource={"prefect.resource.id": resource_id}, payload={**payload, "message": message})
+    emit_event(event=event, resource={"prefect.resource.id": resource_id}, payload={**payload, "message": message},
+               **({"id": event_id} if event_id is not None else {}))
     try:
         get_run_logger().info("%s: %s", event, message)
     except Exception:  # outside a run context there is no run logger

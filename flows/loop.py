@@ -87,7 +87,7 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
     """Sample the production window -> score with the champion -> select -> push a round to Label Studio."""
     from detloop.clients import Clients
     from detloop.settings import parse_as_of
-    from tasks.rounds import list_rounds, load_round, mark_round, plan_round
+    from tasks.rounds import WEEKLY, RoundFocus, list_rounds, load_round, mark_round, plan_round
     from tasks.selection import read_stored_selection
 
     log = get_run_logger()
@@ -95,12 +95,15 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
     clients = Clients.from_settings(settings)
     store, bucket = clients.store, settings.s3.data_bucket
     as_of = parse_as_of(params.as_of)
-    log.info("week %s: project %r, strategy %s, budget %d (config %s)", as_of, settings.label_studio.project_title,
+    focus = RoundFocus("drift", params.episode_id) if params.episode_id else WEEKLY
+    log.info("%s %s: project %r, strategy %s, budget %d (config %s)", "drift episode " + params.episode_id
+             if params.episode_id else "week", as_of, settings.label_studio.project_title,
              settings.selection.strategy, settings.selection.budget, settings.source)
 
-    # 0. one round per week (unless asked otherwise)
+    # 0. one round per week (unless asked otherwise); one per drift episode
     round_id, why = plan_round(list_rounds(store, settings), settings.label_studio.project_title, as_of,
-                               params.cameras, params.dates, settings.rounds.on_open_round, params.force_new_round)
+                               params.cameras, params.dates, settings.rounds.on_open_round, params.force_new_round,
+                               focus)
     if round_id is None:
         log.info("nothing selected: %s", why)
         publish_report("select-skipped", f"# Skipped week {as_of}\n\n{why}\n", "select-for-labeling skipped")
@@ -131,7 +134,8 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
 
     # 2. push the round to Label Studio (deduped on S3 key + round id)
     push = retrying(steps.push_round, settings)(settings, clients, frames, round_id, model_version, as_of)
-    mark_round(store, settings, round_id, selection_report_key=f"runs/{round_id}/selection_report.json")
+    mark_round(store, settings, round_id, selection_report_key=f"runs/{round_id}/selection_report.json",
+               reason=focus.reason, focus_key=focus.key)
 
     # 3. report
     summary = {"as_of": str(as_of), "round_id": round_id, "model_version": model_version, **stats,

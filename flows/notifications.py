@@ -1,7 +1,7 @@
 """Notifications: one Prefect automation per detloop event, sending through a notification block.
 
 detloop's flows emit events (:func:`flows.common.notify`): a round is ready for labelling, a challenger
-failed its gate, a model was promoted (or rolled back). The local default is the run's log and markdown
+failed its gate, a model was promoted (or rolled back), drift was detected (a new drift episode). The local default is the run's log and markdown
 artifact. With ``prefect.notification_block: <block-type-slug>/<block-name>`` (any Prefect notification
 block: Slack, Microsoft Teams, e-mail, a custom webhook, ...), ``detloop serve`` creates or updates one
 automation per event whose action sends the event's message through that block; the Prefect server
@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from detloop.settings import ConfigError, Settings
-from flows.common import EVENT_GATE_FAILED, EVENT_MODEL_PROMOTED, EVENT_ROUND_READY
+from flows.common import EVENT_DRIFT_DETECTED, EVENT_GATE_FAILED, EVENT_MODEL_PROMOTED, EVENT_ROUND_READY
 
-NOTIFIED_EVENTS = (EVENT_ROUND_READY, EVENT_GATE_FAILED, EVENT_MODEL_PROMOTED)
+NOTIFIED_EVENTS = (EVENT_ROUND_READY, EVENT_GATE_FAILED, EVENT_MODEL_PROMOTED, EVENT_DRIFT_DETECTED)
 SUBJECT = "detloop: {{ event.event }}"
 BODY = "{{ event.payload.message }}"
 

@@ -11,12 +11,19 @@ field); the deployments pre-fill each form with the runner's configured values (
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.json_schema import SkipJsonSchema
 
-from detloop.settings import AggregationName, DiversityName, GateSettings, Settings, StrategyName
+from detloop.settings import (
+    AggregationName,
+    DiversityName,
+    DriftStatistic,
+    GateSettings,
+    Settings,
+    StrategyName,
+)
 
 # "optional, and the form does not offer None": a field left out of the form uses the config
 # (constraints go on the type: ``Annotated[int, Field(ge=1)] | SkipJsonSchema[None]``; on the union they would not
@@ -58,6 +65,10 @@ class SelectParams(_Params):
         None, description="Share of the budget drawn at random (the blind control arm).")
     force_new_round: bool = Field(
         False, description="Open a new round even if the previous one is still open (default: follow config)."
+    )
+    episode_id: OptStr = Field(
+        None, description="A drift episode's targeted round (set by the drift-detected automation): one round per "
+        "episode, opened even while a weekly round is open; cameras and dates focus it.",
     )
 
     def overrides(self) -> dict[str, Any]:
@@ -163,5 +174,37 @@ def configured_defaults(flow_name: str, settings: Settings) -> dict[str, Any]:
                                 "control_share": sel.control_share},
         "retrain-and-promote": {"epochs": tr.finetune_epochs},
         "bootstrap": {"epochs": tr.bootstrap_epochs},
+        "drift-monitor": {"days": settings.drift.report_days, "alarm_statistics": list(settings.drift.alarm_statistics),
+                          "alarm_min_signals": settings.drift.alarm_min_signals,
+                          "alarm_consecutive_days": settings.drift.alarm_consecutive_days,
+                          "correction": settings.drift.correction, "alpha": settings.drift.alpha},
     }
     return {"params": values[flow_name]} if flow_name in values else {}
+
+
+class DriftParams(_Params):
+    """Parameters of ``drift-monitor`` (daily, or by hand): which days, which cameras to detail, the rule."""
+
+    as_of: date | SkipJsonSchema[None] = Field(
+        None, description="Monitor the days before this date (default: today).")
+    days: Annotated[int, Field(ge=1, le=365)] | SkipJsonSchema[None] = Field(
+        None, description="Days, ending the day before as_of, to evaluate and show (default: "
+        "drift.report_days).")
+    cameras: list[str] | SkipJsonSchema[None] = Field(
+        None, description="Cameras the report details (default: all); episodes always consider every camera.")
+    alarm_statistics: list[DriftStatistic] | SkipJsonSchema[None] = Field(
+        None, description="Statistics whose signals count towards an alarm (default: drift.alarm_statistics).")
+    alarm_min_signals: Annotated[int, Field(ge=1, le=1000)] | SkipJsonSchema[None] = Field(
+        None, description="Signals a camera-day needs to count as drifted.")
+    alarm_consecutive_days: Annotated[int, Field(ge=1, le=60)] | SkipJsonSchema[None] = Field(
+        None, description="Drifted days in a row that open an episode.")
+    correction: Literal["bonferroni", "fdr"] | SkipJsonSchema[None] = Field(
+        None, description="Multiple-testing correction of a camera-day's tests.")
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] | SkipJsonSchema[None] = Field(
+        None, description="Level of the corrected tests.")
+
+    def overrides(self) -> dict[str, Any]:
+        d = {k: v for k, v in {"alarm_statistics": self.alarm_statistics, "alarm_min_signals": self.alarm_min_signals,
+                               "alarm_consecutive_days": self.alarm_consecutive_days, "correction": self.correction,
+                               "alpha": self.alpha}.items() if v is not None}
+        return {"drift": d} if d else {}

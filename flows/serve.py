@@ -7,16 +7,18 @@ stack starts this as its ``runner`` service (``python -m flows.serve --config ..
 
 Deployments, named after what they do (``flows.common.DEPLOYMENTS``):
 
-=================================================  =====================================================
-``select-for-labeling/open-weekly-round``          cron ``prefect.weekly_cron`` (default Monday 03:00)
-``watch-rounds/close-finished-rounds``             event ``detloop.annotation.round.ready``; checks every
-                                                   ``prefect.watch_interval_seconds`` while a round is
-                                                   open, one run an hour; a daily safety-net cron
-``retrain-and-promote/retrain-on-round-completed`` event ``detloop.annotation.round.completed``
-``bootstrap/train-first-champion``                 by hand: first champion from the seed dataset version
-``promote/make-a-version-champion``                by hand, with a reason
-``rollback/restore-previous-champion``             by hand, with a reason
-=================================================  =====================================================
+=====================================================  =====================================================
+``select-for-labeling/open-weekly-round``              cron ``prefect.weekly_cron`` (default Monday 03:00)
+``watch-rounds/close-finished-rounds``                 event ``detloop.annotation.round.ready``; checks every
+                                                       ``prefect.watch_interval_seconds`` while a round is
+                                                       open, one run an hour; a daily safety-net cron
+``retrain-and-promote/retrain-on-round-completed``     event ``detloop.annotation.round.completed``
+``bootstrap/train-first-champion``                     by hand: first champion from the seed dataset version
+``promote/make-a-version-champion``                    by hand, with a reason
+``rollback/restore-previous-champion``                 by hand, with a reason
+``drift-monitor/check-production-daily``               cron ``drift.cron`` (default 04:00 every day)
+``select-for-labeling/open-drift-round``               event ``detloop.drift.detected`` (one round per episode)
+=====================================================  =====================================================
 
 The watcher does not run on a per-minute schedule: Prefect keeps at least an hour of an interval schedule's
 runs scheduled ahead (``PREFECT_API_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME``), 60 runs at one minute, and a
@@ -25,8 +27,6 @@ run a minute piles up 1,440 runs a day. Instead a round opening starts a watch r
 time slot) and ends, and with no round open it ends without a successor: one run an hour while rounds are open,
 none otherwise, at most one scheduled ahead. The daily cron restarts the chain if it ever broke (a runner
 down for longer than Prefect keeps late runs). A run by hand (``detloop run watch``) checks once.
-
-(``drift-monitor/daily`` joins this list with the drift issue: add it in :func:`build_deployments`.)
 """
 
 from __future__ import annotations
@@ -114,6 +114,44 @@ def build_deployments(settings: Settings) -> list[Any]:
         rollback.to_deployment(
             _name("rollback"), tags=["detloop", "registry"],
             description="Restore previous-champion as champion (with a reason).", **common,
+        ),
+        *drift_deployments(settings, common),
+    ]
+
+
+def drift_deployments(settings: Settings, common: dict[str, Any]) -> list[Any]:
+    """``drift-monitor/check-production-daily`` (cron ``drift.cron``) and ``select-for-labeling/open-drift-round``, which the
+    ``detloop.drift.detected`` event starts: one round per episode, on its cameras and days."""
+    from prefect.events import DeploymentEventTrigger
+
+    from flows.common import EVENT_DRIFT_DETECTED
+    from flows.drift import drift_monitor
+    from flows.loop import select_for_labeling
+    from flows.params import configured_defaults
+
+    def as_json(name: str) -> dict[str, Any]:  # a list from the payload keeps its type
+        return {"__prefect_kind": "json",
+                "value": {"__prefect_kind": "jinja", "template": "{{ event.payload." + name + " | tojson }}"}}
+
+    on_drift = DeploymentEventTrigger(
+        name="drift-detected-starts-targeted-round",
+        expect={EVENT_DRIFT_DETECTED},
+        match={"prefect.resource.id": "detloop.drift.*"},
+        parameters={"params": {"config": "{{ event.payload.config }}", "as_of": "{{ event.payload.as_of }}",
+                               "episode_id": "{{ event.payload.episode_id }}", "budget": as_json("budget"),
+                               "cameras": as_json("cameras"), "dates": as_json("dates")}},
+    )
+    return [
+        drift_monitor.to_deployment(
+            _name("drift"), cron=settings.drift.cron, tags=["detloop", "monitoring"],
+            description="Production vs the champion's reference, per camera and day; live accuracy; drift episodes "
+            "(each announced once, starting one targeted round).",
+            parameters=configured_defaults("drift-monitor", settings), **common,
+        ),
+        select_for_labeling.to_deployment(
+            _name("drift_round"), triggers=[on_drift], tags=["detloop", "drift"],
+            description="A drift episode's targeted round: its cameras and days, opened even while a weekly round is open.",
+            **common,
         ),
     ]
 

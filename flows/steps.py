@@ -39,10 +39,10 @@ def check_champion(settings: Any, clients: Any) -> Any:
 
 @task(name="sample-window", **NET)
 def sample_window(settings: Any, clients: Any, as_of: date, cameras: list[str] | None, dates: list[date] | None,
-                  run_id: str | None) -> Any:
+                  run_id: str | None, dedup: bool = True) -> Any:
     from tasks.sampling import sample
 
-    return sample(settings, as_of, clients.store, cameras=cameras, dates=dates, run_id=run_id)
+    return sample(settings, as_of, clients.store, cameras=cameras, dates=dates, run_id=run_id, dedup=dedup)
 
 
 @task(name="score-chunk", **NET)
@@ -175,3 +175,42 @@ def rollback(settings: Any, clients: Any, reason: str, actor: str) -> dict[str, 
     from tasks.registry import rollback as do_rollback
 
     return do_rollback(settings, clients.registry, clients.store, reason=reason, actor=actor)
+
+
+# ---- drift monitoring ------------------------------------------------------------------------------------------
+@task(name="drift-anchor", **NET)
+def drift_anchor(settings: Any, clients: Any, version: str) -> tuple[date | None, str]:
+    """The production day champion ``version`` took over, and how it was found (its reference ends there)."""
+    from tasks.drift_records import champion_anchor
+
+    return champion_anchor(clients.store, settings, clients.registry, version)
+
+
+@task(name="live-accuracy", **NET)
+def live_accuracy(settings: Any, clients: Any, champion: Any) -> Any:
+    """The champion on the labelled control frames of recent rounds (:class:`tasks.live_accuracy.LiveAccuracy`)."""
+    from tasks.live_accuracy import live_accuracy as live
+
+    mv = clients.registry.get_version(champion.version)
+    golden = (getattr(mv, "tags", None) or {}).get("detloop.golden_map")
+    return live(settings, clients.store, champion.version, champion.scoring_dir,
+                float(golden) if golden not in (None, "", "-") else None)
+
+
+@task(name="log-monitoring", **NET)
+def log_monitoring(settings: Any, registry: Any, version: str, rows: list[tuple[str, float, int]],
+                   texts: dict[str, str], files: list[Path], folder: str) -> str:
+    """Log a drift report to the monitoring experiment: one MLflow run per champion version (metrics with
+    step = the day's ordinal, so each is a time series), the report and its pictures under ``folder``."""
+    name = settings.mlflow.model_name
+    runs = registry.find_runs(f"tags.`detloop.drift.model` = '{name}' and tags.`detloop.drift.version` = '{version}'", 1)
+    run_id = (runs[0].info.run_id if runs else
+              registry.create_run(f"drift {name} v{version}", {"detloop.drift.model": name,
+                                                               "detloop.drift.version": str(version)}))
+    registry.log_metrics(run_id, rows)
+    for path, text in texts.items():
+        registry.log_text(run_id, text, f"{folder}/{path}")
+    for f in files:
+        registry.log_artifact(run_id, f, folder)
+    registry.end_run(run_id)
+    return str(run_id)

@@ -26,8 +26,9 @@ import json
 import re
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from detloop.contracts import RoundRecord
 from detloop.errors import DataError
@@ -128,7 +129,8 @@ def open_round(
     return rec
 
 
-_MARKABLE = {"status", "counts", "dataset_version", "completed_event_id", "selection_report_key", "deadline"}
+_MARKABLE = {"status", "counts", "dataset_version", "completed_event_id", "selection_report_key", "deadline",
+             "reason", "focus_key"}
 
 
 def mark_round(store: Any, settings: Settings, round_id: str, **fields: Any) -> RoundRecord:
@@ -158,8 +160,7 @@ def round_id_for(project: str, as_of: date, cameras: Sequence[str] | None = None
 
     The project slug keeps ids unique when several detloop projects share a data bucket.
     """
-    slug = re.sub(r"[^a-z0-9]+", "-", project.lower()).strip("-") or "detloop"
-    rid = f"{slug}-{as_of.isoformat()}"
+    rid = f"{_slug(project)}-{as_of.isoformat()}"
     if cameras or dates:
         focus = json.dumps({"cameras": sorted(cameras or []), "dates": sorted(str(d) for d in dates or [])})
         rid += "-" + hashlib.sha256(focus.encode()).hexdigest()[:6]
@@ -168,19 +169,55 @@ def round_id_for(project: str, as_of: date, cameras: Sequence[str] | None = None
     return rid
 
 
+@dataclass(frozen=True)
+class RoundFocus:
+    """Why a round is opened.
+
+    ``weekly``: the cadence; one round per week, and ``rounds.on_open_round`` decides while another weekly
+    round is open. ``drift``: the targeted round of a drift episode (``key`` = the episode id): exactly one
+    round per key (its id derives from it), opened even while weekly rounds are open, and never blocking them.
+    """
+
+    reason: Literal["weekly", "drift"] = "weekly"
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.reason != "weekly" and not self.key:
+            raise DataError(f"a {self.reason} round needs a key (e.g. the drift episode id)")
+
+
+WEEKLY = RoundFocus()
+
+
+def focused_round_id(project: str, focus: RoundFocus) -> str:
+    """``<project slug>-<key>``: the one round of a focus (e.g. ``detloop-drift-v3-2026-01-20``)."""
+    return f"{_slug(project)}-{focus.key}"
+
+
+def _slug(project: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", project.lower()).strip("-") or "detloop"
+
+
 def plan_round(records: Sequence[RoundRecord], project: str, as_of: date, cameras: Sequence[str] | None,
-               dates: Sequence[date] | None, on_open_round: str, force_new: bool = False) -> tuple[str | None, str]:
+               dates: Sequence[date] | None, on_open_round: str, force_new: bool = False,
+               focus: RoundFocus = WEEKLY) -> tuple[str | None, str]:
     """The round a selection run for ``as_of`` works on, or ``(None, why)`` when it should select nothing.
 
-    A re-run of the same week resumes its round; while another round is open, ``on_open_round: skip``
-    selects nothing (unless ``force_new``); otherwise a new round, or another one with a counter.
+    A re-run of the same week resumes its round; while another weekly round is open, ``on_open_round: skip``
+    selects nothing (unless ``force_new``); otherwise a new round, or another one with a counter. A focused
+    round (``focus.reason != "weekly"``) is one round per ``focus.key``: new, or resumed; other rounds being
+    open does not matter to it, and it does not block weekly rounds.
 
     Returns:
         ``(round_id, "resume" | "new" | "another")`` or ``(None, reason)``.
     """
+    if focus.reason != "weekly":
+        rid = focused_round_id(project, focus)
+        return rid, ("resume" if any(r.round_id == rid for r in records) else "new")
     base = round_id_for(project, as_of, cameras, dates)
     mine = sorted(r.round_id for r in records if r.round_id == base or r.round_id.startswith(base + "-"))
-    open_other = [r.round_id for r in records if r.status == "open" and r.round_id not in mine]
+    open_other = [r.round_id for r in records
+                  if r.status == "open" and r.round_id not in mine and r.reason == "weekly"]
     if base in mine and not force_new:
         return base, "resume"
     if open_other and on_open_round == "skip" and not force_new:

@@ -300,6 +300,7 @@ def sample(
     dates: Sequence[date] | None = None,
     run_id: str | None = None,
     threads: int = 8,
+    dedup: bool = True,
 ) -> SampleResult:
     """Sample production frames for ``as_of``: list, stratify, validate, dedup, write manifests.
 
@@ -315,6 +316,7 @@ def sample(
         run_id: when given, manifests go to ``runs/<run_id>/sample_manifest.json`` and
             ``runs/<run_id>/quarantine.json`` in the data bucket.
         threads: download threads.
+        dedup: drop near-duplicates (False: measure the traffic as it is, e.g. for drift monitoring).
 
     Returns:
         :class:`SampleResult`; an empty window is a result with a note, not an error.
@@ -348,10 +350,13 @@ def sample(
                 continue
             ref.size = len(data)
             good.append(ref)
-            hashes.append(dhash(img, sp.dedup_hash_size))
-        allh = np.array(kept_hashes + hashes, np.uint64).reshape(-1, (sp.dedup_hash_size**2 + 63) // 64)
+            hashes.append(dhash(img, sp.dedup_hash_size) if dedup else np.zeros(1, np.uint64))
         groups = [r.camera for r in kept] + [r.camera for r in good]
-        dup_of = near_duplicates(allh, groups, sp.dedup_hamming)
+        if dedup:
+            allh = np.array(kept_hashes + hashes, np.uint64).reshape(-1, (sp.dedup_hash_size**2 + 63) // 64)
+            dup_of = near_duplicates(allh, groups, sp.dedup_hamming)
+        else:
+            dup_of = np.full(len(groups), -1)
         before = kept + good  # indices of dup_of refer to this list
         base = len(kept_hashes)
         for j, ref in enumerate(good):

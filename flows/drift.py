@@ -1,0 +1,509 @@
+"""Drift monitoring: every day, production against the champion's reference; drift episodes start targeted rounds.
+
+Two flows, composed from the same pieces:
+
+- ``drift-report`` (:func:`drift_report`, a subflow; ``detloop drift report`` runs it by hand): the reference
+  of the champion (built once per registry version), each day's statistics per camera (stored per day), the
+  verdicts under the configured rule, live accuracy on the control arm. It changes no episode.
+- ``drift-monitor`` (:func:`drift_monitor`, the daily deployment): the report, then the episode machine over
+  the days it has not seen yet; a new episode emits ``detloop.drift.detected`` once (its event id derives
+  from the episode id), which the ``select-for-labeling/open-drift-round`` deployment turns into one targeted round.
+  The report goes to the run's artifact and to the monitoring experiment in MLflow.
+
+Frames are sampled with :mod:`tasks.sampling` (per camera-day cap, no dedup: drift is about the traffic as
+it is) and scored by :func:`flows.selection.score_sample`, the one scoring path (its predictions are cached in
+S3 by content). The rules are the pure functions of :mod:`tasks.drift`; the records live where
+:mod:`tasks.drift_records` puts them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from detloop.errors import DataError, NotFound
+from detloop.settings import Settings
+from flows import steps
+from flows.common import (
+    EVENT_DRIFT_DETECTED,
+    md_table,
+    notify,
+    publish_report,
+    retrying,
+    run_name,
+    run_settings,
+)
+from flows.params import DriftParams
+from tasks.drift import CameraDayStats, Episode, Features, Verdict
+
+_NS = uuid.UUID("1b0f5f0e-9d2c-4f7e-8a55-0d7c3f2e9a41")  # event ids of drift episodes
+
+
+@dataclass
+class DriftRun:
+    """What one drift report computed (every camera; ``focus`` only narrows what is shown)."""
+
+    as_of: str
+    days: list[str]
+    model_version: str
+    reference: dict[str, Any]
+    reference_features: Features
+    stats: dict[str, dict[str, CameraDayStats]]  # day -> camera -> statistics
+    verdicts: dict[str, dict[str, Verdict]]  # day -> camera -> verdict under the current rule
+    features: dict[str, Features]  # day -> the day's features (all cameras)
+    live: Any = None  # tasks.live_accuracy.LiveAccuracy
+    focus: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cameras(self) -> list[str]:
+        cams = sorted({c for day in self.stats.values() for c in day})
+        return [c for c in cams if c in self.focus] if self.focus else cams
+
+    def drifted_cameras(self) -> list[str]:
+        return [c for c in self.cameras if any(v.get(c) is not None and v[c].status == "drift"
+                                               for v in self.verdicts.values())]
+
+
+# --------------------------------------------------------------------------------------------
+# Reference and days
+# --------------------------------------------------------------------------------------------
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def features_key(settings: Settings) -> str:
+    """What the stored features depend on (beyond the model version): thresholds, caps, the model settings."""
+    d = settings.drift
+    return _key(d.min_confidence, d.frames_per_camera_day, settings.model.model_dump(mode="json"))
+
+
+def stats_key(settings: Settings) -> str:
+    """What the stored statistics depend on (beyond the features): which tests, bins, resamples, minimums."""
+    from tasks.drift import STATS_VERSION
+
+    d = settings.drift
+    return _key(STATS_VERSION, d.statistics, d.psi_bins, d.psi_moderate, d.psi_significant, d.permutations,
+                d.mmd_max_frames, d.min_frames, d.min_boxes, d.seed, settings.classes)
+
+
+def _sampling_settings(settings: Settings, days: list[date], n_cameras: int) -> Settings:
+    """Sampling for drift: exactly ``days``, at most ``drift.frames_per_camera_day`` per camera-day."""
+    s = settings.model_copy(deep=True)
+    cap = settings.drift.frames_per_camera_day
+    s.sampling.window_days = (max(days) - min(days)).days + 1
+    s.sampling.max_per_camera_per_day = cap
+    s.sampling.per_camera_quota = None
+    s.sampling.max_frames = max(1, min(10_000_000, cap * max(1, n_cameras) * len(days)))
+    return s
+
+
+def score_days(settings: Settings, clients: Any, version: str, days: list[date], n_cameras: int) -> Features:
+    """Sample the production frames of ``days`` (capped per camera-day, no dedup) and score them with the
+    registry ``version`` through the one scoring path; their features."""
+    from flows.selection import score_sample
+    from tasks.scoring import ModelRef
+
+    if not days:
+        return Features.empty()
+    s = _sampling_settings(settings, days, n_cameras)
+    sample = retrying(steps.sample_window, s)(s, clients, max(days) + timedelta(days=1), None, sorted(days), None,
+                                              dedup=False)
+    if not sample.frames:
+        return Features.empty()
+    scored = score_sample(s, clients, sample, ModelRef(version=version))
+    return Features.from_scored(scored.frames, settings.drift.min_confidence)
+
+
+def ensure_reference(settings: Settings, clients: Any, version: str,
+                     production: dict[str, list[date]]) -> tuple[dict[str, Any], Features]:
+    """The reference of champion ``version``: read, or built once from the production days before it took over.
+
+    Raises:
+        NotFound: the version was never promoted, or no production frames precede its promotion.
+    """
+    from tasks.drift import reference_days
+    from tasks.drift_records import load_reference, save_reference
+
+    got = load_reference(clients.store, settings, version)
+    if got is not None and got[0].get("features_key") == features_key(settings) \
+            and got[0].get("reference_days") == settings.drift.reference_days:
+        return got
+    anchor, how = retrying(steps.drift_anchor, settings)(settings, clients, version)
+    if anchor is None:
+        raise NotFound(f"missing reference for champion v{version}: {how}")
+    days = reference_days({d for ds_ in production.values() for d in ds_}, anchor, settings.drift.reference_days)
+    if not days:
+        raise NotFound(f"missing reference for champion v{version}: no production frames before {anchor} (the day it "
+                       f"took over, from the {how}); its reference is the {settings.drift.reference_days} production "
+                       "days before that")
+    feats = score_days(settings, clients, version, days, len(production))
+    if feats.n_frames == 0:
+        raise NotFound(f"missing reference for champion v{version}: no readable frames on {days[0]}..{days[-1]}")
+    per_cam = {str(c): int((feats.camera == c).sum()) for c in sorted(set(feats.camera.tolist()))}
+    meta = {"model": settings.mlflow.model_name, "version": version, "anchor": anchor.isoformat(), "anchor_from": how,
+            "days": [d.isoformat() for d in days], "frames": feats.n_frames, "boxes": feats.n_boxes,
+            "frames_per_camera": per_cam, "reference_days": settings.drift.reference_days,
+            "features_key": features_key(settings), "built_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    save_reference(clients.store, settings, version, meta, feats)
+    return meta, feats
+
+
+def ensure_days(settings: Settings, clients: Any, version: str, reference: Features, days: list[date],
+                production: dict[str, list[date]]) -> tuple[dict[str, dict[str, CameraDayStats]], dict[str, Features]]:
+    """Statistics of each day against the reference, per camera: stored ones reused; days never scored (or
+    scored under other settings) sampled and scored together; stale statistics recomputed from stored features.
+    A day without any frame is not stored (its frames may still arrive)."""
+    from tasks.drift import compare_day
+    from tasks.drift_records import load_day, load_day_features, save_day
+
+    store, fk, sk = clients.store, features_key(settings), stats_key(settings)
+    stats: dict[str, dict[str, CameraDayStats]] = {}
+    feats: dict[str, Features] = {}
+    to_score: list[date] = []
+    for d in days:
+        got = load_day(store, settings, version, d.isoformat())
+        if got is not None and got[0].get("features_key") == fk:
+            f = load_day_features(store, settings, version, d.isoformat())
+            if f is not None:
+                feats[d.isoformat()] = f
+                if got[0].get("stats_key") == sk:
+                    stats[d.isoformat()] = got[1]
+                continue
+        to_score.append(d)
+    if to_score:
+        scored = score_days(settings, clients, version, to_score, len(production))
+        for d in to_score:
+            feats[d.isoformat()] = scored.of_day(d.isoformat())
+    ref_cams = set(reference.camera.tolist())
+    for d in days:
+        day = d.isoformat()
+        if day in stats:
+            continue
+        cams = ref_cams | {c for c, ds_ in production.items() if d in ds_}
+        stats[day] = compare_day(reference, feats[day], settings.drift, settings.classes, day, cams)
+        if feats[day].n_frames:  # a day without frames (yet) is looked at again next time
+            save_day(store, settings, version, day, stats[day], feats[day], {"features_key": fk, "stats_key": sk})
+    return stats, feats
+
+
+def check_inputs(as_of: date, cameras: list[str] | None, production: dict[str, list[date]], days: list[date],
+                 today: date) -> None:
+    """One line for each kind of bad input: a window in the future, an unknown camera, no frames at all."""
+    if as_of > today:
+        raise DataError(f"as_of {as_of} is in the future (today is {today}): the days before it have not all "
+                        "happened yet; use a date up to today")
+    if cameras:
+        unknown = sorted(set(cameras) - set(production))
+        if unknown:
+            raise DataError(f"unknown camera(s) {unknown}; cameras with production frames: "
+                            f"{', '.join(sorted(production)) or 'none'}")
+    scope = {c: ds_ for c, ds_ in production.items() if not cameras or c in cameras}
+    if not any(d in set(days) for ds_ in scope.values() for d in ds_):
+        raise DataError(f"no production frames dated {days[0]}..{days[-1]}"
+                        + (f" for {sorted(scope)}" if cameras else "") + "; nothing to compare")
+
+
+# --------------------------------------------------------------------------------------------
+# The report (a subflow: the monitor runs it, `detloop drift report` runs it by hand)
+# --------------------------------------------------------------------------------------------
+@flow(name="drift-report", flow_run_name=run_name("drift-report", "as_of"), log_prints=True)
+def drift_report(as_of: date, config: str | None = None, overrides: dict[str, Any] | None = None,
+                 cameras: list[str] | None = None, days: int | None = None, live: bool = True,
+                 today: date | None = None) -> DriftRun:
+    """Compare each of the ``days`` days before ``as_of`` (default ``drift.report_days``) with the champion's
+    reference, per camera; the verdicts under the configured rule; live accuracy on the control arm.
+
+    Raises:
+        NotFound: no champion, or no reference for it.
+        DataError: ``as_of`` after ``today``, an unknown camera, no production frames in the window.
+    """
+    from detloop.clients import Clients
+    from tasks.drift import verdict
+    from tasks.drift_records import days_with_frames
+
+    log = get_run_logger()
+    settings = run_settings(config, overrides)
+    clients = Clients.from_settings(settings)
+    n = days or settings.drift.report_days
+    window = [as_of - timedelta(days=k) for k in range(n, 0, -1)]
+    production = days_with_frames(clients.store, settings)
+    check_inputs(as_of, cameras, production, window, today or date.today())
+    champion = retrying(steps.fetch_champion, settings)(settings, clients)
+    if champion is None:
+        raise NotFound(f"no champion in the registry ({settings.mlflow.model_name} at {settings.mlflow.tracking_uri}); "
+                       "drift is measured against the champion's reference: bootstrap one first (`detloop bootstrap`)")
+    meta, ref = ensure_reference(settings, clients, champion.version, production)
+    log.info("champion v%s, reference %s..%s (%d frames)", champion.version, meta["days"][0], meta["days"][-1],
+             meta["frames"])
+    stats, feats = ensure_days(settings, clients, champion.version, ref, window, production)
+    verdicts = {d: {c: verdict(s, settings.drift, settings.classes) for c, s in cams.items()}
+                for d, cams in stats.items()}
+    run = DriftRun(as_of.isoformat(), [d.isoformat() for d in window], champion.version, meta, ref, stats, verdicts,
+                   feats, focus=list(cameras) if cameras else None)
+    if live:
+        run.live = retrying(steps.live_accuracy, settings)(settings, clients, champion)
+    new_cams = sorted({c for cams in stats.values() for c, s in cams.items() if s.reference != "camera"})
+    if new_cams:
+        run.notes.append(f"{', '.join(new_cams)}: no (or too few) frames in the reference: compared with every "
+                         "camera's reference (a new camera)")
+    log.info("drifted cameras in %s..%s: %s", window[0], window[-1], run.drifted_cameras() or "none")
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering (the flow's artifact, MLflow and the CLI print the same)
+# --------------------------------------------------------------------------------------------
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def _last_sufficient(run: DriftRun, camera: str) -> str | None:
+    return next((d for d in reversed(run.days) if camera in run.stats.get(d, {})
+                 and run.stats[d][camera].sufficient), None)
+
+
+def report_markdown(run: DriftRun, settings: Settings, episodes: list[Episode]) -> str:
+    """The report as markdown: reference, one row per camera, the days, details of drifted cameras, live
+    accuracy, episodes."""
+    d = settings.drift
+    ref = run.reference
+    out = [f"# Drift report as of {run.as_of}: days {run.days[0]}..{run.days[-1]}\n",
+           f"Champion **v{run.model_version}** of {settings.mlflow.model_name}; reference: {len(ref['days'])} production "
+           f"day(s) {ref['days'][0]}..{ref['days'][-1]} before it took over on {ref['anchor']} ({ref['anchor_from']}), "
+           f"{ref['frames']} frames ({', '.join(f'{c}: {n}' for c, n in ref['frames_per_camera'].items())}).\n",
+           f"Rule: a camera-day is drifted with >= {d.alarm_min_signals} signal(s) among "
+           f"{', '.join(d.alarm_statistics)} ({d.correction} at {d.alpha}); an episode opens after "
+           f"{d.alarm_consecutive_days} drifted day(s) in a row and a camera leaves it after "
+           f"{d.close_after_clean_days} clean day(s).\n"]
+    rows = []
+    for cam in run.cameras:
+        last = _last_sufficient(run, cam)
+        s = run.stats.get(last or run.days[-1], {}).get(cam)
+        v = run.verdicts.get(last or run.days[-1], {}).get(cam)
+        drifted = [x for x in run.days if run.verdicts.get(x, {}).get(cam) is not None
+                   and run.verdicts[x][cam].status == "drift"]
+        top = max((t for t in (s.tests if s else []) if t.statistic == "psi"),  # the most above its noise floor
+                  key=lambda t: t.value - (t.scaled or 0.0), default=None)
+        ep = next((e.episode_id for e in episodes if cam in e.cameras and e.status == "open"), None)
+        rows.append({
+            "camera": cam, "day": last or "-", "verdict": v.status if v else "-",
+            "drifted days": len(drifted), "frames": s.n_frames if s else 0,
+            "reference": f"{s.n_ref_frames} ({s.reference})" if s else "-",
+            "brightness": f"{_fmt(s.summary['brightness'][0], 2)} -> {_fmt(s.summary['brightness'][1], 2)}" if s else "-",
+            "confidence": f"{_fmt(s.summary['confidence'][0], 2)} -> {_fmt(s.summary['confidence'][1], 2)}" if s else "-",
+            "dets/frame": f"{_fmt(s.summary['detections'][0], 1)} -> {_fmt(s.summary['detections'][1], 1)}" if s else "-",
+            "top PSI (noise)": f"{top.feature} {top.value:.2f} ({_fmt(top.scaled, 2)})" if top else "-",
+            "signals": ", ".join(v.signals[:4]) + (" ..." if v and len(v.signals) > 4 else "") if v else "-",
+            "episode": ep or "-",
+        })
+    out.append("## Cameras (latest day with enough data)\n\n" + md_table(rows))
+    grid = []
+    for cam in run.cameras:
+        row: dict[str, Any] = {"camera": cam}
+        for day in run.days:
+            v = run.verdicts.get(day, {}).get(cam)
+            row[day[5:]] = {"drift": "D", "clean": ".", "insufficient": "?"}.get(v.status, " ") if v else " "
+        grid.append(row)
+    out.append("\n## Days (D drift, . clean, ? not enough data)\n\n" + md_table(grid))
+    for cam in run.drifted_cameras():
+        day = next(x for x in reversed(run.days) if run.verdicts.get(x, {}).get(cam) is not None
+                   and run.verdicts[x][cam].status == "drift")
+        s, v = run.stats[day][cam], run.verdicts[day][cam]
+        trows = [{"feature": t.feature, "statistic": t.statistic, "value": _fmt(t.value, 4), "p": _fmt(t.p, 4),
+                  "p adj": _fmt(v.adjusted.get(t.name), 4),
+                  "band / scaled": t.band or _fmt(t.scaled, 2), "signal": "yes" if t.name in v.signals else ""}
+                 for t in s.tests]
+        out.append(f"\n## {cam} on {day} ({s.n_frames} frames, {s.n_boxes} boxes; reference {s.n_ref_frames} frames, "
+                   f"{s.reference}; classes: {', '.join(v.classes) or '-'})\n\n" + md_table(trows))
+    out.append("\n" + live_markdown(run.live))
+    erows = [{"episode": e.episode_id, "status": e.status, "cameras": ", ".join(e.cameras),
+              "days": f"{e.days[0]}..{e.days[-1]} ({len(e.days)})", "classes": ", ".join(e.classes) or "-",
+              "signals": ", ".join(e.signals[:3]) + (" ..." if len(e.signals) > 3 else ""),
+              "round": e.round_id or "-", "acked": e.acked_by or "-",
+              "closed": f"{e.closed_on}: {e.close_reason}" if e.closed_on else "-"} for e in episodes]
+    out.append("\n## Episodes\n\n" + md_table(erows))
+    if run.notes:
+        out.append("\n" + "\n".join(f"- {n}" for n in run.notes) + "\n")
+    return "\n".join(out)
+
+
+def live_markdown(live: Any) -> str:
+    if live is None:
+        return "## Live accuracy (control arm)\n\n_(not computed)_\n"
+    lvl = round(live.level * 100)
+    rows = [{"frames of": p.camera, "frames": p.n_frames, "boxes": p.n_boxes, "mAP50-95": _fmt(p.map),
+             f"{lvl}% interval": f"{_fmt(p.low)} .. {_fmt(p.high)}" if p.low is not None else "-",
+             "mAP50": _fmt(p.map50), "note": p.note or ""} for p in live.pooled]
+    srows = [{"round": p.label, "as_of": p.as_of or "-", "frames": p.n_frames, "live mAP50-95": _fmt(p.map),
+              f"{lvl}% interval": f"{_fmt(p.low)} .. {_fmt(p.high)}" if p.low is not None else "-",
+              "golden mAP50-95": _fmt(p.golden_map)} for p in live.series]
+    head = (f"## Live accuracy of v{live.model_version} (control arm of rounds {', '.join(live.rounds) or '-'})\n\n"
+            f"Golden mAP50-95 of v{live.model_version}: {_fmt(live.golden_map)}.\n\n")
+    notes = "".join(f"- {n}\n" for n in live.notes)
+    return head + md_table(rows) + "\n### Over rounds (rolling)\n\n" + md_table(srows) + notes
+
+
+def report_pictures(run: DriftRun, settings: Settings, episodes: list[Episode], out_dir: Path) -> list[Path]:
+    """``timeseries.png``, ``hist_<camera>.png`` for each drifted (or asked-for) camera, ``live.png``."""
+    from tasks.drift_report import plot_histograms, plot_live, plot_timeseries
+
+    out = [plot_timeseries(run.days, run.cameras, run.stats, run.verdicts, episodes, settings.drift.alarm_min_signals,
+                           out_dir / "timeseries.png")]
+    for cam in run.focus or run.drifted_cameras():
+        day = _last_sufficient(run, cam)
+        if day is None:
+            continue
+        scope = run.stats[day][cam].reference
+        ref = run.reference_features if scope != "camera" else run.reference_features.of_camera(cam)
+        title = (f"{cam} on {day} vs the reference of v{run.model_version} "
+                 f"({'all cameras' if scope != 'camera' else cam}, {run.reference['days'][0]}..{run.reference['days'][-1]})")
+        out.append(plot_histograms(ref, run.features[day].of_camera(cam), settings.classes, title,
+                                   out_dir / f"hist_{cam}.png"))
+    if run.live is not None and (run.live.pooled or run.live.series):
+        out.append(plot_live(run.live, out_dir / "live.png"))
+    return out
+
+
+def metric_rows(run: DriftRun) -> list[tuple[str, float, int]]:
+    """MLflow metrics, step = the day's ordinal: per camera the signal count and each PSI / scaled Wasserstein;
+    live mAP (overall and per camera) at the as_of day."""
+    import re
+
+    rows: list[tuple[str, float, int]] = []
+    for day, cams in run.stats.items():
+        step = date.fromisoformat(day).toordinal()
+        for cam, s in cams.items():
+            v = run.verdicts[day][cam]
+            if v.status == "insufficient":
+                continue
+            rows.append((f"{cam}.signals", float(len(v.signals)), step))
+            for t in s.tests:
+                value = t.value if t.statistic != "wasserstein" else t.scaled
+                if value is not None and t.statistic in ("psi", "wasserstein"):
+                    rows.append((re.sub(r"[^\w.\-/ ]", "_", f"{cam}.{t.feature}.{t.statistic}"), float(value), step))
+    if run.live is not None:
+        step = date.fromisoformat(run.as_of).toordinal()
+        for p in run.live.pooled:
+            for k in ("map", "low", "high"):
+                if getattr(p, k) is not None:
+                    rows.append((f"live.{p.camera}.{k}", float(getattr(p, k)), step))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Episodes and the event
+# --------------------------------------------------------------------------------------------
+def drift_event_id(model_name: str, episode_id: str) -> uuid.UUID:
+    """The one event id of an episode's ``detloop.drift.detected`` (the same on every re-run; episode ids are
+    unique per registered model, so the model's name is part of it)."""
+    return uuid.uuid5(_NS, f"{EVENT_DRIFT_DETECTED}/{model_name}/{episode_id}")
+
+
+def drift_resource_id(model_name: str, episode_id: str) -> str:
+    return f"detloop.drift.{model_name}.{episode_id}"
+
+
+def update_episodes(settings: Settings, store: Any, run: DriftRun) -> tuple[list[Episode], list[Episode]]:
+    """Advance the episode machine over the days of ``run`` it has not processed; ``(to announce, all episodes)``.
+
+    Open episodes of another champion's reference are closed first (a new champion has a new reference).
+    """
+    from tasks.drift import advance, supersede
+    from tasks.drift_records import list_episodes, load_state, save_episodes, save_state
+
+    known = {e.episode_id: e for e in list_episodes(store, settings)}
+    old = supersede(known.values(), run.model_version, run.days[-1])
+    save_episodes(store, settings, old)
+    known.update({e.episode_id: e for e in old})
+    state = load_state(store, settings, run.model_version)
+    for day in run.days:
+        if state.last_day is not None and day <= state.last_day:
+            continue
+        state, changed, _opened = advance(state, day, run.verdicts[day], settings.drift, known)
+        save_episodes(store, settings, changed.values())
+        known.update(changed)
+    save_state(store, settings, state)
+    announce = [e for e in known.values() if e.model_version == run.model_version and e.status == "open"
+                and e.event_id is None]
+    return announce, sorted(known.values(), key=lambda e: (e.opened_on, e.episode_id))
+
+
+def targeted_round(settings: Settings, episode: Episode) -> dict[str, Any]:
+    """What the episode's round selects: its cameras and drifted days inside the sampling window that ends the
+    day after the episode opened (deterministic per episode)."""
+    from tasks.rounds import RoundFocus, focused_round_id
+
+    as_of = date.fromisoformat(episode.opened_on) + timedelta(days=1)
+    start = as_of - timedelta(days=settings.sampling.window_days)
+    dates = [x for x in episode.days if start.isoformat() <= x < as_of.isoformat()]
+    return {"round_id": focused_round_id(settings.label_studio.project_title, RoundFocus("drift", episode.episode_id)),
+            "as_of": as_of.isoformat(), "cameras": list(episode.cameras), "dates": dates,
+            "budget": settings.drift.round_budget or settings.selection.budget}
+
+
+def announce_episode(settings: Settings, store: Any, episode: Episode, config: str | None) -> Episode:
+    """Emit ``detloop.drift.detected`` for ``episode`` (event id from the episode id) and record it."""
+    from tasks.drift_records import mark_episode
+
+    target = targeted_round(settings, episode)
+    eid = drift_event_id(settings.mlflow.model_name, episode.episode_id)
+    payload = {"episode_id": episode.episode_id, "model": settings.mlflow.model_name,
+               "model_version": episode.model_version, "classes": episode.classes, "days": episode.days,
+               "statistics": episode.signals, **target, "config": config or ""}
+    message = (f"drift on {', '.join(episode.cameras)} since {episode.days[0]} (v{episode.model_version}: "
+               f"{', '.join(episode.signals[:4])}{' ...' if len(episode.signals) > 4 else ''}); "
+               f"targeted round {target['round_id']}")
+    notify(EVENT_DRIFT_DETECTED, drift_resource_id(settings.mlflow.model_name, episode.episode_id), payload, message,
+           event_id=eid)
+    return mark_episode(store, settings, episode.episode_id, event_id=str(eid), round_id=target["round_id"],
+                        emitted_at=datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+# --------------------------------------------------------------------------------------------
+# drift-monitor: the daily deployment
+# --------------------------------------------------------------------------------------------
+@flow(name="drift-monitor", flow_run_name=run_name("drift-monitor", "as_of"), log_prints=True)
+def drift_monitor(params: DriftParams = DriftParams()) -> dict[str, Any]:  # noqa: B008
+    """Report on the days before ``as_of``; open / extend / close episodes; announce each new one once."""
+    from detloop.clients import Clients
+    from detloop.settings import parse_as_of
+
+    log = get_run_logger()
+    as_of = parse_as_of(params.as_of)
+    settings = run_settings(params.config, params.overrides())
+    clients = Clients.from_settings(settings)
+
+    # 1. the report (the same subflow as `detloop drift report`)
+    run = drift_report(as_of, params.config, params.overrides(), params.cameras, params.days)
+
+    # 2. episodes: the days not seen yet, in order; each new episode announced once
+    to_announce, episodes = update_episodes(settings, clients.store, run)
+    announced = [announce_episode(settings, clients.store, e, params.config) for e in to_announce]
+    by_id = {e.episode_id: e for e in episodes} | {e.episode_id: e for e in announced}
+    episodes = sorted(by_id.values(), key=lambda e: (e.opened_on, e.episode_id))
+    for e in announced:
+        log.info("episode %s opened on %s: event emitted, round %s", e.episode_id, ", ".join(e.cameras), e.round_id)
+
+    # 3. the report: the run's artifact and the monitoring experiment
+    md = report_markdown(run, settings, [e for e in episodes if e.model_version == run.model_version])
+    out_dir = settings.data_dir / "drift" / f"report-{run.as_of}"
+    pictures = report_pictures(run, settings, episodes, out_dir)
+    publish_report("drift-report", md, f"drift-monitor {run.as_of}")
+    monitoring = settings.model_copy(deep=True)
+    monitoring.mlflow.experiment = settings.drift.experiment
+    mlflow_run = retrying(steps.log_monitoring, settings)(
+        settings, Clients.from_settings(monitoring).registry, run.model_version, metric_rows(run),
+        {"report.md": md}, pictures, f"reports/{run.as_of}")
+    return {"as_of": run.as_of, "model_version": run.model_version, "days": [run.days[0], run.days[-1]],
+            "drifted_cameras": run.drifted_cameras(), "opened": [e.episode_id for e in announced],
+            "open_episodes": [e.episode_id for e in episodes if e.status == "open"],
+            "rounds": [e.round_id for e in announced], "mlflow_run": mlflow_run,
+            "live_map": run.live.overall.map if run.live is not None and run.live.overall else None}

@@ -1,0 +1,612 @@
+"""Drift monitoring, the pure part: what is measured on scored frames, how a camera-day is compared with the
+champion's reference, when a camera-day counts as drifted, and how drifted days open and close episodes.
+
+Everything here is a plain function over plain data (no client, no Prefect), so the per-camera-day decision
+can be replayed cheaply over stored statistics (:func:`verdict`, :func:`replay`): change the rule, replay,
+compare alarms. The statistics themselves are in :mod:`tasks.drift_stats`; the records in S3 in
+:mod:`tasks.drift_records`.
+
+What is measured (:class:`Features`), per frame: brightness and contrast (grey mean / std of the frame, in
+[0, 1]), the number of detections (boxes with confidence >= ``drift.min_confidence``), whether there is none,
+and the scoring pass's embedding; per box: confidence, class, log of the box area (frame px^2).
+
+Tests per camera-day (:func:`compare`), window = the camera's frames of that day, reference = the camera's
+reference frames (all cameras' when the camera has too few, e.g. a new camera):
+
+==============================  =========  =======================================================
+feature                          unit       statistics
+==============================  =========  =======================================================
+brightness, contrast,            frame      PSI, KS (scipy), Wasserstein
+detections (per frame)
+empty (frames without boxes)     frame      chi-squared 2 x 2 (scipy)
+confidence, log_area,            box        PSI, KS (p-value by permuting whole frames), Wasserstein
+confidence[<class>]
+class_mix                        box        PSI over classes, chi-squared (p by permuting whole frames)
+embedding                        frame      MMD (RBF, permutation test)
+==============================  =========  =======================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date
+from typing import Any, Literal
+
+import numpy as np
+
+from detloop.settings import DriftSettings
+from tasks import drift_stats as ds
+
+FRAME_FEATURES = ("brightness", "contrast", "detections")
+BOX_FEATURES = ("confidence", "log_area")
+Status = Literal["drift", "clean", "insufficient"]
+CLASS_SHARE_CHANGE = 0.05  # a class whose share moves this much is named in a class-mix alarm
+STATS_VERSION = 2  # bump when a statistic's definition changes: stored statistics are then recomputed
+
+
+# --------------------------------------------------------------------------------------------
+# What is measured
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Features:
+    """Measurements of a set of scored frames: parallel arrays, one row per frame and one per box.
+
+    Attributes:
+        camera, day: ``(F,)`` str: where and when each frame was taken.
+        brightness, contrast: ``(F,)`` float in [0, 1].
+        detections: ``(F,)`` int: boxes with confidence >= the threshold.
+        embedding: ``(F, D)`` float32, or None when the model gives none.
+        box_frame: ``(M,)`` int: index of each box's frame.
+        box_confidence: ``(M,)`` float; box_class: ``(M,)`` int; box_log_area: ``(M,)`` ln(px^2).
+    """
+
+    camera: np.ndarray
+    day: np.ndarray
+    brightness: np.ndarray
+    contrast: np.ndarray
+    detections: np.ndarray
+    embedding: np.ndarray | None
+    box_frame: np.ndarray
+    box_confidence: np.ndarray
+    box_class: np.ndarray
+    box_log_area: np.ndarray
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.camera.size)
+
+    @property
+    def n_boxes(self) -> int:
+        return int(self.box_frame.size)
+
+    @classmethod
+    def empty(cls) -> Features:
+        z = np.zeros(0)
+        return cls(np.zeros(0, "U1"), np.zeros(0, "U1"), z, z, np.zeros(0, np.int64), None,
+                   np.zeros(0, np.int64), z, np.zeros(0, np.int64), z)
+
+    @classmethod
+    def from_scored(cls, frames: Sequence[Any], min_confidence: float) -> Features:
+        """From :class:`~detloop.contracts.ScoredFrame` s (boxes below ``min_confidence`` are left out)."""
+        if not frames:
+            return cls.empty()
+        cams, days, bri, con, nd, emb = [], [], [], [], [], []
+        bf, bc, bk, ba = [], [], [], []
+        for i, f in enumerate(frames):
+            d = f.detections
+            keep = d.confidence >= min_confidence
+            cams.append(f.frame.camera)
+            days.append(f.frame.date)
+            bri.append(f.brightness)
+            con.append(f.contrast)
+            nd.append(int(keep.sum()))
+            emb.append(f.embedding)
+            bf.append(np.full(int(keep.sum()), i, np.int64))
+            bc.append(d.confidence[keep].astype(np.float64))
+            bk.append(d.class_id[keep].astype(np.int64))
+            ba.append(np.log(np.maximum(d.area[keep].astype(np.float64), 1.0)))
+        has_emb = all(e is not None for e in emb)
+        return cls(np.asarray(cams, str), np.asarray(days, str), np.asarray(bri, np.float64),
+                   np.asarray(con, np.float64), np.asarray(nd, np.int64),
+                   np.stack(emb).astype(np.float32) if has_emb else None,
+                   np.concatenate(bf), np.concatenate(bc), np.concatenate(bk), np.concatenate(ba))
+
+    def select(self, mask: np.ndarray) -> Features:
+        """The frames where ``mask (F,)`` is True, with their boxes (re-indexed)."""
+        mask = np.asarray(mask, bool)
+        new_index = np.cumsum(mask) - 1
+        keep_box = mask[self.box_frame] if self.n_boxes else np.zeros(0, bool)
+        return Features(self.camera[mask], self.day[mask], self.brightness[mask], self.contrast[mask],
+                        self.detections[mask], None if self.embedding is None else self.embedding[mask],
+                        new_index[self.box_frame[keep_box]] if self.n_boxes else self.box_frame,
+                        self.box_confidence[keep_box], self.box_class[keep_box], self.box_log_area[keep_box])
+
+    def of_camera(self, camera: str) -> Features:
+        return self.select(self.camera == camera)
+
+    def of_day(self, day: str) -> Features:
+        return self.select(self.day == day)
+
+    def frame_values(self, feature: str) -> np.ndarray:
+        return {"brightness": self.brightness, "contrast": self.contrast,
+                "detections": self.detections.astype(np.float64)}[feature]
+
+    def box_values(self, feature: str) -> np.ndarray:
+        return {"confidence": self.box_confidence, "log_area": self.box_log_area}[feature]
+
+    @classmethod
+    def concat(cls, parts: Sequence[Features]) -> Features:
+        parts = [p for p in parts if p.n_frames]
+        if not parts:
+            return cls.empty()
+        offsets = np.cumsum([0] + [p.n_frames for p in parts[:-1]])
+        emb = None if any(p.embedding is None for p in parts) else np.concatenate([p.embedding for p in parts])  # type: ignore[misc]
+        return cls(np.concatenate([p.camera for p in parts]), np.concatenate([p.day for p in parts]),
+                   np.concatenate([p.brightness for p in parts]), np.concatenate([p.contrast for p in parts]),
+                   np.concatenate([p.detections for p in parts]), emb,
+                   np.concatenate([p.box_frame + o for p, o in zip(parts, offsets, strict=True)]),
+                   np.concatenate([p.box_confidence for p in parts]), np.concatenate([p.box_class for p in parts]),
+                   np.concatenate([p.box_log_area for p in parts]))
+
+    def to_npz(self, embedding: bool = True) -> bytes:
+        """Compressed ``.npz`` bytes (embeddings as float16; left out with ``embedding=False``)."""
+        arrays = {k: v for k, v in asdict(self).items() if k != "embedding"}
+        if embedding and self.embedding is not None:
+            arrays["embedding"] = self.embedding.astype(np.float16)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_npz(cls, body: bytes) -> Features:
+        z = np.load(io.BytesIO(body), allow_pickle=False)
+        emb = z["embedding"].astype(np.float32) if "embedding" in z.files else None
+        return cls(z["camera"], z["day"], z["brightness"], z["contrast"], z["detections"], emb, z["box_frame"],
+                   z["box_confidence"], z["box_class"], z["box_log_area"])
+
+
+# --------------------------------------------------------------------------------------------
+# One camera-day against the reference
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Stat:
+    """One statistic of one feature.
+
+    Attributes:
+        value: the statistic (PSI, KS D, W1 in feature units, chi-squared, MMD^2).
+        p: its p-value (KS, chi-squared, MMD); None for PSI and Wasserstein (effect sizes).
+        scaled: Wasserstein in reference standard deviations; the PSI noise floor for PSI.
+        band: PSI band (stable / moderate / significant).
+    """
+
+    feature: str
+    statistic: str
+    value: float
+    p: float | None = None
+    scaled: float | None = None
+    band: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.feature}:{self.statistic}"
+
+
+@dataclass
+class CameraDayStats:
+    """Every statistic of one camera on one day against the reference (what is stored and replayed)."""
+
+    camera: str
+    day: str
+    n_frames: int
+    n_ref_frames: int
+    n_boxes: int
+    n_ref_boxes: int
+    reference: str  # "camera" or "all cameras" (the camera had too few reference frames)
+    sufficient: bool
+    note: str = ""
+    tests: list[Stat] = field(default_factory=list)
+    summary: dict[str, list[float]] = field(default_factory=dict)  # feature -> [reference mean, window mean]
+    class_shares: dict[str, list[float]] = field(default_factory=dict)  # class -> [reference, window]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CameraDayStats:
+        d = dict(d)
+        d["tests"] = [Stat(**t) for t in d.get("tests", [])]
+        return cls(**d)
+
+    def test(self, feature: str, statistic: str) -> Stat | None:
+        return next((t for t in self.tests if t.feature == feature and t.statistic == statistic), None)
+
+
+def rng_for(seed: int, camera: str, day: str) -> np.random.Generator:
+    """A generator that depends only on (seed, camera, day): a re-run draws the same permutations."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}|{camera}|{day}".encode()).digest()[:8], "big")
+    return np.random.default_rng(h)
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _continuous(feature: str, ref: np.ndarray, cur: np.ndarray, cfg: DriftSettings, ks: Any) -> list[Stat]:
+    """PSI, KS (by ``ks(ref, cur) -> (D, p)``) and Wasserstein of one continuous feature, as configured."""
+    out: list[Stat] = []
+    if "psi" in cfg.statistics:
+        bins = ds.psi_bins_for(cur.size, cfg.psi_bins)
+        v = ds.psi(ref, cur, bins)
+        out.append(Stat(feature, "psi", v, None, ds.psi_noise_floor(bins, ref.size, cur.size),
+                        ds.psi_band(v, cfg.psi_moderate, cfg.psi_significant)))
+    if "ks" in cfg.statistics:
+        d, p = ks(ref, cur)
+        out.append(Stat(feature, "ks", d, p))
+    if "wasserstein" in cfg.statistics:
+        w, scaled = ds.wasserstein(ref, cur)
+        out.append(Stat(feature, "wasserstein", w, None, _finite(scaled)))
+    return out
+
+
+def compare(ref: Features, cur: Features, cfg: DriftSettings, class_names: Sequence[str], camera: str, day: str,
+            reference_scope: str = "camera") -> CameraDayStats:
+    """All configured statistics of one camera-day (``cur``) against its reference (``ref``).
+
+    Frame-level tests use scipy directly (frames are the independent units); box-level tests take their
+    p-values from permutations of whole frames; too few frames on either side gives ``sufficient=False``
+    and no test; box-level tests need ``cfg.min_boxes`` boxes on both sides (else they are left out).
+    """
+    stats = CameraDayStats(camera, day, cur.n_frames, ref.n_frames, cur.n_boxes, ref.n_boxes, reference_scope, True)
+    for f in FRAME_FEATURES:
+        stats.summary[f] = [float(np.mean(ref.frame_values(f))) if ref.n_frames else float("nan"),
+                            float(np.mean(cur.frame_values(f))) if cur.n_frames else float("nan")]
+    stats.summary["empty"] = [float(np.mean(ref.detections == 0)) if ref.n_frames else float("nan"),
+                              float(np.mean(cur.detections == 0)) if cur.n_frames else float("nan")]
+    stats.summary["confidence"] = [float(np.mean(ref.box_confidence)) if ref.n_boxes else float("nan"),
+                                   float(np.mean(cur.box_confidence)) if cur.n_boxes else float("nan")]
+    rc = np.bincount(ref.box_class, minlength=len(class_names))[: len(class_names)]
+    cc = np.bincount(cur.box_class, minlength=len(class_names))[: len(class_names)]
+    stats.class_shares = {c: [float(rc[k] / max(1, rc.sum())), float(cc[k] / max(1, cc.sum()))]
+                          for k, c in enumerate(class_names)}
+    if cur.n_frames < cfg.min_frames or ref.n_frames < cfg.min_frames:
+        stats.sufficient = False
+        stats.note = (f"not enough data: {cur.n_frames} frame(s) that day and {ref.n_frames} in the reference "
+                      f"(drift.min_frames = {cfg.min_frames})")
+        return stats
+    rng = rng_for(cfg.seed, camera, day)
+
+    # frame-level features: independent frames, scipy's tests as they are
+    for f in FRAME_FEATURES:
+        stats.tests += _continuous(f, ref.frame_values(f), cur.frame_values(f), cfg, ds.ks_frames)
+    if "chi2" in cfg.statistics:
+        re_, ce = int((ref.detections == 0).sum()), int((cur.detections == 0).sum())
+        chi, p = ds.chi2_frames(np.array([re_, ref.n_frames - re_]), np.array([ce, cur.n_frames - ce]))
+        stats.tests.append(Stat("empty", "chi2", chi, p))
+
+    # box-level features: p-values by permuting whole frames
+    def clustered(values_ref: np.ndarray, frame_ref: np.ndarray, values_cur: np.ndarray,
+                  frame_cur: np.ndarray) -> ds.Clustered:
+        return ds.Clustered.of(values_ref, frame_ref, ref.n_frames, values_cur, frame_cur, cur.n_frames)
+
+    def box_ks(rmask: np.ndarray, cmask: np.ndarray, values_ref: np.ndarray, values_cur: np.ndarray) -> Any:
+        def ks(_r: np.ndarray, _c: np.ndarray) -> tuple[float, float]:
+            data = clustered(values_ref, ref.box_frame[rmask], values_cur, cur.box_frame[cmask])
+            return ds.ks_clustered(data, cfg.permutations, rng)
+
+        return ks
+
+    groups: list[tuple[str, np.ndarray, np.ndarray]] = []
+    for f in BOX_FEATURES:
+        groups.append((f, np.ones(ref.n_boxes, bool), np.ones(cur.n_boxes, bool)))
+    for k, c in enumerate(class_names):
+        groups.append((f"confidence[{c}]", ref.box_class == k, cur.box_class == k))
+    for name, rmask, cmask in groups:
+        if rmask.sum() < cfg.min_boxes or cmask.sum() < cfg.min_boxes:
+            continue
+        base = "log_area" if name == "log_area" else "confidence"
+        vr, vc = ref.box_values(base)[rmask], cur.box_values(base)[cmask]
+        stats.tests += _continuous(name, vr, vc, cfg, box_ks(rmask, cmask, vr, vc))
+    if ref.n_boxes >= cfg.min_boxes and cur.n_boxes >= cfg.min_boxes:
+        if "psi" in cfg.statistics:
+            v = ds.psi_from_counts(rc, cc)
+            stats.tests.append(Stat("class_mix", "psi", v, None, ds.psi_noise_floor(len(class_names), int(rc.sum()),
+                                                                                   int(cc.sum())),
+                                    ds.psi_band(v, cfg.psi_moderate, cfg.psi_significant)))
+        if "chi2" in cfg.statistics:
+            data = clustered(ref.box_class, ref.box_frame, cur.box_class, cur.box_frame)
+            chi, p = ds.chi2_clustered(data, len(class_names), cfg.permutations, rng)
+            stats.tests.append(Stat("class_mix", "chi2", chi, p))
+
+    # the embeddings: MMD with a permutation test over frames
+    if "mmd" in cfg.statistics and ref.embedding is not None and cur.embedding is not None:
+        m, p, _sigma = ds.mmd_test(ref.embedding, cur.embedding, cfg.permutations, rng, cfg.mmd_max_frames)
+        stats.tests.append(Stat("embedding", "mmd", m, p))
+    return stats
+
+
+def compare_day(reference: Features, day_features: Features, cfg: DriftSettings, class_names: Sequence[str],
+                day: str, cameras: Iterable[str] | None = None) -> dict[str, CameraDayStats]:
+    """:func:`compare` for each camera of one day (``cameras``: also those without frames that day).
+
+    A camera with fewer than ``cfg.min_frames`` reference frames is compared with all cameras' reference
+    (``reference = "all cameras"``): a new camera is measured against what the champion knew.
+    """
+    cams = sorted(set(cameras or []) | set(day_features.camera.tolist()))
+    out = {}
+    for cam in cams:
+        ref = reference.of_camera(cam)
+        scope = "camera"
+        if ref.n_frames < cfg.min_frames:
+            ref, scope = reference, "all cameras"
+        out[cam] = compare(ref, day_features.of_camera(cam), cfg, class_names, cam, day, scope)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The decision for one camera-day (pure, replayable)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Verdict:
+    """What one camera-day says under a rule: ``drift``, ``clean`` or ``insufficient`` (not enough data)."""
+
+    camera: str
+    day: str
+    status: Status
+    signals: list[str] = field(default_factory=list)  # "feature:statistic" that fired
+    classes: list[str] = field(default_factory=list)
+    adjusted: dict[str, float] = field(default_factory=dict)  # "feature:statistic" -> corrected p-value
+    note: str = ""
+
+
+def verdict(stats: CameraDayStats, cfg: DriftSettings, class_names: Sequence[str] | None = None) -> Verdict:
+    """The rule applied to one camera-day's stored statistics.
+
+    The p-valued tests (KS, chi-squared, MMD) of the statistics named in ``cfg.alarm_statistics`` form one
+    family, corrected together (``cfg.correction``) and compared with ``cfg.alpha``; a PSI counts when it is
+    in the significant band, a Wasserstein distance when it is at least ``cfg.wasserstein_threshold``
+    reference standard deviations. At least ``cfg.alarm_min_signals`` signals -> ``drift``.
+    """
+    if not stats.sufficient:
+        return Verdict(stats.camera, stats.day, "insufficient", note=stats.note or "not enough data")
+    wanted = set(cfg.alarm_statistics)
+    tests = [t for t in stats.tests if t.statistic in wanted]
+    tested = [t for t in tests if t.p is not None and math.isfinite(t.p)]
+    adjusted = dict(zip([t.name for t in tested], ds.adjust_pvalues([t.p for t in tested], cfg.correction),  # type: ignore[misc]
+                        strict=True))
+    signals = [n for n, p in adjusted.items() if p < cfg.alpha]
+    for t in tests:
+        if t.statistic == "psi" and t.value >= cfg.psi_significant:
+            signals.append(t.name)
+        elif t.statistic == "wasserstein" and t.scaled is not None and t.scaled >= cfg.wasserstein_threshold:
+            signals.append(t.name)
+    classes: set[str] = set()
+    for s in signals:
+        feature = s.split(":", 1)[0]
+        if feature.startswith("confidence["):
+            classes.add(feature[len("confidence["):-1])
+        elif feature == "class_mix":
+            classes |= {c for c, (r, w) in stats.class_shares.items() if abs(w - r) >= CLASS_SHARE_CHANGE}
+    status: Status = "drift" if len(signals) >= cfg.alarm_min_signals else "clean"
+    order = list(class_names) if class_names else sorted(classes)
+    return Verdict(stats.camera, stats.day, status, sorted(signals), [c for c in order if c in classes],
+                   {k: float(v) for k, v in adjusted.items()})
+
+
+# --------------------------------------------------------------------------------------------
+# Episodes (pure state machine over days)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class CameraTrack:
+    """One camera's run of drifted days, of clean days, and the episode it is in."""
+
+    streak: list[str] = field(default_factory=list)  # drifted days in a row (insufficient days skipped)
+    clean: int = 0  # clean days in a row
+    episode: str | None = None
+
+
+@dataclass
+class MonitorState:
+    """Where the episode machine is for one reference (champion version): the last day it processed."""
+
+    model_version: str
+    last_day: str | None = None
+    cameras: dict[str, CameraTrack] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MonitorState:
+        return cls(d["model_version"], d.get("last_day"),
+                   {c: CameraTrack(**t) for c, t in (d.get("cameras") or {}).items()})
+
+
+@dataclass
+class Episode:
+    """A drift episode: cameras that drifted together, until each of them has been clean for K days.
+
+    Attributes:
+        episode_id: ``drift-v<version>-<first alarm day>`` (deterministic: a re-run finds it).
+        cameras: cameras in the episode; ``recovered``: those that have left it (K clean days).
+        days: drifted days of its cameras; ``signals``, ``classes``: what fired on them.
+        event_id: id of its one ``detloop.drift.detected`` event, once emitted; ``round_id``: its targeted round.
+        acked_by / acked_at / note: an operator's acknowledgement; ``silenced_until``: its cameras open no
+            new episode (and it sends nothing more) before this day.
+    """
+
+    episode_id: str
+    model_version: str
+    opened_on: str
+    cameras: list[str]
+    days: list[str]
+    signals: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    status: Literal["open", "closed"] = "open"
+    recovered: list[str] = field(default_factory=list)
+    closed_on: str | None = None
+    close_reason: str | None = None
+    event_id: str | None = None
+    emitted_at: str | None = None
+    round_id: str | None = None
+    acked_by: str | None = None
+    acked_at: str | None = None
+    note: str | None = None
+    silenced_until: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Episode:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def episode_id_for(model_version: str, day: str) -> str:
+    return f"drift-v{model_version}-{day}"
+
+
+def silenced_cameras(episodes: Iterable[Episode], day: str) -> set[str]:
+    """Cameras of episodes silenced through ``day``: they open no new episode."""
+    return {c for e in episodes if e.silenced_until and day < e.silenced_until for c in e.cameras}
+
+
+def advance(state: MonitorState, day: str, verdicts: Mapping[str, Verdict], cfg: DriftSettings,
+            episodes: Mapping[str, Episode]) -> tuple[MonitorState, dict[str, Episode], list[str]]:
+    """One day of the episode machine.
+
+    Per camera: ``insufficient`` changes nothing; ``drift`` extends its streak (and its open episode);
+    ``clean`` resets the streak and counts clean days, and after ``cfg.close_after_clean_days`` the camera
+    leaves its episode. Cameras whose streak reaches ``cfg.alarm_consecutive_days`` that day and that are in
+    no episode (nor silenced) open ONE new episode together. An episode whose cameras have all left closes.
+
+    Args:
+        state: the machine before ``day`` (not modified).
+        verdicts: camera -> verdict of ``day``.
+        episodes: known episodes by id (not modified).
+
+    Returns:
+        ``(new state, episodes changed or opened that day by id, ids of the episodes opened that day)``.
+    """
+    st = MonitorState.from_dict(state.to_dict())
+    changed: dict[str, Episode] = {}
+
+    def ep(eid: str) -> Episode:
+        if eid not in changed:
+            changed[eid] = Episode.from_dict(episodes[eid].to_dict())
+        return changed[eid]
+
+    silenced = silenced_cameras(episodes.values(), day)
+    opening: list[str] = []
+    for cam in sorted(verdicts):
+        v = verdicts[cam]
+        tr = st.cameras.setdefault(cam, CameraTrack())
+        if v.status == "insufficient":
+            continue
+        if v.status == "drift":
+            tr.streak.append(day)
+            tr.clean = 0
+            if tr.episode is not None and tr.episode in episodes and episodes[tr.episode].status == "open":
+                e = ep(tr.episode)
+                e.days = sorted(set(e.days) | {day})
+                e.signals = sorted(set(e.signals) | set(v.signals))
+                e.classes = sorted(set(e.classes) | set(v.classes))
+            elif len(tr.streak) >= cfg.alarm_consecutive_days and cam not in silenced:
+                opening.append(cam)
+            continue
+        tr.streak = []
+        tr.clean += 1
+        if tr.episode is not None and tr.clean >= cfg.close_after_clean_days:
+            if tr.episode in episodes:
+                e = ep(tr.episode)
+                e.recovered = sorted(set(e.recovered) | {cam})
+                if e.status == "open" and set(e.recovered) >= set(e.cameras):
+                    e.status, e.closed_on = "closed", day
+                    e.close_reason = f"every camera clean for {cfg.close_after_clean_days} day(s)"
+            tr.episode = None
+    opened: list[str] = []
+    if opening:
+        eid = episode_id_for(st.model_version, day)
+        days = sorted({d for c in opening for d in st.cameras[c].streak})
+        signals = {s for c in opening for s in verdicts[c].signals}
+        classes = {k for c in opening for k in verdicts[c].classes}
+        if eid in episodes:  # a re-run after the episode was stored but not the state: keep what it recorded
+            e = ep(eid)
+            e.cameras = sorted(set(e.cameras) | set(opening))
+            e.days, e.signals = sorted(set(e.days) | set(days)), sorted(set(e.signals) | signals)
+            e.classes = sorted(set(e.classes) | classes)
+        else:
+            changed[eid] = Episode(eid, st.model_version, day, opening, days, sorted(signals), sorted(classes))
+        for c in opening:
+            st.cameras[c].episode = eid
+        opened.append(eid)
+    st.last_day = day
+    return st, changed, opened
+
+
+def replay(verdicts_by_day: Mapping[str, Mapping[str, Verdict]], cfg: DriftSettings, model_version: str,
+           start: MonitorState | None = None, episodes: Mapping[str, Episode] | None = None,
+           ) -> tuple[MonitorState, dict[str, Episode]]:
+    """Run the episode machine over days in order (days at or before ``start.last_day`` are skipped).
+
+    With stored per-camera-day statistics and :func:`verdict`, a rule can be replayed over history cheaply:
+    ``replay({d: {c: verdict(s, rule) for c, s in day.items()} for d, day in stats.items()}, rule, v)``.
+    """
+    st = start or MonitorState(model_version)
+    eps = {k: Episode.from_dict(v.to_dict()) for k, v in (episodes or {}).items()}
+    for day in sorted(verdicts_by_day):
+        if st.last_day is not None and day <= st.last_day:
+            continue
+        st, changed, _ = advance(st, day, verdicts_by_day[day], cfg, eps)
+        eps.update(changed)
+    return st, eps
+
+
+def supersede(episodes: Iterable[Episode], current_version: str, day: str) -> list[Episode]:
+    """Open episodes of another champion's reference, closed because the champion (and so the reference)
+    changed."""
+    out = []
+    for e in episodes:
+        if e.status == "open" and e.model_version != current_version:
+            out.append(replace(e, status="closed", closed_on=day,
+                               close_reason=f"champion is now v{current_version} (new reference)"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The reference's days (pure)
+# --------------------------------------------------------------------------------------------
+def reference_days(days_with_frames: Iterable[date], anchor: date, n: int) -> list[date]:
+    """The ``n`` most recent production days (days that have frames) strictly before ``anchor``, oldest first."""
+    before = sorted({d for d in days_with_frames if d < anchor})
+    return before[-n:] if n > 0 else []
+
+
+def promotion_anchor(version: str, promotion_log: Sequence[Mapping[str, Any]], version_tags: Mapping[str, str],
+                     round_as_of: str | None) -> tuple[date | None, str]:
+    """The production day the champion ``version`` took over, and how it was found.
+
+    A model trained on a round took over the traffic of the round's ``as_of`` (the end of the window its
+    labels came from; the promotion itself follows the labelling): that day when known. Otherwise the day of
+    the version's first ``promote`` / ``override`` entry in the promotion log, then its
+    ``detloop.promoted_at`` tag. A rollback makes no new anchor: the version keeps the one of its promotion.
+
+    Returns:
+        ``(day, how)``; ``(None, why)`` when the version was never promoted.
+    """
+    promoted = [e for e in promotion_log if str(e.get("version")) == str(version)
+                and e.get("action") in ("promote", "override")]
+    logged = date.fromisoformat(str(promoted[0]["at"])[:10]) if promoted else None
+    if logged is None and version_tags.get("detloop.promoted_at"):
+        logged = date.fromisoformat(str(version_tags["detloop.promoted_at"])[:10])
+    if round_as_of:
+        r = date.fromisoformat(str(round_as_of)[:10])
+        if logged is None or r <= logged:
+            return r, f"as_of of round {version_tags.get('detloop.round_id')}"
+    if logged is not None:
+        return logged, "promotion log" if promoted else "version tag detloop.promoted_at"
+    return None, f"version {version} has no promotion record"

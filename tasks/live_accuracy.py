@@ -1,0 +1,241 @@
+"""Live accuracy: the champion's mAP on the control-arm frames labelled in recent rounds.
+
+Control frames are drawn uniformly at random from each round's pool and never trained on (split
+``control`` of the dataset versions), so the champion's mAP on them estimates its accuracy on live traffic
+without the bias of the selected (hard) frames. The interval is a percentile bootstrap over **frames**
+(``scipy.stats.bootstrap``; the boxes of a frame stay together).
+
+- pooled: the control frames of the last ``drift.live_rounds`` rounds, overall and per camera where there
+  are at least ``drift.live_min_frames`` frames. Rounds focused on drifted cameras (drift rounds) draw their
+  control arm from those cameras only: they count for their cameras, not for the overall number;
+- a series: for each round, the same pooled number over that round and the ``live_rounds - 1`` before it,
+  beside the golden mAP of the champion after that round (from the round's result).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from detloop.settings import Settings
+
+
+@dataclass
+class LivePoint:
+    """mAP50-95 of the champion on one set of control frames, with its bootstrap interval."""
+
+    label: str  # "pooled", or the last round of the rolling window
+    camera: str  # "all" or a camera id
+    n_frames: int
+    n_boxes: int
+    map: float | None = None
+    low: float | None = None
+    high: float | None = None
+    map50: float | None = None
+    golden_map: float | None = None  # the golden mAP of the champion after that round (series only)
+    as_of: str | None = None
+    note: str = ""
+
+
+@dataclass
+class LiveAccuracy:
+    """The live-accuracy part of a drift report."""
+
+    model_version: str
+    golden_map: float | None  # the champion's golden mAP50-95 (version tag)
+    level: float
+    rounds: list[str] = field(default_factory=list)  # rounds pooled (oldest first)
+    pooled: list[LivePoint] = field(default_factory=list)  # overall first, then per camera
+    series: list[LivePoint] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LiveAccuracy:
+        d = dict(d)
+        d["pooled"] = [LivePoint(**p) for p in d.get("pooled", [])]
+        d["series"] = [LivePoint(**p) for p in d.get("series", [])]
+        return cls(**d)
+
+    @property
+    def overall(self) -> LivePoint | None:
+        return next((p for p in self.pooled if p.camera == "all"), None)
+
+
+# --------------------------------------------------------------------------------------------
+# Pure
+# --------------------------------------------------------------------------------------------
+def map_with_interval(gts: Sequence[Any], preds: Sequence[Any], class_names: Sequence[str], resamples: int,
+                      level: float, seed: int) -> tuple[float | None, float | None, float | None, float | None]:
+    """``(mAP50-95, low, high, mAP50)`` of ``preds`` against ``gts``; the interval resamples whole frames.
+
+    Args:
+        gts, preds: per frame :class:`~detloop.detections.Detections` (frame pixels).
+
+    Returns:
+        Nones when there is no ground truth.
+    """
+    from scipy.stats import bootstrap
+
+    from tasks.evaluation import compute_metrics
+
+    def metric(idx: np.ndarray) -> tuple[float | None, float | None]:
+        m = compute_metrics("live", [gts[i] for i in idx], [preds[i] for i in idx], class_names, None, 1).overall
+        return m.map, m.map50
+
+    full, full50 = metric(np.arange(len(gts)))
+    if full is None:
+        return None, None, None, None
+
+    def stat(idx: np.ndarray) -> float:
+        v = metric(np.asarray(idx, np.int64))[0]
+        return float("nan") if v is None else float(v)
+
+    if len(gts) < 2:
+        return full, None, None, full50
+    res = bootstrap((np.arange(len(gts)),), stat, n_resamples=resamples, confidence_level=level,
+                    method="percentile", vectorized=False, rng=np.random.default_rng(seed))
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return full, (lo if np.isfinite(lo) else None), (hi if np.isfinite(hi) else None), full50
+
+
+def rolling_windows(rounds: Sequence[str], n: int) -> list[tuple[str, list[str]]]:
+    """For each round (oldest first), the round and the ``n - 1`` before it."""
+    return [(r, list(rounds[max(0, i - n + 1) : i + 1])) for i, r in enumerate(rounds)]
+
+
+def _point(label: str, camera: str, idx: Sequence[int], gts: Sequence[Any], preds: Sequence[Any],
+           settings: Settings, min_frames: int, seed: int) -> LivePoint:
+    n_boxes = int(sum(len(gts[i]) for i in idx))
+    p = LivePoint(label, camera, len(idx), n_boxes)
+    if len(idx) < min_frames:
+        p.note = f"not enough control frames ({len(idx)} < drift.live_min_frames = {min_frames})"
+        return p
+    d = settings.drift
+    p.map, p.low, p.high, p.map50 = map_with_interval([gts[i] for i in idx], [preds[i] for i in idx],
+                                                      settings.classes, d.bootstrap_resamples,
+                                                      d.confidence_level, seed)
+    return p
+
+
+def summarize(items: Sequence[Any], sources: Sequence[str], preds: Sequence[Any], settings: Settings,
+              round_order: Sequence[str], focused: set[str], golden_after: dict[str, float | None],
+              round_as_of: dict[str, str]) -> tuple[list[LivePoint], list[LivePoint]]:
+    """Pooled points (overall, per camera) and the rolling series, from predictions on every control item.
+
+    Args:
+        items: :class:`~tasks.evaluation.EvalItem` (ground truth + camera) of every control frame.
+        sources: ``round:<id>`` of each item; ``round_order``: sources oldest first.
+        focused: sources of drift rounds (their frames count per camera, not overall).
+    """
+    d = settings.drift
+    gts = [it.gt for it in items]
+    recent = set(round_order[-d.live_rounds:])
+    pooled = [_point("pooled", "all", [i for i, s in enumerate(sources) if s in recent and s not in focused],
+                     gts, preds, settings, d.live_min_frames, d.seed)]
+    for cam in sorted({it.camera for it in items}):
+        idx = [i for i, s in enumerate(sources) if s in recent and items[i].camera == cam]
+        if len(idx) >= d.live_min_frames:
+            pooled.append(_point("pooled", cam, idx, gts, preds, settings, d.live_min_frames, d.seed))
+    series = []
+    unfocused = [r for r in round_order if r not in focused]
+    for last, window in rolling_windows(unfocused, d.live_rounds):
+        idx = [i for i, s in enumerate(sources) if s in set(window)]
+        p = _point(last.removeprefix("round:"), "all", idx, gts, preds, settings, d.live_min_frames, d.seed)
+        p.golden_map = golden_after.get(last)
+        p.as_of = round_as_of.get(last)
+        series.append(p)
+    return pooled, series
+
+
+# --------------------------------------------------------------------------------------------
+# With the store
+# --------------------------------------------------------------------------------------------
+def control_items(store: Any, settings: Settings, rounds: Sequence[str]) -> tuple[list[Any], list[Any]]:
+    """``(items, entries)``: the control frames of ``rounds`` (``round:<id>`` sources) as evaluation items
+    (:class:`~tasks.evaluation.EvalItem`) and their dataset entries, found in the ``train`` dataset versions.
+
+    A frame is taken once, from the newest version that holds it (versions of a rejected challenger's branch
+    still hold the control frames of their round).
+    """
+    from detloop import datasets as ds
+    from tasks.slices import items_from_version
+
+    wanted = set(rounds)
+    taken: set[str] = set()
+    items: list[Any] = []
+    entries: list[Any] = []
+    ids = {r.removeprefix("round:") for r in wanted}
+    for v in reversed(ds.list_versions(store, settings, "train")):
+        if not ids & set(v.get("rounds") or []):  # the index says which rounds a version holds
+            continue
+        manifest = ds.load_manifest(store, settings, v["id"])
+        mine = [e for e in manifest.by_split("control") if e.source in wanted]
+        new = {e.frame_sha for e in mine} - taken
+        if not new:
+            continue
+        srcs = {e.source for e in mine}
+        got = items_from_version(store, settings, v["id"], "control", source=srcs, manifest=manifest)
+        for it, e in zip(got, mine, strict=True):  # same entries, same order (the split filtered by source)
+            if e.frame_sha in new:
+                items.append(it)
+                entries.append(e)
+        taken |= new
+    return items, entries
+
+
+def live_accuracy(settings: Settings, store: Any, version: str, scoring_dir: Any, golden_map: float | None,
+                  predict: Callable[..., list[Any]] | None = None) -> LiveAccuracy:
+    """The champion ``version`` (its scoring artifact ``scoring_dir``) on the control frames of this project's
+    rounds; cached in S3 per (version, control frames, model settings).
+
+    Args:
+        predict: ``predict(artifact, items, settings) -> [Detections]`` (default
+            :func:`tasks.evaluation.predict_items`: the ONNX artifact as served).
+    """
+    from tasks.drift_records import live_key
+    from tasks.evaluation import predict_items
+    from tasks.rounds import list_rounds
+
+    d = settings.drift
+    records = list_rounds(store, settings)
+    source_of = {f"round:{r.round_id}": r for r in records}
+    items, entries = control_items(store, settings, list(source_of))
+    out = LiveAccuracy(version, golden_map, d.confidence_level)
+    if not items:
+        out.notes.append("no labelled control frames yet: live accuracy starts after the first round is labelled")
+        return out
+    sources = [e.source for e in entries]
+    newest: dict[str, str] = {}
+    for e in entries:
+        newest[e.source] = max(newest.get(e.source, ""), e.date)
+    order = sorted(newest, key=lambda s: (source_of[s].as_of, newest[s], s))
+    key = hashlib.sha256(json.dumps([version, sorted(e.frame_sha for e in entries), order,
+                                     d.model_dump(mode="json"), settings.model.model_dump(mode="json")],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    cache = live_key(settings, version, key)
+    if store.exists(settings.s3.data_bucket, cache):
+        return LiveAccuracy.from_dict(store.get_json(settings.s3.data_bucket, cache))
+    preds = (predict or predict_items)(scoring_dir, items, settings)
+    focused = {s for s, r in source_of.items() if getattr(r, "reason", "weekly") != "weekly"}
+    golden_after, as_of = {}, {}
+    for s, r in source_of.items():
+        as_of[s] = r.as_of
+        res = f"rounds/{r.round_id}/result.json"
+        if store.exists(settings.s3.data_bucket, res):
+            doc = store.get_json(settings.s3.data_bucket, res)
+            golden_after[s] = doc.get("golden_map_challenger") if doc.get("promoted") else doc.get("golden_map_champion")
+    out.rounds = [s.removeprefix("round:") for s in order[-d.live_rounds:]]
+    out.pooled, out.series = summarize(items, sources, preds, settings, order, focused, golden_after, as_of)
+    if focused & set(order):
+        out.notes.append(f"{len(focused & set(order))} drift round(s): their control frames count for their cameras "
+                         "only (their pool was focused on those cameras)")
+    store.put_json(settings.s3.data_bucket, cache, out.to_dict())
+    return out

@@ -1,0 +1,107 @@
+"""The drift flows, run for real by Prefect, over in-memory services: a camera that turns to dusk opens one
+episode, announces it once, and its targeted round opens beside an open weekly round."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+DUSK = date(2026, 1, 19)  # configs/world.yaml: cam1-dusk
+
+
+@pytest.fixture
+def drift_config(config: str) -> str:
+    """Small windows so the test stays quick: 3 reference days, 16 frames per camera-day, 199 permutations."""
+    data = yaml.safe_load(Path(config).read_text())
+    data["drift"] = {"reference_days": 3, "frames_per_camera_day": 16, "min_frames": 10, "min_boxes": 10,
+                     "permutations": 199, "report_days": 4, "alpha": 0.05, "live_min_frames": 2,
+                     "bootstrap_resamples": 50}
+    Path(config).write_text(yaml.safe_dump(data))
+    return config
+
+
+@pytest.fixture
+def world(drift_config: str, fakes: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """cam0 and cam1 from 2026-01-14 (cam1 at dusk from the 19th); a random-weights champion trained on the
+    round of 2026-01-17 (so it took over on that day: its reference is the 14th-16th)."""
+    import shutil
+
+    from detloop.settings import load_settings
+    from detloop.world.publish import publish_world
+    from tasks.export import make_random_artifact
+    from tasks.rounds import open_round
+
+    s = load_settings(drift_config)
+    publish_world(s, date(2026, 1, 14), 8, 16, cameras=["cam0", "cam1"], store=fakes.store, threads=4)
+    art = make_random_artifact(tmp_path_factory.getbasetemp() / "random-artifact" / "scoring", list(s.classes),
+                               s.model.input_size)
+    files = tmp_path_factory.mktemp("model")
+    shutil.copytree(art, files / "scoring")
+    (files / "weights").mkdir()
+    (files / "weights" / "best.pt").write_bytes(b"not used by scoring")
+    open_round(fakes.store, s, "detloop-test-2026-01-17", "2026-01-17", None, 1, 0)
+    from tasks.rounds import mark_round
+
+    mark_round(fakes.store, s, "detloop-test-2026-01-17", status="trained")
+    from tasks.registry import promote
+
+    v1 = fakes.registry.add_model(files, run_id="run-r1", tags={"detloop.round_id": "detloop-test-2026-01-17"},
+                                  alias=None)
+    promote(s, fakes.registry, fakes.store, v1, override=True, reason="the test's champion", actor="test")
+    return s
+
+
+def test_a_dusk_camera_opens_one_episode_announced_once_and_its_round_opens_beside_a_weekly_one(
+        world: Any, drift_config: str, fakes: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.drift import drift_event_id, drift_monitor
+    from flows.loop import select_for_labeling
+    from flows.params import DriftParams, SelectParams
+    from tasks.drift_records import list_episodes, load_reference
+    from tasks.rounds import list_rounds, load_round
+
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr("prefect.events.emit_event", lambda **kw: events.append(kw))
+    # a weekly round is open
+    weekly = select_for_labeling(SelectParams(config=drift_config, as_of=date(2026, 1, 19), budget=6))
+    assert load_round(fakes.store, world, weekly["round_id"]).status == "open"
+
+    out = drift_monitor(DriftParams(config=drift_config, as_of=date(2026, 1, 21)))
+    meta, _ref = load_reference(fakes.store, world, "1")
+    assert meta["days"] == ["2026-01-14", "2026-01-15", "2026-01-16"] and meta["anchor"] == "2026-01-17"
+    assert out["drifted_cameras"] == ["cam1"] and out["opened"] == ["drift-v1-2026-01-20"]
+    drift = [e for e in events if e["event"] == "detloop.drift.detected"]
+    assert len(drift) == 1 and drift[0]["id"] == drift_event_id(world.mlflow.model_name, "drift-v1-2026-01-20")
+    payload = drift[0]["payload"]
+    assert payload["cameras"] == ["cam1"] and payload["days"] == ["2026-01-19", "2026-01-20"]
+    assert any(s.startswith("brightness:") for s in payload["statistics"])
+
+    # what the on-drift automation does with the payload: one targeted round, although a weekly one is open
+    params = SelectParams(config=drift_config, as_of=payload["as_of"], episode_id=payload["episode_id"],
+                          cameras=payload["cameras"], dates=payload["dates"], budget=payload["budget"])
+    first = select_for_labeling(params)
+    assert first["round_id"] == payload["round_id"] and first["imported"] > 0
+    rec = load_round(fakes.store, world, payload["round_id"])
+    assert rec.reason == "drift" and rec.focus_key == "drift-v1-2026-01-20"
+    sel = fakes.store.get_json(world.s3.data_bucket, f"runs/{payload['round_id']}/selected_frames.json")
+    assert {f["frame"]["camera"] for f in sel} == {"cam1"}
+    tasks = len(fakes.labels.tasks)
+    again = select_for_labeling(params)  # a re-run (or a duplicate event) creates nothing
+    assert again["round_id"] == payload["round_id"] and again["imported"] == 0 and len(fakes.labels.tasks) == tasks
+
+    # the next day of the same episode: extended, nothing new announced
+    from detloop.world.publish import publish_world
+
+    publish_world(world, date(2026, 1, 22), 1, 16, cameras=["cam0", "cam1"], store=fakes.store, threads=4)
+    out2 = drift_monitor(DriftParams(config=drift_config, as_of=date(2026, 1, 23)))
+    assert out2["opened"] == [] and len([e for e in events if e["event"] == "detloop.drift.detected"]) == 1
+    (ep,) = list_episodes(fakes.store, world)
+    assert ep.status == "open" and "2026-01-22" in ep.days and ep.round_id == payload["round_id"]
+    assert len([r for r in list_rounds(fakes.store, world) if r.reason == "drift"]) == 1
+    # the monitoring experiment got one run for this champion, with a time series per camera
+    runs = [r for r in fakes.registry.runs.values() if r.tags.get("detloop.drift.version") == "1"]
+    assert len(runs) == 1 and "cam1.signals" in runs[0].metrics
+    assert any(k.endswith("report.md") for k in runs[0].artifacts)

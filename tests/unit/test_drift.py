@@ -1,0 +1,338 @@
+"""Drift rules: features, camera-day comparison, verdicts, the episode machine, seeded streams over 30 days,
+the reference's days and anchor, targeted rounds, settings, live accuracy."""
+
+from __future__ import annotations
+
+import functools
+from datetime import date, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+
+from detloop.contracts import FrameRef, RoundRecord, ScoredFrame
+from detloop.detections import Detections
+from detloop.settings import DriftSettings
+from tasks.drift import (
+    CameraDayStats,
+    CameraTrack,
+    Episode,
+    Features,
+    MonitorState,
+    Stat,
+    Verdict,
+    advance,
+    compare,
+    compare_day,
+    promotion_anchor,
+    reference_days,
+    replay,
+    supersede,
+    verdict,
+)
+
+CLASSES = ["disc", "square", "triangle", "ring", "star"]
+START = date(2026, 3, 1)
+
+
+# ---- synthetic features ----------------------------------------------------------------------------------
+def synth(rng: np.random.Generator, camera: str, day: str, n: int, brightness: float = 0.5,
+          contrast: float = 0.2, conf_shift: float = 0.0, area_scale: float = 1.0) -> Features:
+    """``n`` frames: brightness/contrast per frame, 0-7 boxes whose confidences share a frame effect, classes
+    from a fixed mix, log areas, an embedding that follows brightness and contrast."""
+    bri = rng.normal(brightness, 0.04, n)
+    con = rng.normal(contrast, 0.02, n)
+    k = rng.integers(0, 8, n)
+    frame = np.repeat(np.arange(n), k)
+    effect = rng.normal(0.0, 0.08, n)
+    conf = np.clip(0.6 + conf_shift + effect[frame] + rng.normal(0, 0.1, frame.size), 0.25, 1.0)
+    cls = rng.choice(5, frame.size, p=[0.3, 0.27, 0.22, 0.18, 0.03])
+    area = np.log(area_scale**2 * np.exp(rng.normal(7.0, 0.8, frame.size)))
+    emb = np.column_stack([bri * 10, con * 10, rng.normal(size=(n, 6))]).astype(np.float32)
+    return Features(np.full(n, camera), np.full(n, day), bri, con, k, emb, frame, conf, cls, area)
+
+
+def cfg(**kw: Any) -> DriftSettings:
+    base = {"min_frames": 20, "min_boxes": 20}  # permutations: the default 999 (p floor 0.001)
+    return DriftSettings(**{**base, **kw})
+
+
+# ---- features ----------------------------------------------------------------------------------------------
+def test_features_from_scored_frames_keep_boxes_above_the_threshold_and_round_trip() -> None:
+    frames = []
+    for i, (cam, confs) in enumerate([("cam0", [0.9, 0.1]), ("cam1", []), ("cam0", [0.3])]):
+        det = Detections(np.array([[0, 0, 10, 20]] * len(confs), np.float32), np.array(confs, np.float32),
+                         np.zeros(len(confs), np.int64))
+        frames.append(ScoredFrame(FrameRef("b", f"k{i}", "e", cam, "2026-01-05"), 640, 480, det,
+                                  np.full(4, i, np.float32), 0.4 + i / 10, 0.1))
+    f = Features.from_scored(frames, min_confidence=0.25)
+    assert f.n_frames == 3 and f.detections.tolist() == [1, 0, 1] and f.box_frame.tolist() == [0, 2]
+    assert f.box_log_area == pytest.approx([np.log(200.0)] * 2)
+    cam0 = f.of_camera("cam0")
+    assert cam0.n_frames == 2 and cam0.box_frame.tolist() == [0, 1] and cam0.embedding[:, 0].tolist() == [0, 2]
+    back = Features.from_npz(f.to_npz())
+    assert back.brightness.tolist() == pytest.approx(f.brightness.tolist()) and back.embedding.dtype == np.float32
+    both = Features.concat([cam0, f.of_camera("cam1")])
+    assert both.n_frames == 3 and both.box_frame.tolist() == [0, 1]
+    assert Features.from_scored([], 0.25).n_frames == 0
+
+
+# ---- one camera-day ------------------------------------------------------------------------------------------
+def test_too_few_frames_is_not_enough_data_never_drift_or_no_drift() -> None:
+    rng = np.random.default_rng(0)
+    ref = synth(rng, "cam1", "ref", 200)
+    s = compare(ref, synth(rng, "cam1", "2026-03-01", 10, brightness=0.1), cfg(), CLASSES, "cam1", "2026-03-01")
+    v = verdict(s, cfg(), CLASSES)
+    assert not s.sufficient and s.tests == [] and v.status == "insufficient" and "not enough data" in v.note
+    empty = compare(ref, Features.empty(), cfg(), CLASSES, "cam1", "2026-03-01")
+    assert verdict(empty, cfg()).status == "insufficient"
+
+
+def test_a_darker_day_is_drift_with_the_frame_signals_and_a_same_day_is_clean() -> None:
+    rng = np.random.default_rng(1)
+    ref = synth(rng, "cam1", "ref", 280)
+    same = compare(ref, synth(rng, "cam1", "d1", 40), cfg(), CLASSES, "cam1", "d1")
+    dark = compare(ref, synth(rng, "cam1", "d2", 40, brightness=0.25, contrast=0.1), cfg(), CLASSES, "cam1", "d2")
+    assert verdict(same, cfg(), CLASSES).status == "clean"
+    v = verdict(dark, cfg(), CLASSES)
+    assert v.status == "drift" and {"brightness:ks", "contrast:ks", "embedding:mmd"} <= set(v.signals)
+    assert dark.test("brightness", "psi").band == "significant"
+    assert dark.summary["brightness"][1] == pytest.approx(0.25, abs=0.03)
+    # stored and read back, the verdict is the same (replayable)
+    assert verdict(CameraDayStats.from_dict(dark.to_dict()), cfg(), CLASSES).signals == v.signals
+
+
+def test_smaller_boxes_and_a_class_mix_change_are_box_level_signals() -> None:
+    rng = np.random.default_rng(2)
+    ref = synth(rng, "cam2", "ref", 280)
+    cur = synth(rng, "cam2", "d", 60, area_scale=0.45)
+    cur.box_class = np.where(rng.random(cur.n_boxes) < 0.4, 4, cur.box_class)  # many more stars
+    s = compare(ref, cur, cfg(), CLASSES, "cam2", "d")
+    v = verdict(s, cfg(), CLASSES)
+    assert {"log_area:ks", "class_mix:chi2"} <= set(v.signals) and "star" in v.classes
+    assert s.test("confidence[star]", "ks") is not None  # enough stars now for their own test
+
+
+def test_a_new_camera_is_compared_with_every_cameras_reference() -> None:
+    rng = np.random.default_rng(3)
+    ref = Features.concat([synth(rng, "cam0", "r", 100), synth(rng, "cam1", "r", 100)])
+    day = Features.concat([synth(rng, "cam0", "d", 30), synth(rng, "cam4", "d", 30, brightness=0.2)])
+    out = compare_day(ref, day, cfg(), CLASSES, "d", cameras=["cam0", "cam1"])
+    assert sorted(out) == ["cam0", "cam1", "cam4"]
+    assert out["cam0"].reference == "camera" and out["cam4"].reference == "all cameras"
+    assert out["cam4"].n_ref_frames == 200 and not out["cam1"].sufficient  # no frames of cam1 that day
+
+
+def test_the_rule_counts_only_its_statistics_and_corrects_them_together() -> None:
+    s = CameraDayStats("c", "d", 40, 200, 100, 500, "camera", True, tests=[
+        Stat("brightness", "ks", 0.5, 0.004), Stat("contrast", "ks", 0.4, 0.02),
+        Stat("brightness", "psi", 0.5, None, 0.1, "significant"),
+        Stat("brightness", "wasserstein", 0.2, None, 1.5), Stat("embedding", "mmd", 0.01, 0.3)])
+    assert verdict(s, cfg(alpha=0.05, correction="bonferroni")).signals == ["brightness:ks"]  # 0.02*3 > 0.05
+    assert verdict(s, cfg(alpha=0.05, correction="fdr")).signals == ["brightness:ks", "contrast:ks"]
+    assert verdict(s, cfg(alpha=0.05, correction="fdr")).status == "drift"
+    psi_only = cfg(alarm_statistics=["psi", "wasserstein"], alarm_min_signals=2)
+    assert verdict(s, psi_only).signals == ["brightness:psi", "brightness:wasserstein"]
+    assert verdict(s, cfg(alarm_min_signals=3, alpha=0.05)).status == "clean"
+
+
+# ---- the episode machine ------------------------------------------------------------------------------------------
+def vd(day: str, **status: str) -> dict[str, Verdict]:
+    return {c: Verdict(c, day, st, ["brightness:ks"] if st == "drift" else []) for c, st in status.items()}
+
+
+def days(n: int, start: date = START) -> list[str]:
+    return [(start + timedelta(days=i)).isoformat() for i in range(n)]
+
+
+def test_consecutive_drifted_days_open_one_episode_and_clean_days_close_it() -> None:
+    rule = cfg(alarm_consecutive_days=2, close_after_clean_days=2)
+    d = days(9)
+    seq = {d[0]: vd(d[0], cam1="drift", cam2="clean"), d[1]: vd(d[1], cam1="insufficient", cam2="drift"),
+           d[2]: vd(d[2], cam1="drift", cam2="drift"), d[3]: vd(d[3], cam1="drift", cam2="clean"),
+           d[4]: vd(d[4], cam1="clean", cam2="drift"), d[5]: vd(d[5], cam1="clean", cam2="clean"),
+           d[6]: vd(d[6], cam1="clean", cam2="clean"), d[7]: vd(d[7], cam1="clean", cam2="clean")}
+    state, eps = replay(seq, rule, "3")
+    # cam1 drifted on d0 and d2 (d1 had no data: skipped), cam2 on d1 and d2: both reach 2 in a row on d2
+    (e,) = eps.values()
+    assert e.episode_id == f"drift-v3-{d[2]}" and e.cameras == ["cam1", "cam2"]
+    assert e.days == d[:5]  # the streaks, then its cameras' drifted days
+    # cam1 clean on d4, d5 -> leaves on d5; cam2 drifted again on d4, clean d5, d6 -> leaves; closed on d6
+    assert e.status == "closed" and e.closed_on == d[6] and e.recovered == ["cam1", "cam2"]
+    assert state.last_day == d[7] and all(t.episode is None for t in state.cameras.values())
+
+
+def test_one_drifted_day_is_not_an_episode_and_a_silenced_camera_opens_none() -> None:
+    rule = cfg(alarm_consecutive_days=2)
+    d = days(4)
+    _, eps = replay({d[0]: vd(d[0], cam1="drift"), d[1]: vd(d[1], cam1="clean")}, rule, "1")
+    assert eps == {}
+    silenced = Episode("drift-v1-old", "1", "2026-02-01", ["cam1"], ["2026-02-01"], status="closed",
+                       silenced_until=d[3])
+    _, eps = replay({x: vd(x, cam1="drift") for x in d}, rule, "1", episodes={silenced.episode_id: silenced})
+    assert sorted(eps) == [f"drift-v1-{d[3]}", "drift-v1-old"]  # not before the silence ends
+    assert eps[f"drift-v1-{d[3]}"].days == d
+
+
+def test_advancing_again_after_a_crash_keeps_what_the_episode_recorded() -> None:
+    """The episode was stored (and announced) but not the state: re-running the day finds it, does not reset it."""
+    rule = cfg(alarm_consecutive_days=1)
+    d = days(1)
+    state = MonitorState("2", None, {"cam1": CameraTrack()})
+    _, changed, opened = advance(state, d[0], vd(d[0], cam1="drift"), rule, {})
+    stored = changed[opened[0]]
+    stored.event_id, stored.round_id = "ev-1", "r-1"
+    _, again, opened2 = advance(state, d[0], vd(d[0], cam1="drift"), rule, {stored.episode_id: stored})
+    assert opened2 == opened and again[opened[0]].event_id == "ev-1" and again[opened[0]].round_id == "r-1"
+    assert state.last_day is None  # advance does not modify its input
+
+
+def test_a_new_champion_supersedes_open_episodes_of_the_old_reference() -> None:
+    old = Episode("drift-v1-x", "1", "2026-01-20", ["cam1"], ["2026-01-20"])
+    mine = Episode("drift-v2-y", "2", "2026-01-25", ["cam3"], ["2026-01-25"])
+    (closed,) = supersede([old, mine], "2", "2026-01-30")
+    assert closed.episode_id == "drift-v1-x" and closed.status == "closed" and "v2" in closed.close_reason
+    assert old.status == "open"
+
+
+_REF = synth(np.random.default_rng(7), "cam1", "ref", 7 * 30)
+
+
+@functools.cache
+def _day(i: int, dark: bool) -> Verdict:
+    """Day ``i`` of one camera (30 frames), the same draw in every stream; darker and flatter when ``dark``."""
+    day = days(30)[i]
+    cur = synth(np.random.default_rng([7, i]), "cam1", day, 30, brightness=0.35 if dark else 0.5,
+                contrast=0.15 if dark else 0.2)
+    return verdict(compare(_REF, cur, cfg(), CLASSES, "cam1", day), cfg(), CLASSES)
+
+
+def stream(shift: range) -> dict[str, dict[str, Verdict]]:
+    """30 days of one camera with the default rule: stationary, or darker on the days in ``shift``."""
+    return {d: {"cam1": _day(i, i in shift)} for i, d in enumerate(days(30))}
+
+
+def test_a_seeded_stationary_stream_raises_no_alarm_over_30_days() -> None:
+    verdicts = stream(range(0))
+    _, eps = replay(verdicts, cfg(), "1")
+    assert eps == {}
+    assert sum(day["cam1"].status == "drift" for day in verdicts.values()) <= 1  # never two in a row
+
+
+def test_a_shifted_stream_opens_an_episode_and_closes_it_after_k_clean_days() -> None:
+    _, eps = replay(stream(range(12, 20)), cfg(), "1")
+    d = days(30)
+    (e,) = eps.values()
+    assert e.cameras == ["cam1"] and e.opened_on == d[13]  # the second drifted day in a row
+    assert e.status == "closed" and e.closed_on == d[22]  # three clean days after the shift ended
+    assert set(e.days) == set(d[12:20])
+
+
+# ---- the reference ---------------------------------------------------------------------------------------------
+def test_reference_days_are_the_last_production_days_before_the_anchor() -> None:
+    have = [date(2026, 1, d) for d in (5, 6, 8, 9, 10, 12, 13)]
+    assert reference_days(have, date(2026, 1, 12), 3) == [date(2026, 1, 8), date(2026, 1, 9), date(2026, 1, 10)]
+    assert reference_days(have, date(2026, 1, 6), 7) == [date(2026, 1, 5)]
+    assert reference_days(have, date(2026, 1, 5), 7) == []
+
+
+def test_the_anchor_is_the_round_as_of_or_the_first_promotion_not_a_rollback() -> None:
+    log = [{"action": "promote", "version": "1", "at": "2026-11-02T10:00:00+00:00"},
+           {"action": "promote", "version": "2", "at": "2026-11-09T10:00:00+00:00"},
+           {"action": "rollback", "version": "1", "at": "2026-11-10T10:00:00+00:00"}]
+    assert promotion_anchor("1", log, {}, None) == (date(2026, 11, 2), "promotion log")
+    assert promotion_anchor("2", log, {"detloop.round_id": "r-2"}, "2026-01-19")[0] == date(2026, 1, 19)
+    assert promotion_anchor("3", log, {"detloop.promoted_at": "2026-11-20T00:00:00+00:00"}, None)[0] == date(2026, 11, 20)
+    day, why = promotion_anchor("4", log, {}, None)
+    assert day is None and "no promotion record" in why
+
+
+# ---- targeted rounds ----------------------------------------------------------------------------------------------
+def rec(rid: str, status: str = "open", reason: str = "weekly") -> RoundRecord:
+    return RoundRecord(rid, "2026-01-12", "2026-01-12T00:00:00", "2026-01-17T00:00:00+00:00", status, None, 1, 0,
+                       reason=reason, focus_key=None)
+
+
+def test_a_drift_round_opens_while_a_weekly_round_is_open_once_per_episode() -> None:
+    from detloop.errors import DataError
+    from tasks.rounds import RoundFocus, focused_round_id, plan_round
+
+    focus = RoundFocus("drift", "drift-v3-2026-01-20")
+    weekly_open = [rec("acme-2026-01-12")]
+    rid, why = plan_round(weekly_open, "Acme", date(2026, 1, 21), ["cam1"], None, "skip", focus=focus)
+    assert (rid, why) == ("acme-drift-v3-2026-01-20", "new") and rid == focused_round_id("Acme", focus)
+    assert plan_round([*weekly_open, rec(rid, reason="drift")], "Acme", date(2026, 1, 22), ["cam1"], None, "skip",
+                      focus=focus) == (rid, "resume")
+    # the drift round does not block the next weekly round; an open weekly round still does
+    assert plan_round([rec(rid, reason="drift")], "Acme", date(2026, 1, 19), None, None, "skip")[1] == "new"
+    assert plan_round(weekly_open, "Acme", date(2026, 1, 19), None, None, "skip")[0] is None
+    with pytest.raises(DataError, match="needs a key"):
+        RoundFocus("drift")
+
+
+def test_targeted_round_parameters_derive_from_the_episode() -> None:
+    from detloop.settings import load_settings
+    from flows.drift import drift_event_id, targeted_round
+
+    s = load_settings("configs/test.yaml")
+    e = Episode("drift-v3-2026-01-20", "3", "2026-01-20", ["cam1"], ["2026-01-10", "2026-01-19", "2026-01-20"])
+    t = targeted_round(s, e)
+    assert t["as_of"] == "2026-01-21" and t["dates"] == ["2026-01-19", "2026-01-20"]  # inside the 7-day window
+    assert t["round_id"] == "detloop-test-drift-v3-2026-01-20" and t["cameras"] == ["cam1"]
+    assert drift_event_id("m", e.episode_id) == drift_event_id("m", "drift-v3-2026-01-20") != drift_event_id("m", "x")
+    assert drift_event_id("m", e.episode_id) != drift_event_id("other-model", e.episode_id)
+
+
+# ---- settings -----------------------------------------------------------------------------------------------------
+def test_drift_settings_are_validated_on_load() -> None:
+    from detloop.errors import ConfigError
+    from detloop.settings import load_settings
+
+    for bad, msg in [({"alarm_statistics": ["psi"], "statistics": ["ks"]}, "not computed"),
+                     ({"psi_moderate": 0.3}, "psi_moderate"), ({"permutations": 10}, "permutations"),
+                     ({"correction": "holm"}, "correction"), ({"alpha": 1.5}, "alpha")]:
+        with pytest.raises(ConfigError, match=msg):
+            load_settings("configs/test.yaml", overrides={"drift": bad})
+
+
+# ---- live accuracy -----------------------------------------------------------------------------------------------
+def _gt(n: int, seed: int) -> list[Detections]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        xy = rng.uniform(0, 400, (3, 2))
+        out.append(Detections(np.hstack([xy, xy + 40]).astype(np.float32), np.ones(3, np.float32),
+                              rng.integers(0, 5, 3)))
+    return out
+
+
+def test_live_map_has_a_bootstrap_interval_over_frames() -> None:
+    from tasks.live_accuracy import map_with_interval
+
+    gts = _gt(30, 0)
+    m, lo, hi, m50 = map_with_interval(gts, gts, CLASSES, 50, 0.9, 0)
+    assert m == pytest.approx(1.0) and lo == pytest.approx(1.0) and hi == pytest.approx(1.0) and m50 == 1.0
+    half = [g if i % 2 else Detections.empty() for i, g in enumerate(gts)]  # every other frame missed
+    m, lo, hi, _ = map_with_interval(gts, half, CLASSES, 100, 0.9, 0)
+    assert 0.3 < m < 0.7 and lo < m < hi and hi - lo > 0.05
+    assert map_with_interval([Detections.empty()] * 3, [Detections.empty()] * 3, CLASSES, 20, 0.9, 0)[0] is None
+
+
+def test_live_points_pool_recent_rounds_and_leave_drift_rounds_out_of_the_overall() -> None:
+    from detloop.settings import load_settings
+    from tasks.evaluation import EvalItem
+    from tasks.live_accuracy import rolling_windows, summarize
+
+    assert rolling_windows(["a", "b", "c"], 2) == [("a", ["a"]), ("b", ["a", "b"]), ("c", ["b", "c"])]
+    s = load_settings("configs/test.yaml", overrides={"drift": {"live_rounds": 2, "live_min_frames": 4,
+                                                                "bootstrap_resamples": 20}})
+    gts = _gt(16, 1)
+    items = [EvalItem(f"i{i}.jpg", g, "cam1" if i >= 12 else "cam0") for i, g in enumerate(gts)]
+    sources = ["round:a"] * 4 + ["round:b"] * 4 + ["round:c"] * 4 + ["round:d"] * 4
+    pooled, series = summarize(items, sources, gts, s, ["round:a", "round:b", "round:c", "round:d"],
+                               {"round:d"}, {"round:c": 0.5}, {"round:c": "2026-01-26"})
+    overall = pooled[0]
+    assert overall.camera == "all" and overall.n_frames == 4  # round c only: d is a drift round, a/b too old
+    assert [(p.camera, p.n_frames) for p in pooled] == [("all", 4), ("cam0", 4), ("cam1", 4)]  # cam1: round d
+    assert [p.label for p in series] == ["a", "b", "c"] and series[2].n_frames == 8 and series[2].golden_map == 0.5
+    assert series[0].map is not None and series[0].as_of is None
