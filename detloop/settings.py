@@ -130,6 +130,11 @@ class LabelStudioSettings(_Model):
     prediction_conf_threshold: float = Field(
         0.25, ge=0.0, le=1.0, description="Predicted boxes at or above this confidence become the pre-annotation."
     )
+    unknown_labels: Literal["quarantine", "fail"] = Field(
+        "quarantine",
+        description="A task whose annotation names a label outside `classes`: quarantine the task (listed with its "
+        "reason in the round's labels report; the round's other labels are used) or fail the pull naming them all.",
+    )
 
 
 class PrefectSettings(_Model):
@@ -190,6 +195,17 @@ class StackSettings(_Model):
     )
 
 
+class LockSettings(_Model):
+    """Leases in the object store (``locks/`` in the data bucket) that keep one training, one promotion and one
+    retrain per round at a time, on any number of hosts (:mod:`tasks.leases`)."""
+
+    lease_seconds: float = Field(
+        120.0, ge=2.0, le=3600.0,
+        description="A lease not renewed for this long (by the object store's clock) may be taken over: how long a "
+        "crashed holder blocks the next run. Holders renew every quarter of it.",
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
@@ -207,6 +223,11 @@ class SamplingSettings(_Model):
         description="dHash grid side n (n*n bits); 8 is the classic 64-bit hash, too coarse for fixed cameras.",
     )
     seed: int = Field(0, ge=0, description="Seed of the sampler.")
+    max_image_pixels: int = Field(
+        50_000_000, ge=64, le=2_000_000_000,
+        description="Frames whose header declares more pixels (width x height) are quarantined before decoding "
+        "(a decompression bomb: a small file that decodes to gigabytes). Sampling and scoring both check it.",
+    )
 
 
 class SelectionSettings(_Model):
@@ -342,6 +363,7 @@ class Settings(BaseSettings):
     label_studio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
+    locks: LockSettings = Field(default_factory=LockSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)

@@ -19,6 +19,7 @@ before registering), the promotion log. A re-run after a crash resumes instead o
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -145,14 +146,33 @@ def watch_rounds(params: WatchParams = WatchParams()) -> dict[str, Any]:  # noqa
 # ================================================================================================
 @flow(name="retrain-and-promote", log_prints=True)
 def retrain_and_promote(params: RetrainParams) -> dict[str, Any]:
-    """Labels of a round -> dataset version -> fine-tune -> evaluate -> register -> gate -> promote or not."""
+    """Labels of a round -> dataset version -> fine-tune -> evaluate -> register -> gate -> promote or not.
+
+    One run per round at a time, on any host (a lease in the object store): a second run for the same round
+    returns at once with ``skipped`` saying which run holds it.
+    """
     from detloop.clients import Clients
-    from detloop.errors import DataError
-    from tasks.rounds import load_round, mark_round
+    from detloop.errors import LockBusy
+    from tasks.rounds import retrain_lease
 
     log = get_run_logger()
     settings = settings_for(params)
     clients = Clients.from_settings(settings)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(retrain_lease(clients.store, settings, params.round_id))
+        except LockBusy as err:  # another run is on this round (its lease says which and until when)
+            log.info("nothing done: %s", err)
+            publish_report("retrain-skipped", f"# Round {params.round_id}: nothing done\n\n{err}\n",
+                           f"retrain-and-promote {params.round_id} skipped")
+            return {"round_id": params.round_id, "skipped": str(err)}
+        return _retrain_round(params, settings, clients, log)
+
+
+def _retrain_round(params: RetrainParams, settings: Any, clients: Any, log: Any) -> dict[str, Any]:
+    from detloop.errors import DataError
+    from tasks.rounds import load_round, mark_round
+
     store, bucket = clients.store, settings.s3.data_bucket
     round_id = params.round_id
     result_key = f"rounds/{round_id}/result.json"

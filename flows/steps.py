@@ -92,7 +92,8 @@ def train(settings: Any, clients: Any, data_yaml: Path, init_weights: Path | Non
           tags: dict[str, str], dataset_version: str, parent_version: str | None, epochs: int | None = None) -> Any:
     """Train (idempotent by input hash: a finished MLflow run with the same inputs is reused).
 
-    One training at a time per model (a lock): a second one waits for the first, up to the training timeout.
+    One training at a time per model (a lease in the object store, on any host): a second one waits for the first,
+    up to the training timeout.
     """
     import time
 
@@ -105,7 +106,8 @@ def train(settings: Any, clients: Any, data_yaml: Path, init_weights: Path | Non
     while True:
         try:
             return do_train(data_yaml, settings, clients.registry, init_weights, run_name, tags=tags,
-                            dataset_version=dataset_version, parent_version=parent_version, epochs=epochs)
+                            dataset_version=dataset_version, parent_version=parent_version, epochs=epochs,
+                            store=clients.store)
         except LockBusy as err:
             if time.monotonic() > deadline:
                 raise

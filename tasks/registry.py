@@ -21,20 +21,17 @@ records its ``model.onnx`` SHA-256 in the tag ``detloop.onnx_sha256``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import json
 import os
 import shutil
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from detloop.errors import DetloopError, LockBusy
+from detloop.errors import DetloopError
 from detloop.settings import Settings
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
@@ -46,57 +43,24 @@ class PromotionError(DetloopError):
 
 
 # --------------------------------------------------------------------------------------------
-# Locks
+# Locks: leases in the object store (tasks/leases.py), so they hold on every host the flows run on
 # --------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def file_lock(path: Path, what: str, wait_s: float = 0.0) -> Iterator[None]:
-    """Exclusive ``flock`` on ``path``; waits up to ``wait_s`` then raises :class:`LockBusy`.
+def training_lock(settings: Settings, store: Any) -> contextlib.AbstractContextManager[Any]:
+    """At most one training per registered model name at a time, on any host (fails fast when busy)."""
+    from tasks.leases import lease
 
-    A crashed holder releases the lock with its process (kernel flock), so no stale lock survives.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = path.open("a+")
-    deadline = time.monotonic() + wait_s
-    try:
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = _lock_holder(path)
-                    raise LockBusy(f"another {what} is running (lock {path} is held{holder})") from None
-                time.sleep(0.5)
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps({"pid": __import__("os").getpid(), "since": _now()}))
-        f.flush()
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
-
-
-def _lock_holder(path: Path) -> str:
-    """`` by pid N since T`` from the lock file's content, or ``""``."""
-    try:
-        info = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        return ""
-    return f" by pid {info['pid']} since {info['since']}" if "pid" in info and "since" in info else ""
-
-
-def training_lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
-    """At most one training per registered model name at a time (fails fast when busy)."""
     name = settings.mlflow.model_name
-    return file_lock(settings.data_dir / "locks" / f"training-{name}.lock", f"training of {name}", wait_s=0.0)
+    return lease(store, settings.s3.data_bucket, f"training-{name}", f"training of {name}",
+                 settings.locks.lease_seconds, wait_s=0.0)
 
 
-def promotion_lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
-    """At most one promotion / rollback per registered model name (waits up to 60 s)."""
+def promotion_lock(settings: Settings, store: Any) -> contextlib.AbstractContextManager[Any]:
+    """At most one promotion / rollback per registered model name, on any host (waits up to 60 s)."""
+    from tasks.leases import lease
+
     name = settings.mlflow.model_name
-    return file_lock(settings.data_dir / "locks" / f"promotion-{name}.lock", f"promotion of {name}", wait_s=60.0)
+    return lease(store, settings.s3.data_bucket, f"promotion-{name}", f"promotion of {name}",
+                 settings.locks.lease_seconds, wait_s=60.0, poll_s=1.0)
 
 
 def _now() -> str:
@@ -246,7 +210,7 @@ def promote(
     """
     reg = registry
     actor = actor or getpass.getuser()
-    with promotion_lock(settings):
+    with promotion_lock(settings, store) as held:
         mv = reg.get_version(version)
         passed = decision.passed if decision is not None else mv.tags.get("gate.passed") == "true"
         if not passed and not override:
@@ -257,6 +221,7 @@ def promote(
         old = reg.version_by_alias(CHAMPION)
         if old is not None and str(old.version) == str(version):
             raise PromotionError(f"version {version} is already the champion")
+        held.check()  # still ours: nobody else moves the aliases or appends to the log meanwhile
         if old is not None:
             reg.set_alias(PREVIOUS, old.version)
         reg.set_alias(CHAMPION, version)  # one call: readers see the old or the new champion, never none
@@ -282,11 +247,12 @@ def rollback(settings: Settings, registry: Any, store: Any, reason: str | None =
     """
     reg = registry
     actor = actor or getpass.getuser()
-    with promotion_lock(settings):
+    with promotion_lock(settings, store) as held:
         prev = reg.version_by_alias(PREVIOUS)
         if prev is None:
             raise PromotionError(f"model {reg.model_name}: no '{PREVIOUS}' alias, nothing to roll back to")
         cur = reg.version_by_alias(CHAMPION)
+        held.check()
         reg.set_alias(CHAMPION, prev.version)
         if cur is not None:
             reg.set_alias(PREVIOUS, cur.version)

@@ -234,3 +234,13 @@ def round_project_title(store: Any, settings: Settings, round_id: str) -> str | 
 def load_task_ids(store: Any, settings: Settings, round_id: str) -> dict[str, int] | None:
     doc = _task_ids_doc(store, settings, round_id)
     return None if doc is None else {str(k): int(v) for k, v in doc["tasks"].items()}
+
+
+# ---- one retrain per round ----------------------------------------------------------------------
+def retrain_lease(store: Any, settings: Settings, round_id: str) -> Any:
+    """The lease that one ``retrain-and-promote`` run of ``round_id`` holds, on any host (fails at once when busy:
+    :class:`~detloop.errors.LockBusy` says which run holds it and when its lease expires if that run died)."""
+    from tasks.leases import lease
+
+    return lease(store, settings.s3.data_bucket, f"retrain-{round_id}", f"retrain of round {round_id}",
+                 settings.locks.lease_seconds, wait_s=0.0)

@@ -379,6 +379,8 @@ def train(
     dataset_version: str | None = None,
     parent_version: str | None = None,
     epochs: int | None = None,
+    *,
+    store: Any,
 ) -> TrainResult:
     """Train a challenger (bootstrap when ``init_weights`` is None) and track it in MLflow.
 
@@ -392,27 +394,28 @@ def train(
         parent_version: registry version of the champion fine-tuned from.
         epochs: override of ``bootstrap_epochs`` / ``finetune_epochs``.
         registry: the model registry (:class:`~detloop.clients.protocols.ModelRegistry`) runs are tracked in.
+        store: the object store holding the training lease (one training per model name on any host).
 
     Returns:
         :class:`TrainResult`.
 
     Raises:
         DataError: classes differ / too little data. TrainingError: crash or timeout.
-        LockBusy: another training holds the training lock.
+        LockBusy: another training holds the training lease (the message says who, since when).
         ServiceError: MLflow unreachable (the message names its URL).
     """
     from tasks.registry import training_lock
 
     counts = check_dataset(data_yaml, settings.classes, settings.training.min_train_frames)
-    with training_lock(settings):
+    with training_lock(settings, store) as held:
         return _train_locked(data_yaml, settings, init_weights, run_name, tags, dataset_version, parent_version,
-                             epochs, registry, counts)
+                             epochs, registry, counts, held)
 
 
 def _train_locked(
     data_yaml: str | Path, settings: Settings, init_weights: str | Path | None, run_name: str,
     tags: dict[str, str] | None, dataset_version: str | None, parent_version: str | None, epochs: int | None,
-    registry: Any, counts: dict[str, int],
+    registry: Any, counts: dict[str, int], held: Any,
 ) -> TrainResult:
     from detloop.offline import ensure_ultralytics_fonts, yolo_config_dir
 
@@ -449,6 +452,10 @@ def _train_locked(
         return TrainResult(run.info.run_id, Path(local), run_dir, metrics, 0.0, True, ihash, n_epochs, bootstrap,
                            dict(run.data.tags))
     # ---- train --------------------------------------------------------------------------------
+    # a RUNNING run with these inputs lost its trainer (killed pod or flow): this one holds the training lease
+    for run in reg.find_runs(f"tags.`detloop.input_hash` = '{ihash}' and attributes.status = 'RUNNING'"):
+        reg.end_run(run.info.run_id, "KILLED")
+    held.check()
     run_id = reg.create_run(run_name, all_tags)
     try:
         reg.log_params(run_id, {**params, "dataset_version": dataset_version or "", "parent_version":
@@ -493,6 +500,7 @@ def _train_locked(
     if Path(result["results_csv"]).is_file():
         reg.log_artifact(run_id, Path(result["results_csv"]), "logs")
     reg.log_artifact(run_id, run_dir / "train.log", "logs")
+    held.check()  # a trainer whose lease was taken over does not mark its run reusable
     reg.end_run(run_id, "FINISHED")
     return TrainResult(run_id, best, run_dir, final, float(result["train_seconds"]), False, ihash, n_epochs,
                        bootstrap, all_tags)
