@@ -538,8 +538,11 @@ def load_settings(
         raise ConfigError(f"config file not found: {cfg_path}")
     try:
         raw = yaml.safe_load(cfg_path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{cfg_path}: not valid YAML: {err}") from err
+    except yaml.YAMLError as err:  # its text spans lines (context, caret): one line, with the position
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        what = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise ConfigError(f"{cfg_path}: not valid YAML{where}: {what}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{cfg_path}: top level must be a mapping, got {type(raw).__name__}")
     for section, field in SECRET_FIELDS:

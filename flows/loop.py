@@ -66,7 +66,7 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
     """Sample the production window -> score with the champion -> select -> push a round to Label Studio."""
     from detloop.clients import Clients
     from detloop.settings import parse_as_of
-    from tasks.rounds import list_rounds, load_round, mark_round, plan_round
+    from tasks.rounds import check_as_of, list_rounds, load_round, mark_round, plan_round
     from tasks.selection import read_stored_selection
 
     log = get_run_logger()
@@ -74,6 +74,7 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
     clients = Clients.from_settings(settings)
     store, bucket = clients.store, settings.s3.data_bucket
     as_of = parse_as_of(params.as_of)
+    check_as_of(as_of, datetime.now(UTC).date())
 
     # 0. one round per week (unless asked otherwise)
     round_id, why = plan_round(list_rounds(store, settings), settings.label_studio.project_title, as_of,
@@ -188,14 +189,27 @@ def _retrain_round(params: RetrainParams, settings: Any, clients: Any, log: Any)
     if rec.status == "open":
         raise DataError(f"round {round_id} is still open ({rec.counts}); wait for watch-rounds to close it")
 
-    # 1. labels back from Label Studio, validated, frames copied to content-addressed storage
+    # 1. labels back from Label Studio, validated, frames copied to content-addressed storage; plus labels of
+    #    earlier rounds corrected since their pull (they join this version: nothing edited late is lost)
     pulled = retrying(steps.pull_labels, settings)(settings, clients, round_id)
+    late = retrying(steps.late_edits, settings)(settings, clients, round_id)
+    if late.tasks:
+        log.info("labels edited after their round was pulled: %s; they join this round's dataset version",
+                 ", ".join(f"round {r} tasks {ids}" for r, ids in late.tasks.items()))
+    for q in pulled.report.get("quarantined", []):
+        log.info("task %s (%s) left out: %s", q["task_id"], q["key"], q["reason"])
 
     # 2. a new immutable dataset version: the champion's training data + this round
     champion = retrying(steps.fetch_champion, settings)(settings, clients)
     golden = _golden_version(store, settings)
     version_id, _manifest, ds_report = retrying(steps.build_dataset_version, settings)(
-        settings, clients, round_id, pulled.entries, champion.dataset_version if champion else None, golden)
+        settings, clients, round_id, [*pulled.entries, *late.entries], champion.dataset_version if champion else None,
+        golden)
+    if late.tasks:
+        from tasks.late_edits import commit_late_edits
+
+        commit_late_edits(store, settings, late.fingerprints)
+        ds_report["late_edits"] = late.report()
 
     # 3. fine-tune the champion on it
     data_yaml = retrying(steps.materialize, settings)(settings, clients, version_id,

@@ -69,6 +69,17 @@ def pull_labels(settings: Any, clients: Any, round_id: str) -> Any:
     return pull_round(settings, round_id, clients.labels, clients.store)
 
 
+@task(name="late-edits", **NET)
+def late_edits(settings: Any, clients: Any, round_id: str) -> Any:
+    """Annotations of earlier, trained rounds edited since their pull (:class:`tasks.late_edits.LateEdits`)."""
+    from tasks.annotation import ensure_project, read_round_tasks
+    from tasks.late_edits import collect_late_edits
+
+    project = ensure_project(settings, clients.labels)
+    return collect_late_edits(settings, clients.store, lambda rid: read_round_tasks(
+        settings, rid, clients.labels, clients.store, project.id), exclude=round_id)
+
+
 @task(name="build-dataset-version", **NET)
 def build_dataset_version(settings: Any, clients: Any, round_id: str, entries: list[Any], parent_id: str | None,
                           golden_id: str) -> Any:

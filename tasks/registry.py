@@ -74,6 +74,14 @@ def build_model_dir(
     weights: Path, out_dir: Path, settings: Settings, report: Any | None = None, scoring_dir: Path | None = None
 ) -> Path:
     """Assemble the files of a model version in ``out_dir`` (exports ONNX unless ``scoring_dir`` given)."""
+    from detloop.localfs import writing
+
+    with writing(out_dir):  # a full disk: one line naming the folder (rebuilt from scratch on the next run)
+        return _build_model_dir(weights, out_dir, settings, report, scoring_dir)
+
+
+def _build_model_dir(weights: Path, out_dir: Path, settings: Settings, report: Any | None,
+                     scoring_dir: Path | None) -> Path:
     from tasks.export import export_scoring_artifact
 
     if out_dir.exists():
@@ -323,6 +331,17 @@ def load_champion(settings: Settings, registry: Any, dest_dir: str | Path | None
     if marker.is_file() and json.loads(marker.read_text()).get("version") == str(mv.version):
         return dest
     tmp = dest.with_name(f"{dest.name}.partial-{os.getpid()}-{threading.get_ident()}")
+    from detloop.localfs import writing
+
+    with writing(dest):  # a full disk: one line naming the folder; the partial copy is never taken as the model
+        try:
+            return _download_champion(settings, reg, mv, dest, marker, tmp, alias)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _download_champion(settings: Settings, reg: Any, mv: Any, dest: Path, marker: Path, tmp: Path,
+                       alias: str) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     reg.download_version(mv, tmp)

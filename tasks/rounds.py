@@ -186,6 +186,20 @@ def plan_round(records: Sequence[RoundRecord], project: str, as_of: date, camera
     return round_id_for(project, as_of, cameras, dates, attempt=len(mine)), "another"
 
 
+def check_as_of(as_of: date, today: date) -> None:
+    """Refuse a week that has not happened: its window holds no frames yet, and its round would block the
+    real weeks before it (one round at a time).
+
+    Raises:
+        ConfigError: ``as_of`` is after ``today``.
+    """
+    from detloop.errors import ConfigError
+
+    if as_of > today:
+        raise ConfigError(f"as_of {as_of.isoformat()} is in the future (today is {today.isoformat()}): its window "
+                          "has no frames yet; give a date up to today")
+
+
 def round_seed(round_id: str) -> int:
     """Seed of a round's random draws (control arm, tie breaks): stable across re-runs of the round."""
     return int(hashlib.sha256(json.dumps([round_id]).encode()).hexdigest()[:8], 16)

@@ -35,6 +35,7 @@ from detloop.detections import Detections
 from detloop.errors import DataError, NotFound
 from detloop.ops import Letterbox
 from detloop.settings import ModelSettings, Settings
+from tasks.sampling import DEFAULT_MAX_PIXELS, jpeg_size
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +265,8 @@ def score_with(settings: Settings, clients: Any, frames: Sequence[FrameRef], mod
         raise DataError(f"model {model.label} classes {scorer.meta.class_names} differ from the configured "
                         f"classes {settings.classes}")
     other = open_model(settings, clients.registry, committee) if committee is not None else None
-    return score(frames, scorer, clients.store, settings.model, tta=tta, committee=other)
+    return score(frames, scorer, clients.store, settings.model, tta=tta, committee=other,
+                 max_pixels=settings.sampling.max_image_pixels)
 
 
 def resolve_model(settings: Settings, registry: Any, alias: str = "champion") -> Path:
@@ -288,30 +290,10 @@ def resolve_model(settings: Settings, registry: Any, alias: str = "champion") ->
 # --------------------------------------------------------------------------------------------
 # Prefetching reader
 # --------------------------------------------------------------------------------------------
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` from a JPEG's SOF header, or None when not found (no decoding)."""
-    if not data.startswith(b"\xff\xd8"):
-        return None
-    i, n = 2, len(data)
-    while i + 9 < n:
-        if data[i] != 0xFF:
-            i += 1
-            continue
-        marker = data[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-            i += 1 if marker == 0xFF else 2
-            continue
-        seg = int.from_bytes(data[i + 2 : i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            h = int.from_bytes(data[i + 5 : i + 7], "big")
-            w = int.from_bytes(data[i + 7 : i + 9], "big")
-            return (w, h) if w and h else None
-        i += 2 + seg
-    return None
-
-
-def decode_for_model(data: bytes, size: int, fast: bool = True) -> tuple[np.ndarray | None, int, int, str | None]:
-    """Validate and decode a frame for a model of input side ``size``.
+def decode_for_model(data: bytes, size: int, fast: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                     ) -> tuple[np.ndarray | None, int, int, str | None]:
+    """Validate (:func:`tasks.sampling.check_image_bytes`, pixel cap included) and decode a frame for a model of
+    input side ``size``.
 
     With ``fast``, a JPEG at least 2x (4x, 8x) larger than its letterboxed size is decoded at 1/2
     (1/4, 1/8) scale by the JPEG decoder's DCT scaling (several times cheaper than a full decode +
@@ -325,7 +307,7 @@ def decode_for_model(data: bytes, size: int, fast: bool = True) -> tuple[np.ndar
     from tasks.sampling import check_image_bytes, decode_image
 
     if fast:
-        reason = check_image_bytes(data)
+        reason = check_image_bytes(data, max_pixels)
         if reason:
             return None, 0, 0, reason
         wh = jpeg_size(data)
@@ -340,7 +322,7 @@ def decode_for_model(data: bytes, size: int, fast: bool = True) -> tuple[np.ndar
                     if img is None:
                         return None, 0, 0, "corrupt image (decoder failed)"
                     return img, w, h, None
-    img, reason = decode_image(data)
+    img, reason = decode_image(data, max_pixels)
     if img is None:
         return None, 0, 0, reason
     return img, img.shape[1], img.shape[0], None
@@ -409,7 +391,8 @@ def prepare(img_bgr: np.ndarray, size: int, orig_w: int | None = None, orig_h: i
     return to_tensors([boxed])[0], lb, b, c
 
 
-def _load_one(store: Any, ref: FrameRef, size: int, fast: bool = True) -> DecodedFrame | Quarantined:
+def _load_one(store: Any, ref: FrameRef, size: int, fast: bool = True,
+              max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedFrame | Quarantined:
     """Read and decode one frame. Bad data is quarantined with its reason; a service failure raises.
 
     Only the frame's own fault is quarantined: undecodable, empty or not an image, or gone from the bucket
@@ -420,7 +403,7 @@ def _load_one(store: Any, ref: FrameRef, size: int, fast: bool = True) -> Decode
         data = store.read_frame(ref.bucket, ref.key)
     except NotFound as err:
         return Quarantined(ref.bucket, ref.key, f"missing: {err}")
-    img, w, h, reason = decode_for_model(data, size, fast)
+    img, w, h, reason = decode_for_model(data, size, fast, max_pixels)
     if img is None:
         return Quarantined(ref.bucket, ref.key, str(reason))
     boxed, lb, b, c = letterbox_u8(img, size, w, h)
@@ -428,7 +411,8 @@ def _load_one(store: Any, ref: FrameRef, size: int, fast: bool = True) -> Decode
 
 
 def iter_decoded(
-    store: Any, refs: Sequence[FrameRef], size: int, threads: int = 4, prefetch: int = 64, fast: bool = True
+    store: Any, refs: Sequence[FrameRef], size: int, threads: int = 4, prefetch: int = 64, fast: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Iterator[DecodedFrame | Quarantined]:
     """Yield decoded frames (or quarantine records) in input order, reading up to ``prefetch`` ahead."""
     from concurrent.futures import ThreadPoolExecutor
@@ -437,14 +421,14 @@ def iter_decoded(
         pending: deque[Any] = deque()
         it = iter(refs)
         for ref in it:
-            pending.append(ex.submit(_load_one, store, ref, size, fast))
+            pending.append(ex.submit(_load_one, store, ref, size, fast, max_pixels))
             if len(pending) >= prefetch:
                 break
         while pending:
             fut = pending.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(ex.submit(_load_one, store, nxt, size, fast))
+                pending.append(ex.submit(_load_one, store, nxt, size, fast, max_pixels))
             yield fut.result()
 
 
@@ -560,6 +544,7 @@ def score(
     tta: bool = False,
     committee: Scorer | None = None,
     read_threads: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> ScoringResult:
     """Score frames streamed from S3 in batches of ``ms.batch_size`` with a prefetching reader.
 
@@ -571,6 +556,7 @@ def score(
         tta: also score the horizontally flipped frame (about 2x the inference cost).
         committee: the previous champion, scored on the same tensors (about 2x).
         read_threads: reader threads (default ``ms.read_threads``).
+        max_pixels: frames declaring more pixels are quarantined undecoded (``sampling.max_image_pixels``).
 
     Returns:
         :class:`ScoringResult` with frames in input order (quarantined ones left out); its timings
@@ -580,7 +566,7 @@ def score(
     quarantine: list[Quarantined] = []
     t0 = time.perf_counter()
     reader = iter_decoded(store, refs, size, read_threads or ms.read_threads, prefetch=ms.batch_size * 3,
-                          fast=ms.fast_decode)
+                          fast=ms.fast_decode, max_pixels=max_pixels)
     batches = enumerate(iter_batches(reader, ms.batch_size, quarantine))
     workers = inference_workers(ms, scorer, committee)
     done: dict[int, list[ScoredFrame]] = {}

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from detloop.errors import DataError, DetloopError, NotFound
+from detloop.localfs import link_or_copy, writing
 from detloop.settings import REPO_ROOT, Settings
 
 IMG_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -185,8 +186,6 @@ def oversample_hard(data_yaml: str | Path, hard: Iterable[str], factor: int, out
     Returns:
         Path of the new ``data.yaml`` (val / other splits unchanged).
     """
-    import shutil
-
     import yaml
 
     data, root = read_data_yaml(data_yaml)
@@ -206,10 +205,7 @@ def oversample_hard(data_yaml: str | Path, hard: Iterable[str], factor: int, out
             for src, d in ((img, dst), (_label_for(img), lbl)):
                 if d.exists() or not src.exists():
                     continue
-                try:
-                    os.link(src, d)
-                except OSError:
-                    shutil.copyfile(src, d)
+                link_or_copy(src, d)  # whole or absent (an existing copy is never half-written)
             lines.append(str(dst.resolve()))
     (out / "train.txt").write_text("\n".join(lines) + "\n")
     new = dict(data)
@@ -471,7 +467,8 @@ def _train_locked(
             optimizer=tc.optimizer, lr0=params["lr0"], workers=tc.workers, threads=threads, device=tc.device,
             seed=tc.seed, out_dir=str(run_dir / "ul"), yolo_config_dir=str(yolo_config_dir(settings)),
         )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        with writing(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         result = run_worker(spec, tc.timeout_minutes * 60, run_dir / "train.log")
         wall = time.time() - t0
@@ -483,7 +480,7 @@ def _train_locked(
         finally:
             reg.end_run(run_id, "FAILED")
         raise
-    rows = read_results_csv(Path(result["results_csv"]))
+    rows = read_results_csv(Path(result["results_csv"]))  # (the worker wrote result.json whole, last)
     metric_rows = [(k, v, int(r.get("epoch", i + 1))) for i, r in enumerate(rows) for k, v in r.items()
                    if k != "epoch"]
     final = {k: v for k, v in (rows[-1].items() if rows else []) if k != "epoch"}
