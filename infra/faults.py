@@ -44,24 +44,27 @@ def kill_service(settings: Settings, service: str, timeout_s: float = 10.0) -> i
 
 @dataclass
 class Injection:
-    """What :func:`kill_on_call` did: the calls seen and when the kill happened (monotonic seconds)."""
+    """One planned kill and what became of it: calls seen, when it fired (monotonic seconds), a log.
+
+    Several proxies (one per client bundle a flow builds) may share one injection: it fires once.
+    """
 
     service: str
     method: str
     calls: int = 0
     killed_at: float | None = None
     log: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 class _Faulty:
-    """A proxy of ``target``: every attribute is the target's, except ``method``, which kills a service on its
-    n-th call (before the call, or after it returned)."""
+    """A proxy of ``target``: every attribute is the target's, except ``method``, whose ``on_call``-th matching
+    call runs ``kill`` (before the call, or after it returned)."""
 
     def __init__(self, target: Any, method: str, kill: Callable[[], None], on_call: int, after: bool,
-                 injection: Injection):
+                 when: Callable[..., bool] | None, injection: Injection):
         self._target, self._method, self._kill = target, method, kill
-        self._on_call, self._after, self.injection = on_call, after, injection
-        self._lock = threading.Lock()
+        self._on_call, self._after, self._when, self.injection = on_call, after, when, injection
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._target, name)
@@ -69,9 +72,13 @@ class _Faulty:
             return value
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                self.injection.calls += 1
-                fire = self.injection.calls == self._on_call and self.injection.killed_at is None
+            inj = self.injection
+            with inj.lock:
+                match = self._when is None or self._when(*args, **kwargs)
+                inj.calls += int(match)
+                fire = match and inj.calls == self._on_call and inj.killed_at is None
+                if fire:
+                    inj.killed_at = -1.0  # claimed: a concurrent call does not fire again
             if fire and not self._after:
                 self._fire()
             result = value(*args, **kwargs)
@@ -82,22 +89,26 @@ class _Faulty:
         return call
 
     def _fire(self) -> None:
+        self.injection.log.append(f"kill {self.injection.service} at call {self.injection.calls} of {self._method} "
+                                  f"({'after' if self._after else 'before'} it)")
         self._kill()
         self.injection.killed_at = time.monotonic()
-        self.injection.log.append(f"killed {self.injection.service} at call {self.injection.calls} of "
-                                  f"{self._method} ({'after' if self._after else 'before'} it)")
 
 
-def kill_on_call(target: Any, method: str, settings: Settings, service: str, on_call: int = 1,
-                 after: bool = False) -> Any:
-    """``target`` with ``method`` killing ``service`` (SIGKILL, :func:`kill_service`) on its ``on_call``-th call.
+def kill_on_call(target: Any, method: str, kill: Callable[[], None], on_call: int = 1, after: bool = False,
+                 when: Callable[..., bool] | None = None, injection: Injection | None = None,
+                 service: str = "") -> Any:
+    """``target`` whose ``method`` runs ``kill`` on its ``on_call``-th call (counting only calls ``when`` accepts).
 
     Args:
+        kill: e.g. ``lambda: kill_service(settings, "s3")``, or a SIGKILL of the calling process itself.
         after: kill once the call has returned (the work was done but its caller never learns it, as when
             the server dies before its answer arrives); default: kill just before the call is sent.
+        when: ``when(*args, **kwargs) -> bool`` selects the calls that count (e.g. only ``set_alias("champion", ...)``).
+        injection: share one injection between several proxies (it fires once).
 
     Returns:
         The proxy; its ``injection`` attribute records what happened.
     """
-    inj = Injection(service, method)
-    return _Faulty(target, method, lambda: kill_service(settings, service), on_call, after, inj)
+    inj = injection or Injection(service, method)
+    return _Faulty(target, method, kill, on_call, after, when, inj)
