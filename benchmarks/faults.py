@@ -53,6 +53,8 @@ START = date(2026, 3, 2)  # the world's production frames: START .. START + DAYS
 DAYS = 7
 AS_OF = START + timedelta(days=DAYS)
 BUDGET = 6
+GOLDEN_FRAMES, SEED_FRAMES = 16, 20
+INPUT_SIZE = 160  # training, evaluation and scoring at a quarter of the pixels of 320: these runs test plumbing
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,6 +90,7 @@ class FaultWorld:
                                "import_batch_size": 2}
         cfg["mlflow"] = {**cfg.get("mlflow", {}), "experiment": f"faults-{sfx}", "model_name": f"faults-{sfx}"}
         cfg["training"] = {**cfg.get("training", {}), "finetune_epochs": 1, "batch": 8, "nbs": 8, "workers": 0}
+        cfg["model"] = {**cfg.get("model", {}), "input_size": INPUT_SIZE}
         cfg["gate"] = {"bootstrap_floor": 0.0, "min_delta": -1.0, "class_tol": 1.0, "small_tol": 1.0,
                        "latency_ratio_max": 100.0}
         cfg["evaluation"] = {**cfg.get("evaluation", {}), "min_instances": 5, "golden_version": self.golden,
@@ -117,7 +120,8 @@ class Cell:
 
 
 def make_world(stack: Any, work: Path, lease_seconds: float = 6.0, log: Callable[[str], None] = print) -> FaultWorld:
-    """Publish a small world (7 days x 5 cameras x 3 frames), a golden (24) and a seed (30) version."""
+    """Publish a small world (7 days x 5 cameras x 3 frames), a golden (16) and a seed (20) version, and a
+    random-weights model exported at 160 px."""
     from detloop.world.publish import publish_golden, publish_seed, publish_world
     from tasks.export import export_scoring_artifact, make_random_weights
 
@@ -127,10 +131,10 @@ def make_world(stack: Any, work: Path, lease_seconds: float = 6.0, log: Callable
     s.s3.production_prefix = f"faults-{tag}/frames/"
     t0 = time.monotonic()
     publish_world(s, START, DAYS, 3, threads=4)
-    golden = publish_golden(s, frames=24, threads=4)
-    seed = publish_seed(s, frames=30, threads=4)
+    golden = publish_golden(s, frames=GOLDEN_FRAMES, threads=4)
+    seed = publish_seed(s, frames=SEED_FRAMES, threads=4)
     weights = make_random_weights(work / "random.pt", list(s.classes))
-    artifact = export_scoring_artifact(weights, work / "random-scoring", list(s.classes), s.model.input_size)
+    artifact = export_scoring_artifact(weights, work / "random-scoring", list(s.classes), INPUT_SIZE)
     log(f"world {tag}: frames, golden {golden}, seed {seed}, random model in {time.monotonic() - t0:.0f} s")
     return FaultWorld(stack, work, tag, s.s3.production_prefix, golden, seed, weights, artifact, lease_seconds)
 
