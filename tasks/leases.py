@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from detloop.errors import LockBusy, NotFound, ServiceUnavailable
+from detloop.errors import LockBusy, NotFound, ServiceError, ServiceUnavailable
 
 LOCK_PREFIX = "locks/"
 log = logging.getLogger(__name__)
@@ -113,6 +113,10 @@ class Lease:
                 if time.monotonic() - self._renewed_at > self.ttl_s:
                     self.lost = True
                 return not self.lost
+            except (ServiceError, NotFound) as err:  # refused (permissions, the bucket gone): it will not get better
+                log.warning("lost the lease on %s: renewal refused: %s", self.what, err)
+                self.lost = True
+                return False
             if etag is None:
                 self.lost = True
                 log.warning("lost the lease on %s (s3://%s/%s): replaced by another holder",
@@ -129,7 +133,7 @@ class Lease:
                 return
             try:
                 self.store.delete_if_match(self.bucket, self.key, self.etag)
-            except (ServiceUnavailable, NotFound) as err:
+            except (ServiceError, NotFound) as err:  # never hides what the guarded work raised
                 log.warning("could not release the lease on %s (it expires in %.0f s): %s", self.what, self.ttl_s, err)
             self.lost = True
 
