@@ -126,7 +126,6 @@ def test_an_export_that_hits_a_full_disk_leaves_no_artifact(tmp_path: Path, monk
     import tasks.export as ex
 
     calls = {"n": 0}
-    real = ex._export_into
 
     def half_then_full(weights: Path, out: Path, *a: Any) -> None:
         calls["n"] += 1
@@ -136,12 +135,17 @@ def test_an_export_that_hits_a_full_disk_leaves_no_artifact(tmp_path: Path, monk
     monkeypatch.setattr(ex, "_export_into", half_then_full)
     dest = tmp_path / "art"
     with pytest.raises(DiskFull) as err:
-        ex.make_random_artifact(dest, ["a", "b"], 64)
+        ex.export_scoring_artifact(tmp_path / "w.pt", dest, ["a", "b"], 64)
     _one_line_naming(err.value, dest)
-    assert not dest.exists()  # make_random_artifact would have taken a half model.onnx for a finished export
-    monkeypatch.setattr(ex, "_export_into", real)
-    art = ex.make_random_artifact(dest, ["a", "b"], 64)
-    assert (art / ex.ONNX_NAME).stat().st_size > 10_000 and (art / ex.META_NAME).is_file()
+    assert not dest.exists()  # make_random_artifact, seeing a model.onnx, would have taken half of one as done
+    def whole(weights: Path, out: Path, *a: Any) -> None:  # a complete export (torch's own is slow to run here)
+        (out / ex.ONNX_NAME).write_bytes(b"a whole onnx")
+        (out / ex.META_NAME).write_text("{}")
+
+    monkeypatch.setattr(ex, "_export_into", whole)
+    art = ex.export_scoring_artifact(tmp_path / "w.pt", dest, ["a", "b"], 64)  # the next run exports whole
+    assert (art / ex.ONNX_NAME).read_bytes() == b"a whole onnx" and (art / ex.META_NAME).is_file()
+    assert calls["n"] == 1 and not list(tmp_path.glob(".art.tmp-*"))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
