@@ -303,6 +303,11 @@ def check(cell: Cell, round_id: str, trained: bool) -> dict[str, Any]:
         out["labelled_frames_in_version"] = res.get("labelled_frames")
         out["promoted"] = bool(res.get("promoted"))
     out.update(champion_integrity(s, c.registry))
+    from tasks.registry import read_promotion_log
+
+    logged = {e.get("version") for e in read_promotion_log(c.store, s) if e.get("model") == s.mlflow.model_name
+              and e.get("action") in ("promote", "override")}
+    out["promotions_not_logged"] = int(out.get("champion") is not None and out["champion"] not in logged)
     orphans = c.registry.find_runs("attributes.status = 'RUNNING'", max_results=50)
     out["orphan_mlflow_runs"] = len(orphans)
     return out
@@ -353,7 +358,7 @@ class CellResult:
     def lost(self) -> int:
         c = self.counts
         return sum(int(c.get(k) or 0) for k in ("duplicate_tasks", "selected_without_task", "wrongly_quarantined",
-                                                   "duplicate_versions", "lost_annotations"))
+                                                   "duplicate_versions", "lost_annotations", "promotions_not_logged"))
 
 
 def _outcome(fn: Callable[[], Any]) -> tuple[str, Any]:

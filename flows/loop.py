@@ -171,8 +171,10 @@ def retrain_and_promote(params: RetrainParams) -> dict[str, Any]:
 
 
 def _retrain_round(params: RetrainParams, settings: Any, clients: Any, log: Any) -> dict[str, Any]:
+    from types import SimpleNamespace
+
     from detloop.errors import DataError
-    from tasks.rounds import load_round, mark_round
+    from tasks.rounds import load_round, mark_round, version_of_round
 
     store, bucket = clients.store, settings.s3.data_bucket
     round_id = params.round_id
@@ -211,12 +213,22 @@ def _retrain_round(params: RetrainParams, settings: Any, clients: Any, log: Any)
         commit_late_edits(store, settings, late.fingerprints)
         ds_report["late_edits"] = late.report()
 
-    # 3. fine-tune the champion on it
-    data_yaml = retrying(steps.materialize, settings)(settings, clients, version_id,
-                                                      settings.training.oversample_factor)
-    trained = retrying(steps.train, settings)(settings, clients, data_yaml, champion.weights if champion else None,
-                                              f"round-{round_id}", {"detloop.round_id": round_id}, version_id,
-                                              champion.version if champion else None)
+    # 3. fine-tune the champion on it, unless an earlier run of this round got as far as registering (a crash
+    #    after that: the champion may already be that version, and training from it would register another)
+    prior = version_of_round(clients.registry, round_id)
+    if prior is not None:
+        got = retrying(steps.fetch_version, settings)(settings, clients, str(prior.version))
+        log.info("round %s already registered version %s (run %s): resuming from it", round_id, got.version,
+                 got.run_id)
+        trained = SimpleNamespace(run_id=got.run_id, weights=got.weights, train_seconds=0.0, reused=True)
+        version_id = got.dataset_version or version_id
+    else:
+        data_yaml = retrying(steps.materialize, settings)(settings, clients, version_id,
+                                                          settings.training.oversample_factor)
+        trained = retrying(steps.train, settings)(settings, clients, data_yaml,
+                                                  champion.weights if champion else None, f"round-{round_id}",
+                                                  {"detloop.round_id": round_id}, version_id,
+                                                  champion.version if champion else None)
 
     # 4. evaluate -> register -> gate -> promote (the post-training subflow)
     post = evaluate_and_promote(trained.run_id, str(trained.weights), version_id, params.config, params.overrides(),

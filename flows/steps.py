@@ -29,6 +29,17 @@ def fetch_champion(settings: Any, clients: Any, alias: str = "champion") -> Any:
     return fetch(settings, clients.registry, alias)
 
 
+@task(name="fetch-version", **NET)
+def fetch_version(settings: Any, clients: Any, version: str) -> Any:
+    """The files of registry version ``version`` (:class:`tasks.registry.Champion`: ``weights``, ``scoring_dir``)."""
+    from tasks.registry import Champion, load_champion
+
+    mv = clients.registry.get_version(version)
+    local = load_champion(settings, clients.registry, version=str(version))
+    return Champion(str(mv.version), local, getattr(mv, "run_id", None),
+                    (mv.tags or {}).get("detloop.dataset_version") or None)
+
+
 @task(name="sample-window", **NET)
 def sample_window(settings: Any, clients: Any, as_of: date, cameras: list[str] | None, dates: list[date] | None,
                   run_id: str | None) -> Any:
@@ -165,6 +176,9 @@ def promote(settings: Any, clients: Any, version: str, decision: Any, reason: st
 
     cur = champion_version(clients.registry)
     if cur is not None and str(cur.version) == str(version):
+        from tasks.registry import log_promotion_if_missing
+
+        log_promotion_if_missing(settings, clients.registry, clients.store, str(version), reason, actor)
         return {"action": "noop", "version": str(version), "reason": "already champion"}
     return do_promote(settings, clients.registry, clients.store, version, decision, override=override,
                       reason=reason, actor=actor)

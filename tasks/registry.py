@@ -246,6 +246,27 @@ def promote(
     return entry
 
 
+def log_promotion_if_missing(settings: Settings, registry: Any, store: Any, version: str, reason: str, actor: str,
+                             log_key: str = PROMOTION_LOG_KEY) -> dict[str, Any] | None:
+    """Append the log line of ``champion``'s promotion to ``version`` when a crash lost it (the alias moved, then
+    the store failed before the line was written); returns the entry, or None when the log has it already."""
+    with promotion_lock(settings, store) as held:
+        cur = registry.version_by_alias(CHAMPION)
+        if cur is None or str(cur.version) != str(version):
+            return None
+        log = read_promotion_log(store, settings, log_key)
+        if any(e.get("model") == registry.model_name and e.get("version") == str(version)
+               and e.get("action") in ("promote", "override") for e in log):
+            return None
+        entry = {"at": _now(), "action": "promote", "model": registry.model_name, "version": str(version),
+                 "previous": (cur.tags or {}).get("detloop.parent_version") or None, "actor": actor,
+                 "reason": f"{reason} (logged after the fact: the alias had moved before the log line was written)",
+                 "gate_outcome": (cur.tags or {}).get("gate.outcome")}
+        held.check()
+        _append_log(store, settings, entry, log_key)
+    return entry
+
+
 def rollback(settings: Settings, registry: Any, store: Any, reason: str | None = None, actor: str | None = None,
              log_key: str = PROMOTION_LOG_KEY) -> dict[str, Any]:
     """Restore ``previous-champion`` as ``champion``; the demoted version becomes ``previous-champion``.

@@ -251,6 +251,15 @@ def load_task_ids(store: Any, settings: Settings, round_id: str) -> dict[str, in
 
 
 # ---- one retrain per round ----------------------------------------------------------------------
+def version_of_round(registry: Any, round_id: str) -> Any | None:
+    """The newest registered version trained on ``round_id`` (tag ``detloop.round_id``), or None.
+
+    A retrain that crashed after registering (even after promoting) is resumed from it: training again would
+    start from whatever is champion now, possibly that very version, and register a second one.
+    """
+    mine = [v for v in registry.versions() if (v.tags or {}).get("detloop.round_id") == round_id]
+    return max(mine, key=lambda v: int(v.version)) if mine else None
+
 def retrain_lease(store: Any, settings: Settings, round_id: str) -> Any:
     """The lease that one ``retrain-and-promote`` run of ``round_id`` holds, on any host (fails at once when busy:
     :class:`~detloop.errors.LockBusy` says which run holds it and when its lease expires if that run died)."""

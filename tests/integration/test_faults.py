@@ -41,7 +41,7 @@ def cell_b(world: Any) -> Any:
 
 def _zero(counts: dict[str, Any]) -> None:
     for k in ("duplicate_tasks", "selected_without_task", "wrongly_quarantined", "duplicate_versions",
-              "lost_annotations"):
+              "lost_annotations", "promotions_not_logged"):
         assert int(counts.get(k) or 0) == 0, (k, counts)
     assert counts["champion_ok"], counts
 
