@@ -174,7 +174,7 @@ def _retrain_round(params: RetrainParams, settings: Any, clients: Any, log: Any)
     from types import SimpleNamespace
 
     from detloop.errors import DataError
-    from tasks.rounds import load_round, mark_round, version_of_round
+    from tasks.rounds import load_round, mark_round
 
     store, bucket = clients.store, settings.s3.data_bucket
     round_id = params.round_id
@@ -215,9 +215,8 @@ def _retrain_round(params: RetrainParams, settings: Any, clients: Any, log: Any)
 
     # 3. fine-tune the champion on it, unless an earlier run of this round got as far as registering (a crash
     #    after that: the champion may already be that version, and training from it would register another)
-    prior = version_of_round(clients.registry, round_id)
-    if prior is not None:
-        got = retrying(steps.fetch_version, settings)(settings, clients, str(prior.version))
+    got = retrying(steps.fetch_round_version, settings)(settings, clients, round_id)
+    if got is not None:
         log.info("round %s already registered version %s (run %s): resuming from it", round_id, got.version,
                  got.run_id)
         trained = SimpleNamespace(run_id=got.run_id, weights=got.weights, train_seconds=0.0, reused=True)

@@ -29,13 +29,16 @@ def fetch_champion(settings: Any, clients: Any, alias: str = "champion") -> Any:
     return fetch(settings, clients.registry, alias)
 
 
-@task(name="fetch-version", **NET)
-def fetch_version(settings: Any, clients: Any, version: str) -> Any:
-    """The files of registry version ``version`` (:class:`tasks.registry.Champion`: ``weights``, ``scoring_dir``)."""
+@task(name="fetch-round-version", **NET)
+def fetch_round_version(settings: Any, clients: Any, round_id: str) -> Any:
+    """The version an earlier run of ``round_id`` registered, fetched (:class:`tasks.registry.Champion`), or None."""
     from tasks.registry import Champion, load_champion
+    from tasks.rounds import version_of_round
 
-    mv = clients.registry.get_version(version)
-    local = load_champion(settings, clients.registry, version=str(version))
+    mv = version_of_round(clients.registry, round_id)
+    if mv is None:
+        return None
+    local = load_champion(settings, clients.registry, version=str(mv.version))
     return Champion(str(mv.version), local, getattr(mv, "run_id", None),
                     (mv.tags or {}).get("detloop.dataset_version") or None)
 
