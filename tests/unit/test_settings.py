@@ -158,4 +158,3 @@ def test_parse_as_of() -> None:
     assert parse_as_of("2026-01-12").isoformat() == "2026-01-12"
     with pytest.raises(ConfigError, match="as_of"):
         parse_as_of("last monday")
-
