@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # ---- bootstrap: train, then the post-training subflow (evaluate -> register -> gate -> promote) -------
     with t("bootstrap_train"):
         boot = train(seed_yaml, s, clients.registry, None, f"bench-boot-{tag}", {"benchmark": "round_timing"},
-                     dataset_version=seed_vid)
+                     dataset_version=seed_vid, store=store)
     with t("bootstrap_evaluate_register_gate_promote"):
         post1 = evaluate_and_promote(boot.run_id, str(boot.weights), seed_vid, args.config, overrides,
                                      golden=golden_vid, actor="benchmark")
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      oversample=s.training.oversample_factor)
         with t("round_train"):
             ft = train(ft_yaml, s, clients.registry, init, f"bench-ft-{tag}", {"benchmark": "round_timing"},
-                       dataset_version=seed_vid, parent_version=post1.version)
+                       dataset_version=seed_vid, parent_version=post1.version, store=store)
         with t("round_evaluate_register_gate_promote"):
             post2 = evaluate_and_promote(ft.run_id, str(ft.weights), seed_vid, args.config, overrides,
                                          golden=golden_vid, actor="benchmark")

@@ -55,7 +55,7 @@ def train_cmd(
             typer.echo("no champion yet: bootstrap training from " + s.model.arch)
     name = run_name or f"manual-{datetime.now(UTC):%Y%m%dT%H%M%S}"
     res = train(data, s, clients.registry, weights, name, {"trigger": "cli"}, dataset_version=dataset_version,
-                parent_version=parent, epochs=epochs)
+                parent_version=parent, epochs=epochs, store=clients.store)
     typer.echo(f"run {res.run_id} {'reused' if res.reused else 'trained'} in {res.train_seconds:.0f}s: "
                f"mAP50-95(val) {res.metrics.get('metrics/mAP50-95(B)', float('nan')):.4f}, weights {res.weights}")
     if not register:

@@ -22,15 +22,13 @@ Rules that every version obeys:
 - Golden entries (split ``golden``) and control-arm entries (split ``control``) are never ``train``.
 
 :func:`materialize` writes a local Ultralytics dataset from a version (cached under
-``<data_dir>/cache/datasets/<id>/``).
+``<data_dir>/cache/datasets/<id>/``; each file whole or absent, a full disk is one line: :mod:`detloop.localfs`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -38,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from detloop import localfs
 from detloop.errors import DataError
 
 if TYPE_CHECKING:
@@ -487,19 +486,11 @@ def cache_dir(settings: Settings, version_id: str) -> Path:
     return settings.data_dir / "cache" / "datasets" / version_id
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    if dst.exists():
-        return
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def _write_split(
     store: S3Store, bucket: str, entries: list[DatasetEntry], root: Path, split: str, threads: int
 ) -> None:
-    """Download a split's frames and labels into ``images/<split>`` and ``labels/<split>`` (resumable)."""
+    """Download a split's frames and labels into ``images/<split>`` and ``labels/<split>`` (resumable: every file
+    appears whole or not at all, :mod:`detloop.localfs`; the split's marker is written last)."""
     img_dir, lbl_dir = root / "images" / split, root / "labels" / split
     marker = img_dir / ".complete"
     if marker.exists():
@@ -511,17 +502,13 @@ def _write_split(
         img = img_dir / f"{e.frame_sha}.{e.ext}"
         lbl = lbl_dir / f"{e.frame_sha}.txt"
         if not img.exists():
-            tmp = img.with_suffix(".part")
-            tmp.write_bytes(get_blob(store, bucket, e.frame_sha, e.ext))
-            tmp.replace(img)
+            localfs.write_bytes(img, get_blob(store, bucket, e.frame_sha, e.ext))
         if not lbl.exists():
-            tmp = lbl.with_suffix(".part")
-            tmp.write_bytes(get_blob(store, bucket, e.label_sha, "txt"))
-            tmp.replace(lbl)
+            localfs.write_bytes(lbl, get_blob(store, bucket, e.label_sha, "txt"))
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         list(pool.map(fetch, entries))
-    marker.write_text(json.dumps({"n": len(entries)}))
+    localfs.write_text(marker, json.dumps({"n": len(entries)}))
 
 
 def _cached_manifest(root: Path, version_id: str) -> DatasetManifest | None:
@@ -578,8 +565,9 @@ def materialize(
         manifest = load_manifest(store, settings, version_id)
     if list(manifest.classes) != list(settings.classes):
         raise DataError(class_mismatch_message(manifest.classes, settings.classes, what=f"dataset {version_id}"))
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "manifest.json").write_bytes(manifest.canonical_json())
+    with localfs.writing(root):
+        root.mkdir(parents=True, exist_ok=True)
+    localfs.write_bytes(root / "manifest.json", manifest.canonical_json())
     lists: dict[str, Path] = {}
     total = 0
     for split in splits:
@@ -593,11 +581,11 @@ def materialize(
             paths.append(str(img))
             if split == "train" and e.hard:
                 for k in range(1, oversample):
-                    _link_or_copy(img, img_dir / f"{e.frame_sha}.r{k}.{e.ext}")
-                    _link_or_copy(lbl_dir / f"{e.frame_sha}.txt", lbl_dir / f"{e.frame_sha}.r{k}.txt")
+                    localfs.link_or_copy(img, img_dir / f"{e.frame_sha}.r{k}.{e.ext}")
+                    localfs.link_or_copy(lbl_dir / f"{e.frame_sha}.txt", lbl_dir / f"{e.frame_sha}.r{k}.txt")
                     paths.append(str(img_dir / f"{e.frame_sha}.r{k}.{e.ext}"))
         lst = root / f"{split}_x{oversample}.txt"
-        lst.write_text("\n".join(paths) + ("\n" if paths else ""))
+        localfs.write_text(lst, "\n".join(paths) + ("\n" if paths else ""))
         lists[split] = lst
     if total == 0:
         raise DataError(f"dataset {version_id} has no frames in splits {list(splits)} (it has {manifest.counts()})")
@@ -622,7 +610,7 @@ def materialize(
     import yaml
 
     out = root / f"data_{'-'.join(splits)}_x{oversample}.yaml"
-    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    localfs.write_text(out, yaml.safe_dump(data, sort_keys=False))
     return out
 
 

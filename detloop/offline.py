@@ -7,9 +7,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
+from detloop.localfs import copy_file
 from detloop.settings import Settings
 
 # Variables that switch off outbound calls of the packages detloop runs.
@@ -58,7 +58,7 @@ def ensure_ultralytics_fonts(settings: Settings) -> None:
         d.mkdir(parents=True, exist_ok=True)
         for name in ("Arial.ttf", "Arial.Unicode.ttf"):
             if not (d / name).exists():
-                shutil.copyfile(src, d / name)
+                copy_file(src, d / name)  # whole or absent: a half-copied font would break every training
 
 
 def apply_offline_env(settings: Settings) -> None:

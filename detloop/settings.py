@@ -42,6 +42,7 @@ from pydantic_settings import (
 )
 
 from detloop.errors import ConfigError
+from detloop.preprocess import DEFAULT_MAX_PIXELS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "local.yaml"
@@ -130,6 +131,11 @@ class LabelStudioSettings(_Model):
     prediction_conf_threshold: float = Field(
         0.25, ge=0.0, le=1.0, description="Predicted boxes at or above this confidence become the pre-annotation."
     )
+    unknown_labels: Literal["quarantine", "fail"] = Field(
+        "quarantine",
+        description="A task whose annotation names a label outside `classes`: quarantine the task (listed with its "
+        "reason in the round's labels report; the round's other labels are used) or fail the pull naming them all.",
+    )
 
 
 class PrefectSettings(_Model):
@@ -190,6 +196,17 @@ class StackSettings(_Model):
     )
 
 
+class LockSettings(_Model):
+    """Leases in the object store (``locks/`` in the data bucket) that keep one training, one promotion and one
+    retrain per round at a time, on any number of hosts (:mod:`tasks.leases`)."""
+
+    lease_seconds: float = Field(
+        120.0, ge=2.0, le=3600.0,
+        description="A lease not renewed for this long (by the object store's clock) may be taken over: how long a "
+        "crashed holder blocks the next run. Holders renew every quarter of it.",
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
@@ -207,6 +224,11 @@ class SamplingSettings(_Model):
         description="dHash grid side n (n*n bits); 8 is the classic 64-bit hash, too coarse for fixed cameras.",
     )
     seed: int = Field(0, ge=0, description="Seed of the sampler.")
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=64, le=2_000_000_000,
+        description="Frames whose header declares more pixels (width x height) are quarantined before decoding "
+        "(a decompression bomb: a small file that decodes to gigabytes). Sampling and scoring both check it.",
+    )
 
 
 class SelectionSettings(_Model):
@@ -497,6 +519,7 @@ class Settings(BaseSettings):
     label_studio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
+    locks: LockSettings = Field(default_factory=LockSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -672,8 +695,11 @@ def load_settings(
         raise ConfigError(f"config file not found: {cfg_path}")
     try:
         raw = yaml.safe_load(cfg_path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{cfg_path}: not valid YAML: {err}") from err
+    except yaml.YAMLError as err:  # its text spans lines (context, caret): one line, with the position
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        what = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise ConfigError(f"{cfg_path}: not valid YAML{where}: {what}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{cfg_path}: top level must be a mapping, got {type(raw).__name__}")
     for section, field in SECRET_FIELDS:

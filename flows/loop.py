@@ -19,6 +19,7 @@ before registering), the promotion log. A re-run after a crash resumes instead o
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,7 +88,7 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
     """Sample the production window -> score with the champion -> select -> push a round to Label Studio."""
     from detloop.clients import Clients
     from detloop.settings import parse_as_of
-    from tasks.rounds import WEEKLY, RoundFocus, list_rounds, load_round, mark_round, plan_round
+    from tasks.rounds import WEEKLY, RoundFocus, check_as_of, list_rounds, load_round, mark_round, plan_round
     from tasks.selection import read_stored_selection
 
     log = get_run_logger()
@@ -95,6 +96,7 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
     clients = Clients.from_settings(settings)
     store, bucket = clients.store, settings.s3.data_bucket
     as_of = parse_as_of(params.as_of)
+    check_as_of(as_of, datetime.now(UTC).date())
     focus = RoundFocus("drift", params.episode_id) if params.episode_id else WEEKLY
     log.info("%s %s: project %r, strategy %s, budget %d (config %s)", "drift episode " + params.episode_id
              if params.episode_id else "week", as_of, settings.label_studio.project_title,
@@ -244,14 +246,35 @@ def _schedule_next_watch(settings: Any, params: WatchParams, log: Any) -> None:
 # ================================================================================================
 @flow(name="retrain-and-promote", flow_run_name=run_name("retrain", "round_id"), log_prints=True)
 def retrain_and_promote(params: RetrainParams) -> dict[str, Any]:
-    """Labels of a round -> dataset version -> fine-tune -> evaluate -> register -> gate -> promote or not."""
+    """Labels of a round -> dataset version -> fine-tune -> evaluate -> register -> gate -> promote or not.
+
+    One run per round at a time, on any host (a lease in the object store): a second run for the same round
+    returns at once with ``skipped`` saying which run holds it.
+    """
     from detloop.clients import Clients
-    from detloop.errors import DataError
-    from tasks.rounds import load_round, mark_round
+    from detloop.errors import LockBusy
+    from tasks.rounds import retrain_lease
 
     log = get_run_logger()
     settings = settings_for(params)
     clients = Clients.from_settings(settings)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(retrain_lease(clients.store, settings, params.round_id))
+        except LockBusy as err:  # another run is on this round (its lease says which and until when)
+            log.info("nothing done: %s", err)
+            publish_report("retrain-skipped", f"# Round {params.round_id}: nothing done\n\n{err}\n",
+                           f"retrain-and-promote {params.round_id} skipped")
+            return {"round_id": params.round_id, "skipped": str(err)}
+        return _retrain_round(params, settings, clients, log)
+
+
+def _retrain_round(params: RetrainParams, settings: Any, clients: Any, log: Any) -> dict[str, Any]:
+    from types import SimpleNamespace
+
+    from detloop.errors import DataError
+    from tasks.rounds import load_round, mark_round
+
     store, bucket = clients.store, settings.s3.data_bucket
     round_id = params.round_id
     result_key = f"rounds/{round_id}/result.json"
@@ -268,23 +291,45 @@ def retrain_and_promote(params: RetrainParams) -> dict[str, Any]:
         raise DataError(f"round {round_id} is still open ({rec.counts}); wait for watch-rounds to close it")
     drift = _check_champion(settings, clients, log, refuse=False)  # loud, but the round's labels are in
 
-    # 1. labels back from Label Studio, validated, frames copied to content-addressed storage
+    # 1. labels back from Label Studio, validated, frames copied to content-addressed storage; plus labels of
+    #    earlier rounds corrected since their pull (they join this version: nothing edited late is lost)
     pulled = retrying(steps.pull_labels, settings)(settings, clients, round_id)
+    late = retrying(steps.late_edits, settings)(settings, clients, round_id)
+    if late.tasks:
+        log.info("labels edited after their round was pulled: %s; they join this round's dataset version",
+                 ", ".join(f"round {r} tasks {ids}" for r, ids in late.tasks.items()))
+    for q in pulled.report.get("quarantined", []):
+        log.info("task %s (%s) left out: %s", q["task_id"], q["key"], q["reason"])
 
     # 2. a new immutable dataset version: the champion's training data + this round
     champion = retrying(steps.fetch_champion, settings)(settings, clients)
     golden = _golden_version(store, settings)
     version_id, _manifest, ds_report = retrying(steps.build_dataset_version, settings)(
-        settings, clients, round_id, pulled.entries, champion.dataset_version if champion else None, golden)
+        settings, clients, round_id, [*pulled.entries, *late.entries], champion.dataset_version if champion else None,
+        golden)
+    if late.tasks:
+        from tasks.late_edits import commit_late_edits
 
-    # 3. fine-tune the champion on it
-    data_yaml = retrying(steps.materialize, settings)(settings, clients, version_id,
-                                                      settings.training.oversample_factor)
-    log.info("round %s: %d labelled frames -> dataset version %s; fine-tuning champion v%s", round_id,
-             len(pulled.frames), version_id, champion.version if champion else "-")
-    trained = retrying(steps.train, settings)(settings, clients, data_yaml, champion.weights if champion else None,
-                                              f"round-{round_id}", _round_tags(settings, store, round_id), version_id,
-                                              champion.version if champion else None)
+        commit_late_edits(store, settings, late.fingerprints)
+        ds_report["late_edits"] = late.report()
+
+    # 3. fine-tune the champion on it, unless an earlier run of this round got as far as registering (a crash
+    #    after that: the champion may already be that version, and training from it would register another)
+    got = retrying(steps.fetch_round_version, settings)(settings, clients, round_id)
+    if got is not None:
+        log.info("round %s already registered version %s (run %s): resuming from it", round_id, got.version,
+                 got.run_id)
+        trained = SimpleNamespace(run_id=got.run_id, weights=got.weights, train_seconds=0.0, reused=True)
+        version_id = got.dataset_version or version_id
+    else:
+        data_yaml = retrying(steps.materialize, settings)(settings, clients, version_id,
+                                                          settings.training.oversample_factor)
+        log.info("round %s: %d labelled frames -> dataset version %s; fine-tuning champion v%s", round_id,
+                 len(pulled.frames), version_id, champion.version if champion else "-")
+        trained = retrying(steps.train, settings)(settings, clients, data_yaml,
+                                                  champion.weights if champion else None, f"round-{round_id}",
+                                                  _round_tags(settings, store, round_id), version_id,
+                                                  champion.version if champion else None)
 
     # 4. evaluate -> register -> gate -> promote (the post-training subflow)
     post = evaluate_and_promote(trained.run_id, str(trained.weights), version_id, params.config, params.overrides(),

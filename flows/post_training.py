@@ -93,7 +93,8 @@ def evaluate_and_promote(
     champion = retrying(steps.fetch_champion, settings)(settings, clients)
     if champion is not None and champion.run_id == run_id:
         log.info("run %s already is champion v%s", run_id, champion.version)
-        return PostTraining(champion.version, None, None, None, None, {"action": "noop", "version": champion.version})
+        noop = retrying(steps.promote, settings)(settings, clients, champion.version, None, reason, actor)  # logs it
+        return PostTraining(champion.version, None, None, None, None, noop)  # if a crash lost the log line
 
     # 1. challenger and champion on the same slices, in the same run
     if golden_data_yaml:

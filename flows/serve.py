@@ -39,9 +39,9 @@ from typing import Any
 from detloop.settings import Settings, load_settings
 
 # No deployment concurrency limits: Prefect 3.8 keeps their leases in the server's memory, so a run
-# that holds a slot when the server restarts (`stack down` / `up`) leaks the slot forever. One training
-# and one promotion at a time are enforced by kernel file locks instead (tasks/registry.py), which a
-# crashed holder releases with its process; a queued retrain waits for the lock (flows/loop.py).
+# that holds a slot when the server restarts (`stack down` / `up`) leaks the slot forever. One retrain per
+# round, one training and one promotion at a time are enforced by leases in the object store instead
+# (tasks/leases.py), which hold across hosts and which a crashed holder loses after locks.lease_seconds.
 
 WATCH_SAFETY_CRON = "30 4 * * *"  # daily: restarts the watch chain if it broke
 

@@ -37,6 +37,20 @@ def check_champion(settings: Any, clients: Any) -> Any:
     return check(settings, clients.registry, clients.store)
 
 
+@task(name="fetch-round-version", **NET)
+def fetch_round_version(settings: Any, clients: Any, round_id: str) -> Any:
+    """The version an earlier run of ``round_id`` registered, fetched (:class:`tasks.registry.Champion`), or None."""
+    from tasks.registry import Champion, load_champion
+    from tasks.rounds import version_of_round
+
+    mv = version_of_round(clients.registry, round_id)
+    if mv is None:
+        return None
+    local = load_champion(settings, clients.registry, version=str(mv.version))
+    return Champion(str(mv.version), local, getattr(mv, "run_id", None),
+                    (mv.tags or {}).get("detloop.dataset_version") or None)
+
+
 @task(name="sample-window", **NET)
 def sample_window(settings: Any, clients: Any, as_of: date, cameras: list[str] | None, dates: list[date] | None,
                   run_id: str | None, dedup: bool = True) -> Any:
@@ -77,6 +91,17 @@ def pull_labels(settings: Any, clients: Any, round_id: str) -> Any:
     return pull_round(settings, round_id, clients.labels, clients.store)
 
 
+@task(name="late-edits", **NET)
+def late_edits(settings: Any, clients: Any, round_id: str) -> Any:
+    """Annotations of earlier, trained rounds edited since their pull (:class:`tasks.late_edits.LateEdits`)."""
+    from tasks.annotation import ensure_project, read_round_tasks
+    from tasks.late_edits import collect_late_edits
+
+    project = ensure_project(settings, clients.labels)
+    return collect_late_edits(settings, clients.store, lambda rid: read_round_tasks(
+        settings, rid, clients.labels, clients.store, project.id), exclude=round_id)
+
+
 @task(name="build-dataset-version", **NET)
 def build_dataset_version(settings: Any, clients: Any, round_id: str, entries: list[Any], parent_id: str | None,
                           golden_id: str) -> Any:
@@ -100,7 +125,8 @@ def train(settings: Any, clients: Any, data_yaml: Path, init_weights: Path | Non
           tags: dict[str, str], dataset_version: str, parent_version: str | None, epochs: int | None = None) -> Any:
     """Train (idempotent by input hash: a finished MLflow run with the same inputs is reused).
 
-    One training at a time per model (a lock): a second one waits for the first, up to the training timeout.
+    One training at a time per model (a lease in the object store, on any host): a second one waits for the first,
+    up to the training timeout.
     """
     import time
 
@@ -113,7 +139,8 @@ def train(settings: Any, clients: Any, data_yaml: Path, init_weights: Path | Non
     while True:
         try:
             return do_train(data_yaml, settings, clients.registry, init_weights, run_name, tags=tags,
-                            dataset_version=dataset_version, parent_version=parent_version, epochs=epochs)
+                            dataset_version=dataset_version, parent_version=parent_version, epochs=epochs,
+                            store=clients.store)
         except LockBusy as err:
             if time.monotonic() > deadline:
                 raise
@@ -162,9 +189,14 @@ def promote(settings: Any, clients: Any, version: str, decision: Any, reason: st
 
     cur = champion_version(clients.registry)
     if cur is not None and str(cur.version) == str(version):
-        # an override records a champion someone set in MLflow's UI; otherwise there is nothing to do
         recorded = logged_champion(clients.store, settings, clients.registry.model_name) == str(version)
         if not override or recorded:
+            # a gated re-run finding its version in place: a crash lost the log line after the alias moved
+            # (an override instead records, below, a champion someone set in MLflow's UI)
+            from tasks.registry import log_promotion_if_missing
+
+            if not recorded:
+                log_promotion_if_missing(settings, clients.registry, clients.store, str(version), reason, actor)
             return {"action": "noop", "version": str(version), "reason": "already champion"}
     return do_promote(settings, clients.registry, clients.store, version, decision, override=override,
                       reason=reason, actor=actor)

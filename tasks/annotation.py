@@ -168,12 +168,15 @@ def pull_round(
     (tasks are blind); rounds pushed before that record existed fall back to ``data.arm``. The report is
     also written to ``rounds/<round_id>/labels_report.json``.
     """
+    from tasks.late_edits import record_pull
+
     project = ensure_project(settings, ls)
     tasks = read_round_tasks(settings, round_id, ls, store, project.id)
+    record_pull(store, settings, round_id, tasks)  # a later edit of these annotations is found by its fingerprint
     frames = rounds.load_round_frames(store, settings, round_id)
     arms = {k: str(v["arm"]) for k, v in frames.items()} if frames is not None else None
     pulled = convert_round_tasks(tasks, round_id, settings.classes, policy or settings.label_studio.annotation_policy,
-                                 settings.label_studio.min_box_pixels, arms)
+                                 settings.label_studio.min_box_pixels, arms, settings.label_studio.unknown_labels)
     if copy:
         entries = copy_frames(store, settings, pulled.frames, round_id)
         pulled.report["copied"] = len(entries)

@@ -17,6 +17,7 @@ Output directory layout (the contract consumed by selection / scoring, see
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ def export_scoring_artifact(
 
     Args:
         weights_pt: Ultralytics ``.pt`` checkpoint (YOLOv8/11 detection model).
-        out_dir: directory to write into (created).
+        out_dir: directory to write into (created, or replaced when complete).
         class_names: the configured class list; must match the checkpoint's class count and names.
         input_size: square input side S in pixels (multiple of the stride).
         registry_version: optional registry version recorded in the metadata.
@@ -110,12 +111,20 @@ def export_scoring_artifact(
 
     Raises:
         DataError: the checkpoint's classes differ from ``class_names``, or the head is not exportable.
+        DiskFull: the disk filled up (``out_dir`` is left as it was: never half an artifact).
     """
-    import torch
+    from detloop.localfs import building_dir
 
     weights_pt = Path(weights_pt)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with building_dir(out_dir) as out:  # out_dir appears only when model.onnx and meta.json are both complete
+        _export_into(weights_pt, out, class_names, input_size, registry_version, model_name)
+    return Path(out_dir)
+
+
+def _export_into(weights_pt: Path, out: Path, class_names: Sequence[str], input_size: int,
+                 registry_version: str | None, model_name: str | None) -> None:
+    import torch
+
     det_model = _load_detection_model(weights_pt)
     names = det_model.names
     model_names = [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
@@ -154,7 +163,6 @@ def export_scoring_artifact(
     meta_dict = meta.to_dict()
     meta_dict["num_anchors"] = int(raw.shape[2])
     (out / META_NAME).write_text(json.dumps(meta_dict, indent=2))
-    return out
 
 
 def read_meta(artifact_dir: str | Path) -> ScoringArtifactMeta:

@@ -20,8 +20,10 @@ Back (:func:`convert_round_tasks`): only the round's tasks are read. Per task:
 - several annotations: policy ``latest`` (the most recently updated submitted one) or ``consensus``
   (boxes that a strict majority of the annotations agree on: same class, IoU >= 0.5, coordinates
   averaged; with one or two annotations that is the intersection of what they drew);
-- label names outside the configured classes: :class:`UnknownLabelsInRound` listing every name and
-  the task ids (nothing is written);
+- label names outside the configured classes: with ``unknown_labels="quarantine"`` (the setting's default)
+  the task is left out and listed under ``quarantined`` in the report with its reason, the round's other
+  tasks are used; with ``"fail"``, :class:`UnknownLabelsInRound` lists every name and the task ids (nothing
+  is written);
 - boxes are clipped to the frame; boxes narrower or lower than ``label_studio.min_box_pixels`` after
   clipping are dropped; both are counted in the report and listed per task;
 - a submitted annotation with no box is a valid negative frame.
@@ -167,15 +169,19 @@ def convert_round_tasks(
     policy: str = "latest",
     min_box_pixels: float = 1.0,
     arms: dict[str, str] | None = None,
+    unknown_labels: str = "fail",
 ) -> PulledRound:
     """Validate and convert the round's tasks (``fields="all"`` dicts) into labelled frames + report.
 
-    ``arms`` maps each frame's S3 key to its arm (the round record's, :func:`tasks.rounds.load_round_frames`);
-    a key it lacks falls back to the task's ``data.arm`` (rounds pushed before tasks were blind), then
-    ``selected``.
+    Args:
+        arms: each frame's S3 key to its arm (the round record's, :func:`tasks.rounds.load_round_frames`);
+            a key it lacks falls back to the task's ``data.arm`` (rounds pushed before tasks were blind), then
+            ``selected``.
+        unknown_labels: ``"fail"`` or ``"quarantine"`` (leave such tasks out, listed in ``report["quarantined"]``).
 
     Raises:
-        UnknownLabelsInRound: when any submitted box names a class outside ``class_names``.
+        UnknownLabelsInRound: with ``unknown_labels="fail"``, when any submitted box names a class outside
+            ``class_names``.
     """
     frames: list[LabelledFrame] = []
     unknown: dict[str, list[int]] = {}
@@ -184,6 +190,7 @@ def convert_round_tasks(
     quality = Quality()
     negatives = 0
     multi = 0
+    quarantined: list[dict[str, Any]] = []
     for t in tasks:
         data = t.get("data") or {}
         if data.get("round_id") != round_id:
@@ -198,6 +205,7 @@ def convert_round_tasks(
         chosen = anns if policy == "consensus" else [latest_annotation(t)]
         multi += len(anns) > 1
         parts = []
+        task_unknown: list[str] = []
         for a in chosen:
             res = [r for r in (a or {}).get("result") or [] if r.get("from_name", FROM_NAME) == FROM_NAME]
             if not w or not h:  # size from the results when the task lacks it
@@ -206,10 +214,20 @@ def convert_round_tasks(
             try:
                 parts.append(Detections.from_label_studio(res, class_names, w or None, h or None))
             except UnknownLabelsError as err:
-                for name in err.unknown:
-                    unknown.setdefault(name, []).append(tid)
-        if unknown:
+                task_unknown += [n for n in err.unknown if n not in task_unknown]
+        if task_unknown:
+            for name in task_unknown:
+                unknown.setdefault(name, []).append(tid)
+            quarantined.append({"task_id": tid, "key": data.get("s3_key"), "reason": (
+                f"unknown label name(s) {sorted(task_unknown)}; configured classes are {list(class_names)}")})
+            counts["quarantined"] += 1
             continue
+        if unknown and unknown_labels == "fail":
+            continue
+        if len(anns) > 1:
+            kept = "boxes most annotators agree on" if policy == "consensus" else f"annotation {chosen[0].get('id')}"
+            issues.append({"task_id": tid, "key": data.get("s3_key"),
+                           "issue": f"{len(anns)} submitted annotations; policy {policy} kept {kept}"})
         if not w or not h:
             issues.append({"task_id": tid, "key": data.get("s3_key"), "issue": "no image size; task excluded"})
             counts["excluded_no_size"] += 1
@@ -231,7 +249,7 @@ def convert_round_tasks(
             camera=str(data.get("camera", "")), date=str(data.get("date", "")), detections=dets, quality=q,
             annotations=len(anns),
         ))
-    if unknown:
+    if unknown and unknown_labels == "fail":
         raise UnknownLabelsInRound(round_id, unknown, class_names)
     frames.sort(key=lambda f: f.key)
     report = {
@@ -252,6 +270,7 @@ def convert_round_tasks(
         "quality": quality_report(quality),
         "by_arm": dict(Counter(f.arm for f in frames)),
         "issues": issues,
+        "quarantined": quarantined,
     }
     return PulledRound(round_id, frames, report)
 

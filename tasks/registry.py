@@ -30,20 +30,17 @@ promotion log, and the weekly flow refuses to open a round on a champion the log
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import json
 import os
 import shutil
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from detloop.errors import DetloopError, LockBusy
+from detloop.errors import DetloopError
 from detloop.settings import Settings
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
@@ -55,57 +52,24 @@ class PromotionError(DetloopError):
 
 
 # --------------------------------------------------------------------------------------------
-# Locks
+# Locks: leases in the object store (tasks/leases.py), so they hold on every host the flows run on
 # --------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def file_lock(path: Path, what: str, wait_s: float = 0.0) -> Iterator[None]:
-    """Exclusive ``flock`` on ``path``; waits up to ``wait_s`` then raises :class:`LockBusy`.
+def training_lock(settings: Settings, store: Any) -> contextlib.AbstractContextManager[Any]:
+    """At most one training per registered model name at a time, on any host (fails fast when busy)."""
+    from tasks.leases import lease
 
-    A crashed holder releases the lock with its process (kernel flock), so no stale lock survives.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = path.open("a+")
-    deadline = time.monotonic() + wait_s
-    try:
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = _lock_holder(path)
-                    raise LockBusy(f"another {what} is running (lock {path} is held{holder})") from None
-                time.sleep(0.5)
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps({"pid": __import__("os").getpid(), "since": _now()}))
-        f.flush()
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
-
-
-def _lock_holder(path: Path) -> str:
-    """`` by pid N since T`` from the lock file's content, or ``""``."""
-    try:
-        info = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        return ""
-    return f" by pid {info['pid']} since {info['since']}" if "pid" in info and "since" in info else ""
-
-
-def training_lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
-    """At most one training per registered model name at a time (fails fast when busy)."""
     name = settings.mlflow.model_name
-    return file_lock(settings.data_dir / "locks" / f"training-{name}.lock", f"training of {name}", wait_s=0.0)
+    return lease(store, settings.s3.data_bucket, f"training-{name}", f"training of {name}",
+                 settings.locks.lease_seconds, wait_s=0.0)
 
 
-def promotion_lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
-    """At most one promotion / rollback per registered model name (waits up to 60 s)."""
+def promotion_lock(settings: Settings, store: Any) -> contextlib.AbstractContextManager[Any]:
+    """At most one promotion / rollback per registered model name, on any host (waits up to 60 s)."""
+    from tasks.leases import lease
+
     name = settings.mlflow.model_name
-    return file_lock(settings.data_dir / "locks" / f"promotion-{name}.lock", f"promotion of {name}", wait_s=60.0)
+    return lease(store, settings.s3.data_bucket, f"promotion-{name}", f"promotion of {name}",
+                 settings.locks.lease_seconds, wait_s=60.0, poll_s=1.0)
 
 
 def _now() -> str:
@@ -119,6 +83,14 @@ def build_model_dir(
     weights: Path, out_dir: Path, settings: Settings, report: Any | None = None, scoring_dir: Path | None = None
 ) -> Path:
     """Assemble the files of a model version in ``out_dir`` (exports ONNX unless ``scoring_dir`` given)."""
+    from detloop.localfs import writing
+
+    with writing(out_dir):  # a full disk: one line naming the folder (rebuilt from scratch on the next run)
+        return _build_model_dir(weights, out_dir, settings, report, scoring_dir)
+
+
+def _build_model_dir(weights: Path, out_dir: Path, settings: Settings, report: Any | None,
+                     scoring_dir: Path | None) -> Path:
     from tasks.export import export_scoring_artifact
 
     if out_dir.exists():
@@ -345,7 +317,7 @@ def promote(
     """
     reg = registry
     actor = actor or getpass.getuser()
-    with promotion_lock(settings):
+    with promotion_lock(settings, store) as held:
         mv = reg.get_version(version)
         passed = decision.passed if decision is not None else mv.tags.get("gate.passed") == "true"
         if not passed and not override:
@@ -363,8 +335,10 @@ def promote(
                      "reason": reason, "gate_outcome": mv.tags.get("gate.outcome")}
             reg.set_version_tags(version, {"detloop.promoted_at": entry["at"], "detloop.promoted_by": actor,
                                            "detloop.promotion": "record", "detloop.override_reason": reason})
+            held.check()
             _append_log(store, settings, entry, log_key)
             return entry
+        held.check()  # still ours: nobody else moves the aliases or appends to the log meanwhile
         if old is not None:
             reg.set_alias(PREVIOUS, old.version)
         reg.set_alias(CHAMPION, version)  # one call: readers see the old or the new champion, never none
@@ -381,6 +355,27 @@ def promote(
     return entry
 
 
+def log_promotion_if_missing(settings: Settings, registry: Any, store: Any, version: str, reason: str, actor: str,
+                             log_key: str = PROMOTION_LOG_KEY) -> dict[str, Any] | None:
+    """Append the log line of ``champion``'s promotion to ``version`` when a crash lost it (the alias moved, then
+    the store failed before the line was written); returns the entry, or None when the log has it already."""
+    with promotion_lock(settings, store) as held:
+        cur = registry.version_by_alias(CHAMPION)
+        if cur is None or str(cur.version) != str(version):
+            return None
+        log = read_promotion_log(store, settings, log_key)
+        if any(e.get("model") == registry.model_name and e.get("version") == str(version)
+               and e.get("action") in ("promote", "override", "record") for e in log):
+            return None
+        entry = {"at": _now(), "action": "promote", "model": registry.model_name, "version": str(version),
+                 "previous": (cur.tags or {}).get("detloop.parent_version") or None, "actor": actor,
+                 "reason": f"{reason} (logged after the fact: the alias had moved before the log line was written)",
+                 "gate_outcome": (cur.tags or {}).get("gate.outcome")}
+        held.check()
+        _append_log(store, settings, entry, log_key)
+    return entry
+
+
 def rollback(settings: Settings, registry: Any, store: Any, reason: str | None = None, actor: str | None = None,
              log_key: str = PROMOTION_LOG_KEY) -> dict[str, Any]:
     """Restore ``previous-champion`` as ``champion``; the demoted version becomes ``previous-champion``.
@@ -390,11 +385,12 @@ def rollback(settings: Settings, registry: Any, store: Any, reason: str | None =
     """
     reg = registry
     actor = actor or getpass.getuser()
-    with promotion_lock(settings):
+    with promotion_lock(settings, store) as held:
         prev = reg.version_by_alias(PREVIOUS)
         if prev is None:
             raise PromotionError(f"model {reg.model_name}: no '{PREVIOUS}' alias, nothing to roll back to")
         cur = reg.version_by_alias(CHAMPION)
+        held.check()
         reg.set_alias(CHAMPION, prev.version)
         if cur is not None:
             reg.set_alias(PREVIOUS, cur.version)
@@ -465,6 +461,17 @@ def load_champion(settings: Settings, registry: Any, dest_dir: str | Path | None
     if marker.is_file() and json.loads(marker.read_text()).get("version") == str(mv.version):
         return dest
     tmp = dest.with_name(f"{dest.name}.partial-{os.getpid()}-{threading.get_ident()}")
+    from detloop.localfs import writing
+
+    with writing(dest):  # a full disk: one line naming the folder; the partial copy is never taken as the model
+        try:
+            return _download_champion(settings, reg, mv, dest, marker, tmp, alias)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _download_champion(settings: Settings, reg: Any, mv: Any, dest: Path, marker: Path, tmp: Path,
+                       alias: str) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     reg.download_version(mv, tmp)

@@ -227,6 +227,20 @@ def plan_round(records: Sequence[RoundRecord], project: str, as_of: date, camera
     return round_id_for(project, as_of, cameras, dates, attempt=len(mine)), "another"
 
 
+def check_as_of(as_of: date, today: date) -> None:
+    """Refuse a week that has not happened: its window holds no frames yet, and its round would block the
+    real weeks before it (one round at a time).
+
+    Raises:
+        ConfigError: ``as_of`` is after ``today``.
+    """
+    from detloop.errors import ConfigError
+
+    if as_of > today:
+        raise ConfigError(f"as_of {as_of.isoformat()} is in the future (today is {today.isoformat()}): its window "
+                          "has no frames yet; give a date up to today")
+
+
 def round_seed(round_id: str) -> int:
     """Seed of a round's random draws (control arm, tie breaks): stable across re-runs of the round."""
     return int(hashlib.sha256(json.dumps([round_id]).encode()).hexdigest()[:8], 16)
@@ -306,3 +320,22 @@ def round_project_title(store: Any, settings: Settings, round_id: str) -> str | 
 def load_task_ids(store: Any, settings: Settings, round_id: str) -> dict[str, int] | None:
     doc = _task_ids_doc(store, settings, round_id)
     return None if doc is None else {str(k): int(v) for k, v in doc["tasks"].items()}
+
+
+# ---- one retrain per round ----------------------------------------------------------------------
+def version_of_round(registry: Any, round_id: str) -> Any | None:
+    """The newest registered version trained on ``round_id`` (tag ``detloop.round_id``), or None.
+
+    A retrain that crashed after registering (even after promoting) is resumed from it: training again would
+    start from whatever is champion now, possibly that very version, and register a second one.
+    """
+    mine = [v for v in registry.versions() if (v.tags or {}).get("detloop.round_id") == round_id]
+    return max(mine, key=lambda v: int(v.version)) if mine else None
+
+def retrain_lease(store: Any, settings: Settings, round_id: str) -> Any:
+    """The lease that one ``retrain-and-promote`` run of ``round_id`` holds, on any host (fails at once when busy:
+    :class:`~detloop.errors.LockBusy` says which run holds it and when its lease expires if that run died)."""
+    from tasks.leases import lease
+
+    return lease(store, settings.s3.data_bucket, f"retrain-{round_id}", f"retrain of round {round_id}",
+                 settings.locks.lease_seconds, wait_s=0.0)

@@ -23,7 +23,12 @@ import numpy as np
 
 from detloop.contracts import FrameRef, Quarantined, parse_frame_key
 from detloop.errors import NotFound
-from detloop.preprocess import check_image_bytes, decode_image  # noqa: F401  (validation lives in the core)
+from detloop.preprocess import (  # noqa: F401  (validation lives in the core)
+    DEFAULT_MAX_PIXELS,
+    check_image_bytes,
+    decode_image,
+    jpeg_size,
+)
 from detloop.settings import SamplingSettings, Settings
 
 
@@ -245,14 +250,22 @@ class SampleResult:
         }
 
 
+NOT_A_FRAME = "not a frame (expected camera=<id>/date=<YYYY-MM-DD>/<frame id>.jpg, .jpeg or .png)"
+
+
 def list_window(
     store: Any,
     settings: Settings,
     as_of: date,
     cameras: Sequence[str] | None = None,
     dates: Sequence[date] | None = None,
-) -> list[FrameRef]:
-    """List production frames in the window, one ``camera=/date=`` prefix at a time (no full-bucket scan)."""
+) -> tuple[list[FrameRef], list[Quarantined]]:
+    """List production frames in the window, one ``camera=/date=`` prefix at a time (no full-bucket scan).
+
+    Returns:
+        ``(frames, strays)``: other objects under those prefixes (a ``.txt``, a ``.jpg.tmp``) are quarantined
+        as :data:`NOT_A_FRAME` instead of being ignored silently.
+    """
     bucket = settings.s3.production_bucket
     prefix = settings.s3.production_prefix
     cams = list(cameras) if cameras else list_cameras(store, bucket, prefix)
@@ -261,7 +274,8 @@ def list_window(
     for cam in cams:
         for d in days:
             objs.extend(store.list(bucket, f"{prefix}camera={cam}/date={d.isoformat()}/"))
-    return frames_in_window(objs, bucket, as_of, settings.sampling.window_days, cameras, dates)
+    strays = [Quarantined(bucket, o.key, NOT_A_FRAME) for o in objs if parse_frame_key(o.key) is None]
+    return frames_in_window(objs, bucket, as_of, settings.sampling.window_days, cameras, dates), strays
 
 
 def list_cameras(store: Any, bucket: str, prefix: str) -> list[str]:
@@ -323,13 +337,13 @@ def sample(
     """
     sp = settings.sampling
     start, end = window(as_of, sp.window_days)
-    listed = list_window(store, settings, as_of, cameras, dates)
+    listed, strays = list_window(store, settings, as_of, cameras, dates)
     order = stratified_order(listed, sp.per_camera_quota, sp.max_per_camera_per_day, sp.seed)
     stats = {"listed": len(listed), "eligible": len(order), "downloaded": 0, "quarantined": 0,
              "duplicates": 0, "sampled": 0}
     kept: list[FrameRef] = []
     kept_hashes: list[np.ndarray] = []
-    quarantined: list[Quarantined] = []
+    quarantined: list[Quarantined] = list(strays)
     dups: list[tuple[str, str]] = []
     pos = 0
     while len(kept) < sp.max_frames and pos < len(order):
@@ -344,7 +358,7 @@ def sample(
             if isinstance(data, NotFound):
                 quarantined.append(Quarantined(ref.bucket, ref.key, f"missing: {data}"))
                 continue
-            img, reason = decode_image(data)
+            img, reason = decode_image(data, sp.max_image_pixels)
             if img is None:
                 quarantined.append(Quarantined(ref.bucket, ref.key, str(reason)))
                 continue

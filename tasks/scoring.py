@@ -36,7 +36,7 @@ from detloop.detections import Detections
 from detloop.errors import DataError, NotFound
 from detloop.ops import Letterbox
 from detloop.postprocess import DecodeParams, decode_frames, flip_raw
-from detloop.preprocess import load_for_model, to_tensors
+from detloop.preprocess import DEFAULT_MAX_PIXELS, load_for_model, to_tensors
 from detloop.settings import ModelSettings, Settings
 
 
@@ -267,7 +267,8 @@ def score_with(settings: Settings, clients: Any, frames: Sequence[FrameRef], mod
         raise DataError(f"model {model.label} classes {scorer.meta.class_names} differ from the configured "
                         f"classes {settings.classes}")
     other = open_model(settings, clients.registry, committee) if committee is not None else None
-    return score(frames, scorer, clients.store, settings.model, tta=tta, committee=other)
+    return score(frames, scorer, clients.store, settings.model, tta=tta, committee=other,
+                 max_pixels=settings.sampling.max_image_pixels)
 
 
 def resolve_model(settings: Settings, registry: Any, alias: str = "champion") -> Path:
@@ -291,7 +292,8 @@ def resolve_model(settings: Settings, registry: Any, alias: str = "champion") ->
 # --------------------------------------------------------------------------------------------
 # Prefetching reader
 # --------------------------------------------------------------------------------------------
-def _load_one(store: Any, ref: FrameRef, size: int, fast: bool = True) -> DecodedFrame | Quarantined:
+def _load_one(store: Any, ref: FrameRef, size: int, fast: bool = True,
+              max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedFrame | Quarantined:
     """Read and decode one frame. Bad data is quarantined with its reason; a service failure raises.
 
     Only the frame's own fault is quarantined: undecodable, empty or not an image, or gone from the bucket
@@ -302,14 +304,15 @@ def _load_one(store: Any, ref: FrameRef, size: int, fast: bool = True) -> Decode
         data = store.read_frame(ref.bucket, ref.key)
     except NotFound as err:
         return Quarantined(ref.bucket, ref.key, f"missing: {err}")
-    got = load_for_model(data, size, fast)
+    got = load_for_model(data, size, fast, max_pixels)
     if isinstance(got, str):
         return Quarantined(ref.bucket, ref.key, got)
     return DecodedFrame(ref, got.image, got.letterbox, got.brightness, got.contrast)
 
 
 def iter_decoded(
-    store: Any, refs: Sequence[FrameRef], size: int, threads: int = 4, prefetch: int = 64, fast: bool = True
+    store: Any, refs: Sequence[FrameRef], size: int, threads: int = 4, prefetch: int = 64, fast: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Iterator[DecodedFrame | Quarantined]:
     """Yield decoded frames (or quarantine records) in input order, reading up to ``prefetch`` ahead."""
     from concurrent.futures import ThreadPoolExecutor
@@ -318,14 +321,14 @@ def iter_decoded(
         pending: deque[Any] = deque()
         it = iter(refs)
         for ref in it:
-            pending.append(ex.submit(_load_one, store, ref, size, fast))
+            pending.append(ex.submit(_load_one, store, ref, size, fast, max_pixels))
             if len(pending) >= prefetch:
                 break
         while pending:
             fut = pending.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(ex.submit(_load_one, store, nxt, size, fast))
+                pending.append(ex.submit(_load_one, store, nxt, size, fast, max_pixels))
             yield fut.result()
 
 
@@ -407,6 +410,7 @@ def score(
     tta: bool = False,
     committee: Scorer | None = None,
     read_threads: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> ScoringResult:
     """Score frames streamed from S3 in batches of ``ms.batch_size`` with a prefetching reader.
 
@@ -418,6 +422,7 @@ def score(
         tta: also score the horizontally flipped frame (about 2x the inference cost).
         committee: the previous champion, scored on the same tensors (about 2x).
         read_threads: reader threads (default ``ms.read_threads``).
+        max_pixels: frames declaring more pixels are quarantined undecoded (``sampling.max_image_pixels``).
 
     Returns:
         :class:`ScoringResult` with frames in input order (quarantined ones left out); its timings
@@ -427,7 +432,7 @@ def score(
     quarantine: list[Quarantined] = []
     t0 = time.perf_counter()
     reader = iter_decoded(store, refs, size, read_threads or ms.read_threads, prefetch=ms.batch_size * 3,
-                          fast=ms.fast_decode)
+                          fast=ms.fast_decode, max_pixels=max_pixels)
     batches = enumerate(iter_batches(reader, ms.batch_size, quarantine))
     workers = inference_workers(ms, scorer, committee)
     done: dict[int, list[ScoredFrame]] = {}

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from detloop.errors import DataError, DetloopError, NotFound
+from detloop.localfs import link_or_copy, writing
 from detloop.settings import REPO_ROOT, Settings
 
 IMG_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -186,8 +187,6 @@ def oversample_hard(data_yaml: str | Path, hard: Iterable[str], factor: int, out
     Returns:
         Path of the new ``data.yaml`` (val / other splits unchanged).
     """
-    import shutil
-
     import yaml
 
     data, root = read_data_yaml(data_yaml)
@@ -207,10 +206,7 @@ def oversample_hard(data_yaml: str | Path, hard: Iterable[str], factor: int, out
             for src, d in ((img, dst), (_label_for(img), lbl)):
                 if d.exists() or not src.exists():
                     continue
-                try:
-                    os.link(src, d)
-                except OSError:
-                    shutil.copyfile(src, d)
+                link_or_copy(src, d)  # whole or absent (an existing copy is never half-written)
             lines.append(str(dst.resolve()))
     (out / "train.txt").write_text("\n".join(lines) + "\n")
     new = dict(data)
@@ -422,6 +418,8 @@ def train(
     dataset_version: str | None = None,
     parent_version: str | None = None,
     epochs: int | None = None,
+    *,
+    store: Any,
 ) -> TrainResult:
     """Train a challenger (bootstrap when ``init_weights`` is None) and track it in MLflow.
 
@@ -435,27 +433,28 @@ def train(
         parent_version: registry version of the champion fine-tuned from.
         epochs: override of ``bootstrap_epochs`` / ``finetune_epochs``.
         registry: the model registry (:class:`~detloop.clients.protocols.ModelRegistry`) runs are tracked in.
+        store: the object store holding the training lease (one training per model name on any host).
 
     Returns:
         :class:`TrainResult`.
 
     Raises:
         DataError: classes differ / too little data. TrainingError: crash or timeout.
-        LockBusy: another training holds the training lock.
+        LockBusy: another training holds the training lease (the message says who, since when).
         ServiceError: MLflow unreachable (the message names its URL).
     """
     from tasks.registry import training_lock
 
     counts = check_dataset(data_yaml, settings.classes, settings.training.min_train_frames)
-    with training_lock(settings):
+    with training_lock(settings, store) as held:
         return _train_locked(data_yaml, settings, init_weights, run_name, tags, dataset_version, parent_version,
-                             epochs, registry, counts)
+                             epochs, registry, counts, held)
 
 
 def _train_locked(
     data_yaml: str | Path, settings: Settings, init_weights: str | Path | None, run_name: str,
     tags: dict[str, str] | None, dataset_version: str | None, parent_version: str | None, epochs: int | None,
-    registry: Any, counts: dict[str, int],
+    registry: Any, counts: dict[str, int], held: Any,
 ) -> TrainResult:
     from detloop.offline import ensure_ultralytics_fonts, yolo_config_dir
 
@@ -498,6 +497,10 @@ def _train_locked(
         return TrainResult(run.info.run_id, Path(local), run_dir, metrics, 0.0, True, ihash, n_epochs, bootstrap,
                            dict(run.data.tags))
     # ---- train --------------------------------------------------------------------------------
+    # a RUNNING run with these inputs lost its trainer (killed pod or flow): this one holds the training lease
+    for run in reg.find_runs(f"tags.`detloop.input_hash` = '{ihash}' and attributes.status = 'RUNNING'"):
+        reg.end_run(run.info.run_id, "KILLED")
+    held.check()
     run_id = reg.create_run(run_name, all_tags)
     try:
         reg.log_params(run_id, {**params, **({"arch": arch} if bootstrap else {}),
@@ -514,7 +517,8 @@ def _train_locked(
             optimizer=tc.optimizer, lr0=params["lr0"], workers=tc.workers, threads=threads, device=tc.device,
             seed=tc.seed, out_dir=str(run_dir / "ul"), yolo_config_dir=str(yolo_config_dir(settings)),
         )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        with writing(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         result = run_worker(spec, tc.timeout_minutes * 60, run_dir / "train.log")
         wall = time.time() - t0
@@ -528,7 +532,7 @@ def _train_locked(
         arch = str(result.get("arch") or settings.model.arch)
         reg.log_params(run_id, {"arch": arch})
         reg.set_run_tags(run_id, {"mlflow.note.content": run_description(bootstrap, arch, all_tags, parent_version)})
-    rows = read_results_csv(Path(result["results_csv"]))
+    rows = read_results_csv(Path(result["results_csv"]))  # (the worker wrote result.json whole, last)
     metric_rows = [(k, v, int(r.get("epoch", i + 1))) for i, r in enumerate(rows) for k, v in r.items()
                    if k != "epoch"]
     final = {k: v for k, v in (rows[-1].items() if rows else []) if k != "epoch"}
@@ -545,6 +549,7 @@ def _train_locked(
     if Path(result["results_csv"]).is_file():
         reg.log_artifact(run_id, Path(result["results_csv"]), "logs")
     _log_clean_train_log(reg, run_id, run_dir / "train.log")
+    held.check()  # a trainer whose lease was taken over does not mark its run reusable
     reg.end_run(run_id, "FINISHED")
     return TrainResult(run_id, best, run_dir, final, float(result["train_seconds"]), False, ihash, n_epochs,
                        bootstrap, all_tags)

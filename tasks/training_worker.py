@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from detloop.localfs import write_text
+
 
 def run(spec: dict) -> dict:
     """Train per ``spec``; return the result dict (also written to ``<out_dir>/result.json``)."""
@@ -71,7 +73,7 @@ def run(spec: dict) -> dict:
         "train_seconds": seconds,
         "threads": threads,
     }
-    (out_dir / "result.json").write_text(json.dumps(result, indent=2))
+    write_text(out_dir / "result.json", json.dumps(result, indent=2))  # whole or absent: the parent reads it
     return result
 
 

@@ -46,9 +46,11 @@ class FakeStore(_Switch):
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], bytes] = {}
+        self.written: dict[tuple[str, str], float] = {}  # last write, by ``clock``
         self.buckets: set[str] = set()
         self.puts = 0
         self.reads = 0
+        self.clock = time.time  # the store's clock (lease ages); a test may replace it
 
     def ensure_bucket(self, bucket: str) -> None:
         self._check(f"head_bucket {bucket}")
@@ -58,6 +60,7 @@ class FakeStore(_Switch):
         self._check(f"put s3://{bucket}/{key}")
         self.puts += 1
         self.objects[(bucket, key)] = bytes(body)
+        self.written[(bucket, key)] = self.clock()
         return hashlib.md5(body).hexdigest()
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
@@ -100,6 +103,31 @@ class FakeStore(_Switch):
     def delete(self, bucket: str, key: str) -> None:
         self._check(f"delete s3://{bucket}/{key}")
         self.objects.pop((bucket, key), None)
+
+    # conditional writes, with S3's semantics (one winner; ETag = MD5 of the body, as SeaweedFS and S3 give)
+    def _etag(self, bucket: str, key: str) -> str | None:
+        body = self.objects.get((bucket, key))
+        return None if body is None else hashlib.md5(body).hexdigest()
+
+    def put_bytes_if_absent(self, bucket: str, key: str, body: bytes, content_type: str | None = None) -> str | None:
+        self._check(f"conditional put s3://{bucket}/{key}")
+        return None if (bucket, key) in self.objects else self.put_bytes(bucket, key, body, content_type)
+
+    def put_bytes_if_match(self, bucket: str, key: str, body: bytes, etag: str,
+                           content_type: str | None = None) -> str | None:
+        self._check(f"conditional put s3://{bucket}/{key}")
+        return self.put_bytes(bucket, key, body, content_type) if self._etag(bucket, key) == etag else None
+
+    def delete_if_match(self, bucket: str, key: str, etag: str) -> bool:
+        self._check(f"conditional delete s3://{bucket}/{key}")
+        if self._etag(bucket, key) != etag:
+            return False
+        self.delete(bucket, key)
+        return True
+
+    def get_bytes_with_age(self, bucket: str, key: str) -> tuple[bytes, str, float]:
+        body = self.get_bytes(bucket, key)
+        return body, hashlib.md5(body).hexdigest(), max(0.0, self.clock() - self.written[(bucket, key)])
 
 
 @dataclass

@@ -360,3 +360,70 @@ class S3Store:
             self.client.delete_object(Bucket=bucket, Key=key)
         except Exception as err:
             raise self._wrap(err, f"delete s3://{bucket}/{key}") from err
+
+    # ---- conditional writes: the leases of tasks/leases.py ---------------------------------------
+    def _put_conditional(self, bucket: str, key: str, body: bytes, content_type: str | None,
+                         condition: dict[str, str]) -> str | None:
+        kw: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body, **condition}
+        if content_type:
+            kw["ContentType"] = content_type
+        try:
+            return str(self.client.put_object(**kw).get("ETag", "")).strip('"')
+        except Exception as err:
+            if _precondition_failed(err):
+                return None
+            wrapped = self._wrap(err, f"conditional put s3://{bucket}/{key}")
+            if isinstance(wrapped, NotFound) and "IfMatch" in condition:  # the object is gone: no match
+                return None
+            raise wrapped from err
+
+    def put_bytes_if_absent(self, bucket: str, key: str, body: bytes, content_type: str | None = None) -> str | None:
+        """Create ``key`` only if it does not exist (``If-None-Match: *``); its ETag, or None when it exists."""
+        return self._put_conditional(bucket, key, body, content_type, {"IfNoneMatch": "*"})
+
+    def put_bytes_if_match(self, bucket: str, key: str, body: bytes, etag: str,
+                           content_type: str | None = None) -> str | None:
+        """Replace ``key`` only if its ETag is still ``etag`` (``If-Match``); the new ETag, or None."""
+        return self._put_conditional(bucket, key, body, content_type, {"IfMatch": f'"{etag.strip(chr(34))}"'})
+
+    def delete_if_match(self, bucket: str, key: str, etag: str) -> bool:
+        """Delete ``key`` only if its ETag is still ``etag``; False when it changed or is gone."""
+        try:
+            self.client.delete_object(Bucket=bucket, Key=key, IfMatch=f'"{etag.strip(chr(34))}"')
+            return True
+        except Exception as err:
+            if _precondition_failed(err):
+                return False
+            wrapped = self._wrap(err, f"conditional delete s3://{bucket}/{key}")
+            if isinstance(wrapped, NotFound):
+                return False
+            raise wrapped from err
+
+    def get_bytes_with_age(self, bucket: str, key: str) -> tuple[bytes, str, float]:
+        """``(body, ETag, seconds since it was last written)``; the age is by the store's clock (its ``Date``
+        header minus the object's ``Last-Modified``), so it does not depend on this host's clock."""
+        from datetime import datetime
+        from email.utils import parsedate_to_datetime
+
+        try:
+            r = self.client.get_object(Bucket=bucket, Key=key)
+            body = r["Body"].read()
+        except Exception as err:
+            raise self._wrap(err, f"get s3://{bucket}/{key}") from err
+        header = (r.get("ResponseMetadata") or {}).get("HTTPHeaders", {}).get("date")
+        try:
+            now = parsedate_to_datetime(header) if header else datetime.now(UTC)
+        except (TypeError, ValueError):
+            now = datetime.now(UTC)
+        age = (now - r["LastModified"]).total_seconds()
+        return body, str(r.get("ETag", "")).strip('"'), max(0.0, age)
+
+
+def _precondition_failed(err: BaseException) -> bool:
+    """True for S3's answer to a conditional request whose condition does not hold (412, or 409 when a
+    concurrent conditional write won)."""
+    if _error_code(err) in ("PreconditionFailed", "ConditionalRequestConflict"):
+        return True
+    response = getattr(err, "response", None)
+    status = (response or {}).get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(response, dict) else None
+    return status == 412

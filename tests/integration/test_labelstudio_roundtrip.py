@@ -76,6 +76,7 @@ def env(stack_settings):  # type: ignore[no-untyped-def]
     # after a handful), with keys, round ids and the project unique to this run
     s.label_studio.project_title = f"detloop-it-{sfx}"
     s.label_studio.import_batch_size = 5  # several batches with few frames
+    s.label_studio.unknown_labels = "fail"  # the all-or-nothing refusal (quarantine: test_bad_input.py)
     store = S3Store(s)
     rng = np.random.default_rng(7)
     frames, truths, bodies = [], {}, {}

@@ -57,7 +57,7 @@ def boot(settings: Any, dataset: Path, clients: Any) -> Any:
     from tasks.training import train
 
     return train(dataset, settings, clients.registry, None, f"boot-{settings.mlflow.model_name}",
-                 {"round_id": "r-boot"}, dataset_version="dv-seed", epochs=2)
+                 {"round_id": "r-boot"}, dataset_version="dv-seed", epochs=2, store=clients.store)
 
 
 def test_dataset_refusals(settings: Any, dataset: Path, tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_bootstrap_training_is_tracked_and_reused(settings: Any, dataset: Path, 
     assert "\x1b[" not in text and "\r" not in text and "Epoch" in text
     # the same inputs again: the finished run is reused, nothing retrained
     again = train(dataset, settings, clients.registry, None, f"boot-{settings.mlflow.model_name}",
-                  {"round_id": "r-boot"}, dataset_version="dv-seed", epochs=2)
+                  {"round_id": "r-boot"}, dataset_version="dv-seed", epochs=2, store=clients.store)
     assert again.reused and again.run_id == boot.run_id and again.weights.is_file()
 
 
@@ -141,7 +141,8 @@ def test_crash_marks_run_failed_and_registers_nothing(settings: Any, dataset: Pa
 
     monkeypatch.setenv("DETLOOP_TEST_CRASH_TRAINING", "1")
     with pytest.raises(TrainingError, match="exited with code"):
-        train(dataset, settings, clients.registry, None, "crash", {"round_id": "r-crash"}, epochs=3)
+        train(dataset, settings, clients.registry, None, "crash", {"round_id": "r-crash"}, epochs=3,
+              store=clients.store)
     reg = clients.registry
     runs = reg.find_runs("tags.round_id = 'r-crash'")
     assert runs and runs[0].info.status == "FAILED"
@@ -207,7 +208,7 @@ def test_register_gate_promote_rollback(settings: Any, dataset: Path, boot: Any,
     over = oversample_hard(dataset, hard, 3, tmp_path / "over")
     assert len((tmp_path / "over" / "train.txt").read_text().split()) == 16 + 3 * 2
     ft = train(over, settings, reg, champ_dir / "weights" / "best.pt", f"ft-{settings.mlflow.model_name}",
-               {"round_id": "r-1"}, dataset_version="dv-1", parent_version=v1, epochs=1)
+               {"round_id": "r-1"}, dataset_version="dv-1", parent_version=v1, epochs=1, store=clients.store)
     log = (ft.out_dir / "train.log").read_text()
     assert "22 train" in log  # the repeats survived Ultralytics' loader (16 + 6 copies)
     ch2, cp2 = evaluate_pair(ft.weights, champ_dir / "scoring", [golden], settings, tmp_path / "eval2")
@@ -499,8 +500,9 @@ def test_training_lock_refuses_a_second_training(settings: Any, dataset: Path, c
     from tasks.registry import training_lock
     from tasks.training import train
 
-    with training_lock(settings), pytest.raises(LockBusy, match=r"another training .* held by pid \d+ since"):
-        train(dataset, settings, clients.registry, None, "locked", epochs=1)
+    with training_lock(settings, clients.store), pytest.raises(
+            LockBusy, match=r"another training .* held by host \S+ pid \d+ since .* expires in"):
+        train(dataset, settings, clients.registry, None, "locked", epochs=1, store=clients.store)
 
 
 @pytest.fixture(autouse=True)

@@ -212,6 +212,37 @@ def test_unknown_labels_are_listed_with_tasks() -> None:
     assert err.value.unknown == {"zebra": [1, 3], "okapi": [2]}
 
 
+def test_unknown_labels_quarantine_the_task_and_keep_the_rest() -> None:
+    bad = ls_results(dets([[1, 1, 9, 9]], [0]))
+    bad[0]["value"]["rectanglelabels"] = ["zebra"]
+    good = dets([[10, 10, 50, 50]], [1])
+    pulled = lt.convert_round_tasks([task(1, [ann(bad)]), task(2, [ann(good)]), task(3, [ann(good, 1), ann(dets(
+        [[60, 20, 90, 60]], [2]), 2, when="2026-01-02")])], "r1", CLASSES, unknown_labels="quarantine")
+    assert [f.task_id for f in pulled.frames] == [2, 3]
+    (q,) = pulled.report["quarantined"]
+    assert q["task_id"] == 1 and q["reason"].startswith("unknown label name(s) ['zebra']; configured classes are")
+    (issue,) = [i for i in pulled.report["issues"] if i["task_id"] == 3]
+    assert issue["issue"] == "2 submitted annotations; policy latest kept annotation 2"
+    assert pulled.frames[1].detections.class_id.tolist() == [2]  # the later one
+
+
+def test_late_edits_are_found_by_fingerprint(cfg: Any) -> None:
+    from tasks import late_edits
+
+    store = FakeStore()
+    tasks = [task(1, [ann(dets([[1, 1, 9, 9]], [0]))]), task(2, [ann(dets([[5, 5, 20, 20]], [1]))])]
+    rounds.save_round(store, cfg, RoundRecord("r1", "2026-01-05", "2026-01-05T00:00:00+00:00", "2026-01-10T00:00:00+00:00",
+                                              "trained", "1", 2, 0, project=cfg.label_studio.project_title))
+    late_edits.record_pull(store, cfg, "r1", tasks)
+    assert late_edits.collect_late_edits(cfg, store, lambda r: tasks).tasks == {}
+    edited = [tasks[0], task(2, [ann(dets([[5, 5, 30, 30]], [2]), when="2026-01-09")])]
+    store.put_bytes("prod", edited[1]["data"]["s3_key"], b"frame bytes")
+    found = late_edits.collect_late_edits(cfg, store, lambda r: edited)
+    assert found.tasks == {"r1": [2]} and len(found.entries) == 1 and found.entries[0].class_counts[2] == 1
+    late_edits.commit_late_edits(store, cfg, found.fingerprints)
+    assert late_edits.collect_late_edits(cfg, store, lambda r: edited).tasks == {}  # carried once
+
+
 # ---- rounds ---------------------------------------------------------------------------------------
 def ls_with(cfg: Any, states: dict[str, list[str]]) -> FakeLabelStudio:
     """A fake Label Studio whose project holds, per round, one task per state (labelled / skipped / pending)."""

@@ -187,3 +187,72 @@ def test_a_vanished_frame_is_quarantined_but_an_outage_fails_the_sample() -> Non
     store.down = True
     with pytest.raises(ServiceUnavailable, match="S3 at http://fake-s3 is not reachable"):
         sampling.fetch_bytes(store, refs)
+
+
+# ---- hostile input: refused by its header, before any decoding ------------------------------------------------
+def test_decompression_bombs_are_refused_before_decoding() -> None:
+    import resource
+
+    from detloop.preprocess import png_size
+    from detloop.preprocess import decode_for_model
+    from tests.bad_input import jpeg_claiming, png_bomb
+
+    bomb = png_bomb()  # 20,000 x 20,000: 1.2 GB once decoded
+    assert len(bomb) < 200_000 and png_size(bomb) == (20_000, 20_000)
+    lying = jpeg_claiming(jpeg(scene(3)))
+    peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for data in (bomb, lying):
+        img, why = decode_image(data)
+        assert img is None and why is not None and why.startswith("image too large (20000x20000 = 400,000,000 px")
+        assert "sampling.max_image_pixels 50,000,000" in why
+        img, _, _, why = decode_for_model(data, 320)
+        assert img is None and why is not None and "too large" in why
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak0 < 200_000  # KB: nothing was decoded
+    # the cap is a setting: a higher one lets a big (real) frame through
+    big = jpeg(np.zeros((300, 400, 3), np.uint8))
+    assert check_image_bytes(big, max_pixels=100_000) is not None and check_image_bytes(big, max_pixels=200_000) is None
+
+
+def test_corrupt_image_data_is_caught_without_false_alarms() -> None:
+    from detloop.preprocess import jpeg_structure_problem
+    from tests.bad_input import corrupt_jpeg
+
+    caught = 0
+    for seed in range(20):
+        good = jpeg(cv2.GaussianBlur(np.random.default_rng(seed).integers(0, 255, (240, 320, 3), np.uint8), (5, 5), 0))
+        for params in ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_RST_INTERVAL, 2]):
+            assert jpeg_structure_problem(cv2.imencode(".jpg", cv2.imdecode(np.frombuffer(good, np.uint8), 1),
+                                                       params)[1].tobytes()) is None
+        # libjpeg only warns about these and decodes garbage into pixels
+        assert cv2.imdecode(np.frombuffer(corrupt_jpeg(good, seed), np.uint8), cv2.IMREAD_COLOR) is not None
+        caught += check_image_bytes(corrupt_jpeg(good, seed)) is not None
+    assert caught == 20
+    img, why = decode_image(corrupt_jpeg(good, 1))
+    assert img is None and why is not None and why.startswith("corrupt JPEG")
+
+
+def test_one_pixel_and_png_under_a_jpg_name() -> None:
+    from tests.bad_input import one_pixel, png_of
+
+    assert decode_image(one_pixel())[1] == "image too small (1x1 px)"
+    png = png_of(jpeg(scene(7)))
+    img, why = decode_image(png)  # read by its content, whatever the key says
+    assert why is None and img is not None and img.shape == (120, 160, 3)
+
+
+def test_stray_objects_under_the_frames_prefix_are_quarantined_with_a_reason() -> None:
+    from detloop.settings import load_settings
+    from tasks.sampling import NOT_A_FRAME, sample
+    from tests.fakes import FakeStore
+
+    s = load_settings("configs/test.yaml", env={})
+    store = FakeStore()
+    good = jpeg(scene(1))
+    p = s.s3.production_prefix
+    store.put_bytes(s.s3.production_bucket, f"{p}camera=c1/date=2026-01-05/000001-a.jpg", good)
+    store.put_bytes(s.s3.production_bucket, f"{p}camera=c1/date=2026-01-05/notes.txt", b"hello")
+    store.put_bytes(s.s3.production_bucket, f"{p}camera=c1/date=2026-01-05/000002-b.jpg.tmp", good)
+    res = sample(s, date(2026, 1, 6), store)
+    assert [f.key for f in res.frames] == [f"{p}camera=c1/date=2026-01-05/000001-a.jpg"]
+    assert sorted(q.key.rsplit("/", 1)[1] for q in res.quarantined) == ["000002-b.jpg.tmp", "notes.txt"]
+    assert {q.reason for q in res.quarantined} == {NOT_A_FRAME} and res.stats["quarantined"] == 2

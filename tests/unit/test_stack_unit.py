@@ -221,3 +221,47 @@ def test_url_mismatch_between_client_urls_and_stack_ports() -> None:
     bad = load_settings(REPO_ROOT / "configs" / "test.yaml", env={}, overrides={"mlflow": {"tracking_uri": "http://127.0.0.1:5000"}})
     (line,) = url_mismatches(bad)
     assert line.startswith("mlflow.tracking_uri is 'http://127.0.0.1:5000' but the stack serves 'http://127.0.0.1:5100'")
+
+
+# ---- security --------------------------------------------------------------------------------------------
+def test_a_non_loopback_stack_host_is_warned_about(tmp_path: Path) -> None:
+    from infra.stack import ensure_up, host_warning
+
+    assert host_warning("127.0.0.1") is None and host_warning("::1") is None and host_warning("localhost") is None
+    assert host_warning("127.0.0.2") is None  # all of 127/8 is loopback
+    for host in ("0.0.0.0", "192.168.1.20", "myhost.example"):
+        msg = host_warning(host)
+        assert msg is not None and host in msg and "not a loopback address" in msg and "\n" not in msg
+    # `stack up` prints it (first thing, before anything starts: a port refusal stops it right after)
+    s = load_settings(REPO_ROOT / "configs" / "test.yaml", env={},
+                      overrides={"data_dir": str(tmp_path), "stack": {"host": "192.0.2.1"}})
+    lines: list[str] = []
+    with pytest.raises(Exception):  # noqa: B017 - 192.0.2.1 (TEST-NET) is not an address of this machine
+        ensure_up(s, log=lines.append)
+    assert any(line.startswith("warning: stack.host is '192.0.2.1', not a loopback address") for line in lines), lines
+
+
+def test_nothing_ships_a_default_secret() -> None:
+    """No tracked config, deploy file or code carries a password, token or key value: the local stack generates
+    them per data dir (see test_secrets_generated_once_mode_600_and_stable), deployments must supply them."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()
+    names = r"\b(?i:password|secret_access_key|secret_key|api_token|api_key|user_token|access_key_id)"
+    in_code = re.compile(  # name = "literal" (an environment variable's NAME, all caps, is not a value)
+        names + r"\w*\s*[:=]\s*[\"'](?![A-Z0-9_]+[\"'])(?!\$\{)([^\"'\s]{8,})[\"']")
+    in_yaml = re.compile(names + r"\s*:\s*(?!null\b|\$\{|[\"']?(?:true|false)\b)([^\s#{}]{6,})")
+    hits = []
+    for f in files:
+        if f.startswith(("tests/", "benchmarks/results/")) or not f.endswith(
+                (".py", ".yaml", ".yml", ".toml", ".env", ".json", "Dockerfile", ".cfg", ".ini")):
+            continue
+        text = (REPO_ROOT / f).read_text(errors="replace")
+        pats = [in_yaml] if f.endswith((".yaml", ".yml")) else [in_code]
+        hits += [f"{f}: {m.group(0)[:60]}" for p in [*pats, re.compile(r"AKIA[0-9A-Z]{16}")] for m in p.finditer(text)]
+    assert hits == []
+    # and the check itself sees a planted one
+    assert in_code.search('api_token = "s3cr3t-v4lue"') and in_yaml.search("  password: hunter2hunter")
+    compose = (REPO_ROOT / "infra" / "deploy" / "docker-compose.yml").read_text()
+    for var in ("POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_API_KEY"):
+        assert "${" + var + ":?" in compose, var  # compose refuses to start without it: no fallback value
