@@ -288,7 +288,7 @@ def evaluate_weights(weights: Path, data: BenchData, frames: Frames, settings: A
     from tasks.evaluation import compute_metrics
 
     ms = settings.model
-    preds, _ = infer(weights, frames, range(len(data.eval)), ms.conf_threshold, ms.iou_threshold, ms.max_det,
+    preds, _ = infer(weights, frames, range(len(data.eval)), ms.conf_threshold, ms.nms.iou_threshold, ms.max_det,
                      ms.scoring_max_candidates, threads, False)
     sm = compute_metrics("bench-eval", [f.truth for f in data.eval], preds, data.classes,
                          [f.camera for f in data.eval], min_instances=1)
@@ -447,7 +447,7 @@ class Runner:
             boot_dir = str(self._dir("bootstrap", 0).parent)
             self._scored = {k: v for k, v in self._scored.items() if k.startswith(boot_dir)}
             self._scored[key] = infer(weights, self.frames("pool"), range(len(self.data.pool)),
-                                      ms.scoring_conf_threshold, ms.iou_threshold, ms.max_det,
+                                      ms.scoring_conf_threshold, ms.nms.iou_threshold, ms.max_det,
                                       ms.scoring_max_candidates, self.cfg.threads, True)
         return self._scored[key]
 

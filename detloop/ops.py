@@ -30,7 +30,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return iou
 
 
-def nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float, class_id: np.ndarray | None = None) -> np.ndarray:
+def nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float, class_id: np.ndarray | None = None,
+        group: np.ndarray | None = None) -> np.ndarray:
     """Greedy hard NMS, optionally per class.
 
     Args:
@@ -38,6 +39,8 @@ def nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float, class_id: np
         scores: ``(N,)`` scores.
         iou_threshold: boxes overlapping a kept box by more than this are removed.
         class_id: ``(N,)``; when given, boxes of different classes never suppress each other.
+        group: ``(N,)``; when given, boxes of the same group never suppress each other (the tiles of a frame:
+            only duplicates seen by two different tiles are removed).
 
     Returns:
         ``(K,)`` int64 indices of kept boxes, by descending score.
@@ -52,6 +55,7 @@ def nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float, class_id: np
         xyxy = xyxy + offset
     order = np.argsort(-scores, kind="stable")
     areas = box_area(xyxy)
+    grp = None if group is None else np.asarray(group).reshape(-1)
     keep: list[int] = []
     while order.size:
         i = order[0]
@@ -65,6 +69,8 @@ def nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float, class_id: np
         inter = wh[:, 0] * wh[:, 1]
         union = areas[i] + areas[rest] - inter
         iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+        if grp is not None:
+            iou = np.where(grp[rest] == grp[i], 0.0, iou)
         order = rest[iou <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)
 
@@ -77,6 +83,8 @@ def soft_nms(
     class_id: np.ndarray | None = None,
     method: str = "gaussian",
     iou_threshold: float = 0.3,
+    max_keep: int | None = None,
+    group: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Soft-NMS (Bodla et al. 2017): decay the scores of overlapping boxes instead of deleting them.
 
@@ -89,6 +97,9 @@ def soft_nms(
         score_threshold: boxes whose decayed score falls below this are dropped.
         class_id: ``(N,)``; boxes of different classes do not decay each other.
         method: ``"gaussian"`` or ``"linear"`` (linear decays by ``1 - iou`` above ``iou_threshold``).
+        max_keep: stop after this many boxes (the rest could only be kept with lower scores): bounds the cost at
+            ``max_keep x N`` instead of ``N^2`` on tens of thousands of low-score candidates.
+        group: ``(N,)``; boxes of the same group do not decay each other (see :func:`nms`).
 
     Returns:
         ``(keep, new_scores)``: indices ``(K,)`` into the input, by descending new score, and the
@@ -102,6 +113,7 @@ def soft_nms(
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
     cls = None if class_id is None else np.asarray(class_id).reshape(-1)
+    grp = None if group is None else np.asarray(group).reshape(-1)
     idx = np.arange(n)
     keep: list[int] = []
     kept_scores: list[float] = []
@@ -115,11 +127,13 @@ def soft_nms(
         kept_scores.append(float(s[i]))
         alive[i] = False
         rest = idx[alive]
-        if rest.size == 0:
+        if rest.size == 0 or (max_keep is not None and len(keep) >= max_keep):
             break
         iou = box_iou(boxes[i : i + 1], boxes[rest])[0]
         if cls is not None:
             iou = np.where(cls[rest] == cls[i], iou, 0.0)
+        if grp is not None:
+            iou = np.where(grp[rest] == grp[i], 0.0, iou)
         if method == "gaussian":
             decay = np.exp(-(iou**2) / sigma)
         else:

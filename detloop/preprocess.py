@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from detloop.ops import Letterbox
+from detloop.tiling import Tile, TileSpec, tile_grid
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -61,6 +62,59 @@ _AFTER_SCAN = {0xD9, 0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, 0xFE, *range(0xE0, 0xF0
 # The end of a scan's entropy-coded data: 0xFF then neither stuffing (0x00), RSTn nor a fill byte (0xFF);
 # no `+`: a repeat defeats the regex engine's literal search (20x slower, measured).
 _SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+@dataclass
+class FrameInput:
+    """One frame ready for inference: one model input, or the inputs of its tiles (``model.tiling``).
+
+    Attributes:
+        parts: the model inputs, one per tile (plus the whole frame last when the tiling has a full-frame pass),
+            or one for an untiled frame.
+        tiles: the tiles in frame pixels (same order as ``parts``), or None for an untiled frame.
+        width, height: the frame's size in pixels.
+        brightness, contrast: of the whole frame (grey mean / std in [0, 1]).
+        ios_threshold: the tiling's threshold for joining pieces of an object cut by a tile border.
+    """
+
+    parts: list[ModelInput]
+    tiles: list[Tile] | None
+    width: int
+    height: int
+    brightness: float
+    contrast: float
+    ios_threshold: float = 0.5
+
+    @classmethod
+    def whole(cls, m: ModelInput) -> FrameInput:
+        return cls([m], None, m.letterbox.orig_w, m.letterbox.orig_h, m.brightness, m.contrast)
+
+
+def load_frame_for_model(data: bytes, size: int, fast: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                         tiling: TileSpec | None = None) -> FrameInput | str:
+    """Frame bytes -> :class:`FrameInput` (whole, or cut into ``tiling``'s tiles), or the reason it is unusable.
+
+    Untiled: :func:`load_for_model`. Tiled: the frame is decoded at full resolution, cut by
+    :func:`detloop.tiling.tile_grid`, and each tile letterboxed to the model input on its own (a tile of the
+    model's input side is scored at native resolution: the point of tiling).
+    """
+    if tiling is None:
+        got = load_for_model(data, size, fast, max_pixels)
+        return got if isinstance(got, str) else FrameInput.whole(got)
+    img, reason = decode_image(data, max_pixels)
+    if img is None:
+        return str(reason)
+    h, w = img.shape[:2]
+    whole_boxed, whole_lb, b, c = letterbox_u8(img, size)
+    tiles = tile_grid(w, h, tiling.tile, tiling.overlap, tiling.full_frame)
+    parts = []
+    for t in tiles:
+        if t.full:
+            parts.append(ModelInput(whole_boxed, whole_lb, b, c))
+            continue
+        boxed, lb, _, _ = letterbox_u8(np.ascontiguousarray(img[t.y0 : t.y1, t.x0 : t.x1]), size)
+        parts.append(ModelInput(boxed, lb, b, c))
+    return FrameInput(parts, tiles, w, h, b, c, tiling.ios_threshold)
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:

@@ -31,10 +31,12 @@ from typing import Any
 import numpy as np
 
 from detloop.detections import Detections
-from detloop.postprocess import DecodeParams, decode_frames
+from detloop.postprocess import DecodeParams, decode_inputs
+from detloop.tiling import TileSpec
 
 SERVING_CONFIG = "serving.json"
 INPUT_COLUMN = "image"
+CAMERA_COLUMN = "camera"  # optional: a camera with its own tiling (model.tiling.cameras)
 OUTPUT_COLUMNS = ("boxes", "class_ids", "class_names", "scores", "width", "height", "error")
 # what the pyfunc model needs at run time: no torch, no ultralytics (pinned to the versions that built it)
 RUNTIME_PACKAGES = ("mlflow", "onnxruntime", "numpy", "pandas", "opencv-python-headless")
@@ -50,6 +52,8 @@ class ServingConfig:
         class_names: the model's classes, in class-id order.
         thresholds: per-class confidence for ``class_thresholds=true`` (best F1 on the golden slice).
         model_name, version: registry coordinates, recorded for the caller.
+        tiling: how frames are tiled (``model.tiling``), None: scored whole.
+        camera_tiling: cameras whose tiling differs (``model.tiling.cameras``; None: that camera is not tiled).
     """
 
     decode: DecodeParams
@@ -58,15 +62,24 @@ class ServingConfig:
     thresholds: dict[str, float] = field(default_factory=dict)
     model_name: str | None = None
     version: str | None = None
+    tiling: TileSpec | None = None
+    camera_tiling: dict[str, TileSpec | None] = field(default_factory=dict)
+
+    def tiling_for(self, camera: str | None) -> TileSpec | None:
+        return self.camera_tiling[camera] if camera in self.camera_tiling else self.tiling
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ServingConfig:
+        def spec(v: dict[str, Any] | None) -> TileSpec | None:
+            return TileSpec(**v) if v else None
+
         return cls(DecodeParams(**d["decode"]), bool(d["fast_decode"]), list(d["class_names"]),
                    {k: float(v) for k, v in (d.get("thresholds") or {}).items()}, d.get("model_name"),
-                   d.get("version"))
+                   d.get("version"), spec(d.get("tiling")),
+                   {k: spec(v) for k, v in (d.get("camera_tiling") or {}).items()})
 
     def write(self, path: Path) -> Path:
         path.write_text(json.dumps(self.to_dict(), indent=2))
@@ -101,34 +114,37 @@ class Detector:
         self._raw = self.meta.outputs.get("raw", "raw")
 
     def detect(self, images: Sequence[bytes], params: dict[str, Any] | None = None,
-               batch: int = 8) -> list[Detections | str]:
+               batch: int = 8, cameras: Sequence[str | None] | None = None) -> list[Detections | str]:
         """Boxes of each encoded image (JPEG/PNG bytes), or the reason an image is unusable.
 
         Args:
             images: encoded frames.
             params: per-request overrides: ``conf_threshold``, ``iou_threshold``, ``max_det``,
                 ``class_thresholds`` (bool).
-            batch: frames per ONNX Runtime call.
+            batch: frames per ONNX Runtime call (a tiled frame's tiles go in the same call).
+            cameras: each image's camera (its tiling, as in scoring); None: the default tiling.
 
         Returns:
             Per image, :class:`Detections` in frame pixels (``class_scores`` ``(N, C)`` kept) or a reason.
         """
-        from detloop.preprocess import load_for_model, to_tensors
+        from detloop.preprocess import load_frame_for_model, to_tensors
 
         p = dict(params or {})
         decode = replace(self.config.decode, **{k: type(getattr(self.config.decode, k))(p[k])
                                                 for k in ("conf_threshold", "iou_threshold", "max_det")
                                                 if p.get(k) is not None})
         size = int(self.meta.input_size)
-        prepared = [load_for_model(bytes(b), size, self.config.fast_decode) for b in images]
+        cams = list(cameras) if cameras is not None else [None] * len(images)
+        prepared = [load_frame_for_model(bytes(b), size, self.config.fast_decode,
+                                         tiling=self.config.tiling_for(c)) for b, c in zip(images, cams, strict=True)]
         out: list[Detections | str] = [m if isinstance(m, str) else Detections.empty() for m in prepared]
         ok = [i for i, m in enumerate(prepared) if not isinstance(m, str)]
         for s in range(0, len(ok), batch):
             idx = ok[s : s + batch]
             inputs = [prepared[i] for i in idx]
-            x = to_tensors([m.image for m in inputs])  # type: ignore[union-attr]
+            x = to_tensors([m.image for f in inputs for m in f.parts])  # type: ignore[union-attr]
             raw = self.session.run([self._raw], {self.meta.input_name: x})[0]
-            for i, d in zip(idx, decode_frames(raw, [m.letterbox for m in inputs], decode), strict=True):  # type: ignore[union-attr]
+            for i, d in zip(idx, decode_inputs(raw, inputs, decode), strict=True):  # type: ignore[arg-type]
                 out[i] = self._class_filter(d) if p.get("class_thresholds") else d
         return out
 
@@ -137,12 +153,13 @@ class Detector:
         th = np.array([self.config.thresholds.get(n, 0.0) for n in names], np.float32)
         return d[d.confidence >= th[d.class_id]] if len(d) else d
 
-    def rows(self, images: Sequence[bytes], params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def rows(self, images: Sequence[bytes], params: dict[str, Any] | None = None,
+             cameras: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
         """:meth:`detect` as one plain row per image (the pyfunc model's output columns)."""
         from detloop.preprocess import jpeg_size
 
         out = []
-        for b, d in zip(images, self.detect(images, params), strict=True):
+        for b, d in zip(images, self.detect(images, params, cameras=cameras), strict=True):
             wh = jpeg_size(bytes(b)) or _png_size(bytes(b)) or (0, 0)
             if isinstance(d, str):
                 out.append({"boxes": [], "class_ids": [], "class_names": [], "scores": [], "width": int(wh[0]),
@@ -200,7 +217,7 @@ def signature(config: ServingConfig) -> Any:
     from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
     from mlflow.types.schema import Array
 
-    inputs = Schema([ColSpec(DataType.binary, INPUT_COLUMN)])
+    inputs = Schema([ColSpec(DataType.binary, INPUT_COLUMN), ColSpec(DataType.string, CAMERA_COLUMN, required=False)])
     outputs = Schema([
         ColSpec(Array(Array(DataType.double)), "boxes"),
         ColSpec(Array(DataType.long), "class_ids"),

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -43,6 +43,10 @@ from pydantic_settings import (
 
 from detloop.errors import ConfigError
 from detloop.preprocess import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from detloop.postprocess import DecodeParams
+    from detloop.tiling import TileSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "local.yaml"
@@ -329,7 +333,6 @@ class ModelSettings(_Model):
     arch: str = Field("yolo11n.yaml", description="Ultralytics model YAML the bootstrap model starts from.")
     input_size: int = Field(320, ge=32, le=4096, multiple_of=32, description="Model input size (pixels, square).")
     conf_threshold: float = Field(0.001, ge=0.0, le=1.0, description="Minimum score kept by NMS when scoring.")
-    iou_threshold: float = Field(0.6, ge=0.0, le=1.0, description="NMS IoU threshold.")
     max_det: int = Field(100, ge=1, le=10000, description="Maximum detections per frame.")
     batch_size: int = Field(
         8, ge=1, le=1024,
@@ -358,6 +361,32 @@ class ModelSettings(_Model):
     )
     nms: NmsSettings = Field(default_factory=NmsSettings)
     tiling: TilingSettings = Field(default_factory=TilingSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_iou_threshold(cls, data: Any) -> Any:
+        """``model.iou_threshold`` (before ``model.nms``) is read as ``model.nms.iou_threshold``."""
+        if isinstance(data, dict) and "iou_threshold" in data:
+            data = dict(data)
+            nms = dict(data.get("nms") or {})
+            nms.setdefault("iou_threshold", data.pop("iou_threshold"))
+            data["nms"] = nms
+        return data
+
+    def decode_params(self, conf_threshold: float, max_candidates: int) -> DecodeParams:
+        """The decode of raw head output with this model's ``max_det`` and ``nms`` (scoring, evaluation, serving)."""
+        from detloop.postprocess import DecodeParams
+
+        n = self.nms
+        return DecodeParams(conf_threshold, n.iou_threshold, self.max_det, max_candidates, n.method, n.sigma,
+                            n.score_floor)
+
+    def tile_spec(self, camera: str | None = None) -> TileSpec | None:
+        """How frames of ``camera`` are tiled (its override applied), or None when they are scored whole."""
+        from detloop.tiling import TileSpec
+
+        t = self.tiling.for_camera(camera) if camera else self.tiling
+        return TileSpec(t.tile, t.overlap, t.full_frame, t.ios_threshold) if t.enabled else None
 
 
 class TrainingSettings(_Model):

@@ -31,6 +31,17 @@ from detloop.ops import box_area, nms, soft_nms
 
 
 @dataclass(frozen=True)
+class TileSpec:
+    """How a frame is tiled (``model.tiling``, per camera): tile side and minimum overlap in frame pixels, an
+    extra whole-frame pass, and the IoS at which pieces of an object cut by a tile border are joined."""
+
+    tile: int
+    overlap: int
+    full_frame: bool = True
+    ios_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
 class Tile:
     """One crop of a frame: ``[x0, x1) x [y0, y1)`` in frame pixels. ``full`` marks the whole-frame pass."""
 
@@ -180,12 +191,14 @@ def merge_tiles(
     sigma: float = 0.5,
     score_floor: float = 0.001,
     ios_threshold: float = 0.5,
+    max_keep: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Merge the boxes of all tiles of a frame (already in frame pixels) into one set of detections.
 
     1. pieces cut by tile borders are joined into their union (:func:`merge_cut_pieces`);
     2. duplicates across tiles are removed by class-aware NMS (``method="hard"``) or decayed by soft-NMS
-       (``"gaussian"`` / ``"linear"``, ``sigma``, ``score_floor``).
+       (``"gaussian"`` / ``"linear"``, ``sigma``, ``score_floor``). Only boxes from *different* tiles suppress
+       each other here: within a tile the per-tile NMS already ran, and a second pass would decay twice.
 
     Args:
         xyxy ``(N, 4)`` frame pixels, scores ``(N,)``, class_id ``(N,)``, tile_index ``(N,)`` (into ``tiles``).
@@ -207,10 +220,10 @@ def merge_tiles(
             cut[m] = cut_at_border(b[m], t, width, height)
     rows, boxes, s2 = merge_cut_pieces(b, s, c, ti, cut, ios_threshold)
     if method == "hard":
-        keep = nms(boxes, s2, iou_threshold, class_id=c[rows])
+        keep = nms(boxes, s2, iou_threshold, class_id=c[rows], group=ti[rows])[:max_keep]
         return rows[keep], boxes[keep], s2[keep]
     keep, new = soft_nms(boxes, s2, sigma=sigma, score_threshold=score_floor, class_id=c[rows],
-                         method=method, iou_threshold=iou_threshold)
+                         method=method, iou_threshold=iou_threshold, max_keep=max_keep, group=ti[rows])
     return rows[keep], boxes[keep], new
 
 

@@ -28,7 +28,8 @@ import numpy as np
 from detloop.detections import Detections
 from detloop.errors import DataError
 from detloop.postprocess import DecodeParams
-from detloop.preprocess import ModelInput
+from detloop.preprocess import FrameInput
+from detloop.tiling import TileSpec
 
 # COCO's area ranges (px^2). Closed at both ends, as the COCO evaluation applies them (a box is ignored
 # when ``area < lo or area > hi``): a box of exactly 32 x 32 px belongs to both small and medium.
@@ -471,23 +472,25 @@ def ensure_artifact(model: str | Path, class_names: Sequence[str], input_size: i
 
 
 def eval_decode(ms: Any) -> DecodeParams:
-    """The decode of evaluation: ``model.conf_threshold`` (low, for AP), the scoring candidate cap raised."""
-    return DecodeParams(ms.conf_threshold, ms.iou_threshold, ms.max_det, max(ms.scoring_max_candidates, 30000))
+    """The decode of evaluation: ``model.conf_threshold`` (low, for AP), the scoring candidate cap raised;
+    ``model.nms`` as in scoring and serving."""
+    return ms.decode_params(ms.conf_threshold, max(ms.scoring_max_candidates, 30000))
 
 
-def read_for_model(path: str, size: int, fast: bool) -> ModelInput:
-    """An evaluation frame from disk, prepared exactly as scoring prepares a production frame.
+def read_for_model(path: str, size: int, fast: bool, tiling: TileSpec | None = None) -> FrameInput:
+    """An evaluation frame from disk, prepared exactly as scoring prepares a production frame of its camera
+    (whole, or cut into ``tiling``'s tiles).
 
     Raises:
         DataError: the file is missing or not a usable image.
     """
-    from detloop.preprocess import load_for_model
+    from detloop.preprocess import load_frame_for_model
 
     try:
         data = Path(path).read_bytes()
     except OSError as err:
         raise DataError(f"cannot read image {path}: {err}") from err
-    got = load_for_model(data, size, fast)
+    got = load_frame_for_model(data, size, fast, tiling=tiling)
     if isinstance(got, str):
         raise DataError(f"cannot read image {path}: {got}")
     return got
@@ -496,22 +499,25 @@ def read_for_model(path: str, size: int, fast: bool) -> ModelInput:
 def predict_items(artifact: Path, items: Sequence[EvalItem], settings: Any, batch: int = 16) -> list[Detections]:
     """Run the ONNX scoring artifact on the slice frames, with scoring's preprocessing and decode.
 
-    Frames go through :func:`detloop.preprocess.load_for_model` and :func:`detloop.postprocess.decode_raw`,
-    the code production scoring and the registered MLflow model use (only the confidence floor differs:
-    ``model.conf_threshold``, low enough for AP).
+    Frames go through :func:`detloop.preprocess.load_frame_for_model` and
+    :func:`detloop.postprocess.decode_inputs`, the code production scoring and the registered MLflow model use
+    (``model.nms``, and ``model.tiling`` of each frame's camera); only the confidence floor differs:
+    ``model.conf_threshold``, low enough for AP.
     """
-    from detloop.postprocess import decode_frames
+    from detloop.postprocess import decode_inputs
     from detloop.preprocess import to_tensors
     from tasks.export import open_session, read_meta, run_onnx
 
     meta = read_meta(artifact)
     sess = open_session(artifact, settings.training.threads)
-    params = eval_decode(settings.model)
+    ms = settings.model
+    params = eval_decode(ms)
     out: list[Detections] = []
     for i in range(0, len(items), batch):
-        inputs = [read_for_model(it.image, meta.input_size, settings.model.fast_decode) for it in items[i : i + batch]]
-        raw, _ = run_onnx(sess, to_tensors([m.image for m in inputs]))
-        out += decode_frames(raw, [m.letterbox for m in inputs], params)
+        inputs = [read_for_model(it.image, meta.input_size, ms.fast_decode, ms.tile_spec(it.camera))
+                  for it in items[i : i + batch]]
+        raw, _ = run_onnx(sess, to_tensors([m.image for f in inputs for m in f.parts]))
+        out += decode_inputs(raw, inputs, params)
     return out
 
 
@@ -529,7 +535,7 @@ def measure_latency(artifacts: Sequence[Path], frames: Sequence[str], rounds: in
         return [float("nan")] * len(artifacts)
     sessions = [open_session(a, threads) for a in artifacts]
     sizes = [read_meta(a).input_size for a in artifacts]
-    inputs = [[to_tensors([read_for_model(f, s, True).image]) for f in frames] for s in sizes]
+    inputs = [[to_tensors([read_for_model(f, s, True).parts[0].image]) for f in frames] for s in sizes]
     for sess, inp in zip(sessions, inputs, strict=True):  # warm-up
         run_onnx(sess, inp[0])
     times: list[list[float]] = [[] for _ in artifacts]

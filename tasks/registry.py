@@ -173,14 +173,15 @@ def register_challenger(
 
 
 def serving_config(settings: Settings, report: Any | None = None) -> Any:
-    """The served model's defaults: production scoring's decode, the classes, the golden best-F1 thresholds."""
-    from detloop.postprocess import DecodeParams
+    """The served model's defaults: production scoring's decode (``model.nms``) and tiling (``model.tiling``, per
+    camera), the classes, the golden best-F1 thresholds."""
     from detloop.serving import ServingConfig
 
     ms = settings.model
     thresholds = dict(report.thresholds) if report is not None and report.thresholds else {}
-    return ServingConfig(DecodeParams(ms.scoring_conf_threshold, ms.iou_threshold, ms.max_det, ms.scoring_max_candidates),
-                         ms.fast_decode, list(settings.classes), thresholds, settings.mlflow.model_name)
+    return ServingConfig(ms.decode_params(ms.scoring_conf_threshold, ms.scoring_max_candidates), ms.fast_decode,
+                         list(settings.classes), thresholds, settings.mlflow.model_name, tiling=ms.tile_spec(),
+                         camera_tiling={c: ms.tile_spec(c) for c in ms.tiling.cameras})
 
 
 def model_description(settings: Settings, model_name: str) -> str:

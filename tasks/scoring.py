@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -35,9 +35,10 @@ from detloop.contracts import FrameRef, Quarantined, ScoredFrame, ScoringArtifac
 from detloop.detections import Detections
 from detloop.errors import DataError, NotFound
 from detloop.ops import Letterbox
-from detloop.postprocess import DecodeParams, decode_frames, flip_raw
-from detloop.preprocess import DEFAULT_MAX_PIXELS, load_for_model, to_tensors
+from detloop.postprocess import DecodeParams, decode_frames, decode_inputs, flip_raw
+from detloop.preprocess import DEFAULT_MAX_PIXELS, FrameInput, load_frame_for_model, to_tensors
 from detloop.settings import ModelSettings, Settings
+from detloop.tiling import TileSpec
 
 
 # --------------------------------------------------------------------------------------------
@@ -49,17 +50,13 @@ class DecodedFrame:
 
     Attributes:
         ref: the frame.
-        image: uint8 ``(S, S, 3)`` BGR, letterboxed (4x smaller than its float tensor while it waits in
-            the prefetch queue; :func:`to_tensors` converts whole batches into a reused buffer).
-        letterbox: geometry to map boxes back.
-        brightness, contrast: grey mean / std in [0, 1] over the frame content.
+        input: its model input(s) (:class:`detloop.preprocess.FrameInput`: one letterboxed uint8 ``(S, S, 3)``
+            BGR image, 4x smaller than its float tensor while it waits in the prefetch queue, or one per tile
+            when the camera is tiled); :func:`to_tensors` converts whole batches into a reused buffer.
     """
 
     ref: FrameRef
-    image: np.ndarray
-    letterbox: Letterbox
-    brightness: float
-    contrast: float
+    input: FrameInput
 
 
 @dataclass
@@ -293,7 +290,8 @@ def resolve_model(settings: Settings, registry: Any, alias: str = "champion") ->
 # Prefetching reader
 # --------------------------------------------------------------------------------------------
 def _load_one(store: Any, ref: FrameRef, size: int, fast: bool = True,
-              max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedFrame | Quarantined:
+              max_pixels: int | None = DEFAULT_MAX_PIXELS, tiling: TileSpec | None = None,
+              ) -> DecodedFrame | Quarantined:
     """Read and decode one frame. Bad data is quarantined with its reason; a service failure raises.
 
     Only the frame's own fault is quarantined: undecodable, empty or not an image, or gone from the bucket
@@ -304,31 +302,34 @@ def _load_one(store: Any, ref: FrameRef, size: int, fast: bool = True,
         data = store.read_frame(ref.bucket, ref.key)
     except NotFound as err:
         return Quarantined(ref.bucket, ref.key, f"missing: {err}")
-    got = load_for_model(data, size, fast, max_pixels)
+    got = load_frame_for_model(data, size, fast, max_pixels, tiling)
     if isinstance(got, str):
         return Quarantined(ref.bucket, ref.key, got)
-    return DecodedFrame(ref, got.image, got.letterbox, got.brightness, got.contrast)
+    return DecodedFrame(ref, got)
 
 
 def iter_decoded(
     store: Any, refs: Sequence[FrameRef], size: int, threads: int = 4, prefetch: int = 64, fast: bool = True,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS, tile_for: Callable[[FrameRef], TileSpec | None] | None = None,
 ) -> Iterator[DecodedFrame | Quarantined]:
-    """Yield decoded frames (or quarantine records) in input order, reading up to ``prefetch`` ahead."""
+    """Yield decoded frames (or quarantine records) in input order, reading up to ``prefetch`` ahead.
+
+    ``tile_for``: how a frame is tiled (``ModelSettings.tile_spec`` of its camera), None: scored whole.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="detloop-read") as ex:
         pending: deque[Any] = deque()
         it = iter(refs)
         for ref in it:
-            pending.append(ex.submit(_load_one, store, ref, size, fast, max_pixels))
+            pending.append(ex.submit(_load_one, store, ref, size, fast, max_pixels, tile_for and tile_for(ref)))
             if len(pending) >= prefetch:
                 break
         while pending:
             fut = pending.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(ex.submit(_load_one, store, nxt, size, fast, max_pixels))
+                pending.append(ex.submit(_load_one, store, nxt, size, fast, max_pixels, tile_for and tile_for(nxt)))
             yield fut.result()
 
 
@@ -352,13 +353,27 @@ def iter_batches(items: Iterator[DecodedFrame | Quarantined], batch_size: int,
 # Scoring
 # --------------------------------------------------------------------------------------------
 def scoring_decode(ms: ModelSettings) -> DecodeParams:
-    """The decode of production scoring: ``model.scoring_conf_threshold`` keeps sub-threshold candidates."""
-    return DecodeParams(ms.scoring_conf_threshold, ms.iou_threshold, ms.max_det, ms.scoring_max_candidates)
+    """The decode of production scoring: ``model.scoring_conf_threshold`` keeps sub-threshold candidates;
+    ``model.nms`` as everywhere."""
+    return ms.decode_params(ms.scoring_conf_threshold, ms.scoring_max_candidates)
 
 
 def decode_batch(raw: np.ndarray, letterboxes: Sequence[Letterbox], ms: ModelSettings) -> list[Detections]:
     """Per-image :func:`detloop.postprocess.decode_raw` with the scoring thresholds of ``ms``."""
     return decode_frames(raw, letterboxes, scoring_decode(ms))
+
+
+def frame_embeddings(emb: np.ndarray | None, frames: Sequence[FrameInput]) -> list[np.ndarray | None]:
+    """One embedding per frame from the per-input rows of ``emb``: a tiled frame's is the mean of its tiles'."""
+    if emb is None:
+        return [None] * len(frames)
+    out: list[np.ndarray | None] = []
+    i = 0
+    for f in frames:
+        n = len(f.parts)
+        out.append(np.asarray(emb[i] if n == 1 else emb[i : i + n].mean(axis=0), np.float32))
+        i += n
+    return out
 
 
 def score_decoded(
@@ -371,12 +386,13 @@ def score_decoded(
 ) -> list[ScoredFrame]:
     """Score one batch of decoded frames (pure given the scorer)."""
     t = timings if timings is not None else {}
-    x = to_tensors([d.image for d in batch], reuse=True)
-    lbs = [d.letterbox for d in batch]
+    inputs = [d.input for d in batch]
+    x = to_tensors([m.image for f in inputs for m in f.parts], reuse=True)
+    p = scoring_decode(ms)
     t0 = time.perf_counter()
     raw, emb = scorer.infer(x)
     t1 = time.perf_counter()
-    dets = decode_batch(raw, lbs, ms)
+    dets = decode_inputs(raw, inputs, p)
     t2 = time.perf_counter()
     t["infer"] = t.get("infer", 0.0) + (t1 - t0)
     t["nms"] = t.get("nms", 0.0) + (t2 - t1)
@@ -385,19 +401,20 @@ def score_decoded(
     if tta:
         t3 = time.perf_counter()
         raw_f, _ = scorer.infer(np.ascontiguousarray(x[..., ::-1]))
-        tta_dets = list(decode_batch(flip_raw(raw_f, x.shape[-1]), lbs, ms))
+        tta_dets = list(decode_inputs(flip_raw(raw_f, x.shape[-1]), inputs, p))
         t["tta"] = t.get("tta", 0.0) + (time.perf_counter() - t3)
     if committee is not None:
         t3 = time.perf_counter()
         raw_c, _ = committee.infer(x)
-        com_dets = list(decode_batch(raw_c, lbs, ms))
+        com_dets = list(decode_inputs(raw_c, inputs, p))
         t["committee"] = t.get("committee", 0.0) + (time.perf_counter() - t3)
+    embs = frame_embeddings(emb, inputs)
     out = []
     for i, d in enumerate(batch):
+        f = d.input
         out.append(ScoredFrame(
-            frame=d.ref, width=d.letterbox.orig_w, height=d.letterbox.orig_h, detections=dets[i],
-            embedding=None if emb is None else np.asarray(emb[i], np.float32),
-            brightness=d.brightness, contrast=d.contrast, tta=tta_dets[i], committee=com_dets[i],
+            frame=d.ref, width=f.width, height=f.height, detections=dets[i], embedding=embs[i],
+            brightness=f.brightness, contrast=f.contrast, tta=tta_dets[i], committee=com_dets[i],
         ))
     return out
 
@@ -431,8 +448,10 @@ def score(
     size = int(scorer.meta.input_size)
     quarantine: list[Quarantined] = []
     t0 = time.perf_counter()
+    tiled = ms.tiling.enabled or any(o.enabled for o in ms.tiling.cameras.values())
     reader = iter_decoded(store, refs, size, read_threads or ms.read_threads, prefetch=ms.batch_size * 3,
-                          fast=ms.fast_decode, max_pixels=max_pixels)
+                          fast=ms.fast_decode, max_pixels=max_pixels,
+                          tile_for=(lambda r: ms.tile_spec(r.camera)) if tiled else None)
     batches = enumerate(iter_batches(reader, ms.batch_size, quarantine))
     workers = inference_workers(ms, scorer, committee)
     done: dict[int, list[ScoredFrame]] = {}

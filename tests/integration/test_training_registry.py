@@ -349,7 +349,8 @@ def test_the_champion_loads_with_mlflow_pyfunc_in_a_clean_process_and_serves(pos
     import mlflow
 
     info = mlflow.models.get_model_info(f"models:/{name}@champion")
-    assert info.signature.inputs.to_dict() == [{"type": "binary", "name": "image", "required": True}]
+    assert info.signature.inputs.to_dict() == [{"type": "binary", "name": "image", "required": True},
+        {"type": "string", "name": "camera", "required": False}]
     assert {"boxes", "class_names", "scores"} <= set(info.signature.outputs.input_names())
 
     # detloop's scoring of the frame, read from S3 as production frames are

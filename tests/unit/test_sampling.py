@@ -193,8 +193,7 @@ def test_a_vanished_frame_is_quarantined_but_an_outage_fails_the_sample() -> Non
 def test_decompression_bombs_are_refused_before_decoding() -> None:
     import resource
 
-    from detloop.preprocess import png_size
-    from detloop.preprocess import decode_for_model
+    from detloop.preprocess import decode_for_model, png_size
     from tests.bad_input import jpeg_claiming, png_bomb
 
     bomb = png_bomb()  # 20,000 x 20,000: 1.2 GB once decoded

@@ -87,7 +87,8 @@ def test_pyfunc_model_directory_has_signature_example_and_no_torch(artifact: Pat
                                                                        CLASSES, {c: 0.3 for c in CLASSES}, "m"))
     mlmodel = yaml.safe_load((out / "MLmodel").read_text())
     sig: dict[str, Any] = mlmodel["signature"]
-    assert json.loads(sig["inputs"]) == [{"type": "binary", "name": "image", "required": True}]
+    assert json.loads(sig["inputs"]) == [{"type": "binary", "name": "image", "required": True},
+        {"type": "string", "name": "camera", "required": False}]
     assert {c["name"] for c in json.loads(sig["outputs"])} >= {"boxes", "class_ids", "class_names", "scores"}
     assert {p["name"] for p in json.loads(sig["params"])} == {"conf_threshold", "iou_threshold", "max_det",
                                                               "class_thresholds"}
