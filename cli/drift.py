@@ -34,11 +34,12 @@ def report_cmd(
 ) -> None:
     """Compare each day before AS_OF with the champion's reference, per camera; print the report."""
     from detloop.settings import parse_as_of
-    from flows.drift import drift_report, report_markdown, report_pictures
     from tasks.drift_records import list_episodes
 
     settings = get_settings(config)
-    use_prefect(settings, config)
+    use_prefect(settings, config)  # before Prefect is imported: it reads PREFECT_API_URL once, on import
+    from flows.drift import drift_report, report_markdown, report_pictures
+
     when = parse_as_of(as_of)
     run = drift_report(when, str(config) if config else None, None, camera or None, days, live=not no_live)
     episodes = [e for e in list_episodes(_store(settings), settings) if e.model_version == run.model_version]

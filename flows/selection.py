@@ -51,12 +51,17 @@ def content_key(*parts: Any) -> str:
 
 def predictions_cache_prefix(settings: Any, sample: Any, model: Any, committee: Any = None, tta: bool = False) -> str:
     """Where the predictions of ``sample`` scored by ``model`` are stored: keyed by the frames (keys and
-    etags), the model's content, the committee, TTA and the model settings."""
+    etags), the model's content, the committee, TTA and the model settings. A registry version is a number
+    of the configured model (``mlflow.model_name``): the name is in the key, so two models sharing a data
+    bucket never read each other's predictions."""
     from tasks.scoring import predictions_prefix
 
     model_id = model.content_id()
-    key = content_key(sorted((f.key, f.etag) for f in sample.frames), model_id,
-                      committee.content_id() if committee else None, tta, settings.model.model_dump(mode="json"))
+    parts: list[Any] = [sorted((f.key, f.etag) for f in sample.frames), model_id,
+                        committee.content_id() if committee else None, tta, settings.model.model_dump(mode="json")]
+    if model.version is not None or (committee is not None and committee.version is not None):
+        parts.append(settings.mlflow.model_name)  # files are keyed by their hash already
+    key = content_key(*parts)
     return predictions_prefix(sample.window[0], sample.window[1], model_id) + f"sample={key}/"
 
 

@@ -33,6 +33,7 @@ import contextlib
 import getpass
 import json
 import os
+import re
 import shutil
 import threading
 from dataclasses import dataclass
@@ -449,17 +450,19 @@ def load_champion(settings: Settings, registry: Any, dest_dir: str | Path | None
                   version: str | None = None) -> Path | None:
     """Fetch the files of the version behind ``alias`` (or of ``version``) into ``dest_dir`` (as a deployment would).
 
-    Writes ``dest_dir/champion.json`` (version, alias, thresholds, class names) and stamps the version
+    Writes ``dest_dir/champion.json`` (model, version, alias, thresholds, class names) and stamps the version
     into ``scoring/meta.json``. Returns None when no version holds the alias (bootstrap). Safe when
-    several processes (e.g. Dask workers on one host) fetch the same version at once.
+    several processes (e.g. Dask workers on one host) fetch the same version at once. The default
+    ``dest_dir`` is ``<data_dir>/champion/<model name>/v<version>``: version numbers restart with every
+    registered model, so two models sharing a data dir (a demo and the tests' models) never share a copy.
     """
     reg = registry
     mv = reg.get_version(version) if version is not None else reg.version_by_alias(alias)
     if mv is None:
         return None
-    dest = Path(dest_dir) if dest_dir else settings.data_dir / "champion" / f"v{mv.version}"
+    dest = Path(dest_dir) if dest_dir else champion_dir(settings, reg.model_name, str(mv.version))
     marker = dest / "champion.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("version") == str(mv.version):
+    if _is_copy_of(marker, reg.model_name, str(mv.version)):
         return dest
     tmp = dest.with_name(f"{dest.name}.partial-{os.getpid()}-{threading.get_ident()}")
     from detloop.localfs import writing
@@ -469,6 +472,21 @@ def load_champion(settings: Settings, registry: Any, dest_dir: str | Path | None
             return _download_champion(settings, reg, mv, dest, marker, tmp, alias)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def champion_dir(settings: Settings, model_name: str, version: str) -> Path:
+    """The local copy of registered ``model_name`` version ``version``: ``<data_dir>/champion/<model>/v<version>``
+    (characters other than letters, digits, ``.``, ``_`` and ``-`` in the name become ``_``)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", model_name) or "_"
+    return settings.data_dir / "champion" / safe / f"v{version}"
+
+
+def _is_copy_of(marker: Path, model_name: str, version: str) -> bool:
+    """Whether ``marker`` (a ``champion.json``) says its folder holds ``model_name`` version ``version``."""
+    if not marker.is_file():
+        return False
+    doc = json.loads(marker.read_text())
+    return doc.get("version") == version and doc.get("model") == model_name
 
 
 def _download_champion(settings: Settings, reg: Any, mv: Any, dest: Path, marker: Path, tmp: Path,
@@ -487,7 +505,7 @@ def _download_champion(settings: Settings, reg: Any, mv: Any, dest: Path, marker
     (tmp / "champion.json").write_text(json.dumps({
         "model": reg.model_name, "version": str(mv.version), "alias": alias, "run_id": mv.run_id,
         "thresholds": thresholds, "class_names": settings.classes, "pulled_at": _now()}, indent=2))
-    if marker.is_file() and json.loads(marker.read_text()).get("version") == str(mv.version):
+    if _is_copy_of(marker, reg.model_name, str(mv.version)):
         shutil.rmtree(tmp)  # another process finished the same download first
         return dest
     if dest.exists():
