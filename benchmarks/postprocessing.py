@@ -470,12 +470,12 @@ def plot_small(rows: Sequence[dict[str, Any]], png: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for r in rows:
+    for i, r in enumerate(rows):
         x, y = r["ms_per_frame"], r["small_ap"]
         lo, hi = r["small_ap_ci"]
         ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]],
                     xerr=[[x - r["ms_runs"][0]], [r["ms_runs"][1] - x]], fmt="o", capsize=4, label=r["config"])
-        ax.annotate(r["config"], (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.annotate(r["config"], (x, y), textcoords="offset points", xytext=(6, 6 if i % 2 == 0 else -14), fontsize=8)
     ax.set_xlabel("CPU ms per frame (1 ONNX Runtime thread; median of runs, bars min-max)")
     ax.set_ylabel("small-object AP50-95 (bars: 95 % bootstrap CI)")
     ax.set_title(title, fontsize=9)
@@ -486,7 +486,8 @@ def plot_small(rows: Sequence[dict[str, Any]], png: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run(cfg: BenchConfig, out: Path, png: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(cfg: BenchConfig, out: Path, png: Path, log: Callable[[str], None] = print, command: str | None = None
+        ) -> dict[str, Any]:
     """Prepare data and model, predict with every configuration (timed, interleaved), bootstrap, write."""
     from detloop.settings import load_settings
     from detloop.tiling import tile_grid
@@ -599,7 +600,7 @@ def run(cfg: BenchConfig, out: Path, png: Path, log: Callable[[str], None] = pri
     plot_small(plot_rows, png, f"Small-object AP vs CPU cost ({len(items)} eval frames, {n_small} small boxes)")
     result = {
         "benchmark": "postprocessing", "issue": 17, "date": utc_now(),
-        "command": "python -m benchmarks.postprocessing" + (f" --data {cfg.data}" if cfg.data else ""),
+        "command": command or "python -m benchmarks.postprocessing",
         "config": asdict(cfg), "data": prep.source | {"eval_frames": len(items), "crowded_frames": len(crowded),
                                                       "crowded_boxes": int(sum(len(gts[i]) for i in crowded)),
                                                       "eval_boxes": int(sum(len(g) for g in gts)),
@@ -646,7 +647,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg.train_seed_frames = a.train_frames // 2
     cfg.train_pool_frames = a.train_frames - cfg.train_seed_frames
     cfg.tile, cfg.overlap, cfg.runs, cfg.bootstrap, cfg.work_dir = a.tile, a.overlap, a.runs, a.bootstrap, a.work_dir
-    return run(cfg, a.out, a.plot)
+    import shlex
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    return run(cfg, a.out, a.plot, command=shlex.join(["python", "-m", "benchmarks.postprocessing", *args]))
 
 
 if __name__ == "__main__":
