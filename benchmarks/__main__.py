@@ -12,7 +12,8 @@ from typing import Annotated
 import typer
 
 bench_app = typer.Typer(help="Benchmarks (results in benchmarks/results/, tables in docs/benchmarks.md): `al` measures "
-                        "selection strategies against random; `scoring`, `selection`, `labelstudio`, or `all` of those three.",
+                        "selection strategies against random; `postprocessing` soft-NMS and tiling (issue 17); `scoring`, "
+                        "`selection`, `labelstudio`, or `all` of those three.",
                         no_args_is_help=True)
 
 
@@ -122,6 +123,7 @@ _BENCHES: dict[str, tuple[str, str | None, list[str]]] = {
     "scoring": ("scoring_pipeline", "s3", ["input_size", "pipeline_fps", "ratio_pipeline_over_bare", "target_ratio"]),
     "labelstudio": ("labelstudio_io", "all", ["tasks", "push_s", "pull_convert_s"]),
     "faults": ("faults", "all", ["lost_total", "champion_always_ok", "seconds"]),
+    "postprocessing": ("postprocessing", None, ["verdicts", "seconds"]),
 }
 
 
@@ -168,6 +170,15 @@ def bench_faults(ctx: typer.Context, config: Annotated[Path | None, _CONFIG] = N
     process itself: recovery with `stack up`, re-runs, and what was lost (issue 18; ~1 h on 2 cores; the table goes
     to docs/reliability.md). `--services s3,mlflow --stages push,pull` runs part of the matrix."""
     _run("faults", list(ctx.args), config)
+
+
+@bench_app.command("postprocessing", context_settings=_PASS)
+def bench_postprocessing(ctx: typer.Context) -> None:
+    """Crowds and small objects (issue 17): hard vs Gaussian vs linear soft-NMS on the crowded slice, and whole frame
+    at 320 / 640 vs tiling (with and without the full-frame pass) on small objects, with CPU ms per frame and paired
+    bootstrap intervals: `python -m benchmarks.postprocessing`; other options go there (`--data data.yaml`,
+    `--weights best.pt`; `detloop bench postprocessing -- --help`). Needs no stack."""
+    _run("postprocessing", list(ctx.args), None)
 
 
 @bench_app.command("all")

@@ -17,7 +17,7 @@ from cli.main import app
 def test_bench_lists_every_benchmark() -> None:
     res = CliRunner().invoke(bench_app, ["--help"])
     assert res.exit_code == 0
-    for name in ("al", "scoring", "selection", "labelstudio", "all"):
+    for name in ("al", "scoring", "selection", "labelstudio", "faults", "postprocessing", "all"):
         assert f" {name} " in res.output
 
 
@@ -42,3 +42,9 @@ def test_bench_scoring_help_is_the_benchmarks_own(tmp_path: Path) -> None:
     res = CliRunner().invoke(bench_app, ["scoring", "--", "--help"])
     assert res.exit_code == 0
     assert "--frames-from" in res.output  # argparse help of benchmarks.scoring_pipeline: no stack started
+
+
+def test_bench_postprocessing_help_is_the_benchmarks_own() -> None:
+    res = CliRunner().invoke(bench_app, ["postprocessing", "--", "--help"])
+    assert res.exit_code == 0
+    assert "--eval-frames" in res.output and "--bootstrap" in res.output  # argparse help of the module
