@@ -124,8 +124,9 @@ def _deployment_select(cell: Any, timeout: float = 0) -> Any:
     from prefect.deployments import run_deployment
 
     from benchmarks.faults import AS_OF, BUDGET
+    from flows.common import DEPLOYMENTS
 
-    return run_deployment("select-for-labeling/weekly", parameters={"params": {
+    return run_deployment(DEPLOYMENTS["select"], parameters={"params": {
         "config": cell.config, "as_of": AS_OF.isoformat(), "budget": BUDGET}}, timeout=timeout)
 
 
