@@ -179,6 +179,19 @@ def select(cell: Cell, as_of: date = AS_OF, wrap: Callable[[Any], Any] | None = 
         return select_for_labeling(SelectParams(config=cell.config, as_of=as_of, budget=BUDGET))
 
 
+def forget_scores(store: Any, bucket: str) -> int:
+    """Delete the stored predictions (``predictions/`` in the data bucket); returns how many objects went.
+
+    Every cell's first champion has the same random weights, so without this a cell's selection finds the
+    predictions an earlier cell stored for the same frames and model, reads no frame, and its ``scoring`` kill
+    (at the first frame read) never fires: the cell would measure nothing.
+    """
+    keys = [o.key for o in store.list(bucket, "predictions/")]
+    for key in keys:
+        store.delete(bucket, key)
+    return len(keys)
+
+
 def round_of(cell: Cell, as_of: date = AS_OF) -> str:
     from tasks.rounds import round_id_for
 
@@ -397,6 +410,10 @@ def run_cell(world: FaultWorld, service: str, stage: str, log: Callable[[str], N
     if post:
         select(cell)
         annotate_and_close(cell, rid)
+    if stage == "scoring":  # scoring must read frames, not an earlier cell's stored predictions
+        from detloop.clients.s3 import S3Store
+
+        forget_scores(S3Store(cell.settings), cell.settings.s3.data_bucket)
     inj = Injection(service, stage)
     if service == "runner":  # the process running the flow is killed: a child process with the same injection
         faulted = child_run(cell, stage, rid)
@@ -606,10 +623,11 @@ def _artifact_files(ml: Any, run_id: str, path: str | None = None) -> list[str]:
 # The command
 # --------------------------------------------------------------------------------------------
 def markdown(cells: list[CellResult]) -> str:
-    rows = ["| service | stage | the run that saw the kill | stack up (s) | re-runs | lease wait (s) | lost | "
-            "champion ok |", "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    rows = ["| service | stage | killed | the run that saw the kill | stack up (s) | re-runs | lease wait (s) | lost | "
+            "champion ok |", "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for c in cells:
-        rows.append(f"| {c.service} | {c.stage} | {c.faulted_run[:90].replace('|', '/')} | {c.recovery_s} | "
+        rows.append(f"| {c.service} | {c.stage} | {'yes' if c.killed else 'NO (stage not reached)'} | "
+                    f"{c.faulted_run[:90].replace('|', '/')} | {c.recovery_s} | "
                     f"{c.reruns} | {c.lease_wait_s} | {c.lost} | {c.counts.get('champion_ok')} |")
     return "\n".join(rows) + "\n"
 

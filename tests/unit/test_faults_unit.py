@@ -54,3 +54,18 @@ def test_kill_service_refuses_what_is_not_running(tmp_path: Any) -> None:
         kill_service(s, "s3")
     with pytest.raises(StackError, match="unknown service"):
         kill_service(s, "nginx")
+
+
+def test_a_scoring_cell_forgets_stored_predictions_so_its_kill_at_the_first_frame_read_fires() -> None:
+    """Every cell of ``detloop bench faults`` starts from the same random weights: without forgetting the stored
+    predictions, a later cell's selection reuses an earlier cell's, reads no frame, and its kill never fires."""
+    from benchmarks.faults import forget_scores
+    from tests.fakes import FakeStore
+
+    store = FakeStore()
+    store.put_bytes("data", "predictions/window=2026-03-02_2026-03-09/model=abc/sample=1/meta.json", b"{}")
+    store.put_bytes("data", "predictions/window=2026-03-02_2026-03-09/model=abc/sample=1/predictions.jsonl", b"")
+    store.put_bytes("data", "runs/r1/selection_meta.json", b"{}")
+    store.put_bytes("prod", "predictions/not-the-data-bucket.jpg", b"x")
+    assert forget_scores(store, "data") == 2
+    assert [k for (b, k) in store.objects] == ["runs/r1/selection_meta.json", "predictions/not-the-data-bucket.jpg"]
