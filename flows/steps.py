@@ -31,10 +31,19 @@ def fetch_champion(settings: Any, clients: Any, alias: str = "champion") -> Any:
 
 @task(name="check-champion", **NET)
 def check_champion(settings: Any, clients: Any) -> Any:
-    """The ``champion`` alias against the promotion log (:class:`tasks.registry.ChampionCheck`)."""
+    """The ``champion`` alias against the promotion log (:class:`tasks.registry.ChampionCheck`); a promotion of
+    detloop's own whose log line an outage lost is logged now (not mistaken for a move in MLflow's UI)."""
     from tasks.registry import check_champion as check
+    from tasks.registry import log_promotion_if_missing
 
-    return check(settings, clients.registry, clients.store)
+    got = check(settings, clients.registry, clients.store)
+    if got.unlogged and got.alias_version is not None:
+        mv = clients.registry.get_version(got.alias_version)
+        log_promotion_if_missing(settings, clients.registry, clients.store, got.alias_version,
+                                 "promoted by detloop; its promotion-log line was lost to an outage",
+                                 (mv.tags or {}).get("detloop.promoted_by") or "detloop")
+        got = check(settings, clients.registry, clients.store)
+    return got
 
 
 @task(name="fetch-round-version", **NET)

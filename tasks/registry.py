@@ -266,11 +266,13 @@ class ChampionCheck:
     model: str
     alias_version: str | None
     logged_version: str | None
+    unlogged: bool = False  # detloop moved the alias itself, then lost the log line (an outage at the write)
 
     @property
     def drifted(self) -> bool:
-        """True when the alias points at a version the log does not name as champion."""
-        return self.alias_version is not None and self.alias_version != self.logged_version
+        """True when the alias points at a version the log does not name as champion, and detloop did not put it
+        there (see :func:`promoted_after_log`)."""
+        return self.alias_version is not None and self.alias_version != self.logged_version and not self.unlogged
 
     def message(self) -> str:
         if not self.drifted:
@@ -286,11 +288,31 @@ class ChampionDrift(PromotionError):
     """The ``champion`` alias was moved outside detloop; nothing is built on it until an override records it."""
 
 
+def promoted_after_log(version_tags: dict[str, str], log_entries: list[dict[str, Any]]) -> bool:
+    """Whether detloop itself made this version champion after the log's last entry (pure).
+
+    :func:`promote` tags the version (``detloop.promotion``, ``detloop.promoted_at``) after moving the alias and
+    before appending the log line: a version so tagged *later* than the model's last log entry was promoted by
+    detloop, which then failed to write the line (the object store down at that moment). A version moved by
+    MLflow's alias buttons has no such tag, or an older one (a version detloop promoted before, then demoted).
+    """
+    if version_tags.get("detloop.promotion") not in ("promote", "override", "record"):
+        return False
+    at = version_tags.get("detloop.promoted_at") or ""
+    last = max((str(e.get("at") or "") for e in log_entries), default="")
+    return bool(at) and at > last
+
+
 def check_champion(settings: Settings, registry: Any, store: Any, log_key: str = PROMOTION_LOG_KEY) -> ChampionCheck:
-    """Compare the ``champion`` alias with the promotion log (two reads)."""
+    """Compare the ``champion`` alias with the promotion log (two reads; the version's tags when they differ)."""
     cur = registry.version_by_alias(CHAMPION)
-    return ChampionCheck(registry.model_name, str(cur.version) if cur is not None else None,
-                         logged_champion(store, settings, registry.model_name, log_key))
+    logged = logged_champion(store, settings, registry.model_name, log_key)
+    alias = str(cur.version) if cur is not None else None
+    unlogged = False
+    if cur is not None and alias != logged:
+        mine = [e for e in read_promotion_log(store, settings, log_key) if e.get("model") == registry.model_name]
+        unlogged = promoted_after_log(dict(cur.tags or {}), mine)
+    return ChampionCheck(registry.model_name, alias, logged, unlogged)
 
 
 def promote(
@@ -365,9 +387,7 @@ def log_promotion_if_missing(settings: Settings, registry: Any, store: Any, vers
         cur = registry.version_by_alias(CHAMPION)
         if cur is None or str(cur.version) != str(version):
             return None
-        log = read_promotion_log(store, settings, log_key)
-        if any(e.get("model") == registry.model_name and e.get("version") == str(version)
-               and e.get("action") in ("promote", "override", "record") for e in log):
+        if logged_champion(store, settings, registry.model_name, log_key) == str(version):
             return None
         entry = {"at": _now(), "action": "promote", "model": registry.model_name, "version": str(version),
                  "previous": (cur.tags or {}).get("detloop.parent_version") or None, "actor": actor,
