@@ -189,8 +189,15 @@ def test_a_dusk_camera_opens_one_episode_one_event_one_targeted_round_beside_a_w
     assert len([r for r in list_rounds(c.store, s) if r.reason == "drift"]) == 1
 
 
-def test_bad_input_is_one_clear_line(world: dict[str, Any]) -> None:
+def test_bad_input_is_one_clear_line(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
     from typer.testing import CliRunner
+
+    for var in ("DETLOOP_CONFIG", "PREFECT_API_URL"):  # the CLI exports them: undone after the test
+        monkeypatch.setenv(var, os.environ.get(var, "unset"))  # records the value before (or its absence)
+        if os.environ[var] == "unset":
+            monkeypatch.delenv(var)
 
     from cli.main import app
 

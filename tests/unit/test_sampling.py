@@ -150,7 +150,8 @@ def test_sample_fills_max_frames_across_chunks_without_duplicates() -> None:
     objs["frames/camera=c1/date=2026-01-02/999998-t.jpg"] = jpeg(scene(7))[:500]
     from tests.fakes import FakeStore
 
-    settings = load_settings(overrides={"sampling": {"max_frames": 70, "window_days": 7}})
+    settings = load_settings("configs/local.yaml", env={},  # not whatever $DETLOOP_CONFIG an earlier test left
+                             overrides={"sampling": {"max_frames": 70, "window_days": 7}})
     store = FakeStore()
     prod, data = settings.s3.production_bucket, settings.s3.data_bucket
     store.objects.update({(prod, k): v for k, v in objs.items()})
