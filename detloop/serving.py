@@ -156,11 +156,11 @@ class Detector:
     def rows(self, images: Sequence[bytes], params: dict[str, Any] | None = None,
              cameras: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
         """:meth:`detect` as one plain row per image (the pyfunc model's output columns)."""
-        from detloop.preprocess import jpeg_size
+        from detloop.preprocess import jpeg_size, png_size
 
         out = []
         for b, d in zip(images, self.detect(images, params, cameras=cameras), strict=True):
-            wh = jpeg_size(bytes(b)) or _png_size(bytes(b)) or (0, 0)
+            wh = jpeg_size(bytes(b)) or png_size(bytes(b)) or (0, 0)
             if isinstance(d, str):
                 out.append({"boxes": [], "class_ids": [], "class_names": [], "scores": [], "width": int(wh[0]),
                             "height": int(wh[1]), "error": d})
@@ -173,13 +173,6 @@ class Detector:
                 "width": int(wh[0]), "height": int(wh[1]), "error": "",
             })
         return out
-
-
-def _png_size(data: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` from a PNG's IHDR chunk, or None."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 24:
-        return None
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 # --------------------------------------------------------------------------------------------

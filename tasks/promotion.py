@@ -164,20 +164,15 @@ def decide(challenger: ModelScores, champion: ModelScores | None, policy: GateSe
             drop = b - a  # type: ignore[operator]
             add(f"class_ap[{name}]", drop <= policy.class_tol, drop, policy.class_tol,
                 f"class {name} AP {a:.4f} vs champion {b:.4f} (drop {drop:.4f}, allowed {policy.class_tol:.4f})")
-        a, b = challenger.small_ap, champion.small_ap
-        if not (_ok(a) and _ok(b)):
-            add("small_ap", None, None, policy.small_tol, "small objects: insufficient data, gates nothing")
-        else:
+        for rule, a, b, tol, short, long in (
+                ("small_ap", challenger.small_ap, champion.small_ap, policy.small_tol, "small objects", "small-object AP"),
+                ("crowded_ap", challenger.crowded_ap, champion.crowded_ap, policy.crowded_tol, "crowded slice",
+                 "crowded-slice mAP")):
+            if not (_ok(a) and _ok(b)):
+                add(rule, None, None, tol, f"{short}: insufficient data, gates nothing")
+                continue
             drop = b - a  # type: ignore[operator]
-            add("small_ap", drop <= policy.small_tol, drop, policy.small_tol,
-                f"small-object AP {a:.4f} vs champion {b:.4f} (drop {drop:.4f}, allowed {policy.small_tol:.4f})")
-        a, b = challenger.crowded_ap, champion.crowded_ap
-        if not (_ok(a) and _ok(b)):
-            add("crowded_ap", None, None, policy.crowded_tol, "crowded slice: insufficient data, gates nothing")
-        else:
-            drop = b - a  # type: ignore[operator]
-            add("crowded_ap", drop <= policy.crowded_tol, drop, policy.crowded_tol,
-                f"crowded-slice mAP {a:.4f} vs champion {b:.4f} (drop {drop:.4f}, allowed {policy.crowded_tol:.4f})")
+            add(rule, drop <= tol, drop, tol, f"{long} {a:.4f} vs champion {b:.4f} (drop {drop:.4f}, allowed {tol:.4f})")
         la, lb = challenger.latency_ms, champion.latency_ms
         if not (_ok(la) and _ok(lb)) or lb <= 0:  # type: ignore[operator]
             add("latency_ratio", None, None, policy.latency_ratio_max, "latency not measured: gates nothing")

@@ -34,8 +34,7 @@ import numpy as np
 from detloop.contracts import FrameRef, Quarantined, ScoredFrame, ScoringArtifactMeta
 from detloop.detections import Detections
 from detloop.errors import DataError, NotFound
-from detloop.ops import Letterbox
-from detloop.postprocess import DecodeParams, decode_frames, decode_inputs, flip_raw
+from detloop.postprocess import DecodeParams, decode_inputs, flip_raw
 from detloop.preprocess import DEFAULT_MAX_PIXELS, FrameInput, load_frame_for_model, to_tensors
 from detloop.settings import ModelSettings, Settings
 from detloop.tiling import TileSpec
@@ -356,11 +355,6 @@ def scoring_decode(ms: ModelSettings) -> DecodeParams:
     """The decode of production scoring: ``model.scoring_conf_threshold`` keeps sub-threshold candidates;
     ``model.nms`` as everywhere."""
     return ms.decode_params(ms.scoring_conf_threshold, ms.scoring_max_candidates)
-
-
-def decode_batch(raw: np.ndarray, letterboxes: Sequence[Letterbox], ms: ModelSettings) -> list[Detections]:
-    """Per-image :func:`detloop.postprocess.decode_raw` with the scoring thresholds of ``ms``."""
-    return decode_frames(raw, letterboxes, scoring_decode(ms))
 
 
 def frame_embeddings(emb: np.ndarray | None, frames: Sequence[FrameInput]) -> list[np.ndarray | None]:
