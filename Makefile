@@ -32,7 +32,8 @@ demo: env
 
 test: env
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 tests
+	@# unit and flow tiers first: the integration conftest starts the stack in the background meanwhile
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 tests/unit tests/flows tests/integration
 
 unit: env
 	$(BIN)/python -m pytest -q tests/unit

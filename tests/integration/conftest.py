@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,6 +26,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _HERE in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.integration)
+
+
+class _EarlyStart:
+    """The stack brought up in a background thread as soon as collection ends, so its first-time work (Label
+    Studio's venv, migrations, health waits: minutes on a fresh machine) overlaps the unit and flow tiers,
+    which ``make test`` runs first. The session fixture joins it; an error it met is raised there."""
+
+    thread: threading.Thread | None = None
+    result: Any = None
+    error: BaseException | None = None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly or os.environ.get("DETLOOP_TEST_NO_EARLY_STACK"):
+        return
+    if not any(_HERE in Path(str(i.path)).resolve().parents for i in session.items):
+        return
+
+    def start() -> None:
+        from detloop.offline import apply_offline_env
+        from infra.stack import ensure_up
+
+        try:
+            settings = _test_settings()
+            apply_offline_env(settings)
+            _EarlyStart.result = ensure_up(settings, log=lambda m: print(f"[stack, early] {m}", file=sys.stderr))
+        except BaseException as e:
+            _EarlyStart.error = e
+
+    _EarlyStart.thread = threading.Thread(target=start, name="detloop-early-stack", daemon=True)
+    _EarlyStart.thread.start()
 
 
 def _test_settings():  # type: ignore[no-untyped-def]
@@ -44,9 +77,16 @@ def stack_settings() -> Iterator:  # type: ignore[type-arg]
     from infra.stack import client_env, down, ensure_up
 
     os.environ["DETLOOP_CONFIG"] = str(TEST_CONFIG)
+    early = []
+    if _EarlyStart.thread is not None:
+        _EarlyStart.thread.join()
+        if _EarlyStart.error is not None:
+            raise _EarlyStart.error
+        early = list(_EarlyStart.result.started)
     settings = _test_settings()
     apply_offline_env(settings)
     result = ensure_up(settings, log=lambda m: print(f"[stack] {m}", file=sys.stderr))
+    result.started = [*early, *(s for s in result.started if s not in early)]
     os.environ.update(client_env(settings))
     yield settings
     if result.started and not os.environ.get("DETLOOP_TEST_KEEP_STACK"):
