@@ -392,6 +392,7 @@ def _round_summary(round_id: str, rec: Any, pulled: Any, ds_report: dict[str, An
         "latency_ms_champion": cp.latency_ms if cp is not None else None,
         "outcome": post.outcome, "reasons": post.decision.reasons if post.decision is not None else [],
         "promoted": post.promoted, "slices": _slice_maps(post),
+        "champion_errors": cp.error_breakdown if cp is not None else {},
     }
 
 
@@ -418,7 +419,12 @@ def _round_markdown(s: dict[str, Any], decision: Any) -> str:
         head += f"> **{s['champion_drift']}**\n\n"
     row = {k: s.get(k) for k in ("round_id", "labelled_frames", "labelled_boxes", "hard_frames", "dataset_version",
                                  "version", "golden_map_champion", "golden_map_challenger", "outcome")}
-    return (head + md_fields(row) + "\n## Slices\n\n" + md_table(s["slices"]) + "\n"
+    errors = ""
+    if s.get("champion_errors"):
+        from tasks.error_analysis import markdown as errors_markdown
+
+        errors = "\n" + errors_markdown(s["champion_errors"]) + "\n"
+    return (head + md_fields(row) + "\n## Slices\n\n" + md_table(s["slices"]) + "\n" + errors
             + (decision.to_markdown() if decision is not None else ""))
 
 

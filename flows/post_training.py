@@ -118,6 +118,9 @@ def evaluate_and_promote(
     version = retrying(steps.register, settings)(settings, clients, run_id, Path(weights), ch, dataset_version,
                                                  parent, tags)
 
+    if cp is not None and cp.error_breakdown:  # what the champion gets wrong, on the round's run
+        retrying(steps.log_errors, settings)(settings, clients, run_id, cp)
+
     # 3. the gate (pure), recorded on the version
     decision = decide(gate_scores(ch), gate_scores(cp) if cp is not None else None, settings.gate)
     retrying(steps.record_gate, settings)(settings, clients, version, decision, run_id, parent)

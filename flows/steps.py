@@ -168,7 +168,19 @@ def evaluate(settings: Any, clients: Any, weights: Path, champion: Any, golden: 
     slices = build_slices(clients.store, settings, golden, round_version, round_id)
     ch, cp = evaluate_pair(weights, champion.scoring_dir if champion else None, slices, settings, work_dir=work)
     plots_for_report(ch, slices, settings.classes, Path(work) / "plots")  # logged to the run by `register`
+    if cp is not None and settings.error_analysis.enabled:
+        from tasks.error_analysis import write_breakdown
+
+        write_breakdown(cp, slices, settings, Path(work) / "errors")  # logged to the run by `log_errors`
     return ch, cp, slice_summary(slices)
+
+
+@task(name="log-errors", **NET)
+def log_errors(settings: Any, clients: Any, run_id: str, report: Any) -> None:
+    """The champion's error breakdown (metrics ``champion_errors.*``, a table and a plot) on the round's MLflow run."""
+    from tasks.error_analysis import log_breakdown
+
+    log_breakdown(clients.registry, run_id, report)
 
 
 @task(name="register", **NET)
