@@ -20,6 +20,8 @@ Rules that every version obeys:
   near-identical consecutive frames of one camera-hour never straddle train and val, and a frame keeps
   its split in every later version.
 - Golden entries (split ``golden``) and control-arm entries (split ``control``) are never ``train``.
+- Synthetic entries (``synthetic=True``, :mod:`tasks.copy_paste`) are ``train`` only: no evaluation slice,
+  golden set or control arm ever holds one.
 
 :func:`materialize` writes a local Ultralytics dataset from a version (cached under
 ``<data_dir>/cache/datasets/<id>/``; each file whole or absent, a full disk is one line: :mod:`detloop.localfs`).
@@ -116,6 +118,8 @@ class DatasetEntry:
         key: the original production key (``frames/camera=.../date=.../<id>.jpg``) or another origin.
         ext: image file extension of the frame blob.
         class_counts: boxes per class, indexed like the manifest's ``classes`` (length C).
+        synthetic: a generated frame (copy-paste, :mod:`tasks.copy_paste`): train split only, never evaluated on.
+            Left out of the JSON when False, so versions without synthetic frames keep their ids.
     """
 
     frame_sha: str
@@ -133,10 +137,13 @@ class DatasetEntry:
     key: str = ""
     ext: str = "jpg"
     class_counts: tuple[int, ...] = ()
+    synthetic: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["class_counts"] = list(self.class_counts)
+        if not self.synthetic:
+            d.pop("synthetic")
         return d
 
     @classmethod
@@ -179,6 +186,8 @@ class DatasetManifest:
                 raise DataError(f"entry {e.frame_sha[:12]}: control-arm frames must be in split 'control', got {e.split!r}")
             if self.kind == "golden" and e.split != "golden":
                 raise DataError(f"entry {e.frame_sha[:12]}: a golden dataset holds only split 'golden', got {e.split!r}")
+            if e.synthetic and e.split != "train":
+                raise DataError(f"entry {e.frame_sha[:12]}: synthetic frames belong in split 'train' only, got {e.split!r}")
             if self.kind != "golden" and e.split == "golden":
                 raise DataError(f"entry {e.frame_sha[:12]}: golden frames belong in a 'golden' dataset, not {self.kind!r}")
             if e.class_counts and len(e.class_counts) != len(self.classes):

@@ -121,6 +121,14 @@ def build_dataset_version(settings: Any, clients: Any, round_id: str, entries: l
                                golden_id=golden_id)
 
 
+@task(name="add-synthetic", **NET)
+def add_synthetic(settings: Any, clients: Any, version_id: str) -> tuple[str, Any, dict[str, Any]]:
+    """The version plus copy-paste train frames of its rare classes (``training.copy_paste``; deterministic)."""
+    from tasks.copy_paste import add_synthetic as add
+
+    return add(clients.store, settings, version_id)
+
+
 @task(name="materialize", **NET)
 def materialize(settings: Any, clients: Any, version_id: str, oversample: int = 1) -> Path:
     from detloop.datasets import materialize as mat
