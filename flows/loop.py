@@ -328,8 +328,12 @@ def _retrain_round(params: RetrainParams, settings: Any, clients: Any, log: Any)
                 settings, clients, version_id)
             log.info("copy-paste: %s synthetic train frames (%s) -> dataset version %s",
                      ds_report["synthetic"]["synthetic_frames"], ds_report["synthetic"]["pasted"], train_version)
+        repeats = None  # per-frame repeats: hard-example mining, rare-class oversampling (off by default)
+        if settings.training.sample_weights.mining or settings.training.sample_weights.rare_oversampling:
+            repeats, ds_report["sample_weights"] = retrying(steps.sample_weights, settings)(
+                settings, clients, train_version, champion)
         data_yaml = retrying(steps.materialize, settings)(settings, clients, train_version,
-                                                          settings.training.oversample_factor)
+                                                          settings.training.oversample_factor, repeats)
         log.info("round %s: %d labelled frames -> dataset version %s; fine-tuning champion v%s", round_id,
                  len(pulled.frames), train_version, champion.version if champion else "-")
         trained = retrying(steps.train, settings)(settings, clients, data_yaml,

@@ -129,11 +129,21 @@ def add_synthetic(settings: Any, clients: Any, version_id: str) -> tuple[str, An
     return add(clients.store, settings, version_id)
 
 
+@task(name="sample-weights", **NET)
+def sample_weights(settings: Any, clients: Any, version_id: str, champion: Any) -> tuple[dict[str, int], dict[str, Any]]:
+    """Per-frame repeats of the train list (``training.sample_weights``: mining runs the champion over it)."""
+    from tasks.sample_weights import train_repeats
+
+    mine = settings.training.sample_weights.mining and champion is not None
+    return train_repeats(clients.store, settings, version_id, champion.scoring_dir if mine else None)
+
+
 @task(name="materialize", **NET)
-def materialize(settings: Any, clients: Any, version_id: str, oversample: int = 1) -> Path:
+def materialize(settings: Any, clients: Any, version_id: str, oversample: int = 1,
+                repeats: dict[str, int] | None = None) -> Path:
     from detloop.datasets import materialize as mat
 
-    return mat(clients.store, settings, version_id, oversample=oversample)
+    return mat(clients.store, settings, version_id, oversample=oversample, repeats=repeats)
 
 
 @task(name="train", retry_condition_fn=retry_on_network, retries=NETWORK_RETRIES,
