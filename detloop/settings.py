@@ -434,7 +434,7 @@ class SampleWeightSettings(_Model):
         0.1, gt=0.0, le=1.0, description="A class is rare when its share of the train split's boxes is below this.",
     )
     rare_power: float = Field(
-        0.5, ge=0.0, le=2.0, description="Repeats of a rare-class frame grow as (target share / class share)^power.",
+        1.0, ge=0.0, le=2.0, description="Repeats of a rare-class frame grow as (target share / class share)^power.",
     )
     max_repeats: int = Field(4, ge=1, le=20, description="Cap: no frame is listed more than this many times.")
     max_extra_share: float = Field(
