@@ -482,11 +482,6 @@ class ErrorAnalysisSettings(_Model):
     count_min_confidence: float = Field(
         0.25, ge=0.0, le=1.0, description="Predictions under this confidence are not counted (they still cost AP).",
     )
-    selection_weighting: bool = Field(
-        False, description="Weight selection toward the classes and cameras where the champion fails most.",
-    )
-    selection_strength: float = Field(1.0, ge=0.0, le=10.0, description="How strongly failure moves the weight.")
-    selection_cap: float = Field(3.0, ge=1.0, le=100.0, description="Weights are clipped to [1/cap, cap].")
 
     @model_validator(mode="after")
     def _ious(self) -> ErrorAnalysisSettings:

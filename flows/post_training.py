@@ -105,6 +105,10 @@ def evaluate_and_promote(
         ch, cp = evaluate_pair(Path(weights), champion.scoring_dir if champion else None, slices, settings,
                                work_dir=work)
         plots_for_report(ch, slices, settings.classes, work / "plots")
+        if cp is not None and settings.error_analysis.enabled:
+            from tasks.error_analysis import write_breakdown
+
+            write_breakdown(cp, slices, settings, work / "errors")
         summary: list[dict[str, Any]] = [{"slice": "golden", "frames": len(slices[0].items)}]
     elif golden:
         ch, cp, summary = retrying(steps.evaluate, settings)(settings, clients, Path(weights), champion, golden,

@@ -320,7 +320,8 @@ def plot(breakdowns: dict[str, dict[str, Any]], path: str | Path) -> Path:
 def slice_failure_weights(
     breakdowns: dict[str, dict[str, Any]], slice_name: str = "golden", strength: float = 1.0, cap: float = 3.0,
 ) -> dict[str, dict[str, float]]:
-    """Selection multipliers toward the classes and cameras where the model fails most.
+    """Selection multipliers toward the classes and cameras where the model fails most (a building block: the
+    selection does not use it yet).
 
     A group's failure is ``1 - AP50``; its weight ``1 + strength * (failure / mean failure of its kind - 1)``,
     clipped to ``[1 / cap, cap]``. Groups without enough data weigh 1.

@@ -30,7 +30,7 @@ def test_defaults_are_off(tmp_path: Path) -> None:
     s = _load(tmp_path, {})
     assert not s.training.copy_paste.enabled
     assert not s.training.sample_weights.mining and not s.training.sample_weights.rare_oversampling
-    assert s.error_analysis.enabled and not s.error_analysis.selection_weighting
+    assert s.error_analysis.enabled
 
 
 @pytest.mark.parametrize(("field", "value", "bound"), [
