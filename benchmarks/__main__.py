@@ -124,6 +124,7 @@ _BENCHES: dict[str, tuple[str, str | None, list[str]]] = {
     "labelstudio": ("labelstudio_io", "all", ["tasks", "push_s", "pull_convert_s"]),
     "faults": ("faults", "all", ["lost_total", "champion_always_ok", "seconds"]),
     "postprocessing": ("postprocessing", None, ["verdicts", "seconds"]),
+    "hard_data": ("hard_data", None, ["seeds_done", "skipped_over_budget", "seconds"]),
 }
 
 
@@ -179,6 +180,15 @@ def bench_postprocessing(ctx: typer.Context) -> None:
     bootstrap intervals: `python -m benchmarks.postprocessing`; other options go there (`--data data.yaml`,
     `--weights best.pt`; `detloop bench postprocessing -- --help`). Needs no stack."""
     _run("postprocessing", list(ctx.args), None)
+
+
+@bench_app.command("hard_data", context_settings=_PASS)
+def bench_hard_data(ctx: typer.Context) -> None:
+    """Issue 19, data side: copy-paste, hard-example mining and rare-class oversampling against a plain fine-tune
+    of the same champion (same frames, epochs, seeds), rare-class AP and mAP on real held-out frames with paired
+    bootstrap intervals: `python -m benchmarks.hard_data`; options go there (`--seeds 0,1`, `--epochs 3`,
+    `--max-minutes 40`; `detloop bench hard_data -- --help`). Needs no stack."""
+    _run("hard_data", list(ctx.args), None)
 
 
 @bench_app.command("all")

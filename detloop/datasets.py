@@ -20,6 +20,8 @@ Rules that every version obeys:
   near-identical consecutive frames of one camera-hour never straddle train and val, and a frame keeps
   its split in every later version.
 - Golden entries (split ``golden``) and control-arm entries (split ``control``) are never ``train``.
+- Synthetic entries (``synthetic=True``, :mod:`tasks.copy_paste`) are ``train`` only: no evaluation slice,
+  golden set or control arm ever holds one.
 
 :func:`materialize` writes a local Ultralytics dataset from a version (cached under
 ``<data_dir>/cache/datasets/<id>/``; each file whole or absent, a full disk is one line: :mod:`detloop.localfs`).
@@ -116,6 +118,8 @@ class DatasetEntry:
         key: the original production key (``frames/camera=.../date=.../<id>.jpg``) or another origin.
         ext: image file extension of the frame blob.
         class_counts: boxes per class, indexed like the manifest's ``classes`` (length C).
+        synthetic: a generated frame (copy-paste, :mod:`tasks.copy_paste`): train split only, never evaluated on.
+            Left out of the JSON when False, so versions without synthetic frames keep their ids.
     """
 
     frame_sha: str
@@ -133,10 +137,13 @@ class DatasetEntry:
     key: str = ""
     ext: str = "jpg"
     class_counts: tuple[int, ...] = ()
+    synthetic: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["class_counts"] = list(self.class_counts)
+        if not self.synthetic:
+            d.pop("synthetic")
         return d
 
     @classmethod
@@ -179,6 +186,8 @@ class DatasetManifest:
                 raise DataError(f"entry {e.frame_sha[:12]}: control-arm frames must be in split 'control', got {e.split!r}")
             if self.kind == "golden" and e.split != "golden":
                 raise DataError(f"entry {e.frame_sha[:12]}: a golden dataset holds only split 'golden', got {e.split!r}")
+            if e.synthetic and e.split != "train":
+                raise DataError(f"entry {e.frame_sha[:12]}: synthetic frames belong in split 'train' only, got {e.split!r}")
             if self.kind != "golden" and e.split == "golden":
                 raise DataError(f"entry {e.frame_sha[:12]}: golden frames belong in a 'golden' dataset, not {self.kind!r}")
             if e.class_counts and len(e.class_counts) != len(self.classes):
@@ -531,15 +540,17 @@ def materialize(
     splits: Sequence[str] = ("train", "val"),
     oversample: int = 1,
     threads: int = 8,
+    repeats: dict[str, int] | None = None,
 ) -> Path:
     """Write a local Ultralytics dataset for a version; returns the path of its data YAML.
 
     Layout under ``dest_dir`` (default ``<data_dir>/cache/datasets/<id>/``)::
 
         images/<split>/<frame_sha>.jpg      labels/<split>/<frame_sha>.txt
-        images/train/<frame_sha>.r<k>.jpg   hardlinks of hard frames (k = 1 .. oversample-1)
-        <split>_x<oversample>.txt           list of image paths (hard train frames appear oversample times)
-        data_<splits>_x<oversample>.yaml    path/train/val/<split>/names (names in config order)
+        images/train/<frame_sha>.r<k>.jpg   hardlinks of repeated frames (k = 1 .. repeats-1)
+        <split>_x<oversample>[_w<d>].txt    list of image paths (hard train frames appear oversample times,
+                                            weighted ones their ``repeats``)
+        data_<splits>_x<oversample>[_w<d>].yaml  path/train/val/<split>/names (names in config order)
 
     A split already complete (marker file) is reused, so repeated calls are cheap. Oversampled
     frames are separate hardlinked files (not repeated lines) so Ultralytics' label cache, which keys
@@ -549,6 +560,9 @@ def materialize(
         splits: which splits to write; ``val`` of the YAML is ``val`` if present, else the first
             non-train split (``golden``/``control``), else ``train``.
         oversample: times each ``hard`` train frame is listed (>= 1).
+        repeats: frame sha -> times that train frame is listed (per-frame weights: hard-example mining and
+            rare-class oversampling, :mod:`tasks.sample_weights`); a hard frame is listed at least ``oversample``
+            times. The list and YAML names carry a digest of it (``_w<digest>``).
 
     Raises:
         DataError: the manifest's classes differ from ``settings.classes``, an unknown split was
@@ -559,6 +573,11 @@ def materialize(
     bad = [s for s in splits if s not in SPLITS]
     if bad or not splits:
         raise DataError(f"splits must be a non-empty subset of {list(SPLITS)}, got {list(splits)}")
+    if repeats and min(repeats.values()) < 1:
+        raise DataError(f"repeats must be >= 1, got {min(repeats.values())}")
+    tag = f"x{oversample}"
+    if repeats:
+        tag += "_w" + sha256_bytes(json.dumps(sorted(repeats.items())).encode())[:10]
     root = Path(dest_dir) if dest_dir is not None else cache_dir(settings, version_id)
     manifest = _cached_manifest(root, version_id)
     if manifest is None:
@@ -579,12 +598,13 @@ def materialize(
         for e in entries:
             img = img_dir / f"{e.frame_sha}.{e.ext}"
             paths.append(str(img))
-            if split == "train" and e.hard:
-                for k in range(1, oversample):
+            times = max(oversample if e.hard else 1, (repeats or {}).get(e.frame_sha, 1)) if split == "train" else 1
+            if times > 1:
+                for k in range(1, times):
                     localfs.link_or_copy(img, img_dir / f"{e.frame_sha}.r{k}.{e.ext}")
                     localfs.link_or_copy(lbl_dir / f"{e.frame_sha}.txt", lbl_dir / f"{e.frame_sha}.r{k}.txt")
                     paths.append(str(img_dir / f"{e.frame_sha}.r{k}.{e.ext}"))
-        lst = root / f"{split}_x{oversample}.txt"
+        lst = root / f"{split}_{tag}.txt"
         localfs.write_text(lst, "\n".join(paths) + ("\n" if paths else ""))
         lists[split] = lst
     if total == 0:
@@ -609,7 +629,7 @@ def materialize(
     }
     import yaml
 
-    out = root / f"data_{'-'.join(splits)}_x{oversample}.yaml"
+    out = root / f"data_{'-'.join(splits)}_{tag}.yaml"
     localfs.write_text(out, yaml.safe_dump(data, sort_keys=False))
     return out
 

@@ -389,6 +389,60 @@ class ModelSettings(_Model):
         return TileSpec(t.tile, t.overlap, t.full_frame, t.ios_threshold) if t.enabled else None
 
 
+class CopyPasteSettings(_Model):
+    """Synthetic copy-paste of rare-class objects onto labelled train frames (:mod:`tasks.copy_paste`)."""
+
+    enabled: bool = Field(False, description="Add synthetic train frames with pasted rare-class objects.")
+    classes: list[str] = Field(
+        [], description="Classes pasted; empty: the rarest classes of the train split (share < rare_share).",
+    )
+    rare_share: float = Field(
+        0.1, gt=0.0, le=1.0, description="A class is rare when its share of the train split's boxes is below this.",
+    )
+    synthetic_share: float = Field(
+        0.25, gt=0.0, le=2.0, description="Synthetic frames added, as a share of the real train frames.",
+    )
+    objects_per_frame: tuple[int, int] = Field((1, 3), description="Objects pasted per synthetic frame (min, max).")
+    max_overlap: float = Field(
+        0.2, ge=0.0, le=1.0,
+        description="Largest share of a pasted box that may cover an existing box, or of an existing box it may cover.",
+    )
+    scale_jitter: float = Field(
+        0.2, ge=0.0, le=1.0, description="Relative scale change of a pasted object (uniform in [1-j, 1+j]).",
+    )
+    blend_px: float = Field(2.0, ge=0.0, le=50.0, description="Gaussian feathering of the paste mask edge (pixels).")
+    seed: int = Field(0, ge=0, description="Seed of the synthesis (same data + seed: same frames).")
+
+    @field_validator("objects_per_frame")
+    @classmethod
+    def _objects(cls, v: tuple[int, int]) -> tuple[int, int]:
+        lo, hi = v
+        if not (1 <= lo <= hi <= 50):
+            raise ValueError(f"must satisfy 1 <= min <= max <= 50, got {v}")
+        return v
+
+
+class SampleWeightSettings(_Model):
+    """Per-frame repeats of the train list: hard-example mining and rare-class oversampling (:mod:`tasks.sample_weights`)."""
+
+    mining: bool = Field(False, description="Repeat train frames the champion got wrong (misses, confusions, loss).")
+    mining_strength: float = Field(
+        1.0, ge=0.0, le=10.0, description="Extra repeats per unit of a frame's error score (0: off).",
+    )
+    rare_oversampling: bool = Field(False, description="Repeat train frames holding a rare class.")
+    rare_share: float = Field(
+        0.1, gt=0.0, le=1.0, description="A class is rare when its share of the train split's boxes is below this.",
+    )
+    rare_power: float = Field(
+        1.0, ge=0.0, le=2.0, description="Repeats of a rare-class frame grow as (target share / class share)^power.",
+    )
+    max_repeats: int = Field(4, ge=1, le=20, description="Cap: no frame is listed more than this many times.")
+    max_extra_share: float = Field(
+        0.5, ge=0.0, le=10.0,
+        description="Cap: repeats added in all, as a share of the train frames (the hardest/rarest keep theirs).",
+    )
+
+
 class TrainingSettings(_Model):
     bootstrap_epochs: int = Field(60, ge=1, le=10000, description="Epochs of the bootstrap model from the YAML.")
     finetune_epochs: int = Field(10, ge=1, le=10000, description="Epochs of each fine-tune from the champion.")
@@ -404,6 +458,8 @@ class TrainingSettings(_Model):
     device: str = Field("cpu")
     seed: int = Field(0, ge=0)
     timeout_minutes: int = Field(120, ge=1, le=100000, description="Training subprocess is killed after this.")
+    copy_paste: CopyPasteSettings = Field(default_factory=CopyPasteSettings)
+    sample_weights: SampleWeightSettings = Field(default_factory=SampleWeightSettings)
 
 
 class EvaluationSettings(_Model):
@@ -412,6 +468,26 @@ class EvaluationSettings(_Model):
     golden_version: str | None = Field(
         None, description="Golden dataset version the gate uses; null: the newest golden version (pin it in production)."
     )
+
+
+class ErrorAnalysisSettings(_Model):
+    """TIDE-style error breakdown of the champion in each round's evaluation (:mod:`tasks.error_analysis`)."""
+
+    enabled: bool = Field(True, description="Break the champion's errors down in each round's evaluation.")
+    slices: list[str] = Field(
+        ["golden", "control", "crowded"], description="Evaluation slices broken down (those present in a round).",
+    )
+    fg_iou: float = Field(0.5, gt=0.0, le=1.0, description="IoU of a correct localisation (TIDE's foreground).")
+    bg_iou: float = Field(0.1, ge=0.0, lt=1.0, description="IoU under which a prediction is on background.")
+    count_min_confidence: float = Field(
+        0.25, ge=0.0, le=1.0, description="Predictions under this confidence are not counted (they still cost AP).",
+    )
+
+    @model_validator(mode="after")
+    def _ious(self) -> ErrorAnalysisSettings:
+        if self.bg_iou >= self.fg_iou:
+            raise ValueError(f"bg_iou ({self.bg_iou}) must be below fg_iou ({self.fg_iou})")
+        return self
 
 
 class GateSettings(_Model):
@@ -555,6 +631,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
+    error_analysis: ErrorAnalysisSettings = Field(default_factory=ErrorAnalysisSettings)
     rounds: RoundSettings = Field(default_factory=RoundSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     world: WorldRef = Field(default_factory=WorldRef)

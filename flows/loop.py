@@ -320,19 +320,30 @@ def _retrain_round(params: RetrainParams, settings: Any, clients: Any, log: Any)
         log.info("round %s already registered version %s (run %s): resuming from it", round_id, got.version,
                  got.run_id)
         trained = SimpleNamespace(run_id=got.run_id, weights=got.weights, train_seconds=0.0, reused=True)
-        version_id = got.dataset_version or version_id
+        train_version = got.dataset_version or version_id
     else:
-        data_yaml = retrying(steps.materialize, settings)(settings, clients, version_id,
-                                                          settings.training.oversample_factor)
+        train_version = version_id  # with copy-paste: the version plus synthetic train frames (never evaluated)
+        if settings.training.copy_paste.enabled:
+            train_version, _syn, ds_report["synthetic"] = retrying(steps.add_synthetic, settings)(
+                settings, clients, version_id)
+            log.info("copy-paste: %s synthetic train frames (%s) -> dataset version %s",
+                     ds_report["synthetic"]["synthetic_frames"], ds_report["synthetic"]["pasted"], train_version)
+        repeats = None  # per-frame repeats: hard-example mining, rare-class oversampling (off by default)
+        if settings.training.sample_weights.mining or settings.training.sample_weights.rare_oversampling:
+            repeats, ds_report["sample_weights"] = retrying(steps.sample_weights, settings)(
+                settings, clients, train_version, champion)
+        data_yaml = retrying(steps.materialize, settings)(settings, clients, train_version,
+                                                          settings.training.oversample_factor, repeats)
         log.info("round %s: %d labelled frames -> dataset version %s; fine-tuning champion v%s", round_id,
-                 len(pulled.frames), version_id, champion.version if champion else "-")
+                 len(pulled.frames), train_version, champion.version if champion else "-")
         trained = retrying(steps.train, settings)(settings, clients, data_yaml,
                                                   champion.weights if champion else None, f"round-{round_id}",
-                                                  _round_tags(settings, store, round_id), version_id,
+                                                  _round_tags(settings, store, round_id), train_version,
                                                   champion.version if champion else None)
 
-    # 4. evaluate -> register -> gate -> promote (the post-training subflow)
-    post = evaluate_and_promote(trained.run_id, str(trained.weights), version_id, params.config, params.overrides(),
+    # 4. evaluate -> register -> gate -> promote (the post-training subflow); the slices come from the real
+    #    version (its golden, val and control frames: never a synthetic one)
+    post = evaluate_and_promote(trained.run_id, str(trained.weights), train_version, params.config, params.overrides(),
                                 golden=golden, round_version=version_id, round_id=round_id,
                                 reason=f"gate passed on round {round_id}", actor="detloop:retrain-and-promote")
 
@@ -392,6 +403,7 @@ def _round_summary(round_id: str, rec: Any, pulled: Any, ds_report: dict[str, An
         "latency_ms_champion": cp.latency_ms if cp is not None else None,
         "outcome": post.outcome, "reasons": post.decision.reasons if post.decision is not None else [],
         "promoted": post.promoted, "slices": _slice_maps(post),
+        "champion_errors": cp.error_breakdown if cp is not None else {},
     }
 
 
@@ -418,7 +430,12 @@ def _round_markdown(s: dict[str, Any], decision: Any) -> str:
         head += f"> **{s['champion_drift']}**\n\n"
     row = {k: s.get(k) for k in ("round_id", "labelled_frames", "labelled_boxes", "hard_frames", "dataset_version",
                                  "version", "golden_map_champion", "golden_map_challenger", "outcome")}
-    return (head + md_fields(row) + "\n## Slices\n\n" + md_table(s["slices"]) + "\n"
+    errors = ""
+    if s.get("champion_errors"):
+        from tasks.error_analysis import markdown as errors_markdown
+
+        errors = "\n" + errors_markdown(s["champion_errors"]) + "\n"
+    return (head + md_fields(row) + "\n## Slices\n\n" + md_table(s["slices"]) + "\n" + errors
             + (decision.to_markdown() if decision is not None else ""))
 
 

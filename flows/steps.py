@@ -121,11 +121,29 @@ def build_dataset_version(settings: Any, clients: Any, round_id: str, entries: l
                                golden_id=golden_id)
 
 
+@task(name="add-synthetic", **NET)
+def add_synthetic(settings: Any, clients: Any, version_id: str) -> tuple[str, Any, dict[str, Any]]:
+    """The version plus copy-paste train frames of its rare classes (``training.copy_paste``; deterministic)."""
+    from tasks.copy_paste import add_synthetic as add
+
+    return add(clients.store, settings, version_id)
+
+
+@task(name="sample-weights", **NET)
+def sample_weights(settings: Any, clients: Any, version_id: str, champion: Any) -> tuple[dict[str, int], dict[str, Any]]:
+    """Per-frame repeats of the train list (``training.sample_weights``: mining runs the champion over it)."""
+    from tasks.sample_weights import train_repeats
+
+    mine = settings.training.sample_weights.mining and champion is not None
+    return train_repeats(clients.store, settings, version_id, champion.scoring_dir if mine else None)
+
+
 @task(name="materialize", **NET)
-def materialize(settings: Any, clients: Any, version_id: str, oversample: int = 1) -> Path:
+def materialize(settings: Any, clients: Any, version_id: str, oversample: int = 1,
+                repeats: dict[str, int] | None = None) -> Path:
     from detloop.datasets import materialize as mat
 
-    return mat(clients.store, settings, version_id, oversample=oversample)
+    return mat(clients.store, settings, version_id, oversample=oversample, repeats=repeats)
 
 
 @task(name="train", retry_condition_fn=retry_on_network, retries=NETWORK_RETRIES,
@@ -168,7 +186,19 @@ def evaluate(settings: Any, clients: Any, weights: Path, champion: Any, golden: 
     slices = build_slices(clients.store, settings, golden, round_version, round_id)
     ch, cp = evaluate_pair(weights, champion.scoring_dir if champion else None, slices, settings, work_dir=work)
     plots_for_report(ch, slices, settings.classes, Path(work) / "plots")  # logged to the run by `register`
+    if cp is not None and settings.error_analysis.enabled:
+        from tasks.error_analysis import write_breakdown
+
+        write_breakdown(cp, slices, settings, Path(work) / "errors")  # logged to the run by `log_errors`
     return ch, cp, slice_summary(slices)
+
+
+@task(name="log-errors", **NET)
+def log_errors(settings: Any, clients: Any, run_id: str, report: Any) -> None:
+    """The champion's error breakdown (metrics ``champion_errors.*``, a table and a plot) on the round's MLflow run."""
+    from tasks.error_analysis import log_breakdown
+
+    log_breakdown(clients.registry, run_id, report)
 
 
 @task(name="register", **NET)

@@ -101,7 +101,9 @@ class EvalReport:
         artifact: the scoring artifact directory that was evaluated (what registration uploads).
         artifact_sha256: SHA-256 of its ``model.onnx``.
         plots: file name -> local path of the plots drawn for it (:mod:`tasks.eval_plots`).
-        predictions: the threshold slice's predictions (for the plots; not serialised).
+        predictions: slice name -> per-image predictions (for the plots and the error breakdown; not serialised).
+        error_breakdown: slice name -> TIDE error breakdown (:mod:`tasks.error_analysis`; the champion's, when
+            the round's evaluation computes it).
     """
 
     model: str
@@ -113,6 +115,7 @@ class EvalReport:
     artifact_sha256: str | None = None
     plots: dict[str, str] = field(default_factory=dict)
     predictions: dict[str, list[Detections]] = field(default_factory=dict, repr=False, compare=False)
+    error_breakdown: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -136,7 +139,8 @@ class EvalReport:
             for k, v in d["slices"].items()
         }
         return cls(d["model"], slices, d.get("thresholds", {}), d.get("threshold_slice"), d.get("latency_ms"),
-                   d.get("artifact"), d.get("artifact_sha256"), d.get("plots", {}))
+                   d.get("artifact"), d.get("artifact_sha256"), d.get("plots", {}),
+                   error_breakdown=d.get("error_breakdown", {}))
 
     def flat_metrics(self) -> dict[str, float]:
         """``{slice}.{group}.{metric}`` -> value, for MLflow metrics / version tags (sufficient groups only)."""
@@ -589,7 +593,7 @@ def evaluate(
     if th is not None:
         report.thresholds = best_f1_thresholds([it.gt for it in th.items], preds_by_slice[th.name], settings.classes)
         report.threshold_slice = th.name
-        report.predictions = {th.name: preds_by_slice[th.name]}
+        report.predictions = preds_by_slice
     return report
 
 

@@ -74,7 +74,8 @@ def build_round_version(
     Args:
         entries: ``DatasetEntry`` of the round (from :func:`copy_frames`).
         parent_id: previous train version; ``"latest"``: the latest ``train`` version, else the latest
-            ``seed`` version, else none; None: no parent.
+            ``seed`` version, else none; None: no parent. Its synthetic frames (copy-paste) are not carried over:
+            each fine-tune synthesises its own from the real frames.
         golden_id: golden version whose frames must never be trained on; ``"latest"``: the latest
             golden version; None: no golden check.
 
@@ -87,6 +88,9 @@ def build_round_version(
     if parent_id == "latest":
         parent_id = ds.latest_version(store, settings, "train") or ds.latest_version(store, settings, "seed")
     parent = ds.load_manifest(store, settings, parent_id) if parent_id else None
+    if parent is not None and any(e.synthetic for e in parent.entries):  # a copy-paste version: its real frames
+        parent = ds.DatasetManifest(kind=parent.kind, classes=parent.classes, parent=parent.parent,
+                                    entries=[e for e in parent.entries if not e.synthetic], rounds=parent.rounds)
     if golden_id == "latest":
         golden_id = ds.latest_version(store, settings, "golden")
     golden = {e.frame_sha for e in ds.load_manifest(store, settings, golden_id).entries} if golden_id else set()
