@@ -389,6 +389,26 @@ class ModelSettings(_Model):
         return TileSpec(t.tile, t.overlap, t.full_frame, t.ios_threshold) if t.enabled else None
 
 
+class ClassLossSettings(_Model):
+    """Classification loss of training (issue 19): plain BCE (Ultralytics' default), focal or varifocal.
+
+    Focal (Lin et al. 2017) multiplies each element's BCE by ``(1 - p_t)^gamma`` and, when ``alpha`` is set, by
+    ``alpha`` (targets) / ``1 - alpha`` (background); with gamma 0 and no alpha it IS the BCE. Varifocal (Zhang et
+    al. 2021) keeps the IoU-aware soft target q of Ultralytics' task-aligned assigner: a positive's BCE is weighted
+    by q, a negative's by ``alpha * p^gamma``. Off (bce) by default: see docs/benchmarks.md (loss benchmark).
+    """
+
+    kind: Literal["bce", "focal", "varifocal"] = Field(
+        "bce", description="Classification loss: bce (Ultralytics' own), focal or varifocal.")
+    gamma: float = Field(1.5, ge=0.0, le=5.0, description="Focusing exponent (focal: (1-p_t)^gamma; varifocal: p^gamma "
+                         "on negatives).")
+    alpha: float | None = Field(
+        None, ge=0.0, le=1.0, description="Focal: weight of target elements (background gets 1-alpha); null: none. "
+        "Varifocal: weight of negatives (null: 0.75, the paper's).")
+    cls_pw: float = Field(0.0, ge=0.0, le=1.0, description="Ultralytics' class weighting: inverse class frequency "
+                          "raised to this power (0: off, 1: full inverse frequency); combines with any kind.")
+
+
 class TrainingSettings(_Model):
     bootstrap_epochs: int = Field(60, ge=1, le=10000, description="Epochs of the bootstrap model from the YAML.")
     finetune_epochs: int = Field(10, ge=1, le=10000, description="Epochs of each fine-tune from the champion.")
@@ -404,6 +424,7 @@ class TrainingSettings(_Model):
     device: str = Field("cpu")
     seed: int = Field(0, ge=0)
     timeout_minutes: int = Field(120, ge=1, le=100000, description="Training subprocess is killed after this.")
+    cls_loss: ClassLossSettings = Field(default_factory=ClassLossSettings)
 
 
 class EvaluationSettings(_Model):
