@@ -329,6 +329,40 @@ class TilingSettings(_Model):
         return self.model_copy(update={k: v for k, v in o.model_dump().items() if v is not None} | {"cameras": {}})
 
 
+class TtaSettings(_Model):
+    """Offline test-time augmentation (issue 19): each frame is also run flipped and at other input scales, and all
+    views' candidates are merged by ``model.nms`` (hard NMS or soft-NMS) into one set of boxes. Offline only
+    (scoring, and when set the golden evaluation); the served model never uses it. Scales other than 1 need a
+    scoring artifact exported with dynamic height and width (registration does so when a scale is not 1).
+    Off by default: see docs/benchmarks.md (TTA benchmark)."""
+
+    scoring: bool = Field(False, description="Score production frames with TTA: selection's uncertainty and the "
+                          "labellers' pre-annotations come from the merged prediction.")
+    evaluation: bool = Field(False, description="Evaluate (golden set, gate) champion and challenger with TTA.")
+    scales: list[Annotated[float, Field(ge=0.25, le=3.0)]] = Field(
+        [1.0, 0.83, 0.67], min_length=1, max_length=8,
+        description="Input scales of the views (each in [0.25, 3]; must include 1.0, the plain view).")
+    flip: bool = Field(True, description="Add the horizontally flipped view (at scale 1).")
+
+    @field_validator("scales")
+    @classmethod
+    def _has_plain_view(cls, v: list[float]) -> list[float]:
+        if 1.0 not in v:
+            raise ValueError("must include 1.0 (the plain view, whose embedding scoring keeps)")
+        if len(set(v)) != len(v):
+            raise ValueError(f"scales must be unique; got {v}")
+        return v
+
+    @property
+    def active(self) -> bool:
+        return self.scoring or self.evaluation
+
+    @property
+    def needs_dynamic_hw(self) -> bool:
+        """Whether the exported artifact needs dynamic height and width (TTA on at a scale other than 1)."""
+        return self.active and any(s != 1.0 for s in self.scales)
+
+
 class ModelSettings(_Model):
     arch: str = Field("yolo11n.yaml", description="Ultralytics model YAML the bootstrap model starts from.")
     input_size: int = Field(320, ge=32, le=4096, multiple_of=32, description="Model input size (pixels, square).")
@@ -361,6 +395,7 @@ class ModelSettings(_Model):
     )
     nms: NmsSettings = Field(default_factory=NmsSettings)
     tiling: TilingSettings = Field(default_factory=TilingSettings)
+    tta: TtaSettings = Field(default_factory=TtaSettings)
 
     @model_validator(mode="before")
     @classmethod
