@@ -124,6 +124,7 @@ _BENCHES: dict[str, tuple[str, str | None, list[str]]] = {
     "labelstudio": ("labelstudio_io", "all", ["tasks", "push_s", "pull_convert_s"]),
     "faults": ("faults", "all", ["lost_total", "champion_always_ok", "seconds"]),
     "postprocessing": ("postprocessing", None, ["verdicts", "seconds"]),
+    "loss-tta": ("loss_tta", None, ["seconds_total"]),
 }
 
 
@@ -179,6 +180,15 @@ def bench_postprocessing(ctx: typer.Context) -> None:
     bootstrap intervals: `python -m benchmarks.postprocessing`; other options go there (`--data data.yaml`,
     `--weights best.pt`; `detloop bench postprocessing -- --help`). Needs no stack."""
     _run("postprocessing", list(ctx.args), None)
+
+
+@bench_app.command("loss-tta", context_settings=_PASS)
+def bench_loss_tta(ctx: typer.Context) -> None:
+    """Imbalance-aware loss and offline TTA (issue 19): the champion fine-tuned with bce / focal / varifocal /
+    cls_pw (rare-class, small and overall AP with paired bootstrap intervals), and plain vs TTA evaluation (AP per
+    slice, CPU cost ratio, labeller edits of the pre-annotation): `python -m benchmarks.loss_tta`; other options go
+    there (`--parts loss,tta`, `--seeds 0,1,2`, `--weights best.pt`; `detloop bench loss-tta -- --help`). No stack."""
+    _run("loss-tta", list(ctx.args), None)
 
 
 @bench_app.command("all")
