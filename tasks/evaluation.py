@@ -459,14 +459,21 @@ def _load_rgb(path: str) -> np.ndarray:
 def ensure_artifact(model: str | Path, class_names: Sequence[str], input_size: int, work_dir: Path,
                     dynamic_hw: bool = False) -> Path:
     """A scoring-artifact directory for ``model`` (an artifact dir, a dir with ``model.onnx``, or a ``.pt``;
-    ``dynamic_hw``: a ``.pt`` is exported with dynamic height and width, for TTA at other scales)."""
-    from tasks.export import ONNX_NAME, export_scoring_artifact
+    ``dynamic_hw``: a ``.pt`` is exported with dynamic height and width, for TTA at other scales, and so is a
+    registered model directory whose artifact has a fixed size but whose ``weights/best.pt`` is there)."""
+    import json
+
+    from tasks.export import META_NAME, ONNX_NAME, export_scoring_artifact
 
     p = Path(model)
     if p.is_dir() and (p / ONNX_NAME).is_file():
         return p
     if p.is_dir() and (p / "scoring" / ONNX_NAME).is_file():
-        return p / "scoring"
+        fixed = not json.loads((p / "scoring" / META_NAME).read_text()).get("dynamic_hw", False)
+        if dynamic_hw and fixed and (p / "weights" / "best.pt").is_file():  # registered before TTA was on
+            p = p / "weights" / "best.pt"
+        else:
+            return p / "scoring"
     if p.is_file() and p.suffix == ".pt":
         return export_scoring_artifact(
             p, work_dir / f"artifact-{p.stem}-{abs(hash(str(p))) % 10**8}{'-dynhw' if dynamic_hw else ''}",

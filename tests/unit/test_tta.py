@@ -89,6 +89,32 @@ def test_scaled_views_are_mapped_to_the_plain_views_pixels() -> None:
     assert len(_decode(raw)) == 1  # the three views merge into one box
 
 
+def test_scoring_with_the_tta_scorer_merges_views_into_the_scored_frame() -> None:
+    """Production scoring's path (score_decoded: to_tensors, infer, decode_inputs) with the TTA scorer."""
+    from detloop.contracts import FrameRef
+    from detloop.preprocess import FrameInput, ModelInput
+    from detloop.settings import ModelSettings
+    from tasks.scoring import DecodedFrame, score_decoded
+
+    class Blob:
+        meta = type("M", (), {"stride": 32, "input_size": S})()
+        name, concurrent = "blob", True
+
+        def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return blob_detector(batch)
+
+    img = np.full((S, S, 3), 50, np.uint8)
+    img[30:60, 10:40] = 255  # one bright object, left of centre
+    frame = DecodedFrame(FrameRef("b", "cam0/2026-01-05/f.jpg", "e", "cam0", "2026-01-05"),
+                         FrameInput.whole(ModelInput(img, LB, 0.3, 0.2)))
+    ms = ModelSettings(input_size=S, scoring_conf_threshold=0.1)
+    plain = score_decoded([frame], Blob(), ms)[0]
+    merged = score_decoded([frame], TtaScorer(Blob(), [1.0, 0.5], flip=True), ms)[0]
+    assert len(plain.detections) == 1 and len(merged.detections) == 1
+    assert box_iou(merged.detections.xyxy, plain.detections.xyxy)[0, 0] > 0.9
+    assert np.allclose(merged.embedding, plain.embedding)  # the plain view's embedding
+
+
 def test_tta_config_is_refused_with_field_and_range() -> None:
     cfg = REPO_ROOT / "configs" / "test.yaml"
     s = load_settings(cfg, env={})
@@ -165,3 +191,15 @@ def test_dynamic_hw_export_gives_todays_boxes_at_the_native_size(tmp_path: Path)
     assert raw.shape[2] == rb.shape[2] * 2 + dyn.infer(np.zeros((1, 3, 128, 128), np.float32))[0].shape[2]
     with pytest.raises(DataError, match="dynamic height and width"):
         TtaScorer(fixed, [1.0, 0.8], flip=False)
+    # a model registered with a fixed-size artifact: evaluation with TTA exports its weights again, dynamic
+    import shutil
+
+    from tasks.evaluation import ensure_artifact
+
+    reg = tmp_path / "registered"
+    shutil.copytree(tmp_path / "fixed", reg / "scoring")
+    (reg / "weights").mkdir()
+    shutil.copyfile(pt, reg / "weights" / "best.pt")
+    assert ensure_artifact(reg, classes, 160, tmp_path / "work") == reg / "scoring"
+    again = ensure_artifact(reg, classes, 160, tmp_path / "work", dynamic_hw=True)
+    assert again != reg / "scoring" and isinstance(OnnxScorer(again).session.get_inputs()[0].shape[2], str)
