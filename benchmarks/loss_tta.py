@@ -57,6 +57,7 @@ class Config:
 
     config: str = "configs/local.yaml"
     weights: str | None = None
+    data: str | None = None
     eval_frames: int = 300
     work_dir: str = ".detloop-bench/loss_tta"
     parts: list[str] = field(default_factory=lambda: ["loss", "tta"])
@@ -335,7 +336,8 @@ def run(cfg: Config, out: Path, log: Callable[[str], None] = print, command: str
     t0 = time.time()
     cfg_path = Path(cfg.config) if Path(cfg.config).is_absolute() else REPO / cfg.config
     settings = load_settings(cfg_path)
-    pp = PPConfig(config=cfg.config, weights=cfg.weights, eval_frames=cfg.eval_frames, work_dir=cfg.work_dir)
+    pp = PPConfig(config=cfg.config, weights=cfg.weights, data=cfg.data, eval_frames=cfg.eval_frames,
+                  work_dir=cfg.work_dir)
     prep = load_data(pp, list(settings.classes), log)
     champion, model_info = ensure_model(pp, prep, settings, log)
     items = [EvalItem(f.image, f.truth, f.camera) for f in prep.eval]
@@ -373,6 +375,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", "-c", default=cfg.config)
     ap.add_argument("--weights", type=Path, help="champion .pt (default: the issue 17 benchmark's model, trained once)")
+    ap.add_argument("--data", type=Path, help="YOLO data.yaml (train + eval/test/val splits) instead of the world")
     ap.add_argument("--parts", default=",".join(cfg.parts), help="loss,tta")
     ap.add_argument("--arms", default=",".join(cfg.arms), help=f"loss arms out of {list(LOSS_ARMS)}")
     ap.add_argument("--seeds", default=",".join(map(str, cfg.seeds)), help="fine-tune seeds per arm")
@@ -387,6 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg.config, cfg.eval_frames, cfg.runs, cfg.bootstrap, cfg.work_dir = (a.config, a.eval_frames, a.runs,
                                                                            a.bootstrap, a.work_dir)
     cfg.weights = str(a.weights.resolve()) if a.weights else None
+    cfg.data = str(a.data.resolve()) if a.data else None
     cfg.parts = [p.strip() for p in a.parts.split(",") if p.strip()]
     cfg.arms = [p.strip() for p in a.arms.split(",") if p.strip()]
     unknown = [x for x in cfg.arms if x not in LOSS_ARMS] + [x for x in cfg.parts if x not in ("loss", "tta")]
