@@ -125,6 +125,7 @@ _BENCHES: dict[str, tuple[str, str | None, list[str]]] = {
     "faults": ("faults", "all", ["lost_total", "champion_always_ok", "seconds"]),
     "postprocessing": ("postprocessing", None, ["verdicts", "seconds"]),
     "hard_data": ("hard_data", None, ["seeds_done", "skipped_over_budget", "seconds"]),
+    "loss-tta": ("loss_tta", None, ["seconds_total"]),
 }
 
 
@@ -189,6 +190,13 @@ def bench_hard_data(ctx: typer.Context) -> None:
     bootstrap intervals: `python -m benchmarks.hard_data`; options go there (`--seeds 0,1`, `--epochs 3`,
     `--max-minutes 40`; `detloop bench hard_data -- --help`). Needs no stack."""
     _run("hard_data", list(ctx.args), None)
+@bench_app.command("loss-tta", context_settings=_PASS)
+def bench_loss_tta(ctx: typer.Context) -> None:
+    """Imbalance-aware loss and offline TTA (issue 19): the champion fine-tuned with bce / focal / varifocal /
+    cls_pw (rare-class, small and overall AP with paired bootstrap intervals), and plain vs TTA evaluation (AP per
+    slice, CPU cost ratio, labeller edits of the pre-annotation): `python -m benchmarks.loss_tta`; other options go
+    there (`--parts loss,tta`, `--seeds 0,1,2`, `--weights best.pt`; `detloop bench loss-tta -- --help`). No stack."""
+    _run("loss-tta", list(ctx.args), None)
 
 
 @bench_app.command("all")

@@ -302,16 +302,20 @@ def evaluate_weights(weights: Path, data: BenchData, frames: Frames, settings: A
 
 
 def train_once(cfg: BenchConfig, data_yaml: Path, init: Path | None, epochs: int, seed: int, out_dir: Path,
-               yolo_dir: Path, arch: str) -> tuple[Path, float]:
-    """One Ultralytics training in the project's training worker (no MLflow). Returns (last.pt, seconds)."""
+               yolo_dir: Path, arch: str, loss: dict[str, Any] | None = None) -> tuple[Path, float]:
+    """One Ultralytics training in the project's training worker (no MLflow). Returns (last.pt, seconds).
+
+    ``loss``: :func:`tasks.training.cls_loss_spec` of a ``training.cls_loss`` (focal / varifocal / ``cls_pw``)."""
     from tasks.training import TrainSpec, run_worker
 
     extra: dict[str, Any] = {} if init is None else {"warmup_epochs": cfg.finetune_warmup_epochs}
+    extra.update((loss or {}).get("extra", {}))
     spec = TrainSpec(
         data=str(data_yaml), model=str(init) if init else arch, pretrained=str(init) if init else False,
         epochs=epochs, imgsz=cfg.imgsz, batch=cfg.batch, nbs=cfg.batch, optimizer="AdamW",
         lr0=cfg.finetune_lr0 if init else cfg.lr0, workers=2, threads=cfg.threads, device="cpu", seed=seed,
         out_dir=str(out_dir / "ul"), yolo_config_dir=str(yolo_dir), extra=extra,
+        cls_loss=(loss or {}).get("cls_loss"),
     )
     t0 = time.time()
     res = run_worker(spec, cfg.timeout_minutes * 60, out_dir / "train.log")

@@ -329,6 +329,40 @@ class TilingSettings(_Model):
         return self.model_copy(update={k: v for k, v in o.model_dump().items() if v is not None} | {"cameras": {}})
 
 
+class TtaSettings(_Model):
+    """Offline test-time augmentation (issue 19): each frame is also run flipped and at other input scales, and all
+    views' candidates are merged by ``model.nms`` (hard NMS or soft-NMS) into one set of boxes. Offline only
+    (scoring, and when set the golden evaluation); the served model never uses it. Scales other than 1 need a
+    scoring artifact exported with dynamic height and width (registration does so when a scale is not 1).
+    Off by default: see docs/benchmarks.md (TTA benchmark)."""
+
+    scoring: bool = Field(False, description="Score production frames with TTA: selection's uncertainty and the "
+                          "labellers' pre-annotations come from the merged prediction.")
+    evaluation: bool = Field(False, description="Evaluate (golden set, gate) champion and challenger with TTA.")
+    scales: list[Annotated[float, Field(ge=0.25, le=3.0)]] = Field(
+        [1.0, 0.83, 0.67], min_length=1, max_length=8,
+        description="Input scales of the views (each in [0.25, 3]; must include 1.0, the plain view).")
+    flip: bool = Field(True, description="Add the horizontally flipped view (at scale 1).")
+
+    @field_validator("scales")
+    @classmethod
+    def _has_plain_view(cls, v: list[float]) -> list[float]:
+        if 1.0 not in v:
+            raise ValueError("must include 1.0 (the plain view, whose embedding scoring keeps)")
+        if len(set(v)) != len(v):
+            raise ValueError(f"scales must be unique; got {v}")
+        return v
+
+    @property
+    def active(self) -> bool:
+        return self.scoring or self.evaluation
+
+    @property
+    def needs_dynamic_hw(self) -> bool:
+        """Whether the exported artifact needs dynamic height and width (TTA on at a scale other than 1)."""
+        return self.active and any(s != 1.0 for s in self.scales)
+
+
 class ModelSettings(_Model):
     arch: str = Field("yolo11n.yaml", description="Ultralytics model YAML the bootstrap model starts from.")
     input_size: int = Field(320, ge=32, le=4096, multiple_of=32, description="Model input size (pixels, square).")
@@ -361,6 +395,7 @@ class ModelSettings(_Model):
     )
     nms: NmsSettings = Field(default_factory=NmsSettings)
     tiling: TilingSettings = Field(default_factory=TilingSettings)
+    tta: TtaSettings = Field(default_factory=TtaSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -441,6 +476,24 @@ class SampleWeightSettings(_Model):
         0.5, ge=0.0, le=10.0,
         description="Cap: repeats added in all, as a share of the train frames (the hardest/rarest keep theirs).",
     )
+class ClassLossSettings(_Model):
+    """Classification loss of training (issue 19): plain BCE (Ultralytics' default), focal or varifocal.
+
+    Focal (Lin et al. 2017) multiplies each element's BCE by ``(1 - p_t)^gamma`` and, when ``alpha`` is set, by
+    ``alpha`` (targets) / ``1 - alpha`` (background); with gamma 0 and no alpha it IS the BCE. Varifocal (Zhang et
+    al. 2021) keeps the IoU-aware soft target q of Ultralytics' task-aligned assigner: a positive's BCE is weighted
+    by q, a negative's by ``alpha * p^gamma``. Off (bce) by default: see docs/benchmarks.md (loss benchmark).
+    """
+
+    kind: Literal["bce", "focal", "varifocal"] = Field(
+        "bce", description="Classification loss: bce (Ultralytics' own), focal or varifocal.")
+    gamma: float = Field(1.5, ge=0.0, le=5.0, description="Focusing exponent (focal: (1-p_t)^gamma; varifocal: p^gamma "
+                         "on negatives).")
+    alpha: float | None = Field(
+        None, ge=0.0, le=1.0, description="Focal: weight of target elements (background gets 1-alpha); null: none. "
+        "Varifocal: weight of negatives (null: 0.75, the paper's).")
+    cls_pw: float = Field(0.0, ge=0.0, le=1.0, description="Ultralytics' class weighting: inverse class frequency "
+                          "raised to this power (0: off, 1: full inverse frequency); combines with any kind.")
 
 
 class TrainingSettings(_Model):
@@ -460,6 +513,7 @@ class TrainingSettings(_Model):
     timeout_minutes: int = Field(120, ge=1, le=100000, description="Training subprocess is killed after this.")
     copy_paste: CopyPasteSettings = Field(default_factory=CopyPasteSettings)
     sample_weights: SampleWeightSettings = Field(default_factory=SampleWeightSettings)
+    cls_loss: ClassLossSettings = Field(default_factory=ClassLossSettings)
 
 
 class EvaluationSettings(_Model):

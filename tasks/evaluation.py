@@ -460,18 +460,28 @@ def _load_rgb(path: str) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
-def ensure_artifact(model: str | Path, class_names: Sequence[str], input_size: int, work_dir: Path) -> Path:
-    """A scoring-artifact directory for ``model`` (an artifact dir, a dir with ``model.onnx``, or a ``.pt``)."""
-    from tasks.export import ONNX_NAME, export_scoring_artifact
+def ensure_artifact(model: str | Path, class_names: Sequence[str], input_size: int, work_dir: Path,
+                    dynamic_hw: bool = False) -> Path:
+    """A scoring-artifact directory for ``model`` (an artifact dir, a dir with ``model.onnx``, or a ``.pt``;
+    ``dynamic_hw``: a ``.pt`` is exported with dynamic height and width, for TTA at other scales, and so is a
+    registered model directory whose artifact has a fixed size but whose ``weights/best.pt`` is there)."""
+    import json
+
+    from tasks.export import META_NAME, ONNX_NAME, export_scoring_artifact
 
     p = Path(model)
     if p.is_dir() and (p / ONNX_NAME).is_file():
         return p
     if p.is_dir() and (p / "scoring" / ONNX_NAME).is_file():
-        return p / "scoring"
+        fixed = not json.loads((p / "scoring" / META_NAME).read_text()).get("dynamic_hw", False)
+        if dynamic_hw and fixed and (p / "weights" / "best.pt").is_file():  # registered before TTA was on
+            p = p / "weights" / "best.pt"
+        else:
+            return p / "scoring"
     if p.is_file() and p.suffix == ".pt":
-        return export_scoring_artifact(p, work_dir / f"artifact-{p.stem}-{abs(hash(str(p))) % 10**8}",
-                                       list(class_names), input_size)
+        return export_scoring_artifact(
+            p, work_dir / f"artifact-{p.stem}-{abs(hash(str(p))) % 10**8}{'-dynhw' if dynamic_hw else ''}",
+            list(class_names), input_size, dynamic_hw=dynamic_hw)
     raise DataError(f"no scoring artifact or .pt weights at {model}")
 
 
@@ -516,11 +526,18 @@ def predict_items(artifact: Path, items: Sequence[EvalItem], settings: Any, batc
     sess = open_session(artifact, settings.training.threads)
     ms = settings.model
     params = eval_decode(ms)
+    infer = lambda b: run_onnx(sess, b)  # noqa: E731
+    if ms.tta.evaluation:  # offline TTA (model.tta): the views' boxes merged by model.nms in decode_inputs
+        from detloop.tta import check_input_shape, tta_infer, views
+
+        tv = views(ms.tta.scales, ms.tta.flip)
+        check_input_shape(sess.get_inputs()[0].shape, tv, f"evaluation artifact {artifact}")
+        infer = lambda b: tta_infer(lambda v: run_onnx(sess, v), b, tv, meta.stride)  # noqa: E731
     out: list[Detections] = []
     for i in range(0, len(items), batch):
         inputs = [read_for_model(it.image, meta.input_size, ms.fast_decode, ms.tile_spec(it.camera))
                   for it in items[i : i + batch]]
-        raw, _ = run_onnx(sess, to_tensors([m.image for f in inputs for m in f.parts]))
+        raw, _ = infer(to_tensors([m.image for f in inputs for m in f.parts]))
         out += decode_inputs(raw, inputs, params)
     return out
 
@@ -579,7 +596,8 @@ def evaluate(
     from detloop.datasets import file_sha256
     from tasks.export import ONNX_NAME
 
-    art = ensure_artifact(model, settings.classes, settings.model.input_size, work)
+    art = ensure_artifact(model, settings.classes, settings.model.input_size, work,
+                          settings.model.tta.needs_dynamic_hw)
     report = EvalReport(model=label or str(model), slices={}, artifact=str(art),
                         artifact_sha256=file_sha256(Path(art) / ONNX_NAME))
     preds_by_slice: dict[str, list[Detections]] = {}
@@ -612,12 +630,14 @@ def evaluate_pair(
     import tempfile
 
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="detloop-eval-"))
-    ch_art = ensure_artifact(challenger, settings.classes, settings.model.input_size, work / "challenger")
+    ch_art = ensure_artifact(challenger, settings.classes, settings.model.input_size, work / "challenger",
+                             settings.model.tta.needs_dynamic_hw)
     ch = evaluate(ch_art, slices, settings, work, labels[0])
     cp = None
     arts = [ch_art]
     if champion is not None:
-        cp_art = ensure_artifact(champion, settings.classes, settings.model.input_size, work / "champion")
+        cp_art = ensure_artifact(champion, settings.classes, settings.model.input_size, work / "champion",
+                                 settings.model.tta.needs_dynamic_hw)
         cp = evaluate(cp_art, slices, settings, work, labels[1])
         arts.append(cp_art)
     frames = [it.image for sl in slices[:1] for it in sl.items][: settings.evaluation.latency_frames]

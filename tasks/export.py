@@ -4,13 +4,16 @@ Ultralytics' own exporter has no embedding output, so :func:`export_scoring_arti
 detection model, runs its layers the way ``DetectionModel._predict_once`` does, keeps the feature maps
 fed to the Detect head, global-average-pools and concatenates them (the embedding), then runs the head
 in export mode (``(B, 4 + C, A)``: cx, cy, w, h in input pixels + C sigmoid class scores). The graph is
-exported with ``torch.onnx.export`` (legacy TorchScript exporter, opset 17, dynamic batch).
+exported with ``torch.onnx.export`` (legacy TorchScript exporter, opset 17, dynamic batch; with
+``dynamic_hw`` also dynamic height and width, which offline test-time augmentation at other scales needs,
+:mod:`detloop.tta`: the anchors are then computed from the input's shape in the graph).
 
 Output directory layout (the contract consumed by selection / scoring, see
 :class:`detloop.contracts.ScoringArtifactMeta`)::
 
     out_dir/model.onnx   input "images" (B, 3, S, S) float32 RGB in [0, 1], letterboxed (pad 114, centred)
-                         outputs "raw" (B, 4 + C, A) and "embedding" (B, D)
+                         outputs "raw" (B, 4 + C, A) and "embedding" (B, D); a dynamic-HW export also
+                         accepts (B, 3, H, W) with H, W multiples of the stride (A follows)
     out_dir/meta.json    ScoringArtifactMeta.to_dict()
 """
 
@@ -39,8 +42,9 @@ def _load_detection_model(weights_pt: Path) -> Any:
     return yolo.model.float().cpu()
 
 
-def _build_wrapper(det_model: Any) -> Any:
-    """A ``torch.nn.Module`` returning ``(raw, embedding)`` for a fused copy of ``det_model``."""
+def _build_wrapper(det_model: Any, dynamic_hw: bool = False) -> Any:
+    """A ``torch.nn.Module`` returning ``(raw, embedding)`` for a fused copy of ``det_model``
+    (``dynamic_hw``: the head recomputes its anchors from each input's shape)."""
     import copy
 
     import torch
@@ -58,7 +62,7 @@ def _build_wrapper(det_model: Any) -> Any:
         if isinstance(m, C2f):
             m.forward = m.forward_split
         if isinstance(m, Detect):
-            m.dynamic = False
+            m.dynamic = dynamic_hw
             m.export = True
             m.format = "onnx"
             m.xyxy = False
@@ -95,6 +99,7 @@ def export_scoring_artifact(
     input_size: int,
     registry_version: str | None = None,
     model_name: str | None = None,
+    dynamic_hw: bool = False,
 ) -> Path:
     """Export ``model.onnx`` (raw head + embedding) and ``meta.json`` into ``out_dir``.
 
@@ -105,6 +110,8 @@ def export_scoring_artifact(
         input_size: square input side S in pixels (multiple of the stride).
         registry_version: optional registry version recorded in the metadata.
         model_name: optional registered model name recorded in the metadata.
+        dynamic_hw: height and width dynamic as well as the batch (test-time augmentation at other scales);
+            at size S the boxes equal the fixed-size export's.
 
     Returns:
         ``out_dir`` (containing ``model.onnx`` and ``meta.json``).
@@ -117,12 +124,12 @@ def export_scoring_artifact(
 
     weights_pt = Path(weights_pt)
     with building_dir(out_dir) as out:  # out_dir appears only when model.onnx and meta.json are both complete
-        _export_into(weights_pt, out, class_names, input_size, registry_version, model_name)
+        _export_into(weights_pt, out, class_names, input_size, registry_version, model_name, dynamic_hw)
     return Path(out_dir)
 
 
 def _export_into(weights_pt: Path, out: Path, class_names: Sequence[str], input_size: int,
-                 registry_version: str | None, model_name: str | None) -> None:
+                 registry_version: str | None, model_name: str | None, dynamic_hw: bool = False) -> None:
     import torch
 
     det_model = _load_detection_model(weights_pt)
@@ -135,7 +142,7 @@ def _export_into(weights_pt: Path, out: Path, class_names: Sequence[str], input_
     stride = int(max(det_model.stride.tolist())) if hasattr(det_model, "stride") else 32
     if input_size % stride:
         raise DataError(f"input_size {input_size} is not a multiple of the model stride {stride}")
-    wrapper = _build_wrapper(det_model)
+    wrapper = _build_wrapper(det_model, dynamic_hw)
     dummy = torch.zeros(1, 3, input_size, input_size, dtype=torch.float32)
     with torch.no_grad():
         raw, emb = wrapper(dummy)
@@ -147,7 +154,9 @@ def _export_into(weights_pt: Path, out: Path, class_names: Sequence[str], input_
             str(onnx_path),
             input_names=["images"],
             output_names=["raw", "embedding"],
-            dynamic_axes={"images": {0: "batch"}, "raw": {0: "batch"}, "embedding": {0: "batch"}},
+            dynamic_axes=({"images": {0: "batch", 2: "height", 3: "width"}, "raw": {0: "batch", 2: "anchors"},
+                           "embedding": {0: "batch"}} if dynamic_hw else
+                          {"images": {0: "batch"}, "raw": {0: "batch"}, "embedding": {0: "batch"}}),
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,
@@ -161,7 +170,8 @@ def _export_into(weights_pt: Path, out: Path, class_names: Sequence[str], input_
         model_name=model_name,
     )
     meta_dict = meta.to_dict()
-    meta_dict["num_anchors"] = int(raw.shape[2])
+    meta_dict["num_anchors"] = int(raw.shape[2])  # at input_size
+    meta_dict["dynamic_hw"] = bool(dynamic_hw)
     (out / META_NAME).write_text(json.dumps(meta_dict, indent=2))
 
 

@@ -262,6 +262,10 @@ def score_with(settings: Settings, clients: Any, frames: Sequence[FrameRef], mod
     if list(scorer.meta.class_names) != list(settings.classes):
         raise DataError(f"model {model.label} classes {scorer.meta.class_names} differ from the configured "
                         f"classes {settings.classes}")
+    if settings.model.tta.scoring:  # offline TTA: every view's boxes merged by model.nms (detloop.tta)
+        from detloop.tta import TtaScorer
+
+        scorer = TtaScorer(scorer, settings.model.tta.scales, settings.model.tta.flip)
     other = open_model(settings, clients.registry, committee) if committee is not None else None
     return score(frames, scorer, clients.store, settings.model, tta=tta, committee=other,
                  max_pixels=settings.sampling.max_image_pixels)

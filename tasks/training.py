@@ -334,6 +334,29 @@ def plot_curves(rows: list[dict[str, float]], out_png: Path) -> Path:
     return out_png
 
 
+def cls_loss_params(cfg: Any) -> dict[str, Any]:
+    """The classification-loss parameters a run is hashed and logged with (``training.cls_loss``).
+
+    Empty for the default (plain BCE, no class weighting) so runs hashed before the option existed stay reusable.
+    """
+    out: dict[str, Any] = {}
+    if cfg.kind != "bce":
+        out.update({"cls_loss": cfg.kind, "cls_gamma": cfg.gamma, "cls_alpha": cfg.alpha})
+    if cfg.cls_pw:
+        out["cls_pw"] = cfg.cls_pw
+    return out
+
+
+def cls_loss_spec(cfg: Any) -> dict[str, Any]:
+    """:class:`TrainSpec` keyword arguments for ``training.cls_loss``: the worker's loss config and ``cls_pw``."""
+    out: dict[str, Any] = {}
+    if cfg.kind != "bce":
+        out["cls_loss"] = {"kind": cfg.kind, "gamma": cfg.gamma, "alpha": cfg.alpha}
+    if cfg.cls_pw:
+        out["extra"] = {"cls_pw": cfg.cls_pw}
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Subprocess
 # --------------------------------------------------------------------------------------------
@@ -357,6 +380,7 @@ class TrainSpec:
     out_dir: str
     yolo_config_dir: str
     extra: dict[str, Any] = field(default_factory=dict)
+    cls_loss: dict[str, Any] | None = None  # training.cls_loss when not plain BCE: {kind, gamma, alpha}
 
 
 def run_worker(spec: TrainSpec, timeout_s: float, log_path: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -467,6 +491,7 @@ def _train_locked(
         "epochs": n_epochs, "imgsz": settings.model.input_size, "batch": tc.batch, "nbs": tc.nbs,
         "optimizer": tc.optimizer, "lr0": tc.lr0 if bootstrap else tc.finetune_lr0, "seed": tc.seed,
         "classes": ",".join(settings.classes), "device": tc.device,
+        **cls_loss_params(tc.cls_loss),
     }
     ihash = input_hash(data_yaml, init_weights, params)
     reg = registry
@@ -516,6 +541,7 @@ def _train_locked(
             epochs=n_epochs, imgsz=settings.model.input_size, batch=tc.batch, nbs=tc.nbs,
             optimizer=tc.optimizer, lr0=params["lr0"], workers=tc.workers, threads=threads, device=tc.device,
             seed=tc.seed, out_dir=str(run_dir / "ul"), yolo_config_dir=str(yolo_config_dir(settings)),
+            **cls_loss_spec(tc.cls_loss),
         )
         with writing(run_dir):
             run_dir.mkdir(parents=True, exist_ok=True)

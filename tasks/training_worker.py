@@ -37,6 +37,12 @@ def run(spec: dict) -> dict:
                           "openvino_msg": False, "runs_dir": str(Path(spec["out_dir"]).parent)})
     out_dir = Path(spec["out_dir"])
     model = YOLO(spec["model"], task="detect")
+    trainer = None  # Ultralytics' own DetectionTrainer (plain BCE) unless a focal / varifocal loss is configured
+    cls_loss = spec.get("cls_loss") or {}
+    if cls_loss.get("kind", "bce") != "bce":
+        from tasks.cls_loss import trainer_for
+
+        trainer = trainer_for(cls_loss["kind"], cls_loss["gamma"], cls_loss.get("alpha"))
     t0 = time.time()
     model.train(
         data=spec["data"],
@@ -59,6 +65,7 @@ def run(spec: dict) -> dict:
         verbose=False,
         val=True,
         patience=spec.get("patience", 100),
+        trainer=trainer,
         **spec.get("extra", {}),
     )
     seconds = time.time() - t0
@@ -72,6 +79,7 @@ def run(spec: dict) -> dict:
         "results_csv": str(save_dir / "results.csv"),
         "train_seconds": seconds,
         "threads": threads,
+        "trainer": type(model.trainer).__name__,  # e.g. FocalDetectionTrainer when training.cls_loss is not bce
     }
     write_text(out_dir / "result.json", json.dumps(result, indent=2))  # whole or absent: the parent reads it
     return result
