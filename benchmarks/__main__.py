@@ -124,6 +124,7 @@ _BENCHES: dict[str, tuple[str, str | None, list[str]]] = {
     "labelstudio": ("labelstudio_io", "all", ["tasks", "push_s", "pull_convert_s"]),
     "faults": ("faults", "all", ["lost_total", "champion_always_ok", "seconds"]),
     "postprocessing": ("postprocessing", None, ["verdicts", "seconds"]),
+    "drift": ("drift", None, ["targets", "seconds"]),
 }
 
 
@@ -179,6 +180,14 @@ def bench_postprocessing(ctx: typer.Context) -> None:
     bootstrap intervals: `python -m benchmarks.postprocessing`; other options go there (`--data data.yaml`,
     `--weights best.pt`; `detloop bench postprocessing -- --help`). Needs no stack."""
     _run("postprocessing", list(ctx.args), None)
+
+
+@bench_app.command("drift", context_settings=_PASS)
+def bench_drift(ctx: typer.Context) -> None:
+    """Drift monitor on the benchmark world (issue 21): detection delay and missed episodes per drift, false alarms
+    per stationary camera-day, each signal alone and combined, true mAP timeline, label-free accuracy estimate:
+    `python -m benchmarks.drift`; other options go there (`detloop bench drift -- --help`). Needs no stack."""
+    _run("drift", list(ctx.args), None)
 
 
 @bench_app.command("all")
