@@ -125,6 +125,7 @@ _BENCHES: dict[str, tuple[str, str | None, list[str]]] = {
     "faults": ("faults", "all", ["lost_total", "champion_always_ok", "seconds"]),
     "postprocessing": ("postprocessing", None, ["verdicts", "seconds"]),
     "drift": ("drift", None, ["targets", "seconds"]),
+    "soak": ("soak", None, ["weeks_run", "episodes", "seconds"]),
 }
 
 
@@ -188,6 +189,15 @@ def bench_drift(ctx: typer.Context) -> None:
     per stationary camera-day, each signal alone and combined, true mAP timeline, label-free accuracy estimate:
     `python -m benchmarks.drift`; other options go there (`detloop bench drift -- --help`). Needs no stack."""
     _run("drift", list(ctx.args), None)
+
+
+@bench_app.command("soak", context_settings=_PASS)
+def bench_soak(ctx: typer.Context) -> None:
+    """Weeks of unattended operation (issue 21): the demo world through the real stack and deployments, daily drift
+    monitor, drift-triggered and weekly rounds labelled by simulated annotators, one service killed per week:
+    `python -m benchmarks.soak --weeks N` (also `detloop soak`); it brings its config's stack up itself
+    (`--config`, default $DETLOOP_CONFIG or configs/test.yaml); `detloop bench soak -- --help`."""
+    _run("soak", list(ctx.args), None)
 
 
 @bench_app.command("all")
