@@ -226,16 +226,15 @@ def _count(row: dict[str, Any], c: Mapping[str, Any], counts: Mapping[str, int],
     row["lost"] += lost
 
 
-def run_soak(settings: Any, weeks: int, size: str = "tiny", seed: int = 0, timeout: float = 3600.0,
+def run_soak(settings: Any, weeks: int, spec: Any, seed: int = 0, timeout: float = 3600.0,
              monitor_days: int = 7, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Set up (world, golden, seed, bootstrap champion) and run ``weeks`` weeks. The stack must be up with its
-    runner (``detloop soak`` brings it up)."""
+    """Set up (world, golden, seed, bootstrap champion) and run ``weeks`` weeks at ``spec``
+    (:class:`flows.demo.DemoSize`). The stack must be up with its runner (``detloop soak`` brings it up)."""
     from benchmarks.faults import Cell, check
     from detloop.clients.s3 import S3Store
     from detloop.world.config import load_world_config
     from flows.common import DEPLOYMENTS
     from flows.demo import (
-        SIZES,
         START,
         _run_deployment,
         bootstrap_champion,
@@ -247,11 +246,10 @@ def run_soak(settings: Any, weeks: int, size: str = "tiny", seed: int = 0, timeo
     from tasks.drift_records import list_episodes
     from tasks.rounds import list_rounds
 
-    spec = SIZES[size]
     t0 = time.monotonic()
     base: dict[str, Any] = {"config": str(settings.source)} if settings.source else {}
     ids = setup_world(settings, spec, weeks, log)
-    bootstrap_champion(settings, spec, size, ids["seed"], base, timeout, log)
+    bootstrap_champion(settings, spec, "soak", ids["seed"], base, timeout, log)
     store = S3Store(settings)
     profile = default_annotators(settings)
     plan = fault_plan(weeks, seed)
@@ -312,7 +310,7 @@ def run_soak(settings: Any, weeks: int, size: str = "tiny", seed: int = 0, timeo
     end = START + timedelta(days=7 * len(rows))
     onsets = world_onsets(world, START, end)
     eps = [e.to_dict() for e in list_episodes(store, settings)]
-    return {"bench": "soak", "weeks_asked": weeks, "weeks_run": len(rows), "size": size, "seed": seed,
+    return {"bench": "soak", "weeks_asked": weeks, "weeks_run": len(rows), "size": asdict(spec), "seed": seed,
             "faults": [asdict(f) for f in plan[: len(rows)]], "rows": rows,
             "episodes": episode_delays(onsets, eps), "seconds": time.monotonic() - t0}
 
@@ -328,15 +326,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", "-c", default=os.environ.get("DETLOOP_CONFIG") or "configs/test.yaml")
     ap.add_argument("--weeks", type=int, default=8)
-    ap.add_argument("--size", default="tiny", help="demo size (tiny, default, large)")
+    ap.add_argument("--frames-per-day", type=int, default=24,
+                    help="production frames per camera-day (the monitor needs drift.min_frames of them)")
+    ap.add_argument("--budget", type=int, default=24, help="frames per weekly round")
+    ap.add_argument("--seed-frames", type=int, default=100, help="bootstrap (seed) set frames")
+    ap.add_argument("--golden-frames", type=int, default=40, help="golden set frames")
+    ap.add_argument("--bootstrap-epochs", type=int, default=None, help="default: training.bootstrap_epochs")
     ap.add_argument("--seed", type=int, default=0, help="seed of the fault plan")
     ap.add_argument("--monitor-days", type=int, default=7, help="daily monitor runs per week (7: every day)")
     ap.add_argument("--out", type=Path, default=RESULTS / "soak.json")
     ap.add_argument("--plot", type=Path, default=PLOT)
     a = ap.parse_args(argv)
+    from detloop.offline import apply_offline_env
+    from flows.demo import DemoSize
+    from infra.stack import client_env
+
     settings = load_settings(a.config)
+    apply_offline_env(settings)
     ensure_up(settings, print)
-    res = run_soak(settings, a.weeks, a.size, a.seed, monitor_days=a.monitor_days)
+    os.environ.update(client_env(settings))
+    spec = DemoSize(a.frames_per_day, a.seed_frames, a.golden_frames, a.budget, a.bootstrap_epochs)
+    res = run_soak(settings, a.weeks, spec, a.seed, monitor_days=a.monitor_days)
     from detloop.world.config import load_world_config
     from flows.demo import START
 
