@@ -45,12 +45,14 @@ def atc_threshold(confidences: np.ndarray, target: float) -> float:
         target: the calibration frames' labelled accuracy (mAP50).
 
     Returns:
-        ``t`` (the ``1 - target`` quantile); NaN without detections.
+        ``t``: the k-th largest confidence with ``k = round(target * M)`` (above the largest when k is 0), so that
+        ``k`` of the ``M`` detections are at or above it (ties aside); NaN without detections.
     """
-    c = np.asarray(confidences, np.float64)
+    c = np.sort(np.asarray(confidences, np.float64))[::-1]
     if c.size == 0:
         return float("nan")
-    return float(np.quantile(c, 1.0 - float(np.clip(target, 0.0, 1.0)), method="inverted_cdf"))
+    k = round(float(np.clip(target, 0.0, 1.0)) * c.size)
+    return float(np.nextafter(c[0], np.inf)) if k == 0 else float(c[k - 1])
 
 
 def atc_share(confidences: np.ndarray, threshold: float) -> float:

@@ -28,7 +28,7 @@ def test_atc_threshold_reproduces_the_calibration_accuracy() -> None:
     conf = np.linspace(0.3, 0.95, 101)
     for target in (0.2, 0.5, 0.73, 0.9):
         t = atc_threshold(conf, target)
-        assert atc_share(conf, t) == pytest.approx(target, abs=0.011)
+        assert atc_share(conf, t) == pytest.approx(target, abs=0.5 / conf.size + 1e-9)  # k of M detections: within half a detection
     assert np.isnan(atc_threshold(np.zeros(0), 0.5)) and np.isnan(atc_share(np.zeros(0), 0.5))
     assert np.isnan(atc_share(conf, float("nan")))
 
@@ -85,3 +85,34 @@ def test_agreement_counts_within_tolerance_and_skips_nan() -> None:
     assert a["mae"] == pytest.approx((0.02 + 0.07 + 0.2) / 3)
     assert a["pearson_r"] == pytest.approx(float(np.corrcoef([0.5, 0.62, 0.9], [0.52, 0.55, 0.7])[0, 1]))
     assert agreement([], [])["n"] == 0
+
+
+def test_the_monitor_calibrates_atc_on_the_pooled_control_frames_and_estimates_each_camera_day() -> None:
+    from detloop.settings import load_settings
+    from flows.drift import DriftRun, atc_estimate
+    from tasks.drift import Features
+    from tasks.live_accuracy import LiveAccuracy, LivePoint, atc_calibration
+
+    s = load_settings("configs/test.yaml", overrides={"drift": {"live_rounds": 1, "min_confidence": 0.25}})
+    preds = [_dets([[0, 0, 9, 9]], [c], [0]) for c in (0.3, 0.5, 0.7, 0.9, 0.95)]
+    sources = ["round:a", "round:b", "round:b", "round:b", "round:b"]  # only the last round is pooled
+    overall = LivePoint("pooled", "all", 4, 4, map=0.4, map50=0.5)
+    t = atc_calibration(preds, sources, ["round:a", "round:b"], set(), overall, s)
+    assert t is not None and atc_share(np.array([0.5, 0.7, 0.9, 0.95], np.float32), t) == pytest.approx(0.5)
+    assert atc_calibration(preds, sources, ["round:a", "round:b"], {"round:b"}, overall, s) is None  # no frames
+    assert atc_calibration(preds, sources, ["round:b"], set(), None, s) is None  # no live mAP yet
+
+    live = LiveAccuracy("1", None, 0.9, atc_threshold=0.8)
+    f = Features.empty()
+    day = Features(np.array(["cam0", "cam0", "cam1"]), np.array(["2026-01-20"] * 3), np.zeros(3), np.zeros(3),
+                   np.array([2, 1, 1]), None, np.array([0, 0, 1, 2]), np.array([0.9, 0.3, 0.85, 0.4]),
+                   np.zeros(4, np.int64), np.zeros(4))
+    run = DriftRun("2026-01-21", ["2026-01-20"], "1", {}, f, {}, {}, {"2026-01-20": day}, live=live)
+    assert atc_estimate(run, "cam0", "2026-01-20") == pytest.approx(2 / 3)  # 0.9, 0.85 of 0.9, 0.3, 0.85
+    assert atc_estimate(run, "cam1", "2026-01-20") == 0.0
+    assert atc_estimate(run, "cam0", None) is None
+    run.live = LiveAccuracy("1", None, 0.9)  # no calibration (e.g. no labelled control arm yet)
+    assert atc_estimate(run, "cam0", "2026-01-20") is None
+    assert LiveAccuracy.from_dict(live.to_dict()).atc_threshold == 0.8
+    assert LiveAccuracy.from_dict({k: v for k, v in live.to_dict().items() if k != "atc_threshold"}).atc_threshold \
+        is None  # a live record cached before the field existed still loads
