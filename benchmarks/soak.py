@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 PLOT = REPO / "docs" / "img" / "soak_timeline.png"
 FAULT_SERVICES = ("s3", "mlflow", "label-studio", "prefect")
-FAULT_FLOWS = ("drift", "select", "watch", "retrain")
+FAULT_FLOWS = ("drift", "round")  # the daily monitor, or the weekly round (select -> label -> watch -> retrain)
 RESTART_AFTER_S = 5.0  # the supervisor brings a killed service back after this long
 
 
@@ -44,8 +44,9 @@ RESTART_AFTER_S = 5.0  # the supervisor brings a killed service back after this 
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Fault:
-    """The fault of one week: ``service`` killed ``delay_s`` seconds into a run of ``flow`` on weekday ``day``
-    (0-6; ``select``/``watch``/``retrain`` are the weekly round's, on the week's last day)."""
+    """The fault of one week: ``service`` killed ``delay_s`` seconds into ``flow`` on weekday ``day``: the daily
+    monitor's run (``drift``, day 0-6) or the weekly round (``round``, day 6: select, labelling, watch and retrain in
+    a row, so the delay picks the stage)."""
 
     week: int
     service: str
@@ -55,14 +56,16 @@ class Fault:
 
 
 def fault_plan(weeks: int, seed: int, services: Sequence[str] = FAULT_SERVICES, flows: Sequence[str] = FAULT_FLOWS,
-               max_delay_s: float = 20.0) -> list[Fault]:
-    """One fault per week, drawn from ``random.Random(seed)``: a service, a flow, a weekday and a delay."""
+               max_delay_s: float = 20.0, max_round_delay_s: float = 300.0) -> list[Fault]:
+    """One fault per week, drawn from ``random.Random(seed)``: a service, a flow, a weekday and a delay (up to
+    ``max_delay_s`` into a monitor run, ``max_round_delay_s`` into the weekly round)."""
     rng = random.Random(seed)
     out = []
     for w in range(1, weeks + 1):
         flow = rng.choice(list(flows))
+        top = max_delay_s if flow == "drift" else max_round_delay_s
         out.append(Fault(w, rng.choice(list(services)), flow, rng.randrange(7) if flow == "drift" else 6,
-                         round(rng.uniform(0.5, max_delay_s), 1)))
+                         round(rng.uniform(0.5, top), 1)))
     return out
 
 
@@ -281,7 +284,7 @@ def run_soak(settings: Any, weeks: int, spec: Any, seed: int = 0, timeout: float
                         row["labels"] += int(counts.get("annotated", 0))
                         row["decisions"].append(f"drift:{res.get('outcome')}")
                         _count(row, check(cell, r.round_id, trained=True), counts, store, settings, r.round_id)
-            f = fault if fault.flow in ("select", "watch", "retrain") else None
+            f = fault if fault.flow == "round" else None
             out, wrow = faulted(f, settings, lambda w=w: run_week(settings, w, spec, base, store, profile, log, timeout),
                                 log)
             outcomes += [out] if f else []

@@ -31,7 +31,8 @@ def test_fault_plan_one_fault_per_week_seeded() -> None:
     assert [f.week for f in plan] == list(range(1, 9))
     assert plan == fault_plan(8, seed=3) and plan != fault_plan(8, seed=4)
     assert all(f.service in FAULT_SERVICES and f.flow in FAULT_FLOWS and 0 <= f.day <= 6 for f in plan)
-    assert all(f.day == 6 for f in plan if f.flow != "drift")  # the weekly round's flows run on the last day
+    assert all(f.day == 6 and f.delay_s <= 300 for f in plan if f.flow == "round")  # the round: the last day
+    assert all(f.delay_s <= 20 for f in plan if f.flow == "drift")
     assert len({f.service for f in fault_plan(40, 0)}) == len(FAULT_SERVICES)  # every service gets its turn
 
 
