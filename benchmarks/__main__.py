@@ -126,6 +126,8 @@ _BENCHES: dict[str, tuple[str, str | None, list[str]]] = {
     "postprocessing": ("postprocessing", None, ["verdicts", "seconds"]),
     "hard_data": ("hard_data", None, ["seeds_done", "skipped_over_budget", "seconds"]),
     "loss-tta": ("loss_tta", None, ["seconds_total"]),
+    "drift": ("drift", None, ["targets", "seconds"]),
+    "soak": ("soak", None, ["weeks_run", "episodes", "seconds"]),
 }
 
 
@@ -197,6 +199,21 @@ def bench_loss_tta(ctx: typer.Context) -> None:
     slice, CPU cost ratio, labeller edits of the pre-annotation): `python -m benchmarks.loss_tta`; other options go
     there (`--parts loss,tta`, `--seeds 0,1,2`, `--weights best.pt`; `detloop bench loss-tta -- --help`). No stack."""
     _run("loss-tta", list(ctx.args), None)
+@bench_app.command("drift", context_settings=_PASS)
+def bench_drift(ctx: typer.Context) -> None:
+    """Drift monitor on the benchmark world (issue 21): detection delay and missed episodes per drift, false alarms
+    per stationary camera-day, each signal alone and combined, true mAP timeline, label-free accuracy estimate:
+    `python -m benchmarks.drift`; other options go there (`detloop bench drift -- --help`). Needs no stack."""
+    _run("drift", list(ctx.args), None)
+
+
+@bench_app.command("soak", context_settings=_PASS)
+def bench_soak(ctx: typer.Context) -> None:
+    """Weeks of unattended operation (issue 21): the demo world through the real stack and deployments, daily drift
+    monitor, drift-triggered and weekly rounds labelled by simulated annotators, one service killed per week:
+    `python -m benchmarks.soak --weeks N` (also `detloop soak`); it brings its config's stack up itself
+    (`--config`, default $DETLOOP_CONFIG or configs/test.yaml); `detloop bench soak -- --help`."""
+    _run("soak", list(ctx.args), None)
 
 
 @bench_app.command("all")

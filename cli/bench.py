@@ -20,3 +20,11 @@ def bench(ctx: typer.Context) -> None:
     `detloop bench --help` lists them; `detloop bench NAME --help` explains one."""
     rc = subprocess.call([sys.executable, "-m", "benchmarks", *ctx.args])
     raise typer.Exit(rc)
+
+
+def soak(ctx: typer.Context) -> None:
+    """Weeks of unattended operation through the real stack and deployments, one injected fault per week
+    (`python -m benchmarks soak --weeks N`; a benchmark, not part of `make test`; docs/drift.md "Soak").
+    `detloop soak --help` lists its options."""
+    rc = subprocess.call([sys.executable, "-m", "benchmarks", "soak", *ctx.args])
+    raise typer.Exit(rc)

@@ -59,6 +59,7 @@ app.add_typer(run.run_app, name="run")
 app.add_typer(drift.drift_app, name="drift")
 app.add_typer(run.loop_app)
 app.command("bench", context_settings=bench.PASS_THROUGH)(bench.bench)
+app.command("soak", context_settings=bench.PASS_THROUGH)(bench.soak)
 
 
 def main() -> None:

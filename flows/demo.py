@@ -159,7 +159,6 @@ def run_demo(
     another world.
     """
     from detloop.clients.s3 import S3Store
-    from detloop.sim.annotator import AnnotatorProfile, annotate_pending
 
     if size not in SIZES:
         raise DetloopError(f"--size must be one of {sorted(SIZES)}, got {size!r}")
@@ -167,38 +166,18 @@ def run_demo(
     t0 = time.monotonic()
     base: dict[str, Any] = {"config": str(settings.source)} if settings.source else {}
     ids = setup_world(settings, spec, weeks, log)
-    _wait_for_deployments(timeout=120)
-    boot_params: dict[str, Any] = {**base, "dataset_version": ids["seed"]}
-    if spec.bootstrap_epochs:
-        boot_params["epochs"] = spec.bootstrap_epochs
-    log(f"bootstrap: training the first champion (deployment {DEPLOYMENTS['bootstrap']}) ...")
-    tb = time.monotonic()
-    _run_deployment(DEPLOYMENTS["bootstrap"], boot_params, timeout)
-    bootstrap_s = time.monotonic() - tb
-    _require_champion(settings, size, spec)
+    bootstrap_s = bootstrap_champion(settings, spec, size, ids["seed"], base, timeout, log)
     setup_s = time.monotonic() - t0
 
     store = S3Store(settings)
     rows: list[dict[str, Any]] = []
-    profile = AnnotatorProfile(p_skip=0.02, p_miss_small=0.05, jitter=0.02, p_flip=0.01, seed=settings.world.seed)
+    profile = default_annotators(settings)
     t_loop = time.monotonic()
     for w in range(1, weeks + 1):
-        as_of = START + timedelta(days=7 * w)
-        tw = time.monotonic()
-        log(f"week {w}: select-for-labeling as_of={as_of} ...")
-        _run_deployment(DEPLOYMENTS["select"], {**base, "as_of": as_of.isoformat(), "budget": spec.budget},
-                        timeout)
-        round_id = _round_for(settings, as_of)
-        if round_id is None:
-            log(f"week {w}: no round opened (empty window or skipped)")
+        row = run_week(settings, w, spec, base, store, profile, log, timeout)
+        if row is None:
             continue
-        counts = annotate_pending(settings, profile, round_id=round_id)
-        log(f"week {w}: simulated annotators labelled {counts.get('annotated', 0)} and skipped "
-            f"{counts.get('skipped', 0)} frames of {round_id}")
-        run_watch(base)
-        _wait_for_retrain(round_id, timeout)
-        result = store.get_json(settings.s3.data_bucket, f"rounds/{round_id}/result.json")
-        rows.append(week_row(w, as_of, round_id, result, time.monotonic() - tw))
+        rows.append(row)
         if len(rows) == 1:
             log(table_header())
         log(table_row(rows[-1]))
@@ -207,6 +186,59 @@ def run_demo(
     png = plot_learning_curve(rows, out_dir / "learning_curve.png", seed_frames=spec.seed_frames)
     return {"setup_seconds": setup_s, "bootstrap_seconds": bootstrap_s, "loop_seconds": loop_s, "rounds": rows,
             "seed_frames": spec.seed_frames, "learning_curve": str(png)}
+
+
+def default_annotators(settings: Settings) -> Any:
+    """The simulated annotators of the demo (and the soak): rare skips, misses, jitter and class flips."""
+    from detloop.sim.annotator import AnnotatorProfile
+
+    return AnnotatorProfile(p_skip=0.02, p_miss_small=0.05, jitter=0.02, p_flip=0.01, seed=settings.world.seed)
+
+
+def bootstrap_champion(settings: Settings, spec: DemoSize, size: str, seed_version: str, base: dict[str, Any],
+                       timeout: float, log: Callable[[str], None]) -> float:
+    """Train the first champion through the bootstrap deployment; returns its seconds (stops without a champion)."""
+    _wait_for_deployments(timeout=120)
+    boot_params: dict[str, Any] = {**base, "dataset_version": seed_version}
+    if spec.bootstrap_epochs:
+        boot_params["epochs"] = spec.bootstrap_epochs
+    log(f"bootstrap: training the first champion (deployment {DEPLOYMENTS['bootstrap']}) ...")
+    tb = time.monotonic()
+    _run_deployment(DEPLOYMENTS["bootstrap"], boot_params, timeout)
+    _require_champion(settings, size, spec)
+    return time.monotonic() - tb
+
+
+def label_and_retrain(settings: Settings, round_id: str, base: dict[str, Any], profile: Any,
+                      log: Callable[[str], None], timeout: float) -> tuple[dict[str, int], dict[str, Any]]:
+    """The simulated annotators label a round in Label Studio, the watch deployment closes it, and the
+    event-triggered ``retrain-and-promote`` run finishes; returns the annotators' counts and the round's
+    ``result.json``."""
+    from detloop.clients.s3 import S3Store
+    from detloop.sim.annotator import annotate_pending
+
+    counts = annotate_pending(settings, profile, round_id=round_id)
+    log(f"simulated annotators labelled {counts.get('annotated', 0)} and skipped {counts.get('skipped', 0)} "
+        f"frames of {round_id}")
+    run_watch(base)
+    _wait_for_retrain(round_id, timeout)
+    return counts, S3Store(settings).get_json(settings.s3.data_bucket, f"rounds/{round_id}/result.json")
+
+
+def run_week(settings: Settings, week: int, spec: DemoSize, base: dict[str, Any], store: Any, profile: Any,
+             log: Callable[[str], None], timeout: float) -> dict[str, Any] | None:
+    """One simulated week: the weekly round (``as_of`` = START + 7 x week) selected, labelled, retrained; its
+    table row, or None when no round opened."""
+    as_of = START + timedelta(days=7 * week)
+    tw = time.monotonic()
+    log(f"week {week}: select-for-labeling as_of={as_of} ...")
+    _run_deployment(DEPLOYMENTS["select"], {**base, "as_of": as_of.isoformat(), "budget": spec.budget}, timeout)
+    round_id = _round_for(settings, as_of)
+    if round_id is None:
+        log(f"week {week}: no round opened (empty window or skipped)")
+        return None
+    counts, result = label_and_retrain(settings, round_id, base, profile, log, timeout)
+    return {**week_row(week, as_of, round_id, result, time.monotonic() - tw), "annotated": counts.get("annotated", 0)}
 
 
 # one row per finished week: (key, header, width, format)

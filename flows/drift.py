@@ -270,6 +270,19 @@ def _last_sufficient(run: DriftRun, camera: str) -> str | None:
                  and run.stats[d][camera].sufficient), None)
 
 
+def atc_estimate(run: DriftRun, camera: str, day: str | None) -> float | None:
+    """The label-free mAP50 estimate of one camera-day (ATC, :mod:`tasks.label_free`): its share of detections at or
+    above the threshold calibrated on the control arm (None without a calibration or detections)."""
+    from tasks.label_free import atc_share
+
+    t = run.live.atc_threshold if run.live is not None else None
+    feats = run.features.get(day) if day else None
+    if t is None or feats is None:
+        return None
+    v = atc_share(feats.of_camera(camera).box_confidence, t)
+    return v if v == v else None
+
+
 def report_markdown(run: DriftRun, settings: Settings, episodes: list[Episode]) -> str:
     """The report as markdown: reference, one row per camera, the days, details of drifted cameras, live
     accuracy, episodes."""
@@ -300,6 +313,7 @@ def report_markdown(run: DriftRun, settings: Settings, episodes: list[Episode]) 
             "brightness": f"{_fmt(s.summary['brightness'][0], 2)} -> {_fmt(s.summary['brightness'][1], 2)}" if s else "-",
             "confidence": f"{_fmt(s.summary['confidence'][0], 2)} -> {_fmt(s.summary['confidence'][1], 2)}" if s else "-",
             "dets/frame": f"{_fmt(s.summary['detections'][0], 1)} -> {_fmt(s.summary['detections'][1], 1)}" if s else "-",
+            "est. mAP50 (ATC)": _fmt(atc_estimate(run, cam, last)),
             "top PSI (noise)": f"{top.feature} {top.value:.2f} ({_fmt(top.scaled, 2)})" if top else "-",
             "signals": ", ".join(v.signals[:4]) + (" ..." if v and len(v.signals) > 4 else "") if v else "-",
             "episode": ep or "-",

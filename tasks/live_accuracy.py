@@ -53,6 +53,7 @@ class LiveAccuracy:
     pooled: list[LivePoint] = field(default_factory=list)  # overall first, then per camera
     series: list[LivePoint] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    atc_threshold: float | None = None  # label-free estimate (tasks.label_free, ATC) calibrated on the pooled frames
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,6 +156,20 @@ def summarize(items: Sequence[Any], sources: Sequence[str], preds: Sequence[Any]
     return pooled, series
 
 
+def atc_calibration(preds: Sequence[Any], sources: Sequence[str], round_order: Sequence[str], focused: set[str],
+                    overall: LivePoint | None, settings: Settings) -> float | None:
+    """The ATC confidence threshold (:func:`tasks.label_free.atc_threshold`) on the frames of the pooled overall
+    live mAP: detections at or above ``drift.min_confidence`` and that point's mAP50 (None without it)."""
+    from tasks.label_free import atc_threshold, detection_confidences
+
+    if overall is None or overall.map50 is None:
+        return None
+    recent = set(round_order[-settings.drift.live_rounds:])
+    idx = [i for i, s in enumerate(sources) if s in recent and s not in focused]
+    t = atc_threshold(detection_confidences([preds[i] for i in idx], settings.drift.min_confidence), overall.map50)
+    return float(t) if np.isfinite(t) else None
+
+
 # --------------------------------------------------------------------------------------------
 # With the store
 # --------------------------------------------------------------------------------------------
@@ -234,6 +249,7 @@ def live_accuracy(settings: Settings, store: Any, version: str, scoring_dir: Any
             golden_after[s] = doc.get("golden_map_challenger") if doc.get("promoted") else doc.get("golden_map_champion")
     out.rounds = [s.removeprefix("round:") for s in order[-d.live_rounds:]]
     out.pooled, out.series = summarize(items, sources, preds, settings, order, focused, golden_after, as_of)
+    out.atc_threshold = atc_calibration(preds, sources, order, focused, out.overall, settings)
     if focused & set(order):
         out.notes.append(f"{len(focused & set(order))} drift round(s): their control frames count for their cameras "
                          "only (their pool was focused on those cameras)")

@@ -81,11 +81,34 @@ class DriftSpec(_Model):
     class_colors: dict[str, Color] = Field(
         default_factory=dict, description="New base colours of some classes (appearance drift, e.g. repainted goods)."
     )
+    ramp_days: int = Field(
+        0, ge=0, le=365,
+        description="Days over which the drift grows linearly to its full size (0: a step on `start`). On day k "
+        "(k = 1 on `start`) it is at k/ramp_days of its size: offsets and class weights/colours interpolated "
+        "linearly, contrast and size scales geometrically.",
+    )
+
+    @model_validator(mode="after")
+    def _ramp_within(self) -> DriftSpec:
+        if self.end is not None and self.end < self.start:
+            raise ValueError(f"drift {self.name!r}: end ({self.end}) is before start ({self.start})")
+        if self.end is not None and self.ramp_days > (self.end - self.start).days + 1:
+            raise ValueError(f"drift {self.name!r}: ramp_days ({self.ramp_days}) is longer than the drift "
+                             f"({(self.end - self.start).days + 1} day(s) from {self.start} to {self.end})")
+        return self
 
     def applies(self, camera: str, day: date) -> bool:
         if day < self.start or (self.end is not None and day > self.end):
             return False
         return not self.cameras or camera in self.cameras
+
+    def strength(self, camera: str, day: date) -> float:
+        """Share of the drift's full size in force for ``camera`` on ``day``: 0 (not in force) .. 1 (full)."""
+        if not self.applies(camera, day):
+            return 0.0
+        if self.ramp_days <= 0:
+            return 1.0
+        return min(1.0, ((day - self.start).days + 1) / self.ramp_days)
 
 
 class ObjectSpec(_Model):

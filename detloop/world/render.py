@@ -62,20 +62,33 @@ class Conditions:
 
 
 def conditions(cfg: WorldConfig, classes: list[str], camera: str, day: date) -> Conditions:
-    """Combine the drifts that apply to ``camera`` on ``day`` (offsets add, scales multiply)."""
+    """Combine the drifts that apply to ``camera`` on ``day`` (offsets add, scales multiply).
+
+    A drift with ``ramp_days`` enters at its :meth:`~detloop.world.config.DriftSpec.strength` that day: offsets
+    and class weights/colours interpolated linearly from the values before it, scales as ``scale ** strength``.
+    """
     b, c, s = 0.0, 1.0, 1.0
     weights = {k: cfg.classes[k].weight for k in classes}
     colors = {k: tuple(cfg.classes[k].color) for k in classes}
     names = []
     for d in cfg.drift:
-        if not d.applies(camera, day):
+        f = d.strength(camera, day)
+        if f <= 0.0:
             continue
         names.append(d.name)
-        b += d.brightness
-        c *= d.contrast
-        s *= d.size_scale
-        weights.update({k: v for k, v in d.class_weights.items() if k in weights})
-        colors.update({k: tuple(v) for k, v in d.class_colors.items() if k in colors})
+        if f >= 1.0:  # full size: exactly the step's arithmetic (a world without ramps renders as before)
+            b += d.brightness
+            c *= d.contrast
+            s *= d.size_scale
+            weights.update({k: v for k, v in d.class_weights.items() if k in weights})
+            colors.update({k: tuple(v) for k, v in d.class_colors.items() if k in colors})
+            continue
+        b += f * d.brightness
+        c *= d.contrast**f
+        s *= d.size_scale**f
+        weights.update({k: (1 - f) * weights[k] + f * v for k, v in d.class_weights.items() if k in weights})
+        colors.update({k: tuple(round((1 - f) * a + f * n) for a, n in zip(colors[k], v, strict=True))
+                       for k, v in d.class_colors.items() if k in colors})
     w = np.array([weights[k] for k in classes], dtype=np.float64)
     if w.sum() <= 0:
         w = np.ones_like(w)

@@ -1,0 +1,364 @@
+"""``detloop soak --weeks N`` (also ``detloop bench soak``): weeks of unattended operation on the demo world through the
+real stack and deployments, with one injected fault per week (issue 21).
+
+Per simulated day the ``drift-monitor`` deployment runs for that day; an episode's ``detloop.drift.detected`` event
+starts ``select-for-labeling/open-drift-round`` through its automation, and the soak labels each drift round it
+finds with the simulated annotators, closes it with the watch deployment and waits for the event-triggered
+retrain (:func:`flows.demo.label_and_retrain`). Once a week the weekly round runs (:func:`flows.demo.run_week`).
+The world (``configs/world.yaml``) starts its drifts mid-run (cam1 dusk in week 3, cam3 repaint and the new cam4 in
+week 4, more stars in week 5, cam2 zoom-out in week 6 from 2026-01-05).
+
+**One fault per week** (:func:`fault_plan`, seeded): a random service of the stack is SIGKILLed (the kill machinery
+of :mod:`benchmarks.faults`, :func:`benchmarks.faults.service_killer`, a supervisor restarting it after a few
+seconds) at a random moment of a random flow run of that week; a run that fails is re-run after ``ensure_up``, as
+an operator (or the next cron tick) would. Afterwards each round is checked with
+:func:`benchmarks.faults.check` (duplicates, lost annotations, the champion's integrity).
+
+Per week: rounds run (weekly / targeted), labels paid, episodes opened and their delay after the world's onsets,
+champion golden mAP, control-arm mAP, gate decisions, faults and whether the week completed, duplicates, data
+lost. JSON in ``benchmarks/results/soak.json``, a table and a timeline PNG for ``docs/``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+PLOT = REPO / "docs" / "img" / "soak_timeline.png"
+FAULT_SERVICES = ("s3", "mlflow", "label-studio", "prefect")
+FAULT_FLOWS = ("drift", "round")  # the daily monitor, or the weekly round (select -> label -> watch -> retrain)
+RESTART_AFTER_S = 5.0  # the supervisor brings a killed service back after this long
+
+
+# --------------------------------------------------------------------------------------------
+# Pure parts
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fault:
+    """The fault of one week: ``service`` killed ``delay_s`` seconds into ``flow`` on weekday ``day``: the daily
+    monitor's run (``drift``, day 0-6) or the weekly round (``round``, day 6: select, labelling, watch and retrain in
+    a row, so the delay picks the stage)."""
+
+    week: int
+    service: str
+    flow: str
+    day: int
+    delay_s: float
+
+
+def fault_plan(weeks: int, seed: int, services: Sequence[str] = FAULT_SERVICES, flows: Sequence[str] = FAULT_FLOWS,
+               max_delay_s: float = 20.0, max_round_delay_s: float = 300.0) -> list[Fault]:
+    """One fault per week, drawn from ``random.Random(seed)``: a service, a flow, a weekday and a delay (up to
+    ``max_delay_s`` into a monitor run, ``max_round_delay_s`` into the weekly round)."""
+    rng = random.Random(seed)
+    out = []
+    for w in range(1, weeks + 1):
+        flow = rng.choice(list(flows))
+        top = max_delay_s if flow == "drift" else max_round_delay_s
+        out.append(Fault(w, rng.choice(list(services)), flow, rng.randrange(7) if flow == "drift" else 6,
+                         round(rng.uniform(0.5, top), 1)))
+    return out
+
+
+def world_onsets(world: Any, start: date, end: date) -> list[dict[str, Any]]:
+    """The world's drift episodes that begin in ``[start, end]``: one per (drift, camera), plus new cameras."""
+    out = []
+    cams = [c.id for c in world.cameras]
+    for d in world.drift:
+        if start <= d.start <= end:
+            for c in d.cameras or cams:
+                out.append({"name": d.name, "camera": c, "onset": d.start.isoformat()})
+    for c in world.cameras:
+        if c.active_from is not None and start < c.active_from <= end:
+            out.append({"name": f"new camera {c.id}", "camera": c.id, "onset": c.active_from.isoformat()})
+    return out
+
+
+def episode_delays(onsets: Sequence[Mapping[str, Any]], episodes: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """For each world onset, the first episode opened on its camera at or after the onset: delay in days,
+    targeted round, or missed.
+
+    Args:
+        onsets: ``{"name", "camera", "onset"}`` (ISO day).
+        episodes: episode records (``opened_on``, ``cameras``, ``round_id``, ``episode_id``).
+    """
+    out = []
+    for o in onsets:
+        mine = sorted((e for e in episodes if o["camera"] in e.get("cameras", []) and e["opened_on"] >= o["onset"]),
+                      key=lambda e: e["opened_on"])
+        e = mine[0] if mine else None
+        out.append({**o, "episode": e["episode_id"] if e else None, "opened_on": e["opened_on"] if e else None,
+                    "delay_days": (date.fromisoformat(e["opened_on"]) - date.fromisoformat(o["onset"])).days
+                    if e else None, "round_id": e.get("round_id") if e else None, "detected": e is not None,
+                    "answered": bool(e and e.get("round_id"))})
+    return out
+
+
+def recovery_weeks(series: Mapping[int, float | None], onset_week: int, drop: float = 0.05,
+                   tolerance: float = 0.02) -> dict[str, Any]:
+    """How long a camera's mAP took to come back after a drift.
+
+    Args:
+        series: week -> the camera's true (or control-arm) mAP at the end of that week.
+        onset_week: the week the drift began.
+        drop: a drift "lowered" the mAP when a week from ``onset_week`` on is this far below the week before it.
+        tolerance: recovered when back within this of the pre-onset value.
+
+    Returns:
+        ``{"pre", "lowest", "lowered", "recovered_week", "weeks_to_recover"}`` (None where it does not apply).
+    """
+    pre = series.get(onset_week - 1)
+    after = {w: v for w, v in series.items() if w >= onset_week and v is not None}
+    if pre is None or not after:
+        return {"pre": pre, "lowest": None, "lowered": None, "recovered_week": None, "weeks_to_recover": None}
+    lowest = min(after.values())
+    lowered = lowest <= pre - drop
+    low_week = min(w for w, v in after.items() if v == lowest)
+    rec = next((w for w in sorted(after) if w > low_week and after[w] >= pre - tolerance), None) if lowered else None
+    return {"pre": pre, "lowest": lowest, "lowered": lowered, "recovered_week": rec,
+            "weeks_to_recover": None if rec is None else rec - onset_week}
+
+
+TABLE = (("week", "week"), ("as_of", "as of"), ("weekly_rounds", "weekly"), ("targeted_rounds", "targeted"),
+         ("labels", "labels"), ("episodes_opened", "episodes"), ("golden_map", "golden mAP"),
+         ("control_map", "control mAP"), ("decisions", "gate"), ("fault", "fault"), ("fault_outcome", "faulted run"),
+         ("completed", "week ok"), ("duplicates", "dupl."), ("lost", "lost"))
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, list | tuple):
+        return ", ".join(str(x) for x in v) or "-"
+    return str(v)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The per-week table (markdown)."""
+    head = "| " + " | ".join(h for _, h in TABLE) + " |"
+    sep = "| " + " | ".join("---" for _ in TABLE) + " |"
+    return "\n".join([head, sep] + ["| " + " | ".join(_fmt(r.get(k)) for k, _ in TABLE) + " |" for r in rows])
+
+
+def plot_timeline(rows: Sequence[Mapping[str, Any]], onsets: Sequence[Mapping[str, Any]], start: date,
+                  out: Path) -> Path:
+    """Golden and control mAP by week, episodes opened and faults marked, onsets as vertical lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    wk = [r["week"] for r in rows]
+    ax.plot(wk, [r.get("golden_map") for r in rows], "o-", label="champion golden mAP50-95")
+    ax.plot(wk, [r.get("control_map") for r in rows], "s--", label="control-arm mAP50-95")
+    for r in rows:
+        if r.get("fault"):
+            ax.annotate(f"kill {r['fault']}", (r["week"], 0.05), fontsize=6, rotation=90, color="tab:red")
+    for o in onsets:
+        w = (date.fromisoformat(o["onset"]) - start).days / 7
+        ax.axvline(w, color="grey", lw=0.8, ls=":")
+        ax.text(w, 0.95, o["name"], fontsize=6, rotation=90, va="top")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("week")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The run (real stack)
+# --------------------------------------------------------------------------------------------
+def faulted(fault: Fault | None, stack: Any, fn: Callable[[], Any], log: Callable[[str], None]) -> tuple[str, Any]:
+    """Run ``fn``; with a ``fault``, kill its service ``fault.delay_s`` seconds in (a supervisor restarts it). A
+    run that fails is re-run after ``ensure_up`` until it completes (at most 3 times). Returns
+    ``(outcome of the faulted run, result of the run that completed)``."""
+    from benchmarks.faults import _outcome, service_killer
+    from infra.stack import ensure_up
+
+    timer = None
+    if fault is not None:
+        kill = service_killer(stack, fault.service, RESTART_AFTER_S)
+        timer = threading.Timer(fault.delay_s, kill)
+        timer.daemon = True
+        timer.start()
+    outcome, result = _outcome(fn)
+    if timer is not None:
+        timer.cancel()
+        log(f"fault {fault.service} @ {fault.flow} +{fault.delay_s} s: {outcome}")  # type: ignore[union-attr]
+    tries = 0
+    while not outcome.startswith("completed"):
+        tries += 1
+        if tries > 3:
+            raise RuntimeError(f"{outcome}; still failing after 3 re-runs")
+        time.sleep(RESTART_AFTER_S)
+        ensure_up(stack)
+        outcome2, result = _outcome(fn)
+        if outcome2.startswith("completed"):
+            break
+    return outcome, result
+
+
+def lost_and_duplicated(check_counts: Mapping[str, Any], annotated: int, labelled: int) -> tuple[int, int]:
+    """``(duplicates, lost)`` of one round: duplicate tasks and model versions; frames selected without a task
+    and annotations submitted (``annotated``) that the round's labels report did not pull (``labelled``)."""
+    dup = int(check_counts.get("duplicate_tasks") or 0) + int(check_counts.get("duplicate_versions") or 0)
+    lost = int(check_counts.get("selected_without_task") or 0) + max(0, int(annotated) - int(labelled))
+    return dup, lost
+
+
+def _count(row: dict[str, Any], c: Mapping[str, Any], counts: Mapping[str, int], store: Any, settings: Any,
+           round_id: str) -> None:
+    report = store.get_json(settings.s3.data_bucket, f"rounds/{round_id}/labels_report.json")
+    dup, lost = lost_and_duplicated(c, int(counts.get("annotated", 0)), int(report.get("labelled", 0)))
+    row["duplicates"] += dup
+    row["lost"] += lost
+
+
+def run_soak(settings: Any, weeks: int, spec: Any, seed: int = 0, timeout: float = 3600.0,
+             monitor_days: int = 7, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Set up (world, golden, seed, bootstrap champion) and run ``weeks`` weeks at ``spec``
+    (:class:`flows.demo.DemoSize`). The stack must be up with its runner (``detloop soak`` brings it up)."""
+    from benchmarks.faults import Cell, check
+    from detloop.clients.s3 import S3Store
+    from detloop.world.config import load_world_config
+    from flows.common import DEPLOYMENTS
+    from flows.demo import (
+        START,
+        _run_deployment,
+        bootstrap_champion,
+        default_annotators,
+        label_and_retrain,
+        run_week,
+        setup_world,
+    )
+    from tasks.drift_records import list_episodes
+    from tasks.rounds import list_rounds
+
+    t0 = time.monotonic()
+    base: dict[str, Any] = {"config": str(settings.source)} if settings.source else {}
+    ids = setup_world(settings, spec, weeks, log)
+    bootstrap_champion(settings, spec, "soak", ids["seed"], base, timeout, log)
+    store = S3Store(settings)
+    profile = default_annotators(settings)
+    plan = fault_plan(weeks, seed)
+    world = load_world_config(settings.world_config_path())
+    cell = Cell("soak", str(settings.source), settings)
+    handled: set[str] = set()
+    rows: list[dict[str, Any]] = []
+    for w in range(1, weeks + 1):
+        tw = time.monotonic()
+        fault = plan[w - 1]
+        week_start = START + timedelta(days=7 * (w - 1))
+        row: dict[str, Any] = {"week": w, "as_of": (START + timedelta(days=7 * w)).isoformat(),
+                               "fault": f"{fault.service}@{fault.flow}", "weekly_rounds": 0, "targeted_rounds": 0,
+                               "labels": 0, "decisions": [], "duplicates": 0, "lost": 0, "completed": False}
+        outcomes = []
+        try:
+            for k in range(min(7, monitor_days)):  # the daily monitor, then any drift round it started
+                day = week_start + timedelta(days=k + 1)
+                f = fault if fault.flow == "drift" and fault.day == k else None
+                out, _ = faulted(f, settings, lambda d=day: _run_deployment(
+                    DEPLOYMENTS["drift"], {**base, "as_of": d.isoformat()}, timeout), log)
+                outcomes += [out] if f else []
+                time.sleep(3)  # the automation turns an episode's event into a drift-round run
+                for r in list_rounds(store, settings):
+                    if r.reason == "drift" and r.round_id not in handled:
+                        counts, res = label_and_retrain(settings, r.round_id, base, profile, log, timeout)
+                        handled.add(r.round_id)
+                        row["targeted_rounds"] += 1
+                        row["labels"] += int(counts.get("annotated", 0))
+                        row["decisions"].append(f"drift:{res.get('outcome')}")
+                        _count(row, check(cell, r.round_id, trained=True), counts, store, settings, r.round_id)
+            f = fault if fault.flow == "round" else None
+            out, wrow = faulted(f, settings, lambda w=w: run_week(settings, w, spec, base, store, profile, log, timeout),
+                                log)
+            outcomes += [out] if f else []
+            if wrow is not None:
+                row["weekly_rounds"] = 1
+                row["labels"] += int(wrow.get("annotated") or 0)
+                row["decisions"].append(f"weekly:{wrow.get('decision')}")
+                row["golden_map"] = wrow.get("challenger_map") if wrow.get("decision") == "promoted" else wrow.get(
+                    "champion_map")
+                row["control_map"] = wrow.get("control_champion")
+                c = check(cell, wrow["round"], trained=True)
+                _count(row, c, {"annotated": wrow.get("annotated", 0)}, store, settings, wrow["round"])
+                row["champion_ok"] = c.get("champion_ok")
+            row["completed"] = True
+        except Exception as err:  # the week's failure is the measurement: recorded with its cause, the soak stops
+            row["error"] = f"{type(err).__name__}: {err}"
+            log(f"week {w} did not complete: {row['error']}")
+        row["fault_outcome"] = outcomes[0] if outcomes else "not reached"
+        eps = [e.to_dict() for e in list_episodes(store, settings)]
+        row["episodes_opened"] = sum(week_start.isoformat() < e["opened_on"] <= row["as_of"] for e in eps)
+        row["minutes"] = (time.monotonic() - tw) / 60
+        rows.append(row)
+        log(json.dumps(row, default=str))
+        if not row["completed"]:
+            break
+    end = START + timedelta(days=7 * len(rows))
+    onsets = world_onsets(world, START, end)
+    eps = [e.to_dict() for e in list_episodes(store, settings)]
+    return {"bench": "soak", "weeks_asked": weeks, "weeks_run": len(rows), "size": asdict(spec), "seed": seed,
+            "faults": [asdict(f) for f in plan[: len(rows)]], "rows": rows,
+            "episodes": episode_delays(onsets, eps), "seconds": time.monotonic() - t0}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import argparse
+    import os
+
+    from benchmarks._common import machine_info, utc_now, write_result
+    from detloop.settings import load_settings
+    from infra.stack import ensure_up
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", "-c", default=os.environ.get("DETLOOP_CONFIG") or "configs/test.yaml")
+    ap.add_argument("--weeks", type=int, default=8)
+    ap.add_argument("--frames-per-day", type=int, default=24,
+                    help="production frames per camera-day (the monitor needs drift.min_frames of them)")
+    ap.add_argument("--budget", type=int, default=24, help="frames per weekly round")
+    ap.add_argument("--seed-frames", type=int, default=100, help="bootstrap (seed) set frames")
+    ap.add_argument("--golden-frames", type=int, default=40, help="golden set frames")
+    ap.add_argument("--bootstrap-epochs", type=int, default=None, help="default: training.bootstrap_epochs")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the fault plan")
+    ap.add_argument("--monitor-days", type=int, default=7, help="daily monitor runs per week (7: every day)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "soak.json")
+    ap.add_argument("--plot", type=Path, default=PLOT)
+    a = ap.parse_args(argv)
+    from detloop.offline import apply_offline_env
+    from flows.demo import DemoSize
+    from infra.stack import client_env
+
+    settings = load_settings(a.config)
+    apply_offline_env(settings)
+    ensure_up(settings, print)
+    os.environ.update(client_env(settings))
+    spec = DemoSize(a.frames_per_day, a.seed_frames, a.golden_frames, a.budget, a.bootstrap_epochs)
+    res = run_soak(settings, a.weeks, spec, a.seed, monitor_days=a.monitor_days)
+    from detloop.world.config import load_world_config
+    from flows.demo import START
+
+    world = load_world_config(settings.world_config_path())
+    plot_timeline(res["rows"], world_onsets(world, START, START + timedelta(days=7 * res["weeks_run"])), START,
+                  a.plot)
+    res.update({"when": utc_now(), "machine": machine_info(), "table": markdown_table(res["rows"])})
+    return write_result(a.out, res)
+
+
+if __name__ == "__main__":
+    main()

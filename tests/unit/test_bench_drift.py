@@ -1,0 +1,110 @@
+"""Pure parts of ``detloop bench drift``: signal groups, delays, false alarms, which moved first, cache keys."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from benchmarks.drift import (
+    BenchConfig,
+    day_key,
+    detection,
+    drift_kind,
+    false_alarms,
+    group_rule,
+    group_stats,
+    moved_first,
+    onset_of,
+    targets,
+)
+from detloop.settings import DriftSettings
+from detloop.world.config import load_world_config
+from tasks.drift import CameraDayStats, Stat, verdict
+
+CLASSES = ["disc", "square", "triangle", "ring", "star"]
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _stats() -> CameraDayStats:
+    tests = [Stat("brightness", "ks", 0.9, 1e-9), Stat("contrast", "ks", 0.8, 1e-8),
+             Stat("confidence", "ks", 0.3, 1e-3), Stat("confidence[disc]", "ks", 0.1, 0.5),
+             Stat("embedding", "mmd", 0.2, 1e-3), Stat("log_area", "ks", 0.1, 0.4)]
+    return CameraDayStats("cam1", "2026-03-08", 300, 600, 2000, 4000, "camera", True, tests=tests)
+
+
+def test_groups_keep_only_their_tests_and_judge_alone() -> None:
+    s = _stats()
+    names = {g: [t.name for t in group_stats(s, g).tests] for g in ("confidence", "embedding", "image", "combined")}
+    assert names["image"] == ["brightness:ks", "contrast:ks"]
+    assert names["confidence"] == ["confidence:ks", "confidence[disc]:ks"]
+    assert names["embedding"] == ["embedding:mmd"] and len(names["combined"]) == 6
+    assert len(s.tests) == 6  # the original is not modified
+    cfg = DriftSettings()
+    assert group_rule(cfg, "combined") is cfg
+    assert group_rule(cfg, "embedding").alarm_min_signals == 1
+    assert group_rule(cfg, "image").alarm_min_signals == 2
+    v = {g: verdict(group_stats(s, g), group_rule(cfg, g)).status for g in ("confidence", "embedding", "image")}
+    assert v == {"confidence": "clean", "embedding": "drift", "image": "drift"}  # one confidence test is not two
+
+
+def test_detection_delays_in_days_and_frames() -> None:
+    onset = date(2026, 3, 8)
+    st = {"2026-03-07": "drift", "2026-03-08": "clean", "2026-03-09": "drift", "2026-03-10": "drift"}
+    d = detection(st, "2026-03-10", onset, 300)
+    assert d["first_drift_day"] == "2026-03-09" and d["delay_days"] == 1  # the pre-onset alarm is not a detection
+    assert d["episode_delay_days"] == 2 and d["frames_to_episode"] == 900 and not d["missed"]
+    m = detection({"2026-03-08": "clean"}, None, onset, 300)
+    assert m["missed"] and m["delay_days"] is None and m["frames_to_episode"] is None
+
+
+def test_false_alarms_count_only_judged_stationary_days() -> None:
+    status = {"cam0": {"d1": "clean", "d2": "drift", "d3": "insufficient"}, "cam1": {"d1": "drift", "d2": "drift"}}
+    fa = false_alarms(status, {"cam0": ["d2"], "cam1": ["d2"]}, {"cam0": {"d1", "d2", "d3"}, "cam1": {"d1"}})
+    assert fa["camera_days"] == 3 and fa["drifted_days"] == 2 and fa["episodes"] == 1
+    assert fa["drifted_day_rate"] == pytest.approx(2 / 3) and fa["episode_rate"] == pytest.approx(1 / 3)
+    assert false_alarms({}, {}, {"cam0": {"d1"}})["drifted_day_rate"] is None
+
+
+def test_moved_first_and_drift_kind() -> None:
+    days = ["2026-03-07", "2026-03-08", "2026-03-09", "2026-03-10"]
+    tm = {"2026-03-07": 0.70, "2026-03-08": 0.69, "2026-03-09": 0.60, "2026-03-10": 0.50}
+    early = moved_first(days, {"2026-03-08": "drift"}, tm, 0.70, date(2026, 3, 8))
+    assert early == {"signal_day": "2026-03-08", "map_drop_day": "2026-03-09", "signal_first": True}
+    late = moved_first(days, {"2026-03-10": "drift"}, tm, 0.70, date(2026, 3, 8))
+    assert late["signal_first"] is False
+    flat = moved_first(days, {"2026-03-08": "drift"}, dict.fromkeys(days, 0.7), 0.70, date(2026, 3, 8))
+    assert flat["map_drop_day"] is None and flat["signal_first"] is None
+    assert drift_kind(0.7, 0.6) == "lowers_map" and drift_kind(0.7, 0.68) == "inputs_only"
+    assert drift_kind(None, 0.5) == "unknown"
+
+
+def test_bench_world_onsets_and_cache_keys() -> None:
+    bench = load_world_config(CONFIGS / "world_drift_bench.yaml")
+    still = load_world_config(CONFIGS / "world_stationary.yaml")
+    assert still.drift == [] and [c.id for c in still.cameras] == [c.id for c in bench.cameras]
+    assert onset_of(bench, "cam0") == (None, None, 0)
+    on, name, _ = onset_of(bench, "cam1")
+    assert on == date(2026, 3, 8) and name == "cam1-dim30"
+    assert any(d.ramp_days > 0 for d in bench.drift)
+    cfg = BenchConfig()
+    before, after = date(2026, 3, 7), date(2026, 3, 9)
+    # before the onset both worlds render the same frames: one cache entry; after it they differ
+    assert day_key(bench, CLASSES, "cam1", before, cfg, "m") == day_key(still, CLASSES, "cam1", before, cfg, "m")
+    assert day_key(bench, CLASSES, "cam1", after, cfg, "m") != day_key(still, CLASSES, "cam1", after, cfg, "m")
+    assert day_key(bench, CLASSES, "cam1", before, cfg, "m") != day_key(bench, CLASSES, "cam1", before, cfg, "other")
+
+
+def test_targets_report_reached_and_not_reached() -> None:
+    groups = {"combined": {"drifts": {"cam1-dim30": {"camera": "cam1", "delay_days": 0, "episode_delay_days": 2}},
+                           "false_alarms": {"camera_days": 20, "drifted_day_rate": 0.1, "episode_rate": 0.0}}}
+    lf = {"atc": {"within": 0.5}, "flip": {"within": 0.85}, "combined": {"within": None}}
+    t = targets(groups, {"x": {"kind": "lowers_map"}, "y": {"kind": "inputs_only"}}, lf,
+                BenchConfig(camera_frames={"cam1": 300}))
+    light = t["moderate_lighting_within_1_day"]
+    assert light["reached_first_drift"] and not light["reached_episode"] and light["frames_per_day"] == 300
+    fa = t["false_alarms_le_5pct"]
+    assert not fa["reached_days"] and fa["reached_episodes"]
+    assert t["label_free_within_0.05_ge_80pct"] == {"best_estimator": "flip", "within": 0.85, "reached": True}
+    assert t["lowering_drifts"] == ["x"]

@@ -1,0 +1,118 @@
+"""Label-free accuracy estimates (ATC and flip agreement): hand-computed values, calibration, agreement (pure)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detloop.detections import Detections
+from tasks.label_free import (
+    DayStats,
+    agreement,
+    atc_share,
+    atc_threshold,
+    calibrate,
+    detection_confidences,
+    estimate,
+    flip_agreement,
+)
+
+
+def _dets(boxes: list[list[float]], conf: list[float], cls: list[int]) -> Detections:
+    if not boxes:
+        return Detections.empty()
+    return Detections(xyxy=np.array(boxes, np.float64), confidence=np.array(conf), class_id=np.array(cls))
+
+
+def test_atc_threshold_reproduces_the_calibration_accuracy() -> None:
+    conf = np.linspace(0.3, 0.95, 101)
+    for target in (0.2, 0.5, 0.73, 0.9):
+        t = atc_threshold(conf, target)
+        assert atc_share(conf, t) == pytest.approx(target, abs=0.5 / conf.size + 1e-9)  # k of M detections: within half a detection
+    assert np.isnan(atc_threshold(np.zeros(0), 0.5)) and np.isnan(atc_share(np.zeros(0), 0.5))
+    assert np.isnan(atc_share(conf, float("nan")))
+
+
+def test_atc_estimate_falls_when_confidences_fall() -> None:
+    rng = np.random.default_rng(0)
+    source = rng.beta(6, 2, 2000)  # confident champion
+    cal = calibrate(DayStats(source, np.full(50, 0.9)), 0.7)
+    same = estimate(DayStats(rng.beta(6, 2, 2000), np.full(50, 0.9)), cal)
+    unsure = estimate(DayStats(rng.beta(3, 3, 2000), np.full(50, 0.9)), cal)
+    assert same["atc"] == pytest.approx(0.7, abs=0.03)
+    assert unsure["atc"] < 0.4  # a shifted day: the estimate moves with the confidences
+    assert same["flip"] == pytest.approx(0.7)  # flip agreement unchanged -> calibration mAP
+
+
+def test_flip_agreement_hand_computed() -> None:
+    a = _dets([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], [0.9, 0.8, 0.1], [0, 1, 2])
+    # matches box 0 (IoU 0.82) and box 1 only in class 0 -> no match; the 0.1 box is below min_confidence
+    b = _dets([[1, 0, 11, 10], [20, 20, 30, 30]], [0.7, 0.6], [0, 0])
+    assert flip_agreement(a, b, 0.25) == pytest.approx(2 * 1 / (2 + 2))
+    assert flip_agreement(a, a, 0.25) == 1.0
+    assert flip_agreement(Detections.empty(), Detections.empty(), 0.25) == 1.0
+    assert flip_agreement(a, Detections.empty(), 0.25) == 0.0
+    assert np.isnan(flip_agreement(a, None, 0.25))
+    far = _dets([[0, 0, 10, 10]], [0.9], [0])
+    shifted = _dets([[6, 0, 16, 10]], [0.9], [0])  # IoU 0.25 < 0.5
+    assert flip_agreement(far, shifted, 0.25) == 0.0
+    assert flip_agreement(far, shifted, 0.25, iou=0.2) == 1.0
+
+
+def test_greedy_matching_takes_each_box_once() -> None:
+    a = _dets([[0, 0, 10, 10], [1, 0, 11, 10]], [0.9, 0.9], [0, 0])
+    b = _dets([[0, 0, 10, 10]], [0.9], [0])
+    assert flip_agreement(a, b, 0.25) == pytest.approx(2 * 1 / 3)
+
+
+def test_day_stats_and_calibration_from_detections() -> None:
+    d = [_dets([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.2], [0, 1]), _dets([], [], [])]
+    f = [d[0], None]
+    s = DayStats.of(d, f, 0.25)
+    assert s.confidences == pytest.approx([0.9]) and np.isnan(s.flip[1]) and s.flip[0] == 1.0
+    assert s.mean_flip == 1.0
+    assert detection_confidences(d, 0.1) == pytest.approx([0.9, 0.2])
+    cal = calibrate(s, 0.6)
+    assert cal.map50 == 0.6 and cal.flip == 1.0 and cal.n_frames == 2
+    half = DayStats(np.array([0.9]), np.array([0.5, np.nan]))
+    e = estimate(half, cal)
+    assert e["flip"] == pytest.approx(0.3) and e["combined"] == pytest.approx((e["atc"] + 0.3) / 2)
+
+
+def test_agreement_counts_within_tolerance_and_skips_nan() -> None:
+    a = agreement([0.5, 0.62, 0.9, float("nan")], [0.52, 0.55, 0.7, 0.3])
+    assert a["n"] == 3 and a["within"] == pytest.approx(1 / 3)
+    assert a["mae"] == pytest.approx((0.02 + 0.07 + 0.2) / 3)
+    assert a["pearson_r"] == pytest.approx(float(np.corrcoef([0.5, 0.62, 0.9], [0.52, 0.55, 0.7])[0, 1]))
+    assert agreement([], [])["n"] == 0
+
+
+def test_the_monitor_calibrates_atc_on_the_pooled_control_frames_and_estimates_each_camera_day() -> None:
+    from detloop.settings import load_settings
+    from flows.drift import DriftRun, atc_estimate
+    from tasks.drift import Features
+    from tasks.live_accuracy import LiveAccuracy, LivePoint, atc_calibration
+
+    s = load_settings("configs/test.yaml", overrides={"drift": {"live_rounds": 1, "min_confidence": 0.25}})
+    preds = [_dets([[0, 0, 9, 9]], [c], [0]) for c in (0.3, 0.5, 0.7, 0.9, 0.95)]
+    sources = ["round:a", "round:b", "round:b", "round:b", "round:b"]  # only the last round is pooled
+    overall = LivePoint("pooled", "all", 4, 4, map=0.4, map50=0.5)
+    t = atc_calibration(preds, sources, ["round:a", "round:b"], set(), overall, s)
+    assert t is not None and atc_share(np.array([0.5, 0.7, 0.9, 0.95], np.float32), t) == pytest.approx(0.5)
+    assert atc_calibration(preds, sources, ["round:a", "round:b"], {"round:b"}, overall, s) is None  # no frames
+    assert atc_calibration(preds, sources, ["round:b"], set(), None, s) is None  # no live mAP yet
+
+    live = LiveAccuracy("1", None, 0.9, atc_threshold=0.8)
+    f = Features.empty()
+    day = Features(np.array(["cam0", "cam0", "cam1"]), np.array(["2026-01-20"] * 3), np.zeros(3), np.zeros(3),
+                   np.array([2, 1, 1]), None, np.array([0, 0, 1, 2]), np.array([0.9, 0.3, 0.85, 0.4]),
+                   np.zeros(4, np.int64), np.zeros(4))
+    run = DriftRun("2026-01-21", ["2026-01-20"], "1", {}, f, {}, {}, {"2026-01-20": day}, live=live)
+    assert atc_estimate(run, "cam0", "2026-01-20") == pytest.approx(2 / 3)  # 0.9, 0.85 of 0.9, 0.3, 0.85
+    assert atc_estimate(run, "cam1", "2026-01-20") == 0.0
+    assert atc_estimate(run, "cam0", None) is None
+    run.live = LiveAccuracy("1", None, 0.9)  # no calibration (e.g. no labelled control arm yet)
+    assert atc_estimate(run, "cam0", "2026-01-20") is None
+    assert LiveAccuracy.from_dict(live.to_dict()).atc_threshold == 0.8
+    assert LiveAccuracy.from_dict({k: v for k, v in live.to_dict().items() if k != "atc_threshold"}).atc_threshold \
+        is None  # a live record cached before the field existed still loads

@@ -1,0 +1,84 @@
+"""Pure parts of the soak (``detloop soak``) and the CLI wiring of ``bench drift`` / ``soak``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from benchmarks.__main__ import bench_app
+from benchmarks.soak import (
+    FAULT_FLOWS,
+    FAULT_SERVICES,
+    episode_delays,
+    fault_plan,
+    lost_and_duplicated,
+    markdown_table,
+    recovery_weeks,
+    world_onsets,
+)
+from cli.main import app
+from detloop.world.config import load_world_config
+
+WORLD = Path(__file__).resolve().parents[2] / "configs" / "world.yaml"
+
+
+def test_fault_plan_one_fault_per_week_seeded() -> None:
+    plan = fault_plan(8, seed=3)
+    assert [f.week for f in plan] == list(range(1, 9))
+    assert plan == fault_plan(8, seed=3) and plan != fault_plan(8, seed=4)
+    assert all(f.service in FAULT_SERVICES and f.flow in FAULT_FLOWS and 0 <= f.day <= 6 for f in plan)
+    assert all(f.day == 6 and f.delay_s <= 300 for f in plan if f.flow == "round")  # the round: the last day
+    assert all(f.delay_s <= 20 for f in plan if f.flow == "drift")
+    assert len({f.service for f in fault_plan(40, 0)}) == len(FAULT_SERVICES)  # every service gets its turn
+
+
+def test_world_onsets_of_the_demo_world_mid_run() -> None:
+    world = load_world_config(WORLD)
+    on = world_onsets(world, date(2026, 1, 5), date(2026, 3, 2))
+    names = {(o["name"], o["camera"]) for o in on}
+    assert ("cam1-dusk", "cam1") in names and ("new camera cam4", "cam4") in names
+    assert ("cam2-zoom-out", "cam2") in names
+    assert sum(o["name"] == "more-stars" for o in on) == len(world.cameras)  # every camera
+    assert world_onsets(world, date(2026, 1, 5), date(2026, 1, 18)) == []  # nothing drifts in the first two weeks
+
+
+def test_episode_delays_detected_answered_missed() -> None:
+    onsets = [{"name": "dusk", "camera": "cam1", "onset": "2026-01-19"},
+              {"name": "zoom", "camera": "cam2", "onset": "2026-02-09"}]
+    eps = [{"episode_id": "e0", "opened_on": "2026-01-10", "cameras": ["cam1"], "round_id": "r0"},  # before onset
+           {"episode_id": "e1", "opened_on": "2026-01-20", "cameras": ["cam1", "cam3"], "round_id": "r1"}]
+    d = episode_delays(onsets, eps)
+    assert d[0]["episode"] == "e1" and d[0]["delay_days"] == 1 and d[0]["answered"]
+    assert not d[1]["detected"] and d[1]["delay_days"] is None and not d[1]["answered"]
+
+
+def test_recovery_weeks() -> None:
+    r = recovery_weeks({2: 0.70, 3: 0.60, 4: 0.66, 5: 0.69}, onset_week=3)
+    assert r["lowered"] and r["lowest"] == 0.60 and r["recovered_week"] == 5 and r["weeks_to_recover"] == 2
+    assert recovery_weeks({2: 0.70, 3: 0.68}, 3)["lowered"] is False
+    assert recovery_weeks({2: 0.70, 3: 0.60, 4: 0.61}, 3)["weeks_to_recover"] is None  # not back (yet)
+    assert recovery_weeks({3: 0.6}, 3)["lowered"] is None  # no week before the onset
+
+
+def test_lost_and_duplicated_and_table() -> None:
+    assert lost_and_duplicated({"duplicate_tasks": 1, "duplicate_versions": 0, "selected_without_task": 2}, 10, 9) \
+        == (1, 3)
+    assert lost_and_duplicated({}, 5, 7) == (0, 0)  # more labels pulled than submitted now is not a loss
+    t = markdown_table([{"week": 1, "golden_map": 0.41234, "decisions": ["weekly:promoted"], "completed": True}])
+    lines = t.splitlines()
+    assert len(lines) == 3 and "| 1 |" in lines[2] and "0.412" in lines[2] and "weekly:promoted" in lines[2]
+
+
+def test_detloop_soak_and_bench_drift_forward_to_the_benchmarks(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    seen: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "call", lambda argv: seen.append(argv) or 0)
+    res = CliRunner().invoke(app, ["soak", "--weeks", "2"])
+    assert res.exit_code == 0 and seen == [[sys.executable, "-m", "benchmarks", "soak", "--weeks", "2"]]
+    out = CliRunner().invoke(bench_app, ["--help"]).output
+    assert " drift " in out and " soak " in out
+    h = CliRunner().invoke(bench_app, ["drift", "--", "--help"])
+    assert h.exit_code == 0 and "--frames-per-day" in h.output and "--stationary" in h.output
