@@ -456,8 +456,10 @@ def _load_rgb(path: str) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
-def ensure_artifact(model: str | Path, class_names: Sequence[str], input_size: int, work_dir: Path) -> Path:
-    """A scoring-artifact directory for ``model`` (an artifact dir, a dir with ``model.onnx``, or a ``.pt``)."""
+def ensure_artifact(model: str | Path, class_names: Sequence[str], input_size: int, work_dir: Path,
+                    head: str = "one2many") -> Path:
+    """A scoring-artifact directory for ``model`` (an artifact dir, a dir with ``model.onnx``, or a ``.pt``
+    exported with ``head``, :func:`tasks.export.export_scoring_artifact`)."""
     from tasks.export import ONNX_NAME, export_scoring_artifact
 
     p = Path(model)
@@ -466,8 +468,8 @@ def ensure_artifact(model: str | Path, class_names: Sequence[str], input_size: i
     if p.is_dir() and (p / "scoring" / ONNX_NAME).is_file():
         return p / "scoring"
     if p.is_file() and p.suffix == ".pt":
-        return export_scoring_artifact(p, work_dir / f"artifact-{p.stem}-{abs(hash(str(p))) % 10**8}",
-                                       list(class_names), input_size)
+        return export_scoring_artifact(p, work_dir / f"artifact-{p.stem}-{head}-{abs(hash(str(p))) % 10**8}",
+                                       list(class_names), input_size, head=head)
     raise DataError(f"no scoring artifact or .pt weights at {model}")
 
 
@@ -504,14 +506,14 @@ def predict_items(artifact: Path, items: Sequence[EvalItem], settings: Any, batc
     (``model.nms``, and ``model.tiling`` of each frame's camera); only the confidence floor differs:
     ``model.conf_threshold``, low enough for AP.
     """
-    from detloop.postprocess import decode_inputs
+    from detloop.postprocess import decode_inputs, for_head
     from detloop.preprocess import to_tensors
     from tasks.export import open_session, read_meta, run_onnx
 
     meta = read_meta(artifact)
     sess = open_session(artifact, settings.training.threads)
     ms = settings.model
-    params = eval_decode(ms)
+    params = for_head(eval_decode(ms), meta.head)
     out: list[Detections] = []
     for i in range(0, len(items), batch):
         inputs = [read_for_model(it.image, meta.input_size, ms.fast_decode, ms.tile_spec(it.camera))
@@ -575,7 +577,7 @@ def evaluate(
     from detloop.datasets import file_sha256
     from tasks.export import ONNX_NAME
 
-    art = ensure_artifact(model, settings.classes, settings.model.input_size, work)
+    art = ensure_artifact(model, settings.classes, settings.model.input_size, work, settings.model.export_head)
     report = EvalReport(model=label or str(model), slices={}, artifact=str(art),
                         artifact_sha256=file_sha256(Path(art) / ONNX_NAME))
     preds_by_slice: dict[str, list[Detections]] = {}
@@ -608,12 +610,14 @@ def evaluate_pair(
     import tempfile
 
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="detloop-eval-"))
-    ch_art = ensure_artifact(challenger, settings.classes, settings.model.input_size, work / "challenger")
+    ch_art = ensure_artifact(challenger, settings.classes, settings.model.input_size, work / "challenger",
+                             settings.model.export_head)
     ch = evaluate(ch_art, slices, settings, work, labels[0])
     cp = None
     arts = [ch_art]
     if champion is not None:
-        cp_art = ensure_artifact(champion, settings.classes, settings.model.input_size, work / "champion")
+        cp_art = ensure_artifact(champion, settings.classes, settings.model.input_size, work / "champion",
+                                 settings.model.export_head)
         cp = evaluate(cp_art, slices, settings, work, labels[1])
         arts.append(cp_art)
     frames = [it.image for sl in slices[:1] for it in sl.items][: settings.evaluation.latency_frames]
