@@ -124,6 +124,7 @@ _BENCHES: dict[str, tuple[str, str | None, list[str]]] = {
     "labelstudio": ("labelstudio_io", "all", ["tasks", "push_s", "pull_convert_s"]),
     "faults": ("faults", "all", ["lost_total", "champion_always_ok", "seconds"]),
     "postprocessing": ("postprocessing", None, ["verdicts", "seconds"]),
+    "arch": ("arch", None, ["verdicts", "seconds"]),
 }
 
 
@@ -179,6 +180,15 @@ def bench_postprocessing(ctx: typer.Context) -> None:
     bootstrap intervals: `python -m benchmarks.postprocessing`; other options go there (`--data data.yaml`,
     `--weights best.pt`; `detloop bench postprocessing -- --help`). Needs no stack."""
     _run("postprocessing", list(ctx.args), None)
+
+
+@bench_app.command("arch", context_settings=_PASS)
+def bench_arch(ctx: typer.Context) -> None:
+    """Model families (issue 20): YOLO11n vs YOLO26n (NMS and NMS-free) vs a P2 variant, trained from scratch with
+    the same budget: mAP, crowded AP/AR, small AP (paired bootstrap), ONNX CPU ms/frame, training min/epoch:
+    `python -m benchmarks.arch`; other options go there (`--archs`, `--epochs`; `detloop bench arch -- --help`).
+    Needs no stack."""
+    _run("arch", list(ctx.args), None)
 
 
 @bench_app.command("all")
