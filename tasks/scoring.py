@@ -157,6 +157,8 @@ class TorchScorer:
         except Exception as err:  # ultralytics raises assorted types on bad files
             raise DataError(f"cannot load model weights {weights}: {err}") from err
         self.model = yolo.model.float().eval()
+        if getattr(self.model.model[-1], "one2one_cv2", None) is not None:  # YOLO26: its one-to-many head, (B, 4+C, A)
+            self.model.model[-1].end2end = False
         names = yolo.names
         cn = list(class_names) if class_names else [names[i] for i in sorted(names)]
         self.meta = ScoringArtifactMeta(class_names=cn, input_size=input_size, stride=int(self.model.stride.max()))
