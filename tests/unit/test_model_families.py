@@ -114,3 +114,9 @@ def test_family_trains_exports_scores_evaluates_gates_and_serves(
     np.testing.assert_array_equal(np.asarray(served["class_ids"], np.int64), scored.class_id)
     assert scored.class_scores is not None and scored.class_scores.shape == (len(scored), len(CLASSES))
     assert len(scored) <= s.model.max_det
+
+    if nms_free and arch == "yolo26n.yaml":  # a fine-tune from the champion keeps the family and both heads
+        ft = train(dataset, s, registry, res.weights, f"ft-{arch}", epochs=1, store=store, parent_version=version)
+        assert registry.client.get_run(ft.run_id).data.params["arch"] == arch
+        head = torch.load(ft.weights, map_location="cpu", weights_only=False)["model"].model[-1]
+        assert head.one2one_cv2 is not None and head.cv2 is not None
