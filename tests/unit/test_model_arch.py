@@ -135,8 +135,10 @@ def test_yolo26_nms_free_export_keeps_class_vectors_of_ultralytics_one_to_one_he
         np.testing.assert_allclose(ours[a], row[:4], atol=2e-3)
         assert raw[0, 4 + int(row[5]), a] == pytest.approx(row[4], abs=1e-4)
     d = decode_one(raw[0], Letterbox.compute(128, 128, 128), for_head(DecodeParams(0.0, 0.6, 100, 100000), "one2one"))
-    np.testing.assert_allclose(d.xyxy[0], e2e[0, :4].clip(0, 128), atol=2e-3)  # boxes are clipped to the frame
-    assert d.class_id[0] == int(e2e[0, 5]) and d.confidence[0] == pytest.approx(e2e[0, 4], abs=1e-4)
+    assert d.confidence[0] == pytest.approx(e2e[0, 4], abs=1e-4)  # the same best score (anchors may tie on it)
+    same = np.abs(d.xyxy - e2e[0, :4].clip(0, 128)).sum(1) < 1e-2  # our boxes are clipped to the frame
+    assert same.any() and d.class_id[same][0] == int(e2e[0, 5])
+    assert d.confidence[same][0] == pytest.approx(e2e[0, 4], abs=1e-4)
     assert d.class_scores is not None and d.class_scores.shape == (len(d), len(CLASSES))
 
 
