@@ -128,6 +128,7 @@ _BENCHES: dict[str, tuple[str, str | None, list[str]]] = {
     "loss-tta": ("loss_tta", None, ["seconds_total"]),
     "drift": ("drift", None, ["targets", "seconds"]),
     "soak": ("soak", None, ["weeks_run", "episodes", "seconds"]),
+    "arch": ("arch", None, ["verdicts", "seconds"]),
 }
 
 
@@ -214,6 +215,13 @@ def bench_soak(ctx: typer.Context) -> None:
     `python -m benchmarks.soak --weeks N` (also `detloop soak`); it brings its config's stack up itself
     (`--config`, default $DETLOOP_CONFIG or configs/test.yaml); `detloop bench soak -- --help`."""
     _run("soak", list(ctx.args), None)
+@bench_app.command("arch", context_settings=_PASS)
+def bench_arch(ctx: typer.Context) -> None:
+    """Model families (issue 20): YOLO11n vs YOLO26n (NMS and NMS-free) vs a P2 variant, trained from scratch with
+    the same budget: mAP, crowded AP/AR, small AP (paired bootstrap), ONNX CPU ms/frame, training min/epoch:
+    `python -m benchmarks.arch`; other options go there (`--archs`, `--epochs`; `detloop bench arch -- --help`).
+    Needs no stack."""
+    _run("arch", list(ctx.args), None)
 
 
 @bench_app.command("all")

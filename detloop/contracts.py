@@ -114,7 +114,8 @@ class ScoringArtifactMeta(_Plain):
     The ONNX model takes ``images``: float32 ``(B, 3, S, S)`` RGB in [0, 1], letterboxed (pad 114,
     centred) to ``input_size``; it returns ``raw``: ``(B, 4 + C, A)`` (cx, cy, w, h in input pixels,
     then C independent sigmoid class scores) and ``embedding``: ``(B, D)`` (global-average-pooled neck
-    features).
+    features). ``head`` is the branch exported: ``one2many`` (YOLOv8/11 and YOLO26's NMS head; decoded with
+    ``model.nms``) or ``one2one`` (YOLO26's NMS-free head before its top-k; decoded by top-k, no NMS).
     """
 
     class_names: list[str]
@@ -126,6 +127,7 @@ class ScoringArtifactMeta(_Plain):
     outputs: dict[str, str] = field(default_factory=lambda: {"raw": "raw", "embedding": "embedding"})
     registry_version: str | None = None
     model_name: str | None = None
+    head: str = "one2many"
 
 
 RoundStatus = Literal["open", "completed", "closed_partial", "trained"]

@@ -4,7 +4,8 @@ Production scoring (:mod:`tasks.scoring`), evaluation (:mod:`tasks.evaluation`) 
 model (:mod:`detloop.serving`) decode with :func:`decode_raw`, so the boxes the gate measured are the boxes
 scoring and serving produce. The overlap resolution (``model.nms``: hard NMS, Gaussian or linear soft-NMS) and
 the merging of a tiled frame's boxes (``model.tiling``, :mod:`detloop.tiling`) are here, once:
-:func:`decode_inputs` is what all three call.
+:func:`decode_inputs` is what all three call. A YOLO26 artifact exported NMS-free (``meta.json`` ``head:
+one2one``, ``model.nms_free``) is decoded by top-k instead of NMS (:func:`for_head`), by all three alike.
 
 The raw head of one image is ``(4 + C, A)``: per anchor ``cx, cy, w, h`` in model-input pixels followed by C
 independent sigmoid class scores. :meth:`detloop.detections.Detections.from_yolo_raw` is the pure-numpy
@@ -35,8 +36,9 @@ class DecodeParams:
         max_det: detections kept per frame after NMS.
         max_candidates: highest-scoring candidates per frame that enter NMS.
         nms: ``hard`` (greedy NMS deletes a box overlapping a better one of its class by more than
-            ``iou_threshold``), ``gaussian`` (soft-NMS: scores decay by ``exp(-iou^2 / sigma)``) or ``linear``
-            (scores decay by ``1 - iou`` above ``iou_threshold``).
+            ``iou_threshold``), ``gaussian`` (soft-NMS: scores decay by ``exp(-iou^2 / sigma)``), ``linear``
+            (scores decay by ``1 - iou`` above ``iou_threshold``) or ``topk`` (no NMS: the ``max_det`` best
+            candidates; the decode of a one-to-one head, set by :func:`for_head`, never configured).
         sigma: Gaussian soft-NMS decay.
         score_floor: soft-NMS drops boxes whose decayed score falls below this.
     """
@@ -48,6 +50,21 @@ class DecodeParams:
     nms: str = "hard"
     sigma: float = 0.5
     score_floor: float = 0.001
+
+
+TOPK = "topk"
+
+
+def for_head(p: DecodeParams, head: str) -> DecodeParams:
+    """The decode of an artifact whose ``meta.json`` says ``head``: a one-to-one (NMS-free) head is decoded by
+    top-k (its training already suppressed duplicates), a one-to-many head with ``p`` as configured."""
+    from dataclasses import replace
+
+    if head == "one2one":
+        return replace(p, nms=TOPK)
+    if head != "one2many":
+        raise ValueError(f"unknown head {head!r} in the artifact's meta.json (one2many or one2one)")
+    return p
 
 
 def flip_raw(raw: np.ndarray, size: int) -> np.ndarray:
@@ -82,7 +99,10 @@ def decode_raw(raw: np.ndarray, lb: Letterbox, conf_threshold: float, iou_thresh
     cx, cy, w, h = raw[0, cand], raw[1, cand], raw[2, cand], raw[3, cand]
     xywh = np.stack([cx - w / 2, cy - h / 2, w, h], axis=1).astype(np.float64)
     xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-    if nms == "hard":
+    if nms == TOPK:  # NMS-free: the best max_det candidates, highest first
+        keep = np.argsort(-cf, kind="stable")[:max_det]
+        score = cf[keep]
+    elif nms == "hard":
         keep = np.asarray(cv2.dnn.NMSBoxesBatched(xywh, cf, cid, 0.0, float(iou_threshold), top_k=int(max_det)),
                           np.int64).reshape(-1)[:max_det]
         score = cf[keep]
@@ -122,7 +142,8 @@ def decode_tiled(raw: np.ndarray, letterboxes: Sequence[Letterbox], tiles: Seque
     cs = np.concatenate([d.class_scores if d.class_scores is not None else np.zeros((len(d), nc), np.float32)
                          for d in parts])
     tile_index = np.concatenate([np.full(len(d), k, np.int64) for k, d in enumerate(parts)])
-    rows, boxes, scores = merge_tiles(xyxy, conf, cid, tile_index, tiles, width, height, method=p.nms,
+    method = "hard" if p.nms == TOPK else p.nms  # tiles' duplicates of one object need an overlap rule
+    rows, boxes, scores = merge_tiles(xyxy, conf, cid, tile_index, tiles, width, height, method=method,
                                       iou_threshold=p.iou_threshold, sigma=p.sigma, score_floor=p.score_floor,
                                       ios_threshold=ios_threshold, max_keep=p.max_det)
     boxes = boxes.copy()

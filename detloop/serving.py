@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from detloop.detections import Detections
-from detloop.postprocess import DecodeParams, decode_inputs
+from detloop.postprocess import DecodeParams, decode_inputs, for_head
 from detloop.tiling import TileSpec
 
 SERVING_CONFIG = "serving.json"
@@ -130,9 +130,9 @@ class Detector:
         from detloop.preprocess import load_frame_for_model, to_tensors
 
         p = dict(params or {})
-        decode = replace(self.config.decode, **{k: type(getattr(self.config.decode, k))(p[k])
-                                                for k in ("conf_threshold", "iou_threshold", "max_det")
-                                                if p.get(k) is not None})
+        decode = for_head(replace(self.config.decode, **{k: type(getattr(self.config.decode, k))(p[k])
+                                                         for k in ("conf_threshold", "iou_threshold", "max_det")
+                                                         if p.get(k) is not None}), self.meta.head)
         size = int(self.meta.input_size)
         cams = list(cameras) if cameras is not None else [None] * len(images)
         prepared = [load_frame_for_model(bytes(b), size, self.config.fast_decode,

@@ -364,7 +364,18 @@ class TtaSettings(_Model):
 
 
 class ModelSettings(_Model):
-    arch: str = Field("yolo11n.yaml", description="Ultralytics model YAML the bootstrap model starts from.")
+    arch: str = Field(
+        "yolo11n.yaml",
+        description="Model family the bootstrap trains from scratch (detloop/model_arch.py): yolo11<s>.yaml, "
+        "yolo11n-p2.yaml (a stride-4 level for small objects), yolo26<s>.yaml, yolo26<s>-p2.yaml (<s>: n, s, m, l, "
+        "x). A fine-tune keeps its champion's family.",
+    )
+    nms_free: bool = Field(
+        False,
+        description="YOLO26 only: export the one-to-one head and decode it by top-k of the per-anchor top score "
+        "instead of NMS (class vectors kept); false: its one-to-many head with `nms`. Refused for arch without a "
+        "one-to-one head, with backend torch and with tiling.",
+    )
     input_size: int = Field(320, ge=32, le=4096, multiple_of=32, description="Model input size (pixels, square).")
     conf_threshold: float = Field(0.001, ge=0.0, le=1.0, description="Minimum score kept by NMS when scoring.")
     max_det: int = Field(100, ge=1, le=10000, description="Maximum detections per frame.")
@@ -396,6 +407,35 @@ class ModelSettings(_Model):
     nms: NmsSettings = Field(default_factory=NmsSettings)
     tiling: TilingSettings = Field(default_factory=TilingSettings)
     tta: TtaSettings = Field(default_factory=TtaSettings)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from detloop.model_arch import parse_arch
+
+        parse_arch(v)  # ValueError names the choices
+        return v
+
+    @model_validator(mode="after")
+    def _nms_free_where_it_makes_sense(self) -> ModelSettings:
+        from detloop.model_arch import parse_arch
+
+        if not self.nms_free:
+            return self
+        if not parse_arch(self.arch).end2end:
+            raise ValueError(f"nms_free: true needs an arch with a one-to-one head (yolo26*), got arch {self.arch}")
+        if self.backend != "onnx":
+            raise ValueError("nms_free: true needs backend onnx (the torch fallback runs the one-to-many head)")
+        tiled = [c for c in self.tiling.cameras if self.tiling.for_camera(c).enabled]
+        if self.tiling.enabled or tiled:
+            raise ValueError("nms_free: true cannot be combined with tiling (tiles' duplicates need NMS); "
+                             f"tiling enabled{' for cameras ' + ', '.join(tiled) if tiled else ''}")
+        return self
+
+    @property
+    def export_head(self) -> str:
+        """The head a new scoring artifact exports: ``one2one`` (NMS-free) or ``one2many`` (decoded with ``nms``)."""
+        return "one2one" if self.nms_free else "one2many"
 
     @model_validator(mode="before")
     @classmethod

@@ -461,10 +461,11 @@ def _load_rgb(path: str) -> np.ndarray:
 
 
 def ensure_artifact(model: str | Path, class_names: Sequence[str], input_size: int, work_dir: Path,
-                    dynamic_hw: bool = False) -> Path:
-    """A scoring-artifact directory for ``model`` (an artifact dir, a dir with ``model.onnx``, or a ``.pt``;
-    ``dynamic_hw``: a ``.pt`` is exported with dynamic height and width, for TTA at other scales, and so is a
-    registered model directory whose artifact has a fixed size but whose ``weights/best.pt`` is there)."""
+                    dynamic_hw: bool = False, head: str = "one2many") -> Path:
+    """A scoring-artifact directory for ``model`` (an artifact dir, a dir with ``model.onnx``, or a ``.pt``
+    exported with ``head``, :func:`tasks.export.export_scoring_artifact`; ``dynamic_hw``: a ``.pt`` is exported
+    with dynamic height and width, for TTA at other scales, and so is a registered model directory whose
+    artifact has a fixed size but whose ``weights/best.pt`` is there)."""
     import json
 
     from tasks.export import META_NAME, ONNX_NAME, export_scoring_artifact
@@ -480,8 +481,8 @@ def ensure_artifact(model: str | Path, class_names: Sequence[str], input_size: i
             return p / "scoring"
     if p.is_file() and p.suffix == ".pt":
         return export_scoring_artifact(
-            p, work_dir / f"artifact-{p.stem}-{abs(hash(str(p))) % 10**8}{'-dynhw' if dynamic_hw else ''}",
-            list(class_names), input_size, dynamic_hw=dynamic_hw)
+            p, work_dir / f"artifact-{p.stem}-{head}-{abs(hash(str(p))) % 10**8}{'-dynhw' if dynamic_hw else ''}",
+            list(class_names), input_size, dynamic_hw=dynamic_hw, head=head)
     raise DataError(f"no scoring artifact or .pt weights at {model}")
 
 
@@ -518,14 +519,14 @@ def predict_items(artifact: Path, items: Sequence[EvalItem], settings: Any, batc
     (``model.nms``, and ``model.tiling`` of each frame's camera); only the confidence floor differs:
     ``model.conf_threshold``, low enough for AP.
     """
-    from detloop.postprocess import decode_inputs
+    from detloop.postprocess import decode_inputs, for_head
     from detloop.preprocess import to_tensors
     from tasks.export import open_session, read_meta, run_onnx
 
     meta = read_meta(artifact)
     sess = open_session(artifact, settings.training.threads)
     ms = settings.model
-    params = eval_decode(ms)
+    params = for_head(eval_decode(ms), meta.head)
     infer = lambda b: run_onnx(sess, b)  # noqa: E731
     if ms.tta.evaluation:  # offline TTA (model.tta): the views' boxes merged by model.nms in decode_inputs
         from detloop.tta import check_input_shape, tta_infer, views
@@ -597,7 +598,7 @@ def evaluate(
     from tasks.export import ONNX_NAME
 
     art = ensure_artifact(model, settings.classes, settings.model.input_size, work,
-                          settings.model.tta.needs_dynamic_hw)
+                          settings.model.tta.needs_dynamic_hw, settings.model.export_head)
     report = EvalReport(model=label or str(model), slices={}, artifact=str(art),
                         artifact_sha256=file_sha256(Path(art) / ONNX_NAME))
     preds_by_slice: dict[str, list[Detections]] = {}
@@ -631,13 +632,13 @@ def evaluate_pair(
 
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="detloop-eval-"))
     ch_art = ensure_artifact(challenger, settings.classes, settings.model.input_size, work / "challenger",
-                             settings.model.tta.needs_dynamic_hw)
+                             settings.model.tta.needs_dynamic_hw, settings.model.export_head)
     ch = evaluate(ch_art, slices, settings, work, labels[0])
     cp = None
     arts = [ch_art]
     if champion is not None:
         cp_art = ensure_artifact(champion, settings.classes, settings.model.input_size, work / "champion",
-                                 settings.model.tta.needs_dynamic_hw)
+                                 settings.model.tta.needs_dynamic_hw, settings.model.export_head)
         cp = evaluate(cp_art, slices, settings, work, labels[1])
         arts.append(cp_art)
     frames = [it.image for sl in slices[:1] for it in sl.items][: settings.evaluation.latency_frames]

@@ -42,31 +42,44 @@ def _load_detection_model(weights_pt: Path) -> Any:
     return yolo.model.float().cpu()
 
 
-def _build_wrapper(det_model: Any, dynamic_hw: bool = False) -> Any:
-    """A ``torch.nn.Module`` returning ``(raw, embedding)`` for a fused copy of ``det_model``
-    (``dynamic_hw``: the head recomputes its anchors from each input's shape)."""
+HEADS = ("one2many", "one2one")
+
+
+def _build_wrapper(det_model: Any, head: str = "one2many") -> Any:
+    """A ``torch.nn.Module`` returning ``(raw, embedding)`` for a fused copy of ``det_model``.
+
+    ``raw`` is ``(B, 4 + C, A)`` (cx, cy, w, h in input pixels, C sigmoid class scores) of the chosen branch:
+    ``one2many`` (YOLOv8/11, and YOLO26's NMS head) or ``one2one`` (YOLO26's NMS-free head, before its top-k).
+    The boxes are decoded here (anchors, strides, DFL) rather than by the head's own inference, which returns
+    corner boxes after a top-k for end-to-end heads and would drop the class vectors.
+    """
     import copy
 
     import torch
     from ultralytics.nn.modules import C2f, Detect
+    from ultralytics.utils.tal import dist2bbox, make_anchors
 
+    if head not in HEADS:
+        raise DataError(f"scoring export head must be one of {HEADS}, got {head!r}")
     model = copy.deepcopy(det_model).float().cpu()
+    det = model.model[-1]
+    if not isinstance(det, Detect):
+        raise DataError(f"scoring export needs a Detect head, got {type(det).__name__}")
+    has_o2o = getattr(det, "one2one_cv2", None) is not None
+    if head == "one2one" and not has_o2o:
+        raise DataError("model.nms_free needs a model with a one-to-one head (YOLO26); this checkpoint has none "
+                        "(set model.nms_free: false)")
+    if has_o2o and det.cv2 is None and head == "one2many":
+        raise DataError("this checkpoint's one-to-many head was removed by fusion: export it with model.nms_free")
+    if has_o2o:
+        det.end2end = head == "one2one"  # fuse keeps the selected branch and drops the other
     model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
     model.eval()
-    head = model.model[-1]
-    if not isinstance(head, Detect):
-        raise DataError(f"scoring export needs a Detect head, got {type(head).__name__}")
-    if getattr(head, "end2end", False):
-        raise DataError("scoring export needs a one-to-many head (YOLOv8/11); end-to-end heads have no score vectors")
+    det = model.model[-1]
+    branch = det.one2one if head == "one2one" else det.one2many
     for m in model.modules():
         if isinstance(m, C2f):
             m.forward = m.forward_split
-        if isinstance(m, Detect):
-            m.dynamic = dynamic_hw
-            m.export = True
-            m.format = "onnx"
-            m.xyxy = False
-            m.shape = None  # cached anchors would freeze the anchor count
 
     class ScoringWrapper(torch.nn.Module):
         def __init__(self, inner: Any):
@@ -81,10 +94,13 @@ def _build_wrapper(det_model: Any, dynamic_hw: bool = False) -> Any:
                     x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
                 x = m(x)
                 y.append(x if m.i in self.save else None)
-            head = self.layers[-1]
-            feats = [x if j == -1 else y[j] for j in head.f]
+            d = self.layers[-1]
+            feats = [x if j == -1 else y[j] for j in d.f]
             emb = torch.cat([torch.nn.functional.adaptive_avg_pool2d(f, 1).flatten(1) for f in feats], 1)
-            raw = head(list(feats))
+            p = d.forward_head(list(feats), **branch)
+            anchors, strides = (a.transpose(0, 1) for a in make_anchors(feats, d.stride, 0.5))
+            box = dist2bbox(d.dfl(p["boxes"]), anchors.unsqueeze(0), xywh=True, dim=1) * strides
+            raw = torch.cat((box, p["scores"].sigmoid()), 1)
             return raw, emb
 
     wrapper = ScoringWrapper(model)
@@ -100,6 +116,7 @@ def export_scoring_artifact(
     registry_version: str | None = None,
     model_name: str | None = None,
     dynamic_hw: bool = False,
+    head: str = "one2many",
 ) -> Path:
     """Export ``model.onnx`` (raw head + embedding) and ``meta.json`` into ``out_dir``.
 
@@ -112,6 +129,8 @@ def export_scoring_artifact(
         model_name: optional registered model name recorded in the metadata.
         dynamic_hw: height and width dynamic as well as the batch (test-time augmentation at other scales);
             at size S the boxes equal the fixed-size export's.
+        head: ``one2many`` (decoded with NMS) or ``one2one`` (YOLO26 NMS-free, decoded by top-k): the branch
+            exported, recorded in ``meta.json`` (``model.export_head`` of the settings).
 
     Returns:
         ``out_dir`` (containing ``model.onnx`` and ``meta.json``).
@@ -124,12 +143,13 @@ def export_scoring_artifact(
 
     weights_pt = Path(weights_pt)
     with building_dir(out_dir) as out:  # out_dir appears only when model.onnx and meta.json are both complete
-        _export_into(weights_pt, out, class_names, input_size, registry_version, model_name, dynamic_hw)
+        _export_into(weights_pt, out, class_names, input_size, registry_version, model_name, dynamic_hw, head)
     return Path(out_dir)
 
 
 def _export_into(weights_pt: Path, out: Path, class_names: Sequence[str], input_size: int,
-                 registry_version: str | None, model_name: str | None, dynamic_hw: bool = False) -> None:
+                 registry_version: str | None, model_name: str | None, dynamic_hw: bool = False,
+                 head: str = "one2many") -> None:
     import torch
 
     det_model = _load_detection_model(weights_pt)
@@ -142,7 +162,7 @@ def _export_into(weights_pt: Path, out: Path, class_names: Sequence[str], input_
     stride = int(max(det_model.stride.tolist())) if hasattr(det_model, "stride") else 32
     if input_size % stride:
         raise DataError(f"input_size {input_size} is not a multiple of the model stride {stride}")
-    wrapper = _build_wrapper(det_model, dynamic_hw)
+    wrapper = _build_wrapper(det_model, head)
     dummy = torch.zeros(1, 3, input_size, input_size, dtype=torch.float32)
     with torch.no_grad():
         raw, emb = wrapper(dummy)
@@ -168,6 +188,7 @@ def _export_into(weights_pt: Path, out: Path, class_names: Sequence[str], input_
         embedding_dim=int(emb.shape[1]),
         registry_version=registry_version,
         model_name=model_name,
+        head=head,
     )
     meta_dict = meta.to_dict()
     meta_dict["num_anchors"] = int(raw.shape[2])  # at input_size
@@ -219,29 +240,36 @@ def open_session(artifact_dir: str | Path, threads: int | None = None) -> Any:
 
 
 def make_random_weights(path: Path, class_names: list[str], seed: int = 0, bias_mean: float = -2.0,
-                        bias_std: float = 2.0) -> Path:
-    """Save a randomly initialised YOLO11n ``.pt`` whose class biases are spread (scores cover (0, 1))."""
+                        bias_std: float = 2.0, arch: str = "yolo11n.yaml") -> Path:
+    """Save a randomly initialised ``arch`` (``model.arch`` names) ``.pt`` whose class biases are spread (scores
+    cover (0, 1)), in both heads of a YOLO26."""
     import torch
     from ultralytics import YOLO
     from ultralytics.nn.tasks import DetectionModel
 
+    from detloop.model_arch import arch_source
+
     torch.manual_seed(seed)
-    m = DetectionModel("yolo11n.yaml", nc=len(class_names), verbose=False)
+    src = arch_source(arch)
+    m = DetectionModel(src, nc=len(class_names), verbose=False)
     m.names = dict(enumerate(class_names))
+    head = m.model[-1]
     with torch.no_grad():
-        for seq in m.model[-1].cv3:
-            seq[-1].bias.normal_(bias_mean, bias_std)
-    y = YOLO("yolo11n.yaml")
+        for cv3 in (head.cv3, getattr(head, "one2one_cv3", None) or []):
+            for seq in cv3:
+                seq[-1].bias.normal_(bias_mean, bias_std)
+    y = YOLO(src)
     y.model = m
     path.parent.mkdir(parents=True, exist_ok=True)
     y.save(str(path))
     return path
 
 
-def make_random_artifact(out_dir: Path, class_names: list[str], input_size: int, seed: int = 0) -> Path:
+def make_random_artifact(out_dir: Path, class_names: list[str], input_size: int, seed: int = 0,
+                         arch: str = "yolo11n.yaml", head: str = "one2many") -> Path:
     """Random weights exported as a scoring artifact directory (``model.onnx`` + ``meta.json``): a model that
     runs through every path (scoring, evaluation, registry) without training, for tests and benchmarks."""
     if (out_dir / "model.onnx").is_file() and (out_dir / "meta.json").is_file():
         return out_dir
-    pt = make_random_weights(out_dir.parent / f"{out_dir.name}.pt", class_names, seed)
-    return export_scoring_artifact(pt, out_dir, class_names, input_size)
+    pt = make_random_weights(out_dir.parent / f"{out_dir.name}.pt", class_names, seed, arch=arch)
+    return export_scoring_artifact(pt, out_dir, class_names, input_size, head=head)

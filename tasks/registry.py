@@ -102,7 +102,8 @@ def _build_model_dir(weights: Path, out_dir: Path, settings: Settings, report: A
         shutil.copytree(scoring_dir, out_dir / "scoring")
     else:
         export_scoring_artifact(weights, out_dir / "scoring", settings.classes, settings.model.input_size,
-                                dynamic_hw=settings.model.tta.needs_dynamic_hw)  # TTA scales need dynamic HW
+                                dynamic_hw=settings.model.tta.needs_dynamic_hw,  # TTA scales need dynamic HW
+                                head=settings.model.export_head)
     thresholds = dict(report.thresholds) if report is not None and report.thresholds else {
         c: settings.selection.conf_threshold for c in settings.classes}
     (out_dir / "thresholds.json").write_text(json.dumps(

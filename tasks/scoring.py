@@ -34,7 +34,7 @@ import numpy as np
 from detloop.contracts import FrameRef, Quarantined, ScoredFrame, ScoringArtifactMeta
 from detloop.detections import Detections
 from detloop.errors import DataError, NotFound
-from detloop.postprocess import DecodeParams, decode_inputs, flip_raw
+from detloop.postprocess import DecodeParams, decode_inputs, flip_raw, for_head
 from detloop.preprocess import DEFAULT_MAX_PIXELS, FrameInput, load_frame_for_model, to_tensors
 from detloop.settings import ModelSettings, Settings
 from detloop.tiling import TileSpec
@@ -157,6 +157,8 @@ class TorchScorer:
         except Exception as err:  # ultralytics raises assorted types on bad files
             raise DataError(f"cannot load model weights {weights}: {err}") from err
         self.model = yolo.model.float().eval()
+        if getattr(self.model.model[-1], "one2one_cv2", None) is not None:  # YOLO26: its one-to-many head, (B, 4+C, A)
+            self.model.model[-1].end2end = False
         names = yolo.names
         cn = list(class_names) if class_names else [names[i] for i in sorted(names)]
         self.meta = ScoringArtifactMeta(class_names=cn, input_size=input_size, stride=int(self.model.stride.max()))
@@ -386,7 +388,7 @@ def score_decoded(
     t = timings if timings is not None else {}
     inputs = [d.input for d in batch]
     x = to_tensors([m.image for f in inputs for m in f.parts], reuse=True)
-    p = scoring_decode(ms)
+    p = for_head(scoring_decode(ms), scorer.meta.head)
     t0 = time.perf_counter()
     raw, emb = scorer.infer(x)
     t1 = time.perf_counter()
@@ -404,7 +406,7 @@ def score_decoded(
     if committee is not None:
         t3 = time.perf_counter()
         raw_c, _ = committee.infer(x)
-        com_dets = list(decode_inputs(raw_c, inputs, p))
+        com_dets = list(decode_inputs(raw_c, inputs, for_head(scoring_decode(ms), committee.meta.head)))
         t["committee"] = t.get("committee", 0.0) + (time.perf_counter() - t3)
     embs = frame_embeddings(emb, inputs)
     out = []

@@ -480,6 +480,7 @@ def _train_locked(
     tags: dict[str, str] | None, dataset_version: str | None, parent_version: str | None, epochs: int | None,
     registry: Any, counts: dict[str, int], held: Any,
 ) -> TrainResult:
+    from detloop.model_arch import arch_source
     from detloop.offline import ensure_ultralytics_fonts, yolo_config_dir
 
     tc = settings.training
@@ -493,6 +494,8 @@ def _train_locked(
         "classes": ",".join(settings.classes), "device": tc.device,
         **cls_loss_params(tc.cls_loss),
     }
+    if bootstrap:  # a bootstrap of another family is another model (a fine-tune's family is its checkpoint's)
+        params["arch"] = settings.model.arch
     ihash = input_hash(data_yaml, init_weights, params)
     reg = registry
     base = settings.data_dir / "training"
@@ -536,7 +539,7 @@ def _train_locked(
         ensure_ultralytics_fonts(settings)
         spec = TrainSpec(
             data=str(Path(data_yaml).resolve()),
-            model=str(Path(init_weights).resolve()) if init_weights else settings.model.arch,
+            model=str(Path(init_weights).resolve()) if init_weights else arch_source(settings.model.arch),
             pretrained=str(Path(init_weights).resolve()) if init_weights else False,
             epochs=n_epochs, imgsz=settings.model.input_size, batch=tc.batch, nbs=tc.nbs,
             optimizer=tc.optimizer, lr0=params["lr0"], workers=tc.workers, threads=threads, device=tc.device,

@@ -97,7 +97,7 @@ def test_scoring_with_the_tta_scorer_merges_views_into_the_scored_frame() -> Non
     from tasks.scoring import DecodedFrame, score_decoded
 
     class Blob:
-        meta = type("M", (), {"stride": 32, "input_size": S})()
+        meta = type("M", (), {"stride": 32, "input_size": S, "head": "one2many"})()
         name, concurrent = "blob", True
 
         def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +151,7 @@ class _StaticSession:
 
 
 class _Fake:
-    meta = type("M", (), {"stride": 32})()
+    meta = type("M", (), {"stride": 32, "head": "one2many"})()
     name = "fake-v1"
     concurrent = True
     session = _StaticSession()
