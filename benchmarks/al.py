@@ -98,7 +98,8 @@ class BenchConfig:
             instead of writing the annotator's labels directly; not part of the run key (same labels).
         label_studio_project: title of that Label Studio project (default ``detloop-bench-<run key>``).
         retire_control_after: the default arm's control frames of round k join its training set at round
-            ``k + retire_control_after`` (after serving the live estimate; None: never).
+            ``k + retire_control_after``, after serving the live estimate of their window (None: the configured
+            ``selection.control_pool_rounds``, as the loop does; 0: never).
     """
 
     arms: list[str] = field(default_factory=lambda: list(MAIN_ARMS))
@@ -126,7 +127,7 @@ class BenchConfig:
     bootstrap_weights: str | None = None
     via_label_studio: bool = False
     label_studio_project: str | None = None
-    retire_control_after: int | None = 1
+    retire_control_after: int | None = None
 
     def run_key(self) -> str:
         """Hash of what changes results (not arms, seeds or rounds: those only add cached files)."""
@@ -401,6 +402,14 @@ class Runner:
         self.log(f"world data ready in {time.time() - t0:.1f} s: {self.root / 'data'}")
         return d
 
+    @property
+    def retire_after(self) -> int | None:
+        """Rounds a control frame serves the live estimate before it retires into training (None: never)."""
+        after = self.cfg.retire_control_after
+        if after is None:
+            return self.settings.selection.control_pool_rounds
+        return after or None
+
     def frames(self, split: str) -> Frames:
         if split not in self._frames:
             self._frames[split] = Frames(getattr(self.data, split), self.cfg.imgsz)
@@ -614,7 +623,7 @@ class Runner:
                 trained += rec["new_frames_idx"]
                 control_all += rec["control_idx"]
                 retired += rec.get("retired_control_idx", [])
-                for k in retiring_controls(ctl_rounds, r, self.cfg.retire_control_after):
+                for k in retiring_controls(ctl_rounds, r, self.retire_after):
                     ctl_rounds.pop(k)
                     ctl_actions.pop(k, None)
                 ctl_rounds[r] = rec["control_idx"]
@@ -663,7 +672,7 @@ class Runner:
                 if kind == "new":
                     labelled_counts = labelled_counts + np.bincount(ann.class_id, minlength=nc)
             # control frames retire into training once they served their window's live estimate
-            retire_now = retiring_controls(ctl_rounds, r, self.cfg.retire_control_after)
+            retire_now = retiring_controls(ctl_rounds, r, self.retire_after)
             ret_act = LabelActions()
             for k in sorted(retire_now):
                 ret_act = ret_act + ctl_actions.get(k, LabelActions())

@@ -339,6 +339,14 @@ class SelectionSettings(_Model):
     committee_alias: str = Field(
         "previous-champion", description="Registry alias of the previous champion (committee strategy)."
     )
+    control_retire: bool = Field(
+        True, description="Control frames join the training set once they have served the live-accuracy estimate "
+        "of their window (their labels are not paid twice over); off: never trained on.",
+    )
+    control_retire_after: int | None = Field(
+        None, ge=1, le=104, description="Rounds a control frame serves before it retires into training (its round "
+        "and the next N - 1); None: max(control_pool_rounds, drift.live_rounds).",
+    )
     cost: SelectionCostSettings = Field(default_factory=SelectionCostSettings)
     regime: RegimeSettings = Field(default_factory=RegimeSettings)
     rare_search: RareSearchSettings = Field(default_factory=RareSearchSettings)
