@@ -182,7 +182,7 @@ class FakeLabelStudio(_Switch):
                 anns = t["annotations"]
                 row = {"id": tid, "data": t["data"], "total_annotations": sum(not a["was_cancelled"] for a in anns),
                        "cancelled_annotations": sum(a["was_cancelled"] for a in anns)}
-                if include and "predictions" in include.split(","):
+                if fields == "all" or (include and "predictions" in include.split(",")):
                     row["predictions"] = t["predictions"]
                 yield row
 

@@ -183,8 +183,8 @@ def annotate_pending(
     if project is None:
         raise DataError(f"no Label Studio project titled {settings.label_studio.project_title!r} at {ls.url}")
     filters = [data_filter("round_id", round_id)] if round_id else []
-    pending = [t for t in ls.iter_tasks(project.id, filters, fields="task_only",
-                                        include="id,data,predictions,total_annotations,cancelled_annotations")
+    # full tasks: the predictions (the pre-annotations the cost model prices) come whole only with fields=all
+    pending = [t for t in ls.iter_tasks(project.id, filters, fields="all")
                if not int(t.get("total_annotations") or 0) and not int(t.get("cancelled_annotations") or 0)]
     pending.sort(key=lambda t: int(t["id"]))
     if profile.throughput is not None:
