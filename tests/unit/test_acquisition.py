@@ -154,3 +154,11 @@ def test_rare_class_search_reserves_frames_and_reports_them() -> None:
     off = select(frames, [10, 10, 3], sel(budget=4, rare_search={"enabled": False}), class_names=["a", "b", "r"],
                  num_classes=C, class_exemplars=ex)
     assert frames[8].frame.key not in [f.frame.key for f in off.selected]
+
+
+def test_the_champions_golden_map50_tag_is_read_as_its_quality() -> None:
+    from tasks.registry import _float_tag
+
+    assert _float_tag({"detloop.golden_map50": "0.4123"}, "detloop.golden_map50") == pytest.approx(0.4123)
+    assert _float_tag({}, "detloop.golden_map50") is None  # a version registered before the tag: unknown
+    assert _float_tag({"detloop.golden_map50": "n/a"}, "detloop.golden_map50") is None
