@@ -94,11 +94,11 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def typicality(embeddings: np.ndarray, k: int, reference: int, seed: int = 0) -> np.ndarray:
+def typicality(embeddings: np.ndarray, k: int, reference: int, seed: int = 0, block: int = 8192) -> np.ndarray:
     """Density of each frame among the pool: mean cosine similarity to its ``k`` nearest reference frames.
 
     The reference is a seeded uniform sample of ``min(reference, F)`` pool frames (a frame is never its own
-    neighbour), so the cost is ``O(F x reference x D)``.
+    neighbour), so the cost is ``O(F x reference x D)``, computed ``block`` rows at a time.
 
     Args:
         embeddings: ``(F, D)``.
@@ -112,11 +112,18 @@ def typicality(embeddings: np.ndarray, k: int, reference: int, seed: int = 0) ->
         return np.ones(n)
     rng = np.random.default_rng([seed, 104729])
     ref = np.sort(rng.choice(n, size=min(reference, n), replace=False))
-    sims = x @ x[ref].T  # (F, R)
-    sims[ref, np.arange(len(ref))] = -np.inf
+    pos = np.full(n, -1, np.int64)  # column of each reference frame (its own similarity is left out)
+    pos[ref] = np.arange(len(ref))
     kk = max(1, min(k, len(ref) - 1))
-    top = -np.partition(-sims, kk - 1, axis=1)[:, :kk]
-    return top.mean(axis=1).astype(np.float64)
+    out = np.empty(n, np.float64)
+    xr = x[ref].T
+    for a in range(0, n, block):  # (block, R) float32 at a time: 8,192 x 1,000 = 33 MB, not F x R
+        sims = x[a : a + block] @ xr
+        rows = np.arange(len(sims))
+        own = pos[a : a + block]
+        sims[rows[own >= 0], own[own >= 0]] = -np.inf
+        out[a : a + block] = (-np.partition(-sims, kk - 1, axis=1)[:, :kk]).mean(axis=1)
+    return out
 
 
 def never_detected(det_class: np.ndarray, labelled_counts: Sequence[int] | np.ndarray | None,

@@ -162,3 +162,8 @@ def test_the_champions_golden_map50_tag_is_read_as_its_quality() -> None:
     assert _float_tag({"detloop.golden_map50": "0.4123"}, "detloop.golden_map50") == pytest.approx(0.4123)
     assert _float_tag({}, "detloop.golden_map50") is None  # a version registered before the tag: unknown
     assert _float_tag({"detloop.golden_map50": "n/a"}, "detloop.golden_map50") is None
+
+
+def test_typicality_is_the_same_computed_in_blocks() -> None:
+    x = np.random.default_rng(3).standard_normal((50, 6)).astype(np.float32)
+    np.testing.assert_allclose(typicality(x, 4, 20, seed=1, block=7), typicality(x, 4, 20, seed=1), rtol=1e-6)
