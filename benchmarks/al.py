@@ -47,6 +47,7 @@ from benchmarks.al_data import AnnotatorNoise, BenchData, BenchFrame, annotate, 
 from benchmarks.al_metrics import Curve, efficiency_ci, final_summary, mean_curve
 from detloop.detections import Detections
 from detloop.errors import DataError
+from detloop.label_cost import count_actions
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -55,7 +56,8 @@ RANDOM = "random"
 MAIN_ARMS = ("random", "entropy_sum", "entropy_kcenter", "default")
 EXTRA_ARMS = ("least_confidence_max", "margin_max")
 QUICK_ARMS = ("random", "entropy_sum", "default")
-AXES = ("frames", "boxes", "frames_paid", "boxes_paid")
+AXES = ("frames", "boxes", "frames_paid", "boxes_paid", "seconds", "seconds_paid")
+COUNT_AXES = AXES[:4]  # counted when a round runs; the seconds axes are priced from action counts on load
 COLD_START_MAP50 = 0.3  # below this bootstrap mAP50 the comparison is flagged as cold start
 NOT_IN_KEY = ("via_label_studio", "label_studio_project")  # how labels travel, not what they are
 
@@ -95,6 +97,9 @@ class BenchConfig:
         via_label_studio: label the paid frames through the configured stack's Label Studio (and S3)
             instead of writing the annotator's labels directly; not part of the run key (same labels).
         label_studio_project: title of that Label Studio project (default ``detloop-bench-<run key>``).
+        retire_control_after: the default arm's control frames of round k join its training set at round
+            ``k + retire_control_after``, after serving the live estimate of their window (None: the configured
+            ``selection.control_pool_rounds``, as the loop does; 0: never).
     """
 
     arms: list[str] = field(default_factory=lambda: list(MAIN_ARMS))
@@ -122,6 +127,7 @@ class BenchConfig:
     bootstrap_weights: str | None = None
     via_label_studio: bool = False
     label_studio_project: str | None = None
+    retire_control_after: int | None = None
 
     def run_key(self) -> str:
         """Hash of what changes results (not arms, seeds or rounds: those only add cached files)."""
@@ -144,7 +150,8 @@ class BenchConfig:
         run that only changes budget, fine-tune epochs/lr or annotator noise reuses the bootstrap models."""
         d = asdict(self)
         for k in ("arms", "seeds", "rounds", "work_dir", "timeout_minutes", "metric", "rare_class", "threads",
-                  "budget", "epochs", "finetune_lr0", "finetune_warmup_epochs", "noise", *NOT_IN_KEY):
+                  "budget", "epochs", "finetune_lr0", "finetune_warmup_epochs", "noise", "retire_control_after",
+                  *NOT_IN_KEY):
             d.pop(k)
         if self.bootstrap_weights:
             p = Path(self.bootstrap_weights)
@@ -221,6 +228,26 @@ def curves_from_records(records: Sequence[dict[str, Any]], axis: str, metric: st
     x = [r["cumulative"][axis] for r in recs]
     y = [metric_value(r["metrics"], metric) for r in recs]
     return Curve(np.array(x, float), np.array([np.nan if v is None else v for v in y], float))
+
+
+def retiring_controls(control_rounds: dict[int, list[int]], r: int, after: int | None) -> list[int]:
+    """Rounds whose control frames retire into training at round ``r``: those of round ``k <= r - after``
+    (they served the live-accuracy estimate of rounds ``k .. k + after - 1``); none when ``after`` is None."""
+    if after is None:
+        return []
+    return sorted(k for k in control_rounds if k <= r - after)
+
+
+def price(rec: dict[str, Any], cost: Any) -> dict[str, Any]:
+    """``rec`` with ``cumulative.seconds`` / ``seconds_paid``: its cumulative action counts (trained / paid)
+    priced at ``cost`` (:class:`~detloop.settings.LabellingCostSettings`), so prices can change without a re-run."""
+    from detloop.label_cost import LabelActions
+
+    acts = rec.get("cumulative_actions") or {}
+    cum = dict(rec["cumulative"])
+    for axis, part in (("seconds", "trained"), ("seconds_paid", "paid")):
+        cum[axis] = round(LabelActions(**acts[part]).seconds(cost), 1) if part in acts else 0.0
+    return {**rec, "cumulative": cum}
 
 
 def metric_value(m: dict[str, Any], key: str) -> float | None:
@@ -379,6 +406,14 @@ class Runner:
         self.log(f"world data ready in {time.time() - t0:.1f} s: {self.root / 'data'}")
         return d
 
+    @property
+    def retire_after(self) -> int | None:
+        """Rounds a control frame serves the live estimate before it retires into training (None: never)."""
+        after = self.cfg.retire_control_after
+        if after is None:
+            return self.settings.selection.control_pool_rounds
+        return after or None
+
     def frames(self, split: str) -> Frames:
         if split not in self._frames:
             self._frames[split] = Frames(getattr(self.data, split), self.cfg.imgsz)
@@ -437,7 +472,7 @@ class Runner:
         t0 = time.time()
         metrics = evaluate_weights(last, d, self.frames("eval"), self.settings, self.cfg.threads)
         rec = {"arm": "bootstrap", "seed": seed, "round": 0, "metrics": metrics,
-               "cumulative": dict.fromkeys(AXES, 0), "train_seconds": round(secs, 1),
+               "cumulative": dict.fromkeys(COUNT_AXES, 0), "train_seconds": round(secs, 1),
                "eval_seconds": round(time.time() - t0, 1), "load_avg": round(os.getloadavg()[0], 2)}
         self._save(rec, last)
         self.log(f"seed {seed}: bootstrap mAP50-95 {metrics['map']:.4f} mAP50 {metrics['map50']:.4f} ({secs:.0f} s)")
@@ -455,8 +490,61 @@ class Runner:
                                       ms.scoring_max_candidates, self.cfg.threads, True)
         return self._scored[key]
 
+    def pre_annotations(self, weights: Path, idx: Sequence[int]) -> list[Detections]:
+        """What the labeller is shown on pool frames ``idx``: ``weights``' boxes above the selection's
+        ``conf_threshold`` (the product pre-annotates every task of a round, control frames too)."""
+        if not idx:
+            return []
+        ms, thr = self.settings.model, self.settings.selection.conf_threshold
+        if str(weights) in self._scored:
+            dets = [self._scored[str(weights)][0][i] for i in idx]
+        else:
+            dets, _ = infer(weights, self.frames("pool"), idx, ms.scoring_conf_threshold, ms.nms.iou_threshold,
+                            ms.max_det, ms.scoring_max_candidates, self.cfg.threads, False)
+        return [dt[dt.confidence >= thr] for dt in dets]
+
+    def champion_quality(self, arm: str, seed: int, r: int, weights: Path, control_seen: Sequence[int],
+                         last: dict[str, Any]) -> float | None:
+        """The current model's mAP50 on frames it never trained on, as the product knows it: on the control
+        frames ``control_seen`` (labelled, not yet retired into training; when >= 20), else its evaluation-set
+        mAP50 (the golden set's role)."""
+        if arm != "default":
+            return None
+        from tasks.evaluation import compute_metrics
+
+        ctl = list(control_seen)
+        if len(ctl) >= 20:
+            dets, _ = self._score_pool(weights)
+            pool = self.data.pool
+            sm = compute_metrics("bench-control", [pool[i].truth for i in ctl], [dets[i] for i in ctl],
+                                 self.data.classes, [pool[i].camera for i in ctl], min_instances=1)
+            return float(sm.overall.map50)
+        return float(last["metrics"]["map50"])
+
+    def exemplars(self, weights: Path, labelled: Sequence[int]) -> dict[int, np.ndarray]:
+        """Class -> ``(n, D)`` embeddings (by ``weights``) of labelled frames (seed set + ``labelled`` pool
+        frames) holding that class."""
+        ms = self.settings.model
+        _, emb_pool = self._score_pool(weights)
+        key = f"seed-emb|{weights}"
+        if key not in self._scored:
+            self._scored[key] = infer(weights, self.frames("seed"), range(len(self.data.seed)),
+                                      ms.scoring_conf_threshold, ms.nms.iou_threshold, ms.max_det,
+                                      ms.scoring_max_candidates, self.cfg.threads, True)
+        _, emb_seed = self._scored[key]
+        if emb_pool is None or emb_seed is None:
+            return {}
+        rows = [(f.truth.class_id, emb_seed[j]) for j, f in enumerate(self.data.seed)]
+        rows += [(self.data.pool[i].truth.class_id, emb_pool[i]) for i in labelled]
+        out: dict[int, list[np.ndarray]] = {}
+        for cls, e in rows:
+            for c in set(int(c) for c in cls):
+                out.setdefault(c, []).append(e)
+        return {c: np.stack(v) for c, v in out.items()}
+
     def _choose(self, arm: str, seed: int, r: int, weights: Path, unlabelled: list[int],
-                class_counts: np.ndarray) -> tuple[list[int], list[int], dict[str, Any]]:
+                class_counts: np.ndarray, quality: float | None = None, labelled: Sequence[int] = (),
+                ) -> tuple[list[int], list[int], dict[str, Any]]:
         """(pool indices to train on, control indices labelled but not trained on, info)."""
         from detloop.contracts import FrameRef, ScoredFrame
         from tasks.selection import select
@@ -469,13 +557,25 @@ class Runner:
         pool = self.data.pool
         frames = [ScoredFrame(FrameRef("bench", pool[i].name, "", pool[i].camera, ""), pool[i].width,
                               pool[i].height, dets[i], None if emb is None else emb[i]) for i in unlabelled]
+        extra: dict[str, Any] = {}
+        if arm == "default":  # the configured selection with everything the product gives it
+            from tasks.acquisition import never_detected
+
+            thr = sel.conf_threshold
+            det_cls = np.concatenate([dets[i].class_id[dets[i].confidence >= thr] for i in unlabelled]
+                                     + [np.zeros(0, np.int64)])
+            ex = (self.exemplars(weights, labelled) if sel.rare_search.enabled
+                  and never_detected(det_cls, class_counts, len(self.data.classes)) else None)
+            extra = {"cost": self.settings.labelling_cost, "champion_quality": quality, "class_exemplars": ex}
         res = select(frames, class_counts, sel, round_seed=r, class_names=self.data.classes,
-                     num_classes=len(self.data.classes))
+                     num_classes=len(self.data.classes), **extra)
         by_name = {pool[i].name: i for i in unlabelled}
         chosen = [by_name[f.frame.key] for f in res.selected]
         control = [by_name[f.frame.key] for f in res.control]
         return chosen, control, {"strategy": res.report["strategy"], "notes": res.notes,
-                                 "selection_settings": sel.model_dump(mode="json")}
+                                 "selection_settings": sel.model_dump(mode="json"),
+                                 "regime": res.report.get("regime"), "rare_search": res.report.get("rare_search"),
+                                 "cost": res.report.get("cost")}
 
     def oracle(self) -> Any:
         """The Label Studio oracle of ``--via-label-studio`` (built on first use)."""
@@ -514,14 +614,27 @@ class Runner:
         seed_counts = np.bincount(np.concatenate([f.truth.class_id for f in d.seed] + [np.zeros(0, np.int64)]),
                                   minlength=nc)
         labelled_counts = seed_counts.copy()
-        cum = dict.fromkeys(AXES, 0)
+        cum = dict.fromkeys(COUNT_AXES, 0)
+        from detloop.label_cost import LabelActions
+
+        acts = {"trained": LabelActions(), "paid": LabelActions()}
+        ctl_rounds: dict[int, list[int]] = {}  # round -> its control frames (retire into training later)
+        ctl_actions: dict[int, LabelActions] = {}
+        retired: list[int] = []
         for r in range(1, self.cfg.rounds + 1):
             rec = self.load_record(arm, seed, r)
             if rec is not None:
                 trained += rec["new_frames_idx"]
                 control_all += rec["control_idx"]
+                retired += rec.get("retired_control_idx", [])
+                for k in retiring_controls(ctl_rounds, r, self.retire_after):
+                    ctl_rounds.pop(k)
+                    ctl_actions.pop(k, None)
+                ctl_rounds[r] = rec["control_idx"]
+                ctl_actions[r] = LabelActions(**rec.get("actions_control", {}))
                 labelled_counts = np.array(rec["labelled_class_counts"])
                 cum = rec["cumulative"]
+                acts = {k: LabelActions(**v) for k, v in rec.get("cumulative_actions", {}).items()} or acts
                 weights = self.weights_path(arm, seed, r)
                 recs.append(rec)
                 continue
@@ -531,7 +644,10 @@ class Runner:
             if arm == CONTROL:
                 new, control, info = [], [], {}
             else:
-                new, control, info = self._choose(arm, seed, r, weights, unlabelled, labelled_counts)
+                live = [i for k in sorted(ctl_rounds) for i in ctl_rounds[k]]  # labelled, not trained on yet
+                quality = self.champion_quality(arm, seed, r, weights, live, recs[-1])
+                new, control, info = self._choose(arm, seed, r, weights, unlabelled, labelled_counts, quality,
+                                                  trained)
             t_sel = time.time() - t0
             # the annotator labels every chosen frame (control too: it is paid for)
             lbl_dir = arm_dir / "labelled" / "labels"
@@ -540,24 +656,50 @@ class Runner:
             img_dir.mkdir(parents=True, exist_ok=True)
             drawn = {"new": 0, "control": 0}
             labels, how = self.label(arm, seed, r, new, control)
+            pre = self.pre_annotations(weights, [*new, *control])
+            act_new, act_ctl = LabelActions(), LabelActions()
             for k, ann in enumerate(labels):
                 kind = "new" if k < len(new) else "control"
                 drawn[kind] += len(ann)
+                i = (new[k] if kind == "new" else control[k - len(new)])
+                a = count_actions(pre[k], ann, self.settings.labelling_cost)
                 if kind == "new":
-                    f = d.pool[new[k]]
-                    link = img_dir / labelled_name(f)
-                    if not link.exists():
-                        link.symlink_to(Path(f.image).resolve())
-                    (lbl_dir / f"{Path(labelled_name(f)).stem}.txt").write_text(ann.to_yolo_txt(f.width, f.height))
+                    act_new = act_new + a
+                else:
+                    act_ctl = act_ctl + a
+                f = d.pool[i]
+                link = img_dir / labelled_name(f)
+                if not link.exists():
+                    link.symlink_to(Path(f.image).resolve())
+                # control labels are written too: they join training when the frame retires (never before)
+                (lbl_dir / f"{Path(labelled_name(f)).stem}.txt").write_text(ann.to_yolo_txt(f.width, f.height))
+                if kind == "new":
                     labelled_counts = labelled_counts + np.bincount(ann.class_id, minlength=nc)
+            # control frames retire into training once they served their window's live estimate
+            retire_now = retiring_controls(ctl_rounds, r, self.retire_after)
+            ret_act = LabelActions()
+            for k in sorted(retire_now):
+                ret_act = ret_act + ctl_actions.get(k, LabelActions())
+            retire_idx = [i for k in sorted(retire_now) for i in ctl_rounds.pop(k)]
+            for k in retire_now:
+                ctl_actions.pop(k, None)
+            retired += retire_idx
+            ctl_rounds[r] = list(control)
+            ctl_actions[r] = act_ctl
             trained += new
             control_all += control
             truth_new = int(sum(len(d.pool[i].truth) for i in new))
             truth_ctl = int(sum(len(d.pool[i].truth) for i in control))
-            cum = {"frames": cum["frames"] + len(new), "boxes": cum["boxes"] + truth_new,
+            truth_ret = int(sum(len(d.pool[i].truth) for i in retire_idx))
+            if retire_idx:
+                labelled_counts = labelled_counts + np.bincount(
+                    np.concatenate([d.pool[i].truth.class_id for i in retire_idx]), minlength=nc)
+            cum = {"frames": cum["frames"] + len(new) + len(retire_idx), "boxes": cum["boxes"] + truth_new + truth_ret,
                    "frames_paid": cum["frames_paid"] + len(new) + len(control),
                    "boxes_paid": cum["boxes_paid"] + truth_new + truth_ctl}
-            train_imgs = [f.image for f in d.seed] + [str(img_dir / labelled_name(d.pool[i])) for i in trained]
+            acts = {"trained": acts["trained"] + act_new + ret_act, "paid": acts["paid"] + act_new + act_ctl}
+            train_imgs = [f.image for f in d.seed] + [str(img_dir / labelled_name(d.pool[i]))
+                                                      for i in [*trained, *retired]]
             work = self.root / "work" / self.arm_dir_name(arm) / f"s{seed}" / f"r{r}"
             y = write_data_yaml(work / "data.yaml", train_imgs, [f.image for f in d.val], d.classes)
             last, secs = train_once(self.cfg, y, weights, self.cfg.epochs, seed, work, self.yolo_dir,
@@ -574,12 +716,16 @@ class Runner:
                 "labelled_class_counts": labelled_counts.astype(int).tolist(),
                 "new_frames_idx": [int(i) for i in new], "control_idx": [int(i) for i in control],
                 "new_frame_names": [d.pool[i].name for i in new], "selection": info,
+                "retired_control_idx": [int(i) for i in retire_idx],
+                "actions_new": act_new.to_dict(), "actions_control": act_ctl.to_dict(),
+                "cumulative_actions": {k: v.to_dict() for k, v in acts.items()},
                 **how, "select_seconds": round(t_sel, 1), "train_seconds": round(secs, 1),
                 "eval_seconds": round(time.time() - t1, 1), "load_avg": round(os.getloadavg()[0], 2),
             }
             self._save(rec, last)
             weights = self.weights_path(arm, seed, r)
             recs.append(rec)
+            rec = price(rec, self.settings.labelling_cost)
             self.log(f"{arm} seed {seed} round {r}: +{len(new)} frames / +{truth_new} boxes "
                      f"(control {len(control)}), mAP50-95 {metrics['map']:.4f}, mAP50 {metrics['map50']:.4f} "
                      f"[select {t_sel:.0f} s, train {secs:.0f} s]")
@@ -600,7 +746,8 @@ class Runner:
         recs = [self.load_record(arm, seed, r) for r in range(1, self.cfg.rounds + 1)]
         if boot is None or any(r is None for r in recs):
             return None
-        return [boot, *recs]  # type: ignore[list-item]
+        return [price(boot, self.settings.labelling_cost),
+                *(price(r, self.settings.labelling_cost) for r in recs)]  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------
@@ -628,7 +775,7 @@ def summarize(runner: Runner, arms: Sequence[str], run_seconds: float) -> dict[s
         for s in complete[a]:
             for r in recs[a][s]:  # type: ignore[union-attr]
                 m = r["metrics"]
-                rows.append({"seed": s, "round": r["round"], **{k: r["cumulative"][k] for k in AXES},
+                rows.append({"seed": s, "round": r["round"], **{k: r["cumulative"].get(k, 0) for k in AXES},
                              "map": _r(m["map"]), "map50": _r(m["map50"]), "small_map": _r(m["small_map"]),
                              "rare_map": _r(metric_value(m, f"class.{rare}.map")),
                              "rare_map50": _r(metric_value(m, f"class.{rare}.map50")),
@@ -749,16 +896,18 @@ def plot(summary: dict[str, Any], curve_png: Path, rare_png: Path) -> None:
             ax.plot(x, y, ls, marker="o", ms=3, label=a)
             ax.fill_between(x, y - sd, y + sd, alpha=0.15)
         ax.set_xlabel({"frames": "frames labelled (added)", "boxes": "boxes labelled (added)",
+                       "seconds_paid": "labelling seconds paid (cost model)",
                        "round": "round (0 = bootstrap)"}[axis])
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
 
-    fig, axs = plt.subplots(1, 3, figsize=(14, 4), dpi=100)
+    fig, axs = plt.subplots(1, 4, figsize=(18, 4), dpi=100)
     panel(axs[0], "frames", "map", "mAP50-95 vs frames")
     panel(axs[1], "boxes", "map", "mAP50-95 vs boxes")
-    panel(axs[2], "round", "map", "mAP50-95 vs round (no-new-labels control dashed)")
+    panel(axs[2], "seconds_paid", "map", "mAP50-95 vs labelling seconds paid")
+    panel(axs[3], "round", "map", "mAP50-95 vs round (no-new-labels control dashed)")
     axs[0].set_ylabel("mAP50-95 (benchmark eval set)")
-    axs[2].legend(fontsize=8)
+    axs[3].legend(fontsize=8)
     fig.suptitle(f"Active-learning benchmark: mean ± sd over seeds {seeds}", fontsize=10)
     fig.tight_layout()
     fig.savefig(curve_png)
@@ -812,7 +961,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
     m = summary["config"]["metric"]
     rare = summary["rare_class"]
     lines = [f"| arm | final mAP50-95 (mean ± sd) | final mAP50 | final AP {rare} | small AP | boxes added | "
-             f"efficiency frames | boxes | frames paid | boxes paid |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"efficiency frames | boxes | frames paid | boxes paid | seconds | seconds paid |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a, d in summary["arms"].items():
         f = d.get("final")
         if not f:

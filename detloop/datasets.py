@@ -19,7 +19,9 @@ Rules that every version obeys:
 - Splits are grouped and stable: :func:`assign_split` hashes ``(camera, date, hour)`` with a salt, so
   near-identical consecutive frames of one camera-hour never straddle train and val, and a frame keeps
   its split in every later version.
-- Golden entries (split ``golden``) and control-arm entries (split ``control``) are never ``train``.
+- Golden entries (split ``golden``) are never ``train``. Control-arm entries are in split ``control`` (never
+  trained on) until they retire: once they have served the live-accuracy window of their round, a later
+  version moves them to ``train``/``val`` (``arm`` stays ``control``; :func:`tasks.round_version.retire_controls`).
 - Synthetic entries (``synthetic=True``, :mod:`tasks.copy_paste`) are ``train`` only: no evaluation slice,
   golden set or control arm ever holds one.
 
@@ -182,8 +184,9 @@ class DatasetManifest:
         for e in self.entries:
             if e.split not in SPLITS:
                 raise DataError(f"entry {e.frame_sha[:12]}: split must be one of {list(SPLITS)}, got {e.split!r}")
-            if e.arm == "control" and e.split != "control":
-                raise DataError(f"entry {e.frame_sha[:12]}: control-arm frames must be in split 'control', got {e.split!r}")
+            if e.arm == "control" and e.split not in ("control", "train", "val"):
+                raise DataError(f"entry {e.frame_sha[:12]}: control-arm frames must be in split 'control' (or train/val "
+                                f"once retired), got {e.split!r}")
             if self.kind == "golden" and e.split != "golden":
                 raise DataError(f"entry {e.frame_sha[:12]}: a golden dataset holds only split 'golden', got {e.split!r}")
             if e.synthetic and e.split != "train":

@@ -235,6 +235,86 @@ class SamplingSettings(_Model):
     )
 
 
+class LabellingCostSettings(_Model):
+    """What a labeller pays, in seconds, to turn a frame's pre-annotations into its final boxes (the simulated
+    annotator's cost model; selection's expected cost uses the same prices). Defaults from published timing
+    studies (docs/selection.md, "Cost in labelling time"): verifying a box 1.6 s (Papadopoulos et al. 2016),
+    drawing one 7 s with extreme clicking (Papadopoulos et al. 2017; classic drawing 25-35 s); adjust, delete and
+    the per-frame overhead are stated assumptions."""
+
+    verify_seconds: float = Field(1.6, ge=0.0, le=600.0, description="Confirm a correct pre-annotated box.")
+    adjust_seconds: float = Field(
+        4.0, ge=0.0, le=600.0, description="Move the edges or change the class of a pre-annotated box.",
+    )
+    draw_seconds: float = Field(7.0, ge=0.0, le=600.0, description="Draw a box the model missed (7: extreme "
+                                "clicking; 25-35: classic corner dragging).")
+    delete_seconds: float = Field(1.0, ge=0.0, le=600.0, description="Delete a pre-annotated false positive.")
+    frame_seconds: float = Field(3.0, ge=0.0, le=3600.0, description="Per frame: open, scan and submit it.")
+    verify_iou: float = Field(
+        0.7, gt=0.0, le=1.0, description="A pre-annotation matching a final box of its class at this IoU or more is "
+        "verified as it is; below it (down to match_iou) or with another class it is adjusted.",
+    )
+    match_iou: float = Field(
+        0.3, gt=0.0, le=1.0, description="Below this IoU a pre-annotation matches nothing: it is deleted and the "
+        "final box is drawn.",
+    )
+
+    @model_validator(mode="after")
+    def _ious(self) -> LabellingCostSettings:
+        if self.match_iou > self.verify_iou:
+            raise ValueError(f"match_iou must be in (0, verify_iou] = (0, {self.verify_iou}], got {self.match_iou}")
+        return self
+
+
+class SelectionCostSettings(_Model):
+    """Value per expected labelling second: frames are ranked by ``score / expected_seconds ** exponent``."""
+
+    per_second: bool = Field(
+        False, description="(Off until `detloop bench al` measures it, docs/selection.md.) Divide each frame's score by its expected labelling seconds (from the champion's "
+        "pre-annotations and the labelling_cost prices), so crowded frames are not favoured for holding many boxes.",
+    )
+    exponent: float = Field(1.0, ge=0.0, le=2.0, description="0: cost ignored; 1: value per second.")
+
+
+class RegimeSettings(_Model):
+    """Blend between uncertainty (a good champion) and representativeness (a weak one), by champion quality.
+
+    ``w = clip((quality - weak_below) / (good_above - weak_below), 0, 1)``; frames are ranked by
+    ``w x rank(value) + (1 - w) x rank(typicality)`` (ranks as percentiles in [0, 1]). Quality is the champion's
+    mAP50 on labelled frames it never trained on (the control arm's live estimate, else its golden set)."""
+
+    enabled: bool = Field(False, description="Apply the blend (off: uncertainty only, whatever the quality). Off "
+                          "until `detloop bench al` measures it (docs/selection.md).")
+    weak_below: float = Field(0.3, ge=0.0, le=1.0, description="Champion mAP50 at or below which w = 0.")
+    good_above: float = Field(0.6, ge=0.0, le=1.0, description="Champion mAP50 at or above which w = 1.")
+    unknown_weight: float = Field(
+        1.0, ge=0.0, le=1.0, description="w when the champion's quality is unknown (1: uncertainty, as before).",
+    )
+    typicality_k: int = Field(10, ge=1, le=1000, description="Neighbours of the typicality score (mean cosine).")
+    reference_frames: int = Field(
+        1000, ge=10, le=100_000, description="Seeded sample of pool frames typicality is measured against.",
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> RegimeSettings:
+        if self.good_above <= self.weak_below:
+            raise ValueError(f"good_above must be in (weak_below, 1] = ({self.weak_below}, 1], got {self.good_above}")
+        return self
+
+
+class RareSearchSettings(_Model):
+    """Frames for a class the champion never detects in the pool, found by embedding similarity to labelled
+    frames holding that class."""
+
+    enabled: bool = Field(True, description="Search when a labelled class has no detection in the pool (needs the "
+                          "labelled examples' embeddings: `detloop bench al` passes them; the product flow not yet).")
+    share: float = Field(0.1, ge=0.0, le=0.5, description="Share of the selected arm reserved for these frames.")
+    min_similarity: float = Field(
+        0.5, ge=-1.0, le=1.0, description="Cosine similarity to the nearest labelled example for a frame to count "
+        "as a candidate.",
+    )
+
+
 class SelectionSettings(_Model):
     budget: int = Field(60, ge=1, le=1_000_000, description="Frames sent to annotators per round (control included).")
     strategy: StrategyName = Field("entropy", description="Box uncertainty strategy (see `detloop select strategies`).")
@@ -261,6 +341,17 @@ class SelectionSettings(_Model):
     committee_alias: str = Field(
         "previous-champion", description="Registry alias of the previous champion (committee strategy)."
     )
+    control_retire: bool = Field(
+        True, description="Control frames join the training set once they have served the live-accuracy estimate "
+        "of their window (their labels are not paid twice over); off: never trained on.",
+    )
+    control_retire_after: int | None = Field(
+        None, ge=1, le=104, description="Rounds a control frame serves before it retires into training (its round "
+        "and the next N - 1); None: max(control_pool_rounds, drift.live_rounds).",
+    )
+    cost: SelectionCostSettings = Field(default_factory=SelectionCostSettings)
+    regime: RegimeSettings = Field(default_factory=RegimeSettings)
+    rare_search: RareSearchSettings = Field(default_factory=RareSearchSettings)
 
     @field_validator("ambiguous_band")
     @classmethod
@@ -721,6 +812,7 @@ class Settings(BaseSettings):
     locks: LockSettings = Field(default_factory=LockSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    labelling_cost: LabellingCostSettings = Field(default_factory=LabellingCostSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)

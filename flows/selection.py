@@ -189,7 +189,8 @@ def select_frames(
     from tasks.rounds import round_seed
 
     result = select(scored.frames, labelled_counts, settings.selection, round_seed=round_seed(run_id),
-                    class_names=settings.classes, num_classes=len(settings.classes))
+                    class_names=settings.classes, num_classes=len(settings.classes), cost=settings.labelling_cost,
+                    champion_quality=champion.golden_map50 if champion is not None else None)
     result.notes[:0] = notes
     result.report["notes"] = result.notes
     result.report.update(run_id=run_id, as_of=as_of.isoformat(), model=model.label, sample=sample.stats,

@@ -160,6 +160,8 @@ def register_challenger(
         gs = report.slices.get("golden")
         if gs is not None and gs.overall.map is not None:
             tags["detloop.golden_map"] = f"{gs.overall.map:.4f}"
+        if gs is not None and gs.overall.map50 is not None:  # the selection's regime rule reads it
+            tags["detloop.golden_map50"] = f"{gs.overall.map50:.4f}"
         if report.latency_ms is not None:
             tags["detloop.latency_ms"] = f"{report.latency_ms:.2f}"
         tags["detloop.thresholds"] = json.dumps({k: round(v, 4) for k, v in report.thresholds.items()})
@@ -442,6 +444,7 @@ class Champion:
     local_dir: Path
     run_id: str | None
     dataset_version: str | None  # the dataset version it was trained on
+    golden_map50: float | None = None  # its mAP50 on the golden set at registration (selection's regime rule)
 
     @property
     def scoring_dir(self) -> Path:
@@ -464,8 +467,16 @@ def fetch_champion(settings: Settings, registry: Any, alias: str = CHAMPION) -> 
     local = load_champion(settings, registry, version=str(mv.version), alias=alias)
     if local is None:  # pragma: no cover - the version was deleted in between
         return None
+    tags = mv.tags or {}
     return Champion(str(mv.version), local, getattr(mv, "run_id", None),
-                    (mv.tags or {}).get("detloop.dataset_version") or None)
+                    tags.get("detloop.dataset_version") or None, _float_tag(tags, "detloop.golden_map50"))
+
+
+def _float_tag(tags: dict[str, Any], key: str) -> float | None:
+    try:
+        return float(tags[key])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def load_champion(settings: Settings, registry: Any, dest_dir: str | Path | None = None, alias: str = CHAMPION,

@@ -29,6 +29,44 @@ def split_for(frame: LabelledFrame, val_share: float, salt: str = "") -> str:
     return assign_split(camera, day, hour, val_share, salt)
 
 
+def retire_after(settings: Settings) -> int | None:
+    """Rounds a control frame serves before it retires into training (None: retirement off)."""
+    sel = settings.selection
+    if not sel.control_retire:
+        return None
+    return sel.control_retire_after or max(sel.control_pool_rounds, settings.drift.live_rounds)
+
+
+def retire_controls(entries: Sequence[Any], current: str, after: int | None, val_share: float,
+                    salt: str = "") -> tuple[list[Any], list[str]]:
+    """Move the control entries that have served their window into train/val (pure).
+
+    The window of round ``current`` is it and the ``after - 1`` rounds before it (ordered as the gate orders
+    them: :func:`tasks.slices.control_sources`); control entries of older rounds retire: their split becomes
+    the stable grouped train/val split (:func:`detloop.datasets.assign_split`), ``arm`` stays ``control``.
+
+    Args:
+        entries: all ``DatasetEntry`` of the version being built.
+        current: ``round:<id>`` of the round being added.
+        after: rounds a control frame serves (None: nothing retires).
+
+    Returns:
+        (entries with the retired ones moved, sources of the rounds retired now).
+    """
+    from detloop.datasets import assign_split, with_split
+    from tasks.slices import control_sources
+
+    ctl = [e for e in entries if e.split == "control"]
+    if after is None or not ctl:
+        return list(entries), []
+    window = set(control_sources(ctl, current, after))
+    order = control_sources(ctl, current, len(ctl) + 1)  # every round up to current, oldest first
+    old = set(order) - window
+    out = [with_split(e, assign_split(e.camera, e.date, e.hour, val_share, salt)) if e.split == "control"
+           and e.source in old else e for e in entries]
+    return out, sorted(old)
+
+
 def copy_frames(
     store: Any, settings: Settings, frames: Sequence[LabelledFrame], round_id: str, threads: int = 8
 ) -> list[Any]:
@@ -96,6 +134,11 @@ def build_round_version(
     golden = {e.frame_sha for e in ds.load_manifest(store, settings, golden_id).entries} if golden_id else set()
     kept = [e for e in entries if e.frame_sha not in golden]
     manifest = ds.build_version("train", settings.classes, kept, parent=parent, parent_id=parent_id, rounds=[round_id])
+    moved, retired = retire_controls(manifest.entries, f"round:{round_id}", retire_after(settings),
+                                     settings.rounds.val_share)
+    if retired:  # control frames that served their window join training (same parent, same rounds)
+        manifest = ds.DatasetManifest(kind=manifest.kind, classes=manifest.classes, entries=moved,
+                                      parent=manifest.parent, rounds=manifest.rounds)
     vid = ds.save_manifest(store, settings, manifest, note=f"labels of round {round_id}")
     if rounds.load_round(store, settings, round_id) is not None:
         rounds.mark_round(store, settings, round_id, dataset_version=vid)
@@ -105,6 +148,7 @@ def build_round_version(
         "round_id": round_id,
         "new_entries": len(kept),
         "excluded_golden": len(entries) - len(kept),
+        "retired_control_rounds": [r.removeprefix("round:") for r in retired],
         "splits": manifest.counts(),
         "frames": len(manifest.entries),
     }

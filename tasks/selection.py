@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,17 @@ import numpy as np
 
 from detloop.contracts import ScoredFrame, SelectedFrame
 from detloop.detections import Detections
-from detloop.settings import SelectionSettings
+from detloop.label_cost import expected_seconds
+from detloop.settings import LabellingCostSettings, SelectionSettings
+from tasks.acquisition import (
+    RareSearch,
+    blend,
+    never_detected,
+    per_second,
+    rare_candidates,
+    regime_weight,
+    typicality,
+)
 from tasks.strategies import (
     STRATEGIES,
     BoxPool,
@@ -173,6 +183,7 @@ def select_indices(
     embeddings: np.ndarray | None,
     settings: SelectionSettings,
     round_seed: int = 0,
+    reserve: Any = None,
 ) -> dict[str, Any]:
     """Choose frame indices for both arms from final scores (pure, vectorised).
 
@@ -181,6 +192,9 @@ def select_indices(
         embeddings: ``(F, D)`` or None (diversity then falls back to top scores).
         settings: selection settings (budget, control share, diversity).
         round_seed: mixed with ``settings.seed`` for the control draw and tie breaks.
+        reserve: optional ``(eligible (F,) bool, k) -> list[int]`` called with the frames left after the
+            control draw and the selected arm's size;
+            the indices it returns are selected first (the rare-class search), the rest as usual.
 
     Returns:
         dict with ``control`` ``(n_c,)``, ``selected`` ``(n_s,)`` (pick order), ``plan``, ``notes``.
@@ -194,6 +208,15 @@ def select_indices(
     k = plan.n_selected
     if k == 0:
         return {"control": control, "selected": np.zeros(0, np.int64), "plan": plan, "notes": notes}
+    first = np.zeros(0, np.int64)
+    if reserve is not None:
+        eligible = np.zeros(n, bool)
+        eligible[rest] = True
+        first = np.asarray(list(reserve(eligible, k))[:k], np.int64)
+        rest = np.setdiff1d(rest, first)
+        k -= len(first)
+        if k == 0:
+            return {"control": control, "selected": first, "plan": plan, "notes": notes}
     # rank by score, ties broken by a seeded permutation (not by listing order)
     tie = rng.permutation(len(rest))
     order = rest[np.lexsort((tie, -final[rest]))]
@@ -211,7 +234,8 @@ def select_indices(
         top = order[:m]
         sub = kcenter_greedy(embeddings[top], k, first=0)  # type: ignore[index]
         sel = top[sub]
-    return {"control": control, "selected": np.asarray(sel, np.int64), "plan": plan, "notes": notes}
+    sel = np.concatenate([first, np.asarray(sel, np.int64)])
+    return {"control": control, "selected": sel, "plan": plan, "notes": notes}
 
 
 def _reason(i: int, sc: dict[str, Any], settings: SelectionSettings, diversity: str) -> str:
@@ -236,6 +260,9 @@ def select(
     round_seed: int = 0,
     class_names: Sequence[str] | None = None,
     num_classes: int | None = None,
+    cost: LabellingCostSettings | None = None,
+    champion_quality: float | None = None,
+    class_exemplars: Mapping[int, np.ndarray] | None = None,
 ) -> SelectionResult:
     """Select frames for labelling.
 
@@ -246,6 +273,12 @@ def select(
         round_seed: seed of this round (mixed with ``settings.seed``).
         class_names: names for the report (optional).
         num_classes: C when no frame has a box (default: from the frames / ``class_names``).
+        cost: labelling prices; with ``settings.cost.per_second`` frames rank by value per expected second
+            (None: cost not used).
+        champion_quality: the champion's mAP50 on frames it never trained on (control arm, else golden set),
+            for the regime blend (``settings.regime``); None: ``unknown_weight``.
+        class_exemplars: class index -> ``(n, D)`` embeddings of labelled frames holding that class, for the
+            rare-class search (``settings.rare_search``); None: no search.
 
     Returns:
         :class:`SelectionResult`. An empty pool gives an empty result with a note, not an error.
@@ -261,9 +294,12 @@ def select(
         return _empty_result(settings, "empty window: no frames to score; nothing selected")
     pool, emb = pool_from_frames(frames, num_classes)
     sc = score_frames(pool, settings, labelled_class_counts)
-    picked = select_indices(sc["final"], emb, settings, round_seed)
-    notes = sc["notes"] + picked["notes"]
-    final = sc["final"]
+    acq = _acquisition(pool, emb, sc, settings, cost, champion_quality, class_exemplars, labelled_class_counts,
+                       class_names)
+    picked = select_indices(acq["rank_score"], emb, settings, round_seed, reserve=acq["reserve"])
+    notes = sc["notes"] + acq["notes"] + picked["notes"]
+    final = acq["rank_score"]
+    rare_picks = set(acq["rare"].picks)
     rank = np.empty(len(final), np.int64)
     rank[np.lexsort((np.arange(len(final)), -final))] = np.arange(1, len(final) + 1)
 
@@ -272,13 +308,14 @@ def select(
     diversity = settings.diversity if emb is not None else "none"
     for pick, i in enumerate(picked["selected"].tolist()):
         arm_of[i] = "selected"
-        out.append(_selected_frame(frames[i], "selected", sc, i, int(rank[i]),
-                                   _reason(i, sc, settings, diversity) + f"; pick {pick + 1}",
-                                   settings))
+        why = ("rare-class search: nearest to labelled examples of a class the champion never detects"
+               if i in rare_picks else _reason(i, sc, settings, diversity))
+        out.append(_selected_frame(frames[i], "selected", sc, i, int(rank[i]), why + f"; pick {pick + 1}",
+                                   settings, final))
     for i in picked["control"].tolist():
         arm_of[i] = "control"
         out.append(_selected_frame(frames[i], "control", sc, i, int(rank[i]),
-                                   "control: uniform random draw (never trained on)", settings))
+                                   "control: uniform random draw (never trained on)", settings, final))
     sel_idx = picked["selected"]
     cutoff = float(final[sel_idx].min()) if len(sel_idx) else None
     arm_col = [None] * len(frames)
@@ -295,6 +332,7 @@ def select(
         "class_weight": np.round(sc["class_weight"], 4).tolist(),
         "n_detected": sc["n_detected"].tolist(),
         "scores": {k: np.round(v, 6).tolist() for k, v in sc["per_strategy"].items()},
+        **{k: np.round(v, 4).tolist() for k, v in acq["columns"].items()},
     }
     chosen = [
         {"key": f.frame.key, "camera": f.frame.camera, "date": f.frame.date, "arm": f.arm, "rank": f.rank,
@@ -310,17 +348,68 @@ def select(
         labelled_class_counts=None if labelled_class_counts is None else [int(c) for c in labelled_class_counts],
         chosen=chosen,
         pool=pool_cols,
+        cost=acq["cost"],
+        regime=acq["regime"].to_dict(),
+        rare_search={**acq["rare"].report, "picked": len(acq["rare"].picks)},
     )
     return SelectionResult(out, report, final, cutoff, notes)
 
 
+def _acquisition(pool: BoxPool, emb: np.ndarray | None, sc: dict[str, Any], settings: SelectionSettings,
+                 cost: LabellingCostSettings | None, quality: float | None,
+                 exemplars: Mapping[int, np.ndarray] | None, labelled_counts: Any,
+                 class_names: Sequence[str] | None) -> dict[str, Any]:
+    """Value per expected second, the regime blend and the rare-class reservation (see tasks/acquisition.py)."""
+    notes: list[str] = []
+    columns: dict[str, np.ndarray] = {}
+    det = pool.confidence >= settings.conf_threshold
+    value = sc["final"]
+    cost_report: dict[str, Any] = {"per_second": False}
+    if cost is not None:
+        seconds = expected_seconds(pool.confidence[det], pool.frame_index[det], pool.confidence[~det],
+                                   pool.frame_index[~det], pool.n_frames, cost)
+        columns["expected_seconds"] = seconds
+        if settings.cost.per_second and settings.cost.exponent > 0:
+            value = per_second(value, seconds, settings.cost.exponent)
+            cost_report = {"per_second": True, "exponent": settings.cost.exponent,
+                           "pool_median_expected_seconds": round(float(np.median(seconds)), 2)}
+    regime = regime_weight(quality, settings.regime)
+    typical = None
+    if regime.weight < 1.0:
+        if emb is None:
+            notes.append("regime: no embeddings to measure typicality; ranked by uncertainty only")
+        else:
+            typical = typicality(emb, settings.regime.typicality_k, settings.regime.reference_frames, settings.seed)
+            columns["typicality"] = typical
+    if quality is not None or settings.regime.enabled:
+        notes.append(f"regime: weight on uncertainty {regime.weight:.2f} ({regime.rule}"
+                     + (f", champion mAP50 {regime.quality:.3f})" if regime.quality is not None else ")"))
+    rank_score = blend(value, typical, regime.weight)
+    rare = RareSearch()
+    reserve = None
+    rs = settings.rare_search
+    if rs.enabled and rs.share > 0:
+        missing = never_detected(pool.class_scores[det].argmax(axis=1), labelled_counts, pool.num_classes)
+        if missing:
+            def reserve(eligible: np.ndarray, k: int) -> list[int]:
+                n_res = int(np.ceil(rs.share * k))
+                found = rare_candidates(emb, exemplars, missing, eligible, n_res, rs, class_names)
+                rare.picks, rare.report = found.picks, found.report
+                return found.picks
+
+            names = [class_names[c] if class_names else str(c) for c in missing]
+            rare.report = {"classes": {n: {"exemplars": 0, "candidates": 0, "picked": 0} for n in names}, "notes": []}
+    return {"rank_score": rank_score, "reserve": reserve, "notes": notes, "columns": columns, "cost": cost_report,
+            "regime": regime, "rare": rare}
+
+
 def _selected_frame(f: ScoredFrame, arm: str, sc: dict[str, Any], i: int, rank: int, reason: str,
-                    settings: SelectionSettings) -> SelectedFrame:
+                    settings: SelectionSettings, final: np.ndarray) -> SelectedFrame:
     d: Detections = f.detections
     pre = d[d.confidence >= settings.conf_threshold] if len(d) else d
     return SelectedFrame(
         frame=f.frame, width=f.width, height=f.height, arm=arm,  # type: ignore[arg-type]
-        strategy=str(sc["strategy"]), uncertainty=float(sc["final"][i]), rank=rank, reason=reason,
+        strategy=str(sc["strategy"]), uncertainty=float(final[i]), rank=rank, reason=reason,
         predictions=pre.to_dict(), scores={k: float(v[i]) for k, v in sc["per_strategy"].items()},
     )
 
@@ -341,7 +430,7 @@ def _report_header(settings: SelectionSettings, strategy: str, notes: list[str])
 def _empty_result(settings: SelectionSettings, note: str) -> SelectionResult:
     report = _report_header(settings, settings.strategy, [note])
     report.update(counts={"pool": 0, "selected": 0, "control": 0, "no_detection": 0}, cutoff=None, chosen=[],
-                  pool={})
+                  pool={}, cost={"per_second": False}, regime=None, rare_search={"classes": {}, "picked": 0})
     return SelectionResult([], report, np.zeros(0), None, [note])
 
 

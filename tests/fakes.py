@@ -180,8 +180,11 @@ class FakeLabelStudio(_Switch):
         for tid, t in sorted(self.tasks.items()):
             if t["project"] == project_id and self._match(t, filters):
                 anns = t["annotations"]
-                yield {"id": tid, "data": t["data"], "total_annotations": sum(not a["was_cancelled"] for a in anns),
+                row = {"id": tid, "data": t["data"], "total_annotations": sum(not a["was_cancelled"] for a in anns),
                        "cancelled_annotations": sum(a["was_cancelled"] for a in anns)}
+                if fields == "all" or (include and "predictions" in include.split(",")):
+                    row["predictions"] = t["predictions"]
+                yield row
 
     def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]]) -> list[int]:
         self._check(f"import {len(tasks)} tasks into project {project_id}")

@@ -13,6 +13,11 @@ Noise model (all seeded, per task, so a re-run makes the same choices):
 - ``p_flip``: each box gets another class, uniformly among the others;
 - ``throughput``: at most this many tasks per :func:`annotate_pending` call (None = all), and
   ``seconds_per_task`` of sleep between submissions (0 in tests).
+
+Cost: what the annotator would have paid in seconds to turn the task's pre-annotations (the champion's
+predictions shown in the editor) into its submission, by the ``labelling_cost`` prices
+(:mod:`detloop.label_cost`: verify, adjust, draw, delete, per-frame overhead). :func:`annotate_pending`
+sums it (``seconds``) and records it as the annotation's lead time, as Label Studio does for a person.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import numpy as np
 
 from detloop.detections import Detections
 from detloop.errors import DataError
-from detloop.settings import Settings
+from detloop.label_cost import LabelActions, count_actions
+from detloop.settings import LabellingCostSettings, Settings
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,22 @@ def annotation_for(task: dict[str, Any], truth: Detections, profile: AnnotatorPr
     return False, d.to_label_studio(width, height, class_names, FROM_NAME, TO_NAME, with_score=False)
 
 
+def pre_annotations(task: dict[str, Any], class_names: Sequence[str], width: int, height: int) -> Detections:
+    """The pre-annotations a labeller sees on ``task``: its first prediction's boxes (empty when none, or when
+    the server listed predictions as ids only)."""
+    preds = [p for p in task.get("predictions") or [] if isinstance(p, dict)]
+    if not preds:
+        return Detections.empty()
+    return Detections.from_label_studio(preds[0].get("result") or [], class_names, width or None, height or None)
+
+
+def labelling_actions(task: dict[str, Any], result: Sequence[dict[str, Any]], class_names: Sequence[str],
+                      width: int, height: int, cost: LabellingCostSettings) -> LabelActions:
+    """The actions (verify / adjust / draw / delete) that turn ``task``'s pre-annotations into ``result``."""
+    final = Detections.from_label_studio(list(result), class_names, width or None, height or None)
+    return count_actions(pre_annotations(task, class_names, width, height), final, cost)
+
+
 def annotate_pending(
     settings: Settings,
     profile: AnnotatorProfile,
@@ -149,7 +171,8 @@ def annotate_pending(
 
     Returns:
         Counts ``{"seen", "annotated", "skipped", "boxes", "no_truth"}`` (tasks without oracle truth
-        are left pending).
+        are left pending) and ``seconds``: the modelled labelling time of the submitted tasks
+        (``settings.labelling_cost``), also each annotation's lead time unless ``seconds_per_task`` is set.
     """
     from detloop.clients.labelstudio import LabelStudioClient, data_filter
     from detloop.clients.s3 import S3Store
@@ -160,13 +183,14 @@ def annotate_pending(
     if project is None:
         raise DataError(f"no Label Studio project titled {settings.label_studio.project_title!r} at {ls.url}")
     filters = [data_filter("round_id", round_id)] if round_id else []
-    pending = [t for t in ls.iter_tasks(project.id, filters, fields="task_only",
-                                        include="id,data,total_annotations,cancelled_annotations")
+    # full tasks: the predictions (the pre-annotations the cost model prices) come whole only with fields=all
+    pending = [t for t in ls.iter_tasks(project.id, filters, fields="all")
                if not int(t.get("total_annotations") or 0) and not int(t.get("cancelled_annotations") or 0)]
     pending.sort(key=lambda t: int(t["id"]))
     if profile.throughput is not None:
         pending = pending[: profile.throughput]
-    out = {"seen": len(pending), "annotated": 0, "skipped": 0, "boxes": 0, "no_truth": 0}
+    out: dict[str, Any] = {"seen": len(pending), "annotated": 0, "skipped": 0, "boxes": 0, "no_truth": 0,
+                           "seconds": 0.0}
     for t in pending:
         data = t.get("data") or {}
         try:
@@ -176,7 +200,11 @@ def annotate_pending(
             continue
         w, h = int(data.get("width") or tw or 0), int(data.get("height") or th or 0)
         skip, result = annotation_for(t, truth, profile, settings.classes, w, h)
-        ls.create_annotation(int(t["id"]), result, was_cancelled=skip, lead_time=profile.seconds_per_task or None)
+        paid = 0.0 if skip else labelling_actions(t, result, settings.classes, w, h,
+                                                  settings.labelling_cost).seconds(settings.labelling_cost)
+        out["seconds"] += paid
+        ls.create_annotation(int(t["id"]), result, was_cancelled=skip,
+                             lead_time=profile.seconds_per_task or paid or None)
         out["skipped" if skip else "annotated"] += 1
         out["boxes"] += len(result)
         if profile.seconds_per_task:

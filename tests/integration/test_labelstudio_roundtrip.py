@@ -188,6 +188,12 @@ def test_round_trip_with_simulated_annotator(env):  # type: ignore[no-untyped-de
     rest = annotate_pending(s, AnnotatorProfile(p_skip=0.2, seed=3), round_id=rid, ls=ls, store=store)
     assert rest["seen"] == 7
     skipped = first["skipped"] + rest["skipped"]
+    # the cost model saw the pushed predictions (most are exact: verified, not drawn again)
+    c = s.labelling_cost
+    annotated, boxes = first["annotated"] + rest["annotated"], first["boxes"] + rest["boxes"]
+    paid = first["seconds"] + rest["seconds"]
+    drawn_all = annotated * c.frame_seconds + boxes * c.draw_seconds  # what ids-only predictions would give
+    assert annotated * c.frame_seconds < paid <= drawn_all - 3 * (c.draw_seconds - c.verify_seconds)
 
     watch.watch_rounds(s, t0, emit, store, ls, round_ids=[rid])
     watch.watch_rounds(s, t0 + timedelta(days=30), emit, store, ls, round_ids=[rid])  # a later run: no second event

@@ -272,7 +272,8 @@ class FakeRunner:
         out = []
         for r, y in enumerate(self.table[arm][seed]):
             f = 0 if arm == CONTROL else 50 * r
-            cum = {"frames": f, "boxes": f * self.bpf[arm], "frames_paid": f, "boxes_paid": f * self.bpf[arm]}
+            cum = {"frames": f, "boxes": f * self.bpf[arm], "frames_paid": f, "boxes_paid": f * self.bpf[arm],
+                   "seconds": 2 * f * self.bpf[arm], "seconds_paid": 2 * f * self.bpf[arm]}
             out.append({"round": r, "cumulative": cum, "new_boxes_per_class": {"star": 1},
                         "metrics": {"map": y, "map50": y * 2, "small_map": y / 2,
                                     "per_class": {"star": {"map": y / 3, "map50": y}}}, "train_seconds": 1.0})
@@ -289,6 +290,7 @@ def test_summarize_efficiency_on_both_axes_and_plots(tmp_path: Path) -> None:
     e = s["efficiency_vs_random"]["entropy_sum"]
     assert e["frames:map"]["value"] == pytest.approx(150 / 100)
     assert e["boxes:map"]["value"] == pytest.approx(900 / 1200)
+    assert e["seconds_paid:map"]["value"] == pytest.approx(900 / 1200)  # seconds here = 2 x boxes
     assert s["rare_class"] == "ring"  # fewest eval instances (0)
     assert s["map_by_round_mean"][CONTROL][3] == pytest.approx(0.14)
     assert s["bootstrap"]["map50_by_seed"] == {0: 0.2, 1: 0.2} and "cold start" in s["bootstrap"]["cold_start_warning"]
@@ -327,11 +329,14 @@ def test_runner_end_to_end_with_untrained_model(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(al, "train_once", fake_train)
     pool_scorings: list[str] = []
+    seed_scorings: list[str] = []
     real_infer = al.infer
 
     def counting_infer(weights: Path, *a: Any, **k: Any) -> Any:
-        if a[-1] is True:  # with_embedding: a pool scoring pass
+        if a[-1] is True and len(a[1]) == 14:  # with_embedding over the whole pool: a pool scoring pass
             pool_scorings.append(str(weights))
+        elif a[-1] is True:  # the seed set's embeddings: examples for the rare-class search
+            seed_scorings.append(str(weights))
         return real_infer(weights, *a, **k)
 
     monkeypatch.setattr(al, "infer", counting_infer)
@@ -357,10 +362,16 @@ def test_runner_end_to_end_with_untrained_model(tmp_path: Path, monkeypatch: pyt
             assert paid == [] and recs[1]["cumulative"]["frames"] == 0
         elif arm == "default":  # test.yaml: control_min 4 -> half of a budget of 4 goes to the control arm
             assert recs[0]["new_frames"] == 2 and recs[0]["control_frames"] == 2
-            assert recs[1]["cumulative"]["frames_paid"] == 8 and recs[1]["cumulative"]["frames"] == 4
+            # round 1's control frames served round 2's live estimate, then retired into round 2's training
+            assert recs[1]["retired_control_idx"] == recs[0]["control_idx"] and recs[0]["retired_control_idx"] == []
+            assert recs[1]["cumulative"]["frames_paid"] == 8 and recs[1]["cumulative"]["frames"] == 4 + 2
+            picked += recs[0]["control_idx"]
+            assert recs[1]["selection"]["regime"]["champion_map50"] is not None  # quality known from round 1
         else:
             assert recs[1]["cumulative"]["frames"] == 8
-        # round r trains on the seed set + everything the arm labelled (control frames excluded)
+        if arm != CONTROL:  # every paid frame is priced: at least its per-frame action
+            assert recs[1]["cumulative_actions"]["paid"]["frames"] == len(paid)
+        # round r trains on the seed set + everything the arm labelled (control frames only once retired)
         train2 = next(c for c in calls if c["dir"].endswith(f"{arm_dir}/s0/r2"))["train"]
         assert len(train2) == 5 + len(picked)
         for img in train2[5:]:
@@ -369,6 +380,8 @@ def test_runner_end_to_end_with_untrained_model(tmp_path: Path, monkeypatch: pyt
     assert s["seeds_complete_all_arms"] == [0]
     # the bootstrap model scores the pool once for both strategy arms' round 1; round 2 once per arm
     assert len(pool_scorings) == 3 and sum("/bootstrap/" in w for w in pool_scorings) == 1
+    # an untrained model detects no labelled class: the default arm searched by similarity in both rounds
+    assert len(seed_scorings) == 2 and all("default-" in w or "/bootstrap/" in w for w in seed_scorings)
     # another budget: new run, same bootstrap (no bootstrap training)
     calls.clear()
     cfg3 = BenchConfig(**{**cfg.__dict__, "arms": ["random"], "rounds": 1, "budget": 3})

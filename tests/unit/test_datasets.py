@@ -132,10 +132,12 @@ def test_child_keeps_parent_entries_and_newest_label_wins() -> None:
     assert grandchild.rounds == ["r1", "r2"]
 
 
-def test_golden_and_control_never_train() -> None:
+def test_golden_never_trains_and_control_only_once_retired() -> None:
     store = FakeStore()
     with pytest.raises(DataError, match="control"):
-        DatasetManifest("train", CLASSES, [_entry(store, 1, split="train", arm="control")])
+        DatasetManifest("train", CLASSES, [_entry(store, 1, split="golden", arm="control")])
+    # a retired control frame (tasks.round_version.retire_controls) may train; arm keeps its provenance
+    DatasetManifest("train", CLASSES, [_entry(store, 1, split="train", arm="control")])
     with pytest.raises(DataError, match="golden"):
         DatasetManifest("golden", CLASSES, [_entry(store, 1, split="train")])
     with pytest.raises(DataError, match="golden"):

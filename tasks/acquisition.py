@@ -1,0 +1,200 @@
+"""What a frame is worth labelling beyond its uncertainty: cost, the model's regime, classes it never detects.
+
+Pure functions over flat arrays (unit-tested); :func:`tasks.selection.select` applies them in this order:
+
+1. **value per expected second** (:func:`per_second`): the uncertainty x class-balance score divided by the
+   frame's expected labelling seconds (:func:`detloop.label_cost.expected_seconds`) to the power
+   ``selection.cost.exponent``, so a frame is not favoured for holding many boxes;
+2. **regime blend** (:func:`regime_weight`, :func:`blend`): a champion too weak for its uncertainty to mean
+   much (low mAP50 on frames it never trained on) ranks by representativeness (:func:`typicality` on the
+   embeddings) instead; a good one by its uncertainty; in between, a linear mix of percentile ranks;
+3. **rare-class search** (:func:`never_detected`, :func:`rare_candidates`): a class with labelled examples
+   but no detection in the pool cannot be found by uncertainty; frames whose embeddings are nearest to the
+   labelled frames holding it are reserved a share of the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from detloop.settings import RareSearchSettings, RegimeSettings
+
+
+def per_second(score: np.ndarray, seconds: np.ndarray, exponent: float) -> np.ndarray:
+    """``score / (seconds / median(seconds)) ** exponent``: ``(F,)`` value per expected second.
+
+    Dividing by the median keeps the scale of ``score`` (a frame of median cost keeps its score); the ranking
+    is that of ``score / seconds ** exponent``.
+    """
+    s = np.asarray(score, np.float64)
+    if exponent == 0 or s.size == 0:
+        return s.copy()
+    sec = np.maximum(np.asarray(seconds, np.float64), 1e-9)
+    return s / (sec / float(np.median(sec))) ** exponent
+
+
+@dataclass(frozen=True)
+class Regime:
+    """The blend a round used: ``weight`` on uncertainty (1 - weight on typicality) and why."""
+
+    weight: float
+    quality: float | None
+    rule: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uncertainty_weight": round(self.weight, 4), "champion_map50": self.quality, "rule": self.rule}
+
+
+def regime_weight(quality: float | None, settings: RegimeSettings) -> Regime:
+    """Weight on uncertainty from the champion's quality (mAP50 on frames it never trained on).
+
+    ``w = clip((quality - weak_below) / (good_above - weak_below), 0, 1)``; ``unknown_weight`` when quality is
+    None; 1 when the rule is disabled.
+    """
+    lo, hi = settings.weak_below, settings.good_above
+    rule = f"w = clip((mAP50 - {lo:g}) / ({hi:g} - {lo:g}), 0, 1)"
+    if not settings.enabled:
+        return Regime(1.0, quality, "regime rule off: uncertainty only")
+    if quality is None or not np.isfinite(quality):
+        return Regime(settings.unknown_weight, None, f"{rule}; champion quality unknown: w = unknown_weight")
+    w = float(np.clip((quality - lo) / (hi - lo), 0.0, 1.0))
+    return Regime(w, round(float(quality), 4), rule)
+
+
+def percentile_rank(x: np.ndarray) -> np.ndarray:
+    """``(F,)`` ranks scaled to [0, 1] (ties share their mean rank); a single value gets 1."""
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    if n <= 1:
+        return np.ones(n)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(n)
+    ranks[order] = np.arange(n, dtype=np.float64)
+    # ties: mean rank of the group
+    _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, weights=ranks)
+    return (sums / counts)[inv] / (n - 1)
+
+
+def blend(value: np.ndarray, typical: np.ndarray | None, weight: float) -> np.ndarray:
+    """``(F,)`` ranking score: ``value`` itself when ``weight >= 1`` (or no typicality), else
+    ``weight x rank(value) + (1 - weight) x rank(typical)``."""
+    v = np.asarray(value, np.float64)
+    if weight >= 1.0 or typical is None:
+        return v.copy()
+    return weight * percentile_rank(v) + (1.0 - weight) * percentile_rank(typical)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def typicality(embeddings: np.ndarray, k: int, reference: int, seed: int = 0, block: int = 8192) -> np.ndarray:
+    """Density of each frame among the pool: mean cosine similarity to its ``k`` nearest reference frames.
+
+    The reference is a seeded uniform sample of ``min(reference, F)`` pool frames (a frame is never its own
+    neighbour), so the cost is ``O(F x reference x D)``, computed ``block`` rows at a time.
+
+    Args:
+        embeddings: ``(F, D)``.
+
+    Returns:
+        ``(F,)`` float64 in [-1, 1]; higher = in a denser region (more typical of the pool).
+    """
+    x = _unit(embeddings)
+    n = len(x)
+    if n <= 1:
+        return np.ones(n)
+    rng = np.random.default_rng([seed, 104729])
+    ref = np.sort(rng.choice(n, size=min(reference, n), replace=False))
+    pos = np.full(n, -1, np.int64)  # column of each reference frame (its own similarity is left out)
+    pos[ref] = np.arange(len(ref))
+    kk = max(1, min(k, len(ref) - 1))
+    out = np.empty(n, np.float64)
+    xr = x[ref].T
+    for a in range(0, n, block):  # (block, R) float32 at a time: 8,192 x 1,000 = 33 MB, not F x R
+        sims = x[a : a + block] @ xr
+        rows = np.arange(len(sims))
+        own = pos[a : a + block]
+        sims[rows[own >= 0], own[own >= 0]] = -np.inf
+        out[a : a + block] = (-np.partition(-sims, kk - 1, axis=1)[:, :kk]).mean(axis=1)
+    return out
+
+
+def never_detected(det_class: np.ndarray, labelled_counts: Sequence[int] | np.ndarray | None,
+                   num_classes: int) -> list[int]:
+    """Classes with labelled examples and no detection (box above the threshold) anywhere in the pool."""
+    if labelled_counts is None:
+        return []
+    seen = np.bincount(np.asarray(det_class, np.int64), minlength=num_classes) > 0
+    n = np.asarray(labelled_counts).reshape(-1)
+    return [c for c in range(num_classes) if n[c] > 0 and not seen[c]]
+
+
+@dataclass
+class RareSearch:
+    """Frames reserved for never-detected classes, in pick order, and the report of the search."""
+
+    picks: list[int] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def rare_candidates(embeddings: np.ndarray | None, exemplars: Mapping[int, np.ndarray] | None,
+                    classes: Sequence[int], eligible: np.ndarray, n_reserved: int,
+                    settings: RareSearchSettings, class_names: Sequence[str] | None = None) -> RareSearch:
+    """Frames most similar to labelled examples of classes the champion never detects.
+
+    Per class: candidates are eligible frames whose cosine similarity to the nearest exemplar is at least
+    ``min_similarity``; the reserved slots are shared round-robin between classes, most similar first.
+
+    Args:
+        embeddings: ``(F, D)`` pool embeddings (None: nothing can be searched).
+        exemplars: class -> ``(n_c, D)`` embeddings of labelled frames holding that class.
+        classes: the never-detected classes (:func:`never_detected`).
+        eligible: ``(F,)`` bool, frames that may be picked (not in the control arm).
+        n_reserved: slots for all classes together.
+
+    Returns:
+        :class:`RareSearch`: ``picks`` (pool indices, distinct) and ``report`` {class name: {exemplars,
+        candidates, picked, best_similarity}} plus ``notes``.
+    """
+    out = RareSearch(report={"classes": {}, "notes": []})
+    if not classes:
+        return out
+    name = (lambda c: class_names[c]) if class_names else str
+    if embeddings is None:
+        out.report["notes"].append("rare-class search: no embeddings; nothing searched")
+        return out
+    x = _unit(embeddings)
+    ranked: list[np.ndarray] = []
+    for c in classes:
+        ex = None if exemplars is None else exemplars.get(c)
+        row: dict[str, Any] = {"exemplars": 0 if ex is None else len(ex), "candidates": 0, "picked": 0,
+                               "best_similarity": None}
+        out.report["classes"][name(c)] = row
+        if ex is None or len(ex) == 0:
+            ranked.append(np.zeros(0, np.int64))
+            continue
+        sim = (x @ _unit(ex).T).max(axis=1)
+        ok = np.flatnonzero(eligible & (sim >= settings.min_similarity))
+        row["candidates"] = len(ok)
+        row["best_similarity"] = round(float(sim[eligible].max()), 4) if eligible.any() else None
+        ranked.append(ok[np.argsort(-sim[ok], kind="stable")])
+    taken: set[int] = set()
+    pos = [0] * len(classes)
+    while len(out.picks) < n_reserved and any(pos[j] < len(ranked[j]) for j in range(len(classes))):
+        for j, c in enumerate(classes):
+            while pos[j] < len(ranked[j]) and int(ranked[j][pos[j]]) in taken:
+                pos[j] += 1
+            if pos[j] < len(ranked[j]) and len(out.picks) < n_reserved:
+                i = int(ranked[j][pos[j]])
+                out.picks.append(i)
+                taken.add(i)
+                out.report["classes"][name(c)]["picked"] += 1
+                pos[j] += 1
+    return out

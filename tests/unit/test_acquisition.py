@@ -1,0 +1,169 @@
+"""Value per expected second, the regime rule, typicality and the rare-class search (pure)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detloop.contracts import FrameRef, ScoredFrame
+from detloop.detections import Detections
+from detloop.errors import ConfigError
+from detloop.settings import (
+    LabellingCostSettings,
+    RareSearchSettings,
+    RegimeSettings,
+    SelectionSettings,
+    load_settings,
+)
+from tasks.acquisition import (
+    blend,
+    never_detected,
+    per_second,
+    percentile_rank,
+    rare_candidates,
+    regime_weight,
+    typicality,
+)
+from tasks.selection import select
+
+C = 3
+
+
+def test_per_second_prefers_the_cheaper_frame_of_equal_value() -> None:
+    v = per_second(np.array([2.0, 2.0, 1.0]), np.array([10.0, 40.0, 10.0]), 1.0)
+    assert v[0] > v[1] and v[0] > v[2]
+    assert per_second(np.array([2.0, 2.0]), np.array([10.0, 40.0]), 0.0).tolist() == [2.0, 2.0]
+
+
+@pytest.mark.parametrize(("quality", "w"), [(0.05, 0.0), (0.3, 0.0), (0.45, 0.5), (0.6, 1.0), (0.9, 1.0)])
+def test_regime_weight_ramps_linearly_between_weak_and_good(quality: float, w: float) -> None:
+    r = regime_weight(quality, RegimeSettings(enabled=True, weak_below=0.3, good_above=0.6))
+    assert r.weight == pytest.approx(w)
+    assert "0.3" in r.rule and "0.6" in r.rule
+
+
+def test_regime_unknown_and_disabled() -> None:
+    assert regime_weight(None, RegimeSettings(enabled=True, unknown_weight=0.25)).weight == 0.25
+    assert regime_weight(0.0, RegimeSettings(enabled=False)).weight == 1.0
+
+
+def test_regime_settings_refuse_an_empty_ramp(tmp_path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("classes: [a]\nselection: {regime: {weak_below: 0.6, good_above: 0.5}}\n")
+    with pytest.raises(ConfigError, match="good_above"):
+        load_settings(cfg)
+
+
+def test_percentile_rank_and_blend() -> None:
+    assert percentile_rank(np.array([3.0, 1.0, 2.0])).tolist() == [1.0, 0.0, 0.5]
+    assert percentile_rank(np.array([1.0, 1.0, 2.0])).tolist() == [0.25, 0.25, 1.0]
+    v, t = np.array([1.0, 0.0, 0.5]), np.array([0.0, 1.0, 0.5])
+    assert blend(v, t, 1.0).tolist() == v.tolist()
+    assert np.argmax(blend(v, t, 0.0)) == 1
+    assert blend(v, None, 0.0).tolist() == v.tolist()
+
+
+def test_typicality_ranks_a_cluster_above_an_outlier() -> None:
+    rng = np.random.default_rng(0)
+    cluster = np.array([1.0, 0, 0, 0]) + 0.05 * rng.standard_normal((50, 4))
+    outlier = np.array([[0.0, 0, 0, 1.0]])
+    t = typicality(np.vstack([cluster, outlier]), k=5, reference=20, seed=0)
+    assert t.shape == (51,)
+    assert t[-1] < t[:-1].min()
+
+
+def test_never_detected_needs_labelled_examples() -> None:
+    assert never_detected(np.array([0, 0, 2]), [5, 3, 1], 3) == [1]
+    assert never_detected(np.array([0]), [5, 0, 1], 3) == [2]
+    assert never_detected(np.array([0]), None, 3) == []
+
+
+def test_rare_candidates_pick_frames_nearest_to_the_exemplars() -> None:
+    emb = np.eye(6, 4)[[0, 1, 2, 3, 0, 1]].astype(np.float32)
+    emb[4] += 0.1  # a near copy of frame 0
+    ex = {1: np.array([[1.0, 0, 0, 0]], np.float32)}
+    eligible = np.ones(6, bool)
+    eligible[0] = False  # e.g. in the control arm
+    found = rare_candidates(emb, ex, [1], eligible, 3, RareSearchSettings(min_similarity=0.9), ["a", "b", "c"])
+    assert found.picks == [4]
+    assert found.report["classes"]["b"] == {"exemplars": 1, "candidates": 1, "picked": 1,
+                                             "best_similarity": pytest.approx(1.1 / np.sqrt(1.24), abs=1e-3)}
+    none = rare_candidates(None, ex, [1], eligible, 3, RareSearchSettings(), None)
+    assert none.picks == [] and none.report["notes"]
+
+
+# ---- through select() ----------------------------------------------------------------------------------------
+def scored(i: int, confs: list[float], cls: list[int], emb: np.ndarray, second: float = 0.01) -> ScoredFrame:
+    n = len(confs)
+    s = np.full((n, C), 0.01, np.float32)
+    s[:, (np.asarray(cls, np.int64) + 1) % C] = second
+    s[np.arange(n), cls] = confs
+    xyxy = np.array([[12 * j, 0, 12 * j + 10, 10] for j in range(n)], np.float32).reshape(-1, 4)
+    det = Detections(xyxy, np.asarray(confs, np.float32), np.asarray(cls, np.int64), class_scores=s)
+    return ScoredFrame(FrameRef("prod", f"f/{i:04d}.jpg", f"e{i}", "c0", "2026-01-01"), 64, 48, det, emb)
+
+
+def sel(**kw: object) -> SelectionSettings:
+    base = {"budget": 1, "strategy": "entropy", "aggregation": "sum", "diversity": "none", "control_share": 0.0,
+            "control_min": 0, "class_balance": False}
+    base.update(kw)
+    return SelectionSettings(**base)
+
+
+def test_sum_prefers_a_crowded_frame_but_value_per_second_does_not() -> None:
+    e = np.ones(4, np.float32)
+    crowded = scored(0, [0.97] * 12, [0] * 12, e, second=0.05)  # twelve nearly sure boxes: much summed entropy
+    single = scored(1, [0.5], [0], e, second=0.45)  # one box torn between two classes
+    plain = select([crowded, single], None, sel())
+    assert plain.selected[0].frame.key == crowded.frame.key
+    cost = LabellingCostSettings()
+    paid = select([crowded, single], None, sel(cost={"per_second": True}), cost=cost)
+    assert paid.selected[0].frame.key == single.frame.key
+    assert paid.report["cost"]["per_second"] is True
+    assert len(paid.report["pool"]["expected_seconds"]) == 2
+    off = select([crowded, single], None, sel(cost={"per_second": False}), cost=cost)
+    assert off.selected[0].frame.key == crowded.frame.key
+
+
+def test_weak_champion_ranks_by_typicality_and_says_so() -> None:
+    rng = np.random.default_rng(1)
+    frames = [scored(i, [0.9], [0], (np.array([1.0, 0, 0, 0]) + 0.05 * rng.standard_normal(4)).astype(np.float32))
+              for i in range(20)]
+    frames.append(scored(20, [0.5], [0], np.array([0, 0, 0, 1.0], np.float32)))  # most uncertain, an outlier
+    good = select(frames, None, sel(regime={"enabled": True}), champion_quality=0.8)
+    assert good.selected[0].frame.key == frames[20].frame.key
+    weak = select(frames, None, sel(regime={"enabled": True}), champion_quality=0.1)
+    assert weak.selected[0].frame.key != frames[20].frame.key
+    assert weak.report["regime"]["uncertainty_weight"] == 0.0
+    assert weak.report["regime"]["champion_map50"] == 0.1
+    assert any("regime" in n for n in weak.notes)
+
+
+def test_rare_class_search_reserves_frames_and_reports_them() -> None:
+    far = np.array([1.0, 0, 0, 0], np.float32)
+    near_rare = np.array([0, 0, 1.0, 0.05], np.float32)
+    frames = [scored(i, [0.5], [0], far) for i in range(8)] + [scored(8, [0.95], [1], near_rare)]
+    ex = {2: np.array([[0, 0, 1.0, 0]], np.float32)}
+    res = select(frames, [10, 10, 3], sel(budget=4, rare_search={"share": 0.25}), class_names=["a", "b", "r"],
+                 num_classes=C, class_exemplars=ex)
+    keys = [f.frame.key for f in res.selected]
+    assert keys[0] == frames[8].frame.key  # reserved first, although the least uncertain
+    assert "rare-class search" in res.selected[0].reason
+    assert res.report["rare_search"]["picked"] == 1
+    assert res.report["rare_search"]["classes"]["r"]["candidates"] == 1
+    off = select(frames, [10, 10, 3], sel(budget=4, rare_search={"enabled": False}), class_names=["a", "b", "r"],
+                 num_classes=C, class_exemplars=ex)
+    assert frames[8].frame.key not in [f.frame.key for f in off.selected]
+
+
+def test_the_champions_golden_map50_tag_is_read_as_its_quality() -> None:
+    from tasks.registry import _float_tag
+
+    assert _float_tag({"detloop.golden_map50": "0.4123"}, "detloop.golden_map50") == pytest.approx(0.4123)
+    assert _float_tag({}, "detloop.golden_map50") is None  # a version registered before the tag: unknown
+    assert _float_tag({"detloop.golden_map50": "n/a"}, "detloop.golden_map50") is None
+
+
+def test_typicality_is_the_same_computed_in_blocks() -> None:
+    x = np.random.default_rng(3).standard_normal((50, 6)).astype(np.float32)
+    np.testing.assert_allclose(typicality(x, 4, 20, seed=1, block=7), typicality(x, 4, 20, seed=1), rtol=1e-6)

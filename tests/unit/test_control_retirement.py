@@ -1,0 +1,58 @@
+"""Control frames retire into training once they have served their window (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from detloop.datasets import DatasetEntry, DatasetManifest
+from detloop.errors import DataError
+from detloop.settings import Settings
+from tasks.round_version import retire_after, retire_controls
+
+
+def entry(i: int, split: str, source: str, date: str, arm: str | None = None) -> DatasetEntry:
+    return DatasetEntry(frame_sha=f"{i:064x}", label_sha="0" * 64, width=64, height=48, camera=f"c{i % 3}",
+                        date=date, hour=i % 24, split=split, source=source, arm=arm)
+
+
+def rounds_of_controls(n_rounds: int, per_round: int = 3) -> list[DatasetEntry]:
+    out = [entry(1000 + i, "train", "seed", "2026-01-01") for i in range(5)]
+    for r in range(1, n_rounds + 1):
+        out += [entry(r * 100 + j, "control", f"round:r{r}", f"2026-02-{r:02d}", "control") for j in range(per_round)]
+        out.append(entry(r * 100 + 50, "train", f"round:r{r}", f"2026-02-{r:02d}", "selected"))
+    return out
+
+
+def test_controls_older_than_the_window_retire_and_the_rest_stay() -> None:
+    entries = rounds_of_controls(5)
+    moved, retired = retire_controls(entries, "round:r5", after=4, val_share=0.2)
+    assert retired == ["round:r1"]
+    by_src = {}
+    for e in moved:
+        if e.arm == "control":
+            by_src.setdefault(e.source, set()).add(e.split)
+    assert by_src["round:r1"] <= {"train", "val"} and "control" not in by_src["round:r1"]
+    for r in (2, 3, 4, 5):
+        assert by_src[f"round:r{r}"] == {"control"}
+    assert [e for e in moved if e.arm != "control"] == [e for e in entries if e.arm != "control"]
+    # the manifest accepts retired control entries in train/val, never golden
+    DatasetManifest(kind="train", classes=["a"], entries=moved)
+    with pytest.raises(DataError, match="control"):
+        DatasetManifest(kind="train", classes=["a"], entries=[entry(1, "golden", "round:r1", "2026-02-01", "control")])
+
+
+def test_nothing_retires_inside_the_window_or_when_off() -> None:
+    entries = rounds_of_controls(3)
+    assert retire_controls(entries, "round:r3", after=4, val_share=0.2)[1] == []
+    assert retire_controls(entries, "round:r3", after=None, val_share=0.2) == (entries, [])
+    moved, retired = retire_controls(entries, "round:r3", after=1, val_share=0.2)
+    assert retired == ["round:r1", "round:r2"]
+    assert sum(e.split == "control" for e in moved) == 3
+
+
+def test_the_window_follows_the_settings() -> None:
+    s = Settings(classes=["a"])
+    assert retire_after(s) == max(s.selection.control_pool_rounds, s.drift.live_rounds)
+    s2 = Settings(classes=["a"], selection={"control_retire_after": 2})
+    assert retire_after(s2) == 2
+    assert retire_after(Settings(classes=["a"], selection={"control_retire": False})) is None

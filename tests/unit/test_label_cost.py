@@ -1,0 +1,87 @@
+"""The labelling cost model: action counts from pre-annotations vs final boxes, seconds, expected seconds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detloop.detections import Detections
+from detloop.errors import ConfigError
+from detloop.label_cost import LabelActions, count_actions, expected_seconds
+from detloop.settings import LabellingCostSettings, load_settings
+
+COST = LabellingCostSettings()
+
+
+def dets(boxes: list[list[float]], classes: list[int]) -> Detections:
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    return Detections(xyxy=b, confidence=np.ones(len(b), np.float32), class_id=np.asarray(classes, np.int64))
+
+
+def test_each_action_is_counted() -> None:
+    final = dets([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50], [60, 60, 70, 70]], [0, 0, 1, 0])
+    pre = dets([[0, 0, 10, 10],  # exact, same class: verify
+                [20, 20, 30, 34],  # IoU 0.71 ... adjusted below because of the class
+                [40, 40, 50, 56],  # IoU 0.625: adjust
+                [90, 90, 99, 99]],  # nothing there: delete
+               [0, 1, 1, 0])
+    a = count_actions(pre, final, COST)
+    assert a == LabelActions(frames=1, verify=1, adjust=2, draw=1, delete=1)
+    assert a.seconds(COST) == pytest.approx(3.0 + 1.6 + 2 * 4.0 + 7.0 + 1.0)
+
+
+def test_no_pre_annotations_means_drawing_everything() -> None:
+    final = dets([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 1])
+    a = count_actions(dets([], []), final, COST)
+    assert (a.verify, a.adjust, a.draw, a.delete) == (0, 0, 2, 0)
+    assert count_actions(final, dets([], []), COST).delete == 2
+
+
+def test_matching_is_one_to_one() -> None:
+    final = dets([[0, 0, 10, 10]], [0])
+    pre = dets([[0, 0, 10, 10], [0, 0, 10, 11]], [0, 0])  # a duplicate: one verified, one deleted
+    a = count_actions(pre, final, COST)
+    assert (a.verify, a.delete, a.draw) == (1, 1, 0)
+
+
+def test_actions_add_and_cost_scales_with_prices() -> None:
+    a = LabelActions(1, 2, 0, 1, 0) + LabelActions(1, 0, 1, 0, 3)
+    assert a == LabelActions(2, 2, 1, 1, 3)
+    classic = LabellingCostSettings(draw_seconds=30.0)
+    assert a.seconds(classic) - a.seconds(COST) == pytest.approx(23.0)
+
+
+def test_expected_seconds_prices_confident_boxes_as_verifications_and_candidates_as_misses() -> None:
+    s = expected_seconds(np.array([1.0, 0.0, 0.5]), np.array([0, 1, 1]), np.array([0.5]), np.array([2]), 3, COST)
+    assert s == pytest.approx([3.0 + 1.6, 3.0 + 1.0 + 0.5 * 1.6 + 0.5 * 1.0, 3.0 + 0.5 * 7.0])
+
+
+def test_expected_seconds_grows_with_boxes_but_per_box_value_does_not() -> None:
+    crowded = expected_seconds(np.full(20, 0.9), np.zeros(20, np.int64), np.zeros(0), np.zeros(0, np.int64), 1, COST)
+    single = expected_seconds(np.full(1, 0.9), np.zeros(1, np.int64), np.zeros(0), np.zeros(0, np.int64), 1, COST)
+    assert crowded[0] > 5 * single[0]
+
+
+def test_inconsistent_ious_are_refused_naming_the_field(tmp_path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("classes: [a]\nlabelling_cost: {verify_iou: 0.5, match_iou: 0.6}\n")
+    with pytest.raises(ConfigError, match="match_iou"):
+        load_settings(cfg)
+    cfg.write_text("classes: [a]\nlabelling_cost: {draw_seconds: -1}\n")
+    with pytest.raises(ConfigError, match="draw_seconds"):
+        load_settings(cfg)
+
+
+def test_the_simulated_annotator_prices_its_submission_against_the_task_predictions() -> None:
+    from detloop.ls_format import FROM_NAME, TO_NAME
+    from detloop.sim.annotator import labelling_actions, pre_annotations
+
+    names = ["a", "b"]
+    truth = dets([[0, 0, 10, 10], [20, 20, 40, 40]], [0, 1])
+    shown = dets([[0, 0, 10, 10], [60, 60, 70, 70]], [0, 0])
+    task = {"predictions": [{"result": shown.to_label_studio(100, 100, names, FROM_NAME, TO_NAME)}]}
+    result = truth.to_label_studio(100, 100, names, FROM_NAME, TO_NAME, with_score=False)
+    assert len(pre_annotations(task, names, 100, 100)) == 2
+    a = labelling_actions(task, result, names, 100, 100, COST)
+    assert (a.verify, a.adjust, a.draw, a.delete) == (1, 0, 1, 1)
+    assert labelling_actions({"predictions": [17]}, result, names, 100, 100, COST).draw == 2  # ids only: none shown
