@@ -278,8 +278,9 @@ def test_demo_tiny_runs_the_same_path_and_resumes(stack_settings, tmp_path, monk
     assert n_versions == 2  # bootstrap + the round's challenger
 
     again = run_demo(s, weeks=1, size="tiny", log=lines.append, timeout=900, out_dir=tmp_path / "demo")
-    def done(rows: list[dict]) -> list[dict]:  # a row's wall-clock minutes are this run's own
-        return [{k: v for k, v in r.items() if k != "minutes"} for r in rows]
+    def done(rows: list[dict]) -> list[dict]:  # a row's wall-clock minutes and annotations made are this run's own
+        return [{k: v for k, v in r.items() if k not in ("minutes", "annotated")} for r in rows]
 
     assert done(again["rounds"]) == done(out["rounds"])
+    assert [r["annotated"] for r in again["rounds"]] == [0] and row["annotated"] > 0  # nothing labelled twice
     assert len(list_models(RegistryClient(s))) == n_versions  # nothing retrained or registered twice
