@@ -126,6 +126,7 @@ _BENCHES: dict[str, tuple[str, str | None, list[str]]] = {
     "postprocessing": ("postprocessing", None, ["verdicts", "seconds"]),
     "hard_data": ("hard_data", None, ["seeds_done", "skipped_over_budget", "seconds"]),
     "loss-tta": ("loss_tta", None, ["seconds_total"]),
+    "error-cost": ("error_cost", None, ["boxes_per_image"]),
     "drift": ("drift", None, ["targets", "seconds"]),
     "soak": ("soak", None, ["weeks_run", "episodes", "seconds"]),
     "arch": ("arch", None, ["verdicts", "seconds"]),
@@ -193,6 +194,16 @@ def bench_hard_data(ctx: typer.Context) -> None:
     bootstrap intervals: `python -m benchmarks.hard_data`; options go there (`--seeds 0,1`, `--epochs 3`,
     `--max-minutes 40`; `detloop bench hard_data -- --help`). Needs no stack."""
     _run("hard_data", list(ctx.args), None)
+
+
+@bench_app.command("error-cost", context_settings=_PASS)
+def bench_error_cost(ctx: typer.Context) -> None:
+    """What the TIDE error breakdown (issue 19) costs per evaluated slice, against the metric computation every
+    evaluation runs (generated boxes, no model): `python -m benchmarks.error_cost`; options go there (`--sizes`,
+    `--boxes-per-image`; `detloop bench error-cost -- --help`). Needs no stack."""
+    _run("error-cost", list(ctx.args), None)
+
+
 @bench_app.command("loss-tta", context_settings=_PASS)
 def bench_loss_tta(ctx: typer.Context) -> None:
     """Imbalance-aware loss and offline TTA (issue 19): the champion fine-tuned with bce / focal / varifocal /

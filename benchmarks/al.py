@@ -328,6 +328,25 @@ def evaluate_weights(weights: Path, data: BenchData, frames: Frames, settings: A
     }
 
 
+def eval_slice_weights(frames: Sequence[BenchFrame], preds: Sequence[Detections], classes: Sequence[str],
+                       settings: Any) -> dict[str, Any]:
+    """The error weights a model selects with (``selection.error_weighting``), from its TIDE breakdown on the
+    benchmark's evaluation set ``frames`` (predictions ``preds``): the product breaks the champion down on its
+    golden set in each round's evaluation and weighs by that; here the evaluation set stands in for it, under the
+    configured slice name, with the product's ``evaluation.min_instances`` and ``error_analysis`` thresholds.
+
+    Returns:
+        ``{"class": {name: w}, "camera": {id: w}, "source": {...}}`` for ``select(..., slice_weights=)``.
+    """
+    from tasks.error_analysis import breakdown, selection_weights
+
+    ew, ea = settings.selection.error_weighting, settings.error_analysis
+    b = breakdown(ew.slice, [f.truth for f in frames], preds, classes, [f.camera for f in frames],
+                  settings.evaluation.min_instances, ea.fg_iou, ea.bg_iou, ea.count_min_confidence)
+    return {**selection_weights({ew.slice: b}, ew), "source": {"slice": ew.slice, "evaluated_on": "bench eval set",
+                                                               "frames": len(frames)}}
+
+
 def train_once(cfg: BenchConfig, data_yaml: Path, init: Path | None, epochs: int, seed: int, out_dir: Path,
                yolo_dir: Path, arch: str, loss: dict[str, Any] | None = None) -> tuple[Path, float]:
     """One Ultralytics training in the project's training worker (no MLflow). Returns (last.pt, seconds).
@@ -542,6 +561,14 @@ class Runner:
                 out.setdefault(c, []).append(e)
         return {c: np.stack(v) for c, v in out.items()}
 
+    def error_weights(self, weights: Path) -> dict[str, Any]:
+        """:func:`eval_slice_weights` of ``weights`` (the round's current model: the product weighs by its
+        champion's breakdown), inferred once per round on the evaluation set as :func:`evaluate_weights` does."""
+        ms = self.settings.model
+        preds, _ = infer(weights, self.frames("eval"), range(len(self.data.eval)), ms.conf_threshold,
+                         ms.nms.iou_threshold, ms.max_det, ms.scoring_max_candidates, self.cfg.threads, False)
+        return eval_slice_weights(self.data.eval, preds, self.data.classes, self.settings)
+
     def _choose(self, arm: str, seed: int, r: int, weights: Path, unlabelled: list[int],
                 class_counts: np.ndarray, quality: float | None = None, labelled: Sequence[int] = (),
                 ) -> tuple[list[int], list[int], dict[str, Any]]:
@@ -567,6 +594,8 @@ class Runner:
             ex = (self.exemplars(weights, labelled) if sel.rare_search.enabled
                   and never_detected(det_cls, class_counts, len(self.data.classes)) else None)
             extra = {"cost": self.settings.labelling_cost, "champion_quality": quality, "class_exemplars": ex}
+            if sel.error_weighting.enabled:  # off by default; its own cache dir (selection_key) when on
+                extra["slice_weights"] = self.error_weights(weights)
         res = select(frames, class_counts, sel, round_seed=r, class_names=self.data.classes,
                      num_classes=len(self.data.classes), **extra)
         by_name = {pool[i].name: i for i in unlabelled}
@@ -575,7 +604,9 @@ class Runner:
         return chosen, control, {"strategy": res.report["strategy"], "notes": res.notes,
                                  "selection_settings": sel.model_dump(mode="json"),
                                  "regime": res.report.get("regime"), "rare_search": res.report.get("rare_search"),
-                                 "cost": res.report.get("cost")}
+                                 "cost": res.report.get("cost"),
+                                 **({"error_weighting": res.report["error_weighting"]}
+                                    if sel.error_weighting.enabled else {})}
 
     def oracle(self) -> Any:
         """The Label Studio oracle of ``--via-label-studio`` (built on first use)."""

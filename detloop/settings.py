@@ -306,12 +306,37 @@ class RareSearchSettings(_Model):
     """Frames for a class the champion never detects in the pool, found by embedding similarity to labelled
     frames holding that class."""
 
-    enabled: bool = Field(True, description="Search when a labelled class has no detection in the pool (needs the "
-                          "labelled examples' embeddings: `detloop bench al` passes them; the product flow not yet).")
+    enabled: bool = Field(True, description="Search when a labelled class has no detection in the pool: the "
+                          "champion embeds up to exemplars_per_class labelled frames holding it (from the dataset "
+                          "version it was trained on) and the pool frames nearest to them are reserved a share.")
     share: float = Field(0.1, ge=0.0, le=0.5, description="Share of the selected arm reserved for these frames.")
     min_similarity: float = Field(
         0.5, ge=-1.0, le=1.0, description="Cosine similarity to the nearest labelled example for a frame to count "
         "as a candidate.",
+    )
+    exemplars_per_class: int = Field(
+        32, ge=1, le=1000, description="Labelled frames per never-detected class the champion embeds as examples "
+        "(a seeded sample of the non-golden, non-synthetic frames holding the class; about one scoring pass each).",
+    )
+
+
+class ErrorWeightingSettings(_Model):
+    """Weight the selection toward the classes and cameras where the champion fails most (issue 19).
+
+    The champion's TIDE breakdown on ``slice`` (:mod:`tasks.error_analysis`, stored per model version by each
+    round's evaluation) gives each class and camera ``1 + strength x (failure / mean failure - 1)`` with failure
+    ``1 - AP50``; a frame's multiplier is its camera's weight x the largest weight among the classes its detected
+    boxes predict, clipped to ``[1 / cap, cap]`` (docs/selection.md)."""
+
+    enabled: bool = Field(False, description="Multiply each frame's score by its error weight (off until "
+                          "`detloop bench al` measures it, docs/selection.md).")
+    slice: Literal["golden", "control", "crowded"] = Field(
+        "golden", description="Evaluation slice whose breakdown weighs (one of error_analysis.slices).",
+    )
+    strength: float = Field(1.0, ge=0.0, le=4.0, description="0: every weight 1; 1: failure relative to the mean.")
+    cap: float = Field(3.0, ge=1.0, le=10.0, description="Weights (and a frame's product) are clipped to [1/cap, cap].")
+    kinds: list[Literal["class", "camera"]] = Field(
+        ["class", "camera"], min_length=1, description="Groups that weigh: class, camera or both.",
     )
 
 
@@ -352,6 +377,7 @@ class SelectionSettings(_Model):
     cost: SelectionCostSettings = Field(default_factory=SelectionCostSettings)
     regime: RegimeSettings = Field(default_factory=RegimeSettings)
     rare_search: RareSearchSettings = Field(default_factory=RareSearchSettings)
+    error_weighting: ErrorWeightingSettings = Field(default_factory=ErrorWeightingSettings)
 
     @field_validator("ambiguous_band")
     @classmethod

@@ -105,10 +105,9 @@ def evaluate_and_promote(
         ch, cp = evaluate_pair(Path(weights), champion.scoring_dir if champion else None, slices, settings,
                                work_dir=work)
         plots_for_report(ch, slices, settings.classes, work / "plots")
-        if cp is not None and settings.error_analysis.enabled:
-            from tasks.error_analysis import write_breakdown
+        from tasks.error_analysis import write_pair_breakdowns
 
-            write_breakdown(cp, slices, settings, work / "errors")
+        write_pair_breakdowns(ch, cp, slices, settings, work / "errors")
         summary: list[dict[str, Any]] = [{"slice": "golden", "frames": len(slices[0].items)}]
     elif golden:
         ch, cp, summary = retrying(steps.evaluate, settings)(settings, clients, Path(weights), champion, golden,
@@ -124,6 +123,8 @@ def evaluate_and_promote(
 
     if cp is not None and cp.error_breakdown:  # what the champion gets wrong, on the round's run
         retrying(steps.log_errors, settings)(settings, clients, run_id, cp)
+    pair = {version: ("challenger", ch), **({parent: ("champion", cp)} if parent is not None else {})}
+    retrying(steps.store_errors, settings)(settings, clients, pair, {"round_id": round_id, "run_id": run_id})
 
     # 3. the gate (pure), recorded on the version
     decision = decide(gate_scores(ch), gate_scores(cp) if cp is not None else None, settings.gate)

@@ -107,6 +107,65 @@ def score_sample(settings: Any, clients: Any, sample: Any, model: Any, committee
     return result
 
 
+def rare_class_exemplars(settings: Any, clients: Any, model: Any, dataset_version: str | None,
+                         classes: list[int], notes: list[str]) -> dict[int, Any] | None:
+    """Embeddings, by the scoring ``model``, of labelled frames holding each of ``classes`` (classes the model
+    never detects in the sample): what the rare-class search compares the pool with.
+
+    The frames come from ``dataset_version`` (default: the newest labelled version), at most
+    ``selection.rare_search.exemplars_per_class`` per class; they are scored like the sample (same model, same
+    settings; not cached: a few frames). A note says what was embedded, or why nothing could be.
+    """
+    from detloop.contracts import FrameRef
+    from detloop.datasets import blob_key
+    from tasks.acquisition import exemplar_embeddings, exemplar_entries
+    from tasks.selection import labelled_version
+
+    names = ", ".join(settings.classes[c] for c in classes)
+    version = labelled_version(clients.store, settings, dataset_version)
+    if version is None:
+        notes.append(f"rare-class search: no labelled dataset version to take examples of {names} from")
+        return None
+    manifest = retrying(steps.load_dataset_manifest, settings)(settings, clients, version)
+    chosen = exemplar_entries(manifest.entries, classes, settings.selection.rare_search.exemplars_per_class,
+                              settings.selection.seed)
+    entries = {e.frame_sha: e for es in chosen.values() for e in es}
+    if not entries:
+        notes.append(f"rare-class search: dataset version {version} holds no usable frame of {names}")
+        return None
+    bucket = settings.s3.data_bucket
+    refs = [FrameRef(bucket, blob_key(e.frame_sha, e.ext), e.frame_sha, e.camera, e.date) for e in entries.values()]
+    scored = retrying(steps.score_chunk, settings)(settings, refs, model, clients=clients)
+    # a ref's etag is its frame hash: quarantined frames are simply absent
+    embedding_of = {f.frame.etag: f.embedding for f in scored.frames if f.embedding is not None}
+    out = exemplar_embeddings(chosen, embedding_of)
+    notes.append(f"rare-class search: {len(embedding_of)} labelled frame(s) of {names} from dataset version "
+                 f"{version} embedded by {model.label}")
+    return out or None
+
+
+def error_weights(settings: Any, clients: Any, champion: Any, notes: list[str]) -> dict[str, Any] | None:
+    """With ``selection.error_weighting.enabled``: the weights of the champion's latest stored error breakdown
+    (``errors/<model>/v<version>.json``, written by each round's evaluation), with their ``source``; None, with
+    a note, when the champion has none stored (or the model is given by path) or the weighting is off."""
+    from tasks.error_analysis import breakdown_key, selection_weights
+
+    ew = settings.selection.error_weighting
+    if not ew.enabled:
+        return None
+    if champion is None:
+        notes.append("error weighting: the scoring model is given by path and has no stored error breakdown")
+        return None
+    stored = retrying(steps.read_errors, settings)(settings, clients, champion.version)
+    if stored is None or ew.slice not in stored.get("breakdowns", {}):
+        notes.append(f"error weighting: no {ew.slice} breakdown of champion v{champion.version} stored yet "
+                     f"(s3://{settings.s3.data_bucket}/{breakdown_key(settings.mlflow.model_name, champion.version)}"
+                     ": written by a round's evaluation of that version)")
+        return None
+    source = {"version": str(champion.version), "slice": ew.slice, **stored.get("source", {})}
+    return {**selection_weights(stored["breakdowns"], ew), "source": source}
+
+
 @flow(name="select-frames", flow_run_name=run_name("select-frames", "run_id"), log_prints=True)
 def select_frames(
     as_of: date,
@@ -137,7 +196,7 @@ def select_frames(
     from detloop.clients import Clients
     from detloop.errors import NotFound
     from tasks.scoring import ModelRef
-    from tasks.selection import labelled_class_counts, select, write_selection
+    from tasks.selection import labelled_class_counts, missing_classes, select, write_selection
     from tasks.strategies import get_strategy
 
     log = get_run_logger()
@@ -180,17 +239,26 @@ def select_frames(
         notes.append(f"{len(scored.quarantined)} frame(s) quarantined while scoring "
                      f"(s3://{settings.s3.data_bucket}/runs/{run_id}/selection_report.json, 'quarantined')")
 
-    # 4. select: uncertainty x class balance, diversity, the random control arm
-    if labelled_counts is None and settings.selection.class_balance:
-        trained_on = champion.dataset_version if champion is not None else None
+    # 4. select: uncertainty x class balance, diversity, the random control arm, the rare-class search
+    rare = settings.selection.rare_search
+    search = rare.enabled and rare.share > 0
+    trained_on = champion.dataset_version if champion is not None else None
+    if labelled_counts is None and (settings.selection.class_balance or search):
         labelled_counts = labelled_class_counts(clients.store, settings, trained_on)
         if labelled_counts is None:
             notes.append("class balance: no labelled dataset version found; all classes weigh the same")
+    exemplars = None
+    if search:
+        missing = missing_classes(scored.frames, labelled_counts, settings.selection, len(settings.classes))
+        if missing:
+            exemplars = rare_class_exemplars(settings, clients, model, trained_on, missing, notes)
     from tasks.rounds import round_seed
 
+    slice_weights = error_weights(settings, clients, champion, notes)  # None unless error_weighting.enabled
     result = select(scored.frames, labelled_counts, settings.selection, round_seed=round_seed(run_id),
                     class_names=settings.classes, num_classes=len(settings.classes), cost=settings.labelling_cost,
-                    champion_quality=champion.golden_map50 if champion is not None else None)
+                    champion_quality=champion.golden_map50 if champion is not None else None,
+                    class_exemplars=exemplars, slice_weights=slice_weights)
     result.notes[:0] = notes
     result.report["notes"] = result.notes
     result.report.update(run_id=run_id, as_of=as_of.isoformat(), model=model.label, sample=sample.stats,

@@ -121,6 +121,14 @@ def build_dataset_version(settings: Any, clients: Any, round_id: str, entries: l
                                golden_id=golden_id)
 
 
+@task(name="load-dataset-manifest", **NET)
+def load_dataset_manifest(settings: Any, clients: Any, version_id: str) -> Any:
+    """The manifest of a dataset version (:class:`detloop.datasets.DatasetManifest`)."""
+    from detloop.datasets import load_manifest
+
+    return load_manifest(clients.store, settings, version_id)
+
+
 @task(name="add-synthetic", **NET)
 def add_synthetic(settings: Any, clients: Any, version_id: str) -> tuple[str, Any, dict[str, Any]]:
     """The version plus copy-paste train frames of its rare classes (``training.copy_paste``; deterministic)."""
@@ -186,10 +194,11 @@ def evaluate(settings: Any, clients: Any, weights: Path, champion: Any, golden: 
     slices = build_slices(clients.store, settings, golden, round_version, round_id)
     ch, cp = evaluate_pair(weights, champion.scoring_dir if champion else None, slices, settings, work_dir=work)
     plots_for_report(ch, slices, settings.classes, Path(work) / "plots")  # logged to the run by `register`
-    if cp is not None and settings.error_analysis.enabled:
-        from tasks.error_analysis import write_breakdown
+    from tasks.error_analysis import write_pair_breakdowns
 
-        write_breakdown(cp, slices, settings, Path(work) / "errors")  # logged to the run by `log_errors`
+    # the champion's (logged to the run by `log_errors`) and, when the selection weighs by errors, the
+    # challenger's; both stored per version by `store_errors`
+    write_pair_breakdowns(ch, cp, slices, settings, Path(work) / "errors")
     return ch, cp, slice_summary(slices)
 
 
@@ -199,6 +208,26 @@ def log_errors(settings: Any, clients: Any, run_id: str, report: Any) -> None:
     from tasks.error_analysis import log_breakdown
 
     log_breakdown(clients.registry, run_id, report)
+
+
+@task(name="store-errors", **NET)
+def store_errors(settings: Any, clients: Any, reports: dict[str, Any], source: dict[str, Any]) -> list[str]:
+    """Store each evaluated model version's error breakdown (``reports``: version -> its EvalReport) as that
+    version's latest (``errors/<model>/v<version>.json``), where the selection's error weighting finds the
+    champion's; reports without a breakdown are skipped. Returns the keys written."""
+    from tasks.error_analysis import store_breakdown
+
+    return [store_breakdown(clients.store, settings.s3.data_bucket, settings.mlflow.model_name, v, rep.error_breakdown,
+                            {**source, "role": role})
+            for v, (role, rep) in reports.items() if rep is not None and rep.error_breakdown]
+
+
+@task(name="read-errors", **NET)
+def read_errors(settings: Any, clients: Any, version: str) -> dict[str, Any] | None:
+    """Model ``version``'s latest stored error breakdown (what :func:`store_errors` wrote), or None."""
+    from tasks.error_analysis import read_breakdown
+
+    return read_breakdown(clients.store, settings.s3.data_bucket, settings.mlflow.model_name, version)
 
 
 @task(name="register", **NET)

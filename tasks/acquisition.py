@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from detloop.datasets import DatasetEntry
 from detloop.settings import RareSearchSettings, RegimeSettings
 
 
@@ -197,4 +198,39 @@ def rare_candidates(embeddings: np.ndarray | None, exemplars: Mapping[int, np.nd
                 taken.add(i)
                 out.report["classes"][name(c)]["picked"] += 1
                 pos[j] += 1
+    return out
+
+
+def exemplar_entries(entries: Sequence[DatasetEntry], classes: Sequence[int], per_class: int,
+                     seed: int = 0) -> dict[int, list[DatasetEntry]]:
+    """Labelled frames holding each of ``classes``, at most ``per_class`` each, for the rare-class search.
+
+    Golden frames (evaluation only) and synthetic frames (not real imagery) are left out; a frame listed twice
+    counts once. When more frames hold a class, a sample seeded by ``(seed, class)`` over the frames sorted by
+    hash is taken, so the same version and seed give the same exemplars.
+
+    Returns:
+        class -> entries (possibly empty).
+    """
+    usable = {e.frame_sha: e for e in entries if e.split != "golden" and not e.synthetic}
+    ordered = [usable[k] for k in sorted(usable)]
+    out: dict[int, list[DatasetEntry]] = {}
+    for c in classes:
+        holding = [e for e in ordered if c < len(e.class_counts) and e.class_counts[c] > 0]
+        if len(holding) > per_class:
+            pick = np.sort(np.random.default_rng([seed, c]).choice(len(holding), per_class, replace=False))
+            holding = [holding[i] for i in pick]
+        out[c] = holding
+    return out
+
+
+def exemplar_embeddings(chosen: Mapping[int, Sequence[DatasetEntry]],
+                        embedding_of: Mapping[str, np.ndarray]) -> dict[int, np.ndarray]:
+    """class -> ``(n, D)`` embeddings of its exemplar frames (``embedding_of``: frame hash -> ``(D,)``); frames
+    without an embedding (quarantined while scoring) are skipped, a class left with none is left out."""
+    out: dict[int, np.ndarray] = {}
+    for c, entries in chosen.items():
+        rows = [embedding_of[e.frame_sha] for e in entries if e.frame_sha in embedding_of]
+        if rows:
+            out[c] = np.stack(rows).astype(np.float32)
     return out

@@ -320,8 +320,8 @@ def plot(breakdowns: dict[str, dict[str, Any]], path: str | Path) -> Path:
 def slice_failure_weights(
     breakdowns: dict[str, dict[str, Any]], slice_name: str = "golden", strength: float = 1.0, cap: float = 3.0,
 ) -> dict[str, dict[str, float]]:
-    """Selection multipliers toward the classes and cameras where the model fails most (a building block: the
-    selection does not use it yet).
+    """Selection multipliers toward the classes and cameras where the model fails most (the selection's
+    ``selection.error_weighting``, through :func:`selection_weights`; off by default).
 
     A group's failure is ``1 - AP50``; its weight ``1 + strength * (failure / mean failure of its kind - 1)``,
     clipped to ``[1 / cap, cap]``. Groups without enough data weigh 1.
@@ -343,6 +343,56 @@ def slice_failure_weights(
             w = 1.0 + strength * (f / mean - 1.0) if mean > 0 else 1.0
             out[kind][k] = float(np.clip(w, 1.0 / cap, cap))
     return out
+
+
+def selection_weights(breakdowns: dict[str, dict[str, Any]], ew: Any) -> dict[str, dict[str, float]]:
+    """The weights ``selection.error_weighting`` selects with: :func:`slice_failure_weights` of ``ew.slice`` at
+    ``ew.strength`` / ``ew.cap``, the kinds not in ``ew.kinds`` left empty.
+
+    Args:
+        breakdowns: slice name -> :func:`breakdown` (a round's evaluation of the model, or the benchmark's).
+        ew: :class:`detloop.settings.ErrorWeightingSettings`.
+
+    Returns:
+        ``{"class": {name: w}, "camera": {id: w}}`` (empty dicts when the slice is missing).
+    """
+    w = slice_failure_weights(breakdowns, ew.slice, ew.strength, ew.cap)
+    return {kind: (w[kind] if kind in ew.kinds else {}) for kind in ("class", "camera")}
+
+
+def breakdown_key(model_name: str, version: str) -> str:
+    """Where a model version's latest error breakdown is stored in the data bucket (one object per version)."""
+    return f"errors/{model_name}/v{version}.json"
+
+
+def store_breakdown(store: Any, bucket: str, model_name: str, version: str, breakdowns: dict[str, dict[str, Any]],
+                    source: dict[str, Any]) -> str:
+    """Store ``breakdowns`` of model ``version`` as its latest (``{"model_name", "version", "source",
+    "breakdowns"}``; ``source``: round id, MLflow run, role); returns the key."""
+    key = breakdown_key(model_name, version)
+    store.put_json(bucket, key, {"model_name": model_name, "version": str(version), "source": source,
+                                 "breakdowns": breakdowns})
+    return key
+
+
+def read_breakdown(store: Any, bucket: str, model_name: str, version: str) -> dict[str, Any] | None:
+    """The stored record of :func:`store_breakdown` for ``version``, or None when that version has none."""
+    import json
+
+    raw = store.get_bytes_or_none(bucket, breakdown_key(model_name, version))
+    return None if raw is None else json.loads(raw)
+
+
+def write_pair_breakdowns(challenger: Any, champion: Any, slices: Sequence[EvalSlice], settings: Any,
+                          out_dir: str | Path) -> None:
+    """A round's breakdowns: the champion's on every configured slice (:func:`write_breakdown`, when
+    ``error_analysis.enabled``) and, when the selection weighs by errors, the challenger's on the weighting slice
+    (``challenger.error_breakdown``: what the selection uses once it is promoted)."""
+    if champion is not None and settings.error_analysis.enabled:
+        write_breakdown(champion, slices, settings, out_dir)
+    ew = settings.selection.error_weighting
+    if challenger is not None and ew.enabled:
+        challenger.error_breakdown = breakdown_for_slices(slices, challenger.predictions, settings, [ew.slice])
 
 
 def write_breakdown(report: Any, slices: Sequence[EvalSlice], settings: Any, out_dir: str | Path) -> dict[str, Any]:

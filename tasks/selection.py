@@ -12,7 +12,9 @@ Order of operations (all vectorised):
    must never be trained on;
 2. box uncertainty (the configured strategy) on boxes above ``conf_threshold``, aggregated per frame;
    frames with no such box get a defined score from their best sub-threshold candidates;
-3. multiplied by the class-balance weight (rare predicted classes weigh more);
+3. multiplied by the class-balance weight (rare predicted classes weigh more) and, with
+   ``error_weighting.enabled``, by the error weight (:func:`frame_error_weights`: the classes and cameras
+   where the champion fails most weigh more);
 4. diversity: ``none`` (top scores), ``kcenter`` (k-center greedy on all embeddings) or
    ``filter_kcenter`` (top ``filter_factor x n`` by score, then k-center among them). The budget is
    met exactly (or the whole pool when it is smaller).
@@ -248,6 +250,9 @@ def _reason(i: int, sc: dict[str, Any], settings: SelectionSettings, diversity: 
         base = f"{strat} {settings.aggregation} {u:.3f} over {int(sc['n_detected'][i])} boxes"
     if w > 1.0 + 1e-9:
         base += f" x class weight {w:.2f}"
+    e = float(sc["error_weight"][i]) if "error_weight" in sc else 1.0
+    if abs(e - 1.0) > 1e-9:
+        base += f" x error weight {e:.2f}"
     if diversity != "none":
         base += f" ({diversity})"
     return base
@@ -263,6 +268,7 @@ def select(
     cost: LabellingCostSettings | None = None,
     champion_quality: float | None = None,
     class_exemplars: Mapping[int, np.ndarray] | None = None,
+    slice_weights: Mapping[str, Any] | None = None,
 ) -> SelectionResult:
     """Select frames for labelling.
 
@@ -279,6 +285,9 @@ def select(
             for the regime blend (``settings.regime``); None: ``unknown_weight``.
         class_exemplars: class index -> ``(n, D)`` embeddings of labelled frames holding that class, for the
             rare-class search (``settings.rare_search``); None: no search.
+        slice_weights: ``{"class": {name: w}, "camera": {id: w}}`` from the champion's error breakdown
+            (:func:`tasks.error_analysis.selection_weights`), optionally with ``"source"`` (where it came from, for
+            the report); used when ``settings.error_weighting.enabled`` (None then: every frame weighs 1, a note).
 
     Returns:
         :class:`SelectionResult`. An empty pool gives an empty result with a note, not an error.
@@ -294,10 +303,11 @@ def select(
         return _empty_result(settings, "empty window: no frames to score; nothing selected")
     pool, emb = pool_from_frames(frames, num_classes)
     sc = score_frames(pool, settings, labelled_class_counts)
+    ew_report = _apply_error_weights(pool, frames, sc, settings, slice_weights, class_names)
     acq = _acquisition(pool, emb, sc, settings, cost, champion_quality, class_exemplars, labelled_class_counts,
                        class_names)
     picked = select_indices(acq["rank_score"], emb, settings, round_seed, reserve=acq["reserve"])
-    notes = sc["notes"] + acq["notes"] + picked["notes"]
+    notes = sc["notes"] + acq["notes"] + picked["notes"] + _rare_note(acq["rare"])
     final = acq["rank_score"]
     rare_picks = set(acq["rare"].picks)
     rank = np.empty(len(final), np.int64)
@@ -330,6 +340,7 @@ def select(
         "rank": rank.tolist(),
         "final": np.round(final, 6).tolist(),
         "class_weight": np.round(sc["class_weight"], 4).tolist(),
+        **({"error_weight": np.round(sc["error_weight"], 4).tolist()} if "error_weight" in sc else {}),
         "n_detected": sc["n_detected"].tolist(),
         "scores": {k: np.round(v, 6).tolist() for k, v in sc["per_strategy"].items()},
         **{k: np.round(v, 4).tolist() for k, v in acq["columns"].items()},
@@ -351,8 +362,77 @@ def select(
         cost=acq["cost"],
         regime=acq["regime"].to_dict(),
         rare_search={**acq["rare"].report, "picked": len(acq["rare"].picks)},
+        error_weighting=ew_report,
     )
     return SelectionResult(out, report, final, cutoff, notes)
+
+
+def frame_error_weights(pool: BoxPool, cameras: Sequence[str], weights: Mapping[str, Any], cap: float,
+                        conf_threshold: float, class_names: Sequence[str] | None = None) -> np.ndarray:
+    """Per frame: its camera's weight x the largest weight among the top classes of its detected boxes,
+    clipped to ``[1 / cap, cap]`` (the error weighting of ``selection.error_weighting``).
+
+    A frame with no box at ``>= conf_threshold`` gets its camera's weight only; a camera or class absent from
+    ``weights`` (unknown, or too few instances in the breakdown) weighs 1.
+
+    Args:
+        pool: every box of the pool (thresholded here).
+        cameras: ``(F,)`` camera id of each frame.
+        weights: ``{"class": {name: w}, "camera": {id: w}}`` (:func:`tasks.error_analysis.selection_weights`).
+        cap: bound of the product (>= 1).
+        conf_threshold: confidence above which a box counts as detected.
+        class_names: class index -> name (default: the index as a string).
+
+    Returns:
+        ``(F,)`` float64 multipliers in ``[1 / cap, cap]``.
+    """
+    cw: Mapping[str, float] = weights.get("class") or {}
+    mw: Mapping[str, float] = weights.get("camera") or {}
+    names = list(class_names or [])
+    per_class = np.array([float(cw.get(names[c] if c < len(names) else str(c), 1.0))
+                          for c in range(pool.num_classes)] or [1.0])
+    cls = frame_class_weight(pool.subset(pool.confidence >= conf_threshold), per_class)
+    cam = np.array([float(mw.get(str(c), 1.0)) for c in cameras], np.float64)
+    return np.clip(cam * cls, 1.0 / cap, cap)
+
+
+def _apply_error_weights(pool: BoxPool, frames: Sequence[ScoredFrame], sc: dict[str, Any],
+                         settings: SelectionSettings, weights: Mapping[str, Any] | None,
+                         class_names: Sequence[str] | None) -> dict[str, Any]:
+    """With ``error_weighting.enabled`` and ``weights``: ``sc["final"]`` x :func:`frame_error_weights` (kept in
+    ``sc["error_weight"]``, a note added); returns the report's ``error_weighting`` section."""
+    ew = settings.error_weighting
+    if not ew.enabled:
+        return {"enabled": False}
+    rep: dict[str, Any] = {"enabled": True, "slice": ew.slice, "strength": ew.strength, "cap": ew.cap,
+                           "kinds": list(ew.kinds), "source": None, "weights": None, "up_weighted": 0,
+                           "down_weighted": 0}
+    if weights is None:
+        sc["notes"].append("error weighting: no error breakdown of the scoring model found; every frame weighs 1")
+        return rep
+    w = frame_error_weights(pool, [f.frame.camera for f in frames], weights, ew.cap, settings.conf_threshold,
+                            class_names)
+    sc["final"] = sc["final"] * w
+    sc["error_weight"] = w
+    up, down = int((w > 1.0 + 1e-9).sum()), int((w < 1.0 - 1e-9).sum())
+    rep.update(source=weights.get("source"), up_weighted=up, down_weighted=down,
+               weights={k: dict(weights.get(k) or {}) for k in ("class", "camera")})
+    src = weights.get("source") or {}
+    of = "".join(f", {k} {src[k]}" for k in ("version", "round_id") if src.get(k) is not None)
+    sc["notes"].append(f"error weighting ({ew.slice} breakdown{of}): {up} frame(s) weighted up, {down} down "
+                       f"(x[{1 / ew.cap:.2f}, {ew.cap:g}])")
+    return rep
+
+
+def _rare_note(rare: RareSearch) -> list[str]:
+    """One line per search: per never-detected class, exemplars, candidates found and frames picked."""
+    classes = rare.report.get("classes") or {}
+    if not classes:
+        return []
+    parts = [f"{name}: {r['exemplars']} labelled examples, {r['candidates']} candidates, {r['picked']} picked"
+             for name, r in classes.items()]
+    return ["rare-class search (classes the champion never detects): " + "; ".join(parts)
+            + "".join(f" ({n})" for n in rare.report.get("notes", []))]
 
 
 def _acquisition(pool: BoxPool, emb: np.ndarray | None, sc: dict[str, Any], settings: SelectionSettings,
@@ -430,7 +510,8 @@ def _report_header(settings: SelectionSettings, strategy: str, notes: list[str])
 def _empty_result(settings: SelectionSettings, note: str) -> SelectionResult:
     report = _report_header(settings, settings.strategy, [note])
     report.update(counts={"pool": 0, "selected": 0, "control": 0, "no_detection": 0}, cutoff=None, chosen=[],
-                  pool={}, cost={"per_second": False}, regime=None, rare_search={"classes": {}, "picked": 0})
+                  pool={}, cost={"per_second": False}, regime=None, rare_search={"classes": {}, "picked": 0},
+                  error_weighting={"enabled": settings.error_weighting.enabled})
     return SelectionResult([], report, np.zeros(0), None, [note])
 
 
@@ -511,14 +592,30 @@ def read_stored_selection(store: Any, bucket: str, run_id: str
     return frames, meta.get("model_version"), meta.get("stats", {})
 
 
-def labelled_class_counts(store: Any, settings: Any, dataset_version: str | None) -> list[int] | None:
-    """Boxes per configured class in the train split of ``dataset_version`` (default: the newest train, else
-    seed version): what class balance weighs against. None when no labelled version exists."""
-    from detloop.datasets import latest_version, load_manifest
+def labelled_version(store: Any, settings: Any, dataset_version: str | None) -> str | None:
+    """``dataset_version``, else the newest train version, else the seed version (None: nothing labelled)."""
+    from detloop.datasets import latest_version
 
-    version = (dataset_version or latest_version(store, settings, "train")
-               or latest_version(store, settings, "seed"))
+    return (dataset_version or latest_version(store, settings, "train")
+            or latest_version(store, settings, "seed"))
+
+
+def labelled_class_counts(store: Any, settings: Any, dataset_version: str | None) -> list[int] | None:
+    """Boxes per configured class in the train split of :func:`labelled_version`: what class balance weighs
+    against. None when no labelled version exists."""
+    from detloop.datasets import load_manifest
+
+    version = labelled_version(store, settings, dataset_version)
     if version is None:
         return None
     boxes = load_manifest(store, settings, version).box_counts(split="train")
     return [int(boxes.get(c, 0)) for c in settings.classes]
+
+
+def missing_classes(frames: Sequence[ScoredFrame], labelled_counts: Sequence[int] | None,
+                    settings: SelectionSettings, num_classes: int) -> list[int]:
+    """Classes with labelled boxes that the champion detects (above ``conf_threshold``) nowhere in ``frames``:
+    what the rare-class search looks for (the same test :func:`select` applies)."""
+    pool = BoxPool.from_detections([f.detections for f in frames], num_classes)
+    det = pool.confidence >= settings.conf_threshold
+    return never_detected(pool.class_scores[det].argmax(axis=1), labelled_counts, num_classes)

@@ -418,16 +418,15 @@ def frame_class_weight(pool: BoxPool, weights: np.ndarray) -> np.ndarray:
 
     Args:
         pool: detected boxes (already thresholded).
-        weights: ``(C,)`` from :func:`class_weights`.
+        weights: ``(C,)`` per-class multipliers (:func:`class_weights`, >= 1; or error weights, any > 0).
 
     Returns:
-        ``(F,)`` float64 multipliers >= 1.
+        ``(F,)`` float64 multipliers.
     """
-    out = np.ones(pool.n_frames)
-    if len(pool.confidence) == 0:
-        return out
-    bw = weights[pool.class_scores.argmax(axis=1)]
-    np.maximum.at(out, pool.frame_index, bw)
+    out = np.full(pool.n_frames, -np.inf)
+    if len(pool.confidence):
+        np.maximum.at(out, pool.frame_index, np.asarray(weights, np.float64)[pool.class_scores.argmax(axis=1)])
+    out[np.isinf(out)] = 1.0
     return out
 
 

@@ -6,6 +6,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 START = date(2026, 1, 5)
@@ -172,3 +173,37 @@ def test_a_following_watch_keeps_checking_until_the_round_is_done(world: Any, co
     assert waits == [world.prefect.watch_interval_seconds] * 2  # three checks, then the round was done
     assert report["rounds"][0]["round_id"] == rid and report["rounds"][0]["emitted"]
     assert [e["event"] for e in events].count("detloop.annotation.round.completed") == 1
+
+
+def test_error_weighting_lifts_the_champions_failing_camera_and_off_changes_nothing(world: Any, config: str,
+                                                                                     fakes: Any) -> None:
+    """The selection flow reads the champion's stored breakdown (a round's evaluation writes it per version):
+    enabled, frames of the camera it fails on weigh up and the others down; disabled, the scores are untouched."""
+    from flows.selection import select_frames
+    from tasks.error_analysis import store_breakdown
+
+    on = {"selection": {"error_weighting": {"enabled": True, "cap": 3.0}}}
+    missing = select_frames(AS_OF, "ew-missing", config, on).result
+    assert any("no golden breakdown of champion v1" in n for n in missing.notes)
+    assert "error_weight" not in missing.report["pool"]
+
+    cams = sorted(set(missing.report["pool"]["camera"]))
+    assert len(cams) >= 2
+    bad = cams[0]
+    groups = {f"camera_{c}": {"sufficient": True, "ap": 0.1 if c == bad else 0.9} for c in cams}
+    store_breakdown(fakes.store, world.s3.data_bucket, world.mlflow.model_name, "1", {"golden": {"groups": groups}},
+                    {"round_id": "r-before", "run_id": "run-boot", "role": "champion"})
+
+    off = select_frames(AS_OF, "ew-off", config).result
+    assert off.report["error_weighting"] == {"enabled": False} and "error_weight" not in off.report["pool"]
+    # the scores of a run with no breakdown at all (that one scored; this one reads the stored, rounded predictions)
+    assert off.final_scores == pytest.approx(missing.final_scores, rel=1e-4)
+
+    run = select_frames(AS_OF, "ew-on", config, on).result
+    w = np.array(run.report["pool"]["error_weight"])
+    is_bad = np.array([c == bad for c in run.report["pool"]["camera"]])
+    assert (w[is_bad] > 1.0).all() and (w[~is_bad] < 1.0).all()
+    assert run.final_scores == pytest.approx(off.final_scores * w, rel=1e-3)  # (the report rounds w to 4 places)
+    rep = run.report["error_weighting"]
+    assert rep["source"]["version"] == "1" and rep["source"]["round_id"] == "r-before"
+    assert rep["up_weighted"] == int(is_bad.sum()) and rep["weights"]["camera"][bad] > 1.0

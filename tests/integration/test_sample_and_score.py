@@ -262,3 +262,38 @@ def test_s3_outage_while_scoring_fails_caches_nothing_and_a_rerun_scores_every_f
     assert not again.quarantined and "cached" not in again.timings
     assert [f.frame.key for f in again.frames] == [f.key for f in smp.frames]
     assert store.exists(s.s3.data_bucket, prefix + "meta.json")
+
+
+def test_rare_class_exemplars_are_labelled_frames_read_from_s3_and_embedded_by_the_model(
+        world: dict[str, Any]) -> None:
+    """The rare-class search's examples: a labelled version's frames of the asked classes, read from the real S3
+    as blobs, scored by the same model as the sample (its embeddings), capped per class."""
+    from detloop.clients import Clients
+    from detloop.datasets import load_manifest
+    from detloop.world.publish import publish_labelled_set
+    from flows.selection import rare_class_exemplars
+    from tasks.scoring import ModelRef
+
+    s = world["settings"].model_copy(deep=True)
+    s.s3.data_bucket = f"it-rare-{world['tag']}"  # its own versions: "latest" elsewhere is not moved
+    s.selection.rare_search.exemplars_per_class = 3
+    vid = publish_labelled_set(s, "seed", frames=12, store=world["store"])
+    manifest = load_manifest(world["store"], s, vid)
+    holding = {c: sum(1 for e in manifest.entries if e.class_counts[c] > 0) for c in range(len(s.classes))}
+    classes = [c for c, n in holding.items() if n > 0]
+    assert classes
+    notes: list[str] = []
+    out = rare_class_exemplars(s, Clients.from_settings(s), ModelRef(path=str(world["artifact"])), vid, classes,
+                               notes)
+    dim = json.loads((world["artifact"] / "meta.json").read_text())["embedding_dim"]
+    assert out is not None and sorted(out) == classes
+    for c in classes:
+        assert out[c].shape == (min(3, holding[c]), dim) and np.isfinite(out[c]).all()
+    assert any(vid in n and "embedded" in n for n in notes)
+    # a version holding none of the asked classes says so instead of searching blind
+    empty = [c for c, n in holding.items() if n == 0]
+    if empty:
+        notes.clear()
+        assert rare_class_exemplars(s, Clients.from_settings(s), ModelRef(path=str(world["artifact"])), vid, empty,
+                                    notes) is None
+        assert any("holds no usable frame" in n for n in notes)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from detloop.contracts import FrameRef, ScoredFrame
+from detloop.datasets import DatasetEntry
 from detloop.detections import Detections
 from detloop.errors import ConfigError
 from detloop.settings import (
@@ -17,6 +18,8 @@ from detloop.settings import (
 )
 from tasks.acquisition import (
     blend,
+    exemplar_embeddings,
+    exemplar_entries,
     never_detected,
     per_second,
     percentile_rank,
@@ -24,7 +27,7 @@ from tasks.acquisition import (
     regime_weight,
     typicality,
 )
-from tasks.selection import select
+from tasks.selection import missing_classes, select
 
 C = 3
 
@@ -154,6 +157,51 @@ def test_rare_class_search_reserves_frames_and_reports_them() -> None:
     off = select(frames, [10, 10, 3], sel(budget=4, rare_search={"enabled": False}), class_names=["a", "b", "r"],
                  num_classes=C, class_exemplars=ex)
     assert frames[8].frame.key not in [f.frame.key for f in off.selected]
+
+
+def test_the_rare_class_search_says_what_it_found_in_the_notes() -> None:
+    far = np.array([1.0, 0, 0, 0], np.float32)
+    near_rare = np.array([0, 0, 1.0, 0.05], np.float32)
+    frames = [scored(i, [0.5], [0], far) for i in range(8)] + [scored(8, [0.95], [1], near_rare)]
+    res = select(frames, [10, 10, 3], sel(budget=4, rare_search={"share": 0.25}), class_names=["a", "b", "r"],
+                 num_classes=C, class_exemplars={2: np.array([[0, 0, 1.0, 0]], np.float32)})
+    note = [n for n in res.notes if n.startswith("rare-class search")]
+    assert note == ["rare-class search (classes the champion never detects): r: 1 labelled examples, "
+                    "1 candidates, 1 picked"]
+    plain = select(frames, [10, 10, 0], sel(budget=4), class_names=["a", "b", "r"], num_classes=C)
+    assert not any(n.startswith("rare-class search") for n in plain.notes)  # nothing missing: no search
+
+
+def test_missing_classes_are_labelled_classes_never_detected_above_the_threshold() -> None:
+    emb = np.ones(4, np.float32)
+    frames = [scored(0, [0.9], [0], emb), scored(1, [0.1], [2], emb)]  # class 2 only under conf_threshold
+    assert missing_classes(frames, [5, 5, 5], sel(), C) == [1, 2]
+    assert missing_classes(frames, [5, 0, 5], sel(), C) == [2]  # no labelled box of class 1: nothing to look for
+    assert missing_classes(frames, None, sel(), C) == []
+
+
+def _entry(sha: str, counts: tuple[int, ...], split: str = "train", synthetic: bool = False) -> DatasetEntry:
+    return DatasetEntry(frame_sha=sha, label_sha="l" + sha, width=64, height=48, camera="cam0", date="2026-01-01",
+                        hour=0, split=split, source="seed", class_counts=counts, synthetic=synthetic)
+
+
+def test_exemplar_entries_take_real_non_golden_frames_of_each_class_seeded_and_capped() -> None:
+    entries = ([_entry(f"a{i:02d}", (0, 0, 1)) for i in range(10)]
+               + [_entry("g", (0, 0, 2), split="golden"), _entry("s", (0, 0, 1), synthetic=True),
+                  _entry("c", (1, 0, 1), split="control"), _entry("a00", (0, 0, 1))])  # a00 listed twice
+    got = exemplar_entries(entries, [2, 1], per_class=4, seed=3)
+    shas = [e.frame_sha for e in got[2]]
+    assert len(shas) == 4 == len(set(shas)) and not {"g", "s"} & set(shas)
+    assert got[1] == []  # nothing holds class 1
+    assert [e.frame_sha for e in exemplar_entries(list(reversed(entries)), [2], 4, seed=3)[2]] == shas  # order-free
+    everything = exemplar_entries(entries, [2], per_class=100)[2]
+    assert sorted(e.frame_sha for e in everything) == sorted({f"a{i:02d}" for i in range(10)} | {"c"})
+
+
+def test_exemplar_embeddings_skip_frames_without_one() -> None:
+    chosen = {2: [_entry("x", (0, 0, 1)), _entry("y", (0, 0, 1))], 1: [_entry("z", (0, 1, 0))]}
+    out = exemplar_embeddings(chosen, {"x": np.ones(3, np.float32)})
+    assert list(out) == [2] and out[2].shape == (1, 3)
 
 
 def test_the_champions_golden_map50_tag_is_read_as_its_quality() -> None:

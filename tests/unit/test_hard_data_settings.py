@@ -31,6 +31,7 @@ def test_defaults_are_off(tmp_path: Path) -> None:
     assert not s.training.copy_paste.enabled
     assert not s.training.sample_weights.mining and not s.training.sample_weights.rare_oversampling
     assert s.error_analysis.enabled
+    assert not s.selection.error_weighting.enabled
 
 
 @pytest.mark.parametrize(("field", "value", "bound"), [
@@ -41,6 +42,11 @@ def test_defaults_are_off(tmp_path: Path) -> None:
     ("training.sample_weights.max_extra_share", -0.1, "0"),
     ("error_analysis.fg_iou", 1.5, "1"),
     ("error_analysis.bg_iou", 0.6, "fg_iou"),
+    ("selection.error_weighting.strength", 5.0, "4"),
+    ("selection.error_weighting.cap", 0.5, "1"),
+    ("selection.error_weighting.cap", 11, "10"),
+    ("selection.error_weighting.slice", "round", "'golden', 'control' or 'crowded'"),
+    ("selection.error_weighting.kinds", ["size"], "'class' or 'camera'"),
 ])
 def test_bad_values_are_refused_naming_field_and_range(tmp_path: Path, field: str, value: object, bound: str) -> None:
     with pytest.raises(ConfigError) as exc:
