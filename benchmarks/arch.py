@@ -271,8 +271,8 @@ def run(cfg: ArchBenchConfig, out: Path, png: Path, log: Callable[[str], None] =
     plot_rows = [{"config": r["model"], "ms_per_frame": r["ms_per_frame"], "ms_runs": [min(r["ms_runs"]),
                   max(r["ms_runs"])], "small_ap": r["small_ap"], "small_ap_ci": r["ap_ci"]["small_ap"]} for r in rows]
     n_small = int(sum(int((g.area <= 32.0**2).sum()) for g in gts))
-    plot_small(plot_rows, png, f"Model families: small-object AP vs ONNX CPU ms/frame ({len(items)} held-out frames, "
-                               f"{n_small} small boxes; {cfg.epochs} epochs from scratch)")
+    plot_small(plot_rows, png, f"Model families: small-object AP vs ONNX CPU ms/frame\n({len(items)} held-out frames, "
+                               f"{n_small} small boxes; {cfg.epochs} epochs from scratch, training seed {cfg.train_seed})")
     result = {
         "benchmark": "arch", "issue": 20, "date": utc_now(), "command": command or "python -m benchmarks.arch",
         "config": asdict(cfg),
