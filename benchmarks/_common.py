@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def machine_info(**extra: Any) -> dict[str, Any]:
     """Cores, Python, the 1-minute load average at the end of the run (noisy machines), plus ``extra``."""
@@ -18,6 +20,24 @@ def machine_info(**extra: Any) -> dict[str, Any]:
 
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+LEGACY_ARCH = "yolo11n.yaml"  # model.arch's default before issue 20 made yolo11n-p2.yaml the default
+
+
+def arch_key_part(arch: str) -> dict[str, str]:
+    """A from-scratch model family's part of a benchmark cache key: ``{"arch": arch}``, or nothing for
+    :data:`LEGACY_ARCH` (the only family of caches made before the key held it, which stay valid with
+    ``DETLOOP_MODEL__ARCH=yolo11n.yaml``)."""
+    return {} if arch == LEGACY_ARCH else {"arch": arch}
+
+
+def configured_arch(config: str | Path) -> str:
+    """``model.arch`` of a detloop config (relative paths from the repository), environment overrides applied."""
+    from detloop.settings import load_settings
+
+    path = Path(config)
+    return load_settings(path if path.is_absolute() else REPO / path).model.arch
 
 
 def write_result(out: Path, result: dict[str, Any]) -> dict[str, Any]:

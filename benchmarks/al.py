@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._common import arch_key_part, configured_arch
 from benchmarks.al_data import AnnotatorNoise, BenchData, BenchFrame, annotate, labelled_name
 from benchmarks.al_metrics import Curve, efficiency_ci, final_summary, mean_curve
 from detloop.detections import Detections
@@ -139,6 +140,8 @@ class BenchConfig:
             p = Path(self.bootstrap_weights)
             d["bootstrap_weights"] = [p.name, p.stat().st_size if p.is_file() else None]
             d.pop("bootstrap_epochs")
+        else:
+            d.update(arch_key_part(configured_arch(self.config)))
         if self.data:
             d.pop("world_config")
             d.pop("world_seed")
@@ -157,6 +160,8 @@ class BenchConfig:
             p = Path(self.bootstrap_weights)
             d["bootstrap_weights"] = [p.name, p.stat().st_size if p.is_file() else None]
             d.pop("bootstrap_epochs")
+        else:
+            d.update(arch_key_part(configured_arch(self.config)))
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import machine_info, utc_now, write_result
+from benchmarks._common import LEGACY_ARCH, arch_key_part, machine_info, utc_now, write_result
 from benchmarks.al_data import BenchFrame
 
 REPO = Path(__file__).resolve().parent.parent
@@ -239,9 +239,9 @@ def load_data(cfg: BenchConfig, classes: list[str], log: Callable[[str], None]) 
     return Prepared(d.classes, d.seed + d.pool, d.val, d.eval, root, src)
 
 
-def model_key(cfg: BenchConfig, prep: Prepared) -> str:
-    """Content key of the trained model: training frames (files + labels) and training parameters."""
-    params = {k: getattr(cfg, k) for k in ("epochs", "imgsz", "batch", "lr0", "train_seed")}
+def model_key(cfg: BenchConfig, prep: Prepared, arch: str = LEGACY_ARCH) -> str:
+    """Content key of the trained model: training frames (files + labels), training parameters, model family."""
+    params = {**{k: getattr(cfg, k) for k in ("epochs", "imgsz", "batch", "lr0", "train_seed")}, **arch_key_part(arch)}
     blob = json.dumps({"train": _file_key([f.image for f in prep.train]), "params": params}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -253,7 +253,7 @@ def ensure_model(cfg: BenchConfig, prep: Prepared, settings: Any, log: Callable[
 
     if cfg.weights:
         return Path(cfg.weights), {"weights": str(cfg.weights), "trained_here": False}
-    key = model_key(cfg, prep)
+    key = model_key(cfg, prep, settings.model.arch)
     mdir = prep.root / f"model-{key}"
     done = mdir / "model.json"
     if done.is_file():

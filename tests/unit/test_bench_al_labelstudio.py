@@ -132,13 +132,29 @@ def test_compare_labels_reports_shifts_class_changes_and_drops() -> None:
         "frames_differing": 2, "max_abs_px": 0.5, "boxes_missing": 1}
 
 
-def test_run_key_does_not_depend_on_how_labels_travel() -> None:
+def test_run_key_does_not_depend_on_how_labels_travel(monkeypatch: pytest.MonkeyPatch) -> None:
     # the bootstrap key of caches made before --via-label-studio existed stays valid; the run key changed once,
-    # with issue 22's control retirement (retire_control_after: a run's fine-tunes can differ from before)
+    # with issue 22's control retirement (retire_control_after: a run's fine-tunes can differ from before).
+    # Those caches are YOLO11n's (the default before issue 20): with that family the keys are unchanged
+    monkeypatch.setenv("DETLOOP_MODEL__ARCH", "yolo11n.yaml")
     assert BenchConfig().run_key() == "38161cb654" and BenchConfig().bootstrap_key() == "c0aad6bfa1"
     assert quick_config().run_key() == "4eb9224b90"
     via = BenchConfig(via_label_studio=True, label_studio_project="mine")
     assert via.run_key() == BenchConfig().run_key() and via.bootstrap_key() == BenchConfig().bootstrap_key()
+
+
+def test_keys_hold_the_model_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    # another family (the default yolo11n-p2 since issue 20) never reuses a YOLO11n cache; given bootstrap weights
+    # make the family irrelevant
+    monkeypatch.setenv("DETLOOP_MODEL__ARCH", "yolo11n.yaml")
+    legacy = (BenchConfig().run_key(), BenchConfig().bootstrap_key())
+    given = BenchConfig(bootstrap_weights="/nonexistent/champion.pt").bootstrap_key()
+    monkeypatch.setenv("DETLOOP_MODEL__ARCH", "yolo11n-p2.yaml")
+    p2 = (BenchConfig().run_key(), BenchConfig().bootstrap_key())
+    assert p2[0] != legacy[0] and p2[1] != legacy[1]
+    monkeypatch.delenv("DETLOOP_MODEL__ARCH")
+    assert (BenchConfig().run_key(), BenchConfig().bootstrap_key()) == p2  # the shipped default
+    assert BenchConfig(bootstrap_weights="/nonexistent/champion.pt").bootstrap_key() == given
 
 
 # ---- the oracle against an in-memory Label Studio ----------------------------------------------------

@@ -142,3 +142,17 @@ def test_the_bootstraps_fast_ap_is_compute_metrics_ap(resample: bool) -> None:
     assert sap == pytest.approx(ref.per_size["small"].map, abs=1e-12)
     assert sar == pytest.approx(ref.per_size["small"].ar, abs=1e-12)
     assert 0 < ap < 1 and 0 < sap < 1
+
+
+def test_the_model_key_holds_the_family_and_keeps_yolo11n_caches(tmp_path: Path) -> None:
+    from benchmarks.al_data import BenchFrame
+    from benchmarks.postprocessing import BenchConfig, Prepared, model_key
+
+    img = tmp_path / "f.jpg"
+    img.write_bytes(b"x")
+    fr = BenchFrame("f", str(img), det([[0, 0, 5, 5]], [0]), 640, 480, "cam0")
+    prep = Prepared(CLASSES, [fr], [fr], [fr], tmp_path)
+    legacy = model_key(BenchConfig(), prep, "yolo11n.yaml")
+    assert legacy == model_key(BenchConfig(), prep)  # caches made before the key held the family stay valid
+    assert model_key(BenchConfig(), prep, "yolo11n-p2.yaml") != legacy
+    assert model_key(BenchConfig(epochs=BenchConfig().epochs + 1), prep, "yolo11n.yaml") != legacy
