@@ -95,6 +95,20 @@ def bench_al(
     typer.echo(f"wrote {out_json}")
 
 
+@bench_app.command("al-merge")
+def bench_al_merge(
+    results: Annotated[list[Path], typer.Argument(help="Result JSONs of `bench al` (same run key, different seeds).")],
+    out: Annotated[Path, typer.Option(help="Merged result JSON (PNGs are written beside it).")],
+) -> None:
+    """Merge `bench al` results of the same run that hold different seeds (run apart, on other machines, or
+    whose cache is gone): efficiencies and their intervals are recomputed over all seeds."""
+    from benchmarks.al import markdown_table, merge_results
+
+    summary = merge_results(results, out)
+    typer.echo(markdown_table(summary))
+    typer.echo(f"wrote {out} (seeds {summary['seeds_complete_all_arms']})")
+
+
 # --------------------------------------------------------------------------------------------
 # The measured-once benchmarks of docs/benchmarks.md (each also runs as `python -m benchmarks.<name>`)
 # --------------------------------------------------------------------------------------------

@@ -798,6 +798,102 @@ def rare_class_of(data: BenchData, wanted: str | None) -> str:
     return data.classes[int(np.argmin(counts))]
 
 
+def final_of(finals: Sequence[dict[str, Any]], rare: str) -> dict[str, Any]:
+    """An arm's final metrics (mean, sd over seeds) and boxes from each seed's last round record."""
+    out: dict[str, Any] = {k: final_summary([Curve(np.array([f["cumulative"]["frames"] + 1.0]),
+                                                   np.array([_nan(metric_value(f["metrics"], k))])) for f in finals])
+                           for k in ("map", "map50", "small_map", f"class.{rare}.map")}
+    out["boxes_trained_mean"] = float(np.mean([f["cumulative"]["boxes"] for f in finals]))
+    out["boxes_paid_mean"] = float(np.mean([f["cumulative"]["boxes_paid"] for f in finals]))
+    return out
+
+
+def efficiency_of(recs: dict[str, dict[int, list[dict[str, Any]]]], arms: Sequence[str], seeds: Sequence[int],
+                  metric: str, rare: str) -> dict[str, Any]:
+    """Label efficiency of each arm against random on every axis, headline metric and rare class, with the
+    bootstrap interval over ``seeds`` (each seed's curves paired: same bootstrap model, same pool)."""
+    eff: dict[str, Any] = {}
+    if not seeds or RANDOM not in arms:
+        return eff
+    for a in arms:
+        if a in (RANDOM, CONTROL):
+            continue
+        eff[a] = {}
+        for axis in AXES:
+            for met in (metric, f"class.{rare}.map"):
+                try:
+                    rc = [curves_from_records(recs[RANDOM][s], axis, met) for s in seeds]
+                    sc = [curves_from_records(recs[a][s], axis, met) for s in seeds]
+                    eff[a][f"{axis}:{met}"] = efficiency_ci(rc, sc).to_dict()
+                except ValueError as err:
+                    eff[a][f"{axis}:{met}"] = {"text": "n/a", "error": str(err)}
+    return eff
+
+
+def round_means(recs: dict[str, dict[int, list[dict[str, Any]]]], arms: Sequence[str], seeds: Sequence[int],
+                rounds: int) -> dict[str, Any]:
+    """Mean mAP50-95 per round of each arm over ``seeds`` (against the no-new-labels control)."""
+    if not seeds or CONTROL not in arms:
+        return {}
+    return {a: {r: _r(float(np.nanmean([_nan(recs[a][s][r]["metrics"]["map"]) for s in seeds])))
+                for r in range(0, rounds + 1)} for a in arms}
+
+
+def records_from_rows(rows: Sequence[dict[str, Any]], rare: str) -> dict[int, list[dict[str, Any]]]:
+    """Round records per seed rebuilt from a result JSON's ``rows`` (the fields the summary reads)."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    for row in sorted(rows, key=lambda q: (q["seed"], q["round"])):
+        out.setdefault(row["seed"], []).append({
+            "round": row["round"], "cumulative": {k: row.get(k, 0) for k in AXES},
+            "metrics": {"map": row["map"], "map50": row["map50"], "small_map": row["small_map"],
+                        "per_class": {rare: {"map": row["rare_map"], "map50": row["rare_map50"]}}}})
+    return out
+
+
+def merge_summaries(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One summary from result JSONs of the same run (same run key) that hold different seeds: seeds run in
+    separate invocations, on separate machines, or whose cache is gone. Rows are kept as they were measured;
+    finals, efficiencies (intervals over all seeds) and round means are recomputed. Refuses a mix of runs or
+    a seed of an arm present twice."""
+    if not summaries:
+        raise ValueError("nothing to merge")
+    first = summaries[0]
+    keys = {s["run_key"] for s in summaries}
+    if len(keys) > 1:
+        raise DataError(f"cannot merge results of different runs (run keys {sorted(keys)}): settings differ")
+    rare, metric, rounds = first["rare_class"], first["config"]["metric"], first["config"]["rounds"]
+    arms = list(dict.fromkeys(a for s in summaries for a in s["arms"]))
+    recs: dict[str, dict[int, list[dict[str, Any]]]] = {a: {} for a in arms}
+    rows: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
+    for s in summaries:
+        if s["config"]["rounds"] != rounds:
+            raise DataError(f"cannot merge {s['config']['rounds']} rounds with {rounds}")
+        for a, d in s["arms"].items():
+            done = set(d["seeds_complete"])
+            for seed, rs in records_from_rows([q for q in d["rows"] if q["seed"] in done], rare).items():
+                if seed in recs[a]:
+                    raise DataError(f"arm {a!r} seed {seed} is in more than one result")
+                recs[a][seed] = rs
+            rows[a] += [q for q in d["rows"] if q["seed"] in done]
+    seeds_all = sorted(set.intersection(*(set(recs[a]) for a in arms)))
+    boot = {k: {str(seed): v for s in summaries for seed, v in (s["bootstrap"].get(k) or {}).items()}
+            for k in ("map50_by_seed", "map_by_seed")}
+    per_arm = {a: {"seeds_complete": sorted(recs[a]), "rows": rows[a],
+                   **({"final": final_of([recs[a][seed][-1] for seed in sorted(recs[a])], rare)} if recs[a] else {})}
+               for a in arms}
+    return {**first, "date": time.strftime("%Y-%m-%d"),
+            "config": {**first["config"], "seeds": sorted({x for a in arms for x in recs[a]})},
+            "bootstrap": {**first["bootstrap"], **boot,
+                          "cold_start_warning": "; ".join(filter(None, (s["bootstrap"].get("cold_start_warning")
+                                                                        for s in summaries))) or None},
+            "seeds_complete_all_arms": seeds_all, "arms": per_arm,
+            "efficiency_vs_random": efficiency_of(recs, arms, seeds_all, metric, rare),
+            "map_by_round_mean": round_means(recs, arms, seeds_all, rounds),
+            "merged_from": [{"date": s.get("date"), "seeds": s["seeds_complete_all_arms"],
+                             "wall_seconds": s.get("wall_seconds_this_invocation")} for s in summaries],
+            "train_seconds_total_cached": round(sum(q.get("train_seconds") or 0 for a in arms for q in rows[a]), 1)}
+
+
 def summarize(runner: Runner, arms: Sequence[str], run_seconds: float) -> dict[str, Any]:
     """Curves, efficiency per axis, control comparison and plots from the cached records."""
     cfg, data = runner.cfg, runner.data
@@ -819,35 +915,9 @@ def summarize(runner: Runner, arms: Sequence[str], run_seconds: float) -> dict[s
                              "train_seconds": r.get("train_seconds")})
         per_arm[a] = {"seeds_complete": complete[a], "rows": rows}
         if complete[a]:
-            finals = [recs[a][s][-1] for s in complete[a]]  # type: ignore[index]
-            per_arm[a]["final"] = {k: final_summary([Curve(np.array([f["cumulative"]["frames"] + 1.0]),
-                                                           np.array([_nan(metric_value(f["metrics"], k))]))
-                                                     for f in finals])
-                                   for k in ("map", "map50", "small_map", f"class.{rare}.map")}
-            per_arm[a]["final"]["boxes_trained_mean"] = float(np.mean([f["cumulative"]["boxes"] for f in finals]))
-            per_arm[a]["final"]["boxes_paid_mean"] = float(np.mean([f["cumulative"]["boxes_paid"] for f in finals]))
-    eff: dict[str, Any] = {}
-    if len(seeds_all) >= 1 and RANDOM in arms:
-        for a in arms:
-            if a in (RANDOM, CONTROL):
-                continue
-            eff[a] = {}
-            for axis in AXES:
-                for met in (cfg.metric, f"class.{rare}.map"):
-                    try:
-                        rc = [curves_from_records(recs[RANDOM][s], axis, met) for s in seeds_all]  # type: ignore[arg-type]
-                        sc = [curves_from_records(recs[a][s], axis, met) for s in seeds_all]  # type: ignore[arg-type]
-                        eff[a][f"{axis}:{met}"] = efficiency_ci(rc, sc).to_dict()
-                    except ValueError as err:
-                        eff[a][f"{axis}:{met}"] = {"text": "n/a", "error": str(err)}
-    control = {}
-    if seeds_all and CONTROL in arms:
-        for a in arms:
-            by_round = {}
-            for r in range(0, cfg.rounds + 1):
-                vals = [_nan(recs[a][s][r]["metrics"]["map"]) for s in seeds_all]  # type: ignore[index]
-                by_round[r] = _r(float(np.nanmean(vals)))
-            control[a] = by_round
+            per_arm[a]["final"] = final_of([recs[a][s][-1] for s in complete[a]], rare)  # type: ignore[index]
+    eff = efficiency_of(recs, arms, seeds_all, cfg.metric, rare)  # type: ignore[arg-type]
+    control = round_means(recs, arms, seeds_all, cfg.rounds)  # type: ignore[arg-type]
     # rounds cached before labels_via was recorded were all labelled directly
     via = Counter(r.get("labels_via", "direct") for a in arms for s in complete[a]
                   for r in recs[a][s][1:])  # type: ignore[index]
@@ -988,6 +1058,19 @@ def run_benchmark(cfg: BenchConfig, out_json: Path, curve_png: Path, rare_png: P
     out_json.write_text(json.dumps(summary, indent=1, default=str))
     if summary["seeds_complete_all_arms"]:
         plot(summary, curve_png, rare_png)
+    return summary
+
+
+def merge_results(paths: Sequence[Path], out_json: Path) -> dict[str, Any]:
+    """Merge result JSONs of one run holding different seeds (:func:`merge_summaries`); write the JSON and PNGs."""
+    summary = merge_summaries([json.loads(Path(p).read_text()) for p in paths])
+    summary["merged_from"] = [{**m, "json": str(p)} for m, p in zip(summary["merged_from"], paths, strict=True)]
+    summary["outputs"] = {"json": str(out_json), "curve_png": str(out_json.with_name(out_json.stem + "_curve.png")),
+                          "rare_png": str(out_json.with_name(out_json.stem + "_rare.png"))}
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(summary, indent=1, default=str))
+    if summary["seeds_complete_all_arms"]:
+        plot(summary, Path(summary["outputs"]["curve_png"]), Path(summary["outputs"]["rare_png"]))
     return summary
 
 

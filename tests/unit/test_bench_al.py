@@ -303,6 +303,42 @@ def test_summarize_efficiency_on_both_axes_and_plots(tmp_path: Path) -> None:
     assert curve.stat().st_size > 1000 and rare.stat().st_size > 1000
 
 
+def test_merging_one_seed_results_equals_summarising_both_seeds(tmp_path: Path) -> None:
+    from benchmarks.al import merge_results, merge_summaries
+
+    table = {"random": [[0.1, 0.2, 0.3, 0.4], [0.12, 0.25, 0.28, 0.42]],
+             "entropy_sum": [[0.1, 0.3, 0.4, 0.5], [0.12, 0.22, 0.41, 0.44]],
+             CONTROL: [[0.1, 0.12, 0.13, 0.14], [0.12, 0.11, 0.15, 0.16]]}
+    bpf = {"random": 6.0, "entropy_sum": 9.0, CONTROL: 0.0}
+    arms = ["random", "entropy_sum", CONTROL]
+    both = summarize(FakeRunner(table, bpf, tmp_path), arms, 1.0)  # type: ignore[arg-type]
+    parts = []
+    for seed in (0, 1):
+        runner = FakeRunner(table, bpf, tmp_path)
+        runner.cfg.seeds = [seed]
+        parts.append(json.loads(json.dumps(summarize(runner, arms, 1.0))))  # type: ignore[arg-type]
+    assert parts[0]["efficiency_vs_random"] != both["efficiency_vs_random"]  # one seed alone says something else
+    merged = merge_summaries(parts)
+    assert merged["seeds_complete_all_arms"] == [0, 1] and merged["config"]["seeds"] == [0, 1]
+    assert merged["efficiency_vs_random"] == json.loads(json.dumps(both["efficiency_vs_random"]))
+    assert merged["map_by_round_mean"] == both["map_by_round_mean"]
+    for a in arms:
+        assert merged["arms"][a]["final"] == both["arms"][a]["final"]
+        assert len(merged["arms"][a]["rows"]) == len(both["arms"][a]["rows"])
+    assert merged["bootstrap"]["map50_by_seed"] == {"0": 0.2, "1": 0.24}
+    # the written result plots and tables like a run's
+    paths = [tmp_path / "s0.json", tmp_path / "s1.json"]
+    for p, s in zip(paths, parts, strict=True):
+        p.write_text(json.dumps(s))
+    out = merge_results(paths, tmp_path / "m.json")
+    assert (tmp_path / "m_curve.png").stat().st_size > 1000 and "| entropy_sum |" in markdown_table(out)
+    # refused: a seed twice, or results of different runs
+    with pytest.raises(DataError, match="seed 0 is in more than one"):
+        merge_summaries([parts[0], parts[0]])
+    with pytest.raises(DataError, match="different runs"):
+        merge_summaries([parts[0], {**parts[1], "run_key": "other"}])
+
+
 # ---- the runner end to end, training replaced by an untrained model (no services, no training) --------
 def test_runner_end_to_end_with_untrained_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
