@@ -22,13 +22,12 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-LEGACY_ARCH = "yolo11n.yaml"  # model.arch's default before issue 20 made yolo11n-p2.yaml the default
+LEGACY_ARCH = "yolo11n.yaml"  # model.arch's default: caches keyed before the key held the family are its
 
 
 def arch_key_part(arch: str) -> dict[str, str]:
     """A from-scratch model family's part of a benchmark cache key: ``{"arch": arch}``, or nothing for
-    :data:`LEGACY_ARCH` (the only family of caches made before the key held it, which stay valid with
-    ``DETLOOP_MODEL__ARCH=yolo11n.yaml``)."""
+    :data:`LEGACY_ARCH` (the only family of caches made before the key held it, which so stay valid)."""
     return {} if arch == LEGACY_ARCH else {"arch": arch}
 
 

@@ -1052,8 +1052,13 @@ def run_benchmark(cfg: BenchConfig, out_json: Path, curve_png: Path, rare_png: P
     else:
         summary = runner.run()
     summary["wall_seconds_this_invocation"] = round(time.time() - t0, 1)
-    summary["outputs"] = {"json": str(out_json), "curve_png": str(curve_png), "rare_png": str(rare_png),
-                          "work_dir": str(runner.root)}
+    return write_summary(summary, out_json, curve_png, rare_png, work_dir=str(runner.root))
+
+
+def write_summary(summary: dict[str, Any], out_json: Path, curve_png: Path, rare_png: Path,
+                  **outputs: str) -> dict[str, Any]:
+    """Record the outputs in ``summary``, write its JSON and (with a seed complete in every arm) the two PNGs."""
+    summary["outputs"] = {"json": str(out_json), "curve_png": str(curve_png), "rare_png": str(rare_png), **outputs}
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(summary, indent=1, default=str))
     if summary["seeds_complete_all_arms"]:
@@ -1065,13 +1070,8 @@ def merge_results(paths: Sequence[Path], out_json: Path) -> dict[str, Any]:
     """Merge result JSONs of one run holding different seeds (:func:`merge_summaries`); write the JSON and PNGs."""
     summary = merge_summaries([json.loads(Path(p).read_text()) for p in paths])
     summary["merged_from"] = [{**m, "json": str(p)} for m, p in zip(summary["merged_from"], paths, strict=True)]
-    summary["outputs"] = {"json": str(out_json), "curve_png": str(out_json.with_name(out_json.stem + "_curve.png")),
-                          "rare_png": str(out_json.with_name(out_json.stem + "_rare.png"))}
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(summary, indent=1, default=str))
-    if summary["seeds_complete_all_arms"]:
-        plot(summary, Path(summary["outputs"]["curve_png"]), Path(summary["outputs"]["rare_png"]))
-    return summary
+    return write_summary(summary, out_json, out_json.with_name(out_json.stem + "_curve.png"),
+                         out_json.with_name(out_json.stem + "_rare.png"))
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
