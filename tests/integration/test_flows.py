@@ -183,7 +183,7 @@ def test_full_round_through_deployments_and_event(world):  # type: ignore[no-unt
     mlrun = RegistryClient(s).client.get_run(result["run_id"])
     assert mlrun.data.tags["detloop.prefect.flow_run_url"].endswith(str(run.id))
     assert mlrun.data.tags["detloop.label_studio_round_url"] == result["links"]["label_studio"]
-    assert mlrun.data.params["arch"] == "yolo11n.yaml" and mlrun.data.params["mode"] == "finetune"
+    assert mlrun.data.params["arch"] == s.model.arch and mlrun.data.params["mode"] == "finetune"
     assert f"/runs/{result['run_id']}?" in result["links"]["mlflow_run"]  # opens the model-training view
     assert load_round(store, s, rid).status == "trained"
     versions = list_models(RegistryClient(s))

@@ -131,7 +131,10 @@ def test_onnx_parity_on_trained_model(settings: Any, dataset: Path, boot: Any, t
     with torch.no_grad():
         ref = model(torch.from_numpy(batch))[0].numpy()
     np.testing.assert_allclose(raw, ref, atol=2e-2, rtol=1e-3)
-    assert emb.shape == (4, 448) and np.isfinite(emb).all()
+    # the embedding pools every feature map the Detect head reads: 64+128+256 = 448 for YOLO11n, 480 with P2
+    head = model.model[-1]
+    dim = sum(int(branch[0].conv.in_channels) for branch in head.cv2)
+    assert emb.shape == (4, dim) and np.isfinite(emb).all()
 
 
 @pytest.mark.slow

@@ -153,7 +153,7 @@ def test_keys_hold_the_model_family(monkeypatch: pytest.MonkeyPatch) -> None:
     p2 = (BenchConfig().run_key(), BenchConfig().bootstrap_key())
     assert p2[0] != legacy[0] and p2[1] != legacy[1]
     monkeypatch.delenv("DETLOOP_MODEL__ARCH")
-    assert (BenchConfig().run_key(), BenchConfig().bootstrap_key()) == legacy  # the shipped default: yolo11n
+    assert (BenchConfig().run_key(), BenchConfig().bootstrap_key()) == p2  # the shipped default: yolo11n-p2
     assert BenchConfig(bootstrap_weights="/nonexistent/champion.pt").bootstrap_key() == given
 
 

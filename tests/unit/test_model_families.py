@@ -90,6 +90,19 @@ def test_family_trains_exports_scores_evaluates_gates_and_serves(
     meta = json.loads((Path(ch.artifact) / "meta.json").read_text())
     assert meta["head"] == ("one2one" if nms_free else "one2many")
     assert meta["num_anchors"] == sum((SIZE // st) ** 2 for st in ((4, 8, 16, 32) if "-p2" in arch else (8, 16, 32)))
+    if arch.startswith("yolo11"):  # the exported raw head equals Ultralytics' own torch head on the trained weights
+        from ultralytics import YOLO
+
+        from tasks.evaluation import _load_rgb
+        from tasks.export import open_session, preprocess, run_onnx
+
+        batch, _ = preprocess([_load_rgb(str(p)) for p in sorted((dataset.parent / "images" / "val").glob("*.png"))],
+                              SIZE)
+        raw, emb = run_onnx(open_session(Path(ch.artifact)), batch)
+        with torch.no_grad():
+            ref = YOLO(str(res.weights)).model.float().eval()(torch.from_numpy(batch))[0].numpy()
+        np.testing.assert_allclose(raw, ref, atol=2e-2, rtol=1e-3)
+        assert emb.shape == (len(batch), meta["embedding_dim"]) and meta["embedding_dim"] == (480 if "-p2" in arch else 448)
     decision = decide(gate_scores(ch), None, s.gate)
     assert decision.passed, decision
     version = register_challenger(s, registry, res.run_id, res.weights, Path(ch.artifact), ch)
