@@ -11,6 +11,7 @@ flow's policy) and caches nothing; only frames that are themselves bad are quara
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -107,27 +108,44 @@ def score_sample(settings: Any, clients: Any, sample: Any, model: Any, committee
     return result
 
 
-def rare_class_exemplars(settings: Any, clients: Any, model: Any, dataset_version: str | None,
+@dataclass(frozen=True)
+class LabelledSet:
+    """The labelled dataset version selection weighs against, with its manifest (read once per run)."""
+
+    version: str
+    manifest: Any
+
+
+def labelled_set(settings: Any, clients: Any, dataset_version: str | None) -> LabelledSet | None:
+    """``dataset_version`` (the champion's training version), else the newest labelled version; None when
+    nothing is labelled yet."""
+    from tasks.selection import labelled_version
+
+    version = labelled_version(clients.store, settings, dataset_version)
+    if version is None:
+        return None
+    return LabelledSet(version, retrying(steps.load_dataset_manifest, settings)(settings, clients, version))
+
+
+def rare_class_exemplars(settings: Any, clients: Any, model: Any, labelled: LabelledSet | None,
                          classes: list[int], notes: list[str]) -> dict[int, Any] | None:
     """Embeddings, by the scoring ``model``, of labelled frames holding each of ``classes`` (classes the model
     never detects in the sample): what the rare-class search compares the pool with.
 
-    The frames come from ``dataset_version`` (default: the newest labelled version), at most
+    The frames come from ``labelled`` (:func:`labelled_set`), at most
     ``selection.rare_search.exemplars_per_class`` per class; they are scored like the sample (same model, same
     settings; not cached: a few frames). A note says what was embedded, or why nothing could be.
     """
     from detloop.contracts import FrameRef
     from detloop.datasets import blob_key
     from tasks.acquisition import exemplar_embeddings, exemplar_entries
-    from tasks.selection import labelled_version
 
     names = ", ".join(settings.classes[c] for c in classes)
-    version = labelled_version(clients.store, settings, dataset_version)
-    if version is None:
+    if labelled is None:
         notes.append(f"rare-class search: no labelled dataset version to take examples of {names} from")
         return None
-    manifest = retrying(steps.load_dataset_manifest, settings)(settings, clients, version)
-    chosen = exemplar_entries(manifest.entries, classes, settings.selection.rare_search.exemplars_per_class,
+    version = labelled.version
+    chosen = exemplar_entries(labelled.manifest.entries, classes, settings.selection.rare_search.exemplars_per_class,
                               settings.selection.seed)
     entries = {e.frame_sha: e for es in chosen.values() for e in es}
     if not entries:
@@ -196,7 +214,7 @@ def select_frames(
     from detloop.clients import Clients
     from detloop.errors import NotFound
     from tasks.scoring import ModelRef
-    from tasks.selection import labelled_class_counts, missing_classes, select, write_selection
+    from tasks.selection import class_counts, missing_classes, select, write_selection
     from tasks.strategies import get_strategy
 
     log = get_run_logger()
@@ -243,15 +261,16 @@ def select_frames(
     rare = settings.selection.rare_search
     search = rare.enabled and rare.share > 0
     trained_on = champion.dataset_version if champion is not None else None
+    labelled = functools.cache(lambda: labelled_set(settings, clients, trained_on))  # read at most once
     if labelled_counts is None and (settings.selection.class_balance or search):
-        labelled_counts = labelled_class_counts(clients.store, settings, trained_on)
+        labelled_counts = None if labelled() is None else class_counts(labelled().manifest, settings.classes)
         if labelled_counts is None:
             notes.append("class balance: no labelled dataset version found; all classes weigh the same")
     exemplars = None
     if search:
         missing = missing_classes(scored.frames, labelled_counts, settings.selection, len(settings.classes))
         if missing:
-            exemplars = rare_class_exemplars(settings, clients, model, trained_on, missing, notes)
+            exemplars = rare_class_exemplars(settings, clients, model, labelled(), missing, notes)
     from tasks.rounds import round_seed
 
     slice_weights = error_weights(settings, clients, champion, notes)  # None unless error_weighting.enabled

@@ -600,16 +600,11 @@ def labelled_version(store: Any, settings: Any, dataset_version: str | None) -> 
             or latest_version(store, settings, "seed"))
 
 
-def labelled_class_counts(store: Any, settings: Any, dataset_version: str | None) -> list[int] | None:
-    """Boxes per configured class in the train split of :func:`labelled_version`: what class balance weighs
-    against. None when no labelled version exists."""
-    from detloop.datasets import load_manifest
-
-    version = labelled_version(store, settings, dataset_version)
-    if version is None:
-        return None
-    boxes = load_manifest(store, settings, version).box_counts(split="train")
-    return [int(boxes.get(c, 0)) for c in settings.classes]
+def class_counts(manifest: Any, classes: Sequence[str]) -> list[int]:
+    """Boxes per configured class in a labelled version's train split (``manifest``: its
+    :class:`detloop.datasets.DatasetManifest`): what class balance weighs against."""
+    boxes = manifest.box_counts(split="train")
+    return [int(boxes.get(c, 0)) for c in classes]
 
 
 def missing_classes(frames: Sequence[ScoredFrame], labelled_counts: Sequence[int] | None,

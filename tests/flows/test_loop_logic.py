@@ -207,3 +207,23 @@ def test_error_weighting_lifts_the_champions_failing_camera_and_off_changes_noth
     rep = run.report["error_weighting"]
     assert rep["source"]["version"] == "1" and rep["source"]["round_id"] == "r-before"
     assert rep["up_weighted"] == int(is_bad.sum()) and rep["weights"]["camera"][bad] > 1.0
+
+
+def test_the_rare_class_search_reads_the_labelled_manifest_once(world: Any, config: str, fakes: Any,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Class balance and the rare-class search weigh against the same labelled version: one read of its manifest.
+    A confidence bar no random-weights box clears makes every labelled class 'never detected', so the search runs."""
+    import detloop.datasets
+    from detloop.world.publish import publish_labelled_set
+    from flows.selection import select_frames
+
+    vid = publish_labelled_set(world, "seed", frames=12, store=fakes.store)
+    reads: list[str] = []
+    load = detloop.datasets.load_manifest
+    monkeypatch.setattr(detloop.datasets, "load_manifest",
+                        lambda store, settings, version: reads.append(version) or load(store, settings, version))
+    run = select_frames(AS_OF, "rare-once", config, {"selection": {"conf_threshold": 0.999}}).result
+    assert reads == [vid]
+    searched = run.report["rare_search"]["classes"]
+    assert searched and all(r["exemplars"] > 0 for r in searched.values())
+    assert any("rare-class search" in n and vid in n and "embedded" in n for n in run.notes)

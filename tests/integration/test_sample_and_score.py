@@ -271,7 +271,7 @@ def test_rare_class_exemplars_are_labelled_frames_read_from_s3_and_embedded_by_t
     from detloop.clients import Clients
     from detloop.datasets import load_manifest
     from detloop.world.publish import publish_labelled_set
-    from flows.selection import rare_class_exemplars
+    from flows.selection import LabelledSet, rare_class_exemplars
     from tasks.scoring import ModelRef
 
     s = world["settings"].model_copy(deep=True)
@@ -283,8 +283,8 @@ def test_rare_class_exemplars_are_labelled_frames_read_from_s3_and_embedded_by_t
     classes = [c for c, n in holding.items() if n > 0]
     assert classes
     notes: list[str] = []
-    out = rare_class_exemplars(s, Clients.from_settings(s), ModelRef(path=str(world["artifact"])), vid, classes,
-                               notes)
+    out = rare_class_exemplars(s, Clients.from_settings(s), ModelRef(path=str(world["artifact"])),
+                               LabelledSet(vid, manifest), classes, notes)
     dim = json.loads((world["artifact"] / "meta.json").read_text())["embedding_dim"]
     assert out is not None and sorted(out) == classes
     for c in classes:
@@ -294,6 +294,6 @@ def test_rare_class_exemplars_are_labelled_frames_read_from_s3_and_embedded_by_t
     empty = [c for c, n in holding.items() if n == 0]
     if empty:
         notes.clear()
-        assert rare_class_exemplars(s, Clients.from_settings(s), ModelRef(path=str(world["artifact"])), vid, empty,
-                                    notes) is None
+        assert rare_class_exemplars(s, Clients.from_settings(s), ModelRef(path=str(world["artifact"])),
+                                    LabelledSet(vid, manifest), empty, notes) is None
         assert any("holds no usable frame" in n for n in notes)
