@@ -315,13 +315,22 @@ def infer(weights: Path, frames: Frames, idx: Sequence[int], conf: float, iou: f
     return dets, (np.concatenate(embs).astype(np.float32) if embs else None)
 
 
-def evaluate_weights(weights: Path, data: BenchData, frames: Frames, settings: Any, threads: int) -> dict[str, Any]:
-    """mAP50-95, mAP50, AR, small-object AP and per-class AP on the evaluation set."""
-    from tasks.evaluation import compute_metrics
-
+def eval_predictions(weights: Path, data: BenchData, frames: Frames, settings: Any, threads: int) -> list[Detections]:
+    """``weights``' detections on the evaluation set, decoded with the config's NMS (what metrics are taken on)."""
     ms = settings.model
     preds, _ = infer(weights, frames, range(len(data.eval)), ms.conf_threshold, ms.nms.iou_threshold, ms.max_det,
                      ms.scoring_max_candidates, threads, False)
+    return preds
+
+
+def evaluate_weights(weights: Path, data: BenchData, frames: Frames, settings: Any, threads: int,
+                     preds: Sequence[Detections] | None = None) -> dict[str, Any]:
+    """mAP50-95, mAP50, AR, small-object AP and per-class AP on the evaluation set (``preds``: the
+    :func:`eval_predictions` of ``weights`` when already made)."""
+    from tasks.evaluation import compute_metrics
+
+    if preds is None:
+        preds = eval_predictions(weights, data, frames, settings, threads)
     sm = compute_metrics("bench-eval", [f.truth for f in data.eval], preds, data.classes,
                          [f.camera for f in data.eval], min_instances=1)
     return {
@@ -331,6 +340,11 @@ def evaluate_weights(weights: Path, data: BenchData, frames: Frames, settings: A
         "per_class": {c: {"map": m.map, "map50": m.map50, "instances": m.n_instances} for c, m in sm.per_class.items()},
         "per_camera": {c: {"map": m.map, "instances": m.n_instances} for c, m in sm.per_camera.items()},
     }
+
+
+def _file_digest(path: Path) -> str:
+    """Content hash of a weights file (a saved round model is a copy of the file it was evaluated as)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def eval_slice_weights(frames: Sequence[BenchFrame], preds: Sequence[Detections], classes: Sequence[str],
@@ -417,6 +431,7 @@ class Runner:
         self._frames: dict[str, Frames] = {}
         self._scored: dict[str, tuple[list[Detections], np.ndarray | None]] = {}
         self._oracle: Any = None
+        self._eval_preds: tuple[str, list[Detections]] | None = None  # (weights digest, evaluation predictions)
 
     def _load_data(self) -> BenchData:
         from benchmarks.al_data import load_yolo_dataset, render_world
@@ -494,7 +509,7 @@ class Runner:
             last, secs = train_once(self.cfg, y, None, self.cfg.bootstrap_epochs, seed, work, self.yolo_dir,
                                     self.settings.model.arch)
         t0 = time.time()
-        metrics = evaluate_weights(last, d, self.frames("eval"), self.settings, self.cfg.threads)
+        metrics = self.evaluate(last)
         rec = {"arm": "bootstrap", "seed": seed, "round": 0, "metrics": metrics,
                "cumulative": dict.fromkeys(COUNT_AXES, 0), "train_seconds": round(secs, 1),
                "eval_seconds": round(time.time() - t0, 1), "load_avg": round(os.getloadavg()[0], 2)}
@@ -566,12 +581,19 @@ class Runner:
                 out.setdefault(c, []).append(e)
         return {c: np.stack(v) for c, v in out.items()}
 
+    def evaluate(self, weights: Path) -> dict[str, Any]:
+        """:func:`evaluate_weights`, keeping the predictions for :meth:`error_weights` of the same model."""
+        preds = eval_predictions(weights, self.data, self.frames("eval"), self.settings, self.cfg.threads)
+        self._eval_preds = (_file_digest(weights), preds)  # the next selection's model is this one
+        return evaluate_weights(weights, self.data, self.frames("eval"), self.settings, self.cfg.threads, preds)
+
     def error_weights(self, weights: Path) -> dict[str, Any]:
         """:func:`eval_slice_weights` of ``weights`` (the round's current model: the product weighs by its
-        champion's breakdown), inferred once per round on the evaluation set as :func:`evaluate_weights` does."""
-        ms = self.settings.model
-        preds, _ = infer(weights, self.frames("eval"), range(len(self.data.eval)), ms.conf_threshold,
-                         ms.nms.iou_threshold, ms.max_det, ms.scoring_max_candidates, self.cfg.threads, False)
+        champion's breakdown), on the evaluation predictions :meth:`evaluate` made of it in this invocation, or
+        inferred again (a resumed run evaluated it in an earlier one)."""
+        kept = self._eval_preds
+        preds = (kept[1] if kept is not None and kept[0] == _file_digest(weights) else
+                 eval_predictions(weights, self.data, self.frames("eval"), self.settings, self.cfg.threads))
         return eval_slice_weights(self.data.eval, preds, self.data.classes, self.settings)
 
     def _choose(self, arm: str, seed: int, r: int, weights: Path, unlabelled: list[int],
@@ -741,7 +763,7 @@ class Runner:
             last, secs = train_once(self.cfg, y, weights, self.cfg.epochs, seed, work, self.yolo_dir,
                                     self.settings.model.arch)
             t1 = time.time()
-            metrics = evaluate_weights(last, d, self.frames("eval"), self.settings, self.cfg.threads)
+            metrics = self.evaluate(last)
             rare_new = np.bincount(np.concatenate([d.pool[i].truth.class_id for i in new] + [np.zeros(0, np.int64)]),
                                    minlength=nc)
             rec = {

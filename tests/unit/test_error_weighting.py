@@ -187,7 +187,8 @@ def test_bench_al_weighs_by_the_models_breakdown_on_its_evaluation_set() -> None
 
 def test_bench_al_default_arm_selects_with_error_weights_when_enabled(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Wiring only (training replaced by an untrained model): the env override gives the default arm its own cache
-    directory, the round infers the evaluation set once more and records the weights it selected with."""
+    directory, the round weighs by the evaluation predictions of its current model (not inferred again) and records
+    the weights it selected with."""
     from pathlib import Path
 
     import torch
@@ -230,5 +231,11 @@ def test_bench_al_default_arm_selects_with_error_weights_when_enabled(tmp_path, 
     assert ew["enabled"] is True and ew["source"]["evaluated_on"] == "bench eval set"
     assert set(ew["weights"]) == {"class", "camera"}
     assert rec["selection"]["selection_settings"]["error_weighting"]["enabled"] is True
-    # the evaluation set is inferred by the round's current model (the bootstrap's, in round 1) once for the weights
-    assert sum("/bootstrap/" in w for w in evals) == 1 and len(evals) == 1 + 3 + 1  # + bootstrap and 3 arms' eval
+    # the evaluation set is inferred once per model: the bootstrap and each of the 3 arms' round-1 model; the weights
+    # of round 1 come from the bootstrap's evaluation predictions
+    assert len(evals) == 1 + 3
+    # a resumed run (the bootstrap evaluated in an earlier invocation) infers the bootstrap's predictions again
+    (Path(s["outputs"]["work_dir"]) / "runs" / weighted / "s0" / "r1.json").unlink()
+    evals.clear()
+    al.run_benchmark(cfg, tmp_path / "al.json", tmp_path / "c.png", tmp_path / "r.png", log=lambda m: None)
+    assert sum("/bootstrap/" in w for w in evals) == 1 and len(evals) == 1 + 1  # the weights, then r1's evaluation
