@@ -103,7 +103,9 @@ def decode_raw(raw: np.ndarray, lb: Letterbox, conf_threshold: float, iou_thresh
         keep = np.argsort(-cf, kind="stable")[:max_det]
         score = cf[keep]
     elif nms == "hard":
-        keep = np.asarray(cv2.dnn.NMSBoxesBatched(xywh, cf, cid, 0.0, float(iou_threshold), top_k=int(max_det)),
+        # top_k=0: OpenCV applies top_k to the candidates *before* suppression (NMSFast_), so top_k=max_det
+        # dropped every object whose best box ranked below the max_det-th candidate; the cap applies after
+        keep = np.asarray(cv2.dnn.NMSBoxesBatched(xywh, cf, cid, 0.0, float(iou_threshold), top_k=0),
                           np.int64).reshape(-1)[:max_det]
         score = cf[keep]
     else:

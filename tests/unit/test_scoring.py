@@ -38,6 +38,27 @@ def test_decode_raw_matches_reference_decoder(seed: int) -> None:
     np.testing.assert_allclose(fast.class_scores, ref.class_scores, atol=1e-6)
 
 
+@pytest.mark.parametrize("nms", ["hard", "linear", "gaussian"])
+def test_max_det_caps_detections_after_nms_not_candidates_before(nms: str) -> None:
+    """12 objects with 20 overlapping candidates each, later objects scoring lower: every object keeps its best box
+    although 240 candidates exceed max_det (OpenCV's top_k cuts candidates before suppression; it must not)."""
+    objects, per = 12, 20
+    raw = np.zeros((4 + 5, objects * per), np.float32)
+    for k in range(objects):
+        for j in range(per):
+            a = k * per + j
+            raw[:4, a] = [20 + 24 * k + 0.2 * j, 100, 16, 16]  # 16 px boxes 24 px apart: disjoint objects
+            raw[4 + k % 5, a] = 0.95 - 0.05 * k - 0.001 * j
+    lb = Letterbox.compute(320, 320, 320)
+    d = decode_raw(raw, lb, 0.01, 0.5, 100, 30000, nms=nms)
+    best = {round(float(x)) for x in d.xyxy[d.confidence >= 0.3, 0]}
+    assert {round(20 + 24 * k - 8) for k in range(objects)} <= best  # each object's best box survives
+    assert len(decode_raw(raw, lb, 0.01, 0.5, 5, 30000, nms=nms)) == 5  # max_det still caps the output
+    ref = Detections.from_yolo_raw(raw, lb, conf_threshold=0.01, iou_threshold=0.5, max_det=100)
+    if nms == "hard":
+        assert len(d) == objects and d.equals(ref, atol=1e-3)
+
+
 def test_decode_raw_empty_and_candidate_cap() -> None:
     raw = np.zeros((9, 100), np.float32)
     d = decode_raw(raw, Letterbox.compute(320, 320, 320), 0.05, 0.6, 100, 1000)
