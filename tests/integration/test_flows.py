@@ -61,6 +61,9 @@ def world(stack_settings, tmp_path_factory):  # type: ignore[no-untyped-def]
 
     sfx = uuid.uuid4().hex[:8]
     cfg = _isolated_config(stack_settings, sfx)
+    # the retrain path with per-frame repeats (rare-class oversampling, on in configs/local.yaml, and mining):
+    # the sample-weights task, materialize with repeats, training on the longer list
+    cfg["training"]["sample_weights"] = {"rare_oversampling": True, "rare_share": 0.25, "mining": True}
     path = tmp_path_factory.mktemp("flowtest") / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     s = load_settings(path)
@@ -176,6 +179,12 @@ def test_full_round_through_deployments_and_event(world):  # type: ignore[no-unt
     assert run.parameters["params"]["round_id"] == rid
     result = store.get_json(s.s3.data_bucket, f"rounds/{rid}/result.json")
     assert result["round_id"] == rid and result["dataset_version"]
+    sw = result["dataset"]["sample_weights"]  # the champion ran over the train frames; rare and missed ones repeat
+    assert sw["rare_oversampling"] and sw["mining"] and sw["frames"] > 0 and sw["extra_listings"] > 0
+    from detloop.datasets import cache_dir
+
+    lists = list(cache_dir(s, result["dataset_version"]).glob("train_x*_w*.txt"))  # what the fine-tune read
+    assert len(lists) == 1 and len(lists[0].read_text().split()) >= sw["frames"] + sw["extra_listings"]
     assert result["golden_map_challenger"] is not None and result["golden_map_champion"] is not None
     # runs named after the week and the round; the MLflow run links back to both
     assert run.name == f"retrain {rid}"
