@@ -316,7 +316,8 @@ def infer(weights: Path, frames: Frames, idx: Sequence[int], conf: float, iou: f
 
 
 def eval_predictions(weights: Path, data: BenchData, frames: Frames, settings: Any, threads: int) -> list[Detections]:
-    """``weights``' detections on the evaluation set, decoded with the config's NMS (what metrics are taken on)."""
+    """``weights``' detections on the evaluation set (what metrics are taken on), decoded like the pool: hard NMS
+    at the config's IoU threshold, whatever ``model.nms.method`` says (docs/active_learning_benchmark.md)."""
     ms = settings.model
     preds, _ = infer(weights, frames, range(len(data.eval)), ms.conf_threshold, ms.nms.iou_threshold, ms.max_det,
                      ms.scoring_max_candidates, threads, False)
