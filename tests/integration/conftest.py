@@ -92,3 +92,66 @@ def stack_settings() -> Iterator:  # type: ignore[type-arg]
     if result.started and not os.environ.get("DETLOOP_TEST_KEEP_STACK"):
         # only what THIS session started (a session that merely restarted the runner leaves the servers up)
         down(settings, log=lambda m: print(f"[stack] {m}", file=sys.stderr), services=tuple(result.started))
+
+
+# --------------------------------------------------------------------------------------------
+# One test that leaves a server down must not fail every test after it
+# --------------------------------------------------------------------------------------------
+_SERVERS = ("s3", "mlflow", "label-studio", "prefect")
+_REVIVED: list[str] = []  # what the guard below found down, and before which test
+_LOG_TAIL = 25
+
+
+def _log_tail(settings: Any, service: str, n: int = _LOG_TAIL) -> list[str]:
+    """The last ``n`` lines of the service's log that say something went wrong (Go's E/F levels, panics,
+    tracebacks, errors), with the start markers between them; the last plain lines when there are none."""
+    import re
+
+    from infra import procs
+    from infra.stack import stack_paths
+
+    lines = procs.tail_lines(stack_paths(settings).log(service), 20_000)
+    bad = re.compile(r"^(==== |[EF]\d{4} )|panic|fatal|Traceback|Error|error:")
+    picked = [line for line in lines if bad.search(line)]
+    return (picked or lines)[-n:]
+
+
+@pytest.fixture(autouse=True)
+def _servers_up(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Before a test of the stack: every server answers, else it is restarted (and reported at the end).
+
+    Several tests kill a server on purpose and bring it back; if one of them fails to (a bug in the test or in
+    ``ensure_up``), the rest of the session would fail on a connection refused that says nothing about them.
+    A restart that fails raises here, with the server's log lines, so the cause is in the report.
+    """
+    if "stack_settings" not in request.fixturenames:
+        yield
+        return
+    from infra.stack import ensure_up, healthy
+
+    s = request.getfixturevalue("stack_settings")
+    down = [svc for svc in _SERVERS if not healthy(s, svc)]
+    if down:
+        for svc in down:
+            _REVIVED.append(f"{svc} was down before {request.node.nodeid}; its log ended with:")
+            _REVIVED.extend(f"    {line}" for line in _log_tail(s, svc))
+        ensure_up(s, log=lambda m: print(f"[stack, revive] {m}", file=sys.stderr))
+    yield
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Servers found down between tests, and the S3 log's end when integration tests failed."""
+    if _REVIVED:
+        terminalreporter.section("test stack: servers restarted between tests")
+        for line in _REVIVED:
+            terminalreporter.write_line(line)
+    failed = [r for key in ("failed", "error") for r in terminalreporter.stats.get(key, [])
+              if "tests/integration" in getattr(r, "nodeid", "")]
+    if failed:
+        try:
+            s = _test_settings()
+        except Exception:  # a summary must not fail the session
+            return
+        terminalreporter.section("test stack: the end of the S3 log (starts and errors)")
+        for line in _log_tail(s, "s3"):
+            terminalreporter.write_line(line)

@@ -75,8 +75,12 @@ def test_acknowledged_writes_survive_sigkill_and_a_clean_down_up(stack_settings:
     stop = threading.Event()
     t = threading.Thread(target=_writer, args=(store, bucket, prefix, stop, acked, failed), daemon=True)
     t.start()
-    time.sleep(3.0)
     try:
+        # a kill mid-stream, not before the first write lands (a loaded machine may need seconds for a new volume)
+        deadline = time.monotonic() + 60.0
+        while len(acked) < 20 and time.monotonic() < deadline and t.is_alive():
+            time.sleep(0.1)
+        time.sleep(1.0)
         n_before = len(acked)
         kill_service(s, "s3")
         time.sleep(1.0)
