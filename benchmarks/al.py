@@ -614,13 +614,10 @@ class Runner:
                               pool[i].height, dets[i], None if emb is None else emb[i]) for i in unlabelled]
         extra: dict[str, Any] = {}
         if arm == "default":  # the configured selection with everything the product gives it
-            from tasks.acquisition import never_detected
+            from tasks.selection import missing_classes
 
-            thr = sel.conf_threshold
-            det_cls = np.concatenate([dets[i].class_id[dets[i].confidence >= thr] for i in unlabelled]
-                                     + [np.zeros(0, np.int64)])
             ex = (self.exemplars(weights, labelled) if sel.rare_search.enabled
-                  and never_detected(det_cls, class_counts, len(self.data.classes)) else None)
+                  and missing_classes(frames, class_counts, sel, len(self.data.classes), quality) else None)
             extra = {"cost": self.settings.labelling_cost, "champion_quality": quality, "class_exemplars": ex}
             if sel.error_weighting.enabled:  # off by default; its own cache dir (selection_key) when on
                 extra["slice_weights"] = self.error_weights(weights)

@@ -267,8 +267,9 @@ def select_frames(
         if labelled_counts is None:
             notes.append("class balance: no labelled dataset version found; all classes weigh the same")
     exemplars = None
+    quality = champion.golden_map50 if champion is not None else None
     if search:
-        missing = missing_classes(scored.frames, labelled_counts, settings.selection, len(settings.classes))
+        missing = missing_classes(scored.frames, labelled_counts, settings.selection, len(settings.classes), quality)
         if missing:
             exemplars = rare_class_exemplars(settings, clients, model, labelled(), missing, notes)
     from tasks.rounds import round_seed
@@ -276,7 +277,7 @@ def select_frames(
     slice_weights = error_weights(settings, clients, champion, notes)  # None unless error_weighting.enabled
     result = select(scored.frames, labelled_counts, settings.selection, round_seed=round_seed(run_id),
                     class_names=settings.classes, num_classes=len(settings.classes), cost=settings.labelling_cost,
-                    champion_quality=champion.golden_map50 if champion is not None else None,
+                    champion_quality=quality,
                     class_exemplars=exemplars, slice_weights=slice_weights)
     result.notes[:0] = notes
     result.report["notes"] = result.notes

@@ -8,9 +8,10 @@ Pure functions over flat arrays (unit-tested); :func:`tasks.selection.select` ap
 2. **regime blend** (:func:`regime_weight`, :func:`blend`): a champion too weak for its uncertainty to mean
    much (low mAP50 on frames it never trained on) ranks by representativeness (:func:`typicality` on the
    embeddings) instead; a good one by its uncertainty; in between, a linear mix of percentile ranks;
-3. **rare-class search** (:func:`never_detected`, :func:`rare_candidates`): a class with labelled examples
+3. **rare-class search** (:func:`rare_search_targets`, :func:`rare_candidates`): a class with labelled examples
    but no detection in the pool cannot be found by uncertainty; frames whose embeddings are nearest to the
-   labelled frames holding it are reserved a share of the budget.
+   labelled frames holding it are reserved a share of the budget. It stands down when the champion is weak or
+   detects no labelled class at all (then a missing class is not singled out).
 """
 
 from __future__ import annotations
@@ -135,6 +136,40 @@ def never_detected(det_class: np.ndarray, labelled_counts: Sequence[int] | np.nd
     seen = np.bincount(np.asarray(det_class, np.int64), minlength=num_classes) > 0
     n = np.asarray(labelled_counts).reshape(-1)
     return [c for c in range(num_classes) if n[c] > 0 and not seen[c]]
+
+
+@dataclass(frozen=True)
+class RareTargets:
+    """The classes the rare-class search looks for, or none and why it stands down."""
+
+    classes: list[int]
+    stood_down: str | None = None
+
+
+def rare_search_targets(det_class: np.ndarray, labelled_counts: Sequence[int] | np.ndarray | None,
+                        num_classes: int, quality: float | None, weak_below: float) -> RareTargets:
+    """The never-detected classes (:func:`never_detected`) when the search can single them out.
+
+    The search is for a champion that works but misses a class. It stands down when nothing sets the missing
+    classes apart from the rest:
+
+    - the champion is weak (``quality``, its mAP50 on frames it never trained on, at or below ``weak_below``,
+      the regime rule's bound): it misses most things, so "never detected" says little about a class, and its
+      embeddings barely separate frames (measured at a cold start: every pool frame passed the similarity bar);
+    - it detects none of the labelled classes in the pool: every class is "missing" alike.
+    """
+    missing = never_detected(det_class, labelled_counts, num_classes)
+    if not missing:
+        return RareTargets([])
+    names = f"{len(missing)} class(es) never detected"
+    if quality is not None and np.isfinite(quality) and quality <= weak_below:
+        return RareTargets([], f"stood down: {names}, but the champion is weak (mAP50 {quality:.3f} <= "
+                               f"{weak_below:g}): missing a class does not single it out")
+    labelled = int((np.asarray(labelled_counts).reshape(-1) > 0).sum())
+    if len(missing) >= labelled:
+        return RareTargets([], f"stood down: the champion detects none of the {labelled} labelled classes in the "
+                               "pool: missing a class does not single it out")
+    return RareTargets(missing)
 
 
 @dataclass

@@ -37,9 +37,9 @@ from detloop.settings import LabellingCostSettings, SelectionSettings
 from tasks.acquisition import (
     RareSearch,
     blend,
-    never_detected,
     per_second,
     rare_candidates,
+    rare_search_targets,
     regime_weight,
     typicality,
 )
@@ -469,7 +469,12 @@ def _acquisition(pool: BoxPool, emb: np.ndarray | None, sc: dict[str, Any], sett
     reserve = None
     rs = settings.rare_search
     if rs.enabled and rs.share > 0:
-        missing = never_detected(pool.class_scores[det].argmax(axis=1), labelled_counts, pool.num_classes)
+        targets = rare_search_targets(pool.class_scores[det].argmax(axis=1), labelled_counts, pool.num_classes,
+                                      quality, settings.regime.weak_below)
+        missing = targets.classes
+        if targets.stood_down:
+            notes.append(f"rare-class search {targets.stood_down}")
+            rare.report = {"classes": {}, "notes": [], "stood_down": targets.stood_down}
         if missing:
             def reserve(eligible: np.ndarray, k: int) -> list[int]:
                 n_res = int(np.ceil(rs.share * k))
@@ -608,9 +613,11 @@ def class_counts(manifest: Any, classes: Sequence[str]) -> list[int]:
 
 
 def missing_classes(frames: Sequence[ScoredFrame], labelled_counts: Sequence[int] | None,
-                    settings: SelectionSettings, num_classes: int) -> list[int]:
+                    settings: SelectionSettings, num_classes: int, champion_quality: float | None = None
+                    ) -> list[int]:
     """Classes with labelled boxes that the champion detects (above ``conf_threshold``) nowhere in ``frames``:
-    what the rare-class search looks for (the same test :func:`select` applies)."""
+    what the rare-class search looks for (the same test :func:`select` applies, standing down included)."""
     pool = BoxPool.from_detections([f.detections for f in frames], num_classes)
     det = pool.confidence >= settings.conf_threshold
-    return never_detected(pool.class_scores[det].argmax(axis=1), labelled_counts, num_classes)
+    return rare_search_targets(pool.class_scores[det].argmax(axis=1), labelled_counts, num_classes,
+                               champion_quality, settings.regime.weak_below).classes

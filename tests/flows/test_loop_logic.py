@@ -212,16 +212,27 @@ def test_error_weighting_lifts_the_champions_failing_camera_and_off_changes_noth
 def test_the_rare_class_search_reads_the_labelled_manifest_once(world: Any, config: str, fakes: Any,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Class balance and the rare-class search weigh against the same labelled version: one read of its manifest.
-    A confidence bar no random-weights box clears makes every labelled class 'never detected', so the search runs."""
+    A confidence bar no random-weights box clears makes every labelled class 'never detected'; the search would
+    stand down for that (a champion that detects nothing singles no class out), so here it is told not to."""
     import detloop.datasets
+    import tasks.selection
     from detloop.world.publish import publish_labelled_set
     from flows.selection import select_frames
+    from tasks.acquisition import RareTargets, never_detected
+
 
     vid = publish_labelled_set(world, "seed", frames=12, store=fakes.store)
     reads: list[str] = []
     load = detloop.datasets.load_manifest
     monkeypatch.setattr(detloop.datasets, "load_manifest",
                         lambda store, settings, version: reads.append(version) or load(store, settings, version))
+    blind = select_frames(AS_OF, "rare-blind", config, {"selection": {"conf_threshold": 0.999}}).result
+    assert "none of the" in blind.report["rare_search"]["stood_down"] and blind.report["rare_search"]["picked"] == 0
+    assert not any("embedded" in n for n in blind.notes)  # standing down embeds no exemplars
+    assert reads == [vid]  # class balance
+    reads.clear()
+    monkeypatch.setattr(tasks.selection, "rare_search_targets",
+                        lambda det, counts, n, *_: RareTargets(never_detected(det, counts, n)))
     run = select_frames(AS_OF, "rare-once", config, {"selection": {"conf_threshold": 0.999}}).result
     assert reads == [vid]
     searched = run.report["rare_search"]["classes"]

@@ -24,6 +24,7 @@ from tasks.acquisition import (
     per_second,
     percentile_rank,
     rare_candidates,
+    rare_search_targets,
     regime_weight,
     typicality,
 )
@@ -178,6 +179,32 @@ def test_missing_classes_are_labelled_classes_never_detected_above_the_threshold
     assert missing_classes(frames, [5, 5, 5], sel(), C) == [1, 2]
     assert missing_classes(frames, [5, 0, 5], sel(), C) == [2]  # no labelled box of class 1: nothing to look for
     assert missing_classes(frames, None, sel(), C) == []
+
+
+def test_the_rare_class_search_stands_down_when_missing_a_class_singles_nothing_out() -> None:
+    seen_a = np.array([0, 0])
+    assert rare_search_targets(seen_a, [5, 5, 5], C, 0.7, 0.3).classes == [1, 2]  # works, misses two classes
+    assert rare_search_targets(seen_a, [5, 5, 5], C, None, 0.3).classes == [1, 2]  # quality unknown: searches
+    weak = rare_search_targets(seen_a, [5, 5, 5], C, 0.3, 0.3)
+    assert weak.classes == [] and "weak (mAP50 0.300 <= 0.3)" in (weak.stood_down or "")
+    blind = rare_search_targets(np.zeros(0, np.int64), [5, 5, 0], C, 0.7, 0.3)
+    assert blind.classes == [] and "none of the 2 labelled classes" in (blind.stood_down or "")
+    assert rare_search_targets(seen_a, [5, 0, 0], C, 0.1, 0.3) == rare_search_targets(seen_a, [5, 0, 0], C, None, 0)
+    assert rare_search_targets(seen_a, [5, 0, 0], C, 0.1, 0.3).stood_down is None  # nothing missing: no remark
+
+
+def test_select_and_missing_classes_stand_down_alike_for_a_weak_champion() -> None:
+    far = np.array([1.0, 0, 0, 0], np.float32)
+    near_rare = np.array([0, 0, 1.0, 0.05], np.float32)
+    frames = [scored(i, [0.5], [0], far) for i in range(8)] + [scored(8, [0.95], [1], near_rare)]
+    kw = dict(class_names=["a", "b", "r"], num_classes=C, class_exemplars={2: np.array([[0, 0, 1.0, 0]], np.float32)})
+    good = select(frames, [10, 10, 3], sel(budget=4, rare_search={"share": 0.25}), champion_quality=0.7, **kw)
+    weak = select(frames, [10, 10, 3], sel(budget=4, rare_search={"share": 0.25}), champion_quality=0.2, **kw)
+    assert good.report["rare_search"]["picked"] == 1 and "stood_down" not in good.report["rare_search"]
+    assert weak.report["rare_search"]["picked"] == 0 and "weak" in weak.report["rare_search"]["stood_down"]
+    assert any(n.startswith("rare-class search stood down") for n in weak.notes)
+    assert missing_classes(frames, [10, 10, 3], sel(), C, champion_quality=0.7) == [2]
+    assert missing_classes(frames, [10, 10, 3], sel(), C, champion_quality=0.2) == []  # no exemplars scored
 
 
 def _entry(sha: str, counts: tuple[int, ...], split: str = "train", synthetic: bool = False) -> DatasetEntry:

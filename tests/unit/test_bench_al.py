@@ -416,8 +416,12 @@ def test_runner_end_to_end_with_untrained_model(tmp_path: Path, monkeypatch: pyt
     assert s["seeds_complete_all_arms"] == [0]
     # the bootstrap model scores the pool once for both strategy arms' round 1; round 2 once per arm
     assert len(pool_scorings) == 3 and sum("/bootstrap/" in w for w in pool_scorings) == 1
-    # an untrained model detects no labelled class: the default arm searched by similarity in both rounds
-    assert len(seed_scorings) == 2 and all("default-" in w or "/bootstrap/" in w for w in seed_scorings)
+    # an untrained model is weak and detects no labelled class: the rare-class search stands down (nothing scored)
+    assert seed_scorings == []
+    default_dir = next(p for p in (runner_root / "runs").iterdir() if p.name.startswith("default-"))
+    for r in (1, 2):
+        rare = json.loads((default_dir / "s0" / f"r{r}.json").read_text())["selection"]["rare_search"]
+        assert rare["picked"] == 0 and ("none of the" in rare["stood_down"] or "weak" in rare["stood_down"]), rare
     # another budget: new run, same bootstrap (no bootstrap training)
     calls.clear()
     cfg3 = BenchConfig(**{**cfg.__dict__, "arms": ["random"], "rounds": 1, "budget": 3})
