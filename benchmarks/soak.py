@@ -229,10 +229,36 @@ def _count(row: dict[str, Any], c: Mapping[str, Any], counts: Mapping[str, int],
     row["lost"] += lost
 
 
+def resumable_rows(previous: Mapping[str, Any] | None, weeks: int, size: Mapping[str, Any], seed: int
+                   ) -> list[dict[str, Any]]:
+    """The leading completed weeks of an earlier (partial) result of the same soak, to carry over on ``--resume``.
+
+    Raises:
+        ValueError: the earlier result is of another soak (size or fault seed differ): its weeks do not belong here.
+    """
+    if not previous:
+        return []
+    if previous.get("size") != dict(size) or previous.get("seed") != seed:
+        raise ValueError(f"--resume: the earlier result is of another soak (size {previous.get('size')}, seed "
+                         f"{previous.get('seed')}; asked size {dict(size)}, seed {seed}): use another --out")
+    out = []
+    for i, row in enumerate(previous.get("rows") or []):
+        if row.get("week") != i + 1 or not row.get("completed") or i >= weeks:
+            break
+        out.append(dict(row))
+    return out
+
+
 def run_soak(settings: Any, weeks: int, spec: Any, seed: int = 0, timeout: float = 3600.0,
-             monitor_days: int = 7, log: Callable[[str], None] = print) -> dict[str, Any]:
+             monitor_days: int = 7, log: Callable[[str], None] = print,
+             carried: Sequence[Mapping[str, Any]] = (),
+             on_week: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Set up (world, golden, seed, bootstrap champion) and run ``weeks`` weeks at ``spec``
-    (:class:`flows.demo.DemoSize`). The stack must be up with its runner (``detloop soak`` brings it up)."""
+    (:class:`flows.demo.DemoSize`). The stack must be up with its runner (``detloop soak`` brings it up).
+
+    ``carried``: completed weeks of an earlier run of this soak (:func:`resumable_rows`), kept as they were and
+    not re-run (set-up and bootstrap are idempotent: a re-run finds them done). ``on_week``: called with the
+    result so far after every week (the CLI writes it, so a soak stopped mid-way resumes from its last week)."""
     from benchmarks.faults import Cell, check
     from detloop.clients.s3 import S3Store
     from detloop.world.config import load_world_config
@@ -258,9 +284,20 @@ def run_soak(settings: Any, weeks: int, spec: Any, seed: int = 0, timeout: float
     plan = fault_plan(weeks, seed)
     world = load_world_config(settings.world_config_path())
     cell = Cell("soak", str(settings.source), settings)
-    handled: set[str] = set()
-    rows: list[dict[str, Any]] = []
-    for w in range(1, weeks + 1):
+    rows: list[dict[str, Any]] = [dict(r) for r in carried]
+    last_as_of = rows[-1]["as_of"] if rows else ""
+    # the drift rounds of carried weeks were labelled then: not counted again
+    handled: set[str] = {r.round_id for r in list_rounds(store, settings) if r.reason == "drift" and r.as_of
+                         <= last_as_of}
+    if rows:
+        log(f"resuming after week {len(rows)} ({last_as_of}); {len(handled)} drift round(s) already handled")
+
+    def result() -> dict[str, Any]:
+        return {"bench": "soak", "weeks_asked": weeks, "weeks_run": len(rows), "size": asdict(spec), "seed": seed,
+                "faults": [asdict(f) for f in plan[: len(rows)]], "rows": rows,
+                "weeks_carried": len(carried), "seconds": time.monotonic() - t0}
+
+    for w in range(len(rows) + 1, weeks + 1):
         tw = time.monotonic()
         fault = plan[w - 1]
         week_start = START + timedelta(days=7 * (w - 1))
@@ -308,14 +345,14 @@ def run_soak(settings: Any, weeks: int, spec: Any, seed: int = 0, timeout: float
         row["minutes"] = (time.monotonic() - tw) / 60
         rows.append(row)
         log(json.dumps(row, default=str))
+        if on_week is not None:
+            on_week({**result(), "partial": True})
         if not row["completed"]:
             break
     end = START + timedelta(days=7 * len(rows))
     onsets = world_onsets(world, START, end)
     eps = [e.to_dict() for e in list_episodes(store, settings)]
-    return {"bench": "soak", "weeks_asked": weeks, "weeks_run": len(rows), "size": asdict(spec), "seed": seed,
-            "faults": [asdict(f) for f in plan[: len(rows)]], "rows": rows,
-            "episodes": episode_delays(onsets, eps), "seconds": time.monotonic() - t0}
+    return {**result(), "episodes": episode_delays(onsets, eps)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -338,6 +375,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0, help="seed of the fault plan")
     ap.add_argument("--monitor-days", type=int, default=7, help="daily monitor runs per week (7: every day)")
     ap.add_argument("--out", type=Path, default=RESULTS / "soak.json")
+    ap.add_argument("--resume", action="store_true",
+                    help="carry over the completed weeks of --out (written after every week) and run the rest")
     ap.add_argument("--plot", type=Path, default=PLOT)
     a = ap.parse_args(argv)
     from detloop.offline import apply_offline_env
@@ -349,7 +388,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ensure_up(settings, print)
     os.environ.update(client_env(settings))
     spec = DemoSize(a.frames_per_day, a.seed_frames, a.golden_frames, a.budget, a.bootstrap_epochs)
-    res = run_soak(settings, a.weeks, spec, a.seed, monitor_days=a.monitor_days)
+    previous = json.loads(a.out.read_text()) if a.resume and a.out.is_file() else None
+    carried = resumable_rows(previous, a.weeks, asdict(spec), a.seed)
+
+    def save(partial: dict[str, Any]) -> None:
+        tmp = a.out.with_suffix(".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(partial, indent=2, default=str))
+        tmp.replace(a.out)
+
+    res = run_soak(settings, a.weeks, spec, a.seed, monitor_days=a.monitor_days, carried=carried, on_week=save)
     from detloop.world.config import load_world_config
     from flows.demo import START
 

@@ -7,6 +7,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from benchmarks.__main__ import bench_app
@@ -18,6 +19,7 @@ from benchmarks.soak import (
     lost_and_duplicated,
     markdown_table,
     recovery_weeks,
+    resumable_rows,
     world_onsets,
 )
 from cli.main import app
@@ -82,3 +84,18 @@ def test_detloop_soak_and_bench_drift_forward_to_the_benchmarks(monkeypatch) -> 
     assert " drift " in out and " soak " in out
     h = CliRunner().invoke(bench_app, ["drift", "--", "--help"])
     assert h.exit_code == 0 and "--frames-per-day" in h.output and "--stationary" in h.output
+
+
+def test_resume_carries_the_leading_completed_weeks_of_the_same_soak_only() -> None:
+    size = {"frames_per_day": 24, "budget": 24}
+    prev = {"size": size, "seed": 0, "rows": [{"week": 1, "completed": True, "as_of": "2026-01-12"},
+                                              {"week": 2, "completed": True, "as_of": "2026-01-19"},
+                                              {"week": 3, "completed": False, "error": "x"},
+                                              {"week": 4, "completed": True}]}
+    assert [r["week"] for r in resumable_rows(prev, 8, size, 0)] == [1, 2]  # stops at the first failed week
+    assert [r["week"] for r in resumable_rows(prev, 1, size, 0)] == [1]  # never more than asked
+    assert resumable_rows(None, 8, size, 0) == []
+    with pytest.raises(ValueError, match="another soak"):
+        resumable_rows(prev, 8, {**size, "budget": 48}, 0)
+    with pytest.raises(ValueError, match="another soak"):
+        resumable_rows(prev, 8, size, 1)
