@@ -161,9 +161,9 @@ def rare_search_targets(det_class: np.ndarray, labelled_counts: Sequence[int] | 
     missing = never_detected(det_class, labelled_counts, num_classes)
     if not missing:
         return RareTargets([])
-    names = f"{len(missing)} class(es) never detected"
+    what = f"{len(missing)} class(es) never detected"
     if quality is not None and np.isfinite(quality) and quality <= weak_below:
-        return RareTargets([], f"stood down: {names}, but the champion is weak (mAP50 {quality:.3f} <= "
+        return RareTargets([], f"stood down: {what}, but the champion is weak (mAP50 {quality:.3f} <= "
                                f"{weak_below:g}): missing a class does not single it out")
     labelled = int((np.asarray(labelled_counts).reshape(-1) > 0).sum())
     if len(missing) >= labelled:
