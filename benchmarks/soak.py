@@ -229,18 +229,28 @@ def _count(row: dict[str, Any], c: Mapping[str, Any], counts: Mapping[str, int],
     row["lost"] += lost
 
 
-def resumable_rows(previous: Mapping[str, Any] | None, weeks: int, size: Mapping[str, Any], seed: int
-                   ) -> list[dict[str, Any]]:
+def soak_identity(settings: Any) -> str:
+    """What makes two soaks the same soak beyond size and seed: the settings (hashed; secrets dump masked)."""
+    import hashlib
+
+    d = settings.model_dump(mode="json", exclude={"source"})
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def resumable_rows(previous: Mapping[str, Any] | None, weeks: int, size: Mapping[str, Any], seed: int,
+                   identity: str) -> list[dict[str, Any]]:
     """The leading completed weeks of an earlier (partial) result of the same soak, to carry over on ``--resume``.
 
     Raises:
-        ValueError: the earlier result is of another soak (size or fault seed differ): its weeks do not belong here.
+        ValueError: the earlier result is of another soak (settings, size or fault seed differ, or it predates
+            ``identity``): its weeks do not belong here.
     """
     if not previous:
         return []
-    if previous.get("size") != dict(size) or previous.get("seed") != seed:
-        raise ValueError(f"--resume: the earlier result is of another soak (size {previous.get('size')}, seed "
-                         f"{previous.get('seed')}; asked size {dict(size)}, seed {seed}): use another --out")
+    if previous.get("identity") != identity or previous.get("size") != dict(size) or previous.get("seed") != seed:
+        raise ValueError(f"--resume: the earlier result is of another soak (settings {previous.get('identity')}, size "
+                         f"{previous.get('size')}, seed {previous.get('seed')}; asked settings {identity}, size "
+                         f"{dict(size)}, seed {seed}): use another --out")
     out = []
     for i, row in enumerate(previous.get("rows") or []):
         if row.get("week") != i + 1 or not row.get("completed") or i >= weeks:
@@ -293,7 +303,7 @@ def run_soak(settings: Any, weeks: int, spec: Any, seed: int = 0, timeout: float
         log(f"resuming after week {len(rows)} ({last_as_of}); {len(handled)} drift round(s) already handled")
 
     def result() -> dict[str, Any]:
-        return {"bench": "soak", "weeks_asked": weeks, "weeks_run": len(rows), "size": asdict(spec), "seed": seed,
+        return {"bench": "soak", "identity": soak_identity(settings), "weeks_asked": weeks, "weeks_run": len(rows), "size": asdict(spec), "seed": seed,
                 "faults": [asdict(f) for f in plan[: len(rows)]], "rows": rows,
                 "weeks_carried": len(carried), "seconds": time.monotonic() - t0}
 
@@ -389,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.update(client_env(settings))
     spec = DemoSize(a.frames_per_day, a.seed_frames, a.golden_frames, a.budget, a.bootstrap_epochs)
     previous = json.loads(a.out.read_text()) if a.resume and a.out.is_file() else None
-    carried = resumable_rows(previous, a.weeks, asdict(spec), a.seed)
+    carried = resumable_rows(previous, a.weeks, asdict(spec), a.seed, soak_identity(settings))
 
     def save(partial: dict[str, Any]) -> None:
         tmp = a.out.with_suffix(".tmp")

@@ -88,14 +88,26 @@ def test_detloop_soak_and_bench_drift_forward_to_the_benchmarks(monkeypatch) -> 
 
 def test_resume_carries_the_leading_completed_weeks_of_the_same_soak_only() -> None:
     size = {"frames_per_day": 24, "budget": 24}
-    prev = {"size": size, "seed": 0, "rows": [{"week": 1, "completed": True, "as_of": "2026-01-12"},
+    prev = {"identity": "abc", "size": size, "seed": 0, "rows": [{"week": 1, "completed": True, "as_of": "2026-01-12"},
                                               {"week": 2, "completed": True, "as_of": "2026-01-19"},
                                               {"week": 3, "completed": False, "error": "x"},
                                               {"week": 4, "completed": True}]}
-    assert [r["week"] for r in resumable_rows(prev, 8, size, 0)] == [1, 2]  # stops at the first failed week
-    assert [r["week"] for r in resumable_rows(prev, 1, size, 0)] == [1]  # never more than asked
-    assert resumable_rows(None, 8, size, 0) == []
+    assert [r["week"] for r in resumable_rows(prev, 8, size, 0, "abc")] == [1, 2]  # stops at the first failed week
+    assert [r["week"] for r in resumable_rows(prev, 1, size, 0, "abc")] == [1]  # never more than asked
+    assert resumable_rows(None, 8, size, 0, "abc") == []
+    for other in ((8, {**size, "budget": 48}, 0, "abc"), (8, size, 1, "abc"), (8, size, 0, "other")):
+        with pytest.raises(ValueError, match="another soak"):
+            resumable_rows(prev, *other)
+    old = {k: v for k, v in prev.items() if k != "identity"}  # a result written before soaks had an identity
     with pytest.raises(ValueError, match="another soak"):
-        resumable_rows(prev, 8, {**size, "budget": 48}, 0)
-    with pytest.raises(ValueError, match="another soak"):
-        resumable_rows(prev, 8, size, 1)
+        resumable_rows(old, 8, size, 0, "abc")
+
+
+def test_a_soak_is_identified_by_its_settings() -> None:
+    from benchmarks.soak import soak_identity
+    from detloop.settings import REPO_ROOT, load_settings
+
+    a = load_settings(REPO_ROOT / "configs" / "soak.yaml", env={})
+    b = load_settings(REPO_ROOT / "configs" / "soak.yaml", env={}, overrides={"selection": {"budget": 48}})
+    assert soak_identity(a) == soak_identity(load_settings(REPO_ROOT / "configs" / "soak.yaml", env={}))
+    assert soak_identity(a) != soak_identity(b)
