@@ -302,9 +302,11 @@ def run_soak(settings: Any, weeks: int, spec: Any, seed: int = 0, timeout: float
     if rows:
         log(f"resuming after week {len(rows)} ({last_as_of}); {len(handled)} drift round(s) already handled")
 
+    identity = soak_identity(settings)
+
     def result() -> dict[str, Any]:
-        return {"bench": "soak", "identity": soak_identity(settings), "weeks_asked": weeks, "weeks_run": len(rows), "size": asdict(spec), "seed": seed,
-                "faults": [asdict(f) for f in plan[: len(rows)]], "rows": rows,
+        return {"bench": "soak", "identity": identity, "weeks_asked": weeks, "weeks_run": len(rows),
+                "size": asdict(spec), "seed": seed, "faults": [asdict(f) for f in plan[: len(rows)]], "rows": rows,
                 "weeks_carried": len(carried), "seconds": time.monotonic() - t0}
 
     for w in range(len(rows) + 1, weeks + 1):
@@ -401,13 +403,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     previous = json.loads(a.out.read_text()) if a.resume and a.out.is_file() else None
     carried = resumable_rows(previous, a.weeks, asdict(spec), a.seed, soak_identity(settings))
 
-    def save(partial: dict[str, Any]) -> None:
-        tmp = a.out.with_suffix(".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(partial, indent=2, default=str))
-        tmp.replace(a.out)
+    from detloop.localfs import write_text
 
-    res = run_soak(settings, a.weeks, spec, a.seed, monitor_days=a.monitor_days, carried=carried, on_week=save)
+    res = run_soak(settings, a.weeks, spec, a.seed, monitor_days=a.monitor_days, carried=carried,
+                   on_week=lambda partial: write_text(a.out, json.dumps(partial, indent=2, default=str)))
     from detloop.world.config import load_world_config
     from flows.demo import START
 
