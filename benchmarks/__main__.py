@@ -109,6 +109,25 @@ def bench_al_merge(
     typer.echo(f"wrote {out} (seeds {summary['seeds_complete_all_arms']})")
 
 
+@bench_app.command("al-compare")
+def bench_al_compare(
+    base: Annotated[Path, typer.Argument(help="Result JSON of `bench al` holding the base arm.")],
+    variant: Annotated[Path, typer.Argument(help="Result JSON of the same run (same run key) with the variant.")],
+    out: Annotated[Path, typer.Option(help="Comparison JSON.")],
+    arm: Annotated[str, typer.Option(help="Arm compared (the default selection with and without an option).")]
+    = "default",
+) -> None:
+    """Compare one arm across two `bench al` results of the same run, e.g. the default selection with an option
+    switched on (set by environment, so it caches apart): per-round differences in mAP50-95, mAP50, rare-class and
+    small AP, per seed and as a mean with a paired bootstrap interval over seeds, and the variant's label
+    efficiency against the base arm on every axis."""
+    from benchmarks.al import compare_results, compare_table
+
+    cmp = compare_results(base, variant, out, arm)
+    typer.echo(compare_table(cmp))
+    typer.echo(f"wrote {out} (seeds {cmp['seeds']})")
+
+
 # --------------------------------------------------------------------------------------------
 # The measured-once benchmarks of docs/benchmarks.md (each also runs as `python -m benchmarks.<name>`)
 # --------------------------------------------------------------------------------------------

@@ -43,12 +43,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import arch_key_part, configured_arch
+from benchmarks._common import arch_key_part, configured_arch, write_result
 from benchmarks.al_data import AnnotatorNoise, BenchData, BenchFrame, annotate, labelled_name
 from benchmarks.al_metrics import Curve, efficiency_ci, final_summary, mean_curve
 from detloop.detections import Detections
 from detloop.errors import DataError
-from detloop.label_cost import count_actions
+from detloop.label_cost import LabelActions, count_actions
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -183,10 +183,13 @@ def check_arms(arms: Sequence[str]) -> list[str]:
 
 
 def selection_key(configured: Any) -> str:
-    """Hash of the configured SelectionSettings minus what the benchmark replaces (budget, seed)."""
+    """Hash of the configured SelectionSettings minus what the benchmark replaces (budget, seed). Self-training
+    when off changes nothing, so it is left out then (caches made before it existed keep their key)."""
     d = configured.model_dump(mode="json")
     d.pop("budget", None)
     d.pop("seed", None)
+    if not d.get("pseudo_labels", {}).get("enabled"):
+        d.pop("pseudo_labels", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -246,8 +249,6 @@ def retiring_controls(control_rounds: dict[int, list[int]], r: int, after: int |
 def price(rec: dict[str, Any], cost: Any) -> dict[str, Any]:
     """``rec`` with ``cumulative.seconds`` / ``seconds_paid``: its cumulative action counts (trained / paid)
     priced at ``cost`` (:class:`~detloop.settings.LabellingCostSettings`), so prices can change without a re-run."""
-    from detloop.label_cost import LabelActions
-
     acts = rec.get("cumulative_actions") or {}
     cum = dict(rec["cumulative"])
     for axis, part in (("seconds", "trained"), ("seconds_paid", "paid")):
@@ -633,6 +634,41 @@ class Runner:
                                  **({"error_weighting": res.report["error_weighting"]}
                                     if sel.error_weighting.enabled else {})}
 
+    def pseudo_labels(self, arm: str, seed: int, r: int, weights: Path, candidates: Sequence[int],
+                      quality: float | None) -> dict[str, Any] | None:
+        """Self-training (``selection.pseudo_labels``, off by default): the champion's confident boxes on the
+        round's unlabelled frames (:func:`tasks.pseudo_labels.pseudo_label`) written as this round's labels of
+        those frames; they train this fine-tune only and count on no label axis. Returns the report (with the
+        ``images`` to add to the train list and the actions a labeller would need to turn them into the truth:
+        ``draw`` = objects learned as background) or None when off."""
+        from tasks.pseudo_labels import pseudo_label
+
+        sel = self.settings.selection
+        if not sel.pseudo_labels.enabled:
+            return None
+        dets, _ = self._score_pool(weights)
+        res = pseudo_label([dets[i] for i in candidates], sel.pseudo_labels, quality, sel.regime.weak_below,
+                           self.cfg.budget, seed * 1000 + r)
+        root = self._dir(arm, seed) / "pseudo" / f"r{r}"
+        img_dir, lbl_dir = root / "images", root / "labels"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        lbl_dir.mkdir(parents=True, exist_ok=True)
+        images: list[str] = []
+        fix = LabelActions()
+        for k, lab in zip(res.indices, res.labels, strict=True):
+            f = self.data.pool[candidates[k]]
+            link = img_dir / labelled_name(f)
+            if not link.exists():
+                link.symlink_to(Path(f.image).resolve())
+            (lbl_dir / f"{link.stem}.txt").write_text(lab.to_yolo_txt(f.width, f.height))
+            images.append(str(link))
+            fix = fix + count_actions(lab, f.truth, self.settings.labelling_cost)
+        report = {**res.to_dict(), "images": images, "actions_to_truth": fix.to_dict()}
+        self.log(f"{arm} seed {seed} round {r}: pseudo-labels on {report['frames']} of {report['qualifying']} "
+                 f"qualifying frames ({report['boxes']} boxes; to reach the truth: {fix.to_dict()})"
+                 + (f"; {res.stood_down}" if res.stood_down else ""))
+        return report
+
     def oracle(self) -> Any:
         """The Label Studio oracle of ``--via-label-studio`` (built on first use)."""
         if self._oracle is None:
@@ -671,7 +707,6 @@ class Runner:
                                   minlength=nc)
         labelled_counts = seed_counts.copy()
         cum = dict.fromkeys(COUNT_AXES, 0)
-        from detloop.label_cost import LabelActions
 
         acts = {"trained": LabelActions(), "paid": LabelActions()}
         ctl_rounds: dict[int, list[int]] = {}  # round -> its control frames (retire into training later)
@@ -756,6 +791,10 @@ class Runner:
             acts = {"trained": acts["trained"] + act_new + ret_act, "paid": acts["paid"] + act_new + act_ctl}
             train_imgs = [f.image for f in d.seed] + [str(img_dir / labelled_name(d.pool[i]))
                                                       for i in [*trained, *retired]]
+            pseudo = (self.pseudo_labels(arm, seed, r, weights, [i for i in unlabelled if i not in {*new, *control}],
+                                         quality) if arm == "default" else None)
+            if pseudo is not None:
+                train_imgs += pseudo.pop("images")
             work = self.root / "work" / self.arm_dir_name(arm) / f"s{seed}" / f"r{r}"
             y = write_data_yaml(work / "data.yaml", train_imgs, [f.image for f in d.val], d.classes)
             last, secs = train_once(self.cfg, y, weights, self.cfg.epochs, seed, work, self.yolo_dir,
@@ -773,6 +812,7 @@ class Runner:
                 "new_frames_idx": [int(i) for i in new], "control_idx": [int(i) for i in control],
                 "new_frame_names": [d.pool[i].name for i in new], "selection": info,
                 "retired_control_idx": [int(i) for i in retire_idx],
+                **({"pseudo_labels": pseudo} if pseudo is not None else {}),
                 "actions_new": act_new.to_dict(), "actions_control": act_ctl.to_dict(),
                 "cumulative_actions": {k: v.to_dict() for k, v in acts.items()},
                 **how, "select_seconds": round(t_sel, 1), "train_seconds": round(secs, 1),
@@ -954,6 +994,7 @@ def summarize(runner: Runner, arms: Sequence[str], run_seconds: float) -> dict[s
         "bootstrap": bootstrap,
         "date": time.strftime("%Y-%m-%d"),
         "run_key": cfg.run_key(),
+        "selection_key": selection_key(runner.settings.selection) if hasattr(runner, "settings") else None,
         "config": asdict(cfg),
         "source": {k: v for k, v in data.source.items()},
         "data": data.stats(),
@@ -1092,6 +1133,94 @@ def merge_results(paths: Sequence[Path], out_json: Path) -> dict[str, Any]:
     summary["merged_from"] = [{**m, "json": str(p)} for m, p in zip(summary["merged_from"], paths, strict=True)]
     return write_summary(summary, out_json, out_json.with_name(out_json.stem + "_curve.png"),
                          out_json.with_name(out_json.stem + "_rare.png"))
+
+
+COMPARED = ("map", "map50", "rare_map", "small_map")
+
+
+def compare_summaries(base: dict[str, Any], variant: dict[str, Any], arm: str = "default", n_boot: int = 2000,
+                      level: float = 0.95) -> dict[str, Any]:
+    """The same arm in two results of one run (same run key: same data, bootstrap models and fine-tune
+    settings), e.g. the default selection with and without an option. Per round, the variant minus the base
+    on mAP50-95, mAP50, rare-class AP and small AP, per seed (paired: same bootstrap model and pool) with
+    the mean and a bootstrap interval over seeds; and the variant's label efficiency against the base arm on
+    every axis (how many of the base's labels the variant needs to reach the base's final mAP)."""
+    if base["run_key"] != variant["run_key"]:
+        raise DataError(f"cannot compare results of different runs (run keys {base['run_key']}, "
+                        f"{variant['run_key']}): data, bootstrap or fine-tune settings differ")
+    for name, s in (("base", base), ("variant", variant)):
+        if arm not in s["arms"]:
+            raise DataError(f"arm {arm!r} is not in the {name} result (arms: {sorted(s['arms'])})")
+    rare, metric = base["rare_class"], base["config"]["metric"]
+    b = records_from_rows(base["arms"][arm]["rows"], rare)
+    v = records_from_rows(variant["arms"][arm]["rows"], rare)
+    done = set(base["arms"][arm]["seeds_complete"]) & set(variant["arms"][arm]["seeds_complete"])
+    seeds = sorted(s for s in done if len(b[s]) == len(v[s]))
+    if not seeds:
+        raise DataError(f"no seed of arm {arm!r} is complete in both results with the same rounds")
+    rows = {(q["seed"], q["round"]): q for q in base["arms"][arm]["rows"]}
+    vrows = {(q["seed"], q["round"]): q for q in variant["arms"][arm]["rows"]}
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(seeds), (n_boot, len(seeds)))
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    by_round = []
+    for r in range(len(b[seeds[0]])):
+        row: dict[str, Any] = {"round": r}
+        for k in COMPARED:
+            pairs = [(rows[(s, r)].get(k), vrows[(s, r)].get(k)) for s in seeds]
+            d = np.array([np.nan if x is None or y is None else y - x for x, y in pairs], dtype=float)
+            ok = not np.isnan(d).any()
+            boot = d[idx].mean(axis=1) if ok and len(seeds) > 1 else None
+            row[k] = {"base_mean": _mean_of([x for x, _ in pairs]), "variant_mean": _mean_of([y for _, y in pairs]),
+                      "diff_mean": _r(float(d.mean())) if ok else None,
+                      "diff_by_seed": {s: _r(float(x)) for s, x in zip(seeds, d, strict=True)} if ok else None,
+                      "ci": ([_r(float(np.quantile(boot, lo_q))), _r(float(np.quantile(boot, hi_q)))]
+                             if boot is not None else None)}
+        by_round.append(row)
+    eff = efficiency_of({RANDOM: {s: b[s] for s in seeds}, arm: {s: v[s] for s in seeds}}, [RANDOM, arm], seeds,
+                        metric, rare)[arm]
+    return {"benchmark": "active_learning_compare", "date": time.strftime("%Y-%m-%d"), "run_key": base["run_key"],
+            "arm": arm, "rare_class": rare, "seeds": seeds, "level": level,
+            "base": {"selection_key": base.get("selection_key"), "date": base.get("date")},
+            "variant": {"selection_key": variant.get("selection_key"), "date": variant.get("date")},
+            "by_round": by_round, "efficiency_vs_base": eff,
+            "notes": ([f"{len(seeds)} seeds: a bootstrap over so few seeds understates the spread"]
+                      if len(seeds) < 5 else [])}
+
+
+def _mean_of(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return _r(float(np.mean(known))) if known else None
+
+
+def compare_table(cmp: dict[str, Any]) -> str:
+    """Markdown: per round, base and variant means and the difference with its interval (mAP50-95, rare AP)."""
+    rare = cmp["rare_class"]
+    lines = [f"| round | base mAP50-95 | variant | diff [{int(cmp['level'] * 100)} % CI] | per seed | "
+             f"base AP {rare} | variant | diff [CI] |", "|---|---|---|---|---|---|---|---|"]
+
+    def cell(x: dict[str, Any]) -> str:
+        if x["diff_mean"] is None:
+            return "n/a"
+        return f"{x['diff_mean']:+.4f}" + (f" [{x['ci'][0]:+.4f}, {x['ci'][1]:+.4f}]" if x["ci"] else "")
+
+    for row in cmp["by_round"]:
+        m, q = row["map"], row["rare_map"]
+        seeds = ", ".join(f"{d:+.3f}" for d in (m["diff_by_seed"] or {}).values())
+        lines.append(f"| {row['round']} | {_f4(m['base_mean'])} | {_f4(m['variant_mean'])} | {cell(m)} | {seeds} | "
+                     f"{_f4(q['base_mean'])} | {_f4(q['variant_mean'])} | {cell(q)} |")
+    return "\n".join(lines)
+
+
+def _f4(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def compare_results(base: Path, variant: Path, out_json: Path, arm: str = "default") -> dict[str, Any]:
+    """:func:`compare_summaries` of two result JSONs, written to ``out_json``."""
+    cmp = compare_summaries(json.loads(Path(base).read_text()), json.loads(Path(variant).read_text()), arm)
+    cmp["base"]["json"], cmp["variant"]["json"] = str(base), str(variant)
+    return write_result(out_json, cmp)
 
 
 def markdown_table(summary: dict[str, Any]) -> str:

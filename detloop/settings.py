@@ -340,6 +340,29 @@ class ErrorWeightingSettings(_Model):
     )
 
 
+class PseudoLabelSettings(_Model):
+    """Self-training (issue 22): confident boxes on unlabelled scored frames become labels of the next
+    fine-tune, at no labelling cost (:mod:`tasks.pseudo_labels`). A frame qualifies only when every box the
+    champion sees on it is either confident (>= ``min_conf``, a label) or faint (< ``ignore_below``, background):
+    a box in between is an object it cannot vouch for, which would be learned as background. Never from a weak
+    champion (mAP50 at or below ``regime.weak_below``, or unknown). Pseudo-labelled frames train one fine-tune
+    and are never evaluated on, paid for or kept in a dataset version."""
+
+    enabled: bool = Field(False, description="Add pseudo-labelled frames to the fine-tune (off until `detloop bench "
+                          "al` measures it, docs/selection.md).")
+    min_conf: float = Field(0.7, gt=0.0, le=1.0, description="Box confidence at or above which a box is a label.")
+    ignore_below: float = Field(0.2, ge=0.0, le=1.0, description="Box confidence below which a box is background; "
+                                "a box in [ignore_below, min_conf) disqualifies its frame.")
+    per_budget: float = Field(1.0, gt=0.0, le=20.0, description="Pseudo-labelled frames per round, as a multiple "
+                              "of the round's budget (a seeded sample of the qualifying frames).")
+
+    @model_validator(mode="after")
+    def _order(self) -> PseudoLabelSettings:
+        if self.ignore_below > self.min_conf:
+            raise ValueError(f"ignore_below must be in [0, min_conf] = [0, {self.min_conf}], got {self.ignore_below}")
+        return self
+
+
 class SelectionSettings(_Model):
     budget: int = Field(60, ge=1, le=1_000_000, description="Frames sent to annotators per round (control included).")
     strategy: StrategyName = Field("entropy", description="Box uncertainty strategy (see `detloop select strategies`).")
@@ -378,6 +401,7 @@ class SelectionSettings(_Model):
     regime: RegimeSettings = Field(default_factory=RegimeSettings)
     rare_search: RareSearchSettings = Field(default_factory=RareSearchSettings)
     error_weighting: ErrorWeightingSettings = Field(default_factory=ErrorWeightingSettings)
+    pseudo_labels: PseudoLabelSettings = Field(default_factory=PseudoLabelSettings)
 
     @field_validator("ambiguous_band")
     @classmethod

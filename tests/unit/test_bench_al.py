@@ -445,6 +445,48 @@ def test_runner_end_to_end_with_untrained_model(tmp_path: Path, monkeypatch: pyt
     assert (r1["new_frames"], r1["control_frames"]) == (3, 1)  # ceil(4 / 4) control frames, not 2
     assert s4["seeds_complete_all_arms"] == [0]
     monkeypatch.delenv("DETLOOP_SELECTION__CONTROL_POOL_ROUNDS")
+    # self-training on, with a "good" champion whose boxes on even pool frames are the truth at confidence 0.9 and
+    # on odd ones a doubtful 0.5: the default arm runs again in its own cache and its fine-tune also trains on
+    # pseudo-labelled (even) frames, which no label axis counts
+    calls.clear()
+    for k, v in {"ENABLED": "true", "PER_BUDGET": "2"}.items():
+        monkeypatch.setenv(f"DETLOOP_SELECTION__PSEUDO_LABELS__{k}", v)
+    monkeypatch.setattr(al.Runner, "champion_quality", lambda *a, **k: 0.9)
+    real_score_pool = al.Runner._score_pool
+    pools: list[Any] = []
+
+    def good_champion(self: Any, weights: Path) -> Any:
+        dets, emb = real_score_pool(self, weights)
+        pools.append(self.data.pool)
+        out = []
+        for i, f in enumerate(self.data.pool):
+            t = f.truth
+            out.append(Detections(t.xyxy.copy(), np.full(len(t), 0.9 if i % 2 == 0 else 0.5, np.float32),
+                                  t.class_id.copy(), np.eye(5, dtype=np.float32)[t.class_id] * 0.9))
+        return out, emb
+
+    monkeypatch.setattr(al.Runner, "_score_pool", good_champion)
+    al.run_benchmark(cfg4, tmp_path / "al5.json", tmp_path / "c5.png", tmp_path / "r5.png", log=lambda m: None)
+    pseudo_dir = f"default-{al.selection_key(load_settings(cfg.config).selection)}"
+    assert pseudo_dir not in (default_dir, pooled_dir) and len(calls) == 1
+    r1 = json.loads((runner_root / "runs" / pseudo_dir / "s0" / "r1.json").read_text())
+    pl = r1["pseudo_labels"]
+    assert pl["stood_down"] is None and 0 < pl["frames"] <= 2 * cfg4.budget and "images" not in pl
+    paid = set(r1["new_frames_idx"]) | set(r1["control_idx"])
+    train = calls[0]["train"]
+    assert len(train) == 5 + r1["new_frames"] + pl["frames"]  # seed set + labelled + pseudo-labelled
+    pseudo_imgs = [t for t in train if "/pseudo/r1/images/" in t]
+    assert len(pseudo_imgs) == pl["frames"]
+    boxes = sum(len(Path(t.replace("/images/", "/labels/")).with_suffix(".txt").read_text().splitlines())
+                for t in pseudo_imgs)
+    assert boxes == pl["boxes"] > 0
+    assert r1["cumulative"]["frames"] == r1["new_frames"] and len(paid) == r1["cumulative"]["frames_paid"]
+    index = {al.labelled_name(f): i for i, f in enumerate(pools[0])}
+    assert all(index[Path(t).name] % 2 == 0 and index[Path(t).name] not in paid for t in pseudo_imgs)
+    acts = pl["actions_to_truth"]  # the truth itself: every box verified, nothing to draw or delete
+    assert acts == {**acts, "frames": pl["frames"], "verify": pl["boxes"], "draw": 0, "delete": 0, "adjust": 0}
+    for k in ("ENABLED", "PER_BUDGET"):
+        monkeypatch.delenv(f"DETLOOP_SELECTION__PSEUDO_LABELS__{k}")
     calls.clear()
     # a given bootstrap model replaces the bootstrap training
     cfg2 = BenchConfig(**{**cfg.__dict__, "arms": ["random"], "rounds": 1, "bootstrap_weights": str(random_pt)})
@@ -496,3 +538,40 @@ def test_runner_on_a_yolo_folder_with_an_untrained_model(tmp_path: Path, monkeyp
         added = lst[4:]
         assert len(added) == 8 and len(set(added)) == 8
         assert all(Path(p.replace("/images/", "/labels/")).with_suffix(".txt").is_file() for p in added)
+
+
+def test_comparing_one_arm_across_two_results_pairs_seeds(tmp_path: Path) -> None:
+    from benchmarks.al import compare_results, compare_summaries, compare_table
+
+    arms = ["random", "entropy_sum", CONTROL]
+    base_t = {"random": [[0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4]],
+              "entropy_sum": [[0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4]],
+              CONTROL: [[0.1, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1]]}
+    # the variant gains 0.02 on seed 0 and 0.04 on seed 1 in the last round, nothing before
+    var_t = {**base_t, "entropy_sum": [[0.1, 0.2, 0.3, 0.42], [0.1, 0.2, 0.3, 0.44]]}
+    bpf = {"random": 6.0, "entropy_sum": 6.0, CONTROL: 0.0}
+    base = json.loads(json.dumps(summarize(FakeRunner(base_t, bpf, tmp_path), arms, 1.0)))  # type: ignore[arg-type]
+    var = json.loads(json.dumps(summarize(FakeRunner(var_t, bpf, tmp_path), arms, 1.0)))  # type: ignore[arg-type]
+    cmp = compare_summaries(base, var, "entropy_sum")
+    assert cmp["seeds"] == [0, 1]
+    last = cmp["by_round"][-1]["map"]
+    assert last["diff_mean"] == pytest.approx(0.03) and last["diff_by_seed"] == {0: 0.02, 1: 0.04}
+    assert last["ci"][0] == pytest.approx(0.02) and last["ci"][1] == pytest.approx(0.04)
+    assert cmp["by_round"][1]["map"]["diff_mean"] == pytest.approx(0.0)
+    assert cmp["by_round"][-1]["small_map"]["diff_mean"] == pytest.approx(0.015)  # small AP = map / 2 here
+    assert cmp["by_round"][-1]["rare_map"]["diff_mean"] is None  # the rare class (ring) has no AP here
+    # the variant reaches the base's final mAP50-95 (0.4) with fewer frames: efficiency above 1
+    assert cmp["efficiency_vs_base"]["frames:map"]["value"] > 1.0
+    assert "+0.0300 [+0.0200, +0.0400]" in compare_table(cmp)
+    # comparing a result with itself: zero everywhere
+    same = compare_summaries(base, base, "entropy_sum")
+    assert all(r["map"]["diff_mean"] == 0 for r in same["by_round"])
+    # refused: different runs, a missing arm
+    with pytest.raises(DataError, match="different runs"):
+        compare_summaries(base, {**var, "run_key": "other"}, "entropy_sum")
+    with pytest.raises(DataError, match="arm 'default' is not in the base"):
+        compare_summaries(base, var, "default")
+    (tmp_path / "b.json").write_text(json.dumps(base))
+    (tmp_path / "v.json").write_text(json.dumps(var))
+    out = compare_results(tmp_path / "b.json", tmp_path / "v.json", tmp_path / "cmp.json", "entropy_sum")
+    assert json.loads((tmp_path / "cmp.json").read_text())["by_round"] == json.loads(json.dumps(out["by_round"]))
