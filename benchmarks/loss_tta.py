@@ -8,8 +8,8 @@ YOLO11n trained 12 epochs at 320 on 200 world frames, or ``--weights``), the sam
   project's training worker; rare-class AP, small-object AP and mAP50-95 on the eval frames, each arm's difference
   to BCE with a paired bootstrap 95 % interval over frames (arms averaged over their seeds in each replicate).
 - **tta**: the champion exported with dynamic height and width, evaluated plain and with ``model.tta`` (flip +
-  scales, merged by ``model.nms``) under hard NMS and linear soft-NMS; mAP and per-slice AP (small, crowded, rare
-  class) with paired intervals, CPU time ratio (``time.process_time`` around
+  scales, merged by ``model.nms``) under hard NMS, linear soft-NMS and box voting (``weighted``); mAP and
+  per-slice AP (small, crowded, rare class) with paired intervals, CPU time ratio (``time.process_time`` around
   :func:`tasks.evaluation.predict_items`, ONNX Runtime 1 thread, interleaved runs in this process), and the
   labeller's edits of the pre-annotation (boxes at ``label_studio.prediction_conf_threshold``): wrong class,
   IoU < 0.5 to the truth box (redraw), spurious, missing (:func:`annotation_edits`).
@@ -48,6 +48,9 @@ TTA_CONFIGS: dict[str, dict[str, Any]] = {
     "plain-linear": {"nms": {"method": "linear"}, "tta": {"evaluation": False}},
     "tta-linear": {"nms": {"method": "linear"}, "tta": {"evaluation": True, "scales": [1.0, 0.83, 0.67],
                                                         "flip": True}},
+    "plain-weighted": {"nms": {"method": "weighted"}, "tta": {"evaluation": False}},
+    "tta-weighted": {"nms": {"method": "weighted"}, "tta": {"evaluation": True, "scales": [1.0, 0.83, 0.67],
+                                                            "flip": True}},
 }
 
 

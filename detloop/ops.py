@@ -30,6 +30,29 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return iou
 
 
+def weighted_merge(xyxy: np.ndarray, scores: np.ndarray, class_id: np.ndarray, keep: np.ndarray,
+                   iou_threshold: float) -> np.ndarray:
+    """Box voting after hard NMS (merge-NMS, as YOLOv5's ``merge=True``; the coordinate half of weighted box
+    fusion): each kept box becomes the score-weighted mean of its cluster, the candidates of its class that
+    overlap it by IoU >= ``iou_threshold`` (itself included).
+
+    ``xyxy (M, 4)``, ``scores (M,)``, ``class_id (M,)`` all candidates; ``keep (K,)`` indices NMS kept.
+    Returns the fused ``(K, 4)`` boxes (float64); scores and classes stay NMS's.
+    """
+    b = np.asarray(xyxy, np.float64).reshape(-1, 4)
+    k = np.asarray(keep, np.int64).reshape(-1)
+    if k.size == 0:
+        return np.zeros((0, 4), np.float64)
+    s = np.asarray(scores, np.float64).reshape(-1)
+    c = np.asarray(class_id).reshape(-1)
+    member = (box_iou(b[k], b) >= iou_threshold) & (c[k][:, None] == c[None, :])
+    member[np.arange(k.size), k] = True  # a kept box is always in its own cluster (even a degenerate one)
+    w = member * np.maximum(s, 0.0)[None, :]
+    total = w.sum(axis=1, keepdims=True)
+    fused = np.where(total > 0, (w @ b) / np.where(total > 0, total, 1.0), b[k])
+    return fused
+
+
 def nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float, class_id: np.ndarray | None = None,
         group: np.ndarray | None = None) -> np.ndarray:
     """Greedy hard NMS, optionally per class.

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from detloop.detections import Detections
-from detloop.ops import Letterbox, soft_nms
+from detloop.ops import Letterbox, soft_nms, weighted_merge
 from detloop.preprocess import FrameInput
 from detloop.tiling import Tile, merge_tiles
 from detloop.tiling import to_frame as tile_to_frame
@@ -36,7 +36,8 @@ class DecodeParams:
         max_det: detections kept per frame after NMS.
         max_candidates: highest-scoring candidates per frame that enter NMS.
         nms: ``hard`` (greedy NMS deletes a box overlapping a better one of its class by more than
-            ``iou_threshold``), ``gaussian`` (soft-NMS: scores decay by ``exp(-iou^2 / sigma)``), ``linear``
+            ``iou_threshold``), ``weighted`` (hard NMS, then each kept box becomes the score-weighted mean of
+            the candidates it suppressed and itself: box voting, :func:`detloop.ops.weighted_merge`), ``gaussian`` (soft-NMS: scores decay by ``exp(-iou^2 / sigma)``), ``linear``
             (scores decay by ``1 - iou`` above ``iou_threshold``) or ``topk`` (no NMS: the ``max_det`` best
             candidates; the decode of a one-to-one head, set by :func:`for_head`, never configured).
         sigma: Gaussian soft-NMS decay.
@@ -102,12 +103,15 @@ def decode_raw(raw: np.ndarray, lb: Letterbox, conf_threshold: float, iou_thresh
     if nms == TOPK:  # NMS-free: the best max_det candidates, highest first
         keep = np.argsort(-cf, kind="stable")[:max_det]
         score = cf[keep]
-    elif nms == "hard":
+    elif nms in ("hard", "weighted"):
         # top_k=0: OpenCV applies top_k to the candidates *before* suppression (NMSFast_), so top_k=max_det
         # dropped every object whose best box ranked below the max_det-th candidate; the cap applies after
         keep = np.asarray(cv2.dnn.NMSBoxesBatched(xywh, cf, cid, 0.0, float(iou_threshold), top_k=0),
                           np.int64).reshape(-1)[:max_det]
         score = cf[keep]
+        if nms == "weighted":  # box voting: each kept box is its cluster's score-weighted mean
+            return Detections(xyxy=lb.to_frame(weighted_merge(xyxy, cf, cid, keep, iou_threshold)),
+                              confidence=score, class_id=cid[keep], class_scores=cs[keep])
     else:
         keep, decayed = soft_nms(xyxy, cf, sigma=sigma, score_threshold=score_floor, class_id=cid, method=nms,
                                  iou_threshold=iou_threshold, max_keep=max_det)

@@ -415,13 +415,16 @@ class SelectionSettings(_Model):
 class NmsSettings(_Model):
     """How overlapping candidate boxes of one class are resolved (the same in scoring, evaluation and serving)."""
 
-    method: Literal["hard", "gaussian", "linear"] = Field(
+    method: Literal["hard", "weighted", "gaussian", "linear"] = Field(
         "hard",
         description="hard: greedy NMS deletes a box overlapping a better one by more than iou_threshold; "
+        "weighted: hard NMS, then each kept box becomes the score-weighted mean of the boxes it suppressed and "
+        "itself (box voting; with model.tta it fuses the views' boxes); "
         "gaussian / linear: soft-NMS decays its score instead (keeps real neighbours in crowds).",
     )
     iou_threshold: float = Field(
-        0.6, gt=0.0, le=1.0, description="hard: suppression IoU; linear: boxes overlapping more than this decay.",
+        0.6, gt=0.0, le=1.0, description="hard / weighted: suppression (and voting) IoU; linear: boxes "
+        "overlapping more than this decay.",
     )
     sigma: float = Field(0.5, gt=0.0, le=10.0, description="Gaussian soft-NMS decay exp(-iou^2 / sigma).")
     score_floor: float = Field(

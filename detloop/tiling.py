@@ -196,7 +196,7 @@ def merge_tiles(
     """Merge the boxes of all tiles of a frame (already in frame pixels) into one set of detections.
 
     1. pieces cut by tile borders are joined into their union (:func:`merge_cut_pieces`);
-    2. duplicates across tiles are removed by class-aware NMS (``method="hard"``) or decayed by soft-NMS
+    2. duplicates across tiles are removed by class-aware NMS (``method="hard"`` or ``"weighted"``) or decayed by soft-NMS
        (``"gaussian"`` / ``"linear"``, ``sigma``, ``score_floor``). Only boxes from *different* tiles suppress
        each other here: within a tile the per-tile NMS already ran, and a second pass would decay twice.
 
@@ -219,7 +219,7 @@ def merge_tiles(
         if m.any():
             cut[m] = cut_at_border(b[m], t, width, height)
     rows, boxes, s2 = merge_cut_pieces(b, s, c, ti, cut, ios_threshold)
-    if method == "hard":
+    if method in ("hard", "weighted"):  # weighted: boxes were fused within each tile; across tiles, hard NMS
         keep = nms(boxes, s2, iou_threshold, class_id=c[rows], group=ti[rows])[:max_keep]
         return rows[keep], boxes[keep], s2[keep]
     keep, new = soft_nms(boxes, s2, sigma=sigma, score_threshold=score_floor, class_id=c[rows],

@@ -113,7 +113,7 @@ def test_merging_tiles_never_suppresses_two_boxes_of_one_tile() -> None:
     scores = np.array([0.9, 0.8, 0.7, 0.6])
     cls = np.zeros(4, np.int64)
     ti = np.array([0, 0, 0, 1])
-    for method in ("hard", "gaussian", "linear"):
+    for method in ("hard", "weighted", "gaussian", "linear"):
         rows, _, s = merge_tiles(xyxy, scores, cls, ti, tiles, 500, 300, method=method, iou_threshold=0.5,
                                  score_floor=0.3)
         assert {0, 1, 2} <= set(rows.tolist()), method

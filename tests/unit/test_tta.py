@@ -52,7 +52,7 @@ def _decode(raw: np.ndarray, nms: str = "hard") -> np.ndarray:
     return decode_raw(raw[0], LB, p.conf_threshold, p.iou_threshold, p.max_det, p.max_candidates, nms).xyxy
 
 
-@pytest.mark.parametrize("nms", ["hard", "linear", "gaussian"])
+@pytest.mark.parametrize("nms", ["hard", "weighted", "linear", "gaussian"])
 def test_flipped_view_of_a_symmetric_frame_merges_to_the_same_boxes(nms: str) -> None:
     x = _frame([(20, 40, 44, 70), (S - 44, 40, S - 20, 70)])  # mirror images of each other
     assert np.array_equal(x, x[..., ::-1])
@@ -75,6 +75,31 @@ def test_flipped_view_is_mapped_back_not_mirrored() -> None:
     raw, _ = tta_infer(blob_detector, x, views([1.0], flip=True), stride=32)
     merged = _decode(raw)
     assert len(merged) == 1 and np.allclose(merged[0], [10, 30, 40, 60])
+
+
+def test_weighted_merge_fuses_two_views_of_an_object_to_their_score_weighted_mean() -> None:
+    """Box voting (model.nms.method weighted): the flipped view of an off-centre blob, one pixel apart after the
+    un-flip, fuses to the mean; a second class and a far box are not voted in; weights are the scores."""
+    from detloop.ops import weighted_merge
+
+    # two views of one object (equal scores), mirror-symmetric about x = 32 after the un-flip: [20, 44] and [22, 46]
+    boxes = np.array([[20, 40, 44, 70], [22, 40, 46, 70], [21, 40, 45, 70], [80, 10, 90, 20]], np.float64)
+    scores = np.array([0.9, 0.9, 0.6, 0.8])
+    cls = np.array([0, 0, 1, 0])
+    fused = weighted_merge(boxes, scores, cls, np.array([0, 3]), 0.6)
+    assert np.allclose(fused[0], [21, 40, 45, 70])  # the mean of the two class-0 views; the class-1 box is out
+    assert np.allclose(fused[1], boxes[3])  # alone in its cluster: unchanged
+    w = weighted_merge(boxes, np.array([0.9, 0.3, 0.6, 0.8]), cls, np.array([0]), 0.6)
+    assert np.allclose(w[0], (0.9 * boxes[0] + 0.3 * boxes[1]) / 1.2)  # weighted by score
+    assert weighted_merge(boxes, scores, cls, np.zeros(0, np.int64), 0.6).shape == (0, 4)
+    # through the decode: a frame and its flipped view whose boxes differ by the un-flip's rounding fuse
+    raw = np.zeros((1, 4 + NC, 2), np.float32)
+    raw[0, :4, 0] = (32, 55, 24, 30)  # [20, 40, 44, 70]
+    raw[0, :4, 1] = (34, 55, 24, 30)  # [22, 40, 46, 70]
+    raw[0, 4, :] = 0.9
+    hard, weighted = _decode(raw, "hard"), _decode(raw, "weighted")
+    assert len(hard) == len(weighted) == 1 and np.allclose(weighted[0], [21, 40, 45, 70])
+    assert not np.allclose(hard[0], weighted[0])
 
 
 def test_scaled_views_are_mapped_to_the_plain_views_pixels() -> None:
