@@ -302,9 +302,13 @@ def run_tta(cfg: Config, prep: Any, champion: Path, cfg_path: Path, items: Seque
     edits = {n: [annotation_edits(g, _keep(p, thr)) for g, p in zip(gts, preds[n], strict=True)] for n in names}
     per_frame = {n: np.asarray([sum(e[k] for k in EDIT_KINDS) for e in edits[n]], np.float64) for n in names}
     configs: dict[str, Any] = {}
+    configured = f"plain-{load_settings(cfg_path).model.nms.method}"  # what the config serves today
     for n in names:
         base = n.replace("tta-", "plain-")
         d = deltas(names, base, point, reps)[n]
+        if configured in names and n != configured:  # every config also against the configured plain decode
+            d["vs_configured"] = {"base": configured, **{k: v for k, v in deltas(names, configured, point, reps)[n]
+                                                           .items() if "delta" in v}}
         med = float(np.median(ms[n]))
         d |= {"ms_per_frame": round(med, 2), "ms_runs": [round(x, 2) for x in ms[n]],
               "cost_ratio": round(med / float(np.median(ms[base])), 3), "edits": edits_summary(edits[n]),
