@@ -456,7 +456,7 @@ def test_runner_end_to_end_with_untrained_model(tmp_path: Path, monkeypatch: pyt
     pools: list[Any] = []
 
     def good_champion(self: Any, weights: Path) -> Any:
-        dets, emb = real_score_pool(self, weights)
+        _dets, emb = real_score_pool(self, weights)
         pools.append(self.data.pool)
         out = []
         for i, f in enumerate(self.data.pool):
