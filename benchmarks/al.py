@@ -791,7 +791,8 @@ class Runner:
             acts = {"trained": acts["trained"] + act_new + ret_act, "paid": acts["paid"] + act_new + act_ctl}
             train_imgs = [f.image for f in d.seed] + [str(img_dir / labelled_name(d.pool[i]))
                                                       for i in [*trained, *retired]]
-            pseudo = (self.pseudo_labels(arm, seed, r, weights, [i for i in unlabelled if i not in {*new, *control}],
+            paid_now = {*new, *control}
+            pseudo = (self.pseudo_labels(arm, seed, r, weights, [i for i in unlabelled if i not in paid_now],
                                          quality) if arm == "default" else None)
             if pseudo is not None:
                 train_imgs += pseudo.pop("images")

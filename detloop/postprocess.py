@@ -37,7 +37,8 @@ class DecodeParams:
         max_candidates: highest-scoring candidates per frame that enter NMS.
         nms: ``hard`` (greedy NMS deletes a box overlapping a better one of its class by more than
             ``iou_threshold``), ``weighted`` (hard NMS, then each kept box becomes the score-weighted mean of
-            the candidates it suppressed and itself: box voting, :func:`detloop.ops.weighted_merge`), ``gaussian`` (soft-NMS: scores decay by ``exp(-iou^2 / sigma)``), ``linear``
+            the candidates it suppressed and itself: box voting, :func:`detloop.ops.weighted_merge`),
+            ``gaussian`` (soft-NMS: scores decay by ``exp(-iou^2 / sigma)``), ``linear``
             (scores decay by ``1 - iou`` above ``iou_threshold``) or ``topk`` (no NMS: the ``max_det`` best
             candidates; the decode of a one-to-one head, set by :func:`for_head`, never configured).
         sigma: Gaussian soft-NMS decay.
@@ -109,14 +110,13 @@ def decode_raw(raw: np.ndarray, lb: Letterbox, conf_threshold: float, iou_thresh
         keep = np.asarray(cv2.dnn.NMSBoxesBatched(xywh, cf, cid, 0.0, float(iou_threshold), top_k=0),
                           np.int64).reshape(-1)[:max_det]
         score = cf[keep]
-        if nms == "weighted":  # box voting: each kept box is its cluster's score-weighted mean
-            return Detections(xyxy=lb.to_frame(weighted_merge(xyxy, cf, cid, keep, iou_threshold)),
-                              confidence=score, class_id=cid[keep], class_scores=cs[keep])
     else:
         keep, decayed = soft_nms(xyxy, cf, sigma=sigma, score_threshold=score_floor, class_id=cid, method=nms,
                                  iou_threshold=iou_threshold, max_keep=max_det)
         score = decayed.astype(cf.dtype)
-    return Detections(xyxy=lb.to_frame(xyxy[keep]), confidence=score, class_id=cid[keep], class_scores=cs[keep])
+    # box voting: each kept box becomes its cluster's score-weighted mean (scores and classes stay NMS's)
+    boxes = weighted_merge(xyxy, cf, cid, keep, iou_threshold) if nms == "weighted" else xyxy[keep]
+    return Detections(xyxy=lb.to_frame(boxes), confidence=score, class_id=cid[keep], class_scores=cs[keep])
 
 
 def decode_one(raw: np.ndarray, lb: Letterbox, p: DecodeParams) -> Detections:
