@@ -210,29 +210,28 @@ def day_key(world: Any, classes: Sequence[str], camera: str, day: date, cfg: Ben
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def score_camera_day(world: Any, classes: Sequence[str], camera: str, day: date, cfg: BenchConfig, scorer: Any,
-                     settings: Any) -> CameraDay:
-    """Render, score (and flip-score the first ``flip_frames``), measure true mAP50 of one camera-day."""
+def render_and_score(world: Any, classes: Sequence[str], camera: str, day: date, n: int, scorer: Any,
+                     settings: Any, seed: int, flip_frames: int = 0, stream: str | None = None) -> tuple[list, list]:
+    """Render frames ``0..n-1`` of ``camera`` on ``day`` (the world's ``stream``, default production), score them
+    as production does at evaluation's low confidence floor (the first ``flip_frames`` also flipped): the scored
+    frames and their truths."""
     from detloop.contracts import FrameRef
     from detloop.preprocess import load_frame_for_model
-    from detloop.world.render import encode_jpeg, render_frame
-    from tasks.drift import Features
-    from tasks.evaluation import compute_metrics, eval_decode
-    from tasks.label_free import DayStats
+    from detloop.world.render import PRODUCTION, encode_jpeg, render_frame
+    from tasks.evaluation import eval_decode
     from tasks.scoring import DecodedFrame, score_decoded
 
-    t0 = time.perf_counter()
     ms = settings.model
     p = eval_decode(ms)  # the low floor of evaluation, so the same pass gives AP and the monitor's features
     ms_bench = ms.model_copy(update={"scoring_conf_threshold": p.conf_threshold,
                                      "scoring_max_candidates": p.max_candidates})
     size = int(scorer.meta.input_size)
-    scored, truths = [], []
-    n = cfg.frames_for(camera)
+    scored: list = []
+    truths: list = []
     for lo in range(0, n, ms.batch_size):
         batch = []
         for i in range(lo, min(n, lo + ms.batch_size)):
-            fr = render_frame(world, list(classes), camera, day, i, n, seed=cfg.world_seed)
+            fr = render_frame(world, list(classes), camera, day, i, n, seed=seed, stream=stream or PRODUCTION)
             data = encode_jpeg(fr.image, world.jpeg_quality)
             got = load_frame_for_model(data, size, ms.fast_decode)
             if isinstance(got, str):
@@ -240,8 +239,21 @@ def score_camera_day(world: Any, classes: Sequence[str], camera: str, day: date,
             key = f"frames/camera={camera}/date={day.isoformat()}/{fr.frame_id}.jpg"
             batch.append(DecodedFrame(FrameRef("bench", key, "", camera, day.isoformat(), len(data)), got))
             truths.append(fr.truth)
-        flip = lo < cfg.flip_frames
-        scored += score_decoded(batch, scorer, ms_bench, tta=flip)
+        scored += score_decoded(batch, scorer, ms_bench, tta=lo < flip_frames)
+    return scored, truths
+
+
+def score_camera_day(world: Any, classes: Sequence[str], camera: str, day: date, cfg: BenchConfig, scorer: Any,
+                     settings: Any) -> CameraDay:
+    """Render, score (and flip-score the first ``flip_frames``), measure true mAP50 of one camera-day."""
+    from tasks.drift import Features
+    from tasks.evaluation import compute_metrics
+    from tasks.label_free import DayStats
+
+    t0 = time.perf_counter()
+    n = cfg.frames_for(camera)
+    scored, truths = render_and_score(world, classes, camera, day, n, scorer, settings, cfg.world_seed,
+                                      cfg.flip_frames)
     mc = settings.drift.min_confidence
     feats = Features.from_scored(scored, mc)
     preds = [s.detections for s in scored]

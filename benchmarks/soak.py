@@ -5,8 +5,9 @@ Per simulated day the ``drift-monitor`` deployment runs for that day; an episode
 starts ``select-for-labeling/open-drift-round`` through its automation, and the soak labels each drift round it
 finds with the simulated annotators, closes it with the watch deployment and waits for the event-triggered
 retrain (:func:`flows.demo.label_and_retrain`). Once a week the weekly round runs (:func:`flows.demo.run_week`).
-The world (``configs/world.yaml``) starts its drifts mid-run (cam1 dusk in week 3, cam3 repaint and the new cam4 in
-week 4, more stars in week 5, cam2 zoom-out in week 6 from 2026-01-05).
+The world (``configs/world.yaml``) starts its drifts mid-run; from 2026-01-05, week ``w`` covers the days
+``(start + 7(w-1), start + 7w]``, so each onset falls on the last day of a week: cam1 dusk (01-19) week 2, cam3
+repaint and the new cam4 (01-26) week 3, more stars (02-02) week 4, cam2 zoom-out (02-09) week 5.
 
 **One fault per week** (:func:`fault_plan`, seeded): a random service of the stack is SIGKILLed (the kill machinery
 of :mod:`benchmarks.faults`, :func:`benchmarks.faults.service_killer`, a supervisor restarting it after a few
@@ -16,7 +17,10 @@ an operator (or the next cron tick) would. Afterwards each round is checked with
 
 Per week: rounds run (weekly / targeted), labels paid, episodes opened and their delay after the world's onsets,
 champion golden mAP, control-arm mAP, gate decisions, faults and whether the week completed, duplicates, data
-lost. JSON in ``benchmarks/results/soak.json``, a table and a timeline PNG for ``docs/``.
+lost. After the weeks (:func:`finish`): each onset's episode and delay, and what the world's truth says
+(:mod:`benchmarks.soak_truth`): every week's champion's true mAP per camera on frames no one published, and for
+every drift that lowered a camera's true mAP by >= 0.05 the weeks until it was back within 0.02. JSON in
+``benchmarks/results/soak.json``, a table and a timeline PNG for ``docs/``.
 """
 
 from __future__ import annotations
@@ -69,20 +73,6 @@ def fault_plan(weeks: int, seed: int, services: Sequence[str] = FAULT_SERVICES, 
     return out
 
 
-def world_onsets(world: Any, start: date, end: date) -> list[dict[str, Any]]:
-    """The world's drift episodes that begin in ``[start, end]``: one per (drift, camera), plus new cameras."""
-    out = []
-    cams = [c.id for c in world.cameras]
-    for d in world.drift:
-        if start <= d.start <= end:
-            for c in d.cameras or cams:
-                out.append({"name": d.name, "camera": c, "onset": d.start.isoformat()})
-    for c in world.cameras:
-        if c.active_from is not None and start < c.active_from <= end:
-            out.append({"name": f"new camera {c.id}", "camera": c.id, "onset": c.active_from.isoformat()})
-    return out
-
-
 def episode_delays(onsets: Sequence[Mapping[str, Any]], episodes: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """For each world onset, the first episode opened on its camera at or after the onset: delay in days,
     targeted round, or missed.
@@ -101,31 +91,6 @@ def episode_delays(onsets: Sequence[Mapping[str, Any]], episodes: Sequence[Mappi
                     if e else None, "round_id": e.get("round_id") if e else None, "detected": e is not None,
                     "answered": bool(e and e.get("round_id"))})
     return out
-
-
-def recovery_weeks(series: Mapping[int, float | None], onset_week: int, drop: float = 0.05,
-                   tolerance: float = 0.02) -> dict[str, Any]:
-    """How long a camera's mAP took to come back after a drift.
-
-    Args:
-        series: week -> the camera's true (or control-arm) mAP at the end of that week.
-        onset_week: the week the drift began.
-        drop: a drift "lowered" the mAP when a week from ``onset_week`` on is this far below the week before it.
-        tolerance: recovered when back within this of the pre-onset value.
-
-    Returns:
-        ``{"pre", "lowest", "lowered", "recovered_week", "weeks_to_recover"}`` (None where it does not apply).
-    """
-    pre = series.get(onset_week - 1)
-    after = {w: v for w, v in series.items() if w >= onset_week and v is not None}
-    if pre is None or not after:
-        return {"pre": pre, "lowest": None, "lowered": None, "recovered_week": None, "weeks_to_recover": None}
-    lowest = min(after.values())
-    lowered = lowest <= pre - drop
-    low_week = min(w for w, v in after.items() if v == lowest)
-    rec = next((w for w in sorted(after) if w > low_week and after[w] >= pre - tolerance), None) if lowered else None
-    return {"pre": pre, "lowest": lowest, "lowered": lowered, "recovered_week": rec,
-            "weeks_to_recover": None if rec is None else rec - onset_week}
 
 
 TABLE = (("week", "week"), ("as_of", "as of"), ("weekly_rounds", "weekly"), ("targeted_rounds", "targeted"),
@@ -152,26 +117,43 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def plot_timeline(rows: Sequence[Mapping[str, Any]], onsets: Sequence[Mapping[str, Any]], start: date,
-                  out: Path) -> Path:
-    """Golden and control mAP by week, episodes opened and faults marked, onsets as vertical lines."""
+                  out: Path, truth: Mapping[str, Any] | None = None) -> Path:
+    """Golden and control mAP by week, faults marked, onsets as vertical lines; with ``truth``
+    (:func:`benchmarks.soak_truth.measure`) a second panel of each camera's true mAP50 under the week's champion."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 3.2))
+    n = 2 if truth else 1
+    fig, axes = plt.subplots(n, 1, figsize=(9, 3.2 * n), sharex=True, squeeze=False)
+    ax = axes[0][0]
     wk = [r["week"] for r in rows]
-    ax.plot(wk, [r.get("golden_map") for r in rows], "o-", label="champion golden mAP50-95")
-    ax.plot(wk, [r.get("control_map") for r in rows], "s--", label="control-arm mAP50-95")
+    weeks = {int(k): v for k, v in (truth or {}).get("weeks", {}).items()}  # int keys, or str after JSON
+    golden = [(weeks.get(r["week"]) or {}).get("golden_map", r.get("golden_map")) for r in rows]
+    ax.plot(wk, golden, "o-", label="champion golden mAP50-95 (end of week)")
+    ax.plot(wk, [r.get("control_map") for r in rows], "s--", label="control-arm mAP50-95 (champion, before round)")
     for r in rows:
         if r.get("fault"):
             ax.annotate(f"kill {r['fault']}", (r["week"], 0.05), fontsize=6, rotation=90, color="tab:red")
+    panels = [ax]
+    if truth:
+        tx = axes[1][0]
+        cams = sorted({c for v in weeks.values() for c in (v.get("true") or {})})
+        for c in cams:
+            pts = [(w, v["true"][c]["map50"]) for w, v in sorted(weeks.items()) if c in (v.get("true") or {})]
+            tx.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=f"{c} true mAP50")
+        tx.set_ylabel(f"true mAP50 ({truth.get('frames_per_camera_week')} frames)")
+        tx.legend(fontsize=6, loc="lower left", ncol=3)
+        panels.append(tx)
     for o in onsets:
         w = (date.fromisoformat(o["onset"]) - start).days / 7
-        ax.axvline(w, color="grey", lw=0.8, ls=":")
-        ax.text(w, 0.95, o["name"], fontsize=6, rotation=90, va="top")
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("week")
+        for p in panels:
+            p.axvline(w, color="grey", lw=0.8, ls=":")
+        ax.text(w, 0.95, f"{o['name']} ({o['camera']})", fontsize=6, rotation=90, va="top")
+    for p in panels:
+        p.set_ylim(0, 1)
+    panels[-1].set_xlabel("week")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -271,7 +253,6 @@ def run_soak(settings: Any, weeks: int, spec: Any, seed: int = 0, timeout: float
     result so far after every week (the CLI writes it, so a soak stopped mid-way resumes from its last week)."""
     from benchmarks.faults import Cell, check
     from detloop.clients.s3 import S3Store
-    from detloop.world.config import load_world_config
     from flows.common import DEPLOYMENTS
     from flows.demo import (
         START,
@@ -292,7 +273,6 @@ def run_soak(settings: Any, weeks: int, spec: Any, seed: int = 0, timeout: float
     store = S3Store(settings)
     profile = default_annotators(settings)
     plan = fault_plan(weeks, seed)
-    world = load_world_config(settings.world_config_path())
     cell = Cell("soak", str(settings.source), settings)
     rows: list[dict[str, Any]] = [dict(r) for r in carried]
     last_as_of = rows[-1]["as_of"] if rows else ""
@@ -341,7 +321,7 @@ def run_soak(settings: Any, weeks: int, spec: Any, seed: int = 0, timeout: float
                 row["weekly_rounds"] = 1
                 row["labels"] += int(wrow.get("annotated") or 0)
                 row["decisions"].append(f"weekly:{wrow.get('decision')}")
-                row["golden_map"] = wrow.get("challenger_map") if wrow.get("decision") == "promoted" else wrow.get(
+                row["golden_map"] = wrow.get("challenger_map") if wrow.get("decision") == "passed" else wrow.get(
                     "champion_map")
                 row["control_map"] = wrow.get("control_champion")
                 c = check(cell, wrow["round"], trained=True)
@@ -361,10 +341,7 @@ def run_soak(settings: Any, weeks: int, spec: Any, seed: int = 0, timeout: float
             on_week({**result(), "partial": True})
         if not row["completed"]:
             break
-    end = START + timedelta(days=7 * len(rows))
-    onsets = world_onsets(world, START, end)
-    eps = [e.to_dict() for e in list_episodes(store, settings)]
-    return {**result(), "episodes": episode_delays(onsets, eps)}
+    return result()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -390,6 +367,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--resume", action="store_true",
                     help="carry over the completed weeks of --out (written after every week) and run the rest")
     ap.add_argument("--plot", type=Path, default=PLOT)
+    ap.add_argument("--truth-frames", type=int, default=400,
+                    help="frames rendered per camera and week to measure each week's champion's true mAP (0: skip)")
+    ap.add_argument("--truth-only", action="store_true",
+                    help="run nothing: add the episodes, the true mAP per camera and week and the recoveries to --out")
     a = ap.parse_args(argv)
     from detloop.offline import apply_offline_env
     from flows.demo import DemoSize
@@ -400,21 +381,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ensure_up(settings, print)
     os.environ.update(client_env(settings))
     spec = DemoSize(a.frames_per_day, a.seed_frames, a.golden_frames, a.budget, a.bootstrap_epochs)
-    previous = json.loads(a.out.read_text()) if a.resume and a.out.is_file() else None
-    carried = resumable_rows(previous, a.weeks, asdict(spec), a.seed, soak_identity(settings))
+    previous = json.loads(a.out.read_text()) if (a.resume or a.truth_only) and a.out.is_file() else None
+    if a.truth_only:
+        if previous is None:
+            raise SystemExit(f"--truth-only: no soak result at {a.out}")
+        res = dict(previous)
+    else:
+        carried = resumable_rows(previous, a.weeks, asdict(spec), a.seed, soak_identity(settings))
+        from detloop.localfs import write_text
 
-    from detloop.localfs import write_text
+        res = run_soak(settings, a.weeks, spec, a.seed, monitor_days=a.monitor_days, carried=carried,
+                       on_week=lambda partial: write_text(a.out, json.dumps(partial, indent=2, default=str)))
+    res = finish(settings, res, a.truth_frames, a.plot)
+    res.update({"when": utc_now(), "machine": machine_info()})
+    return write_result(a.out, res)
 
-    res = run_soak(settings, a.weeks, spec, a.seed, monitor_days=a.monitor_days, carried=carried,
-                   on_week=lambda partial: write_text(a.out, json.dumps(partial, indent=2, default=str)))
+
+def finish(settings: Any, res: dict[str, Any], truth_frames: int, plot: Path,
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """After the weeks: each world onset's episode and delay, the true mAP of every week's champion per camera
+    and each drift's recovery (:mod:`benchmarks.soak_truth`), the timeline PNG and the table."""
+    from benchmarks.soak_truth import measure, recovery_table, world_onsets
+    from detloop.clients.s3 import S3Store
     from detloop.world.config import load_world_config
     from flows.demo import START
+    from tasks.drift_records import list_episodes
 
     world = load_world_config(settings.world_config_path())
-    plot_timeline(res["rows"], world_onsets(world, START, START + timedelta(days=7 * res["weeks_run"])), START,
-                  a.plot)
-    res.update({"when": utc_now(), "machine": machine_info(), "table": markdown_table(res["rows"])})
-    return write_result(a.out, res)
+    onsets = world_onsets(world, START, START + timedelta(days=7 * res["weeks_run"]))
+    eps = [e.to_dict() for e in list_episodes(S3Store(settings), settings)]
+    res = {**res, "episodes": episode_delays(onsets, eps)}
+    if truth_frames > 0:
+        done = [r for r in res["rows"] if r.get("completed")]
+        res["truth"] = measure(settings, done, START, truth_frames, log)
+        res["recovery_table"] = recovery_table(res["truth"]["recovery"])
+    plot_timeline(res["rows"], onsets, START, plot, res.get("truth"))
+    res["table"] = markdown_table(res["rows"])
+    return res
 
 
 if __name__ == "__main__":

@@ -226,7 +226,7 @@ def drift_report(as_of: date, config: str | None = None, overrides: dict[str, An
         DataError: ``as_of`` after ``today``, an unknown camera, no production frames in the window.
     """
     from detloop.clients import Clients
-    from tasks.drift import verdict
+    from tasks.drift import permutation_floor_note, verdict
     from tasks.drift_records import days_with_frames
 
     log = get_run_logger()
@@ -254,6 +254,11 @@ def drift_report(as_of: date, config: str | None = None, overrides: dict[str, An
     if new_cams:
         run.notes.append(f"{', '.join(new_cams)}: no (or too few) frames in the reference: compared with every "
                          "camera's reference (a new camera)")
+    deaf = permutation_floor_note(settings.drift, max((len(v.adjusted) for cams in verdicts.values()
+                                                       for v in cams.values()), default=0))
+    if deaf:
+        log.warning(deaf)
+        run.notes.append(deaf)
     log.info("drifted cameras in %s..%s: %s", window[0], window[-1], run.drifted_cameras() or "none")
     return run
 

@@ -396,6 +396,31 @@ def verdict(stats: CameraDayStats, cfg: DriftSettings, class_names: Sequence[str
                    {k: float(v) for k, v in adjusted.items()})
 
 
+def permutation_floor_note(cfg: DriftSettings, n_tests: int) -> str | None:
+    """Whether the permutation tests (box-level KS, chi-squared, MMD) can signal under the rule at all.
+
+    Their smallest p-value is ``1 / (permutations + 1)``; corrected over a camera-day's ``n_tests`` p-values it
+    stays below ``alpha`` only when enough tests are that small at once (Benjamini-Hochberg: ``floor * m / j``;
+    Bonferroni: ``floor * m``). When ``alarm_min_signals`` of them at the floor cannot pass, the monitor is deaf
+    to every drift that moves only boxes and embeddings (a repainted class, say) and sees only the frame-level
+    tests. Returns a one-line note naming the setting and the value that fixes it, or None when all is well.
+    """
+    if n_tests <= 0:
+        return None
+    k = min(cfg.alarm_min_signals, n_tests)
+    per = k if cfg.correction == "fdr" else 1
+    floor = 1.0 / (cfg.permutations + 1)
+    if floor * n_tests / per < cfg.alpha:
+        return None
+    need = math.floor(n_tests / (per * cfg.alpha))  # the smallest count with floor * m / per < alpha
+    at_once = math.floor(floor * n_tests / cfg.alpha) + 1 if cfg.correction == "fdr" else None
+    when = (f"only when {at_once} of the {n_tests} tests are that small at once (the rule asks {k})"
+            if at_once is not None and at_once <= n_tests else "never")
+    return (f"drift.permutations = {cfg.permutations}: a permutation test's smallest p-value ({floor:.4f}) passes the "
+            f"{cfg.correction} correction at drift.alpha = {cfg.alpha} over {n_tests} tests {when}, so box-level KS, "
+            f"chi-squared and MMD can hardly signal; set drift.permutations >= {need}")
+
+
 # --------------------------------------------------------------------------------------------
 # Episodes (pure state machine over days)
 # --------------------------------------------------------------------------------------------

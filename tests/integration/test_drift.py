@@ -90,6 +90,9 @@ def test_the_reference_is_replaced_on_promotion_and_restored_on_rollback(world: 
     # promoted today (wall clock): the reference is the last 3 production days before today
     have = sorted({d.isoformat() for ds_ in days_with_frames(c.store, s).values() for d in ds_})
     assert r1.reference["days"] == have[-3:] and r1.reference["anchor"] == date.today().isoformat()
+    assert not any("drift.permutations" in n for n in r1.notes)  # 199 at alpha 0.05 can signal
+    few = drift_report(as_of, w["cfg"], {**overrides, "drift": {"permutations": 99}}, None, 1, live=False)
+    assert any("drift.permutations = 99" in n and "set drift.permutations >=" in n for n in few.notes)  # deaf: said
 
     promote(s, c.registry, c.store, v2, override=True, reason="drift test", actor="test")
     r2 = report()

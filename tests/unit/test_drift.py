@@ -24,6 +24,7 @@ from tasks.drift import (
     advance,
     compare,
     compare_day,
+    permutation_floor_note,
     promotion_anchor,
     reference_days,
     replay,
@@ -134,6 +135,34 @@ def test_the_rule_counts_only_its_statistics_and_corrects_them_together() -> Non
     psi_only = cfg(alarm_statistics=["psi", "wasserstein"], alarm_min_signals=2)
     assert verdict(s, psi_only).signals == ["brightness:psi", "brightness:wasserstein"]
     assert verdict(s, cfg(alarm_min_signals=3, alpha=0.05)).status == "clean"
+
+
+def floor_day(n_tests: int, n_floor: int, permutations: int) -> CameraDayStats:
+    """A camera-day where ``n_floor`` permutation tests sit at their floor and the rest are unremarkable."""
+    floor = 1.0 / (permutations + 1)
+    tests = [Stat(f"f{i}", "mmd", 1.0, floor if i < n_floor else 0.5) for i in range(n_tests)]
+    return CameraDayStats("c", "d", 40, 200, 100, 500, "camera", True, tests=tests)
+
+
+@pytest.mark.parametrize("correction", ["fdr", "bonferroni"])
+def test_the_permutation_floor_note_agrees_with_the_rule(correction: str) -> None:
+    """Too few permutations: even the rule's 2 tests at the smallest p-value cannot drift a day, and the note says
+    how many make them count; with that many they do."""
+    few = cfg(permutations=199, alpha=0.01, correction=correction, alarm_min_signals=2)
+    note = permutation_floor_note(few, 13)
+    assert note is not None and "drift.permutations = 199" in note
+    assert verdict(floor_day(13, 2, 199), few).status == "clean"  # deaf, as the note says
+    need = int(note.rsplit(">= ", 1)[1])
+    assert need == (650 if correction == "fdr" else 1300)
+    enough = cfg(permutations=need, alpha=0.01, correction=correction, alarm_min_signals=2)
+    assert permutation_floor_note(enough, 13) is None
+    assert verdict(floor_day(13, 2, need), enough).status == "drift"
+    assert permutation_floor_note(cfg(permutations=need - 1, alpha=0.01, correction=correction), 13) is not None
+    if correction == "fdr":  # 7 tests at 0.005 pass BH over 13 (0.005 * 13 / 7 < 0.01), 6 do not
+        assert "only when 7 of the 13 tests" in note
+        assert verdict(floor_day(13, 7, 199), few).status == "drift"
+        assert verdict(floor_day(13, 6, 199), few).status == "clean"
+    assert permutation_floor_note(few, 0) is None
 
 
 # ---- the episode machine ------------------------------------------------------------------------------------------

@@ -18,10 +18,9 @@ from benchmarks.soak import (
     fault_plan,
     lost_and_duplicated,
     markdown_table,
-    recovery_weeks,
     resumable_rows,
-    world_onsets,
 )
+from benchmarks.soak_truth import recovery_weeks, world_onsets
 from cli.main import app
 from detloop.world.config import load_world_config
 
@@ -111,3 +110,11 @@ def test_a_soak_is_identified_by_its_settings() -> None:
     b = load_settings(REPO_ROOT / "configs" / "soak.yaml", env={}, overrides={"selection": {"budget": 48}})
     assert soak_identity(a) == soak_identity(load_settings(REPO_ROOT / "configs" / "soak.yaml", env={}))
     assert soak_identity(a) != soak_identity(b)
+
+
+def test_recovery_weeks_charges_a_drop_to_the_drift_before_it() -> None:
+    # week 4 falls because of the camera's next drift (week 4): not charged to the drift of week 3
+    s = {2: 0.70, 3: 0.69, 4: 0.55, 5: 0.70}
+    assert recovery_weeks(s, 3, until=4)["lowered"] is False
+    r = recovery_weeks(s, 3)
+    assert r["lowered"] is True and r["weeks_to_recover"] == 2

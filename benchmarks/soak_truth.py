@@ -1,0 +1,201 @@
+"""What the world's truth says of a soak: per week and camera, the true mAP of the champion that held at the end
+of the week, and for every drift that lowered a camera's true mAP, the weeks until it came back.
+
+The soak itself sees only what production sees (the golden set, the control arm). Here every week's champion
+(from the round records: the model that scored the first round after the week; the champion now for the last
+week) scores frames rendered for each camera on the week's last day from a stream production never publishes
+(``truth``), so no frame was ever trained on; their truth is known, so the mAP is the true one. Per
+(version, camera, day) results are cached under ``<data_dir>/soak-truth``.
+
+Run after a soak (``python -m benchmarks.soak --truth-only --out <soak.json>``); ``detloop soak`` runs it at the
+end of every complete run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+TRUTH_STREAM = "truth"
+
+
+def week_end(start: date, week: int) -> date:
+    """The last day (``as_of``) of soak week ``week`` (1-based) starting on ``start``."""
+    return start + timedelta(days=7 * week)
+
+
+def week_of(start: date, day: date) -> int:
+    """The soak week holding ``day``: week ``w`` covers ``(start + 7(w-1), start + 7w]``."""
+    return max(1, -(-(day - start).days // 7))
+
+
+def champions_by_week(week_ends: Mapping[int, str], rounds: Sequence[Mapping[str, Any]],
+                      current: str | None) -> dict[int, str | None]:
+    """Week -> the registry version that was champion at the end of that week.
+
+    Args:
+        week_ends: week -> its ``as_of`` (ISO day).
+        rounds: round records (``as_of``, ``model_version``, ``created_at``): each was scored by the champion of
+            its moment.
+        current: the champion now (for weeks after which no round ran).
+
+    The first round (in creation order) whose ``as_of`` is after a week's end was scored by the champion that
+    held at that end; a week with no later round gets ``current``.
+    """
+    ordered = sorted(rounds, key=lambda r: (str(r.get("created_at") or ""), str(r.get("as_of"))))
+    out: dict[int, str | None] = {}
+    for w, end in sorted(week_ends.items()):
+        nxt = next((r for r in ordered if str(r["as_of"]) > end and r.get("model_version")), None)
+        out[w] = str(nxt["model_version"]) if nxt else current
+    return out
+
+
+def world_onsets(world: Any, start: date, end: date) -> list[dict[str, Any]]:
+    """The world's drift episodes that begin in ``[start, end]``: one per (drift, camera), plus new cameras."""
+    out = []
+    cams = [c.id for c in world.cameras]
+    for d in world.drift:
+        if start <= d.start <= end:
+            for c in d.cameras or cams:
+                out.append({"name": d.name, "camera": c, "onset": d.start.isoformat()})
+    for c in world.cameras:
+        if c.active_from is not None and start < c.active_from <= end:
+            out.append({"name": f"new camera {c.id}", "camera": c.id, "onset": c.active_from.isoformat()})
+    return out
+
+
+def recovery_weeks(series: Mapping[int, float | None], onset_week: int, drop: float = 0.05,
+                   tolerance: float = 0.02, until: int | None = None) -> dict[str, Any]:
+    """How long a camera's mAP took to come back after a drift.
+
+    Args:
+        series: week -> the camera's true (or control-arm) mAP at the end of that week.
+        onset_week: the week the drift began.
+        drop: a drift "lowered" the mAP when a week from ``onset_week`` on is this far below the week before it.
+        tolerance: recovered when back within this of the pre-onset value.
+        until: the week the camera's next drift began: the drop is looked for before it (so a later drift's
+            damage is not charged to this one); the recovery is looked for in every later week.
+
+    Returns:
+        ``{"pre", "lowest", "lowered", "recovered_week", "weeks_to_recover"}`` (None where it does not apply).
+    """
+    pre = series.get(onset_week - 1)
+    after = {w: v for w, v in series.items() if w >= onset_week and v is not None}
+    window = {w: v for w, v in after.items() if until is None or w < until}
+    if pre is None or not window:
+        return {"pre": pre, "lowest": None, "lowered": None, "recovered_week": None, "weeks_to_recover": None}
+    lowest = min(window.values())
+    lowered = lowest <= pre - drop
+    low_week = min(w for w, v in window.items() if v == lowest)
+    rec = next((w for w in sorted(after) if w > low_week and after[w] >= pre - tolerance), None) if lowered else None
+    return {"pre": pre, "lowest": lowest, "lowered": lowered, "recovered_week": rec,
+            "weeks_to_recover": None if rec is None else rec - onset_week}
+
+
+def recoveries(truth: Mapping[int, Mapping[str, Mapping[str, float | None]]],
+               onsets: Sequence[Mapping[str, Any]], start: date, metric: str = "map50",
+               drop: float = 0.05, tolerance: float = 0.02) -> list[dict[str, Any]]:
+    """For every world onset, whether it lowered its camera's true ``metric`` by ``drop`` and the weeks until it
+    was back within ``tolerance`` of the week before the onset (:func:`recovery_weeks`)."""
+    out = []
+    for o in onsets:
+        cam = o["camera"]
+        ow = week_of(start, date.fromisoformat(o["onset"]))
+        later = [week_of(start, date.fromisoformat(x["onset"])) for x in onsets if x["camera"] == cam]
+        until = min((w for w in later if w > ow), default=None)  # the camera's next drift: its drop is not ours
+        series = {w: (cams.get(cam) or {}).get(metric) for w, cams in truth.items()}
+        out.append({**o, "onset_week": ow, "metric": metric, "next_onset_week": until,
+                    "last_week": max(truth, default=None),
+                    **recovery_weeks(series, ow, drop=drop, tolerance=tolerance, until=until)})
+    return out
+
+
+def true_map(world: Any, classes: Sequence[str], camera: str, day: date, n: int, scoring_dir: Path,
+             settings: Any, seed: int, cache: Path | None = None, label: str = "") -> dict[str, float | None]:
+    """The true mAP50 / mAP50-95 of the model in ``scoring_dir`` on ``n`` truth-stream frames of one camera-day
+    (cached in ``cache`` under ``label``)."""
+    path = cache / f"{label}-{camera}-{day.isoformat()}-{n}-{seed}.json" if cache is not None else None
+    if path is not None and path.is_file():
+        return json.loads(path.read_text())
+    from benchmarks.drift import render_and_score
+    from tasks.evaluation import compute_metrics
+    from tasks.scoring import load_scorer
+
+    t0 = time.perf_counter()
+    scorer = load_scorer(scoring_dir, settings.model, list(classes))
+    scored, truths = render_and_score(world, classes, camera, day, n, scorer, settings, seed, stream=TRUTH_STREAM)
+    m = compute_metrics("truth", truths, [s.detections for s in scored], list(classes), min_instances=1).overall
+    res = {"map50": m.map50, "map": m.map, "n_truth": int(sum(len(t) for t in truths)),
+           "seconds": time.perf_counter() - t0}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(res))
+    return res
+
+
+def measure(settings: Any, rows: Sequence[Mapping[str, Any]], start: date, frames: int = 200,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Per week: the champion at its end, its golden mAP (registry tag) and its true mAP per active camera;
+    then the recovery of every drift onset. Needs the soak's stack (S3 for the round records, MLflow for the
+    versions; copies already fetched are reused)."""
+    from detloop.clients.registry import RegistryClient
+    from detloop.clients.s3 import S3Store
+    from detloop.world.config import load_world_config
+    from tasks.registry import champion_version, load_champion
+    from tasks.rounds import list_rounds
+
+    store = S3Store(settings)
+    registry = RegistryClient(settings)
+    world = load_world_config(settings.world_config_path())
+    classes = list(settings.classes)
+    ends = {int(r["week"]): str(r["as_of"]) for r in rows}
+    rounds = [{"as_of": r.as_of, "model_version": r.model_version, "created_at": r.created_at}
+              for r in list_rounds(store, settings)]
+    now = champion_version(registry)
+    champs = champions_by_week(ends, rounds, str(now.version) if now is not None else None)
+    cache = settings.data_dir / "soak-truth"
+    weeks: dict[int, dict[str, Any]] = {}
+    truth: dict[int, dict[str, dict[str, float | None]]] = {}
+    for w, v in champs.items():
+        day = date.fromisoformat(ends[w])
+        if v is None:
+            weeks[w] = {"champion": None}
+            continue
+        mv = registry.get_version(v)
+        local = load_champion(settings, registry, version=v)
+        tags = (getattr(mv, "tags", None) or {})
+        golden = float(tags["detloop.golden_map"]) if tags.get("detloop.golden_map") else None
+        truth[w] = {}
+        for cam in world.active_cameras(day):
+            truth[w][cam] = true_map(world, classes, cam, day, frames, Path(local) / "scoring", settings,
+                                     settings.world.seed, cache, label=f"v{v}")
+            log(f"week {w} v{v} {cam} {day}: true mAP50 {truth[w][cam]['map50']:.3f}")
+        weeks[w] = {"champion": v, "golden_map": golden, "true": truth[w]}
+    onsets = world_onsets(world, start, week_end(start, max(ends)))
+    return {"frames_per_camera_week": frames, "stream": TRUTH_STREAM, "weeks": weeks,
+            "recovery": recoveries(truth, onsets, start, "map50"),
+            "recovery_map": recoveries(truth, onsets, start, "map")}
+
+
+def recovery_table(recovery: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: per onset, the true mAP before, its lowest, whether lowered and weeks to recover."""
+    def f(x: Any) -> str:
+        return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+    def weeks(r: Mapping[str, Any]) -> str:
+        if not r["lowered"]:
+            return "-"
+        if r["weeks_to_recover"] is None:
+            return f"**not back** by week {r['last_week']}"
+        return str(r["weeks_to_recover"])
+
+    head = ("| drift | camera | onset (week) | true mAP50 the week before | lowest after | lowered by >= 0.05 "
+            "| back within 0.02 in week | weeks to recover |\n|---|---|---|---|---|---|---|---|")
+    lines = [f"| {r['name']} | {r['camera']} | {r['onset']} ({r['onset_week']}) | {f(r['pre'])} | {f(r['lowest'])} "
+             f"| {'yes' if r['lowered'] else 'no' if r['lowered'] is not None else '-'} | {f(r['recovered_week'])} "
+             f"| {weeks(r)} |" for r in recovery]
+    return "\n".join([head, *lines])

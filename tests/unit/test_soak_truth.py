@@ -1,0 +1,40 @@
+"""The soak's truth: which champion held each week, and each drift's recovery (pure parts)."""
+
+from datetime import date, timedelta
+
+from benchmarks.soak_truth import champions_by_week, recoveries, recovery_table, week_end, week_of
+
+START = date(2026, 1, 5)
+
+
+def test_week_of_and_week_end_agree() -> None:
+    for w in (1, 2, 5):
+        assert week_of(START, week_end(START, w)) == w
+        assert week_of(START, week_end(START, w - 1) + timedelta(days=1)) == w  # the week's first day
+    assert week_of(START, date(2026, 1, 19)) == 2
+
+
+def test_champions_by_week_reads_the_next_rounds_model() -> None:
+    ends = {1: "2026-01-12", 2: "2026-01-19", 3: "2026-01-26"}
+    rounds = [
+        {"as_of": "2026-01-07", "model_version": "1", "created_at": "t1"},
+        {"as_of": "2026-01-13", "model_version": "1", "created_at": "t2"},  # first after week 1: v1 held
+        {"as_of": "2026-01-19", "model_version": "4", "created_at": "t3"},  # promoted by the drift round of 01-13
+        {"as_of": "2026-01-21", "model_version": "4", "created_at": "t4"},  # first after week 2
+    ]
+    assert champions_by_week(ends, rounds, current="9") == {1: "1", 2: "4", 3: "9"}
+
+
+def test_recoveries_per_onset() -> None:
+    truth = {1: {"cam3": {"map50": 0.70}}, 2: {"cam3": {"map50": 0.71}}, 3: {"cam3": {"map50": 0.45}},
+             4: {"cam3": {"map50": 0.60}}, 5: {"cam3": {"map50": 0.70}}}
+    onsets = [{"name": "repaint", "camera": "cam3", "onset": "2026-01-26"},  # week 3
+              {"name": "new camera cam4", "camera": "cam4", "onset": "2026-01-26"}]
+    r = recoveries(truth, onsets, START)
+    assert r[0]["onset_week"] == 3 and r[0]["pre"] == 0.71 and r[0]["lowered"] is True
+    assert r[0]["recovered_week"] == 5 and r[0]["weeks_to_recover"] == 2
+    assert r[1]["lowered"] is None  # no week before a camera's first day
+    table = recovery_table(r)
+    assert "| repaint | cam3 | 2026-01-26 (3) | 0.710 | 0.450 | yes | 5 | 2 |" in table
+    truth[5]["cam3"]["map50"] = 0.65
+    assert "**not back** by week 5" in recovery_table(recoveries(truth, onsets, START))
