@@ -401,7 +401,7 @@ def finish(settings: Any, res: dict[str, Any], truth_frames: int, plot: Path,
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """After the weeks: each world onset's episode and delay, the true mAP of every week's champion per camera
     and each drift's recovery (:mod:`benchmarks.soak_truth`), the timeline PNG and the table."""
-    from benchmarks.soak_truth import measure, recovery_table, world_onsets
+    from benchmarks.soak_truth import measure, recovery_table, replay_monitor, world_onsets
     from detloop.clients.s3 import S3Store
     from detloop.world.config import load_world_config
     from flows.demo import START
@@ -409,12 +409,25 @@ def finish(settings: Any, res: dict[str, Any], truth_frames: int, plot: Path,
 
     world = load_world_config(settings.world_config_path())
     onsets = world_onsets(world, START, START + timedelta(days=7 * res["weeks_run"]))
-    eps = [e.to_dict() for e in list_episodes(S3Store(settings), settings)]
+    store = S3Store(settings)
+    eps = [e.to_dict() for e in list_episodes(store, settings)]
     res = {**res, "episodes": episode_delays(onsets, eps)}
     if truth_frames > 0:
         done = [r for r in res["rows"] if r.get("completed")]
         res["truth"] = measure(settings, done, START, truth_frames, log)
         res["recovery_table"] = recovery_table(res["truth"]["recovery"])
+        # the rule replayed on what was stored, as configured and with the default permutations: a check that the
+        # replay reproduces the run, and what the default would have seen
+        versions = sorted({w["champion"] for w in res["truth"]["weeks"].values() if w.get("champion")}, key=int)
+        default = type(settings.drift)().permutations
+        res["monitor_replay"] = {"configured": replay_monitor(store, settings, versions, None, log)}
+        if settings.drift.permutations != default:
+            res["monitor_replay"]["default"] = replay_monitor(store, settings, versions, default, log)
+        for name, rep in res["monitor_replay"].items():
+            found = [e for v in rep["versions"].values() for e in v["episodes"]]
+            rep["onsets"] = episode_delays(onsets, found)
+            log(f"replay ({name}, {rep['permutations']} permutations): "
+                f"{sum(o['detected'] for o in rep['onsets'])} of {len(onsets)} onsets detected")
     plot_timeline(res["rows"], onsets, START, plot, res.get("truth"))
     res["table"] = markdown_table(res["rows"])
     return res

@@ -199,3 +199,43 @@ def recovery_table(recovery: Sequence[Mapping[str, Any]]) -> str:
              f"| {'yes' if r['lowered'] else 'no' if r['lowered'] is not None else '-'} | {f(r['recovered_week'])} "
              f"| {weeks(r)} |" for r in recovery]
     return "\n".join([head, *lines])
+
+
+def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutations: int | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The monitor's rule replayed on what the soak stored (each champion's reference and daily features), with
+    ``drift.permutations`` set to ``permutations`` (None: as configured): per champion, the first drifted day and
+    the episodes the rule opens per camera. Scores nothing; re-runs the comparisons (``tasks.drift.compare_day``).
+    """
+    from tasks.drift import compare_day, replay, verdict
+    from tasks.drift_records import load_day_features, load_days, load_reference
+
+    cfg = settings.drift if permutations is None else settings.drift.model_copy(update={"permutations": permutations})
+    out: dict[str, Any] = {"permutations": cfg.permutations, "versions": {}}
+    for v in versions:
+        ref = load_reference(store, settings, v)
+        if ref is None:
+            continue
+        days = sorted(load_days(store, settings, v))
+        verdicts = {}
+        t0 = time.perf_counter()
+        for d in days:
+            feats = load_day_features(store, settings, v, d)
+            if feats is None:
+                continue
+            stats = compare_day(ref[1], feats, cfg, settings.classes, d)
+            verdicts[d] = {c: verdict(s, cfg, settings.classes) for c, s in stats.items()}
+        _, eps = replay(verdicts, cfg, v)
+        first: dict[str, str] = {}
+        for d in sorted(verdicts):
+            for c, vd in verdicts[d].items():
+                if vd.status == "drift":
+                    first.setdefault(c, d)
+        out["versions"][v] = {
+            "days": [days[0], days[-1]] if days else [], "first_drifted_day": first,
+            "episodes": [{"episode_id": e.episode_id, "opened_on": e.opened_on, "cameras": e.cameras,
+                          "signals": e.signals} for e in sorted(eps.values(), key=lambda e: e.opened_on)],
+            "seconds": time.perf_counter() - t0}
+        log(f"v{v} with {cfg.permutations} permutations: {len(eps)} episode(s) "
+            f"{[(e.opened_on, e.cameras) for e in eps.values()]}")
+    return out

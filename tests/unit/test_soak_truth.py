@@ -1,6 +1,7 @@
 """The soak's truth: which champion held each week, and each drift's recovery (pure parts)."""
 
 from datetime import date, timedelta
+from pathlib import Path
 
 from benchmarks.soak_truth import champions_by_week, recoveries, recovery_table, week_end, week_of
 
@@ -38,3 +39,36 @@ def test_recoveries_per_onset() -> None:
     assert "| repaint | cam3 | 2026-01-26 (3) | 0.710 | 0.450 | yes | 5 | 2 |" in table
     truth[5]["cam3"]["map50"] = 0.65
     assert "**not back** by week 5" in recovery_table(recoveries(truth, onsets, START))
+
+
+def test_the_monitor_replayed_with_more_permutations_sees_a_box_level_drift() -> None:
+    """Stored features of a champion (reference + days), a drift only box-level tests see (smaller boxes, more
+    stars): with 199 permutations the rule is deaf to it, with the default 999 it opens an episode; the replay
+    scores nothing."""
+    import numpy as np
+
+    from benchmarks.soak_truth import replay_monitor
+    from detloop.settings import load_settings
+    from tasks.drift import compare_day
+    from tasks.drift_records import save_day, save_reference
+    from tests.fakes import FakeStore
+    from tests.unit.test_drift import synth
+
+    s = load_settings(Path(__file__).resolve().parents[2] / "configs" / "test.yaml", env={},
+                      overrides={"drift": {"min_frames": 20, "min_boxes": 20, "permutations": 199}})
+    store = FakeStore()
+    rng = np.random.default_rng(5)
+    ref = synth(rng, "cam2", "ref", 280)
+    save_reference(store, s, "4", {"days": ["ref"]}, ref)
+    for i, day in enumerate(["2026-02-01", "2026-02-02", "2026-02-03", "2026-02-04"]):
+        cur = synth(rng, "cam2", day, 40, area_scale=0.6 if i >= 1 else 1.0)
+        if i >= 1:
+            cur.box_class = np.where(rng.random(cur.n_boxes) < 0.3, 4, cur.box_class)
+        save_day(store, s, "4", day, compare_day(ref, cur, s.drift, s.classes, day), cur)
+    few = replay_monitor(store, s, ["4"], None, log=lambda _m: None)
+    many = replay_monitor(store, s, ["4"], 999, log=lambda _m: None)
+    assert few["permutations"] == 199 and few["versions"]["4"]["episodes"] == []
+    eps = many["versions"]["4"]["episodes"]
+    assert [e["cameras"] for e in eps] == [["cam2"]] and eps[0]["opened_on"] == "2026-02-03"  # 2 days in a row
+    assert many["versions"]["4"]["first_drifted_day"] == {"cam2": "2026-02-02"}
+    assert replay_monitor(store, s, ["7"], 999, log=lambda _m: None)["versions"] == {}  # no reference: skipped
