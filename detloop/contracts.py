@@ -148,6 +148,8 @@ class RoundRecord(_Plain):
     selection_report_key: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
     completed_event_id: str | None = None
+    announced_at: str | None = None  # when the round-completed event was last emitted (ISO, UTC)
+    announcements: int = 0  # how many times it was emitted (more than once: a retrain died and it was re-sent)
     dataset_version: str | None = None
     project: str | None = None  # Label Studio project title: rounds are scoped to one project
     reason: str = "weekly"  # why it was opened: "weekly" (the cadence) or "drift" (a drift episode's round)

@@ -131,6 +131,36 @@ def announce_round_completed(config: str | None) -> Any:
     return announce
 
 
+def retrain_waiting() -> Any:
+    """``round_id -> bool`` for :func:`tasks.watch.watch_rounds`: whether a ``retrain-and-promote`` run of that
+    round is scheduled or pending in Prefect (waiting for a worker: not dead, so not re-announced)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+
+    def waiting(round_id: str) -> bool:
+        with get_client(sync_client=True) as client:
+            try:
+                dep = client.read_deployment_by_name(DEPLOYMENTS["retrain"])
+            except ObjectNotFound:  # not deployed (a flow run by hand): nothing can be waiting on it
+                return False
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING]))),
+                limit=200)
+        return any((r.parameters.get("params") or {}).get("round_id") == round_id for r in runs)
+
+    return waiting
+
+
 def settings_for(params: _Params) -> Settings:
     """Settings of one run: the config file, environment overrides, then the run's parameters."""
     return run_settings(params.config, params.overrides())

@@ -172,7 +172,7 @@ def watch_rounds(params: WatchParams = WatchParams()) -> dict[str, Any]:  # noqa
     import time
 
     from detloop.clients import Clients
-    from flows.common import announce_round_completed
+    from flows.common import announce_round_completed, retrain_waiting
     from tasks.watch import watch_rounds as watch
 
     log = get_run_logger()
@@ -186,7 +186,8 @@ def watch_rounds(params: WatchParams = WatchParams()) -> dict[str, Any]:  # noqa
         while True:
             now = params.now or datetime.now(UTC)
             # the config travels with the event so the triggered retrain uses the same settings
-            report = watch(settings, now, announce_round_completed(params.config), clients.store, clients.labels)
+            report = watch(settings, now, announce_round_completed(params.config), clients.store, clients.labels,
+                           retrain_waiting=retrain_waiting())
             seen = _log_progress(log, report, seen, settings.label_studio.project_title)
             still_open = any(r["status"] == "open" for r in report["rounds"])
             if not (params.follow and still_open and params.now is None):
@@ -215,6 +216,11 @@ def _log_progress(log: Any, report: dict[str, Any], seen: dict[str, Any], projec
         if seen.get(r["round_id"]) != key:
             log.info("round %s: %s (%s of %s labelled, %s pending)%s", r["round_id"], r["status"], p.get("labelled"),
                      p.get("total"), p.get("pending"), "; round-completed emitted" if r.get("emitted") else "")
+        if r.get("reannounced"):
+            log.warning("round %s is finished but its retrain died (no live lease, none waiting, not trained): "
+                        "round-completed sent again (attempt %s)", r["round_id"], r["reannounced"])
+        if r.get("note"):
+            log.error("round %s: %s", r["round_id"], r["note"])
     if not report["rounds"] and not seen:
         log.info("no open round of project %r", project)
     return out

@@ -171,6 +171,20 @@ def try_acquire(store: Any, bucket: str, key: str, what: str, ttl_s: float) -> t
     return Lease(store, bucket, key, what, ttl_s, info, etag, took_over=stale), ""
 
 
+def is_held(store: Any, bucket: str, name: str) -> bool:
+    """Whether lease ``name`` is held now: it exists and was renewed within its TTL (a holder that died stops
+    renewing it, so after the TTL it holds nothing)."""
+    try:
+        body, _etag, age_s = store.get_bytes_with_age(bucket, lease_key(name))
+    except NotFound:
+        return False
+    try:
+        ttl = float(json.loads(body).get("ttl_s", 0.0))
+    except (ValueError, TypeError, AttributeError):
+        return False  # an unreadable lease object holds nothing (as try_acquire treats it)
+    return age_s <= ttl
+
+
 @contextlib.contextmanager
 def lease(store: Any, bucket: str, name: str, what: str, ttl_s: float, wait_s: float = 0.0,
           poll_s: float = 2.0) -> Iterator[Lease]:

@@ -47,9 +47,30 @@ def round_key(round_id: str) -> str:
     return f"{round_prefix(round_id)}round.json"
 
 
-def completed_event_id(round_id: str) -> uuid.UUID:
-    """Deterministic id of a round's completion event (the same on every re-run: consumers dedupe on it)."""
-    return uuid.uuid5(_NS, f"detloop.annotation.round.completed/{round_id}")
+REANNOUNCE_MAX = 3  # a round's completion is re-sent at most this many times when its retrain keeps dying
+
+
+def completed_event_id(round_id: str, attempt: int = 1) -> uuid.UUID:
+    """Deterministic id of a round's completion event (the same on every re-run: consumers dedupe on it);
+    ``attempt`` > 1: the id of its re-announcement after a retrain died (:func:`retrain_stalled`)."""
+    suffix = f"#{attempt}" if attempt > 1 else ""
+    return uuid.uuid5(_NS, f"detloop.annotation.round.completed/{round_id}{suffix}")
+
+
+def retrain_stalled(rec: RoundRecord, now: datetime, lease_held: bool, retrain_waiting: bool,
+                    grace_s: float) -> bool:
+    """Whether a finished round's retrain died: its completion was announced more than ``grace_s`` ago, the round
+    is still not trained, no retrain holds its lease (a live run renews it) and no retrain run waits to start.
+
+    A runner killed in the middle of a retrain leaves its flow run "Running" for ever and nothing re-triggers
+    it; the watch re-announces such a round (a retrain is idempotent, and its lease keeps a second one out).
+    """
+    if rec.status not in ("completed", "closed_partial") or rec.completed_event_id is None:
+        return False
+    if lease_held or retrain_waiting:
+        return False
+    since = datetime.fromisoformat(rec.announced_at or rec.created_at)
+    return (utc(now) - utc(since)).total_seconds() > grace_s
 
 
 def utc(dt: datetime) -> datetime:

@@ -6,6 +6,11 @@
 once: its record stores the event id after announcing, and a round whose record holds one is never
 announced again. If the process dies between the two, the next run announces the SAME event id again,
 so consumers can deduplicate on it.
+
+One exception, for a retrain that died: a finished round still not trained after ``2 x locks.lease_seconds``,
+with no retrain holding its lease and none waiting to start (:func:`tasks.rounds.retrain_stalled`), is announced
+again under a new deterministic id (attempt 2, 3, ...), at most :data:`tasks.rounds.REANNOUNCE_MAX` times. A
+runner killed in the middle of a retrain otherwise leaves the round untrained for good.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from detloop.contracts import RoundCompleted
 from detloop.settings import Settings
 from tasks import rounds
 from tasks.annotation import ensure_project, round_tasks
+from tasks.leases import is_held
 from tasks.ls_tasks import round_progress
 
 Announce = Callable[[RoundCompleted], Any]
@@ -31,6 +37,7 @@ def watch_rounds(
     ls: Any,
     round_ids: Collection[str] | None = None,
     dry_run: bool = False,
+    retrain_waiting: Callable[[str], bool] | None = None,
 ) -> dict[str, Any]:
     """Compute progress of every open round, close the finished ones and announce each once.
 
@@ -43,6 +50,8 @@ def watch_rounds(
             left to that project's watcher).
         dry_run: compute and report only: no record is written and nothing is announced (rows say
             ``would_emit``).
+        retrain_waiting: whether a retrain run of a round is scheduled and waiting to start (the flow asks
+            Prefect); such a round is not re-announced. Default: none is.
 
     Returns:
         ``{"now", "rounds": [{round_id, status, progress, emitted, event_id}], "emitted": [...]}``.
@@ -67,8 +76,21 @@ def watch_rounds(
                 rec.status = new  # type: ignore[assignment]
             if not dry_run:
                 rounds.save_round(store, settings, rec)
+        attempt = 0
         if rec.status in rounds.TERMINAL and rec.completed_event_id is None:
-            eid = str(rounds.completed_event_id(rec.round_id))
+            attempt = 1
+        elif rounds.retrain_stalled(rec, now, is_held(store, settings.s3.data_bucket, f"retrain-{rec.round_id}"),
+                                    bool(retrain_waiting and retrain_waiting(rec.round_id)),
+                                    2 * settings.locks.lease_seconds):
+            attempt = max(rec.announcements, 1) + 1
+            if attempt > rounds.REANNOUNCE_MAX + 1:
+                rows.append({"round_id": rec.round_id, "status": rec.status, "progress": rec.counts,
+                             "emitted": False, "event_id": rec.completed_event_id,
+                             "note": f"its retrain never finished after {rec.announcements} announcements: run "
+                                     f"`detloop run retrain {rec.round_id}` and read its error"})
+                continue
+        if attempt:
+            eid = str(rounds.completed_event_id(rec.round_id, attempt))
             row = {"round_id": rec.round_id, "status": rec.status, "progress": rec.counts, "event_id": eid}
             if dry_run:
                 rows.append({**row, "emitted": False, "would_emit": True})
@@ -78,9 +100,11 @@ def watch_rounds(
                 model_version=rec.model_version, counts={k: int(v) for k, v in rec.counts.items()}, event_id=eid,
             ))
             rec.completed_event_id = eid
+            rec.announced_at = rounds.utc(now).isoformat(timespec="seconds")
+            rec.announcements = attempt
             rounds.save_round(store, settings, rec)
             emitted.append(rec.round_id)
-            rows.append({**row, "emitted": True})
+            rows.append({**row, "emitted": True, **({"reannounced": attempt} if attempt > 1 else {})})
         elif rec.status == "open":
             rows.append({"round_id": rec.round_id, "status": rec.status, "progress": rec.counts,
                          "emitted": False, "event_id": None})

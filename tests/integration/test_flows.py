@@ -122,6 +122,30 @@ def test_deployments_are_named_after_what_they_do_and_their_forms_are_typed(worl
         assert scheduled <= 4  # the daily safety net's 3 + at most one chained watch (a minute schedule kept 60)
 
 
+def test_a_retrain_waiting_to_start_is_seen_and_a_dead_running_one_is_not(world):  # type: ignore[no-untyped-def]
+    """What the watch asks Prefect before re-announcing a round whose retrain died (flows.common.retrain_waiting):
+    a scheduled retrain run of the round is waiting; the same run left "Running" by a dead runner is not."""
+    from datetime import UTC, datetime
+
+    from prefect import get_client
+    from prefect.states import Running, Scheduled
+
+    from flows.common import retrain_waiting
+
+    waiting = retrain_waiting()
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(D["retrain"])
+        fr = client.create_flow_run_from_deployment(
+            dep.id, parameters={"params": {"config": world["cfg"], "round_id": "stall-probe"}},
+            state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(days=1)))
+        try:
+            assert waiting("stall-probe") and not waiting("another-round")
+            client.set_flow_run_state(fr.id, Running(), force=True)  # what a runner killed mid-run leaves behind
+            assert not waiting("stall-probe")
+        finally:
+            client.delete_flow_run(fr.id)
+
+
 def test_invalid_parameters_are_rejected_at_creation(world):  # type: ignore[no-untyped-def]
     with pytest.raises(Exception, match=r"(?i)validat|budget|greater"):
         _run(D["select"], {"config": world["cfg"], "budget": -5}, timeout=0)

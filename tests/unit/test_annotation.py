@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -291,13 +291,51 @@ def test_watch_rounds_emits_once_per_round(cfg) -> None:  # type: ignore[no-unty
     assert payload(events[0]) == {"round_id": "a", "status": "completed", "partial": False,
                                   "model_version": "7", "total": 4, "labelled": 3, "skipped": 1, "pending": 0}
     assert events[0].event_id == str(rounds.completed_event_id("a"))
-    watch.watch_rounds(cfg, datetime(2026, 1, 14), events.append, store, ls)
+    with rounds.retrain_lease(store, cfg, "a"):  # a's retrain is running
+        watch.watch_rounds(cfg, datetime(2026, 1, 14), events.append, store, ls)
     assert len(events) == 1
+    rounds.mark_round(store, cfg, "a", status="trained")
     # the deadline: b closes partially, c (no task found) too; a is not emitted again
     rep = watch.watch_rounds(cfg, datetime(2026, 1, 17), events.append, store, ls)
     assert sorted(rep["emitted"]) == ["b", "c"] and len(events) == 3
     assert rounds.load_round(store, cfg, "b").status == "closed_partial"
     assert {e.round_id: e.counts["pending"] for e in events[1:]} == {"b": 3, "c": 0}
+
+
+def test_a_round_whose_retrain_died_is_announced_again_a_bounded_number_of_times(cfg) -> None:  # type: ignore[no-untyped-def]
+    """A runner killed mid-retrain leaves the round completed, untrained, with no live lease: after
+    2 x locks.lease_seconds the watch sends its completion again (a new deterministic id per attempt), unless a
+    retrain holds the lease or waits to start; after REANNOUNCE_MAX re-sends it says what to do instead."""
+    store = FakeStore()
+    rounds.open_round(store, cfg, "a", "2026-01-12", "7", 1, 0, now=datetime(2026, 1, 12))
+    ls = ls_with(cfg, {"a": ["labelled"]})
+    events: list[Any] = []
+    t0 = datetime(2026, 1, 13, 12, 0, 0)
+    watch.watch_rounds(cfg, t0, events.append, store, ls)
+    grace = 2 * cfg.locks.lease_seconds
+    assert rounds.load_round(store, cfg, "a").announcements == 1
+    soon = t0 + timedelta(seconds=grace - 1)
+    assert watch.watch_rounds(cfg, soon, events.append, store, ls)["emitted"] == []  # within the grace
+    later = t0 + timedelta(seconds=grace + 1)
+    with rounds.retrain_lease(store, cfg, "a"):  # a live retrain renews its lease
+        assert watch.watch_rounds(cfg, later, events.append, store, ls)["emitted"] == []
+    assert watch.watch_rounds(cfg, later, events.append, store, ls, retrain_waiting=lambda r: r == "a")["emitted"] == []
+    rep = watch.watch_rounds(cfg, later, events.append, store, ls, retrain_waiting=lambda r: False)
+    assert rep["emitted"] == ["a"] and rep["rounds"][0]["reannounced"] == 2
+    assert [e.event_id for e in events] == [str(rounds.completed_event_id("a")), str(rounds.completed_event_id("a", 2))]
+    assert events[0].event_id != events[1].event_id and events[1].round_id == "a"
+    rec = rounds.load_round(store, cfg, "a")
+    assert rec.announcements == 2 and rec.announced_at == later.replace(tzinfo=UTC).isoformat(timespec="seconds")
+    assert watch.watch_rounds(cfg, later, events.append, store, ls)["emitted"] == []  # the grace starts again
+    t = later
+    for _ in range(rounds.REANNOUNCE_MAX):
+        t += timedelta(seconds=grace + 1)
+        watch.watch_rounds(cfg, t, events.append, store, ls)
+    assert len(events) == 1 + rounds.REANNOUNCE_MAX  # the first announcement and REANNOUNCE_MAX re-sends
+    gave_up = watch.watch_rounds(cfg, t + timedelta(days=1), events.append, store, ls)
+    assert gave_up["emitted"] == [] and "detloop run retrain a" in gave_up["rounds"][0]["note"]
+    rounds.mark_round(store, cfg, "a", status="trained")
+    assert watch.watch_rounds(cfg, t + timedelta(days=2), events.append, store, ls)["rounds"] == []
 
 
 def test_emit_failure_leaves_round_to_retry_with_same_id(cfg) -> None:  # type: ignore[no-untyped-def]
