@@ -92,11 +92,15 @@ def run_retrain(
 def bootstrap_cmd(
     dataset_version: Annotated[str | None, typer.Option(help="Seed dataset version (default: newest seed).")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default training.bootstrap_epochs).")] = None,
+    as_of: Annotated[str | None, typer.Option(
+        help="Production day the champion takes over (ISO; default today): its drift reference is the days before.",
+    )] = None,
     deployment: Deployment = False,
     config: ConfigOpt = None,
 ) -> None:
     """Train the first champion from the model YAML on the seed dataset version (no-op if one exists)."""
-    _go("bootstrap", DEPLOYMENTS["bootstrap"], {"dataset_version": dataset_version, "epochs": epochs}, deployment, config)
+    _go("bootstrap", DEPLOYMENTS["bootstrap"], {"dataset_version": dataset_version, "epochs": epochs, "as_of": as_of},
+        deployment, config)
 
 
 @loop_app.command("serve")

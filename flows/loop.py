@@ -484,7 +484,8 @@ def bootstrap(params: BootstrapParams = BootstrapParams()) -> dict[str, Any]:  #
 
     # 3. evaluate on the golden set, register, gate (absolute floor), promote
     post = evaluate_and_promote(trained.run_id, str(trained.weights), seed, params.config, params.overrides(),
-                                golden=golden, reason="bootstrap passed the floor", actor="detloop:bootstrap")
+                                golden=golden, reason="bootstrap passed the floor", actor="detloop:bootstrap",
+                                as_of=params.as_of.isoformat() if params.as_of else None)
     summary = {"version": post.version, "seed_version": seed, "golden_version": golden, "run_id": trained.run_id,
                "train_seconds": trained.train_seconds, "golden_map": _golden_map(post.challenger_report),
                "outcome": post.outcome, "reasons": post.decision.reasons if post.decision is not None else [],

@@ -153,6 +153,9 @@ class RollbackParams(_Params):
 class BootstrapParams(_Params):
     """Parameters of ``bootstrap``: train the first champion on a seed dataset version."""
 
+    as_of: date | SkipJsonSchema[None] = Field(
+        None, description="The production day the first champion takes over (leave empty: today): its drift "
+        "reference is the production days before it.")
     dataset_version: OptStr = Field(None, description="Seed dataset version id (leave empty: the newest seed version).")
     epochs: Annotated[int, Field(ge=1, le=10_000)] | SkipJsonSchema[None] = Field(
         None, description="Epochs (leave empty: training.bootstrap_epochs).")

@@ -65,6 +65,7 @@ def evaluate_and_promote(
     reason: str = "gate passed",
     actor: str = "detloop-gate",
     promote_if_passed: bool | None = None,
+    as_of: str | None = None,
 ) -> PostTraining:
     """Evaluate the challenger (MLflow run ``run_id``, ``weights``) against the champion, register, gate, promote.
 
@@ -75,6 +76,8 @@ def evaluate_and_promote(
         round_version, round_id: the round's dataset version and id (adds the round and control slices).
         reason, actor: recorded in the promotion log when it promotes.
         promote_if_passed: default ``gate.auto_promote``.
+        as_of: the production day a model trained on no round takes over (the bootstrap's; tag ``detloop.as_of``):
+            its drift reference is built from the days before it (default: the day of its promotion).
 
     Raises:
         DataError: neither ``golden`` nor ``golden_data_yaml``.
@@ -117,7 +120,7 @@ def evaluate_and_promote(
 
     # 2. register exactly the artifact that was evaluated
     parent = champion.version if champion else None
-    tags = {"detloop.round_id": round_id} if round_id else {}
+    tags = {**({"detloop.round_id": round_id} if round_id else {}), **({"detloop.as_of": as_of} if as_of else {})}
     version = retrying(steps.register, settings)(settings, clients, run_id, Path(weights), ch, dataset_version,
                                                  parent, tags)
 

@@ -616,8 +616,9 @@ def promotion_anchor(version: str, promotion_log: Sequence[Mapping[str, Any]], v
     """The production day the champion ``version`` took over, and how it was found.
 
     A model trained on a round took over the traffic of the round's ``as_of`` (the end of the window its
-    labels came from; the promotion itself follows the labelling): that day when known. Otherwise the day of
-    the version's first ``promote`` / ``override`` entry in the promotion log, then its
+    labels came from; the promotion itself follows the labelling): that day when known; a model trained on no
+    round (the bootstrap) may carry its own ``detloop.as_of`` tag (a backfill, a demo in simulated time).
+    Otherwise the day of the version's first ``promote`` / ``override`` entry in the promotion log, then its
     ``detloop.promoted_at`` tag. A rollback makes no new anchor: the version keeps the one of its promotion.
 
     Returns:
@@ -628,10 +629,13 @@ def promotion_anchor(version: str, promotion_log: Sequence[Mapping[str, Any]], v
     logged = date.fromisoformat(str(promoted[0]["at"])[:10]) if promoted else None
     if logged is None and version_tags.get("detloop.promoted_at"):
         logged = date.fromisoformat(str(version_tags["detloop.promoted_at"])[:10])
-    if round_as_of:
-        r = date.fromisoformat(str(round_as_of)[:10])
+    as_of = round_as_of or version_tags.get("detloop.as_of")
+    if as_of:
+        r = date.fromisoformat(str(as_of)[:10])
         if logged is None or r <= logged:
-            return r, f"as_of of round {version_tags.get('detloop.round_id')}"
+            how = (f"as_of of round {version_tags.get('detloop.round_id')}" if round_as_of
+                   else "the version's detloop.as_of tag")
+            return r, how
     if logged is not None:
         return logged, "promotion log" if promoted else "version tag detloop.promoted_at"
     return None, f"version {version} has no promotion record"

@@ -169,11 +169,13 @@ def test_full_round_through_deployments_and_event(world):  # type: ignore[no-unt
     assert fr.state.is_failed() and "no champion" in (fr.state.message or "") + str(fr.state)
 
     # bootstrap through its deployment; a second run sees the champion and does nothing
-    fr = _run(D["bootstrap"], {"config": cfg, "dataset_version": world["seed"]})
+    took_over = str(START + timedelta(days=3))  # a bootstrap for a past day: the drift reference is before it
+    fr = _run(D["bootstrap"], {"config": cfg, "dataset_version": world["seed"], "as_of": took_over})
     assert fr.state.is_completed(), fr.state.message
     fr = _run(D["bootstrap"], {"config": cfg, "dataset_version": world["seed"]})
     assert fr.state.is_completed()
     assert len(list_models(RegistryClient(s))) == 1
+    assert RegistryClient(s).version_by_alias("champion").tags["detloop.as_of"] == took_over
 
     # a manual run with parameters from the prefect CLI, as a user would type it
     as_of = START + timedelta(days=7)

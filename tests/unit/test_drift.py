@@ -274,6 +274,10 @@ def test_the_anchor_is_the_round_as_of_or_the_first_promotion_not_a_rollback() -
     assert promotion_anchor("3", log, {"detloop.promoted_at": "2026-11-20T00:00:00+00:00"}, None)[0] == date(2026, 11, 20)
     day, why = promotion_anchor("4", log, {}, None)
     assert day is None and "no promotion record" in why
+    # a bootstrap run for a past day (a backfill, a demo in simulated time) carries its own as_of
+    assert promotion_anchor("1", log, {"detloop.as_of": "2026-01-05"}, None) == (
+        date(2026, 1, 5), "the version's detloop.as_of tag")
+    assert promotion_anchor("1", log, {"detloop.as_of": "2026-12-05"}, None)[0] == date(2026, 11, 2)  # not after it
 
 
 # ---- targeted rounds ----------------------------------------------------------------------------------------------
