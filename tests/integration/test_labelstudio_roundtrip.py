@@ -196,7 +196,8 @@ def test_round_trip_with_simulated_annotator(env):  # type: ignore[no-untyped-de
     assert annotated * c.frame_seconds < paid <= drawn_all - 3 * (c.draw_seconds - c.verify_seconds)
 
     watch.watch_rounds(s, t0, emit, store, ls, round_ids=[rid])
-    watch.watch_rounds(s, t0 + timedelta(days=30), emit, store, ls, round_ids=[rid])  # a later run: no second event
+    with rounds.retrain_lease(store, s, rid):  # its retrain is running (the lease in the real store)
+        watch.watch_rounds(s, t0 + timedelta(days=30), emit, store, ls, round_ids=[rid])  # a later run: no second event
     mine = [e for e in emit.events if e["payload"]["round_id"] == rid]
     assert len(mine) == 1
     ev = mine[0]
@@ -205,6 +206,11 @@ def test_round_trip_with_simulated_annotator(env):  # type: ignore[no-untyped-de
     assert (ev["payload"]["labelled"], ev["payload"]["skipped"], ev["payload"]["pending"]) == (12 - skipped, skipped, 0)
     rec = rounds.load_round(store, s, rid)
     assert rec.status == "completed" and rec.completed_event_id == str(ev["id"])
+    # no retrain holds the lease and the round is still untrained a day later: its retrain died, it is sent again
+    watch.watch_rounds(s, t0 + timedelta(days=31), emit, store, ls, round_ids=[rid])
+    again_sent = [e for e in emit.events if e["payload"]["round_id"] == rid]
+    assert [e["id"] for e in again_sent] == [str(ev["id"]), str(rounds.completed_event_id(rid, 2))]
+    assert rounds.load_round(store, s, rid).announcements == 2
 
     pulled = annotation.pull_round(s, rid, ls, store)
     assert pulled.report["frames"] == 12 - skipped == len(pulled.frames)
@@ -249,7 +255,8 @@ def test_deadline_closes_a_partial_round_once(env):  # type: ignore[no-untyped-d
     watch.watch_rounds(s, datetime(2026, 1, 16, 23, 59), emit, store, ls, round_ids=[rid])
     assert [e for e in emit.events if e["payload"]["round_id"] == rid] == []
     watch.watch_rounds(s, datetime(2026, 1, 17, 0, 0), emit, store, ls, round_ids=[rid])
-    watch.watch_rounds(s, datetime(2026, 1, 18), emit, store, ls, round_ids=[rid])
+    with rounds.retrain_lease(store, s, rid):  # its retrain is running: a later watch sends nothing more
+        watch.watch_rounds(s, datetime(2026, 1, 18), emit, store, ls, round_ids=[rid])
     mine = [e for e in emit.events if e["payload"]["round_id"] == rid]
     assert len(mine) == 1
     assert mine[0]["payload"]["partial"] is True
