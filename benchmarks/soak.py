@@ -146,11 +146,15 @@ def plot_timeline(rows: Sequence[Mapping[str, Any]], onsets: Sequence[Mapping[st
         tx.set_ylabel(f"true mAP50 ({truth.get('frames_per_camera_week')} frames)")
         tx.legend(fontsize=6, loc="lower left", ncol=3)
         panels.append(tx)
-    for o in onsets:
-        w = (date.fromisoformat(o["onset"]) - start).days / 7
+    by_onset: dict[tuple[str, str], list[str]] = {}
+    for o in onsets:  # one line and label per drift, its cameras together
+        by_onset.setdefault((o["onset"], o["name"]), []).append(o["camera"])
+    for k, ((day, name), cams) in enumerate(sorted(by_onset.items())):
+        w = (date.fromisoformat(day) - start).days / 7
         for p in panels:
             p.axvline(w, color="grey", lw=0.8, ls=":")
-        ax.text(w, 0.95, f"{o['name']} ({o['camera']})", fontsize=6, rotation=90, va="top")
+        label = name if name.startswith("new camera") else f"{name} ({', '.join(cams) if len(cams) < 3 else 'all'})"
+        ax.text(w + 0.04 + 0.12 * (k % 2), 0.97, label, fontsize=6, rotation=90, va="top")
     for p in panels:
         p.set_ylim(0, 1)
     panels[-1].set_xlabel("week")
