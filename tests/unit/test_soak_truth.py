@@ -72,3 +72,18 @@ def test_the_monitor_replayed_with_more_permutations_sees_a_box_level_drift() ->
     assert [e["cameras"] for e in eps] == [["cam2"]] and eps[0]["opened_on"] == "2026-02-03"  # 2 days in a row
     assert many["versions"]["4"]["first_drifted_day"] == {"cam2": "2026-02-02"}
     assert replay_monitor(store, s, ["7"], 999, log=lambda _m: None)["versions"] == {}  # no reference: skipped
+
+
+def test_the_timeline_draws_with_and_without_the_truth(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks.soak import plot_timeline
+
+    rows = [{"week": 1, "golden_map": 0.43, "control_map": 0.54, "fault": "prefect@round"},
+            {"week": 2, "golden_map": 0.43, "control_map": 0.44, "fault": "mlflow@drift"}]
+    onsets = [{"name": "more-stars", "camera": c, "onset": "2026-01-19"} for c in ("cam0", "cam1", "cam2")]
+    truth = {"frames_per_camera_week": 400, "weeks": {"1": {"champion": "1", "golden_map": 0.43,
+                                                             "true": {"cam0": {"map50": 0.7}}},
+                                                       "2": {"champion": "4", "golden_map": 0.46,
+                                                             "true": {"cam0": {"map50": 0.6}}}}}
+    for t in (None, truth):
+        out = plot_timeline(rows, onsets, START, tmp_path / f"t{t is None}.png", t)
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
