@@ -25,7 +25,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
@@ -57,20 +57,22 @@ def completed_event_id(round_id: str, attempt: int = 1) -> uuid.UUID:
     return uuid.uuid5(_NS, f"detloop.annotation.round.completed/{round_id}{suffix}")
 
 
-def retrain_stalled(rec: RoundRecord, now: datetime, lease_held: bool, retrain_waiting: bool,
-                    grace_s: float) -> bool:
+def retrain_stalled(rec: RoundRecord, now: datetime, grace_s: float, lease_held: Callable[[], bool],
+                    retrain_waiting: Callable[[], bool]) -> bool:
     """Whether a finished round's retrain died: its completion was announced more than ``grace_s`` ago, the round
     is still not trained, no retrain holds its lease (a live run renews it) and no retrain run waits to start.
 
     A runner killed in the middle of a retrain leaves its flow run "Running" for ever and nothing re-triggers
     it; the watch re-announces such a round (a retrain is idempotent, and its lease keeps a second one out).
+    ``lease_held`` and ``retrain_waiting`` (an object-store read, a Prefect query) are asked only of a round
+    that is otherwise due.
     """
     if rec.status not in ("completed", "closed_partial") or rec.completed_event_id is None:
         return False
-    if lease_held or retrain_waiting:
-        return False
     since = datetime.fromisoformat(rec.announced_at or rec.created_at)
-    return (utc(now) - utc(since)).total_seconds() > grace_s
+    if (utc(now) - utc(since)).total_seconds() <= grace_s:
+        return False
+    return not lease_held() and not retrain_waiting()
 
 
 def utc(dt: datetime) -> datetime:
