@@ -81,8 +81,8 @@ def watch_rounds(
             attempt = 1
         elif rounds.retrain_stalled(
                 rec, now, 2 * settings.locks.lease_seconds,
-                lambda r=rec.round_id: is_held(store, settings.s3.data_bucket, f"retrain-{r}"),  # type: ignore[misc]
-                lambda r=rec.round_id: bool(retrain_waiting and retrain_waiting(r))):  # type: ignore[misc]
+                lambda r=rec.round_id: is_held(store, settings.s3.data_bucket, f"retrain-{r}"),
+                lambda r=rec.round_id: bool(retrain_waiting and retrain_waiting(r))):
             attempt = max(rec.announcements, 1) + 1
             if attempt > rounds.REANNOUNCE_MAX + 1:
                 rows.append({"round_id": rec.round_id, "status": rec.status, "progress": rec.counts,
