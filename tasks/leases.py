@@ -142,6 +142,15 @@ def _body(info: dict[str, Any]) -> bytes:
     return json.dumps(info, sort_keys=True).encode()
 
 
+def _holder(body: bytes, default_ttl: float) -> tuple[dict[str, Any], float]:
+    """A lease object's holder info and TTL; an unreadable lease object holds nothing (TTL 0)."""
+    try:
+        cur = json.loads(body)
+        return cur, float(cur.get("ttl_s", default_ttl))
+    except (ValueError, TypeError, AttributeError):
+        return {}, 0.0
+
+
 def try_acquire(store: Any, bucket: str, key: str, what: str, ttl_s: float) -> tuple[Lease | None, str]:
     """One attempt: create the lease, or replace it when its holder let it expire.
 
@@ -156,11 +165,7 @@ def try_acquire(store: Any, bucket: str, key: str, what: str, ttl_s: float) -> t
         body, cur_etag, age_s = store.get_bytes_with_age(bucket, key)
     except NotFound:  # released in between: the next attempt creates it
         return None, ""
-    try:
-        cur = json.loads(body)
-        cur_ttl = float(cur.get("ttl_s", ttl_s))
-    except (ValueError, TypeError, AttributeError):
-        cur, cur_ttl = {}, 0.0  # an unreadable lease object holds nothing
+    cur, cur_ttl = _holder(body, ttl_s)
     if age_s <= cur_ttl:
         return None, describe(cur, age_s)
     etag = store.put_bytes_if_match(bucket, key, _body(info), cur_etag, content_type="application/json")
@@ -178,11 +183,7 @@ def is_held(store: Any, bucket: str, name: str) -> bool:
         body, _etag, age_s = store.get_bytes_with_age(bucket, lease_key(name))
     except NotFound:
         return False
-    try:
-        ttl = float(json.loads(body).get("ttl_s", 0.0))
-    except (ValueError, TypeError, AttributeError):
-        return False  # an unreadable lease object holds nothing (as try_acquire treats it)
-    return age_s <= ttl
+    return age_s <= _holder(body, 0.0)[1]
 
 
 @contextlib.contextmanager
