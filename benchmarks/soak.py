@@ -405,7 +405,13 @@ def finish(settings: Any, res: dict[str, Any], truth_frames: int, plot: Path,
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """After the weeks: each world onset's episode and delay, the true mAP of every week's champion per camera
     and each drift's recovery (:mod:`benchmarks.soak_truth`), the timeline PNG and the table."""
-    from benchmarks.soak_truth import measure, recovery_table, replay_monitor, world_onsets
+    from benchmarks.soak_truth import (
+        measure,
+        measure_challengers,
+        recovery_table,
+        replay_monitor,
+        world_onsets,
+    )
     from detloop.clients.s3 import S3Store
     from detloop.world.config import load_world_config
     from flows.demo import START
@@ -432,6 +438,11 @@ def finish(settings: Any, res: dict[str, Any], truth_frames: int, plot: Path,
             rep["onsets"] = episode_delays(onsets, found)
             log(f"replay ({name}, {rep['permutations']} permutations): "
                 f"{sum(o['detected'] for o in rep['onsets'])} of {len(onsets)} onsets detected")
+        # every challenger on the drifted cameras' truth: what the gate's rejections cost, and how far the best
+        # model trained on the drifted frames came
+        res["gate_counterfactual"] = measure_challengers(settings, res["truth"], START, truth_frames, log)
+        for v, cam, d in res["gate_counterfactual"]["summary"]["rejected_but_better"]:
+            log(f"rejected v{v} was better on {cam} by {d:+.3f} true mAP50")
     plot_timeline(res["rows"], onsets, START, plot, res.get("truth"))
     res["table"] = markdown_table(res["rows"])
     return res

@@ -239,3 +239,106 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
         log(f"v{v} with {cfg.permutations} permutations: {len(eps)} episode(s) "
             f"{[(e.opened_on, e.cameras) for e in eps.values()]}")
     return out
+
+
+def golden_delta(checks: str | None) -> float | None:
+    """The ``golden_map_delta`` value of a version's ``gate.checks`` tag (JSON ``[[name, status, value], ...]``)."""
+    try:
+        rows = json.loads(checks or "[]")
+    except ValueError:
+        return None
+    return next((float(r[2]) for r in rows if r and r[0] == "golden_map_delta" and r[2] is not None), None)
+
+
+def gate_counterfactual(challengers: Sequence[Mapping[str, Any]],
+                        champion_truth: Mapping[int, Mapping[str, Mapping[str, float | None]]],
+                        cameras: Sequence[str], better_by: float = 0.02,
+                        metric: str = "map50") -> dict[str, Any]:
+    """What the gate's decisions cost on the drifted cameras, from the world's truth.
+
+    Args:
+        challengers: one per challenger: ``version``, ``week`` (the week it was proposed), ``outcome`` (gate),
+            ``golden_delta`` and ``true`` (camera -> {metric: value} at the end of that week).
+        champion_truth: week -> camera -> {metric: value} of the champion that held at the end of the week.
+        cameras: the cameras whose drift lowered the true mAP (the ones recovery is judged on).
+        better_by: a challenger "would have helped" a camera when its true value is at least this above the
+            champion's in the same week.
+
+    Returns:
+        ``rows`` (per challenger and camera: challenger, champion and delta) and ``summary``: the rejected
+        challengers that were better on a drifted camera by ``better_by``, and per camera the best true value any
+        challenger reached.
+    """
+    rows, helped, best = [], [], {}
+    for c in challengers:
+        for cam in cameras:
+            mine = ((c.get("true") or {}).get(cam) or {}).get(metric)
+            champ = ((champion_truth.get(int(c["week"])) or {}).get(cam) or {}).get(metric)
+            if mine is None:
+                continue
+            delta = None if champ is None else mine - champ
+            rows.append({"version": str(c["version"]), "week": int(c["week"]), "camera": cam,
+                         "outcome": c.get("outcome"), "golden_delta": c.get("golden_delta"),
+                         "challenger": mine, "champion": champ, "delta": delta})
+            if c.get("outcome") == "rejected" and delta is not None and delta >= better_by:
+                helped.append(rows[-1])
+            if cam not in best or mine > best[cam]["value"]:
+                best[cam] = {"value": mine, "version": str(c["version"]), "week": int(c["week"])}
+    return {"metric": metric, "better_by": better_by, "rows": rows,
+            "summary": {"rejected_but_better": [(r["version"], r["camera"], round(r["delta"], 4)) for r in helped],
+                        "best_challenger": best}}
+
+
+def counterfactual_table(cf: Mapping[str, Any]) -> str:
+    """Markdown: per challenger and drifted camera, its true value beside the week's champion's."""
+    def f(x: Any, sign: bool = False) -> str:
+        return "-" if x is None else (f"{x:+.3f}" if sign else f"{x:.3f}")
+
+    lines = [f"| version | week | camera | gate | golden delta | challenger true {cf['metric']} | champion | delta |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in cf["rows"]:
+        lines.append(f"| v{r['version']} | {r['week']} | {r['camera']} | {r['outcome']} | "
+                     f"{f(r['golden_delta'], True)} | {f(r['challenger'])} | {f(r['champion'])} | "
+                     f"{f(r['delta'], True)} |")
+    return "\n".join(lines) + "\n"
+
+
+def measure_challengers(settings: Any, truth: Mapping[str, Any], start: date, frames: int,
+                        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score every registered challenger proposed after the first drift that lowered a camera's true mAP, on
+    that camera's truth frames at the end of the week it was proposed (same frames as the champion of that
+    week), and compare (:func:`gate_counterfactual`). Needs the soak's stack (MLflow, S3)."""
+    from detloop.clients.registry import RegistryClient
+    from detloop.clients.s3 import S3Store
+    from detloop.world.config import load_world_config
+    from tasks.registry import load_champion
+    from tasks.rounds import list_rounds
+
+    lowered = [r for r in truth.get("recovery", []) if r.get("lowered")]
+    cameras = sorted({r["camera"] for r in lowered})
+    first = min((int(r["onset_week"]) for r in lowered), default=None)
+    weeks = {int(w): v.get("true") or {} for w, v in truth["weeks"].items()}
+    if first is None:
+        return gate_counterfactual([], weeks, [])
+    registry = RegistryClient(settings)
+    world = load_world_config(settings.world_config_path())
+    as_of = {r.round_id: r.as_of for r in list_rounds(S3Store(settings), settings)}
+    out = []
+    for mv in sorted(registry.versions(), key=lambda m: int(m.version)):
+        tags = getattr(mv, "tags", None) or {}
+        day = as_of.get(tags.get("detloop.round_id", ""))
+        if day is None or tags.get("gate.bootstrap") == "true":
+            continue
+        week = week_of(start, date.fromisoformat(str(day)))
+        if week < first or week not in weeks:
+            continue
+        end = week_end(start, week)
+        local = load_champion(settings, registry, version=str(mv.version))
+        true = {cam: true_map(world, list(settings.classes), cam, end, frames, Path(local) / "scoring", settings,
+                              settings.world.seed, settings.data_dir / "soak-truth", label=f"v{mv.version}")
+                for cam in cameras if cam in world.active_cameras(end)}
+        log(f"challenger v{mv.version} (week {week}, {tags.get('gate.outcome')}): "
+            + ", ".join(f"{c} {t['map50']:.3f}" for c, t in true.items()))
+        out.append({"version": str(mv.version), "week": week, "outcome": tags.get("gate.outcome"),
+                    "golden_delta": golden_delta(tags.get("gate.checks")), "true": true})
+    return gate_counterfactual(out, weeks, cameras)

@@ -730,7 +730,11 @@ class ErrorAnalysisSettings(_Model):
 
 
 class GateSettings(_Model):
-    min_delta: float = Field(0.0, ge=-1.0, le=1.0, description="Golden mAP50-95 must improve by at least this.")
+    metric: Literal["map", "map50"] = Field(
+        "map", description="What every AP check of the gate compares: map (mAP50-95, rewards tight boxes) or map50 "
+        "(mAP at IoU 0.5: a fine-tune on labels with loose boxes is judged on finding objects; docs/training.md).",
+    )
+    min_delta: float = Field(0.0, ge=-1.0, le=1.0, description="Golden mAP (gate.metric) must improve by at least this.")
     class_tol: float = Field(0.05, ge=0.0, le=1.0, description="Largest allowed drop of any class AP.")
     small_tol: float = Field(0.05, ge=0.0, le=1.0, description="Largest allowed drop of small-object AP.")
     crowded_tol: float = Field(

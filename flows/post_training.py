@@ -130,7 +130,9 @@ def evaluate_and_promote(
     retrying(steps.store_errors, settings)(settings, clients, pair, {"round_id": round_id, "run_id": run_id})
 
     # 3. the gate (pure), recorded on the version
-    decision = decide(gate_scores(ch), gate_scores(cp) if cp is not None else None, settings.gate)
+    metric = settings.gate.metric
+    decision = decide(gate_scores(ch, metric=metric), gate_scores(cp, metric=metric) if cp is not None else None,
+                      settings.gate)
     retrying(steps.record_gate, settings)(settings, clients, version, decision, run_id, parent)
     log.info("version %s: %s (golden mAP50-95 %s vs champion %s)", version, decision.outcome,
              _golden_map(ch), _golden_map(cp))

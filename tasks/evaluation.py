@@ -649,12 +649,18 @@ def evaluate_pair(
     return ch, cp
 
 
-def gate_scores(report: EvalReport, slice_name: str = "golden", crowded_slice: str = "crowded") -> Any:
-    """The gate's view of a report (:class:`tasks.promotion.ModelScores`); insufficient groups -> None."""
+def gate_scores(report: EvalReport, slice_name: str = "golden", crowded_slice: str = "crowded",
+                metric: str = "map") -> Any:
+    """The gate's view of a report (:class:`tasks.promotion.ModelScores`); insufficient groups -> None.
+
+    ``metric`` (``gate.metric``): ``map`` (mAP50-95) or ``map50``, for every AP the gate compares."""
     from tasks.promotion import ModelScores
 
+    if metric not in ("map", "map50"):
+        raise ValueError(f"gate metric must be one of map, map50; got {metric!r}")
+
     def val(m: Metric) -> float | None:
-        return m.map if m.sufficient else None
+        return (m.map if metric == "map" else m.map50) if m.sufficient else None
 
     crowded = report.slices.get(crowded_slice)
     crowded_ap = val(crowded.overall) if crowded is not None else None

@@ -3,12 +3,15 @@
 No registry call happens here (those are in :mod:`tasks.registry`). The policy is ``settings.gate``
 (:class:`~detloop.settings.GateSettings`, the one definition of the gate's fields). Rules:
 
-- golden mAP50-95 must improve by at least ``min_delta`` (challenger - champion >= min_delta);
+- golden mAP must improve by at least ``min_delta`` (challenger - champion >= min_delta);
 - no class AP (golden slice) may drop by more than ``class_tol``;
 - small-object AP (golden slice) may not drop by more than ``small_tol``;
 - mAP on the crowded slice (golden frames with overlapping truth boxes) may not drop by more than ``crowded_tol``;
 - latency ratio challenger / champion must be <= ``latency_ratio_max``;
-- bootstrap (no champion): golden mAP50-95 >= ``bootstrap_floor``.
+- bootstrap (no champion): golden mAP >= ``bootstrap_floor``.
+
+Every AP is the one ``policy.metric`` names (``map``: AP50-95, the default; ``map50``: AP at IoU 0.5), as
+:func:`tasks.evaluation.gate_scores` read it; the reasons name it.
 
 A class or size bucket with too few instances (``None`` score: "insufficient data") gates nothing and is
 listed as skipped. The golden mAP itself is required: without it there is no evidence to promote on.
@@ -22,6 +25,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from detloop.settings import GateSettings
+
+METRIC_LABEL = {"map": "mAP50-95", "map50": "mAP50"}
+AP_LABEL = {"map": "AP", "map50": "AP50"}
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,7 @@ def decide(challenger: ModelScores, champion: ModelScores | None, policy: GateSe
         A :class:`Decision`; ``passed`` is False whenever any gating check fails.
     """
     checks: list[Check] = []
+    m = METRIC_LABEL[policy.metric]
 
     def add(name: str, ok: bool | None, value: float | None, limit: float | None, detail: str) -> None:
         status = "skipped" if ok is None else ("pass" if ok else "fail")
@@ -143,19 +150,19 @@ def decide(challenger: ModelScores, champion: ModelScores | None, policy: GateSe
     cg = challenger.golden_map
     if champion is None:
         if not _ok(cg):
-            add("bootstrap_floor", False, None, policy.bootstrap_floor, "golden mAP50-95 missing (insufficient data)")
+            add("bootstrap_floor", False, None, policy.bootstrap_floor, f"golden {m} missing (insufficient data)")
         else:
             add("bootstrap_floor", cg >= policy.bootstrap_floor, cg, policy.bootstrap_floor,  # type: ignore[operator]
-                f"golden mAP50-95 {cg:.4f} vs floor {policy.bootstrap_floor:.4f}")
+                f"golden {m} {cg:.4f} vs floor {policy.bootstrap_floor:.4f}")
     else:
         pg = champion.golden_map
         if not (_ok(cg) and _ok(pg)):
             add("golden_map_delta", False, None, policy.min_delta,
-                "golden mAP50-95 missing (insufficient data) for " + ("challenger" if not _ok(cg) else "champion"))
+                f"golden {m} missing (insufficient data) for " + ("challenger" if not _ok(cg) else "champion"))
         else:
             delta = cg - pg  # type: ignore[operator]
             add("golden_map_delta", delta >= policy.min_delta, delta, policy.min_delta,
-                f"golden mAP50-95 {cg:.4f} vs champion {pg:.4f} (delta {delta:+.4f}, need >= {policy.min_delta:+.4f})")
+                f"golden {m} {cg:.4f} vs champion {pg:.4f} (delta {delta:+.4f}, need >= {policy.min_delta:+.4f})")
         for name in sorted(set(challenger.class_ap) | set(champion.class_ap)):
             a, b = challenger.class_ap.get(name), champion.class_ap.get(name)
             if not (_ok(a) and _ok(b)):
@@ -163,11 +170,12 @@ def decide(challenger: ModelScores, champion: ModelScores | None, policy: GateSe
                 continue
             drop = b - a  # type: ignore[operator]
             add(f"class_ap[{name}]", drop <= policy.class_tol, drop, policy.class_tol,
-                f"class {name} AP {a:.4f} vs champion {b:.4f} (drop {drop:.4f}, allowed {policy.class_tol:.4f})")
+                f"class {name} {AP_LABEL[policy.metric]} {a:.4f} vs champion {b:.4f} (drop {drop:.4f}, allowed {policy.class_tol:.4f})")
         for rule, a, b, tol, short, long in (
-                ("small_ap", challenger.small_ap, champion.small_ap, policy.small_tol, "small objects", "small-object AP"),
+                ("small_ap", challenger.small_ap, champion.small_ap, policy.small_tol, "small objects",
+                 f"small-object {AP_LABEL[policy.metric]}"),
                 ("crowded_ap", challenger.crowded_ap, champion.crowded_ap, policy.crowded_tol, "crowded slice",
-                 "crowded-slice mAP")):
+                 f"crowded-slice {m}")):
             if not (_ok(a) and _ok(b)):
                 add(rule, None, None, tol, f"{short}: insufficient data, gates nothing")
                 continue

@@ -184,3 +184,30 @@ def test_eval_plots_are_written(tmp_path: Path) -> None:
     out = write_eval_plots(tmp_path / "plots", [str(img)], gt, pr, ["a", "b"], {"a": 0.5, "b": 0.5}, "challenger")
     assert set(out) == {"confusion_matrix.png", "pr_curves.png", "golden_frames.png"}
     assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in out.values())
+
+
+def test_gate_scores_read_the_gate_metric() -> None:
+    """A box found but loosely drawn (IoU 0.7) counts fully at IoU 0.5 and partly in mAP50-95: ``gate.metric``
+    picks which of the two every gate check compares."""
+    from tasks.evaluation import EvalReport
+    from tasks.promotion import ModelScores, decide
+
+    g = [det([[0, 0, 100, 100]], [0]), det([[0, 0, 100, 100]], [1])]
+    loose = [det([[0, 0, 70, 100]], [0], [0.9]), det([[0, 0, 70, 100]], [1], [0.9])]  # IoU 0.70
+    m = compute_metrics("golden", g, loose, CLASSES, min_instances=1)
+    rep = EvalReport("challenger", {"golden": m})
+    s50, s = gate_scores(rep, metric="map50"), gate_scores(rep)
+    assert s50.golden_map == pytest.approx(1.0) and s50.class_ap["a"] == pytest.approx(1.0)
+    assert s.golden_map == pytest.approx(m.overall.map) and s.golden_map < 0.6
+    with pytest.raises(ValueError, match="map, map50"):
+        gate_scores(rep, metric="map75")
+    # the reasons name the metric the gate compared
+    champ = ModelScores(1.0, {"a": 1.0})
+    from detloop.settings import GateSettings
+
+    d = decide(s50, champ, GateSettings(metric="map50"))
+    assert d.passed
+    d = decide(s, champ, GateSettings(metric="map"))
+    assert not d.passed and d.reasons[0].startswith("golden mAP50-95 ")
+    d = decide(ModelScores(0.5, {"a": 0.4}), champ, GateSettings(metric="map50"))
+    assert d.reasons[0].startswith("golden mAP50 0.5000") and any("class a AP50 0.4000" in r for r in d.reasons)

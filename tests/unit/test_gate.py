@@ -128,7 +128,7 @@ def test_a_crowded_slice_regression_blocks_promotion() -> None:
     ok = decide(ModelScores(0.42, {}, None, None, crowded_ap=0.29), champ, p)
     assert ok.passed and [c.status for c in ok.checks if c.name == "crowded_ap"] == ["pass"]
     bad = decide(ModelScores(0.42, {}, None, None, crowded_ap=0.25), champ, p)
-    assert not bad.passed and any("crowded-slice mAP 0.2500 vs champion 0.3000" in r for r in bad.reasons)
+    assert not bad.passed and any("crowded-slice mAP50-95 0.2500 vs champion 0.3000" in r for r in bad.reasons)
     thin = decide(ModelScores(0.42, {}, None, None, crowded_ap=None), champ, p)  # too few crowded frames
     assert thin.passed and [c.status for c in thin.checks if c.name == "crowded_ap"] == ["skipped"]
 

@@ -3,7 +3,16 @@
 from datetime import date, timedelta
 from pathlib import Path
 
-from benchmarks.soak_truth import champions_by_week, recoveries, recovery_table, week_end, week_of
+from benchmarks.soak_truth import (
+    champions_by_week,
+    counterfactual_table,
+    gate_counterfactual,
+    golden_delta,
+    recoveries,
+    recovery_table,
+    week_end,
+    week_of,
+)
 
 START = date(2026, 1, 5)
 
@@ -87,3 +96,34 @@ def test_the_timeline_draws_with_and_without_the_truth(tmp_path) -> None:  # typ
     for t in (None, truth):
         out = plot_timeline(rows, onsets, START, tmp_path / f"t{t is None}.png", t)
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_golden_delta_reads_the_gate_checks_tag() -> None:
+    checks = '[["golden_map_delta", "fail", -0.0126], ["class_ap[disc]", "pass", 0.04]]'
+    assert golden_delta(checks) == -0.0126
+    assert golden_delta('[["bootstrap_floor", "pass", 0.43]]') is None
+    assert golden_delta(None) is None
+    assert golden_delta("not json") is None
+
+
+def test_gate_counterfactual_finds_rejected_challengers_better_on_a_drifted_camera() -> None:
+    champ = {4: {"cam3": {"map50": 0.42}, "cam2": {"map50": 0.72}}, 6: {"cam3": {"map50": 0.50}}}
+    challengers = [
+        {"version": "8", "week": 4, "outcome": "rejected", "golden_delta": -0.013,
+         "true": {"cam3": {"map50": 0.43}, "cam2": {"map50": 0.72}}},  # +0.01: not "better" at 0.02
+        {"version": "9", "week": 4, "outcome": "rejected", "golden_delta": -0.011,
+         "true": {"cam3": {"map50": 0.45}}},  # +0.03: would have helped cam3
+        {"version": "10", "week": 6, "outcome": "passed", "golden_delta": 0.026,
+         "true": {"cam3": {"map50": 0.55}}},  # better, but promoted: not a cost of the gate
+        {"version": "11", "week": 7, "outcome": "rejected", "golden_delta": -0.009,
+         "true": {"cam3": {"map50": 0.53}}},  # no champion truth that week: no delta
+    ]
+    cf = gate_counterfactual(challengers, champ, ["cam2", "cam3"], better_by=0.02)
+    assert cf["summary"]["rejected_but_better"] == [("9", "cam3", 0.03)]
+    assert cf["summary"]["best_challenger"]["cam3"] == {"value": 0.55, "version": "10", "week": 6}
+    assert cf["summary"]["best_challenger"]["cam2"]["version"] == "8"
+    assert [r["delta"] is None for r in cf["rows"] if r["version"] == "11"] == [True]
+    assert len(cf["rows"]) == 5  # v9, v10 and v11 have no cam2 truth
+    table = counterfactual_table(cf)
+    assert "| v9 | 4 | cam3 | rejected | -0.011 | 0.450 | 0.420 | +0.030 |" in table
+    assert gate_counterfactual([], champ, [])["rows"] == []
