@@ -227,6 +227,10 @@ def test_register_gate_promote_rollback(settings: Any, dataset: Path, boot: Any,
     strict = GateSettings(min_delta=1.0)
     d2 = decide(gate_scores(ch2), gate_scores(cp2), strict)
     assert not d2.passed and any("golden mAP50-95" in r for r in d2.reasons)
+    s50 = gate_scores(ch2, metric="map50")  # gate.metric map50: the same reports, AP at IoU 0.5
+    assert s50.golden_map == pytest.approx(ch2.slices["golden"].overall.map50)
+    d50 = decide(s50, gate_scores(cp2, metric="map50"), GateSettings(min_delta=1.0, metric="map50"))
+    assert not d50.passed and any(r.startswith("golden mAP50 ") for r in d50.reasons)
     R.record_gate(reg, v2, d2, run_id=ft.run_id, champion_version=v1)
     with pytest.raises(R.PromotionError, match="did not pass the gate"):
         R.promote(settings, reg, store, v2, d2, log_key=log_key)
