@@ -252,26 +252,30 @@ def golden_delta(checks: str | None) -> float | None:
 
 def gate_counterfactual(challengers: Sequence[Mapping[str, Any]],
                         champion_truth: Mapping[int, Mapping[str, Mapping[str, float | None]]],
-                        cameras: Sequence[str], better_by: float = 0.02,
-                        metric: str = "map50") -> dict[str, Any]:
+                        cameras: Mapping[str, int], better_by: float = 0.02, metric: str = "map50",
+                        pre: Mapping[str, float | None] | None = None) -> dict[str, Any]:
     """What the gate's decisions cost on the drifted cameras, from the world's truth.
 
     Args:
         challengers: one per challenger: ``version``, ``week`` (the week it was proposed), ``outcome`` (gate),
             ``golden_delta`` and ``true`` (camera -> {metric: value} at the end of that week).
         champion_truth: week -> camera -> {metric: value} of the champion that held at the end of the week.
-        cameras: the cameras whose drift lowered the true mAP (the ones recovery is judged on).
+        cameras: camera -> the week its drift began, for the cameras whose drift lowered the true mAP (the ones
+            recovery is judged on); only challengers of that week or later count for the camera.
         better_by: a challenger "would have helped" a camera when its true value is at least this above the
             champion's in the same week.
+        pre: camera -> its true value the week before the onset (the recovery target).
 
     Returns:
         ``rows`` (per challenger and camera: challenger, champion and delta) and ``summary``: the rejected
         challengers that were better on a drifted camera by ``better_by``, and per camera the best true value any
-        challenger reached.
+        challenger reached after the onset, with its gap to ``pre``.
     """
     rows, helped, best = [], [], {}
     for c in challengers:
-        for cam in cameras:
+        for cam, onset in cameras.items():
+            if int(c["week"]) < onset:
+                continue
             mine = ((c.get("true") or {}).get(cam) or {}).get(metric)
             champ = ((champion_truth.get(int(c["week"])) or {}).get(cam) or {}).get(metric)
             if mine is None:
@@ -283,7 +287,9 @@ def gate_counterfactual(challengers: Sequence[Mapping[str, Any]],
             if c.get("outcome") == "rejected" and delta is not None and delta >= better_by:
                 helped.append(rows[-1])
             if cam not in best or mine > best[cam]["value"]:
-                best[cam] = {"value": mine, "version": str(c["version"]), "week": int(c["week"])}
+                target = (pre or {}).get(cam)
+                best[cam] = {"value": mine, "version": str(c["version"]), "week": int(c["week"]), "pre": target,
+                             "gap_to_pre": None if target is None else mine - target}
     return {"metric": metric, "better_by": better_by, "rows": rows,
             "summary": {"rejected_but_better": [(r["version"], r["camera"], round(r["delta"], 4)) for r in helped],
                         "best_challenger": best}}
@@ -314,12 +320,16 @@ def measure_challengers(settings: Any, truth: Mapping[str, Any], start: date, fr
     from tasks.registry import load_champion
     from tasks.rounds import list_rounds
 
-    lowered = [r for r in truth.get("recovery", []) if r.get("lowered")]
-    cameras = sorted({r["camera"] for r in lowered})
-    first = min((int(r["onset_week"]) for r in lowered), default=None)
+    lowered = sorted((r for r in truth.get("recovery", []) if r.get("lowered")), key=lambda r: int(r["onset_week"]))
+    cameras: dict[str, int] = {}
+    pre: dict[str, float | None] = {}
+    for r in lowered:  # a camera's first drift that lowered it
+        if r["camera"] not in cameras:
+            cameras[r["camera"]], pre[r["camera"]] = int(r["onset_week"]), r.get("pre")
+    first = min(cameras.values(), default=None)
     weeks = {int(w): v.get("true") or {} for w, v in truth["weeks"].items()}
     if first is None:
-        return gate_counterfactual([], weeks, [])
+        return gate_counterfactual([], weeks, {})
     registry = RegistryClient(settings)
     world = load_world_config(settings.world_config_path())
     as_of = {r.round_id: r.as_of for r in list_rounds(S3Store(settings), settings)}
@@ -336,9 +346,9 @@ def measure_challengers(settings: Any, truth: Mapping[str, Any], start: date, fr
         local = load_champion(settings, registry, version=str(mv.version))
         true = {cam: true_map(world, list(settings.classes), cam, end, frames, Path(local) / "scoring", settings,
                               settings.world.seed, settings.data_dir / "soak-truth", label=f"v{mv.version}")
-                for cam in cameras if cam in world.active_cameras(end)}
+                for cam, onset in cameras.items() if week >= onset and cam in world.active_cameras(end)}
         log(f"challenger v{mv.version} (week {week}, {tags.get('gate.outcome')}): "
             + ", ".join(f"{c} {t['map50']:.3f}" for c, t in true.items()))
         out.append({"version": str(mv.version), "week": week, "outcome": tags.get("gate.outcome"),
                     "golden_delta": golden_delta(tags.get("gate.checks")), "true": true})
-    return gate_counterfactual(out, weeks, cameras)
+    return gate_counterfactual(out, weeks, cameras, pre=pre)

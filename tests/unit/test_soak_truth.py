@@ -3,6 +3,8 @@
 from datetime import date, timedelta
 from pathlib import Path
 
+import pytest
+
 from benchmarks.soak_truth import (
     champions_by_week,
     counterfactual_table,
@@ -118,12 +120,18 @@ def test_gate_counterfactual_finds_rejected_challengers_better_on_a_drifted_came
         {"version": "11", "week": 7, "outcome": "rejected", "golden_delta": -0.009,
          "true": {"cam3": {"map50": 0.53}}},  # no champion truth that week: no delta
     ]
-    cf = gate_counterfactual(challengers, champ, ["cam2", "cam3"], better_by=0.02)
+    cf = gate_counterfactual(challengers, champ, {"cam2": 4, "cam3": 4}, better_by=0.02,
+                             pre={"cam3": 0.67, "cam2": 0.72})
     assert cf["summary"]["rejected_but_better"] == [("9", "cam3", 0.03)]
-    assert cf["summary"]["best_challenger"]["cam3"] == {"value": 0.55, "version": "10", "week": 6}
+    best = cf["summary"]["best_challenger"]["cam3"]
+    assert (best["value"], best["version"], best["week"], best["pre"]) == (0.55, "10", 6, 0.67)
+    assert best["gap_to_pre"] == pytest.approx(-0.12)
     assert cf["summary"]["best_challenger"]["cam2"]["version"] == "8"
     assert [r["delta"] is None for r in cf["rows"] if r["version"] == "11"] == [True]
     assert len(cf["rows"]) == 5  # v9, v10 and v11 have no cam2 truth
+    # a challenger proposed before a camera's drift began does not count for that camera
+    late = gate_counterfactual(challengers, champ, {"cam3": 6})
+    assert {r["version"] for r in late["rows"]} == {"10", "11"} and late["summary"]["rejected_but_better"] == []
     table = counterfactual_table(cf)
     assert "| v9 | 4 | cam3 | rejected | -0.011 | 0.450 | 0.420 | +0.030 |" in table
-    assert gate_counterfactual([], champ, [])["rows"] == []
+    assert gate_counterfactual([], champ, {})["rows"] == []
