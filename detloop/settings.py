@@ -754,6 +754,11 @@ class RoundSettings(_Model):
     val_share: float = Field(
         0.2, ge=0.0, le=1.0, description="Share of (camera, date, hour) groups of labelled round frames put in val."
     )
+    carry_labels: bool = Field(
+        True, description="A round's dataset version is the champion's training data + this round + the labelled "
+        "frames of every earlier round missing from it (rounds whose challenger was rejected): labels paid for are "
+        "trained on. Off: the champion's training data + this round only.",
+    )
 
 
 DriftStatistic = Literal["psi", "ks", "wasserstein", "chi2", "mmd"]

@@ -307,12 +307,16 @@ def _retrain_round(params: RetrainParams, settings: Any, clients: Any, log: Any)
     for q in pulled.report.get("quarantined", []):
         log.info("task %s (%s) left out: %s", q["task_id"], q["key"], q["reason"])
 
-    # 2. a new immutable dataset version: the champion's training data + this round
+    # 2. a new immutable dataset version: the champion's training data + this round + the labelled frames of
+    #    earlier rounds it lacks (rounds whose challenger was rejected; rounds.carry_labels)
     champion = retrying(steps.fetch_champion, settings)(settings, clients)
     golden = _golden_version(store, settings)
     version_id, _manifest, ds_report = retrying(steps.build_dataset_version, settings)(
         settings, clients, round_id, [*pulled.entries, *late.entries], champion.dataset_version if champion else None,
         golden)
+    if ds_report.get("carried_rounds"):
+        log.info("dataset version %s also trains on %d labelled frames of rounds %s (not in the champion's data)",
+                 version_id, ds_report["carried_entries"], ", ".join(ds_report["carried_rounds"]))
     if late.tasks:
         from tasks.late_edits import commit_late_edits
 

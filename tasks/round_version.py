@@ -67,6 +67,36 @@ def retire_controls(entries: Sequence[Any], current: str, after: int | None, val
     return out, sorted(old)
 
 
+def carried_entries(parent: Any, others: Sequence[Any], current: str) -> tuple[list[Any], list[str]]:
+    """Labelled round frames that ``parent`` lacks, from other dataset versions (pure).
+
+    A round's labels live in the version its retrain built. When that challenger was rejected, the next round
+    builds on the champion's training data, which never held them: without this they would be paid for and
+    never trained on. Every non-synthetic entry from a round (``source`` ``round:<id>``, not ``current``)
+    whose frame is not in ``parent`` is carried; when several versions hold a frame, the later one in
+    ``others`` (oldest first) wins, as a late edit would.
+
+    Args:
+        parent: the manifest the new version builds on (None: nothing to compare with, nothing carried).
+        others: other ``train`` manifests, oldest first.
+        current: the round being added (its own entries come from its pull, not from here).
+
+    Returns:
+        (entries to add, the round ids they come from).
+    """
+    if parent is None:
+        return [], []
+    have = {e.frame_sha for e in parent.entries}
+    by_sha: dict[str, Any] = {}
+    for m in others:
+        for e in m.entries:
+            rid = e.source.removeprefix("round:") if e.source.startswith("round:") else None
+            if rid is None or rid == current or e.synthetic or e.frame_sha in have:
+                continue
+            by_sha[e.frame_sha] = e
+    return list(by_sha.values()), sorted({e.source.removeprefix("round:") for e in by_sha.values()})
+
+
 def copy_frames(
     store: Any, settings: Settings, frames: Sequence[LabelledFrame], round_id: str, threads: int = 8
 ) -> list[Any]:
@@ -133,7 +163,21 @@ def build_round_version(
         golden_id = ds.latest_version(store, settings, "golden")
     golden = {e.frame_sha for e in ds.load_manifest(store, settings, golden_id).entries} if golden_id else set()
     kept = [e for e in entries if e.frame_sha not in golden]
-    manifest = ds.build_version("train", settings.classes, kept, parent=parent, parent_id=parent_id, rounds=[round_id])
+    reused = _built_before(store, settings, round_id, kept)
+    if reused is not None:  # a re-run after a crash: the version this round built, even if more rounds came since
+        vid, manifest = reused
+        return vid, manifest, {"version": vid, "parent": manifest.parent, "round_id": round_id, "reused": True,
+                               "new_entries": len(kept), "excluded_golden": len(entries) - len(kept),
+                               "carried_rounds": [], "splits": manifest.counts(), "frames": len(manifest.entries)}
+    carried, carried_rounds = [], []
+    if settings.rounds.carry_labels and parent is not None:
+        lineage = set(parent.rounds)
+        others = [ds.load_manifest(store, settings, v["id"]) for v in ds.list_versions(store, settings, "train")
+                  if v["id"] != parent_id and not set(v.get("rounds") or []) <= lineage]
+        carried, carried_rounds = carried_entries(parent, others, round_id)
+        carried = [e for e in carried if e.frame_sha not in golden]
+    manifest = ds.build_version("train", settings.classes, [*carried, *kept], parent=parent, parent_id=parent_id,
+                                rounds=[round_id, *carried_rounds])
     moved, retired = retire_controls(manifest.entries, f"round:{round_id}", retire_after(settings),
                                      settings.rounds.val_share)
     if retired:  # control frames that served their window join training (same parent, same rounds)
@@ -148,8 +192,29 @@ def build_round_version(
         "round_id": round_id,
         "new_entries": len(kept),
         "excluded_golden": len(entries) - len(kept),
+        "carried_rounds": carried_rounds,
+        "carried_entries": len(carried),
         "retired_control_rounds": [r.removeprefix("round:") for r in retired],
         "splits": manifest.counts(),
         "frames": len(manifest.entries),
     }
     return vid, manifest, report
+
+
+def _built_before(store: Any, settings: Settings, round_id: str, kept: Sequence[Any]) -> tuple[str, Any] | None:
+    """The version an earlier run of this round wrote, when it holds every one of ``kept`` with the same label."""
+    from detloop import datasets as ds
+    from detloop.errors import DataError
+    from tasks import rounds
+
+    rec = rounds.load_round(store, settings, round_id)
+    if rec is None or not rec.dataset_version:
+        return None
+    try:
+        manifest = ds.load_manifest(store, settings, rec.dataset_version)
+    except DataError:
+        return None
+    labels = {e.frame_sha: e.label_sha for e in manifest.entries}
+    if all(labels.get(e.frame_sha) == e.label_sha for e in kept):
+        return rec.dataset_version, manifest
+    return None
