@@ -9,6 +9,7 @@ immutable version (golden frames are never trained on) and records it on the rou
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from detloop.contracts import LabelledFrame
@@ -67,18 +68,36 @@ def retire_controls(entries: Sequence[Any], current: str, after: int | None, val
     return out, sorted(old)
 
 
-def carried_entries(parent: Any, others: Sequence[Any], current: str) -> tuple[list[Any], list[str]]:
-    """Labelled round frames that ``parent`` lacks, from other dataset versions (pure).
+@dataclass(frozen=True)
+class OtherVersion:
+    """A round's dataset version the new version's parent may lack.
 
-    A round's labels live in the version its retrain built. When that challenger was rejected, the next round
-    builds on the champion's training data, which never held them: without this they would be paid for and
-    never trained on. Every non-synthetic entry from a round (``source`` ``round:<id>``, not ``current``)
-    whose frame is not in ``parent`` is carried; when several versions hold a frame, the later one in
-    ``others`` (oldest first) wins, as a late edit would.
+    Attributes:
+        manifest: the version.
+        base: the manifest it was built on (what it inherited rather than introduced); None: none.
+        after_parent: written after the new version's parent, so a label it introduced for a frame the parent
+            also holds is the newer one (a late edit).
+    """
+
+    manifest: Any
+    base: Any | None
+    after_parent: bool
+
+
+def carried_entries(parent: Any, others: Sequence[OtherVersion], current: str) -> tuple[list[Any], list[str]]:
+    """Labelled round frames that ``parent`` lacks, from other rounds' dataset versions (pure).
+
+    A round's labels live in the version its retrain built (named by its round record). When that challenger
+    was rejected, the next round builds on the champion's training data, which never held them: without this
+    they would be paid for and never trained on. Carried: every non-synthetic entry from a round (``source``
+    ``round:<id>``, not ``current``) that a version introduced (not in its ``base``) and that the parent lacks;
+    or, from a version written after the parent, a newer label of a frame the parent holds (a late edit that
+    arrived with a rejected round). When several versions introduce a frame, the later one in ``others``
+    (oldest first) wins.
 
     Args:
         parent: the manifest the new version builds on (None: nothing to compare with, nothing carried).
-        others: other ``train`` manifests, oldest first.
+        others: the other rounds' versions, oldest first.
         current: the round being added (its own entries come from its pull, not from here).
 
     Returns:
@@ -86,12 +105,15 @@ def carried_entries(parent: Any, others: Sequence[Any], current: str) -> tuple[l
     """
     if parent is None:
         return [], []
-    have = {e.frame_sha for e in parent.entries}
+    have = {e.frame_sha: e.label_sha for e in parent.entries}
     by_sha: dict[str, Any] = {}
-    for m in others:
-        for e in m.entries:
+    for o in others:
+        inherited = {(e.frame_sha, e.label_sha) for e in o.base.entries} if o.base is not None else set()
+        for e in o.manifest.entries:
             rid = e.source.removeprefix("round:") if e.source.startswith("round:") else None
-            if rid is None or rid == current or e.synthetic or e.frame_sha in have:
+            if rid is None or rid == current or e.synthetic or (e.frame_sha, e.label_sha) in inherited:
+                continue
+            if e.frame_sha in have and (have[e.frame_sha] == e.label_sha or not o.after_parent):
                 continue
             by_sha[e.frame_sha] = e
     return list(by_sha.values()), sorted({e.source.removeprefix("round:") for e in by_sha.values()})
@@ -171,9 +193,9 @@ def build_round_version(
                                "carried_rounds": [], "splits": manifest.counts(), "frames": len(manifest.entries)}
     carried, carried_rounds = [], []
     if settings.rounds.carry_labels and parent is not None:
-        lineage = set(parent.rounds)
-        others = [ds.load_manifest(store, settings, v["id"]) for v in ds.list_versions(store, settings, "train")
-                  if v["id"] != parent_id and not set(v.get("rounds") or []) <= lineage]
+        # the versions of this project's rounds (list_rounds is scoped to the Label Studio project) that the
+        # parent does not hold, oldest first
+        others = other_versions(store, settings, round_id, parent, parent_id)
         carried, carried_rounds = carried_entries(parent, others, round_id)
         carried = [e for e in carried if e.frame_sha not in golden]
     manifest = ds.build_version("train", settings.classes, [*carried, *kept], parent=parent, parent_id=parent_id,
@@ -218,3 +240,33 @@ def _built_before(store: Any, settings: Settings, round_id: str, kept: Sequence[
     if all(labels.get(e.frame_sha) == e.label_sha for e in kept):
         return rec.dataset_version, manifest
     return None
+
+
+def other_versions(store: Any, settings: Settings, round_id: str, parent: Any, parent_id: str | None,
+                   created_before: str | None = None) -> list[OtherVersion]:
+    """The versions of this project's other rounds (``list_rounds`` is scoped to the Label Studio project) whose
+    round the parent does not hold, oldest round first (:func:`carried_entries` reads them).
+
+    ``created_before``: only rounds created before this ISO time (a replay of an earlier round)."""
+    from tasks import rounds
+
+    lineage = set(parent.rounds)
+    vids = [r.dataset_version for r in rounds.list_rounds(store, settings)
+            if r.dataset_version and r.round_id != round_id and r.round_id not in lineage
+            and (created_before is None or r.created_at < created_before)]
+    return [_other_version(store, settings, v, parent, parent_id) for v in dict.fromkeys(vids) if v != parent_id]
+
+
+def _other_version(store: Any, settings: Settings, vid: str, parent: Any, parent_id: str | None) -> OtherVersion:
+    """``vid``'s manifest, the manifest it was built on, and whether it was written after ``parent_id``."""
+    from detloop import datasets as ds
+
+    def created(v: str | None) -> str:
+        key = f"{ds.INDEX_PREFIX}/train/{v}.json"
+        if not v or not store.exists(settings.s3.data_bucket, key):
+            return ""
+        return str(store.get_json(settings.s3.data_bucket, key).get("created_at") or "")
+
+    m = ds.load_manifest(store, settings, vid)
+    base = parent if m.parent == parent_id else (ds.load_manifest(store, settings, m.parent) if m.parent else None)
+    return OtherVersion(m, base, created(vid) > created(parent_id))

@@ -17,7 +17,7 @@ from detloop.datasets import (
 )
 from detloop.detections import Detections
 from detloop.settings import load_settings
-from tasks.round_version import build_round_version, carried_entries
+from tasks.round_version import OtherVersion, build_round_version, carried_entries
 from tasks.rounds import load_round, open_round
 from tests.fakes import FakeStore
 
@@ -53,12 +53,19 @@ def test_carried_entries_rules(settings) -> None:  # type: ignore[no-untyped-def
     own = _entry(store, settings, 40, "round:r3")
     v2 = build_version("train", CLASSES, [r1_edited, syn, own], parent=v1, rounds=["r2", "r3"])
 
-    got, rounds = carried_entries(parent, [v1, v2], current="r3")
+    others = [OtherVersion(v1, parent, True), OtherVersion(v2, v1, True)]
+    got, rounds = carried_entries(parent, others, current="r3")
     assert {e.frame_sha for e in got} == {e.frame_sha for e in r1}  # not seed (in parent), synthetic, or r3 itself
     assert next(e for e in got if e.frame_sha == r1[0].frame_sha).label_sha == "e" * 64  # the later one wins
     assert rounds == ["r1"]
-    assert carried_entries(None, [v1, v2], "r3") == ([], [])
-    assert carried_entries(v2, [v1], "r3") == ([], [])  # everything already in the parent
+    assert carried_entries(None, others, "r3") == ([], [])
+    assert carried_entries(v2, [OtherVersion(v1, parent, False)], "r3") == ([], [])  # all in the parent already
+    # a late edit of a frame the parent holds comes along only from a version written after the parent; what a
+    # version inherited from its base is not its to carry
+    newer = carried_entries(v1, [OtherVersion(v2, v1, True)], "r3")[0]
+    assert [e.label_sha for e in newer] == ["e" * 64]
+    assert carried_entries(v1, [OtherVersion(v2, v1, False)], "r3") == ([], [])
+    assert carried_entries(parent, [OtherVersion(v2, v1, True)], "r3")[0] == [r1_edited]  # r1[1]: inherited
 
 
 def test_a_rejected_rounds_labels_join_the_next_version_once(settings) -> None:  # type: ignore[no-untyped-def]
@@ -70,6 +77,7 @@ def test_a_rejected_rounds_labels_join_the_next_version_once(settings) -> None: 
     # round r1: labelled, its challenger rejected: the champion's training data stays `champ`
     r1 = [_entry(store, settings, 10 + i, "round:r1") for i in range(3)]
     r1_ctl = _entry(store, settings, 20, "round:r1", split="control", arm="control")
+    open_round(store, settings, "r1", "2026-01-26", "4", 3, 1)
     v1, m1, _ = build_round_version(store, settings, "r1", [*r1, r1_ctl], parent_id=champ, golden_id=golden)
     # round r2 builds on the champion's data, as the loop does: r1's labels come along
     r2 = [_entry(store, settings, 30 + i, "round:r2") for i in range(2)]
@@ -81,6 +89,7 @@ def test_a_rejected_rounds_labels_join_the_next_version_once(settings) -> None: 
     assert load_round(store, settings, "r2").dataset_version == v2
     # a re-run of r2 after a crash reuses its version, even after another round wrote one since
     r3 = [_entry(store, settings, 50, "round:r3")]
+    open_round(store, settings, "r3", "2026-02-09", "4", 1, 0)
     build_round_version(store, settings, "r3", r3, parent_id=champ, golden_id=golden)
     again, _, rep2 = build_round_version(store, settings, "r2", r2, parent_id=champ, golden_id=golden)
     assert again == v2 and rep2["reused"]
@@ -93,12 +102,20 @@ def test_a_rejected_rounds_labels_join_the_next_version_once(settings) -> None: 
                                       parent_id=champ, golden_id=golden)
     assert rep4["carried_rounds"] == [] and len(m4.entries) == 5
     assert load_manifest(store, settings, v1).rounds == ["r1"]
+    # another Label Studio project's rounds in the same bucket are not ours to carry
+    other = settings.model_copy(deep=True)
+    other.label_studio.project_title = "another-model"
+    other.rounds.carry_labels = True
+    _, m5, rep5 = build_round_version(store, other, "x1", [_entry(store, settings, 61, "round:x1")],
+                                      parent_id=champ, golden_id=golden)
+    assert rep5["carried_rounds"] == [] and len(m5.entries) == 5
 
 
 def test_golden_frames_are_never_carried(settings) -> None:  # type: ignore[no-untyped-def]
     store = FakeStore()
     leak = _entry(store, settings, 70, "round:r1")
     champ = save_manifest(store, settings, build_version("train", CLASSES, [_entry(store, settings, 0, "seed")]))
+    open_round(store, settings, "r1", "2026-01-26", "4", 1, 0)
     build_round_version(store, settings, "r1", [leak], parent_id=champ, golden_id=None)  # before the golden set
     golden = save_manifest(store, settings, DatasetManifest("golden", CLASSES, [replace(leak, split="golden",
                                                                                           source="golden")]))
