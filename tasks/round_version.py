@@ -1,9 +1,11 @@
-"""A round's labels become a dataset version: content-addressed frame copies, then ``parent + round``.
+"""A round's labels become a dataset version: content-addressed frame copies, then ``parent + round + carried``.
 
 :func:`copy_frames` copies each labelled frame into content-addressed storage
 (``blobs/sha256/<hh>/<sha256>.<ext>`` in the data bucket) so a dataset version never points at a
 production frame that the bucket's lifecycle rule may expire. :func:`build_round_version` writes the
-immutable version (golden frames are never trained on) and records it on the round.
+immutable version (golden frames are never trained on) and records it on the round; with
+``rounds.carry_labels`` it also holds the labelled frames of earlier rounds the parent lacks
+(:func:`carried_entries`: rounds whose challenger was rejected), so no paid label is left untrained.
 """
 
 from __future__ import annotations
@@ -159,7 +161,8 @@ def build_round_version(
     parent_id: str | None = "latest",
     golden_id: str | None = "latest",
 ) -> tuple[str, Any, dict[str, Any]]:
-    """Write the dataset version ``parent + this round's entries`` (kind ``train``).
+    """Write the dataset version ``parent + this round's entries`` (+ carried ones, :func:`carried_entries`; kind
+    ``train``). A re-run of the round reuses the version its record names while that holds the round's labels.
 
     Args:
         entries: ``DatasetEntry`` of the round (from :func:`copy_frames`).
