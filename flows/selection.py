@@ -118,13 +118,18 @@ class LabelledSet:
 
 def labelled_set(settings: Any, clients: Any, dataset_version: str | None) -> LabelledSet | None:
     """``dataset_version`` (the champion's training version), else the newest labelled version; None when
-    nothing is labelled yet."""
+    nothing is labelled yet. With ``rounds.carry_labels`` its manifest also holds the labels of earlier rounds
+    it lacks (what the next retrain will train on: :func:`tasks.round_version.carried_entries`), so class
+    balance and the rare-class search count every label paid for."""
     from tasks.selection import labelled_version
 
     version = labelled_version(clients.store, settings, dataset_version)
     if version is None:
         return None
-    return LabelledSet(version, retrying(steps.load_dataset_manifest, settings)(settings, clients, version))
+    manifest = retrying(steps.load_dataset_manifest, settings)(settings, clients, version)
+    if settings.rounds.carry_labels:
+        manifest = retrying(steps.with_carried_labels, settings)(settings, clients, manifest, version)
+    return LabelledSet(version, manifest)
 
 
 def rare_class_exemplars(settings: Any, clients: Any, model: Any, labelled: LabelledSet | None,

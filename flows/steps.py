@@ -121,6 +121,19 @@ def build_dataset_version(settings: Any, clients: Any, round_id: str, entries: l
                                golden_id=golden_id)
 
 
+@task(name="with-carried-labels", **NET)
+def with_carried_labels(settings: Any, clients: Any, manifest: Any, version_id: str) -> Any:
+    """``manifest`` plus the labelled frames of this project's rounds it lacks (in memory; nothing is written)."""
+    from detloop.datasets import build_version
+    from tasks.round_version import carried_entries, other_versions
+
+    carried, rounds = carried_entries(manifest, other_versions(clients.store, settings, "", manifest, version_id), "")
+    if not carried:
+        return manifest
+    return build_version(manifest.kind, manifest.classes, carried, parent=manifest, parent_id=version_id,
+                         rounds=rounds)
+
+
 @task(name="load-dataset-manifest", **NET)
 def load_dataset_manifest(settings: Any, clients: Any, version_id: str) -> Any:
     """The manifest of a dataset version (:class:`detloop.datasets.DatasetManifest`)."""
