@@ -389,6 +389,10 @@ class SelectionSettings(_Model):
     committee_alias: str = Field(
         "previous-champion", description="Registry alias of the previous champion (committee strategy)."
     )
+    exclude_sent: bool = Field(
+        True, description="Leave out of the sample the frames an earlier round of this project already sent to "
+        "labelling (overlapping windows, e.g. a targeted round inside a weekly one): a frame is paid for once.",
+    )
     control_retire: bool = Field(
         True, description="Control frames join the training set once they have served the live-accuracy estimate "
         "of their window (their labels are not paid twice over); off: never trained on.",

@@ -253,6 +253,15 @@ def select_frames(
     notes += sample.notes
     for note in sample.notes:
         log.info(note)
+    if settings.selection.exclude_sent and sample.frames:  # a frame is labelled (and paid for) once
+        from tasks.rounds import without_sent
+
+        sent = retrying(steps.frames_sent_before, settings)(settings, clients, run_id)
+        sample.frames, n_sent = without_sent(sample.frames, sent)
+        if n_sent:
+            sample.stats["already_sent"] = n_sent
+            notes.append(f"{n_sent} sampled frame(s) left out: already sent to labelling in an earlier round")
+            log.info(notes[-1])
     if not sample.frames:
         return SelectionRun(run_id, as_of.isoformat(), model.label, model.version, sample, None, None, {}, notes)
 

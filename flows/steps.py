@@ -68,6 +68,14 @@ def sample_window(settings: Any, clients: Any, as_of: date, cameras: list[str] |
     return sample(settings, as_of, clients.store, cameras=cameras, dates=dates, run_id=run_id, dedup=dedup)
 
 
+@task(name="frames-sent-before", **NET)
+def frames_sent_before(settings: Any, clients: Any, round_id: str) -> set[str]:
+    """Keys of the frames this project's other rounds sent to labelling."""
+    from tasks.rounds import sent_keys
+
+    return sent_keys(clients.store, settings, exclude_round=round_id)
+
+
 @task(name="score-chunk", **NET)
 def score_chunk(settings: Any, frames: list[Any], model: Any, committee: Any = None, tta: bool = False,
                 clients: Any = None) -> Any:

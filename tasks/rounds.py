@@ -328,6 +328,22 @@ def load_round_frames(store: Any, settings: Settings, round_id: str) -> dict[str
     return None if body is None else json.loads(body)["frames"]
 
 
+def sent_keys(store: Any, settings: Settings, exclude_round: str | None = None) -> set[str]:
+    """Keys of the frames this project's rounds sent to labelling (their ``frames.json``), but ``exclude_round``'s
+    (a re-run of a round keeps its own frames)."""
+    out: set[str] = set()
+    for rec in list_rounds(store, settings):
+        if rec.round_id != exclude_round:
+            out |= set(load_round_frames(store, settings, rec.round_id) or {})
+    return out
+
+
+def without_sent(frames: Sequence[Any], sent: set[str]) -> tuple[list[Any], int]:
+    """``frames`` (anything with a ``key``) without those already sent to labelling; and how many were left out."""
+    kept = [f for f in frames if f.key not in sent]
+    return kept, len(frames) - len(kept)
+
+
 def _task_ids_doc(store: Any, settings: Settings, round_id: str) -> dict[str, Any] | None:
     if not store.exists(settings.s3.data_bucket, task_ids_key(round_id)):
         return None

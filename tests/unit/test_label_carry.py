@@ -1,4 +1,4 @@
-"""Labels of a round whose challenger was rejected are trained on by the next round (nothing paid for is lost)."""
+"""Labels paid for: a rejected round's are trained on by the next round, and no frame is sent to labelling twice."""
 
 from __future__ import annotations
 
@@ -122,3 +122,29 @@ def test_golden_frames_are_never_carried(settings) -> None:  # type: ignore[no-u
     _, m, rep = build_round_version(store, settings, "r2", [_entry(store, settings, 71, "round:r2")],
                                     parent_id=champ, golden_id=golden)
     assert leak.frame_sha not in _shas(m) and rep["carried_entries"] == 0
+
+
+def test_frames_sent_in_earlier_rounds_are_left_out(settings) -> None:  # type: ignore[no-untyped-def]
+    """Overlapping windows (a targeted round inside a weekly one) must not pay for a frame twice."""
+    from types import SimpleNamespace
+
+    from tasks.rounds import save_round_frames, sent_keys, without_sent
+
+    store = FakeStore()
+
+    def sent(*keys: str) -> list[SimpleNamespace]:
+        return [SimpleNamespace(frame=SimpleNamespace(key=k), arm="selected", rank=i, uncertainty=0.5,
+                                strategy="entropy", reason="") for i, k in enumerate(keys)]
+
+    open_round(store, settings, "weekly", "2026-01-26", "4", 2, 0)
+    save_round_frames(store, settings, "weekly", sent("a.jpg", "b.jpg"), "4")
+    open_round(store, settings, "drift", "2026-01-27", "4", 1, 0)
+    save_round_frames(store, settings, "drift", sent("c.jpg"), "4")
+    assert sent_keys(store, settings) == {"a.jpg", "b.jpg", "c.jpg"}
+    assert sent_keys(store, settings, exclude_round="drift") == {"a.jpg", "b.jpg"}  # a re-run keeps its own
+    other = settings.model_copy(deep=True)
+    other.label_studio.project_title = "another-model"
+    assert sent_keys(store, other) == set()
+    frames = [SimpleNamespace(key=k) for k in ("a.jpg", "c.jpg", "d.jpg")]
+    kept, dropped = without_sent(frames, sent_keys(store, settings, exclude_round="drift"))
+    assert [f.key for f in kept] == ["c.jpg", "d.jpg"] and dropped == 1
