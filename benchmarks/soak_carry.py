@@ -31,7 +31,7 @@ def carried_version(store: Any, settings: Any, round_id: str) -> tuple[str, dict
     """Write the round's dataset version with the labels carried (an extra immutable version; nothing else is
     touched). Returns (version id, report)."""
     from detloop import datasets as ds
-    from tasks.round_version import carried_entries, other_versions, retire_after, retire_controls
+    from tasks.round_version import carried_for, retire_after, retire_controls
     from tasks.rounds import load_round
 
     rec = load_round(store, settings, round_id)
@@ -40,9 +40,7 @@ def carried_version(store: Any, settings: Any, round_id: str) -> tuple[str, dict
     mine = ds.load_manifest(store, settings, rec.dataset_version)
     parent = ds.load_manifest(store, settings, mine.parent) if mine.parent else None
     own = [e for e in mine.entries if e.source == f"round:{round_id}"]
-    others = other_versions(store, settings, round_id, parent, mine.parent, created_before=rec.created_at) \
-        if parent is not None else []
-    carried, rounds = carried_entries(parent, others, round_id)
+    carried, rounds = carried_for(store, settings, round_id, parent, mine.parent, created_before=rec.created_at)
     m = ds.build_version("train", settings.classes, [*carried, *own], parent=parent, parent_id=mine.parent,
                          rounds=[round_id, *rounds])
     moved, _ = retire_controls(m.entries, f"round:{round_id}", retire_after(settings), settings.rounds.val_share)

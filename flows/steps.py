@@ -133,9 +133,9 @@ def build_dataset_version(settings: Any, clients: Any, round_id: str, entries: l
 def with_carried_labels(settings: Any, clients: Any, manifest: Any, version_id: str) -> Any:
     """``manifest`` plus the labelled frames of this project's rounds it lacks (in memory; nothing is written)."""
     from detloop.datasets import build_version
-    from tasks.round_version import carried_entries, other_versions
+    from tasks.round_version import carried_for
 
-    carried, rounds = carried_entries(manifest, other_versions(clients.store, settings, "", manifest, version_id), "")
+    carried, rounds = carried_for(clients.store, settings, "", manifest, version_id)
     if not carried:
         return manifest
     return build_version(manifest.kind, manifest.classes, carried, parent=manifest, parent_id=version_id,

@@ -198,8 +198,7 @@ def build_round_version(
     if settings.rounds.carry_labels and parent is not None:
         # the versions of this project's rounds (list_rounds is scoped to the Label Studio project) that the
         # parent does not hold, oldest first
-        others = other_versions(store, settings, round_id, parent, parent_id)
-        carried, carried_rounds = carried_entries(parent, others, round_id)
+        carried, carried_rounds = carried_for(store, settings, round_id, parent, parent_id)
         carried = [e for e in carried if e.frame_sha not in golden]
     manifest = ds.build_version("train", settings.classes, [*carried, *kept], parent=parent, parent_id=parent_id,
                                 rounds=[round_id, *carried_rounds])
@@ -245,24 +244,24 @@ def _built_before(store: Any, settings: Settings, round_id: str, kept: Sequence[
     return None
 
 
+def carried_for(store: Any, settings: Settings, round_id: str, parent: Any, parent_id: str | None,
+                created_before: str | None = None) -> tuple[list[Any], list[str]]:
+    """:func:`carried_entries` of ``parent`` against :func:`other_versions` (the one composition the round's
+    version, selection's labelled set and the soak replay share)."""
+    if parent is None:
+        return [], []
+    return carried_entries(parent, other_versions(store, settings, round_id, parent, parent_id, created_before),
+                           round_id)
+
+
 def other_versions(store: Any, settings: Settings, round_id: str, parent: Any, parent_id: str | None,
                    created_before: str | None = None) -> list[OtherVersion]:
     """The versions of this project's other rounds (``list_rounds`` is scoped to the Label Studio project) whose
     round the parent does not hold, oldest round first (:func:`carried_entries` reads them).
 
     ``created_before``: only rounds created before this ISO time (a replay of an earlier round)."""
-    from tasks import rounds
-
-    lineage = set(parent.rounds)
-    vids = [r.dataset_version for r in rounds.list_rounds(store, settings)
-            if r.dataset_version and r.round_id != round_id and r.round_id not in lineage
-            and (created_before is None or r.created_at < created_before)]
-    return [_other_version(store, settings, v, parent, parent_id) for v in dict.fromkeys(vids) if v != parent_id]
-
-
-def _other_version(store: Any, settings: Settings, vid: str, parent: Any, parent_id: str | None) -> OtherVersion:
-    """``vid``'s manifest, the manifest it was built on, and whether it was written after ``parent_id``."""
     from detloop import datasets as ds
+    from tasks import rounds
 
     def created(v: str | None) -> str:
         key = f"{ds.INDEX_PREFIX}/train/{v}.json"
@@ -270,6 +269,15 @@ def _other_version(store: Any, settings: Settings, vid: str, parent: Any, parent
             return ""
         return str(store.get_json(settings.s3.data_bucket, key).get("created_at") or "")
 
-    m = ds.load_manifest(store, settings, vid)
-    base = parent if m.parent == parent_id else (ds.load_manifest(store, settings, m.parent) if m.parent else None)
-    return OtherVersion(m, base, created(vid) > created(parent_id))
+    def other(vid: str) -> OtherVersion:
+        m = ds.load_manifest(store, settings, vid)
+        base = parent if m.parent == parent_id else (ds.load_manifest(store, settings, m.parent) if m.parent else None)
+        return OtherVersion(m, base, created(vid) > parent_created)
+
+    lineage = set(parent.rounds)
+    vids = [r.dataset_version for r in rounds.list_rounds(store, settings)
+            if r.dataset_version and r.round_id != round_id and r.round_id not in lineage
+            and (created_before is None or r.created_at < created_before)]
+    vids = [v for v in dict.fromkeys(vids) if v != parent_id]
+    parent_created = created(parent_id) if vids else ""  # read once, not once per version
+    return [other(v) for v in vids]
