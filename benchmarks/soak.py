@@ -75,21 +75,27 @@ def fault_plan(weeks: int, seed: int, services: Sequence[str] = FAULT_SERVICES, 
 
 def episode_delays(onsets: Sequence[Mapping[str, Any]], episodes: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """For each world onset, the first episode opened on its camera at or after the onset: delay in days,
-    targeted round, or missed.
+    targeted round, or missed. ``follow_up_of``: the episode that handed the camera over to it (still drifting
+    ``drift.reopen_after_days`` after that one was answered), when it is such a follow-up: the camera was already
+    drifting before the onset, so the delay says less about this drift.
 
     Args:
         onsets: ``{"name", "camera", "onset"}`` (ISO day).
-        episodes: episode records (``opened_on``, ``cameras``, ``round_id``, ``episode_id``).
+        episodes: episode records (``opened_on``, ``cameras``, ``round_id``, ``episode_id``, ``handed_over``,
+            ``followed_by``).
     """
     out = []
     for o in onsets:
+        handed = {e["followed_by"]: e["episode_id"] for e in episodes
+                  if e.get("followed_by") and o["camera"] in e.get("handed_over", [])}
         mine = sorted((e for e in episodes if o["camera"] in e.get("cameras", []) and e["opened_on"] >= o["onset"]),
                       key=lambda e: e["opened_on"])
         e = mine[0] if mine else None
         out.append({**o, "episode": e["episode_id"] if e else None, "opened_on": e["opened_on"] if e else None,
                     "delay_days": (date.fromisoformat(e["opened_on"]) - date.fromisoformat(o["onset"])).days
                     if e else None, "round_id": e.get("round_id") if e else None, "detected": e is not None,
-                    "answered": bool(e and e.get("round_id"))})
+                    "answered": bool(e and e.get("round_id")),
+                    "follow_up_of": handed.get(e["episode_id"]) if e else None})
     return out
 
 

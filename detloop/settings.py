@@ -832,6 +832,12 @@ class DriftSettings(_Model):
     close_after_clean_days: int = Field(
         3, ge=1, le=365, description="Clean days in a row after which a camera leaves its episode.",
     )
+    reopen_after_days: int = Field(
+        14, ge=0, le=365,
+        description="A camera still drifting this many days after its answered episode opened (its targeted round "
+        "created, the champion unchanged) leaves it for a new episode, which starts a new targeted round; "
+        "0: never (an episode then lasts until its cameras are clean or the champion changes).",
+    )
     live_rounds: int = Field(4, ge=1, le=100, description="Control arms of the last N rounds pooled for live mAP.")
     live_min_frames: int = Field(
         20, ge=1, le=100_000, description="Control frames needed for a live mAP (overall and per camera).",

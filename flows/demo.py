@@ -131,13 +131,18 @@ def _round_for(settings: Settings, as_of: date) -> str | None:
 
 
 def setup_world(settings: Settings, size: DemoSize, weeks: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """Publish production frames (with the world's drift events), the golden set and the seed set."""
+    """Publish production frames (with the world's drift events), the golden set and the seed set.
+
+    Production starts ``drift.reference_days`` before :data:`START` (a pre-production period before any drift):
+    the first champion takes over on START (:func:`bootstrap_champion`), and its drift reference is those days.
+    """
     from detloop.world.publish import publish_golden, publish_seed, publish_world
 
-    days = 7 * (weeks + 1)
-    rep = publish_world(settings, START, days, size.frames_per_day, corrupt=3, progress=True)
-    log(f"world: {getattr(rep, 'written', '?')} frames written over {days} days from {START} "
-        f"(existing skipped: {getattr(rep, 'skipped', '?')})")
+    first = START - timedelta(days=settings.drift.reference_days)
+    days = (START - first).days + 7 * (weeks + 1)
+    rep = publish_world(settings, first, days, size.frames_per_day, corrupt=3, progress=True)
+    log(f"world: {getattr(rep, 'written', '?')} frames written over {days} days from {first} (the first champion "
+        f"takes over on {START}) (existing skipped: {getattr(rep, 'skipped', '?')})")
     golden = publish_golden(settings, frames=size.golden_frames, progress=True)
     seed = publish_seed(settings, frames=size.seed_frames, progress=True)
     log(f"golden dataset version {golden}, seed dataset version {seed}")
@@ -197,9 +202,12 @@ def default_annotators(settings: Settings) -> Any:
 
 def bootstrap_champion(settings: Settings, spec: DemoSize, size: str, seed_version: str, base: dict[str, Any],
                        timeout: float, log: Callable[[str], None]) -> float:
-    """Train the first champion through the bootstrap deployment; returns its seconds (stops without a champion)."""
+    """Train the first champion through the bootstrap deployment; returns its seconds (stops without a champion).
+
+    It takes over on :data:`START` (the bootstrap's ``as_of``), so its drift reference is the pre-production days
+    before it (:func:`setup_world`), not the simulated world's last days before today's date."""
     _wait_for_deployments(timeout=120)
-    boot_params: dict[str, Any] = {**base, "dataset_version": seed_version}
+    boot_params: dict[str, Any] = {**base, "dataset_version": seed_version, "as_of": START.isoformat()}
     if spec.bootstrap_epochs:
         boot_params["epochs"] = spec.bootstrap_epochs
     log(f"bootstrap: training the first champion (deployment {DEPLOYMENTS['bootstrap']}) ...")

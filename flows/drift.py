@@ -300,7 +300,9 @@ def report_markdown(run: DriftRun, settings: Settings, episodes: list[Episode]) 
            f"Rule: a camera-day is drifted with >= {d.alarm_min_signals} signal(s) among "
            f"{', '.join(d.alarm_statistics)} ({d.correction} at {d.alpha}); an episode opens after "
            f"{d.alarm_consecutive_days} drifted day(s) in a row and a camera leaves it after "
-           f"{d.close_after_clean_days} clean day(s).\n"]
+           f"{d.close_after_clean_days} clean day(s)"
+           + (f"; a camera still drifting {d.reopen_after_days} day(s) after its answered episode opened starts a new "
+              "one" if d.reopen_after_days else "") + ".\n"]
     rows = []
     for cam in run.cameras:
         last = _last_sufficient(run, cam)

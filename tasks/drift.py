@@ -456,7 +456,9 @@ class Episode:
 
     Attributes:
         episode_id: ``drift-v<version>-<first alarm day>`` (deterministic: a re-run finds it).
-        cameras: cameras in the episode; ``recovered``: those that have left it (K clean days).
+        cameras: cameras in the episode; ``recovered``: those that have left it (K clean days);
+            ``handed_over``: those that left it still drifting, ``reopen_after_days`` after it opened with its
+            targeted round answered, for the episode ``followed_by``.
         days: drifted days of its cameras; ``signals``, ``classes``: what fired on them.
         event_id: id of its one ``detloop.drift.detected`` event, once emitted; ``round_id``: its targeted round.
         acked_by / acked_at / note: an operator's acknowledgement; ``silenced_until``: its cameras open no
@@ -481,6 +483,8 @@ class Episode:
     acked_at: str | None = None
     note: str | None = None
     silenced_until: str | None = None
+    handed_over: list[str] = field(default_factory=list)
+    followed_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -507,7 +511,10 @@ def advance(state: MonitorState, day: str, verdicts: Mapping[str, Verdict], cfg:
     Per camera: ``insufficient`` changes nothing; ``drift`` extends its streak (and its open episode);
     ``clean`` resets the streak and counts clean days, and after ``cfg.close_after_clean_days`` the camera
     leaves its episode. Cameras whose streak reaches ``cfg.alarm_consecutive_days`` that day and that are in
-    no episode (nor silenced) open ONE new episode together. An episode whose cameras have all left closes.
+    no episode (nor silenced) open ONE new episode together. A camera still drifting ``cfg.reopen_after_days``
+    after its episode opened, when that episode was answered (its targeted round is set), leaves it for a new
+    one (:func:`stale`): the round's challenger did not become champion, or did not fix the camera, and an
+    episode that stayed open would hide every later drift on it. An episode whose cameras have all left closes.
 
     Args:
         state: the machine before ``day`` (not modified).
@@ -527,6 +534,7 @@ def advance(state: MonitorState, day: str, verdicts: Mapping[str, Verdict], cfg:
 
     silenced = silenced_cameras(episodes.values(), day)
     opening: list[str] = []
+    handing_over: dict[str, list[str]] = {}  # stale episode -> its cameras that leave it for the new one today
     for cam in sorted(verdicts):
         v = verdicts[cam]
         tr = st.cameras.setdefault(cam, CameraTrack())
@@ -535,7 +543,12 @@ def advance(state: MonitorState, day: str, verdicts: Mapping[str, Verdict], cfg:
         if v.status == "drift":
             tr.streak.append(day)
             tr.clean = 0
-            if tr.episode is not None and tr.episode in episodes and episodes[tr.episode].status == "open":
+            current = episodes.get(tr.episode) if tr.episode is not None else None
+            if current is not None and current.status == "open" and cam not in silenced \
+                    and stale(current, day, cfg.reopen_after_days):
+                handing_over.setdefault(current.episode_id, []).append(cam)
+                opening.append(cam)
+            elif current is not None and current.status == "open":
                 e = ep(tr.episode)
                 e.days = sorted(set(e.days) | {day})
                 e.signals = sorted(set(e.signals) | set(v.signals))
@@ -549,7 +562,7 @@ def advance(state: MonitorState, day: str, verdicts: Mapping[str, Verdict], cfg:
             if tr.episode in episodes:
                 e = ep(tr.episode)
                 e.recovered = sorted(set(e.recovered) | {cam})
-                if e.status == "open" and set(e.recovered) >= set(e.cameras):
+                if e.status == "open" and set(e.recovered) | set(e.handed_over) >= set(e.cameras):
                     e.status, e.closed_on = "closed", day
                     e.close_reason = f"every camera clean for {cfg.close_after_clean_days} day(s)"
             tr.episode = None
@@ -569,8 +582,24 @@ def advance(state: MonitorState, day: str, verdicts: Mapping[str, Verdict], cfg:
         for c in opening:
             st.cameras[c].episode = eid
         opened.append(eid)
+        for old_id, cams in handing_over.items():
+            e = ep(old_id)
+            e.handed_over = sorted(set(e.handed_over) | set(cams))
+            e.followed_by = eid
+            if set(e.recovered) | set(e.handed_over) >= set(e.cameras):
+                e.status, e.closed_on = "closed", day
+                e.close_reason = (f"still drifting {(date.fromisoformat(day) - date.fromisoformat(e.opened_on)).days} "
+                                  f"day(s) after it opened and was answered (round {e.round_id}): followed by {eid}")
     st.last_day = day
     return st, changed, opened
+
+
+def stale(episode: Episode, day: str, reopen_after_days: int) -> bool:
+    """Whether ``episode`` has been answered (a targeted round was started for it) and opened at least
+    ``reopen_after_days`` days before ``day`` (0: never stale)."""
+    if reopen_after_days <= 0 or not episode.round_id:
+        return False
+    return (date.fromisoformat(day) - date.fromisoformat(episode.opened_on)).days >= reopen_after_days
 
 
 def replay(verdicts_by_day: Mapping[str, Mapping[str, Verdict]], cfg: DriftSettings, model_version: str,

@@ -4,6 +4,7 @@ the reference's days and anchor, targeted rounds, settings, live accuracy."""
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -214,6 +215,49 @@ def test_advancing_again_after_a_crash_keeps_what_the_episode_recorded() -> None
     _, again, opened2 = advance(state, d[0], vd(d[0], cam1="drift"), rule, {stored.episode_id: stored})
     assert opened2 == opened and again[opened[0]].event_id == "ev-1" and again[opened[0]].round_id == "r-1"
     assert state.last_day is None  # advance does not modify its input
+
+
+def _answer(eps: dict[str, Episode], eid: str) -> dict[str, Episode]:
+    """What the monitor does after a day that opened ``eid``: announce it (a targeted round is set)."""
+    return {**eps, eid: replace(eps[eid], round_id=f"round-{eid}", event_id=f"ev-{eid}")}
+
+
+def test_an_answered_episode_still_drifting_after_reopen_days_hands_its_camera_to_a_new_episode() -> None:
+    rule = cfg(alarm_consecutive_days=2, close_after_clean_days=2, reopen_after_days=5)
+    d = days(12)
+    state, eps = replay({x: vd(x, cam1="drift", cam2="drift") for x in d[:2]}, rule, "1")
+    first = f"drift-v1-{d[1]}"
+    eps = _answer(eps, first)
+    # cam2 turns clean on d2..d3 and leaves; cam1 keeps drifting: 5 days after d1 (d6) its episode is stale
+    seq = {x: vd(x, cam1="drift", cam2="clean") for x in d[2:12]}
+    state, eps = replay(seq, rule, "1", start=state, episodes=eps)
+    second = f"drift-v1-{d[6]}"
+    assert sorted(eps) == [first, second]
+    old, new = eps[first], eps[second]
+    assert old.status == "closed" and old.closed_on == d[6] and old.followed_by == second
+    assert old.recovered == ["cam2"] and old.handed_over == ["cam1"] and "followed by" in (old.close_reason or "")
+    assert new.status == "open" and new.cameras == ["cam1"] and new.days[-1] == d[11]
+    assert state.cameras["cam1"].episode == second
+    # the new episode is not answered: however long cam1 drifts, it opens no third one
+    assert replay({x: vd(x, cam1="drift") for x in days(10, START + timedelta(days=12))}, rule, "1",
+                  start=state, episodes=eps)[1].keys() == eps.keys()
+
+
+def test_an_unanswered_silenced_or_never_reopening_episode_stays_open() -> None:
+    d = days(20)
+    drifting = {x: vd(x, cam1="drift") for x in d}
+    never = cfg(alarm_consecutive_days=2, reopen_after_days=0)
+    state, eps = replay(drifting, never, "1")
+    (e,) = eps.values()
+    assert e.status == "open" and e.days == d  # not answered: stays open
+    state, eps = replay({x: vd(x, cam1="drift") for x in days(2)}, never, "1")
+    eps = _answer(eps, f"drift-v1-{d[1]}")
+    _, after = replay({x: vd(x, cam1="drift") for x in d[2:]}, never, "1", start=state, episodes=eps)
+    assert len(after) == 1 and after[f"drift-v1-{d[1]}"].status == "open"  # reopen_after_days=0: never
+    silenced = {k: replace(v, silenced_until=(START + timedelta(days=20)).isoformat()) for k, v in eps.items()}
+    _, after = replay({x: vd(x, cam1="drift") for x in d[2:]}, cfg(alarm_consecutive_days=2, reopen_after_days=3),
+                      "1", start=state, episodes=silenced)
+    assert len(after) == 1  # silenced through the last day: not handed over
 
 
 def test_a_new_champion_supersedes_open_episodes_of_the_old_reference() -> None:

@@ -55,6 +55,9 @@ def test_episode_delays_detected_answered_missed() -> None:
     d = episode_delays(onsets, eps)
     assert d[0]["episode"] == "e1" and d[0]["delay_days"] == 1 and d[0]["answered"]
     assert not d[1]["detected"] and d[1]["delay_days"] is None and not d[1]["answered"]
+    assert d[0]["follow_up_of"] is None
+    handed = [{**eps[0], "handed_over": ["cam1"], "followed_by": "e1"}, eps[1]]
+    assert episode_delays(onsets, handed)[0]["follow_up_of"] == "e0"  # cam1 was still drifting from e0
 
 
 def test_recovery_weeks() -> None:
