@@ -10,7 +10,7 @@ through :func:`tasks.evaluation.predict_items` (the decode of scoring and servin
   small-object AP, each difference against the first family with a paired bootstrap 95 % interval over frames
   (:func:`benchmarks.postprocessing.paired_bootstrap`: the same resampled frames for every model);
 - CPU latency of the exported ONNX per frame (:func:`tasks.evaluation.measure_latency`: batch 1, one ONNX Runtime
-  thread, median of interleaved runs);
+  thread, the models timed in turn frame by frame, median of runs);
 - training minutes per epoch (wall time of the training subprocess / epochs, one torch thread).
 
 Data, the bootstrap, the COCO matching and the small-AP-against-cost plot are those of
@@ -285,7 +285,7 @@ def run(cfg: ArchBenchConfig, out: Path, png: Path, log: Callable[[str], None] =
         "rows": rows, "markdown": markdown_table(rows),
         "verdicts": {r["model"]: {k: r[f"{k}_delta"]["verdict"] for k in metrics} for r in rows if r["model"] != base},
         "timing": {"latency": f"tasks.evaluation.measure_latency: batch 1, 1 ONNX Runtime thread, {len(frames)} "
-                              f"frames, {cfg.runs} interleaved runs (order reversed every other run), median",
+                              f"frames, {cfg.runs} runs, the models in turn frame by frame, median",
                    "training": "wall time of the training subprocess / epochs, 1 torch thread"},
         "plot": str(png.relative_to(REPO)) if png.is_relative_to(REPO) else str(png),
         "bootstrap_check_max_abs_diff_vs_compute_metrics": check_diff,

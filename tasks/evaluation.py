@@ -18,7 +18,7 @@ A slice, class or size bucket with fewer than ``min_instances`` ground-truth box
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -543,13 +543,31 @@ def predict_items(artifact: Path, items: Sequence[EvalItem], settings: Any, batc
     return out
 
 
+def interleaved_times(n_models: int, n_items: int, rounds: int, run: Callable[[int, int], Any],
+                      clock: Callable[[], float] = time.perf_counter) -> list[list[float]]:
+    """Time ``run(model, item)`` for every model on every item, ``rounds`` times, the models taking turns item by
+    item (their order reversed every other item and round). Returns per model its ``rounds * n_items`` times in ms.
+
+    Models timed back to back on the same item see the same machine: a burst of load (a service restarting, another
+    job) slows both, not one of them, as timing one model over all items and then the other would."""
+    times: list[list[float]] = [[] for _ in range(n_models)]
+    for r in range(rounds):
+        for i in range(n_items):
+            order = list(range(n_models))
+            if (r + i) % 2:
+                order.reverse()
+            for j in order:
+                t0 = clock()
+                run(j, i)
+                times[j].append((clock() - t0) * 1000)
+    return times
+
+
 def measure_latency(artifacts: Sequence[Path], frames: Sequence[str], rounds: int = 3,
                     threads: int | None = None) -> list[float]:
-    """Mean ms per frame (batch 1) of each artifact, measured interleaved on the same frames.
-
-    Each round times every artifact once over all frames, alternating the order, so drift of the
-    machine's speed affects all models alike. Returns one number per artifact (median of rounds).
-    """
+    """Median ms per frame (batch 1) of each artifact, the artifacts timed in turn frame by frame
+    (:func:`interleaved_times`), so a change of the machine's speed affects all models alike; the median over
+    ``rounds`` x frames timings ignores the bursts that remain. Returns one number per artifact."""
     from detloop.preprocess import to_tensors
     from tasks.export import open_session, read_meta, run_onnx
 
@@ -560,16 +578,7 @@ def measure_latency(artifacts: Sequence[Path], frames: Sequence[str], rounds: in
     inputs = [[to_tensors([read_for_model(f, s, True).parts[0].image]) for f in frames] for s in sizes]
     for sess, inp in zip(sessions, inputs, strict=True):  # warm-up
         run_onnx(sess, inp[0])
-    times: list[list[float]] = [[] for _ in artifacts]
-    for r in range(rounds):
-        order = list(range(len(artifacts)))
-        if r % 2:
-            order.reverse()
-        for j in order:
-            t0 = time.perf_counter()
-            for x in inputs[j]:
-                run_onnx(sessions[j], x)
-            times[j].append((time.perf_counter() - t0) * 1000 / len(inputs[j]))
+    times = interleaved_times(len(artifacts), len(frames), rounds, lambda j, i: run_onnx(sessions[j], inputs[j][i]))
     return [float(np.median(t)) for t in times]
 
 

@@ -311,6 +311,20 @@ def test_demo_tiny_runs_the_same_path_and_resumes(stack_settings, tmp_path, monk
     assert out["setup_seconds"] > 0 and out["loop_seconds"] > 0
     n_versions = len(list_models(RegistryClient(s)))
     assert n_versions == 2  # bootstrap + the round's challenger
+    # the first champion took over on START: its drift reference is the pre-production days before it
+    from datetime import timedelta
+
+    from detloop.clients.s3 import S3Store
+    from flows.demo import START
+    from tasks.drift import reference_days
+    from tasks.drift_records import champion_anchor, days_with_frames
+
+    boot = list_models(RegistryClient(s))[-1]["version"]
+    anchor, how = champion_anchor(S3Store(s), s, RegistryClient(s), boot)
+    assert anchor == START and "as_of" in how, (anchor, how)
+    have = {d for ds in days_with_frames(S3Store(s), s).values() for d in ds}
+    assert reference_days(have, anchor, s.drift.reference_days) == [
+        START - timedelta(days=k) for k in range(s.drift.reference_days, 0, -1)]
 
     again = run_demo(s, weeks=1, size="tiny", log=lines.append, timeout=900, out_dir=tmp_path / "demo")
     def done(rows: list[dict]) -> list[dict]:  # a row's wall-clock minutes and annotations made are this run's own

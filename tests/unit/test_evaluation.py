@@ -211,3 +211,33 @@ def test_gate_scores_read_the_gate_metric() -> None:
     assert not d.passed and d.reasons[0].startswith("golden mAP50-95 ")
     d = decide(ModelScores(0.5, {"a": 0.4}), champ, GateSettings(metric="map50"))
     assert d.reasons[0].startswith("golden mAP50 0.5000") and any("class a AP50 0.4000" in r for r in d.reasons)
+
+
+def test_latency_models_take_turns_frame_by_frame_so_a_burst_of_load_slows_both() -> None:
+    """Two equally fast models; the machine is 3x slower for a stretch of the measurement (a service restarting).
+    Timed in turns frame by frame, both see the burst alike and their medians agree; timed one model over all
+    frames after the other (the old way), the burst lands on one model and it looks 3x slower."""
+    from tasks.evaluation import interleaved_times
+
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def run(j: int, i: int) -> None:
+        slow = 0.5 <= now[0] < 1.5  # the burst: seconds 0.5 to 1.5 of the measurement
+        now[0] += 0.03 if slow else 0.01
+
+    a, b = interleaved_times(2, 40, 3, run, clock)
+    assert len(a) == len(b) == 120
+    assert float(np.median(a)) == pytest.approx(float(np.median(b)))
+    assert float(np.median(a)) == pytest.approx(10.0)  # the burst covers under half of the timings
+
+    now[0] = 0.0
+    block: list[list[float]] = [[], []]
+    for j in (0, 1):  # one model over all frames, then the other
+        for i in range(40):
+            t0 = clock()
+            run(j, i)
+            block[j].append((clock() - t0) * 1000)
+    assert float(np.median(block[1])) / float(np.median(block[0])) > 2.5
