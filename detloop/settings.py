@@ -693,6 +693,12 @@ class TrainingSettings(_Model):
     optimizer: str = Field("AdamW")
     lr0: float = Field(0.002, gt=0.0, le=1.0)
     finetune_lr0: float = Field(0.001, gt=0.0, le=1.0)
+    warmup_bias_lr: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="Learning rate the biases start from during Ultralytics' warm-up (it falls to lr0). null: 0 "
+        "for Adam-family optimizers (Ultralytics' own choice when it picks AdamW), Ultralytics' 0.1 for SGD. 0.1 with "
+        "AdamW is 100x finetune_lr0 on every bias for most of a short fine-tune (docs/training.md).",
+    )
     workers: int = Field(2, ge=0, le=64, description="Dataloader workers.")
     threads: int | None = Field(None, ge=1, le=1024, description="Torch threads; null: all cores.")
     oversample_factor: int = Field(2, ge=1, le=20, description="Repeats of hard frames in the train list.")
