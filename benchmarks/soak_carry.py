@@ -86,20 +86,54 @@ def gate(settings: Any, store: Any, round_id: str, version: str, challenger: Pat
             "champion_golden_map": cp.slices[g].overall.map if cp is not None else None}
 
 
+class RoundTruth:
+    """One soak round's measuring context: its champion's scoring directory, the end of its week, the cameras active
+    then, and :meth:`truth`: a model's true mAP50 per camera on the soak's truth frames of that day (cached)."""
+
+    def __init__(self, settings: Any, registry: Any, champion: str, as_of: str, cameras: Sequence[str] | None = None,
+                 frames: int = 400) -> None:
+        from benchmarks.soak_truth import week_end, week_of
+        from detloop.world.config import load_world_config
+        from flows.demo import START
+        from tasks.registry import load_champion
+
+        self.settings, self.registry, self.frames = settings, registry, frames
+        self.world = load_world_config(settings.world_config_path())
+        self.champion = Path(load_champion(settings, registry, version=str(champion))) / "scoring"
+        self.day = week_end(START, week_of(START, date.fromisoformat(str(as_of))))
+        active = self.world.active_cameras(self.day)
+        self.cameras = [c for c in (cameras or active) if c in active]
+
+    def truth(self, scoring: Path, label: str) -> dict[str, float | None]:
+        from benchmarks.soak_truth import true_map
+
+        s = self.settings
+        return {c: true_map(self.world, list(s.classes), c, self.day, self.frames, scoring, s, s.world.seed,
+                            s.data_dir / "soak-truth", label=label)["map50"] for c in self.cameras}
+
+    def run_challenger(self, round_id: str) -> dict[str, Any] | None:
+        """The challenger the run registered for ``round_id``: its gate outcome, golden mAP and delta, and truth."""
+        from benchmarks.soak_truth import golden_delta
+        from tasks.registry import load_champion
+        from tasks.rounds import version_of_round
+
+        ran = version_of_round(self.registry, round_id)
+        if ran is None:
+            return None
+        tags = getattr(ran, "tags", None) or {}
+        scoring = Path(load_champion(self.settings, self.registry, version=str(ran.version))) / "scoring"
+        return {"version": str(ran.version), "outcome": tags.get("gate.outcome"),
+                "golden_map": float(tags["detloop.golden_map"]) if tags.get("detloop.golden_map") else None,
+                "golden_delta": golden_delta(tags.get("gate.checks")), "true": self.truth(scoring, f"v{ran.version}")}
+
+
 def replay(settings: Any, round_ids: Sequence[str], cameras: Sequence[str] | None = None, frames: int = 400,
            log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Per round: the run's challenger and the carried replay, on truth and at the gate."""
-    from benchmarks.soak_truth import golden_delta, true_map, week_end, week_of
     from detloop.clients.registry import RegistryClient
     from detloop.clients.s3 import S3Store
-    from detloop.world.config import load_world_config
-    from flows.demo import START
-    from tasks.registry import load_champion
-    from tasks.rounds import version_of_round
 
     store, registry = S3Store(settings), RegistryClient(settings)
-    world = load_world_config(settings.world_config_path())
-    cache = settings.data_dir / "soak-truth"
     rows = []
     for rid in round_ids:
         vid, rep = carried_version(store, settings, rid)
@@ -107,26 +141,14 @@ def replay(settings: Any, round_ids: Sequence[str], cameras: Sequence[str] | Non
             f"({rep['as_run_counts']} -> {rep['counts']})")
         out = settings.data_dir / "soak-carry" / rid
         art = retrain(settings, store, rid, vid, out)
-        champ = load_champion(settings, registry, version=str(rep["champion"]))
-        ran = version_of_round(registry, rid)
-        ran_dir = load_champion(settings, registry, version=str(ran.version)) if ran is not None else None
-        day = week_end(START, week_of(START, date.fromisoformat(str(rep["as_of"]))))
-        cams = [c for c in (cameras or world.active_cameras(day)) if c in world.active_cameras(day)]
-
-        def truth(scoring: Path, label: str, cams: list[str] = cams, day: date = day) -> dict[str, float | None]:
-            return {c: true_map(world, list(settings.classes), c, day, frames, scoring, settings,
-                                settings.world.seed, cache, label=label)["map50"] for c in cams}
-
-        row = {"round": rid, **rep, "version": vid, "truth_day": day.isoformat(),
-               "champion_true": truth(Path(champ) / "scoring", f"v{rep['champion']}"),
-               "carried_true": truth(art, f"carry-{rid}"),
-               "carried_gate": gate(settings, store, rid, vid, art, Path(champ) / "scoring", out / "eval")}
-        if ran is not None and ran_dir is not None:
-            tags = getattr(ran, "tags", None) or {}
-            row["as_run"] = {"version": str(ran.version), "outcome": tags.get("gate.outcome"),
-                             "golden_map": float(tags["detloop.golden_map"]) if tags.get("detloop.golden_map")
-                             else None, "golden_delta": golden_delta(tags.get("gate.checks")),
-                             "true": truth(Path(ran_dir) / "scoring", f"v{ran.version}")}
+        ctx = RoundTruth(settings, registry, str(rep["champion"]), str(rep["as_of"]), cameras, frames)
+        row = {"round": rid, **rep, "version": vid, "truth_day": ctx.day.isoformat(),
+               "champion_true": ctx.truth(ctx.champion, f"v{rep['champion']}"),
+               "carried_true": ctx.truth(art, f"carry-{rid}"),
+               "carried_gate": gate(settings, store, rid, vid, art, ctx.champion, out / "eval")}
+        ran = ctx.run_challenger(rid)
+        if ran is not None:
+            row["as_run"] = ran
         log(f"{rid}: as run {row.get('as_run', {}).get('true')} ({row.get('as_run', {}).get('outcome')}); "
             f"carried {row['carried_true']} ({row['carried_gate']['outcome']})")
         rows.append(row)
@@ -150,12 +172,6 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     import argparse
-    import os
-
-    from benchmarks._common import machine_info, utc_now, write_result
-    from detloop.offline import apply_offline_env
-    from detloop.settings import load_settings
-    from infra.stack import client_env, ensure_up
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", "-c", default="configs/soak.yaml")
@@ -164,14 +180,31 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--truth-frames", type=int, default=400)
     ap.add_argument("--out", type=Path, default=RESULTS / "soak_carry.json")
     a = ap.parse_args(argv)
-    settings = load_settings(a.config)
+    rows = replay(soak_stack(a.config), a.rounds, a.cameras, a.truth_frames)
+    return write_rows(a.out, "soak_carry", rows, table(rows))
+
+
+def soak_stack(config: str) -> Any:
+    """The soak's settings, its stack up (started if down) and this process's clients pointed at it."""
+    import os
+
+    from detloop.offline import apply_offline_env
+    from detloop.settings import load_settings
+    from infra.stack import client_env, ensure_up
+
+    settings = load_settings(config)
     apply_offline_env(settings)
     ensure_up(settings, print)
     os.environ.update(client_env(settings))
-    rows = replay(settings, a.rounds, a.cameras, a.truth_frames)
-    write_result(a.out, {"bench": "soak_carry", "rows": rows, "table": table(rows), "when": utc_now(),
-                         "machine": machine_info()})
-    print(table(rows))
+    return settings
+
+
+def write_rows(out: Path, bench: str, rows: list[dict[str, Any]], markdown: str) -> list[dict[str, Any]]:
+    """Write the result JSON (rows, table, when, machine) and print the table."""
+    from benchmarks._common import machine_info, utc_now, write_result
+
+    write_result(out, {"bench": bench, "rows": rows, "table": markdown, "when": utc_now(), "machine": machine_info()})
+    print(markdown)
     return rows
 
 

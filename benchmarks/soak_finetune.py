@@ -5,11 +5,13 @@ A finished soak (``benchmarks/soak.py``) keeps every round's dataset version, tr
 For each ``--round`` this fine-tunes the round's champion on the round's own dataset version with the round's
 recorded spec, once per variant:
 
-- ``as-run``: the spec unchanged (a second draw of the same training: the noise floor of the comparison);
+- ``as-run``: the spec unchanged (it reproduces the run's challenger exactly: the training is deterministic);
+- ``seed-1``: the spec with another seed (a second draw of the same training: the noise of the comparison);
 - ``bias-lr-0``: ``warmup_bias_lr=0`` (Ultralytics starts the biases' learning rate at 0.1 during warm-up, meant for
   SGD; with AdamW at lr0 0.001 that is 100x the rate, and a 3-epoch fine-tune is mostly warm-up; Ultralytics' own
   ``optimizer=auto`` sets it to 0 when it picks AdamW);
-- ``no-warmup``: ``warmup_epochs=0`` (the champion is trained: nothing to warm up).
+- ``no-warmup``: ``warmup_epochs=0`` (the champion is trained: nothing to warm up);
+- ``bias-lr-0-seed-1``: ``bias-lr-0`` with the other seed.
 
 Each challenger is measured like the soak's: the gate against the round's champion on the round's slices (golden mAP
 delta), and the true mAP50 per camera on the soak's truth frames of the end of the round's week
@@ -26,31 +28,35 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS: dict[str, dict[str, Any]] = {
-    "as-run": {},
-    "bias-lr-0": {"warmup_bias_lr": 0.0},
-    "no-warmup": {"warmup_epochs": 0.0},
+# variant -> (Ultralytics arguments, training spec fields) over the round's recorded spec
+VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "as-run": ({}, {}),
+    "bias-lr-0": ({"warmup_bias_lr": 0.0}, {}),
+    "no-warmup": ({"warmup_epochs": 0.0}, {}),
+    "seed-1": ({}, {"seed": 1}),
+    "bias-lr-0-seed-1": ({"warmup_bias_lr": 0.0}, {"seed": 1}),
 }
 
 
-def finetune(settings: Any, store: Any, round_id: str, version: str, extra: dict[str, Any], out: Path) -> Path:
-    """The round's recorded fine-tune on ``version`` with ``extra`` Ultralytics arguments; reused when done.
-    Returns the scoring artifact directory."""
+def finetune(settings: Any, store: Any, round_id: str, version: str, extra: dict[str, Any], out: Path,
+             fields: dict[str, Any] | None = None) -> Path:
+    """The round's recorded fine-tune on ``version`` with ``extra`` Ultralytics arguments and spec ``fields``
+    replaced; reused when done. Returns the scoring artifact directory."""
     from detloop import datasets as ds
     from tasks.evaluation import ensure_artifact
     from tasks.training import TrainSpec, run_worker
 
     best, stamp = out / "ul" / "weights" / "best.pt", out / "done.json"
-    key = json.dumps({"version": version, "extra": extra}, sort_keys=True)
+    key = json.dumps({"version": version, "extra": extra, **({"fields": fields} if fields else {})}, sort_keys=True)
     if not (best.is_file() and stamp.is_file() and stamp.read_text() == key):
         spec = json.loads((settings.data_dir / "training" / f"round-{round_id}" / "ul" / "spec.json").read_text())
         data = ds.materialize(store, settings, version, oversample=settings.training.oversample_factor)
-        spec.update(data=str(data), out_dir=str(out / "ul"), extra={**(spec.get("extra") or {}), **extra})
+        spec.update(data=str(data), out_dir=str(out / "ul"), extra={**(spec.get("extra") or {}), **extra},
+                    **(fields or {}))
         out.mkdir(parents=True, exist_ok=True)
         best = Path(run_worker(TrainSpec(**spec), settings.training.timeout_minutes * 60, out / "train.log")["best"])
         stamp.write_text(key)
@@ -60,46 +66,29 @@ def finetune(settings: Any, store: Any, round_id: str, version: str, extra: dict
 def ablate(settings: Any, round_ids: Sequence[str], variants: Sequence[str], frames: int = 400,
            log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Per round and variant: golden delta against the round's champion and true mAP50 per camera."""
-    from benchmarks.soak_carry import gate
-    from benchmarks.soak_truth import golden_delta, true_map, week_end, week_of
+    from benchmarks.soak_carry import RoundTruth, gate
     from detloop.clients.registry import RegistryClient
     from detloop.clients.s3 import S3Store
-    from detloop.world.config import load_world_config
-    from flows.demo import START
-    from tasks.registry import load_champion
-    from tasks.rounds import load_round, version_of_round
+    from tasks.rounds import load_round
 
     store, registry = S3Store(settings), RegistryClient(settings)
-    world = load_world_config(settings.world_config_path())
-    cache = settings.data_dir / "soak-truth"
     rows = []
     for rid in round_ids:
         rec = load_round(store, settings, rid)
         if rec is None or not rec.dataset_version or not rec.model_version:
             raise SystemExit(f"round {rid}: no record, dataset version or champion in this soak's store")
-        champ = Path(load_champion(settings, registry, version=str(rec.model_version))) / "scoring"
-        day = week_end(START, week_of(START, date.fromisoformat(rec.as_of)))
-        cams = world.active_cameras(day)
-
-        def truth(scoring: Path, label: str, cams: list[str] = cams, day: date = day) -> dict[str, float | None]:
-            return {c: true_map(world, list(settings.classes), c, day, frames, scoring, settings,
-                                settings.world.seed, cache, label=label)["map50"] for c in cams}
-
+        ctx = RoundTruth(settings, registry, str(rec.model_version), rec.as_of, None, frames)
+        champ, truth = ctx.champion, ctx.truth
         row: dict[str, Any] = {"round": rid, "champion": str(rec.model_version), "dataset_version": rec.dataset_version,
-                               "truth_day": day.isoformat(), "champion_true": truth(champ, f"v{rec.model_version}"),
-                               "variants": {}}
-        ran = version_of_round(registry, rid)
-        if ran is not None:
-            tags = getattr(ran, "tags", None) or {}
-            ran_dir = Path(load_champion(settings, registry, version=str(ran.version))) / "scoring"
-            row["run"] = {"version": str(ran.version), "outcome": tags.get("gate.outcome"),
-                          "golden_delta": golden_delta(tags.get("gate.checks")), "true": truth(ran_dir, f"v{ran.version}")}
+                               "truth_day": ctx.day.isoformat(), "champion_true": truth(champ, f"v{rec.model_version}"),
+                               "variants": {}, "run": ctx.run_challenger(rid)}
         for name in variants:
             out = settings.data_dir / "soak-finetune" / rid / name
-            art = finetune(settings, store, rid, rec.dataset_version, VARIANTS[name], out)
+            extra, fields = VARIANTS[name]
+            art = finetune(settings, store, rid, rec.dataset_version, extra, out, fields)
             g = gate(settings, store, rid, rec.dataset_version, art, champ, out / "eval")
             delta = g["golden_map"] - g["champion_golden_map"] if g["champion_golden_map"] is not None else None
-            row["variants"][name] = {"extra": VARIANTS[name], "outcome": g["outcome"], "reasons": g["reasons"],
+            row["variants"][name] = {"extra": extra, "fields": fields, "outcome": g["outcome"], "reasons": g["reasons"],
                                      "golden_delta": delta, "true": truth(art, f"ft-{name}-{rid}")}
             log(f"{rid} {name}: golden delta {delta:+.4f} ({g['outcome']}); true {row['variants'][name]['true']}")
         rows.append(row)
@@ -133,12 +122,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     import argparse
-    import os
 
-    from benchmarks._common import machine_info, utc_now, write_result
-    from detloop.offline import apply_offline_env
-    from detloop.settings import load_settings
-    from infra.stack import client_env, ensure_up
+    from benchmarks.soak_carry import soak_stack, write_rows
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", "-c", default="configs/soak.yaml")
@@ -148,15 +133,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--truth-frames", type=int, default=400)
     ap.add_argument("--out", type=Path, default=RESULTS / "soak_finetune.json")
     a = ap.parse_args(argv)
-    settings = load_settings(a.config)
-    apply_offline_env(settings)
-    ensure_up(settings, print)
-    os.environ.update(client_env(settings))
-    rows = ablate(settings, a.rounds, a.variants or list(VARIANTS), a.truth_frames)
-    write_result(a.out, {"bench": "soak_finetune", "rows": rows, "table": table(rows), "when": utc_now(),
-                         "machine": machine_info()})
-    print(table(rows))
-    return rows
+    rows = ablate(soak_stack(a.config), a.rounds, a.variants or list(VARIANTS), a.truth_frames)
+    return write_rows(a.out, "soak_finetune", rows, table(rows))
 
 
 if __name__ == "__main__":

@@ -121,3 +121,17 @@ def test_recovery_weeks_charges_a_drop_to_the_drift_before_it() -> None:
     assert recovery_weeks(s, 3, until=4)["lowered"] is False
     r = recovery_weeks(s, 3)
     assert r["lowered"] is True and r["weeks_to_recover"] == 2
+
+
+def test_soak_finetune_table_lists_the_run_and_every_variant_with_its_golden_delta() -> None:
+    from benchmarks.soak_finetune import mean_true, table
+
+    rows = [{"round": "r1", "champion": "1", "champion_true": {"cam0": 0.5, "cam3": 0.3},
+             "run": {"version": "5", "outcome": "rejected", "golden_delta": -0.009, "true": {"cam0": 0.5, "cam3": 0.4}},
+             "variants": {"bias-lr-0": {"outcome": "passed", "golden_delta": 0.012,
+                                        "true": {"cam0": 0.6, "cam3": None}}}}]
+    md = table(rows)
+    assert "| r1 | champion v1 | - | - | 0.400 |" in md
+    assert "run's challenger v5 | -0.0090 | rejected | 0.450" in md
+    assert "| | bias-lr-0 | +0.0120 | passed | 0.600 | cam0 0.600, cam3 - |" in md
+    assert mean_true({"a": None}) is None
