@@ -225,7 +225,7 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
                 continue
             stats = compare_day(ref[1], feats, cfg, settings.classes, d)
             verdicts[d] = {c: verdict(s, cfg, settings.classes) for c, s in stats.items()}
-        _, eps = replay(verdicts, cfg, v)
+        _, eps = replay(verdicts, cfg, v, answer=True)
         first: dict[str, str] = {}
         for d in sorted(verdicts):
             for c, vd in verdicts[d].items():
@@ -234,7 +234,8 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
         out["versions"][v] = {
             "days": [days[0], days[-1]] if days else [], "first_drifted_day": first,
             "episodes": [{"episode_id": e.episode_id, "opened_on": e.opened_on, "cameras": e.cameras,
-                          "signals": e.signals} for e in sorted(eps.values(), key=lambda e: e.opened_on)],
+                          "signals": e.signals, "handed_over": e.handed_over, "followed_by": e.followed_by}
+                         for e in sorted(eps.values(), key=lambda e: e.opened_on)],
             "seconds": time.perf_counter() - t0}
         log(f"v{v} with {cfg.permutations} permutations: {len(eps)} episode(s) "
             f"{[(e.opened_on, e.cameras) for e in eps.values()]}")

@@ -604,8 +604,11 @@ def stale(episode: Episode, day: str, reopen_after_days: int) -> bool:
 
 def replay(verdicts_by_day: Mapping[str, Mapping[str, Verdict]], cfg: DriftSettings, model_version: str,
            start: MonitorState | None = None, episodes: Mapping[str, Episode] | None = None,
-           ) -> tuple[MonitorState, dict[str, Episode]]:
+           answer: bool = False) -> tuple[MonitorState, dict[str, Episode]]:
     """Run the episode machine over days in order (days at or before ``start.last_day`` are skipped).
+
+    ``answer``: mark each new episode answered the day it opens (``round_id`` ``"replayed"``), as the monitor does
+    when it announces it, so ``drift.reopen_after_days`` plays out as in the live loop.
 
     With stored per-camera-day statistics and :func:`verdict`, a rule can be replayed over history cheaply:
     ``replay({d: {c: verdict(s, rule) for c, s in day.items()} for d, day in stats.items()}, rule, v)``.
@@ -615,8 +618,10 @@ def replay(verdicts_by_day: Mapping[str, Mapping[str, Verdict]], cfg: DriftSetti
     for day in sorted(verdicts_by_day):
         if st.last_day is not None and day <= st.last_day:
             continue
-        st, changed, _ = advance(st, day, verdicts_by_day[day], cfg, eps)
+        st, changed, opened = advance(st, day, verdicts_by_day[day], cfg, eps)
         eps.update(changed)
+        for eid in opened if answer else []:
+            eps[eid] = replace(eps[eid], round_id=eps[eid].round_id or "replayed")
     return st, eps
 
 

@@ -243,6 +243,16 @@ def test_an_answered_episode_still_drifting_after_reopen_days_hands_its_camera_t
                   start=state, episodes=eps)[1].keys() == eps.keys()
 
 
+def test_a_replay_that_answers_its_episodes_reopens_like_the_live_monitor() -> None:
+    d = days(12)
+    rule = cfg(alarm_consecutive_days=2, reopen_after_days=5)
+    drifting = {x: vd(x, cam1="drift") for x in d}
+    assert len(replay(drifting, rule, "1")[1]) == 1  # never answered: one episode all along
+    _, eps = replay(drifting, rule, "1", answer=True)
+    assert sorted(eps) == [f"drift-v1-{d[1]}", f"drift-v1-{d[6]}", f"drift-v1-{d[11]}"]
+    assert eps[f"drift-v1-{d[1]}"].followed_by == f"drift-v1-{d[6]}"
+
+
 def test_an_unanswered_silenced_or_never_reopening_episode_stays_open() -> None:
     d = days(20)
     drifting = {x: vd(x, cam1="drift") for x in d}
