@@ -1,10 +1,14 @@
 """Process bookkeeping for the local stack: pid files, port owners, detached spawn, group stop.
 
 Everything here is generic (no knowledge of SeaweedFS, MLflow, ...). A pid file is JSON holding the pid,
-the process' start time (``psutil.Process.create_time``, seconds since the epoch) and the argv we
-launched, so a recycled pid is never mistaken for one of ours: a pid file *matches* a live process only
-when the start time is equal and our argv (minus the interpreter, which a shebang may rewrite) is a
-contiguous part of the process' command line.
+the process' start time and the argv we launched, so a recycled pid is never mistaken for one of ours: a pid
+file *matches* a live process only when the start time is equal and our argv (minus the interpreter, which a
+shebang may rewrite) is a contiguous part of the process' command line.
+
+The start time compared is, on Linux, the kernel's start time in clock ticks since boot (``/proc/<pid>/stat``):
+``psutil.Process.create_time`` is that plus the boot time derived from the wall clock, so it moves when the clock
+is stepped (NTP, a VM resumed), and every service of a running stack would look like a stranger holding its own
+port. Records written before the ticks were kept, and other systems, compare ``create_time``.
 """
 
 from __future__ import annotations
@@ -42,12 +46,23 @@ class PidRecord:
         pid: process id (also its process-group id: every service runs in its own session).
         create_time: ``psutil.Process.create_time()`` of that pid, seconds since the epoch.
         argv: the command we launched.
+        start_ticks: its start in clock ticks since boot (Linux; None elsewhere): unmoved by clock steps.
     """
 
     service: str
     pid: int
     create_time: float
     argv: tuple[str, ...]
+    start_ticks: int | None = None
+
+
+def start_ticks(pid: int) -> int | None:
+    """The start of ``pid`` in clock ticks since boot (field 22 of ``/proc/<pid>/stat``); None when unavailable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])  # fields after "(comm)" start at field 3
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def write_pid_file(path: Path, record: PidRecord) -> None:
@@ -69,6 +84,7 @@ def read_pid_file(path: Path) -> PidRecord | None:
             pid=int(data["pid"]),
             create_time=float(data["create_time"]),
             argv=tuple(str(a) for a in data["argv"]),
+            start_ticks=int(data["start_ticks"]) if data.get("start_ticks") is not None else None,
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -93,9 +109,14 @@ def cmdline_matches(argv: Sequence[str], cmdline: Sequence[str]) -> bool:
     return _is_sublist(argv[1:], cmdline) and any(Path(c).name == prog for c in cmdline)
 
 
-def record_matches(record: PidRecord, create_time: float, cmdline: Sequence[str]) -> bool:
-    """True when (``create_time``, ``cmdline``) of a live pid belong to the process ``record`` describes."""
-    return abs(create_time - record.create_time) <= CREATE_TIME_TOL_S and cmdline_matches(record.argv, cmdline)
+def record_matches(record: PidRecord, create_time: float, cmdline: Sequence[str], ticks: int | None = None) -> bool:
+    """True when (start time, ``cmdline``) of a live pid belong to the process ``record`` describes: the start in
+    clock ticks since boot when both are known, else ``create_time``."""
+    if record.start_ticks is not None and ticks is not None:
+        same_start = record.start_ticks == ticks
+    else:
+        same_start = abs(create_time - record.create_time) <= CREATE_TIME_TOL_S
+    return same_start and cmdline_matches(record.argv, cmdline)
 
 
 def live_process(record: PidRecord) -> bool:
@@ -109,7 +130,7 @@ def live_process(record: PidRecord) -> bool:
                 return False
             cmdline = p.cmdline()
             if cmdline:
-                return record_matches(record, p.create_time(), cmdline)
+                return record_matches(record, p.create_time(), cmdline, start_ticks(record.pid))
             time.sleep(0.05)  # /proc/<pid>/cmdline is briefly empty right after a process starts
         return False
     except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -210,7 +231,8 @@ def spawn_detached(
         ctime = psutil.Process(proc.pid).create_time()
     except psutil.NoSuchProcess:
         ctime = time.time()
-    record = PidRecord(service=service, pid=proc.pid, create_time=ctime, argv=tuple(argv))
+    record = PidRecord(service=service, pid=proc.pid, create_time=ctime, argv=tuple(argv),
+                       start_ticks=start_ticks(proc.pid))
     write_pid_file(pid_path, record)
     return record
 

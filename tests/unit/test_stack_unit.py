@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -76,6 +77,19 @@ def test_recycled_pid_is_not_ours() -> None:
     assert procs.live_process(rec)
     assert not procs.live_process(PidRecord("x", me.pid, me.create_time() - 5.0, rec.argv))  # other start time
     assert not procs.live_process(PidRecord("x", me.pid, me.create_time(), ("/bin/other", "--flag")))
+
+
+def test_a_stepped_wall_clock_does_not_make_our_processes_strangers() -> None:
+    """create_time is boot time (from the wall clock) + ticks: a clock step moves it; the ticks since boot do not."""
+    me = psutil.Process()
+    ticks = procs.start_ticks(me.pid)
+    assert ticks is not None and ticks > 0
+    stepped = PidRecord("x", me.pid, me.create_time() - 658.0, tuple(me.cmdline()), start_ticks=ticks)
+    assert procs.live_process(stepped)  # the clock moved by 658 s since it was written: still ours
+    assert not procs.live_process(PidRecord("x", me.pid, me.create_time(), tuple(me.cmdline()), start_ticks=ticks + 1))
+    path = Path(tempfile.mkdtemp()) / "x.pid"
+    procs.write_pid_file(path, stepped)
+    assert procs.read_pid_file(path) == stepped
 
 
 SLEEPER = "import time; time.sleep(120)"
