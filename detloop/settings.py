@@ -695,9 +695,9 @@ class TrainingSettings(_Model):
     finetune_lr0: float = Field(0.001, gt=0.0, le=1.0)
     warmup_bias_lr: float | None = Field(
         None, ge=0.0, le=1.0,
-        description="Learning rate the biases start from during Ultralytics' warm-up (it falls to lr0). null: 0 "
-        "for Adam-family optimizers (Ultralytics' own choice when it picks AdamW), Ultralytics' 0.1 for SGD. 0.1 with "
-        "AdamW is 100x finetune_lr0 on every bias for most of a short fine-tune (docs/training.md).",
+        description="Learning rate the biases start from during Ultralytics' warm-up (it falls to lr0); null: "
+        "Ultralytics' default (0.1). 0 is what Ultralytics sets when its optimizer=auto picks AdamW; on the soak's "
+        "rounds it did not raise the golden mAP (docs/training.md, 'Warm-up').",
     )
     workers: int = Field(2, ge=0, le=64, description="Dataloader workers.")
     threads: int | None = Field(None, ge=1, le=1024, description="Torch threads; null: all cores.")

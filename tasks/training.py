@@ -347,19 +347,6 @@ def cls_loss_params(cfg: Any) -> dict[str, Any]:
     return out
 
 
-ADAM_FAMILY = ("adam", "adamw", "adamax", "nadam", "radam")
-
-
-def warmup_bias_lr(optimizer: str, configured: float | None) -> float:
-    """The biases' starting learning rate in Ultralytics' warm-up (``training.warmup_bias_lr``): as configured, else
-    0 for an Adam-family optimizer (what Ultralytics sets when its ``optimizer=auto`` picks AdamW: Adam's step does
-    not scale with the gradient, so 0.1 moves every bias by up to 0.1 a step) and Ultralytics' default 0.1 (for SGD)
-    otherwise."""
-    if configured is not None:
-        return float(configured)
-    return 0.0 if optimizer.lower() in ADAM_FAMILY else 0.1
-
-
 def cls_loss_spec(cfg: Any) -> dict[str, Any]:
     """:class:`TrainSpec` keyword arguments for ``training.cls_loss``: the worker's loss config and ``cls_pw``."""
     out: dict[str, Any] = {}
@@ -370,11 +357,13 @@ def cls_loss_spec(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def train_extra(tc: Any, bias_lr: float) -> dict[str, Any]:
-    """:class:`TrainSpec` keyword arguments beyond the plain ones: the class loss (:func:`cls_loss_spec`) and the
-    warm-up's bias learning rate, both through the worker's extra Ultralytics arguments."""
+def train_extra(tc: Any) -> dict[str, Any]:
+    """:class:`TrainSpec` keyword arguments beyond the plain ones: the class loss (:func:`cls_loss_spec`) and, when
+    configured, the warm-up's bias learning rate (``training.warmup_bias_lr``), through the worker's extra
+    Ultralytics arguments. Empty for the defaults, so runs hashed before the options existed stay reusable."""
     out = cls_loss_spec(tc.cls_loss)
-    out["extra"] = {**out.get("extra", {}), "warmup_bias_lr": bias_lr}
+    if tc.warmup_bias_lr is not None:
+        out["extra"] = {**out.get("extra", {}), "warmup_bias_lr": tc.warmup_bias_lr}
     return out
 
 
@@ -514,7 +503,7 @@ def _train_locked(
         "optimizer": tc.optimizer, "lr0": tc.lr0 if bootstrap else tc.finetune_lr0, "seed": tc.seed,
         "classes": ",".join(settings.classes), "device": tc.device,
         **cls_loss_params(tc.cls_loss),
-        "warmup_bias_lr": warmup_bias_lr(tc.optimizer, tc.warmup_bias_lr),
+        **({"warmup_bias_lr": tc.warmup_bias_lr} if tc.warmup_bias_lr is not None else {}),
     }
     if bootstrap:  # a bootstrap of another family is another model (a fine-tune's family is its checkpoint's)
         params["arch"] = settings.model.arch
@@ -566,7 +555,7 @@ def _train_locked(
             epochs=n_epochs, imgsz=settings.model.input_size, batch=tc.batch, nbs=tc.nbs,
             optimizer=tc.optimizer, lr0=params["lr0"], workers=tc.workers, threads=threads, device=tc.device,
             seed=tc.seed, out_dir=str(run_dir / "ul"), yolo_config_dir=str(yolo_config_dir(settings)),
-            **train_extra(tc, params["warmup_bias_lr"]),
+            **train_extra(tc),
         )
         with writing(run_dir):
             run_dir.mkdir(parents=True, exist_ok=True)

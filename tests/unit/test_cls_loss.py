@@ -127,14 +127,15 @@ def test_cls_loss_params_keep_the_default_hash_and_reach_the_worker_spec() -> No
     assert cls_loss_params(focal.training.cls_loss)["cls_loss"] == "focal"
 
 
-def test_the_warmup_bias_lr_is_0_for_adam_optimizers_unless_configured_and_joins_the_extra_arguments() -> None:
-    from tasks.training import train_extra, warmup_bias_lr
+def test_the_warmup_bias_lr_is_ultralytics_default_unless_configured_and_joins_the_extra_arguments() -> None:
+    from tasks.training import train_extra
 
-    assert warmup_bias_lr("AdamW", None) == 0.0 and warmup_bias_lr("Adam", None) == 0.0
-    assert warmup_bias_lr("SGD", None) == 0.1 and warmup_bias_lr("AdamW", 0.05) == 0.05
     cfg = REPO_ROOT / "configs" / "test.yaml"
-    focal = load_settings(cfg, env={}, overrides={"training": {"cls_loss": {"kind": "focal", "cls_pw": 0.5}}})
-    assert train_extra(focal.training, 0.0)["extra"] == {"cls_pw": 0.5, "warmup_bias_lr": 0.0}
+    plain = load_settings(cfg, env={})
+    assert plain.training.warmup_bias_lr is None and train_extra(plain.training) == {}  # old run hashes still reuse
+    focal = load_settings(cfg, env={}, overrides={"training": {"warmup_bias_lr": 0.0,
+                                                               "cls_loss": {"kind": "focal", "cls_pw": 0.5}}})
+    assert train_extra(focal.training)["extra"] == {"cls_pw": 0.5, "warmup_bias_lr": 0.0}
     with pytest.raises(ConfigError, match="warmup_bias_lr"):
         load_settings(cfg, env={"DETLOOP_TRAINING__WARMUP_BIAS_LR": "2"})
 
@@ -148,13 +149,14 @@ def test_one_epoch_focal_training_through_the_worker(tmp_path: Path) -> None:
 
     settings = load_settings(REPO_ROOT / "configs" / "test.yaml", env={},
                              overrides={"data_dir": str(tmp_path / "d"),
-                                        "training": {"cls_loss": {"kind": "focal", "gamma": 2.0, "alpha": 0.25}}})
+                                        "training": {"warmup_bias_lr": 0.0,
+                                                     "cls_loss": {"kind": "focal", "gamma": 2.0, "alpha": 0.25}}})
     ensure_ultralytics_fonts(settings)
     data = write_yolo_dataset(tmp_path / "ds", settings.classes, n_train=6, n_val=2, size=96, r_range=(8, 20))
     spec = TrainSpec(data=str(data), model="yolo11n.yaml", pretrained=False, epochs=1, imgsz=96, batch=6, nbs=6,
                      optimizer="AdamW", lr0=0.002, workers=0, threads=min(2, os.cpu_count() or 1), device="cpu",
                      seed=0, out_dir=str(tmp_path / "run" / "ul"), yolo_config_dir=str(yolo_config_dir(settings)),
-                     **train_extra(settings.training, 0.0))
+                     **train_extra(settings.training))
     result = run_worker(spec, 600, tmp_path / "train.log")
     args = (tmp_path / "run" / "ul" / "args.yaml").read_text()
     assert "warmup_bias_lr: 0.0" in args  # the extra arguments reach Ultralytics' trainer
