@@ -138,8 +138,8 @@ def setup_world(settings: Settings, size: DemoSize, weeks: int, log: Callable[[s
     """
     from detloop.world.publish import publish_golden, publish_seed, publish_world
 
-    first = START - timedelta(days=settings.drift.reference_days)
-    days = (START - first).days + 7 * (weeks + 1)
+    pre = settings.drift.reference_days
+    first, days = START - timedelta(days=pre), pre + 7 * (weeks + 1)
     rep = publish_world(settings, first, days, size.frames_per_day, corrupt=3, progress=True)
     log(f"world: {getattr(rep, 'written', '?')} frames written over {days} days from {first} (the first champion "
         f"takes over on {START}) (existing skipped: {getattr(rep, 'skipped', '?')})")
