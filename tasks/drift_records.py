@@ -210,4 +210,6 @@ def champion_anchor(store: Any, settings: Settings, registry: Any, version: str)
     tags = dict(getattr(registry.get_version(version), "tags", None) or {})
     rid = tags.get("detloop.round_id")
     rec = load_round(store, settings, rid) if rid else None
-    return promotion_anchor(version, read_promotion_log(store, settings), tags, rec.as_of if rec else None)
+    # the log is shared by every model of the bucket: only this model's entries (another model's v1 is not ours)
+    mine = [e for e in read_promotion_log(store, settings) if e.get("model") == settings.mlflow.model_name]
+    return promotion_anchor(version, mine, tags, rec.as_of if rec else None)
