@@ -43,18 +43,19 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 
 def finetune(settings: Any, store: Any, round_id: str, version: str, extra: dict[str, Any], out: Path,
-             fields: dict[str, Any] | None = None) -> Path:
-    """The round's recorded fine-tune on ``version`` with ``extra`` Ultralytics arguments and spec ``fields``
-    replaced; reused when done. Returns the scoring artifact directory."""
+             fields: dict[str, Any] | None = None, data: Path | None = None) -> Path:
+    """The round's recorded fine-tune on ``version`` (or on the data.yaml ``data``) with ``extra`` Ultralytics
+    arguments and spec ``fields`` replaced; reused when done. Returns the scoring artifact directory."""
     from detloop import datasets as ds
     from tasks.evaluation import ensure_artifact
     from tasks.training import TrainSpec, run_worker
 
     best, stamp = out / "ul" / "weights" / "best.pt", out / "done.json"
-    key = json.dumps({"version": version, "extra": extra, **({"fields": fields} if fields else {})}, sort_keys=True)
+    key = json.dumps({"version": version, "extra": extra, **({"fields": fields} if fields else {}),
+                      **({"data": str(data)} if data else {})}, sort_keys=True)
     if not (best.is_file() and stamp.is_file() and stamp.read_text() == key):
         spec = json.loads((settings.data_dir / "training" / f"round-{round_id}" / "ul" / "spec.json").read_text())
-        data = ds.materialize(store, settings, version, oversample=settings.training.oversample_factor)
+        data = data or ds.materialize(store, settings, version, oversample=settings.training.oversample_factor)
         spec.update(data=str(data), out_dir=str(out / "ul"), extra={**(spec.get("extra") or {}), **extra},
                     **(fields or {}))
         out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,235 @@
+"""How far can labels bring a drifted camera back? The recovery ceiling of a soak round's fine-tune.
+
+The soak's recovery target (a drift that lowered a camera's true mAP is back within 0.02 of its pre-onset value
+in <= 2 weeks) assumes enough labels of the drifted camera bring it back. This measures whether they can, and how
+many it takes: for a finished soak round, the round's recorded fine-tune (same champion, same dataset version,
+same spec: :func:`benchmarks.soak_finetune.finetune`) is repeated with ``N`` extra frames per drifted camera added to
+its train list, frames rendered by the world after the onset (a stream production never publishes, ``ceiling``)
+with their exact truth as labels, i.e. perfect labels bought in any number. Variants:
+
+- the run's own challenger (no extra frame) is measured beside, from the registry; ``as-run`` re-trains it (the
+  training is deterministic: a check that the re-training reproduces it);
+- ``+N``: N extra labelled frames per drifted camera, the round's epochs;
+- ``+N-xE``: the same with E times the epochs (does the 3-epoch fine-tune leave accuracy on the table?).
+
+Each challenger is measured as the soak measures: the true mAP50 per camera on the soak's truth frames of the end
+of the round's week (:class:`benchmarks.soak_carry.RoundTruth`, cached), and the gate against the round's champion
+on the round's slices (golden delta). The drifted cameras are those whose world onset (drift or new camera) falls in
+the 14 days up to the round's ``as_of`` unless ``--camera`` names them; the extra frames spread over the days from
+the onset (or 7 days back) to the day before ``as_of``, what a labeller could have been given that week.
+
+    python -m benchmarks.soak_ceiling --config configs/soak.yaml --round soak-2026-02-02 \\
+        --variant +50 --variant +200 --variant +200-x3 --soak benchmarks/results/soak8b.json --out benchmarks/results/soak_ceiling.json
+
+Needs the soak's stack (started if down). Extra frames and trainings are kept under
+``<data_dir>/soak-ceiling/<round>/`` and reused by a re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+STREAM = "ceiling"
+_VARIANT = re.compile(r"^(as-run|\+(\d+)(?:-x(\d+))?)$")
+
+
+def parse_variant(name: str) -> tuple[int, int]:
+    """``as-run`` -> (0, 1); ``+N`` -> (N, 1); ``+N-xE`` -> (N, E): extra frames per camera, epoch factor.
+
+    Raises:
+        ValueError: any other spelling (the message lists the accepted ones).
+    """
+    m = _VARIANT.match(name)
+    if m is None:
+        raise ValueError(f"variant {name!r}: expected as-run, +N or +N-xE (N extra frames per camera, E x epochs)")
+    if m.group(1) == "as-run":
+        return 0, 1
+    n, e = int(m.group(2)), int(m.group(3) or 1)
+    if e < 1:
+        raise ValueError(f"variant {name!r}: the epoch factor must be >= 1")
+    return n, e
+
+
+def drifted_cameras(onsets: Sequence[dict[str, Any]], as_of: date, days: int = 14) -> dict[str, date]:
+    """Camera -> its latest world onset in ``(as_of - days, as_of]`` (drifts and new cameras alike)."""
+    out: dict[str, date] = {}
+    for o in onsets:
+        d = date.fromisoformat(o["onset"])
+        if as_of - timedelta(days=days) < d <= as_of:
+            out[o["camera"]] = max(out.get(o["camera"], d), d)
+    return out
+
+
+def label_days(onset: date, as_of: date, back: int = 7) -> list[date]:
+    """The days a labeller could have been given frames of a camera drifted on ``onset``, in a round on ``as_of``:
+    from the onset (at most ``back`` days back) to the day before ``as_of``; the onset day alone if that is empty."""
+    first = max(onset, as_of - timedelta(days=back))
+    days = [first + timedelta(days=i) for i in range((as_of - first).days)]
+    return days or [onset]
+
+
+def render_extra(world: Any, classes: Sequence[str], cameras: dict[str, date], as_of: date, n: int, seed: int,
+                 out: Path) -> list[str]:
+    """``n`` labelled frames per camera (stream ``ceiling``) as an Ultralytics image/label pair each under ``out``;
+    existing ones are kept. Returns the image paths."""
+    from detloop.world.render import encode_jpeg, render_frame
+
+    paths = []
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    for cam, onset in sorted(cameras.items()):
+        days = label_days(onset, as_of)
+        per_day = -(-n // len(days))
+        for i in range(n):
+            day, k = days[i % len(days)], i // len(days)
+            img = out / "images" / f"{cam}-{day.isoformat()}-{k:04d}.jpg"
+            if not img.is_file():
+                fr = render_frame(world, list(classes), cam, day, k, per_day, seed=seed, stream=STREAM)
+                h, w = fr.image.shape[:2]
+                (out / "labels" / f"{img.stem}.txt").write_text(fr.truth.to_yolo_txt(w, h))
+                img.write_bytes(encode_jpeg(fr.image, world.jpeg_quality))
+            paths.append(str(img))
+    return paths
+
+
+def with_extra(data_yaml: Path, extra: Sequence[str], repeats: int, out: Path) -> Path:
+    """A copy of ``data_yaml`` whose train list also holds ``extra`` (each ``repeats`` times, as the round's own hard
+    frames are repeated); val and names unchanged."""
+    import yaml
+
+    cfg = yaml.safe_load(data_yaml.read_text())
+    train = Path(cfg["train"])
+    lines = [ln for ln in train.read_text().splitlines() if ln.strip()]
+    out.mkdir(parents=True, exist_ok=True)
+    lst = out / "train.txt"
+    lst.write_text("\n".join([*lines, *[p for p in extra for _ in range(repeats)]]) + "\n")
+    cfg["train"] = str(lst)
+    path = out / "data.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def ceiling(settings: Any, round_id: str, variants: Sequence[str], cameras: Sequence[str] | None = None,
+            frames: int = 400, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Per variant: golden delta against the round's champion and true mAP50 per camera."""
+    from benchmarks.soak_carry import RoundTruth, gate
+    from benchmarks.soak_finetune import finetune
+    from benchmarks.soak_truth import world_onsets
+    from detloop import datasets as ds
+    from detloop.clients.registry import RegistryClient
+    from detloop.clients.s3 import S3Store
+    from flows.demo import START
+    from tasks.rounds import load_round
+
+    plan = {v: parse_variant(v) for v in variants}
+    store, registry = S3Store(settings), RegistryClient(settings)
+    rec = load_round(store, settings, round_id)
+    if rec is None or not rec.dataset_version or not rec.model_version:
+        raise SystemExit(f"round {round_id}: no record, dataset version or champion in this soak's store")
+    ctx = RoundTruth(settings, registry, str(rec.model_version), rec.as_of, None, frames)
+    as_of = date.fromisoformat(str(rec.as_of))
+    onsets = drifted_cameras(world_onsets(ctx.world, START, as_of), as_of)
+    drifted = {c: onsets.get(c, as_of) for c in cameras} if cameras else onsets
+    if not drifted:
+        raise SystemExit(f"round {round_id}: no world onset in the 14 days to {as_of}; name the cameras (--camera)")
+    manifest = ds.load_manifest(store, settings, rec.dataset_version)
+    had = {c: sum(1 for e in manifest.by_split("train") if e.camera == c and e.date >= str(d))
+           for c, d in drifted.items()}
+    base = ds.materialize(store, settings, rec.dataset_version, oversample=settings.training.oversample_factor)
+    spec_epochs = int(json.loads(
+        (settings.data_dir / "training" / f"round-{round_id}" / "ul" / "spec.json").read_text())["epochs"])
+    root = settings.data_dir / "soak-ceiling" / round_id
+    result: dict[str, Any] = {
+        "round": round_id, "champion": str(rec.model_version), "dataset_version": rec.dataset_version,
+        "truth_day": ctx.day.isoformat(), "drifted": {c: d.isoformat() for c, d in drifted.items()},
+        "labelled_after_onset": had, "epochs": spec_epochs,
+        "champion_true": ctx.truth(ctx.champion, f"v{rec.model_version}"), "run": ctx.run_challenger(round_id),
+        "variants": {}}
+    log(f"{round_id}: champion v{rec.model_version}, drifted {result['drifted']}, train frames after onset {had}")
+    for name, (n, factor) in plan.items():
+        data = None
+        if n:
+            extra = render_extra(ctx.world, settings.classes, drifted, as_of, n, settings.world.seed,
+                                 root / "frames")
+            data = with_extra(Path(base), extra, settings.training.oversample_factor, root / "data" / f"n{n}")
+        fields = {"epochs": spec_epochs * factor} if factor > 1 else None
+        out = root / name
+        art = finetune(settings, store, round_id, rec.dataset_version, {}, out, fields, data=data)
+        g = gate(settings, store, round_id, rec.dataset_version, art, ctx.champion, out / "eval")
+        delta = g["golden_map"] - g["champion_golden_map"] if g["champion_golden_map"] is not None else None
+        result["variants"][name] = {"extra_per_camera": n, "epochs": spec_epochs * factor, "outcome": g["outcome"],
+                                    "golden_delta": delta, "true": ctx.truth(art, f"ceiling-{name}-{round_id}")}
+        log(f"{round_id} {name}: golden delta {delta:+.4f} ({g['outcome']}); true {result['variants'][name]['true']}")
+    return result
+
+
+def table(r: dict[str, Any], pre: dict[str, float] | None = None) -> str:
+    """Markdown: the champion and each variant, true mAP50 on the drifted cameras (and their pre-onset value)."""
+    cams = sorted(r["drifted"])
+
+    def f(x: Any, signed: bool = False) -> str:
+        return "-" if x is None else (f"{x:+.4f}" if signed else f"{x:.3f}")
+
+    head = ("| model | extra labelled frames per drifted camera | epochs | golden mAP50-95 delta | gate | "
+            + " | ".join(f"true mAP50 {c}" for c in cams) + " |")
+    lines = [head, "|" + "---|" * (5 + len(cams))]
+    if pre:
+        lines.append("| before the onset | - | - | - | - | " + " | ".join(f(pre.get(c)) for c in cams) + " |")
+    lines.append(f"| champion v{r['champion']} | - | - | - | - | "
+                 + " | ".join(f(r["champion_true"].get(c)) for c in cams) + " |")
+    if r.get("run"):
+        run = r["run"]
+        lines.append(f"| the run's challenger v{run['version']} | 0 | {r['epochs']} | {f(run['golden_delta'], True)} | "
+                     f"{run['outcome']} | " + " | ".join(f(run["true"].get(c)) for c in cams) + " |")
+    for name, v in r["variants"].items():
+        lines.append(f"| {name} | {v['extra_per_camera']} | {v['epochs']} | {f(v['golden_delta'], True)} | "
+                     f"{v['outcome']} | " + " | ".join(f(v["true"].get(c)) for c in cams) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import argparse
+    import json
+
+    from benchmarks._common import machine_info, utc_now, write_result
+    from benchmarks.soak_carry import soak_stack
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", "-c", default="configs/soak.yaml")
+    ap.add_argument("--round", required=True, help="the soak round whose fine-tune is repeated")
+    ap.add_argument("--variant", dest="variants", action="append",
+                    help="as-run, +N or +N-xE (repeatable; default: +50 +200 +200-x3)")
+    ap.add_argument("--camera", dest="cameras", action="append", help="drifted camera (repeatable; default: onsets)")
+    ap.add_argument("--soak", type=Path, help="the soak's JSON: its truth gives each camera's pre-onset true mAP50")
+    ap.add_argument("--truth-frames", type=int, default=400)
+    ap.add_argument("--out", type=Path, default=RESULTS / "soak_ceiling.json")
+    a = ap.parse_args(argv)
+    variants = a.variants or ["+50", "+200", "+200-x3"]
+    for v in variants:
+        parse_variant(v)  # a bad spelling fails before the stack starts
+    r = ceiling(soak_stack(a.config), a.round, variants, a.cameras, a.truth_frames)
+    pre = pre_onset(json.loads(a.soak.read_text()), r["drifted"]) if a.soak else None
+    md = table(r, pre)
+    write_result(a.out, {"bench": "soak_ceiling", **r, "pre_onset": pre, "table": md, "when": utc_now(),
+                         "machine": machine_info()})
+    print(md)
+    return r
+
+
+def pre_onset(soak: dict[str, Any], drifted: dict[str, str]) -> dict[str, float]:
+    """Camera -> the true mAP50 the soak's truth recorded for it the week before its onset."""
+    out = {}
+    for rec in soak.get("truth", {}).get("recovery", []):
+        if rec["camera"] in drifted and rec["onset"] == drifted[rec["camera"]] and rec.get("pre") is not None:
+            out[rec["camera"]] = rec["pre"]
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The recovery-ceiling benchmark's pieces: variants, drifted cameras, label days, the extra frames and the data.yaml
+(the fine-tunes themselves need a finished soak's stack)."""
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks.soak_ceiling import (
+    drifted_cameras,
+    label_days,
+    parse_variant,
+    pre_onset,
+    render_extra,
+    table,
+    with_extra,
+)
+from detloop.detections import Detections
+
+
+def test_variants_parse_and_bad_spellings_are_named() -> None:
+    assert parse_variant("as-run") == (0, 1)
+    assert parse_variant("+50") == (50, 1)
+    assert parse_variant("+200-x3") == (200, 3)
+    for bad in ("50", "+50x3", "+-1", "+200-x0"):
+        with pytest.raises(ValueError, match="variant"):
+            parse_variant(bad)
+
+
+def test_drifted_cameras_are_the_recent_onsets_only() -> None:
+    onsets = [{"camera": "cam1", "onset": "2026-01-20"}, {"camera": "cam0", "onset": "2026-01-19"},
+              {"camera": "cam3", "onset": "2026-01-26"}, {"camera": "cam4", "onset": "2026-01-26"},
+              {"camera": "cam2", "onset": "2026-02-09"}]  # cam0: 14 days before, out; cam2: after the round
+    got = drifted_cameras(onsets, date(2026, 2, 2))
+    assert got == {"cam1": date(2026, 1, 20), "cam3": date(2026, 1, 26), "cam4": date(2026, 1, 26)}
+    assert drifted_cameras(onsets, date(2026, 2, 2), days=8) == {"cam3": date(2026, 1, 26), "cam4": date(2026, 1, 26)}
+
+
+def test_label_days_run_from_the_onset_to_the_day_before_the_round() -> None:
+    days = label_days(date(2026, 1, 26), date(2026, 2, 2))
+    assert days[0] == date(2026, 1, 26) and days[-1] == date(2026, 2, 1) and len(days) == 7
+    assert label_days(date(2026, 1, 1), date(2026, 2, 2))[0] == date(2026, 1, 26)  # at most 7 days back
+    assert label_days(date(2026, 2, 2), date(2026, 2, 2)) == [date(2026, 2, 2)]  # onset on the round's day
+
+
+def test_extra_frames_are_rendered_with_their_truth_and_join_the_train_list(tmp_path: Path) -> None:
+    from detloop.world.config import load_world_config
+
+    world = load_world_config("configs/world.yaml")
+    classes = ["disc", "square", "triangle", "ring", "star"]
+    cam = world.cameras[0].id
+    imgs = render_extra(world, classes, {cam: date(2026, 1, 26)}, date(2026, 1, 29), 4, 0, tmp_path / "frames")
+    assert len(imgs) == 4 and len(set(imgs)) == 4
+    for p in imgs:
+        lbl = Path(p).parent.parent / "labels" / (Path(p).stem + ".txt")
+        assert Path(p).stat().st_size > 0
+        assert len(Detections.from_yolo_txt(lbl.read_text(), 640, 480, num_classes=5)) >= 0
+    assert any((Path(p).parent.parent / "labels" / (Path(p).stem + ".txt")).read_text() for p in imgs)
+    stamp = Path(imgs[0]).stat().st_mtime_ns
+    assert render_extra(world, classes, {cam: date(2026, 1, 26)}, date(2026, 1, 29), 4, 0,
+                        tmp_path / "frames") == imgs
+    assert Path(imgs[0]).stat().st_mtime_ns == stamp  # kept, not rendered again
+
+    train = tmp_path / "train_x2.txt"
+    train.write_text("/a.jpg\n/b.jpg\n")
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(tmp_path), "train": str(train), "val": "/v.txt",
+                                    "names": {0: "disc"}, "nc": 1}))
+    got = yaml.safe_load(with_extra(data, imgs[:2], 2, tmp_path / "n2").read_text())
+    assert got["val"] == "/v.txt" and got["nc"] == 1
+    assert Path(got["train"]).read_text().split() == ["/a.jpg", "/b.jpg", imgs[0], imgs[0], imgs[1], imgs[1]]
+
+
+def test_table_and_pre_onset_values() -> None:
+    soak = {"truth": {"recovery": [{"camera": "cam3", "onset": "2026-01-26", "pre": 0.689},
+                                   {"camera": "cam2", "onset": "2026-02-09", "pre": 0.732}]}}
+    r = {"champion": "4", "drifted": {"cam3": "2026-01-26", "cam4": "2026-01-26"}, "epochs": 3,
+         "champion_true": {"cam3": 0.378, "cam4": 0.70},
+         "run": {"version": "6", "golden_delta": -0.0025, "outcome": "rejected", "true": {"cam3": 0.513}},
+         "variants": {"+200": {"extra_per_camera": 200, "epochs": 3, "golden_delta": 0.004, "outcome": "passed",
+                               "true": {"cam3": 0.65, "cam4": 0.78}}}}
+    pre = pre_onset(soak, r["drifted"])
+    assert pre == {"cam3": 0.689}
+    md = table(r, pre)
+    assert "| before the onset | - | - | - | - | 0.689 | - |" in md
+    assert "| the run's challenger v6 | 0 | 3 | -0.0025 | rejected | 0.513 | - |" in md
+    assert "| +200 | 200 | 3 | +0.0040 | passed | 0.650 | 0.780 |" in md
