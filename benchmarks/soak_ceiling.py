@@ -15,7 +15,7 @@ with their exact truth as labels, i.e. perfect labels bought in any number. Vari
 Each challenger is measured as the soak measures: the true mAP50 per camera on the soak's truth frames of the end
 of the round's week (:class:`benchmarks.soak_carry.RoundTruth`, cached), and the gate against the round's champion
 on the round's slices (golden delta). The drifted cameras are those whose world onset (drift or new camera) falls in
-the 14 days up to the round's ``as_of`` unless ``--camera`` names them; the extra frames spread over the days from
+the 14 days before the round's ``as_of`` unless ``--camera`` names them; the extra frames spread over the days from
 the onset (or 7 days back) to the day before ``as_of``, what a labeller could have been given that week.
 
     python -m benchmarks.soak_ceiling --config configs/soak.yaml --round soak-2026-02-02 \\
@@ -57,12 +57,13 @@ def parse_variant(name: str) -> tuple[int, int]:
 
 
 def drifted_cameras(onsets: Sequence[dict[str, Any]], as_of: date, days: int = 14) -> dict[str, date]:
-    """Camera -> its latest world onset in ``(as_of - days, as_of]`` (drifts and new cameras alike)."""
+    """Camera -> its earliest world onset (drift or new camera) in ``[as_of - days, as_of)``: the cameras a round on
+    ``as_of`` could have had labels of since they changed (an onset on ``as_of`` itself had none yet)."""
     out: dict[str, date] = {}
     for o in onsets:
         d = date.fromisoformat(o["onset"])
-        if as_of - timedelta(days=days) < d <= as_of:
-            out[o["camera"]] = max(out.get(o["camera"], d), d)
+        if as_of - timedelta(days=days) <= d < as_of:
+            out[o["camera"]] = min(out.get(o["camera"], d), d)
     return out
 
 

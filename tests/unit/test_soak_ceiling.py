@@ -29,12 +29,13 @@ def test_variants_parse_and_bad_spellings_are_named() -> None:
 
 
 def test_drifted_cameras_are_the_recent_onsets_only() -> None:
-    onsets = [{"camera": "cam1", "onset": "2026-01-20"}, {"camera": "cam0", "onset": "2026-01-19"},
+    onsets = [{"camera": "cam1", "onset": "2026-01-20"}, {"camera": "cam0", "onset": "2026-01-18"},
               {"camera": "cam3", "onset": "2026-01-26"}, {"camera": "cam4", "onset": "2026-01-26"},
-              {"camera": "cam2", "onset": "2026-02-09"}]  # cam0: 14 days before, out; cam2: after the round
+              {"camera": "cam3", "onset": "2026-02-02"}, {"camera": "cam2", "onset": "2026-02-02"},
+              {"camera": "cam2", "onset": "2026-02-09"}]  # cam0: 15 days before; cam2: on and after the round's day
     got = drifted_cameras(onsets, date(2026, 2, 2))
     assert got == {"cam1": date(2026, 1, 20), "cam3": date(2026, 1, 26), "cam4": date(2026, 1, 26)}
-    assert drifted_cameras(onsets, date(2026, 2, 2), days=8) == {"cam3": date(2026, 1, 26), "cam4": date(2026, 1, 26)}
+    assert drifted_cameras(onsets, date(2026, 2, 2), days=7) == {"cam3": date(2026, 1, 26), "cam4": date(2026, 1, 26)}
 
 
 def test_label_days_run_from_the_onset_to_the_day_before_the_round() -> None:
