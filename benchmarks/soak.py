@@ -215,8 +215,12 @@ def lost_and_duplicated(check_counts: Mapping[str, Any], annotated: int, labelle
 
 def _count(row: dict[str, Any], c: Mapping[str, Any], counts: Mapping[str, int], store: Any, settings: Any,
            round_id: str) -> None:
+    """A round's labels paid (what its labels report pulled: also the labels a crashed run's annotators made
+    before a ``--resume``, which this process did not submit), duplicates and losses, added to the week's row."""
     report = store.get_json(settings.s3.data_bucket, f"rounds/{round_id}/labels_report.json")
-    dup, lost = lost_and_duplicated(c, int(counts.get("annotated", 0)), int(report.get("labelled", 0)))
+    labelled = int(report.get("labelled", 0))
+    dup, lost = lost_and_duplicated(c, int(counts.get("annotated", 0)), labelled)
+    row["labels"] += labelled
     row["duplicates"] += dup
     row["lost"] += lost
 
@@ -320,7 +324,6 @@ def run_soak(settings: Any, weeks: int, spec: Any, seed: int = 0, timeout: float
                         counts, res = label_and_retrain(settings, r.round_id, base, profile, log, timeout)
                         handled.add(r.round_id)
                         row["targeted_rounds"] += 1
-                        row["labels"] += int(counts.get("annotated", 0))
                         row["decisions"].append(f"drift:{res.get('outcome')}")
                         _count(row, check(cell, r.round_id, trained=True), counts, store, settings, r.round_id)
             f = fault if fault.flow == "round" else None
@@ -329,7 +332,6 @@ def run_soak(settings: Any, weeks: int, spec: Any, seed: int = 0, timeout: float
             outcomes += [out] if f else []
             if wrow is not None:
                 row["weekly_rounds"] = 1
-                row["labels"] += int(wrow.get("annotated") or 0)
                 row["decisions"].append(f"weekly:{wrow.get('decision')}")
                 row["golden_map"] = wrow.get("challenger_map") if wrow.get("decision") == "passed" else wrow.get(
                     "champion_map")

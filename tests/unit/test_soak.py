@@ -135,3 +135,22 @@ def test_soak_finetune_table_lists_the_run_and_every_variant_with_its_golden_del
     assert "run's challenger v5 | -0.0090 | rejected | 0.450" in md
     assert "| | bias-lr-0 | +0.0120 | passed | 0.600 | cam0 0.600, cam3 - |" in md
     assert mean_true({"a": None}) is None
+
+
+def test_labels_paid_are_what_the_round_pulled_even_when_labelled_before_a_resume() -> None:
+    from types import SimpleNamespace
+
+    from benchmarks.soak import _count
+
+    class Store:
+        def get_json(self, bucket: str, key: str) -> dict[str, int]:
+            assert key == "rounds/soak-2026-02-09/labels_report.json"
+            return {"labelled": 24}
+
+    settings = SimpleNamespace(s3=SimpleNamespace(data_bucket="data"))
+    row = {"labels": 5, "duplicates": 0, "lost": 0}
+    _count(row, {}, {"annotated": 0}, Store(), settings, "soak-2026-02-09")  # this process submitted none
+    assert row == {"labels": 29, "duplicates": 0, "lost": 0}
+    row = {"labels": 0, "duplicates": 0, "lost": 0}
+    _count(row, {"duplicate_tasks": 1}, {"annotated": 26}, Store(), settings, "soak-2026-02-09")
+    assert row == {"labels": 24, "duplicates": 1, "lost": 2}  # 2 submitted annotations the pull did not get
