@@ -10,7 +10,9 @@ with their exact truth as labels, i.e. perfect labels bought in any number. Vari
 - the run's own challenger (no extra frame) is measured beside, from the registry; ``as-run`` re-trains it (the
   training is deterministic: a check that the re-training reproduces it);
 - ``+N``: N extra labelled frames per drifted camera, the round's epochs;
-- ``+N-xE``: the same with E times the epochs (does the 3-epoch fine-tune leave accuracy on the table?).
+- ``+N-xE``: the same with E times the epochs (does the 3-epoch fine-tune leave accuracy on the table?);
+- a ``-sim`` suffix: the extra frames labelled as the soak's simulated annotators label (misses, 2 % box jitter,
+  class flips) instead of exactly: what the loop can actually buy.
 
 Each challenger is measured as the soak measures: the true mAP50 per camera on the soak's truth frames of the end
 of the round's week (:class:`benchmarks.soak_carry.RoundTruth`, cached), and the gate against the round's champion
@@ -36,24 +38,27 @@ from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 STREAM = "ceiling"
-_VARIANT = re.compile(r"^(as-run|\+(\d+)(?:-x(\d+))?)$")
+_VARIANT = re.compile(r"^(as-run|\+(\d+)(?:-x(\d+))?(-sim)?)$")
 
 
-def parse_variant(name: str) -> tuple[int, int]:
-    """``as-run`` -> (0, 1); ``+N`` -> (N, 1); ``+N-xE`` -> (N, E): extra frames per camera, epoch factor.
+def parse_variant(name: str) -> tuple[int, int, bool]:
+    """``as-run`` -> (0, 1, False); ``+N`` -> (N, 1, False); ``+N-xE`` -> (N, E, False); a ``-sim`` suffix -> the
+    same with True: extra frames per camera, epoch factor, labels by the soak's simulated annotators (misses,
+    jitter, class flips: :func:`flows.demo.default_annotators`) instead of the exact truth.
 
     Raises:
         ValueError: any other spelling (the message lists the accepted ones).
     """
     m = _VARIANT.match(name)
     if m is None:
-        raise ValueError(f"variant {name!r}: expected as-run, +N or +N-xE (N extra frames per camera, E x epochs)")
+        raise ValueError(f"variant {name!r}: expected as-run, +N, +N-xE or either with -sim (N extra frames per "
+                         "camera, E x epochs, -sim: the simulated annotators' labels)")
     if m.group(1) == "as-run":
-        return 0, 1
+        return 0, 1, False
     n, e = int(m.group(2)), int(m.group(3) or 1)
     if e < 1:
         raise ValueError(f"variant {name!r}: the epoch factor must be >= 1")
-    return n, e
+    return n, e, bool(m.group(4))
 
 
 def drifted_cameras(onsets: Sequence[dict[str, Any]], as_of: date, days: int = 14) -> dict[str, date]:
@@ -76,9 +81,15 @@ def label_days(onset: date, as_of: date, back: int = 7) -> list[date]:
 
 
 def render_extra(world: Any, classes: Sequence[str], cameras: dict[str, date], as_of: date, n: int, seed: int,
-                 out: Path) -> list[str]:
+                 out: Path, annotator: Any | None = None) -> list[str]:
     """``n`` labelled frames per camera (stream ``ceiling``) as an Ultralytics image/label pair each under ``out``;
-    existing ones are kept. Returns the image paths."""
+    existing ones are kept. Labels are the exact truth, or what ``annotator`` (an
+    :class:`~detloop.sim.annotator.AnnotatorProfile`) makes of it. Returns the image paths."""
+    import hashlib
+
+    import numpy as np
+
+    from detloop.sim.annotator import degrade
     from detloop.world.render import encode_jpeg, render_frame
 
     paths = []
@@ -93,7 +104,10 @@ def render_extra(world: Any, classes: Sequence[str], cameras: dict[str, date], a
             if not img.is_file():
                 fr = render_frame(world, list(classes), cam, day, k, per_day, seed=seed, stream=STREAM)
                 h, w = fr.image.shape[:2]
-                (out / "labels" / f"{img.stem}.txt").write_text(fr.truth.to_yolo_txt(w, h))
+                rng = np.random.default_rng(int.from_bytes(hashlib.sha256(
+                    f"{annotator.seed if annotator else 0}|{img.stem}".encode()).digest()[:8], "big"))
+                gt = fr.truth if annotator is None else degrade(fr.truth, annotator, rng, len(classes), w, h)
+                (out / "labels" / f"{img.stem}.txt").write_text(gt.to_yolo_txt(w, h))
                 img.write_bytes(encode_jpeg(fr.image, world.jpeg_quality))
             paths.append(str(img))
     return paths
@@ -125,7 +139,7 @@ def ceiling(settings: Any, round_id: str, variants: Sequence[str], cameras: Sequ
     from detloop import datasets as ds
     from detloop.clients.registry import RegistryClient
     from detloop.clients.s3 import S3Store
-    from flows.demo import START
+    from flows.demo import START, default_annotators
     from tasks.rounds import load_round
 
     plan = {v: parse_variant(v) for v in variants}
@@ -153,18 +167,20 @@ def ceiling(settings: Any, round_id: str, variants: Sequence[str], cameras: Sequ
         "champion_true": ctx.truth(ctx.champion, f"v{rec.model_version}"), "run": ctx.run_challenger(round_id),
         "variants": {}}
     log(f"{round_id}: champion v{rec.model_version}, drifted {result['drifted']}, train frames after onset {had}")
-    for name, (n, factor) in plan.items():
+    for name, (n, factor, sim) in plan.items():
         data = None
         if n:
             extra = render_extra(ctx.world, settings.classes, drifted, as_of, n, settings.world.seed,
-                                 root / "frames")
-            data = with_extra(Path(base), extra, settings.training.oversample_factor, root / "data" / f"n{n}")
+                                 root / ("frames-sim" if sim else "frames"), default_annotators(settings) if sim else None)
+            data = with_extra(Path(base), extra, settings.training.oversample_factor,
+                              root / "data" / f"n{n}{'-sim' if sim else ''}")
         fields = {"epochs": spec_epochs * factor} if factor > 1 else None
         out = root / name
         art = finetune(settings, store, round_id, rec.dataset_version, {}, out, fields, data=data)
         g = gate(settings, store, round_id, rec.dataset_version, art, ctx.champion, out / "eval")
         delta = g["golden_map"] - g["champion_golden_map"] if g["champion_golden_map"] is not None else None
-        result["variants"][name] = {"extra_per_camera": n, "epochs": spec_epochs * factor, "outcome": g["outcome"],
+        result["variants"][name] = {"extra_per_camera": n, "epochs": spec_epochs * factor,
+                                    "labels": "simulated annotators" if sim else "exact truth", "outcome": g["outcome"],
                                     "golden_delta": delta, "true": ctx.truth(art, f"ceiling-{name}-{round_id}")}
         log(f"{round_id} {name}: golden delta {delta:+.4f} ({g['outcome']}); true {result['variants'][name]['true']}")
     return result

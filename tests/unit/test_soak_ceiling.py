@@ -3,6 +3,7 @@
 
 from datetime import date
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -20,10 +21,12 @@ from detloop.detections import Detections
 
 
 def test_variants_parse_and_bad_spellings_are_named() -> None:
-    assert parse_variant("as-run") == (0, 1)
-    assert parse_variant("+50") == (50, 1)
-    assert parse_variant("+200-x3") == (200, 3)
-    for bad in ("50", "+50x3", "+-1", "+200-x0"):
+    assert parse_variant("as-run") == (0, 1, False)
+    assert parse_variant("+50") == (50, 1, False)
+    assert parse_variant("+200-x3") == (200, 3, False)
+    assert parse_variant("+200-x3-sim") == (200, 3, True)
+    assert parse_variant("+50-sim") == (50, 1, True)
+    for bad in ("50", "+50x3", "+-1", "+200-x0", "as-run-sim", "+50-sim-x3"):
         with pytest.raises(ValueError, match="variant"):
             parse_variant(bad)
 
@@ -58,6 +61,14 @@ def test_extra_frames_are_rendered_with_their_truth_and_join_the_train_list(tmp_
         assert Path(p).stat().st_size > 0
         assert len(Detections.from_yolo_txt(lbl.read_text(), 640, 480, num_classes=5)) >= 0
     assert any((Path(p).parent.parent / "labels" / (Path(p).stem + ".txt")).read_text() for p in imgs)
+    from flows.demo import default_annotators
+
+    sim = render_extra(world, classes, {cam: date(2026, 1, 26)}, date(2026, 1, 29), 4, 0, tmp_path / "sim",
+                       default_annotators(SimpleNamespace(world=SimpleNamespace(seed=0))))
+    labels = [(Path(p).parent.parent / "labels" / (Path(p).stem + ".txt")).read_text() for p in imgs]
+    sim_labels = [(Path(p).parent.parent / "labels" / (Path(p).stem + ".txt")).read_text() for p in sim]
+    assert [Path(p).name for p in sim] == [Path(p).name for p in imgs]  # the same frames
+    assert sim_labels != labels  # labelled with the annotators' jitter
     stamp = Path(imgs[0]).stat().st_mtime_ns
     assert render_extra(world, classes, {cam: date(2026, 1, 26)}, date(2026, 1, 29), 4, 0,
                         tmp_path / "frames") == imgs
