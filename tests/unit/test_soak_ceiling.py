@@ -51,7 +51,7 @@ def test_label_days_run_from_the_onset_to_the_day_before_the_round() -> None:
 def test_extra_frames_are_rendered_with_their_truth_and_join_the_train_list(tmp_path: Path) -> None:
     from detloop.world.config import load_world_config
 
-    world = load_world_config("configs/world.yaml")
+    world = load_world_config(Path(__file__).resolve().parents[2] / "configs" / "world.yaml")
     classes = ["disc", "square", "triangle", "ring", "star"]
     cam = world.cameras[0].id
     imgs = render_extra(world, classes, {cam: date(2026, 1, 26)}, date(2026, 1, 29), 4, 0, tmp_path / "frames")
