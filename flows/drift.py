@@ -435,7 +435,10 @@ def drift_resource_id(model_name: str, episode_id: str) -> str:
 def update_episodes(settings: Settings, store: Any, run: DriftRun) -> tuple[list[Episode], list[Episode]]:
     """Advance the episode machine over the days of ``run`` it has not processed; ``(to announce, all episodes)``.
 
-    Open episodes of another champion's reference are closed first (a new champion has a new reference).
+    Open episodes of another champion's reference are closed first (a new champion has a new reference). Days
+    before the champion took over (its reference's ``anchor``) are not its: production then was another model's,
+    and its reference is built from those very days, so comparing them with it would open episodes after the fact
+    (a new champion whose reference holds a drift saw the days before the drift as drifting).
     """
     from tasks.drift import advance, supersede
     from tasks.drift_records import list_episodes, load_state, save_episodes, save_state
@@ -445,8 +448,9 @@ def update_episodes(settings: Settings, store: Any, run: DriftRun) -> tuple[list
     save_episodes(store, settings, old)
     known.update({e.episode_id: e for e in old})
     state = load_state(store, settings, run.model_version)
+    since = run.reference.get("anchor")  # ISO day the champion took over
     for day in run.days:
-        if state.last_day is not None and day <= state.last_day:
+        if (state.last_day is not None and day <= state.last_day) or (since and day < since):
             continue
         state, changed, _opened = advance(state, day, run.verdicts[day], settings.drift, known)
         save_episodes(store, settings, changed.values())

@@ -105,3 +105,27 @@ def test_a_dusk_camera_opens_one_episode_announced_once_and_its_round_opens_besi
     runs = [r for r in fakes.registry.runs.values() if r.tags.get("detloop.drift.version") == "1"]
     assert len(runs) == 1 and "cam1.signals" in runs[0].metrics
     assert any(k.endswith("report.md") for k in runs[0].artifacts)
+
+
+def test_days_before_the_champion_took_over_open_no_episode(drift_config: str, fakes: Any) -> None:
+    """A new champion's reference is the days before it took over; the days of the monitor's window before that
+    were another model's production: comparing them with the new reference opened episodes after the fact (the
+    third soak: v6, promoted on 02-02 with the repaint in its reference, opened a cam3 episode dated 01-21)."""
+    from types import SimpleNamespace
+
+    from detloop.settings import load_settings
+    from flows.drift import update_episodes
+    from tasks.drift import Verdict
+
+    s = load_settings(drift_config)
+    days = [f"2026-02-{d:02d}" for d in range(4, 13)]
+    verdicts = {d: {"cam2": Verdict("cam2", d, "drift", ["class_mix:chi2"]),
+                    "cam0": Verdict("cam0", d, "clean")} for d in days}
+    run = SimpleNamespace(model_version="9", days=days, verdicts=verdicts, reference={"anchor": "2026-02-09"})
+    announce, episodes = update_episodes(s, fakes.store, run)
+    assert episodes and all(e.opened_on >= "2026-02-09" for e in episodes)
+    assert [e.cameras for e in announce] == [["cam2"]]
+
+    earlier = SimpleNamespace(model_version="8", days=days, verdicts=verdicts, reference={})  # no anchor known
+    _, episodes = update_episodes(s, fakes.store, earlier)
+    assert min(e.opened_on for e in episodes if e.model_version == "8") < "2026-02-09"
