@@ -474,12 +474,17 @@ def targeted_round(settings: Settings, episode: Episode) -> dict[str, Any]:
             "budget": settings.drift.round_budget or settings.selection.budget}
 
 
-def announce_episode(settings: Settings, store: Any, episode: Episode, config: str | None) -> Episode:
-    """Emit ``detloop.drift.detected`` for ``episode`` (event id from the episode id) and record it."""
+def announce_episode(settings: Settings, store: Any, episode: Episode, config: str | None,
+                     as_of: str | None = None) -> Episode:
+    """Emit ``detloop.drift.detected`` for ``episode`` and record it (with ``as_of``, the monitor's day). The first
+    event's id derives from the episode id; an episode announced again (its round never created) gets one per
+    attempt, so the automation sees a new event."""
     from tasks.drift_records import mark_episode
 
     target = targeted_round(settings, episode)
-    eid = drift_event_id(settings.mlflow.model_name, episode.episode_id)
+    attempt = max(episode.announcements, 1) if episode.event_id else 0  # records before the count: 1 sent
+    eid = drift_event_id(settings.mlflow.model_name,
+                         episode.episode_id if attempt == 0 else f"{episode.episode_id}#{attempt}")
     payload = {"episode_id": episode.episode_id, "model": settings.mlflow.model_name,
                "model_version": episode.model_version, "classes": episode.classes, "days": episode.days,
                "statistics": episode.signals, **target, "config": config or ""}
@@ -489,7 +494,8 @@ def announce_episode(settings: Settings, store: Any, episode: Episode, config: s
     notify(EVENT_DRIFT_DETECTED, drift_resource_id(settings.mlflow.model_name, episode.episode_id), payload, message,
            event_id=eid)
     return mark_episode(store, settings, episode.episode_id, event_id=str(eid), round_id=target["round_id"],
-                        emitted_at=datetime.now(UTC).isoformat(timespec="seconds"))
+                        emitted_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                        announcements=attempt + 1, announced_for=as_of)
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,11 +517,23 @@ def drift_monitor(params: DriftParams = DriftParams()) -> dict[str, Any]:  # noq
 
     # 2. episodes: the days not seen yet, in order; each new episode announced once
     to_announce, episodes = update_episodes(settings, clients.store, run)
-    announced = [announce_episode(settings, clients.store, e, params.config) for e in to_announce]
-    by_id = {e.episode_id: e for e in episodes} | {e.episode_id: e for e in announced}
-    episodes = sorted(by_id.values(), key=lambda e: (e.opened_on, e.episode_id))
+    announced = [announce_episode(settings, clients.store, e, params.config, run.as_of) for e in to_announce]
     for e in announced:
         log.info("episode %s opened on %s: event emitted, round %s", e.episode_id, ", ".join(e.cameras), e.round_id)
+    # 2b. an episode announced on an earlier day whose targeted round was never created (the run its event started
+    #     failed, e.g. a service down longer than its retries): announced again, under a new event id
+    from tasks.drift import unanswered
+    from tasks.rounds import list_rounds
+
+    known = [e for e in episodes if e.episode_id not in {a.episode_id for a in announced}]
+    again = [announce_episode(settings, clients.store, e, params.config, run.as_of)
+             for e in unanswered(known, run.model_version, [r.round_id for r in list_rounds(clients.store, settings)],
+                                 run.as_of)]
+    for e in again:
+        log.warning("episode %s: its targeted round %s was never created (announced %d times); event emitted again",
+                    e.episode_id, e.round_id, e.announcements)
+    by_id = {e.episode_id: e for e in episodes} | {e.episode_id: e for e in [*announced, *again]}
+    episodes = sorted(by_id.values(), key=lambda e: (e.opened_on, e.episode_id))
 
     # 3. the report: the run's artifact and the monitoring experiment
     md = report_markdown(run, settings, [e for e in episodes if e.model_version == run.model_version])
@@ -530,5 +548,6 @@ def drift_monitor(params: DriftParams = DriftParams()) -> dict[str, Any]:  # noq
     return {"as_of": run.as_of, "model_version": run.model_version, "days": [run.days[0], run.days[-1]],
             "drifted_cameras": run.drifted_cameras(), "opened": [e.episode_id for e in announced],
             "open_episodes": [e.episode_id for e in episodes if e.status == "open"],
-            "rounds": [e.round_id for e in announced], "mlflow_run": mlflow_run,
+            "rounds": [e.round_id for e in announced], "announced_again": [e.episode_id for e in again],
+            "mlflow_run": mlflow_run,
             "live_map": run.live.overall.map if run.live is not None and run.live.overall else None}

@@ -460,7 +460,9 @@ class Episode:
             ``handed_over``: those that left it still drifting, ``reopen_after_days`` after it opened with its
             targeted round answered, for the episode ``followed_by``.
         days: drifted days of its cameras; ``signals``, ``classes``: what fired on them.
-        event_id: id of its one ``detloop.drift.detected`` event, once emitted; ``round_id``: its targeted round.
+        event_id: id of its latest ``detloop.drift.detected`` event, once emitted; ``round_id``: its targeted round;
+            ``announcements``: events sent (more than one when its round was never created, :func:`unanswered`);
+            ``announced_for``: the monitor day (``as_of``) of the latest.
         acked_by / acked_at / note: an operator's acknowledgement; ``silenced_until``: its cameras open no
             new episode (and it sends nothing more) before this day.
     """
@@ -485,6 +487,8 @@ class Episode:
     silenced_until: str | None = None
     handed_over: list[str] = field(default_factory=list)
     followed_by: str | None = None
+    announcements: int = 0
+    announced_for: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -592,6 +596,15 @@ def advance(state: MonitorState, day: str, verdicts: Mapping[str, Verdict], cfg:
                                   f"day(s) after it opened and was answered (round {e.round_id}): followed by {eid}")
     st.last_day = day
     return st, changed, opened
+
+
+def unanswered(episodes: Iterable[Episode], model_version: str, rounds: Iterable[str], as_of: str) -> list[Episode]:
+    """Open episodes of ``model_version`` announced on a monitor day before ``as_of`` whose targeted round does not
+    exist (not in ``rounds``, the round ids on record): the run their event started failed (a service down for
+    longer than its retries) or never ran, so nothing answers them unless they are announced again."""
+    have = set(rounds)
+    return [e for e in episodes if e.model_version == model_version and e.status == "open" and e.event_id
+            and e.round_id and e.round_id not in have and (e.announced_for or "") < as_of]
 
 
 def stale(episode: Episode, day: str, reopen_after_days: int) -> bool:

@@ -129,3 +129,37 @@ def test_days_before_the_champion_took_over_open_no_episode(drift_config: str, f
     earlier = SimpleNamespace(model_version="8", days=days, verdicts=verdicts, reference={})  # no anchor known
     _, episodes = update_episodes(s, fakes.store, earlier)
     assert min(e.opened_on for e in episodes if e.model_version == "8") < "2026-02-09"
+
+
+def test_an_episode_whose_round_was_never_created_is_announced_again_the_next_day(
+        world: Any, drift_config: str, fakes: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The third soak: the run that the repaint episode's event started failed while MLflow was down, no round was
+    ever created and nothing answered the episode. The next monitor day announces it again, under a new event id;
+    once its round exists, nothing more is sent."""
+    from detloop.world.publish import publish_world
+    from flows.drift import drift_event_id, drift_monitor
+    from flows.loop import select_for_labeling
+    from flows.params import DriftParams, SelectParams
+    from tasks.drift_records import load_episode
+
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr("prefect.events.emit_event", lambda **kw: events.append(kw))
+    drifted = lambda: [e for e in events if e["event"] == "detloop.drift.detected"]  # noqa: E731
+    out = drift_monitor(DriftParams(config=drift_config, as_of=date(2026, 1, 21)))
+    (eid,) = out["opened"]
+    assert len(drifted()) == 1 and out["announced_again"] == []
+    again = drift_monitor(DriftParams(config=drift_config, as_of=date(2026, 1, 21)))  # the same day re-run
+    assert again["announced_again"] == [] and len(drifted()) == 1
+
+    publish_world(world, date(2026, 1, 22), 1, 16, cameras=["cam0", "cam1"], store=fakes.store, threads=4)
+    nxt = drift_monitor(DriftParams(config=drift_config, as_of=date(2026, 1, 23)))  # the round never came
+    assert nxt["announced_again"] == [eid] and len(drifted()) == 2
+    assert drifted()[1]["id"] == drift_event_id(world.mlflow.model_name, f"{eid}#1") != drifted()[0]["id"]
+    ep = load_episode(fakes.store, world, eid)
+    assert ep.announcements == 2 and ep.announced_for == "2026-01-23"
+
+    payload = drifted()[1]["payload"]  # the automation's run, this time completed
+    select_for_labeling(SelectParams(config=drift_config, as_of=payload["as_of"], episode_id=payload["episode_id"],
+                                     cameras=payload["cameras"], dates=payload["dates"], budget=payload["budget"]))
+    last = drift_monitor(DriftParams(config=drift_config, as_of=date(2026, 1, 24)))
+    assert last["announced_again"] == [] and len(drifted()) == 2

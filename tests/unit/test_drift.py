@@ -423,3 +423,19 @@ def test_live_points_pool_recent_rounds_and_leave_drift_rounds_out_of_the_overal
     assert [(p.camera, p.n_frames) for p in pooled] == [("all", 4), ("cam0", 4), ("cam1", 4)]  # cam1: round d
     assert [p.label for p in series] == ["a", "b", "c"] and series[2].n_frames == 8 and series[2].golden_map == 0.5
     assert series[0].map is not None and series[0].as_of is None
+
+
+def test_an_announced_episode_without_its_round_is_unanswered_from_the_next_monitor_day() -> None:
+    from tasks.drift import Episode, unanswered
+
+    def ep(eid: str, **kw: object) -> Episode:
+        base = {"episode_id": eid, "model_version": "3", "opened_on": "2026-01-27", "cameras": ["cam3"],
+                "days": ["2026-01-27"], "event_id": "e", "round_id": f"soak-{eid}", "announced_for": "2026-01-28"}
+        return Episode(**{**base, **kw})  # type: ignore[arg-type]
+
+    eps = [ep("a"), ep("b"), ep("c", status="closed"), ep("d", model_version="2"), ep("e", event_id=None),
+           ep("f", announced_for="2026-01-29"), ep("g", announced_for=None)]
+    got = unanswered(eps, "3", ["soak-b"], "2026-01-29")
+    # b answered; c closed; d another champion's; e never announced; f announced on this very day
+    assert [e.episode_id for e in got] == ["a", "g"]
+    assert unanswered(eps, "3", ["soak-a", "soak-b", "soak-g"], "2026-01-29") == []
