@@ -104,9 +104,11 @@ def render_extra(world: Any, classes: Sequence[str], cameras: dict[str, date], a
             if not img.is_file():
                 fr = render_frame(world, list(classes), cam, day, k, per_day, seed=seed, stream=STREAM)
                 h, w = fr.image.shape[:2]
-                rng = np.random.default_rng(int.from_bytes(hashlib.sha256(
-                    f"{annotator.seed if annotator else 0}|{img.stem}".encode()).digest()[:8], "big"))
-                gt = fr.truth if annotator is None else degrade(fr.truth, annotator, rng, len(classes), w, h)
+                gt = fr.truth
+                if annotator is not None:  # the annotator's own draw per frame, as reproducible as the frame
+                    seed_bytes = hashlib.sha256(f"{annotator.seed}|{img.stem}".encode()).digest()[:8]
+                    gt = degrade(gt, annotator, np.random.default_rng(int.from_bytes(seed_bytes, "big")),
+                                 len(classes), w, h)
                 (out / "labels" / f"{img.stem}.txt").write_text(gt.to_yolo_txt(w, h))
                 img.write_bytes(encode_jpeg(fr.image, world.jpeg_quality))
             paths.append(str(img))

@@ -525,7 +525,8 @@ def drift_monitor(params: DriftParams = DriftParams()) -> dict[str, Any]:  # noq
     from tasks.drift import unanswered
     from tasks.rounds import list_rounds
 
-    known = [e for e in episodes if e.episode_id not in {a.episode_id for a in announced}]
+    just = {a.episode_id for a in announced}
+    known = [e for e in episodes if e.episode_id not in just]
     again = [announce_episode(settings, clients.store, e, params.config, run.as_of)
              for e in unanswered(known, run.model_version, [r.round_id for r in list_rounds(clients.store, settings)],
                                  run.as_of)]
