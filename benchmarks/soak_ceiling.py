@@ -12,7 +12,11 @@ with their exact truth as labels, i.e. perfect labels bought in any number. Vari
 - ``+N``: N extra labelled frames per drifted camera, the round's epochs;
 - ``+N-xE``: the same with E times the epochs (does the 3-epoch fine-tune leave accuracy on the table?);
 - a ``-sim`` suffix: the extra frames labelled as the soak's simulated annotators label (misses, 2 % box jitter,
-  class flips) instead of exactly: what the loop can actually buy.
+  class flips) instead of exactly: what the loop can actually buy;
+- ``-sel`` / ``-rnd`` before it (``+50-sel-sim``): the N frames per camera are picked from a pool of ``--pool-factor``
+  x N rendered frames per camera, by the product's selection as a targeted round runs it (the round's champion
+  scores the pool; ``balance_cameras``; no control arm) or uniformly at random: does the selection pick better
+  frames than chance for a drifted camera?
 
 Each challenger is measured as the soak measures: the true mAP50 per camera on the soak's truth frames of the end
 of the round's week (:class:`benchmarks.soak_carry.RoundTruth`, cached), and the gate against the round's champion
@@ -34,31 +38,45 @@ import re
 from collections.abc import Callable, Sequence
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 RESULTS = Path(__file__).parent / "results"
 STREAM = "ceiling"
-_VARIANT = re.compile(r"^(as-run|\+(\d+)(?:-x(\d+))?(-sim)?)$")
+_VARIANT = re.compile(r"^(as-run|\+(\d+)(?:-x(\d+))?(?:-(sel|rnd))?(-sim)?)$")
 
 
-def parse_variant(name: str) -> tuple[int, int, bool]:
-    """``as-run`` -> (0, 1, False); ``+N`` -> (N, 1, False); ``+N-xE`` -> (N, E, False); a ``-sim`` suffix -> the
-    same with True: extra frames per camera, epoch factor, labels by the soak's simulated annotators (misses,
-    jitter, class flips: :func:`flows.demo.default_annotators`) instead of the exact truth.
+class Variant(NamedTuple):
+    """Extra frames per drifted camera, epoch factor, simulated annotators' labels (else exact), and how the frames
+    are picked: ``None`` frames ``0..N-1`` of their own render; ``"sel"`` the product's selection (the round's
+    champion scores a pool of ``pool_factor x N`` frames per camera, :func:`pick_from_pool`); ``"rnd"`` uniformly
+    from the same pool."""
+
+    n: int
+    factor: int
+    sim: bool
+    pick: str | None = None
+
+
+def parse_variant(name: str) -> Variant:
+    """``as-run`` -> (0, 1, False); ``+N`` -> (N, 1, False); ``+N-xE`` -> (N, E, False); a ``-sel`` / ``-rnd``
+    before the suffix: picked from a pool by the selection / at random; a ``-sim`` suffix -> labels by the soak's
+    simulated annotators (misses, jitter, class flips: :func:`flows.demo.default_annotators`) instead of the exact
+    truth.
 
     Raises:
         ValueError: any other spelling (the message lists the accepted ones).
     """
     m = _VARIANT.match(name)
     if m is None:
-        raise ValueError(f"variant {name!r}: expected as-run, +N, +N-xE or either with -sim (N extra frames per "
-                         "camera, E x epochs, -sim: the simulated annotators' labels)")
+        raise ValueError(f"variant {name!r}: expected as-run, +N, +N-xE, either with -sel or -rnd and/or -sim (N extra "
+                         "frames per camera, E x epochs, -sel/-rnd: picked from a scored pool by the selection / at "
+                         "random, -sim: the simulated annotators' labels)")
     if m.group(1) == "as-run":
-        return 0, 1, False
+        return Variant(0, 1, False)
     n, e = int(m.group(2)), int(m.group(3) or 1)
     if e < 1:
         raise ValueError(f"variant {name!r}: the epoch factor must be >= 1")
-    return n, e, bool(m.group(4))
+    return Variant(n, e, bool(m.group(5)), m.group(4))
 
 
 def drifted_cameras(onsets: Sequence[dict[str, Any]], as_of: date, days: int = 14) -> dict[str, date]:
@@ -115,6 +133,62 @@ def render_extra(world: Any, classes: Sequence[str], cameras: dict[str, date], a
     return paths
 
 
+def pick_from_pool(settings: Any, scoring: Path, paths: Sequence[str], n: int, how: str,
+                   labelled_counts: Sequence[int] | None, seed: int = 0) -> tuple[list[str], dict[str, Any]]:
+    """``n`` frames per camera of ``paths`` (named ``<camera>-<day>-<k>.jpg`` by :func:`render_extra`): ``"rnd"``
+    uniformly (seeded), ``"sel"`` as a targeted round selects them: the model at ``scoring`` (the round's champion)
+    scores every frame, and :func:`tasks.selection.select` takes ``n`` per camera (``balance_cameras``, no control
+    arm, the config's strategy, aggregation, class balance against ``labelled_counts`` and diversity). Returns the
+    picked paths and a summary (per camera, boxes the champion detected on the picked frames and on the pool)."""
+    import numpy as np
+
+    from detloop.contracts import FrameRef
+    from detloop.preprocess import load_frame_for_model
+    from tasks.scoring import DecodedFrame, load_scorer, score_decoded
+    from tasks.selection import select
+
+    def camera_day(p: str) -> tuple[str, str]:
+        cam, rest = Path(p).stem.split("-", 1)
+        return cam, rest[:10]
+
+    cams = sorted({camera_day(p)[0] for p in paths})
+    if how == "rnd":
+        rng = np.random.default_rng(seed)
+        picked = []
+        for c in cams:
+            mine = [p for p in paths if camera_day(p)[0] == c]
+            picked += [mine[i] for i in sorted(rng.choice(len(mine), size=min(n, len(mine)), replace=False))]
+        return picked, {"pool_per_camera": {c: sum(camera_day(p)[0] == c for p in paths) for c in cams}}
+    ms = settings.model
+    scorer = load_scorer(scoring, ms, list(settings.classes))
+    size = int(scorer.meta.input_size)
+    scored = []
+    for lo in range(0, len(paths), ms.batch_size):
+        batch = []
+        for p in paths[lo:lo + ms.batch_size]:
+            data = Path(p).read_bytes()
+            got = load_frame_for_model(data, size, ms.fast_decode)
+            if isinstance(got, str):
+                raise RuntimeError(f"{p}: rendered frame unreadable: {got}")
+            cam, day = camera_day(p)
+            batch.append(DecodedFrame(FrameRef("ceiling", p, "", cam, day, len(data)), got))
+        scored += score_decoded(batch, scorer, ms)
+    sel = settings.selection.model_copy(update={"budget": n * len(cams), "control_share": 0.0, "control_min": 0,
+                                                "balance_cameras": True})
+    res = select(scored, labelled_counts, sel, round_seed=seed, class_names=list(settings.classes),
+                 num_classes=len(settings.classes), cost=settings.labelling_cost)
+    keys = {f.frame.key for f in res.selected}
+    thr = settings.selection.conf_threshold
+    det = {f.frame.key: int((f.detections.confidence >= thr).sum()) for f in scored}
+    summary = {"pool_per_camera": {c: sum(f.frame.camera == c for f in scored) for c in cams},
+               "notes": [x for x in res.notes if x.startswith("cameras balanced")],
+               "detected_boxes_per_frame": {
+                   c: {"picked": round(float(np.mean([det[k] for k in keys if camera_day(k)[0] == c] or [0])), 2),
+                       "pool": round(float(np.mean([det[f.frame.key] for f in scored if f.frame.camera == c])), 2)}
+                   for c in cams}}
+    return [p for p in paths if p in keys], summary
+
+
 def with_extra(data_yaml: Path, extra: Sequence[str], repeats: int, out: Path) -> Path:
     """A copy of ``data_yaml`` whose train list also holds ``extra`` (each ``repeats`` times, as the round's own hard
     frames are repeated); val and names unchanged."""
@@ -133,8 +207,9 @@ def with_extra(data_yaml: Path, extra: Sequence[str], repeats: int, out: Path) -
 
 
 def ceiling(settings: Any, round_id: str, variants: Sequence[str], cameras: Sequence[str] | None = None,
-            frames: int = 400, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Per variant: golden delta against the round's champion and true mAP50 per camera."""
+            frames: int = 400, log: Callable[[str], None] = print, pool_factor: int = 4) -> dict[str, Any]:
+    """Per variant: golden delta against the round's champion and true mAP50 per camera (``-sel`` / ``-rnd``
+    variants pick from a pool of ``pool_factor x N`` frames per camera)."""
     from benchmarks.soak_carry import RoundTruth, gate
     from benchmarks.soak_finetune import finetune
     from benchmarks.soak_truth import world_onsets
@@ -143,6 +218,7 @@ def ceiling(settings: Any, round_id: str, variants: Sequence[str], cameras: Sequ
     from detloop.clients.s3 import S3Store
     from flows.demo import START, default_annotators
     from tasks.rounds import load_round
+    from tasks.selection import class_counts
 
     plan = {v: parse_variant(v) for v in variants}
     store, registry = S3Store(settings), RegistryClient(settings)
@@ -169,13 +245,21 @@ def ceiling(settings: Any, round_id: str, variants: Sequence[str], cameras: Sequ
         "champion_true": ctx.truth(ctx.champion, f"v{rec.model_version}"), "run": ctx.run_challenger(round_id),
         "variants": {}}
     log(f"{round_id}: champion v{rec.model_version}, drifted {result['drifted']}, train frames after onset {had}")
-    for name, (n, factor, sim) in plan.items():
-        data = None
+    for name, (n, factor, sim, how) in plan.items():
+        data, picking = None, None
         if n:
-            extra = render_extra(ctx.world, settings.classes, drifted, as_of, n, settings.world.seed,
-                                 root / ("frames-sim" if sim else "frames"), default_annotators(settings) if sim else None)
+            frames_dir = root / ("frames-sim" if sim else "frames")
+            annotator = default_annotators(settings) if sim else None
+            if how:  # a pool pool_factor x n per camera, n per camera picked from it
+                pool = render_extra(ctx.world, settings.classes, drifted, as_of, pool_factor * n, settings.world.seed,
+                                    frames_dir.with_name(f"{frames_dir.name}-pool{pool_factor * n}"), annotator)
+                extra, picking = pick_from_pool(settings, ctx.champion, pool, n, how,
+                                                class_counts(manifest, settings.classes), settings.selection.seed)
+            else:
+                extra = render_extra(ctx.world, settings.classes, drifted, as_of, n, settings.world.seed, frames_dir,
+                                     annotator)
             data = with_extra(Path(base), extra, settings.training.oversample_factor,
-                              root / "data" / f"n{n}{'-sim' if sim else ''}")
+                              root / "data" / f"n{n}{f'-{how}{pool_factor * n}' if how else ''}{'-sim' if sim else ''}")
         fields = {"epochs": spec_epochs * factor} if factor > 1 else None
         out = root / name
         art = finetune(settings, store, round_id, rec.dataset_version, {}, out, fields, data=data)
@@ -183,7 +267,9 @@ def ceiling(settings: Any, round_id: str, variants: Sequence[str], cameras: Sequ
         delta = g["golden_map"] - g["champion_golden_map"] if g["champion_golden_map"] is not None else None
         result["variants"][name] = {"extra_per_camera": n, "epochs": spec_epochs * factor,
                                     "labels": "simulated annotators" if sim else "exact truth", "outcome": g["outcome"],
-                                    "golden_delta": delta, "true": ctx.truth(art, f"ceiling-{name}-{round_id}")}
+                                    "golden_delta": delta, "true": ctx.truth(art, f"ceiling-{name}-{round_id}"),
+                                    **({"picked": {"how": how, "pool_factor": pool_factor, **(picking or {})}}
+                                       if how else {})}
         log(f"{round_id} {name}: golden delta {delta:+.4f} ({g['outcome']}); true {result['variants'][name]['true']}")
     return result
 
@@ -223,16 +309,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--config", "-c", default="configs/soak.yaml")
     ap.add_argument("--round", required=True, help="the soak round whose fine-tune is repeated")
     ap.add_argument("--variant", dest="variants", action="append",
-                    help="as-run, +N or +N-xE (repeatable; default: +50 +200 +200-x3)")
+                    help="as-run, +N or +N-xE, with -sel / -rnd and/or -sim (repeatable; default: +50 +200 +200-x3)")
     ap.add_argument("--camera", dest="cameras", action="append", help="drifted camera (repeatable; default: onsets)")
     ap.add_argument("--soak", type=Path, help="the soak's JSON: its truth gives each camera's pre-onset true mAP50")
     ap.add_argument("--truth-frames", type=int, default=400)
+    ap.add_argument("--pool-factor", type=int, default=4,
+                    help="-sel / -rnd variants: the pool per camera is this x N frames")
     ap.add_argument("--out", type=Path, default=RESULTS / "soak_ceiling.json")
     a = ap.parse_args(argv)
     variants = a.variants or ["+50", "+200", "+200-x3"]
     for v in variants:
         parse_variant(v)  # a bad spelling fails before the stack starts
-    r = ceiling(soak_stack(a.config), a.round, variants, a.cameras, a.truth_frames)
+    r = ceiling(soak_stack(a.config), a.round, variants, a.cameras, a.truth_frames, pool_factor=a.pool_factor)
     pre = pre_onset(json.loads(a.soak.read_text()), r["drifted"]) if a.soak else None
     md = table(r, pre)
     write_result(a.out, {"bench": "soak_ceiling", **r, "pre_onset": pre, "table": md, "when": utc_now(),

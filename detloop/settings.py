@@ -393,6 +393,11 @@ class SelectionSettings(_Model):
         True, description="Leave out of the sample the frames an earlier round of this project already sent to "
         "labelling (overlapping windows, e.g. a targeted round inside a weekly one): a frame is paid for once.",
     )
+    balance_cameras: bool = Field(
+        False, description="Split the selected arm equally among the sample's cameras, each share ranked and made "
+        "diverse on its own (a camera with too few frames gives its spare share to the others); off: the shares "
+        "fall where the scores do. Drift-targeted rounds turn it on (drift.round_balance_cameras).",
+    )
     control_retire: bool = Field(
         True, description="Control frames join the training set once they have served the live-accuracy estimate "
         "of their window (their labels are not paid twice over); off: never trained on.",
@@ -854,7 +859,17 @@ class DriftSettings(_Model):
     confidence_level: float = Field(0.9, gt=0.5, lt=1.0, description="Level of the live mAP interval.")
     experiment: str = Field("detloop-monitoring", description="MLflow experiment of the monitoring runs.")
     round_budget: int | None = Field(
-        None, ge=1, le=1_000_000, description="Frames of a drift-targeted round (default: selection.budget).",
+        None, ge=1, le=1_000_000, description="Frames of a drift-targeted round (default: selection.budget); "
+        "round_frames_per_camera, when set, takes precedence.",
+    )
+    round_frames_per_camera: int | None = Field(
+        None, ge=1, le=100_000, description="Frames of a drift-targeted round per camera of its episode: its budget "
+        "is this x the episode's cameras (null: round_budget). The recovery ceiling (docs/benchmarks.md) measured "
+        "~50 labelled frames of a repainted camera recovering most of its loss where 11 did not.",
+    )
+    round_balance_cameras: bool = Field(
+        True, description="A targeted round splits its selected arm equally among its episode's cameras "
+        "(selection.balance_cameras), so a new camera's uncertain frames do not take a repainted camera's share.",
     )
     seed: int = Field(0, ge=0, description="Seed of the permutation tests, subsamples and bootstrap.")
 

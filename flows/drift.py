@@ -464,6 +464,7 @@ def update_episodes(settings: Settings, store: Any, run: DriftRun) -> tuple[list
 def targeted_round(settings: Settings, episode: Episode) -> dict[str, Any]:
     """What the episode's round selects: its cameras and drifted days inside the sampling window that ends the
     day after the episode opened (deterministic per episode)."""
+    from tasks.drift import round_budget
     from tasks.rounds import RoundFocus, focused_round_id
 
     as_of = date.fromisoformat(episode.opened_on) + timedelta(days=1)
@@ -471,7 +472,7 @@ def targeted_round(settings: Settings, episode: Episode) -> dict[str, Any]:
     dates = [x for x in episode.days if start.isoformat() <= x < as_of.isoformat()]
     return {"round_id": focused_round_id(settings.label_studio.project_title, RoundFocus("drift", episode.episode_id)),
             "as_of": as_of.isoformat(), "cameras": list(episode.cameras), "dates": dates,
-            "budget": settings.drift.round_budget or settings.selection.budget}
+            "budget": round_budget(settings.drift, settings.selection.budget, len(episode.cameras))}
 
 
 def announce_episode(settings: Settings, store: Any, episode: Episode, config: str | None,

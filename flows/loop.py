@@ -37,6 +37,7 @@ from flows.common import (
     publish_report,
     retrying,
     run_name,
+    run_settings,
     settings_for,
     today_utc,
 )
@@ -92,7 +93,10 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
     from tasks.selection import read_stored_selection
 
     log = get_run_logger()
-    settings = settings_for(params)
+    settings, overrides = settings_for(params), params.overrides()
+    if params.episode_id and params.balance_cameras is None and settings.drift.round_balance_cameras:
+        overrides.setdefault("selection", {})["balance_cameras"] = True  # each drifted camera gets its share
+        settings = run_settings(params.config, overrides)
     clients = Clients.from_settings(settings)
     store, bucket = clients.store, settings.s3.data_bucket
     as_of = parse_as_of(params.as_of)
@@ -126,7 +130,7 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
         notes: list[str] = ["resumed: stored selection reused"]
         table = ""
     else:
-        run = select_frames(as_of, round_id, params.config, params.overrides(), params.cameras, params.dates)
+        run = select_frames(as_of, round_id, params.config, overrides, params.cameras, params.dates)
         if run.result is None:
             md = f"# Week {as_of}: nothing to label\n\n" + "\n".join(f"- {n}" for n in run.notes or ["empty window"])
             publish_report("select-empty", md, "select-for-labeling: empty window")

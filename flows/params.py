@@ -63,6 +63,9 @@ class SelectParams(_Params):
         None, description="Diversity step over the most uncertain frames (k-center on the embeddings).")
     control_share: Annotated[float, Field(ge=0.0, le=0.5)] | SkipJsonSchema[None] = Field(
         None, description="Share of the budget drawn at random (the blind control arm).")
+    balance_cameras: bool | SkipJsonSchema[None] = Field(
+        None, description="Split the selected frames equally among the cameras (leave empty: config; a drift "
+        "episode's round: drift.round_balance_cameras).")
     force_new_round: bool = Field(
         False, description="Open a new round even if the previous one is still open (default: follow config)."
     )
@@ -76,7 +79,8 @@ class SelectParams(_Params):
         if self.window_days is not None:
             o.setdefault("sampling", {})["window_days"] = self.window_days
         sel = {k: v for k, v in {"budget": self.budget, "strategy": self.strategy, "aggregation": self.aggregation,
-                                  "diversity": self.diversity, "control_share": self.control_share}.items()
+                                  "diversity": self.diversity, "control_share": self.control_share,
+                                  "balance_cameras": self.balance_cameras}.items()
                if v is not None}
         if sel:
             o["selection"] = sel

@@ -607,6 +607,14 @@ def unanswered(episodes: Iterable[Episode], model_version: str, rounds: Iterable
             and e.round_id and e.round_id not in have and (e.announced_for or "") < as_of]
 
 
+def round_budget(cfg: DriftSettings, selection_budget: int, n_cameras: int) -> int:
+    """Frames of an episode's targeted round: ``round_frames_per_camera`` x its cameras when set, else
+    ``round_budget``, else the weekly ``selection_budget``."""
+    if cfg.round_frames_per_camera is not None:
+        return cfg.round_frames_per_camera * max(n_cameras, 1)
+    return cfg.round_budget or selection_budget
+
+
 def stale(episode: Episode, day: str, reopen_after_days: int) -> bool:
     """Whether ``episode`` has been answered (a targeted round was started for it) and opened at least
     ``reopen_after_days`` days before ``day`` (0: never stale)."""

@@ -180,12 +180,44 @@ def score_frames(
             "per_strategy": per, "strategy": strat.name, "notes": notes}
 
 
+def equal_quotas(sizes: Sequence[int], k: int) -> list[int]:
+    """Split ``k`` picks equally among groups of ``sizes`` frames (pure): no group gets more than it has, a
+    group's spare share goes to the groups with room, and the remainder of an uneven split goes to the groups
+    listed first. ``sum(result) == min(k, sum(sizes))``.
+
+    >>> equal_quotas([100, 100], 24), equal_quotas([5, 100, 100], 24), equal_quotas([3, 4], 24)
+    ([12, 12], [5, 10, 9], [3, 4])
+    """
+    quota = [0] * len(sizes)
+    left = min(max(k, 0), sum(max(n, 0) for n in sizes))
+    while left > 0:
+        room = [i for i, n in enumerate(sizes) if quota[i] < n]
+        share, extra = divmod(left, len(room))
+        for j, i in enumerate(room):
+            add = min(share + (j < extra), sizes[i] - quota[i])
+            quota[i] += add
+            left -= add
+    return quota
+
+
+def _pick(order: np.ndarray, k: int, embeddings: np.ndarray | None, diversity: str,
+          filter_factor: float) -> np.ndarray:
+    """The ``k`` picks among ``order`` (frame indices ranked best first): the top, or k-center on embeddings."""
+    if diversity == "none" or k >= len(order):
+        return order[:k]
+    if diversity == "kcenter":
+        return order[kcenter_greedy(embeddings[order], k, first=0)]  # type: ignore[index]
+    top = order[:min(len(order), max(k, int(np.ceil(filter_factor * k))))]  # filter_kcenter
+    return top[kcenter_greedy(embeddings[top], k, first=0)]  # type: ignore[index]
+
+
 def select_indices(
     final: np.ndarray,
     embeddings: np.ndarray | None,
     settings: SelectionSettings,
     round_seed: int = 0,
     reserve: Any = None,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Choose frame indices for both arms from final scores (pure, vectorised).
 
@@ -197,6 +229,9 @@ def select_indices(
         reserve: optional ``(eligible (F,) bool, k) -> list[int]`` called with the frames left after the
             control draw and the selected arm's size;
             the indices it returns are selected first (the rare-class search), the rest as usual.
+        groups: ``(F,)`` group (camera) of each frame; with ``settings.balance_cameras`` the picks after the
+            reserved ones are split equally among the groups (:func:`equal_quotas`), each group ranked and made
+            diverse on its own, and listed round-robin (pick order alternates between groups).
 
     Returns:
         dict with ``control`` ``(n_c,)``, ``selected`` ``(n_s,)`` (pick order), ``plan``, ``notes``.
@@ -226,17 +261,17 @@ def select_indices(
     if diversity != "none" and embeddings is None:
         notes.append(f"diversity {diversity!r}: no embeddings; took the top scores")
         diversity = "none"
-    if diversity == "none" or k >= len(order):
-        sel = order[:k]
-    elif diversity == "kcenter":
-        sub = kcenter_greedy(embeddings[order], k, first=0)  # type: ignore[index]
-        sel = order[sub]
-    else:  # filter_kcenter
-        m = min(len(order), max(k, int(np.ceil(settings.filter_factor * k))))
-        top = order[:m]
-        sub = kcenter_greedy(embeddings[top], k, first=0)  # type: ignore[index]
-        sel = top[sub]
-    sel = np.concatenate([first, np.asarray(sel, np.int64)])
+    if settings.balance_cameras and groups is not None:
+        g = np.asarray(groups, dtype=object)
+        names = sorted({str(x) for x in g[order]})
+        members = [order[g[order] == name] for name in names]  # each keeps the overall ranking's order
+        quotas = equal_quotas([len(m) for m in members], k)
+        picks = [_pick(m, q, embeddings, diversity, settings.filter_factor) for m, q in zip(members, quotas, strict=True)]
+        sel = np.asarray([p[j] for j in range(max(quotas, default=0)) for p in picks if j < len(p)], np.int64)
+        notes.append("cameras balanced: " + ", ".join(f"{n} {q}" for n, q in zip(names, quotas, strict=True)))
+    else:
+        sel = np.asarray(_pick(order, k, embeddings, diversity, settings.filter_factor), np.int64)
+    sel = np.concatenate([first, sel])
     return {"control": control, "selected": sel, "plan": plan, "notes": notes}
 
 
@@ -306,7 +341,8 @@ def select(
     ew_report = _apply_error_weights(pool, frames, sc, settings, slice_weights, class_names)
     acq = _acquisition(pool, emb, sc, settings, cost, champion_quality, class_exemplars, labelled_class_counts,
                        class_names)
-    picked = select_indices(acq["rank_score"], emb, settings, round_seed, reserve=acq["reserve"])
+    picked = select_indices(acq["rank_score"], emb, settings, round_seed, reserve=acq["reserve"],
+                            groups=[f.frame.camera for f in frames])
     notes = sc["notes"] + acq["notes"] + picked["notes"] + _rare_note(acq["rare"])
     final = acq["rank_score"]
     rare_picks = set(acq["rare"].picks)

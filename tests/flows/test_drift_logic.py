@@ -163,3 +163,40 @@ def test_an_episode_whose_round_was_never_created_is_announced_again_the_next_da
                                      cameras=payload["cameras"], dates=payload["dates"], budget=payload["budget"]))
     last = drift_monitor(DriftParams(config=drift_config, as_of=date(2026, 1, 24)))
     assert last["announced_again"] == [] and len(drifted()) == 2
+
+
+def test_a_targeted_round_on_two_cameras_gives_each_an_equal_share_a_weekly_round_does_not_split(
+        world: Any, drift_config: str, fakes: Any) -> None:
+    """An episode on a repainted camera and a new one: the new camera's frames are the more uncertain, and without
+    a split they took the repainted camera's share (the recovery ceiling, docs/benchmarks.md)."""
+    from collections import Counter
+
+    from flows.drift import targeted_round
+    from flows.loop import select_for_labeling
+    from flows.params import SelectParams
+    from tasks.drift import Episode
+
+    data = yaml.safe_load(Path(drift_config).read_text())
+    data["drift"]["round_frames_per_camera"] = 5
+    Path(drift_config).write_text(yaml.safe_dump(data))
+    from detloop.settings import load_settings
+
+    ep = Episode(episode_id="drift-v1-2026-01-20", model_version="1", cameras=["cam0", "cam1"],
+                 opened_on="2026-01-20", days=["2026-01-19", "2026-01-20"])
+    target = targeted_round(load_settings(drift_config), ep)
+    assert target["budget"] == 10  # 5 per camera
+
+    def selected(out: dict[str, Any]) -> tuple[Counter[str], list[str]]:
+        bucket = world.s3.data_bucket
+        rows = fakes.store.get_json(bucket, f"runs/{out['round_id']}/selected_frames.json")
+        notes = fakes.store.get_json(bucket, f"runs/{out['round_id']}/selection_report.json")["notes"]
+        return Counter(r["frame"]["camera"] for r in rows if r["arm"] == "selected"), notes
+
+    out = select_for_labeling(SelectParams(config=drift_config, as_of=target["as_of"], episode_id=ep.episode_id,
+                                           cameras=target["cameras"], dates=target["dates"], budget=target["budget"]))
+    counts, notes = selected(out)
+    assert abs(counts["cam0"] - counts["cam1"]) <= 1 and sum(counts.values()) >= 2
+    assert any(n.startswith("cameras balanced: cam0") for n in notes)
+
+    weekly = select_for_labeling(SelectParams(config=drift_config, as_of=date(2026, 1, 19), budget=6))
+    assert not any(n.startswith("cameras balanced") for n in selected(weekly)[1])

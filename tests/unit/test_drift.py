@@ -439,3 +439,12 @@ def test_an_announced_episode_without_its_round_is_unanswered_from_the_next_moni
     # b answered; c closed; d another champion's; e never announced; f announced on this very day
     assert [e.episode_id for e in got] == ["a", "g"]
     assert unanswered(eps, "3", ["soak-a", "soak-b", "soak-g"], "2026-01-29") == []
+
+
+def test_a_targeted_round_budget_is_per_camera_when_set_else_the_round_or_weekly_budget() -> None:
+    from tasks.drift import round_budget
+
+    assert round_budget(DriftSettings(), 24, 2) == 24  # the weekly budget
+    assert round_budget(DriftSettings(round_budget=40), 24, 2) == 40
+    assert round_budget(DriftSettings(round_budget=40, round_frames_per_camera=50), 24, 2) == 100
+    assert round_budget(DriftSettings(round_frames_per_camera=50), 24, 1) == 50

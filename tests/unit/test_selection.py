@@ -176,3 +176,56 @@ def test_report_is_json_and_has_scores_per_strategy(tmp_path) -> None:  # type: 
     # pre-annotations carry only boxes above the threshold
     for f in res.frames:
         assert all(c >= 0.25 for c in f.predictions["confidence"])
+
+
+@pytest.mark.parametrize(("sizes", "k", "want"), [
+    ([100, 100], 24, [12, 12]),
+    ([100, 100, 100], 10, [4, 3, 3]),  # the remainder goes to the groups listed first
+    ([5, 100, 100], 24, [5, 10, 9]),  # a small group's spare share goes to the others
+    ([3, 4], 24, [3, 4]),  # fewer frames than picks: all of them
+    ([0, 7], 5, [0, 5]),
+    ([], 5, []),
+    ([10, 10], 0, [0, 0]),
+])
+def test_equal_quotas_split_evenly_capped_by_each_group(sizes: list[int], k: int, want: list[int]) -> None:
+    from tasks.selection import equal_quotas
+
+    got = equal_quotas(sizes, k)
+    assert got == want
+    assert sum(got) == min(k, sum(sizes)) and all(q <= n for q, n in zip(got, sizes, strict=True))
+
+
+def skewed_two_cameras(n: int = 60) -> list[ScoredFrame]:
+    """cam0's frames all more uncertain than cam1's (a new camera beside a repainted one)."""
+    out = []
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        cam = "cam0" if i % 2 == 0 else "cam1"
+        p = 0.5 if cam == "cam0" else 0.8 + 0.15 * float(rng.random())  # 0.5/0.5: maximal entropy
+        f = frame(i, [[p, 1 - p, 0.0, 0.0]], rng.standard_normal(8).astype(np.float32))
+        out.append(ScoredFrame(FrameRef("prod", f.frame.key.replace(f"camera=c{i % 3}", f"camera={cam}"), f"e{i}",
+                                        cam, f.frame.date), 64, 48, f.detections, f.embedding))
+    return out
+
+
+@pytest.mark.parametrize("diversity", ["none", "filter_kcenter"])
+def test_balance_cameras_gives_each_camera_its_share_in_alternating_pick_order(diversity: str) -> None:
+    frames = skewed_two_cameras()
+    plain = select(frames, None, settings(budget=10, diversity=diversity))
+    assert {f.frame.camera for f in plain.selected} == {"cam0"}  # without it, the uncertain camera takes all
+    bal = select(frames, None, settings(budget=10, diversity=diversity, balance_cameras=True))
+    cams = [f.frame.camera for f in bal.selected]
+    assert cams.count("cam0") == cams.count("cam1") == 5
+    assert cams[:4] == ["cam0", "cam1", "cam0", "cam1"]  # round-robin: a cut-short list stays balanced
+    assert any(n.startswith("cameras balanced: cam0 5, cam1 5") for n in bal.notes)
+    # within a camera, the best of that camera is picked first
+    first_cam1 = next(f for f in bal.selected if f.frame.camera == "cam1")
+    assert first_cam1.uncertainty == pytest.approx(max(f.uncertainty for f in bal.selected if f.frame.camera == "cam1"))
+
+
+def test_balance_cameras_keeps_the_control_arm_and_the_budget() -> None:
+    frames = skewed_two_cameras(80)
+    res = select(frames, None, settings(budget=21, control_share=0.2, control_min=0, balance_cameras=True))
+    assert len(res.frames) == 21 and len(res.control) == 4 and len({f.frame.key for f in res.frames}) == 21
+    cams = [f.frame.camera for f in res.selected]
+    assert abs(cams.count("cam0") - cams.count("cam1")) <= 1

@@ -21,12 +21,13 @@ from detloop.detections import Detections
 
 
 def test_variants_parse_and_bad_spellings_are_named() -> None:
-    assert parse_variant("as-run") == (0, 1, False)
-    assert parse_variant("+50") == (50, 1, False)
-    assert parse_variant("+200-x3") == (200, 3, False)
-    assert parse_variant("+200-x3-sim") == (200, 3, True)
-    assert parse_variant("+50-sim") == (50, 1, True)
-    for bad in ("50", "+50x3", "+-1", "+200-x0", "as-run-sim", "+50-sim-x3"):
+    assert parse_variant("as-run") == (0, 1, False, None)
+    assert parse_variant("+50") == (50, 1, False, None)
+    assert parse_variant("+200-x3") == (200, 3, False, None)
+    assert parse_variant("+200-x3-sim") == (200, 3, True, None)
+    assert parse_variant("+50-sim") == (50, 1, True, None)
+    assert parse_variant("+50-sel-sim") == (50, 1, True, "sel") and parse_variant("+50-x2-rnd").pick == "rnd"
+    for bad in ("50", "+50x3", "+-1", "+200-x0", "as-run-sim", "+50-sim-x3", "+50-sim-sel", "+50-pick"):
         with pytest.raises(ValueError, match="variant"):
             parse_variant(bad)
 
@@ -98,3 +99,26 @@ def test_table_and_pre_onset_values() -> None:
     assert "| before the onset | - | - | - | - | 0.689 | - |" in md
     assert "| the run's challenger v6 | 0 | 3 | -0.0025 | rejected | 0.513 | - |" in md
     assert "| +200 | 200 | 3 | +0.0040 | passed | 0.650 | 0.780 |" in md
+
+
+def test_frames_picked_from_a_pool_n_per_camera_by_the_selection_or_at_random(tmp_path: Path) -> None:
+    from benchmarks.soak_ceiling import pick_from_pool
+    from detloop.settings import load_settings
+    from detloop.world.config import load_world_config
+    from tasks.export import make_random_artifact
+
+    repo = Path(__file__).resolve().parents[2]
+    s = load_settings(repo / "configs" / "test.yaml")
+    world = load_world_config(repo / "configs" / "world.yaml")
+    cams = {world.cameras[0].id: date(2026, 1, 26), world.cameras[1].id: date(2026, 1, 27)}
+    pool = render_extra(world, list(s.classes), cams, date(2026, 1, 29), 6, 0, tmp_path / "pool")
+    art = make_random_artifact(tmp_path / "model", list(s.classes), s.model.input_size)
+
+    sel, summary = pick_from_pool(s, Path(art), pool, 2, "sel", [10] * len(s.classes))
+    assert len(sel) == 4 and set(sel) <= set(pool)
+    assert sorted(Path(p).stem.split("-")[0] for p in sel) == sorted([*cams, *cams])
+    assert summary["pool_per_camera"] == dict.fromkeys(cams, 6) and summary["notes"][0].startswith("cameras balanced")
+    rnd, _ = pick_from_pool(s, Path(art), pool, 2, "rnd", None, seed=1)
+    assert rnd == pick_from_pool(s, Path(art), pool, 2, "rnd", None, seed=1)[0]  # seeded
+    assert sorted(Path(p).stem.split("-")[0] for p in rnd) == sorted([*cams, *cams])
+    assert len({tuple(pick_from_pool(s, Path(art), pool, 2, "rnd", None, seed=k)[0]) for k in range(6)}) > 1
