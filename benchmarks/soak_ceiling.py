@@ -13,10 +13,10 @@ with their exact truth as labels, i.e. perfect labels bought in any number. Vari
 - ``+N-xE``: the same with E times the epochs (does the 3-epoch fine-tune leave accuracy on the table?);
 - a ``-sim`` suffix: the extra frames labelled as the soak's simulated annotators label (misses, 2 % box jitter,
   class flips) instead of exactly: what the loop can actually buy;
-- ``-sel`` / ``-rnd`` before it (``+50-sel-sim``): the N frames per camera are picked from a pool of ``--pool-factor``
-  x N rendered frames per camera, by the product's selection as a targeted round runs it (the round's champion
-  scores the pool; ``balance_cameras``; no control arm) or uniformly at random: does the selection pick better
-  frames than chance for a drifted camera?
+- ``-sel`` / ``-selc`` / ``-rnd`` before it (``+50-sel-sim``): the N frames per camera are picked from a pool of
+  ``--pool-factor`` x N rendered frames per camera, by the product's selection as a targeted round runs it (the
+  round's champion scores the pool; ``balance_cameras``; no control arm; ``selc``: ranked by value per expected
+  labelling second) or uniformly at random: does the selection pick better frames than chance for a drifted camera?
 
 Each challenger is measured as the soak measures: the true mAP50 per camera on the soak's truth frames of the end
 of the round's week (:class:`benchmarks.soak_carry.RoundTruth`, cached), and the gate against the round's champion
@@ -42,14 +42,15 @@ from typing import Any, NamedTuple
 
 RESULTS = Path(__file__).parent / "results"
 STREAM = "ceiling"
-_VARIANT = re.compile(r"^(as-run|\+(\d+)(?:-x(\d+))?(?:-(sel|rnd))?(-sim)?)$")
+_VARIANT = re.compile(r"^(as-run|\+(\d+)(?:-x(\d+))?(?:-(selc|sel|rnd))?(-sim)?)$")
 
 
 class Variant(NamedTuple):
     """Extra frames per drifted camera, epoch factor, simulated annotators' labels (else exact), and how the frames
     are picked: ``None`` frames ``0..N-1`` of their own render; ``"sel"`` the product's selection (the round's
-    champion scores a pool of ``pool_factor x N`` frames per camera, :func:`pick_from_pool`); ``"rnd"`` uniformly
-    from the same pool."""
+    champion scores a pool of ``pool_factor x N`` frames per camera, :func:`pick_from_pool`); ``"selc"`` the same
+    ranked by value per expected labelling second (``selection.cost.per_second``); ``"rnd"`` uniformly from the
+    same pool."""
 
     n: int
     factor: int
@@ -58,8 +59,8 @@ class Variant(NamedTuple):
 
 
 def parse_variant(name: str) -> Variant:
-    """``as-run`` -> (0, 1, False); ``+N`` -> (N, 1, False); ``+N-xE`` -> (N, E, False); a ``-sel`` / ``-rnd``
-    before the suffix: picked from a pool by the selection / at random; a ``-sim`` suffix -> labels by the soak's
+    """``as-run`` -> (0, 1, False); ``+N`` -> (N, 1, False); ``+N-xE`` -> (N, E, False); a ``-sel`` / ``-selc`` /
+    ``-rnd`` before the suffix: picked from a pool by the selection (``selc``: per expected second) / at random; a ``-sim`` suffix -> labels by the soak's
     simulated annotators (misses, jitter, class flips: :func:`flows.demo.default_annotators`) instead of the exact
     truth.
 
@@ -136,7 +137,7 @@ def render_extra(world: Any, classes: Sequence[str], cameras: dict[str, date], a
 def pick_from_pool(settings: Any, scoring: Path, paths: Sequence[str], n: int, how: str,
                    labelled_counts: Sequence[int] | None, seed: int = 0) -> tuple[list[str], dict[str, Any]]:
     """``n`` frames per camera of ``paths`` (named ``<camera>-<day>-<k>.jpg`` by :func:`render_extra`): ``"rnd"``
-    uniformly (seeded), ``"sel"`` as a targeted round selects them: the model at ``scoring`` (the round's champion)
+    uniformly (seeded), ``"sel"`` (``"selc"``: ranked per expected labelling second) as a targeted round selects them: the model at ``scoring`` (the round's champion)
     scores every frame, and :func:`tasks.selection.select` takes ``n`` per camera (``balance_cameras``, no control
     arm, the config's strategy, aggregation, class balance against ``labelled_counts`` and diversity). Returns the
     picked paths and a summary (per camera, boxes the champion detected on the picked frames and on the pool)."""
@@ -175,6 +176,8 @@ def pick_from_pool(settings: Any, scoring: Path, paths: Sequence[str], n: int, h
         scored += score_decoded(batch, scorer, ms)
     sel = settings.selection.model_copy(update={"budget": n * len(cams), "control_share": 0.0, "control_min": 0,
                                                 "balance_cameras": True})
+    if how == "selc":
+        sel = sel.model_copy(update={"cost": sel.cost.model_copy(update={"per_second": True})})
     res = select(scored, labelled_counts, sel, round_seed=seed, class_names=list(settings.classes),
                  num_classes=len(settings.classes), cost=settings.labelling_cost)
     keys = {f.frame.key for f in res.selected}

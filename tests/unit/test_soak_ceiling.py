@@ -26,7 +26,8 @@ def test_variants_parse_and_bad_spellings_are_named() -> None:
     assert parse_variant("+200-x3") == (200, 3, False, None)
     assert parse_variant("+200-x3-sim") == (200, 3, True, None)
     assert parse_variant("+50-sim") == (50, 1, True, None)
-    assert parse_variant("+50-sel-sim") == (50, 1, True, "sel") and parse_variant("+50-x2-rnd").pick == "rnd"
+    assert parse_variant("+50-sel-sim") == (50, 1, True, "sel") and parse_variant("+50-x2-rnd").pick == "rnd" == parse_variant("+5-rnd-sim").pick
+    assert parse_variant("+50-selc-sim").pick == "selc"
     for bad in ("50", "+50x3", "+-1", "+200-x0", "as-run-sim", "+50-sim-x3", "+50-sim-sel", "+50-pick"):
         with pytest.raises(ValueError, match="variant"):
             parse_variant(bad)
@@ -118,6 +119,8 @@ def test_frames_picked_from_a_pool_n_per_camera_by_the_selection_or_at_random(tm
     assert len(sel) == 4 and set(sel) <= set(pool)
     assert sorted(Path(p).stem.split("-")[0] for p in sel) == sorted([*cams, *cams])
     assert summary["pool_per_camera"] == dict.fromkeys(cams, 6) and summary["notes"][0].startswith("cameras balanced")
+    selc, summary_c = pick_from_pool(s, Path(art), pool, 2, "selc", [10] * len(s.classes))
+    assert len(selc) == 4 and summary_c["notes"][0].startswith("cameras balanced")
     rnd, _ = pick_from_pool(s, Path(art), pool, 2, "rnd", None, seed=1)
     assert rnd == pick_from_pool(s, Path(art), pool, 2, "rnd", None, seed=1)[0]  # seeded
     assert sorted(Path(p).stem.split("-")[0] for p in rnd) == sorted([*cams, *cams])
