@@ -29,7 +29,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -73,9 +73,12 @@ def fault_plan(weeks: int, seed: int, services: Sequence[str] = FAULT_SERVICES, 
     return out
 
 
-def episode_delays(onsets: Sequence[Mapping[str, Any]], episodes: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def episode_delays(onsets: Sequence[Mapping[str, Any]], episodes: Sequence[Mapping[str, Any]],
+                   rounds: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """For each world onset, the first episode opened on its camera at or after the onset: delay in days,
-    targeted round, or missed. ``follow_up_of``: the episode that handed the camera over to it (still drifting
+    targeted round, or missed. ``answered``: the episode names a targeted round and, with ``rounds`` (the round
+    ids on record), that round exists (an episode is given its round id when announced; if the run its event
+    started failed, the round was never created: the third soak's repaint). ``follow_up_of``: the episode that handed the camera over to it (still drifting
     ``drift.reopen_after_days`` after that one was answered), when it is such a follow-up: the camera was already
     drifting before the onset, so the delay says less about this drift.
 
@@ -83,7 +86,9 @@ def episode_delays(onsets: Sequence[Mapping[str, Any]], episodes: Sequence[Mappi
         onsets: ``{"name", "camera", "onset"}`` (ISO day).
         episodes: episode records (``opened_on``, ``cameras``, ``round_id``, ``episode_id``, ``handed_over``,
             ``followed_by``).
+        rounds: round ids on record (None: an episode's round id is taken as its answer).
     """
+    have = None if rounds is None else set(rounds)
     out = []
     for o in onsets:
         handed = {e["followed_by"]: e["episode_id"] for e in episodes
@@ -94,7 +99,7 @@ def episode_delays(onsets: Sequence[Mapping[str, Any]], episodes: Sequence[Mappi
         out.append({**o, "episode": e["episode_id"] if e else None, "opened_on": e["opened_on"] if e else None,
                     "delay_days": (date.fromisoformat(e["opened_on"]) - date.fromisoformat(o["onset"])).days
                     if e else None, "round_id": e.get("round_id") if e else None, "detected": e is not None,
-                    "answered": bool(e and e.get("round_id")),
+                    "answered": bool(e and e.get("round_id") and (have is None or e["round_id"] in have)),
                     "follow_up_of": handed.get(e["episode_id"]) if e else None})
     return out
 
@@ -431,7 +436,9 @@ def finish(settings: Any, res: dict[str, Any], truth_frames: int, plot: Path,
     onsets = world_onsets(world, START, START + timedelta(days=7 * res["weeks_run"]))
     store = S3Store(settings)
     eps = [e.to_dict() for e in list_episodes(store, settings)]
-    res = {**res, "episodes": episode_delays(onsets, eps)}
+    from tasks.rounds import list_rounds
+
+    res = {**res, "episodes": episode_delays(onsets, eps, [r.round_id for r in list_rounds(store, settings)])}
     if truth_frames > 0:
         done = [r for r in res["rows"] if r.get("completed")]
         res["truth"] = measure(settings, done, START, truth_frames, log)

@@ -58,6 +58,9 @@ def test_episode_delays_detected_answered_missed() -> None:
     assert d[0]["follow_up_of"] is None
     handed = [{**eps[0], "handed_over": ["cam1"], "followed_by": "e1"}, eps[1]]
     assert episode_delays(onsets, handed)[0]["follow_up_of"] == "e0"  # cam1 was still drifting from e0
+    # the episode was given its round id, but the run its event started failed: no round on record
+    assert not episode_delays(onsets, eps, rounds=["r0"])[0]["answered"]
+    assert episode_delays(onsets, eps, rounds=["r0", "r1"])[0]["answered"]
 
 
 def test_recovery_weeks() -> None:
