@@ -81,13 +81,14 @@ def parse_variant(name: str) -> Variant:
 
 
 def drifted_cameras(onsets: Sequence[dict[str, Any]], as_of: date, days: int = 14) -> dict[str, date]:
-    """Camera -> its earliest world onset (drift or new camera) in ``[as_of - days, as_of)``: the cameras a round on
-    ``as_of`` could have had labels of since they changed (an onset on ``as_of`` itself had none yet)."""
+    """Camera -> its latest world onset (drift or new camera) in ``[as_of - days, as_of)``: the cameras a round on
+    ``as_of`` could have had labels of since they changed (an onset on ``as_of`` itself had none yet), and since when
+    they look as they do now (a camera that changed twice: the second change)."""
     out: dict[str, date] = {}
     for o in onsets:
         d = date.fromisoformat(o["onset"])
         if as_of - timedelta(days=days) <= d < as_of:
-            out[o["camera"]] = min(out.get(o["camera"], d), d)
+            out[o["camera"]] = max(out.get(o["camera"], d), d)
     return out
 
 

@@ -41,6 +41,9 @@ def test_drifted_cameras_are_the_recent_onsets_only() -> None:
     got = drifted_cameras(onsets, date(2026, 2, 2))
     assert got == {"cam1": date(2026, 1, 20), "cam3": date(2026, 1, 26), "cam4": date(2026, 1, 26)}
     assert drifted_cameras(onsets, date(2026, 2, 2), days=7) == {"cam3": date(2026, 1, 26), "cam4": date(2026, 1, 26)}
+    # cam2 changed on 02-02 and again on 02-09: a round on 02-11 sees its second look
+    assert drifted_cameras(onsets, date(2026, 2, 11))["cam2"] == date(2026, 2, 9)
+    assert drifted_cameras(onsets, date(2026, 2, 11))["cam3"] == date(2026, 2, 2)
 
 
 def test_label_days_run_from_the_onset_to_the_day_before_the_round() -> None:
