@@ -203,8 +203,8 @@ def equal_quotas(sizes: Sequence[int], k: int) -> list[int]:
 def _pick(order: np.ndarray, k: int, embeddings: np.ndarray | None, diversity: str,
           filter_factor: float) -> np.ndarray:
     """The ``k`` picks among ``order`` (frame indices ranked best first): the top, or k-center on embeddings."""
-    if diversity == "none" or k >= len(order):
-        return order[:k]
+    if k <= 0 or diversity == "none" or k >= len(order):
+        return order[:max(k, 0)]
     if diversity == "kcenter":
         return order[kcenter_greedy(embeddings[order], k, first=0)]  # type: ignore[index]
     top = order[:min(len(order), max(k, int(np.ceil(filter_factor * k))))]  # filter_kcenter

@@ -229,3 +229,9 @@ def test_balance_cameras_keeps_the_control_arm_and_the_budget() -> None:
     assert len(res.frames) == 21 and len(res.control) == 4 and len({f.frame.key for f in res.frames}) == 21
     cams = [f.frame.camera for f in res.selected]
     assert abs(cams.count("cam0") - cams.count("cam1")) <= 1
+
+
+def test_balance_cameras_with_fewer_picks_than_cameras_gives_the_first_cameras_one_each() -> None:
+    frames = random_pool(60, seed=5)  # cameras c0, c1, c2
+    res = select(frames, None, settings(budget=2, diversity="filter_kcenter", balance_cameras=True))
+    assert sorted(f.frame.camera for f in res.selected) == ["c0", "c1"]
