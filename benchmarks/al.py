@@ -373,12 +373,13 @@ def train_once(cfg: BenchConfig, data_yaml: Path, init: Path | None, epochs: int
     """One Ultralytics training in the project's training worker (no MLflow). Returns (last.pt, seconds).
 
     ``loss``: :func:`tasks.training.cls_loss_spec` of a ``training.cls_loss`` (focal / varifocal / ``cls_pw``)."""
+    from detloop.model_arch import arch_source
     from tasks.training import TrainSpec, run_worker
 
     extra: dict[str, Any] = {} if init is None else {"warmup_epochs": cfg.finetune_warmup_epochs}
     extra.update((loss or {}).get("extra", {}))
     spec = TrainSpec(
-        data=str(data_yaml), model=str(init) if init else arch, pretrained=str(init) if init else False,
+        data=str(data_yaml), model=str(init) if init else arch_source(arch), pretrained=str(init) if init else False,
         epochs=epochs, imgsz=cfg.imgsz, batch=cfg.batch, nbs=cfg.batch, optimizer="AdamW",
         lr0=cfg.finetune_lr0 if init else cfg.lr0, workers=2, threads=cfg.threads, device="cpu", seed=seed,
         out_dir=str(out_dir / "ul"), yolo_config_dir=str(yolo_dir), extra=extra,

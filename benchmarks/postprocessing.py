@@ -248,6 +248,7 @@ def model_key(cfg: BenchConfig, prep: Prepared, arch: str = LEGACY_ARCH) -> str:
 
 def ensure_model(cfg: BenchConfig, prep: Prepared, settings: Any, log: Callable[[str], None]) -> tuple[Path, dict]:
     """The ``.pt`` weights: ``--weights``, or trained once (project's training worker, no MLflow) and cached."""
+    from detloop.model_arch import arch_source
     from detloop.offline import apply_offline_env, ensure_ultralytics_fonts
     from tasks.training import TrainSpec, run_worker
 
@@ -265,7 +266,7 @@ def ensure_model(cfg: BenchConfig, prep: Prepared, settings: Any, log: Callable[
     from benchmarks.al import write_data_yaml
 
     y = write_data_yaml(mdir / "data.yaml", [f.image for f in prep.train], [f.image for f in prep.val], prep.classes)
-    spec = TrainSpec(data=str(y), model=settings.model.arch, pretrained=False, epochs=cfg.epochs, imgsz=cfg.imgsz,
+    spec = TrainSpec(data=str(y), model=arch_source(settings.model.arch), pretrained=False, epochs=cfg.epochs, imgsz=cfg.imgsz,
                      batch=cfg.batch, nbs=cfg.batch, optimizer="AdamW", lr0=cfg.lr0, workers=2,
                      threads=cfg.train_threads, device="cpu", seed=cfg.train_seed, out_dir=str(mdir / "ul"),
                      yolo_config_dir=str(settings.data_dir / "ultralytics"))
