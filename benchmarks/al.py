@@ -130,11 +130,12 @@ class BenchConfig:
     label_studio_project: str | None = None
     retire_control_after: int | None = None
 
-    def run_key(self) -> str:
-        """Hash of what changes results (not arms, seeds or rounds: those only add cached files)."""
+    def _key(self, drop: Sequence[str]) -> dict[str, Any]:
+        """The config as a dict without ``drop`` (and what never changes results), the model named by its
+        weights file or its family."""
         d = asdict(self)
         for k in ("arms", "seeds", "rounds", "work_dir", "timeout_minutes", "metric", "rare_class", "threads",
-                  *NOT_IN_KEY):
+                  *drop, *NOT_IN_KEY):
             d.pop(k)
         if self.bootstrap_weights:
             p = Path(self.bootstrap_weights)
@@ -142,6 +143,11 @@ class BenchConfig:
             d.pop("bootstrap_epochs")
         else:
             d.update(arch_key_part(configured_arch(self.config)))
+        return d
+
+    def run_key(self) -> str:
+        """Hash of what changes results (not arms, seeds or rounds: those only add cached files)."""
+        d = self._key(())
         if self.data:
             d.pop("world_config")
             d.pop("world_seed")
@@ -151,17 +157,7 @@ class BenchConfig:
     def bootstrap_key(self) -> str:
         """Hash of what changes the bootstrap model and its evaluation (fine-tune settings excluded), so a
         run that only changes budget, fine-tune epochs/lr or annotator noise reuses the bootstrap models."""
-        d = asdict(self)
-        for k in ("arms", "seeds", "rounds", "work_dir", "timeout_minutes", "metric", "rare_class", "threads",
-                  "budget", "epochs", "finetune_lr0", "finetune_warmup_epochs", "noise", "retire_control_after",
-                  *NOT_IN_KEY):
-            d.pop(k)
-        if self.bootstrap_weights:
-            p = Path(self.bootstrap_weights)
-            d["bootstrap_weights"] = [p.name, p.stat().st_size if p.is_file() else None]
-            d.pop("bootstrap_epochs")
-        else:
-            d.update(arch_key_part(configured_arch(self.config)))
+        d = self._key(("budget", "epochs", "finetune_lr0", "finetune_warmup_epochs", "noise", "retire_control_after"))
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
