@@ -871,6 +871,16 @@ class DriftSettings(_Model):
         True, description="A targeted round splits its selected arm equally among its episode's cameras "
         "(selection.balance_cameras), so a new camera's uncertain frames do not take a repainted camera's share.",
     )
+    carry_unrecovered: bool = Field(
+        True, description="A camera the previous champion's monitor last saw drifting (its episode not closed clean "
+        "when the champion changed) keeps a reference from before its drift began under the new champion, so a "
+        "promotion does not make its drifted traffic the new normal; a day of it counts as recovered when the "
+        "label-free estimate there is within recovery_tolerance of the estimate on that reference (docs/drift.md).",
+    )
+    recovery_tolerance: float = Field(
+        0.05, ge=0.0, le=1.0, description="How far below its pre-onset label-free estimate (mAP50 scale) a carried "
+        "camera's day may be and still count as recovered.",
+    )
     seed: int = Field(0, ge=0, description="Seed of the permutation tests, subsamples and bootstrap.")
 
     @model_validator(mode="after")

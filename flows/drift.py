@@ -26,6 +26,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import flow, get_run_logger
 
 from detloop.errors import DataError, NotFound
@@ -105,16 +106,17 @@ def _sampling_settings(settings: Settings, days: list[date], n_cameras: int) -> 
     return s
 
 
-def score_days(settings: Settings, clients: Any, version: str, days: list[date], n_cameras: int) -> Features:
-    """Sample the production frames of ``days`` (capped per camera-day, no dedup) and score them with the
-    registry ``version`` through the one scoring path; their features."""
+def score_days(settings: Settings, clients: Any, version: str, days: list[date], n_cameras: int,
+               cameras: list[str] | None = None) -> Features:
+    """Sample the production frames of ``days`` (capped per camera-day, no dedup; only ``cameras`` when given)
+    and score them with the registry ``version`` through the one scoring path; their features."""
     from flows.selection import score_sample
     from tasks.scoring import ModelRef
 
     if not days:
         return Features.empty()
     s = _sampling_settings(settings, days, n_cameras)
-    sample = retrying(steps.sample_window, s)(s, clients, max(days) + timedelta(days=1), None, sorted(days), None,
+    sample = retrying(steps.sample_window, s)(s, clients, max(days) + timedelta(days=1), cameras, sorted(days), None,
                                               dedup=False)
     if not sample.frames:
         return Features.empty()
@@ -147,13 +149,73 @@ def ensure_reference(settings: Settings, clients: Any, version: str,
     feats = score_days(settings, clients, version, days, len(production))
     if feats.n_frames == 0:
         raise NotFound(f"missing reference for champion v{version}: no readable frames on {days[0]}..{days[-1]}")
+    feats, carried = carry_unrecovered(settings, clients, version, production, feats)
     per_cam = {str(c): int((feats.camera == c).sum()) for c in sorted(set(feats.camera.tolist()))}
     meta = {"model": settings.mlflow.model_name, "version": version, "anchor": anchor.isoformat(), "anchor_from": how,
-            "days": [d.isoformat() for d in days], "frames": feats.n_frames, "boxes": feats.n_boxes,
+            "days": [d.isoformat() for d in days], "frames": feats.n_frames, "boxes": feats.n_boxes, "carried": carried,
             "frames_per_camera": per_cam, "reference_days": settings.drift.reference_days,
             "features_key": features_key(settings), "built_at": datetime.now(UTC).isoformat(timespec="seconds")}
     save_reference(clients.store, settings, version, meta, feats)
     return meta, feats
+
+
+def carry_unrecovered(settings: Settings, clients: Any, version: str, production: dict[str, list[date]],
+                      feats: Features) -> tuple[Features, dict[str, dict[str, Any]]]:
+    """Give each camera an earlier champion left still drifting (:func:`tasks.drift.unrecovered_cameras`) its
+    reference days from before the drift began: its rows of ``feats`` are replaced by those days' frames, scored
+    by ``version``. Returns the reference features and ``camera -> {"onset", "days", "from_episode"}``."""
+    from tasks.drift import carried_reference_days, unrecovered_cameras
+    from tasks.drift_records import list_episodes, load_reference_meta
+
+    if not settings.drift.carry_unrecovered:
+        return feats, {}
+    episodes = [e for e in list_episodes(clients.store, settings) if e.model_version != version]
+    before = {}
+    for v in sorted({e.model_version for e in episodes}):
+        prior = load_reference_meta(clients.store, settings, v) or {}
+        before[v] = {c: str(x["onset"]) for c, x in (prior.get("carried") or {}).items()}
+    onsets = unrecovered_cameras(episodes, version, before)
+    latest = {c: e.episode_id for e in episodes for c in e.cameras}  # episodes come oldest first
+    parts, carried = [], {}
+    for cam, cdays in carried_reference_days(production, onsets, settings.drift.reference_days).items():
+        got = score_days(settings, clients, version, cdays, 1, cameras=[cam])
+        if got.n_frames:
+            parts.append(got)
+            carried[cam] = {"onset": onsets[cam], "days": [d.isoformat() for d in cdays],
+                            "from_episode": latest.get(cam)}
+    if not carried:
+        return feats, {}
+    return Features.concat([feats.select(~np.isin(feats.camera, list(carried))), *parts]), carried
+
+
+def release_carried(run: DriftRun, tolerance: float) -> None:
+    """Verdicts of carried cameras (:func:`carry_unrecovered`): a drifted day whose label-free estimate is back
+    within ``tolerance`` of the camera's estimate on its pre-onset reference counts as clean (in place)."""
+    from tasks.drift import release_recovered
+    from tasks.label_free import atc_share
+
+    carried = run.reference.get("carried") or {}
+    t = run.live.atc_threshold if run.live is not None else None
+    if not carried:
+        return
+    if t is None:
+        run.notes.append(f"{', '.join(carried)}: compared with their traffic from before their drift began; no "
+                         "label-free estimate (no calibration on control frames), so recovery is not told from drift")
+        return
+
+    def est(f: Features) -> float | None:
+        v = atc_share(f.box_confidence, t)
+        return v if v == v else None
+
+    for cam, info in carried.items():
+        ref_est = est(run.reference_features.of_camera(cam))
+        for day, cams in run.verdicts.items():
+            if cam in cams and day in run.features:
+                cams[cam] = release_recovered(cams[cam], info["onset"], ref_est,
+                                              est(run.features[day].of_camera(cam)), tolerance)
+        run.notes.append(f"{cam}: still drifting when v{run.model_version} took over (episode "
+                         f"{info.get('from_episode')}), so compared with its traffic from before {info['onset']}; "
+                         f"label-free estimate there {_fmt(ref_est)}")
 
 
 def ensure_days(settings: Settings, clients: Any, version: str, reference: Features, days: list[date],
@@ -250,6 +312,7 @@ def drift_report(as_of: date, config: str | None = None, overrides: dict[str, An
                    feats, focus=list(cameras) if cameras else None)
     if live:
         run.live = retrying(steps.live_accuracy, settings)(settings, clients, champion)
+    release_carried(run, settings.drift.recovery_tolerance)
     new_cams = sorted({c for cams in stats.values() for c, s in cams.items() if s.reference != "camera"})
     if new_cams:
         run.notes.append(f"{', '.join(new_cams)}: no (or too few) frames in the reference: compared with every "

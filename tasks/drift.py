@@ -657,6 +657,56 @@ def supersede(episodes: Iterable[Episode], current_version: str, day: str) -> li
     return out
 
 
+def unrecovered_cameras(episodes: Iterable[Episode], version: str,
+                        carried_before: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
+    """Cameras that another champion's monitor last saw drifting, and the day their drift began.
+
+    For each camera, its latest episode of a version other than ``version``: when the camera had not left it
+    clean (not in ``recovered``), the camera is unrecovered; the onset is that episode's first drifted day, or
+    the onset carried into that episode's champion (``carried_before``: version -> camera -> onset), whichever is
+    earlier, so a camera carried across several promotions keeps its first onset. A new champion's reference
+    does not then take that camera's drifted days as normal (docs/drift.md, "Unrecovered cameras").
+    """
+    latest: dict[str, Episode] = {}
+    for e in sorted(episodes, key=lambda e: (e.opened_on, e.episode_id)):
+        if e.model_version != version:
+            for c in e.cameras:
+                latest[c] = e
+    out: dict[str, str] = {}
+    for cam, e in sorted(latest.items()):
+        if cam in e.recovered:
+            continue
+        onset = min(e.days) if e.days else e.opened_on
+        earlier = (carried_before or {}).get(e.model_version, {}).get(cam)
+        out[cam] = min(onset, earlier) if earlier else onset
+    return out
+
+
+def recovered_by_estimate(reference_estimate: float | None, day_estimate: float | None,
+                          tolerance: float) -> bool:
+    """Whether a carried camera's label-free estimate on a day is back within ``tolerance`` of its estimate on
+    its pre-onset reference (same champion, same calibration); False when either is unknown."""
+    if reference_estimate is None or day_estimate is None:
+        return False
+    if not (np.isfinite(reference_estimate) and np.isfinite(day_estimate)):
+        return False
+    return day_estimate >= reference_estimate - tolerance
+
+
+def release_recovered(v: Verdict, carried_since: str, reference_estimate: float | None,
+                      day_estimate: float | None, tolerance: float) -> Verdict:
+    """A carried camera's verdict: ``drift`` (its inputs still differ from before the onset) becomes ``clean`` when
+    the label-free estimate says the champion handles the day as well as the pre-onset traffic; unchanged
+    otherwise, with the two estimates in the note."""
+    if v.status != "drift" or reference_estimate is None or day_estimate is None:
+        return v
+    est = f"label-free estimate {day_estimate:.3f} against {reference_estimate:.3f} before the onset ({carried_since})"
+    if recovered_by_estimate(reference_estimate, day_estimate, tolerance):
+        return replace(v, status="clean", note=f"inputs still differ from before the onset, but {est}: recovered "
+                       f"(within {tolerance:g})")
+    return replace(v, note=(v.note + "; " if v.note else "") + est)
+
+
 # --------------------------------------------------------------------------------------------
 # The reference's days (pure)
 # --------------------------------------------------------------------------------------------
@@ -664,6 +714,18 @@ def reference_days(days_with_frames: Iterable[date], anchor: date, n: int) -> li
     """The ``n`` most recent production days (days that have frames) strictly before ``anchor``, oldest first."""
     before = sorted({d for d in days_with_frames if d < anchor})
     return before[-n:] if n > 0 else []
+
+
+def carried_reference_days(production: Mapping[str, Iterable[date]], carried: Mapping[str, str],
+                           n: int) -> dict[str, list[date]]:
+    """For each carried camera (camera -> onset day), its ``n`` most recent production days before the onset;
+    cameras without any are left out (they keep the ordinary reference days)."""
+    out = {}
+    for cam, onset in sorted(carried.items()):
+        days = reference_days(production.get(cam, []), date.fromisoformat(onset), n)
+        if days:
+            out[cam] = days
+    return out
 
 
 def promotion_anchor(version: str, promotion_log: Sequence[Mapping[str, Any]], version_tags: Mapping[str, str],

@@ -63,6 +63,12 @@ def load_reference(store: Any, settings: Settings, version: str) -> tuple[dict[s
     return meta, Features.from_npz(store.get_bytes(bucket, vp + "reference.npz"))
 
 
+def load_reference_meta(store: Any, settings: Settings, version: str) -> dict[str, Any] | None:
+    """Version ``version``'s ``reference.json`` alone (no features), or None when none was built yet."""
+    bucket, vp = settings.s3.data_bucket, version_prefix(settings, version)
+    return store.get_json(bucket, vp + "reference.json") if store.exists(bucket, vp + "reference.json") else None
+
+
 def save_reference(store: Any, settings: Settings, version: str, meta: dict[str, Any], features: Features) -> str:
     """Write the reference (features first, ``reference.json`` last: a half-written reference is never read)."""
     bucket, vp = settings.s3.data_bucket, version_prefix(settings, version)

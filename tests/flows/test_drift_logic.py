@@ -24,25 +24,33 @@ def drift_config(config: str) -> str:
     return config
 
 
-@pytest.fixture
-def world(drift_config: str, fakes: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """cam0 and cam1 from 2026-01-14 (cam1 at dusk from the 19th); a random-weights champion trained on the
-    round of 2026-01-17 (so it took over on that day: its reference is the 14th-16th)."""
+def _random_model(s: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registrable model folder: a random-weights scoring artifact (shared) and a stub checkpoint."""
     import shutil
 
-    from detloop.settings import load_settings
-    from detloop.world.publish import publish_world
     from tasks.export import make_random_artifact
-    from tasks.rounds import open_round
 
-    s = load_settings(drift_config)
-    publish_world(s, date(2026, 1, 14), 8, 16, cameras=["cam0", "cam1"], store=fakes.store, threads=4)
     art = make_random_artifact(tmp_path_factory.getbasetemp() / "random-artifact" / "scoring", list(s.classes),
                                s.model.input_size)
     files = tmp_path_factory.mktemp("model")
     shutil.copytree(art, files / "scoring")
     (files / "weights").mkdir()
     (files / "weights" / "best.pt").write_bytes(b"not used by scoring")
+    return files
+
+
+@pytest.fixture
+def world(drift_config: str, fakes: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """cam0 and cam1 from 2026-01-14 (cam1 at dusk from the 19th); a random-weights champion trained on the
+    round of 2026-01-17 (so it took over on that day: its reference is the 14th-16th)."""
+
+    from detloop.settings import load_settings
+    from detloop.world.publish import publish_world
+    from tasks.rounds import open_round
+
+    s = load_settings(drift_config)
+    publish_world(s, date(2026, 1, 14), 8, 16, cameras=["cam0", "cam1"], store=fakes.store, threads=4)
+    files = _random_model(s, tmp_path_factory)
     open_round(fakes.store, s, "detloop-test-2026-01-17", "2026-01-17", None, 1, 0)
     from tasks.rounds import mark_round
 
@@ -200,3 +208,84 @@ def test_a_targeted_round_on_two_cameras_gives_each_an_equal_share_a_weekly_roun
 
     weekly = select_for_labeling(SelectParams(config=drift_config, as_of=date(2026, 1, 19), budget=6))
     assert not any(n.startswith("cameras balanced") for n in selected(weekly)[1])
+
+
+@pytest.mark.parametrize("carry", [True, False])
+def test_a_promotion_does_not_make_a_camera_still_drifting_the_new_normal(
+        world: Any, drift_config: str, fakes: Any, monkeypatch: pytest.MonkeyPatch,
+        tmp_path_factory: pytest.TempPathFactory, carry: bool) -> None:
+    """The third soak: cam2's zoom-out episode was still open when a weekly champion took over; that champion's
+    reference was the post-zoom days, so cam2 looked normal and no round came back to it. With
+    ``drift.carry_unrecovered`` the new champion compares cam1 (dusk since the 19th, its episode open) with its
+    days before the onset, and a new episode opens on it; without it, the dusk is the new reference."""
+    from detloop.world.publish import publish_world
+    from flows.drift import drift_monitor
+    from flows.params import DriftParams
+    from tasks.drift_records import list_episodes, load_reference_meta
+    from tasks.registry import promote
+    from tasks.rounds import mark_round, open_round
+
+    data = yaml.safe_load(Path(drift_config).read_text())
+    data["drift"]["carry_unrecovered"] = carry
+    Path(drift_config).write_text(yaml.safe_dump(data))
+    monkeypatch.setattr("prefect.events.emit_event", lambda **kw: None)
+    first = drift_monitor(DriftParams(config=drift_config, as_of=date(2026, 1, 21)))
+    assert first["opened"] == ["drift-v1-2026-01-20"]
+
+    # v2, trained on the round of the 23rd, takes over: its ordinary reference (20th-22nd) is all dusk on cam1
+    publish_world(world, date(2026, 1, 22), 4, 16, cameras=["cam0", "cam1"], store=fakes.store, threads=4)
+    open_round(fakes.store, world, "detloop-test-2026-01-23", "2026-01-23", None, 1, 0)
+    mark_round(fakes.store, world, "detloop-test-2026-01-23", status="trained")
+    v2 = fakes.registry.add_model(_random_model(world, tmp_path_factory), run_id="run-r2", tags={"detloop.round_id": "detloop-test-2026-01-23"},
+                                  alias=None)
+    promote(world, fakes.registry, fakes.store, v2, override=True, reason="the next champion", actor="test")
+
+    out = drift_monitor(DriftParams(config=drift_config, as_of=date(2026, 1, 26)))
+    meta = load_reference_meta(fakes.store, world, v2)
+    assert meta is not None and meta["days"] == ["2026-01-20", "2026-01-21", "2026-01-22"]
+    mine = [e for e in list_episodes(fakes.store, world) if e.model_version == v2]
+    if carry:
+        assert meta["carried"] == {"cam1": {"onset": "2026-01-19", "days": ["2026-01-16", "2026-01-17", "2026-01-18"],
+                                            "from_episode": "drift-v1-2026-01-20"}}
+        assert [e.cameras for e in mine] == [["cam1"]] and out["opened"] == [mine[0].episode_id]
+        assert mine[0].opened_on >= "2026-01-23"  # not before v2 took over
+    else:
+        assert meta["carried"] == {} and mine == [] and out["opened"] == []
+
+
+def test_a_carried_camera_whose_label_free_estimate_is_back_counts_as_clean() -> None:
+    """The release of a carried camera (:func:`flows.drift.release_carried`): a drifted day whose share of
+    detections above the calibrated ATC threshold is back within the tolerance of the pre-onset share is clean;
+    one still far below stays drifted; without a calibration nothing changes and the report says why."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from flows.drift import DriftRun, release_carried
+    from tasks.drift import Features, Verdict
+
+    def feats(cam: str, day: str, conf: list[float]) -> Features:
+        n = len(conf)
+        return Features(np.array([cam]), np.array([day]), np.zeros(1), np.zeros(1), np.array([n]), None,
+                        np.zeros(n, np.int64), np.array(conf), np.zeros(n, np.int64), np.zeros(n))
+
+    ref = feats("cam2", "2026-01-10", [0.9, 0.8, 0.7, 0.3])  # 3 of 4 above 0.5
+    days = {"2026-02-01": feats("cam2", "2026-02-01", [0.9, 0.8, 0.6, 0.2]),  # 0.75: back
+            "2026-02-02": feats("cam2", "2026-02-02", [0.9, 0.3, 0.2, 0.1])}  # 0.25: not
+    verdicts = {d: {"cam2": Verdict("cam2", d, "drift", ["brightness:ks", "embedding:mmd"])} for d in days}
+
+    def run(threshold: float | None) -> DriftRun:
+        return DriftRun("2026-02-03", list(days), "7", {"carried": {"cam2": {"onset": "2026-01-12",
+                                                                             "from_episode": "drift-v6-2026-01-13"}}},
+                        ref, {}, {d: dict(v) for d, v in verdicts.items()}, days,
+                        live=SimpleNamespace(atc_threshold=threshold))
+
+    r = run(0.5)
+    release_carried(r, 0.05)
+    assert r.verdicts["2026-02-01"]["cam2"].status == "clean"
+    assert r.verdicts["2026-02-02"]["cam2"].status == "drift" and "0.250 against 0.750" in r.verdicts["2026-02-02"]["cam2"].note
+    assert any("compared with its traffic from before 2026-01-12" in n for n in r.notes)
+    blind = run(None)
+    release_carried(blind, 0.05)
+    assert all(v["cam2"].status == "drift" for v in blind.verdicts.values())
+    assert any("no label-free estimate" in n for n in blind.notes)

@@ -448,3 +448,48 @@ def test_a_targeted_round_budget_is_per_camera_when_set_else_the_round_or_weekly
     assert round_budget(DriftSettings(round_budget=40), 24, 2) == 40
     assert round_budget(DriftSettings(round_budget=40, round_frames_per_camera=50), 24, 2) == 100
     assert round_budget(DriftSettings(round_frames_per_camera=50), 24, 1) == 50
+
+
+# ---- cameras a promotion must not make the new normal (drift.carry_unrecovered) --------------------------------
+def test_unrecovered_cameras_are_those_an_earlier_champion_last_saw_drifting() -> None:
+    from tasks.drift import Episode, unrecovered_cameras
+
+    eps = [
+        Episode("drift-v3-2026-01-05", "3", "2026-01-05", ["cam0", "cam2"], ["2026-01-04", "2026-01-05"],
+                recovered=["cam0"], status="closed"),
+        Episode("drift-v4-2026-01-20", "4", "2026-01-20", ["cam1"], ["2026-01-18", "2026-01-20"]),  # still open
+        Episode("drift-v4-2026-01-10", "4", "2026-01-10", ["cam3"], ["2026-01-09"], recovered=["cam3"]),
+        Episode("drift-v5-2026-01-25", "5", "2026-01-25", ["cam4"], ["2026-01-24"]),  # the new champion's own
+    ]
+    assert unrecovered_cameras(eps, "5") == {"cam1": "2026-01-18", "cam2": "2026-01-04"}
+    # cam0 recovered in v3's episode but drifted again under v4: its latest episode decides
+    again = [*eps, Episode("drift-v4-2026-01-22", "4", "2026-01-22", ["cam0"], ["2026-01-21", "2026-01-22"])]
+    assert unrecovered_cameras(again, "5")["cam0"] == "2026-01-21"
+    # cam1 was carried into v4 already (onset the 2nd): the first onset is kept across promotions
+    assert unrecovered_cameras(eps, "5", {"4": {"cam1": "2026-01-02"}})["cam1"] == "2026-01-02"
+    assert unrecovered_cameras(eps, "5", {"4": {"cam1": "2026-01-30"}})["cam1"] == "2026-01-18"
+    assert unrecovered_cameras([], "5") == {}
+
+
+def test_carried_reference_days_end_before_the_onset_per_camera() -> None:
+    from tasks.drift import carried_reference_days
+
+    d = date.fromisoformat
+    production = {"cam1": [d("2026-01-1" + str(k)) for k in range(0, 10)], "cam2": [d("2026-01-15")]}
+    got = carried_reference_days(production, {"cam1": "2026-01-16", "cam2": "2026-01-15", "cam9": "2026-01-16"}, 3)
+    assert got == {"cam1": [d("2026-01-13"), d("2026-01-14"), d("2026-01-15")]}  # cam2: nothing before; cam9: none
+
+
+def test_a_carried_camera_is_released_only_when_its_estimate_is_back_near_its_pre_onset_level() -> None:
+    from tasks.drift import Verdict, recovered_by_estimate, release_recovered
+
+    assert recovered_by_estimate(0.70, 0.66, 0.05) and not recovered_by_estimate(0.70, 0.64, 0.05)
+    assert not recovered_by_estimate(None, 0.7, 0.05) and not recovered_by_estimate(0.7, float("nan"), 0.05)
+    v = Verdict("cam2", "2026-02-01", "drift", ["brightness:ks", "embedding:mmd"])
+    back = release_recovered(v, "2026-01-18", 0.70, 0.68, 0.05)
+    assert back.status == "clean" and back.signals == v.signals and "recovered" in back.note
+    still = release_recovered(v, "2026-01-18", 0.70, 0.52, 0.05)
+    assert still.status == "drift" and "0.520 against 0.700" in still.note
+    assert release_recovered(v, "2026-01-18", None, 0.68, 0.05) == v  # no estimate: the inputs decide
+    clean = Verdict("cam2", "2026-02-01", "clean")
+    assert release_recovered(clean, "2026-01-18", 0.70, 0.10, 0.05) == clean  # never turns clean into drift
