@@ -439,6 +439,9 @@ def finish(settings: Any, res: dict[str, Any], truth_frames: int, plot: Path,
     from tasks.rounds import list_rounds
 
     res = {**res, "episodes": episode_delays(onsets, eps, [r.round_id for r in list_rounds(store, settings)])}
+    from tasks.drift_records import carried_by_version
+
+    res["carried"] = carried_by_version(store, settings)  # cameras each champion watched against pre-onset days
     if truth_frames > 0:
         done = [r for r in res["rows"] if r.get("completed")]
         res["truth"] = measure(settings, done, START, truth_frames, log)

@@ -69,6 +69,17 @@ def load_reference_meta(store: Any, settings: Settings, version: str) -> dict[st
     return store.get_json(bucket, vp + "reference.json") if store.exists(bucket, vp + "reference.json") else None
 
 
+def carried_by_version(store: Any, settings: Settings) -> dict[str, dict[str, Any]]:
+    """Version -> the cameras its reference carried from before their drift (``reference.json``'s ``carried``),
+    for every version with a reference, oldest first."""
+    out: dict[str, dict[str, Any]] = {}
+    keys = [o.key for o in store.list(settings.s3.data_bucket, model_prefix(settings)) if o.key.endswith("/reference.json")]
+    for key in keys:
+        version = key[len(model_prefix(settings)):].split("/", 1)[0].removeprefix("version=")
+        out[version] = store.get_json(settings.s3.data_bucket, key).get("carried") or {}
+    return dict(sorted(out.items(), key=lambda kv: (len(kv[0]), kv[0])))
+
+
 def save_reference(store: Any, settings: Settings, version: str, meta: dict[str, Any], features: Features) -> str:
     """Write the reference (features first, ``reference.json`` last: a half-written reference is never read)."""
     bucket, vp = settings.s3.data_bucket, version_prefix(settings, version)

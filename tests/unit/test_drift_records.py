@@ -57,6 +57,17 @@ def test_references_days_state_and_episodes_round_trip_per_model_and_version() -
         dr.mark_episode(store, s, "drift-v3-2026-01-06", status="closed")
 
 
+def test_what_each_champion_carried_is_read_back_per_version() -> None:
+    s = load_settings("configs/test.yaml")
+    store = FakeStore()
+    assert dr.carried_by_version(store, s) == {}
+    carried = {"cam2": {"onset": "2026-01-19", "days": ["2026-01-16"], "from_episode": "drift-v9-2026-01-20"}}
+    for v, c in (("10", carried), ("9", {}), ("2", None)):
+        dr.save_reference(store, s, v, {"version": v, **({"carried": c} if c is not None else {})}, _features(2))
+    assert dr.carried_by_version(store, s) == {"2": {}, "9": {}, "10": carried}  # numeric order, none = {}
+    assert dr.load_reference_meta(store, s, "10")["carried"] == carried and dr.load_reference_meta(store, s, "7") is None
+
+
 def test_days_with_frames_lists_prefixes_not_objects() -> None:
     s = load_settings("configs/test.yaml")
     store = FakeStore()
