@@ -381,9 +381,24 @@ def train_once(cfg: BenchConfig, data_yaml: Path, init: Path | None, epochs: int
         out_dir=str(out_dir / "ul"), yolo_config_dir=str(yolo_dir), extra=extra,
         cls_loss=(loss or {}).get("cls_loss"),
     )
+    done = finished_training(spec)
+    if done is not None:  # a run that crashed after this training (the bootstrap is ~40 min on 2 cores)
+        return Path(done["last"]), float(done.get("train_seconds") or 0.0)
     t0 = time.time()
     res = run_worker(spec, cfg.timeout_minutes * 60, out_dir / "train.log")
     return Path(res["last"]), time.time() - t0
+
+
+def finished_training(spec: Any) -> dict[str, Any] | None:
+    """The worker's ``result.json`` when a training with exactly ``spec`` already finished in its ``out_dir`` (the
+    worker deletes it before starting and writes it last) and its weights are there; else None."""
+    out = Path(spec.out_dir)
+    try:
+        same = json.loads((out / "spec.json").read_text()) == json.loads(json.dumps(asdict(spec)))
+        res = json.loads((out / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return res if same and res.get("last") and Path(res["last"]).is_file() else None
 
 
 def write_data_yaml(path: Path, train: Sequence[str], val: Sequence[str], classes: Sequence[str]) -> Path:

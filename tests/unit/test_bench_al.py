@@ -226,6 +226,39 @@ def test_train_once_builds_every_supported_family(arch: str, tmp_path: Path,
     assert specs[1].model == str(init) and specs[1].pretrained == str(init)
 
 
+def test_a_finished_training_is_reused_only_for_the_same_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that crashed after its 40-minute bootstrap trained (session 22: a config key unknown to the running
+    code) resumes from the finished training instead of training it again; another spec trains."""
+    import json
+    from dataclasses import asdict
+
+    import tasks.training as training
+    from benchmarks.al import train_once
+
+    calls: list[Any] = []
+
+    def worker(spec: Any, timeout: float, log: Path) -> dict[str, Any]:
+        calls.append(spec)
+        out = Path(spec.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "spec.json").write_text(json.dumps(asdict(spec)))
+        (out / "last.pt").write_bytes(b"w")
+        res = {"last": str(out / "last.pt"), "train_seconds": 2318.2}
+        (out / "result.json").write_text(json.dumps(res))
+        return res
+
+    monkeypatch.setattr(training, "run_worker", worker)
+    y = tmp_path / "data.yaml"
+    first = train_once(BenchConfig(), y, None, 3, 0, tmp_path, tmp_path / "yolo", "yolo11n.yaml")
+    again = train_once(BenchConfig(), y, None, 3, 0, tmp_path, tmp_path / "yolo", "yolo11n.yaml")
+    assert len(calls) == 1 and again == (first[0], 2318.2)
+    train_once(BenchConfig(), y, None, 4, 0, tmp_path, tmp_path / "yolo", "yolo11n.yaml")  # other epochs
+    assert len(calls) == 2
+    (tmp_path / "ul" / "last.pt").unlink()  # weights gone: trained again
+    train_once(BenchConfig(), y, None, 4, 0, tmp_path, tmp_path / "yolo", "yolo11n.yaml")
+    assert len(calls) == 3
+
+
 # ---- inputs ------------------------------------------------------------------------------------
 def _yolo_dir(tmp: Path, counts: dict[str, int]) -> Path:
     import cv2
