@@ -188,9 +188,10 @@ def carry_unrecovered(settings: Settings, clients: Any, version: str, production
     return Features.concat([feats.select(~np.isin(feats.camera, list(carried))), *parts]), carried
 
 
-def release_carried(run: DriftRun, tolerance: float) -> None:
+def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1) -> None:
     """Verdicts of carried cameras (:func:`carry_unrecovered`): a drifted day whose label-free estimate is back
-    within ``tolerance`` of the camera's estimate on its pre-onset reference counts as clean (in place)."""
+    within ``tolerance`` of the camera's estimate on its pre-onset reference counts as clean (in place). An
+    estimate needs ``min_boxes`` detections on its side (``drift.min_boxes``, as the box-level tests do)."""
     from tasks.drift import release_recovered
     from tasks.label_free import atc_share
 
@@ -203,8 +204,8 @@ def release_carried(run: DriftRun, tolerance: float) -> None:
                          "label-free estimate (no calibration on control frames), so recovery is not told from drift")
         return
 
-    def est(f: Features) -> float | None:
-        v = atc_share(f.box_confidence, t)
+    def est(f: Features) -> float | None:  # a share of too few boxes says nothing
+        v = atc_share(f.box_confidence, t) if f.n_boxes >= min_boxes else float("nan")
         return v if v == v else None
 
     for cam, info in carried.items():
@@ -312,7 +313,7 @@ def drift_report(as_of: date, config: str | None = None, overrides: dict[str, An
                    feats, focus=list(cameras) if cameras else None)
     if live:
         run.live = retrying(steps.live_accuracy, settings)(settings, clients, champion)
-    release_carried(run, settings.drift.recovery_tolerance)
+    release_carried(run, settings.drift.recovery_tolerance, settings.drift.min_boxes)
     new_cams = sorted({c for cams in stats.values() for c, s in cams.items() if s.reference != "camera"})
     if new_cams:
         run.notes.append(f"{', '.join(new_cams)}: no (or too few) frames in the reference: compared with every "

@@ -285,6 +285,9 @@ def test_a_carried_camera_whose_label_free_estimate_is_back_counts_as_clean() ->
     assert r.verdicts["2026-02-01"]["cam2"].status == "clean"
     assert r.verdicts["2026-02-02"]["cam2"].status == "drift" and "0.250 against 0.750" in r.verdicts["2026-02-02"]["cam2"].note
     assert any("compared with its traffic from before 2026-01-12" in n for n in r.notes)
+    few = run(0.5)
+    release_carried(few, 0.05, min_boxes=5)  # 4 boxes a side: no estimate, the inputs decide
+    assert all(v["cam2"].status == "drift" for v in few.verdicts.values())
     blind = run(None)
     release_carried(blind, 0.05)
     assert all(v["cam2"].status == "drift" for v in blind.verdicts.values())
