@@ -196,9 +196,9 @@ def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1) -> None
     from tasks.label_free import atc_share
 
     carried = run.reference.get("carried") or {}
-    t = run.live.atc_threshold if run.live is not None else None
     if not carried:
         return
+    t = run.live.atc_threshold if run.live is not None else None
     if t is None:
         run.notes.append(f"{', '.join(carried)}: compared with their traffic from before their drift began; no "
                          "label-free estimate (no calibration on control frames), so recovery is not told from drift")

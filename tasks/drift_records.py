@@ -56,11 +56,11 @@ def days_with_frames(store: Any, settings: Settings, cameras: Sequence[str] | No
 # ---- the reference -----------------------------------------------------------------------------------
 def load_reference(store: Any, settings: Settings, version: str) -> tuple[dict[str, Any], Features] | None:
     """``(meta, features)`` of version ``version``'s reference, or None when none was built yet."""
-    bucket, vp = settings.s3.data_bucket, version_prefix(settings, version)
-    if not store.exists(bucket, vp + "reference.json"):
+    meta = load_reference_meta(store, settings, version)
+    if meta is None:
         return None
-    meta = store.get_json(bucket, vp + "reference.json")
-    return meta, Features.from_npz(store.get_bytes(bucket, vp + "reference.npz"))
+    return meta, Features.from_npz(store.get_bytes(settings.s3.data_bucket, version_prefix(settings, version)
+                                                   + "reference.npz"))
 
 
 def load_reference_meta(store: Any, settings: Settings, version: str) -> dict[str, Any] | None:
