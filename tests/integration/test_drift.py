@@ -234,3 +234,65 @@ def test_missing_reference_is_a_clear_message(world: dict[str, Any], tmp_path: P
     c.registry.set_alias("champion", v)
     with pytest.raises(NotFound, match=r"missing reference for champion v\d+: no production frames before 2026-01-01"):
         drift_report(date(2026, 1, 19), w["cfg"], {"mlflow": {"model_name": name}}, None, 1, live=False)
+
+
+def test_a_camera_still_drifting_keeps_its_pre_onset_reference_under_the_next_champion(
+        world: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``drift.carry_unrecovered`` on the real store and registry: cam1 (dusk from the 19th) opens an episode under
+    v1; v2 takes over on the 23rd, its ordinary reference days (20th-22nd) all dusk on cam1. cam1's part of v2's
+    reference is its days before the onset, scored by v2 and stored with the reference, read back unchanged by the
+    next run, and cam1 opens a new episode under v2 (the third soak's missed recovery)."""
+    from detloop.clients import Clients
+    from detloop.settings import load_settings
+    from detloop.world.publish import publish_world
+    from flows.drift import drift_monitor
+    from flows.params import DriftParams
+    from tasks.drift_records import list_episodes, load_reference, version_prefix
+    from tasks.registry import promote
+    from tasks.rounds import mark_round, open_round
+
+    monkeypatch.setattr("prefect.events.emit_event", lambda **kw: None)  # no targeted round from the runner here
+    cfg = yaml.safe_load(Path(world["cfg"]).read_text())
+    name = f"{cfg['mlflow']['model_name']}-carry"
+    cfg["mlflow"]["model_name"] = name
+    cfg["label_studio"]["project_title"] = f"{cfg['label_studio']['project_title']}-carry"
+    path = tmp_path / "carry.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    s = load_settings(path)
+    c = Clients.from_settings(s)
+    w = {**world, "clients": c}
+    assert s.drift.carry_unrecovered  # the default
+
+    def champion_from_round(day: str, seed: int) -> str:
+        rid = f"{s.label_studio.project_title}-{day}"
+        open_round(c.store, s, rid, day, None, 1, 0)
+        mark_round(c.store, s, rid, status="trained")
+        v = _register(w, seed, {"detloop.round_id": rid})
+        promote(s, c.registry, c.store, v, override=True, reason="drift test", actor="test")
+        return v
+
+    v1 = champion_from_round("2026-01-17", 0)  # reference: the 14th-16th
+    first = drift_monitor(DriftParams(config=str(path), as_of=date(2026, 1, 21)))
+    (ep1,) = list_episodes(c.store, s)
+    assert first["opened"] == [ep1.episode_id] and ep1.model_version == v1 and ep1.cameras == ["cam1"]
+
+    publish_world(s, date(2026, 1, 21), 5, 12, cameras=CAMS)  # the 21st-25th (the 21st as the test above)
+    v2 = champion_from_round("2026-01-23", 1)
+    out = drift_monitor(DriftParams(config=str(path), as_of=date(2026, 1, 26)))
+    got = load_reference(c.store, s, v2)
+    assert got is not None
+    meta, feats = got
+    assert meta["days"] == ["2026-01-20", "2026-01-21", "2026-01-22"]
+    assert meta["carried"] == {"cam1": {"onset": "2026-01-19", "days": ["2026-01-16", "2026-01-17", "2026-01-18"],
+                                        "from_episode": ep1.episode_id}}
+    assert sorted(set(feats.of_camera("cam1").day.tolist())) == ["2026-01-16", "2026-01-17", "2026-01-18"]
+    assert sorted(set(feats.of_camera("cam0").day.tolist())) == meta["days"]
+    assert meta["frames_per_camera"] == {"cam0": 36, "cam1": 36}
+    mine = [e for e in list_episodes(c.store, s) if e.model_version == v2]
+    assert [e.cameras for e in mine] == [["cam1"]] and out["opened"] == [mine[0].episode_id]
+    assert mine[0].opened_on >= "2026-01-23"
+
+    key = version_prefix(s, v2) + "reference.json"
+    etag = next(o.etag for o in c.store.list(s.s3.data_bucket, key))
+    again = drift_monitor(DriftParams(config=str(path), as_of=date(2026, 1, 26)))
+    assert again["opened"] == [] and next(o.etag for o in c.store.list(s.s3.data_bucket, key)) == etag  # not rebuilt
