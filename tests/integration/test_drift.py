@@ -63,6 +63,20 @@ def _register(w: dict[str, Any], seed: int, tags: dict[str, str] | None = None) 
     return str(reg.register_logged_model(run_id, files, f"{reg.model_name}-{seed}", tags or {}, {}).version)
 
 
+def _champion_from_round(w: dict[str, Any], s: Any, day: str, seed: int) -> str:
+    """A champion trained on the round of ``day`` (so it took over that day's traffic), promoted."""
+    from tasks.registry import promote
+    from tasks.rounds import mark_round, open_round
+
+    c = w["clients"]
+    rid = f"{s.label_studio.project_title}-{day}"
+    open_round(c.store, s, rid, day, None, 1, 0)
+    mark_round(c.store, s, rid, status="trained")
+    v = _register(w, seed, {"detloop.round_id": rid})
+    promote(s, c.registry, c.store, v, override=True, reason="drift test", actor="test")
+    return v
+
+
 def test_the_reference_is_replaced_on_promotion_and_restored_on_rollback(world: dict[str, Any]) -> None:
     from detloop.settings import load_settings
     from flows.drift import drift_report
@@ -147,15 +161,7 @@ def test_a_dusk_camera_opens_one_episode_one_event_one_targeted_round_beside_a_w
     w = world
     s, c = w["s"], w["clients"]
     # the champion was trained on the round of 2026-01-17: it took over the traffic of that day
-    rid = f"{s.label_studio.project_title}-2026-01-17"
-    open_round(c.store, s, rid, "2026-01-17", None, 1, 0)
-    from tasks.rounds import mark_round
-
-    mark_round(c.store, s, rid, status="trained")
-    v = _register(w, 0, {"detloop.round_id": rid})
-    from tasks.registry import promote
-
-    promote(s, c.registry, c.store, v, override=True, reason="drift test", actor="test")
+    v = _champion_from_round(w, s, "2026-01-17", 0)
     _wait_for_deployments(timeout=120)
 
     # a weekly round is open (its record is what planning a round looks at)
@@ -248,8 +254,6 @@ def test_a_camera_still_drifting_keeps_its_pre_onset_reference_under_the_next_ch
     from flows.drift import drift_monitor
     from flows.params import DriftParams
     from tasks.drift_records import list_episodes, load_reference, version_prefix
-    from tasks.registry import promote
-    from tasks.rounds import mark_round, open_round
 
     monkeypatch.setattr("prefect.events.emit_event", lambda **kw: None)  # no targeted round from the runner here
     cfg = yaml.safe_load(Path(world["cfg"]).read_text())
@@ -263,21 +267,13 @@ def test_a_camera_still_drifting_keeps_its_pre_onset_reference_under_the_next_ch
     w = {**world, "clients": c}
     assert s.drift.carry_unrecovered  # the default
 
-    def champion_from_round(day: str, seed: int) -> str:
-        rid = f"{s.label_studio.project_title}-{day}"
-        open_round(c.store, s, rid, day, None, 1, 0)
-        mark_round(c.store, s, rid, status="trained")
-        v = _register(w, seed, {"detloop.round_id": rid})
-        promote(s, c.registry, c.store, v, override=True, reason="drift test", actor="test")
-        return v
-
-    v1 = champion_from_round("2026-01-17", 0)  # reference: the 14th-16th
+    v1 = _champion_from_round(w, s, "2026-01-17", 0)  # reference: the 14th-16th
     first = drift_monitor(DriftParams(config=str(path), as_of=date(2026, 1, 21)))
     (ep1,) = list_episodes(c.store, s)
     assert first["opened"] == [ep1.episode_id] and ep1.model_version == v1 and ep1.cameras == ["cam1"]
 
     publish_world(s, date(2026, 1, 21), 5, 12, cameras=CAMS)  # the 21st-25th (the 21st as the test above)
-    v2 = champion_from_round("2026-01-23", 1)
+    v2 = _champion_from_round(w, s, "2026-01-23", 1)
     out = drift_monitor(DriftParams(config=str(path), as_of=date(2026, 1, 26)))
     got = load_reference(c.store, s, v2)
     assert got is not None
