@@ -181,22 +181,35 @@ def plot_timeline(rows: Sequence[Mapping[str, Any]], onsets: Sequence[Mapping[st
 # The run (real stack)
 # --------------------------------------------------------------------------------------------
 def faulted(fault: Fault | None, stack: Any, fn: Callable[[], Any], log: Callable[[str], None]) -> tuple[str, Any]:
-    """Run ``fn``; with a ``fault``, kill its service ``fault.delay_s`` seconds in (a supervisor restarts it). A
-    run that fails is re-run after ``ensure_up`` until it completes (at most 3 times). Returns
+    """Run ``fn``; with a ``fault``, kill its service ``fault.delay_s`` seconds in (a supervisor restarts it). Once
+    the service was killed, returns only when it is back up. A run that fails is re-run after ``ensure_up`` until
+    it completes (at most 3 times). Returns
     ``(outcome of the faulted run, result of the run that completed)``."""
     from benchmarks.faults import _outcome, service_killer
     from infra.stack import ensure_up
 
     timer = None
+    fired = threading.Event()
     if fault is not None:
         kill = service_killer(stack, fault.service, RESTART_AFTER_S)
-        timer = threading.Timer(fault.delay_s, kill)
+
+        def fire() -> None:
+            fired.set()
+            kill()
+
+        timer = threading.Timer(fault.delay_s, fire)
         timer.daemon = True
         timer.start()
     outcome, result = _outcome(fn)
     if timer is not None:
         timer.cancel()
+        timer.join()  # a kill in progress finishes before we look
         log(f"fault {fault.service} @ {fault.flow} +{fault.delay_s} s: {outcome}")  # type: ignore[union-attr]
+    if fired.is_set():
+        # the supervisor brings the service back; whoever comes next (the annotators, the next run) finds it up
+        # rather than racing its restart (a run that did not need the service completes before it is back)
+        time.sleep(RESTART_AFTER_S)
+        ensure_up(stack)
     tries = 0
     while not outcome.startswith("completed"):
         tries += 1

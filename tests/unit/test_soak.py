@@ -157,3 +157,32 @@ def test_labels_paid_are_what_the_round_pulled_even_when_labelled_before_a_resum
     row = {"labels": 0, "duplicates": 0, "lost": 0}
     _count(row, {"duplicate_tasks": 1}, {"annotated": 26}, Store(), settings, "soak-2026-02-09")
     assert row == {"labels": 24, "duplicates": 1, "lost": 2}  # 2 submitted annotations the pull did not get
+
+
+def test_a_faulted_run_returns_only_once_the_killed_service_is_back(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The fifth soak's week 5: Label Studio killed during a monitor run that does not need it; the run completed
+    and the annotators, next, found it still restarting. After a kill, ``faulted`` waits for the service."""
+    import time as _time
+
+    import benchmarks.faults as faults_mod
+    import benchmarks.soak as soak_mod
+    import infra.stack as stack_mod
+    from benchmarks.soak import Fault, faulted
+
+    calls: list[str] = []
+    monkeypatch.setattr(soak_mod, "RESTART_AFTER_S", 0.0)
+    monkeypatch.setattr(faults_mod, "service_killer", lambda stack, service, after: lambda: calls.append(f"kill {service}"))
+    monkeypatch.setattr(stack_mod, "ensure_up", lambda stack, *a, **k: calls.append("ensure_up"))
+
+    def run() -> dict[str, int]:
+        _time.sleep(0.2)
+        calls.append("run done")
+        return {"ok": 1}
+
+    outcome, res = faulted(Fault(5, "label-studio", "drift", 4, 0.01), object(), run, lambda m: None)
+    assert (outcome, res) == ("completed", {"ok": 1})
+    assert calls == ["kill label-studio", "run done", "ensure_up"]
+
+    calls.clear()  # the run ended before its fault: nothing killed, nothing to wait for
+    outcome, _ = faulted(Fault(5, "label-studio", "drift", 4, 30.0), object(), run, lambda m: None)
+    assert outcome == "completed" and calls == ["run done"]
