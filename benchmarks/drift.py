@@ -210,11 +210,18 @@ def day_key(world: Any, classes: Sequence[str], camera: str, day: date, cfg: Ben
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def tiling_tag(settings: Any, camera: str) -> str:
+    """A cache-key suffix for how ``camera``'s frames are scored: ``""`` whole (the keys of caches made before
+    tiling was honoured stay valid), else the tile geometry."""
+    t = settings.model.tile_spec(camera)
+    return "" if t is None else f"-tiled{t.tile}o{t.overlap}{'f' if t.full_frame else ''}i{t.ios_threshold:g}"
+
+
 def render_and_score(world: Any, classes: Sequence[str], camera: str, day: date, n: int, scorer: Any,
                      settings: Any, seed: int, flip_frames: int = 0, stream: str | None = None) -> tuple[list, list]:
     """Render frames ``0..n-1`` of ``camera`` on ``day`` (the world's ``stream``, default production), score them
-    as production does at evaluation's low confidence floor (the first ``flip_frames`` also flipped): the scored
-    frames and their truths."""
+    as production does at evaluation's low confidence floor (the first ``flip_frames`` also flipped), tiled when
+    ``model.tiling`` tiles the camera: the scored frames and their truths."""
     from detloop.contracts import FrameRef
     from detloop.preprocess import load_frame_for_model
     from detloop.world.render import PRODUCTION, encode_jpeg, render_frame
@@ -233,7 +240,7 @@ def render_and_score(world: Any, classes: Sequence[str], camera: str, day: date,
         for i in range(lo, min(n, lo + ms.batch_size)):
             fr = render_frame(world, list(classes), camera, day, i, n, seed=seed, stream=stream or PRODUCTION)
             data = encode_jpeg(fr.image, world.jpeg_quality)
-            got = load_frame_for_model(data, size, ms.fast_decode)
+            got = load_frame_for_model(data, size, ms.fast_decode, tiling=ms.tile_spec(camera))
             if isinstance(got, str):
                 raise RuntimeError(f"rendered frame unreadable: {got}")
             key = f"frames/camera={camera}/date={day.isoformat()}/{fr.frame_id}.jpg"
@@ -329,7 +336,8 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         for cam in cams:
             if cam not in world.active_cameras(day):
                 continue
-            path = cache / f"{cam}-{day.isoformat()}-{day_key(world, classes, cam, day, cfg, model_id)}"
+            key = day_key(world, classes, cam, day, cfg, model_id + tiling_tag(settings, cam))
+            path = cache / f"{cam}-{day.isoformat()}-{key}"
             cd = _load(path)
             if cd is None:
                 cd = score_camera_day(world, classes, cam, day, cfg, scorer, settings)

@@ -116,12 +116,14 @@ def recoveries(truth: Mapping[int, Mapping[str, Mapping[str, float | None]]],
 
 def true_map(world: Any, classes: Sequence[str], camera: str, day: date, n: int, scoring_dir: Path,
              settings: Any, seed: int, cache: Path | None = None, label: str = "") -> dict[str, float | None]:
-    """The true mAP50 / mAP50-95 of the model in ``scoring_dir`` on ``n`` truth-stream frames of one camera-day
-    (cached in ``cache`` under ``label``)."""
-    path = cache / f"{label}-{camera}-{day.isoformat()}-{n}-{seed}.json" if cache is not None else None
+    """The true mAP50 / mAP50-95 of the model in ``scoring_dir`` on ``n`` truth-stream frames of one camera-day,
+    scored as ``settings.model`` scores that camera (tiled or whole; cached in ``cache`` under ``label``)."""
+    from benchmarks.drift import render_and_score, tiling_tag
+
+    name = f"{label}-{camera}-{day.isoformat()}-{n}-{seed}{tiling_tag(settings, camera)}.json"
+    path = cache / name if cache is not None else None
     if path is not None and path.is_file():
         return json.loads(path.read_text())
-    from benchmarks.drift import render_and_score
     from tasks.evaluation import compute_metrics
     from tasks.scoring import load_scorer
 

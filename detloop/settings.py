@@ -881,6 +881,11 @@ class DriftSettings(_Model):
         0.05, ge=0.0, le=1.0, description="How far below its pre-onset label-free estimate (mAP50 scale) a carried "
         "camera's day may be and still count as recovered.",
     )
+    shrink_advice_ratio: float = Field(
+        0.5, ge=0.0, le=1.0, description="A drifted camera whose log_area signal fired and whose detected boxes are "
+        "at most this share of their reference area (geometric mean) gets a note in the report: its objects shrank "
+        "(a zoom-out), which labels alone may not undo; per-camera tiling is named with how to measure it. 0: never.",
+    )
     seed: int = Field(0, ge=0, description="Seed of the permutation tests, subsamples and bootstrap.")
 
     @model_validator(mode="after")

@@ -72,6 +72,11 @@ class DriftRun:
         return [c for c in self.cameras if any(v.get(c) is not None and v[c].status == "drift"
                                                for v in self.verdicts.values())]
 
+    def last_drifted_day(self, camera: str) -> str | None:
+        """The latest day of the window on which ``camera`` was drifted."""
+        return next((x for x in reversed(self.days) if self.verdicts.get(x, {}).get(camera) is not None
+                     and self.verdicts[x][camera].status == "drift"), None)
+
 
 # --------------------------------------------------------------------------------------------
 # Reference and days
@@ -289,7 +294,7 @@ def drift_report(as_of: date, config: str | None = None, overrides: dict[str, An
         DataError: ``as_of`` after ``today``, an unknown camera, no production frames in the window.
     """
     from detloop.clients import Clients
-    from tasks.drift import permutation_floor_note, verdict
+    from tasks.drift import permutation_floor_note, shrink_advice, verdict
     from tasks.drift_records import days_with_frames
 
     log = get_run_logger()
@@ -323,6 +328,14 @@ def drift_report(as_of: date, config: str | None = None, overrides: dict[str, An
     if deaf:
         log.warning(deaf)
         run.notes.append(deaf)
+    for cam in run.drifted_cameras():
+        day = run.last_drifted_day(cam)
+        if day is None:
+            continue
+        advice = shrink_advice(run.stats[day][cam], run.verdicts[day][cam], settings.drift)
+        if advice:
+            log.warning(advice)
+            run.notes.append(advice)
     log.info("drifted cameras in %s..%s: %s", window[0], window[-1], run.drifted_cameras() or "none")
     return run
 
@@ -399,8 +412,9 @@ def report_markdown(run: DriftRun, settings: Settings, episodes: list[Episode]) 
         grid.append(row)
     out.append("\n## Days (D drift, . clean, ? not enough data)\n\n" + md_table(grid))
     for cam in run.drifted_cameras():
-        day = next(x for x in reversed(run.days) if run.verdicts.get(x, {}).get(cam) is not None
-                   and run.verdicts[x][cam].status == "drift")
+        day = run.last_drifted_day(cam)
+        if day is None:
+            continue
         s, v = run.stats[day][cam], run.verdicts[day][cam]
         trows = [{"feature": t.feature, "statistic": t.statistic, "value": _fmt(t.value, 4), "p": _fmt(t.p, 4),
                   "p adj": _fmt(v.adjusted.get(t.name), 4),

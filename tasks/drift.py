@@ -268,6 +268,8 @@ def compare(ref: Features, cur: Features, cfg: DriftSettings, class_names: Seque
                               float(np.mean(cur.detections == 0)) if cur.n_frames else float("nan")]
     stats.summary["confidence"] = [float(np.mean(ref.box_confidence)) if ref.n_boxes else float("nan"),
                                    float(np.mean(cur.box_confidence)) if cur.n_boxes else float("nan")]
+    stats.summary["log_area"] = [float(np.mean(ref.box_log_area)) if ref.n_boxes else float("nan"),
+                                 float(np.mean(cur.box_log_area)) if cur.n_boxes else float("nan")]
     rc = np.bincount(ref.box_class, minlength=len(class_names))[: len(class_names)]
     cc = np.bincount(cur.box_class, minlength=len(class_names))[: len(class_names)]
     stats.class_shares = {c: [float(rc[k] / max(1, rc.sum())), float(cc[k] / max(1, cc.sum()))]
@@ -394,6 +396,35 @@ def verdict(stats: CameraDayStats, cfg: DriftSettings, class_names: Sequence[str
     order = list(class_names) if class_names else sorted(classes)
     return Verdict(stats.camera, stats.day, status, sorted(signals), [c for c in order if c in classes],
                    {k: float(v) for k, v in adjusted.items()})
+
+
+def area_ratio(stats: CameraDayStats) -> float | None:
+    """The day's detected boxes' area over the reference's (ratio of geometric means), or None when either side
+    had no box or the statistics predate it."""
+    ref, cur = (stats.summary.get("log_area") or [math.nan, math.nan])[:2]
+    if not (math.isfinite(ref) and math.isfinite(cur)):
+        return None
+    return math.exp(cur - ref)
+
+
+def shrink_advice(stats: CameraDayStats, v: Verdict, cfg: DriftSettings) -> str | None:
+    """A one-line note for a drifted camera whose objects shrank (``log_area`` among its signals and its boxes at
+    most ``cfg.shrink_advice_ratio`` of their reference area): a zoom-out or a camera moved back, which more labels
+    at the same input size may not undo (the soaks' zoom-out never came back within 0.02); per-camera tiling scores
+    the camera at native resolution. None otherwise.
+
+    The ratio is of *detected* boxes, so it understates a shrink when the champion misses the smallest objects.
+    """
+    if cfg.shrink_advice_ratio <= 0 or v.status != "drift" or not any(s.startswith("log_area:") for s in v.signals):
+        return None
+    r = area_ratio(stats)
+    if r is None or r > cfg.shrink_advice_ratio:
+        return None
+    return (f"{stats.camera}: its detected boxes are {r:.2f}x their reference area on {stats.day} (log_area drifted): "
+            f"its objects shrank (a zoom-out, a camera moved back), which labels at the same input size may not undo. "
+            f"Per-camera tiling scores it at native resolution: model.tiling.cameras.{stats.camera}: "
+            "{enabled: true, full_frame: false} (docs/crowds_and_small_objects.md); measure it on the camera's "
+            "frames before switching it on (docs/benchmarks.md, \"tiling a zoomed-out camera\").")
 
 
 def permutation_floor_note(cfg: DriftSettings, n_tests: int) -> str | None:

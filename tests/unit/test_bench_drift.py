@@ -108,3 +108,37 @@ def test_targets_report_reached_and_not_reached() -> None:
     assert not fa["reached_days"] and fa["reached_episodes"]
     assert t["label_free_within_0.05_ge_80pct"] == {"best_estimator": "flip", "within": 0.85, "reached": True}
     assert t["lowering_drifts"] == ["x"]
+
+
+def test_truth_frames_are_scored_tiled_where_the_camera_is_tiled() -> None:
+    """The truth of a tiled camera is measured as production scores it (every tile through the model) and cached
+    apart from its whole-frame truth; untiled cameras keep their old cache keys."""
+    import numpy as np
+
+    from benchmarks.drift import render_and_score, tiling_tag
+    from detloop.settings import load_settings
+
+    class Counting:
+        meta = type("M", (), {"stride": 32, "input_size": 320, "head": "one2many"})()
+        name, concurrent = "count", True
+
+        def __init__(self) -> None:
+            self.images = 0
+
+        def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            self.images += len(batch)
+            return np.zeros((len(batch), 4 + len(CLASSES), 2100), np.float32), np.zeros((len(batch), 8), np.float32)
+
+    world = load_world_config(CONFIGS / "world.yaml")
+    settings = load_settings(CONFIGS / "soak.yaml", env={},
+                             overrides={"model": {"tiling": {"cameras": {"cam2": {"enabled": True}}}}})
+    day = date(2026, 2, 10)
+    counts = {}
+    for cam in ("cam1", "cam2"):
+        scorer = Counting()
+        scored, truths = render_and_score(world, CLASSES, cam, day, 2, scorer, settings, 0)
+        assert len(scored) == len(truths) == 2
+        counts[cam] = scorer.images
+    assert counts["cam1"] == 2  # whole frames
+    assert counts["cam2"] == 2 * 7  # 640x480 in 320-px tiles with 64 px overlap: 3 x 2 tiles + the whole frame
+    assert tiling_tag(settings, "cam1") == "" and tiling_tag(settings, "cam2").startswith("-tiled320o64")

@@ -23,12 +23,14 @@ from tasks.drift import (
     Stat,
     Verdict,
     advance,
+    area_ratio,
     compare,
     compare_day,
     permutation_floor_note,
     promotion_anchor,
     reference_days,
     replay,
+    shrink_advice,
     supersede,
     verdict,
 )
@@ -113,6 +115,30 @@ def test_smaller_boxes_and_a_class_mix_change_are_box_level_signals() -> None:
     v = verdict(s, cfg(), CLASSES)
     assert {"log_area:ks", "class_mix:chi2"} <= set(v.signals) and "star" in v.classes
     assert s.test("confidence[star]", "ks") is not None  # enough stars now for their own test
+
+
+def test_a_zoomed_out_camera_is_told_its_objects_shrank_and_other_drifts_are_not() -> None:
+    """The shrink note: log_area among the signals and the boxes at most drift.shrink_advice_ratio of their
+    reference area; not for a dusk, not for a small shrink, not when switched off, not on old statistics."""
+    one = functools.partial(cfg, alarm_min_signals=1, alpha=0.05)  # a lone signal is drift: the note is tested
+    rng = np.random.default_rng(4)
+    ref = synth(rng, "cam2", "ref", 280)
+    zoomed = compare(ref, synth(rng, "cam2", "d", 60, area_scale=0.45), one(), CLASSES, "cam2", "d")
+    v = verdict(zoomed, one(), CLASSES)
+    assert v.status == "drift" and "log_area:ks" in v.signals
+    assert area_ratio(zoomed) == pytest.approx(0.45**2, rel=0.25)
+    note = shrink_advice(zoomed, v, one())
+    assert note is not None and note.startswith("cam2: its detected boxes are 0.") and "model.tiling.cameras.cam2" in note
+    assert shrink_advice(zoomed, v, one(shrink_advice_ratio=0.0)) is None  # switched off
+    assert shrink_advice(zoomed, v, one(shrink_advice_ratio=0.1)) is None  # not shrunk that much
+    dusk = compare(ref, synth(rng, "cam2", "d2", 60, brightness=0.3), one(), CLASSES, "cam2", "d2")
+    vd = verdict(dusk, one(), CLASSES)
+    assert vd.status == "drift" and "log_area:ks" not in vd.signals and shrink_advice(dusk, vd, one()) is None
+    slight = compare(ref, synth(rng, "cam2", "d3", 200, area_scale=0.85), one(), CLASSES, "cam2", "d3")
+    vs = verdict(slight, one(), CLASSES)
+    assert "log_area:ks" in vs.signals and shrink_advice(slight, vs, one()) is None  # 0.72x: above 0.5
+    old = CameraDayStats.from_dict({**zoomed.to_dict(), "summary": {}})  # stored before the summary had log_area
+    assert area_ratio(old) is None and shrink_advice(old, v, one()) is None
 
 
 def test_a_new_camera_is_compared_with_every_cameras_reference() -> None:
