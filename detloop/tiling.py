@@ -21,9 +21,9 @@ The three known failure modes of tiling, and what prevents each:
   box is placed a few pixels off its tile box, often below the NMS IoU, so both were kept and every such object
   was counted twice (a false positive each; measured on the soak's cameras: tiles with the full frame lost 0.04-0.08
   mAP50 to tiles alone). A full-frame box and a tile box of the same class are one object when their IoS reaches
-  ``ios_threshold``: matched **one to one** (each object appears at most once in each pass), the lower-scored
-  dropped (:func:`match_full_frame`); one to one, so a crowd neighbour seen only by the tiles is not taken
-  for the duplicate of a full-frame box that already has its match.
+  ``ios_threshold`` and their sizes are alike; the lower-scored is dropped (:func:`match_full_frame`). A
+  full-frame box takes at most one box of each tile (each tile sees an object once), so a crowd neighbour seen
+  only by the tiles is not taken for the duplicate of a full-frame box that already has its match there.
 """
 
 from __future__ import annotations
@@ -188,19 +188,25 @@ def merge_cut_pieces(xyxy: np.ndarray, scores: np.ndarray, class_id: np.ndarray,
 SAME_OBJECT_AREA_RATIO = 0.25  # a full-frame box and a tile box of one object: areas within 4x of each other
 
 
-def match_full_frame(xyxy: np.ndarray, scores: np.ndarray, class_id: np.ndarray, full: np.ndarray,
-                     ios_threshold: float = 0.5) -> np.ndarray:
+def match_full_frame(xyxy: np.ndarray, scores: np.ndarray, class_id: np.ndarray, tile_index: np.ndarray,
+                     full: np.ndarray, ios_threshold: float = 0.5) -> np.ndarray:
     """Drop the duplicates between the full-frame pass and the tiles (pure).
 
-    Greedy by descending score: a box is dropped when a kept box of the *other* pass (full frame vs tiles), of the
-    same class, not yet matched, covers ``ios_threshold`` of the smaller of the two (intersection over smaller)
-    and is of a like size (the smaller at least ``SAME_OBJECT_AREA_RATIO`` of the larger's area: a small object
-    lying inside a large one is another object); of several such boxes the one with the highest IoU is its match.
-    Each kept box is matched at most once, so two overlapping objects of a crowd seen by both passes keep one box
-    each.
+    Two boxes of the same class, one from the full frame and one from a tile, are one object when the
+    intersection covers ``ios_threshold`` of the smaller (intersection over smaller) and their sizes are alike (the
+    smaller at least ``SAME_OBJECT_AREA_RATIO`` of the larger's area: a small object lying inside a large one is
+    another object). Greedy by descending score:
+
+    - a full-frame box is dropped when a higher-scored tile box (kept or itself dropped as a duplicate) is such a
+      partner: the tiles see that object better, and the full frame's low-scored near-copies of it go too;
+    - a tile box is dropped when a higher-scored kept full-frame box is such a partner and has not yet taken a box
+      of this tile (an object in the tiles' overlap is seen once by each of its tiles); of several, the one with the
+      highest IoU takes it. So of two overlapping objects of a crowd seen by one tile, the one the full frame did
+      not see keeps its tile box.
 
     Args:
-        xyxy: ``(N, 4)`` frame pixels; scores ``(N,)``; class_id ``(N,)``; full ``(N,)`` bool: from the full frame.
+        xyxy: ``(N, 4)`` frame pixels; scores ``(N,)``; class_id ``(N,)``; tile_index ``(N,)``; full ``(N,)`` bool:
+            from the full-frame tile.
 
     Returns:
         ``(K,)`` int64 indices of the kept boxes, by descending score.
@@ -208,22 +214,31 @@ def match_full_frame(xyxy: np.ndarray, scores: np.ndarray, class_id: np.ndarray,
     b = np.asarray(xyxy, np.float64).reshape(-1, 4)
     s = np.asarray(scores, np.float64).reshape(-1)
     c = np.asarray(class_id).reshape(-1)
+    ti = np.asarray(tile_index).reshape(-1)
     f = np.asarray(full, bool).reshape(-1)
     order = np.argsort(-s, kind="stable")
     if len(b) == 0 or f.all() or not f.any():
         return order.astype(np.int64)
     area = box_area(b)
     ratio = np.minimum(area[:, None], area[None, :]) / np.maximum(np.maximum(area[:, None], area[None, :]), 1e-12)
-    same = (intersection_over_smaller(b, b) >= ios_threshold) & (ratio >= SAME_OBJECT_AREA_RATIO)
+    same = ((intersection_over_smaller(b, b) >= ios_threshold) & (ratio >= SAME_OBJECT_AREA_RATIO)
+            & (c[:, None] == c[None, :]) & (f[:, None] != f[None, :]))
     iou = box_iou(b, b)
     kept = np.zeros(len(b), bool)
-    matched = np.zeros(len(b), bool)
+    seen = np.zeros(len(b), bool)  # tile boxes already visited, kept or dropped
+    taken: dict[int, set[int]] = {}  # kept full-frame box -> the tiles whose box it took
     out: list[int] = []
     for i in order:
-        cand = np.flatnonzero(kept & ~matched & (f != f[i]) & (c == c[i]) & same[i])
-        if cand.size:
-            matched[cand[np.argmax(iou[i, cand])]] = True
-            continue
+        if f[i]:
+            if (seen & same[i]).any():
+                continue
+        else:
+            seen[i] = True
+            cand = [int(k) for k in np.flatnonzero(kept & same[i]) if int(ti[i]) not in taken.get(int(k), ())]
+            if cand:
+                k = max(cand, key=lambda j: iou[i, j])
+                taken.setdefault(k, set()).add(int(ti[i]))
+                continue
         kept[i] = True
         out.append(int(i))
     return np.asarray(out, np.int64)
@@ -246,9 +261,9 @@ def merge_tiles(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Merge the boxes of all tiles of a frame (already in frame pixels) into one set of detections.
 
-    1. pieces cut by tile borders are joined into their union (:func:`merge_cut_pieces`);
-    2. with a full-frame tile, its boxes and the tiles' boxes are matched one to one by IoS and the lower-scored
-       of each pair dropped (:func:`match_full_frame`), on the scores before any decay;
+    1. with a full-frame tile, the full frame's boxes of objects the tiles also saw (and the reverse) are dropped
+       (:func:`match_full_frame`);
+    2. pieces cut by tile borders are joined into their union (:func:`merge_cut_pieces`);
     3. duplicates across tiles are removed by class-aware NMS (``method="hard"`` or ``"weighted"``) or decayed by soft-NMS
        (``"gaussian"`` / ``"linear"``, ``sigma``, ``score_floor``). Only boxes from *different* tiles suppress
        each other here: within a tile the per-tile NMS already ran, and a second pass would decay twice.
@@ -271,10 +286,12 @@ def merge_tiles(
         m = ti == k
         if m.any():
             cut[m] = cut_at_border(b[m], t, width, height)
-    rows, boxes, s2 = merge_cut_pieces(b, s, c, ti, cut, ios_threshold)
-    # before any score decays: a soft-NMS-decayed duplicate would otherwise come after a crowd neighbour
-    keep = match_full_frame(boxes, s2, c[rows], np.array([tiles[k].full for k in ti[rows]], bool), ios_threshold)
-    rows, boxes, s2 = rows[keep], boxes[keep], s2[keep]
+    # first the full frame's duplicates of the tiles' objects: joined as "pieces" they would grow the union of two
+    # placements of one object; and before any score decays (a decayed duplicate would come after a neighbour)
+    first = match_full_frame(b, s, c, ti, np.array([tiles[k].full for k in ti], bool), ios_threshold)
+    first.sort()
+    r, boxes, s2 = merge_cut_pieces(b[first], s[first], c[first], ti[first], cut[first], ios_threshold)
+    rows = first[r]
     if method in ("hard", "weighted"):  # weighted: boxes were fused within each tile; across tiles, hard NMS
         keep = nms(boxes, s2, iou_threshold, class_id=c[rows], group=ti[rows])[:max_keep]
         return rows[keep], boxes[keep], s2[keep]

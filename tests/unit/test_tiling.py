@@ -146,9 +146,13 @@ def test_the_full_frame_match_is_one_to_one_so_a_crowd_neighbour_stays() -> None
     from detloop.tiling import match_full_frame
 
     two_tiles = match_full_frame(np.array([tile_a, tile_a]), np.array([0.8, 0.7]), np.array([0, 0]),
-                                 np.array([False, False]))
+                                 np.array([0, 1]), np.array([False, False]))
     assert two_tiles.tolist() == [0, 1]
     classes = match_full_frame(np.array([full_a, tile_a]), np.array([0.9, 0.8]), np.array([0, 1]),
-                               np.array([True, False]))
+                               np.array([6, 0]), np.array([True, False]))
     assert classes.tolist() == [0, 1]
-    assert match_full_frame(np.zeros((0, 4)), np.zeros(0), np.zeros(0), np.zeros(0, bool)).tolist() == []
+    assert match_full_frame(np.zeros((0, 4)), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, bool)).tolist() == []
+    # an object in the overlap of two tiles, seen by both and by the full frame: the full frame's box takes both
+    many = match_full_frame(np.array([full_a, tile_a, tile_a]), np.array([0.9, 0.8, 0.7]), np.zeros(3),
+                            np.array([6, 0, 1]), np.array([True, False, False]))
+    assert many.tolist() == [0]
