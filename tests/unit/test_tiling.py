@@ -134,6 +134,18 @@ def test_a_small_object_seen_by_a_tile_and_the_full_frame_is_one_detection(metho
     np.testing.assert_allclose(boxes[0], tile_box)
 
 
+def test_a_small_object_at_a_tile_border_is_not_grown_to_the_union_of_its_two_placements() -> None:
+    """A tile box touching its tile's inner border counts as a cut piece; the full frame's box of the same object,
+    placed a few pixels off, must not be joined with it into their union (a box larger than the object)."""
+    tiles = [*tile_grid(640, 480, 320, 64), Tile(0, 0, 640, 480, full=True)]
+    x1 = float(tiles[0].x1)  # the right border of tile 0 is an inner border
+    tile_box, full_box = [x1 - 14.0, 100.0, x1, 114.0], [x1 - 10.0, 103.0, x1 + 5.0, 118.0]
+    assert cut_at_border(np.array([tile_box]), tiles[0], 640, 480)[0]
+    rows, boxes, _ = _merge([tile_box, full_box], [0.8, 0.5], [0, 0], [0, len(tiles) - 1], tiles)
+    assert rows.tolist() == [0]
+    np.testing.assert_allclose(boxes[0], tile_box)
+
+
 def test_the_full_frame_match_is_one_to_one_so_a_crowd_neighbour_stays() -> None:
     """The full frame saw A only, a tile saw A and its overlapping neighbour B: A once, B kept."""
     tiles = [*tile_grid(640, 480, 320, 64), Tile(0, 0, 640, 480, full=True)]
