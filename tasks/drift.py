@@ -45,7 +45,7 @@ FRAME_FEATURES = ("brightness", "contrast", "detections")
 BOX_FEATURES = ("confidence", "log_area")
 Status = Literal["drift", "clean", "insufficient"]
 CLASS_SHARE_CHANGE = 0.05  # a class whose share moves this much is named in a class-mix alarm
-STATS_VERSION = 2  # bump when a statistic's definition changes: stored statistics are then recomputed
+STATS_VERSION = 3  # bump when a statistic's definition changes: stored statistics are then recomputed (3: log_area summary)
 
 
 # --------------------------------------------------------------------------------------------
