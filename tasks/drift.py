@@ -424,7 +424,7 @@ def shrink_advice(stats: CameraDayStats, v: Verdict, cfg: DriftSettings) -> str 
             f"its objects shrank (a zoom-out, a camera moved back), which labels at the same input size may not undo. "
             f"Per-camera tiling scores it at native resolution: model.tiling.cameras.{stats.camera}: "
             "{enabled: true, full_frame: false} (docs/crowds_and_small_objects.md); measure it on the camera's "
-            "frames before switching it on (docs/benchmarks.md, \"tiling a zoomed-out camera\").")
+            "frames before switching it on (docs/benchmarks.md, \"Tiling a zoomed-out camera\").")
 
 
 def permutation_floor_note(cfg: DriftSettings, n_tests: int) -> str | None:
