@@ -5,7 +5,7 @@ at (or near) native resolution and merging their boxes recovers them (SAHI, Akyo
 about the number of tiles. The geometry is kept here, as small pure functions, so scoring, evaluation and
 the served model cut and merge frames identically.
 
-The three known failure modes of tiling, and what prevents each:
+The known failure modes of tiling, and what prevents each:
 
 - **Duplicates along tile borders**: an object inside the overlap of two tiles is seen twice. Merged by IoU
   across tiles (hard NMS, or soft-NMS when configured) after mapping to frame coordinates.
