@@ -69,8 +69,7 @@ class DriftRun:
         return [c for c in cams if c in self.focus] if self.focus else cams
 
     def drifted_cameras(self) -> list[str]:
-        return [c for c in self.cameras if any(v.get(c) is not None and v[c].status == "drift"
-                                               for v in self.verdicts.values())]
+        return [c for c in self.cameras if self.last_drifted_day(c) is not None]
 
     def last_drifted_day(self, camera: str) -> str | None:
         """The latest day of the window on which ``camera`` was drifted."""
