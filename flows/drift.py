@@ -331,7 +331,9 @@ def drift_report(as_of: date, config: str | None = None, overrides: dict[str, An
         day = run.last_drifted_day(cam)
         if day is None:
             continue
-        advice = shrink_advice(run.stats[day][cam], run.verdicts[day][cam], settings.drift)
+        spec = settings.model.tile_spec(cam)
+        advice = shrink_advice(run.stats[day][cam], run.verdicts[day][cam], settings.drift,
+                               spec.tile if spec is not None else None)
         if advice:
             log.warning(advice)
             run.notes.append(advice)

@@ -407,11 +407,14 @@ def area_ratio(stats: CameraDayStats) -> float | None:
     return math.exp(cur - ref)
 
 
-def shrink_advice(stats: CameraDayStats, v: Verdict, cfg: DriftSettings) -> str | None:
+def shrink_advice(stats: CameraDayStats, v: Verdict, cfg: DriftSettings, tile: int | None = None) -> str | None:
     """A one-line note for a drifted camera whose objects shrank (``log_area`` among its signals and its boxes at
     most ``cfg.shrink_advice_ratio`` of their reference area): a zoom-out or a camera moved back, which more labels
     at the same input size may not undo (the soaks' zoom-out never came back within 0.02); per-camera tiling scores
     the camera at native resolution. None otherwise.
+
+    ``tile``: the camera's tile side when it is already tiled (``ModelSettings.tile_spec``): the note then says so
+    and points at measuring other tile sizes, instead of advising what is already on.
 
     The ratio is of *detected* boxes, so it understates a shrink when the champion misses the smallest objects.
     """
@@ -420,8 +423,14 @@ def shrink_advice(stats: CameraDayStats, v: Verdict, cfg: DriftSettings) -> str 
     r = area_ratio(stats)
     if r is None or r > cfg.shrink_advice_ratio:
         return None
-    return (f"{stats.camera}: its detected boxes are {r:.2f}x their reference area on {stats.day} (log_area drifted): "
-            f"its objects shrank (a zoom-out, a camera moved back), which labels at the same input size may not undo. "
+    what = (f"{stats.camera}: its detected boxes are {r:.2f}x their reference area on {stats.day} (log_area drifted): "
+            "its objects shrank (a zoom-out, a camera moved back)")
+    if tile is not None:
+        return (f"{what}. It is already tiled ({tile}-px tiles, model.tiling.cameras.{stats.camera}): the targeted "
+                "round's labels teach the new look; to see whether smaller tiles help, measure them on the camera's "
+                "frames first (benchmarks/soak_tiling.py --variant tN; docs/benchmarks.md, \"Tiling a zoomed-out "
+                "camera\").")
+    return (f"{what}, which labels at the same input size may not undo. "
             f"Per-camera tiling scores it at native resolution: model.tiling.cameras.{stats.camera}: "
             "{enabled: true, full_frame: false} (docs/crowds_and_small_objects.md); measure it on the camera's "
             "frames before switching it on (docs/benchmarks.md, \"Tiling a zoomed-out camera\").")

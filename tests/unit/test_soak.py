@@ -186,3 +186,25 @@ def test_a_faulted_run_returns_only_once_the_killed_service_is_back(monkeypatch)
     calls.clear()  # the run ended before its fault: nothing killed, nothing to wait for
     outcome, _ = faulted(Fault(5, "label-studio", "drift", 4, 30.0), object(), run, lambda m: None)
     assert outcome == "completed" and calls == ["run done"]
+
+
+def test_the_zoom_soak_differs_from_the_soak_only_where_it_says() -> None:
+    # configs/soak_zoom.yaml: the soak's settings, its own state, cam2 tiled; its world: the demo world's zoom-out
+    # alone, moved to the last day of week 3, and no new camera
+    from detloop.settings import REPO_ROOT, load_settings
+    from detloop.world.config import load_world_config
+
+    soak = load_settings(REPO_ROOT / "configs" / "soak.yaml", env={})
+    zoom = load_settings(REPO_ROOT / "configs" / "soak_zoom.yaml", env={})
+    assert zoom.data_dir != soak.data_dir and zoom.mlflow.model_name != soak.mlflow.model_name
+    for section in ("selection", "training", "evaluation", "gate", "drift", "s3", "stack"):
+        assert getattr(zoom, section) == getattr(soak, section), section
+    assert zoom.model.tile_spec("cam2") is not None
+    assert [c for c in ("cam0", "cam1", "cam3") if zoom.model.tile_spec(c) is not None] == []
+    assert soak.model.tile_spec("cam2") is None
+    demo, world = (load_world_config(s.world_config_path()) for s in (soak, zoom))
+    (zd,) = world.drift
+    (dd,) = [d for d in demo.drift if d.name == zd.name]
+    assert zd.model_copy(update={"start": dd.start}) == dd and zd.start == date(2026, 1, 26)
+    assert [c.id for c in world.cameras] == [c.id for c in demo.cameras if c.active_from is None]
+    assert world.classes == demo.classes and world.objects == demo.objects and world.nuisance == demo.nuisance
