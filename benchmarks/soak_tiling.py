@@ -25,45 +25,14 @@ cache so that every variant's seconds are measured in the same run.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from tasks.tiling_check import parse_variant, with_tiling  # the product's variants (detloop drift tiling)
+
 RESULTS = Path(__file__).parent / "results"
-_VARIANT = re.compile(r"^(whole|t(\d+)(f?))$")
-
-
-def parse_variant(name: str) -> dict[str, Any] | None:
-    """``whole`` -> None (no tiling); ``tN`` -> a tiling override with tile N and no whole-frame pass; ``tNf`` ->
-    the same with the whole frame too.
-
-    Raises:
-        ValueError: any other spelling, or a tile below the model stride (32).
-    """
-    m = _VARIANT.match(name)
-    if m is None:
-        raise ValueError(f"variant {name!r}: expected whole, tN or tNf (N: tile side in frame pixels, f: also the "
-                         "whole frame)")
-    if m.group(1) == "whole":
-        return None
-    tile = int(m.group(2))
-    if tile < 32:
-        raise ValueError(f"variant {name!r}: the tile must be >= 32 frame pixels (the model stride)")
-    return {"enabled": True, "tile": tile, "full_frame": bool(m.group(3))}
-
-
-def with_tiling(settings: Any, camera: str, override: dict[str, Any] | None) -> Any:
-    """``settings`` with ``camera`` tiled by ``override`` (None: scored whole), validated as a config would be."""
-    from detloop.settings import TilingSettings
-
-    t = settings.model.tiling
-    cams = {c: o for c, o in t.cameras.items() if c != camera}
-    if override is not None:
-        cams[camera] = override
-    tiling = TilingSettings.model_validate({**t.model_dump(), "cameras": cams})
-    return settings.model_copy(update={"model": settings.model.model_copy(update={"tiling": tiling})})
 
 
 def week_days(soak: Mapping[str, Any]) -> dict[int, tuple[str, str]]:

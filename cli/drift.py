@@ -15,7 +15,8 @@ import typer
 
 from cli.common import ConfigOpt, get_settings, use_prefect
 
-drift_app = typer.Typer(help="Drift monitoring: report, run the monitor, list / acknowledge / silence episodes.",
+drift_app = typer.Typer(help="Drift monitoring: report, run the monitor, list / acknowledge / silence episodes, "
+                        "check whether tiling a camera helps.",
                         no_args_is_help=True)
 
 AsOf = Annotated[str | None, typer.Option("--as-of", help="ISO date; the days before it are compared (default today).")]
@@ -47,6 +48,43 @@ def report_cmd(
     folder = out or settings.data_dir / "drift" / f"report-{run.as_of}"
     for p in report_pictures(run, settings, episodes, folder):
         typer.echo(f"picture: {p}")
+
+
+@drift_app.command("tiling")
+def tiling_cmd(
+    camera: Annotated[str, typer.Argument(help="The camera to check (e.g. one the report says shrank).")],
+    since: Annotated[str | None, typer.Option("--since", help="Only frames captured on or after this ISO date "
+                                              "(e.g. the drift's onset).")] = None,
+    variant: Annotated[list[str] | None, typer.Option(
+        "--variant", help="whole, tN (N-pixel tiles) or tNf (tiles and the whole frame); repeatable "
+        "(default: whole t320 t320f).")] = None,
+    dataset_version: Annotated[str | None, typer.Option("--dataset-version",
+                                                        help="Labelled version to read (default the newest).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Would tiling CAMERA help? The champion scores the camera's labelled frames it never trained on (golden, val,
+    control, and a targeted round's train frames) whole and tiled; prints mAP, cost and one line of advice.
+
+    Run it when the drift report says a camera's objects shrank, before setting model.tiling.cameras.CAMERA.
+    """
+    import json
+
+    from detloop.settings import parse_as_of
+
+    settings = get_settings(config)
+    use_prefect(settings, config)
+    from flows.tiling import tiling_check
+
+    r = tiling_check(camera, parse_as_of(since) if since else None, variant or None, dataset_version,
+                     str(config) if config else None)
+    if as_json:
+        typer.echo(json.dumps(r, indent=1, default=str))
+        return
+    typer.echo(f"champion v{r['champion']} on {r['frames']} frames of {camera} "
+               f"({', '.join(f'{k} {n}' for k, n in r['splits'].items())})\n")
+    typer.echo(r["markdown"])
+    typer.echo(r["advice"])
 
 
 @drift_app.command("monitor")

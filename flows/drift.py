@@ -71,10 +71,15 @@ class DriftRun:
     def drifted_cameras(self) -> list[str]:
         return [c for c in self.cameras if self.last_drifted_day(c) is not None]
 
+    def drifted_days(self, camera: str) -> list[str]:
+        """The days of the window on which ``camera`` was drifted, oldest first."""
+        return [x for x in self.days if self.verdicts.get(x, {}).get(camera) is not None
+                and self.verdicts[x][camera].status == "drift"]
+
     def last_drifted_day(self, camera: str) -> str | None:
         """The latest day of the window on which ``camera`` was drifted."""
-        return next((x for x in reversed(self.days) if self.verdicts.get(x, {}).get(camera) is not None
-                     and self.verdicts[x][camera].status == "drift"), None)
+        days = self.drifted_days(camera)
+        return days[-1] if days else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,7 +298,7 @@ def drift_report(as_of: date, config: str | None = None, overrides: dict[str, An
         DataError: ``as_of`` after ``today``, an unknown camera, no production frames in the window.
     """
     from detloop.clients import Clients
-    from tasks.drift import permutation_floor_note, shrink_advice, verdict
+    from tasks.drift import permutation_floor_note, verdict
     from tasks.drift_records import days_with_frames
 
     log = get_run_logger()
@@ -327,18 +332,27 @@ def drift_report(as_of: date, config: str | None = None, overrides: dict[str, An
     if deaf:
         log.warning(deaf)
         run.notes.append(deaf)
-    for cam in run.drifted_cameras():
-        day = run.last_drifted_day(cam)
-        if day is None:
-            continue
-        spec = settings.model.tile_spec(cam)
-        advice = shrink_advice(run.stats[day][cam], run.verdicts[day][cam], settings.drift,
-                               spec.tile if spec is not None else None)
-        if advice:
-            log.warning(advice)
-            run.notes.append(advice)
+    for advice in shrink_notes(run, settings):
+        log.warning(advice)
+        run.notes.append(advice)
     log.info("drifted cameras in %s..%s: %s", window[0], window[-1], run.drifted_cameras() or "none")
     return run
+
+
+def shrink_notes(run: DriftRun, settings: Settings) -> list[str]:
+    """The shrink note (:func:`tasks.drift.shrink_advice`) of each drifted camera whose objects shrank, judged on
+    its last drifted day, with its tiling as configured and its first drifted day (for the measuring command)."""
+    from tasks.drift import shrink_advice
+
+    out = []
+    for cam in run.drifted_cameras():
+        days = run.drifted_days(cam)
+        spec = settings.model.tile_spec(cam)
+        advice = shrink_advice(run.stats[days[-1]][cam], run.verdicts[days[-1]][cam], settings.drift,
+                               spec.tile if spec is not None else None, days[0])
+        if advice:
+            out.append(advice)
+    return out
 
 
 # --------------------------------------------------------------------------------------------

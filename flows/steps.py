@@ -150,6 +150,16 @@ def load_dataset_manifest(settings: Any, clients: Any, version_id: str) -> Any:
     return load_manifest(clients.store, settings, version_id)
 
 
+@task(name="unseen-camera-frames", **NET)
+def unseen_camera_frames(settings: Any, clients: Any, camera: str, trained_version: str | None,
+                         since: str | None = None, version: str | None = None) -> tuple[list[Any], dict[str, int]]:
+    """A camera's labelled frames a model trained on ``trained_version`` never saw (:func:`tasks.tiling_check.
+    camera_items`), downloaded, with their count per split."""
+    from tasks.tiling_check import camera_items
+
+    return camera_items(clients.store, settings, camera, trained_version, since, version)
+
+
 @task(name="add-synthetic", **NET)
 def add_synthetic(settings: Any, clients: Any, version_id: str) -> tuple[str, Any, dict[str, Any]]:
     """The version plus copy-paste train frames of its rare classes (``training.copy_paste``; deterministic)."""

@@ -407,14 +407,16 @@ def area_ratio(stats: CameraDayStats) -> float | None:
     return math.exp(cur - ref)
 
 
-def shrink_advice(stats: CameraDayStats, v: Verdict, cfg: DriftSettings, tile: int | None = None) -> str | None:
+def shrink_advice(stats: CameraDayStats, v: Verdict, cfg: DriftSettings, tile: int | None = None,
+                  since: str | None = None) -> str | None:
     """A one-line note for a drifted camera whose objects shrank (``log_area`` among its signals and its boxes at
     most ``cfg.shrink_advice_ratio`` of their reference area): a zoom-out or a camera moved back, which more labels
     at the same input size may not undo (the soaks' zoom-out never came back within 0.02); per-camera tiling scores
     the camera at native resolution. None otherwise.
 
     ``tile``: the camera's tile side when it is already tiled (``ModelSettings.tile_spec``): the note then says so
-    and points at measuring other tile sizes, instead of advising what is already on.
+    and points at measuring other tile sizes, instead of advising what is already on. ``since``: the camera's first
+    drifted day, for the measuring command the note names (``detloop drift tiling``).
 
     The ratio is of *detected* boxes, so it understates a shrink when the champion misses the smallest objects.
     """
@@ -425,15 +427,16 @@ def shrink_advice(stats: CameraDayStats, v: Verdict, cfg: DriftSettings, tile: i
         return None
     what = (f"{stats.camera}: its detected boxes are {r:.2f}x their reference area on {stats.day} (log_area drifted): "
             "its objects shrank (a zoom-out, a camera moved back)")
+    check = f"detloop drift tiling {stats.camera}" + (f" --since {since}" if since else "")
     if tile is not None:
         return (f"{what}. It is already tiled ({tile}-px tiles, model.tiling.cameras.{stats.camera}): the targeted "
-                "round's labels teach the new look; to see whether smaller tiles help, measure them on the camera's "
-                "frames first (benchmarks/soak_tiling.py --variant tN; docs/benchmarks.md, \"Tiling a zoomed-out "
-                "camera\").")
+                f"round's labels teach the new look; whether smaller tiles help, measure once they are labelled: "
+                f"`{check} --variant t{tile}f --variant t{max(32, tile // 2)}f`.")
     return (f"{what}, which labels at the same input size may not undo. "
             f"Per-camera tiling scores it at native resolution: model.tiling.cameras.{stats.camera}: "
-            "{enabled: true, full_frame: false} (docs/crowds_and_small_objects.md); measure it on the camera's "
-            "frames before switching it on (docs/benchmarks.md, \"Tiling a zoomed-out camera\").")
+            "{enabled: true, full_frame: false} (docs/crowds_and_small_objects.md); measure it first, once the "
+            f"targeted round is labelled: `{check}` (the champion whole and tiled on the camera's labelled frames it "
+            "never trained on).")
 
 
 def permutation_floor_note(cfg: DriftSettings, n_tests: int) -> str | None:

@@ -29,7 +29,7 @@ CROWD_IOU = 0.3
 
 def items_from_version(
     store: Any, settings: Settings, version_id: str, split: str, source: str | Collection[str] | None = None,
-    manifest: Any | None = None,
+    manifest: Any | None = None, frames: Collection[str] | None = None,
 ) -> list[EvalItem]:
     """Materialize one split of a version and read its items (camera from the manifest).
 
@@ -37,12 +37,14 @@ def items_from_version(
         split: ``golden`` | ``val`` | ``control`` | ``train``.
         source: keep only entries from this source (e.g. ``round:<id>``) or these sources.
         manifest: the version's manifest when the caller has already read it (else it is read here).
+        frames: keep only these frames (``frame_sha``).
     """
     from detloop import datasets as ds
 
     manifest = manifest or ds.load_manifest(store, settings, version_id)
     keep = None if source is None else {source} if isinstance(source, str) else set(source)
-    entries = [e for e in manifest.by_split(split) if keep is None or e.source in keep]
+    entries = [e for e in manifest.by_split(split) if (keep is None or e.source in keep)
+               and (frames is None or e.frame_sha in frames)]
     if not entries:
         return []
     data_yaml = ds.materialize(store, settings, version_id, splits=(split,))

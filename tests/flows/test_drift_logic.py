@@ -292,3 +292,31 @@ def test_a_carried_camera_whose_label_free_estimate_is_back_counts_as_clean() ->
     release_carried(blind, 0.05)
     assert all(v["cam2"].status == "drift" for v in blind.verdicts.values())
     assert any("no label-free estimate" in n for n in blind.notes)
+
+
+def test_the_shrink_note_names_the_first_drifted_day_and_knows_a_camera_already_tiled() -> None:
+    """:func:`flows.drift.shrink_notes`: judged on the camera's last drifted day, the measuring command starts at its
+    first; a camera the config already tiles is told so; a drift without shrinking gets no note."""
+    import math
+
+    from detloop.settings import REPO_ROOT, load_settings
+    from flows.drift import DriftRun, shrink_notes
+    from tasks.drift import CameraDayStats, Verdict
+
+    days = ["2026-02-09", "2026-02-10", "2026-02-11"]
+
+    def stats(cam: str, day: str, ratio: float) -> CameraDayStats:
+        return CameraDayStats(cam, day, 24, 200, 100, 800, "camera", True,
+                              summary={"log_area": [7.0, 7.0 + math.log(ratio)]})
+
+    drift = {"2026-02-10", "2026-02-11"}
+    verdicts = {d: {"cam2": Verdict("cam2", d, "drift" if d in drift else "clean", ["log_area:ks"] if d in drift else []),
+                    "cam1": Verdict("cam1", d, "drift", ["brightness:ks", "embedding:mmd"])} for d in days}
+    st = {d: {"cam2": stats("cam2", d, 0.3 if d in drift else 1.0), "cam1": stats("cam1", d, 1.0)} for d in days}
+    run = DriftRun("2026-02-12", days, "7", {}, None, st, verdicts, None)  # type: ignore[arg-type]
+    plain = load_settings(REPO_ROOT / "configs" / "soak.yaml", env={})
+    (note,) = shrink_notes(run, plain)
+    assert note.startswith("cam2: its detected boxes are 0.30x their reference area on 2026-02-11")
+    assert "`detloop drift tiling cam2 --since 2026-02-10`" in note and "{enabled: true" in note
+    (tiled,) = shrink_notes(run, load_settings(REPO_ROOT / "configs" / "soak_zoom.yaml", env={}))
+    assert "already tiled (320-px tiles" in tiled and "--since 2026-02-10 --variant t320f --variant t160f" in tiled

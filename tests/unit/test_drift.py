@@ -129,8 +129,12 @@ def test_a_zoomed_out_camera_is_told_its_objects_shrank_and_other_drifts_are_not
     assert area_ratio(zoomed) == pytest.approx(0.45**2, rel=0.25)
     note = shrink_advice(zoomed, v, one())
     assert note is not None and note.startswith("cam2: its detected boxes are 0.") and "model.tiling.cameras.cam2" in note
+    assert "`detloop drift tiling cam2`" in note  # how to measure it first
+    assert "`detloop drift tiling cam2 --since 2026-02-10`" in (shrink_advice(zoomed, v, one(), since="2026-02-10")
+                                                               or "")
     tiled = shrink_advice(zoomed, v, one(), tile=320)  # already tiled: said so, not advised again
     assert tiled is not None and "already tiled (320-px tiles" in tiled and "{enabled: true" not in tiled
+    assert "--variant t320f --variant t160f" in tiled
     assert shrink_advice(zoomed, v, one(shrink_advice_ratio=0.0)) is None  # switched off
     assert shrink_advice(zoomed, v, one(shrink_advice_ratio=0.1)) is None  # not shrunk that much
     dusk = compare(ref, synth(rng, "cam2", "d2", 60, brightness=0.3), one(), CLASSES, "cam2", "d2")
