@@ -112,17 +112,48 @@ def camera_items(store: Any, settings: Any, camera: str, trained_version: str | 
 
 @dataclass(frozen=True)
 class VariantScore:
-    """One variant of a camera's scoring on its unseen labelled frames."""
+    """One variant of a camera's scoring on its unseen labelled frames; ``gain``: the paired-bootstrap interval of its
+    mAP50 minus whole frames' (:func:`gain_interval`), None for ``whole`` itself or without ground truth."""
 
     variant: str
     map50: float | None
     map: float | None
     small_map: float | None  # AP50-95 of the small objects (COCO: < 32 x 32 frame pixels); None without any
     seconds_per_frame: float
+    gain: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"variant": self.variant, "map50": self.map50, "map": self.map, "small_map": self.small_map,
-                "seconds_per_frame": self.seconds_per_frame}
+                "seconds_per_frame": self.seconds_per_frame,
+                "gain_interval": list(self.gain) if self.gain is not None else None}
+
+
+LEVEL = 0.9  # the gain interval's coverage
+
+
+def gain_interval(gts: Sequence[Any], base: Sequence[Any], other: Sequence[Any], classes: Sequence[str],
+                  n_boot: int = 200, seed: int = 0, level: float = LEVEL) -> tuple[float, float] | None:
+    """Paired bootstrap over frames of mAP50(``other``) - mAP50(``base``): frames resampled with replacement, both
+    predictions scored on the same resample (the frames' difficulty cancels). ``level`` central interval; None when
+    no resample had ground truth."""
+    import numpy as np
+
+    from tasks.evaluation import compute_metrics
+
+    rng = np.random.default_rng(seed)
+    n = len(gts)
+    diffs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        g = [gts[i] for i in idx]
+        a = compute_metrics("base", g, [base[i] for i in idx], classes, None, 1).overall.map50
+        b = compute_metrics("other", g, [other[i] for i in idx], classes, None, 1).overall.map50
+        if a is not None and b is not None:
+            diffs.append(b - a)
+    if not diffs:
+        return None
+    q = (1.0 - level) / 2.0
+    return float(np.quantile(diffs, q)), float(np.quantile(diffs, 1.0 - q))
 
 
 def score_variants(artifact: Path, items: Sequence[Any], settings: Any, camera: str,
@@ -136,18 +167,22 @@ def score_variants(artifact: Path, items: Sequence[Any], settings: Any, camera: 
     """
     from tasks.evaluation import compute_metrics, predict_items
 
-    plan = [(v, with_tiling(settings, camera, parse_variant(v))) for v in variants]  # all validated first
+    ordered = sorted(variants, key=lambda v: v != "whole")  # whole first: the others' gains are against it
+    plan = [(v, with_tiling(settings, camera, parse_variant(v))) for v in ordered]  # all validated first
     gts = [it.gt for it in items]
     out = []
+    preds_of: dict[str, list[Any]] = {}
     for name, s in plan:
         t0 = time.perf_counter()
-        preds = predict_items(artifact, items, s, s.model.batch_size)
+        preds = preds_of[name] = predict_items(artifact, items, s, s.model.batch_size)
         dt = time.perf_counter() - t0
         m = compute_metrics(camera, gts, preds, s.classes, [camera] * len(items), s.evaluation.min_instances)
         small = m.per_size.get("small")
+        gain = (gain_interval(gts, preds_of["whole"], preds, s.classes)
+                if name != "whole" and "whole" in preds_of else None)
         out.append(VariantScore(name, m.overall.map50, m.overall.map,
                                 small.map if small is not None and small.n_instances else None,
-                                dt / max(1, len(items))))
+                                dt / max(1, len(items)), gain))
         if log is not None:
             log(f"{camera} {name}: mAP50 {_f(m.overall.map50)} mAP50-95 {_f(m.overall.map)} "
                 f"({dt / max(1, len(items)) * 1000:.0f} ms/frame)")
@@ -158,9 +193,14 @@ def _f(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def _ci(g: tuple[float, float] | None) -> str:
+    return "" if g is None else f" [{g[0]:+.3f}, {g[1]:+.3f}]"
+
+
 def advice(camera: str, scores: Sequence[VariantScore], n_frames: int, min_gain: float = 0.02) -> str:
-    """One line: the tiled variant with the best mAP50 when it beats ``whole`` by at least ``min_gain``, with its
-    cost ratio and the setting to use; else that whole frames stay. Pure."""
+    """One line: the tiled variant with the best mAP50 when it beats ``whole`` by at least ``min_gain`` and its gain
+    interval (when known) lies above 0, with its cost ratio and the setting to use; else that whole frames stay, and
+    why (too small, or within the noise of this many frames: label more and measure again). Pure."""
     whole = next((s for s in scores if s.variant == "whole"), None)
     tiled = [s for s in scores if s.variant != "whole" and s.map50 is not None]
     if whole is None or whole.map50 is None or not tiled:
@@ -169,21 +209,28 @@ def advice(camera: str, scores: Sequence[VariantScore], n_frames: int, min_gain:
     gain = best.map50 - whole.map50  # type: ignore[operator]
     cost = best.seconds_per_frame / whole.seconds_per_frame if whole.seconds_per_frame > 0 else float("nan")
     where = f"on {n_frames} labelled frames the champion never trained on"
+    ci = _ci(best.gain)
     if gain < min_gain:
-        return (f"{camera}: keep whole frames: the best tiled variant ({best.variant}) is {gain:+.3f} mAP50 {where} "
-                f"(below the {min_gain:.2f} asked) at {cost:.1f}x the scoring time")
+        return (f"{camera}: keep whole frames: the best tiled variant ({best.variant}) is {gain:+.3f}{ci} mAP50 "
+                f"{where} (below the {min_gain:.2f} asked) at {cost:.1f}x the scoring time")
+    if best.gain is not None and best.gain[0] <= 0.0:
+        return (f"{camera}: not yet: {best.variant} is {gain:+.3f}{ci} mAP50 {where}, and that interval "
+                f"({LEVEL:.0%}, paired bootstrap over the frames) reaches zero: label more of the camera (a targeted "
+                f"round) and measure again before paying {cost:.1f}x its scoring time")
     o = parse_variant(best.variant) or {}
-    return (f"{camera}: {best.variant} is {gain:+.3f} mAP50 ({_f(best.map)} mAP50-95 against {_f(whole.map)}) "
+    return (f"{camera}: {best.variant} is {gain:+.3f}{ci} mAP50 ({_f(best.map)} mAP50-95 against {_f(whole.map)}) "
             f"{where}, at {cost:.1f}x the scoring time: model.tiling.cameras.{camera}: "
             f"{{enabled: true, tile: {o.get('tile')}, full_frame: {str(o.get('full_frame')).lower()}}}")
 
 
 def markdown(camera: str, scores: Sequence[VariantScore]) -> str:
-    """A table: per variant mAP50, mAP50-95, small AP, ms per frame and cost against ``whole``."""
+    """A table: per variant mAP50, its gain interval over ``whole``, mAP50-95, small AP, ms per frame and cost."""
     base = next((s.seconds_per_frame for s in scores if s.variant == "whole"), None)
-    lines = [f"| {camera} | mAP50 | mAP50-95 | small AP | ms / frame | cost |", "|---|---|---|---|---|---|"]
+    lines = [f"| {camera} | mAP50 | mAP50 gain [{LEVEL:.0%} CI] | mAP50-95 | small AP | ms / frame | cost |",
+             "|---|---|---|---|---|---|---|"]
     for s in scores:
         cost = f"{s.seconds_per_frame / base:.1f}x" if base else "-"
-        lines.append(f"| {s.variant} | {_f(s.map50)} | {_f(s.map)} | {_f(s.small_map)} | "
+        gain = _ci(s.gain).strip() or "-"
+        lines.append(f"| {s.variant} | {_f(s.map50)} | {gain} | {_f(s.map)} | {_f(s.small_map)} | "
                      f"{s.seconds_per_frame * 1000:.0f} | {cost} |")
     return "\n".join(lines) + "\n"

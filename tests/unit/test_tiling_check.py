@@ -6,12 +6,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from detloop.datasets import DatasetEntry
+from detloop.detections import Detections
 from detloop.errors import ConfigError
 from detloop.settings import load_settings
-from tasks.tiling_check import VariantScore, advice, markdown, parse_variant, unseen_entries, with_tiling
+from tasks.tiling_check import (
+    VariantScore,
+    advice,
+    gain_interval,
+    markdown,
+    parse_variant,
+    unseen_entries,
+    with_tiling,
+)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -80,7 +90,39 @@ def test_the_advice_names_the_best_tiled_variant_only_when_it_pays() -> None:
     assert advice("cam0", [_s("whole", None), _s("t320", None)], 30).startswith("cam0: nothing to compare")
 
 
-def test_the_table_has_a_row_per_variant_with_its_cost() -> None:
-    md = markdown("cam2", [_s("whole", 0.7, 0.45, 0.02), VariantScore("t320", 0.8, 0.5, 0.31, 0.1)])
-    assert "| whole | 0.700 | 0.450 | - | 20 | 1.0x |" in md
-    assert "| t320 | 0.800 | 0.500 | 0.310 | 100 | 5.0x |" in md
+def test_a_gain_within_the_noise_is_not_advised() -> None:
+    sure = advice("cam2", [_s("whole", 0.70), VariantScore("t320", 0.75, 0.5, None, 0.05, (0.01, 0.09))], 200)
+    assert sure.startswith("cam2: t320 is +0.050 [+0.010, +0.090] mAP50") and "model.tiling.cameras.cam2" in sure
+    noisy = advice("cam2", [_s("whole", 0.70), VariantScore("t320", 0.75, 0.5, None, 0.05, (-0.02, 0.11))], 60)
+    assert noisy.startswith("cam2: not yet: t320 is +0.050 [-0.020, +0.110]") and "label more" in noisy
+    assert "model.tiling" not in noisy
+
+
+def test_the_table_has_a_row_per_variant_with_its_gain_and_cost() -> None:
+    md = markdown("cam2", [_s("whole", 0.7, 0.45, 0.02), VariantScore("t320", 0.8, 0.5, 0.31, 0.1, (0.02, 0.15))])
+    assert "| whole | 0.700 | - | 0.450 | - | 20 | 1.0x |" in md
+    assert "| t320 | 0.800 | [+0.020, +0.150] | 0.500 | 0.310 | 100 | 5.0x |" in md
+
+
+def _dets(boxes: np.ndarray, classes: np.ndarray, conf: np.ndarray | None = None) -> Detections:
+    return Detections(xyxy=boxes, confidence=np.ones(len(boxes)) if conf is None else conf, class_id=classes)
+
+
+def test_the_gain_interval_is_paired_over_frames() -> None:
+    rng = np.random.default_rng(0)
+    gts, good, bad = [], [], []
+    for _ in range(40):
+        xy = rng.uniform(0, 500, (4, 2))
+        b = np.hstack([xy, xy + rng.uniform(15, 60, (4, 2))])
+        c = rng.integers(0, 2, 4)
+        gts.append(_dets(b, c))
+        good.append(_dets(b + rng.normal(0, 1, b.shape), c, rng.uniform(0.5, 1, 4)))
+        bad.append(_dets(b[:2] + rng.normal(0, 1, (2, 4)), c[:2], rng.uniform(0.5, 1, 2)))  # half the objects missed
+    same = gain_interval(gts, good, good, ["a", "b"], n_boot=50)
+    assert same == (0.0, 0.0)  # the same predictions on every resample: no gain, no spread
+    lo, hi = gain_interval(gts, bad, good, ["a", "b"], n_boot=50) or (0.0, 0.0)
+    assert 0.2 < lo <= hi < 0.8  # finding the missed half is a clear gain
+    lo2, hi2 = gain_interval(gts, good, bad, ["a", "b"], n_boot=50) or (0.0, 0.0)
+    assert hi2 < 0 and lo2 == pytest.approx(-hi, abs=0.1)
+    assert gain_interval([Detections.empty(2)] * 3, [Detections.empty(2)] * 3, [Detections.empty(2)] * 3,
+                         ["a", "b"], n_boot=5) is None  # no ground truth anywhere
