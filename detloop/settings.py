@@ -759,6 +759,17 @@ class GateSettings(_Model):
     latency_ratio_max: float = Field(1.5, gt=0.0, le=100.0, description="Challenger/champion latency ratio limit.")
     bootstrap_floor: float = Field(0.01, ge=0.0, le=1.0, description="Golden mAP50-95 a first model needs.")
     auto_promote: bool = Field(True, description="Promote a passing challenger without a human.")
+    drift_golden_tol: float = Field(
+        0.0, ge=0.0, le=0.1,
+        description="Drift rounds only: the golden mAP may drop by up to this (instead of having to improve by "
+        "min_delta) when the challenger gains at least drift_min_gain on the drifted slice (the drifted cameras' "
+        "held-out labelled frames since the episode began, which the frozen golden set cannot contain). 0: off, "
+        "every round is gated on golden alone (docs/training.md, Gate).",
+    )
+    drift_min_gain: float = Field(
+        0.02, ge=0.0, le=1.0,
+        description="Gain on the drifted slice (gate.metric) a drift-round challenger needs to use drift_golden_tol.",
+    )
 
 
 class RoundSettings(_Model):

@@ -220,9 +220,10 @@ def evaluate(settings: Any, clients: Any, weights: Path, champion: Any, golden: 
     """Challenger and champion on the same slices: ``(challenger report, champion report or None, slices)``."""
     from tasks.eval_plots import plots_for_report
     from tasks.evaluation import evaluate_pair
-    from tasks.slices import build_slices, slice_summary
+    from tasks.slices import build_slices, drift_focus, slice_summary
 
-    slices = build_slices(clients.store, settings, golden, round_version, round_id)
+    focus = drift_focus(clients.store, settings, round_id)  # a drift round adds its drifted cameras' slice
+    slices = build_slices(clients.store, settings, golden, round_version, round_id, focus)
     ch, cp = evaluate_pair(weights, champion.scoring_dir if champion else None, slices, settings, work_dir=work)
     plots_for_report(ch, slices, settings.classes, Path(work) / "plots")  # logged to the run by `register`
     from tasks.error_analysis import write_pair_breakdowns

@@ -659,7 +659,7 @@ def evaluate_pair(
 
 
 def gate_scores(report: EvalReport, slice_name: str = "golden", crowded_slice: str = "crowded",
-                metric: str = "map") -> Any:
+                metric: str = "map", drifted_slice: str = "drifted") -> Any:
     """The gate's view of a report (:class:`tasks.promotion.ModelScores`); insufficient groups -> None.
 
     ``metric`` (``gate.metric``): ``map`` (mAP50-95) or ``map50``, for every AP the gate compares."""
@@ -673,13 +673,17 @@ def gate_scores(report: EvalReport, slice_name: str = "golden", crowded_slice: s
 
     crowded = report.slices.get(crowded_slice)
     crowded_ap = val(crowded.overall) if crowded is not None else None
+    drifted = report.slices.get(drifted_slice)  # drift rounds only (tasks.slices.build_slices)
+    drifted_ap = val(drifted.overall) if drifted is not None else None
     sm = report.slices.get(slice_name)
     if sm is None:
-        return ModelScores(golden_map=None, latency_ms=report.latency_ms, crowded_ap=crowded_ap)
+        return ModelScores(golden_map=None, latency_ms=report.latency_ms, crowded_ap=crowded_ap,
+                           drifted_ap=drifted_ap)
     return ModelScores(
         golden_map=val(sm.overall),
         class_ap={k: val(m) for k, m in sm.per_class.items()},
         small_ap=val(sm.per_size["small"]) if "small" in sm.per_size else None,
         latency_ms=report.latency_ms,
         crowded_ap=crowded_ap,
+        drifted_ap=drifted_ap,
     )

@@ -9,11 +9,15 @@ The gate compares challenger and champion on the same slices in the same run:
   ``selection.control_pool_rounds`` N > 1, of the N - 1 rounds before it: an unbiased estimate of
   accuracy on live traffic (pooled rounds trade recency for a smaller control share per round).
 - ``crowded``: golden frames whose ground truth has overlapping boxes (max pairwise IoU >= 0.3).
+- ``drifted`` (drift rounds only): the frames of the ``round`` and ``control`` slices from the episode's cameras,
+  captured on or after its first drifted day: what the frozen golden set, older than the drift, cannot show
+  (:class:`DriftFocus`; the gate's drift allowance reads it, ``gate.drift_golden_tol``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +88,44 @@ def control_sources(entries: Sequence[Any], current: str, rounds: int) -> list[s
     return upto[-max(1, rounds):]
 
 
+@dataclass(frozen=True)
+class DriftFocus:
+    """What a drift round was opened for: the episode's cameras and its first drifted day (ISO)."""
+
+    episode_id: str
+    cameras: tuple[str, ...]
+    since: str
+
+
+def drift_focus(store: Any, settings: Settings, round_id: str | None) -> DriftFocus | None:
+    """The drift focus of round ``round_id`` (None: a weekly round, or its episode record is gone)."""
+    from tasks.drift_records import load_episode
+    from tasks.rounds import load_round
+
+    rec = load_round(store, settings, round_id) if round_id else None
+    if rec is None or rec.reason != "drift" or not rec.focus_key:
+        return None
+    ep = load_episode(store, settings, rec.focus_key)
+    if ep is None or not ep.cameras:
+        return None
+    return DriftFocus(ep.episode_id, tuple(sorted(ep.cameras)), min(ep.days) if ep.days else ep.opened_on)
+
+
+def drifted_entries(entries: Sequence[Any], focus: DriftFocus) -> list[Any]:
+    """The entries captured by the focus's cameras on or after its first drifted day."""
+    return [e for e in entries if e.camera in focus.cameras and e.date >= focus.since]
+
+
 def build_slices(
     store: Any,
     settings: Settings,
     golden_version: str,
     round_version: str | None = None,
     round_id: str | None = None,
+    focus: DriftFocus | None = None,
 ) -> list[EvalSlice]:
-    """The gate's slices; ``golden`` first (latency and thresholds are measured on it)."""
+    """The gate's slices; ``golden`` first (latency and thresholds are measured on it). ``focus``: the drift
+    round's (:func:`drift_focus`), which adds the ``drifted`` slice."""
     golden = items_from_version(store, settings, golden_version, "golden")
     slices = [EvalSlice("golden", golden)]
     crowded = [it for it in golden if is_crowded(it.gt)]
@@ -109,6 +143,15 @@ def build_slices(
         ctl = items_from_version(store, settings, round_version, "control", source=sources, manifest=manifest)
         if ctl:
             slices.append(EvalSlice("control", ctl))
+        if focus is not None:  # never a frame the challenger trained on: val and control splits only
+            drifted = []
+            for split, keep in (("val", {src}), ("control", set(sources))):
+                shas = {e.frame_sha for e in drifted_entries(manifest.by_split(split), focus) if e.source in keep}
+                if shas:
+                    drifted += items_from_version(store, settings, round_version, split, manifest=manifest,
+                                                  frames=shas)
+            if drifted:
+                slices.append(EvalSlice("drifted", drifted))
     return slices
 
 

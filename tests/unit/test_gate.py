@@ -24,6 +24,7 @@ def model_scores(draw: st.DrawFn, golden: st.SearchStrategy = score) -> ModelSco
         small_ap=draw(score),
         latency_ms=draw(latency),
         crowded_ap=draw(score),
+        drifted_ap=draw(score),
     )
 
 
@@ -36,6 +37,8 @@ policies = st.builds(
     latency_ratio_max=st.floats(0.5, 3.0),
     bootstrap_floor=st.floats(0.0, 0.5),
     auto_promote=st.booleans(),
+    drift_golden_tol=st.one_of(st.just(0.0), st.floats(0.0, 0.1)),
+    drift_min_gain=st.floats(-0.1, 0.3).map(abs),
 )
 
 
@@ -50,7 +53,11 @@ def _violations(ch: ModelScores, champ: ModelScores | None, p: GateSettings) -> 
         if not _good(ch.golden_map) or ch.golden_map < p.bootstrap_floor:
             out.append("bootstrap_floor")
         return out
-    if not (_good(ch.golden_map) and _good(champ.golden_map)) or ch.golden_map - champ.golden_map < p.min_delta:
+    need = p.min_delta
+    if (p.drift_golden_tol > 0 and _good(ch.drifted_ap) and _good(champ.drifted_ap)
+            and ch.drifted_ap - champ.drifted_ap >= p.drift_min_gain):
+        need = min(need, -p.drift_golden_tol)  # a drift round's challenger that mends its cameras
+    if not (_good(ch.golden_map) and _good(champ.golden_map)) or ch.golden_map - champ.golden_map < need:
         out.append("golden_map_delta")
     for c in CLASSES:
         a, b = ch.class_ap[c], champ.class_ap[c]
@@ -87,7 +94,8 @@ def test_no_violation_ever_promotes_and_every_reason_is_reported(
 def test_insufficient_data_gates_nothing(ch: ModelScores, champ: ModelScores, p: GateSettings) -> None:
     """Blanking a class or the small bucket (insufficient data) can only remove failures, never add them."""
     d_full = decide(ch, champ, p)
-    blank = ModelScores(ch.golden_map, {c: None for c in CLASSES}, None, ch.latency_ms, None)
+    # (the drifted slice stays: without it a drift round's allowance is not granted, by design)
+    blank = ModelScores(ch.golden_map, {c: None for c in CLASSES}, None, ch.latency_ms, None, ch.drifted_ap)
     d_blank = decide(blank, champ, p)
     full_fail = {c.name for c in d_full.checks if c.status == "fail"}
     blank_fail = {c.name for c in d_blank.checks if c.status == "fail"}

@@ -208,3 +208,15 @@ def test_the_zoom_soak_differs_from_the_soak_only_where_it_says() -> None:
     assert zd.model_copy(update={"start": dd.start}) == dd and zd.start == date(2026, 1, 26)
     assert [c.id for c in world.cameras] == [c.id for c in demo.cameras if c.active_from is None]
     assert world.classes == demo.classes and world.objects == demo.objects and world.nuisance == demo.nuisance
+
+
+def test_the_drift_allowance_soak_differs_from_the_zoom_soak_only_in_its_gate_and_state() -> None:
+    from detloop.settings import REPO_ROOT, load_settings
+
+    zoom = load_settings(REPO_ROOT / "configs" / "soak_zoom.yaml", env={})
+    gate = load_settings(REPO_ROOT / "configs" / "soak_zoom_gate.yaml", env={})
+    assert gate.data_dir != zoom.data_dir and gate.mlflow.model_name != zoom.mlflow.model_name
+    for section in ("selection", "training", "evaluation", "drift", "s3", "stack", "model", "world"):
+        assert getattr(gate, section) == getattr(zoom, section), section
+    assert zoom.gate.drift_golden_tol == 0.0 and gate.gate.drift_golden_tol > 0
+    assert gate.gate.model_copy(update={"drift_golden_tol": 0.0}) == zoom.gate
