@@ -244,13 +244,21 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
     return out
 
 
-def golden_delta(checks: str | None) -> float | None:
-    """The ``golden_map_delta`` value of a version's ``gate.checks`` tag (JSON ``[[name, status, value], ...]``)."""
+def gate_check(checks: str | None, name: str) -> tuple[str, float | None] | None:
+    """``(status, value)`` of check ``name`` in a version's ``gate.checks`` tag (JSON ``[[name, status, value],
+    ...]``); None when it is not there."""
     try:
         rows = json.loads(checks or "[]")
     except ValueError:
         return None
-    return next((float(r[2]) for r in rows if r and r[0] == "golden_map_delta" and r[2] is not None), None)
+    row = next((r for r in rows if r and r[0] == name), None)
+    return None if row is None else (str(row[1]), None if row[2] is None else float(row[2]))
+
+
+def golden_delta(checks: str | None) -> float | None:
+    """The ``golden_map_delta`` value of a version's ``gate.checks`` tag."""
+    got = gate_check(checks, "golden_map_delta")
+    return None if got is None else got[1]
 
 
 def gate_counterfactual(challengers: Sequence[Mapping[str, Any]],
@@ -286,6 +294,7 @@ def gate_counterfactual(challengers: Sequence[Mapping[str, Any]],
             delta = None if champ is None else mine - champ
             rows.append({"version": str(c["version"]), "week": int(c["week"]), "camera": cam,
                          "outcome": c.get("outcome"), "golden_delta": c.get("golden_delta"),
+                         "drifted_gain": c.get("drifted_gain"), "allowance": bool(c.get("allowance")),
                          "challenger": mine, "champion": champ, "delta": delta})
             if c.get("outcome") == "rejected" and delta is not None and delta >= better_by:
                 helped.append(rows[-1])
@@ -303,11 +312,12 @@ def counterfactual_table(cf: Mapping[str, Any]) -> str:
     def f(x: Any, sign: bool = False) -> str:
         return "-" if x is None else (f"{x:+.3f}" if sign else f"{x:.3f}")
 
-    lines = [f"| version | week | camera | gate | golden delta | challenger true {cf['metric']} | champion | delta |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| version | week | camera | gate | golden delta | drifted-slice gain | challenger true {cf['metric']} | "
+             "champion | delta |", "|---|---|---|---|---|---|---|---|---|"]
     for r in cf["rows"]:
+        gain = f(r.get("drifted_gain"), True) + (" (allowance)" if r.get("allowance") else "")
         lines.append(f"| v{r['version']} | {r['week']} | {r['camera']} | {r['outcome']} | "
-                     f"{f(r['golden_delta'], True)} | {f(r['challenger'])} | {f(r['champion'])} | "
+                     f"{f(r['golden_delta'], True)} | {gain} | {f(r['challenger'])} | {f(r['champion'])} | "
                      f"{f(r['delta'], True)} |")
     return "\n".join(lines) + "\n"
 
@@ -352,6 +362,9 @@ def measure_challengers(settings: Any, truth: Mapping[str, Any], start: date, fr
                 for cam, onset in cameras.items() if week >= onset and cam in world.active_cameras(end)}
         log(f"challenger v{mv.version} (week {week}, {tags.get('gate.outcome')}): "
             + ", ".join(f"{c} {t['map50']:.3f}" for c, t in true.items()))
+        drifted = gate_check(tags.get("gate.checks"), "drifted_gain")  # drift rounds, with the drift allowance on
         out.append({"version": str(mv.version), "week": week, "outcome": tags.get("gate.outcome"),
-                    "golden_delta": golden_delta(tags.get("gate.checks")), "true": true})
+                    "golden_delta": golden_delta(tags.get("gate.checks")), "true": true,
+                    "drifted_gain": None if drifted is None else drifted[1],
+                    "allowance": drifted is not None and drifted[0] == "pass"})
     return gate_counterfactual(out, weeks, cameras, pre=pre)

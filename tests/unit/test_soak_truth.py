@@ -8,6 +8,7 @@ import pytest
 from benchmarks.soak_truth import (
     champions_by_week,
     counterfactual_table,
+    gate_check,
     gate_counterfactual,
     golden_delta,
     recoveries,
@@ -106,6 +107,8 @@ def test_golden_delta_reads_the_gate_checks_tag() -> None:
     assert golden_delta('[["bootstrap_floor", "pass", 0.43]]') is None
     assert golden_delta(None) is None
     assert golden_delta("not json") is None
+    drift = '[["drifted_gain", "pass", 0.031], ["golden_map_delta", "pass", -0.0019]]'
+    assert gate_check(drift, "drifted_gain") == ("pass", 0.031) and gate_check(checks, "drifted_gain") is None
 
 
 def test_gate_counterfactual_finds_rejected_challengers_better_on_a_drifted_camera() -> None:
@@ -133,5 +136,8 @@ def test_gate_counterfactual_finds_rejected_challengers_better_on_a_drifted_came
     late = gate_counterfactual(challengers, champ, {"cam3": 6})
     assert {r["version"] for r in late["rows"]} == {"10", "11"} and late["summary"]["rejected_but_better"] == []
     table = counterfactual_table(cf)
-    assert "| v9 | 4 | cam3 | rejected | -0.011 | 0.450 | 0.420 | +0.030 |" in table
+    assert "| v9 | 4 | cam3 | rejected | -0.011 | - | 0.450 | 0.420 | +0.030 |" in table
+    allowed = {**challengers[0], "outcome": "passed", "drifted_gain": 0.031, "allowance": True}
+    assert "| v8 | 4 | cam3 | passed | -0.013 | +0.031 (allowance) | 0.430 | 0.420 | +0.010 |" in counterfactual_table(
+        gate_counterfactual([allowed], champ, {"cam3": 4}))
     assert gate_counterfactual([], champ, {})["rows"] == []
