@@ -315,7 +315,7 @@ def counterfactual_table(cf: Mapping[str, Any]) -> str:
     lines = [f"| version | week | camera | gate | golden delta | drifted-slice gain | challenger true {cf['metric']} | "
              "champion | delta |", "|---|---|---|---|---|---|---|---|---|"]
     for r in cf["rows"]:
-        gain = f(r.get("drifted_gain"), True) + (" (allowance)" if r.get("allowance") else "")
+        gain = f(r.get("drifted_gain"), True) + (" (allowance granted)" if r.get("allowance") else "")
         lines.append(f"| v{r['version']} | {r['week']} | {r['camera']} | {r['outcome']} | "
                      f"{f(r['golden_delta'], True)} | {gain} | {f(r['challenger'])} | {f(r['champion'])} | "
                      f"{f(r['delta'], True)} |")
@@ -362,7 +362,9 @@ def measure_challengers(settings: Any, truth: Mapping[str, Any], start: date, fr
                 for cam, onset in cameras.items() if week >= onset and cam in world.active_cameras(end)}
         log(f"challenger v{mv.version} (week {week}, {tags.get('gate.outcome')}): "
             + ", ".join(f"{c} {t['map50']:.3f}" for c, t in true.items()))
-        drifted = gate_check(tags.get("gate.checks"), "drifted_gain")  # drift rounds, with the drift allowance on
+        # drift rounds with the drift allowance on: the drifted-slice gain, and whether it granted the allowance
+        # (granted is not used: a challenger that also raised golden did not need it)
+        drifted = gate_check(tags.get("gate.checks"), "drifted_gain")
         out.append({"version": str(mv.version), "week": week, "outcome": tags.get("gate.outcome"),
                     "golden_delta": golden_delta(tags.get("gate.checks")), "true": true,
                     "drifted_gain": None if drifted is None else drifted[1],

@@ -138,6 +138,6 @@ def test_gate_counterfactual_finds_rejected_challengers_better_on_a_drifted_came
     table = counterfactual_table(cf)
     assert "| v9 | 4 | cam3 | rejected | -0.011 | - | 0.450 | 0.420 | +0.030 |" in table
     allowed = {**challengers[0], "outcome": "passed", "drifted_gain": 0.031, "allowance": True}
-    assert "| v8 | 4 | cam3 | passed | -0.013 | +0.031 (allowance) | 0.430 | 0.420 | +0.010 |" in counterfactual_table(
+    assert "| v8 | 4 | cam3 | passed | -0.013 | +0.031 (allowance granted) | 0.430 | 0.420 | +0.010 |" in counterfactual_table(
         gate_counterfactual([allowed], champ, {"cam3": 4}))
     assert gate_counterfactual([], champ, {})["rows"] == []
