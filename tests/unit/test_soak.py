@@ -220,3 +220,14 @@ def test_the_drift_allowance_soak_differs_from_the_zoom_soak_only_in_its_gate_an
         assert getattr(gate, section) == getattr(zoom, section), section
     assert zoom.gate.drift_golden_tol == 0.0 and gate.gate.drift_golden_tol > 0
     assert gate.gate.model_copy(update={"drift_golden_tol": 0.0}) == zoom.gate
+
+
+def test_the_tiled_eight_week_soak_is_the_soak_with_the_zoom_soaks_tiling_and_gate() -> None:
+    from detloop.settings import REPO_ROOT, load_settings
+
+    soak, tiled, gate = (load_settings(REPO_ROOT / "configs" / f"{n}.yaml", env={})
+                         for n in ("soak", "soak_tiled", "soak_zoom_gate"))
+    assert tiled.data_dir != soak.data_dir and tiled.mlflow.model_name != soak.mlflow.model_name
+    for section in ("selection", "training", "evaluation", "drift", "s3", "stack", "world"):
+        assert getattr(tiled, section) == getattr(soak, section), section
+    assert tiled.model == gate.model and tiled.gate == gate.gate
