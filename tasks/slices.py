@@ -143,13 +143,9 @@ def build_slices(
         ctl = items_from_version(store, settings, round_version, "control", source=sources, manifest=manifest)
         if ctl:
             slices.append(EvalSlice("control", ctl))
-        if focus is not None:  # never a frame the challenger trained on: val and control splits only
-            drifted = []
-            for split, keep in (("val", {src}), ("control", set(sources))):
-                shas = {e.frame_sha for e in drifted_entries(manifest.by_split(split), focus) if e.source in keep}
-                if shas:
-                    drifted += items_from_version(store, settings, round_version, split, manifest=manifest,
-                                                  frames=shas)
+        if focus is not None:  # of the round and control slices (never a frame the challenger trained on)
+            keep = {e.frame_sha for e in drifted_entries(manifest.entries, focus)}
+            drifted = [it for it in (*rnd, *ctl) if Path(it.image).stem in keep]  # images are <frame_sha>.<ext>
             if drifted:
                 slices.append(EvalSlice("drifted", drifted))
     return slices
