@@ -57,6 +57,9 @@ RANDOM = "random"
 MAIN_ARMS = ("random", "entropy_sum", "entropy_kcenter", "default")
 EXTRA_ARMS = ("least_confidence_max", "margin_max")
 QUICK_ARMS = ("random", "entropy_sum", "default")
+TRUTH_ERRORS = "truth_errors"
+# Arms that read the pool's truth: ceilings of what ranking frames by hardness can buy, never strategies.
+CEILING_ARMS = (TRUTH_ERRORS,)
 AXES = ("frames", "boxes", "frames_paid", "boxes_paid", "seconds", "seconds_paid")
 COUNT_AXES = AXES[:4]  # counted when a round runs; the seconds axes are priced from action counts on load
 COLD_START_MAP50 = 0.3  # below this bootstrap mAP50 the comparison is flagged as cold start
@@ -169,7 +172,7 @@ def quick_config() -> BenchConfig:
 
 def check_arms(arms: Sequence[str]) -> list[str]:
     """Known arm names (random first), ``no_new_labels`` excluded; raises DataError on an unknown name."""
-    known = (*MAIN_ARMS, *EXTRA_ARMS)
+    known = (*MAIN_ARMS, *EXTRA_ARMS, *CEILING_ARMS)
     bad = [a for a in arms if a not in known]
     if bad:
         raise DataError(f"unknown benchmark arm(s) {bad}; valid: {', '.join(known)}")
@@ -220,6 +223,25 @@ def random_pick(n_unlabelled: int, budget: int, seed: int, round_index: int) -> 
     rng = np.random.default_rng([seed, round_index, 7919])
     k = min(budget, n_unlabelled)
     return np.sort(rng.choice(n_unlabelled, size=k, replace=False)) if k else np.zeros(0, np.int64)
+
+
+def truth_error_pick(pre: Sequence[Detections], truth: Sequence[Detections], cost: Any, budget: int, seed: int,
+                     round_index: int) -> np.ndarray:
+    """Indices of the ``budget`` frames on which the current model makes the most mistakes per labelling second,
+    judged by the truth (the ``truth_errors`` ceiling arm; the loop never has the truth).
+
+    A frame's mistakes are the labeller actions its pre-annotations ``pre`` need beyond verification (adjust,
+    draw, delete: :func:`detloop.label_cost.count_actions` against ``truth``), divided by the frame's labelling
+    seconds at ``cost``: value per second with a perfect estimate of the model's errors. Ties (e.g. frames
+    with no mistake) are broken by a draw seeded by (seed, round).
+    """
+    acts = [count_actions(p, t, cost) for p, t in zip(pre, truth, strict=True)]
+    errors = np.array([a.adjust + a.draw + a.delete for a in acts], float)
+    seconds = np.array([a.seconds(cost) for a in acts], float)
+    score = errors / np.maximum(seconds, 1e-9)
+    tie = np.random.default_rng([seed, round_index, 104729]).random(len(score))
+    order = np.lexsort((tie, -score))
+    return np.sort(order[: min(budget, len(score))])
 
 
 def curves_from_records(records: Sequence[dict[str, Any]], axis: str, metric: str) -> Curve:
@@ -621,6 +643,12 @@ class Runner:
         if arm == RANDOM:
             return [unlabelled[i] for i in random_pick(len(unlabelled), b, seed, r)], [], {}
         dets, emb = self._score_pool(weights)
+        if arm == TRUTH_ERRORS:
+            picks = truth_error_pick(self.pre_annotations(weights, unlabelled),
+                                     [self.data.pool[i].truth for i in unlabelled], self.settings.labelling_cost,
+                                     b, seed, r)
+            return [unlabelled[i] for i in picks], [], {
+                "strategy": "truth_errors: most model mistakes per labelling second, by the truth (a ceiling)"}
         sel = selection_settings(arm, self.settings.selection, b, seed)
         pool = self.data.pool
         frames = [ScoredFrame(FrameRef("bench", pool[i].name, "", pool[i].camera, ""), pool[i].width,

@@ -22,6 +22,7 @@ from benchmarks.al import (
     random_pick,
     selection_settings,
     summarize,
+    truth_error_pick,
 )
 from benchmarks.al_data import BenchData, BenchFrame, load_yolo_dataset, render_world
 from benchmarks.al_metrics import (
@@ -163,6 +164,35 @@ def frame(name: str, n: int = 6, w: int = 640, h: int = 480) -> BenchFrame:
     sz = rng.uniform(10, 80, (n, 2))
     truth = Detections(np.hstack([xy, xy + sz]), np.ones(n), rng.integers(0, 5, n))
     return BenchFrame(name, f"/nonexistent/{name}.jpg", truth, w, h)
+
+
+def _boxes(n: int, cls: int = 0, x0: float = 0.0) -> Detections:
+    xy = np.array([[x0 + 30 * k, 10, x0 + 30 * k + 20, 30] for k in range(n)], float).reshape(-1, 4)
+    return Detections(xyxy=xy, confidence=np.ones(n), class_id=np.full(n, cls, np.int64))
+
+
+def test_truth_error_pick_ranks_mistakes_per_labelling_second() -> None:
+    from detloop.settings import LabellingCostSettings
+
+    cost = LabellingCostSettings()
+    truth = [_boxes(3), _boxes(1), _boxes(12), _boxes(3), _boxes(2)]
+    pre = [
+        _boxes(3),            # 0: all right: no mistake
+        _boxes(0),            # 1: one miss on a one-object frame: 1 draw in 3 + 7 s
+        _boxes(10),           # 2: ten right, two missed: 2 mistakes in 3 + 10 x 1.6 + 2 x 7 s (a crowd pays less)
+        _boxes(3),            # 3: all right (ties with 0)
+        _boxes(2, cls=1),     # 4: both boxes of the wrong class: 2 adjusts in 3 + 2 x 4 s
+    ]
+    scores = {0: 0.0, 1: 1 / 10, 2: 2 / 33, 3: 0.0, 4: 2 / 11}
+    best = sorted(scores, key=lambda i: -scores[i])
+    for budget in (1, 2, 3):
+        got = truth_error_pick(pre, truth, cost, budget, seed=0, round_index=1)
+        assert sorted(got.tolist()) == sorted(best[:budget])
+    # frames without a mistake are tie-broken by a seeded draw, reproducibly, and the pick is capped by the pool
+    ties = {tuple(truth_error_pick(pre, truth, cost, 4, seed=s, round_index=1).tolist()) for s in range(12)}
+    assert ties <= {(0, 1, 2, 4), (1, 2, 3, 4)} and len(ties) == 2
+    assert np.array_equal(truth_error_pick(pre, truth, cost, 4, 3, 1), truth_error_pick(pre, truth, cost, 4, 3, 1))
+    assert len(truth_error_pick(pre, truth, cost, 50, 0, 1)) == 5
 
 
 def test_annotator_is_deterministic_per_seed_and_frame() -> None:
@@ -635,3 +665,37 @@ def test_comparing_one_arm_across_two_results_pairs_seeds(tmp_path: Path) -> Non
     (tmp_path / "v.json").write_text(json.dumps(var))
     out = compare_results(tmp_path / "b.json", tmp_path / "v.json", tmp_path / "cmp.json", "entropy_sum")
     assert json.loads((tmp_path / "cmp.json").read_text())["by_round"] == json.loads(json.dumps(out["by_round"]))
+
+
+def test_truth_errors_arm_picks_by_the_current_models_mistakes(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ceiling arm ranks the unlabelled pool by the round's model's pre-annotations against the truth,
+    pays no control frame, and is refused nowhere a strategy is accepted."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    import benchmarks.al as al
+    from detloop.label_cost import count_actions
+
+    classes = ["disc", "square", "triangle", "ring", "star"]
+    net = DetectionModel("yolo11n.yaml", nc=len(classes), verbose=False)
+    pt = tmp_path / "untrained.pt"
+    torch.save({"model": net, "train_args": {}}, pt)
+    monkeypatch.setattr(al, "train_once", lambda *a, **k: (pt, 0.0))
+    assert check_arms(["truth_errors", "random"]) == ["random", "truth_errors"]
+    cfg = BenchConfig(arms=["random", "truth_errors"], seeds=[0], rounds=1, budget=3, epochs=1, bootstrap_epochs=1,
+                      sizes={"seed": 3, "pool": 10, "eval": 3, "val": 1}, config=str(REPO / "configs" / "test.yaml"),
+                      work_dir=str(tmp_path / "work"), threads=1)
+    s = al.run_benchmark(cfg, tmp_path / "al.json", tmp_path / "c.png", tmp_path / "r.png", log=lambda m: None)
+    rec = json.loads((Path(s["outputs"]["work_dir"]) / "runs" / "truth_errors" / "s0" / "r1.json").read_text())
+    assert rec["control_idx"] == [] and len(rec["new_frames_idx"]) == 3
+    assert rec["selection"]["strategy"].startswith("truth_errors")
+    runner = al.Runner(cfg, log=lambda m: None, preflight=False)
+    pool = runner.data.pool
+    pre = runner.pre_annotations(runner.weights_path("bootstrap", 0, 0), list(range(len(pool))))
+    cost = runner.settings.labelling_cost
+    acts = [count_actions(p, f.truth, cost) for p, f in zip(pre, pool, strict=True)]
+    score = [(a.adjust + a.draw + a.delete) / a.seconds(cost) for a in acts]
+    worst_picked = min(score[i] for i in rec["new_frames_idx"])
+    assert all(score[i] <= worst_picked for i in range(len(pool)) if i not in rec["new_frames_idx"])
+    assert len({score[i] for i in range(len(pool))}) > 1  # the pool's frames differ: the ranking had work to do
