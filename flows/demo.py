@@ -101,25 +101,45 @@ def retrain_runs(client: Any, deployment_id: Any, limit: int = 100) -> list[Any]
     ))
 
 
-def _wait_for_retrain(round_id: str, timeout: float, poll: float = 3.0) -> Any:
-    """Wait for the event-triggered ``retrain-and-promote`` run of ``round_id`` to finish."""
-    from prefect import get_client
+def wait_for_round_retrain(round_id: str, list_runs: Callable[[], list[Any]], timeout: float, *,
+                           rewatch: Callable[[], Any] | None = None, rewatch_every: float = 60.0,
+                           poll: float = 3.0, clock: Callable[[], float] = time.monotonic,
+                           sleep: Callable[[float], None] = time.sleep) -> Any:
+    """Wait until a ``retrain-and-promote`` run of ``round_id`` (among ``list_runs()``) completes; returns it.
 
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        dep = client.read_deployment_by_name(DEPLOYMENTS["retrain"])
-        while time.monotonic() < deadline:
-            mine = [r for r in retrain_runs(client, dep.id)
-                    if (r.parameters.get("params") or {}).get("round_id") == round_id]
-            done = [r for r in mine if r.state is not None and r.state.is_final()]
-            if any(r.state.is_completed() for r in done):
-                return next(r for r in done if r.state.is_completed())
-            if done and not [r for r in mine if r.state is not None and not r.state.is_final()]:
-                r = done[0]
-                raise DetloopError(f"retrain-and-promote for {round_id} ended {r.state.name}: {r.state.message}")
-            time.sleep(poll)
+    While no run of the round exists, ``rewatch`` is called every ``rewatch_every`` seconds, as the watch
+    deployment's schedule does in production: a ``round.completed`` event lost in an outage is re-announced by the
+    watch (``tasks.rounds.retrain_stalled``) and a retrain starts, instead of this waiting for nothing. Raises when
+    every run of the round ended without completing, or at ``timeout``."""
+    start = clock()
+    last_watch = start
+    while clock() - start < timeout:
+        mine = [r for r in list_runs() if (r.parameters.get("params") or {}).get("round_id") == round_id]
+        done = [r for r in mine if r.state is not None and r.state.is_final()]
+        completed = [r for r in done if r.state.is_completed()]
+        if completed:
+            return completed[0]
+        if done and not [r for r in mine if r.state is not None and not r.state.is_final()]:
+            r = done[0]
+            raise DetloopError(f"retrain-and-promote for {round_id} ended {r.state.name}: {r.state.message}")
+        if not mine and rewatch is not None and clock() - last_watch >= rewatch_every:
+            rewatch()
+            last_watch = clock()
+        sleep(poll)
     raise DetloopError(f"no finished retrain-and-promote run for round {round_id} after {timeout:.0f} s "
                        "(is the runner up? `detloop stack status`)")
+
+
+def _wait_for_retrain(round_id: str, timeout: float, poll: float = 3.0,
+                      rewatch: Callable[[], Any] | None = None, rewatch_every: float = 60.0) -> Any:
+    """Wait for the event-triggered ``retrain-and-promote`` run of ``round_id`` to finish (on the Prefect server),
+    re-running the watch through ``rewatch`` while none exists (:func:`wait_for_round_retrain`)."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(DEPLOYMENTS["retrain"])
+        return wait_for_round_retrain(round_id, lambda: retrain_runs(client, dep.id), timeout,
+                                      rewatch=rewatch, rewatch_every=rewatch_every, poll=poll)
 
 
 def _round_for(settings: Settings, as_of: date) -> str | None:
@@ -229,7 +249,10 @@ def label_and_retrain(settings: Settings, round_id: str, base: dict[str, Any], p
     log(f"simulated annotators labelled {counts.get('annotated', 0)} and skipped {counts.get('skipped', 0)} "
         f"frames of {round_id}")
     run_watch(base)
-    _wait_for_retrain(round_id, timeout)
+    # keep the watch running meanwhile, as its schedule does in production: a round.completed event lost in an
+    # outage is then re-announced (after 2 x locks.lease_seconds) instead of the wait hanging
+    _wait_for_retrain(round_id, timeout, rewatch=lambda: run_watch(base),
+                      rewatch_every=settings.prefect.watch_interval_seconds)
     return counts, S3Store(settings).get_json(settings.s3.data_bucket, f"rounds/{round_id}/result.json")
 
 
