@@ -57,6 +57,10 @@ def bench_al(
         "same labels, same run key. Default: the annotator's labels are written directly.")] = False,
     label_studio_project: Annotated[str | None, typer.Option(
         help="Label Studio project title for --via-label-studio (default: detloop-bench-<run key>).")] = None,
+    retire_control_after: Annotated[int | None, typer.Option(
+        min=0, help="Rounds the default arm's control frames serve before they join its training set (default: the "
+        "config's selection.control_pool_rounds, as the loop does; 0: never). Changes the default arm only: it "
+        "caches apart and pairs with the base in `bench al-compare`.")] = None,
 ) -> None:
     """Run (or resume) the active-learning benchmark; writes the JSON, a learning-curve PNG and a rare-class PNG."""
     from benchmarks.al import RESULTS, BenchConfig, check_arms, markdown_table, quick_config, run_benchmark
@@ -86,6 +90,8 @@ def bench_al(
         cfg.bootstrap_weights = str(bootstrap_weights.resolve())
     if work_dir is not None:
         cfg.work_dir = str(work_dir.resolve())
+    if retire_control_after is not None:
+        cfg.retire_control_after = retire_control_after
     stem = "al_quick" if quick else "al"
     out_json = out or RESULTS / f"{stem}.json"
     summary = run_benchmark(cfg, out_json, out_json.with_name(out_json.stem + "_curve.png"),

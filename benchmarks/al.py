@@ -149,8 +149,12 @@ class BenchConfig:
         return d
 
     def run_key(self) -> str:
-        """Hash of what changes results (not arms, seeds or rounds: those only add cached files)."""
+        """Hash of what changes results (not arms, seeds or rounds: those only add cached files).
+        ``retire_control_after`` changes the ``default`` arm only: its cache directory carries it
+        (:meth:`Runner.arm_dir_name`), so a variant reuses the random arm and pairs with the base in
+        ``al-compare`` (held at None here so earlier run keys stay valid)."""
         d = self._key(())
+        d["retire_control_after"] = None
         if self.data:
             d.pop("world_config")
             d.pop("world_seed")
@@ -190,6 +194,13 @@ def selection_key(configured: Any) -> str:
     if not d.get("pseudo_labels", {}).get("enabled"):
         d.pop("pseudo_labels", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def default_arm_key(configured: Any, retire_control_after: int | None) -> str:
+    """What the ``default`` arm's results depend on beyond the run key: the configured selection (its
+    :func:`selection_key`) and a ``retire_control_after`` other than the configured window."""
+    tail = "" if retire_control_after is None else f"-retire{retire_control_after}"
+    return f"default-{selection_key(configured)}{tail}"
 
 
 def selection_settings(arm: str, configured: Any, budget: int, seed: int) -> Any:
@@ -500,7 +511,7 @@ class Runner:
         editing the config's ``selection`` re-runs that arm instead of reusing stale rounds."""
         if arm != "default":
             return arm
-        return f"default-{selection_key(self.settings.selection)}"
+        return default_arm_key(self.settings.selection, self.cfg.retire_control_after)
 
     def _dir(self, arm: str, seed: int) -> Path:
         if arm == "bootstrap":  # shared by runs that differ only in fine-tune settings
@@ -951,6 +962,18 @@ def records_from_rows(rows: Sequence[dict[str, Any]], rare: str) -> dict[int, li
     return out
 
 
+def _default_key(summary: dict[str, Any]) -> str | None:
+    """The default arm's cache key of a result (results written before ``default_key``: from its selection key
+    and config)."""
+    if summary.get("default_key"):
+        return str(summary["default_key"])
+    sel = summary.get("selection_key")
+    if sel is None:
+        return None
+    after = (summary.get("config") or {}).get("retire_control_after")
+    return f"default-{sel}" + ("" if after is None else f"-retire{after}")
+
+
 def merge_summaries(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One summary from result JSONs of the same run (same run key) that hold different seeds: seeds run in
     separate invocations, on separate machines, or whose cache is gone. Rows are kept as they were measured;
@@ -962,6 +985,10 @@ def merge_summaries(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     keys = {s["run_key"] for s in summaries}
     if len(keys) > 1:
         raise DataError(f"cannot merge results of different runs (run keys {sorted(keys)}): settings differ")
+    variants = sorted({_default_key(s) for s in summaries if "default" in s["arms"]} - {None})
+    if len(variants) > 1:  # e.g. seed 0 with value per second on, seed 1 without: same run key, other arm
+        raise DataError(f"cannot merge results whose default arm differs (selection {', '.join(variants)}): "
+                        "compare them with `bench al-compare` instead")
     rare, metric, rounds = first["rare_class"], first["config"]["metric"], first["config"]["rounds"]
     arms = list(dict.fromkeys(a for s in summaries for a in s["arms"]))
     recs: dict[str, dict[int, list[dict[str, Any]]]] = {a: {} for a in arms}
@@ -1036,6 +1063,8 @@ def summarize(runner: Runner, arms: Sequence[str], run_seconds: float) -> dict[s
         "date": time.strftime("%Y-%m-%d"),
         "run_key": cfg.run_key(),
         "selection_key": selection_key(runner.settings.selection) if hasattr(runner, "settings") else None,
+        "default_key": (default_arm_key(runner.settings.selection, cfg.retire_control_after)
+                        if hasattr(runner, "settings") else None),
         "config": asdict(cfg),
         "source": {k: v for k, v in data.source.items()},
         "data": data.stats(),

@@ -223,6 +223,13 @@ def test_run_key_ignores_seeds_and_rounds_but_not_training() -> None:
     c = BenchConfig(epochs=7)
     assert a.run_key() == b.run_key() != c.run_key()
     assert BenchConfig(world_seed=1).run_key() != a.run_key()
+    # control retirement changes the default arm only: same run (random reused, paired in al-compare), own directory
+    from benchmarks.al import default_arm_key
+    from detloop.settings import SelectionSettings
+
+    assert BenchConfig(retire_control_after=1).run_key() == a.run_key()
+    sel = SelectionSettings()
+    assert default_arm_key(sel, None) != default_arm_key(sel, 1) == default_arm_key(sel, None) + "-retire1"
     # fine-tune settings change the run but reuse the bootstrap models
     assert c.bootstrap_key() == a.bootstrap_key() == BenchConfig(budget=10, finetune_lr0=0.01).bootstrap_key()
     assert BenchConfig(bootstrap_epochs=5).bootstrap_key() != a.bootstrap_key()
@@ -427,6 +434,16 @@ def test_merging_one_seed_results_equals_summarising_both_seeds(tmp_path: Path) 
         merge_summaries([parts[0], parts[0]])
     with pytest.raises(DataError, match="different runs"):
         merge_summaries([parts[0], {**parts[1], "run_key": "other"}])
+    # the default arm of one run key can differ (an option set by environment, or --retire-control-after):
+    # its seeds merge only with the same arm
+    as_default = [{**p, "arms": {("default" if a == "entropy_sum" else a): v for a, v in p["arms"].items()},
+                   "selection_key": "abcd1234", "default_key": None} for p in parts]
+    assert merge_summaries(as_default)["seeds_complete_all_arms"] == [0, 1]
+    with pytest.raises(DataError, match=r"default arm differs.*default-abcd1234, default-ffff0000"):
+        merge_summaries([as_default[0], {**as_default[1], "selection_key": "ffff0000"}])
+    retired = {**as_default[1], "config": {**as_default[1]["config"], "retire_control_after": 1}}
+    with pytest.raises(DataError, match="default-abcd1234-retire1"):
+        merge_summaries([as_default[0], retired])
 
 
 # ---- the runner end to end, training replaced by an untrained model (no services, no training) --------
