@@ -103,26 +103,30 @@ def retrain_runs(client: Any, deployment_id: Any, limit: int = 100) -> list[Any]
 
 def wait_for_round_retrain(round_id: str, list_runs: Callable[[], list[Any]], timeout: float, *,
                            rewatch: Callable[[], Any] | None = None, rewatch_every: float = 60.0,
-                           poll: float = 3.0, clock: Callable[[], float] = time.monotonic,
+                           max_failed: int = 3, poll: float = 3.0, clock: Callable[[], float] = time.monotonic,
                            sleep: Callable[[float], None] = time.sleep) -> Any:
     """Wait until a ``retrain-and-promote`` run of ``round_id`` (among ``list_runs()``) completes; returns it.
 
-    While no run of the round exists, ``rewatch`` is called every ``rewatch_every`` seconds, as the watch
-    deployment's schedule does in production: a ``round.completed`` event lost in an outage is re-announced by the
-    watch (``tasks.rounds.retrain_stalled``) and a retrain starts, instead of this waiting for nothing. Raises when
-    every run of the round ended without completing, or at ``timeout``."""
+    While no run of the round is pending or running, ``rewatch`` is called every ``rewatch_every`` seconds, as the
+    watch deployment's schedule does in production: the watch re-announces a finished round that is still untrained
+    after 2 x ``locks.lease_seconds`` (``tasks.rounds.retrain_stalled``), so a ``round.completed`` event lost in an
+    outage, or a retrain that failed in one (the Prefect server killed under it), gets a new retrain instead of this
+    waiting for nothing or giving up. Raises when ``max_failed`` runs of the round ended without completing (at the
+    first with no ``rewatch``: nothing would re-announce it), or at ``timeout``."""
     start = clock()
     last_watch = start
     while clock() - start < timeout:
         mine = [r for r in list_runs() if (r.parameters.get("params") or {}).get("round_id") == round_id]
-        done = [r for r in mine if r.state is not None and r.state.is_final()]
-        completed = [r for r in done if r.state.is_completed()]
+        completed = [r for r in mine if r.state is not None and r.state.is_completed()]
         if completed:
             return completed[0]
-        if done and not [r for r in mine if r.state is not None and not r.state.is_final()]:
-            r = done[0]
-            raise DetloopError(f"retrain-and-promote for {round_id} ended {r.state.name}: {r.state.message}")
-        if not mine and rewatch is not None and clock() - last_watch >= rewatch_every:
+        active = [r for r in mine if r.state is None or not r.state.is_final()]
+        failed = [r for r in mine if r.state is not None and r.state.is_final()]
+        if failed and not active and (rewatch is None or len(failed) >= max_failed):
+            r = failed[0]
+            runs = f" ({len(failed)} runs)" if len(failed) > 1 else ""
+            raise DetloopError(f"retrain-and-promote for {round_id} ended {r.state.name}: {r.state.message}{runs}")
+        if not active and rewatch is not None and clock() - last_watch >= rewatch_every:
             rewatch()
             last_watch = clock()
         sleep(poll)
@@ -133,7 +137,7 @@ def wait_for_round_retrain(round_id: str, list_runs: Callable[[], list[Any]], ti
 def _wait_for_retrain(round_id: str, timeout: float, poll: float = 3.0,
                       rewatch: Callable[[], Any] | None = None, rewatch_every: float = 60.0) -> Any:
     """Wait for the event-triggered ``retrain-and-promote`` run of ``round_id`` to finish (on the Prefect server),
-    re-running the watch through ``rewatch`` while none exists (:func:`wait_for_round_retrain`)."""
+    re-running the watch through ``rewatch`` while none is pending or running (:func:`wait_for_round_retrain`)."""
     from prefect import get_client
 
     with get_client(sync_client=True) as client:
@@ -250,7 +254,8 @@ def label_and_retrain(settings: Settings, round_id: str, base: dict[str, Any], p
         f"frames of {round_id}")
     run_watch(base)
     # keep the watch running meanwhile, as its schedule does in production: a round.completed event lost in an
-    # outage is then re-announced (after 2 x locks.lease_seconds) instead of the wait hanging
+    # outage, or a retrain failed in one, is then re-announced (after 2 x locks.lease_seconds) instead of the wait
+    # hanging or giving up
     _wait_for_retrain(round_id, timeout, rewatch=lambda: run_watch(base),
                       rewatch_every=settings.prefect.watch_interval_seconds)
     return counts, S3Store(settings).get_json(settings.s3.data_bucket, f"rounds/{round_id}/result.json")

@@ -1,5 +1,6 @@
-"""The demo/soak harness waits for a round's retrain and re-runs the watch while none exists, so a lost
-``round.completed`` event costs a re-announcement, not a hang (flows.demo.wait_for_round_retrain)."""
+"""The demo/soak harness waits for a round's retrain and re-runs the watch while none is pending or running, so a
+lost ``round.completed`` event, or a retrain failed in an outage, costs a re-announcement, not a hang or a give-up
+(flows.demo.wait_for_round_retrain)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,14 +38,18 @@ class _Run:
 
 
 class _World:
-    """A fake clock and server: the watch re-announces the round only on its ``announce_on``-th run."""
+    """A fake clock and server: the watch announces a retrain of r1 on its ``announce_on``-th run since the last
+    retrain of r1 ended (or since the start); the k-th retrain ends ``ends[k]`` (the last entry repeats)."""
 
-    def __init__(self, announce_on: int | None, finish_after: float = 30.0, end: str = "Completed") -> None:
+    def __init__(self, announce_on: int | None, finish_after: float = 30.0,
+                 ends: tuple[str, ...] = ("Completed",)) -> None:
         self.now = 0.0
         self.watches: list[float] = []
         self.runs: list[_Run] = [_Run("other-round", _State("Completed"))]
-        self.announce_on, self.finish_after, self.end = announce_on, finish_after, end
-        self.started: float | None = None
+        self.announce_on, self.finish_after, self.ends = announce_on, finish_after, ends
+        self.active: _Run | None = None
+        self.started = 0.0
+        self.since_end = 0  # watches since the last retrain of r1 ended
 
     def clock(self) -> float:
         return self.now
@@ -52,23 +57,30 @@ class _World:
     def sleep(self, s: float) -> None:
         self.now += s
 
+    def start_run(self) -> _Run:
+        k = sum(r.round_id == "r1" for r in self.runs)
+        run = _Run("r1", _State("Running"))
+        run.parameters["end"] = self.ends[min(k, len(self.ends) - 1)]
+        self.runs.append(run)
+        self.active, self.started = run, self.now
+        return run
+
     def list_runs(self) -> list[_Run]:
-        if self.started is not None and self.now - self.started >= self.finish_after:
-            for r in self.runs:
-                if r.round_id == "r1":
-                    r.state = _State(self.end)
+        if self.active is not None and self.now - self.started >= self.finish_after:
+            self.active.state = _State(self.active.parameters["end"])
+            self.active, self.since_end = None, 0
         return list(self.runs)
 
     def rewatch(self) -> None:
         self.watches.append(self.now)
-        if self.announce_on is not None and len(self.watches) == self.announce_on:
-            self.runs.append(_Run("r1", _State("Running")))
-            self.started = self.now
+        self.since_end += 1
+        if self.announce_on is not None and self.active is None and self.since_end == self.announce_on:
+            self.start_run()
 
 
 def _wait(w: _World, timeout: float = 3600.0, rewatch: bool = True) -> Any:
     return wait_for_round_retrain("r1", w.list_runs, timeout, rewatch=w.rewatch if rewatch else None,
-                                  rewatch_every=60.0, poll=3.0, clock=w.clock, sleep=w.sleep)
+                                  rewatch_every=60.0, max_failed=3, poll=3.0, clock=w.clock, sleep=w.sleep)
 
 
 def test_a_lost_event_is_healed_by_re_running_the_watch() -> None:
@@ -82,8 +94,7 @@ def test_a_lost_event_is_healed_by_re_running_the_watch() -> None:
 
 def test_no_watch_runs_once_the_retrain_exists() -> None:
     w = _World(announce_on=None)
-    w.runs.append(_Run("r1", _State("Running")))
-    w.started = 0.0
+    w.start_run()
     _wait(w)
     assert w.watches == []
 
@@ -95,8 +106,27 @@ def test_without_rewatch_a_lost_event_times_out_with_one_line() -> None:
     assert w.watches == []
 
 
-def test_a_failed_retrain_is_reported_not_waited_on() -> None:
-    w = _World(announce_on=1, end="Failed")
-    with pytest.raises(DetloopError, match="retrain-and-promote for r1 ended Failed: failed in the fake"):
+def test_a_retrain_failed_in_an_outage_is_re_announced_and_its_second_run_completes() -> None:
+    # the soak's week 4 (session 31): Prefect killed under the retrain, which ended Failed; the watch re-announces
+    # the untrained round after 2 x lease_seconds and the new run completes
+    w = _World(announce_on=4, ends=("Failed", "Completed"))
+    w.start_run()
+    run = _wait(w)
+    assert run.state.is_completed() and run is w.runs[-1]
+    assert [r.state.name for r in w.runs if r.round_id == "r1"] == ["Failed", "Completed"]
+    assert len(w.watches) == 4  # none while the first run was running, 4 after it failed
+
+
+def test_a_retrain_that_keeps_failing_is_reported_after_max_failed_runs() -> None:
+    w = _World(announce_on=1, ends=("Failed",))
+    with pytest.raises(DetloopError, match=r"retrain-and-promote for r1 ended Failed: failed in the fake \(3 runs\)"):
         _wait(w)
-    assert len(w.watches) == 1
+    assert len(w.watches) == 3
+
+
+def test_without_rewatch_a_failed_retrain_is_reported_at_once() -> None:
+    w = _World(announce_on=None, ends=("Failed",))
+    w.start_run()
+    with pytest.raises(DetloopError, match=r"ended Failed: failed in the fake$"):
+        _wait(w, rewatch=False)
+    assert w.now < 60.0 and w.watches == []
