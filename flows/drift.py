@@ -535,6 +535,7 @@ def update_episodes(settings: Settings, store: Any, run: DriftRun) -> tuple[list
     """
     from tasks.drift import advance, supersede
     from tasks.drift_records import list_episodes, load_state, save_episodes, save_state
+    from tasks.rounds import unpromoted_rounds
 
     known = {e.episode_id: e for e in list_episodes(store, settings)}
     old = supersede(known.values(), run.model_version, run.days[-1])
@@ -542,10 +543,11 @@ def update_episodes(settings: Settings, store: Any, run: DriftRun) -> tuple[list
     known.update({e.episode_id: e for e in old})
     state = load_state(store, settings, run.model_version)
     since = run.reference.get("anchor")  # ISO day the champion took over
+    failed = unpromoted_rounds(store, settings)  # rounds over without a promotion: their episodes need not wait
     for day in run.days:
         if (state.last_day is not None and day <= state.last_day) or (since and day < since):
             continue
-        state, changed, _opened = advance(state, day, run.verdicts[day], settings.drift, known)
+        state, changed, _opened = advance(state, day, run.verdicts[day], settings.drift, known, failed)
         save_episodes(store, settings, changed.values())
         known.update(changed)
     save_state(store, settings, state)

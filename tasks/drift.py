@@ -552,7 +552,8 @@ def silenced_cameras(episodes: Iterable[Episode], day: str) -> set[str]:
 
 
 def advance(state: MonitorState, day: str, verdicts: Mapping[str, Verdict], cfg: DriftSettings,
-            episodes: Mapping[str, Episode]) -> tuple[MonitorState, dict[str, Episode], list[str]]:
+            episodes: Mapping[str, Episode], unpromoted: Mapping[str, str] | None = None,
+            ) -> tuple[MonitorState, dict[str, Episode], list[str]]:
     """One day of the episode machine.
 
     Per camera: ``insufficient`` changes nothing; ``drift`` extends its streak (and its open episode);
@@ -561,12 +562,17 @@ def advance(state: MonitorState, day: str, verdicts: Mapping[str, Verdict], cfg:
     no episode (nor silenced) open ONE new episode together. A camera still drifting ``cfg.reopen_after_days``
     after its episode opened, when that episode was answered (its targeted round is set), leaves it for a new
     one (:func:`stale`): the round's challenger did not become champion, or did not fix the camera, and an
-    episode that stayed open would hide every later drift on it. An episode whose cameras have all left closes.
+    episode that stayed open would hide every later drift on it. Sooner when its round is known to have failed
+    (:func:`answered_in_vain`): a camera of an episode whose round was trained without a promotion leaves it once
+    it has drifted ``cfg.alarm_consecutive_days`` days in a row since that round's day. An episode whose cameras
+    have all left closes.
 
     Args:
         state: the machine before ``day`` (not modified).
         verdicts: camera -> verdict of ``day``.
         episodes: known episodes by id (not modified).
+        unpromoted: trained rounds whose challenger was not promoted, ``round id -> its as_of``
+            (:func:`tasks.rounds.unpromoted_rounds`).
 
     Returns:
         ``(new state, episodes changed or opened that day by id, ids of the episodes opened that day)``.
@@ -592,7 +598,9 @@ def advance(state: MonitorState, day: str, verdicts: Mapping[str, Verdict], cfg:
             tr.clean = 0
             current = episodes.get(tr.episode) if tr.episode is not None else None
             if current is not None and current.status == "open" and cam not in silenced \
-                    and stale(current, day, cfg.reopen_after_days):
+                    and (stale(current, day, cfg.reopen_after_days)
+                         or (cfg.reopen_after_days > 0
+                             and answered_in_vain(current, tr.streak, unpromoted or {}, cfg.alarm_consecutive_days))):
                 handing_over.setdefault(current.episode_id, []).append(cam)
                 opening.append(cam)
             elif current is not None and current.status == "open":
@@ -636,7 +644,9 @@ def advance(state: MonitorState, day: str, verdicts: Mapping[str, Verdict], cfg:
             if set(e.recovered) | set(e.handed_over) >= set(e.cameras):
                 e.status, e.closed_on = "closed", day
                 e.close_reason = (f"still drifting {(date.fromisoformat(day) - date.fromisoformat(e.opened_on)).days} "
-                                  f"day(s) after it opened and was answered (round {e.round_id}): followed by {eid}")
+                                  f"day(s) after it opened and was answered (round {e.round_id}"
+                                  + (", trained without a promotion" if e.round_id in (unpromoted or {}) else "")
+                                  + f"): followed by {eid}")
     st.last_day = day
     return st, changed, opened
 
@@ -664,6 +674,16 @@ def stale(episode: Episode, day: str, reopen_after_days: int) -> bool:
     if reopen_after_days <= 0 or not episode.round_id:
         return False
     return (date.fromisoformat(day) - date.fromisoformat(episode.opened_on)).days >= reopen_after_days
+
+
+def answered_in_vain(episode: Episode, streak: Sequence[str], unpromoted: Mapping[str, str], need: int) -> bool:
+    """Whether ``episode``'s targeted round was trained and its challenger not promoted (in ``unpromoted``,
+    round id -> the round's day) and the camera whose drifted days in a row are ``streak`` has drifted on at
+    least ``need`` of them since the round's day: the round is over and did not fix the camera, so waiting
+    ``reopen_after_days`` for it would only leave the camera unattended. (Not applied when
+    ``reopen_after_days`` is 0: then no episode ever starts a second round.)"""
+    since = unpromoted.get(episode.round_id or "")
+    return since is not None and need > 0 and sum(d >= since for d in streak) >= need
 
 
 def replay(verdicts_by_day: Mapping[str, Mapping[str, Verdict]], cfg: DriftSettings, model_version: str,

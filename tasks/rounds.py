@@ -115,6 +115,18 @@ def list_rounds(store: Any, settings: Settings, status: str | None = None) -> li
     return sorted(out, key=lambda r: (r.created_at, r.round_id))
 
 
+def unpromoted_rounds(store: Any, settings: Settings) -> dict[str, str]:
+    """Trained rounds of this project whose challenger did not become champion (``rounds/<id>/result.json``:
+    ``promoted`` false), as ``round id -> the round's as_of`` (its frames are from before that day)."""
+    out = {}
+    for rec in list_rounds(store, settings, status="trained"):
+        key = f"{round_prefix(rec.round_id)}result.json"
+        if store.exists(settings.s3.data_bucket, key) and \
+                not store.get_json(settings.s3.data_bucket, key).get("promoted", False):
+            out[rec.round_id] = rec.as_of
+    return out
+
+
 def open_round(
     store: Any,
     settings: Settings,

@@ -139,6 +139,52 @@ def test_days_before_the_champion_took_over_open_no_episode(drift_config: str, f
     assert min(e.opened_on for e in episodes if e.model_version == "8") < "2026-02-09"
 
 
+@pytest.mark.parametrize("promoted", [False, True, None])
+def test_a_camera_whose_round_ended_without_a_promotion_gets_a_new_episode_without_waiting(
+        drift_config: str, fakes: Any, promoted: bool | None) -> None:
+    """The second tiled soak: the repainted camera's round was rejected by the gate and the camera, still 0.10 below
+    its pre-onset mAP50, got no round the next week (its episode waited out ``reopen_after_days``). A round trained
+    without a promotion frees its still-drifting cameras once they drift ``alarm_consecutive_days`` days after it;
+    a promoted round (the next day's champion supersedes the episode) or one not trained yet does not."""
+    from types import SimpleNamespace
+
+    from detloop.contracts import RoundRecord
+    from detloop.settings import load_settings
+    from flows.drift import update_episodes
+    from tasks.drift import Verdict
+    from tasks.drift_records import mark_episode
+    from tasks.rounds import save_round
+
+    s = load_settings(drift_config)
+    assert s.drift.reopen_after_days == 14 and s.drift.alarm_consecutive_days == 2
+    days = [f"2026-02-{d:02d}" for d in range(1, 13)]
+    verdicts = {d: {"cam3": Verdict("cam3", d, "drift", ["confidence:ks"])} for d in days}
+
+    def run(upto: int) -> Any:
+        return SimpleNamespace(model_version="9", days=days[:upto], verdicts=verdicts, reference={"anchor": days[0]})
+
+    (first,), _ = update_episodes(s, fakes.store, run(2))  # cam3 drifted 02-01, 02-02: episode opened on 02-02
+    assert first.opened_on == "2026-02-02"
+    rid = "soak-drift-v9-2026-02-02"
+    mark_episode(fakes.store, s, first.episode_id, event_id="ev-1", round_id=rid)
+    save_round(fakes.store, s, RoundRecord(rid, "2026-02-03", "2026-02-03T10:00:00+00:00", "2026-02-10T00:00:00+00:00",
+                                           "trained" if promoted is not None else "completed", "9", 20, 2,
+                                           project=s.label_studio.project_title, reason="drift", focus_key=first.episode_id))
+    if promoted is not None:
+        fakes.store.put_json(s.s3.data_bucket, f"rounds/{rid}/result.json", {"round_id": rid, "promoted": promoted})
+    announce, episodes = update_episodes(s, fakes.store, run(3))  # 02-03 only: one drifted day since the round
+    assert announce == [] and len(episodes) == 1
+    announce, episodes = update_episodes(s, fakes.store, run(4))  # 02-04: the second
+    if promoted is False:
+        (new,) = announce
+        assert new.opened_on == "2026-02-04" and new.cameras == ["cam3"]
+        old = next(e for e in episodes if e.episode_id == first.episode_id)
+        assert old.status == "closed" and old.handed_over == ["cam3"] and old.followed_by == new.episode_id
+        assert "trained without a promotion" in (old.close_reason or "")
+    else:  # promoted, or not trained yet: the episode waits (the 14 days, or the new champion)
+        assert announce == [] and [e.status for e in episodes] == ["open"]
+
+
 def test_an_episode_whose_round_was_never_created_is_announced_again_the_next_day(
         world: Any, drift_config: str, fakes: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The third soak: the run that the repaint episode's event started failed while MLflow was down, no round was

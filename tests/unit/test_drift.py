@@ -525,3 +525,28 @@ def test_a_carried_camera_is_released_only_when_its_estimate_is_back_near_its_pr
     assert release_recovered(v, "2026-01-18", None, 0.68, 0.05) == v  # no estimate: the inputs decide
     clean = Verdict("cam2", "2026-02-01", "clean")
     assert release_recovered(clean, "2026-01-18", 0.70, 0.10, 0.05) == clean  # never turns clean into drift
+
+
+def test_a_round_trained_without_a_promotion_frees_its_still_drifting_camera_after_k_days_since_the_round() -> None:
+    from tasks.drift import answered_in_vain
+
+    d = days(8)
+    rule = cfg(alarm_consecutive_days=2, reopen_after_days=14)
+    state, eps = replay({x: vd(x, cam1="drift") for x in d[:2]}, rule, "1")
+    first = f"drift-v1-{d[1]}"
+    eps = _answer(eps, first)
+    failed = {f"round-{first}": d[3]}  # the round's day: its frames are from before d3
+    assert not answered_in_vain(eps[first], d[:4], failed, 2)  # one drifted day since the round
+    assert answered_in_vain(eps[first], d[:5], failed, 2)
+    assert not answered_in_vain(eps[first], d[:5], {"another-round": d[3]}, 2)
+    st = state
+    for x in d[2:5]:
+        st, changed, opened = advance(st, x, vd(x, cam1="drift"), rule, eps, failed)
+        eps = {**eps, **changed}
+    assert opened == [f"drift-v1-{d[4]}"] and eps[first].handed_over == ["cam1"]
+    never = cfg(alarm_consecutive_days=2, reopen_after_days=0)  # 0: no episode ever starts a second round
+    st, eps0 = replay({x: vd(x, cam1="drift") for x in d[:2]}, never, "1")
+    eps0 = _answer(eps0, first)
+    for x in d[2:8]:
+        st, changed, opened = advance(st, x, vd(x, cam1="drift"), never, eps0, failed)
+        assert opened == []
