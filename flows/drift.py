@@ -543,7 +543,8 @@ def update_episodes(settings: Settings, store: Any, run: DriftRun) -> tuple[list
     known.update({e.episode_id: e for e in old})
     state = load_state(store, settings, run.model_version)
     since = run.reference.get("anchor")  # ISO day the champion took over
-    failed = unpromoted_rounds(store, settings)  # rounds over without a promotion: their episodes need not wait
+    failed = unpromoted_rounds(store, settings, {e.round_id for e in known.values()  # rounds over without a
+                                                 if e.status == "open" and e.round_id})  # promotion: no wait
     for day in run.days:
         if (state.last_day is not None and day <= state.last_day) or (since and day < since):
             continue

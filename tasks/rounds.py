@@ -25,7 +25,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
@@ -115,11 +115,14 @@ def list_rounds(store: Any, settings: Settings, status: str | None = None) -> li
     return sorted(out, key=lambda r: (r.created_at, r.round_id))
 
 
-def unpromoted_rounds(store: Any, settings: Settings) -> dict[str, str]:
+def unpromoted_rounds(store: Any, settings: Settings, among: Collection[str] | None = None) -> dict[str, str]:
     """Trained rounds of this project whose challenger did not become champion (``rounds/<id>/result.json``:
-    ``promoted`` false), as ``round id -> the round's as_of`` (its frames are from before that day)."""
+    ``promoted`` false), as ``round id -> the round's as_of`` (its frames are from before that day); ``among``:
+    only these round ids (the monitor asks about its open episodes' rounds, not the whole history)."""
     out = {}
     for rec in list_rounds(store, settings, status="trained"):
+        if among is not None and rec.round_id not in among:
+            continue
         key = f"{round_prefix(rec.round_id)}result.json"
         if store.exists(settings.s3.data_bucket, key) and \
                 not store.get_json(settings.s3.data_bucket, key).get("promoted", False):
