@@ -120,9 +120,9 @@ def unpromoted_rounds(store: Any, settings: Settings, among: Collection[str] | N
     ``promoted`` false), as ``round id -> the round's as_of`` (its frames are from before that day); ``among``:
     only these round ids (the monitor asks about its open episodes' rounds, not the whole history)."""
     out = {}
-    for rec in list_rounds(store, settings, status="trained"):
-        if among is not None and rec.round_id not in among:
-            continue
+    recs = list_rounds(store, settings, status="trained") if among is None else \
+        [r for r in (load_round(store, settings, i) for i in sorted(among)) if r is not None and r.status == "trained"]
+    for rec in recs:
         key = f"{round_prefix(rec.round_id)}result.json"
         if store.exists(settings.s3.data_bucket, key) and \
                 not store.get_json(settings.s3.data_bucket, key).get("promoted", False):
