@@ -292,3 +292,64 @@ def test_a_camera_still_drifting_keeps_its_pre_onset_reference_under_the_next_ch
     etag = next(o.etag for o in c.store.list(s.s3.data_bucket, key))
     again = drift_monitor(DriftParams(config=str(path), as_of=date(2026, 1, 26)))
     assert again["opened"] == [] and next(o.etag for o in c.store.list(s.s3.data_bucket, key)) == etag  # not rebuilt
+
+
+def test_a_camera_whose_drift_round_was_rejected_gets_a_second_round_without_waiting(
+        world: dict[str, Any], tmp_path: Path) -> None:
+    """``tasks.drift.answered_in_vain`` end to end on the real stack: cam1 (dusk from the 19th) opens an episode
+    whose event makes the runner open a targeted round; that round is trained and its challenger rejected by the
+    gate (its ``result.json`` as the retrain flow writes it), and cam1 drifts on. Two drifted days after the round's
+    day the monitor hands cam1 to a new episode, whose event makes the runner open a second targeted round, instead
+    of the camera waiting ``drift.reopen_after_days`` (the second tiled soak's repaint)."""
+    from prefect import get_client
+
+    from detloop.clients import Clients
+    from detloop.settings import load_settings
+    from detloop.world.publish import publish_world
+    from flows.demo import _wait_for_deployments
+    from flows.drift import drift_monitor
+    from flows.params import DriftParams
+    from tasks.drift_records import list_episodes
+    from tasks.rounds import list_rounds, load_round, mark_round
+
+    cfg = yaml.safe_load(Path(world["cfg"]).read_text())
+    cfg["mlflow"]["model_name"] = f"{cfg['mlflow']['model_name']}-reopen"
+    cfg["label_studio"]["project_title"] = f"{cfg['label_studio']['project_title']}-reopen"
+    path = tmp_path / "reopen.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    s = load_settings(path)
+    c = Clients.from_settings(s)
+    assert s.drift.reopen_after_days == 14 and s.drift.alarm_consecutive_days == 2  # the defaults
+    _champion_from_round({**world, "clients": c}, s, "2026-01-17", 0)
+    _wait_for_deployments(timeout=120)
+
+    first = drift_monitor(DriftParams(config=str(path), as_of=date(2026, 1, 21)))
+    (ep1,) = list_episodes(c.store, s)
+    assert first["opened"] == [ep1.episode_id] and ep1.cameras == ["cam1"] and ep1.round_id
+    with get_client(sync_client=True) as client:
+        (run1,) = _wait_for_runs(client, "select-for-labeling/open-drift-round", str(path), ep1.episode_id)
+        assert run1.state.is_completed(), run1.state.message
+    r1 = load_round(c.store, s, ep1.round_id)
+    assert r1 is not None and r1.reason == "drift" and r1.as_of == "2026-01-21"
+
+    # the round is labelled and trained; the gate rejects its challenger (what retrain-and-promote records)
+    mark_round(c.store, s, r1.round_id, status="trained")
+    c.store.put_json(s.s3.data_bucket, f"rounds/{r1.round_id}/result.json",
+                     {"round_id": r1.round_id, "version": "99", "promoted": False, "outcome": "rejected by the gate"})
+    publish_world(s, date(2026, 1, 21), 4, 12, cameras=CAMS)  # the 21st-24th: cam1 still at dusk
+    out = drift_monitor(DriftParams(config=str(path), as_of=date(2026, 1, 25), days=4))
+    eps = {e.episode_id: e for e in list_episodes(c.store, s)}
+    (new,) = [e for e in eps.values() if e.episode_id != ep1.episode_id]
+    assert out["opened"] == [new.episode_id] and new.cameras == ["cam1"] and new.opened_on == "2026-01-22"
+    old = eps[ep1.episode_id]
+    assert old.status == "closed" and old.handed_over == ["cam1"] and old.followed_by == new.episode_id
+    with get_client(sync_client=True) as client:
+        (run2,) = _wait_for_runs(client, "select-for-labeling/open-drift-round", str(path), new.episode_id)
+        assert run2.state.is_completed(), run2.state.message
+    drift_rounds = sorted((r.round_id, r.focus_key, r.status) for r in list_rounds(c.store, s) if r.reason == "drift")
+    assert drift_rounds == sorted([(r1.round_id, ep1.episode_id, "trained"), (new.round_id, new.episode_id, "open")])
+    sel = c.store.get_json(s.s3.data_bucket, f"runs/{new.round_id}/selected_frames.json")
+    assert sel and {f["frame"]["camera"] for f in sel} == {"cam1"}
+
+    again = drift_monitor(DriftParams(config=str(path), as_of=date(2026, 1, 25), days=4))  # a re-run: nothing new
+    assert again["opened"] == [] and len(list_episodes(c.store, s)) == 2
