@@ -280,7 +280,8 @@ class RegimeSettings(_Model):
     """Blend between uncertainty (a good champion) and representativeness (a weak one), by champion quality.
 
     ``w = clip((quality - weak_below) / (good_above - weak_below), 0, 1)``; frames are ranked by
-    ``w x rank(value) + (1 - w) x rank(typicality)`` (ranks as percentiles in [0, 1]). Quality is the champion's
+    ``w x rank(value) + (1 - w) x rank(representative)`` (ranks as percentiles in [0, 1]; the representative score
+    is typicality or a seeded random draw, ``representative``). Quality is the champion's
     mAP50 on labelled frames it never trained on (the control arm's live estimate, else its golden set)."""
 
     enabled: bool = Field(False, description="Apply the blend (off: uncertainty only, whatever the quality). Off "
@@ -289,6 +290,11 @@ class RegimeSettings(_Model):
     good_above: float = Field(0.6, ge=0.0, le=1.0, description="Champion mAP50 at or above which w = 1.")
     unknown_weight: float = Field(
         1.0, ge=0.0, le=1.0, description="w when the champion's quality is unknown (1: uncertainty, as before).",
+    )
+    representative: Literal["typicality", "random"] = Field(
+        "typicality", description="What a weak champion ranks by: 'typicality' (density on the champion's own "
+        "embeddings) or 'random' (a seeded uniform draw: with w = 0 the selected arm is a random sample, no "
+        "diversity step; in between, rank(value) mixed with a random rank).",
     )
     typicality_k: int = Field(10, ge=1, le=1000, description="Neighbours of the typicality score (mean cosine).")
     reference_frames: int = Field(

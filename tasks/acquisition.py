@@ -7,7 +7,8 @@ Pure functions over flat arrays (unit-tested); :func:`tasks.selection.select` ap
    ``selection.cost.exponent``, so a frame is not favoured for holding many boxes;
 2. **regime blend** (:func:`regime_weight`, :func:`blend`): a champion too weak for its uncertainty to mean
    much (low mAP50 on frames it never trained on) ranks by representativeness (:func:`typicality` on the
-   embeddings) instead; a good one by its uncertainty; in between, a linear mix of percentile ranks;
+   embeddings, or :func:`random_representative`: a uniform random sample) instead; a good one by its
+   uncertainty; in between, a linear mix of percentile ranks;
 3. **rare-class search** (:func:`rare_search_targets`, :func:`rare_candidates`): a class with labelled examples
    but no detection in the pool cannot be found by uncertainty; frames whose embeddings are nearest to the
    labelled frames holding it are reserved a share of the budget. It stands down when the champion is weak or
@@ -89,6 +90,13 @@ def blend(value: np.ndarray, typical: np.ndarray | None, weight: float) -> np.nd
     if weight >= 1.0 or typical is None:
         return v.copy()
     return weight * percentile_rank(v) + (1.0 - weight) * percentile_rank(typical)
+
+
+def random_representative(n: int, seed: int, round_seed: int = 0) -> np.ndarray:
+    """``(n,)`` seeded uniform scores in [0, 1): the representative score of ``selection.regime.representative:
+    random``. Ranking by it alone is a uniform random sample of the pool, the unbiased one (with a weak champion
+    neither its uncertainty nor its embeddings say much); the same per ``(seed, round_seed)``."""
+    return np.random.default_rng([seed, round_seed, 7919]).random(n)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

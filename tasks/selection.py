@@ -38,6 +38,7 @@ from tasks.acquisition import (
     RareSearch,
     blend,
     per_second,
+    random_representative,
     rare_candidates,
     rare_search_targets,
     regime_weight,
@@ -340,8 +341,10 @@ def select(
     sc = score_frames(pool, settings, labelled_class_counts)
     ew_report = _apply_error_weights(pool, frames, sc, settings, slice_weights, class_names)
     acq = _acquisition(pool, emb, sc, settings, cost, champion_quality, class_exemplars, labelled_class_counts,
-                       class_names)
-    picked = select_indices(acq["rank_score"], emb, settings, round_seed, reserve=acq["reserve"],
+                       class_names, round_seed)
+    # a weak champion with representative 'random': the seeded draw is the sample, not diversified
+    picking = settings.model_copy(update={"diversity": "none"}) if acq["random_sample"] else settings
+    picked = select_indices(acq["rank_score"], emb, picking, round_seed, reserve=acq["reserve"],
                             groups=[f.frame.camera for f in frames])
     notes = sc["notes"] + acq["notes"] + picked["notes"] + _rare_note(acq["rare"])
     final = acq["rank_score"]
@@ -351,11 +354,13 @@ def select(
 
     out: list[SelectedFrame] = []
     arm_of: dict[int, str] = {}
-    diversity = settings.diversity if emb is not None else "none"
+    diversity = picking.diversity if emb is not None else "none"
     for pick, i in enumerate(picked["selected"].tolist()):
         arm_of[i] = "selected"
         why = ("rare-class search: nearest to labelled examples of a class the champion never detects"
-               if i in rare_picks else _reason(i, sc, settings, diversity))
+               if i in rare_picks else
+               "uniform random sample: the champion is too weak for its uncertainty to mean much (regime weight 0)"
+               if acq["random_sample"] else _reason(i, sc, settings, diversity))
         out.append(_selected_frame(frames[i], "selected", sc, i, int(rank[i]), why + f"; pick {pick + 1}",
                                    settings, final))
     for i in picked["control"].tolist():
@@ -396,7 +401,8 @@ def select(
         chosen=chosen,
         pool=pool_cols,
         cost=acq["cost"],
-        regime=acq["regime"].to_dict(),
+        regime={**acq["regime"].to_dict(), "representative": settings.regime.representative,
+                "random_sample": acq["random_sample"]},
         rare_search={**acq["rare"].report, "picked": len(acq["rare"].picks)},
         error_weighting=ew_report,
     )
@@ -474,7 +480,7 @@ def _rare_note(rare: RareSearch) -> list[str]:
 def _acquisition(pool: BoxPool, emb: np.ndarray | None, sc: dict[str, Any], settings: SelectionSettings,
                  cost: LabellingCostSettings | None, quality: float | None,
                  exemplars: Mapping[int, np.ndarray] | None, labelled_counts: Any,
-                 class_names: Sequence[str] | None) -> dict[str, Any]:
+                 class_names: Sequence[str] | None, round_seed: int = 0) -> dict[str, Any]:
     """Value per expected second, the regime blend and the rare-class reservation (see tasks/acquisition.py)."""
     notes: list[str] = []
     columns: dict[str, np.ndarray] = {}
@@ -491,7 +497,13 @@ def _acquisition(pool: BoxPool, emb: np.ndarray | None, sc: dict[str, Any], sett
                            "pool_median_expected_seconds": round(float(np.median(seconds)), 2)}
     regime = regime_weight(quality, settings.regime)
     typical = None
-    if regime.weight < 1.0:
+    random_sample = False
+    if regime.weight < 1.0 and settings.regime.representative == "random":
+        typical = random_representative(pool.n_frames, settings.seed, round_seed)
+        random_sample = regime.weight <= 0.0
+        notes.append("regime: representative = a seeded random draw" + (
+            " (weight 0: the selected arm is a uniform random sample, no diversity step)" if random_sample else ""))
+    elif regime.weight < 1.0:
         if emb is None:
             notes.append("regime: no embeddings to measure typicality; ranked by uncertainty only")
         else:
@@ -521,7 +533,7 @@ def _acquisition(pool: BoxPool, emb: np.ndarray | None, sc: dict[str, Any], sett
             names = [class_names[c] if class_names else str(c) for c in missing]
             rare.report = {"classes": {n: {"exemplars": 0, "candidates": 0, "picked": 0} for n in names}, "notes": []}
     return {"rank_score": rank_score, "reserve": reserve, "notes": notes, "columns": columns, "cost": cost_report,
-            "regime": regime, "rare": rare}
+            "regime": regime, "rare": rare, "random_sample": random_sample}
 
 
 def _selected_frame(f: ScoredFrame, arm: str, sc: dict[str, Any], i: int, rank: int, reason: str,

@@ -23,6 +23,7 @@ from tasks.acquisition import (
     never_detected,
     per_second,
     percentile_rank,
+    random_representative,
     rare_candidates,
     rare_search_targets,
     regime_weight,
@@ -141,6 +142,48 @@ def test_weak_champion_ranks_by_typicality_and_says_so() -> None:
     assert weak.report["regime"]["uncertainty_weight"] == 0.0
     assert weak.report["regime"]["champion_map50"] == 0.1
     assert any("regime" in n for n in weak.notes)
+
+
+def test_random_representative_is_seeded_per_round() -> None:
+    a, b = random_representative(50, 0, 1), random_representative(50, 0, 1)
+    assert a.shape == (50,) and ((a >= 0) & (a < 1)).all() and (a == b).all()
+    assert not (a == random_representative(50, 0, 2)).all() and not (a == random_representative(50, 1, 1)).all()
+
+
+def test_weak_champion_with_random_representative_draws_a_uniform_sample() -> None:
+    """``regime.representative: random``: with weight 0 the selected arm is a seeded random sample, whatever the
+    scores and the configured diversity step; with a good champion the rule changes nothing."""
+    rng = np.random.default_rng(3)
+    embs = [rng.standard_normal(4).astype(np.float32) for _ in range(40)]
+    calm = [scored(i, [0.95], [0], embs[i]) for i in range(40)]
+    torn = [scored(i, [0.4 + 0.01 * i], [0], embs[i], second=0.35) for i in range(40)]  # other uncertainties
+    cfg = {"budget": 8, "diversity": "filter_kcenter", "regime": {"enabled": True, "representative": "random"}}
+
+    def keys(frames: list[ScoredFrame], quality: float, round_seed: int = 0, **kw: object) -> list[str]:
+        res = select(frames, None, sel(**{**cfg, **kw}), round_seed=round_seed, champion_quality=quality)
+        return [f.frame.key for f in res.selected if f.arm == "selected"]
+
+    weak = keys(calm, 0.1)
+    assert len(weak) == 8 and weak == keys(torn, 0.1)  # the scores do not matter
+    assert sorted(weak) == sorted(keys(calm, 0.1, diversity="none"))  # nor does the diversity step
+    want = np.argsort(-random_representative(40, 0, 0), kind="stable")[:8]
+    assert sorted(weak) == sorted(calm[i].frame.key for i in want)
+    assert sorted(keys(calm, 0.1, round_seed=1)) != sorted(weak)  # another round, another draw
+    res = select(torn, None, sel(**cfg), champion_quality=0.1)
+    assert res.report["regime"]["random_sample"] is True and res.report["regime"]["uncertainty_weight"] == 0.0
+    assert all(f.reason.startswith("uniform random sample") for f in res.selected)
+    assert any("seeded random draw" in n for n in res.notes)
+    good = select(torn, None, sel(**cfg), champion_quality=0.9)  # w = 1: uncertainty (and diversity) as before
+    plain = select(torn, None, sel(**{**cfg, "regime": {"enabled": False}}), champion_quality=0.9)
+    assert [f.frame.key for f in good.selected] == [f.frame.key for f in plain.selected]
+    assert good.report["regime"]["random_sample"] is False
+
+
+def test_regime_representative_is_validated(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("classes: [a]\nselection: {regime: {representative: coreset}}\n")
+    with pytest.raises(ConfigError, match="representative"):
+        load_settings(cfg)
 
 
 def test_rare_class_search_reserves_frames_and_reports_them() -> None:
