@@ -292,9 +292,9 @@ class RegimeSettings(_Model):
         1.0, ge=0.0, le=1.0, description="w when the champion's quality is unknown (1: uncertainty, as before).",
     )
     representative: Literal["typicality", "random"] = Field(
-        "typicality", description="What a weak champion ranks by: 'typicality' (density on the champion's own "
-        "embeddings) or 'random' (a seeded uniform draw: with w = 0 the selected arm is a random sample, no "
-        "diversity step; in between, rank(value) mixed with a random rank).",
+        "random", description="What a weak champion ranks by: 'random' (a seeded uniform draw: with w = 0 the "
+        "selected arm is a random sample, no diversity step; in between, rank(value) mixed with a random rank) or "
+        "'typicality' (density on the champion's own embeddings; measured worse at a cold start: docs/selection.md).",
     )
     typicality_k: int = Field(10, ge=1, le=1000, description="Neighbours of the typicality score (mean cosine).")
     reference_frames: int = Field(

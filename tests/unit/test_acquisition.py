@@ -135,9 +135,10 @@ def test_weak_champion_ranks_by_typicality_and_says_so() -> None:
     frames = [scored(i, [0.9], [0], (np.array([1.0, 0, 0, 0]) + 0.05 * rng.standard_normal(4)).astype(np.float32))
               for i in range(20)]
     frames.append(scored(20, [0.5], [0], np.array([0, 0, 0, 1.0], np.float32)))  # most uncertain, an outlier
-    good = select(frames, None, sel(regime={"enabled": True}), champion_quality=0.8)
+    typ = {"enabled": True, "representative": "typicality"}
+    good = select(frames, None, sel(regime=typ), champion_quality=0.8)
     assert good.selected[0].frame.key == frames[20].frame.key
-    weak = select(frames, None, sel(regime={"enabled": True}), champion_quality=0.1)
+    weak = select(frames, None, sel(regime=typ), champion_quality=0.1)
     assert weak.selected[0].frame.key != frames[20].frame.key
     assert weak.report["regime"]["uncertainty_weight"] == 0.0
     assert weak.report["regime"]["champion_map50"] == 0.1
@@ -157,7 +158,8 @@ def test_weak_champion_with_random_representative_draws_a_uniform_sample() -> No
     embs = [rng.standard_normal(4).astype(np.float32) for _ in range(40)]
     calm = [scored(i, [0.95], [0], embs[i]) for i in range(40)]
     torn = [scored(i, [0.4 + 0.01 * i], [0], embs[i], second=0.35) for i in range(40)]  # other uncertainties
-    cfg = {"budget": 8, "diversity": "filter_kcenter", "regime": {"enabled": True, "representative": "random"}}
+    cfg = {"budget": 8, "diversity": "filter_kcenter", "regime": {"enabled": True}}  # representative: the default
+    assert SelectionSettings().regime.representative == "random"
 
     def keys(frames: list[ScoredFrame], quality: float, round_seed: int = 0, **kw: object) -> list[str]:
         res = select(frames, None, sel(**{**cfg, **kw}), round_seed=round_seed, champion_quality=quality)
