@@ -77,6 +77,21 @@ def _champion_from_round(w: dict[str, Any], s: Any, day: str, seed: int) -> str:
     return v
 
 
+def _own_model(world: dict[str, Any], tmp_path: Path, suffix: str) -> tuple[Path, Any, Any]:
+    """This world's config with its own registered model and project (``<name>-<suffix>``): ``(path, settings,
+    clients)``, so a test's champions and episodes are its own."""
+    from detloop.clients import Clients
+    from detloop.settings import load_settings
+
+    cfg = yaml.safe_load(Path(world["cfg"]).read_text())
+    cfg["mlflow"]["model_name"] = f"{cfg['mlflow']['model_name']}-{suffix}"
+    cfg["label_studio"]["project_title"] = f"{cfg['label_studio']['project_title']}-{suffix}"
+    path = tmp_path / f"{suffix}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    s = load_settings(path)
+    return path, s, Clients.from_settings(s)
+
+
 def test_the_reference_is_replaced_on_promotion_and_restored_on_rollback(world: dict[str, Any]) -> None:
     from detloop.settings import load_settings
     from flows.drift import drift_report
@@ -248,22 +263,13 @@ def test_a_camera_still_drifting_keeps_its_pre_onset_reference_under_the_next_ch
     v1; v2 takes over on the 23rd, its ordinary reference days (20th-22nd) all dusk on cam1. cam1's part of v2's
     reference is its days before the onset, scored by v2 and stored with the reference, read back unchanged by the
     next run, and cam1 opens a new episode under v2 (the third soak's missed recovery)."""
-    from detloop.clients import Clients
-    from detloop.settings import load_settings
     from detloop.world.publish import publish_world
     from flows.drift import drift_monitor
     from flows.params import DriftParams
     from tasks.drift_records import list_episodes, load_reference, version_prefix
 
     monkeypatch.setattr("prefect.events.emit_event", lambda **kw: None)  # no targeted round from the runner here
-    cfg = yaml.safe_load(Path(world["cfg"]).read_text())
-    name = f"{cfg['mlflow']['model_name']}-carry"
-    cfg["mlflow"]["model_name"] = name
-    cfg["label_studio"]["project_title"] = f"{cfg['label_studio']['project_title']}-carry"
-    path = tmp_path / "carry.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    s = load_settings(path)
-    c = Clients.from_settings(s)
+    path, s, c = _own_model(world, tmp_path, "carry")
     w = {**world, "clients": c}
     assert s.drift.carry_unrecovered  # the default
 
@@ -303,8 +309,6 @@ def test_a_camera_whose_drift_round_was_rejected_gets_a_second_round_without_wai
     of the camera waiting ``drift.reopen_after_days`` (the second tiled soak's repaint)."""
     from prefect import get_client
 
-    from detloop.clients import Clients
-    from detloop.settings import load_settings
     from detloop.world.publish import publish_world
     from flows.demo import _wait_for_deployments
     from flows.drift import drift_monitor
@@ -312,13 +316,7 @@ def test_a_camera_whose_drift_round_was_rejected_gets_a_second_round_without_wai
     from tasks.drift_records import list_episodes
     from tasks.rounds import list_rounds, load_round, mark_round
 
-    cfg = yaml.safe_load(Path(world["cfg"]).read_text())
-    cfg["mlflow"]["model_name"] = f"{cfg['mlflow']['model_name']}-reopen"
-    cfg["label_studio"]["project_title"] = f"{cfg['label_studio']['project_title']}-reopen"
-    path = tmp_path / "reopen.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    s = load_settings(path)
-    c = Clients.from_settings(s)
+    path, s, c = _own_model(world, tmp_path, "reopen")
     assert s.drift.reopen_after_days == 14 and s.drift.alarm_consecutive_days == 2  # the defaults
     _champion_from_round({**world, "clients": c}, s, "2026-01-17", 0)
     _wait_for_deployments(timeout=120)
