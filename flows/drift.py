@@ -43,6 +43,7 @@ from flows.common import (
 )
 from flows.params import DriftParams
 from tasks.drift import CameraDayStats, Episode, Features, Verdict
+from tasks.label_free import ESTIMATOR_NAMES
 
 _NS = uuid.UUID("1b0f5f0e-9d2c-4f7e-8a55-0d7c3f2e9a41")  # event ids of drift episodes
 
@@ -197,12 +198,12 @@ def carry_unrecovered(settings: Settings, clients: Any, version: str, production
     return Features.concat([feats.select(~np.isin(feats.camera, list(carried))), *parts]), carried
 
 
-def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1) -> None:
-    """Verdicts of carried cameras (:func:`carry_unrecovered`): a drifted day whose label-free estimate is back
-    within ``tolerance`` of the camera's estimate on its pre-onset reference counts as clean (in place). An
-    estimate needs ``min_boxes`` detections on its side (``drift.min_boxes``, as the box-level tests do)."""
+def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1, estimator: str = "atc_doc") -> None:
+    """Verdicts of carried cameras (:func:`carry_unrecovered`): a drifted day whose label-free estimate
+    (``estimator``, :func:`label_free_estimate`) is back within ``tolerance`` of the camera's estimate on its
+    pre-onset reference counts as clean (in place). An estimate needs ``min_boxes`` detections on its side
+    (``drift.min_boxes``, as the box-level tests do)."""
     from tasks.drift import release_recovered
-    from tasks.label_free import atc_share
 
     carried = run.reference.get("carried") or {}
     if not carried:
@@ -213,9 +214,8 @@ def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1) -> None
                          "label-free estimate (no calibration on control frames), so recovery is not told from drift")
         return
 
-    def est(f: Features) -> float | None:  # a share of too few boxes says nothing
-        v = atc_share(f.box_confidence, t) if f.n_boxes >= min_boxes else float("nan")
-        return v if v == v else None
+    def est(f: Features) -> float | None:  # an estimate from too few boxes says nothing
+        return label_free_estimate(run, f.box_confidence, estimator) if f.n_boxes >= min_boxes else None
 
     for cam, info in carried.items():
         ref_est = est(run.reference_features.of_camera(cam))
@@ -322,7 +322,8 @@ def drift_report(as_of: date, config: str | None = None, overrides: dict[str, An
                    feats, focus=list(cameras) if cameras else None)
     if live:
         run.live = retrying(steps.live_accuracy, settings)(settings, clients, champion)
-    release_carried(run, settings.drift.recovery_tolerance, settings.drift.min_boxes)
+    release_carried(run, settings.drift.recovery_tolerance, settings.drift.min_boxes,
+                    settings.drift.label_free_estimator)
     new_cams = sorted({c for cams in stats.values() for c, s in cams.items() if s.reference != "camera"})
     if new_cams:
         run.notes.append(f"{', '.join(new_cams)}: no (or too few) frames in the reference: compared with every "
@@ -367,17 +368,30 @@ def _last_sufficient(run: DriftRun, camera: str) -> str | None:
                  and run.stats[d][camera].sufficient), None)
 
 
-def atc_estimate(run: DriftRun, camera: str, day: str | None) -> float | None:
-    """The label-free mAP50 estimate of one camera-day (ATC, :mod:`tasks.label_free`): its share of detections at or
-    above the threshold calibrated on the control arm (None without a calibration or detections)."""
-    from tasks.label_free import atc_share
+def label_free_estimate(run: DriftRun, confidences: np.ndarray, estimator: str) -> float | None:
+    """The label-free mAP50 estimate (:func:`tasks.label_free.from_confidences`) of a set of detections'
+    ``confidences``, calibrated on the pooled control frames of ``run.live`` (None without a calibration or
+    detections; a live record from before DoC was calibrated gives ATC alone)."""
+    from tasks.label_free import from_confidences
 
-    t = run.live.atc_threshold if run.live is not None else None
-    feats = run.features.get(day) if day else None
-    if t is None or feats is None:
+    live = run.live
+    t = live.atc_threshold if live is not None else None
+    if live is None or t is None:
         return None
-    v = atc_share(feats.of_camera(camera).box_confidence, t)
+    m50 = live.overall.map50 if live.overall is not None else None
+    mc = live.mean_confidence
+    v = from_confidences(confidences, estimator, t, float("nan") if m50 is None else m50,
+                         float("nan") if mc is None else mc)
     return v if v == v else None
+
+
+def camera_day_estimate(run: DriftRun, camera: str, day: str | None, estimator: str = "atc_doc") -> float | None:
+    """The label-free mAP50 estimate of one camera-day (:func:`label_free_estimate`; None without a calibration,
+    the day or detections)."""
+    feats = run.features.get(day) if day else None
+    if feats is None:
+        return None
+    return label_free_estimate(run, feats.of_camera(camera).box_confidence, estimator)
 
 
 def report_markdown(run: DriftRun, settings: Settings, episodes: list[Episode]) -> str:
@@ -412,7 +426,8 @@ def report_markdown(run: DriftRun, settings: Settings, episodes: list[Episode]) 
             "brightness": f"{_fmt(s.summary['brightness'][0], 2)} -> {_fmt(s.summary['brightness'][1], 2)}" if s else "-",
             "confidence": f"{_fmt(s.summary['confidence'][0], 2)} -> {_fmt(s.summary['confidence'][1], 2)}" if s else "-",
             "dets/frame": f"{_fmt(s.summary['detections'][0], 1)} -> {_fmt(s.summary['detections'][1], 1)}" if s else "-",
-            "est. mAP50 (ATC)": _fmt(atc_estimate(run, cam, last)),
+            f"est. mAP50 ({ESTIMATOR_NAMES[d.label_free_estimator]})":
+                _fmt(camera_day_estimate(run, cam, last, d.label_free_estimator)),
             "top PSI (noise)": f"{top.feature} {top.value:.2f} ({_fmt(top.scaled, 2)})" if top else "-",
             "signals": ", ".join(v.signals[:4]) + (" ..." if v and len(v.signals) > 4 else "") if v else "-",
             "episode": ep or "-",

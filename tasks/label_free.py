@@ -14,7 +14,15 @@ whose labels are known (the control arm):
   calibration mAP50 scaled by the day's agreement over the calibration agreement. Unstable boxes are the ones a
   model gets wrong more often.
 
-``combined`` is their mean. Nothing here reads a label except :func:`calibrate` (the control frames').
+- **DoC** (difference of confidences, Guillory et al., ICCV 2021): the calibration mAP50 plus the change of the
+  mean detection confidence from the calibration frames to the day. It moves smoothly where ATC jumps (a weak
+  champion's confidences crowd around ATC's threshold, so a small shift moves many boxes across it) but moves
+  less than the accuracy does.
+
+``atc_doc``, the mean of ATC and DoC, is what the monitor reports by default (``drift.label_free_estimator``):
+averaging two estimators with different errors halves neither's signal and cuts the noise (measured in
+docs/benchmarks.md). ``combined`` is the mean of ATC and flip agreement (flip needs a second, flipped pass, which
+the daily monitor does not run). Nothing here reads a label except :func:`calibrate` (the control frames').
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ import numpy as np
 from detloop.detections import Detections
 from detloop.ops import box_iou
 
-ESTIMATORS = ("atc", "flip", "combined")
+ESTIMATORS = ("atc", "doc", "atc_doc", "flip", "combined")
+MONITOR_ESTIMATORS = ("atc", "doc", "atc_doc")  # from the confidences alone: what the daily monitor can compute
+ESTIMATOR_NAMES = {"atc": "ATC", "doc": "DoC", "atc_doc": "ATC+DoC", "flip": "flip", "combined": "ATC+flip"}
 
 
 def detection_confidences(dets: Sequence[Detections], min_confidence: float) -> np.ndarray:
@@ -61,6 +71,31 @@ def atc_share(confidences: np.ndarray, threshold: float) -> float:
     if c.size == 0 or not np.isfinite(threshold):
         return float("nan")
     return float(np.mean(c >= threshold))
+
+
+def doc_estimate(confidences: np.ndarray, map50: float, mean_confidence: float) -> float:
+    """DoC: ``map50 + mean(confidences) - mean_confidence``, clipped to [0, 1] (NaN without detections or without
+    the calibration's mean confidence)."""
+    c = np.asarray(confidences, np.float64)
+    if c.size == 0 or not np.isfinite(mean_confidence) or not np.isfinite(map50):
+        return float("nan")
+    return float(np.clip(map50 + c.mean() - mean_confidence, 0.0, 1.0))
+
+
+def from_confidences(confidences: np.ndarray, estimator: str, threshold: float, map50: float,
+                     mean_confidence: float) -> float:
+    """One of :data:`MONITOR_ESTIMATORS` of a set of detections' ``confidences`` (NaN when undefined; ``atc_doc``
+    falls back to whichever of the two is defined)."""
+    if estimator not in MONITOR_ESTIMATORS:
+        raise ValueError(f"label-free estimator must be one of {', '.join(MONITOR_ESTIMATORS)}, got {estimator!r}")
+    atc = atc_share(confidences, threshold)
+    doc = doc_estimate(confidences, map50, mean_confidence)
+    if estimator == "atc":
+        return atc
+    if estimator == "doc":
+        return doc
+    both = [v for v in (atc, doc) if np.isfinite(v)]
+    return float(np.mean(both)) if both else float("nan")
 
 
 def flip_agreement(dets: Detections, flipped: Detections | None, min_confidence: float, iou: float = 0.5) -> float:
@@ -126,12 +161,14 @@ class Calibration:
         threshold: ATC confidence threshold.
         flip: the control frames' mean flip agreement.
         n_frames: control frames it was fitted on.
+        mean_confidence: the control frames' mean detection confidence (DoC).
     """
 
     map50: float
     threshold: float
     flip: float
     n_frames: int
+    mean_confidence: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,17 +176,19 @@ class Calibration:
 
 def calibrate(control: DayStats, control_map50: float) -> Calibration:
     """Fit the estimators on control frames whose labelled mAP50 is ``control_map50``."""
-    return Calibration(float(control_map50), atc_threshold(control.confidences, control_map50), control.mean_flip,
-                       int(control.flip.size))
+    c = control.confidences
+    return Calibration(float(control_map50), atc_threshold(c, control_map50), control.mean_flip,
+                       int(control.flip.size), float(np.mean(c)) if c.size else float("nan"))
 
 
 def estimate(day: DayStats, cal: Calibration) -> dict[str, float]:
-    """Label-free mAP50 estimates of one camera-day: ``{"atc", "flip", "combined"}`` (NaN when undefined)."""
-    atc = atc_share(day.confidences, cal.threshold)
+    """Label-free mAP50 estimates of one camera-day, one per :data:`ESTIMATORS` (NaN when undefined)."""
+    out = {e: from_confidences(day.confidences, e, cal.threshold, cal.map50, cal.mean_confidence)
+           for e in MONITOR_ESTIMATORS}
     f = day.mean_flip
     flip = float(np.clip(cal.map50 * f / cal.flip, 0.0, 1.0)) if np.isfinite(f) and cal.flip > 0 else float("nan")
-    both = [v for v in (atc, flip) if np.isfinite(v)]
-    return {"atc": atc, "flip": flip, "combined": float(np.mean(both)) if both else float("nan")}
+    both = [v for v in (out["atc"], flip) if np.isfinite(v)]
+    return {**out, "flip": flip, "combined": float(np.mean(both)) if both else float("nan")}
 
 
 def agreement(estimates: Sequence[float], truths: Sequence[float], tolerance: float = 0.05) -> dict[str, Any]:

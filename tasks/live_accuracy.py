@@ -54,6 +54,7 @@ class LiveAccuracy:
     series: list[LivePoint] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     atc_threshold: float | None = None  # label-free estimate (tasks.label_free, ATC) calibrated on the pooled frames
+    mean_confidence: float | None = None  # the same frames' mean detection confidence (DoC)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,17 +158,19 @@ def summarize(items: Sequence[Any], sources: Sequence[str], preds: Sequence[Any]
 
 
 def atc_calibration(preds: Sequence[Any], sources: Sequence[str], round_order: Sequence[str], focused: set[str],
-                    overall: LivePoint | None, settings: Settings) -> float | None:
-    """The ATC confidence threshold (:func:`tasks.label_free.atc_threshold`) on the frames of the pooled overall
-    live mAP: detections at or above ``drift.min_confidence`` and that point's mAP50 (None without it)."""
+                    overall: LivePoint | None, settings: Settings) -> tuple[float | None, float | None]:
+    """``(threshold, mean confidence)`` of the label-free estimators (:mod:`tasks.label_free`) on the frames of the
+    pooled overall live mAP: ATC's threshold at that point's mAP50 and DoC's mean confidence, over the detections
+    at or above ``drift.min_confidence`` (``(None, None)`` without the point or detections)."""
     from tasks.label_free import atc_threshold, detection_confidences
 
     if overall is None or overall.map50 is None:
-        return None
+        return None, None
     recent = set(round_order[-settings.drift.live_rounds:])
     idx = [i for i, s in enumerate(sources) if s in recent and s not in focused]
-    t = atc_threshold(detection_confidences([preds[i] for i in idx], settings.drift.min_confidence), overall.map50)
-    return float(t) if np.isfinite(t) else None
+    conf = detection_confidences([preds[i] for i in idx], settings.drift.min_confidence)
+    t = atc_threshold(conf, overall.map50)
+    return (float(t), float(conf.mean())) if np.isfinite(t) else (None, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,7 +252,7 @@ def live_accuracy(settings: Settings, store: Any, version: str, scoring_dir: Any
             golden_after[s] = doc.get("golden_map_challenger") if doc.get("promoted") else doc.get("golden_map_champion")
     out.rounds = [s.removeprefix("round:") for s in order[-d.live_rounds:]]
     out.pooled, out.series = summarize(items, sources, preds, settings, order, focused, golden_after, as_of)
-    out.atc_threshold = atc_calibration(preds, sources, order, focused, out.overall, settings)
+    out.atc_threshold, out.mean_confidence = atc_calibration(preds, sources, order, focused, out.overall, settings)
     if focused & set(order):
         out.notes.append(f"{len(focused & set(order))} drift round(s): their control frames count for their cameras "
                          "only (their pool was focused on those cameras)")

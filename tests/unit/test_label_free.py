@@ -13,8 +13,10 @@ from tasks.label_free import (
     atc_threshold,
     calibrate,
     detection_confidences,
+    doc_estimate,
     estimate,
     flip_agreement,
+    from_confidences,
 )
 
 
@@ -42,6 +44,35 @@ def test_atc_estimate_falls_when_confidences_fall() -> None:
     assert same["atc"] == pytest.approx(0.7, abs=0.03)
     assert unsure["atc"] < 0.4  # a shifted day: the estimate moves with the confidences
     assert same["flip"] == pytest.approx(0.7)  # flip agreement unchanged -> calibration mAP
+
+
+def test_doc_moves_with_the_mean_confidence_and_atc_doc_averages_the_two() -> None:
+    conf = np.array([0.4, 0.6, 0.8])
+    assert doc_estimate(conf, 0.5, 0.7) == pytest.approx(0.5 + 0.6 - 0.7)
+    assert doc_estimate(conf, 0.95, 0.2) == 1.0 and doc_estimate(conf, 0.1, 0.9) == 0.0  # clipped to [0, 1]
+    assert np.isnan(doc_estimate(np.zeros(0), 0.5, 0.7)) and np.isnan(doc_estimate(conf, 0.5, float("nan")))
+    atc = 2 / 3  # 0.6 and 0.8 at or above 0.55
+    assert from_confidences(conf, "atc", 0.55, 0.5, 0.7) == pytest.approx(atc)
+    assert from_confidences(conf, "doc", 0.55, 0.5, 0.7) == pytest.approx(0.4)
+    assert from_confidences(conf, "atc_doc", 0.55, 0.5, 0.7) == pytest.approx((atc + 0.4) / 2)
+    # without DoC's calibration (a live record from before it existed) the mean is ATC alone
+    assert from_confidences(conf, "atc_doc", 0.55, 0.5, float("nan")) == pytest.approx(atc)
+    assert np.isnan(from_confidences(np.zeros(0), "atc_doc", 0.55, 0.5, 0.7))
+    with pytest.raises(ValueError, match="one of atc, doc, atc_doc"):
+        from_confidences(conf, "flip", 0.55, 0.5, 0.7)
+
+
+def test_the_calibration_keeps_the_control_frames_mean_confidence_for_doc() -> None:
+    rng = np.random.default_rng(1)
+    ctl = rng.beta(6, 2, 1000)
+    cal = calibrate(DayStats(ctl, np.full(10, 0.9)), 0.7)
+    assert cal.mean_confidence == pytest.approx(ctl.mean())
+    day = ctl - 0.1  # every box 0.1 less sure
+    e = estimate(DayStats(day, np.full(10, 0.9)), cal)
+    assert e["doc"] == pytest.approx(0.6)
+    assert e["atc_doc"] == pytest.approx((e["atc"] + e["doc"]) / 2)
+    assert e["atc"] < 0.6  # ATC moves more than DoC with the same shift
+    assert np.isnan(calibrate(DayStats(np.zeros(0), np.zeros(0)), 0.5).mean_confidence)
 
 
 def test_flip_agreement_hand_computed() -> None:
@@ -89,7 +120,7 @@ def test_agreement_counts_within_tolerance_and_skips_nan() -> None:
 
 def test_the_monitor_calibrates_atc_on_the_pooled_control_frames_and_estimates_each_camera_day() -> None:
     from detloop.settings import load_settings
-    from flows.drift import DriftRun, atc_estimate
+    from flows.drift import DriftRun, camera_day_estimate
     from tasks.drift import Features
     from tasks.live_accuracy import LiveAccuracy, LivePoint, atc_calibration
 
@@ -97,12 +128,14 @@ def test_the_monitor_calibrates_atc_on_the_pooled_control_frames_and_estimates_e
     preds = [_dets([[0, 0, 9, 9]], [c], [0]) for c in (0.3, 0.5, 0.7, 0.9, 0.95)]
     sources = ["round:a", "round:b", "round:b", "round:b", "round:b"]  # only the last round is pooled
     overall = LivePoint("pooled", "all", 4, 4, map=0.4, map50=0.5)
-    t = atc_calibration(preds, sources, ["round:a", "round:b"], set(), overall, s)
+    t, mc = atc_calibration(preds, sources, ["round:a", "round:b"], set(), overall, s)
     assert t is not None and atc_share(np.array([0.5, 0.7, 0.9, 0.95], np.float32), t) == pytest.approx(0.5)
-    assert atc_calibration(preds, sources, ["round:a", "round:b"], {"round:b"}, overall, s) is None  # no frames
-    assert atc_calibration(preds, sources, ["round:b"], set(), None, s) is None  # no live mAP yet
+    assert mc == pytest.approx(np.mean([0.5, 0.7, 0.9, 0.95]))
+    assert atc_calibration(preds, sources, ["round:a", "round:b"], {"round:b"}, overall, s) == (None, None)  # no frames
+    assert atc_calibration(preds, sources, ["round:b"], set(), None, s) == (None, None)  # no live mAP yet
 
     live = LiveAccuracy("1", None, 0.9, atc_threshold=0.8)
+    atc_estimate = lambda r, c, d: camera_day_estimate(r, c, d, "atc")  # noqa: E731
     f = Features.empty()
     day = Features(np.array(["cam0", "cam0", "cam1"]), np.array(["2026-01-20"] * 3), np.zeros(3), np.zeros(3),
                    np.array([2, 1, 1]), None, np.array([0, 0, 1, 2]), np.array([0.9, 0.3, 0.85, 0.4]),
@@ -113,6 +146,12 @@ def test_the_monitor_calibrates_atc_on_the_pooled_control_frames_and_estimates_e
     assert atc_estimate(run, "cam0", None) is None
     run.live = LiveAccuracy("1", None, 0.9)  # no calibration (e.g. no labelled control arm yet)
     assert atc_estimate(run, "cam0", "2026-01-20") is None
+    # DoC needs the calibration's mAP50 and mean confidence: cam0's mean against 0.7 at mAP50 0.5
+    run.live = LiveAccuracy("1", None, 0.9, pooled=[overall], atc_threshold=0.8, mean_confidence=0.7)
+    doc = 0.5 + (0.9 + 0.3 + 0.85) / 3 - 0.7
+    assert camera_day_estimate(run, "cam0", "2026-01-20", "doc") == pytest.approx(doc)
+    assert camera_day_estimate(run, "cam0", "2026-01-20", "atc_doc") == pytest.approx((2 / 3 + doc) / 2)
+    assert camera_day_estimate(run, "cam0", "2026-01-20") == pytest.approx((2 / 3 + doc) / 2)  # the default
     assert LiveAccuracy.from_dict(live.to_dict()).atc_threshold == 0.8
     assert LiveAccuracy.from_dict({k: v for k, v in live.to_dict().items() if k != "atc_threshold"}).atc_threshold \
         is None  # a live record cached before the field existed still loads
