@@ -310,7 +310,7 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     from detloop.settings import load_settings
     from detloop.world.config import load_world_config
     from tasks.drift import Features, compare, replay, verdict
-    from tasks.label_free import ESTIMATORS, agreement, calibrate, estimate
+    from tasks.label_free import ESTIMATORS, agreement, calibrate, cross_validated_atc_weight, estimate
     from tasks.scoring import ModelRef, load_scorer
 
     t_start = time.perf_counter()
@@ -414,7 +414,8 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
 
     # label-free accuracy. As the monitor does (tasks.live_accuracy.atc_calibration), the estimators are calibrated
     # once on the control frames of every camera's reference days pooled, at their mAP50 (the mean of the cameras'
-    # control mAP50, equal frames each); per-camera calibrations are kept for comparison (`<estimator>_per_camera`).
+    # control mAP50, equal frames each), ATC's weight in `weighted` from leave-one-camera-out errors on the same
+    # control frames; per-camera calibrations are kept for comparison (`<estimator>_per_camera`).
     from tasks.label_free import DayStats
 
     def ctl_of(cs: Sequence[str]) -> tuple[Any, float] | None:
@@ -426,7 +427,12 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
                          np.concatenate([x.control.flip for x in days_])), float(np.mean(maps)))
 
     pooled = ctl_of(cams)
-    cal_all = calibrate(*pooled) if pooled else None
+    groups = []  # per camera (control confidences, control mAP50, frames): ATC's cross-validated weight
+    for cam in cams:
+        own = ctl_of([cam])
+        if own is not None:
+            groups.append((own[0].confidences, own[1], int(own[0].flip.size)))
+    cal_all = calibrate(*pooled, atc_weight=cross_validated_atc_weight(groups)) if pooled else None
     lf_rows = []
     for cam in cams:
         own = ctl_of([cam])
@@ -468,7 +474,7 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
 
 
 def targets(groups: Mapping[str, Any], drifts: Mapping[str, Any], label_free: Mapping[str, Any],
-            cfg: BenchConfig, estimator: str = "atc_doc") -> dict[str, Any]:
+            cfg: BenchConfig, estimator: str = "weighted") -> dict[str, Any]:
     """The issue's targets, reached or not (pure); label-free accuracy is judged on ``estimator``, the one the
     monitor reports (``drift.label_free_estimator``), not on the best of several."""
     out: dict[str, Any] = {}

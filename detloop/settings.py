@@ -874,10 +874,11 @@ class DriftSettings(_Model):
         200, ge=20, le=100_000, description="Bootstrap resamples (over frames) of the live mAP interval.",
     )
     confidence_level: float = Field(0.9, gt=0.5, lt=1.0, description="Level of the live mAP interval.")
-    label_free_estimator: Literal["atc", "doc", "atc_doc"] = Field(
-        "atc_doc", description="The label-free mAP50 estimate of a camera-day, calibrated on the pooled control frames "
-        "(tasks/label_free.py): atc (share of detections above a calibrated confidence), doc (calibrated mAP plus "
-        "the change of mean confidence) or atc_doc (their mean; measured in docs/benchmarks.md).",
+    label_free_estimator: Literal["atc", "doc", "atc_doc", "weighted"] = Field(
+        "weighted", description="The label-free mAP50 estimate of a camera-day, calibrated on the pooled control "
+        "frames (tasks/label_free.py): atc (share of detections above a calibrated confidence), doc (calibrated mAP "
+        "plus the change of mean confidence), atc_doc (their mean) or weighted (weighted by each one's error on "
+        "cameras left out of the calibration; measured in docs/benchmarks.md).",
     )
     experiment: str = Field("detloop-monitoring", description="MLflow experiment of the monitoring runs.")
     round_budget: int | None = Field(

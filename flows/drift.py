@@ -198,7 +198,7 @@ def carry_unrecovered(settings: Settings, clients: Any, version: str, production
     return Features.concat([feats.select(~np.isin(feats.camera, list(carried))), *parts]), carried
 
 
-def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1, estimator: str = "atc_doc") -> None:
+def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1, estimator: str = "weighted") -> None:
     """Verdicts of carried cameras (:func:`carry_unrecovered`): a drifted day whose label-free estimate
     (``estimator``, :func:`label_free_estimate`) is back within ``tolerance`` of the camera's estimate on its
     pre-onset reference counts as clean (in place). An estimate needs ``min_boxes`` detections on its side
@@ -381,11 +381,11 @@ def label_free_estimate(run: DriftRun, confidences: np.ndarray, estimator: str) 
     m50 = live.overall.map50 if live.overall is not None else None
     mc = live.mean_confidence
     v = from_confidences(confidences, estimator, t, float("nan") if m50 is None else m50,
-                         float("nan") if mc is None else mc)
+                         float("nan") if mc is None else mc, live.atc_weight)
     return v if v == v else None
 
 
-def camera_day_estimate(run: DriftRun, camera: str, day: str | None, estimator: str = "atc_doc") -> float | None:
+def camera_day_estimate(run: DriftRun, camera: str, day: str | None, estimator: str = "weighted") -> float | None:
     """The label-free mAP50 estimate of one camera-day (:func:`label_free_estimate`; None without a calibration,
     the day or detections)."""
     feats = run.features.get(day) if day else None
@@ -477,7 +477,18 @@ def live_markdown(live: Any) -> str:
     head = (f"## Live accuracy of v{live.model_version} (control arm of rounds {', '.join(live.rounds) or '-'})\n\n"
             f"Golden mAP50-95 of v{live.model_version}: {_fmt(live.golden_map)}.\n\n")
     notes = "".join(f"- {n}\n" for n in live.notes)
-    return head + md_table(rows) + "\n### Over rounds (rolling)\n\n" + md_table(srows) + notes
+    return head + md_table(rows) + label_free_line(live) + "\n### Over rounds (rolling)\n\n" + md_table(srows) + notes
+
+
+def label_free_line(live: Any) -> str:
+    """What the label-free estimates of the camera rows rest on (one line; empty without a calibration)."""
+    if live.atc_threshold is None:
+        return ""
+    w = live.atc_weight
+    return (f"\nLabel-free estimates calibrated on the pooled control frames above: ATC threshold "
+            f"{_fmt(live.atc_threshold)}, mean confidence {_fmt(live.mean_confidence)}; ATC's weight beside DoC "
+            + (f"{w:.2f} (cross-validated over cameras).\n" if w is not None else "0.50 (fewer than two cameras "
+               "with enough control frames to cross-validate).\n"))
 
 
 def report_pictures(run: DriftRun, settings: Settings, episodes: list[Episode], out_dir: Path) -> list[Path]:
@@ -501,9 +512,10 @@ def report_pictures(run: DriftRun, settings: Settings, episodes: list[Episode], 
     return out
 
 
-def metric_rows(run: DriftRun) -> list[tuple[str, float, int]]:
-    """MLflow metrics, step = the day's ordinal: per camera the signal count and each PSI / scaled Wasserstein;
-    live mAP (overall and per camera) at the as_of day."""
+def metric_rows(run: DriftRun, estimator: str = "weighted") -> list[tuple[str, float, int]]:
+    """MLflow metrics, step = the day's ordinal: per camera the signal count, each PSI / scaled Wasserstein and the
+    label-free mAP50 estimate (``<camera>.est_map50``, ``estimator``); live mAP (overall and per camera) at the
+    as_of day."""
     import re
 
     rows: list[tuple[str, float, int]] = []
@@ -514,6 +526,9 @@ def metric_rows(run: DriftRun) -> list[tuple[str, float, int]]:
             if v.status == "insufficient":
                 continue
             rows.append((f"{cam}.signals", float(len(v.signals)), step))
+            est = camera_day_estimate(run, cam, day, estimator)
+            if est is not None:
+                rows.append((f"{cam}.est_map50", est, step))
             for t in s.tests:
                 value = t.value if t.statistic != "wasserstein" else t.scaled
                 if value is not None and t.statistic in ("psi", "wasserstein"):
@@ -656,11 +671,15 @@ def drift_monitor(params: DriftParams = DriftParams()) -> dict[str, Any]:  # noq
     monitoring = settings.model_copy(deep=True)
     monitoring.mlflow.experiment = settings.drift.experiment
     mlflow_run = retrying(steps.log_monitoring, settings)(
-        settings, Clients.from_settings(monitoring).registry, run.model_version, metric_rows(run),
+        settings, Clients.from_settings(monitoring).registry, run.model_version,
+        metric_rows(run, settings.drift.label_free_estimator),
         {"report.md": md}, pictures, f"reports/{run.as_of}")
     return {"as_of": run.as_of, "model_version": run.model_version, "days": [run.days[0], run.days[-1]],
             "drifted_cameras": run.drifted_cameras(), "opened": [e.episode_id for e in announced],
             "open_episodes": [e.episode_id for e in episodes if e.status == "open"],
             "rounds": [e.round_id for e in announced], "announced_again": [e.episode_id for e in again],
             "mlflow_run": mlflow_run,
-            "live_map": run.live.overall.map if run.live is not None and run.live.overall else None}
+            "live_map": run.live.overall.map if run.live is not None and run.live.overall else None,
+            "label_free": None if run.live is None or run.live.atc_threshold is None else {
+                "estimator": settings.drift.label_free_estimator, "atc_threshold": run.live.atc_threshold,
+                "mean_confidence": run.live.mean_confidence, "atc_weight": run.live.atc_weight}}

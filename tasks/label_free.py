@@ -19,9 +19,12 @@ whose labels are known (the control arm):
   champion's confidences crowd around ATC's threshold, so a small shift moves many boxes across it) but moves
   less than the accuracy does.
 
-``atc_doc``, the mean of ATC and DoC, is what the monitor reports by default (``drift.label_free_estimator``):
-averaging two estimators with different errors halves neither's signal and cuts the noise (measured in
-docs/benchmarks.md). ``combined`` is the mean of ATC and flip agreement (flip needs a second, flipped pass, which
+``atc_doc`` is the mean of ATC and DoC: on good champions ATC overshoots a drop and DoC undershoots it, and the mean
+tracks it. ``weighted`` is what the monitor reports by default (``drift.label_free_estimator``): ATC and DoC
+weighted by the inverse of their mean squared error on the control frames, each camera's estimated from a
+calibration on the other cameras (:func:`cross_validated_atc_weight`). A good champion gets about equal weights; a
+weak one, whose confidences crowd around ATC's threshold so that ATC misses cameras it was not calibrated on, gets
+DoC. Measured in docs/benchmarks.md. ``combined`` is the mean of ATC and flip agreement (flip needs a second, flipped pass, which
 the daily monitor does not run). Nothing here reads a label except :func:`calibrate` (the control frames').
 """
 
@@ -36,9 +39,10 @@ import numpy as np
 from detloop.detections import Detections
 from detloop.ops import box_iou
 
-ESTIMATORS = ("atc", "doc", "atc_doc", "flip", "combined")
-MONITOR_ESTIMATORS = ("atc", "doc", "atc_doc")  # from the confidences alone: what the daily monitor can compute
-ESTIMATOR_NAMES = {"atc": "ATC", "doc": "DoC", "atc_doc": "ATC+DoC", "flip": "flip", "combined": "ATC+flip"}
+ESTIMATORS = ("atc", "doc", "atc_doc", "weighted", "flip", "combined")
+MONITOR_ESTIMATORS = ("atc", "doc", "atc_doc", "weighted")  # from the confidences alone: what the monitor computes
+ESTIMATOR_NAMES = {"atc": "ATC", "doc": "DoC", "atc_doc": "ATC+DoC", "weighted": "ATC/DoC weighted", "flip": "flip",
+                   "combined": "ATC+flip"}
 
 
 def detection_confidences(dets: Sequence[Detections], min_confidence: float) -> np.ndarray:
@@ -83,9 +87,13 @@ def doc_estimate(confidences: np.ndarray, map50: float, mean_confidence: float) 
 
 
 def from_confidences(confidences: np.ndarray, estimator: str, threshold: float, map50: float,
-                     mean_confidence: float) -> float:
-    """One of :data:`MONITOR_ESTIMATORS` of a set of detections' ``confidences`` (NaN when undefined; ``atc_doc``
-    falls back to whichever of the two is defined)."""
+                     mean_confidence: float, atc_weight: float | None = None) -> float:
+    """One of :data:`MONITOR_ESTIMATORS` of a set of detections' ``confidences`` (NaN when undefined).
+
+    ``atc_doc`` is ``(ATC + DoC) / 2``; ``weighted`` is ``w ATC + (1 - w) DoC`` with ``w = atc_weight`` (0.5 when
+    None or NaN). Either falls back to whichever of the two is defined (ATC alone for a calibration from before
+    DoC's mean confidence was kept).
+    """
     if estimator not in MONITOR_ESTIMATORS:
         raise ValueError(f"label-free estimator must be one of {', '.join(MONITOR_ESTIMATORS)}, got {estimator!r}")
     atc = atc_share(confidences, threshold)
@@ -94,8 +102,42 @@ def from_confidences(confidences: np.ndarray, estimator: str, threshold: float, 
         return atc
     if estimator == "doc":
         return doc
-    both = [v for v in (atc, doc) if np.isfinite(v)]
-    return float(np.mean(both)) if both else float("nan")
+    w = 0.5 if estimator == "atc_doc" or atc_weight is None or not np.isfinite(atc_weight) else float(atc_weight)
+    if np.isfinite(atc) and np.isfinite(doc):
+        return float(w * atc + (1.0 - w) * doc)
+    return atc if np.isfinite(atc) else doc
+
+
+def cross_validated_atc_weight(groups: Sequence[tuple[np.ndarray, float, int]]) -> float | None:
+    """ATC's weight beside DoC from leave-one-group-out errors on labelled control frames (pure).
+
+    Args:
+        groups: per camera, ``(confidences, map50, n_frames)`` of its control frames: detection confidences (at
+            or above ``drift.min_confidence``), their labelled mAP50, how many frames.
+
+    Returns:
+        ``MSE_doc / (MSE_atc + MSE_doc)`` (the inverse-MSE weight of ATC), where each group is estimated by both
+        estimators calibrated on the other groups pooled (their confidences; the frame-weighted mean of their
+        mAP50); None with fewer than two usable groups (the caller weighs equally).
+    """
+    usable = [(np.asarray(c, np.float64), float(m), int(n)) for c, m, n in groups
+              if np.asarray(c).size and np.isfinite(m) and n > 0]
+    if len(usable) < 2:
+        return None
+    err_atc, err_doc = [], []
+    for i, (conf, m, _) in enumerate(usable):
+        rest = [g for j, g in enumerate(usable) if j != i]
+        rc = np.concatenate([g[0] for g in rest])
+        rm = float(np.average([g[1] for g in rest], weights=[g[2] for g in rest]))
+        a = atc_share(conf, atc_threshold(rc, rm))
+        d = doc_estimate(conf, rm, float(rc.mean()))
+        if np.isfinite(a) and np.isfinite(d):
+            err_atc.append((a - m) ** 2)
+            err_doc.append((d - m) ** 2)
+    if len(err_atc) < 2:
+        return None
+    ma, md = float(np.mean(err_atc)), float(np.mean(err_doc))
+    return 0.5 if ma + md == 0 else md / (ma + md)
 
 
 def flip_agreement(dets: Detections, flipped: Detections | None, min_confidence: float, iou: float = 0.5) -> float:
@@ -162,6 +204,7 @@ class Calibration:
         flip: the control frames' mean flip agreement.
         n_frames: control frames it was fitted on.
         mean_confidence: the control frames' mean detection confidence (DoC).
+        atc_weight: ATC's weight in ``weighted`` (:func:`cross_validated_atc_weight`; NaN: equal weights).
     """
 
     map50: float
@@ -169,21 +212,24 @@ class Calibration:
     flip: float
     n_frames: int
     mean_confidence: float = float("nan")
+    atc_weight: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def calibrate(control: DayStats, control_map50: float) -> Calibration:
-    """Fit the estimators on control frames whose labelled mAP50 is ``control_map50``."""
+def calibrate(control: DayStats, control_map50: float, atc_weight: float | None = None) -> Calibration:
+    """Fit the estimators on control frames whose labelled mAP50 is ``control_map50`` (``atc_weight``: from
+    :func:`cross_validated_atc_weight` over their cameras; None: equal weights)."""
     c = control.confidences
     return Calibration(float(control_map50), atc_threshold(c, control_map50), control.mean_flip,
-                       int(control.flip.size), float(np.mean(c)) if c.size else float("nan"))
+                       int(control.flip.size), float(np.mean(c)) if c.size else float("nan"),
+                       float("nan") if atc_weight is None else float(atc_weight))
 
 
 def estimate(day: DayStats, cal: Calibration) -> dict[str, float]:
     """Label-free mAP50 estimates of one camera-day, one per :data:`ESTIMATORS` (NaN when undefined)."""
-    out = {e: from_confidences(day.confidences, e, cal.threshold, cal.map50, cal.mean_confidence)
+    out = {e: from_confidences(day.confidences, e, cal.threshold, cal.map50, cal.mean_confidence, cal.atc_weight)
            for e in MONITOR_ESTIMATORS}
     f = day.mean_flip
     flip = float(np.clip(cal.map50 * f / cal.flip, 0.0, 1.0)) if np.isfinite(f) and cal.flip > 0 else float("nan")

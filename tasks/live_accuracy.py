@@ -55,6 +55,7 @@ class LiveAccuracy:
     notes: list[str] = field(default_factory=list)
     atc_threshold: float | None = None  # label-free estimate (tasks.label_free, ATC) calibrated on the pooled frames
     mean_confidence: float | None = None  # the same frames' mean detection confidence (DoC)
+    atc_weight: float | None = None  # ATC's weight beside DoC, cross-validated over cameras (None: equal weights)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,19 +159,31 @@ def summarize(items: Sequence[Any], sources: Sequence[str], preds: Sequence[Any]
 
 
 def atc_calibration(preds: Sequence[Any], sources: Sequence[str], round_order: Sequence[str], focused: set[str],
-                    overall: LivePoint | None, settings: Settings) -> tuple[float | None, float | None]:
-    """``(threshold, mean confidence)`` of the label-free estimators (:mod:`tasks.label_free`) on the frames of the
-    pooled overall live mAP: ATC's threshold at that point's mAP50 and DoC's mean confidence, over the detections
-    at or above ``drift.min_confidence`` (``(None, None)`` without the point or detections)."""
-    from tasks.label_free import atc_threshold, detection_confidences
+                    overall: LivePoint | None, settings: Settings, cameras: Sequence[str] | None = None,
+                    per_camera: Sequence[LivePoint] = ()) -> tuple[float | None, float | None, float | None]:
+    """``(threshold, mean confidence, ATC weight)`` of the label-free estimators (:mod:`tasks.label_free`) on the
+    frames of the pooled overall live mAP: ATC's threshold at that point's mAP50 and DoC's mean confidence, over the
+    detections at or above ``drift.min_confidence``; ATC's weight beside DoC cross-validated over the cameras with
+    a pooled live point (``per_camera``; ``cameras``: each prediction's camera), None with fewer than two.
+    ``(None, None, None)`` without the overall point or detections."""
+    from tasks.label_free import atc_threshold, cross_validated_atc_weight, detection_confidences
 
     if overall is None or overall.map50 is None:
-        return None, None
+        return None, None, None
+    mc_ = settings.drift.min_confidence
     recent = set(round_order[-settings.drift.live_rounds:])
     idx = [i for i, s in enumerate(sources) if s in recent and s not in focused]
-    conf = detection_confidences([preds[i] for i in idx], settings.drift.min_confidence)
+    conf = detection_confidences([preds[i] for i in idx], mc_)
     t = atc_threshold(conf, overall.map50)
-    return (float(t), float(conf.mean())) if np.isfinite(t) else (None, None)
+    if not np.isfinite(t):
+        return None, None, None
+    groups = []
+    for p in per_camera:
+        if cameras is None or p.camera == "all" or p.map50 is None:
+            continue
+        own = [i for i, s in enumerate(sources) if s in recent and cameras[i] == p.camera]
+        groups.append((detection_confidences([preds[i] for i in own], mc_), p.map50, len(own)))
+    return float(t), float(conf.mean()), cross_validated_atc_weight(groups)
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,7 +265,8 @@ def live_accuracy(settings: Settings, store: Any, version: str, scoring_dir: Any
             golden_after[s] = doc.get("golden_map_challenger") if doc.get("promoted") else doc.get("golden_map_champion")
     out.rounds = [s.removeprefix("round:") for s in order[-d.live_rounds:]]
     out.pooled, out.series = summarize(items, sources, preds, settings, order, focused, golden_after, as_of)
-    out.atc_threshold, out.mean_confidence = atc_calibration(preds, sources, order, focused, out.overall, settings)
+    out.atc_threshold, out.mean_confidence, out.atc_weight = atc_calibration(
+        preds, sources, order, focused, out.overall, settings, [it.camera for it in items], out.pooled)
     if focused & set(order):
         out.notes.append(f"{len(focused & set(order))} drift round(s): their control frames count for their cameras "
                          "only (their pool was focused on those cameras)")

@@ -324,15 +324,17 @@ def test_a_carried_camera_whose_label_free_estimate_is_back_counts_as_clean() ->
         return DriftRun("2026-02-03", list(days), "7", {"carried": {"cam2": {"onset": "2026-01-12",
                                                                              "from_episode": "drift-v6-2026-01-13"}}},
                         ref, {}, {d: dict(v) for d, v in verdicts.items()}, days,
-                        live=SimpleNamespace(atc_threshold=threshold, mean_confidence=None, overall=None))
+                        live=SimpleNamespace(atc_threshold=threshold, mean_confidence=None, overall=None,
+                                             atc_weight=None))
 
     r = run(0.5)
     release_carried(r, 0.05, estimator="atc")
     assert r.verdicts["2026-02-01"]["cam2"].status == "clean"
     assert r.verdicts["2026-02-02"]["cam2"].status == "drift" and "0.250 against 0.750" in r.verdicts["2026-02-02"]["cam2"].note
     assert any("compared with its traffic from before 2026-01-12" in n for n in r.notes)
-    # the default estimator averages ATC with DoC (mean confidence 0.675 on the reference, calibrated mAP50 0.75):
-    # 2026-02-01 is (0.75 + 0.75 + 0.625 - 0.675) / 2 = 0.725 against (0.75 + 0.75) / 2 = 0.75: back
+    # the default estimator weighs ATC with DoC (equal weights without a cross-validated weight; mean confidence
+    # 0.675 on the reference, calibrated mAP50 0.75): 2026-02-01 is (0.75 + 0.75 + 0.625 - 0.675) / 2 = 0.725
+    # against (0.75 + 0.75) / 2 = 0.75: back
     both = run(0.5)
     both.live.mean_confidence, both.live.overall = 0.675, SimpleNamespace(map50=0.75)
     release_carried(both, 0.05)

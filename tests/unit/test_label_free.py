@@ -12,6 +12,7 @@ from tasks.label_free import (
     atc_share,
     atc_threshold,
     calibrate,
+    cross_validated_atc_weight,
     detection_confidences,
     doc_estimate,
     estimate,
@@ -58,8 +59,31 @@ def test_doc_moves_with_the_mean_confidence_and_atc_doc_averages_the_two() -> No
     # without DoC's calibration (a live record from before it existed) the mean is ATC alone
     assert from_confidences(conf, "atc_doc", 0.55, 0.5, float("nan")) == pytest.approx(atc)
     assert np.isnan(from_confidences(np.zeros(0), "atc_doc", 0.55, 0.5, 0.7))
-    with pytest.raises(ValueError, match="one of atc, doc, atc_doc"):
+    with pytest.raises(ValueError, match="one of atc, doc, atc_doc, weighted"):
         from_confidences(conf, "flip", 0.55, 0.5, 0.7)
+
+
+def test_atc_weight_follows_the_estimator_that_predicts_left_out_cameras() -> None:
+    rng = np.random.default_rng(2)
+    # a weak champion: every camera's confidences crowd around 0.33 (slightly shifted per camera), mAP50 0.5
+    # everywhere; ATC calibrated on the others swings with the shift, DoC barely moves -> DoC gets the weight
+    weak = [(rng.normal(0.33 + d, 0.02, 400), 0.5, 50) for d in (-0.02, 0.0, 0.02, 0.01)]
+    assert cross_validated_atc_weight(weak) < 0.2
+    # a world ATC describes: each camera's mAP50 is its share of boxes above 0.7, with equal mean confidence
+    # (0.6) and different spreads -> DoC cannot tell the cameras apart, ATC can
+    spreads = [rng.uniform(0.3, 0.9, 400), np.clip(rng.normal(0.6, 0.05, 400), 0, 1),
+               np.concatenate([rng.normal(0.4, 0.02, 200), rng.normal(0.8, 0.02, 200)])]
+    atc_world = [(c, float(np.mean(c >= 0.7)), 50) for c in spreads]
+    assert cross_validated_atc_weight(atc_world) > 0.8
+    assert cross_validated_atc_weight(weak[:1]) is None  # nothing to leave out
+    assert cross_validated_atc_weight([weak[0], (np.zeros(0), 0.5, 50)]) is None  # an empty camera is no group
+    cal = calibrate(DayStats(np.concatenate([c for c, _, _ in weak]), np.zeros(0)), 0.5, atc_weight=0.1)
+    e = estimate(DayStats(weak[0][0], np.zeros(0)), cal)
+    assert e["weighted"] == pytest.approx(0.1 * e["atc"] + 0.9 * e["doc"])
+    assert calibrate(DayStats(weak[0][0], np.zeros(0)), 0.5).atc_weight != calibrate(  # NaN: equal weights
+        DayStats(weak[0][0], np.zeros(0)), 0.5).atc_weight
+    assert from_confidences(weak[0][0], "weighted", cal.threshold, 0.5, cal.mean_confidence, None) == \
+        pytest.approx(e["atc_doc"])
 
 
 def test_the_calibration_keeps_the_control_frames_mean_confidence_for_doc() -> None:
@@ -128,11 +152,18 @@ def test_the_monitor_calibrates_atc_on_the_pooled_control_frames_and_estimates_e
     preds = [_dets([[0, 0, 9, 9]], [c], [0]) for c in (0.3, 0.5, 0.7, 0.9, 0.95)]
     sources = ["round:a", "round:b", "round:b", "round:b", "round:b"]  # only the last round is pooled
     overall = LivePoint("pooled", "all", 4, 4, map=0.4, map50=0.5)
-    t, mc = atc_calibration(preds, sources, ["round:a", "round:b"], set(), overall, s)
+    t, mc, w = atc_calibration(preds, sources, ["round:a", "round:b"], set(), overall, s)
     assert t is not None and atc_share(np.array([0.5, 0.7, 0.9, 0.95], np.float32), t) == pytest.approx(0.5)
-    assert mc == pytest.approx(np.mean([0.5, 0.7, 0.9, 0.95]))
-    assert atc_calibration(preds, sources, ["round:a", "round:b"], {"round:b"}, overall, s) == (None, None)  # no frames
-    assert atc_calibration(preds, sources, ["round:b"], set(), None, s) == (None, None)  # no live mAP yet
+    assert mc == pytest.approx(np.mean([0.5, 0.7, 0.9, 0.95])) and w is None  # no cameras: equal weights
+    none = (None, None, None)
+    assert atc_calibration(preds, sources, ["round:a", "round:b"], {"round:b"}, overall, s) == none  # no frames
+    assert atc_calibration(preds, sources, ["round:b"], set(), None, s) == none  # no live mAP yet
+    # two cameras with a pooled point each: ATC's weight is cross-validated between them
+    cams = ["cam0", "cam0", "cam0", "cam1", "cam1"]
+    points = [overall, LivePoint("pooled", "cam0", 2, 2, map50=0.4), LivePoint("pooled", "cam1", 2, 2, map50=0.6)]
+    w2 = atc_calibration(preds, sources, ["round:a", "round:b"], set(), overall, s, cams, points)[2]
+    groups = [(np.array([0.5, 0.7]), 0.4, 2), (np.array([0.9, 0.95]), 0.6, 2)]  # round:a's frame is not recent
+    assert w2 is not None and w2 == pytest.approx(cross_validated_atc_weight(groups))
 
     live = LiveAccuracy("1", None, 0.9, atc_threshold=0.8)
     atc_estimate = lambda r, c, d: camera_day_estimate(r, c, d, "atc")  # noqa: E731
@@ -152,6 +183,18 @@ def test_the_monitor_calibrates_atc_on_the_pooled_control_frames_and_estimates_e
     assert camera_day_estimate(run, "cam0", "2026-01-20", "doc") == pytest.approx(doc)
     assert camera_day_estimate(run, "cam0", "2026-01-20", "atc_doc") == pytest.approx((2 / 3 + doc) / 2)
     assert camera_day_estimate(run, "cam0", "2026-01-20") == pytest.approx((2 / 3 + doc) / 2)  # the default
+    run.live.atc_weight = 0.25  # cross-validated: the default estimator follows it
+    assert camera_day_estimate(run, "cam0", "2026-01-20") == pytest.approx(0.25 * 2 / 3 + 0.75 * doc)
+    # the daily estimate goes to MLflow per camera (on days with stats), and the live section says what it rests on
+    from flows.drift import label_free_line, metric_rows
+    from tasks.drift import CameraDayStats, Verdict
+
+    run.stats = {"2026-01-20": {"cam0": CameraDayStats("cam0", "2026-01-20", 2, 10, 2, 10, "camera", True)}}
+    run.verdicts = {"2026-01-20": {"cam0": Verdict("cam0", "2026-01-20", "clean", [])}}
+    got = {k: v for k, v, _ in metric_rows(run)}
+    assert got["cam0.est_map50"] == pytest.approx(0.25 * 2 / 3 + 0.75 * doc) and "cam1.est_map50" not in got
+    assert "ATC's weight beside DoC 0.25 (cross-validated" in label_free_line(run.live)
+    assert label_free_line(LiveAccuracy("1", None, 0.9)) == ""
     assert LiveAccuracy.from_dict(live.to_dict()).atc_threshold == 0.8
     assert LiveAccuracy.from_dict({k: v for k, v in live.to_dict().items() if k != "atc_threshold"}).atc_threshold \
         is None  # a live record cached before the field existed still loads
