@@ -427,12 +427,12 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
                          np.concatenate([x.control.flip for x in days_])), float(np.mean(maps)))
 
     pooled = ctl_of(cams)
-    groups = []  # per camera (control confidences, control mAP50, frames): ATC's cross-validated weight
+    cam_groups = []  # per camera (control confidences, control mAP50, frames): ATC's cross-validated weight
     for cam in cams:
         own = ctl_of([cam])
         if own is not None:
-            groups.append((own[0].confidences, own[1], int(own[0].flip.size)))
-    cal_all = calibrate(*pooled, atc_weight=cross_validated_atc_weight(groups)) if pooled else None
+            cam_groups.append((own[0].confidences, own[1], int(own[0].flip.size)))
+    cal_all = calibrate(*pooled, atc_weight=cross_validated_atc_weight(cam_groups)) if pooled else None
     lf_rows = []
     for cam in cams:
         own = ctl_of([cam])

@@ -146,3 +146,50 @@ def test_truth_frames_are_scored_tiled_where_the_camera_is_tiled() -> None:
     assert counts["cam1"] == 2  # whole frames
     assert counts["cam2"] == 2 * 7  # 640x480 in 320-px tiles with 64 px overlap: 3 x 2 tiles + the whole frame
     assert tiling_tag(settings, "cam1") == "" and tiling_tag(settings, "cam2").startswith("-tiled320o64")
+
+
+def test_a_tiny_run_judges_every_group_and_calibrates_label_free_as_the_monitor_does(
+        tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``run`` end to end on 2 cameras x (2 reference + 2 monitored) days of 6 frames, with a stand-in scorer whose
+    one box per frame is as confident as the frame is bright: every signal group is judged, the label-free rows
+    carry the pooled calibration (with ATC's cross-validated weight) beside the per-camera one, and the target is
+    judged on the monitor's estimator."""
+    import numpy as np
+
+    import tasks.scoring
+    from benchmarks.drift import GROUPS, run
+    from tasks.label_free import ESTIMATORS
+
+    class Bright:
+        meta = type("M", (), {"stride": 32, "input_size": 320, "head": "one2many"})()
+        name, concurrent = "bright", True
+
+        def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            raw = np.zeros((len(batch), 4 + len(CLASSES), 2100), np.float32)
+            raw[:, :4, 0] = [160, 160, 60, 60]
+            raw[:, 4, 0] = np.clip(batch.reshape(len(batch), -1).mean(axis=1) / (255.0 if batch.max() > 1 else 1.0)
+                                   + 0.3, 0.3, 0.95)
+            return raw, np.tile(batch.reshape(len(batch), -1)[:, :8].astype(np.float32), 1)
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.onnx").write_bytes(b"stand-in")
+    monkeypatch.setattr(tasks.scoring, "load_scorer", lambda *a, **k: Bright())
+    cfg = BenchConfig(model=str(model), reference_days=2, days=2, frames_per_day=6, flip_frames=2, control_frames=3,
+                      cameras=["cam0", "cam1"], work_dir=str(tmp_path / "work"), permutations=99,
+                      start=date(2026, 3, 6))
+    res = run(cfg, log=lambda _: None)
+    assert set(res["groups"]) == set(GROUPS)
+    rows = res["label_free"]["rows"]
+    assert len(rows) == 2 * 2 and {r["camera"] for r in rows} == {"cam0", "cam1"}
+    for r in rows:
+        assert set(ESTIMATORS) <= set(r) and all(f"{e}_per_camera" in r for e in ESTIMATORS)
+        assert r["calibration"]["n_frames"] == 2 * 2 * 3  # both cameras' reference control frames, pooled
+        assert r["calibration_per_camera"]["n_frames"] == 2 * 3
+        assert 0.0 <= r["calibration"]["atc_weight"] <= 1.0  # two cameras: cross-validated
+    assert {"moved", "stationary"} <= set(res["label_free"]["summary"])
+    t = res["targets"]["label_free_within_0.05_ge_80pct"]
+    assert t["estimator"] == "weighted"
+    assert t["within"] == res["label_free"]["summary"]["weighted"]["within"]
+    assert res["seconds"]["camera_days_scored"] == 2 * 4
+    assert run(cfg, log=lambda _: None)["seconds"]["camera_days_scored"] == 0  # all from the cache
