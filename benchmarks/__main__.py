@@ -167,6 +167,7 @@ _BENCHES: dict[str, tuple[str, str | None, list[str]]] = {
     "loss-tta": ("loss_tta", None, ["seconds_total"]),
     "error-cost": ("error_cost", None, ["boxes_per_image"]),
     "drift": ("drift", None, ["targets", "seconds"]),
+    "label-free": ("label_free_pool", None, ["camera_days", "headline"]),
     "soak": ("soak", None, ["weeks_run", "episodes", "seconds"]),
     "arch": ("arch", None, ["verdicts", "seconds"]),
 }
@@ -256,6 +257,15 @@ def bench_drift(ctx: typer.Context) -> None:
     per stationary camera-day, each signal alone and combined, true mAP timeline, label-free accuracy estimate:
     `python -m benchmarks.drift`; other options go there (`detloop bench drift -- --help`). Needs no stack."""
     _run("drift", list(ctx.args), None)
+
+
+@bench_app.command("label-free", context_settings=_PASS)
+def bench_label_free(ctx: typer.Context) -> None:
+    """Label-free accuracy pooled over champions (issue 21): reads `detloop bench drift` results (one champion
+    each) and reports, per champion and pooled, the camera-days each estimator gets within 0.05 mAP50 (all, moved,
+    stationary), with a scatter of estimate against truth: `python -m benchmarks.label_free_pool RESULT.json ...
+    --out ... --plot ...`. Nothing is re-scored; no stack."""
+    _run("label-free", list(ctx.args), None)
 
 
 @bench_app.command("soak", context_settings=_PASS)

@@ -900,6 +900,11 @@ class DriftSettings(_Model):
         "promotion does not make its drifted traffic the new normal; a day of it counts as recovered when the "
         "label-free estimate there is within recovery_tolerance of the estimate on that reference (docs/drift.md).",
     )
+    recovery_estimator: Literal["atc", "doc", "atc_doc", "weighted"] = Field(
+        "atc_doc", description="The label-free estimate that decides whether a carried camera has recovered: one "
+        "that moves when accuracy drops (atc_doc was right on the most camera-days whose true mAP50 moved: "
+        "docs/benchmarks.md), where label_free_estimator is the one most often right overall.",
+    )
     recovery_tolerance: float = Field(
         0.05, ge=0.0, le=1.0, description="How far below its pre-onset label-free estimate (mAP50 scale) a carried "
         "camera's day may be and still count as recovered.",

@@ -332,7 +332,7 @@ def test_a_carried_camera_whose_label_free_estimate_is_back_counts_as_clean() ->
     assert r.verdicts["2026-02-01"]["cam2"].status == "clean"
     assert r.verdicts["2026-02-02"]["cam2"].status == "drift" and "0.250 against 0.750" in r.verdicts["2026-02-02"]["cam2"].note
     assert any("compared with its traffic from before 2026-01-12" in n for n in r.notes)
-    # the default estimator weighs ATC with DoC (equal weights without a cross-validated weight; mean confidence
+    # the release's default estimator (drift.recovery_estimator: atc_doc) averages ATC with DoC (mean confidence
     # 0.675 on the reference, calibrated mAP50 0.75): 2026-02-01 is (0.75 + 0.75 + 0.625 - 0.675) / 2 = 0.725
     # against (0.75 + 0.75) / 2 = 0.75: back
     both = run(0.5)

@@ -193,3 +193,32 @@ def test_a_tiny_run_judges_every_group_and_calibrates_label_free_as_the_monitor_
     assert t["within"] == res["label_free"]["summary"]["weighted"]["within"]
     assert res["seconds"]["camera_days_scored"] == 2 * 4
     assert run(cfg, log=lambda _: None)["seconds"]["camera_days_scored"] == 0  # all from the cache
+
+
+def test_label_free_pool_counts_per_champion_and_pooled(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``benchmarks.label_free_pool``: within-0.05 counts per estimator, split by camera-days that moved, NaN left
+    out, the calibration carried forward as ``naive``; the command writes the JSON and the scatter."""
+    import json
+
+    from benchmarks.label_free_pool import main, pool, within
+
+    def row(truth: float, atc: float, weighted: float, moved: bool) -> dict:
+        return {"true_map50": truth, "atc": atc, "weighted": weighted, "moved": moved,
+                "calibration": {"atc_weight": 0.4}, "calibration_per_camera": {"map50": 0.7}}
+
+    a = {"model": {"path": "a"}, "label_free": {"rows": [row(0.7, 0.72, 0.69, False), row(0.5, 0.7, 0.52, True)]}}
+    b = {"model": {"path": "b"}, "label_free": {"rows": [row(0.6, float("nan"), 0.66, False)]}}
+    assert within(a["label_free"]["rows"], "atc") == (1, 2)
+    got = pool({"a": a, "b": b})
+    assert got["camera_days"] == 3 and got["champions"]["a"]["atc_weight"] == 0.4
+    assert got["pooled"]["atc"] == {"all": [1, 2], "moved": [0, 1], "stationary": [1, 1]}  # b's NaN left out
+    assert got["pooled"]["weighted"] == {"all": [2, 3], "moved": [1, 1], "stationary": [1, 2]}
+    assert got["pooled"]["naive"]["all"] == [1, 3]  # 0.7 carried forward: right only where nothing moved
+    assert got["champions"]["b"]["weighted"]["all"] == [0, 1]
+    paths = []
+    for name, res in (("a", a), ("b", b)):
+        paths.append(tmp_path / f"drift_{name}.json")
+        paths[-1].write_text(json.dumps(res))
+    out = main([*map(str, paths), "--out", str(tmp_path / "pooled.json"), "--plot", str(tmp_path / "s.png")])
+    assert out["headline"]["weighted"] == [2, 3] and (tmp_path / "s.png").stat().st_size > 0
+    assert json.loads((tmp_path / "pooled.json").read_text())["pooled"]["atc"]["all"] == [1, 2]

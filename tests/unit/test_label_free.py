@@ -195,6 +195,9 @@ def test_the_monitor_calibrates_atc_on_the_pooled_control_frames_and_estimates_e
     assert got["cam0.est_map50"] == pytest.approx(0.25 * 2 / 3 + 0.75 * doc) and "cam1.est_map50" not in got
     assert "ATC's weight beside DoC 0.25 (cross-validated" in label_free_line(run.live)
     assert label_free_line(LiveAccuracy("1", None, 0.9)) == ""
+    assert "drift verdicts" not in label_free_line(run.live)
+    run.live.atc_weight = 0.05  # a weak champion: the estimate rests on DoC and the report says what that means
+    assert "read drops from the drift verdicts" in label_free_line(run.live)
     assert LiveAccuracy.from_dict(live.to_dict()).atc_threshold == 0.8
     assert LiveAccuracy.from_dict({k: v for k, v in live.to_dict().items() if k != "atc_threshold"}).atc_threshold \
         is None  # a live record cached before the field existed still loads

@@ -1,0 +1,117 @@
+"""Label-free accuracy over several champions: pool drift-benchmark results (issue 21).
+
+``python -m benchmarks.label_free_pool RESULT.json ... --out pooled.json --plot scatter.png`` (also ``detloop bench
+label-free``): each input is a ``benchmarks.drift`` result (one champion, its camera-days with the true mAP50 and
+every estimator's estimate). Per champion and pooled: camera-days within 0.05 mAP50, overall, on the camera-days
+whose true mAP50 moved >= 0.05 from the camera's reference days and on the others; the ATC weight the monitor's
+cross-validation gave each champion; and a scatter of estimate against truth for ATC and the monitor's default
+estimator. Nothing is re-scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+COLUMNS = ("atc", "doc", "atc_doc", "weighted", "flip", "combined", "atc_per_camera")
+
+
+def within(rows: Sequence[Mapping[str, Any]], key: str, tolerance: float = 0.05) -> tuple[int, int]:
+    """``(within, n)``: camera-days whose ``key`` estimate is within ``tolerance`` of the true mAP50 (NaN and
+    missing estimates left out of ``n``)."""
+    pairs = [(r.get(key), r["true_map50"]) for r in rows]
+    ok = [(e, t) for e, t in pairs if e is not None and t is not None and np.isfinite(e) and np.isfinite(t)]
+    return sum(abs(e - t) <= tolerance + 1e-12 for e, t in ok), len(ok)
+
+
+def naive(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with ``naive``: the camera's calibration mAP50 carried forward (no estimate at all)."""
+    return [{**r, "naive": r["calibration_per_camera"]["map50"]} for r in rows]
+
+
+def pool(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Per champion and pooled: ``{column: {"all" | "moved" | "stationary": [within, n]}}`` (pure)."""
+    cols = [*COLUMNS, "naive"]
+    out: dict[str, Any] = {"champions": {}, "pooled": {}}
+    every: list[dict[str, Any]] = []
+    for name, res in results.items():
+        rows = naive(res["label_free"]["rows"])
+        every += rows
+        out["champions"][name] = {
+            "model": res["model"]["path"], "camera_days": len(rows),
+            "atc_weight": rows[0]["calibration"].get("atc_weight") if rows else None,
+            "true_map50_range": [min(r["true_map50"] for r in rows), max(r["true_map50"] for r in rows)] if rows
+            else None,
+            **{c: _parts(rows, c) for c in cols}}
+    out["pooled"] = {c: _parts(every, c) for c in cols}
+    out["camera_days"] = len(every)
+    return out
+
+
+def _parts(rows: Sequence[Mapping[str, Any]], col: str) -> dict[str, list[int]]:
+    return {"all": list(within(rows, col)), "moved": list(within([r for r in rows if r["moved"]], col)),
+            "stationary": list(within([r for r in rows if not r["moved"]], col))}
+
+
+def plot(results: Mapping[str, Mapping[str, Any]], out: Path, columns: Sequence[str] = ("atc", "weighted")) -> None:
+    """Estimate against true mAP50, one panel per column, one colour per champion, the +-0.05 band shaded;
+    filled marks: camera-days whose true mAP50 moved >= 0.05."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(columns), figsize=(5.2 * len(columns), 5), sharex=True, sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, col in zip(axes, columns, strict=True):
+        ax.fill_between([0, 1], [-0.05, 0.95], [0.05, 1.05], color="0.9", label="within 0.05")
+        ax.plot([0, 1], [0, 1], color="0.5", lw=0.8)
+        for k, (name, res) in enumerate(results.items()):
+            rows = [r for r in res["label_free"]["rows"] if r.get(col) is not None and np.isfinite(r[col])]
+            colour = f"C{k % 10}"
+            for moved, mark in ((False, "o"), (True, "s")):
+                sel = [r for r in rows if r["moved"] is moved]
+                ax.scatter([r["true_map50"] for r in sel], [r[col] for r in sel], s=16, marker=mark,
+                           facecolors=colour if moved else "none", edgecolors=colour,
+                           label=name if not moved else None)
+        w, n = within([r for res in results.values() for r in res["label_free"]["rows"]], col)
+        ax.set_title(f"{col}: {w}/{n} = {w / max(n, 1):.0%} within 0.05")
+        ax.set_xlabel("true mAP50 (200 frames)")
+        ax.set_xlim(0.1, 0.9)
+        ax.set_ylim(0.0, 0.95)
+    axes[0].set_ylabel("label-free estimate")
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle("Label-free mAP50 per camera-day (filled squares: true mAP50 moved >= 0.05)")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", nargs="+", type=Path, help="benchmarks.drift result JSONs (one champion each)")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/label_free_pooled.json")
+    ap.add_argument("--plot", type=Path, default=None, help="scatter PNG (estimate against truth)")
+    args = ap.parse_args(argv)
+    results = {p.stem.removeprefix("drift_").removeprefix("lf_pooled_"): json.loads(p.read_text()) for p in args.results}
+    res = {"bench": "label_free_pool", "inputs": [str(p) for p in args.results], **pool(results)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2))
+    if args.plot:
+        plot(results, args.plot)
+    for c in [*COLUMNS, "naive"]:
+        a, m = res["pooled"][c]["all"], res["pooled"][c]["moved"]
+        print(f"{c:16s} {a[0]:4d}/{a[1]:4d} = {a[0] / max(a[1], 1):5.1%}   moved {m[0]:3d}/{m[1]:3d}")
+    res["headline"] = {c: res["pooled"][c]["all"] for c in ("atc", "weighted")}
+    return res
+
+
+if __name__ == "__main__":
+    main()
