@@ -427,15 +427,12 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
                          np.concatenate([x.control.flip for x in days_])), float(np.mean(maps)))
 
     pooled = ctl_of(cams)
-    cam_groups = []  # per camera (control confidences, control mAP50, frames): ATC's cross-validated weight
-    for cam in cams:
-        own = ctl_of([cam])
-        if own is not None:
-            cam_groups.append((own[0].confidences, own[1], int(own[0].flip.size)))
+    own_ctl = {cam: ctl_of([cam]) for cam in cams}
+    cam_groups = [(o[0].confidences, o[1], int(o[0].flip.size)) for o in own_ctl.values() if o is not None]
     cal_all = calibrate(*pooled, atc_weight=cross_validated_atc_weight(cam_groups)) if pooled else None
     lf_rows = []
     for cam in cams:
-        own = ctl_of([cam])
+        own = own_ctl[cam]
         if cal_all is None or own is None:
             continue
         cal_cam = calibrate(*own)
@@ -449,15 +446,15 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
                 lf_rows.append({"camera": cam, "day": d, "true_map50": truth, "moved": moved, **est, **per_cam,
                                 "calibration": cal_all.to_dict(), "calibration_per_camera": cal_cam.to_dict()})
     cols = [*ESTIMATORS, *(f"{e}_per_camera" for e in ESTIMATORS)]
-    label_free = {e: agreement([r[e] for r in lf_rows], [r["true_map50"] for r in lf_rows]) for e in cols}
-    label_free["naive_last_control"] = agreement([r["calibration_per_camera"]["map50"] for r in lf_rows],
-                                                 [r["true_map50"] for r in lf_rows])
-    for part, want in (("moved", True), ("stationary", False)):
-        sub = [r for r in lf_rows if r["moved"] is want]
-        label_free[part] = {e: agreement([r[e] for r in sub], [r["true_map50"] for r in sub])
-                            for e in cols}
-        label_free[part]["naive_last_control"] = agreement([r["calibration_per_camera"]["map50"] for r in sub],
-                                                           [r["true_map50"] for r in sub])
+
+    def lf_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        truths = [r["true_map50"] for r in rows]
+        return {**{e: agreement([r[e] for r in rows], truths) for e in cols},
+                "naive_last_control": agreement([r["calibration_per_camera"]["map50"] for r in rows], truths)}
+
+    label_free = {**lf_summary(lf_rows),
+                  **{part: lf_summary([r for r in lf_rows if r["moved"] is want])
+                     for part, want in (("moved", True), ("stationary", False))}}
 
     result = {
         "bench": "drift", "when": utc_now(), "stationary_world": cfg.stationary,

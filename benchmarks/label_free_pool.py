@@ -23,11 +23,13 @@ COLUMNS = ("atc", "doc", "atc_doc", "weighted", "flip", "combined", "atc_per_cam
 
 
 def within(rows: Sequence[Mapping[str, Any]], key: str, tolerance: float = 0.05) -> tuple[int, int]:
-    """``(within, n)``: camera-days whose ``key`` estimate is within ``tolerance`` of the true mAP50 (NaN and
-    missing estimates left out of ``n``)."""
-    pairs = [(r.get(key), r["true_map50"]) for r in rows]
-    ok = [(e, t) for e, t in pairs if e is not None and t is not None and np.isfinite(e) and np.isfinite(t)]
-    return sum(abs(e - t) <= tolerance + 1e-12 for e, t in ok), len(ok)
+    """``(within, n)``: camera-days whose ``key`` estimate is within ``tolerance`` of the true mAP50
+    (:func:`tasks.label_free.agreement`, as counts; NaN and missing estimates left out of ``n``)."""
+    from tasks.label_free import agreement
+
+    a = agreement([np.nan if r.get(key) is None else r[key] for r in rows],
+                  [np.nan if r["true_map50"] is None else r["true_map50"] for r in rows], tolerance)
+    return (round(a["within"] * a["n"]) if a["n"] else 0), a["n"]
 
 
 def naive(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
