@@ -274,6 +274,15 @@ class SelectionCostSettings(_Model):
         "pre-annotations and the labelling_cost prices), so crowded frames are not favoured for holding many boxes.",
     )
     exponent: float = Field(1.0, ge=0.0, le=2.0, description="0: cost ignored; 1: value per second.")
+    seconds_cap: float | None = Field(
+        None, ge=0.5, le=3.0, description="(Off until `detloop bench al` measures it, docs/selection.md.) Cap on "
+        "the selected arm's mean expected labelling seconds per frame, as a multiple of the pool's mean (what a "
+        "random sample costs in expectation): 1.0 pays no more per frame than random. The ranking keeps its best "
+        "frames and gives up those trading the least rank for the most seconds (a penalty on expected seconds, "
+        "the smallest that meets the cap), over the frames the diversity step picks from (filter_kcenter: the top "
+        "filter_factor x k). Not applied to a uniform random sample (regime weight 0) or to k-center over the "
+        "whole pool. null: no cap.",
+    )
 
 
 class RegimeSettings(_Model):

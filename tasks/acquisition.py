@@ -9,7 +9,10 @@ Pure functions over flat arrays (unit-tested); :func:`tasks.selection.select` ap
    much (low mAP50 on frames it never trained on) ranks by representativeness (:func:`typicality` on the
    embeddings, or :func:`random_representative`: a uniform random sample) instead; a good one by its
    uncertainty; in between, a linear mix of percentile ranks;
-3. **rare-class search** (:func:`rare_search_targets`, :func:`rare_candidates`): a class with labelled examples
+3. **seconds cap** (:func:`seconds_capped`, ``selection.cost.seconds_cap``, off by default): the ranking's top
+   ``k`` frames may cost no more expected seconds per frame than ``cap`` x the pool's mean (a random sample's
+   expected cost); the frames given up are those trading the least rank for the most seconds;
+4. **rare-class search** (:func:`rare_search_targets`, :func:`rare_candidates`): a class with labelled examples
    but no detection in the pool cannot be found by uncertainty; frames whose embeddings are nearest to the
    labelled frames holding it are reserved a share of the budget. It stands down when the champion is weak or
    detects no labelled class at all (then a missing class is not singled out).
@@ -38,6 +41,76 @@ def per_second(score: np.ndarray, seconds: np.ndarray, exponent: float) -> np.nd
         return s.copy()
     sec = np.maximum(np.asarray(seconds, np.float64), 1e-9)
     return s / (sec / float(np.median(sec))) ** exponent
+
+
+def _top_mean(score: np.ndarray, cost: np.ndarray, k: int) -> float:
+    """Mean of ``cost`` over the ``k`` highest ``score`` (ties: lowest index first)."""
+    top = np.lexsort((np.arange(len(score)), -score))[:k]
+    return float(cost[top].mean())
+
+
+@dataclass(frozen=True)
+class SecondsCap:
+    """What :func:`seconds_capped` did: the penalty and the top-k mean expected seconds before and after, as
+    multiples of the pool's mean."""
+
+    penalty: float
+    before: float
+    after: float
+    cap: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seconds_cap": self.cap, "penalty": round(self.penalty, 4),
+                "top_k_relative_seconds_before": round(self.before, 4),
+                "top_k_relative_seconds_after": round(self.after, 4)}
+
+
+def seconds_capped(score: np.ndarray, seconds: np.ndarray, k: int, cap: float,
+                   iterations: int = 40) -> tuple[np.ndarray, SecondsCap]:
+    """A ranking whose top ``k`` frames cost at most ``cap`` x the pool's mean expected seconds per frame.
+
+    When the top ``k`` of ``score`` already meet the cap, ``score`` is returned unchanged (penalty 0).
+    Otherwise frames rank by ``rank(score) - penalty x seconds / mean(seconds)`` (``rank``: percentile in
+    [0, 1]) with the smallest penalty (bisection) whose top ``k`` meet the cap: the frames given up are those
+    that trade the least rank for the most seconds. A cap below what the ``k`` cheapest frames cost cannot be
+    met; the cheapest-first ranking is returned then (``after > cap`` says so).
+
+    Args:
+        score: ``(F,)`` ranking score, higher first.
+        seconds: ``(F,)`` expected labelling seconds (> 0).
+        k: frames the ranking's top will pay for.
+        cap: allowed mean of ``seconds / mean(seconds)`` over the top ``k``.
+
+    Returns:
+        ``(F,)`` ranking score and a :class:`SecondsCap`.
+    """
+    s = np.asarray(score, np.float64)
+    sec = np.asarray(seconds, np.float64)
+    if s.shape != sec.shape:
+        raise ValueError(f"score {s.shape} and seconds {sec.shape} differ in shape")
+    n = len(s)
+    if n == 0 or k <= 0 or k >= n:
+        return s.copy(), SecondsCap(0.0, 1.0, 1.0, cap)
+    rel = sec / max(float(sec.mean()), 1e-9)
+    before = _top_mean(s, rel, k)
+    if before <= cap:
+        return s.copy(), SecondsCap(0.0, before, before, cap)
+    r = percentile_rank(s)
+    hi = 1.0
+    while _top_mean(r - hi * rel, rel, k) > cap and hi < 1e6:
+        hi *= 2.0
+    if _top_mean(r - hi * rel, rel, k) > cap:  # not reachable: cheapest first
+        out = -rel
+        return out, SecondsCap(float("inf"), before, _top_mean(out, rel, k), cap)
+    lo = 0.0
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if _top_mean(r - mid * rel, rel, k) <= cap:
+            hi = mid
+        else:
+            lo = mid
+    out = r - hi * rel
+    return out, SecondsCap(hi, before, _top_mean(out, rel, k), cap)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from tasks.acquisition import (
     rare_candidates,
     rare_search_targets,
     regime_weight,
+    seconds_capped,
     typicality,
 )
 from tasks.strategies import (
@@ -391,6 +392,11 @@ def select(
          "final": f.uncertainty, "reason": f.reason, "scores": f.scores}
         for f in out
     ]
+    cost_report = dict(acq["cost"])
+    exp_sec = acq["columns"].get("expected_seconds")
+    if exp_sec is not None and len(sel_idx):  # what the picks are expected to cost against a random sample
+        cost_report.update(pool_mean_expected_seconds=round(float(exp_sec.mean()), 2),
+                           selected_mean_expected_seconds=round(float(exp_sec[sel_idx].mean()), 2))
     report = _report_header(settings, sc["strategy"], notes)
     report.update(
         counts={"pool": len(frames), "selected": len(sel_idx), "control": len(picked["control"]),
@@ -400,7 +406,7 @@ def select(
         labelled_class_counts=None if labelled_class_counts is None else [int(c) for c in labelled_class_counts],
         chosen=chosen,
         pool=pool_cols,
-        cost=acq["cost"],
+        cost=cost_report,
         regime={**acq["regime"].to_dict(), "representative": settings.regime.representative,
                 "random_sample": acq["random_sample"]},
         rare_search={**acq["rare"].report, "picked": len(acq["rare"].picks)},
@@ -487,6 +493,7 @@ def _acquisition(pool: BoxPool, emb: np.ndarray | None, sc: dict[str, Any], sett
     det = pool.confidence >= settings.conf_threshold
     value = sc["final"]
     cost_report: dict[str, Any] = {"per_second": False}
+    seconds = None
     if cost is not None:
         seconds = expected_seconds(pool.confidence[det], pool.frame_index[det], pool.confidence[~det],
                                    pool.frame_index[~det], pool.n_frames, cost)
@@ -513,6 +520,24 @@ def _acquisition(pool: BoxPool, emb: np.ndarray | None, sc: dict[str, Any], sett
         notes.append(f"regime: weight on uncertainty {regime.weight:.2f} ({regime.rule}"
                      + (f", champion mAP50 {regime.quality:.3f})" if regime.quality is not None else ")"))
     rank_score = blend(value, typical, regime.weight)
+    cap = settings.cost.seconds_cap
+    if cap is not None:
+        if seconds is None:
+            notes.append("seconds cap: no labelling prices given; not applied")
+        elif random_sample:
+            notes.append("seconds cap: not applied to a uniform random sample (it costs the pool's mean)")
+        elif settings.diversity == "kcenter" and emb is not None:
+            notes.append("seconds cap: k-center over the whole pool does not follow the ranking; not applied")
+        else:
+            k = plan_arms(settings.budget, pool.n_frames, settings.control_share, settings.control_min,
+                          settings.control_pool_rounds).n_selected
+            if settings.diversity == "filter_kcenter" and emb is not None:  # the window k-center picks from
+                k = max(k, int(np.ceil(settings.filter_factor * k)))
+            rank_score, capped = seconds_capped(rank_score, seconds, k, cap)
+            cost_report["seconds_cap"] = {**capped.to_dict(), "top_k": k}
+            notes.append(f"seconds cap {cap:g}x the pool's mean expected seconds per frame: the top {k} cost "
+                         f"{capped.before:.2f}x" + (f", {capped.after:.2f}x after a penalty of {capped.penalty:.3g}"
+                                                    if capped.penalty else " (no penalty needed)"))
     rare = RareSearch()
     reserve = None
     rs = settings.rare_search

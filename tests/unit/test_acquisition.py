@@ -27,6 +27,7 @@ from tasks.acquisition import (
     rare_candidates,
     rare_search_targets,
     regime_weight,
+    seconds_capped,
     typicality,
 )
 from tasks.selection import missing_classes, select
@@ -128,6 +129,67 @@ def test_sum_prefers_a_crowded_frame_but_value_per_second_does_not() -> None:
     assert len(paid.report["pool"]["expected_seconds"]) == 2
     off = select([crowded, single], None, sel(cost={"per_second": False}), cost=cost)
     assert off.selected[0].frame.key == crowded.frame.key
+
+
+def test_seconds_cap_leaves_a_cheap_top_alone() -> None:
+    score = np.array([4.0, 3.0, 2.0, 1.0])
+    out, cap = seconds_capped(score, np.array([10.0, 10.0, 30.0, 30.0]), 2, 1.0)
+    assert out.tolist() == score.tolist() and cap.penalty == 0.0
+    assert cap.before == pytest.approx(0.5)
+
+
+def test_seconds_cap_gives_up_the_frame_that_trades_least_rank_for_most_seconds() -> None:
+    # the top two by score cost 1.5x the pool mean; frame 1 is nearly as good as frame 2 but far dearer
+    score = np.array([5.0, 4.0, 3.9, 1.0, 0.5])
+    seconds = np.array([30.0, 60.0, 20.0, 20.0, 20.0])  # mean 30
+    out, cap = seconds_capped(score, seconds, 2, 1.0)
+    top = np.argsort(-out)[:2]
+    assert sorted(top.tolist()) == [0, 2]
+    assert cap.before == pytest.approx(1.5) and cap.after <= 1.0 and cap.penalty > 0
+    # a looser cap keeps the original top
+    loose, c2 = seconds_capped(score, seconds, 2, 1.5)
+    assert sorted(np.argsort(-loose)[:2].tolist()) == [0, 1] and c2.penalty == 0.0
+
+
+def test_seconds_cap_smaller_than_the_cheapest_frames_returns_cheapest_first() -> None:
+    seconds = np.array([10.0, 20.0, 30.0, 40.0])
+    out, cap = seconds_capped(np.array([1.0, 2.0, 3.0, 4.0]), seconds, 2, 0.5)
+    assert sorted(np.argsort(-out)[:2].tolist()) == [0, 1]
+    assert cap.after == pytest.approx(0.6) and cap.after > cap.cap
+    with pytest.raises(ValueError, match="shape"):
+        seconds_capped(np.ones(3), np.ones(2), 1, 1.0)
+
+
+def test_seconds_cap_through_select_reports_what_the_picks_cost() -> None:
+    e = np.ones(4, np.float32)
+    frames = [scored(0, [0.6] * 8, [0] * 8, e, second=0.35),  # crowded and uncertain: dearest, top by sum
+              scored(1, [0.55], [0], e, second=0.4), scored(2, [0.95], [0], e), scored(3, [0.97], [0], e)]
+    cost = LabellingCostSettings()
+    plain = select(frames, None, sel(), cost=cost)
+    assert plain.selected[0].frame.key == frames[0].frame.key
+    capped = select(frames, None, sel(cost={"seconds_cap": 1.0}), cost=cost)
+    assert capped.selected[0].frame.key == frames[1].frame.key
+    c = capped.report["cost"]
+    assert c["seconds_cap"]["penalty"] > 0
+    assert c["selected_mean_expected_seconds"] <= c["pool_mean_expected_seconds"]
+    assert any("seconds cap 1x" in n for n in capped.notes)
+    no_prices = select(frames, None, sel(cost={"seconds_cap": 1.0}))
+    assert any("no labelling prices" in n for n in no_prices.notes)
+    kc = select(frames, None, sel(cost={"seconds_cap": 1.0}, diversity="kcenter"), cost=cost)
+    assert any("k-center over the whole pool" in n for n in kc.notes)
+    filt = select(frames, None, sel(cost={"seconds_cap": 1.0}, diversity="filter_kcenter", filter_factor=2.0), cost=cost)
+    assert filt.report["cost"]["seconds_cap"]["top_k"] == 2
+    weak = select(frames, None, sel(cost={"seconds_cap": 1.0}, regime={"enabled": True, "representative": "random"}),
+                  cost=cost, champion_quality=0.05)
+    assert any("not applied to a uniform random sample" in n for n in weak.notes)
+    assert "seconds_cap" not in weak.report["cost"]
+
+
+def test_seconds_cap_setting_is_validated(tmp_path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("classes: [a]\nselection: {cost: {seconds_cap: 0.1}}\n")
+    with pytest.raises(ConfigError, match="seconds_cap"):
+        load_settings(cfg)
 
 
 def test_weak_champion_ranks_by_typicality_and_says_so() -> None:
