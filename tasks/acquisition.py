@@ -60,7 +60,8 @@ class SecondsCap:
     cap: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seconds_cap": self.cap, "penalty": round(self.penalty, 4),
+        return {"seconds_cap": self.cap, "met": self.after <= self.cap + 1e-9,
+                "penalty": round(self.penalty, 4) if np.isfinite(self.penalty) else None,  # None: cheapest first
                 "top_k_relative_seconds_before": round(self.before, 4),
                 "top_k_relative_seconds_after": round(self.after, 4)}
 

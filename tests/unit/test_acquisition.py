@@ -156,6 +156,7 @@ def test_seconds_cap_smaller_than_the_cheapest_frames_returns_cheapest_first() -
     out, cap = seconds_capped(np.array([1.0, 2.0, 3.0, 4.0]), seconds, 2, 0.5)
     assert sorted(np.argsort(-out)[:2].tolist()) == [0, 1]
     assert cap.after == pytest.approx(0.6) and cap.after > cap.cap
+    assert cap.to_dict()["met"] is False and cap.to_dict()["penalty"] is None  # JSON-safe, says it was not met
     with pytest.raises(ValueError, match="shape"):
         seconds_capped(np.ones(3), np.ones(2), 1, 1.0)
 
