@@ -98,11 +98,10 @@ def seconds_capped(score: np.ndarray, seconds: np.ndarray, k: int, cap: float,
         return s.copy(), SecondsCap(0.0, before, before, cap)
     r = percentile_rank(s)
     hi = 1.0
-    while _top_mean(r - hi * rel, rel, k) > cap and hi < 1e6:
+    while _top_mean(r - hi * rel, rel, k) > cap:
+        if hi >= 1e6:  # not reachable: cheapest first
+            return -rel, SecondsCap(float("inf"), before, _top_mean(-rel, rel, k), cap)
         hi *= 2.0
-    if _top_mean(r - hi * rel, rel, k) > cap:  # not reachable: cheapest first
-        out = -rel
-        return out, SecondsCap(float("inf"), before, _top_mean(out, rel, k), cap)
     lo = 0.0
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
