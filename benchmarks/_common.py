@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +67,35 @@ def service_cpu_s(settings: Any, service: str) -> float | None:
         except psutil.Error:
             continue
     return total
+
+
+SECRET_MASK = "**********"  # what pydantic's JSON dump writes for a SecretStr that is set
+
+
+def without_nulls(value: Any) -> Any:
+    """``value`` (a settings dump: dicts, lists, scalars) with every null or secret dict entry dropped,
+    recursively."""
+    if isinstance(value, Mapping):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None and v != SECRET_MASK}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
+
+
+def settings_hash(dump: Mapping[str, Any], length: int) -> str:
+    """The first ``length`` hex digits of the sha256 of a settings dump (``model_dump(mode="json")``), null
+    entries and secrets left out.
+
+    Null means "off" or "not set" throughout the settings tree, so an option added later at a null default names
+    the same configuration as before it existed: results and caches keyed before it stay valid (a new field
+    otherwise made every earlier soak non-resumable). Any non-null value, a default switched on included,
+    changes the hash. Secrets are not configuration: set or not (the soak machine's environment), they hash the
+    same."""
+    blob = json.dumps(without_nulls(dict(dump)), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def legacy_settings_hash(dump: Mapping[str, Any], length: int) -> str:
+    """:func:`settings_hash` as it was before nulls were left out (every entry hashed): to recognise results
+    keyed by it."""
+    return hashlib.sha256(json.dumps(dict(dump), sort_keys=True, default=str).encode()).hexdigest()[:length]

@@ -244,16 +244,29 @@ def _count(row: dict[str, Any], c: Mapping[str, Any], counts: Mapping[str, int],
 
 
 def soak_identity(settings: Any) -> str:
-    """What makes two soaks the same soak beyond size and seed: the settings (hashed; secrets dump masked)."""
-    import hashlib
+    """What makes two soaks the same soak beyond size and seed: the settings (hashed with
+    :func:`benchmarks._common.settings_hash`, so an option added later at its null default keeps the identity)."""
+    from benchmarks._common import settings_hash
+
+    return settings_hash(settings.model_dump(mode="json", exclude={"source"}), 12)
+
+
+def legacy_soak_identities(settings: Any) -> set[str]:
+    """:func:`soak_identity` as results written before 2026-12-05 carry it: every setting hashed, nulls included,
+    and the secrets as set on the machine that ran it (as they are here, or all set, as on the soak machines)."""
+    from benchmarks._common import SECRET_MASK, legacy_settings_hash
 
     d = settings.model_dump(mode="json", exclude={"source"})
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    masked = {**d, "s3": {**d["s3"], "access_key_id": SECRET_MASK, "secret_access_key": SECRET_MASK},
+              "label_studio": {**d["label_studio"], "api_token": SECRET_MASK}}
+    return {legacy_settings_hash(d, 12), legacy_settings_hash(masked, 12)}
 
 
 def resumable_rows(previous: Mapping[str, Any] | None, weeks: int, size: Mapping[str, Any], seed: int,
-                   identity: str) -> list[dict[str, Any]]:
+                   identity: str, legacy: Iterable[str] = ()) -> list[dict[str, Any]]:
     """The leading completed weeks of an earlier (partial) result of the same soak, to carry over on ``--resume``.
+    ``legacy``: the same settings' identities as older results carry them (:func:`legacy_soak_identities`),
+    accepted too.
 
     Raises:
         ValueError: the earlier result is of another soak (settings, size or fault seed differ, or it predates
@@ -261,7 +274,8 @@ def resumable_rows(previous: Mapping[str, Any] | None, weeks: int, size: Mapping
     """
     if not previous:
         return []
-    if previous.get("identity") != identity or previous.get("size") != dict(size) or previous.get("seed") != seed:
+    same = previous.get("identity") is not None and previous.get("identity") in {identity, *legacy}
+    if not same or previous.get("size") != dict(size) or previous.get("seed") != seed:
         raise ValueError(f"--resume: the earlier result is of another soak (settings {previous.get('identity')}, size "
                          f"{previous.get('size')}, seed {previous.get('seed')}; asked settings {identity}, size "
                          f"{dict(size)}, seed {seed}): use another --out")
@@ -271,6 +285,22 @@ def resumable_rows(previous: Mapping[str, Any] | None, weeks: int, size: Mapping
             break
         out.append(dict(row))
     return out
+
+
+def identity_migrations(previous: Mapping[str, Any] | None, identity: str) -> list[dict[str, Any]]:
+    """The identity migrations to keep in a resumed soak's result: the earlier result's, plus one when that result
+    carried another (legacy) identity for the same settings."""
+    if not previous:
+        return []
+    old = previous.get("identity_migrated") or []
+    kept = [dict(m) for m in (old if isinstance(old, list) else [old])]
+    if previous.get("identity") not in (None, identity):
+        from benchmarks._common import utc_now
+
+        kept.append({"from": previous["identity"], "to": identity, "when": utc_now(),
+                     "why": "the same settings hashed the older way (nulls included, so an option added at a null "
+                            "default changed it)"})
+    return kept
 
 
 def run_soak(settings: Any, weeks: int, spec: Any, seed: int = 0, timeout: float = 3600.0,
@@ -419,11 +449,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"--truth-only: no soak result at {a.out}")
         res = dict(previous)
     else:
-        carried = resumable_rows(previous, a.weeks, asdict(spec), a.seed, soak_identity(settings))
+        identity = soak_identity(settings)
+        carried = resumable_rows(previous, a.weeks, asdict(spec), a.seed, identity, legacy_soak_identities(settings))
+        migrated = {"identity_migrated": m} if (m := identity_migrations(previous, identity)) else {}
         from detloop.localfs import write_text
 
         res = run_soak(settings, a.weeks, spec, a.seed, monitor_days=a.monitor_days, carried=carried,
-                       on_week=lambda partial: write_text(a.out, json.dumps(partial, indent=2, default=str)))
+                       on_week=lambda partial: write_text(a.out, json.dumps({**partial, **migrated}, indent=2,
+                                                                            default=str)))
+        res.update(migrated)
     res = finish(settings, res, a.truth_frames, a.plot)
     res.update({"when": utc_now(), "machine": machine_info()})
     return write_result(a.out, res)

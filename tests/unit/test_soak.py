@@ -116,6 +116,44 @@ def test_a_soak_is_identified_by_its_settings() -> None:
     b = load_settings(REPO_ROOT / "configs" / "soak.yaml", env={}, overrides={"selection": {"budget": 48}})
     assert soak_identity(a) == soak_identity(load_settings(REPO_ROOT / "configs" / "soak.yaml", env={}))
     assert soak_identity(a) != soak_identity(b)
+    # secrets are not what a soak is: the soak machine has them set, a machine resuming it may not
+    secret = load_settings(REPO_ROOT / "configs" / "soak.yaml", env={"DETLOOP_S3__ACCESS_KEY_ID": "k",
+                                                                     "DETLOOP_LABEL_STUDIO__API_TOKEN": "t"})
+    assert secret.s3.access_key_id is not None and soak_identity(secret) == soak_identity(a)
+
+
+def test_an_option_added_at_null_keeps_every_settings_hash() -> None:
+    from benchmarks._common import legacy_settings_hash, settings_hash
+    from detloop.settings import REPO_ROOT, load_settings
+
+    dump = load_settings(REPO_ROOT / "configs" / "soak.yaml", env={}).model_dump(mode="json", exclude={"source"})
+    grown = {**dump, "selection": {**dump["selection"], "new_option": None, "cost": {**dump["selection"]["cost"],
+                                                                                       "another": None}}}
+    assert settings_hash(grown, 12) == settings_hash(dump, 12)
+    assert legacy_settings_hash(grown, 12) != legacy_settings_hash(dump, 12)  # what broke resumes before
+    on = {**dump, "selection": {**dump["selection"], "new_option": 1.0}}  # switched on: another configuration
+    assert settings_hash(on, 12) != settings_hash(dump, 12)
+    assert settings_hash({"a": [{"b": None, "c": 1}]}, 8) == settings_hash({"a": [{"c": 1}]}, 8)
+
+
+def test_a_result_keyed_the_older_way_resumes_and_records_the_migration() -> None:
+    from benchmarks.soak import identity_migrations, legacy_soak_identities, soak_identity
+    from detloop.settings import REPO_ROOT, load_settings
+
+    s = load_settings(REPO_ROOT / "configs" / "soak.yaml", env={})
+    old = sorted(legacy_soak_identities(s))
+    assert len(old) == 2 and soak_identity(s) not in old
+    size = {"frames_per_day": 24}
+    prev = {"identity": old[0], "size": size, "seed": 0,
+            "identity_migrated": {"from": "aaa", "to": old[0], "why": "by hand"},
+            "rows": [{"week": 1, "completed": True, "as_of": "2026-01-12"}]}
+    assert [r["week"] for r in resumable_rows(prev, 8, size, 0, soak_identity(s), old)] == [1]
+    with pytest.raises(ValueError, match="another soak"):  # the legacy identities of other settings do not pass
+        resumable_rows(prev, 8, size, 0, soak_identity(s), ["bbb"])
+    m = identity_migrations(prev, soak_identity(s))
+    assert [(x["from"], x["to"]) for x in m] == [("aaa", old[0]), (old[0], soak_identity(s))]
+    assert identity_migrations({**prev, "identity": soak_identity(s)}, soak_identity(s))[-1]["from"] == "aaa"
+    assert identity_migrations(None, soak_identity(s)) == []
 
 
 def test_recovery_weeks_charges_a_drop_to_the_drift_before_it() -> None:
