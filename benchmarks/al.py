@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import arch_key_part, configured_arch, write_result
+from benchmarks._common import arch_key_part, configured_arch, settings_hash, write_result
 from benchmarks.al_data import AnnotatorNoise, BenchData, BenchFrame, annotate, labelled_name
 from benchmarks.al_metrics import Curve, efficiency_ci, final_summary, mean_curve
 from detloop.detections import Detections
@@ -185,15 +185,19 @@ def check_arms(arms: Sequence[str]) -> list[str]:
     return [RANDOM] + [a for a in dict.fromkeys(arms) if a != RANDOM]
 
 
+KEY_SCHEME = 2  # selection keys since 2026-12-05: nulls and secrets left out (benchmarks._common.settings_hash)
+
+
 def selection_key(configured: Any) -> str:
     """Hash of the configured SelectionSettings minus what the benchmark replaces (budget, seed). Self-training
-    when off changes nothing, so it is left out then (caches made before it existed keep their key)."""
+    when off changes nothing, so it is left out then; so are options at their null (off) default
+    (:func:`benchmarks._common.settings_hash`): a selection option added later keeps every cached default arm."""
     d = configured.model_dump(mode="json")
     d.pop("budget", None)
     d.pop("seed", None)
     if not d.get("pseudo_labels", {}).get("enabled"):
         d.pop("pseudo_labels", None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+    return settings_hash(d, 8)
 
 
 def default_arm_key(configured: Any, retire_control_after: int | None) -> str:
@@ -985,6 +989,11 @@ def merge_summaries(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     keys = {s["run_key"] for s in summaries}
     if len(keys) > 1:
         raise DataError(f"cannot merge results of different runs (run keys {sorted(keys)}): settings differ")
+    schemes = {s.get("key_scheme", 1) for s in summaries if "default" in s["arms"]}
+    if len(schemes) > 1:
+        raise DataError("cannot tell whether these results' default arms are the same selection: some were keyed "
+                        "before 2026-12-05 (every selection field hashed), some after (null options left out); "
+                        "re-summarise the older ones with `bench al --summary-only` from their cache")
     variants = sorted({_default_key(s) for s in summaries if "default" in s["arms"]} - {None})
     if len(variants) > 1:  # e.g. seed 0 with value per second on, seed 1 without: same run key, other arm
         raise DataError(f"cannot merge results whose default arm differs (selection {', '.join(variants)}): "
@@ -1062,6 +1071,7 @@ def summarize(runner: Runner, arms: Sequence[str], run_seconds: float) -> dict[s
         "bootstrap": bootstrap,
         "date": time.strftime("%Y-%m-%d"),
         "run_key": cfg.run_key(),
+        "key_scheme": KEY_SCHEME,
         "selection_key": selection_key(runner.settings.selection) if hasattr(runner, "settings") else None,
         "default_key": (default_arm_key(runner.settings.selection, cfg.retire_control_after)
                         if hasattr(runner, "settings") else None),

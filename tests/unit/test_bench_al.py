@@ -444,6 +444,30 @@ def test_merging_one_seed_results_equals_summarising_both_seeds(tmp_path: Path) 
     retired = {**as_default[1], "config": {**as_default[1]["config"], "retire_control_after": 1}}
     with pytest.raises(DataError, match="default-abcd1234-retire1"):
         merge_summaries([as_default[0], retired])
+    # keyed before and after nulls were left out of the selection key: cannot be matched, refused in one line
+    with pytest.raises(DataError, match="keyed before 2026-12-05"):
+        merge_summaries([{**as_default[0], "key_scheme": 1}, {**as_default[1], "key_scheme": 2}])
+    older = [{k: v for k, v in q.items() if k != "key_scheme"} for q in as_default]  # written before the scheme
+    assert merge_summaries(older)["seeds_complete_all_arms"] == [0, 1]
+    with pytest.raises(DataError, match="keyed before 2026-12-05"):
+        merge_summaries([older[0], as_default[1]])
+
+
+def test_a_selection_option_added_at_null_keeps_the_default_arms_cache_key() -> None:
+    from benchmarks import al
+    from detloop.settings import REPO_ROOT, load_settings
+
+    sel = load_settings(REPO_ROOT / "configs" / "local.yaml", env={}).selection
+    assert sel.cost.seconds_cap is None  # an option added in session 35, at null
+    capped = sel.model_copy(update={"cost": sel.cost.model_copy(update={"seconds_cap": 1.0})})
+    key = al.selection_key(sel)
+    assert al.selection_key(capped) != key  # switched on: another arm
+    dump = sel.model_dump(mode="json")
+    dump.pop("budget"), dump.pop("seed"), dump.pop("pseudo_labels")
+    dump["cost"].pop("seconds_cap")  # as the settings were before the option existed
+    from benchmarks._common import settings_hash
+
+    assert settings_hash(dump, 8) == key
 
 
 # ---- the runner end to end, training replaced by an untrained model (no services, no training) --------
