@@ -993,7 +993,9 @@ def merge_summaries(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if len(schemes) > 1:
         raise DataError("cannot tell whether these results' default arms are the same selection: some were keyed "
                         "before 2026-12-05 (every selection field hashed), some after (null options left out); "
-                        "re-summarise the older ones with `bench al --summary-only` from their cache")
+                        "re-summarise the older ones with `bench al --summary-only` after renaming their cache's "
+                        "runs/default-<old key> directory to the key this code gives, or pair them with `bench "
+                        "al-compare`")
     variants = sorted({_default_key(s) for s in summaries if "default" in s["arms"]} - {None})
     if len(variants) > 1:  # e.g. seed 0 with value per second on, seed 1 without: same run key, other arm
         raise DataError(f"cannot merge results whose default arm differs (selection {', '.join(variants)}): "
