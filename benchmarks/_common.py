@@ -91,8 +91,7 @@ def settings_hash(dump: Mapping[str, Any], length: int) -> str:
     otherwise made every earlier soak non-resumable). Any non-null value, a default switched on included,
     changes the hash. Secrets are not configuration: set or not (the soak machine's environment), they hash the
     same."""
-    blob = json.dumps(without_nulls(dict(dump)), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+    return legacy_settings_hash(without_nulls(dict(dump)), length)
 
 
 def legacy_settings_hash(dump: Mapping[str, Any], length: int) -> str:
