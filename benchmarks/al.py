@@ -48,7 +48,7 @@ from benchmarks.al_data import AnnotatorNoise, BenchData, BenchFrame, annotate, 
 from benchmarks.al_metrics import Curve, efficiency_ci, final_summary, mean_curve
 from detloop.detections import Detections
 from detloop.errors import DataError
-from detloop.label_cost import LabelActions, count_actions
+from detloop.label_cost import LabelActions, OutcomeRates, OutcomeTally, count_actions, fit_outcome_rates
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -583,15 +583,20 @@ class Runner:
     def pre_annotations(self, weights: Path, idx: Sequence[int]) -> list[Detections]:
         """What the labeller is shown on pool frames ``idx``: ``weights``' boxes above the selection's
         ``conf_threshold`` (the product pre-annotates every task of a round, control frames too)."""
+        return self.shown_and_candidates(weights, idx)[0]
+
+    def shown_and_candidates(self, weights: Path, idx: Sequence[int]) -> tuple[list[Detections], list[Detections]]:
+        """``weights``' boxes on pool frames ``idx`` split at the selection's ``conf_threshold``: shown (the
+        pre-annotations) and the sub-threshold candidates (not shown; the outcome ledger records them)."""
         if not idx:
-            return []
+            return [], []
         ms, thr = self.settings.model, self.settings.selection.conf_threshold
         if str(weights) in self._scored:
             dets = [self._scored[str(weights)][0][i] for i in idx]
         else:
             dets, _ = infer(weights, self.frames("pool"), idx, ms.scoring_conf_threshold, ms.nms.iou_threshold,
                             ms.max_det, ms.scoring_max_candidates, self.cfg.threads, False)
-        return [dt[dt.confidence >= thr] for dt in dets]
+        return [dt[dt.confidence >= thr] for dt in dets], [dt[dt.confidence < thr] for dt in dets]
 
     def champion_quality(self, arm: str, seed: int, r: int, weights: Path, control_seen: Sequence[int],
                          last: dict[str, Any]) -> float | None:
@@ -649,6 +654,7 @@ class Runner:
 
     def _choose(self, arm: str, seed: int, r: int, weights: Path, unlabelled: list[int],
                 class_counts: np.ndarray, quality: float | None = None, labelled: Sequence[int] = (),
+                ledgers: Sequence[dict[str, Any]] = (),
                 ) -> tuple[list[int], list[int], dict[str, Any]]:
         """(pool indices to train on, control indices labelled but not trained on, info)."""
         from detloop.contracts import FrameRef, ScoredFrame
@@ -674,7 +680,8 @@ class Runner:
 
             ex = (self.exemplars(weights, labelled) if sel.rare_search.enabled
                   and missing_classes(frames, class_counts, sel, len(self.data.classes), quality) else None)
-            extra = {"cost": self.settings.labelling_cost, "champion_quality": quality, "class_exemplars": ex}
+            extra = {"cost": self.settings.labelling_cost, "champion_quality": quality, "class_exemplars": ex,
+                     "outcome_rates": fitted_rates(ledgers, sel.cost.calibration)}
             if sel.error_weighting.enabled:  # off by default; its own cache dir (selection_key) when on
                 extra["slice_weights"] = self.error_weights(weights)
         res = select(frames, class_counts, sel, round_seed=r, class_names=self.data.classes,
@@ -793,7 +800,7 @@ class Runner:
                 live = [i for k in sorted(ctl_rounds) for i in ctl_rounds[k]]  # labelled, not trained on yet
                 quality = self.champion_quality(arm, seed, r, weights, live, recs[-1])
                 new, control, info = self._choose(arm, seed, r, weights, unlabelled, labelled_counts, quality,
-                                                  trained)
+                                                  trained, [rc.get("label_outcomes") or {} for rc in recs[1:]])
             t_sel = time.time() - t0
             # the annotator labels every chosen frame (control too: it is paid for)
             lbl_dir = arm_dir / "labelled" / "labels"
@@ -802,13 +809,15 @@ class Runner:
             img_dir.mkdir(parents=True, exist_ok=True)
             drawn = {"new": 0, "control": 0}
             labels, how = self.label(arm, seed, r, new, control)
-            pre = self.pre_annotations(weights, [*new, *control])
+            pre, cand = self.shown_and_candidates(weights, [*new, *control])
             act_new, act_ctl = LabelActions(), LabelActions()
+            ledger = OutcomeTally()  # what the labeller did with the shown boxes, as the product records it
             for k, ann in enumerate(labels):
                 kind = "new" if k < len(new) else "control"
                 drawn[kind] += len(ann)
                 i = (new[k] if kind == "new" else control[k - len(new)])
                 a = count_actions(pre[k], ann, self.settings.labelling_cost)
+                ledger.add_frame(pre[k], ann, self.settings.labelling_cost, cand[k])
                 if kind == "new":
                     act_new = act_new + a
                 else:
@@ -871,6 +880,7 @@ class Runner:
                 **({"pseudo_labels": pseudo} if pseudo is not None else {}),
                 "actions_new": act_new.to_dict(), "actions_control": act_ctl.to_dict(),
                 "cumulative_actions": {k: v.to_dict() for k, v in acts.items()},
+                "label_outcomes": ledger.to_dict(),
                 **how, "select_seconds": round(t_sel, 1), "train_seconds": round(secs, 1),
                 "eval_seconds": round(time.time() - t1, 1), "load_avg": round(os.getloadavg()[0], 2),
             }
@@ -905,6 +915,17 @@ class Runner:
 # --------------------------------------------------------------------------------------------
 # Summary, plots, JSON
 # --------------------------------------------------------------------------------------------
+def fitted_rates(ledgers: Sequence[dict[str, Any]], calibration: Any) -> OutcomeRates | None:
+    """Outcome rates fitted on the last ``calibration.rounds`` rounds' ledgers (the round records'
+    ``label_outcomes``, oldest first), as the selection flow fits them; None without calibration or ledgers."""
+    if calibration is None:
+        return None
+    recent = [OutcomeTally.from_dict(g) for g in ledgers if g][-calibration.rounds:]
+    if not recent:
+        return None
+    return fit_outcome_rates(sum(recent[1:], recent[0]), calibration.prior_boxes)
+
+
 def rare_class_of(data: BenchData, wanted: str | None) -> str:
     if wanted:
         if wanted not in data.classes:

@@ -62,7 +62,7 @@ def rounds_show(
     from detloop.errors import DataError
     from tasks.annotation import ensure_project, round_tasks
     from tasks.ls_tasks import round_progress
-    from tasks.rounds import load_round, round_prefix
+    from tasks.rounds import labels_report_key, load_round
 
     s, store = _ctx(config)
     rec = load_round(store, s, round_id)
@@ -74,7 +74,7 @@ def rounds_show(
 
         ls = LabelStudioClient(s)
         out["progress_now"] = round_progress(round_tasks(ls, ensure_project(s, ls).id, round_id, "progress"))
-    key = round_prefix(round_id) + "labels_report.json"
+    key = labels_report_key(round_id)
     if store.exists(s.s3.data_bucket, key):
         rep = store.get_json(s.s3.data_bucket, key)
         rep["issues"] = rep.get("issues", [])[:20]

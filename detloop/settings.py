@@ -266,6 +266,18 @@ class LabellingCostSettings(_Model):
         return self
 
 
+class CostCalibrationSettings(_Model):
+    """Expected seconds fitted on what labellers did with earlier rounds' boxes (the outcome ledger each round's
+    labels report records: per confidence bin, pre-annotations verified / adjusted / deleted and sub-threshold
+    candidates that became drawn boxes), instead of taking confidences as probabilities."""
+
+    prior_boxes: float = Field(
+        20.0, ge=0.0, le=10_000.0, description="Weight, in boxes per confidence bin, of the uncalibrated model the "
+        "fitted rates are shrunk toward (0: the ledger's rates alone).",
+    )
+    rounds: int = Field(4, ge=1, le=1000, description="The most recent labelled rounds whose ledgers are fitted on.")
+
+
 class SelectionCostSettings(_Model):
     """Value per expected labelling second: frames are ranked by ``score / expected_seconds ** exponent``."""
 
@@ -282,6 +294,11 @@ class SelectionCostSettings(_Model):
         "the smallest that meets the cap), over the frames the diversity step picks from (filter_kcenter: the top "
         "filter_factor x k). Not applied to a uniform random sample (regime weight 0) or to k-center over the "
         "whole pool. null: no cap.",
+    )
+    calibration: CostCalibrationSettings | None = Field(
+        None, description="(Off until `detloop bench al` measures it, docs/selection.md.) Fit the expected seconds "
+        "on the outcome ledger of earlier rounds (verify / adjust / delete rates per confidence bin). null: "
+        "confidences taken as probabilities, no adjusts predicted.",
     )
 
 

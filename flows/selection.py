@@ -189,6 +189,22 @@ def error_weights(settings: Any, clients: Any, champion: Any, notes: list[str]) 
     return {**selection_weights(stored["breakdowns"], ew), "source": source}
 
 
+def outcome_rates(settings: Any, clients: Any, notes: list[str]) -> Any:
+    """Labelling outcome rates fitted on the recent rounds' ledgers (``selection.cost.calibration``), or None."""
+    from detloop.label_cost import fit_outcome_rates
+
+    cal = settings.selection.cost.calibration
+    if cal is None:
+        return None
+    tally, used = retrying(steps.outcome_ledger, settings)(settings, clients, cal.rounds)
+    if not used:
+        notes.append("cost calibration: no labelled round with an outcome ledger yet; expected seconds take "
+                     "confidences as probabilities")
+        return None
+    notes.append(f"cost calibration: outcome ledgers of {len(used)} round(s) ({', '.join(used)})")
+    return fit_outcome_rates(tally, cal.prior_boxes)
+
+
 @flow(name="select-frames", flow_run_name=run_name("select-frames", "run_id"), log_prints=True)
 def select_frames(
     as_of: date,
@@ -289,10 +305,11 @@ def select_frames(
     from tasks.rounds import round_seed
 
     slice_weights = error_weights(settings, clients, champion, notes)  # None unless error_weighting.enabled
+    rates = outcome_rates(settings, clients, notes)  # None unless selection.cost.calibration
     result = select(scored.frames, labelled_counts, settings.selection, round_seed=round_seed(run_id),
                     class_names=settings.classes, num_classes=len(settings.classes), cost=settings.labelling_cost,
                     champion_quality=quality,
-                    class_exemplars=exemplars, slice_weights=slice_weights)
+                    class_exemplars=exemplars, slice_weights=slice_weights, outcome_rates=rates)
     result.notes[:0] = notes
     result.report["notes"] = result.notes
     result.report.update(run_id=run_id, as_of=as_of.isoformat(), model=model.label, sample=sample.stats,

@@ -76,6 +76,14 @@ def frames_sent_before(settings: Any, clients: Any, round_id: str) -> set[str]:
     return sent_keys(clients.store, settings, exclude_round=round_id)
 
 
+@task(name="outcome-ledger", **NET)
+def outcome_ledger(settings: Any, clients: Any, last: int) -> tuple[Any, list[str]]:
+    """The labelling-outcome ledger of the ``last`` most recent pulled rounds (:func:`tasks.rounds.outcome_ledger`)."""
+    from tasks.rounds import outcome_ledger as ledger
+
+    return ledger(clients.store, settings, last)
+
+
 @task(name="score-chunk", **NET)
 def score_chunk(settings: Any, frames: list[Any], model: Any, committee: Any = None, tta: bool = False,
                 clients: Any = None) -> Any:

@@ -176,10 +176,11 @@ def pull_round(
     frames = rounds.load_round_frames(store, settings, round_id)
     arms = {k: str(v["arm"]) for k, v in frames.items()} if frames is not None else None
     pulled = convert_round_tasks(tasks, round_id, settings.classes, policy or settings.label_studio.annotation_policy,
-                                 settings.label_studio.min_box_pixels, arms, settings.label_studio.unknown_labels)
+                                 settings.label_studio.min_box_pixels, arms, settings.label_studio.unknown_labels,
+                                 settings.labelling_cost)
     if copy:
         entries = copy_frames(store, settings, pulled.frames, round_id)
         pulled.report["copied"] = len(entries)
         pulled.entries = entries
-    store.put_json(settings.s3.data_bucket, rounds.round_prefix(round_id) + "labels_report.json", pulled.report)
+    store.put_json(settings.s3.data_bucket, rounds.labels_report_key(round_id), pulled.report)
     return pulled

@@ -42,7 +42,9 @@ import numpy as np
 from detloop.contracts import LabelledFrame, Quality, SelectedFrame
 from detloop.detections import Detections, UnknownLabelsError
 from detloop.errors import DataError
+from detloop.label_cost import OutcomeTally
 from detloop.ls_format import FROM_NAME, IMAGE_FIELD, PREDICTION_MODEL_VERSION, TO_NAME
+from detloop.settings import LabellingCostSettings
 from tasks.label_quality import clip_boxes, consensus, label_quality, quality_report
 
 TaskState = Literal["labelled", "skipped", "pending"]
@@ -71,8 +73,9 @@ def build_task(
     converted to percent); its ``score`` is their mean confidence (0 when none is kept). ``model_version``
     (the registry version that scored the frame) is recorded in the round record, not in the task.
     """
-    dets = Detections.from_dict(sf.predictions) if sf.predictions else Detections.empty()
-    dets = dets[dets.confidence >= conf_threshold]
+    scored = Detections.from_dict(sf.predictions) if sf.predictions else Detections.empty()
+    dets = scored[scored.confidence >= conf_threshold]
+    below = scored[scored.confidence < conf_threshold]
     task: dict[str, Any] = {
         "data": {
             IMAGE_FIELD: sf.frame.uri,
@@ -85,7 +88,9 @@ def build_task(
             "date": sf.frame.date,
             # the pre-annotation again, in frame pixels: label quality is measured against exactly
             # this, and the export API (the fast read path) returns predictions as ids only
-            "pre": {k: v for k, v in dets.to_dict().items() if k in ("xyxy", "confidence", "class_id")},
+            "pre": _boxes(dets),
+            # the sub-threshold candidates, not shown: the outcome ledger learns which were missed objects
+            "cand": _boxes(below),
         },
         "predictions": [
             {
@@ -96,6 +101,10 @@ def build_task(
         ],
     }
     return task
+
+
+def _boxes(dets: Detections) -> dict[str, Any]:
+    return {k: v for k, v in dets.to_dict().items() if k in ("xyxy", "confidence", "class_id")}
 
 
 def prediction_score(dets: Detections) -> float:
@@ -170,6 +179,7 @@ def convert_round_tasks(
     min_box_pixels: float = 1.0,
     arms: dict[str, str] | None = None,
     unknown_labels: str = "fail",
+    cost: LabellingCostSettings | None = None,
 ) -> PulledRound:
     """Validate and convert the round's tasks (``fields="all"`` dicts) into labelled frames + report.
 
@@ -178,6 +188,8 @@ def convert_round_tasks(
             a key it lacks falls back to the task's ``data.arm`` (rounds pushed before tasks were blind), then
             ``selected``.
         unknown_labels: ``"fail"`` or ``"quarantine"`` (leave such tasks out, listed in ``report["quarantined"]``).
+        cost: with it, ``report["label_outcomes"]`` is the round's outcome ledger
+            (:class:`detloop.label_cost.OutcomeTally`: what labellers did with the pre-annotations, by confidence).
 
     Raises:
         UnknownLabelsInRound: with ``unknown_labels="fail"``, when any submitted box names a class outside
@@ -190,6 +202,7 @@ def convert_round_tasks(
     quality = Quality()
     negatives = 0
     multi = 0
+    outcomes = OutcomeTally()
     quarantined: list[dict[str, Any]] = []
     for t in tasks:
         data = t.get("data") or {}
@@ -241,6 +254,8 @@ def convert_round_tasks(
         counts["boxes_dropped"] += n_drop
         pred = _preannotation(t, class_names, w, h)
         q = label_quality(pred, dets)
+        if cost is not None:
+            outcomes.add_frame(pred, dets, cost, _candidates(t))
         quality = quality + q
         negatives += len(dets) == 0
         frames.append(LabelledFrame(
@@ -272,6 +287,8 @@ def convert_round_tasks(
         "issues": issues,
         "quarantined": quarantined,
     }
+    if cost is not None:
+        report["label_outcomes"] = outcomes.to_dict()
     return PulledRound(round_id, frames, report)
 
 
@@ -294,6 +311,12 @@ def _preannotation(task: dict[str, Any], class_names: Sequence[str], w: int, h: 
         return Detections.from_label_studio(preds[-1].get("result", []), class_names, w, h)
     except UnknownLabelsError:
         return Detections.empty()
+
+
+def _candidates(task: dict[str, Any]) -> Detections | None:
+    """The sub-threshold boxes the labeller was not shown (``data.cand``); None for tasks pushed without them."""
+    cand = (task.get("data") or {}).get("cand")
+    return Detections.from_dict(cand) if isinstance(cand, dict) else None
 
 
 def _bucket_of(uri: str) -> str:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from detloop.contracts import RoundRecord
 from detloop.errors import DataError
+from detloop.label_cost import OutcomeTally
 from detloop.settings import Settings
 
 _NS = uuid.UUID("6f1d7a52-4a8e-4df0-9a55-2f1f0f0d6e11")  # detloop's namespace for event ids
@@ -113,6 +114,28 @@ def list_rounds(store: Any, settings: Settings, status: str | None = None) -> li
             if status is None or rec.status == status:
                 out.append(rec)
     return sorted(out, key=lambda r: (r.created_at, r.round_id))
+
+
+def labels_report_key(round_id: str) -> str:
+    """Where :func:`tasks.annotation.pull_round` writes a round's labels report (with its outcome ledger)."""
+    return round_prefix(round_id) + "labels_report.json"
+
+
+def outcome_ledger(store: Any, settings: Settings, last: int) -> tuple[OutcomeTally, list[str]]:
+    """The summed outcome ledgers (``label_outcomes`` of the labels report) of this project's ``last`` most recent
+    rounds whose labels were pulled, and those rounds' ids (rounds pulled before the ledger existed are skipped)."""
+    total, used = OutcomeTally(), []
+    for rec in reversed(list_rounds(store, settings)):
+        if len(used) >= last:
+            break
+        key = labels_report_key(rec.round_id)
+        if rec.status == "open" or not store.exists(settings.s3.data_bucket, key):
+            continue
+        ledger = (store.get_json(settings.s3.data_bucket, key) or {}).get("label_outcomes")
+        if ledger:
+            total = total + OutcomeTally.from_dict(ledger)
+            used.append(rec.round_id)
+    return total, used
 
 
 def unpromoted_rounds(store: Any, settings: Settings, among: Collection[str] | None = None) -> dict[str, str]:

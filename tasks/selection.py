@@ -32,7 +32,7 @@ import numpy as np
 
 from detloop.contracts import ScoredFrame, SelectedFrame
 from detloop.detections import Detections
-from detloop.label_cost import expected_seconds
+from detloop.label_cost import OutcomeRates, expected_seconds
 from detloop.settings import LabellingCostSettings, SelectionSettings
 from tasks.acquisition import (
     RareSearch,
@@ -306,6 +306,7 @@ def select(
     champion_quality: float | None = None,
     class_exemplars: Mapping[int, np.ndarray] | None = None,
     slice_weights: Mapping[str, Any] | None = None,
+    outcome_rates: OutcomeRates | None = None,
 ) -> SelectionResult:
     """Select frames for labelling.
 
@@ -325,6 +326,9 @@ def select(
         slice_weights: ``{"class": {name: w}, "camera": {id: w}}`` from the champion's error breakdown
             (:func:`tasks.error_analysis.selection_weights`), optionally with ``"source"`` (where it came from, for
             the report); used when ``settings.error_weighting.enabled`` (None then: every frame weighs 1, a note).
+        outcome_rates: labelling outcome rates per confidence bin fitted on earlier rounds
+            (:func:`detloop.label_cost.fit_outcome_rates`; ``settings.cost.calibration``); None: expected seconds
+            take confidences as probabilities.
 
     Returns:
         :class:`SelectionResult`. An empty pool gives an empty result with a note, not an error.
@@ -342,7 +346,7 @@ def select(
     sc = score_frames(pool, settings, labelled_class_counts)
     ew_report = _apply_error_weights(pool, frames, sc, settings, slice_weights, class_names)
     acq = _acquisition(pool, emb, sc, settings, cost, champion_quality, class_exemplars, labelled_class_counts,
-                       class_names, round_seed)
+                       class_names, round_seed, outcome_rates)
     # a weak champion with representative 'random': the seeded draw is the sample, not diversified
     picking = settings.model_copy(update={"diversity": "none"}) if acq["random_sample"] else settings
     picked = select_indices(acq["rank_score"], emb, picking, round_seed, reserve=acq["reserve"],
@@ -486,7 +490,8 @@ def _rare_note(rare: RareSearch) -> list[str]:
 def _acquisition(pool: BoxPool, emb: np.ndarray | None, sc: dict[str, Any], settings: SelectionSettings,
                  cost: LabellingCostSettings | None, quality: float | None,
                  exemplars: Mapping[int, np.ndarray] | None, labelled_counts: Any,
-                 class_names: Sequence[str] | None, round_seed: int = 0) -> dict[str, Any]:
+                 class_names: Sequence[str] | None, round_seed: int = 0,
+                 outcome_rates: OutcomeRates | None = None) -> dict[str, Any]:
     """Value per expected second, the regime blend and the rare-class reservation (see tasks/acquisition.py)."""
     notes: list[str] = []
     columns: dict[str, np.ndarray] = {}
@@ -496,12 +501,16 @@ def _acquisition(pool: BoxPool, emb: np.ndarray | None, sc: dict[str, Any], sett
     seconds = None
     if cost is not None:
         seconds = expected_seconds(pool.confidence[det], pool.frame_index[det], pool.confidence[~det],
-                                   pool.frame_index[~det], pool.n_frames, cost)
+                                   pool.frame_index[~det], pool.n_frames, cost, outcome_rates)
         columns["expected_seconds"] = seconds
+        if outcome_rates is not None:
+            cost_report["calibration"] = outcome_rates.to_dict()
+            notes.append(f"expected seconds calibrated on {outcome_rates.boxes} pre-annotated boxes of "
+                         f"{outcome_rates.frames} labelled frame(s) (outcome rates per confidence bin)")
         if settings.cost.per_second and settings.cost.exponent > 0:
             value = per_second(value, seconds, settings.cost.exponent)
-            cost_report = {"per_second": True, "exponent": settings.cost.exponent,
-                           "pool_median_expected_seconds": round(float(np.median(seconds)), 2)}
+            cost_report.update(per_second=True, exponent=settings.cost.exponent,
+                               pool_median_expected_seconds=round(float(np.median(seconds)), 2))
     regime = regime_weight(quality, settings.regime)
     typical = None
     random_sample = False

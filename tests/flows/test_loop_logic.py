@@ -238,3 +238,30 @@ def test_the_rare_class_search_reads_the_labelled_manifest_once(world: Any, conf
     searched = run.report["rare_search"]["classes"]
     assert searched and all(r["exemplars"] > 0 for r in searched.values())
     assert any("rare-class search" in n and vid in n and "embedded" in n for n in run.notes)
+
+
+def test_cost_calibration_fits_the_pulled_rounds_ledgers_and_says_when_there_are_none(world: Any, config: str,
+                                                                                   fakes: Any) -> None:
+    """With ``selection.cost.calibration`` the selection flow fits the expected seconds on the outcome ledgers of
+    the rounds already pulled; before any, it says so and prices boxes as before."""
+    from datetime import datetime
+
+    from detloop.label_cost import OutcomeTally
+    from flows.selection import select_frames
+    from tasks import rounds
+
+    on = {"selection": {"cost": {"calibration": {"prior_boxes": 5, "rounds": 2}}}}
+    first = select_frames(AS_OF, "cal-none", config, on).result
+    assert any("no labelled round with an outcome ledger yet" in n for n in first.notes)
+    assert "calibration" not in first.report["cost"]
+
+    ledger = OutcomeTally(frames=30)
+    ledger.shown[:, 1] = 40  # every shown box was adjusted: dearer than confidences alone say
+    rounds.open_round(fakes.store, world, "r-before", "2026-01-05", "1", 30, 0, now=datetime(2026, 1, 5))
+    rounds.mark_round(fakes.store, world, "r-before", status="trained")
+    fakes.store.put_json(world.s3.data_bucket, rounds.labels_report_key("r-before"),
+                         {"label_outcomes": ledger.to_dict()})
+    run = select_frames(AS_OF, "cal-on", config, on).result
+    assert any("outcome ledgers of 1 round(s) (r-before)" in n for n in run.notes)
+    assert run.report["cost"]["calibration"]["boxes"] == 400
+    assert run.report["cost"]["pool_mean_expected_seconds"] > first.report["cost"]["pool_mean_expected_seconds"]

@@ -215,6 +215,13 @@ def test_round_trip_with_simulated_annotator(env):  # type: ignore[no-untyped-de
     pulled = annotation.pull_round(s, rid, ls, store)
     assert pulled.report["frames"] == 12 - skipped == len(pulled.frames)
     assert pulled.report["skipped"] == skipped
+    # the outcome ledger: every labelled box is a kept pre-annotation, a found candidate or an unhinted draw
+    led = pulled.report["label_outcomes"]
+    assert led["frames"] == led["frames_with_candidates"] == len(pulled.frames)  # the tasks carried their candidates
+    shown, cand = np.array(led["shown"]), np.array(led["candidates"])
+    assert shown.sum() == pulled.report["quality"]["predicted"]
+    assert shown[:, :2].sum() + cand[:, 0].sum() + led["draws_unexplained"] == pulled.report["boxes"]
+    assert rid in rounds.outcome_ledger(store, s, last=100)[1]  # read back from the real store
     for f in pulled.frames:
         truth = env["truths"][f.key]
         assert len(f.detections) == len(truth)

@@ -350,3 +350,23 @@ def test_the_champions_golden_map50_tag_is_read_as_its_quality() -> None:
 def test_typicality_is_the_same_computed_in_blocks() -> None:
     x = np.random.default_rng(3).standard_normal((50, 6)).astype(np.float32)
     np.testing.assert_allclose(typicality(x, 4, 20, seed=1, block=7), typicality(x, 4, 20, seed=1), rtol=1e-6)
+
+
+def test_calibrated_expected_seconds_stop_favouring_the_uncertain_box_labellers_adjust() -> None:
+    from detloop.label_cost import OutcomeTally, fit_outcome_rates
+
+    e = np.ones(4, np.float32)
+    # one torn box against two fairly sure ones: uncalibrated, the torn box looks cheap (likely a quick delete)
+    frames = [scored(0, [0.55], [0], e, second=0.4), scored(1, [0.85] * 2, [0] * 2, e, second=0.1)]
+    cost = LabellingCostSettings()
+    ledger = OutcomeTally(frames=100)
+    ledger.shown[5] = [0, 300, 0]  # ... but the labellers adjusted every mid-confidence box
+    ledger.shown[8] = [300, 0, 0]
+    rates = fit_outcome_rates(ledger, prior_boxes=20)
+    plain = select(frames, None, sel(cost={"per_second": True}), cost=cost)
+    cal = select(frames, None, sel(cost={"per_second": True}), cost=cost, outcome_rates=rates)
+    assert plain.selected[0].frame.key == frames[0].frame.key
+    assert cal.selected[0].frame.key == frames[1].frame.key
+    assert cal.report["cost"]["calibration"]["boxes"] == 600 and cal.report["cost"]["per_second"] is True
+    assert any("calibrated on 600 pre-annotated boxes" in n for n in cal.notes)
+    assert "calibration" not in plain.report["cost"]

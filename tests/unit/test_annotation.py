@@ -461,3 +461,42 @@ def test_convert_reads_arms_from_the_record_and_old_tasks_still_work() -> None:
     r = lt.convert_round_tasks([old, blind], "r1", CLASSES, arms={"k2": "control"})
     assert r.report["by_arm"] == {"control": 2}
     assert lt.convert_round_tasks([old, blind], "r1", CLASSES).report["by_arm"] == {"control": 1, "selected": 1}
+
+
+def test_build_task_keeps_the_unshown_candidates_and_the_pull_records_the_outcome_ledger(cfg) -> None:  # type: ignore[no-untyped-def]
+    pred = dets([[10, 10, 50, 50], [100, 20, 150, 60], [0, 80, 10, 90]], [0, 1, 2], [0.9, 0.1, 0.07])
+    sf = SelectedFrame(frame=FrameRef("prod", "frames/camera=c/date=2026-01-05/x.jpg", "e", "c", "2026-01-05"),
+                       width=W, height=H, arm="selected", strategy="entropy", uncertainty=0.7, rank=1, reason="r",
+                       predictions=pred.to_dict())
+    t = lt.build_task(sf, "r1", "3", CLASSES, conf_threshold=0.25)
+    assert t["data"]["cand"]["confidence"] == pytest.approx([0.1, 0.07]) and len(t["data"]["pre"]["xyxy"]) == 1
+    assert len(t["predictions"][0]["result"]) == 1  # candidates are never shown
+    # the labeller keeps the shown box, draws the object behind the 0.1 candidate and one nothing hinted at
+    final = dets([[10, 10, 50, 50], [100, 20, 150, 60], [160, 70, 190, 95]], [0, 1, 1])
+    t.update(id=1, annotations=[ann(final)])
+    old = task(2, [ann(dets([[12, 10, 50, 50]], [0]))], dets([[10, 10, 50, 50]], [0], [0.9]))  # no data.cand
+    old["data"]["pre"] = {"xyxy": [[10, 10, 50, 50]], "confidence": [0.45], "class_id": [0]}
+    r = lt.convert_round_tasks([t, old], "r1", CLASSES, cost=cfg.labelling_cost).report["label_outcomes"]
+    assert r["shown"][9] == [1, 0, 0] and r["shown"][4] == [1, 0, 0]
+    assert r["candidates"][1] == [1, 0] and r["candidates"][0] == [0, 1]
+    assert (r["frames"], r["frames_with_candidates"], r["draws_unexplained"]) == (2, 1, 1)
+    assert "label_outcomes" not in lt.convert_round_tasks([t], "r1", CLASSES).report
+
+
+def test_outcome_ledger_sums_the_recent_pulled_rounds_of_this_project(cfg) -> None:  # type: ignore[no-untyped-def]
+    from detloop.label_cost import OutcomeTally
+
+    store = FakeStore()
+    for i, rid in enumerate(["a", "b", "c", "d"]):
+        rounds.open_round(store, cfg, rid, f"2026-01-{5 + 7 * i:02d}", "7", 3, 1, now=datetime(2026, 1, 5 + 7 * i))
+        if rid != "d":
+            rounds.mark_round(store, cfg, rid, status="trained")
+        tally = OutcomeTally(frames=10 * (i + 1))
+        tally.shown[9] = [i + 1, 0, 0]
+        report = {"label_outcomes": tally.to_dict()} if rid != "b" else {}  # b: pulled before the ledger
+        store.put_json(cfg.s3.data_bucket, rounds.labels_report_key(rid), report)
+    total, used = rounds.outcome_ledger(store, cfg, last=5)
+    assert used == ["c", "a"] and total.frames == 40 and total.shown[9].tolist() == [4, 0, 0]  # d is still open
+    assert rounds.outcome_ledger(store, cfg, last=1)[1] == ["c"]
+    assert rounds.outcome_ledger(store, cfg.model_copy(update={"label_studio": cfg.label_studio.model_copy(
+        update={"project_title": "another"})}), last=5)[1] == []

@@ -16,6 +16,7 @@ from benchmarks.al import (
     annotate,
     check_arms,
     curves_from_records,
+    fitted_rates,
     markdown_table,
     metric_value,
     plot,
@@ -740,3 +741,18 @@ def test_truth_errors_arm_picks_by_the_current_models_mistakes(tmp_path: Path,
     worst_picked = min(score[i] for i in rec["new_frames_idx"])
     assert all(score[i] <= worst_picked for i in range(len(pool)) if i not in rec["new_frames_idx"])
     assert len({score[i] for i in range(len(pool))}) > 1  # the pool's frames differ: the ranking had work to do
+
+
+def test_the_bench_fits_the_last_rounds_ledgers_as_the_flow_does() -> None:
+    from detloop.label_cost import OutcomeTally
+    from detloop.settings import CostCalibrationSettings
+
+    def ledger(adjusted: int) -> dict:
+        t = OutcomeTally(frames=10)
+        t.shown[5] = [0, adjusted, 10 - adjusted]
+        return t.to_dict()
+
+    cal = CostCalibrationSettings(prior_boxes=0, rounds=2)
+    assert fitted_rates([ledger(10)], None) is None and fitted_rates([{}, {}], cal) is None
+    r = fitted_rates([ledger(0), ledger(10), {}, ledger(0)], cal)  # the last 2 ledgers; a round without one skipped
+    assert r.boxes == 20 and r.shown[5, 1] == pytest.approx(0.5)
