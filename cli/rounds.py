@@ -78,6 +78,10 @@ def rounds_show(
     if store.exists(s.s3.data_bucket, key):
         rep = store.get_json(s.s3.data_bucket, key)
         rep["issues"] = rep.get("issues", [])[:20]
+        if rep.get("label_outcomes"):  # the raw ledger stays in S3; people read the summary
+            from detloop.label_cost import OutcomeTally
+
+            rep["label_outcomes"] = OutcomeTally.from_dict(rep["label_outcomes"]).summary()
         out["labels_report"] = rep
     typer.echo(json.dumps(out, indent=1, default=str))
 

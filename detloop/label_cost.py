@@ -143,6 +143,20 @@ class OutcomeTally:
                 "candidates": self.candidates.tolist(), "frames_with_candidates": self.frames_with_candidates,
                 "draws_unexplained": self.draws_unexplained}
 
+    def summary(self) -> dict[str, Any]:
+        """For people: shares of the shown boxes verified / adjusted / deleted, per non-empty bin
+        ``"lo-hi": "verified/adjusted/deleted"``, candidates found, and unhinted draws per frame."""
+        n = int(self.shown.sum())
+        share = (self.shown.sum(0) / max(n, 1)).round(3).tolist()
+        bins = {f"{b / OUTCOME_BINS:.1f}-{(b + 1) / OUTCOME_BINS:.1f}": "/".join(map(str, self.shown[b].tolist()))
+                for b in range(OUTCOME_BINS) if self.shown[b].any()}
+        out: dict[str, Any] = {"frames": self.frames, "shown_boxes": n, "verified": share[0], "adjusted": share[1],
+                               "deleted": share[2], "by_confidence (verified/adjusted/deleted)": bins}
+        if self.frames_with_candidates:
+            out["candidates_found"] = f"{int(self.candidates[:, 0].sum())} of {int(self.candidates.sum())}"
+            out["unhinted_draws_per_frame"] = round(self.draws_unexplained / self.frames_with_candidates, 3)
+        return out
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OutcomeTally:
         """Read :meth:`to_dict`'s output.

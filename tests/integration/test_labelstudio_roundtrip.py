@@ -405,6 +405,10 @@ def test_cli_simulate_show_pull(env):  # type: ignore[no-untyped-def]
     res = runner.invoke(app, ["rounds", "pull", rid], env=cli_env)
     assert res.exit_code == 0, res.output
     assert _json.loads(res.output)["frames"] == 3
+    res = runner.invoke(app, ["rounds", "show", rid, "--no-live"], env=cli_env)  # the pulled round's ledger, readable
+    assert res.exit_code == 0, res.output
+    outcomes = _json.loads(res.output)["labels_report"]["label_outcomes"]
+    assert outcomes["frames"] == 3 and "candidates_found" in outcomes and 0 <= outcomes["adjusted"] <= 1
 
 
 def test_simulated_annotator_leaves_frames_without_truth_pending(env):  # type: ignore[no-untyped-def]

@@ -126,6 +126,11 @@ def test_tally_records_shown_outcomes_and_candidates_by_confidence_bin() -> None
     assert (t.frames, t.frames_with_candidates, t.draws_unexplained) == (1, 1, 1)  # the box at x=80: no hint
     t.add_frame(shown, final, COST)  # candidates not recorded (a task pushed before the ledger)
     assert (t.frames, t.frames_with_candidates, int(t.shown.sum())) == (2, 1, 6)
+    summary = t.summary()
+    assert summary["shown_boxes"] == 6 and summary["adjusted"] == 0.333
+    assert summary["by_confidence (verified/adjusted/deleted)"] == {"0.3-0.4": "0/0/2", "0.5-0.6": "0/2/0",
+                                                                      "0.9-1.0": "2/0/0"}
+    assert summary["candidates_found"] == "1 of 2" and summary["unhinted_draws_per_frame"] == 1.0
     back = OutcomeTally.from_dict(json.loads(json.dumps(t.to_dict())))
     assert back.to_dict() == t.to_dict() and (back + back).frames == 4
     with pytest.raises(ValueError, match="bins"):
