@@ -131,8 +131,7 @@ class OutcomeTally:
         self.frames += 1
         if candidates is None:
             return
-        drawn = final[~matched] if len(final) else final
-        cand_out, explained = match_outcomes(candidates, drawn, cost)
+        cand_out, explained = match_outcomes(candidates, final[~matched], cost)
         found = (cand_out != DELETE).astype(np.int64)  # a candidate matching a drawn box at any class
         np.add.at(self.candidates, (confidence_bin(candidates.confidence), 1 - found), 1)
         self.frames_with_candidates += 1

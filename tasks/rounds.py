@@ -133,7 +133,11 @@ def outcome_ledger(store: Any, settings: Settings, last: int) -> tuple[OutcomeTa
             continue
         ledger = (store.get_json(settings.s3.data_bucket, key) or {}).get("label_outcomes")
         if ledger:
-            total = total + OutcomeTally.from_dict(ledger)
+            try:
+                total = total + OutcomeTally.from_dict(ledger)
+            except (KeyError, TypeError, ValueError) as err:
+                raise DataError(f"s3://{settings.s3.data_bucket}/{key}: unreadable label_outcomes ({err}); "
+                                "delete that entry or turn selection.cost.calibration off") from err
             used.append(rec.round_id)
     return total, used
 

@@ -20,6 +20,7 @@ from detloop.clients.labelstudio import (
 )
 from detloop.contracts import FrameRef, RoundRecord, SelectedFrame
 from detloop.detections import Detections
+from detloop.errors import DataError
 from detloop.settings import REPO_ROOT, load_settings
 from tasks import annotation as an
 from tasks import label_quality as lq
@@ -498,5 +499,8 @@ def test_outcome_ledger_sums_the_recent_pulled_rounds_of_this_project(cfg) -> No
     total, used = rounds.outcome_ledger(store, cfg, last=5)
     assert used == ["c", "a"] and total.frames == 40 and total.shown[9].tolist() == [4, 0, 0]  # d is still open
     assert rounds.outcome_ledger(store, cfg, last=1)[1] == ["c"]
+    store.put_json(cfg.s3.data_bucket, rounds.labels_report_key("c"), {"label_outcomes": {"bins": 5, "frames": 1}})
+    with pytest.raises(DataError, match=r"rounds/c/labels_report.json: unreadable label_outcomes"):
+        rounds.outcome_ledger(store, cfg, last=1)
     assert rounds.outcome_ledger(store, cfg.model_copy(update={"label_studio": cfg.label_studio.model_copy(
         update={"project_title": "another"})}), last=5)[1] == []
