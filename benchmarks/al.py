@@ -999,6 +999,29 @@ def _default_key(summary: dict[str, Any]) -> str | None:
     return f"default-{sel}" + ("" if after is None else f"-retire{after}")
 
 
+def paid_frame_cost(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Labelling seconds per paid frame of one arm from its rows (cumulative ``frames_paid`` / ``seconds_paid``
+    per seed and round): each round's new seconds over its new paid frames (selected and control), as a mean over
+    seeds, and over all rounds (per seed, then the mean). What a selection saves or spends per frame it sends to
+    labelling, next to random's; ``None`` where an arm paid no frames (no new labels)."""
+    by_seed: dict[int, dict[int, dict[str, Any]]] = {}
+    for q in rows:
+        by_seed.setdefault(q["seed"], {})[q["round"]] = q
+    per_round: dict[int, list[float]] = {}
+    overall: list[float] = []
+    for rounds in by_seed.values():
+        prev_f = prev_s = 0.0
+        for r in sorted(rounds):
+            f, sec = float(rounds[r].get("frames_paid") or 0), float(rounds[r].get("seconds_paid") or 0)
+            if r >= 1 and f > prev_f:
+                per_round.setdefault(r, []).append((sec - prev_s) / (f - prev_f))
+            prev_f, prev_s = f, sec
+        if prev_f > 0:
+            overall.append(prev_s / prev_f)
+    return {"all_rounds": _r(float(np.mean(overall)), 1) if overall else None,
+            "by_round": {r: _r(float(np.mean(v)), 1) for r, v in sorted(per_round.items())}}
+
+
 def merge_summaries(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One summary from result JSONs of the same run (same run key) that hold different seeds: seeds run in
     separate invocations, on separate machines, or whose cache is gone. Rows are kept as they were measured;
@@ -1038,7 +1061,7 @@ def merge_summaries(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     seeds_all = sorted(set.intersection(*(set(recs[a]) for a in arms)))
     boot = {k: {str(seed): v for s in summaries for seed, v in (s["bootstrap"].get(k) or {}).items()}
             for k in ("map50_by_seed", "map_by_seed")}
-    per_arm = {a: {"seeds_complete": sorted(recs[a]), "rows": rows[a],
+    per_arm = {a: {"seeds_complete": sorted(recs[a]), "rows": rows[a], "seconds_per_paid_frame": paid_frame_cost(rows[a]),
                    **({"final": final_of([recs[a][seed][-1] for seed in sorted(recs[a])], rare)} if recs[a] else {})}
                for a in arms}
     return {**first, "date": time.strftime("%Y-%m-%d"),
@@ -1073,7 +1096,7 @@ def summarize(runner: Runner, arms: Sequence[str], run_seconds: float) -> dict[s
                              "rare_map50": _r(metric_value(m, f"class.{rare}.map50")),
                              "rare_boxes_added": (r.get("new_boxes_per_class") or {}).get(rare, 0),
                              "train_seconds": r.get("train_seconds")})
-        per_arm[a] = {"seeds_complete": complete[a], "rows": rows}
+        per_arm[a] = {"seeds_complete": complete[a], "rows": rows, "seconds_per_paid_frame": paid_frame_cost(rows)}
         if complete[a]:
             per_arm[a]["final"] = final_of([recs[a][s][-1] for s in complete[a]], rare)  # type: ignore[index]
     eff = efficiency_of(recs, arms, seeds_all, cfg.metric, rare)  # type: ignore[arg-type]
@@ -1332,8 +1355,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
     m = summary["config"]["metric"]
     rare = summary["rare_class"]
     lines = [f"| arm | final mAP50-95 (mean ± sd) | final mAP50 | final AP {rare} | small AP | boxes added | "
-             f"efficiency frames | boxes | frames paid | boxes paid | seconds | seconds paid |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"s / paid frame | efficiency frames | boxes | frames paid | boxes paid | seconds | seconds paid |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a, d in summary["arms"].items():
         f = d.get("final")
         if not f:
@@ -1352,6 +1375,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
             ci = x.get("ci")
             return x["text"] + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
+        spf = (d.get("seconds_per_paid_frame") or paid_frame_cost(d.get("rows", [])))["all_rounds"]
         lines.append(f"| {a} | {ms('map')} | {ms('map50')} | {ms(f'class.{rare}.map')} | {ms('small_map')} | "
-                     f"{f['boxes_trained_mean']:.0f} | " + " | ".join(et(x) for x in AXES) + " |")
+                     f"{f['boxes_trained_mean']:.0f} | {'-' if spf is None else f'{spf:.1f}'} | "
+                     + " | ".join(et(x) for x in AXES) + " |")
     return "\n".join(lines)

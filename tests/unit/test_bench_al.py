@@ -393,12 +393,35 @@ def test_summarize_efficiency_on_both_axes_and_plots(tmp_path: Path) -> None:
     assert s["map_by_round_mean"][CONTROL][3] == pytest.approx(0.14)
     assert s["bootstrap"]["map50_by_seed"] == {0: 0.2, 1: 0.2} and "cold start" in s["bootstrap"]["cold_start_warning"]
     assert s["arms"]["entropy_sum"]["final"]["map"]["mean"] == pytest.approx(0.5)
+    # seconds here = 2 x boxes: 12 s a paid frame for random (6 boxes), 24 for entropy-sum (12), none unpaid
+    assert s["arms"]["random"]["seconds_per_paid_frame"] == {"all_rounds": 12.0, "by_round": {1: 12.0, 2: 12.0,
+                                                                                                3: 12.0}}
+    assert s["arms"]["entropy_sum"]["seconds_per_paid_frame"]["all_rounds"] == 24.0
+    assert s["arms"][CONTROL]["seconds_per_paid_frame"] == {"all_rounds": None, "by_round": {}}
     table_md = markdown_table(s)
     assert "| entropy_sum |" in table_md and "1.50x" in table_md and "(baseline)" in table_md
+    assert "| 24.0 |" in table_md and "| 12.0 |" in table_md
     json.dumps(s)
     curve, rare = tmp_path / "c.png", tmp_path / "r.png"
     plot(s, curve, rare)
     assert curve.stat().st_size > 1000 and rare.stat().st_size > 1000
+
+
+def test_paid_frame_cost_is_each_rounds_new_seconds_over_its_new_paid_frames() -> None:
+    from benchmarks.al import paid_frame_cost
+
+    rows = [{"seed": 0, "round": 0, "frames_paid": 0, "seconds_paid": 0.0},
+            {"seed": 0, "round": 1, "frames_paid": 50, "seconds_paid": 1000.0},   # 20 s a frame
+            {"seed": 0, "round": 2, "frames_paid": 100, "seconds_paid": 3000.0},  # 40 s a frame
+            {"seed": 1, "round": 2, "frames_paid": 100, "seconds_paid": 2000.0},  # rows in any order
+            {"seed": 1, "round": 1, "frames_paid": 50, "seconds_paid": 1500.0},   # 30, then 10
+            {"seed": 1, "round": 0, "frames_paid": 0, "seconds_paid": 0.0}]
+    cost = paid_frame_cost(rows)
+    assert cost["by_round"] == {1: 25.0, 2: 25.0}
+    assert cost["all_rounds"] == 25.0  # (30 + 20) / 2: per seed, then the mean
+    rows[2]["seconds_paid"] = 6000.0  # seed 0's round 2 dearer: 100 s a frame
+    assert paid_frame_cost(rows) == {"all_rounds": pytest.approx((60 + 20) / 2), "by_round": {1: 25.0, 2: 55.0}}
+    assert paid_frame_cost([])["all_rounds"] is None
 
 
 def test_merging_one_seed_results_equals_summarising_both_seeds(tmp_path: Path) -> None:
@@ -420,6 +443,8 @@ def test_merging_one_seed_results_equals_summarising_both_seeds(tmp_path: Path) 
     assert merged["seeds_complete_all_arms"] == [0, 1] and merged["config"]["seeds"] == [0, 1]
     assert merged["efficiency_vs_random"] == json.loads(json.dumps(both["efficiency_vs_random"]))
     assert merged["map_by_round_mean"] == both["map_by_round_mean"]
+    assert merged["arms"]["entropy_sum"]["seconds_per_paid_frame"]["all_rounds"] == \
+        both["arms"]["entropy_sum"]["seconds_per_paid_frame"]["all_rounds"] == 18.0
     for a in arms:
         assert merged["arms"][a]["final"] == both["arms"][a]["final"]
         assert len(merged["arms"][a]["rows"]) == len(both["arms"][a]["rows"])
