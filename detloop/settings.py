@@ -287,7 +287,8 @@ class SelectionCostSettings(_Model):
     )
     exponent: float = Field(1.0, ge=0.0, le=2.0, description="0: cost ignored; 1: value per second.")
     seconds_cap: float | None = Field(
-        None, ge=0.5, le=3.0, description="(Off until `detloop bench al` measures it, docs/selection.md.) Cap on "
+        1.0, ge=0.5, le=3.0, description="(On since session 39: measured on worlds 0 and 1 and the cold start, "
+        "docs/benchmarks.md, \"Where issue 22 stands\".) Cap on "
         "the selected arm's mean expected labelling seconds per frame, as a multiple of the pool's mean (what a "
         "random sample costs in expectation): 1.0 pays no more per frame than random. The ranking keeps its best "
         "frames and gives up those trading the least rank for the most seconds (a penalty on expected seconds, "
@@ -310,8 +311,8 @@ class RegimeSettings(_Model):
     is typicality or a seeded random draw, ``representative``). Quality is the champion's
     mAP50 on labelled frames it never trained on (the control arm's live estimate, else its golden set)."""
 
-    enabled: bool = Field(False, description="Apply the blend (off: uncertainty only, whatever the quality). Off "
-                          "until `detloop bench al` measures it (docs/selection.md).")
+    enabled: bool = Field(True, description="Apply the blend (off: uncertainty only, whatever the quality). On "
+                          "since session 39 with the random representative (docs/selection.md).")
     weak_below: float = Field(0.3, ge=0.0, le=1.0, description="Champion mAP50 at or below which w = 0.")
     good_above: float = Field(0.6, ge=0.0, le=1.0, description="Champion mAP50 at or above which w = 1.")
     unknown_weight: float = Field(

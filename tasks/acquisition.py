@@ -9,7 +9,7 @@ Pure functions over flat arrays (unit-tested); :func:`tasks.selection.select` ap
    much (low mAP50 on frames it never trained on) ranks by representativeness (:func:`typicality` on the
    embeddings, or :func:`random_representative`: a uniform random sample) instead; a good one by its
    uncertainty; in between, a linear mix of percentile ranks;
-3. **seconds cap** (:func:`seconds_capped`, ``selection.cost.seconds_cap``, off by default): the ranking's top
+3. **seconds cap** (:func:`seconds_capped`, ``selection.cost.seconds_cap``, 1.0 by default): the ranking's top
    ``k`` frames may cost no more expected seconds per frame than ``cap`` x the pool's mean (a random sample's
    expected cost); the frames given up are those trading the least rank for the most seconds;
 4. **rare-class search** (:func:`rare_search_targets`, :func:`rare_candidates`): a class with labelled examples

@@ -127,7 +127,7 @@ def test_sum_prefers_a_crowded_frame_but_value_per_second_does_not() -> None:
     assert paid.selected[0].frame.key == single.frame.key
     assert paid.report["cost"]["per_second"] is True
     assert len(paid.report["pool"]["expected_seconds"]) == 2
-    off = select([crowded, single], None, sel(cost={"per_second": False}), cost=cost)
+    off = select([crowded, single], None, sel(cost={"per_second": False, "seconds_cap": None}), cost=cost)
     assert off.selected[0].frame.key == crowded.frame.key
 
 
@@ -166,9 +166,10 @@ def test_seconds_cap_through_select_reports_what_the_picks_cost() -> None:
     frames = [scored(0, [0.6] * 8, [0] * 8, e, second=0.35),  # crowded and uncertain: dearest, top by sum
               scored(1, [0.55], [0], e, second=0.4), scored(2, [0.95], [0], e), scored(3, [0.97], [0], e)]
     cost = LabellingCostSettings()
-    plain = select(frames, None, sel(), cost=cost)
+    plain = select(frames, None, sel(cost={"seconds_cap": None}), cost=cost)
     assert plain.selected[0].frame.key == frames[0].frame.key
-    capped = select(frames, None, sel(cost={"seconds_cap": 1.0}), cost=cost)
+    capped = select(frames, None, sel(), cost=cost)  # the default: capped at 1.0
+    assert capped.report["cost"]["seconds_cap"]["seconds_cap"] == 1.0
     assert capped.selected[0].frame.key == frames[1].frame.key
     c = capped.report["cost"]
     assert c["seconds_cap"]["penalty"] > 0

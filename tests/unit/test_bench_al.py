@@ -483,14 +483,16 @@ def test_a_selection_option_added_at_null_keeps_the_default_arms_cache_key() -> 
     from benchmarks import al
     from detloop.settings import REPO_ROOT, load_settings
 
+    from detloop.settings import CostCalibrationSettings
+
     sel = load_settings(REPO_ROOT / "configs" / "local.yaml", env={}).selection
-    assert sel.cost.seconds_cap is None  # an option added in session 35, at null
-    capped = sel.model_copy(update={"cost": sel.cost.model_copy(update={"seconds_cap": 1.0})})
+    assert sel.cost.calibration is None  # an option added in session 37, at null
+    calibrated = sel.model_copy(update={"cost": sel.cost.model_copy(update={"calibration": CostCalibrationSettings()})})
     key = al.selection_key(sel)
-    assert al.selection_key(capped) != key  # switched on: another arm
+    assert al.selection_key(calibrated) != key  # switched on: another arm
     dump = sel.model_dump(mode="json")
     dump.pop("budget"), dump.pop("seed"), dump.pop("pseudo_labels")
-    dump["cost"].pop("seconds_cap")  # as the settings were before the option existed
+    dump["cost"].pop("calibration")  # as the settings were before the option existed
     from benchmarks._common import settings_hash
 
     assert settings_hash(dump, 8) == key
