@@ -481,9 +481,7 @@ def test_merging_one_seed_results_equals_summarising_both_seeds(tmp_path: Path) 
 
 def test_a_selection_option_added_at_null_keeps_the_default_arms_cache_key() -> None:
     from benchmarks import al
-    from detloop.settings import REPO_ROOT, load_settings
-
-    from detloop.settings import CostCalibrationSettings
+    from detloop.settings import REPO_ROOT, CostCalibrationSettings, load_settings
 
     sel = load_settings(REPO_ROOT / "configs" / "local.yaml", env={}).selection
     assert sel.cost.calibration is None  # an option added in session 37, at null
