@@ -1375,7 +1375,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
             ci = x.get("ci")
             return x["text"] + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
-        spf = (d.get("seconds_per_paid_frame") or paid_frame_cost(d.get("rows", [])))["all_rounds"]
+        spf = paid_frame_cost(d.get("rows", []))["all_rounds"]  # from the rows: results written before it too
         lines.append(f"| {a} | {ms('map')} | {ms('map50')} | {ms(f'class.{rare}.map')} | {ms('small_map')} | "
                      f"{f['boxes_trained_mean']:.0f} | {'-' if spf is None else f'{spf:.1f}'} | "
                      + " | ".join(et(x) for x in AXES) + " |")
