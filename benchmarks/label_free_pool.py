@@ -4,8 +4,9 @@
 label-free``): each input is a ``benchmarks.drift`` result (one champion, its camera-days with the true mAP50 and
 every estimator's estimate). Per champion and pooled: camera-days within 0.05 mAP50, overall, on the camera-days
 whose true mAP50 moved >= 0.05 from the camera's reference days and on the others; the ATC weight the monitor's
-cross-validation gave each champion; and a scatter of estimate against truth for ATC and the monitor's default
-estimator. Nothing is re-scored.
+cross-validation gave each champion; a scatter of estimate against truth for ATC and the monitor's default
+estimator; and the **release rule** of carried cameras (:func:`release`) judged on each drift's camera-days.
+Nothing is re-scored.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ("atc", "doc", "atc_doc", "weighted", "flip", "combined", "atc_per_camera")
+RELEASE_COLUMNS = ("atc_doc", "weighted", "atc", "doc")
+OUTCOMES = ("released_back", "held_down", "released_down", "held_back")
 
 
 def within(rows: Sequence[Mapping[str, Any]], key: str, tolerance: float = 0.05) -> tuple[int, int]:
@@ -59,6 +62,65 @@ def pool(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 def _parts(rows: Sequence[Mapping[str, Any]], col: str) -> dict[str, list[int]]:
     return {"all": list(within(rows, col)), "moved": list(within([r for r in rows if r["moved"]], col)),
             "stationary": list(within([r for r in rows if not r["moved"]], col))}
+
+
+def release(results: Mapping[str, Mapping[str, Any]], columns: Sequence[str] = RELEASE_COLUMNS,
+            tolerance: float = 0.05) -> dict[str, Any]:
+    """The release rule of a carried camera (:func:`tasks.drift.recovered_by_estimate`, used by
+    ``flows.drift.release_carried``) replayed on each drift of each champion (pure).
+
+    For a drift's camera, the camera-days before its onset stand for the carried pre-onset reference: their mean
+    estimate is the reference estimate and their mean true mAP50 the reference truth. Each camera-day from the
+    onset on is **released** when its estimate is within ``tolerance`` of the reference estimate, and its truth is
+    **back** when its true mAP50 is within ``tolerance`` of the reference truth. ``released_back`` and
+    ``held_down`` are right; ``released_down`` lets a camera that lost accuracy go (its episode closes as
+    recovered); ``held_back`` keeps paying rounds for a camera that is fine. Split by the drift's kind
+    (``inputs_only``: its true mAP50 did not drop; ``lowers_map``), per champion and pooled; results without
+    drifts or camera-days are skipped.
+
+    Returns:
+        ``{"tolerance", "pooled": {column: {kind: {outcome: n}}}, "champions": {name: same},
+        "by_drift": {column: {drift name: {outcome: n}}}}`` (pooled over champions).
+    """
+    from tasks.drift import recovered_by_estimate
+
+    def empty() -> dict[str, dict[str, dict[str, int]]]:
+        return {c: {k: dict.fromkeys(OUTCOMES, 0) for k in ("inputs_only", "lowers_map")} for c in columns}
+
+    def mean(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
+        v = [float(r[key]) for r in rows if r.get(key) is not None and np.isfinite(r[key])]
+        return float(np.mean(v)) if v else None
+
+    pooled, champions = empty(), {}
+    by_drift: dict[str, dict[str, dict[str, int]]] = {c: {} for c in columns}
+    for name, res in results.items():
+        rows = (res.get("label_free") or {}).get("rows") or []
+        mine = empty()
+        for drift_name, drift in (res.get("drifts") or {}).items():
+            kind = drift.get("kind")
+            if kind not in ("inputs_only", "lowers_map"):
+                continue
+            cam_rows = [r for r in rows if r.get("camera") == drift["camera"] and r.get("day")]
+            pre = [r for r in cam_rows if r["day"] < drift["onset"]]
+            post = [r for r in cam_rows if r["day"] >= drift["onset"]]
+            ref_true = mean(pre, "true_map50")
+            if ref_true is None:
+                continue
+            for col in columns:
+                ref_est = mean(pre, col)
+                for r in post:
+                    est = r.get(col)
+                    if ref_est is None or est is None or not np.isfinite(est):
+                        continue
+                    released = recovered_by_estimate(ref_est, float(est), tolerance)
+                    back = r["true_map50"] >= ref_true - tolerance
+                    outcome = f"{'released' if released else 'held'}_{'back' if back else 'down'}"
+                    mine[col][kind][outcome] += 1
+                    pooled[col][kind][outcome] += 1
+                    per = by_drift[col].setdefault(drift_name, dict.fromkeys(OUTCOMES, 0))
+                    per[outcome] += 1
+        champions[name] = mine
+    return {"tolerance": tolerance, "pooled": pooled, "champions": champions, "by_drift": by_drift}
 
 
 def plot(results: Mapping[str, Mapping[str, Any]], out: Path, columns: Sequence[str] = ("atc", "weighted")) -> None:
@@ -103,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--plot", type=Path, default=None, help="scatter PNG (estimate against truth)")
     args = ap.parse_args(argv)
     results = {p.stem.removeprefix("drift_").removeprefix("lf_pooled_"): json.loads(p.read_text()) for p in args.results}
-    res = {"bench": "label_free_pool", "inputs": [str(p) for p in args.results], **pool(results)}
+    res = {"bench": "label_free_pool", "inputs": [str(p) for p in args.results], **pool(results),
+           "release": release(results)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
     if args.plot:
@@ -111,6 +174,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for c in [*COLUMNS, "naive"]:
         a, m = res["pooled"][c]["all"], res["pooled"][c]["moved"]
         print(f"{c:16s} {a[0]:4d}/{a[1]:4d} = {a[0] / max(a[1], 1):5.1%}   moved {m[0]:3d}/{m[1]:3d}")
+    print("release of a carried camera (drifted camera-days): right / released but down / held but back")
+    for c, kinds in res["release"]["pooled"].items():
+        parts = [f"{k} {o['released_back'] + o['held_down']}/{sum(o.values())} right, {o['released_down']} released "
+                 f"down, {o['held_back']} held back" for k, o in kinds.items()]
+        print(f"{c:10s} " + "; ".join(parts))
     res["headline"] = {c: res["pooled"][c]["all"] for c in ("atc", "weighted")}
     return res
 

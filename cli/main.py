@@ -41,9 +41,14 @@ def config_show(config: ConfigOpt = None, as_json: bool = typer.Option(False, "-
 
 @config_app.command("check")
 def config_check(config: ConfigOpt = None) -> None:
-    """Validate the config; exit 2 with one line per bad field."""
+    """Validate the config; exit 2 with one line per bad field. Valid settings that switch a feature off for good
+    (a control arm too small for live accuracy, say) are printed as notes."""
+    from tasks.live_accuracy import calibration_advisory
+
     s = get_settings(config)
     typer.echo(f"ok: {s.source}")
+    for note in filter(None, [calibration_advisory(s)]):
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW)
 
 
 app.add_typer(config_app, name="config")

@@ -186,6 +186,30 @@ def atc_calibration(preds: Sequence[Any], sources: Sequence[str], round_order: S
     return float(t), float(conf.mean()), cross_validated_atc_weight(groups)
 
 
+def calibration_advisory(settings: Settings) -> str | None:
+    """One line when the configured control arm can never give a live mAP, and so no label-free calibration: the
+    weekly rounds of ``drift.live_rounds`` draw fewer control frames together than ``drift.live_min_frames``
+    (:func:`tasks.strategies.plan_arms` on a pool larger than the budget); None when they can (pure).
+
+    Without a calibration the drift report has no label-free estimate, and a carried camera
+    (``drift.carry_unrecovered``) is never released: every new champion watches it against its pre-onset traffic
+    and pays a round for it. The soaks of issue 21 ran this way (docs/benchmarks.md).
+    """
+    from tasks.strategies import plan_arms
+
+    sel, d = settings.selection, settings.drift
+    per_round = plan_arms(sel.budget, sel.budget + 1, sel.control_share, sel.control_min,
+                          sel.control_pool_rounds).n_control
+    most = per_round * d.live_rounds
+    if most >= d.live_min_frames:
+        return None
+    return (f"no live accuracy and no label-free estimate will ever exist: a round of selection.budget {sel.budget} "
+            f"draws {per_round} control frame(s) (control_share {sel.control_share:g}, control_min {sel.control_min} "
+            f"over control_pool_rounds {sel.control_pool_rounds}), at most {most} over drift.live_rounds "
+            f"{d.live_rounds}, below drift.live_min_frames {d.live_min_frames}; carried cameras are then never "
+            "released (drift.carry_unrecovered). Raise selection.control_min or control_share")
+
+
 # --------------------------------------------------------------------------------------------
 # With the store
 # --------------------------------------------------------------------------------------------
@@ -242,6 +266,7 @@ def live_accuracy(settings: Settings, store: Any, version: str, scoring_dir: Any
     out = LiveAccuracy(version, golden_map, d.confidence_level)
     if not items:
         out.notes.append("no labelled control frames yet: live accuracy starts after the first round is labelled")
+        out.notes += filter(None, [calibration_advisory(settings)])
         return out
     sources = [e.source for e in entries]
     newest: dict[str, str] = {}
@@ -270,5 +295,7 @@ def live_accuracy(settings: Settings, store: Any, version: str, scoring_dir: Any
     if focused & set(order):
         out.notes.append(f"{len(focused & set(order))} drift round(s): their control frames count for their cameras "
                          "only (their pool was focused on those cameras)")
+    if out.atc_threshold is None:
+        out.notes += filter(None, [calibration_advisory(settings)])
     store.put_json(settings.s3.data_bucket, cache, out.to_dict())
     return out

@@ -222,3 +222,33 @@ def test_label_free_pool_counts_per_champion_and_pooled(tmp_path) -> None:  # ty
     out = main([*map(str, paths), "--out", str(tmp_path / "pooled.json"), "--plot", str(tmp_path / "s.png")])
     assert out["headline"]["weighted"] == [2, 3] and (tmp_path / "s.png").stat().st_size > 0
     assert json.loads((tmp_path / "pooled.json").read_text())["pooled"]["atc"]["all"] == [1, 2]
+
+
+def test_the_release_rule_is_replayed_on_each_drift_and_judged_by_the_truth() -> None:
+    """``benchmarks.label_free_pool.release``: the camera-days before a drift's onset stand for the carried
+    reference; each later camera-day is released when its estimate is within the tolerance of theirs, and judged
+    by whether its true mAP50 is within the tolerance of theirs."""
+    from benchmarks.label_free_pool import release
+
+    def row(cam: str, day: str, truth: float, est: float) -> dict:
+        return {"camera": cam, "day": day, "true_map50": truth, "atc": est}
+
+    rows = [row("cam1", "2026-03-06", 0.70, 0.70), row("cam1", "2026-03-07", 0.72, 0.72),  # reference 0.71 / 0.71
+            row("cam1", "2026-03-08", 0.70, 0.69),   # released, truth back: right
+            row("cam1", "2026-03-09", 0.50, 0.68),   # released, truth down: a false release
+            row("cam1", "2026-03-10", 0.69, 0.60),   # held, truth back: a round paid for nothing
+            row("cam1", "2026-03-11", 0.40, 0.30),   # held, truth down: right
+            row("cam1", "2026-03-12", 0.40, float("nan")),  # no estimate: left out
+            row("cam2", "2026-03-08", 0.10, 0.10)]   # no drift on cam2 (and no day before any onset): left out
+    res = {"label_free": {"rows": rows},
+           "drifts": {"cam1-dim": {"camera": "cam1", "onset": "2026-03-08", "kind": "lowers_map"},
+                      "cam2-x": {"camera": "cam2", "onset": "2026-03-08", "kind": "inputs_only"},
+                      "odd": {"camera": "cam1", "onset": "2026-03-08", "kind": None}}}
+    got = release({"a": res, "b": {"label_free": {"rows": []}}}, columns=("atc",), tolerance=0.05)
+    want = {"released_back": 1, "held_down": 1, "released_down": 1, "held_back": 1}
+    assert got["pooled"]["atc"]["lowers_map"] == want
+    assert got["pooled"]["atc"]["inputs_only"] == dict.fromkeys(want, 0)
+    assert got["champions"]["a"]["atc"]["lowers_map"] == want and got["by_drift"]["atc"] == {"cam1-dim": want}
+    assert got["champions"]["b"]["atc"]["lowers_map"] == dict.fromkeys(want, 0)
+    # a wider tolerance releases the held camera-day whose truth is back
+    assert release({"a": res}, columns=("atc",), tolerance=0.12)["pooled"]["atc"]["lowers_map"]["held_back"] == 0

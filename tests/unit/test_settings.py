@@ -203,3 +203,39 @@ def test_invalid_yaml_is_one_line_with_its_position(tmp_path: Path) -> None:
         load_settings(p, env={})
     msg = str(exc.value)
     assert "\n" not in msg and "not valid YAML (line 3, column 1)" in msg, msg
+
+
+def test_config_check_notes_a_control_arm_too_small_for_live_accuracy(tmp_path: Path) -> None:
+    """:func:`tasks.live_accuracy.calibration_advisory`: the weekly control frames of ``drift.live_rounds`` rounds
+    against ``drift.live_min_frames`` (no live mAP, no label-free calibration, no release of carried cameras)."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from tasks.live_accuracy import calibration_advisory
+
+    assert calibration_advisory(load_settings(REPO / "configs" / "local.yaml", env={})) is None
+    small = {"selection": {"budget": 24, "control_share": 0.1, "control_min": 4, "control_pool_rounds": 1},
+             "drift": {"live_rounds": 4, "live_min_frames": 20}}
+    note = calibration_advisory(load_settings(REPO / "configs" / "local.yaml", overrides=small, env={}))
+    assert note is not None and "draws 4 control frame(s)" in note and "at most 16" in note
+    assert "drift.live_min_frames 20" in note
+    enough = {**small, "drift": {"live_rounds": 5, "live_min_frames": 20}}  # 4 x 5 = 20: reached
+    assert calibration_advisory(load_settings(REPO / "configs" / "local.yaml", overrides=enough, env={})) is None
+    data = _base()
+    data["selection"].update(small["selection"])
+    data["drift"] = small["drift"]
+    res = CliRunner().invoke(app, ["config", "check", "--config", str(_write(tmp_path, data))])
+    assert res.exit_code == 0 and "note: no live accuracy" in res.output
+
+
+def test_the_live_accuracy_record_carries_the_advisory_until_a_calibration_exists() -> None:
+    from tasks.live_accuracy import live_accuracy
+    from tests.fakes import FakeStore
+
+    small = {"selection": {"budget": 24, "control_min": 4, "control_pool_rounds": 1}}
+    got = live_accuracy(load_settings(REPO / "configs" / "local.yaml", overrides=small, env={}), FakeStore(), "1",
+                        None, None)
+    assert got.atc_threshold is None and got.notes[0].startswith("no labelled control frames yet")
+    assert len(got.notes) == 2 and "drift.live_min_frames" in got.notes[1]
+    ok = live_accuracy(load_settings(REPO / "configs" / "local.yaml", env={}), FakeStore(), "1", None, None)
+    assert len(ok.notes) == 1  # the shipped control arm reaches a live mAP: no advisory
