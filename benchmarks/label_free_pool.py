@@ -65,7 +65,7 @@ def _parts(rows: Sequence[Mapping[str, Any]], col: str) -> dict[str, list[int]]:
 
 
 def release(results: Mapping[str, Mapping[str, Any]], columns: Sequence[str] = RELEASE_COLUMNS,
-            tolerance: float = 0.05) -> dict[str, Any]:
+            tolerance: float = 0.05, clean_days: int = 3) -> dict[str, Any]:
     """The release rule of a carried camera (:func:`tasks.drift.recovered_by_estimate`, used by
     ``flows.drift.release_carried``) replayed on each drift of each champion (pure).
 
@@ -78,9 +78,14 @@ def release(results: Mapping[str, Mapping[str, Any]], columns: Sequence[str] = R
     (``inputs_only``: its true mAP50 did not drop; ``lowers_map``), per champion and pooled; results without
     drifts or camera-days are skipped.
 
+    The monitor lets a camera go after ``clean_days`` clean days in a row (``drift.close_after_clean_days``):
+    per drift, ``cameras`` counts the champions under which that happened (``released``), and of those, the
+    ones where a day of that run had its truth down (``released_down``).
+
     Returns:
-        ``{"tolerance", "pooled": {column: {kind: {outcome: n}}}, "champions": {name: same},
-        "by_drift": {column: {drift name: {outcome: n}}}}`` (pooled over champions).
+        ``{"tolerance", "clean_days", "pooled": {column: {kind: {outcome: n}}}, "champions": {name: same},
+        "by_drift": {column: {drift name: {outcome: n}}}, "cameras": {column: {drift name: {"champions",
+        "released", "released_down"}}}}`` (pooled over champions).
     """
     from tasks.drift import recovered_by_estimate
 
@@ -93,6 +98,7 @@ def release(results: Mapping[str, Mapping[str, Any]], columns: Sequence[str] = R
 
     pooled, champions = empty(), {}
     by_drift: dict[str, dict[str, dict[str, int]]] = {c: {} for c in columns}
+    cameras: dict[str, dict[str, dict[str, int]]] = {c: {} for c in columns}
     for name, res in results.items():
         rows = (res.get("label_free") or {}).get("rows") or []
         mine = empty()
@@ -108,9 +114,14 @@ def release(results: Mapping[str, Mapping[str, Any]], columns: Sequence[str] = R
                 continue
             for col in columns:
                 ref_est = mean(pre, col)
-                for r in post:
+                run: list[bool] = []  # truth back on each day of the current run of released days
+                cam = cameras[col].setdefault(drift_name, {"champions": 0, "released": 0, "released_down": 0})
+                cam["champions"] += 1
+                let_go = let_go_down = False
+                for r in sorted(post, key=lambda r: r["day"]):
                     est = r.get(col)
                     if ref_est is None or est is None or not np.isfinite(est):
+                        run = []  # a day without an estimate is not clean
                         continue
                     released = recovered_by_estimate(ref_est, float(est), tolerance)
                     back = r["true_map50"] >= ref_true - tolerance
@@ -119,8 +130,14 @@ def release(results: Mapping[str, Mapping[str, Any]], columns: Sequence[str] = R
                     pooled[col][kind][outcome] += 1
                     per = by_drift[col].setdefault(drift_name, dict.fromkeys(OUTCOMES, 0))
                     per[outcome] += 1
+                    run = [*run, back] if released else []
+                    if len(run) >= clean_days and not let_go:
+                        let_go, let_go_down = True, not all(run[-clean_days:])
+                cam["released"] += let_go
+                cam["released_down"] += let_go_down
         champions[name] = mine
-    return {"tolerance": tolerance, "pooled": pooled, "champions": champions, "by_drift": by_drift}
+    return {"tolerance": tolerance, "clean_days": clean_days, "pooled": pooled, "champions": champions,
+            "by_drift": by_drift, "cameras": cameras}
 
 
 def plot(results: Mapping[str, Mapping[str, Any]], out: Path, columns: Sequence[str] = ("atc", "weighted")) -> None:
@@ -179,6 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parts = [f"{k} {o['released_back'] + o['held_down']}/{sum(o.values())} right, {o['released_down']} released "
                  f"down, {o['held_back']} held back" for k, o in kinds.items()]
         print(f"{c:10s} " + "; ".join(parts))
+        print(" " * 11 + "cameras let go (released / while down / champions): " + ", ".join(
+            f"{d} {v['released']}/{v['released_down']}/{v['champions']}" for d, v in res["release"]["cameras"][c].items()))
     res["headline"] = {c: res["pooled"][c]["all"] for c in ("atc", "weighted")}
     return res
 

@@ -252,3 +252,8 @@ def test_the_release_rule_is_replayed_on_each_drift_and_judged_by_the_truth() ->
     assert got["champions"]["b"]["atc"]["lowers_map"] == dict.fromkeys(want, 0)
     # a wider tolerance releases the held camera-day whose truth is back
     assert release({"a": res}, columns=("atc",), tolerance=0.12)["pooled"]["atc"]["lowers_map"]["held_back"] == 0
+    # the camera is let go after clean_days released days in a row: never in 3 (days 8-9, then held); in 2 it is,
+    # on a run whose second day had lost accuracy
+    assert got["cameras"]["atc"]["cam1-dim"] == {"champions": 1, "released": 0, "released_down": 0}
+    two = release({"a": res}, columns=("atc",), clean_days=2)["cameras"]["atc"]["cam1-dim"]
+    assert two == {"champions": 1, "released": 1, "released_down": 1}
