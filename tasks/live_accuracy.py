@@ -5,9 +5,12 @@ Control frames are drawn uniformly at random from each round's pool and never tr
 without the bias of the selected (hard) frames. The interval is a percentile bootstrap over **frames**
 (``scipy.stats.bootstrap``; the boxes of a frame stay together).
 
-- pooled: the control frames of the last ``drift.live_rounds`` rounds, overall and per camera where there
-  are at least ``drift.live_min_frames`` frames. Rounds focused on drifted cameras (drift rounds) draw their
-  control arm from those cameras only: they count for their cameras, not for the overall number;
+- pooled: the control frames of the last ``drift.live_rounds`` weekly rounds, overall and per camera where
+  there are at least ``drift.live_min_frames`` frames. Rounds focused on drifted cameras (drift rounds) draw
+  their control arm from those cameras only: those of the last ``live_rounds`` rounds count for their cameras,
+  not for the overall number. Weekly rounds are counted on their own (:func:`live_sources`), so a burst of drift
+  rounds does not push every weekly control frame out of the window; retirement into training counts the same
+  way (:func:`tasks.round_version.retire_controls`);
 - a series: for each round, the same pooled number over that round and the ``live_rounds - 1`` before it,
   beside the golden mAP of the champion after that round (from the round's result).
 """
@@ -128,6 +131,15 @@ def _point(label: str, camera: str, idx: Sequence[int], gts: Sequence[Any], pred
     return p
 
 
+def live_sources(round_order: Sequence[str], focused: set[str] | frozenset[str], n: int) -> set[str]:
+    """The sources (``round:<id>``) whose control frames are live (pure): the last ``n`` rounds that are not
+    focused (weekly rounds), and the focused (drift) rounds among the last ``n`` rounds of any kind.
+
+    The window of :func:`tasks.round_version.retire_controls`: frames outside it have retired into training."""
+    weekly = [s for s in round_order if s not in focused]
+    return set(weekly[-n:]) | {s for s in round_order[-n:] if s in focused} if n > 0 else set()
+
+
 def summarize(items: Sequence[Any], sources: Sequence[str], preds: Sequence[Any], settings: Settings,
               round_order: Sequence[str], focused: set[str], golden_after: dict[str, float | None],
               round_as_of: dict[str, str]) -> tuple[list[LivePoint], list[LivePoint]]:
@@ -140,7 +152,7 @@ def summarize(items: Sequence[Any], sources: Sequence[str], preds: Sequence[Any]
     """
     d = settings.drift
     gts = [it.gt for it in items]
-    recent = set(round_order[-d.live_rounds:])
+    recent = live_sources(round_order, focused, d.live_rounds)
     pooled = [_point("pooled", "all", [i for i, s in enumerate(sources) if s in recent and s not in focused],
                      gts, preds, settings, d.live_min_frames, d.seed)]
     for cam in sorted({it.camera for it in items}):
@@ -171,7 +183,7 @@ def atc_calibration(preds: Sequence[Any], sources: Sequence[str], round_order: S
     if overall is None or overall.map50 is None:
         return None, None, None
     mc_ = settings.drift.min_confidence
-    recent = set(round_order[-settings.drift.live_rounds:])
+    recent = live_sources(round_order, focused, settings.drift.live_rounds)
     idx = [i for i, s in enumerate(sources) if s in recent and s not in focused]
     conf = detection_confidences([preds[i] for i in idx], mc_)
     t = atc_threshold(conf, overall.map50)
@@ -218,21 +230,24 @@ def control_items(store: Any, settings: Settings, rounds: Sequence[str]) -> tupl
     (:class:`~tasks.evaluation.EvalItem`) and their dataset entries, found in the ``train`` dataset versions.
 
     A frame is taken once, from the newest version that holds it (versions of a rejected challenger's branch
-    still hold the control frames of their round).
+    still hold the control frames of their round). A frame a newer version has retired into training (``arm``
+    control, split train or val) is not taken from an older one: a champion may have trained on it.
     """
     from detloop import datasets as ds
     from tasks.slices import items_from_version
 
     wanted = set(rounds)
     taken: set[str] = set()
+    retired: set[str] = set()
     items: list[Any] = []
     entries: list[Any] = []
     ids = {r.removeprefix("round:") for r in wanted}
     for v in reversed(ds.list_versions(store, settings, "train")):
+        manifest = ds.load_manifest(store, settings, v["id"])
+        retired |= {e.frame_sha for e in manifest.entries if e.arm == "control" and e.split != "control"}
         if not ids & set(v.get("rounds") or []):  # the index says which rounds a version holds
             continue
-        manifest = ds.load_manifest(store, settings, v["id"])
-        mine = [e for e in manifest.by_split("control") if e.source in wanted]
+        mine = [e for e in manifest.by_split("control") if e.source in wanted and e.frame_sha not in retired]
         new = {e.frame_sha for e in mine} - taken
         if not new:
             continue
@@ -288,7 +303,8 @@ def live_accuracy(settings: Settings, store: Any, version: str, scoring_dir: Any
         if store.exists(settings.s3.data_bucket, res):
             doc = store.get_json(settings.s3.data_bucket, res)
             golden_after[s] = doc.get("golden_map_challenger") if doc.get("promoted") else doc.get("golden_map_champion")
-    out.rounds = [s.removeprefix("round:") for s in order[-d.live_rounds:]]
+    live = live_sources(order, focused, d.live_rounds)
+    out.rounds = [s.removeprefix("round:") for s in order if s in live]
     out.pooled, out.series = summarize(items, sources, preds, settings, order, focused, golden_after, as_of)
     out.atc_threshold, out.mean_confidence, out.atc_weight = atc_calibration(
         preds, sources, order, focused, out.overall, settings, [it.camera for it in items], out.pooled)

@@ -10,7 +10,7 @@ immutable version (golden frames are never trained on) and records it on the rou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,30 +41,34 @@ def retire_after(settings: Settings) -> int | None:
 
 
 def retire_controls(entries: Sequence[Any], current: str, after: int | None, val_share: float,
-                    salt: str = "") -> tuple[list[Any], list[str]]:
+                    salt: str = "", focused: Collection[str] = ()) -> tuple[list[Any], list[str]]:
     """Move the control entries that have served their window into train/val (pure).
 
-    The window of round ``current`` is it and the ``after - 1`` rounds before it (ordered as the gate orders
-    them: :func:`tasks.slices.control_sources`); control entries of older rounds retire: their split becomes
-    the stable grouped train/val split (:func:`detloop.datasets.assign_split`), ``arm`` stays ``control``.
+    Rounds are ordered as the gate orders them (:func:`tasks.slices.control_sources`), up to ``current``. The
+    control frames of a weekly round serve the ``after`` latest weekly rounds, those of a drift round
+    (``focused``) the ``after`` latest rounds of any kind: the live-accuracy window
+    (:func:`tasks.live_accuracy.live_sources`), so a burst of drift rounds does not retire every weekly control
+    frame at once. Control entries outside it retire: their split becomes the stable grouped train/val split
+    (:func:`detloop.datasets.assign_split`), ``arm`` stays ``control``.
 
     Args:
         entries: all ``DatasetEntry`` of the version being built.
         current: ``round:<id>`` of the round being added.
         after: rounds a control frame serves (None: nothing retires).
+        focused: sources (``round:<id>``) of drift rounds; none: every round counts alike.
 
     Returns:
         (entries with the retired ones moved, sources of the rounds retired now).
     """
     from detloop.datasets import assign_split, with_split
+    from tasks.live_accuracy import live_sources
     from tasks.slices import control_sources
 
     ctl = [e for e in entries if e.split == "control"]
     if after is None or not ctl:
         return list(entries), []
-    window = set(control_sources(ctl, current, after))
     order = control_sources(ctl, current, len(ctl) + 1)  # every round up to current, oldest first
-    old = set(order) - window
+    old = set(order) - live_sources(order, set(focused), after)
     out = [with_split(e, assign_split(e.camera, e.date, e.hour, val_share, salt)) if e.split == "control"
            and e.source in old else e for e in entries]
     return out, sorted(old)
@@ -202,8 +206,9 @@ def build_round_version(
         carried = [e for e in carried if e.frame_sha not in golden]
     manifest = ds.build_version("train", settings.classes, [*carried, *kept], parent=parent, parent_id=parent_id,
                                 rounds=[round_id, *carried_rounds])
+    drift_rounds = {f"round:{r.round_id}" for r in rounds.list_rounds(store, settings) if r.reason != "weekly"}
     moved, retired = retire_controls(manifest.entries, f"round:{round_id}", retire_after(settings),
-                                     settings.rounds.val_share)
+                                     settings.rounds.val_share, focused=drift_rounds)
     if retired:  # control frames that served their window join training (same parent, same rounds)
         manifest = ds.DatasetManifest(kind=manifest.kind, classes=manifest.classes, entries=moved,
                                       parent=manifest.parent, rounds=manifest.rounds)

@@ -56,3 +56,44 @@ def test_the_window_follows_the_settings() -> None:
     s2 = Settings(classes=["a"], selection={"control_retire_after": 2})
     assert retire_after(s2) == 2
     assert retire_after(Settings(classes=["a"], selection={"control_retire": False})) is None
+
+
+def test_weekly_controls_count_weekly_rounds_so_a_drift_burst_does_not_retire_them() -> None:
+    """The window of :func:`tasks.live_accuracy.live_sources`: weekly control frames serve the ``after`` latest
+    weekly rounds, a drift round's the ``after`` latest rounds of any kind."""
+    entries = rounds_of_controls(6)
+    burst = {"round:r3", "round:r4", "round:r5"}  # three drift rounds between weekly rounds r2 and r6
+    _, retired = retire_controls(entries, "round:r6", after=2, val_share=0.2, focused=burst)
+    assert retired == ["round:r1", "round:r3", "round:r4"]  # r2 is still one of the last 2 weekly rounds
+    assert retire_controls(entries, "round:r6", after=2, val_share=0.2)[1] == ["round:r1", "round:r2", "round:r3",
+                                                                                "round:r4"]
+    # built at r4 (r5 and r6 not yet there): rounds after current are never counted
+    assert retire_controls(entries, "round:r4", after=2, val_share=0.2, focused=burst)[1] == []
+
+
+def test_live_accuracy_never_takes_a_frame_a_newer_version_retired(monkeypatch: pytest.MonkeyPatch) -> None:
+    """:func:`tasks.live_accuracy.control_items`: an older version still holds a retired frame as control; a
+    champion may have trained on the newer version, so the frame is not a control frame any more."""
+    import time
+
+    import tasks.slices
+    from detloop import datasets as ds
+    from tasks.evaluation import EvalItem
+    from tasks.live_accuracy import control_items
+    from tests.fakes import FakeStore
+
+    s = Settings(classes=["a"])
+    store = FakeStore()
+    entries = rounds_of_controls(2)
+    older = DatasetManifest(kind="train", classes=["a"], entries=entries, rounds=["r1", "r2"])
+    ds.save_manifest(store, s, older)
+    time.sleep(0.002)  # versions are ordered by their creation time
+    moved, retired = retire_controls(entries, "round:r2", after=1, val_share=0.2)
+    assert retired == ["round:r1"]
+    ds.save_manifest(store, s, DatasetManifest(kind="train", classes=["a"], entries=moved, rounds=["r2"]))
+    monkeypatch.setattr(tasks.slices, "items_from_version", lambda _st, _s, _v, split, source=None, manifest=None: [
+        EvalItem(e.frame_sha, None, e.camera) for e in manifest.by_split(split) if e.source in source])
+    _, got = control_items(store, s, ["round:r1", "round:r2"])
+    assert sorted(e.source for e in got) == ["round:r2"] * 3  # r1's three frames retired in the newer version
+    _, before = control_items(store, s, ["round:r1"])
+    assert before == []

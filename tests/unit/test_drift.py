@@ -440,7 +440,7 @@ def test_live_map_has_a_bootstrap_interval_over_frames() -> None:
 def test_live_points_pool_recent_rounds_and_leave_drift_rounds_out_of_the_overall() -> None:
     from detloop.settings import load_settings
     from tasks.evaluation import EvalItem
-    from tasks.live_accuracy import rolling_windows, summarize
+    from tasks.live_accuracy import live_sources, rolling_windows, summarize
 
     assert rolling_windows(["a", "b", "c"], 2) == [("a", ["a"]), ("b", ["a", "b"]), ("c", ["b", "c"])]
     s = load_settings("configs/test.yaml", overrides={"drift": {"live_rounds": 2, "live_min_frames": 4,
@@ -451,8 +451,16 @@ def test_live_points_pool_recent_rounds_and_leave_drift_rounds_out_of_the_overal
     pooled, series = summarize(items, sources, gts, s, ["round:a", "round:b", "round:c", "round:d"],
                                {"round:d"}, {"round:c": 0.5}, {"round:c": "2026-01-26"})
     overall = pooled[0]
-    assert overall.camera == "all" and overall.n_frames == 4  # round c only: d is a drift round, a/b too old
-    assert [(p.camera, p.n_frames) for p in pooled] == [("all", 4), ("cam0", 4), ("cam1", 4)]  # cam1: round d
+    # the last 2 weekly rounds, b and c: d is a drift round (it does not push b out), a is too old
+    assert overall.camera == "all" and overall.n_frames == 8
+    assert [(p.camera, p.n_frames) for p in pooled] == [("all", 8), ("cam0", 8), ("cam1", 4)]  # cam1: round d
+    assert live_sources(["round:a", "round:b", "round:c", "round:d"], {"round:d"}, 2) == {"round:b", "round:c",
+                                                                                         "round:d"}
+    # a drift round older than the last 2 rounds has served its window; weekly rounds count on their own
+    assert live_sources(["round:a", "round:x", "round:b", "round:c"], {"round:x"}, 2) == {"round:b", "round:c"}
+    assert live_sources(["round:a", "round:x", "round:y"], {"round:x", "round:y"}, 2) == {"round:a", "round:x",
+                                                                                          "round:y"}
+    assert live_sources(["round:a"], set(), 0) == set()
     assert [p.label for p in series] == ["a", "b", "c"] and series[2].n_frames == 8 and series[2].golden_map == 0.5
     assert series[0].map is not None and series[0].as_of is None
 

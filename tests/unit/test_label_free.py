@@ -156,7 +156,11 @@ def test_the_monitor_calibrates_atc_on_the_pooled_control_frames_and_estimates_e
     assert t is not None and atc_share(np.array([0.5, 0.7, 0.9, 0.95], np.float32), t) == pytest.approx(0.5)
     assert mc == pytest.approx(np.mean([0.5, 0.7, 0.9, 0.95])) and w is None  # no cameras: equal weights
     none = (None, None, None)
-    assert atc_calibration(preds, sources, ["round:a", "round:b"], {"round:b"}, overall, s) == none  # no frames
+    # round b a drift round: the last weekly round, a, calibrates (a burst of drift rounds does not starve it)
+    assert atc_calibration(preds, sources, ["round:a", "round:b"], {"round:b"}, overall, s) == atc_calibration(
+        preds, sources, ["round:a"], set(), overall, s)
+    assert atc_calibration(preds, sources, ["round:a", "round:b"], {"round:b"}, overall, s)[1] == pytest.approx(0.3)
+    assert atc_calibration(preds, sources, ["round:a", "round:b"], {"round:a", "round:b"}, overall, s) == none
     assert atc_calibration(preds, sources, ["round:b"], set(), None, s) == none  # no live mAP yet
     # two cameras with a pooled point each: ATC's weight is cross-validated between them
     cams = ["cam0", "cam0", "cam0", "cam1", "cam1"]
