@@ -168,6 +168,7 @@ _BENCHES: dict[str, tuple[str, str | None, list[str]]] = {
     "error-cost": ("error_cost", None, ["boxes_per_image"]),
     "drift": ("drift", None, ["targets", "seconds"]),
     "label-free": ("label_free_pool", None, ["camera_days", "headline"]),
+    "release-check": ("release_check", "all", ["release_check_min_frames", "held"]),
     "soak": ("soak", None, ["weeks_run", "episodes", "seconds"]),
     "arch": ("arch", None, ["verdicts", "seconds"]),
 }
@@ -266,6 +267,15 @@ def bench_label_free(ctx: typer.Context) -> None:
     stationary), with a scatter of estimate against truth: `python -m benchmarks.label_free_pool RESULT.json ...
     --out ... --plot ...`. Nothing is re-scored; no stack."""
     _run("label-free", list(ctx.args), None)
+
+
+@bench_app.command("release-check", context_settings=_PASS)
+def bench_release_check(ctx: typer.Context, config: Annotated[Path | None, _CONFIG] = None) -> None:
+    """The labelled check of a carried camera's release (issue 21) replayed on a soak's stored records: per
+    champion and live record, each carried camera's control frames since its onset, their mAP50 and the label-free
+    estimate on them, and whether the check would hold the camera: `python -m benchmarks.release_check`. Starts
+    the soak config's stack (`--config`); other options go there (`detloop bench release-check -- --help`)."""
+    _run("release-check", list(ctx.args), config)
 
 
 @bench_app.command("soak", context_settings=_PASS)

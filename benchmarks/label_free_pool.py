@@ -65,7 +65,7 @@ def _parts(rows: Sequence[Mapping[str, Any]], col: str) -> dict[str, list[int]]:
 
 
 def release(results: Mapping[str, Mapping[str, Any]], columns: Sequence[str] = RELEASE_COLUMNS,
-            tolerance: float = 0.05, clean_days: int = 3) -> dict[str, Any]:
+            tolerance: float = 0.05, clean_days: int = 3, check: bool = False) -> dict[str, Any]:
     """The release rule of a carried camera (:func:`tasks.drift.recovered_by_estimate`, used by
     ``flows.drift.release_carried``) replayed on each drift of each champion (pure).
 
@@ -82,12 +82,17 @@ def release(results: Mapping[str, Mapping[str, Any]], columns: Sequence[str] = R
     per drift, ``cameras`` counts the champions under which that happened (``released``), and of those, the
     ones where a day of that run had its truth down (``released_down``).
 
+    ``check``: the labelled check of a release (:func:`tasks.drift.estimate_overreads`) as well. The camera-days
+    from the onset up to the day before stand for its labelled control frames since the onset: when the estimate
+    over-reads their mean true mAP50 by more than ``tolerance``, the day is held. Their truth is measured on ~200
+    frames a day, so this is the check without the sampling noise of a few dozen control frames.
+
     Returns:
         ``{"tolerance", "clean_days", "pooled": {column: {kind: {outcome: n}}}, "champions": {name: same},
         "by_drift": {column: {drift name: {outcome: n}}}, "cameras": {column: {drift name: {"champions",
         "released", "released_down"}}}}`` (pooled over champions).
     """
-    from tasks.drift import recovered_by_estimate
+    from tasks.drift import estimate_overreads, recovered_by_estimate
 
     def empty() -> dict[str, dict[str, dict[str, int]]]:
         return {c: {k: dict.fromkeys(OUTCOMES, 0) for k in ("inputs_only", "lowers_map")} for c in columns}
@@ -118,12 +123,16 @@ def release(results: Mapping[str, Mapping[str, Any]], columns: Sequence[str] = R
                 cam = cameras[col].setdefault(drift_name, {"champions": 0, "released": 0, "released_down": 0})
                 cam["champions"] += 1
                 let_go = let_go_down = False
+                earlier: list[Mapping[str, Any]] = []
                 for r in sorted(post, key=lambda r: r["day"]):
                     est = r.get(col)
+                    labelled, earlier = list(earlier), [*earlier, r]
                     if ref_est is None or est is None or not np.isfinite(est):
                         run = []  # a day without an estimate is not clean
                         continue
                     released = recovered_by_estimate(ref_est, float(est), tolerance)
+                    if check and released and labelled:
+                        released = not estimate_overreads(mean(labelled, "true_map50"), mean(labelled, col), tolerance)
                     back = r["true_map50"] >= ref_true - tolerance
                     outcome = f"{'released' if released else 'held'}_{'back' if back else 'down'}"
                     mine[col][kind][outcome] += 1
@@ -183,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     results = {p.stem.removeprefix("drift_").removeprefix("lf_pooled_"): json.loads(p.read_text()) for p in args.results}
     res = {"bench": "label_free_pool", "inputs": [str(p) for p in args.results], **pool(results),
-           "release": release(results)}
+           "release": release(results), "release_checked": release(results, check=True)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
     if args.plot:
@@ -191,13 +200,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for c in [*COLUMNS, "naive"]:
         a, m = res["pooled"][c]["all"], res["pooled"][c]["moved"]
         print(f"{c:16s} {a[0]:4d}/{a[1]:4d} = {a[0] / max(a[1], 1):5.1%}   moved {m[0]:3d}/{m[1]:3d}")
-    print("release of a carried camera (drifted camera-days): right / released but down / held but back")
-    for c, kinds in res["release"]["pooled"].items():
-        parts = [f"{k} {o['released_back'] + o['held_down']}/{sum(o.values())} right, {o['released_down']} released "
-                 f"down, {o['held_back']} held back" for k, o in kinds.items()]
-        print(f"{c:10s} " + "; ".join(parts))
-        print(" " * 11 + "cameras let go (released / while down / champions): " + ", ".join(
-            f"{d} {v['released']}/{v['released_down']}/{v['champions']}" for d, v in res["release"]["cameras"][c].items()))
+    for key, what in (("release", "estimate alone"), ("release_checked", "with the labelled check")):
+        print(f"release of a carried camera, {what} (drifted camera-days): right / released but down / held but back")
+        for c, kinds in res[key]["pooled"].items():
+            parts = [f"{k} {o['released_back'] + o['held_down']}/{sum(o.values())} right, {o['released_down']} "
+                     f"released down, {o['held_back']} held back" for k, o in kinds.items()]
+            print(f"{c:10s} " + "; ".join(parts))
+            print(" " * 11 + "cameras let go (released / while down / champions): " + ", ".join(
+                f"{d} {v['released']}/{v['released_down']}/{v['champions']}" for d, v in res[key]["cameras"][c].items()))
     res["headline"] = {c: res["pooled"][c]["all"] for c in ("atc", "weighted")}
     return res
 

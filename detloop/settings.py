@@ -936,6 +936,12 @@ class DriftSettings(_Model):
         0.05, ge=0.0, le=1.0, description="How far below its pre-onset label-free estimate (mAP50 scale) a carried "
         "camera's day may be and still count as recovered.",
     )
+    release_check_min_frames: int = Field(
+        20, ge=1, le=100_000, description="Labelled control frames of a carried camera since its onset (in the live "
+        "window) that check its release: when the label-free estimate on them reads their mAP50 more than "
+        "recovery_tolerance too high, the estimate is not trusted on that camera and it stays held. With fewer, the "
+        "estimate alone decides (docs/drift.md).",
+    )
     shrink_advice_ratio: float = Field(
         0.5, ge=0.0, le=1.0, description="A drifted camera whose log_area signal fired and whose detected boxes are "
         "at most this share of their reference area (geometric mean) gets a note in the report: its objects shrank "

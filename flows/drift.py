@@ -202,8 +202,10 @@ def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1, estimat
     """Verdicts of carried cameras (:func:`carry_unrecovered`): a drifted day whose label-free estimate
     (``estimator``, :func:`label_free_estimate`) is back within ``tolerance`` of the camera's estimate on its
     pre-onset reference counts as clean (in place). An estimate needs ``min_boxes`` detections on its side
-    (``drift.min_boxes``, as the box-level tests do)."""
-    from tasks.drift import release_recovered
+    (``drift.min_boxes``, as the box-level tests do). The camera's labelled control frames since its onset
+    (``run.live.carried``, :func:`tasks.live_accuracy.carried_points`) check the estimate first: where it
+    over-reads their mAP50 by more than ``tolerance``, nothing of that camera is released."""
+    from tasks.drift import LabelledCheck, release_recovered
 
     carried = run.reference.get("carried") or {}
     if not carried:
@@ -217,15 +219,21 @@ def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1, estimat
     def est(f: Features) -> float | None:  # an estimate from too few boxes says nothing
         return label_free_estimate(run, f.box_confidence, estimator) if f.n_boxes >= min_boxes else None
 
+    point_of = getattr(run.live, "carried_point", None)
     for cam, info in carried.items():
         ref_est = est(run.reference_features.of_camera(cam))
+        p = point_of(cam) if point_of is not None else None
+        check = LabelledCheck(p.n_frames, p.map50, p.estimate) if p is not None and p.map50 is not None else None
         for day, cams in run.verdicts.items():
             if cam in cams and day in run.features:
                 cams[cam] = release_recovered(cams[cam], info["onset"], ref_est,
-                                              est(run.features[day].of_camera(cam)), tolerance)
+                                              est(run.features[day].of_camera(cam)), tolerance, check)
+        checked = (f"; its {check.n_frames} labelled control frames since then: mAP50 {_fmt(check.map50)}, "
+                   f"estimate {_fmt(check.estimate)}" if check is not None else
+                   f"; {p.note}, so the estimate is not checked against labels" if p is not None and p.note else "")
         run.notes.append(f"{cam}: still drifting when v{run.model_version} took over (episode "
                          f"{info.get('from_episode')}), so compared with its traffic from before {info['onset']}; "
-                         f"label-free estimate there {_fmt(ref_est)}")
+                         f"label-free estimate there {_fmt(ref_est)}{checked}")
 
 
 def ensure_days(settings: Settings, clients: Any, version: str, reference: Features, days: list[date],
@@ -321,7 +329,8 @@ def drift_report(as_of: date, config: str | None = None, overrides: dict[str, An
     run = DriftRun(as_of.isoformat(), [d.isoformat() for d in window], champion.version, meta, ref, stats, verdicts,
                    feats, focus=list(cameras) if cameras else None)
     if live:
-        run.live = retrying(steps.live_accuracy, settings)(settings, clients, champion)
+        run.live = retrying(steps.live_accuracy, settings)(
+            settings, clients, champion, {c: str(x["onset"]) for c, x in (meta.get("carried") or {}).items()})
     release_carried(run, settings.drift.recovery_tolerance, settings.drift.min_boxes,
                     settings.drift.recovery_estimator)
     new_cams = sorted({c for cams in stats.values() for c, s in cams.items() if s.reference != "camera"})
@@ -372,17 +381,9 @@ def label_free_estimate(run: DriftRun, confidences: np.ndarray, estimator: str) 
     """The label-free mAP50 estimate (:func:`tasks.label_free.from_confidences`) of a set of detections'
     ``confidences``, calibrated on the pooled control frames of ``run.live`` (None without a calibration or
     detections; a live record from before DoC was calibrated gives ATC alone)."""
-    from tasks.label_free import from_confidences
+    from tasks.live_accuracy import estimate_from
 
-    live = run.live
-    t = live.atc_threshold if live is not None else None
-    if live is None or t is None:
-        return None
-    m50 = live.overall.map50 if live.overall is not None else None
-    mc = live.mean_confidence
-    v = from_confidences(confidences, estimator, t, float("nan") if m50 is None else m50,
-                         float("nan") if mc is None else mc, live.atc_weight)
-    return v if v == v else None
+    return estimate_from(run.live, confidences, estimator)
 
 
 def camera_day_estimate(run: DriftRun, camera: str, day: str | None, estimator: str = "weighted") -> float | None:
@@ -477,7 +478,14 @@ def live_markdown(live: Any) -> str:
     head = (f"## Live accuracy of v{live.model_version} (control arm of rounds {', '.join(live.rounds) or '-'})\n\n"
             f"Golden mAP50-95 of v{live.model_version}: {_fmt(live.golden_map)}.\n\n")
     notes = "".join(f"- {n}\n" for n in live.notes)
-    return head + md_table(rows) + label_free_line(live) + "\n### Over rounds (rolling)\n\n" + md_table(srows) + notes
+    carried = ""
+    if getattr(live, "carried", None):
+        crows = [{"camera": p.camera, "frames": p.label, "n": p.n_frames, "boxes": p.n_boxes, "mAP50": _fmt(p.map50),
+                  "label-free estimate": _fmt(p.estimate), "note": p.note or ""} for p in live.carried]
+        carried = ("\n### Carried cameras since their onset (the labelled check of a release)\n\n"
+                   + md_table(crows))
+    return (head + md_table(rows) + label_free_line(live) + carried + "\n### Over rounds (rolling)\n\n"
+            + md_table(srows) + notes)
 
 
 WEAK_ATC_WEIGHT = 0.2  # below it the report warns that the estimate will not show drops (docs/drift.md)

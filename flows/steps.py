@@ -327,14 +327,15 @@ def drift_anchor(settings: Any, clients: Any, version: str) -> tuple[date | None
 
 
 @task(name="live-accuracy", **NET)
-def live_accuracy(settings: Any, clients: Any, champion: Any) -> Any:
-    """The champion on the labelled control frames of recent rounds (:class:`tasks.live_accuracy.LiveAccuracy`)."""
+def live_accuracy(settings: Any, clients: Any, champion: Any, carried: dict[str, str] | None = None) -> Any:
+    """The champion on the labelled control frames of recent rounds (:class:`tasks.live_accuracy.LiveAccuracy`);
+    ``carried`` (camera -> onset) adds each carried camera's frames since its onset."""
     from tasks.live_accuracy import live_accuracy as live
 
     mv = clients.registry.get_version(champion.version)
     golden = (getattr(mv, "tags", None) or {}).get("detloop.golden_map")
     return live(settings, clients.store, champion.version, champion.scoring_dir,
-                float(golden) if golden not in (None, "", "-") else None)
+                float(golden) if golden not in (None, "", "-") else None, carried=carried)
 
 
 @task(name="log-monitoring", **NET)

@@ -756,15 +756,43 @@ def recovered_by_estimate(reference_estimate: float | None, day_estimate: float 
     return day_estimate >= reference_estimate - tolerance
 
 
+def estimate_overreads(labelled_map50: float | None, labelled_estimate: float | None, tolerance: float) -> bool:
+    """Whether the label-free estimate on a set of labelled frames reads their mAP50 more than ``tolerance`` too
+    high (pure): then it is not to be trusted to release that camera. False when either is unknown."""
+    if labelled_map50 is None or labelled_estimate is None:
+        return False
+    if not (np.isfinite(labelled_map50) and np.isfinite(labelled_estimate)):
+        return False
+    return labelled_estimate - labelled_map50 > tolerance
+
+
+@dataclass(frozen=True)
+class LabelledCheck:
+    """A carried camera's labelled control frames since its onset, scored by the champion: their mAP50 and the
+    label-free estimate on the same frames (:func:`release_recovered`)."""
+
+    n_frames: int
+    map50: float | None
+    estimate: float | None
+
+
 def release_recovered(v: Verdict, carried_since: str, reference_estimate: float | None,
-                      day_estimate: float | None, tolerance: float) -> Verdict:
+                      day_estimate: float | None, tolerance: float, check: LabelledCheck | None = None) -> Verdict:
     """A carried camera's verdict: ``drift`` (its inputs still differ from before the onset) becomes ``clean`` when
     the label-free estimate says the champion handles the day as well as the pre-onset traffic; unchanged
-    otherwise, with the two estimates in the note."""
+    otherwise, with the two estimates in the note.
+
+    ``check``: when the estimate on the camera's labelled frames since the onset over-reads their mAP50 by more
+    than ``tolerance`` (:func:`estimate_overreads`), the estimate is wrong about this camera's new traffic (a
+    repaint can fool the confidences) and the day stays ``drift``, with both numbers in the note."""
     if v.status != "drift" or reference_estimate is None or day_estimate is None:
         return v
     est = f"label-free estimate {day_estimate:.3f} against {reference_estimate:.3f} before the onset ({carried_since})"
     if recovered_by_estimate(reference_estimate, day_estimate, tolerance):
+        if check is not None and estimate_overreads(check.map50, check.estimate, tolerance):
+            return replace(v, note=(v.note + "; " if v.note else "") + f"{est}, but on its {check.n_frames} labelled "
+                           f"control frames since the onset the estimate reads {check.estimate:.3f} where their mAP50 "
+                           f"is {check.map50:.3f}: not trusted on this camera, held")
         return replace(v, status="clean", note=f"inputs still differ from before the onset, but {est}: recovered "
                        f"(within {tolerance:g})")
     return replace(v, note=(v.note + "; " if v.note else "") + est)

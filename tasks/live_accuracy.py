@@ -12,14 +12,18 @@ without the bias of the selected (hard) frames. The interval is a percentile boo
   rounds does not push every weekly control frame out of the window; retirement into training counts the same
   way (:func:`tasks.round_version.retire_controls`);
 - a series: for each round, the same pooled number over that round and the ``live_rounds - 1`` before it,
-  beside the golden mAP of the champion after that round (from the round's result).
+  beside the golden mAP of the champion after that round (from the round's result);
+- carried cameras (still drifting when the champion took over, :func:`flows.drift.carry_unrecovered`): their
+  control frames in the live window dated on or after the drift's onset, with the label-free estimate on the same
+  frames beside their mAP50 (:func:`carried_points`): the labelled check of a release
+  (:func:`tasks.drift.release_recovered`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,6 +47,7 @@ class LivePoint:
     golden_map: float | None = None  # the golden mAP of the champion after that round (series only)
     as_of: str | None = None
     note: str = ""
+    estimate: float | None = None  # the label-free mAP50 estimate on the same frames (carried cameras' points)
 
 
 @dataclass
@@ -59,6 +64,7 @@ class LiveAccuracy:
     atc_threshold: float | None = None  # label-free estimate (tasks.label_free, ATC) calibrated on the pooled frames
     mean_confidence: float | None = None  # the same frames' mean detection confidence (DoC)
     atc_weight: float | None = None  # ATC's weight beside DoC, cross-validated over cameras (None: equal weights)
+    carried: list[LivePoint] = field(default_factory=list)  # per carried camera, its frames since the onset
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +74,7 @@ class LiveAccuracy:
         d = dict(d)
         d["pooled"] = [LivePoint(**p) for p in d.get("pooled", [])]
         d["series"] = [LivePoint(**p) for p in d.get("series", [])]
+        d["carried"] = [LivePoint(**p) for p in d.get("carried", [])]
         return cls(**d)
 
     @property
@@ -75,9 +82,50 @@ class LiveAccuracy:
         return next((p for p in self.pooled if p.camera == "all"), None)
 
 
+    def carried_point(self, camera: str) -> LivePoint | None:
+        return next((p for p in self.carried if p.camera == camera), None)
+
+
 # --------------------------------------------------------------------------------------------
 # Pure
 # --------------------------------------------------------------------------------------------
+def estimate_from(live: Any, confidences: np.ndarray, estimator: str) -> float | None:
+    """The label-free mAP50 estimate (:func:`tasks.label_free.from_confidences`) of a set of detections'
+    ``confidences``, calibrated on ``live`` (a :class:`LiveAccuracy`): None without a calibration or detections; a
+    record from before DoC was calibrated gives ATC alone."""
+    from tasks.label_free import from_confidences
+
+    t = live.atc_threshold if live is not None else None
+    if live is None or t is None:
+        return None
+    m50 = live.overall.map50 if live.overall is not None else None
+    mc = live.mean_confidence
+    v = from_confidences(confidences, estimator, t, float("nan") if m50 is None else m50,
+                         float("nan") if mc is None else mc, live.atc_weight)
+    return v if v == v else None
+
+
+def carried_points(items: Sequence[Any], dates: Sequence[str], sources: Sequence[str], preds: Sequence[Any],
+                   settings: Settings, round_order: Sequence[str], focused: set[str], carried: Mapping[str, str],
+                   estimate: Callable[[Sequence[Any]], float | None]) -> list[LivePoint]:
+    """For each carried camera (``carried``: camera -> onset day), the live point of its control frames in the live
+    window (:func:`live_sources`) dated on or after the onset, at least ``drift.release_check_min_frames`` of
+    them, with ``estimate`` (the label-free estimate of their predictions) beside their mAP50; fewer frames give
+    a point with a note and no numbers."""
+    d = settings.drift
+    recent = live_sources(round_order, focused, d.live_rounds)
+    gts = [it.gt for it in items]
+    out = []
+    for cam, onset in sorted(carried.items()):
+        idx = [i for i, s in enumerate(sources) if s in recent and items[i].camera == cam and dates[i] >= onset]
+        p = _point(f"since {onset}", cam, idx, gts, preds, settings, d.release_check_min_frames, d.seed,
+                   "drift.release_check_min_frames")
+        if p.map50 is not None:
+            p.estimate = estimate([preds[i] for i in idx])
+        out.append(p)
+    return out
+
+
 def map_with_interval(gts: Sequence[Any], preds: Sequence[Any], class_names: Sequence[str], resamples: int,
                       level: float, seed: int) -> tuple[float | None, float | None, float | None, float | None]:
     """``(mAP50-95, low, high, mAP50)`` of ``preds`` against ``gts``; the interval resamples whole frames.
@@ -118,11 +166,11 @@ def rolling_windows(rounds: Sequence[str], n: int) -> list[tuple[str, list[str]]
 
 
 def _point(label: str, camera: str, idx: Sequence[int], gts: Sequence[Any], preds: Sequence[Any],
-           settings: Settings, min_frames: int, seed: int) -> LivePoint:
+           settings: Settings, min_frames: int, seed: int, min_name: str = "drift.live_min_frames") -> LivePoint:
     n_boxes = int(sum(len(gts[i]) for i in idx))
     p = LivePoint(label, camera, len(idx), n_boxes)
     if len(idx) < min_frames:
-        p.note = f"not enough control frames ({len(idx)} < drift.live_min_frames = {min_frames})"
+        p.note = f"not enough control frames ({len(idx)} < {min_name} = {min_frames})"
         return p
     d = settings.drift
     p.map, p.low, p.high, p.map50 = map_with_interval([gts[i] for i in idx], [preds[i] for i in idx],
@@ -262,13 +310,15 @@ def control_items(store: Any, settings: Settings, rounds: Sequence[str]) -> tupl
 
 
 def live_accuracy(settings: Settings, store: Any, version: str, scoring_dir: Any, golden_map: float | None,
-                  predict: Callable[..., list[Any]] | None = None) -> LiveAccuracy:
+                  predict: Callable[..., list[Any]] | None = None,
+                  carried: Mapping[str, str] | None = None) -> LiveAccuracy:
     """The champion ``version`` (its scoring artifact ``scoring_dir``) on the control frames of this project's
-    rounds; cached in S3 per (version, control frames, model settings).
+    rounds; cached in S3 per (version, control frames, model settings, carried cameras).
 
     Args:
         predict: ``predict(artifact, items, settings) -> [Detections]`` (default
             :func:`tasks.evaluation.predict_items`: the ONNX artifact as served).
+        carried: camera -> onset day of the cameras the champion's reference carries (:func:`carried_points`).
     """
     from tasks.drift_records import live_key
     from tasks.evaluation import predict_items
@@ -288,8 +338,10 @@ def live_accuracy(settings: Settings, store: Any, version: str, scoring_dir: Any
     for e in entries:
         newest[e.source] = max(newest.get(e.source, ""), e.date)
     order = sorted(newest, key=lambda s: (source_of[s].as_of, newest[s], s))
+    carried = dict(carried or {})
     key = hashlib.sha256(json.dumps([version, sorted(e.frame_sha for e in entries), order,
-                                     d.model_dump(mode="json"), settings.model.model_dump(mode="json")],
+                                     d.model_dump(mode="json"), settings.model.model_dump(mode="json")]
+                                    + ([sorted(carried.items())] if carried else []),
                                     sort_keys=True).encode()).hexdigest()[:16]
     cache = live_key(settings, version, key)
     if store.exists(settings.s3.data_bucket, cache):
@@ -308,6 +360,14 @@ def live_accuracy(settings: Settings, store: Any, version: str, scoring_dir: Any
     out.pooled, out.series = summarize(items, sources, preds, settings, order, focused, golden_after, as_of)
     out.atc_threshold, out.mean_confidence, out.atc_weight = atc_calibration(
         preds, sources, order, focused, out.overall, settings, [it.camera for it in items], out.pooled)
+    if carried:
+        from tasks.label_free import detection_confidences
+
+        def est(dets: Sequence[Any]) -> float | None:
+            return estimate_from(out, detection_confidences(dets, d.min_confidence), d.recovery_estimator)
+
+        out.carried = carried_points(items, [e.date for e in entries], sources, preds, settings, order, focused,
+                                     carried, est)
     if focused & set(order):
         out.notes.append(f"{len(focused & set(order))} drift round(s): their control frames count for their cameras "
                          "only (their pool was focused on those cameras)")

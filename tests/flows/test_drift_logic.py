@@ -343,6 +343,22 @@ def test_a_carried_camera_whose_label_free_estimate_is_back_counts_as_clean() ->
     few = run(0.5)
     release_carried(few, 0.05, min_boxes=5)  # 4 boxes a side: no estimate, the inputs decide
     assert all(v["cam2"].status == "drift" for v in few.verdicts.values())
+    # the labelled check (run.live.carried): on cam2's labelled frames since the onset the estimate read 0.75
+    # where their mAP50 is 0.40: nothing of cam2 is released, and the report's note has both numbers
+    from tasks.live_accuracy import LiveAccuracy, LivePoint
+
+    checked = run(0.5)
+    checked.live = LiveAccuracy("7", None, 0.9, atc_threshold=0.5, carried=[
+        LivePoint("since 2026-01-12", "cam2", 14, 40, map50=0.40, estimate=0.75)])
+    release_carried(checked, 0.05, estimator="atc")
+    assert all(v["cam2"].status == "drift" for v in checked.verdicts.values())
+    assert "not trusted on this camera" in checked.verdicts["2026-02-01"]["cam2"].note
+    assert any("its 14 labelled control frames since then: mAP50 0.400, estimate 0.750" in n for n in checked.notes)
+    fine = run(0.5)
+    fine.live = LiveAccuracy("7", None, 0.9, atc_threshold=0.5, carried=[
+        LivePoint("since 2026-01-12", "cam2", 14, 40, map50=0.72, estimate=0.75)])
+    release_carried(fine, 0.05, estimator="atc")
+    assert fine.verdicts["2026-02-01"]["cam2"].status == "clean"
     blind = run(None)
     release_carried(blind, 0.05)
     assert all(v["cam2"].status == "drift" for v in blind.verdicts.values())

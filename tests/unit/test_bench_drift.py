@@ -257,3 +257,54 @@ def test_the_release_rule_is_replayed_on_each_drift_and_judged_by_the_truth() ->
     assert got["cameras"]["atc"]["cam1-dim"] == {"champions": 1, "released": 0, "released_down": 0}
     two = release({"a": res}, columns=("atc",), clean_days=2)["cameras"]["atc"]["cam1-dim"]
     assert two == {"champions": 1, "released": 1, "released_down": 1}
+
+
+def test_the_labelled_check_holds_a_camera_whose_earlier_days_the_estimate_over_read() -> None:
+    """``release(check=True)``: the camera-days since the onset before a day stand for its labelled frames; the
+    estimate read 0.70 on the 8th where the truth was 0.50, so the 9th (estimate back, truth down) is held; with
+    no earlier day (the 8th itself) the estimate alone decides."""
+    from benchmarks.label_free_pool import release
+
+    def row(day: str, truth: float, est: float) -> dict:
+        return {"camera": "cam3", "day": day, "true_map50": truth, "atc": est}
+
+    rows = [row("2026-03-06", 0.70, 0.70), row("2026-03-07", 0.72, 0.72),  # reference 0.71 / 0.71
+            row("2026-03-08", 0.50, 0.70), row("2026-03-09", 0.52, 0.69), row("2026-03-10", 0.51, 0.70)]
+    res = {"a": {"label_free": {"rows": rows},
+                 "drifts": {"cam3-repaint": {"camera": "cam3", "onset": "2026-03-08", "kind": "lowers_map"}}}}
+    plain = release(res, columns=("atc",), tolerance=0.05)["pooled"]["atc"]["lowers_map"]
+    assert plain["released_down"] == 3 and plain["held_down"] == 0
+    checked = release(res, columns=("atc",), tolerance=0.05, check=True)
+    assert checked["pooled"]["atc"]["lowers_map"] == {"released_back": 0, "held_down": 2, "released_down": 1,
+                                                       "held_back": 0}
+    assert checked["cameras"]["atc"]["cam3-repaint"] == {"champions": 1, "released": 0, "released_down": 0}
+    assert release(res, columns=("atc",), clean_days=3)["cameras"]["atc"]["cam3-repaint"]["released_down"] == 1
+
+
+def test_the_release_check_replay_sees_the_store_as_it_was_and_writes_nothing() -> None:
+    """``benchmarks.release_check``: inside ``as_of_rounds`` only the allowed rounds and the dataset versions
+    holding nothing else are listed (restored after); the read-only store drops writes and hides live records."""
+    from datetime import UTC, datetime, timedelta
+
+    import detloop.datasets as ds
+    import tasks.rounds as tr
+    from benchmarks.release_check import ReadOnly, as_of_rounds
+    from detloop.datasets import DatasetManifest
+    from detloop.settings import Settings
+    from tests.fakes import FakeStore
+
+    s, store = Settings(classes=["a"]), FakeStore()
+    t0 = datetime(2026, 2, 1, tzinfo=UTC)
+    for k in (1, 2):
+        tr.open_round(store, s, f"r{k}", f"2026-02-0{k}", "1", 1, 1, now=t0 + timedelta(hours=k))
+        ds.save_manifest(store, s, DatasetManifest(kind="train", classes=["a"], entries=[],
+                                                   rounds=[f"r{j}" for j in range(1, k + 1)]))
+    with as_of_rounds({"r1"}):
+        assert [r.round_id for r in tr.list_rounds(store, s)] == ["r1"]
+        assert [v["rounds"] for v in ds.list_versions(store, s, "train")] == [["r1"]]
+    assert [r.round_id for r in tr.list_rounds(store, s)] == ["r1", "r2"] and len(ds.list_versions(store, s)) == 2
+    ro = ReadOnly(store)
+    store.put_json(s.s3.data_bucket, "models/x/live/a.json", {"a": 1})
+    ro.put_json(s.s3.data_bucket, "models/x/other.json", {"b": 2})
+    assert not store.exists(s.s3.data_bucket, "models/x/other.json")
+    assert not ro.exists(s.s3.data_bucket, "models/x/live/a.json") and store.exists(s.s3.data_bucket, "models/x/live/a.json")

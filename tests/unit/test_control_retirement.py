@@ -97,3 +97,49 @@ def test_live_accuracy_never_takes_a_frame_a_newer_version_retired(monkeypatch: 
     assert sorted(e.source for e in got) == ["round:r2"] * 3  # r1's three frames retired in the newer version
     _, before = control_items(store, s, ["round:r1"])
     assert before == []
+
+
+def test_live_accuracy_checks_a_carried_camera_on_its_frames_since_the_onset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """:func:`tasks.live_accuracy.live_accuracy` with ``carried``: the carried camera's control frames dated on or
+    after its onset get a point with the label-free estimate beside their mAP50 (the labelled check of a release);
+    the record is cached under its own key, so the same champion without carried cameras has no such point."""
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+
+    import tasks.slices
+    from detloop import datasets as ds
+    from detloop.detections import Detections
+    from tasks.evaluation import EvalItem
+    from tasks.live_accuracy import live_accuracy
+    from tasks.rounds import open_round
+    from tests.fakes import FakeStore
+
+    s = Settings(classes=["a"], drift={"live_min_frames": 4, "release_check_min_frames": 3,
+                                       "bootstrap_resamples": 20, "min_confidence": 0.1})
+    store = FakeStore()
+    t0 = datetime(2026, 2, 1, tzinfo=UTC)
+    for k in (1, 2):
+        open_round(store, s, f"r{k}", f"2026-02-0{k}", "1", 1, 3, now=t0 + timedelta(hours=k))
+    # c1's frames: two before its onset (the 2nd), three on it; c0's: its camera is not carried
+    entries = [entry(i, "control", f"round:r{1 + (i >= 6)}", "2026-02-01" if i < 6 else "2026-02-02", "control")
+               for i in range(15)]
+    ds.save_manifest(store, s, DatasetManifest(kind="train", classes=["a"], entries=entries, rounds=["r1", "r2"]))
+    box = Detections(np.array([[10, 10, 40, 40]], np.float32), np.ones(1, np.float32), np.zeros(1, np.int64))
+    monkeypatch.setattr(tasks.slices, "items_from_version", lambda _st, _s, _v, split, source=None, manifest=None: [
+        EvalItem(e.frame_sha, box, e.camera) for e in manifest.by_split(split) if e.source in source])
+
+    def predict(_art: object, items: list[EvalItem], _s: Settings) -> list[Detections]:
+        # c1 from the 2nd on: as confident as ever, every box in the wrong place (a repaint fooling the confidences)
+        return [Detections(it.gt.xyxy + (200 if it.camera == "c1" and it.image in late else 0),
+                           np.full(1, 0.8, np.float32), it.gt.class_id) for it in items]
+
+    late = {e.frame_sha for e in entries if e.camera == "c1" and e.date >= "2026-02-02"}
+    got = live_accuracy(s, store, "1", None, 0.5, predict=predict, carried={"c1": "2026-02-02"})
+    assert got.atc_threshold is not None
+    (p,) = got.carried
+    assert (p.camera, p.label, p.n_frames) == ("c1", "since 2026-02-02", len(late)) and len(late) >= 3
+    assert p.map50 == pytest.approx(0.0) and p.estimate is not None and p.estimate > 0.5  # it over-reads them
+    assert live_accuracy(s, store, "1", None, 0.5, predict=predict).carried == []
+    again = live_accuracy(s, store, "1", None, 0.5, predict=lambda *_a: 1 / 0, carried={"c1": "2026-02-02"})
+    assert again.carried == got.carried  # read back from its cache

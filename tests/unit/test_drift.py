@@ -465,6 +465,36 @@ def test_live_points_pool_recent_rounds_and_leave_drift_rounds_out_of_the_overal
     assert series[0].map is not None and series[0].as_of is None
 
 
+def test_a_carried_camera_gets_a_live_point_of_its_frames_since_the_onset_with_the_estimate_beside() -> None:
+    """:func:`tasks.live_accuracy.carried_points`: only the carried camera's frames in the live window dated on or
+    after its onset count; fewer than ``drift.release_check_min_frames`` give a note and no numbers."""
+    from detloop.settings import load_settings
+    from tasks.evaluation import EvalItem
+    from tasks.live_accuracy import carried_points
+
+    s = load_settings("configs/test.yaml", overrides={"drift": {"live_rounds": 2, "release_check_min_frames": 3,
+                                                                "bootstrap_resamples": 20}})
+    gts = _gt(12, 2)
+    items = [EvalItem(f"i{i}.jpg", g, "cam1" if i < 8 else "cam0") for i, g in enumerate(gts)]
+    dates = ["2026-01-05"] * 4 + ["2026-01-20"] * 4 + ["2026-01-20"] * 4
+    sources = ["round:a"] * 2 + ["round:b"] * 2 + ["round:c"] * 4 + ["round:c"] * 4
+    preds = [g if i not in (6, 7) else Detections.empty() for i, g in enumerate(gts)]  # two misses since the onset
+    seen: list[int] = []
+
+    def est(dets: list[Detections]) -> float:
+        seen.append(len(dets))
+        return 0.9
+
+    order = ["round:a", "round:b", "round:c"]
+    got = carried_points(items, dates, sources, preds, s, order, set(), {"cam1": "2026-01-10", "cam0": "2026-01-25"},
+                         est)
+    by = {p.camera: p for p in got}
+    assert by["cam1"].n_frames == 4 and by["cam1"].label == "since 2026-01-10" and seen == [4]  # round a: too old
+    assert 0.2 < by["cam1"].map50 < 0.8 and by["cam1"].estimate == 0.9  # half its frames missed
+    assert by["cam0"].n_frames == 0 and by["cam0"].map50 is None and by["cam0"].estimate is None
+    assert by["cam0"].note == "not enough control frames (0 < drift.release_check_min_frames = 3)"
+
+
 def test_an_announced_episode_without_its_round_is_unanswered_from_the_next_monitor_day() -> None:
     from tasks.drift import Episode, unanswered
 
@@ -533,6 +563,25 @@ def test_a_carried_camera_is_released_only_when_its_estimate_is_back_near_its_pr
     assert release_recovered(v, "2026-01-18", None, 0.68, 0.05) == v  # no estimate: the inputs decide
     clean = Verdict("cam2", "2026-02-01", "clean")
     assert release_recovered(clean, "2026-01-18", 0.70, 0.10, 0.05) == clean  # never turns clean into drift
+
+
+def test_labels_that_the_estimate_over_reads_hold_a_carried_camera() -> None:
+    """The labelled check of a release: the estimate on the camera's labelled frames since the onset reads 0.80
+    where their mAP50 is 0.55 (a repaint fooling the confidences): the day stays drifted, both numbers in the note;
+    a check within the tolerance, or one without numbers, lets the estimate decide."""
+    from tasks.drift import LabelledCheck, Verdict, estimate_overreads, release_recovered
+
+    assert estimate_overreads(0.55, 0.80, 0.05) and not estimate_overreads(0.55, 0.60, 0.05)
+    assert not estimate_overreads(0.80, 0.55, 0.05)  # under-reading never blocks a release
+    assert not estimate_overreads(None, 0.8, 0.05) and not estimate_overreads(0.5, float("nan"), 0.05)
+    v = Verdict("cam3", "2026-02-01", "drift", ["hue:ks", "embedding:mmd"])
+    held = release_recovered(v, "2026-01-18", 0.70, 0.69, 0.05, LabelledCheck(12, 0.55, 0.80))
+    assert held.status == "drift" and "12 labelled control frames" in held.note and "0.800 where their mAP50 is 0.550" in held.note
+    ok = release_recovered(v, "2026-01-18", 0.70, 0.69, 0.05, LabelledCheck(12, 0.66, 0.69))
+    assert ok.status == "clean"
+    assert release_recovered(v, "2026-01-18", 0.70, 0.69, 0.05, LabelledCheck(3, None, None)).status == "clean"
+    # a day the estimate itself calls down stays down whatever the check
+    assert release_recovered(v, "2026-01-18", 0.70, 0.50, 0.05, LabelledCheck(12, 0.66, 0.69)).status == "drift"
 
 
 def test_a_round_trained_without_a_promotion_frees_its_still_drifting_camera_after_k_days_since_the_round() -> None:
