@@ -25,6 +25,7 @@ every drift that lowered a camera's true mAP by >= 0.05 the weeks until it was b
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import threading
@@ -253,13 +254,36 @@ def soak_identity(settings: Any) -> str:
 
 def legacy_soak_identities(settings: Any) -> set[str]:
     """:func:`soak_identity` as results written before 2026-12-05 carry it: every setting hashed, nulls included,
-    and the secrets as set on the machine that ran it (as they are here, or all set, as on the soak machines)."""
-    from benchmarks._common import SECRET_MASK, legacy_settings_hash
+    and the secrets as set on the machine that ran it (as they are here, or all set, as on the soak machines); and
+    as results written before an :data:`ADDED_DEFAULTS` option existed carry it."""
+    from benchmarks._common import SECRET_MASK, legacy_settings_hash, settings_hash
 
     d = settings.model_dump(mode="json", exclude={"source"})
     masked = {**d, "s3": {**d["s3"], "access_key_id": SECRET_MASK, "secret_access_key": SECRET_MASK},
               "label_studio": {**d["label_studio"], "api_token": SECRET_MASK}}
-    return {legacy_settings_hash(d, 12), legacy_settings_hash(masked, 12)}
+    return {legacy_settings_hash(d, 12), legacy_settings_hash(masked, 12),
+            settings_hash(without_added_defaults(d), 12)}
+
+
+# Options added after soaks had begun at a non-null default, with that default: a soak started before one existed
+# carries the identity without it. Its runs are the same configuration up to the option (merged into a running
+# soak, it applied from that day on: the soak's docs name the day).
+ADDED_DEFAULTS: dict[tuple[str, ...], Any] = {
+    ("drift", "release_check_min_frames"): 20,  # 2026-12-05, the labelled check of a release
+}
+
+
+def without_added_defaults(dump: Mapping[str, Any]) -> dict[str, Any]:
+    """A settings dump without the :data:`ADDED_DEFAULTS` options that are at their added default (an option set
+    to anything else stays: that is another configuration)."""
+    out = copy.deepcopy(dict(dump))
+    for path, default in ADDED_DEFAULTS.items():
+        node = out
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node and node[path[-1]] == default:
+            del node[path[-1]]
+    return out
 
 
 def resumable_rows(previous: Mapping[str, Any] | None, weeks: int, size: Mapping[str, Any], seed: int,
@@ -298,8 +322,8 @@ def identity_migrations(previous: Mapping[str, Any] | None, identity: str) -> li
         from benchmarks._common import utc_now
 
         kept.append({"from": previous["identity"], "to": identity, "when": utc_now(),
-                     "why": "the same settings hashed the older way (nulls included, so an option added at a null "
-                            "default changed it)"})
+                     "why": "the same settings hashed an older way (nulls included, so an option added at a null "
+                            "default changed it; or before an option added at its default existed: ADDED_DEFAULTS)"})
     return kept
 
 

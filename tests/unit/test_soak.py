@@ -142,7 +142,7 @@ def test_a_result_keyed_the_older_way_resumes_and_records_the_migration() -> Non
 
     s = load_settings(REPO_ROOT / "configs" / "soak.yaml", env={})
     old = sorted(legacy_soak_identities(s))
-    assert len(old) == 2 and soak_identity(s) not in old
+    assert len(old) == 3 and soak_identity(s) not in old
     size = {"frames_per_day": 24}
     prev = {"identity": old[0], "size": size, "seed": 0,
             "identity_migrated": {"from": "aaa", "to": old[0], "why": "by hand"},
@@ -154,6 +154,23 @@ def test_a_result_keyed_the_older_way_resumes_and_records_the_migration() -> Non
     assert [(x["from"], x["to"]) for x in m] == [("aaa", old[0]), (old[0], soak_identity(s))]
     assert identity_migrations({**prev, "identity": soak_identity(s)}, soak_identity(s))[-1]["from"] == "aaa"
     assert identity_migrations(None, soak_identity(s)) == []
+
+
+def test_an_option_added_at_its_default_keeps_a_running_soak_resumable() -> None:
+    from benchmarks._common import settings_hash
+    from benchmarks.soak import legacy_soak_identities, soak_identity, without_added_defaults
+    from detloop.settings import REPO_ROOT, load_settings
+
+    s = load_settings(REPO_ROOT / "configs" / "soak.yaml", env={})
+    dump = s.model_dump(mode="json", exclude={"source"})
+    before = {**dump, "drift": {k: v for k, v in dump["drift"].items() if k != "release_check_min_frames"}}
+    assert without_added_defaults(dump) == before and dump["drift"]["release_check_min_frames"] == 20
+    assert settings_hash(before, 12) in legacy_soak_identities(s) and settings_hash(before, 12) != soak_identity(s)
+    # set to anything but its added default, the option is another configuration: no identity of before matches
+    other = load_settings(REPO_ROOT / "configs" / "soak.yaml", env={},
+                          overrides={"drift": {"release_check_min_frames": 10}})
+    assert settings_hash(before, 12) not in legacy_soak_identities(other)
+    assert without_added_defaults({"drift": {"other": 1}}) == {"drift": {"other": 1}}
 
 
 def test_recovery_weeks_charges_a_drop_to_the_drift_before_it() -> None:
