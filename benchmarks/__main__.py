@@ -169,6 +169,7 @@ _BENCHES: dict[str, tuple[str, str | None, list[str]]] = {
     "drift": ("drift", None, ["targets", "seconds"]),
     "label-free": ("label_free_pool", None, ["camera_days", "headline"]),
     "release-check": ("release_check", "all", ["release_check_min_frames", "held"]),
+    "monitor-replay": ("monitor_replay", "s3", ["headline"]),
     "soak": ("soak", None, ["weeks_run", "episodes", "seconds"]),
     "arch": ("arch", None, ["verdicts", "seconds"]),
 }
@@ -276,6 +277,15 @@ def bench_release_check(ctx: typer.Context, config: Annotated[Path | None, _CONF
     estimate on them, and whether the check would hold the camera: `python -m benchmarks.release_check`. Starts
     the soak config's stack (`--config`); other options go there (`detloop bench release-check -- --help`)."""
     _run("release-check", list(ctx.args), config)
+
+
+@bench_app.command("monitor-replay", context_settings=_PASS)
+def bench_monitor_replay(ctx: typer.Context, config: Annotated[Path | None, _CONFIG] = None) -> None:
+    """The drift monitor's rule replayed on a soak's stored features under other drift settings (issue 21): per
+    variant, each world onset's first episode and delay, false alarms on stationary camera-days, and the comparisons'
+    wall time: `python -m benchmarks.monitor_replay`. Starts the soak config's S3 (`--config`); other options go
+    there (`detloop bench monitor-replay -- --help`)."""
+    _run("monitor-replay", list(ctx.args), config)
 
 
 @bench_app.command("soak", context_settings=_PASS)

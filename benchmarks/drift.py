@@ -64,6 +64,7 @@ class BenchConfig:
     stationary: bool = False
     work_dir: str = ".detloop-bench/drift"
     permutations: int | None = None
+    permutations_refine: int | None = None  # None: as configured; 0: off
 
     def frames_for(self, camera: str) -> int:
         return int(self.camera_frames.get(camera, self.frames_per_day))
@@ -315,9 +316,14 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     settings = load_settings(REPO / cfg.config)
+    over: dict[str, Any] = {}
     if cfg.permutations:
-        settings = settings.model_copy(update={"drift": settings.drift.model_copy(
-            update={"permutations": cfg.permutations})})
+        over["permutations"] = cfg.permutations
+    if cfg.permutations_refine is not None:
+        over["permutations_refine"] = cfg.permutations_refine or None
+    if over:
+        settings = settings.model_copy(update={"drift": type(settings.drift).model_validate(
+            {**settings.drift.model_dump(), **over})})
     dcfg = settings.drift
     classes = list(settings.classes)
     wpath = REPO / ("configs/world_stationary.yaml" if cfg.stationary else cfg.world_config)
@@ -561,6 +567,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="labelled control frames per reference camera-day (label-free calibration)")
     ap.add_argument("--cameras", default="", help="comma-separated cameras (default: all)")
     ap.add_argument("--permutations", type=int, default=None, help="override drift.permutations")
+    ap.add_argument("--permutations-refine", type=int, default=None,
+                    help="override drift.permutations_refine (0: off, p-values as the base permutations give them)")
     ap.add_argument("--work-dir", default=cfg.work_dir, help="cache of camera-days")
     ap.add_argument("--out", type=Path, default=RESULTS / "drift.json")
     ap.add_argument("--plot", type=Path, default=PLOT)
@@ -571,6 +579,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg.camera_frames = {k: int(v) for k, v in (p.split("=") for p in a.camera_frames.split(",") if p.strip())}
     cfg.cameras = [c for c in a.cameras.split(",") if c.strip()] or None
     cfg.permutations, cfg.work_dir = a.permutations, a.work_dir
+    cfg.permutations_refine = a.permutations_refine
     args = sys.argv[1:] if argv is None else argv
     result = run(cfg)
     result["command"] = shlex.join(["python", "-m", "benchmarks.drift", *args])

@@ -204,16 +204,23 @@ def recovery_table(recovery: Sequence[Mapping[str, Any]]) -> str:
 
 
 def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutations: int | None = None,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, drift: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The monitor's rule replayed on what the soak stored (each champion's reference and daily features), with
-    ``drift.permutations`` set to ``permutations`` (None: as configured): per champion, the first drifted day and
-    the episodes the rule opens per camera. Scores nothing; re-runs the comparisons (``tasks.drift.compare_day``).
+    ``drift.permutations`` set to ``permutations`` (None: as configured) and the drift settings in ``drift``
+    overridden: per champion, the first drifted day, each day's verdict per camera (``statuses``) and the episodes
+    the rule opens. Scores nothing; re-runs the comparisons (``tasks.drift.compare_day``).
     """
     from tasks.drift import compare_day, replay, verdict
     from tasks.drift_records import load_day_features, load_days, load_reference
 
-    cfg = settings.drift if permutations is None else settings.drift.model_copy(update={"permutations": permutations})
-    out: dict[str, Any] = {"permutations": cfg.permutations, "versions": {}}
+    update = {**({} if permutations is None else {"permutations": permutations}), **dict(drift or {})}
+    cfg = type(settings.drift).model_validate({**settings.drift.model_dump(), **update})
+    out: dict[str, Any] = {"permutations": cfg.permutations, "versions": {},
+                           "drift_settings": {"permutations": cfg.permutations,
+                                              "permutations_refine": cfg.permutations_refine, "alpha": cfg.alpha,
+                                              "correction": cfg.correction,
+                                              "alarm_min_signals": cfg.alarm_min_signals,
+                                              "alarm_consecutive_days": cfg.alarm_consecutive_days}}
     for v in versions:
         ref = load_reference(store, settings, v)
         if ref is None:
@@ -235,6 +242,7 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
                     first.setdefault(c, d)
         out["versions"][v] = {
             "days": [days[0], days[-1]] if days else [], "first_drifted_day": first,
+            "statuses": {d: {c: vd.status for c, vd in verdicts[d].items()} for d in sorted(verdicts)},
             "episodes": [{"episode_id": e.episode_id, "opened_on": e.opened_on, "cameras": e.cameras,
                           "signals": e.signals, "handed_over": e.handed_over, "followed_by": e.followed_by}
                          for e in sorted(eps.values(), key=lambda e: e.opened_on)],

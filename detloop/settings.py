@@ -865,6 +865,13 @@ class DriftSettings(_Model):
         description="Resamples of the permutation tests (box-level KS and chi-squared by whole frames, MMD); the "
         "smallest p-value is 1/(n+1).",
     )
+    permutations_refine: int | None = Field(
+        9999, ge=99, le=1_000_000,
+        description="A permutation p-value resting on fewer than 10 resamples as extreme as the observed "
+        "(p <= 10/(permutations+1)) is computed again from this many fresh resamples, so a strong drift's "
+        "p-value is not held at 1/(permutations+1), too coarse to pass the correction over a camera-day's tests; "
+        "only small p-values pay for it. Null (or not above drift.permutations): never.",
+    )
     mmd_max_frames: int = Field(
         300, ge=10, le=10_000, description="Frames per side of the MMD test (a larger side is subsampled).",
     )

@@ -297,7 +297,7 @@ def compare(ref: Features, cur: Features, cfg: DriftSettings, class_names: Seque
     def box_ks(rmask: np.ndarray, cmask: np.ndarray, values_ref: np.ndarray, values_cur: np.ndarray) -> Any:
         def ks(_r: np.ndarray, _c: np.ndarray) -> tuple[float, float]:
             data = clustered(values_ref, ref.box_frame[rmask], values_cur, cur.box_frame[cmask])
-            return ds.ks_clustered(data, cfg.permutations, rng)
+            return ds.ks_clustered(data, cfg.permutations, rng, cfg.permutations_refine)
 
         return ks
 
@@ -320,12 +320,13 @@ def compare(ref: Features, cur: Features, cfg: DriftSettings, class_names: Seque
                                     ds.psi_band(v, cfg.psi_moderate, cfg.psi_significant)))
         if "chi2" in cfg.statistics:
             data = clustered(ref.box_class, ref.box_frame, cur.box_class, cur.box_frame)
-            chi, p = ds.chi2_clustered(data, len(class_names), cfg.permutations, rng)
+            chi, p = ds.chi2_clustered(data, len(class_names), cfg.permutations, rng, cfg.permutations_refine)
             stats.tests.append(Stat("class_mix", "chi2", chi, p))
 
     # the embeddings: MMD with a permutation test over frames
     if "mmd" in cfg.statistics and ref.embedding is not None and cur.embedding is not None:
-        m, p, _sigma = ds.mmd_test(ref.embedding, cur.embedding, cfg.permutations, rng, cfg.mmd_max_frames)
+        m, p, _sigma = ds.mmd_test(ref.embedding, cur.embedding, cfg.permutations, rng, cfg.mmd_max_frames,
+                                   cfg.permutations_refine)
         stats.tests.append(Stat("embedding", "mmd", m, p))
     return stats
 
@@ -442,7 +443,8 @@ def shrink_advice(stats: CameraDayStats, v: Verdict, cfg: DriftSettings, tile: i
 def permutation_floor_note(cfg: DriftSettings, n_tests: int) -> str | None:
     """Whether the permutation tests (box-level KS, chi-squared, MMD) can signal under the rule at all.
 
-    Their smallest p-value is ``1 / (permutations + 1)``; corrected over a camera-day's ``n_tests`` p-values it
+    Their smallest p-value is ``1 / (n + 1)``, ``n`` the larger of ``permutations`` and ``permutations_refine``
+    (a p-value that small has been refined); corrected over a camera-day's ``n_tests`` p-values it
     stays below ``alpha`` only when enough tests are that small at once (Benjamini-Hochberg: ``floor * m / j``;
     Bonferroni: ``floor * m``). When ``alarm_min_signals`` of them at the floor cannot pass, the monitor is deaf
     to every drift that moves only boxes and embeddings (a repainted class, say) and sees only the frame-level
@@ -452,7 +454,7 @@ def permutation_floor_note(cfg: DriftSettings, n_tests: int) -> str | None:
         return None
     k = min(cfg.alarm_min_signals, n_tests)
     per = k if cfg.correction == "fdr" else 1
-    floor = 1.0 / (cfg.permutations + 1)
+    floor = 1.0 / (max(cfg.permutations, cfg.permutations_refine or 0) + 1)
     if floor * n_tests / per < cfg.alpha:
         return None
     need = math.floor(n_tests / (per * cfg.alpha))  # the smallest count with floor * m / per < alpha

@@ -181,16 +181,20 @@ def floor_day(n_tests: int, n_floor: int, permutations: int) -> CameraDayStats:
 def test_the_permutation_floor_note_agrees_with_the_rule(correction: str) -> None:
     """Too few permutations: even the rule's 2 tests at the smallest p-value cannot drift a day, and the note says
     how many make them count; with that many they do."""
-    few = cfg(permutations=199, alpha=0.01, correction=correction, alarm_min_signals=2)
+    few = cfg(permutations=199, permutations_refine=None, alpha=0.01, correction=correction, alarm_min_signals=2)
     note = permutation_floor_note(few, 13)
     assert note is not None and "drift.permutations = 199" in note
     assert verdict(floor_day(13, 2, 199), few).status == "clean"  # deaf, as the note says
     need = int(note.rsplit(">= ", 1)[1])
     assert need == (650 if correction == "fdr" else 1300)
-    enough = cfg(permutations=need, alpha=0.01, correction=correction, alarm_min_signals=2)
+    enough = cfg(permutations=need, permutations_refine=None, alpha=0.01, correction=correction,
+                 alarm_min_signals=2)
     assert permutation_floor_note(enough, 13) is None
     assert verdict(floor_day(13, 2, need), enough).status == "drift"
-    assert permutation_floor_note(cfg(permutations=need - 1, alpha=0.01, correction=correction), 13) is not None
+    assert permutation_floor_note(cfg(permutations=need - 1, permutations_refine=None, alpha=0.01,
+                                      correction=correction), 13) is not None
+    # refined p-values reach 1 / (permutations_refine + 1): the default 9,999 hears with any base
+    assert permutation_floor_note(cfg(permutations=199, alpha=0.01, correction=correction), 13) is None
     if correction == "fdr":  # 7 tests at 0.005 pass BH over 13 (0.005 * 13 / 7 < 0.01), 6 do not
         assert "only when 7 of the 13 tests" in note
         assert verdict(floor_day(13, 7, 199), few).status == "drift"

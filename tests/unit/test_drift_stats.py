@@ -104,6 +104,50 @@ def test_permutations_move_whole_frames() -> None:
     assert (boxes.reshape(len(member), n, 3).std(axis=2) == 0).all()  # the 3 boxes of a frame move together
 
 
+def test_a_p_value_near_the_permutation_floor_is_refined_and_leaves_the_stream_alone() -> None:
+    """A strong shift's p-value sits at 99 resamples' floor (0.01); refined from 9,999 fresh resamples it is
+    1e-4, small enough to pass a correction. A p-value far from the floor is not refined (the same as without),
+    and the caller's generator continues as without the refinement, so later tests draw the same resamples."""
+    rng0 = np.random.default_rng(7)
+    n_ref, n_cur = 60, 20
+    frame = np.repeat(np.arange(n_ref + n_cur), 4)
+    shifted = rng0.normal(size=frame.size) + np.where(frame >= n_ref, 3.0, 0.0)
+    data = ds.Clustered(shifted, frame, n_ref, n_ref + n_cur)
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    assert ds.ks_clustered(data, 99, a)[1] == pytest.approx(0.01)
+    assert ds.ks_clustered(data, 99, b, refine_to=9999)[1] == pytest.approx(1e-4)
+    assert a.random() == b.random()  # the refinement drew from a spawned generator
+    same = ds.Clustered((frame % n_cur) / n_cur + rng0.normal(scale=1e-3, size=frame.size), frame, n_ref,
+                        n_ref + n_cur)  # the window's frames are the reference's, once more
+    a, b = np.random.default_rng(2), np.random.default_rng(2)
+    p, q = ds.ks_clustered(same, 99, a)[1], ds.ks_clustered(same, 99, b, refine_to=9999)[1]
+    assert p > 0.11 and p == q  # more than 10 resamples as extreme: nothing to refine
+    # at the threshold (10 resamples as extreme, p = 0.11 at 99) it is refined; above it, not
+    calls: list[int] = []
+
+    def stat(member: np.ndarray) -> np.ndarray:
+        calls.append(member.shape[0])
+        return np.zeros(member.shape[0])  # every resample ties the observed: p = 1, never refined
+
+    ds.frame_permutation_pvalue(n_ref, n_ref + n_cur, stat, 99, np.random.default_rng(0), refine_to=9999)
+    assert sum(calls) == 99 + 1
+    for refine in (None, 99, 50):  # off, or not above the base: the base p-value
+        assert ds.ks_clustered(data, 99, np.random.default_rng(1), refine_to=refine)[1] == pytest.approx(0.01)
+
+
+def test_refined_p_values_stay_calibrated() -> None:
+    """No drift: refining the small p-values keeps the rejection rate at small levels about the level (the
+    refined p-value is valid below the refinement threshold)."""
+    runs, hits = 300, 0
+    for seed in range(runs):
+        rng = np.random.default_rng(500 + seed)
+        n_ref, n_cur = 40, 12
+        frame = np.repeat(np.arange(n_ref + n_cur), 3)
+        values = rng.normal(size=n_ref + n_cur)[frame] + rng.normal(scale=0.1, size=frame.size)
+        hits += ds.ks_clustered(ds.Clustered(values, frame, n_ref, n_ref + n_cur), 99, rng, refine_to=999)[1] <= 0.05
+    assert 0.02 < hits / runs < 0.09  # about 5 %: neither inflated nor deaf
+
+
 def test_frame_permutation_p_values_stay_calibrated_when_boxes_of_a_frame_are_alike() -> None:
     """No drift, but the 8 boxes of a frame share its value: a box-level KS that treats boxes as independent
     rejects far too often; the p-value from permuting frames rejects at about its level."""

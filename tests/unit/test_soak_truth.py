@@ -55,8 +55,8 @@ def test_recoveries_per_onset() -> None:
 
 def test_the_monitor_replayed_with_more_permutations_sees_a_box_level_drift() -> None:
     """Stored features of a champion (reference + days), a drift only box-level tests see (smaller boxes, more
-    stars): with 199 permutations the rule is deaf to it, with the default 999 it opens an episode; the replay
-    scores nothing."""
+    stars): with 199 permutations the rule is deaf to it, with the default 999 it opens an episode, and so it does
+    with 199 whose small p-values are refined; the replay scores nothing."""
     import numpy as np
 
     from benchmarks.soak_truth import replay_monitor
@@ -77,12 +77,19 @@ def test_the_monitor_replayed_with_more_permutations_sees_a_box_level_drift() ->
         if i >= 1:
             cur.box_class = np.where(rng.random(cur.n_boxes) < 0.3, 4, cur.box_class)
         save_day(store, s, "4", day, compare_day(ref, cur, s.drift, s.classes, day), cur)
-    few = replay_monitor(store, s, ["4"], None, log=lambda _m: None)
-    many = replay_monitor(store, s, ["4"], 999, log=lambda _m: None)
+    coarse = {"permutations_refine": None}
+    few = replay_monitor(store, s, ["4"], None, log=lambda _m: None, drift=coarse)
+    many = replay_monitor(store, s, ["4"], 999, log=lambda _m: None, drift=coarse)
     assert few["permutations"] == 199 and few["versions"]["4"]["episodes"] == []
+    assert few["drift_settings"]["permutations_refine"] is None
     eps = many["versions"]["4"]["episodes"]
     assert [e["cameras"] for e in eps] == [["cam2"]] and eps[0]["opened_on"] == "2026-02-03"  # 2 days in a row
     assert many["versions"]["4"]["first_drifted_day"] == {"cam2": "2026-02-02"}
+    assert many["versions"]["4"]["statuses"]["2026-02-01"] == {"cam2": "clean"}
+    # 199 resamples with the small p-values refined (the default drift.permutations_refine) hear it as 999 do
+    refined = replay_monitor(store, s, ["4"], None, log=lambda _m: None)
+    assert refined["drift_settings"]["permutations_refine"] == 9999
+    assert [(e["opened_on"], e["cameras"]) for e in refined["versions"]["4"]["episodes"]] == [("2026-02-03", ["cam2"])]
     assert replay_monitor(store, s, ["7"], 999, log=lambda _m: None)["versions"] == {}  # no reference: skipped
 
 

@@ -1,0 +1,163 @@
+"""Replay the drift monitor's rule on a soak's stored features under other drift settings (issue 21).
+
+A soak (``benchmarks/soak.py``) keeps every champion's reference and every monitored day's features. This re-runs
+the comparisons and the episode machine on them (``benchmarks.soak_truth.replay_monitor``) once per variant of the
+drift settings, scores nothing and writes nothing into the soak's store, and says per variant:
+
+- per world onset (drift x camera), the first episode opened on the camera at or after it, and its delay;
+- false alarms: drifted camera-days and episodes on a camera before any onset touched it (its stationary days);
+- the wall time of the comparisons (what a variant costs the daily monitor).
+
+The variants: ``as_run`` (the permutation p-values as the fourth tiled soak computed them: ``permutations_refine``
+off) and ``refined`` (the configured settings: a p-value near the permutation floor recomputed from
+``drift.permutations_refine`` resamples), plus any ``--variant name:key=value,...`` given.
+
+    python -m benchmarks.monitor_replay --config configs/soak_tiled_d.yaml \\
+        --soak benchmarks/results/soak8_tiled_d.json --out benchmarks/results/monitor_replay_soak_d.json
+
+Needs the soak's S3 up (``detloop stack up --config ...``, or ``detloop bench monitor-replay`` starts it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {"as_run": {"permutations_refine": None}, "refined": {}}
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``name:key=value,key=value`` (drift settings; ``null`` for None, numbers as numbers) -> ``(name, overrides)``.
+
+    Raises:
+        ValueError: not of that form.
+    """
+    name, _, body = text.partition(":")
+    if not name or not body:
+        raise ValueError(f"--variant {text!r}: expected name:key=value[,key=value...]")
+    out: dict[str, Any] = {}
+    for part in body.split(","):
+        key, eq, raw = part.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--variant {text!r}: {part!r} is not key=value")
+        out[key.strip()] = json.loads(raw) if raw.strip() not in ("", "None") else None
+    return name, out
+
+
+def stationary_until(onsets: Sequence[Mapping[str, Any]], cameras: Sequence[str]) -> dict[str, str | None]:
+    """camera -> its first onset (ISO day), None when no drift touched it: its days before are stationary."""
+    first: dict[str, str | None] = dict.fromkeys(cameras)
+    for o in onsets:
+        cam = o["camera"]
+        if cam in first and (first[cam] is None or o["onset"] < str(first[cam])):
+            first[cam] = o["onset"]
+    return first
+
+
+def false_alarms(statuses: Mapping[str, Mapping[str, Mapping[str, str]]], episodes: Sequence[Mapping[str, Any]],
+                 until: Mapping[str, str | None]) -> dict[str, Any]:
+    """Drifted camera-days and episodes on stationary days (a camera's days before its first onset).
+
+    Args:
+        statuses: version -> day -> camera -> verdict status (``drift`` / ``clean`` / ``insufficient``).
+        episodes: the episodes the replay opened (``opened_on``, ``cameras``).
+        until: :func:`stationary_until`.
+    """
+    judged = drifted = 0
+    where: list[str] = []
+    for v, days in statuses.items():
+        for day, cams in days.items():
+            for cam, status in cams.items():
+                end = until.get(cam, day)
+                if status == "insufficient" or (end is not None and day >= end):
+                    continue
+                judged += 1
+                if status == "drift":
+                    drifted += 1
+                    where.append(f"v{v} {cam} {day}")
+    eps = [f"{e['opened_on']} {c}" for e in episodes for c in e.get("cameras", [])
+           if until.get(c) is None or e["opened_on"] < str(until[c])]
+    return {"stationary_camera_days": judged, "drifted": drifted, "drifted_on": where, "episodes": len(eps),
+            "episodes_on": eps}
+
+
+def run(settings: Any, store: Any, versions: Sequence[str], variants: Mapping[str, Mapping[str, Any]],
+        onsets: Sequence[Mapping[str, Any]], cameras: Sequence[str], log: Any = print) -> dict[str, Any]:
+    """Each variant replayed on ``versions``; see the module docstring."""
+    from benchmarks.soak import episode_delays
+    from benchmarks.soak_truth import replay_monitor
+
+    until = stationary_until(onsets, cameras)
+    out: dict[str, Any] = {}
+    for name, over in variants.items():
+        t0 = time.perf_counter()
+        rep = replay_monitor(store, settings, versions, drift=over, log=lambda m, n=name: log(f"[{n}] {m}"))
+        found = [e for v in rep["versions"].values() for e in v["episodes"]]
+        statuses = {v: r.get("statuses", {}) for v, r in rep["versions"].items()}
+        out[name] = {"overrides": dict(over), "drift_settings": rep["drift_settings"],
+                     "onsets": episode_delays(onsets, found), "false_alarms": false_alarms(statuses, found, until),
+                     "versions": rep["versions"], "seconds": time.perf_counter() - t0}
+        o = out[name]["onsets"]
+        log(f"[{name}] {sum(x['detected'] for x in o)} of {len(o)} onsets detected; false alarms "
+            f"{out[name]['false_alarms']['drifted']} drifted of {out[name]['false_alarms']['stationary_camera_days']} "
+            f"stationary camera-days, {out[name]['false_alarms']['episodes']} episode(s); "
+            f"{out[name]['seconds']:.0f} s")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="the soak's config (its S3 must be up)")
+    ap.add_argument("--soak", type=Path, default=None,
+                    help="the soak's result JSON: its weeks, for the world's onsets (default: 8 weeks)")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="name:key=value,... drift settings of one more variant (e.g. refine99k:permutations_refine="
+                         "99999)")
+    ap.add_argument("--only", default=None, help="comma-separated variant names to run (default: all)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "monitor_replay.json")
+    args = ap.parse_args(argv)
+    from benchmarks.soak_truth import world_onsets
+    from detloop.clients.s3 import S3Store
+    from detloop.settings import load_settings
+    from detloop.world.config import load_world_config
+    from flows.demo import START
+    from infra.stack import client_env
+    from tasks.drift_records import carried_by_version
+
+    settings = load_settings(args.config)
+    os.environ.update(client_env(settings))
+    store = S3Store(settings)
+    variants = dict(DEFAULT_VARIANTS)
+    variants.update(dict(parse_variant(v) for v in args.variant))
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
+    soak = json.loads(args.soak.read_text()) if args.soak else None
+    # every champion with a reference: each watched the days it served (the soak's own replay takes the champions
+    # at the weeks' ends only)
+    versions = sorted(carried_by_version(store, settings), key=int)
+    weeks = int(soak["weeks_run"]) if soak else 8
+    world = load_world_config(settings.world_config_path())
+    onsets = world_onsets(world, START, START + timedelta(days=7 * weeks))
+    res = {"bench": "monitor_replay", "config": args.config, "soak": str(args.soak) if args.soak else None,
+           "when": date.today().isoformat(), "versions": versions, "onsets": onsets,
+           "variants": run(settings, store, versions, variants, onsets, [c.id for c in world.cameras])}
+    base = res["variants"].get("as_run", {}).get("seconds")
+    for v in res["variants"].values():
+        v["seconds_ratio_to_as_run"] = None if not base else v["seconds"] / base
+    res["headline"] = {name: f"{sum(o['detected'] for o in v['onsets'])}/{len(v['onsets'])} onsets, "
+                             f"{v['false_alarms']['drifted']}/{v['false_alarms']['stationary_camera_days']} stationary "
+                             f"camera-days drifted, {v['seconds']:.0f} s" for name, v in res["variants"].items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2, default=str))
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The monitor replay's bookkeeping (benchmarks/monitor_replay.py): variants, stationary days, false alarms."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.monitor_replay import false_alarms, parse_variant, stationary_until
+
+
+def test_a_variant_is_a_name_and_drift_overrides() -> None:
+    assert parse_variant("off:permutations_refine=null") == ("off", {"permutations_refine": None})
+    assert parse_variant("big:permutations_refine=99999,alpha=0.05") == (
+        "big", {"permutations_refine": 99999, "alpha": 0.05})
+    assert parse_variant("c:correction=\"bonferroni\"") == ("c", {"correction": "bonferroni"})
+    for bad in ("nocolon", ":a=1", "x:a", "x:=1"):
+        with pytest.raises(ValueError, match="--variant"):
+            parse_variant(bad)
+
+
+def test_false_alarms_count_only_a_cameras_days_before_its_first_onset() -> None:
+    onsets = [{"name": "dusk", "camera": "cam1", "onset": "2026-01-19"},
+              {"name": "stars", "camera": "cam1", "onset": "2026-02-02"},
+              {"name": "stars", "camera": "cam0", "onset": "2026-02-02"}]
+    until = stationary_until(onsets, ["cam0", "cam1", "cam5"])
+    assert until == {"cam0": "2026-02-02", "cam1": "2026-01-19", "cam5": None}
+    statuses = {"1": {"2026-01-18": {"cam0": "clean", "cam1": "drift", "cam5": "insufficient"},
+                      "2026-01-19": {"cam0": "drift", "cam1": "drift", "cam5": "clean"}},
+                "2": {"2026-02-02": {"cam0": "drift", "cam1": "drift", "cam5": "drift"}}}
+    eps = [{"opened_on": "2026-01-19", "cameras": ["cam0", "cam1"]}, {"opened_on": "2026-02-03", "cameras": ["cam5"]}]
+    fa = false_alarms(statuses, eps, until)
+    # judged: 01-18 cam0, cam1 (cam5 insufficient); 01-19 cam0, cam5; 02-02 cam5 (cam0 and cam1 have drifted by then)
+    assert fa["stationary_camera_days"] == 5
+    assert fa["drifted"] == 3 and fa["drifted_on"] == ["v1 cam1 2026-01-18", "v1 cam0 2026-01-19", "v2 cam5 2026-02-02"]
+    assert fa["episodes"] == 2 and fa["episodes_on"] == ["2026-01-19 cam0", "2026-02-03 cam5"]
