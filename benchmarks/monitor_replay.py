@@ -63,7 +63,8 @@ def stationary_until(onsets: Sequence[Mapping[str, Any]], cameras: Sequence[str]
 
 def false_alarms(statuses: Mapping[str, Mapping[str, Mapping[str, str]]], episodes: Sequence[Mapping[str, Any]],
                  until: Mapping[str, str | None]) -> dict[str, Any]:
-    """Drifted camera-days and episodes on stationary days (a camera's days before its first onset).
+    """Drifted camera-days and episodes on stationary days (a camera's days before its first onset), counted per
+    champion's test (``stationary_camera_days``, ``drifted``) and per camera-day (``unique_*``).
 
     Args:
         statuses: version -> day -> camera -> verdict status (``drift`` / ``clean`` / ``insufficient``).
@@ -72,6 +73,8 @@ def false_alarms(statuses: Mapping[str, Mapping[str, Mapping[str, str]]], episod
     """
     judged = drifted = 0
     where: list[str] = []
+    days_judged: set[tuple[str, str]] = set()
+    days_drifted: set[tuple[str, str]] = set()
     for v, days in statuses.items():
         for day, cams in days.items():
             for cam, status in cams.items():
@@ -79,36 +82,56 @@ def false_alarms(statuses: Mapping[str, Mapping[str, Mapping[str, str]]], episod
                 if status == "insufficient" or (end is not None and day >= end):
                     continue
                 judged += 1
+                days_judged.add((cam, day))
                 if status == "drift":
                     drifted += 1
+                    days_drifted.add((cam, day))
                     where.append(f"v{v} {cam} {day}")
-    eps = [f"{e['opened_on']} {c}" for e in episodes for c in e.get("cameras", [])
-           if until.get(c) is None or e["opened_on"] < str(until[c])]
-    return {"stationary_camera_days": judged, "drifted": drifted, "drifted_on": where, "episodes": len(eps),
+    eps = sorted({f"{e['opened_on']} {c}" for e in episodes for c in e.get("cameras", [])
+                  if until.get(c) is None or e["opened_on"] < str(until[c])})
+    # each champion compares the same day with its own reference: a (version, camera, day) is one test, a camera-day
+    # drifted when any champion's test drifted it
+    return {"stationary_camera_days": judged, "drifted": drifted, "drifted_on": where,
+            "unique_camera_days": len(days_judged), "unique_drifted": len(days_drifted), "episodes": len(eps),
             "episodes_on": eps}
+
+
+def summarise(variant: Mapping[str, Any], onsets: Sequence[Mapping[str, Any]],
+              cameras: Sequence[str]) -> dict[str, Any]:
+    """A replayed variant's onsets (first episode and delay) and false alarms, from its per-version records."""
+    from benchmarks.soak import episode_delays
+
+    found = [e for v in variant["versions"].values() for e in v["episodes"]]
+    statuses = {v: r.get("statuses", {}) for v, r in variant["versions"].items()}
+    return {"onsets": episode_delays(onsets, found),
+            "false_alarms": false_alarms(statuses, found, stationary_until(onsets, cameras))}
+
+
+def headline(res: Mapping[str, Any]) -> dict[str, str]:
+    """One line per variant: onsets detected, stationary days drifted, wall time."""
+    out = {}
+    for name, v in res["variants"].items():
+        fa = v["false_alarms"]
+        out[name] = (f"{sum(o['detected'] for o in v['onsets'])}/{len(v['onsets'])} onsets, "
+                     f"{fa['unique_drifted']}/{fa['unique_camera_days']} stationary camera-days drifted "
+                     f"({fa['drifted']}/{fa['stationary_camera_days']} champion tests), {fa['episodes']} false "
+                     f"episode(s), {v['seconds']:.0f} s")
+    return out
 
 
 def run(settings: Any, store: Any, versions: Sequence[str], variants: Mapping[str, Mapping[str, Any]],
         onsets: Sequence[Mapping[str, Any]], cameras: Sequence[str], log: Any = print) -> dict[str, Any]:
     """Each variant replayed on ``versions``; see the module docstring."""
-    from benchmarks.soak import episode_delays
     from benchmarks.soak_truth import replay_monitor
 
-    until = stationary_until(onsets, cameras)
     out: dict[str, Any] = {}
     for name, over in variants.items():
         t0 = time.perf_counter()
         rep = replay_monitor(store, settings, versions, drift=over, log=lambda m, n=name: log(f"[{n}] {m}"))
-        found = [e for v in rep["versions"].values() for e in v["episodes"]]
-        statuses = {v: r.get("statuses", {}) for v, r in rep["versions"].items()}
-        out[name] = {"overrides": dict(over), "drift_settings": rep["drift_settings"],
-                     "onsets": episode_delays(onsets, found), "false_alarms": false_alarms(statuses, found, until),
-                     "versions": rep["versions"], "seconds": time.perf_counter() - t0}
-        o = out[name]["onsets"]
-        log(f"[{name}] {sum(x['detected'] for x in o)} of {len(o)} onsets detected; false alarms "
-            f"{out[name]['false_alarms']['drifted']} drifted of {out[name]['false_alarms']['stationary_camera_days']} "
-            f"stationary camera-days, {out[name]['false_alarms']['episodes']} episode(s); "
-            f"{out[name]['seconds']:.0f} s")
+        out[name] = {"overrides": dict(over), "drift_settings": rep["drift_settings"], "versions": rep["versions"],
+                     "seconds": time.perf_counter() - t0}
+        out[name].update(summarise(out[name], onsets, cameras))
+        log(f"[{name}] {headline({'variants': {name: out[name]}})[name]}")
     return out
 
 
@@ -121,39 +144,48 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="name:key=value,... drift settings of one more variant (e.g. refine99k:permutations_refine="
                          "99999)")
     ap.add_argument("--only", default=None, help="comma-separated variant names to run (default: all)")
+    ap.add_argument("--summarise", action="store_true",
+                    help="replay nothing: rebuild the summaries of --out from its stored per-version records")
     ap.add_argument("--out", type=Path, default=RESULTS / "monitor_replay.json")
     args = ap.parse_args(argv)
     from benchmarks.soak_truth import world_onsets
-    from detloop.clients.s3 import S3Store
     from detloop.settings import load_settings
     from detloop.world.config import load_world_config
     from flows.demo import START
-    from infra.stack import client_env
-    from tasks.drift_records import carried_by_version
 
     settings = load_settings(args.config)
-    os.environ.update(client_env(settings))
-    store = S3Store(settings)
-    variants = dict(DEFAULT_VARIANTS)
-    variants.update(dict(parse_variant(v) for v in args.variant))
-    if args.only:
-        variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
-    soak = json.loads(args.soak.read_text()) if args.soak else None
-    # every champion with a reference: each watched the days it served (the soak's own replay takes the champions
-    # at the weeks' ends only)
-    versions = sorted(carried_by_version(store, settings), key=int)
-    weeks = int(soak["weeks_run"]) if soak else 8
     world = load_world_config(settings.world_config_path())
-    onsets = world_onsets(world, START, START + timedelta(days=7 * weeks))
-    res = {"bench": "monitor_replay", "config": args.config, "soak": str(args.soak) if args.soak else None,
-           "when": date.today().isoformat(), "versions": versions, "onsets": onsets,
-           "variants": run(settings, store, versions, variants, onsets, [c.id for c in world.cameras])}
+    cameras = [c.id for c in world.cameras]
+    if args.summarise:
+        res = json.loads(args.out.read_text())
+        for v in res["variants"].values():
+            v.update(summarise(v, res["onsets"], cameras))
+    else:
+        from detloop.clients.s3 import S3Store
+        from infra.stack import client_env
+        from tasks.drift_records import carried_by_version
+
+        os.environ.update(client_env(settings))
+        store = S3Store(settings)
+        variants = dict(DEFAULT_VARIANTS)
+        variants.update(dict(parse_variant(v) for v in args.variant))
+        if args.only:
+            variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
+        soak = json.loads(args.soak.read_text()) if args.soak else None
+        # every champion with a reference: each watched the days it served (the soak's own replay takes the
+        # champions at the weeks' ends only)
+        versions = sorted(carried_by_version(store, settings), key=int)
+        weeks = int(soak["weeks_run"]) if soak else 8
+        onsets = world_onsets(world, START, START + timedelta(days=7 * weeks))
+        res = {"bench": "monitor_replay", "config": args.config, "soak": str(args.soak) if args.soak else None,
+               "when": date.today().isoformat(), "versions": versions, "onsets": onsets,
+               "variants": run(settings, store, versions, variants, onsets, cameras)}
     base = res["variants"].get("as_run", {}).get("seconds")
     for v in res["variants"].values():
         v["seconds_ratio_to_as_run"] = None if not base else v["seconds"] / base
-    res["headline"] = {name: f"{sum(o['detected'] for o in v['onsets'])}/{len(v['onsets'])} onsets, "
-                             f"{v['false_alarms']['drifted']}/{v['false_alarms']['stationary_camera_days']} stationary "
-                             f"camera-days drifted, {v['seconds']:.0f} s" for name, v in res["variants"].items()}
+    res["headline"] = headline(res)
+    for name, line in res["headline"].items():
+        print(f"{name}: {line}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2, default=str))
     return res

@@ -32,3 +32,24 @@ def test_false_alarms_count_only_a_cameras_days_before_its_first_onset() -> None
     assert fa["stationary_camera_days"] == 5
     assert fa["drifted"] == 3 and fa["drifted_on"] == ["v1 cam1 2026-01-18", "v1 cam0 2026-01-19", "v2 cam5 2026-02-02"]
     assert fa["episodes"] == 2 and fa["episodes_on"] == ["2026-01-19 cam0", "2026-02-03 cam5"]
+    twice = false_alarms({**statuses, "3": statuses["1"]}, eps + eps[:1], until)  # another champion, same days
+    assert twice["stationary_camera_days"] == 9 and twice["drifted"] == 5
+    assert (twice["unique_camera_days"], twice["unique_drifted"], twice["episodes"]) == (5, 3, 2)
+
+
+def test_a_variant_is_summarised_from_its_stored_records() -> None:
+    from benchmarks.monitor_replay import headline, summarise
+
+    onsets = [{"name": "zoom", "camera": "cam2", "onset": "2026-02-09"}]
+    variant = {"seconds": 12.0, "versions": {
+        "18": {"episodes": [{"episode_id": "drift-v18-2026-02-12", "opened_on": "2026-02-12", "cameras": ["cam2"]}],
+               "statuses": {"2026-02-08": {"cam2": "clean", "cam0": "drift"},
+                            "2026-02-12": {"cam2": "drift", "cam0": "clean"}}}}}
+    got = summarise(variant, onsets, ["cam0", "cam2"])
+    assert [(o["detected"], o["delay_days"]) for o in got["onsets"]] == [(True, 3)]
+    # cam0 has no onset: both its days are stationary, one drifted; cam2's day before its onset is clean
+    assert (got["false_alarms"]["unique_camera_days"], got["false_alarms"]["unique_drifted"]) == (3, 1)
+    line = headline({"variants": {"x": {**variant, **got}}})["x"]
+    assert line.startswith("1/1 onsets, 1/3 stationary camera-days drifted") and "12 s" in line
+    missed = summarise({**variant, "versions": {"18": {"episodes": [], "statuses": {}}}}, onsets, ["cam2"])
+    assert missed["onsets"][0]["detected"] is False
