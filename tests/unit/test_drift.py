@@ -413,6 +413,7 @@ def test_drift_settings_are_validated_on_load() -> None:
 
     for bad, msg in [({"alarm_statistics": ["psi"], "statistics": ["ks"]}, "not computed"),
                      ({"psi_moderate": 0.3}, "psi_moderate"), ({"permutations": 10}, "permutations"),
+                     ({"permutations_refine": 10}, "permutations_refine"),
                      ({"correction": "holm"}, "correction"), ({"alpha": 1.5}, "alpha")]:
         with pytest.raises(ConfigError, match=msg):
             load_settings("configs/test.yaml", overrides={"drift": bad})
