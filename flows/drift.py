@@ -102,7 +102,7 @@ def stats_key(settings: Settings) -> str:
 
     d = settings.drift
     return _key(STATS_VERSION, d.statistics, d.psi_bins, d.psi_moderate, d.psi_significant, d.permutations,
-                d.mmd_max_frames, d.min_frames, d.min_boxes, d.seed, settings.classes)
+                d.mmd_max_frames, d.min_frames, d.min_boxes, d.seed, settings.classes, d.permutations_refine)
 
 
 def _sampling_settings(settings: Settings, days: list[date], n_cameras: int) -> Settings:

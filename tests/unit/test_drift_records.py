@@ -77,3 +77,14 @@ def test_days_with_frames_lists_prefixes_not_objects() -> None:
     got = dr.days_with_frames(store, s)
     assert got == {"cam0": [date(2026, 1, 5), date(2026, 1, 7)], "cam4": [date(2026, 1, 26)]}
     assert dr.days_with_frames(store, s, ["cam4"]) == {"cam4": [date(2026, 1, 26)]}
+
+
+def test_stored_statistics_are_keyed_by_the_resamples_that_made_them() -> None:
+    """Statistics computed without the refinement of small p-values are not reused once it is on (nor the reverse)."""
+    from flows.drift import stats_key
+
+    s = load_settings("configs/test.yaml")
+    off = s.model_copy(update={"drift": s.drift.model_copy(update={"permutations_refine": None})})
+    more = s.model_copy(update={"drift": s.drift.model_copy(update={"permutations_refine": 99999})})
+    assert len({stats_key(s), stats_key(off), stats_key(more)}) == 3
+    assert stats_key(s) == stats_key(load_settings("configs/test.yaml"))
