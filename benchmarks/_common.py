@@ -98,3 +98,9 @@ def legacy_settings_hash(dump: Mapping[str, Any], length: int) -> str:
     """:func:`settings_hash` as it was before nulls were left out (every entry hashed): to recognise results
     keyed by it."""
     return hashlib.sha256(json.dumps(dict(dump), sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def drift_with(settings: Any, overrides: Mapping[str, Any]) -> Any:
+    """``settings.drift`` with ``overrides`` applied and validated (pydantic names a bad field), for benchmarks
+    that compare drift-setting variants."""
+    return type(settings.drift).model_validate({**settings.drift.model_dump(), **dict(overrides)})

@@ -322,8 +322,9 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     if cfg.permutations_refine is not None:
         over["permutations_refine"] = cfg.permutations_refine or None
     if over:
-        settings = settings.model_copy(update={"drift": type(settings.drift).model_validate(
-            {**settings.drift.model_dump(), **over})})
+        from benchmarks._common import drift_with
+
+        settings = settings.model_copy(update={"drift": drift_with(settings, over)})
     dcfg = settings.drift
     classes = list(settings.classes)
     wpath = REPO / ("configs/world_stationary.yaml" if cfg.stationary else cfg.world_config)

@@ -214,7 +214,9 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
     from tasks.drift_records import load_day_features, load_days, load_reference
 
     update = {**({} if permutations is None else {"permutations": permutations}), **dict(drift or {})}
-    cfg = type(settings.drift).model_validate({**settings.drift.model_dump(), **update})
+    from benchmarks._common import drift_with
+
+    cfg = drift_with(settings, update)
     out: dict[str, Any] = {"permutations": cfg.permutations, "versions": {},
                            "drift_settings": {"permutations": cfg.permutations,
                                               "permutations_refine": cfg.permutations_refine, "alpha": cfg.alpha,
