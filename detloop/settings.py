@@ -726,6 +726,12 @@ class ClassLossSettings(_Model):
 class TrainingSettings(_Model):
     bootstrap_epochs: int = Field(60, ge=1, le=10000, description="Epochs of the bootstrap model from the YAML.")
     finetune_epochs: int = Field(10, ge=1, le=10000, description="Epochs of each fine-tune from the champion.")
+    finetune_max_images: int | None = Field(
+        None, ge=1, le=100_000_000,
+        description="Bound on the images a fine-tune trains on (epochs x train frames, repeats included): the "
+        "epochs fall to max(1, this // train frames) when finetune_epochs would pass it, so a weekly round's cost "
+        "stops growing with the dataset. null: finetune_epochs always. An explicit epochs parameter is not bounded.",
+    )
     batch: int = Field(16, ge=1, le=1024)
     nbs: int = Field(16, ge=1, le=1024, description="Nominal batch size (gradient accumulation).")
     optimizer: str = Field("AdamW")

@@ -125,13 +125,14 @@ class RetrainParams(_Params):
 
     round_id: str = Field(..., min_length=1, description="Labelling round whose labels to train on.")
     epochs: Annotated[int, Field(ge=1, le=10_000)] | SkipJsonSchema[None] = Field(
-        None, description="Fine-tune epochs (leave empty: training.finetune_epochs).")
+        None, description="Fine-tune epochs, exactly (leave empty: training.finetune_epochs, bounded by "
+        "training.finetune_max_images).")
     gate: GateOverrides = Field(default_factory=GateOverrides, description="Per-run gate overrides.")
 
     def overrides(self) -> dict[str, Any]:
         o: dict[str, Any] = {}
         if self.epochs is not None:
-            o["training"] = {"finetune_epochs": self.epochs}
+            o["training"] = {"finetune_epochs": self.epochs, "finetune_max_images": None}  # what was asked
         g = {k: v for k, v in self.gate.model_dump().items() if v is not None}
         if g:
             o["gate"] = g

@@ -139,6 +139,20 @@ def read_data_yaml(data_yaml: str | Path) -> tuple[dict[str, Any], Path]:
     return data, root
 
 
+def bounded_epochs(epochs: int, train_frames: int, max_images: int | None) -> int:
+    """Epochs of a fine-tune under ``training.finetune_max_images``: ``epochs`` unless ``epochs x train_frames``
+    passes the bound, then as many whole epochs as fit (at least 1).
+
+    >>> bounded_epochs(10, 262, 1500), bounded_epochs(10, 431, 1500), bounded_epochs(10, 100, 1500)
+    (5, 3, 10)
+    >>> bounded_epochs(10, 4000, 1500), bounded_epochs(10, 4000, None)
+    (1, 10)
+    """
+    if max_images is None or epochs * train_frames <= max_images:
+        return epochs
+    return max(1, max_images // max(train_frames, 1))
+
+
 def check_dataset(data_yaml: str | Path, class_names: list[str], min_train_frames: int) -> dict[str, int]:
     """Refuse a dataset whose classes differ from config, or that is empty / too small.
 
@@ -496,6 +510,8 @@ def _train_locked(
     tc = settings.training
     bootstrap = init_weights is None
     n_epochs = int(epochs or (tc.bootstrap_epochs if bootstrap else tc.finetune_epochs))
+    if not bootstrap and not epochs:
+        n_epochs = bounded_epochs(n_epochs, counts["train"], tc.finetune_max_images)
     threads = tc.threads or os.cpu_count() or 1
     params: dict[str, Any] = {  # hashed: a finished run with the same inputs is reused
         "mode": "bootstrap" if bootstrap else "finetune",
@@ -546,6 +562,8 @@ def _train_locked(
                                 "dataset_version": dataset_version or "", "parent_version":
                                 parent_version or "", "train_frames": counts["train"], "val_frames": counts["val"],
                                 "train_boxes": counts["train_boxes"], "threads": threads,
+                                **({"finetune_epochs": tc.finetune_epochs, "finetune_max_images":
+                                    tc.finetune_max_images} if not bootstrap and tc.finetune_max_images else {}),
                                 "init_weights": Path(init_weights).name if init_weights else ""})
         ensure_ultralytics_fonts(settings)
         spec = TrainSpec(

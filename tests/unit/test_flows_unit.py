@@ -28,7 +28,7 @@ def test_params_validate_and_map_to_overrides() -> None:
     with pytest.raises(ValidationError):
         SelectParams(bogus=1)
     r = RetrainParams(round_id="x", epochs=3, gate={"min_delta": 0.01})
-    assert r.overrides() == {"training": {"finetune_epochs": 3}, "gate": {"min_delta": 0.01}}
+    assert r.overrides() == {"training": {"finetune_epochs": 3, "finetune_max_images": None}, "gate": {"min_delta": 0.01}}
     with pytest.raises(ValidationError):
         RetrainParams()
 

@@ -72,8 +72,10 @@ def test_config_check_refuses_unknown_selection_names_listing_the_valid_ones(tmp
     assert res.exit_code != 0 and isinstance(res.exception, ConfigError)
 
 
-def test_secret_blocks_fill_only_missing_secrets() -> None:
-    s = load_settings(REPO / "configs" / "local.yaml", env={"AWS_ACCESS_KEY_ID": "from-env"})
+def test_secret_blocks_fill_only_missing_secrets(tmp_path: Path) -> None:
+    # a data dir without the secrets.env a running stack writes (`make demo` leaves one in .detloop)
+    s = load_settings(REPO / "configs" / "local.yaml", env={"AWS_ACCESS_KEY_ID": "from-env"},
+                      overrides={"data_dir": str(tmp_path)})
     s.s3.secret_block = "s3-keys"
     s.label_studio.secret_block = "ls-token"
     s.label_studio.api_token = None

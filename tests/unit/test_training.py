@@ -10,6 +10,8 @@ import pytest
 from detloop.errors import DataError
 from detloop.synth_shapes import write_yolo_dataset
 from tasks.training import (
+    _train_locked,
+    bounded_epochs,
     check_dataset,
     class_difference,
     input_hash,
@@ -56,6 +58,51 @@ def test_oversample_repeats_hard_frames_as_linked_copies(tmp_path: Path) -> None
     assert rep.stat().st_ino == (tmp_path / "ds" / "images" / "train" / "train_00001.png").stat().st_ino
     assert check_dataset(new, CLASSES, 1)["train"] == 8
     assert oversample_hard(y, hard, 1, tmp_path / "one").parent.joinpath("train.txt").read_text().count("\n") == 4
+
+
+def test_bounded_epochs_keeps_whole_epochs_under_the_bound() -> None:
+    assert bounded_epochs(10, 262, 1500) == 5          # 1,310 images, not 2,620
+    assert bounded_epochs(10, 431, 1500) == 3
+    assert bounded_epochs(10, 150, 1500) == 10         # 1,500 fits: the configured epochs
+    assert bounded_epochs(10, 151, 1500) == 9
+    assert bounded_epochs(10, 4000, 1500) == 1         # never below one epoch
+    assert bounded_epochs(10, 4000, None) == 10        # off
+
+
+class _ReusingRegistry:
+    """A registry holding one finished run for any input hash (training is then skipped)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp, self.queries = tmp, []
+
+    def find_runs(self, query: str) -> list[object]:
+        from types import SimpleNamespace
+
+        self.queries.append(query)
+        data = SimpleNamespace(metrics={}, tags={})
+        return [SimpleNamespace(info=SimpleNamespace(run_id="r1"), data=data)] if "FINISHED" in query else []
+
+    def download_run_artifact(self, run_id: str, path: str, dst: Path) -> Path:
+        return self.tmp / "best.pt"
+
+
+def test_a_finetune_trains_at_most_finetune_max_images_unless_epochs_are_given(tmp_path: Path) -> None:
+    from detloop.settings import load_settings
+
+    y = write_yolo_dataset(tmp_path / "ds", CLASSES, n_train=6, n_val=1, size=64, r_range=(5, 12))
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    counts = check_dataset(y, CLASSES, 1)
+
+    def epochs_of(max_images: int | None, epochs: int | None = None, init: Path | None = tmp_path / "w.pt") -> int:
+        s = load_settings("configs/test.yaml", env={}, overrides={"data_dir": str(tmp_path / "data"), "training": {
+            "finetune_epochs": 10, "bootstrap_epochs": 10, "finetune_max_images": max_images}})
+        r = _train_locked(y, s, init, "run", None, None, None, epochs, _ReusingRegistry(tmp_path), counts, None)
+        return r.epochs
+
+    assert epochs_of(None) == 10
+    assert epochs_of(20) == 3                 # 6 train frames: 3 epochs = 18 images <= 20
+    assert epochs_of(20, epochs=7) == 7       # an explicit epochs parameter is what the caller asked for
+    assert epochs_of(20, init=None) == 10     # a bootstrap is not a fine-tune
 
 
 def test_input_hash_changes_with_data_weights_and_params(tmp_path: Path) -> None:
