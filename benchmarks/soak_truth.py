@@ -210,7 +210,7 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
     overridden: per champion, the first drifted day, each day's verdict per camera (``statuses``) and the episodes
     the rule opens. Scores nothing; re-runs the comparisons (``tasks.drift.compare_day``).
     """
-    from tasks.drift import compare_day, replay, verdict
+    from tasks.drift import compare_day, pooled, replay, verdict
     from tasks.drift_records import load_day_features, load_days, load_reference
 
     update = {**({} if permutations is None else {"permutations": permutations}), **dict(drift or {})}
@@ -222,7 +222,9 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
                                               "permutations_refine": cfg.permutations_refine, "alpha": cfg.alpha,
                                               "correction": cfg.correction,
                                               "alarm_min_signals": cfg.alarm_min_signals,
-                                              "alarm_consecutive_days": cfg.alarm_consecutive_days}}
+                                              "alarm_consecutive_days": cfg.alarm_consecutive_days,
+                                              "alarm_strong_alpha": cfg.alarm_strong_alpha,
+                                              "pool_days": cfg.pool_days}}
     for v in versions:
         ref = load_reference(store, settings, v)
         if ref is None:
@@ -230,11 +232,11 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
         days = sorted(load_days(store, settings, v))
         verdicts = {}
         t0 = time.perf_counter()
+        feats_of = {d: f for d in days if (f := load_day_features(store, settings, v, d)) is not None}
         for d in days:
-            feats = load_day_features(store, settings, v, d)
-            if feats is None:
+            if d not in feats_of:
                 continue
-            stats = compare_day(ref[1], feats, cfg, settings.classes, d)
+            stats = compare_day(ref[1], pooled(feats_of, d, cfg.pool_days), cfg, settings.classes, d)
             verdicts[d] = {c: verdict(s, cfg, settings.classes) for c, s in stats.items()}
         _, eps = replay(verdicts, cfg, v, answer=True)
         first: dict[str, str] = {}

@@ -102,7 +102,8 @@ def stats_key(settings: Settings) -> str:
 
     d = settings.drift
     return _key(STATS_VERSION, d.statistics, d.psi_bins, d.psi_moderate, d.psi_significant, d.permutations,
-                d.mmd_max_frames, d.min_frames, d.min_boxes, d.seed, settings.classes, d.permutations_refine)
+                d.mmd_max_frames, d.min_frames, d.min_boxes, d.seed, settings.classes, d.permutations_refine,
+                *(() if d.pool_days == 1 else (("pool_days", d.pool_days),)))  # keys stored before it stay valid
 
 
 def _sampling_settings(settings: Settings, days: list[date], n_cameras: int) -> Settings:
@@ -241,7 +242,7 @@ def ensure_days(settings: Settings, clients: Any, version: str, reference: Featu
     """Statistics of each day against the reference, per camera: stored ones reused; days never scored (or
     scored under other settings) sampled and scored together; stale statistics recomputed from stored features.
     A day without any frame is not stored (its frames may still arrive)."""
-    from tasks.drift import compare_day
+    from tasks.drift import compare_day, pool_window, pooled
     from tasks.drift_records import load_day, load_day_features, save_day
 
     store, fk, sk = clients.store, features_key(settings), stats_key(settings)
@@ -262,13 +263,20 @@ def ensure_days(settings: Settings, clients: Any, version: str, reference: Featu
         scored = score_days(settings, clients, version, to_score, len(production))
         for d in to_score:
             feats[d.isoformat()] = scored.of_day(d.isoformat())
+    pool = dict(feats)  # drift.pool_days: the stored days before the window that its first days are pooled with
+    for day in sorted({p for d in days for p in pool_window(d.isoformat(), settings.drift.pool_days)} - set(pool)):
+        got = load_day(store, settings, version, day)
+        f = load_day_features(store, settings, version, day) if got and got[0].get("features_key") == fk else None
+        if f is not None:
+            pool[day] = f
     ref_cams = set(reference.camera.tolist())
     for d in days:
         day = d.isoformat()
         if day in stats:
             continue
         cams = ref_cams | {c for c, ds_ in production.items() if d in ds_}
-        stats[day] = compare_day(reference, feats[day], settings.drift, settings.classes, day, cams)
+        stats[day] = compare_day(reference, pooled(pool, day, settings.drift.pool_days), settings.drift,
+                                 settings.classes, day, cams)
         if feats[day].n_frames:  # a day without frames (yet) is looked at again next time
             save_day(store, settings, version, day, stats[day], feats[day], {"features_key": fk, "stats_key": sk})
     return stats, feats
@@ -405,7 +413,10 @@ def report_markdown(run: DriftRun, settings: Settings, episodes: list[Episode]) 
            f"day(s) {ref['days'][0]}..{ref['days'][-1]} before it took over on {ref['anchor']} ({ref['anchor_from']}), "
            f"{ref['frames']} frames ({', '.join(f'{c}: {n}' for c, n in ref['frames_per_camera'].items())}).\n",
            f"Rule: a camera-day is drifted with >= {d.alarm_min_signals} signal(s) among "
-           f"{', '.join(d.alarm_statistics)} ({d.correction} at {d.alpha}); an episode opens after "
+           f"{', '.join(d.alarm_statistics)} ({d.correction} at {d.alpha})"
+           + (f", or with one below {d.alarm_strong_alpha}" if d.alarm_strong_alpha is not None else "")
+           + (f"; each day is tested on its frames and those of the {d.pool_days - 1} day(s) before it"
+              if d.pool_days > 1 else "") + f"; an episode opens after "
            f"{d.alarm_consecutive_days} drifted day(s) in a row and a camera leaves it after "
            f"{d.close_after_clean_days} clean day(s)"
            + (f"; a camera still drifting {d.reopen_after_days} day(s) after its answered episode opened starts a new "

@@ -33,7 +33,7 @@ import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -331,6 +331,24 @@ def compare(ref: Features, cur: Features, cfg: DriftSettings, class_names: Seque
     return stats
 
 
+def pool_window(day: str, pool_days: int) -> list[str]:
+    """The days a camera-day is tested on under ``drift.pool_days``: ``day`` and the ``pool_days - 1`` before it.
+
+    >>> pool_window("2026-02-02", 3)
+    ['2026-01-31', '2026-02-01', '2026-02-02']
+    """
+    d = date.fromisoformat(day)
+    return [(d - timedelta(days=k)).isoformat() for k in range(pool_days - 1, -1, -1)]
+
+
+def pooled(features_by_day: Mapping[str, Features], day: str, pool_days: int) -> Features:
+    """The frames ``day`` is tested on: those of the days of :func:`pool_window` that are in ``features_by_day``
+    (a day never scored adds nothing)."""
+    if pool_days <= 1:
+        return features_by_day.get(day, Features.empty())
+    return Features.concat([features_by_day[d] for d in pool_window(day, pool_days) if d in features_by_day])
+
+
 def compare_day(reference: Features, day_features: Features, cfg: DriftSettings, class_names: Sequence[str],
                 day: str, cameras: Iterable[str] | None = None) -> dict[str, CameraDayStats]:
     """:func:`compare` for each camera of one day (``cameras``: also those without frames that day).
@@ -371,7 +389,8 @@ def verdict(stats: CameraDayStats, cfg: DriftSettings, class_names: Sequence[str
     The p-valued tests (KS, chi-squared, MMD) of the statistics named in ``cfg.alarm_statistics`` form one
     family, corrected together (``cfg.correction``) and compared with ``cfg.alpha``; a PSI counts when it is
     in the significant band, a Wasserstein distance when it is at least ``cfg.wasserstein_threshold``
-    reference standard deviations. At least ``cfg.alarm_min_signals`` signals -> ``drift``.
+    reference standard deviations. At least ``cfg.alarm_min_signals`` signals -> ``drift``; so does one signal
+    whose corrected p-value is below ``cfg.alarm_strong_alpha`` (when set).
     """
     if not stats.sufficient:
         return Verdict(stats.camera, stats.day, "insufficient", note=stats.note or "not enough data")
@@ -393,7 +412,8 @@ def verdict(stats: CameraDayStats, cfg: DriftSettings, class_names: Sequence[str
             classes.add(feature[len("confidence["):-1])
         elif feature == "class_mix":
             classes |= {c for c, (r, w) in stats.class_shares.items() if abs(w - r) >= CLASS_SHARE_CHANGE}
-    status: Status = "drift" if len(signals) >= cfg.alarm_min_signals else "clean"
+    strong = cfg.alarm_strong_alpha is not None and any(p < cfg.alarm_strong_alpha for p in adjusted.values())
+    status: Status = "drift" if signals and (len(signals) >= cfg.alarm_min_signals or strong) else "clean"
     order = list(class_names) if class_names else sorted(classes)
     return Verdict(stats.camera, stats.day, status, sorted(signals), [c for c in order if c in classes],
                    {k: float(v) for k, v in adjusted.items()})

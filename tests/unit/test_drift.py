@@ -27,6 +27,8 @@ from tasks.drift import (
     compare,
     compare_day,
     permutation_floor_note,
+    pool_window,
+    pooled,
     promotion_anchor,
     reference_days,
     replay,
@@ -168,6 +170,45 @@ def test_the_rule_counts_only_its_statistics_and_corrects_them_together() -> Non
     psi_only = cfg(alarm_statistics=["psi", "wasserstein"], alarm_min_signals=2)
     assert verdict(s, psi_only).signals == ["brightness:psi", "brightness:wasserstein"]
     assert verdict(s, cfg(alarm_min_signals=3, alpha=0.05)).status == "clean"
+
+
+def test_one_signal_far_below_alpha_is_drift_when_the_strong_rule_is_on() -> None:
+    """A class-mix-only drift moves one test: the two-signal rule never sees it, ``alarm_strong_alpha`` does."""
+    def day(p: float) -> CameraDayStats:
+        tests = [Stat("class_mix", "chi2", 30.0, p)] + [Stat(f"f{i}", "ks", 0.1, 0.5) for i in range(12)]
+        return CameraDayStats("c", "d", 40, 200, 100, 500, "camera", True, tests=tests)
+
+    strong = cfg(alarm_strong_alpha=0.002)
+    assert verdict(day(1e-4), cfg()).status == "clean"              # 1 signal (adjusted 0.0013) of the 2 asked
+    v = verdict(day(1e-4), strong)
+    assert v.status == "drift" and v.signals == ["class_mix:chi2"]   # 0.0013 < 0.002
+    assert verdict(day(4e-4), strong).status == "clean"             # adjusted 0.0052: a signal, not a strong one
+    assert verdict(day(0.5), strong).status == "clean"
+
+
+def test_pooling_days_sees_a_small_lasting_class_mix_shift_a_single_day_does_not() -> None:
+    rng = np.random.default_rng(5)
+    ref = synth(rng, "cam0", "ref", 280)
+    by_day = {}
+    for k in range(6):
+        d = (START + timedelta(days=k)).isoformat()
+        f = synth(rng, "cam0", d, 24)
+        f.box_class = np.where(rng.random(f.n_boxes) < 0.12, 4, f.box_class)  # stars: 3 % -> ~15 % of boxes
+        by_day[d] = f
+    days_ = sorted(by_day)
+    assert pool_window(days_[2], 3) == days_[:3] and pooled(by_day, days_[0], 3).n_frames == 24  # none before
+    assert pooled(by_day, days_[4], 3).n_frames == 72 and pooled(by_day, days_[4], 1) is by_day[days_[4]]
+    rule = cfg(alarm_strong_alpha=0.002, permutations_refine=9999)
+
+    def p_mix(pool: int, d: str) -> float:
+        return compare(ref, pooled(by_day, d, pool), rule, CLASSES, "cam0", d).test("class_mix", "chi2").p
+
+    single = [p_mix(1, d) for d in days_[2:]]
+    pooled3 = [p_mix(3, d) for d in days_[2:]]
+    assert all(b <= a for a, b in zip(single, pooled3, strict=True)) and sum(pooled3) < sum(single) / 10  # 3x the frames
+    assert sum(verdict(compare(ref, pooled(by_day, d, 3), rule, CLASSES, "cam0", d), rule).status == "drift"
+               for d in days_[2:]) > sum(verdict(compare(ref, by_day[d], rule, CLASSES, "cam0", d), rule).status
+                                         == "drift" for d in days_[2:])
 
 
 def floor_day(n_tests: int, n_floor: int, permutations: int) -> CameraDayStats:

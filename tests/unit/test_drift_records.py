@@ -86,5 +86,6 @@ def test_stored_statistics_are_keyed_by_the_resamples_that_made_them() -> None:
     s = load_settings("configs/test.yaml")
     off = s.model_copy(update={"drift": s.drift.model_copy(update={"permutations_refine": None})})
     more = s.model_copy(update={"drift": s.drift.model_copy(update={"permutations_refine": 99999})})
-    assert len({stats_key(s), stats_key(off), stats_key(more)}) == 3
+    pool = s.model_copy(update={"drift": s.drift.model_copy(update={"pool_days": 3})})
+    assert len({stats_key(s), stats_key(off), stats_key(more), stats_key(pool)}) == 4
     assert stats_key(s) == stats_key(load_settings("configs/test.yaml"))
