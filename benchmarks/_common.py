@@ -100,6 +100,26 @@ def legacy_settings_hash(dump: Mapping[str, Any], length: int) -> str:
     return hashlib.sha256(json.dumps(dict(dump), sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
+def parse_settings(text: str, what: str) -> dict[str, Any]:
+    """``key=value,key=value`` (``null`` or ``None`` for None, JSON values: numbers as numbers) -> a dict.
+
+    Raises:
+        ValueError: not of that form, naming ``what`` (the option it came from).
+    """
+    import json
+
+    out: dict[str, Any] = {}
+    for part in text.split(","):
+        key, eq, raw = part.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{what} {text!r}: {part!r} is not key=value")
+        try:
+            out[key.strip()] = json.loads(raw) if raw.strip() not in ("", "None") else None
+        except json.JSONDecodeError:
+            out[key.strip()] = raw.strip()
+    return out
+
+
 def drift_with(settings: Any, overrides: Mapping[str, Any]) -> Any:
     """``settings.drift`` with ``overrides`` applied and validated (pydantic names a bad field), for benchmarks
     that compare drift-setting variants."""

@@ -65,6 +65,7 @@ class BenchConfig:
     work_dir: str = ".detloop-bench/drift"
     permutations: int | None = None
     permutations_refine: int | None = None  # None: as configured; 0: off
+    drift: dict[str, Any] = field(default_factory=dict)  # other drift settings (--drift key=value,...)
 
     def frames_for(self, camera: str) -> int:
         return int(self.camera_frames.get(camera, self.frames_per_day))
@@ -310,7 +311,7 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     from benchmarks._common import machine_info, utc_now
     from detloop.settings import load_settings
     from detloop.world.config import load_world_config
-    from tasks.drift import Features, compare, replay, verdict
+    from tasks.drift import Features, compare, pooled, replay, verdict
     from tasks.label_free import ESTIMATORS, agreement, calibrate, cross_validated_atc_weight, estimate
     from tasks.scoring import ModelRef, load_scorer
 
@@ -321,6 +322,7 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         over["permutations"] = cfg.permutations
     if cfg.permutations_refine is not None:
         over["permutations_refine"] = cfg.permutations_refine or None
+    over.update(cfg.drift)
     if over:
         from benchmarks._common import drift_with
 
@@ -360,9 +362,9 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     t_cmp = time.perf_counter()
     for cam in cams:
         ref = Features.concat([data[cam][d].features for d in ref_iso if d in data[cam]])
-        for d in mon_iso:
-            if d in data[cam]:
-                stats[cam][d] = compare(ref, data[cam][d].features, dcfg, classes, cam, d)
+        monitored = {d: data[cam][d].features for d in mon_iso if d in data[cam]}  # pooled: never the reference
+        for d in monitored:
+            stats[cam][d] = compare(ref, pooled(monitored, d, dcfg.pool_days), dcfg, classes, cam, d)
     compare_s = time.perf_counter() - t_cmp
 
     groups: dict[str, Any] = {}
@@ -391,7 +393,8 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         groups[g] = {"rule": {"alarm_min_signals": rule.alarm_min_signals,
                               "alarm_consecutive_days": rule.alarm_consecutive_days,
                               "alarm_statistics": list(rule.alarm_statistics), "alpha": rule.alpha,
-                              "correction": rule.correction},
+                              "correction": rule.correction, "alarm_strong_alpha": rule.alarm_strong_alpha,
+                              "pool_days": rule.pool_days},
                      "drifts": per_drift, "false_alarms": false_alarms(status[g], opened, stationary)}
 
     # truth and the timeline
@@ -550,7 +553,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import shlex
     import sys
 
-    from benchmarks._common import write_result
+    from benchmarks._common import parse_settings, write_result
 
     cfg = BenchConfig()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -570,6 +573,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--permutations", type=int, default=None, help="override drift.permutations")
     ap.add_argument("--permutations-refine", type=int, default=None,
                     help="override drift.permutations_refine (0: off, p-values as the base permutations give them)")
+    ap.add_argument("--drift", default="", metavar="KEY=VALUE,...",
+                    help="other drift settings, e.g. pool_days=3,alarm_strong_alpha=0.002")
     ap.add_argument("--work-dir", default=cfg.work_dir, help="cache of camera-days")
     ap.add_argument("--out", type=Path, default=RESULTS / "drift.json")
     ap.add_argument("--plot", type=Path, default=PLOT)
@@ -581,6 +586,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg.cameras = [c for c in a.cameras.split(",") if c.strip()] or None
     cfg.permutations, cfg.work_dir = a.permutations, a.work_dir
     cfg.permutations_refine = a.permutations_refine
+    cfg.drift = parse_settings(a.drift, "--drift") if a.drift.strip() else {}
     args = sys.argv[1:] if argv is None else argv
     result = run(cfg)
     result["command"] = shlex.join(["python", "-m", "benchmarks.drift", *args])

@@ -39,16 +39,12 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     Raises:
         ValueError: not of that form.
     """
+    from benchmarks._common import parse_settings
+
     name, _, body = text.partition(":")
     if not name or not body:
         raise ValueError(f"--variant {text!r}: expected name:key=value[,key=value...]")
-    out: dict[str, Any] = {}
-    for part in body.split(","):
-        key, eq, raw = part.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"--variant {text!r}: {part!r} is not key=value")
-        out[key.strip()] = json.loads(raw) if raw.strip() not in ("", "None") else None
-    return name, out
+    return name, parse_settings(body, f"--variant {name}:")
 
 
 def stationary_until(onsets: Sequence[Mapping[str, Any]], cameras: Sequence[str]) -> dict[str, str | None]:

@@ -17,6 +17,20 @@ def test_a_variant_is_a_name_and_drift_overrides() -> None:
             parse_variant(bad)
 
 
+def test_drift_settings_on_the_command_line_are_key_values_validated_by_the_settings() -> None:
+    from benchmarks._common import drift_with, parse_settings
+    from detloop.settings import load_settings
+
+    over = parse_settings("pool_days=3,alarm_strong_alpha=0.002,correction=fdr", "--drift")
+    assert over == {"pool_days": 3, "alarm_strong_alpha": 0.002, "correction": "fdr"}
+    d = drift_with(load_settings("configs/test.yaml", env={}), over)
+    assert d.pool_days == 3 and d.alarm_strong_alpha == 0.002
+    with pytest.raises(ValueError, match="pool_days"):
+        drift_with(load_settings("configs/test.yaml", env={}), {"pool_days": 0})
+    with pytest.raises(ValueError, match="--drift"):
+        parse_settings("pool_days", "--drift")
+
+
 def test_false_alarms_count_only_a_cameras_days_before_its_first_onset() -> None:
     onsets = [{"name": "dusk", "camera": "cam1", "onset": "2026-01-19"},
               {"name": "stars", "camera": "cam1", "onset": "2026-02-02"},
