@@ -209,8 +209,13 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
     ``drift.permutations`` set to ``permutations`` (None: as configured) and the drift settings in ``drift``
     overridden: per champion, the first drifted day, each day's verdict per camera (``statuses``) and the episodes
     the rule opens. Scores nothing; re-runs the comparisons (``tasks.drift.compare_day``).
+
+    Only the days from the champion's anchor (the day it took over: its reference's ``anchor``) are judged, as the
+    live monitor does (``flows.drift.update_episodes``): the days stored before it (a report's window reaches back)
+    are the previous champion's traffic and the very days its reference is built from, so judging them would open
+    episodes after the fact. They still feed ``drift.pool_days``, as they do live.
     """
-    from tasks.drift import compare_day, pooled, replay, verdict
+    from tasks.drift import compare_day, pool_window, pooled, replay, verdict
     from tasks.drift_records import load_day_features, load_days, load_reference
 
     update = {**({} if permutations is None else {"permutations": permutations}), **dict(drift or {})}
@@ -230,11 +235,13 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
         if ref is None:
             continue
         days = sorted(load_days(store, settings, v))
+        since = str(ref[0].get("anchor") or "")
         verdicts = {}
         t0 = time.perf_counter()
-        feats_of = {d: f for d in days if (f := load_day_features(store, settings, v, d)) is not None}
+        pool_from = min((x for d in days if d >= since for x in pool_window(d, cfg.pool_days)), default=since)
+        feats_of = {d: f for d in days if d >= pool_from and (f := load_day_features(store, settings, v, d)) is not None}
         for d in days:
-            if d not in feats_of:
+            if d not in feats_of or d < since:
                 continue
             stats = compare_day(ref[1], pooled(feats_of, d, cfg.pool_days), cfg, settings.classes, d)
             verdicts[d] = {c: verdict(s, cfg, settings.classes) for c, s in stats.items()}
@@ -245,7 +252,8 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
                 if vd.status == "drift":
                     first.setdefault(c, d)
         out["versions"][v] = {
-            "days": [days[0], days[-1]] if days else [], "first_drifted_day": first,
+            "days": [min(verdicts), max(verdicts)] if verdicts else [], "anchor": since or None,
+            "first_drifted_day": first,
             "statuses": {d: {c: vd.status for c, vd in verdicts[d].items()} for d in sorted(verdicts)},
             "episodes": [{"episode_id": e.episode_id, "opened_on": e.opened_on, "cameras": e.cameras,
                           "signals": e.signals, "handed_over": e.handed_over, "followed_by": e.followed_by}

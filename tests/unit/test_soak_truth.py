@@ -62,7 +62,7 @@ def test_the_monitor_replayed_with_more_permutations_sees_a_box_level_drift() ->
     from benchmarks.soak_truth import replay_monitor
     from detloop.settings import load_settings
     from tasks.drift import compare_day
-    from tasks.drift_records import save_day, save_reference
+    from tasks.drift_records import load_day_features, save_day, save_reference
     from tests.fakes import FakeStore
     from tests.unit.test_drift import synth
 
@@ -91,6 +91,14 @@ def test_the_monitor_replayed_with_more_permutations_sees_a_box_level_drift() ->
     assert refined["drift_settings"]["permutations_refine"] == 9999
     assert [(e["opened_on"], e["cameras"]) for e in refined["versions"]["4"]["episodes"]] == [("2026-02-03", ["cam2"])]
     assert replay_monitor(store, s, ["7"], 999, log=lambda _m: None)["versions"] == {}  # no reference: skipped
+    # a champion that took over on 02-03 is judged from then on, as the live monitor does: the drifted days before
+    # were another champion's traffic, so its one drifted day in a row opens nothing
+    save_reference(store, s, "5", {"days": ["ref"], "anchor": "2026-02-03"}, ref)
+    for day in ["2026-02-01", "2026-02-02", "2026-02-03"]:
+        save_day(store, s, "5", day, {}, load_day_features(store, s, "4", day))
+    late = replay_monitor(store, s, ["5"], 999, log=lambda _m: None, drift=coarse)["versions"]["5"]
+    assert late["days"] == ["2026-02-03", "2026-02-03"] and late["anchor"] == "2026-02-03"
+    assert list(late["statuses"]) == ["2026-02-03"] and late["episodes"] == []
 
 
 def test_the_timeline_draws_with_and_without_the_truth(tmp_path) -> None:  # type: ignore[no-untyped-def]
