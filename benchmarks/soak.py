@@ -270,6 +270,8 @@ def legacy_soak_identities(settings: Any) -> set[str]:
 # soak, it applied from that day on: the soak's docs name the day).
 ADDED_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("drift", "release_check_min_frames"): 20,  # 2026-12-05, the labelled check of a release
+    ("drift", "pool_days"): 2,  # 2026-12-06, a camera-day tested on its frames and the day before's
+    ("drift", "alarm_strong_alpha"): 0.002,  # 2026-12-06, one signal near the refined floor is a drifted day
 }
 
 

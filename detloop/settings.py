@@ -894,13 +894,14 @@ class DriftSettings(_Model):
         2, ge=1, le=1000, description="Signals (feature x statistic) a camera-day needs to count as drifted.",
     )
     alarm_strong_alpha: float | None = Field(
-        None, gt=0.0, lt=1.0,
+        0.002, gt=0.0, lt=1.0,
         description="A camera-day whose smallest corrected p-value is below this counts as drifted on that one "
         "signal, whatever alarm_min_signals asks: a drift that moves a single test (the class mix of a camera, say) "
-        "is otherwise never seen. Null: off. It needs p-values that small to exist (drift.permutations_refine).",
+        "is otherwise never seen. 0.002: one test at about the refined permutation floor (1e-4) among ~13. Null: "
+        "off. It needs p-values that small to exist (drift.permutations_refine).",
     )
     pool_days: int = Field(
-        1, ge=1, le=30,
+        2, ge=1, le=30,
         description="Days each camera-day is tested on: that day's frames and those of the pool_days - 1 days before "
         "it (scored by the same champion), so a small but lasting shift gathers evidence on a camera that publishes "
         "few frames a day; a strong step drift still shows on its first day, a weak one a day or two later. 1: the day "

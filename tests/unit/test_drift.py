@@ -179,7 +179,8 @@ def test_one_signal_far_below_alpha_is_drift_when_the_strong_rule_is_on() -> Non
         return CameraDayStats("c", "d", 40, 200, 100, 500, "camera", True, tests=tests)
 
     strong = cfg(alarm_strong_alpha=0.002)
-    assert verdict(day(1e-4), cfg()).status == "clean"              # 1 signal (adjusted 0.0013) of the 2 asked
+    assert cfg().alarm_strong_alpha == 0.002                        # the default
+    assert verdict(day(1e-4), cfg(alarm_strong_alpha=None)).status == "clean"  # 1 signal (adjusted 0.0013) of 2
     v = verdict(day(1e-4), strong)
     assert v.status == "drift" and v.signals == ["class_mix:chi2"]   # 0.0013 < 0.002
     assert verdict(day(4e-4), strong).status == "clean"             # adjusted 0.0052: a signal, not a strong one

@@ -163,8 +163,9 @@ def test_an_option_added_at_its_default_keeps_a_running_soak_resumable() -> None
 
     s = load_settings(REPO_ROOT / "configs" / "soak.yaml", env={})
     dump = s.model_dump(mode="json", exclude={"source"})
-    before = {**dump, "drift": {k: v for k, v in dump["drift"].items() if k != "release_check_min_frames"}}
-    assert without_added_defaults(dump) == before and dump["drift"]["release_check_min_frames"] == 20
+    added = {"release_check_min_frames": 20, "pool_days": 2, "alarm_strong_alpha": 0.002}
+    before = {**dump, "drift": {k: v for k, v in dump["drift"].items() if k not in added}}
+    assert without_added_defaults(dump) == before and all(dump["drift"][k] == v for k, v in added.items())
     assert settings_hash(before, 12) in legacy_soak_identities(s) and settings_hash(before, 12) != soak_identity(s)
     # set to anything but its added default, the option is another configuration: no identity of before matches
     other = load_settings(REPO_ROOT / "configs" / "soak.yaml", env={},
