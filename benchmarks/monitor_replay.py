@@ -8,9 +8,11 @@ drift settings, scores nothing and writes nothing into the soak's store, and say
 - false alarms: drifted camera-days and episodes on a camera before any onset touched it (its stationary days);
 - the wall time of the comparisons (what a variant costs the daily monitor).
 
-The variants: ``as_run`` (the permutation p-values as the fourth tiled soak computed them: ``permutations_refine``
-off) and ``refined`` (the configured settings: a p-value near the permutation floor recomputed from
-``drift.permutations_refine`` resamples), plus any ``--variant name:key=value,...`` given.
+The variants: ``as_run`` (the rule as the fourth tiled soak ran it: ``permutations_refine`` off, one day at a time,
+two signals), ``refined`` (session 42: a p-value near the permutation floor recomputed from
+``drift.permutations_refine`` resamples) and ``configured`` (the settings as configured: since session 43 also
+``pool_days: 2`` and ``alarm_strong_alpha: 0.002``), plus any ``--variant name:key=value,...`` given. The first two
+pin what they differ in, so they mean the same when the defaults move.
 
     python -m benchmarks.monitor_replay --config configs/soak_tiled_d.yaml \\
         --soak benchmarks/results/soak8_tiled_d.json --out benchmarks/results/monitor_replay_soak_d.json
@@ -30,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {"as_run": {"permutations_refine": None}, "refined": {}}
+_ONE_DAY_TWO_SIGNALS = {"pool_days": 1, "alarm_strong_alpha": None}  # the rule before session 43
+DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {"as_run": {"permutations_refine": None, **_ONE_DAY_TWO_SIGNALS},
+                                               "refined": dict(_ONE_DAY_TWO_SIGNALS), "configured": {}}
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
