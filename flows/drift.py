@@ -241,13 +241,16 @@ def ensure_days(settings: Settings, clients: Any, version: str, reference: Featu
                 production: dict[str, list[date]]) -> tuple[dict[str, dict[str, CameraDayStats]], dict[str, Features]]:
     """Statistics of each day against the reference, per camera: stored ones reused; days never scored (or
     scored under other settings) sampled and scored together; stale statistics recomputed from stored features.
-    A day without any frame is not stored (its frames may still arrive)."""
+    A day without any frame is not stored (its frames may still arrive). Under ``drift.pool_days`` a day's stored
+    statistics record the days they pooled, and are recomputed when more of those days are stored now (the day
+    before was scored after it)."""
     from tasks.drift import compare_day, pool_window, pooled
     from tasks.drift_records import load_day, load_day_features, save_day
 
     store, fk, sk = clients.store, features_key(settings), stats_key(settings)
     stats: dict[str, dict[str, CameraDayStats]] = {}
     feats: dict[str, Features] = {}
+    pooled_then: dict[str, list[str]] = {}  # the days a stored day's statistics pooled
     to_score: list[date] = []
     for d in days:
         got = load_day(store, settings, version, d.isoformat())
@@ -257,6 +260,7 @@ def ensure_days(settings: Settings, clients: Any, version: str, reference: Featu
                 feats[d.isoformat()] = f
                 if got[0].get("stats_key") == sk:
                     stats[d.isoformat()] = got[1]
+                    pooled_then[d.isoformat()] = list(got[0].get("pooled") or [d.isoformat()])
                 continue
         to_score.append(d)
     if to_score:
@@ -269,16 +273,20 @@ def ensure_days(settings: Settings, clients: Any, version: str, reference: Featu
         f = load_day_features(store, settings, version, day) if got and got[0].get("features_key") == fk else None
         if f is not None:
             pool[day] = f
+    def pooled_now(day: str) -> list[str]:
+        return [p for p in pool_window(day, settings.drift.pool_days) if p in pool]
+
     ref_cams = set(reference.camera.tolist())
     for d in days:
         day = d.isoformat()
-        if day in stats:
+        if day in stats and pooled_then.get(day) == pooled_now(day):
             continue
         cams = ref_cams | {c for c, ds_ in production.items() if d in ds_}
         stats[day] = compare_day(reference, pooled(pool, day, settings.drift.pool_days), settings.drift,
                                  settings.classes, day, cams)
         if feats[day].n_frames:  # a day without frames (yet) is looked at again next time
-            save_day(store, settings, version, day, stats[day], feats[day], {"features_key": fk, "stats_key": sk})
+            save_day(store, settings, version, day, stats[day], feats[day],
+                     {"features_key": fk, "stats_key": sk, "pooled": pooled_now(day)})
     return stats, feats
 
 

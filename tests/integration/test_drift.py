@@ -124,15 +124,18 @@ def test_the_reference_is_replaced_on_promotion_and_restored_on_rollback(world: 
     few = drift_report(as_of, w["cfg"], {**overrides, "drift": {"permutations": 99, "permutations_refine": None}},
                        None, 1, live=False)
     assert any("drift.permutations = 99" in n and "set drift.permutations >=" in n for n in few.notes)  # deaf: said
-    # drift.pool_days 2: the day is tested on its frames and the stored ones of the day before (not scored again)
-    both = drift_report(as_of, w["cfg"], overrides, None, 2, live=False)
-    first, last = both.days
+    # drift.pool_days 2 (the default): the day is tested on its frames and the stored ones of the day before (not
+    # scored again). r1 (1 day) stored the last day pooled alone, its day before never scored; once a 2-day report
+    # has stored that day, the last day's statistics are computed again with both
+    alone = drift_report(as_of, w["cfg"], {**overrides, "drift": {"pool_days": 1}}, None, 2, live=False)
+    first, last = alone.days
+    assert {c: st.n_frames for c, st in r1.stats[last].items()} == {c: st.n_frames for c, st in alone.stats[last].items()}
     pool = drift_report(as_of, w["cfg"], {**overrides, "drift": {"pool_days": 2}}, None, 1, live=False)
     assert pool.days == [last]
     pooled_frames = {cam: st.n_frames for cam, st in pool.stats[last].items()}
-    assert pooled_frames == {cam: sum(both.features[d].of_camera(cam).n_frames for d in (first, last))
+    assert pooled_frames == {cam: sum(alone.features[d].of_camera(cam).n_frames for d in (first, last))
                              for cam in pooled_frames}
-    assert sum(pooled_frames.values()) > sum(st.n_frames for st in both.stats[last].values())
+    assert sum(pooled_frames.values()) > sum(st.n_frames for st in alone.stats[last].values())
 
     promote(s, c.registry, c.store, v2, override=True, reason="drift test", actor="test")
     r2 = report()
