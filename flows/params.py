@@ -185,7 +185,10 @@ def configured_defaults(flow_name: str, settings: Settings) -> dict[str, Any]:
         "drift-monitor": {"days": settings.drift.report_days, "alarm_statistics": list(settings.drift.alarm_statistics),
                           "alarm_min_signals": settings.drift.alarm_min_signals,
                           "alarm_consecutive_days": settings.drift.alarm_consecutive_days,
-                          "correction": settings.drift.correction, "alpha": settings.drift.alpha},
+                          "correction": settings.drift.correction, "alpha": settings.drift.alpha,
+                          "pool_days": settings.drift.pool_days,
+                          **({"alarm_strong_alpha": settings.drift.alarm_strong_alpha}
+                             if settings.drift.alarm_strong_alpha is not None else {})},  # a form field is never null
     }
     return {"params": values[flow_name]} if flow_name in values else {}
 
@@ -210,9 +213,14 @@ class DriftParams(_Params):
         None, description="Multiple-testing correction of a camera-day's tests.")
     alpha: Annotated[float, Field(gt=0.0, lt=1.0)] | SkipJsonSchema[None] = Field(
         None, description="Level of the corrected tests.")
+    alarm_strong_alpha: Annotated[float, Field(gt=0.0, lt=1.0)] | SkipJsonSchema[None] = Field(
+        None, description="One signal whose corrected p-value is below this makes a camera-day drifted.")
+    pool_days: Annotated[int, Field(ge=1, le=30)] | SkipJsonSchema[None] = Field(
+        None, description="Days each camera-day is tested on: the day and the days before it (1: the day alone).")
 
     def overrides(self) -> dict[str, Any]:
         d = {k: v for k, v in {"alarm_statistics": self.alarm_statistics, "alarm_min_signals": self.alarm_min_signals,
                                "alarm_consecutive_days": self.alarm_consecutive_days, "correction": self.correction,
-                               "alpha": self.alpha}.items() if v is not None}
+                               "alpha": self.alpha, "alarm_strong_alpha": self.alarm_strong_alpha,
+                               "pool_days": self.pool_days}.items() if v is not None}
         return {"drift": d} if d else {}

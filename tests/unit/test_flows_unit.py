@@ -69,6 +69,13 @@ def test_deployments_prefill_the_configured_values() -> None:
     assert d["budget"] == s.selection.budget == 24 and d["strategy"] == s.selection.strategy
     SelectParams(**d)  # valid parameters
     assert configured_defaults("promote", s) == {}
+    from flows.params import DriftParams
+
+    drift = DriftParams(**configured_defaults("drift-monitor", s)["params"])
+    assert drift.overrides()["drift"]["pool_days"] == s.drift.pool_days == 2
+    assert drift.overrides()["drift"]["alarm_strong_alpha"] == s.drift.alarm_strong_alpha
+    off = s.model_copy(update={"drift": s.drift.model_copy(update={"alarm_strong_alpha": None})})
+    assert "alarm_strong_alpha" not in configured_defaults("drift-monitor", off)["params"]
 
 
 def test_flow_run_names_say_which_week_or_round(monkeypatch: pytest.MonkeyPatch) -> None:
