@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 from prefect import flow, get_run_logger
 
 from detloop.errors import DataError, NotFound
-from detloop.settings import Settings
+from detloop.settings import DriftSettings, Settings
 from flows import steps
 from flows.common import (
     EVENT_DRIFT_DETECTED,
@@ -63,6 +64,7 @@ class DriftRun:
     live: Any = None  # tasks.live_accuracy.LiveAccuracy
     focus: list[str] | None = None
     notes: list[str] = field(default_factory=list)
+    recent_reference: Features | None = None  # carried cameras' rows of the ordinary reference days
 
     @property
     def cameras(self) -> list[str]:
@@ -160,13 +162,15 @@ def ensure_reference(settings: Settings, clients: Any, version: str,
     feats = score_days(settings, clients, version, days, len(production))
     if feats.n_frames == 0:
         raise NotFound(f"missing reference for champion v{version}: no readable frames on {days[0]}..{days[-1]}")
+    ordinary = feats
     feats, carried = carry_unrecovered(settings, clients, version, production, feats)
+    recent = ordinary.select(np.isin(ordinary.camera, list(carried))) if carried else None
     per_cam = {str(c): int((feats.camera == c).sum()) for c in sorted(set(feats.camera.tolist()))}
     meta = {"model": settings.mlflow.model_name, "version": version, "anchor": anchor.isoformat(), "anchor_from": how,
             "days": [d.isoformat() for d in days], "frames": feats.n_frames, "boxes": feats.n_boxes, "carried": carried,
             "frames_per_camera": per_cam, "reference_days": settings.drift.reference_days,
             "features_key": features_key(settings), "built_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    save_reference(clients.store, settings, version, meta, feats)
+    save_reference(clients.store, settings, version, meta, feats, recent)
     return meta, feats
 
 
@@ -199,14 +203,17 @@ def carry_unrecovered(settings: Settings, clients: Any, version: str, production
     return Features.concat([feats.select(~np.isin(feats.camera, list(carried))), *parts]), carried
 
 
-def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1, estimator: str = "atc_doc") -> None:
+def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1, estimator: str = "atc_doc",
+                    cfg: DriftSettings | None = None, class_names: Sequence[str] = ()) -> None:
     """Verdicts of carried cameras (:func:`carry_unrecovered`): a drifted day whose label-free estimate
     (``estimator``, :func:`label_free_estimate`) is back within ``tolerance`` of the camera's estimate on its
     pre-onset reference counts as clean (in place). An estimate needs ``min_boxes`` detections on its side
     (``drift.min_boxes``, as the box-level tests do). The camera's labelled control frames since its onset
     (``run.live.carried``, :func:`tasks.live_accuracy.carried_points`) check the estimate first: where it
-    over-reads their mAP50 by more than ``tolerance``, nothing of that camera is released."""
-    from tasks.drift import LabelledCheck, release_recovered
+    over-reads their mAP50 by more than ``tolerance``, nothing of that camera is released. With ``cfg``, a day is
+    also compared with the camera's recent traffic (``run.recent_reference``, the ordinary reference days): a day
+    drifting against it too is a new drift and is not released (:func:`tasks.drift.release_recovered`)."""
+    from tasks.drift import LabelledCheck, compare_day, pooled, release_recovered, verdict
 
     carried = run.reference.get("carried") or {}
     if not carried:
@@ -225,10 +232,22 @@ def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1, estimat
         ref_est = est(run.reference_features.of_camera(cam))
         p = point_of(cam) if point_of is not None else None
         check = LabelledCheck(p.n_frames, p.map50, p.estimate) if p is not None and p.map50 is not None else None
+        recent_rows = (run.recent_reference.of_camera(cam) if cfg is not None and run.recent_reference is not None
+                       else Features.empty())
+
+        def against_recent(day: str, cam: str = cam, rows: Features = recent_rows) -> Verdict | None:
+            if rows.n_frames < (cfg.min_frames if cfg is not None else 1) or cfg is None:
+                return None
+            frames = pooled({d: f.of_camera(cam) for d, f in run.features.items()}, day, cfg.pool_days)
+            stats = compare_day(rows, frames, cfg, class_names, day, [cam]).get(cam)
+            return None if stats is None else verdict(stats, cfg, class_names)
+
         for day, cams in run.verdicts.items():
             if cam in cams and day in run.features:
+                drifted = cams[cam].status == "drift"
                 cams[cam] = release_recovered(cams[cam], info["onset"], ref_est,
-                                              est(run.features[day].of_camera(cam)), tolerance, check)
+                                              est(run.features[day].of_camera(cam)), tolerance, check,
+                                              against_recent(day) if drifted else None)
         checked = (f"; its {check.n_frames} labelled control frames since then: mAP50 {_fmt(check.map50)}, "
                    f"estimate {_fmt(check.estimate)}" if check is not None else
                    f"; {p.note}, so the estimate is not checked against labels" if p is not None and p.note else "")
@@ -323,7 +342,7 @@ def drift_report(as_of: date, config: str | None = None, overrides: dict[str, An
     """
     from detloop.clients import Clients
     from tasks.drift import permutation_floor_note, verdict
-    from tasks.drift_records import days_with_frames
+    from tasks.drift_records import days_with_frames, load_recent_rows
 
     log = get_run_logger()
     settings = run_settings(config, overrides)
@@ -347,8 +366,9 @@ def drift_report(as_of: date, config: str | None = None, overrides: dict[str, An
     if live:
         run.live = retrying(steps.live_accuracy, settings)(
             settings, clients, champion, {c: str(x["onset"]) for c, x in (meta.get("carried") or {}).items()})
+    run.recent_reference = load_recent_rows(clients.store, settings, champion.version) if meta.get("carried") else None
     release_carried(run, settings.drift.recovery_tolerance, settings.drift.min_boxes,
-                    settings.drift.recovery_estimator)
+                    settings.drift.recovery_estimator, settings.drift, settings.classes)
     new_cams = sorted({c for cams in stats.values() for c, s in cams.items() if s.reference != "camera"})
     if new_cams:
         run.notes.append(f"{', '.join(new_cams)}: no (or too few) frames in the reference: compared with every "

@@ -799,14 +799,20 @@ class LabelledCheck:
 
 
 def release_recovered(v: Verdict, carried_since: str, reference_estimate: float | None,
-                      day_estimate: float | None, tolerance: float, check: LabelledCheck | None = None) -> Verdict:
+                      day_estimate: float | None, tolerance: float, check: LabelledCheck | None = None,
+                      recent: Verdict | None = None) -> Verdict:
     """A carried camera's verdict: ``drift`` (its inputs still differ from before the onset) becomes ``clean`` when
     the label-free estimate says the champion handles the day as well as the pre-onset traffic; unchanged
     otherwise, with the two estimates in the note.
 
     ``check``: when the estimate on the camera's labelled frames since the onset over-reads their mAP50 by more
     than ``tolerance`` (:func:`estimate_overreads`), the estimate is wrong about this camera's new traffic (a
-    repaint can fool the confidences) and the day stays ``drift``, with both numbers in the note."""
+    repaint can fool the confidences) and the day stays ``drift``, with both numbers in the note.
+
+    ``recent``: the day's verdict against the camera's *recent* traffic (the ordinary reference days whose rows the
+    pre-onset ones replaced). A release absorbs the drift the camera was carried for, not the next one: when the day
+    also drifts against its recent traffic, something changed again, and the day stays ``drift`` whatever the
+    estimate says (a confidence-based estimate cannot see the objects a new drift makes the champion miss)."""
     if v.status != "drift" or reference_estimate is None or day_estimate is None:
         return v
     est = f"label-free estimate {day_estimate:.3f} against {reference_estimate:.3f} before the onset ({carried_since})"
@@ -815,6 +821,9 @@ def release_recovered(v: Verdict, carried_since: str, reference_estimate: float 
             return replace(v, note=(v.note + "; " if v.note else "") + f"{est}, but on its {check.n_frames} labelled "
                            f"control frames since the onset the estimate reads {check.estimate:.3f} where their mAP50 "
                            f"is {check.map50:.3f}: not trusted on this camera, held")
+        if recent is not None and recent.status == "drift":
+            return replace(v, note=(v.note + "; " if v.note else "") + f"{est}, but it also drifts against its recent "
+                           f"traffic ({', '.join(recent.signals[:4]) or 'signals'}): a new drift, held")
         return replace(v, status="clean", note=f"inputs still differ from before the onset, but {est}: recovered "
                        f"(within {tolerance:g})")
     return replace(v, note=(v.note + "; " if v.note else "") + est)

@@ -63,6 +63,13 @@ def load_reference(store: Any, settings: Settings, version: str) -> tuple[dict[s
                                                    + "reference.npz"))
 
 
+def load_recent_rows(store: Any, settings: Settings, version: str) -> Features | None:
+    """The carried cameras' rows of version ``version``'s ordinary reference days (what :func:`save_reference` kept
+    as ``recent``), or None: no camera was carried, or the reference was built before they were kept."""
+    body = store.get_bytes_or_none(settings.s3.data_bucket, version_prefix(settings, version) + "reference_recent.npz")
+    return None if body is None else Features.from_npz(body)
+
+
 def load_reference_meta(store: Any, settings: Settings, version: str) -> dict[str, Any] | None:
     """Version ``version``'s ``reference.json`` alone (no features), or None when none was built yet."""
     bucket, vp = settings.s3.data_bucket, version_prefix(settings, version)
@@ -80,11 +87,16 @@ def carried_by_version(store: Any, settings: Settings) -> dict[str, dict[str, An
     return dict(sorted(out.items(), key=lambda kv: (len(kv[0]), kv[0])))
 
 
-def save_reference(store: Any, settings: Settings, version: str, meta: dict[str, Any], features: Features) -> str:
-    """Write the reference (features first, ``reference.json`` last: a half-written reference is never read)."""
+def save_reference(store: Any, settings: Settings, version: str, meta: dict[str, Any], features: Features,
+                   recent: Features | None = None) -> str:
+    """Write the reference (features first, ``reference.json`` last: a half-written reference is never read).
+    ``recent``: the ordinary reference rows of the carried cameras, which the pre-onset rows replaced
+    (:func:`load_recent_rows`)."""
     bucket, vp = settings.s3.data_bucket, version_prefix(settings, version)
     store.ensure_bucket(bucket)
     store.put_bytes(bucket, vp + "reference.npz", features.to_npz(embedding=True), "application/octet-stream")
+    if recent is not None:
+        store.put_bytes(bucket, vp + "reference_recent.npz", recent.to_npz(embedding=True), "application/octet-stream")
     store.put_json(bucket, vp + "reference.json", meta)
     return vp + "reference.json"
 

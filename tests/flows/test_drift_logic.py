@@ -365,6 +365,44 @@ def test_a_carried_camera_whose_label_free_estimate_is_back_counts_as_clean() ->
     assert any("no label-free estimate" in n for n in blind.notes)
 
 
+def test_a_carried_camera_that_changes_again_is_not_released_on_its_estimate() -> None:
+    """:func:`flows.drift.release_carried` with the drift settings: the carried camera's rows of the ordinary
+    reference days (``run.recent_reference``) are its recent traffic. A day whose estimate is back but whose boxes
+    are far smaller than that traffic's (a zoom-out after the drift it was carried for) stays drifted; a day like
+    its recent traffic is released."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from detloop.settings import DriftSettings
+    from flows.drift import DriftRun, release_carried
+    from tasks.drift import Features, Verdict
+
+    rng = np.random.default_rng(0)
+
+    def feats(day: str, n_frames: int, log_area: float) -> Features:
+        per = 6
+        n = n_frames * per
+        return Features(np.array(["cam2"] * n_frames), np.array([day] * n_frames), rng.uniform(0.4, 0.5, n_frames),
+                        rng.uniform(0.2, 0.3, n_frames), np.full(n_frames, per), None,
+                        np.repeat(np.arange(n_frames), per), rng.uniform(0.6, 0.95, n),
+                        rng.integers(0, 3, n), rng.normal(log_area, 0.3, n))
+
+    cfg = DriftSettings(pool_days=1, permutations=199)
+    pre_onset = feats("2026-01-30", 60, 7.0)
+    recent = feats("2026-02-06", 60, 7.0)
+    days = {"2026-02-12": feats("2026-02-12", 40, 7.0), "2026-02-13": feats("2026-02-13", 40, 5.5)}
+    verdicts = {d: {"cam2": Verdict("cam2", d, "drift", ["class_mix:chi2", "embedding:mmd"])} for d in days}
+    live = SimpleNamespace(atc_threshold=0.5, mean_confidence=None, overall=None, atc_weight=None)
+    run = DriftRun("2026-02-14", list(days), "16", {"carried": {"cam2": {"onset": "2026-02-03",
+                                                                        "from_episode": "drift-v9-2026-02-04"}}},
+                   pre_onset, {}, verdicts, days, live=live, recent_reference=recent)
+    release_carried(run, 0.05, estimator="atc", cfg=cfg, class_names=["a", "b", "c"])
+    assert run.verdicts["2026-02-12"]["cam2"].status == "clean"  # like its recent traffic: released
+    held = run.verdicts["2026-02-13"]["cam2"]
+    assert held.status == "drift" and "a new drift, held" in held.note and "log_area" in held.note
+
+
 def test_the_shrink_note_names_the_first_drifted_day_and_knows_a_camera_already_tiled() -> None:
     """:func:`flows.drift.shrink_notes`: judged on the camera's last drifted day, the measuring command starts at its
     first; a camera the config already tiles is told so; a drift without shrinking gets no note."""

@@ -631,6 +631,24 @@ def test_labels_that_the_estimate_over_reads_hold_a_carried_camera() -> None:
     assert release_recovered(v, "2026-01-18", 0.70, 0.50, 0.05, LabelledCheck(12, 0.66, 0.69)).status == "drift"
 
 
+def test_a_day_that_also_drifts_against_recent_traffic_is_not_released() -> None:
+    """A release absorbs the drift a camera was carried for, not the next: a day whose label-free estimate is back
+    but which drifts against the camera's recent traffic too stays drifted, with the signals in the note; a day
+    clean against its recent traffic (or with no such comparison) is released as before."""
+    from tasks.drift import Verdict, release_recovered
+
+    v = Verdict("cam2", "2026-02-13", "drift", ["log_area:ks", "embedding:mmd"])
+    new = Verdict("cam2", "2026-02-13", "drift", ["log_area:ks", "detections:ks"])
+    held = release_recovered(v, "2026-02-03", 0.73, 0.84, 0.05, recent=new)
+    assert held.status == "drift" and "a new drift, held" in held.note and "log_area:ks" in held.note
+    assert release_recovered(v, "2026-02-03", 0.73, 0.84, 0.05,
+                             recent=Verdict("cam2", "2026-02-13", "clean")).status == "clean"
+    assert release_recovered(v, "2026-02-03", 0.73, 0.84, 0.05, recent=None).status == "clean"
+    # an estimate still down: drifted, whatever the recent comparison says
+    assert release_recovered(v, "2026-02-03", 0.73, 0.50, 0.05,
+                             recent=Verdict("cam2", "2026-02-13", "clean")).status == "drift"
+
+
 def test_a_round_trained_without_a_promotion_frees_its_still_drifting_camera_after_k_days_since_the_round() -> None:
     from tasks.drift import answered_in_vain
 
