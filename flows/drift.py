@@ -234,12 +234,13 @@ def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1, estimat
         check = LabelledCheck(p.n_frames, p.map50, p.estimate) if p is not None and p.map50 is not None else None
         recent_rows = (run.recent_reference.of_camera(cam) if cfg is not None and run.recent_reference is not None
                        else Features.empty())
+        mine = {d: f.of_camera(cam) for d, f in run.features.items()}
 
-        def against_recent(day: str, cam: str = cam, rows: Features = recent_rows) -> Verdict | None:
-            if rows.n_frames < (cfg.min_frames if cfg is not None else 1) or cfg is None:
+        def against_recent(day: str, cam: str = cam, rows: Features = recent_rows,
+                           mine: dict[str, Features] = mine) -> Verdict | None:
+            if cfg is None or rows.n_frames < cfg.min_frames:
                 return None
-            frames = pooled({d: f.of_camera(cam) for d, f in run.features.items()}, day, cfg.pool_days)
-            stats = compare_day(rows, frames, cfg, class_names, day, [cam]).get(cam)
+            stats = compare_day(rows, pooled(mine, day, cfg.pool_days), cfg, class_names, day, [cam]).get(cam)
             return None if stats is None else verdict(stats, cfg, class_names)
 
         for day, cams in run.verdicts.items():
