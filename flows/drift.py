@@ -213,7 +213,14 @@ def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1, estimat
     over-reads their mAP50 by more than ``tolerance``, nothing of that camera is released. With ``cfg``, a day is
     also compared with the camera's recent traffic (``run.recent_reference``, the ordinary reference days): a day
     drifting against it too is a new drift and is not released (:func:`tasks.drift.release_recovered`)."""
-    from tasks.drift import LabelledCheck, compare_day, pooled, release_recovered, verdict
+    from tasks.drift import (
+        LabelledCheck,
+        compare_day,
+        pooled,
+        recovered_by_estimate,
+        release_recovered,
+        verdict,
+    )
 
     carried = run.reference.get("carried") or {}
     if not carried:
@@ -232,23 +239,18 @@ def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1, estimat
         ref_est = est(run.reference_features.of_camera(cam))
         p = point_of(cam) if point_of is not None else None
         check = LabelledCheck(p.n_frames, p.map50, p.estimate) if p is not None and p.map50 is not None else None
-        recent_rows = (run.recent_reference.of_camera(cam) if cfg is not None and run.recent_reference is not None
-                       else Features.empty())
+        rows = (run.recent_reference.of_camera(cam) if cfg is not None and run.recent_reference is not None
+                else Features.empty())
         mine = {d: f.of_camera(cam) for d, f in run.features.items()}
-
-        def against_recent(day: str, cam: str = cam, rows: Features = recent_rows,
-                           mine: dict[str, Features] = mine) -> Verdict | None:
-            if cfg is None or rows.n_frames < cfg.min_frames:
-                return None
-            stats = compare_day(rows, pooled(mine, day, cfg.pool_days), cfg, class_names, day, [cam]).get(cam)
-            return None if stats is None else verdict(stats, cfg, class_names)
-
         for day, cams in run.verdicts.items():
             if cam in cams and day in run.features:
-                drifted = cams[cam].status == "drift"
-                cams[cam] = release_recovered(cams[cam], info["onset"], ref_est,
-                                              est(run.features[day].of_camera(cam)), tolerance, check,
-                                              against_recent(day) if drifted else None)
+                day_est = est(mine[day])
+                recent = None  # compared only for a drifted day the estimate would release (the tests cost)
+                if cfg is not None and rows.n_frames >= cfg.min_frames and cams[cam].status == "drift" \
+                        and recovered_by_estimate(ref_est, day_est, tolerance):
+                    stats = compare_day(rows, pooled(mine, day, cfg.pool_days), cfg, class_names, day, [cam]).get(cam)
+                    recent = None if stats is None else verdict(stats, cfg, class_names)
+                cams[cam] = release_recovered(cams[cam], info["onset"], ref_est, day_est, tolerance, check, recent)
         checked = (f"; its {check.n_frames} labelled control frames since then: mAP50 {_fmt(check.map50)}, "
                    f"estimate {_fmt(check.estimate)}" if check is not None else
                    f"; {p.note}, so the estimate is not checked against labels" if p is not None and p.note else "")

@@ -304,6 +304,11 @@ def test_a_camera_still_drifting_keeps_its_pre_onset_reference_under_the_next_ch
     assert sorted(set(feats.of_camera("cam1").day.tolist())) == ["2026-01-16", "2026-01-17", "2026-01-18"]
     assert sorted(set(feats.of_camera("cam0").day.tolist())) == meta["days"]
     assert meta["frames_per_camera"] == {"cam0": 36, "cam1": 36}
+    from tasks.drift_records import load_recent_rows
+
+    recent = load_recent_rows(c.store, s, v2)  # cam1's ordinary days, kept for the release's second comparison
+    assert recent is not None and set(recent.camera.tolist()) == {"cam1"}
+    assert sorted(set(recent.day.tolist())) == meta["days"]
     mine = [e for e in list_episodes(c.store, s) if e.model_version == v2]
     assert [e.cameras for e in mine] == [["cam1"]] and out["opened"] == [mine[0].episode_id]
     assert mine[0].opened_on >= "2026-01-23"
