@@ -917,8 +917,10 @@ class DriftSettings(_Model):
     reopen_after_days: int = Field(
         14, ge=0, le=365,
         description="A camera still drifting this many days after its answered episode opened (its targeted round "
-        "created, the champion unchanged) leaves it for a new episode, which starts a new targeted round; "
-        "0: never (an episode then lasts until its cameras are clean or the champion changes).",
+        "created, the champion unchanged) leaves it for a new episode, which starts a new targeted round; a camera "
+        "carried to a new champion from an answered episode opens no new episode before then either, unless it drifts "
+        "against its traffic since the onset (docs/drift.md); 0: never (an episode then lasts until its cameras are "
+        "clean or the champion changes, and a new champion asks again).",
     )
     live_rounds: int = Field(4, ge=1, le=100, description="Control arms of the last N rounds pooled for live mAP.")
     live_min_frames: int = Field(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -43,7 +43,7 @@ from flows.common import (
     run_settings,
 )
 from flows.params import DriftParams
-from tasks.drift import CameraDayStats, Episode, Features, Verdict
+from tasks.drift import CameraDayStats, Episode, Features, Grace, Verdict
 from tasks.label_free import ESTIMATOR_NAMES
 
 _NS = uuid.UUID("1b0f5f0e-9d2c-4f7e-8a55-0d7c3f2e9a41")  # event ids of drift episodes
@@ -65,6 +65,7 @@ class DriftRun:
     focus: list[str] | None = None
     notes: list[str] = field(default_factory=list)
     recent_reference: Features | None = None  # carried cameras' rows of the ordinary reference days
+    held: dict[str, set[str]] = field(default_factory=dict)  # day -> carried cameras that open no episode that day
 
     @property
     def cameras(self) -> list[str]:
@@ -178,7 +179,9 @@ def carry_unrecovered(settings: Settings, clients: Any, version: str, production
                       feats: Features) -> tuple[Features, dict[str, dict[str, Any]]]:
     """Give each camera an earlier champion left still drifting (:func:`tasks.drift.unrecovered_cameras`) its
     reference days from before the drift began: its rows of ``feats`` are replaced by those days' frames, scored
-    by ``version``. Returns the reference features and ``camera -> {"onset", "days", "from_episode"}``."""
+    by ``version``. Returns the reference features and ``camera -> {"onset", "days", "from_episode",
+    "episode_onset"}`` (``onset``: the first drift's first day, across champions; ``episode_onset``: the first
+    drifted day of ``from_episode``, the latest drift)."""
     from tasks.drift import carried_reference_days, unrecovered_cameras
     from tasks.drift_records import list_episodes, load_reference_meta
 
@@ -190,35 +193,63 @@ def carry_unrecovered(settings: Settings, clients: Any, version: str, production
         prior = load_reference_meta(clients.store, settings, v) or {}
         before[v] = {c: str(x["onset"]) for c, x in (prior.get("carried") or {}).items()}
     onsets = unrecovered_cameras(episodes, version, before)
-    latest = {c: e.episode_id for e in episodes for c in e.cameras}  # episodes come oldest first
+    latest = {c: e for e in episodes for c in e.cameras}  # episodes come oldest first
     parts, carried = [], {}
     for cam, cdays in carried_reference_days(production, onsets, settings.drift.reference_days).items():
         got = score_days(settings, clients, version, cdays, 1, cameras=[cam])
         if got.n_frames:
             parts.append(got)
+            source = latest.get(cam)
             carried[cam] = {"onset": onsets[cam], "days": [d.isoformat() for d in cdays],
-                            "from_episode": latest.get(cam)}
+                            "from_episode": source.episode_id if source else None,
+                            "episode_onset": min(source.days) if source and source.days else onsets[cam]}
     if not carried:
         return feats, {}
     return Features.concat([feats.select(~np.isin(feats.camera, list(carried))), *parts]), carried
 
 
+def answered_graces(settings: Settings, store: Any, carried: Mapping[str, Mapping[str, Any]]) -> dict[str, Grace]:
+    """Each carried camera's grace (:func:`tasks.drift.answered_grace`): the episode it was carried from, when its
+    targeted round answered it, holds it from a new episode for ``drift.reopen_after_days`` from its opening."""
+    from tasks.drift import answered_grace
+    from tasks.drift_records import list_episodes
+    from tasks.rounds import unpromoted_rounds
+
+    if not carried or settings.drift.reopen_after_days <= 0:
+        return {}
+    known = {e.episode_id: e for e in list_episodes(store, settings)}
+    source = {cam: known.get(str(info.get("from_episode"))) for cam, info in carried.items()}
+    failed = unpromoted_rounds(store, settings, {e.round_id for e in source.values() if e is not None and e.round_id})
+    graces = {cam: answered_grace(e, settings.drift.reopen_after_days, failed) for cam, e in source.items()}
+    return {cam: g for cam, g in graces.items() if g is not None}
+
+
 def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1, estimator: str = "atc_doc",
-                    cfg: DriftSettings | None = None, class_names: Sequence[str] = ()) -> None:
+                    cfg: DriftSettings | None = None, class_names: Sequence[str] = (),
+                    graces: Mapping[str, Grace] | None = None) -> None:
     """Verdicts of carried cameras (:func:`carry_unrecovered`): a drifted day whose label-free estimate
     (``estimator``, :func:`label_free_estimate`) is back within ``tolerance`` of the camera's estimate on its
     pre-onset reference counts as clean (in place). An estimate needs ``min_boxes`` detections on its side
     (``drift.min_boxes``, as the box-level tests do). The camera's labelled control frames since its onset
     (``run.live.carried``, :func:`tasks.live_accuracy.carried_points`) check the estimate first: where it
-    over-reads their mAP50 by more than ``tolerance``, nothing of that camera is released. With ``cfg``, a day is
-    also compared with the camera's recent traffic (``run.recent_reference``, the ordinary reference days): a day
-    drifting against it too is a new drift and is not released (:func:`tasks.drift.release_recovered`)."""
+    over-reads their mAP50 by more than ``tolerance``, nothing of that camera is released.
+
+    With ``cfg``, a day is also compared with the camera's recent traffic: its rows of the ordinary reference days
+    (``run.recent_reference``) from the first day of the episode it was carried from (its latest drift;
+    :func:`tasks.drift.since_onset`: all of them when too few). A day drifting against it too is a new drift and
+    is not released (:func:`tasks.drift.release_recovered`).
+
+    With ``graces`` (:func:`answered_graces`; needs ``cfg``), a carried camera whose latest drift an earlier
+    champion's round answered, and whose day stays drifted but is like that recent traffic, is held from a new
+    episode until its grace ends (``run.held``; :func:`tasks.drift.hold_answered`)."""
     from tasks.drift import (
         LabelledCheck,
         compare_day,
+        hold_answered,
         pooled,
         recovered_by_estimate,
         release_recovered,
+        since_onset,
         verdict,
     )
 
@@ -229,34 +260,51 @@ def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1, estimat
     if t is None:
         run.notes.append(f"{', '.join(carried)}: compared with their traffic from before their drift began; no "
                          "label-free estimate (no calibration on control frames), so recovery is not told from drift")
-        return
 
     def est(f: Features) -> float | None:  # an estimate from too few boxes says nothing
-        return label_free_estimate(run, f.box_confidence, estimator) if f.n_boxes >= min_boxes else None
+        return label_free_estimate(run, f.box_confidence, estimator) if t is not None and f.n_boxes >= min_boxes \
+            else None
 
     point_of = getattr(run.live, "carried_point", None)
+    since = run.reference.get("anchor") or ""  # the days before the champion took over are not its to hold
     for cam, info in carried.items():
         ref_est = est(run.reference_features.of_camera(cam))
         p = point_of(cam) if point_of is not None else None
         check = LabelledCheck(p.n_frames, p.map50, p.estimate) if p is not None and p.map50 is not None else None
-        rows = (run.recent_reference.of_camera(cam) if cfg is not None and run.recent_reference is not None
-                else Features.empty())
+        rows = (since_onset(run.recent_reference.of_camera(cam), str(info.get("episode_onset") or info["onset"]),
+                            cfg.min_frames)
+                if cfg is not None and run.recent_reference is not None else Features.empty())
+        grace = (graces or {}).get(cam) if cfg is not None else None
         mine = {d: f.of_camera(cam) for d, f in run.features.items()}
         for day, cams in run.verdicts.items():
             if cam in cams and day in run.features:
-                day_est = est(mine[day])
-                recent = None  # compared only for a drifted day the estimate would release (the tests cost)
-                if cfg is not None and rows.n_frames >= cfg.min_frames and cams[cam].status == "drift" \
-                        and recovered_by_estimate(ref_est, day_est, tolerance):
+                v, day_est = cams[cam], est(mine[day])
+                releasing = v.status == "drift" and recovered_by_estimate(ref_est, day_est, tolerance)
+                holding = grace is not None and v.status == "drift" and since <= day < grace.until
+                recent = None  # compared only for a drifted day it can decide (the tests cost)
+                if cfg is not None and rows.n_frames >= cfg.min_frames and (releasing or holding):
                     stats = compare_day(rows, pooled(mine, day, cfg.pool_days), cfg, class_names, day, [cam]).get(cam)
                     recent = None if stats is None else verdict(stats, cfg, class_names)
-                cams[cam] = release_recovered(cams[cam], info["onset"], ref_est, day_est, tolerance, check, recent)
+                v = release_recovered(v, info["onset"], ref_est, day_est, tolerance, check, recent)
+                if holding:
+                    v, held = hold_answered(v, grace, recent)
+                    if held:
+                        run.held.setdefault(day, set()).add(cam)
+                cams[cam] = v
+        if t is None:
+            continue
         checked = (f"; its {check.n_frames} labelled control frames since then: mAP50 {_fmt(check.map50)}, "
                    f"estimate {_fmt(check.estimate)}" if check is not None else
                    f"; {p.note}, so the estimate is not checked against labels" if p is not None and p.note else "")
         run.notes.append(f"{cam}: still drifting when v{run.model_version} took over (episode "
                          f"{info.get('from_episode')}), so compared with its traffic from before {info['onset']}; "
                          f"label-free estimate there {_fmt(ref_est)}{checked}")
+    for cam in sorted({c for cams in run.held.values() for c in cams}):
+        g = (graces or {})[cam]
+        days = sorted(d for d, cams in run.held.items() if cam in cams)
+        run.notes.append(f"{cam}: its drift was answered (episode {g.episode_id}, round {g.round_id}) and its days "
+                         f"{days[0]}..{days[-1]} are like its traffic since the onset: held from a new episode until "
+                         f"{g.until} (drift.reopen_after_days) unless it drifts again")
 
 
 def ensure_days(settings: Settings, clients: Any, version: str, reference: Features, days: list[date],
@@ -371,7 +419,8 @@ def drift_report(as_of: date, config: str | None = None, overrides: dict[str, An
             settings, clients, champion, {c: str(x["onset"]) for c, x in (meta.get("carried") or {}).items()})
     run.recent_reference = load_recent_rows(clients.store, settings, champion.version) if meta.get("carried") else None
     release_carried(run, settings.drift.recovery_tolerance, settings.drift.min_boxes,
-                    settings.drift.recovery_estimator, settings.drift, settings.classes)
+                    settings.drift.recovery_estimator, settings.drift, settings.classes,
+                    answered_graces(settings, clients.store, meta.get("carried") or {}))
     new_cams = sorted({c for cams in stats.values() for c, s in cams.items() if s.reference != "camera"})
     if new_cams:
         run.notes.append(f"{', '.join(new_cams)}: no (or too few) frames in the reference: compared with every "
@@ -636,7 +685,8 @@ def update_episodes(settings: Settings, store: Any, run: DriftRun) -> tuple[list
     for day in run.days:
         if (state.last_day is not None and day <= state.last_day) or (since and day < since):
             continue
-        state, changed, _opened = advance(state, day, run.verdicts[day], settings.drift, known, failed)
+        state, changed, _opened = advance(state, day, run.verdicts[day], settings.drift, known, failed,
+                                          run.held.get(day, set()))
         save_episodes(store, settings, changed.values())
         known.update(changed)
     save_state(store, settings, state)
@@ -736,6 +786,7 @@ def drift_monitor(params: DriftParams = DriftParams()) -> dict[str, Any]:  # noq
             "drifted_cameras": run.drifted_cameras(), "opened": [e.episode_id for e in announced],
             "open_episodes": [e.episode_id for e in episodes if e.status == "open"],
             "rounds": [e.round_id for e in announced], "announced_again": [e.episode_id for e in again],
+            "held": {d: sorted(c) for d, c in sorted(run.held.items())}, "notes": list(run.notes),
             "mlflow_run": mlflow_run,
             "live_map": run.live.overall.map if run.live is not None and run.live.overall else None,
             "label_free": None if run.live is None or run.live.atc_threshold is None else {

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any, Literal
@@ -575,6 +575,7 @@ def silenced_cameras(episodes: Iterable[Episode], day: str) -> set[str]:
 
 def advance(state: MonitorState, day: str, verdicts: Mapping[str, Verdict], cfg: DriftSettings,
             episodes: Mapping[str, Episode], unpromoted: Mapping[str, str] | None = None,
+            held: Collection[str] = (),
             ) -> tuple[MonitorState, dict[str, Episode], list[str]]:
     """One day of the episode machine.
 
@@ -587,7 +588,8 @@ def advance(state: MonitorState, day: str, verdicts: Mapping[str, Verdict], cfg:
     episode that stayed open would hide every later drift on it. Sooner when its round is known to have failed
     (:func:`answered_in_vain`): a camera of an episode whose round was trained without a promotion leaves it once
     it has drifted ``cfg.alarm_consecutive_days`` days in a row since that round's day. An episode whose cameras
-    have all left closes.
+    have all left closes. A ``held`` camera (a carried camera whose drift an earlier champion's round answered,
+    :func:`hold_answered`) extends its streak but opens no episode that day.
 
     Args:
         state: the machine before ``day`` (not modified).
@@ -595,6 +597,7 @@ def advance(state: MonitorState, day: str, verdicts: Mapping[str, Verdict], cfg:
         episodes: known episodes by id (not modified).
         unpromoted: trained rounds whose challenger was not promoted, ``round id -> its as_of``
             (:func:`tasks.rounds.unpromoted_rounds`).
+        held: cameras that open no episode that day.
 
     Returns:
         ``(new state, episodes changed or opened that day by id, ids of the episodes opened that day)``.
@@ -630,7 +633,7 @@ def advance(state: MonitorState, day: str, verdicts: Mapping[str, Verdict], cfg:
                 e.days = sorted(set(e.days) | {day})
                 e.signals = sorted(set(e.signals) | set(v.signals))
                 e.classes = sorted(set(e.classes) | set(v.classes))
-            elif len(tr.streak) >= cfg.alarm_consecutive_days and cam not in silenced:
+            elif len(tr.streak) >= cfg.alarm_consecutive_days and cam not in silenced and cam not in held:
                 opening.append(cam)
             continue
         tr.streak = []
@@ -827,6 +830,55 @@ def release_recovered(v: Verdict, carried_since: str, reference_estimate: float 
         return replace(v, status="clean", note=f"inputs still differ from before the onset, but {est}: recovered "
                        f"(within {tolerance:g})")
     return replace(v, note=(v.note + "; " if v.note else "") + est)
+
+
+def since_onset(rows: Features, onset: str, min_frames: int) -> Features:
+    """A carried camera's recent traffic (its rows of the ordinary reference days) from its onset on: the traffic of
+    the drift it was carried for. All of ``rows`` when fewer than ``min_frames`` frames are that recent (a reference
+    window that ends before the drift shows much of itself)."""
+    mine = rows.select(rows.day >= onset)
+    return mine if mine.n_frames >= min_frames else rows
+
+
+@dataclass(frozen=True)
+class Grace:
+    """A carried camera's answered episode: its targeted round ``round_id`` was started (and not trained without a
+    promotion), so until ``until`` the camera opens no new episode for the same drift (:func:`hold_answered`)."""
+
+    episode_id: str
+    round_id: str
+    until: str
+
+
+def answered_grace(episode: Episode | None, reopen_after_days: int,
+                   unpromoted: Mapping[str, str] | None = None) -> Grace | None:
+    """The grace a carried camera gets from ``episode``, the episode of an earlier champion it was carried from:
+    an answered episode (its targeted round set) is given ``reopen_after_days`` from its opening, as an answered
+    episode of an unchanged champion is (:func:`stale`), whether or not the champion changed since. None when the
+    episode was not answered, when its round was trained without a promotion (``unpromoted``: the answer failed,
+    :func:`answered_in_vain`), or when ``reopen_after_days`` is 0 (then a champion change is what asks again)."""
+    if episode is None or reopen_after_days <= 0 or not episode.round_id or episode.round_id in (unpromoted or {}):
+        return None
+    until = date.fromisoformat(episode.opened_on) + timedelta(days=reopen_after_days)
+    return Grace(episode.episode_id, episode.round_id, until.isoformat())
+
+
+def hold_answered(v: Verdict, grace: Grace | None, recent: Verdict | None) -> tuple[Verdict, bool]:
+    """A carried camera's drifted day during its grace: ``(verdict, held)``. Held (it opens no episode, the
+    verdict stays ``drift`` with a note) when the day is like the camera's traffic since its onset (``recent``, the
+    day judged against :func:`since_onset` rows): the drift is the one its round answered, and asking again each
+    time the champion changes spends a round every few days on one camera while the others' streaks restart. Not
+    held when it also drifts against that traffic (a new drift), when there is no such comparison, or after the
+    grace."""
+    if grace is None or v.status != "drift" or v.day >= grace.until or recent is None:
+        return v, False
+    if recent.status == "drift":
+        return replace(v, note=(v.note + "; " if v.note else "") + f"its episode {grace.episode_id} was answered "
+                       f"(round {grace.round_id}), but it also drifts against its traffic since the onset "
+                       f"({', '.join(recent.signals[:4]) or 'signals'}): a new drift"), False
+    return replace(v, note=(v.note + "; " if v.note else "") + f"like its traffic since the onset, the drift its "
+                   f"episode {grace.episode_id} answered (round {grace.round_id}): no new episode before "
+                   f"{grace.until} (drift.reopen_after_days)"), True
 
 
 # --------------------------------------------------------------------------------------------

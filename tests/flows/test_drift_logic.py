@@ -129,12 +129,12 @@ def test_days_before_the_champion_took_over_open_no_episode(drift_config: str, f
     days = [f"2026-02-{d:02d}" for d in range(4, 13)]
     verdicts = {d: {"cam2": Verdict("cam2", d, "drift", ["class_mix:chi2"]),
                     "cam0": Verdict("cam0", d, "clean")} for d in days}
-    run = SimpleNamespace(model_version="9", days=days, verdicts=verdicts, reference={"anchor": "2026-02-09"})
+    run = SimpleNamespace(model_version="9", days=days, verdicts=verdicts, reference={"anchor": "2026-02-09"}, held={})
     announce, episodes = update_episodes(s, fakes.store, run)
     assert episodes and all(e.opened_on >= "2026-02-09" for e in episodes)
     assert [e.cameras for e in announce] == [["cam2"]]
 
-    earlier = SimpleNamespace(model_version="8", days=days, verdicts=verdicts, reference={})  # no anchor known
+    earlier = SimpleNamespace(model_version="8", days=days, verdicts=verdicts, reference={}, held={})  # no anchor known
     _, episodes = update_episodes(s, fakes.store, earlier)
     assert min(e.opened_on for e in episodes if e.model_version == "8") < "2026-02-09"
 
@@ -161,7 +161,8 @@ def test_a_camera_whose_round_ended_without_a_promotion_gets_a_new_episode_witho
     verdicts = {d: {"cam3": Verdict("cam3", d, "drift", ["confidence:ks"])} for d in days}
 
     def run(upto: int) -> Any:
-        return SimpleNamespace(model_version="9", days=days[:upto], verdicts=verdicts, reference={"anchor": days[0]})
+        return SimpleNamespace(model_version="9", days=days[:upto], verdicts=verdicts, reference={"anchor": days[0]},
+                               held={})
 
     (first,), _ = update_episodes(s, fakes.store, run(2))  # cam3 drifted 02-01, 02-02: episode opened on 02-02
     assert first.opened_on == "2026-02-02"
@@ -256,14 +257,19 @@ def test_a_targeted_round_on_two_cameras_gives_each_an_equal_share_a_weekly_roun
     assert not any(n.startswith("cameras balanced") for n in selected(weekly)[1])
 
 
-@pytest.mark.parametrize("carry", [True, False])
+@pytest.mark.parametrize("case", ["carried", "carried-no-grace", "not-carried"])
 def test_a_promotion_does_not_make_a_camera_still_drifting_the_new_normal(
         world: Any, drift_config: str, fakes: Any, monkeypatch: pytest.MonkeyPatch,
-        tmp_path_factory: pytest.TempPathFactory, carry: bool) -> None:
+        tmp_path_factory: pytest.TempPathFactory, case: str) -> None:
     """The third soak: cam2's zoom-out episode was still open when a weekly champion took over; that champion's
     reference was the post-zoom days, so cam2 looked normal and no round came back to it. With
     ``drift.carry_unrecovered`` the new champion compares cam1 (dusk since the 19th, its episode open) with its
-    days before the onset, and a new episode opens on it; without it, the dusk is the new reference."""
+    days before the onset, and its days drift; without it, the dusk is the new reference.
+
+    The fifth tiled soak: a carried camera whose episode was answered opened a new episode under every champion,
+    a round every two days on one camera. Its episode was answered (announced, its round started), so cam1 is held
+    from a new episode until ``drift.reopen_after_days`` after that episode opened, its days being like its traffic
+    since the onset; with ``reopen_after_days: 0`` (no grace) a new episode opens at once, as before."""
     from detloop.world.publish import publish_world
     from flows.drift import drift_monitor
     from flows.params import DriftParams
@@ -272,7 +278,9 @@ def test_a_promotion_does_not_make_a_camera_still_drifting_the_new_normal(
     from tasks.rounds import mark_round, open_round
 
     data = yaml.safe_load(Path(drift_config).read_text())
-    data["drift"]["carry_unrecovered"] = carry
+    data["drift"]["carry_unrecovered"] = case != "not-carried"
+    if case == "carried-no-grace":
+        data["drift"]["reopen_after_days"] = 0
     Path(drift_config).write_text(yaml.safe_dump(data))
     monkeypatch.setattr("prefect.events.emit_event", lambda **kw: None)
     first = drift_monitor(DriftParams(config=drift_config, as_of=date(2026, 1, 21)))
@@ -290,13 +298,20 @@ def test_a_promotion_does_not_make_a_camera_still_drifting_the_new_normal(
     meta = load_reference_meta(fakes.store, world, v2)
     assert meta is not None and meta["days"] == ["2026-01-20", "2026-01-21", "2026-01-22"]
     mine = [e for e in list_episodes(fakes.store, world) if e.model_version == v2]
-    if carry:
-        assert meta["carried"] == {"cam1": {"onset": "2026-01-19", "days": ["2026-01-16", "2026-01-17", "2026-01-18"],
-                                            "from_episode": "drift-v1-2026-01-20"}}
+    if case == "not-carried":
+        assert meta["carried"] == {} and mine == [] and out["opened"] == []
+        return
+    assert meta["carried"] == {"cam1": {"onset": "2026-01-19", "days": ["2026-01-16", "2026-01-17", "2026-01-18"],
+                                        "from_episode": "drift-v1-2026-01-20", "episode_onset": "2026-01-19"}}
+    assert "cam1" in out["drifted_cameras"]  # compared with its pre-onset days, the dusk still drifts
+    if case == "carried":
+        assert mine == [] and out["opened"] == []
+        assert out["held"] and all(c == ["cam1"] and d >= "2026-01-23" for d, c in out["held"].items())
+        assert any("held from a new episode until 2026-02-03" in n for n in out["notes"])
+    else:
         assert [e.cameras for e in mine] == [["cam1"]] and out["opened"] == [mine[0].episode_id]
         assert mine[0].opened_on >= "2026-01-23"  # not before v2 took over
-    else:
-        assert meta["carried"] == {} and mine == [] and out["opened"] == []
+        assert out["held"] == {}
 
 
 def test_a_carried_camera_whose_label_free_estimate_is_back_counts_as_clean() -> None:
@@ -401,6 +416,57 @@ def test_a_carried_camera_that_changes_again_is_not_released_on_its_estimate() -
     assert run.verdicts["2026-02-12"]["cam2"].status == "clean"  # like its recent traffic: released
     held = run.verdicts["2026-02-13"]["cam2"]
     assert held.status == "drift" and "a new drift, held" in held.note and "log_area" in held.note
+
+
+def test_an_answered_carried_camera_is_held_on_days_like_its_traffic_since_the_onset() -> None:
+    """:func:`flows.drift.release_carried` with a grace (:func:`tasks.drift.answered_grace`): cam3's estimate stays
+    below its pre-onset level (a repaint it under-reads), so nothing is released. A day like its traffic since the
+    episode's first day is held from a new episode (``run.held``), although the reference window before that day
+    (boxes of another size) would call it a drift; a day whose boxes shrank against that traffic is a new drift and
+    is not held; a day after the grace is not held; the days before the champion took over are not judged."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from detloop.settings import DriftSettings
+    from flows.drift import DriftRun, release_carried
+    from tasks.drift import Features, Grace, Verdict
+
+    rng = np.random.default_rng(1)
+
+    def feats(day: str, n_frames: int, log_area: float, conf: float) -> Features:
+        per = 6
+        n = n_frames * per
+        return Features(np.array(["cam3"] * n_frames), np.array([day] * n_frames), rng.uniform(0.4, 0.5, n_frames),
+                        rng.uniform(0.2, 0.3, n_frames), np.full(n_frames, per), None,
+                        np.repeat(np.arange(n_frames), per), rng.uniform(conf - 0.05, conf + 0.05, n),
+                        rng.integers(0, 3, n), rng.normal(log_area, 0.3, n))
+
+    cfg = DriftSettings(pool_days=1, permutations=199)
+    pre_onset = feats("2026-01-20", 60, 7.0, 0.9)
+    recent = Features.concat([feats("2026-01-24", 60, 8.0, 0.9), feats("2026-01-27", 60, 7.0, 0.4)])
+    days = {"2026-01-28": feats("2026-01-28", 40, 7.0, 0.4), "2026-02-01": feats("2026-02-01", 40, 7.0, 0.4),
+            "2026-02-02": feats("2026-02-02", 40, 5.5, 0.4), "2026-02-12": feats("2026-02-12", 40, 7.0, 0.4)}
+    def verdicts() -> dict[str, dict[str, Verdict]]:
+        return {d: {"cam3": Verdict("cam3", d, "drift", ["confidence:ks", "embedding:mmd"])} for d in days}
+
+    live = SimpleNamespace(atc_threshold=0.5, mean_confidence=None, overall=None, atc_weight=None)
+    carried = {"cam3": {"onset": "2026-01-19", "episode_onset": "2026-01-26", "from_episode": "drift-v9-2026-01-27"}}
+    run = DriftRun("2026-02-13", list(days), "10", {"carried": carried, "anchor": "2026-01-29"}, pre_onset, {},
+                   verdicts(), days, live=live, recent_reference=recent)
+    grace = Grace("drift-v9-2026-01-27", "round-27", "2026-02-10")
+    release_carried(run, 0.05, estimator="atc", cfg=cfg, class_names=["a", "b", "c"], graces={"cam3": grace})
+    assert run.held == {"2026-02-01": {"cam3"}}
+    assert all(v["cam3"].status == "drift" for v in run.verdicts.values())  # the estimate is not back: no release
+    assert "no new episode before 2026-02-10" in run.verdicts["2026-02-01"]["cam3"].note
+    new = run.verdicts["2026-02-02"]["cam3"].note
+    assert "a new drift" in new and "log_area" in new
+    assert "no new episode" not in run.verdicts["2026-01-28"]["cam3"].note + run.verdicts["2026-02-12"]["cam3"].note
+    assert any("held from a new episode until 2026-02-10" in n for n in run.notes)
+    plain = DriftRun("2026-02-13", list(days), "10", {"carried": carried, "anchor": "2026-01-29"}, pre_onset, {},
+                     verdicts(), days, live=live, recent_reference=recent)
+    release_carried(plain, 0.05, estimator="atc", cfg=cfg, class_names=["a", "b", "c"])  # no grace: none held
+    assert plain.held == {}
 
 
 def test_the_shrink_note_names_the_first_drifted_day_and_knows_a_camera_already_tiled() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -276,7 +276,9 @@ def test_a_camera_still_drifting_keeps_its_pre_onset_reference_under_the_next_ch
     """``drift.carry_unrecovered`` on the real store and registry: cam1 (dusk from the 19th) opens an episode under
     v1; v2 takes over on the 23rd, its ordinary reference days (20th-22nd) all dusk on cam1. cam1's part of v2's
     reference is its days before the onset, scored by v2 and stored with the reference, read back unchanged by the
-    next run, and cam1 opens a new episode under v2 (the third soak's missed recovery)."""
+    next run, and cam1's days drift against it (the third soak's missed recovery). Its episode under v1 was
+    answered (announced with its round), and its days are like its traffic since the onset, so it is held from a
+    new episode until ``drift.reopen_after_days`` after that episode opened (the fifth tiled soak's churn)."""
     from detloop.world.publish import publish_world
     from flows.drift import drift_monitor
     from flows.params import DriftParams
@@ -300,7 +302,7 @@ def test_a_camera_still_drifting_keeps_its_pre_onset_reference_under_the_next_ch
     meta, feats = got
     assert meta["days"] == ["2026-01-20", "2026-01-21", "2026-01-22"]
     assert meta["carried"] == {"cam1": {"onset": "2026-01-19", "days": ["2026-01-16", "2026-01-17", "2026-01-18"],
-                                        "from_episode": ep1.episode_id}}
+                                        "from_episode": ep1.episode_id, "episode_onset": min(ep1.days)}}
     assert sorted(set(feats.of_camera("cam1").day.tolist())) == ["2026-01-16", "2026-01-17", "2026-01-18"]
     assert sorted(set(feats.of_camera("cam0").day.tolist())) == meta["days"]
     assert meta["frames_per_camera"] == {"cam0": 36, "cam1": 36}
@@ -309,9 +311,11 @@ def test_a_camera_still_drifting_keeps_its_pre_onset_reference_under_the_next_ch
     recent = load_recent_rows(c.store, s, v2)  # cam1's ordinary days, kept for the release's second comparison
     assert recent is not None and set(recent.camera.tolist()) == {"cam1"}
     assert sorted(set(recent.day.tolist())) == meta["days"]
-    mine = [e for e in list_episodes(c.store, s) if e.model_version == v2]
-    assert [e.cameras for e in mine] == [["cam1"]] and out["opened"] == [mine[0].episode_id]
-    assert mine[0].opened_on >= "2026-01-23"
+    assert "cam1" in out["drifted_cameras"] and ep1.round_id
+    until = (date.fromisoformat(ep1.opened_on) + timedelta(days=s.drift.reopen_after_days)).isoformat()
+    assert [e for e in list_episodes(c.store, s) if e.model_version == v2] == [] and out["opened"] == []
+    assert out["held"] and all(cams == ["cam1"] and "2026-01-23" <= d < until for d, cams in out["held"].items())
+    assert any(f"held from a new episode until {until}" in n for n in out["notes"])
 
     key = version_prefix(s, v2) + "reference.json"
     etag = next(o.etag for o in c.store.list(s.s3.data_bucket, key))

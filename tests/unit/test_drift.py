@@ -649,6 +649,67 @@ def test_a_day_that_also_drifts_against_recent_traffic_is_not_released() -> None
                              recent=Verdict("cam2", "2026-02-13", "clean")).status == "drift"
 
 
+def test_an_answered_carried_camera_is_held_from_a_new_episode_until_its_grace_ends() -> None:
+    """The fifth tiled soak's churn: a carried camera whose drift an earlier champion's round answered opened a new
+    episode under every champion. Its answered episode gives it ``reopen_after_days`` from its opening
+    (:func:`answered_grace`); a drifted day like its traffic since the onset is held (:func:`hold_answered`) and
+    opens no episode (:func:`advance` with ``held``), though its streak grows: once the grace is over, or on a day
+    that drifts against that traffic too (a new drift), the episode opens at once."""
+    from tasks.drift import answered_grace, hold_answered
+
+    d = days(20)
+    rule = cfg(alarm_consecutive_days=2, reopen_after_days=14)
+    _, eps = replay({x: vd(x, cam3="drift") for x in d[:2]}, rule, "4")
+    first = f"drift-v4-{d[1]}"
+    assert answered_grace(eps[first], 14) is None  # not answered: no grace
+    eps = _answer(eps, first)
+    grace = answered_grace(eps[first], 14)
+    assert grace is not None and grace.until == d[15] and grace.round_id == f"round-{first}"
+    assert answered_grace(eps[first], 0) is None  # 0: a champion change asks again, as before
+    assert answered_grace(eps[first], 14, {f"round-{first}": d[2]}) is None  # trained without a promotion
+
+    like = Verdict("cam3", "", "clean")
+    new = Verdict("cam3", "", "drift", ["log_area:ks"])
+    v = Verdict("cam3", d[4], "drift", ["embedding:mmd"])
+    kept, held = hold_answered(v, grace, replace(like, day=d[4]))
+    assert held and kept.status == "drift" and f"no new episode before {d[15]}" in kept.note
+    kept, held = hold_answered(v, grace, replace(new, day=d[4]))
+    assert not held and "a new drift" in kept.note and "log_area:ks" in kept.note
+    assert hold_answered(v, grace, None) == (v, False)  # no comparison: as before
+    assert hold_answered(replace(v, day=d[15]), grace, like) == (replace(v, day=d[15]), False)  # grace over
+    assert hold_answered(replace(v, status="clean"), grace, like)[1] is False
+    assert hold_answered(v, None, like) == (v, False)
+
+    # under the next champion (v5): held every day of the grace, its streak grows, and the first day after the
+    # grace opens the episode at once
+    st = MonitorState("5")
+    for x in d[3:15]:
+        st, changed, opened = advance(st, x, vd(x, cam3="drift", cam0="clean"), rule, {}, held={"cam3"})
+        assert opened == [] and changed == {}
+    assert len(st.cameras["cam3"].streak) == 12
+    st, changed, opened = advance(st, d[15], vd(d[15], cam3="drift"), rule, {})
+    assert opened == [f"drift-v5-{d[15]}"] and changed[opened[0]].cameras == ["cam3"]
+    # a new drift inside the grace (not held that day) opens it at once too; another camera is never held
+    st = MonitorState("5")
+    st, _, opened = advance(st, d[3], vd(d[3], cam3="drift", cam0="drift"), rule, {}, held={"cam3"})
+    st, _, opened = advance(st, d[4], vd(d[4], cam3="drift", cam0="drift"), rule, {}, held={"cam3"})
+    assert opened == [f"drift-v5-{d[4]}"] and st.cameras["cam3"].episode is None
+    st, _, opened = advance(st, d[5], vd(d[5], cam3="drift"), rule, {})
+    assert opened == [f"drift-v5-{d[5]}"] and st.cameras["cam3"].episode == opened[0]
+
+
+def test_a_carried_cameras_recent_traffic_is_its_rows_since_the_onset_when_there_are_enough() -> None:
+    from tasks.drift import since_onset
+
+    rows = Features(np.array(["cam3"] * 6), np.array(["2026-01-22"] * 3 + ["2026-01-27"] * 3), np.zeros(6),
+                    np.zeros(6), np.ones(6, np.int64), None, np.arange(6), np.full(6, 0.9), np.zeros(6, np.int64),
+                    np.zeros(6))
+    got = since_onset(rows, "2026-01-26", 3)
+    assert got.day.tolist() == ["2026-01-27"] * 3 and got.n_boxes == 3
+    assert since_onset(rows, "2026-01-26", 4).n_frames == 6  # too few since the onset: all of them
+    assert since_onset(rows, "2026-01-28", 1).n_frames == 6
+
+
 def test_a_round_trained_without_a_promotion_frees_its_still_drifting_camera_after_k_days_since_the_round() -> None:
     from tasks.drift import answered_in_vain
 
