@@ -112,10 +112,13 @@ def headline(res: Mapping[str, Any]) -> dict[str, str]:
     out = {}
     for name, v in res["variants"].items():
         fa = v["false_alarms"]
+        joined = sorted(f"{e['opened_on']} {c}" for r in v["versions"].values() for e in r["episodes"]
+                        for c in e.get("companions") or {})
         out[name] = (f"{sum(o['detected'] for o in v['onsets'])}/{len(v['onsets'])} onsets, "
                      f"{fa['unique_drifted']}/{fa['unique_camera_days']} stationary camera-days drifted "
                      f"({fa['drifted']}/{fa['stationary_camera_days']} champion tests), {fa['episodes']} false "
-                     f"episode(s), {v['seconds']:.0f} s")
+                     f"episode(s), {v['seconds']:.0f} s"
+                     + (f"; companions joined: {', '.join(joined)}" if joined else ""))
     return out
 
 

@@ -215,8 +215,8 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
     are the previous champion's traffic and the very days its reference is built from, so judging them would open
     episodes after the fact. They still feed ``drift.pool_days``, as they do live.
     """
-    from tasks.drift import compare_day, pool_window, pooled, replay, verdict
-    from tasks.drift_records import load_day_features, load_days, load_reference
+    from tasks.drift import companions_for, compare_day, pool_window, pooled, replay, verdict
+    from tasks.drift_records import load_day_features, load_days, load_recent_rows, load_reference
 
     update = {**({} if permutations is None else {"permutations": permutations}), **dict(drift or {})}
     from benchmarks._common import drift_with
@@ -236,16 +236,25 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
             continue
         days = sorted(load_days(store, settings, v))
         since = str(ref[0].get("anchor") or "")
-        verdicts = {}
+        verdicts, stats_of = {}, {}
         t0 = time.perf_counter()
         pool_from = min((x for d in days if d >= since for x in pool_window(d, cfg.pool_days)), default=since)
         feats_of = {d: f for d in days if d >= pool_from and (f := load_day_features(store, settings, v, d)) is not None}
         for d in days:
             if d not in feats_of or d < since:
                 continue
-            stats = compare_day(ref[1], pooled(feats_of, d, cfg.pool_days), cfg, settings.classes, d)
-            verdicts[d] = {c: verdict(s, cfg, settings.classes) for c, s in stats.items()}
-        _, eps = replay(verdicts, cfg, v, answer=True)
+            stats_of[d] = compare_day(ref[1], pooled(feats_of, d, cfg.pool_days), cfg, settings.classes, d)
+            verdicts[d] = {c: verdict(s, cfg, settings.classes) for c, s in stats_of[d].items()}
+        carried = ref[0].get("carried") or {}
+        recent = load_recent_rows(store, settings, v) if carried else None
+
+        def joining(d: str, e: Any, st: Any, known: Any, ref: Any = ref, recent: Any = recent,
+                    carried: Any = carried, verdicts: Any = verdicts, stats_of: Any = stats_of,
+                    feats_of: Any = feats_of) -> Any:
+            return companions_for(d, e, st, known, stats_of[d], verdicts[d], pooled(feats_of, d, cfg.pool_days),
+                                  ref[1], carried, recent, cfg, settings.classes)
+
+        _, eps = replay(verdicts, cfg, v, answer=True, companions_of=joining if cfg.companion_alpha else None)
         first: dict[str, str] = {}
         for d in sorted(verdicts):
             for c, vd in verdicts[d].items():
@@ -256,7 +265,8 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
             "first_drifted_day": first,
             "statuses": {d: {c: vd.status for c, vd in verdicts[d].items()} for d in sorted(verdicts)},
             "episodes": [{"episode_id": e.episode_id, "opened_on": e.opened_on, "cameras": e.cameras,
-                          "signals": e.signals, "handed_over": e.handed_over, "followed_by": e.followed_by}
+                          "signals": e.signals, "handed_over": e.handed_over, "followed_by": e.followed_by,
+                          "companions": e.companions}
                          for e in sorted(eps.values(), key=lambda e: e.opened_on)],
             "seconds": time.perf_counter() - t0}
         log(f"v{v} with {cfg.permutations} permutations: {len(eps)} episode(s) "

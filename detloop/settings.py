@@ -914,6 +914,14 @@ class DriftSettings(_Model):
     close_after_clean_days: int = Field(
         3, ge=1, le=365, description="Clean days in a row after which a camera leaves its episode.",
     )
+    companion_alpha: float = Field(
+        0.05, ge=0.0, le=0.5,
+        description="When an episode opens on a class-mix change (a class's share grew or shrank), every other "
+        "camera in no open episode is asked the one directed question (did that class's share move the same way "
+        "there?), Holm-corrected over cameras and classes; those below this level join the episode and its "
+        "targeted round. A change that reaches every camera moves each a little, and a camera with few frames a day "
+        "cannot show it alone (docs/drift.md). 0: off.",
+    )
     reopen_after_days: int = Field(
         14, ge=0, le=365,
         description="A camera still drifting this many days after its answered episode opened (its targeted round "

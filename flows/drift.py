@@ -43,7 +43,7 @@ from flows.common import (
     run_settings,
 )
 from flows.params import DriftParams
-from tasks.drift import CameraDayStats, Episode, Features, Grace, Verdict
+from tasks.drift import CameraDayStats, Companion, Episode, Features, Grace, MonitorState, Verdict
 from tasks.label_free import ESTIMATOR_NAMES
 
 _NS = uuid.UUID("1b0f5f0e-9d2c-4f7e-8a55-0d7c3f2e9a41")  # event ids of drift episodes
@@ -545,12 +545,16 @@ def report_markdown(run: DriftRun, settings: Settings, episodes: list[Episode]) 
         out.append(f"\n## {cam} on {day} ({s.n_frames} frames, {s.n_boxes} boxes; reference {s.n_ref_frames} frames, "
                    f"{s.reference}; classes: {', '.join(v.classes) or '-'})\n\n" + md_table(trows))
     out.append("\n" + live_markdown(run.live))
-    erows = [{"episode": e.episode_id, "status": e.status, "cameras": ", ".join(e.cameras),
+    erows = [{"episode": e.episode_id, "status": e.status,
+              "cameras": ", ".join(f"{c} (joined)" if c in e.companions else c for c in e.cameras),
               "days": f"{e.days[0]}..{e.days[-1]} ({len(e.days)})", "classes": ", ".join(e.classes) or "-",
               "signals": ", ".join(e.signals[:3]) + (" ..." if len(e.signals) > 3 else ""),
               "round": e.round_id or "-", "acked": e.acked_by or "-",
               "closed": f"{e.closed_on}: {e.close_reason}" if e.closed_on else "-"} for e in episodes]
     out.append("\n## Episodes\n\n" + md_table(erows))
+    joined = [f"{c} joined {e.episode_id}: {why}" for e in episodes for c, why in sorted(e.companions.items())]
+    if joined:
+        out.append("\n" + "\n".join(f"- {j}" for j in joined) + "\n")
     if run.notes:
         out.append("\n" + "\n".join(f"- {n}" for n in run.notes) + "\n")
     return "\n".join(out)
@@ -665,12 +669,14 @@ def drift_resource_id(model_name: str, episode_id: str) -> str:
 def update_episodes(settings: Settings, store: Any, run: DriftRun) -> tuple[list[Episode], list[Episode]]:
     """Advance the episode machine over the days of ``run`` it has not processed; ``(to announce, all episodes)``.
 
-    Open episodes of another champion's reference are closed first (a new champion has a new reference). Days
+    An episode that opens on a class-mix change is joined by the other cameras whose share of that class moved
+    the same way (:func:`episode_companions`). Open episodes of another champion's reference are closed first (a
+    new champion has a new reference). Days
     before the champion took over (its reference's ``anchor``) are not its: production then was another model's,
     and its reference is built from those very days, so comparing them with it would open episodes after the fact
     (a new champion whose reference holds a drift saw the days before the drift as drifting).
     """
-    from tasks.drift import advance, supersede
+    from tasks.drift import advance, join_companions, supersede
     from tasks.drift_records import list_episodes, load_state, save_episodes, save_state
     from tasks.rounds import unpromoted_rounds
 
@@ -685,14 +691,30 @@ def update_episodes(settings: Settings, store: Any, run: DriftRun) -> tuple[list
     for day in run.days:
         if (state.last_day is not None and day <= state.last_day) or (since and day < since):
             continue
-        state, changed, _opened = advance(state, day, run.verdicts[day], settings.drift, known, failed,
-                                          run.held.get(day, set()))
+        state, changed, opened = advance(state, day, run.verdicts[day], settings.drift, known, failed,
+                                         run.held.get(day, set()))
+        for eid in opened:
+            state, changed[eid] = join_companions(state, changed[eid],
+                                                  episode_companions(run, settings, day, changed[eid], state,
+                                                                     {**known, **changed}))
         save_episodes(store, settings, changed.values())
         known.update(changed)
     save_state(store, settings, state)
     announce = [e for e in known.values() if e.model_version == run.model_version and e.status == "open"
                 and e.event_id is None]
     return announce, sorted(known.values(), key=lambda e: (e.opened_on, e.episode_id))
+
+
+def episode_companions(run: DriftRun, settings: Settings, day: str, episode: Episode, state: MonitorState,
+                       episodes: Mapping[str, Episode]) -> list[Companion]:
+    """The cameras that join ``episode``, opened on ``day`` (:func:`tasks.drift.companions_for`)."""
+    from tasks.drift import companions_for, pooled
+
+    if not settings.drift.companion_alpha:
+        return []
+    return companions_for(day, episode, state, episodes, run.stats.get(day, {}), run.verdicts.get(day, {}),
+                          pooled(run.features, day, settings.drift.pool_days), run.reference_features,
+                          run.reference.get("carried") or {}, run.recent_reference, settings.drift, settings.classes)
 
 
 def targeted_round(settings: Settings, episode: Episode) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any, Literal
@@ -530,6 +530,8 @@ class Episode:
             ``announced_for``: the monitor day (``as_of``) of the latest.
         acked_by / acked_at / note: an operator's acknowledgement; ``silenced_until``: its cameras open no
             new episode (and it sends nothing more) before this day.
+        companions: cameras that joined it the day it opened without drifting on their own: the class whose share
+            moved on its cameras moved the same way on them (:func:`companions`), camera -> the evidence.
     """
 
     episode_id: str
@@ -554,6 +556,7 @@ class Episode:
     followed_by: str | None = None
     announcements: int = 0
     announced_for: str | None = None
+    companions: dict[str, str] = field(default_factory=dict)  # camera -> why it joined (:func:`companions`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -676,6 +679,150 @@ def advance(state: MonitorState, day: str, verdicts: Mapping[str, Verdict], cfg:
     return st, changed, opened
 
 
+# --------------------------------------------------------------------------------------------
+# Companions: a class-mix change seen on some cameras, looked for on the others
+# --------------------------------------------------------------------------------------------
+COMPANION_Z = 2.58  # a class is named as moved when its share's two-proportion z reaches this (|z|, p ~ 0.01)
+
+
+def shifted_classes(opening: Iterable[tuple[Verdict, CameraDayStats]], class_names: Sequence[str],
+                    z_min: float = COMPANION_Z) -> dict[str, int]:
+    """Classes whose share of the boxes moved on the cameras an episode opens with, and which way: ``class ->
+    +1`` (grew) or ``-1`` (shrank).
+
+    Only cameras whose class mix is among their signals count. Per class, the two-proportion z of its share
+    (reference vs window, from the stored shares and box counts) is summed over those cameras
+    (Stouffer: ``sum z / sqrt(n)``); a class is named when that reaches ``z_min`` in size. Naming is only what is
+    then asked of the other cameras (:func:`companions`), not a decision: a camera joins on its own test.
+    """
+    zs: dict[str, list[float]] = {}
+    for v, st in opening:
+        if not any(s.startswith("class_mix:") for s in v.signals) or not st.n_boxes or not st.n_ref_boxes:
+            continue
+        for c in class_names:
+            r, w = (st.class_shares.get(c) or [0.0, 0.0])[:2]
+            pooled_share = (r * st.n_ref_boxes + w * st.n_boxes) / (st.n_ref_boxes + st.n_boxes)
+            se = math.sqrt(pooled_share * (1 - pooled_share) * (1 / st.n_ref_boxes + 1 / st.n_boxes))
+            zs.setdefault(c, []).append((w - r) / se if se > 0 else 0.0)
+    out = {}
+    for c in class_names:
+        if c in zs:
+            z = sum(zs[c]) / math.sqrt(len(zs[c]))
+            if abs(z) >= z_min:
+                out[c] = 1 if z > 0 else -1
+    return out
+
+
+@dataclass
+class Companion:
+    """A camera whose share of ``cls`` moved the way an episode's cameras' did (``direction``: +1 grew, -1
+    shrank), from ``reference_share`` to ``share``; ``p``: its one-sided test corrected over every camera and
+    class asked that day (Holm)."""
+
+    camera: str
+    cls: str
+    direction: int
+    reference_share: float
+    share: float
+    p: float
+
+    def reason(self, episode_id: str) -> str:
+        return (f"{self.cls} share {self.reference_share:.3f} -> {self.share:.3f} "
+                f"({'grew' if self.direction > 0 else 'shrank'} as on the cameras of {episode_id}; "
+                f"one-sided frame-permutation test, Holm-corrected p {self.p:.4f})")
+
+
+def companion_candidates(state: MonitorState, episodes: Mapping[str, Episode], day: str,
+                         cameras: Iterable[str]) -> list[str]:
+    """Cameras that may join an episode opened on ``day``: in no open episode, and not silenced."""
+    silenced = silenced_cameras(episodes.values(), day)
+    out = []
+    for c in sorted(set(cameras)):
+        tr = state.cameras.get(c)
+        current = episodes.get(tr.episode) if tr is not None and tr.episode is not None else None
+        if c not in silenced and (current is None or current.status != "open"):
+            out.append(c)
+    return out
+
+
+def companions(candidates: Mapping[str, tuple[Features, Features]], shifts: Mapping[str, int], cfg: DriftSettings,
+               class_names: Sequence[str], day: str) -> list[Companion]:
+    """The ``candidates`` (camera -> ``(reference, that day's pooled window)``) whose share of a class in
+    ``shifts`` (:func:`shifted_classes`) moved the same way, each tested alone (one-sided, whole frames
+    permuted: :func:`tasks.drift_stats.share_shift_clustered`), Holm-corrected over every camera and class, at
+    ``cfg.companion_alpha``. A camera needs ``cfg.min_frames`` frames and ``cfg.min_boxes`` boxes on both sides.
+
+    Why: a class-mix change that reaches many cameras (a season, a new product) moves each camera's share a
+    little, and a camera publishing few frames a day cannot show it alone (the box-level family there has ~20
+    tests). Once some cameras have shown it, the question on the others is one directed test, not twenty.
+    """
+    if not cfg.companion_alpha or not shifts:
+        return []
+    tested: list[tuple[str, str, int, float, float, float]] = []
+    for cam in sorted(candidates):
+        ref, cur = candidates[cam]
+        if min(ref.n_frames, cur.n_frames) < cfg.min_frames or min(ref.n_boxes, cur.n_boxes) < cfg.min_boxes:
+            continue
+        rng = rng_for(cfg.seed, f"companion:{cam}", day)
+        data = ds.Clustered.of(ref.box_class, ref.box_frame, ref.n_frames, cur.box_class, cur.box_frame,
+                               cur.n_frames)
+        for cls, direction in sorted(shifts.items()):
+            k = list(class_names).index(cls)
+            _, p = ds.share_shift_clustered(data, k, direction, cfg.permutations, rng, cfg.permutations_refine)
+            tested.append((cam, cls, direction, float(np.mean(ref.box_class == k)), float(np.mean(cur.box_class == k)),
+                           p))
+    if not tested:
+        return []
+    adjusted = ds.adjust_pvalues([t[5] for t in tested], "holm")
+    best: dict[str, Companion] = {}
+    for (cam, cls, direction, r, w, _), p in zip(tested, adjusted, strict=True):
+        if p < cfg.companion_alpha and (cam not in best or p < best[cam].p):
+            best[cam] = Companion(cam, cls, direction, r, w, float(p))
+    return [best[c] for c in sorted(best)]
+
+
+def companions_for(day: str, episode: Episode, state: MonitorState, episodes: Mapping[str, Episode],
+                   stats: Mapping[str, CameraDayStats], verdicts: Mapping[str, Verdict], window: Features,
+                   reference: Features, carried: Mapping[str, Mapping[str, Any]], recent: Features | None,
+                   cfg: DriftSettings, class_names: Sequence[str]) -> list[Companion]:
+    """:func:`companions` of ``episode``, opened on ``day``: the classes its cameras' class mix moved
+    (:func:`shifted_classes` of ``day``'s ``stats`` and ``verdicts``), asked of the cameras of ``stats`` in no open
+    episode (:func:`companion_candidates`), each with ``window`` (``day``'s pooled frames, all cameras) against its
+    reference: its rows of ``reference`` (all of it when too few, as :func:`compare_day` does), or, for a camera
+    ``carried`` from before its drift, its ``recent`` rows since that drift began (:func:`since_onset`: what its
+    release is judged against; a camera carried across a lighting change would otherwise differ in everything)."""
+    shifts = shifted_classes([(verdicts[c], stats[c]) for c in episode.cameras if c in stats and c in verdicts],
+                             class_names)
+    if not shifts:
+        return []
+    candidates = {}
+    for cam in companion_candidates(state, episodes, day, [c for c in stats if c not in episode.cameras]):
+        if cam in carried and recent is not None:
+            info = carried[cam]
+            ref = since_onset(recent.of_camera(cam), str(info.get("episode_onset") or info["onset"]), cfg.min_frames)
+        else:
+            ref = reference.of_camera(cam)
+            ref = ref if ref.n_frames >= cfg.min_frames else reference
+        candidates[cam] = (ref, window.of_camera(cam))
+    return companions(candidates, shifts, cfg, class_names, day)
+
+
+def join_companions(state: MonitorState, episode: Episode, found: Sequence[Companion]
+                    ) -> tuple[MonitorState, Episode]:
+    """``episode`` with the cameras of ``found`` among its cameras (their evidence in ``companions``), and each
+    of them in it in ``state`` (new objects; neither argument is modified). A companion then leaves the episode
+    like any camera: after ``close_after_clean_days`` clean days."""
+    st = MonitorState.from_dict(state.to_dict())
+    e = Episode.from_dict(episode.to_dict())
+    for c in found:
+        if c.camera in e.cameras:
+            continue
+        e.cameras = sorted(set(e.cameras) | {c.camera})
+        e.companions = {**e.companions, c.camera: c.reason(e.episode_id)}
+        st.cameras.setdefault(c.camera, CameraTrack()).episode = e.episode_id
+    return st, e
+
+
 def unanswered(episodes: Iterable[Episode], model_version: str, rounds: Iterable[str], as_of: str) -> list[Episode]:
     """Open episodes of ``model_version`` announced on a monitor day before ``as_of`` whose targeted round does not
     exist (not in ``rounds``, the round ids on record): the run their event started failed (a service down for
@@ -713,11 +860,15 @@ def answered_in_vain(episode: Episode, streak: Sequence[str], unpromoted: Mappin
 
 def replay(verdicts_by_day: Mapping[str, Mapping[str, Verdict]], cfg: DriftSettings, model_version: str,
            start: MonitorState | None = None, episodes: Mapping[str, Episode] | None = None,
-           answer: bool = False) -> tuple[MonitorState, dict[str, Episode]]:
+           answer: bool = False,
+           companions_of: Callable[[str, Episode, MonitorState, Mapping[str, Episode]], Sequence[Companion]]
+           | None = None) -> tuple[MonitorState, dict[str, Episode]]:
     """Run the episode machine over days in order (days at or before ``start.last_day`` are skipped).
 
     ``answer``: mark each new episode answered the day it opens (``round_id`` ``"replayed"``), as the monitor does
     when it announces it, so ``drift.reopen_after_days`` plays out as in the live loop.
+    ``companions_of(day, opened episode, state, episodes)``: the cameras that join an episode the day it opens
+    (:func:`companions`; they need the day's features, which verdicts do not hold).
 
     With stored per-camera-day statistics and :func:`verdict`, a rule can be replayed over history cheaply:
     ``replay({d: {c: verdict(s, rule) for c, s in day.items()} for d, day in stats.items()}, rule, v)``.
@@ -729,6 +880,8 @@ def replay(verdicts_by_day: Mapping[str, Mapping[str, Verdict]], cfg: DriftSetti
             continue
         st, changed, opened = advance(st, day, verdicts_by_day[day], cfg, eps)
         eps.update(changed)
+        for eid in opened if companions_of is not None else []:
+            st, eps[eid] = join_companions(st, eps[eid], companions_of(day, eps[eid], st, eps))
         for eid in opened if answer else []:
             eps[eid] = replace(eps[eid], round_id=eps[eid].round_id or "replayed")
     return st, eps

@@ -295,6 +295,37 @@ def chi2_clustered(data: Clustered, n_classes: int, n_resamples: int,
     return stat, p
 
 
+def share_shift_statistic_masks(member_of_class: np.ndarray, mask: np.ndarray, direction: int) -> np.ndarray:
+    """``direction * (share of the class in sample b - its share in sample a)`` for each row of ``mask``
+    (True = sample a, the reference side; ``member_of_class``: ``(M,)`` bool, the box is of the class); 0 where a
+    side has no box. Larger = more of the shift ``direction`` names (+1: the class grew in b, -1: it shrank)."""
+    m = mask.astype(np.float64)
+    k = member_of_class.astype(np.float64)
+    na, nb = m.sum(1), (1.0 - m).sum(1)
+    ka = m @ k
+    kb = k.sum() - ka
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = kb / nb - ka / na
+    return np.where((na > 0) & (nb > 0), direction * diff, 0.0)
+
+
+def share_shift_clustered(data: Clustered, class_id: int, direction: int, n_resamples: int,
+                          rng: np.random.Generator, refine_to: int | None = None) -> tuple[float, float]:
+    """One-sided test that class ``class_id``'s share of the boxes moved in ``direction`` (+1 grew, -1 shrank) from
+    the reference to the window: ``(window share - reference share, frame-permutation p-value)``.
+
+    A directed one-class test has more power than the class-mix chi-squared when the question is already
+    known (the same class grew on other cameras: :func:`tasks.drift.companions`).
+    """
+    member = data.values.astype(np.int64) == int(class_id)
+    observed = share_shift_statistic_masks(member, data.box_mask(data.observed_member()), 1)[0]
+    p = frame_permutation_pvalue(
+        data.n_ref, data.n_frames,
+        lambda m: share_shift_statistic_masks(member, data.box_mask(m), direction), n_resamples, rng,
+        refine_to=refine_to)
+    return float(observed), p
+
+
 # --------------------------------------------------------------------------------------------
 # MMD on embeddings
 # --------------------------------------------------------------------------------------------
@@ -370,14 +401,21 @@ def mmd_test(ref: np.ndarray, cur: np.ndarray, n_resamples: int, rng: np.random.
 # --------------------------------------------------------------------------------------------
 # Multiple testing
 # --------------------------------------------------------------------------------------------
-def adjust_pvalues(pvalues: Sequence[float], method: Literal["bonferroni", "fdr"]) -> np.ndarray:
-    """Adjusted p-values of one family: Bonferroni (``min(1, m p)``) or Benjamini-Hochberg
-    (``scipy.stats.false_discovery_control``). Compare them with the level (alpha / FDR)."""
+def adjust_pvalues(pvalues: Sequence[float], method: Literal["bonferroni", "holm", "fdr"]) -> np.ndarray:
+    """Adjusted p-values of one family: Bonferroni (``min(1, m p)``), Holm's step-down (the i-th smallest
+    times ``m - i + 1``, made monotone; controls the family-wise error like Bonferroni, never less powerful) or
+    Benjamini-Hochberg (``scipy.stats.false_discovery_control``). Compare them with the level (alpha / FDR)."""
     p = np.asarray(list(pvalues), np.float64)
     if p.size == 0:
         return p
     if method == "bonferroni":
         return np.minimum(1.0, p * p.size)
+    if method == "holm":
+        order = np.argsort(p, kind="stable")
+        steps = np.minimum(1.0, np.maximum.accumulate(p[order] * (p.size - np.arange(p.size))))
+        out = np.empty_like(p)
+        out[order] = steps
+        return out
     from scipy.stats import false_discovery_control
 
     return np.asarray(false_discovery_control(p, method="bh"), np.float64)

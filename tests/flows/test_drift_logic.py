@@ -129,12 +129,12 @@ def test_days_before_the_champion_took_over_open_no_episode(drift_config: str, f
     days = [f"2026-02-{d:02d}" for d in range(4, 13)]
     verdicts = {d: {"cam2": Verdict("cam2", d, "drift", ["class_mix:chi2"]),
                     "cam0": Verdict("cam0", d, "clean")} for d in days}
-    run = SimpleNamespace(model_version="9", days=days, verdicts=verdicts, reference={"anchor": "2026-02-09"}, held={})
+    run = SimpleNamespace(model_version="9", days=days, verdicts=verdicts, reference={"anchor": "2026-02-09"}, held={}, stats={})
     announce, episodes = update_episodes(s, fakes.store, run)
     assert episodes and all(e.opened_on >= "2026-02-09" for e in episodes)
     assert [e.cameras for e in announce] == [["cam2"]]
 
-    earlier = SimpleNamespace(model_version="8", days=days, verdicts=verdicts, reference={}, held={})  # no anchor known
+    earlier = SimpleNamespace(model_version="8", days=days, verdicts=verdicts, reference={}, held={}, stats={})  # no anchor known
     _, episodes = update_episodes(s, fakes.store, earlier)
     assert min(e.opened_on for e in episodes if e.model_version == "8") < "2026-02-09"
 
@@ -162,7 +162,7 @@ def test_a_camera_whose_round_ended_without_a_promotion_gets_a_new_episode_witho
 
     def run(upto: int) -> Any:
         return SimpleNamespace(model_version="9", days=days[:upto], verdicts=verdicts, reference={"anchor": days[0]},
-                               held={})
+                               held={}, stats={})
 
     (first,), _ = update_episodes(s, fakes.store, run(2))  # cam3 drifted 02-01, 02-02: episode opened on 02-02
     assert first.opened_on == "2026-02-02"
@@ -495,3 +495,67 @@ def test_the_shrink_note_names_the_first_drifted_day_and_knows_a_camera_already_
     assert "`detloop drift tiling cam2 --since 2026-02-10`" in note and "{enabled: true" in note
     (tiled,) = shrink_notes(run, load_settings(REPO_ROOT / "configs" / "soak_zoom.yaml", env={}))
     assert "already tiled (320-px tiles" in tiled and "--since 2026-02-10 --variant t320f --variant t160f" in tiled
+
+
+def test_a_class_mix_episode_is_joined_by_the_cameras_whose_share_of_that_class_grew_and_the_report_says_why(
+        drift_config: str, fakes: Any) -> None:
+    """The sixth tiled soak: more stars everywhere from 02-02; cam0 drifted on its class mix, but cam4 (24 frames a
+    day, a champion that finds few of its stars) never did alone and got no episode. The episode that opens on
+    cam0's class mix asks the other cameras the one question (did the star share grow there too?): cam4 joins with
+    its evidence, the stationary cam2 does not, and cam1, already in an open episode, is not asked."""
+    import numpy as np
+
+    from detloop.settings import load_settings
+    from flows.drift import DriftRun, report_markdown, update_episodes
+    from tasks.drift import CameraTrack, Episode, Features, MonitorState, compare_day, pooled, verdict
+    from tasks.drift_records import save_episodes, save_state
+
+    s = load_settings(drift_config)
+    cfg = s.drift.model_copy(update={"pool_days": 2, "permutations_refine": 9999, "alarm_strong_alpha": 0.002,
+                                     "min_frames": 20, "min_boxes": 20})
+    s = s.model_copy(update={"drift": cfg})
+    names = s.classes
+    star = names.index("star") if "star" in names else len(names) - 1
+    rng = np.random.default_rng(3)
+
+    def feats(cam: str, day: str, n: int, stars: float) -> Features:
+        k = rng.integers(3, 9, n)
+        frame = np.repeat(np.arange(n), k)
+        p = np.full(len(names), 1.0)
+        p[star] = 0.15
+        cls = rng.choice(len(names), frame.size, p=p / p.sum())
+        cls = np.where(rng.random(frame.size) < stars, star, cls)
+        return Features(np.full(n, cam), np.full(n, day), rng.normal(0.5, 0.03, n), rng.normal(0.2, 0.02, n), k, None,
+                        frame, rng.uniform(0.5, 0.9, frame.size), cls, rng.normal(7, 0.5, frame.size))
+
+    cams = ["cam0", "cam1", "cam2", "cam4"]
+    ref = Features.concat([feats(c, "2026-01-30", 168, 0.0) for c in cams])
+    shift = {"cam0": 0.2, "cam1": 0.0, "cam2": 0.0, "cam4": 0.04}
+    days = ["2026-02-02", "2026-02-03"]
+    features = {d: Features.concat([feats(c, d, 24, shift[c]) for c in cams]) for d in days}
+    stats = {d: compare_day(ref, pooled(features, d, cfg.pool_days), cfg, names, d) for d in days}
+    verdicts = {d: {c: verdict(st, cfg, names) for c, st in stats[d].items()} for d in days}
+    assert [verdicts[d]["cam0"].status for d in days] == ["drift", "drift"]
+    assert "class_mix:chi2" in verdicts[days[1]]["cam0"].signals
+    assert all(verdicts[d]["cam4"].status == "clean" for d in days)  # cam4 alone: nothing
+    save_episodes(fakes.store, s, [Episode("drift-v7-2026-01-31", "7", "2026-01-31", ["cam1"], ["2026-01-31"])])
+    save_state(fakes.store, s, MonitorState("7", "2026-02-01", {"cam1": CameraTrack(episode="drift-v7-2026-01-31")}))
+    for c in ("cam1", "cam2", "cam4"):  # only cam0 drifts: the episode opens on it alone
+        for d in days:
+            verdicts[d][c].status = "clean"
+    meta = {"anchor": "2026-02-02", "anchor_from": "round soak-2026-02-02", "days": ["2026-01-26", "2026-02-01"],
+            "frames": ref.n_frames, "frames_per_camera": {c: ref.of_camera(c).n_frames for c in cams}}
+    run = DriftRun("2026-02-04", days, "7", meta, ref, stats, verdicts, features)
+    announce, episodes = update_episodes(s, fakes.store, run)
+    (new,) = [e for e in announce if e.episode_id != "drift-v7-2026-01-31"]
+    assert new.opened_on == "2026-02-03" and new.cameras == ["cam0", "cam4"]
+    assert list(new.companions) == ["cam4"] and "star share" in new.companions["cam4"]
+    assert "grew as on the cameras of drift-v7-2026-02-03" in new.companions["cam4"]
+    md = report_markdown(run, s, episodes)
+    assert "cam0, cam4 (joined)" in md and "- cam4 joined drift-v7-2026-02-03: star share" in md
+    _, again = update_episodes(s, fakes.store, run)  # a re-run: the same episodes, nothing joined twice
+    assert [(e.episode_id, e.cameras) for e in again] == [(e.episode_id, e.cameras) for e in episodes]
+    off = s.model_copy(update={"drift": cfg.model_copy(update={"companion_alpha": 0.0})})
+    from flows.drift import episode_companions
+
+    assert episode_companions(run, off, days[1], new, MonitorState("7"), {}) == []

@@ -17,6 +17,7 @@ from detloop.settings import DriftSettings
 from tasks.drift import (
     CameraDayStats,
     CameraTrack,
+    Companion,
     Episode,
     Features,
     MonitorState,
@@ -24,14 +25,18 @@ from tasks.drift import (
     Verdict,
     advance,
     area_ratio,
+    companion_candidates,
+    companions,
     compare,
     compare_day,
+    join_companions,
     permutation_floor_note,
     pool_window,
     pooled,
     promotion_anchor,
     reference_days,
     replay,
+    shifted_classes,
     shrink_advice,
     supersede,
     verdict,
@@ -456,7 +461,8 @@ def test_drift_settings_are_validated_on_load() -> None:
     for bad, msg in [({"alarm_statistics": ["psi"], "statistics": ["ks"]}, "not computed"),
                      ({"psi_moderate": 0.3}, "psi_moderate"), ({"permutations": 10}, "permutations"),
                      ({"permutations_refine": 10}, "permutations_refine"),
-                     ({"correction": "holm"}, "correction"), ({"alpha": 1.5}, "alpha")]:
+                     ({"correction": "holm"}, "correction"), ({"alpha": 1.5}, "alpha"),
+                     ({"companion_alpha": 0.9}, "companion_alpha")]:
         with pytest.raises(ConfigError, match=msg):
             load_settings("configs/test.yaml", overrides={"drift": bad})
 
@@ -733,3 +739,88 @@ def test_a_round_trained_without_a_promotion_frees_its_still_drifting_camera_aft
     for x in d[2:8]:
         st, changed, opened = advance(st, x, vd(x, cam1="drift"), never, eps0, failed)
         assert opened == []
+
+
+# ---- companions: a class-mix change seen on some cameras, asked of the others --------------------------------------
+def _more_stars(f: Features, rng: np.random.Generator, share: float) -> Features:
+    f.box_class = np.where(rng.random(f.n_boxes) < share, 4, f.box_class)
+    return f
+
+
+def _mix_day(camera: str, day: str, n: int, stars: float, ref: Features, rule: DriftSettings,
+             rng: np.random.Generator) -> tuple[Features, CameraDayStats, Verdict]:
+    f = _more_stars(synth(rng, camera, day, n), rng, stars)
+    st = compare(ref, f, rule, CLASSES, camera, day)
+    return f, st, verdict(st, rule, CLASSES)
+
+
+def test_the_class_a_class_mix_signal_moved_is_named_with_its_direction_only_from_cameras_it_fired_on() -> None:
+    rng = np.random.default_rng(11)
+    rule = cfg(alarm_strong_alpha=0.002, permutations_refine=9999)
+    ref = synth(rng, "cam0", "ref", 200)
+    _, st, v = _mix_day("cam0", "d", 120, 0.15, ref, rule, rng)
+    assert any(s.startswith("class_mix:") for s in v.signals)
+    named = shifted_classes([(v, st)], CLASSES)
+    assert named["star"] == 1
+    assert all(named[c] == -1 for c in named if c != "star")  # the stars replaced boxes of other classes
+    fewer = replace(st, class_shares={c: [w, r] for c, (r, w) in st.class_shares.items()})  # the same, reversed
+    assert shifted_classes([(v, fewer)], CLASSES) == {c: -k for c, k in named.items()}
+    quiet = replace(v, signals=["brightness:ks"])  # the shares moved but the class mix did not fire there
+    assert shifted_classes([(quiet, st)], CLASSES) == {}
+
+
+def test_a_camera_whose_share_of_the_named_class_moved_the_same_way_joins_and_one_without_does_not() -> None:
+    rng = np.random.default_rng(12)
+    rule = cfg(permutations_refine=9999)
+    refs = {c: synth(rng, c, "ref", 168) for c in ("cam1", "cam2", "cam4")}
+    # 72 frames (three pooled days of 24): a gain of about 6 points of star share that the camera's own twenty-odd
+    # tests do not call
+    cands = {"cam1": (refs["cam1"], _more_stars(synth(rng, "cam1", "d", 72), rng, 0.06)),
+             "cam2": (refs["cam2"], synth(rng, "cam2", "d", 72)),
+             "cam4": (refs["cam4"], _more_stars(synth(rng, "cam4", "d", 72), rng, 0.06))}
+    own = {c: verdict(compare(r, w, rule, CLASSES, c, "d"), rule, CLASSES).status for c, (r, w) in cands.items()}
+    found = companions(cands, {"star": 1}, rule, CLASSES, "d")
+    assert [c.camera for c in found] == ["cam1", "cam4"] and own["cam1"] == own["cam4"] == "clean"
+    assert all(c.share > c.reference_share and c.p < rule.companion_alpha and c.cls == "star" for c in found)
+    assert companions(cands, {"star": -1}, rule, CLASSES, "d") == []  # the other direction: nobody
+    assert companions(cands, {"star": 1}, cfg(companion_alpha=0.0), CLASSES, "d") == []  # off
+    few = {"cam1": (refs["cam1"], cands["cam1"][1].select(cands["cam1"][1].camera == "none"))}
+    assert companions(few, {"star": 1}, rule, CLASSES, "d") == []  # no frames: not asked
+
+
+def test_stationary_cameras_join_an_episode_at_about_the_companion_level_not_more() -> None:
+    rng = np.random.default_rng(13)
+    rule = cfg(permutations=199)
+    joined = 0
+    trials = 60
+    for t in range(trials):
+        cands = {c: (synth(rng, c, "ref", 100), synth(rng, c, f"d{t}", 40)) for c in ("cam1", "cam2")}
+        joined += bool(companions(cands, {"star": 1, "disc": -1}, rule, CLASSES, f"d{t}"))
+    assert joined / trials <= 0.12  # family-wise 5 % per episode (Holm over 2 cameras x 2 classes), with slack
+
+
+def test_an_episode_opened_on_a_class_mix_change_is_joined_by_its_companions_who_then_leave_like_any_camera() -> None:
+    rule = cfg(alarm_consecutive_days=2, close_after_clean_days=2)
+    d = days(6)
+    seq = {x: {"cam0": Verdict("cam0", x, "drift" if i < 3 else "clean", ["class_mix:chi2"] if i < 3 else []),
+               "cam1": Verdict("cam1", x, "clean"), "cam2": Verdict("cam2", x, "clean")} for i, x in enumerate(d)}
+    asked: list[tuple[str, str, list[str]]] = []
+
+    def joining(day: str, e: Episode, st: MonitorState, known: Any) -> list[Companion]:
+        cands = companion_candidates(st, known, day, [c for c in ("cam1", "cam2") if c not in e.cameras])
+        asked.append((day, e.episode_id, cands))
+        return [Companion("cam1", "star", 1, 0.02, 0.07, 0.004)]
+
+    state, eps = replay(seq, rule, "5", companions_of=joining)
+    (e,) = eps.values()
+    assert asked == [(d[1], f"drift-v5-{d[1]}", ["cam1", "cam2"])]  # asked once, the day it opened
+    assert e.cameras == ["cam0", "cam1"] and "star share 0.020 -> 0.070" in e.companions["cam1"]
+    assert e.status == "closed" and e.recovered == ["cam0", "cam1"] and e.closed_on == d[4]
+    # a camera already in an open episode is not asked; nor a silenced one
+    st = MonitorState("5", d[0], {"cam1": CameraTrack(episode="x"), "cam2": CameraTrack()})
+    other = {"x": Episode("x", "5", d[0], ["cam1"], [d[0]]),
+             "y": Episode("y", "5", d[0], ["cam3"], [d[0]], status="closed", silenced_until=d[3])}
+    assert companion_candidates(st, other, d[1], ["cam1", "cam2", "cam3"]) == ["cam2"]
+    # joining again (a re-run) changes nothing
+    _, e2 = join_companions(state, e, [Companion("cam1", "star", 1, 0.02, 0.07, 0.004)])
+    assert e2.cameras == e.cameras and e2.companions == e.companions

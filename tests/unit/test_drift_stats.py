@@ -199,5 +199,31 @@ def test_corrections() -> None:
     assert ds.adjust_pvalues(p, "bonferroni") == pytest.approx([0.04, 0.16, 0.12, 0.8])
     assert ds.adjust_pvalues(p, "fdr") == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.2])  # by hand (BH)
     assert ds.adjust_pvalues(p, "fdr") == pytest.approx(false_discovery_control(p))
+    # Holm by hand: sorted 0.01, 0.03, 0.04, 0.2 times 4, 3, 2, 1 -> 0.04, 0.09, 0.08 -> 0.09 (monotone), 0.2
+    assert ds.adjust_pvalues(p, "holm") == pytest.approx([0.04, 0.09, 0.09, 0.2])
     assert ds.adjust_pvalues([0.5, 0.6], "bonferroni") == pytest.approx([1.0, 1.0])
     assert ds.adjust_pvalues([], "fdr").size == 0
+
+
+def test_the_directed_share_test_sees_a_class_grow_only_in_the_direction_asked_and_keeps_its_level() -> None:
+    """One class's share, reference vs window, whole frames permuted: the observed statistic is the share
+    difference; a grown class is small-p asked 'grew', large-p asked 'shrank'; with no change it rejects at about
+    its level even when a frame's boxes are all of one class."""
+    rng = np.random.default_rng(9)
+    n_ref, n_cur = 120, 48
+    k = rng.integers(1, 9, n_ref + n_cur)
+    frame = np.repeat(np.arange(n_ref + n_cur), k)
+    cls = rng.choice(5, frame.size, p=[0.3, 0.27, 0.22, 0.18, 0.03])
+    cls = np.where((frame >= n_ref) & (rng.random(frame.size) < 0.06), 4, cls)  # ~3 % -> ~9 % stars in the window
+    data = ds.Clustered(cls, frame, n_ref, n_ref + n_cur)
+    diff, p_up = ds.share_shift_clustered(data, 4, 1, 999, rng, 9999)
+    assert diff == pytest.approx(np.mean(cls[frame >= n_ref] == 4) - np.mean(cls[frame < n_ref] == 4))
+    assert diff > 0 and p_up < 0.01
+    assert ds.share_shift_clustered(data, 4, -1, 999, rng)[1] > 0.5
+    rejected, runs = 0, 60
+    for seed in range(runs):
+        r = np.random.default_rng(200 + seed)
+        fc = r.choice(5, n_ref + n_cur, p=[0.3, 0.27, 0.22, 0.18, 0.03])  # every box of a frame: its frame's class
+        rejected += ds.share_shift_clustered(ds.Clustered(fc[frame], frame, n_ref, n_ref + n_cur), 0, 1, 199, r)[1] \
+            < 0.05
+    assert rejected / runs < 0.15
