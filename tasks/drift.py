@@ -811,7 +811,7 @@ def join_companions(state: MonitorState, episode: Episode, found: Sequence[Compa
                     ) -> tuple[MonitorState, Episode]:
     """``episode`` with the cameras of ``found`` among its cameras (their evidence in ``companions``), and each
     of them in it in ``state`` (new objects; neither argument is modified). A companion then leaves the episode
-    like any camera: after ``close_after_clean_days`` clean days."""
+    like any camera: after ``close_after_clean_days`` clean days from the day it joined."""
     st = MonitorState.from_dict(state.to_dict())
     e = Episode.from_dict(episode.to_dict())
     for c in found:
@@ -819,7 +819,8 @@ def join_companions(state: MonitorState, episode: Episode, found: Sequence[Compa
             continue
         e.cameras = sorted(set(e.cameras) | {c.camera})
         e.companions = {**e.companions, c.camera: c.reason(e.episode_id)}
-        st.cameras.setdefault(c.camera, CameraTrack()).episode = e.episode_id
+        track = st.cameras.setdefault(c.camera, CameraTrack())
+        track.episode, track.clean = e.episode_id, 0  # its clean days count from the day it joined
     return st, e
 
 

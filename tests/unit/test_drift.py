@@ -811,6 +811,9 @@ def test_an_episode_opened_on_a_class_mix_change_is_joined_by_its_companions_who
         asked.append((day, e.episode_id, cands))
         return [Companion("cam1", "star", 1, 0.02, 0.07, 0.004)]
 
+    early, _ = replay({x: seq[x] for x in d[:3]}, rule, "5", companions_of=joining)
+    assert early.cameras["cam1"].episode == f"drift-v5-{d[1]}"  # clean on d2, but K=2 clean days from joining
+    asked.clear()
     state, eps = replay(seq, rule, "5", companions_of=joining)
     (e,) = eps.values()
     assert asked == [(d[1], f"drift-v5-{d[1]}", ["cam1", "cam2"])]  # asked once, the day it opened
