@@ -133,8 +133,9 @@ def episodes_cmd(
     for e in eps:
         ack = f" acked by {e.acked_by}" if e.acked_by else ""
         silence = f" silenced until {e.silenced_until}" if e.silenced_until else ""
+        joined = f" joined: {','.join(sorted(e.companions))}" if e.companions else ""
         typer.echo(f"{e.episode_id:<28} {e.status:<7} {','.join(e.cameras):<14} {e.days[0]}..{e.days[-1]} "
-                   f"round {e.round_id or '-'}{ack}{silence}")
+                   f"round {e.round_id or '-'}{ack}{silence}{joined}")
 
 
 @drift_app.command("ack")

@@ -65,5 +65,10 @@ def test_a_variant_is_summarised_from_its_stored_records() -> None:
     assert (got["false_alarms"]["unique_camera_days"], got["false_alarms"]["unique_drifted"]) == (3, 1)
     line = headline({"variants": {"x": {**variant, **got}}})["x"]
     assert line.startswith("1/1 onsets, 1/3 stationary camera-days drifted") and "12 s" in line
+    assert "companions" not in line
+    joined = {**variant, "versions": {"18": {**variant["versions"]["18"], "episodes": [
+        {**variant["versions"]["18"]["episodes"][0], "cameras": ["cam0", "cam2"], "companions": {"cam0": "why"}}]}}}
+    line = headline({"variants": {"x": {**joined, **summarise(joined, onsets, ["cam0", "cam2"])}}})["x"]
+    assert line.endswith("companions joined: 2026-02-12 cam0") and "1 false episode(s)" in line  # cam0: no onset
     missed = summarise({**variant, "versions": {"18": {"episodes": [], "statuses": {}}}}, onsets, ["cam2"])
     assert missed["onsets"][0]["detected"] is False
