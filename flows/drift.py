@@ -710,9 +710,10 @@ def episode_companions(run: DriftRun, settings: Settings, day: str, episode: Epi
     """The cameras that join ``episode``, opened on ``day`` (:func:`tasks.drift.companions_for`)."""
     from tasks.drift import companions_for, pooled
 
-    if not settings.drift.companion_alpha:
+    stats = run.stats.get(day, {})
+    if not settings.drift.companion_alpha or not stats:  # no statistics of the day: nothing to name a class by
         return []
-    return companions_for(day, episode, state, episodes, run.stats.get(day, {}), run.verdicts.get(day, {}),
+    return companions_for(day, episode, state, episodes, stats, run.verdicts.get(day, {}),
                           pooled(run.features, day, settings.drift.pool_days), run.reference_features,
                           run.reference.get("carried") or {}, run.recent_reference, settings.drift, settings.classes)
 
