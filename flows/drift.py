@@ -244,12 +244,12 @@ def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1, estimat
     episode until its grace ends (``run.held``; :func:`tasks.drift.hold_answered`)."""
     from tasks.drift import (
         LabelledCheck,
+        carried_recent,
         compare_day,
         hold_answered,
         pooled,
         recovered_by_estimate,
         release_recovered,
-        since_onset,
         verdict,
     )
 
@@ -271,8 +271,7 @@ def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1, estimat
         ref_est = est(run.reference_features.of_camera(cam))
         p = point_of(cam) if point_of is not None else None
         check = LabelledCheck(p.n_frames, p.map50, p.estimate) if p is not None and p.map50 is not None else None
-        rows = (since_onset(run.recent_reference.of_camera(cam), str(info.get("episode_onset") or info["onset"]),
-                            cfg.min_frames)
+        rows = (carried_recent(run.recent_reference, cam, info, cfg.min_frames)
                 if cfg is not None and run.recent_reference is not None else Features.empty())
         grace = (graces or {}).get(cam) if cfg is not None else None
         mine = {d: f.of_camera(cam) for d, f in run.features.items()}

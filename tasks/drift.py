@@ -798,8 +798,7 @@ def companions_for(day: str, episode: Episode, state: MonitorState, episodes: Ma
     candidates = {}
     for cam in companion_candidates(state, episodes, day, [c for c in stats if c not in episode.cameras]):
         if cam in carried and recent is not None:
-            info = carried[cam]
-            ref = since_onset(recent.of_camera(cam), str(info.get("episode_onset") or info["onset"]), cfg.min_frames)
+            ref = carried_recent(recent, cam, carried[cam], cfg.min_frames)
         else:
             ref = reference.of_camera(cam)
             ref = ref if ref.n_frames >= cfg.min_frames else reference
@@ -992,6 +991,13 @@ def since_onset(rows: Features, onset: str, min_frames: int) -> Features:
     window that ends before the drift shows much of itself)."""
     mine = rows.select(rows.day >= onset)
     return mine if mine.n_frames >= min_frames else rows
+
+
+def carried_recent(recent: Features, camera: str, info: Mapping[str, Any], min_frames: int) -> Features:
+    """:func:`since_onset` of ``camera``'s rows of ``recent``, from the first drifted day of the episode it was
+    carried from (``info``: its entry of the reference's ``carried``; ``onset`` for records from before
+    ``episode_onset`` was kept): what a carried camera's release, hold and companion test compare with."""
+    return since_onset(recent.of_camera(camera), str(info.get("episode_onset") or info["onset"]), min_frames)
 
 
 @dataclass(frozen=True)
