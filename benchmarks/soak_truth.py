@@ -215,7 +215,15 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
     are the previous champion's traffic and the very days its reference is built from, so judging them would open
     episodes after the fact. They still feed ``drift.pool_days``, as they do live.
     """
-    from tasks.drift import companions_for, compare_day, pool_window, pooled, replay, verdict
+    from tasks.drift import (
+        companion_window,
+        companions_for,
+        compare_day,
+        pool_window,
+        pooled,
+        replay,
+        verdict,
+    )
     from tasks.drift_records import load_day_features, load_days, load_recent_rows, load_reference
 
     update = {**({} if permutations is None else {"permutations": permutations}), **dict(drift or {})}
@@ -251,8 +259,9 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
         def joining(d: str, e: Any, st: Any, known: Any, ref: Any = ref, recent: Any = recent,
                     carried: Any = carried, verdicts: Any = verdicts, stats_of: Any = stats_of,
                     feats_of: Any = feats_of) -> Any:
-            return companions_for(d, e, st, known, stats_of[d], verdicts[d], pooled(feats_of, d, cfg.pool_days),
-                                  ref[1], carried, recent, cfg, settings.classes)
+            return companions_for(d, e, st, known, stats_of[d], verdicts[d],
+                                  companion_window(feats_of, e, d, cfg.pool_days), ref[1], carried, recent, cfg,
+                                  settings.classes)
 
         _, eps = replay(verdicts, cfg, v, answer=True, companions_of=joining if cfg.companion_alpha else None)
         first: dict[str, str] = {}
@@ -266,7 +275,7 @@ def replay_monitor(store: Any, settings: Any, versions: Sequence[str], permutati
             "statuses": {d: {c: vd.status for c, vd in verdicts[d].items()} for d in sorted(verdicts)},
             "episodes": [{"episode_id": e.episode_id, "opened_on": e.opened_on, "cameras": e.cameras,
                           "signals": e.signals, "handed_over": e.handed_over, "followed_by": e.followed_by,
-                          "companions": e.companions}
+                          "companions": e.companions, "joined_late": e.joined_late}
                          for e in sorted(eps.values(), key=lambda e: e.opened_on)],
             "seconds": time.perf_counter() - t0}
         log(f"v{v} with {cfg.permutations} permutations: {len(eps)} episode(s) "

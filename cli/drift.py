@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.common import ConfigOpt, get_settings, use_prefect
+
+if TYPE_CHECKING:
+    from tasks.drift import Episode
 
 drift_app = typer.Typer(help="Drift monitoring: report, run the monitor, list / acknowledge / silence episodes, "
                         "check whether tiling a camera helps.",
@@ -131,11 +134,19 @@ def episodes_cmd(
         typer.echo("no drift episodes")
         return
     for e in eps:
-        ack = f" acked by {e.acked_by}" if e.acked_by else ""
-        silence = f" silenced until {e.silenced_until}" if e.silenced_until else ""
-        joined = f" joined: {','.join(sorted(e.companions))}" if e.companions else ""
-        typer.echo(f"{e.episode_id:<28} {e.status:<7} {','.join(e.cameras):<14} {e.days[0]}..{e.days[-1]} "
-                   f"round {e.round_id or '-'}{ack}{silence}{joined}")
+        typer.echo(episode_line(e))
+
+
+def episode_line(e: Episode) -> str:
+    """One line of ``detloop drift episodes``: id, status, cameras, days, round, acknowledgement, silence, the
+    cameras that joined it as companions and those it found later (each in the episode it opened)."""
+    ack = f" acked by {e.acked_by}" if e.acked_by else ""
+    silence = f" silenced until {e.silenced_until}" if e.silenced_until else ""
+    joined = f" joined: {','.join(sorted(e.companions))}" if e.companions else ""
+    later = f" found later: {', '.join(f'{c} ({x})' for c, x in sorted(e.joined_late.items()))}" if e.joined_late \
+        else ""
+    return (f"{e.episode_id:<28} {e.status:<7} {','.join(e.cameras):<14} {e.days[0]}..{e.days[-1]} "
+            f"round {e.round_id or '-'}{ack}{silence}{joined}{later}")
 
 
 @drift_app.command("ack")

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -669,13 +670,14 @@ def update_episodes(settings: Settings, store: Any, run: DriftRun) -> tuple[list
     """Advance the episode machine over the days of ``run`` it has not processed; ``(to announce, all episodes)``.
 
     An episode that opens on a class-mix change is joined by the other cameras whose share of that class moved
-    the same way (:func:`episode_companions`). Open episodes of another champion's reference are closed first (a
+    the same way, and asks the others again for ``drift.companion_days`` days (:func:`episode_companions`,
+    :func:`tasks.drift.companion_day`). Open episodes of another champion's reference are closed first (a
     new champion has a new reference). Days
     before the champion took over (its reference's ``anchor``) are not its: production then was another model's,
     and its reference is built from those very days, so comparing them with it would open episodes after the fact
     (a new champion whose reference holds a drift saw the days before the drift as drifting).
     """
-    from tasks.drift import advance, join_companions, supersede
+    from tasks.drift import advance, companion_day, supersede
     from tasks.drift_records import list_episodes, load_state, save_episodes, save_state
     from tasks.rounds import unpromoted_rounds
 
@@ -692,10 +694,9 @@ def update_episodes(settings: Settings, store: Any, run: DriftRun) -> tuple[list
             continue
         state, changed, opened = advance(state, day, run.verdicts[day], settings.drift, known, failed,
                                          run.held.get(day, set()))
-        for eid in opened:
-            state, changed[eid] = join_companions(state, changed[eid],
-                                                  episode_companions(run, settings, day, changed[eid], state,
-                                                                     {**known, **changed}))
+        state, joined, _ = companion_day(state, day, opened, {**known, **changed}, settings.drift,
+                                         partial(episode_companions, run, settings, day))
+        changed.update(joined)
         save_episodes(store, settings, changed.values())
         known.update(changed)
     save_state(store, settings, state)
@@ -705,16 +706,18 @@ def update_episodes(settings: Settings, store: Any, run: DriftRun) -> tuple[list
 
 
 def episode_companions(run: DriftRun, settings: Settings, day: str, episode: Episode, state: MonitorState,
-                       episodes: Mapping[str, Episode]) -> list[Companion]:
-    """The cameras that join ``episode``, opened on ``day`` (:func:`tasks.drift.companions_for`)."""
-    from tasks.drift import companions_for, pooled
+                       episodes: Mapping[str, Episode]) -> tuple[dict[str, int], list[Companion]]:
+    """``(classes asked, cameras found)`` of ``episode``'s ask on ``day`` (:func:`tasks.drift.companions_for`, on
+    the frames of :func:`tasks.drift.companion_window`)."""
+    from tasks.drift import companion_window, companions_for
 
     stats = run.stats.get(day, {})
     if not settings.drift.companion_alpha or not stats:  # no statistics of the day: nothing to name a class by
-        return []
+        return {}, []
     return companions_for(day, episode, state, episodes, stats, run.verdicts.get(day, {}),
-                          pooled(run.features, day, settings.drift.pool_days), run.reference_features,
-                          run.reference.get("carried") or {}, run.recent_reference, settings.drift, settings.classes)
+                          companion_window(run.features, episode, day, settings.drift.pool_days),
+                          run.reference_features, run.reference.get("carried") or {}, run.recent_reference,
+                          settings.drift, settings.classes)
 
 
 def targeted_round(settings: Settings, episode: Episode) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -530,8 +531,12 @@ class Episode:
             ``announced_for``: the monitor day (``as_of``) of the latest.
         acked_by / acked_at / note: an operator's acknowledgement; ``silenced_until``: its cameras open no
             new episode (and it sends nothing more) before this day.
-        companions: cameras that joined it the day it opened without drifting on their own: the class whose share
-            moved on its cameras moved the same way on them (:func:`companions`), camera -> the evidence.
+        companions: cameras that joined it without drifting on their own: the class whose share moved on the cameras
+            of an episode opened on a class-mix change moved the same way on them (:func:`companions`), camera -> the
+            evidence. ``shifted``: the classes an episode opened on a class-mix change moved (class -> +1 grew, -1
+            shrank; :func:`shifted_classes`), asked of the other cameras for ``drift.companion_days`` days;
+            ``joined_late``: cameras found after its opening day, camera -> the episode each opened
+            (:func:`join_late`).
     """
 
     episode_id: str
@@ -557,6 +562,8 @@ class Episode:
     announcements: int = 0
     announced_for: str | None = None
     companions: dict[str, str] = field(default_factory=dict)  # camera -> why it joined (:func:`companions`)
+    shifted: dict[str, int] = field(default_factory=dict)  # class -> direction its share moved (opening day)
+    joined_late: dict[str, str] = field(default_factory=dict)  # camera -> the episode it opened as a late companion
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -745,12 +752,18 @@ def companion_candidates(state: MonitorState, episodes: Mapping[str, Episode], d
     return out
 
 
+def companion_level(cfg: DriftSettings) -> float:
+    """The level of one ask: ``companion_alpha / companion_days`` (an episode asks on up to ``companion_days`` days;
+    Bonferroni over them keeps a stationary camera's chance of joining it falsely at most ``companion_alpha``)."""
+    return cfg.companion_alpha / max(cfg.companion_days, 1)
+
+
 def companions(candidates: Mapping[str, tuple[Features, Features]], shifts: Mapping[str, int], cfg: DriftSettings,
                class_names: Sequence[str], day: str) -> list[Companion]:
     """The ``candidates`` (camera -> ``(reference, that day's pooled window)``) whose share of a class in
     ``shifts`` (:func:`shifted_classes`) moved the same way, each tested alone (one-sided, whole frames
     permuted: :func:`tasks.drift_stats.share_shift_clustered`), Holm-corrected over every camera and class, at
-    ``cfg.companion_alpha``. A camera needs ``cfg.min_frames`` frames and ``cfg.min_boxes`` boxes on both sides.
+    :func:`companion_level`. A camera needs ``cfg.min_frames`` frames and ``cfg.min_boxes`` boxes on both sides.
 
     Why: a class-mix change that reaches many cameras (a season, a new product) moves each camera's share a
     little, and a camera publishing few frames a day cannot show it alone (the box-level family there has ~20
@@ -774,53 +787,134 @@ def companions(candidates: Mapping[str, tuple[Features, Features]], shifts: Mapp
     if not tested:
         return []
     adjusted = ds.adjust_pvalues([t[5] for t in tested], "holm")
+    level = companion_level(cfg)
     best: dict[str, Companion] = {}
     for (cam, cls, direction, r, w, _), p in zip(tested, adjusted, strict=True):
-        if p < cfg.companion_alpha and (cam not in best or p < best[cam].p):
+        if p < level and (cam not in best or p < best[cam].p):
             best[cam] = Companion(cam, cls, direction, r, w, float(p))
     return [best[c] for c in sorted(best)]
+
+
+def companion_window_days(episode: Episode, day: str, pool_days: int) -> list[str]:
+    """The days whose frames ``episode``'s ask on ``day`` reads: the opening day's pool (its ``pool_days``) and
+    every day since, through ``day`` (on the opening day: that day's pooled window, as its own tests read)."""
+    first = date.fromisoformat(pool_window(episode.opened_on, pool_days)[0])
+    n = (date.fromisoformat(day) - first).days
+    return [(first + timedelta(days=i)).isoformat() for i in range(n + 1)]
+
+
+def companion_window(features_by_day: Mapping[str, Features], episode: Episode, day: str, pool_days: int) -> Features:
+    """The frames (all cameras) of :func:`companion_window_days` that ``features_by_day`` holds."""
+    parts = [features_by_day[d] for d in companion_window_days(episode, day, pool_days) if d in features_by_day]
+    return Features.concat(parts) if parts else Features.empty()
+
+
+def episode_shifts(episode: Episode, day: str, stats: Mapping[str, CameraDayStats], verdicts: Mapping[str, Verdict],
+                   class_names: Sequence[str]) -> dict[str, int]:
+    """The classes ``episode`` asks about: on its opening day, those its cameras' class mix moved
+    (:func:`shifted_classes` of that day's ``stats`` and ``verdicts``); later, those it recorded then."""
+    if day != episode.opened_on:
+        return dict(episode.shifted)
+    return shifted_classes([(verdicts[c], stats[c]) for c in episode.cameras if c in stats and c in verdicts],
+                           class_names)
 
 
 def companions_for(day: str, episode: Episode, state: MonitorState, episodes: Mapping[str, Episode],
                    stats: Mapping[str, CameraDayStats], verdicts: Mapping[str, Verdict], window: Features,
                    reference: Features, carried: Mapping[str, Mapping[str, Any]], recent: Features | None,
-                   cfg: DriftSettings, class_names: Sequence[str]) -> list[Companion]:
-    """:func:`companions` of ``episode``, opened on ``day``: the classes its cameras' class mix moved
-    (:func:`shifted_classes` of ``day``'s ``stats`` and ``verdicts``), asked of the cameras of ``stats`` in no open
-    episode (:func:`companion_candidates`), each with ``window`` (``day``'s pooled frames, all cameras) against its
+                   cfg: DriftSettings, class_names: Sequence[str]) -> tuple[dict[str, int], list[Companion]]:
+    """``(classes asked, companions)`` of ``episode`` on ``day``: the classes of :func:`episode_shifts`, asked of
+    the cameras of ``stats`` outside it (and not found by it before) in no open episode
+    (:func:`companion_candidates`), each with ``window`` (:func:`companion_window`, all cameras) against its
     reference: its rows of ``reference`` (all of it when too few, as :func:`compare_day` does), or, for a camera
     ``carried`` from before its drift, its ``recent`` rows since that drift began (:func:`since_onset`: what its
     release is judged against; a camera carried across a lighting change would otherwise differ in everything)."""
-    shifts = shifted_classes([(verdicts[c], stats[c]) for c in episode.cameras if c in stats and c in verdicts],
-                             class_names)
+    shifts = episode_shifts(episode, day, stats, verdicts, class_names)
     if not shifts:
-        return []
+        return shifts, []
     candidates = {}
-    for cam in companion_candidates(state, episodes, day, [c for c in stats if c not in episode.cameras]):
+    outside = [c for c in stats if c not in episode.cameras and c not in episode.joined_late]
+    for cam in companion_candidates(state, episodes, day, outside):
         if cam in carried and recent is not None:
             ref = carried_recent(recent, cam, carried[cam], cfg.min_frames)
         else:
             ref = reference.of_camera(cam)
             ref = ref if ref.n_frames >= cfg.min_frames else reference
         candidates[cam] = (ref, window.of_camera(cam))
-    return companions(candidates, shifts, cfg, class_names, day)
+    return shifts, companions(candidates, shifts, cfg, class_names, day)
 
 
-def join_companions(state: MonitorState, episode: Episode, found: Sequence[Companion]
+def asking(episodes: Iterable[Episode], model_version: str, day: str, cfg: DriftSettings) -> list[Episode]:
+    """Open episodes of ``model_version`` opened on a class-mix change before ``day`` that still ask the other
+    cameras on ``day``: within ``drift.companion_days`` days of opening."""
+    return [e for e in sorted(episodes, key=lambda e: e.episode_id)
+            if e.status == "open" and e.model_version == model_version and e.shifted and cfg.companion_alpha
+            and 0 < (date.fromisoformat(day) - date.fromisoformat(e.opened_on)).days < cfg.companion_days]
+
+
+def join_companions(state: MonitorState, episode: Episode, found: Sequence[Companion], source: str | None = None
                     ) -> tuple[MonitorState, Episode]:
     """``episode`` with the cameras of ``found`` among its cameras (their evidence in ``companions``), and each
     of them in it in ``state`` (new objects; neither argument is modified). A companion then leaves the episode
-    like any camera: after ``close_after_clean_days`` clean days from the day it joined."""
+    like any camera: after ``close_after_clean_days`` clean days from the day it joined. ``source``: the episode
+    whose class-mix change it shares, when not this one (:func:`join_late`)."""
     st = MonitorState.from_dict(state.to_dict())
     e = Episode.from_dict(episode.to_dict())
     for c in found:
-        if c.camera in e.cameras:
+        track = st.cameras.setdefault(c.camera, CameraTrack())
+        if c.camera in e.cameras:  # a re-run of the day (the episode stored, the state not): only the state
+            track.episode = e.episode_id
             continue
         e.cameras = sorted(set(e.cameras) | {c.camera})
-        e.companions = {**e.companions, c.camera: c.reason(e.episode_id)}
-        track = st.cameras.setdefault(c.camera, CameraTrack())
+        e.companions = {**e.companions, c.camera: c.reason(source or e.episode_id)}
         track.episode, track.clean = e.episode_id, 0  # its clean days count from the day it joined
     return st, e
+
+
+def join_late(state: MonitorState, day: str, parent: Episode, found: Sequence[Companion],
+              episodes: Mapping[str, Episode], pool_days: int) -> tuple[MonitorState, Episode, Episode]:
+    """Cameras ``found`` by ``parent`` after its opening day: its targeted round was chosen then, so they open an
+    episode of their own on ``day`` (``drift-v<version>-<day>``: the episode that opened that day, when one did,
+    which they join), announced and answered like any. Its days are those the ask read
+    (:func:`companion_window_days`). ``(state, the episode they are in, parent with joined_late)``."""
+    eid = episode_id_for(state.model_version, day)
+    if eid in episodes:
+        base = episodes[eid]
+    else:
+        base = Episode(eid, state.model_version, day, [], companion_window_days(parent, day, pool_days),
+                       sorted({f"companion:{c.cls}" for c in found}), sorted({c.cls for c in found}))
+    st, e = join_companions(state, base, found, source=parent.episode_id)
+    p = Episode.from_dict(parent.to_dict())
+    p.joined_late = {**p.joined_late, **{c.camera: eid for c in found}}
+    return st, e, p
+
+
+def companion_day(state: MonitorState, day: str, opened: Sequence[str], episodes: Mapping[str, Episode],
+                  cfg: DriftSettings, ask: Callable[[Episode, MonitorState, Mapping[str, Episode]],
+                                                    tuple[dict[str, int], list[Companion]]]
+                  ) -> tuple[MonitorState, dict[str, Episode], list[str]]:
+    """The companions' part of ``day`` (after :func:`advance`): each episode ``opened`` that day records the classes
+    it asks about and is joined by what ``ask(episode, state, episodes)`` finds; then each older episode still
+    :func:`asking` asks again and its finds open an episode of their own (:func:`join_late`).
+    ``(state, episodes changed by id, ids of episodes opened by late companions)``."""
+    if not cfg.companion_alpha:
+        return state, {}, []
+    changed: dict[str, Episode] = {}
+    known = dict(episodes)
+    for eid in opened:
+        shifts, found = ask(known[eid], state, known)
+        state, e = join_companions(state, replace(known[eid], shifted=shifts), found)
+        changed[eid] = known[eid] = e
+    new: list[str] = []
+    for parent in asking(known.values(), state.model_version, day, cfg):
+        _, found = ask(parent, state, known)
+        if found:
+            state, e, p = join_late(state, day, parent, found, known, cfg.pool_days)
+            changed[e.episode_id] = known[e.episode_id] = e
+            changed[p.episode_id] = known[p.episode_id] = p
+            if e.episode_id not in opened and e.episode_id not in new:
+                new.append(e.episode_id)
+    return state, changed, new
 
 
 def unanswered(episodes: Iterable[Episode], model_version: str, rounds: Iterable[str], as_of: str) -> list[Episode]:
@@ -861,14 +955,16 @@ def answered_in_vain(episode: Episode, streak: Sequence[str], unpromoted: Mappin
 def replay(verdicts_by_day: Mapping[str, Mapping[str, Verdict]], cfg: DriftSettings, model_version: str,
            start: MonitorState | None = None, episodes: Mapping[str, Episode] | None = None,
            answer: bool = False,
-           companions_of: Callable[[str, Episode, MonitorState, Mapping[str, Episode]], Sequence[Companion]]
-           | None = None) -> tuple[MonitorState, dict[str, Episode]]:
+           companions_of: Callable[[str, Episode, MonitorState, Mapping[str, Episode]],
+                                   tuple[dict[str, int], list[Companion]]] | None = None
+           ) -> tuple[MonitorState, dict[str, Episode]]:
     """Run the episode machine over days in order (days at or before ``start.last_day`` are skipped).
 
     ``answer``: mark each new episode answered the day it opens (``round_id`` ``"replayed"``), as the monitor does
     when it announces it, so ``drift.reopen_after_days`` plays out as in the live loop.
-    ``companions_of(day, opened episode, state, episodes)``: the cameras that join an episode the day it opens
-    (:func:`companions`; they need the day's features, which verdicts do not hold).
+    ``companions_of(day, episode, state, episodes)``: ``(classes asked, cameras found)`` of an episode's ask that
+    day (:func:`companions_for`; they need the day's features, which verdicts do not hold), played out by
+    :func:`companion_day`.
 
     With stored per-camera-day statistics and :func:`verdict`, a rule can be replayed over history cheaply:
     ``replay({d: {c: verdict(s, rule) for c, s in day.items()} for d, day in stats.items()}, rule, v)``.
@@ -880,8 +976,11 @@ def replay(verdicts_by_day: Mapping[str, Mapping[str, Verdict]], cfg: DriftSetti
             continue
         st, changed, opened = advance(st, day, verdicts_by_day[day], cfg, eps)
         eps.update(changed)
-        for eid in opened if companions_of is not None else []:
-            st, eps[eid] = join_companions(st, eps[eid], companions_of(day, eps[eid], st, eps))
+        if companions_of is not None:
+            ask = partial(companions_of, day)
+            st, changed, late = companion_day(st, day, opened, eps, cfg, ask)
+            eps.update(changed)
+            opened = [*opened, *late]
         for eid in opened if answer else []:
             eps[eid] = replace(eps[eid], round_id=eps[eid].round_id or "replayed")
     return st, eps

@@ -558,4 +558,75 @@ def test_a_class_mix_episode_is_joined_by_the_cameras_whose_share_of_that_class_
     off = s.model_copy(update={"drift": cfg.model_copy(update={"companion_alpha": 0.0})})
     from flows.drift import episode_companions
 
-    assert episode_companions(run, off, days[1], new, MonitorState("7"), {}) == []
+    assert episode_companions(run, off, days[1], new, MonitorState("7"), {}) == ({}, [])
+
+
+def test_a_camera_whose_share_grows_after_a_class_mix_episode_opened_opens_its_own_episode_with_its_own_round(
+        drift_config: str, fakes: Any, tmp_path: Path) -> None:
+    """The replay of the sixth soak with companions: more-stars opened its episode a day after the onset, when cam4's
+    star share had barely moved, and cam4 was never asked again. With ``drift.companion_days`` the episode asks the
+    other cameras on its next days too, on the frames since it opened; cam4, found on a later day, opens an episode
+    of its own (the first one's round was chosen already), which is announced with its own targeted round; the
+    stationary cam2 joins nothing, and a re-run adds nothing."""
+    import numpy as np
+
+    from detloop.settings import load_settings
+    from flows.drift import DriftRun, report_markdown, targeted_round, update_episodes
+    from tasks.drift import Features, compare_day, pooled, verdict
+
+    s = load_settings(drift_config)
+    cfg = s.drift.model_copy(update={"pool_days": 2, "permutations_refine": 9999, "alarm_strong_alpha": 0.002,
+                                     "min_frames": 20, "min_boxes": 20, "companion_days": 5})
+    s = s.model_copy(update={"drift": cfg})
+    names = s.classes
+    star = names.index("star") if "star" in names else len(names) - 1
+    rng = np.random.default_rng(5)
+
+    def feats(cam: str, day: str, n: int, stars: float) -> Features:
+        k = rng.integers(3, 9, n)
+        frame = np.repeat(np.arange(n), k)
+        p = np.full(len(names), 1.0)
+        p[star] = 0.15
+        cls = rng.choice(len(names), frame.size, p=p / p.sum())
+        cls = np.where(rng.random(frame.size) < stars, star, cls)
+        return Features(np.full(n, cam), np.full(n, day), rng.normal(0.5, 0.03, n), rng.normal(0.2, 0.02, n), k, None,
+                        frame, rng.uniform(0.5, 0.9, frame.size), cls, rng.normal(7, 0.5, frame.size))
+
+    cams = ["cam0", "cam2", "cam4"]
+    ref = Features.concat([feats(c, "2026-01-30", 168, 0.0) for c in cams])
+    days = ["2026-02-02", "2026-02-03", "2026-02-04", "2026-02-05", "2026-02-06"]
+    late = {"2026-02-04", "2026-02-05", "2026-02-06"}  # cam4's stars come after the episode opened
+
+    def share(c: str, d: str) -> float:
+        return {"cam0": 0.2, "cam2": 0.0, "cam4": 0.15 if d in late else 0.0}[c]
+
+    features = {d: Features.concat([feats(c, d, 24, share(c, d)) for c in cams]) for d in days}
+    stats = {d: compare_day(ref, pooled(features, d, cfg.pool_days), cfg, names, d) for d in days}
+    verdicts = {d: {c: verdict(st, cfg, names) for c, st in stats[d].items()} for d in days}
+    assert [verdicts[d]["cam0"].status for d in days[:2]] == ["drift", "drift"]
+    for c in ("cam2", "cam4"):  # only cam0 drifts on its own
+        for d in days:
+            verdicts[d][c].status = "clean"
+    meta = {"anchor": "2026-02-02", "anchor_from": "round soak-2026-02-02", "days": ["2026-01-26", "2026-02-01"],
+            "frames": ref.n_frames, "frames_per_camera": {c: ref.of_camera(c).n_frames for c in cams}}
+    run = DriftRun("2026-02-07", days, "7", meta, ref, stats, verdicts, features)
+    once = s.model_copy(update={"drift": cfg.model_copy(update={"companion_days": 1})})
+    from tests.fakes import fake_clients
+
+    _, alone = update_episodes(once, fake_clients("detloop-detector", tmp_path / "solo").store, run)
+    assert [(e.episode_id, e.cameras) for e in alone] == [("drift-v7-2026-02-03", ["cam0"])]  # asked once: missed
+    announce, episodes = update_episodes(s, fakes.store, run)
+    by_id = {e.episode_id: e for e in episodes}
+    parent = by_id["drift-v7-2026-02-03"]
+    assert parent.cameras == ["cam0"] and parent.shifted.get("star") == 1 and list(parent.joined_late) == ["cam4"]
+    child = by_id[parent.joined_late["cam4"]]
+    assert child.cameras == ["cam4"] and child.opened_on in late and child in announce
+    assert "star share" in child.companions["cam4"] and "grew as on the cameras of drift-v7-2026-02-03" in \
+        child.companions["cam4"]
+    target = targeted_round(s, child)
+    assert target["cameras"] == ["cam4"] and target["round_id"].endswith(child.episode_id)
+    assert "2026-02-04" in target["dates"]  # the days its ask read, not only the day it was found
+    md = report_markdown(run, s, episodes)
+    assert f"- cam4 joined {child.episode_id}: star share" in md
+    _, again = update_episodes(s, fakes.store, run)  # a re-run: nothing joined or opened twice
+    assert [(e.episode_id, e.cameras) for e in again] == [(e.episode_id, e.cameras) for e in episodes]

@@ -26,10 +26,14 @@ from tasks.drift import (
     advance,
     area_ratio,
     companion_candidates,
+    companion_level,
+    companion_window,
+    companion_window_days,
     companions,
     compare,
     compare_day,
     join_companions,
+    join_late,
     permutation_floor_note,
     pool_window,
     pooled,
@@ -806,10 +810,10 @@ def test_an_episode_opened_on_a_class_mix_change_is_joined_by_its_companions_who
                "cam1": Verdict("cam1", x, "clean"), "cam2": Verdict("cam2", x, "clean")} for i, x in enumerate(d)}
     asked: list[tuple[str, str, list[str]]] = []
 
-    def joining(day: str, e: Episode, st: MonitorState, known: Any) -> list[Companion]:
+    def joining(day: str, e: Episode, st: MonitorState, known: Any) -> tuple[dict[str, int], list[Companion]]:
         cands = companion_candidates(st, known, day, [c for c in ("cam1", "cam2") if c not in e.cameras])
         asked.append((day, e.episode_id, cands))
-        return [Companion("cam1", "star", 1, 0.02, 0.07, 0.004)]
+        return {"star": 1}, [Companion("cam1", "star", 1, 0.02, 0.07, 0.004)]
 
     early, _ = replay({x: seq[x] for x in d[:3]}, rule, "5", companions_of=joining)
     assert early.cameras["cam1"].episode == f"drift-v5-{d[1]}"  # clean on d2, but K=2 clean days from joining
@@ -818,6 +822,7 @@ def test_an_episode_opened_on_a_class_mix_change_is_joined_by_its_companions_who
     (e,) = eps.values()
     assert asked == [(d[1], f"drift-v5-{d[1]}", ["cam1", "cam2"])]  # asked once, the day it opened
     assert e.cameras == ["cam0", "cam1"] and "star share 0.020 -> 0.070" in e.companions["cam1"]
+    assert e.shifted == {"star": 1} and e.joined_late == {}
     assert e.status == "closed" and e.recovered == ["cam0", "cam1"] and e.closed_on == d[4]
     # a camera already in an open episode is not asked; nor a silenced one
     st = MonitorState("5", d[0], {"cam1": CameraTrack(episode="x"), "cam2": CameraTrack()})
@@ -827,3 +832,62 @@ def test_an_episode_opened_on_a_class_mix_change_is_joined_by_its_companions_who
     # joining again (a re-run) changes nothing
     _, e2 = join_companions(state, e, [Companion("cam1", "star", 1, 0.02, 0.07, 0.004)])
     assert e2.cameras == e.cameras and e2.companions == e.companions
+
+
+def test_each_ask_is_at_the_companion_level_spread_over_the_days_an_episode_asks() -> None:
+    rng = np.random.default_rng(12)
+    rule = cfg(permutations_refine=9999)
+    refs = {c: synth(rng, c, "ref", 168) for c in ("cam1", "cam4")}
+    cands = {c: (refs[c], _more_stars(synth(rng, c, "d", 72), rng, g)) for c, g in (("cam1", 0.06), ("cam4", 0.03))}
+    one = companions(cands, {"star": 1}, rule, CLASSES, "d")
+    assert companion_level(rule) == rule.companion_alpha
+    week = cfg(permutations_refine=9999, companion_days=7)
+    assert companion_level(week) == pytest.approx(rule.companion_alpha / 7)
+    found = companions(cands, {"star": 1}, week, CLASSES, "d")
+    assert [c.camera for c in found] == [c.camera for c in one if c.p < rule.companion_alpha / 7]
+    assert len(found) < len(one) or all(c.p < companion_level(week) for c in one)
+
+
+def test_the_frames_an_ask_reads_grow_from_the_opening_days_pool() -> None:
+    e = Episode("drift-v5-2026-02-03", "5", "2026-02-03", ["cam0"], ["2026-02-02", "2026-02-03"])
+    assert companion_window_days(e, "2026-02-03", 2) == ["2026-02-02", "2026-02-03"]  # as its own tests read
+    assert companion_window_days(e, "2026-02-05", 2) == ["2026-02-02", "2026-02-03", "2026-02-04", "2026-02-05"]
+    assert companion_window_days(e, "2026-02-04", 1) == ["2026-02-03", "2026-02-04"]
+    rng = np.random.default_rng(4)
+    by_day = {d: synth(rng, "cam1", d, 10) for d in ("2026-02-01", "2026-02-02", "2026-02-04", "2026-02-06")}
+    w = companion_window(by_day, e, "2026-02-05", 2)
+    assert sorted(set(w.day.tolist())) == ["2026-02-02", "2026-02-04"] and w.n_frames == 20
+
+
+def test_a_camera_found_after_the_opening_day_opens_its_own_answered_episode_and_the_asks_stop_after_their_days() -> None:
+    rule = cfg(alarm_consecutive_days=2, close_after_clean_days=2, companion_days=3)
+    d = days(7)
+    seq = {x: {"cam0": Verdict("cam0", x, "drift" if i < 5 else "clean", ["class_mix:chi2"] if i < 5 else []),
+               "cam1": Verdict("cam1", x, "clean"), "cam2": Verdict("cam2", x, "clean")} for i, x in enumerate(d)}
+    asked: list[tuple[str, str, list[str]]] = []
+
+    def joining(day: str, e: Episode, st: MonitorState, known: Any) -> tuple[dict[str, int], list[Companion]]:
+        cands = companion_candidates(st, known, day, [c for c in ("cam1", "cam2")
+                                                      if c not in e.cameras and c not in e.joined_late])
+        asked.append((day, e.episode_id, cands))
+        shifts = {"star": 1} if day == e.opened_on else e.shifted
+        return shifts, ([Companion("cam1", "star", 1, 0.02, 0.07, 0.004)] if day >= d[2] and "cam1" in cands else [])
+
+    _, eps = replay(seq, rule, "5", answer=True, companions_of=joining)
+    parent, child = eps[f"drift-v5-{d[1]}"], eps[f"drift-v5-{d[2]}"]
+    # opened d1 (asked then), asked again d2 (cam1 found), d3 (cam2 only); never d4: companion_days=3
+    assert [(a[0], a[2]) for a in asked] == [(d[1], ["cam1", "cam2"]), (d[2], ["cam1", "cam2"]), (d[3], ["cam2"])]
+    assert parent.cameras == ["cam0"] and parent.joined_late == {"cam1": child.episode_id}
+    assert child.cameras == ["cam1"] and child.opened_on == d[2] and child.round_id == "replayed"  # answered
+    assert f"grew as on the cameras of {parent.episode_id}" in child.companions["cam1"]
+    assert child.signals == ["companion:star"] and child.days == [d[0], d[1], d[2]]
+    assert child.status == "closed" and child.closed_on == d[4]  # 2 clean days from joining
+    asked.clear()
+    _, once = replay(seq, cfg(alarm_consecutive_days=2, close_after_clean_days=2), "5", companions_of=joining)
+    assert [a[0] for a in asked] == [d[1]] and len(once) == 1  # companion_days=1: the opening day only
+    # the day's own episode takes a late companion in rather than a second id for the day
+    known = {f"drift-v5-{d[2]}": Episode(f"drift-v5-{d[2]}", "5", d[2], ["cam2"], [d[2]])}
+    st2, e2, p2 = join_late(MonitorState("5"), d[2], parent, [Companion("cam1", "star", 1, 0.02, 0.07, 0.004)],
+                            known, 2)
+    assert e2.episode_id == f"drift-v5-{d[2]}" and e2.cameras == ["cam1", "cam2"]
+    assert st2.cameras["cam1"].episode == e2.episode_id and p2.joined_late["cam1"] == e2.episode_id
