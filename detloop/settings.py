@@ -923,13 +923,14 @@ class DriftSettings(_Model):
         "cannot show it alone (docs/drift.md). 0: off.",
     )
     companion_days: int = Field(
-        1, ge=1, le=28,
+        7, ge=1, le=28,
         description="Days on which an episode opened on a class-mix change asks the cameras outside it "
         "(companion_alpha): the day it opens and the companion_days - 1 days after, each time on the frames since its "
-        "opening day's pool began (evidence grows); each ask is at companion_alpha / companion_days (Bonferroni over "
-        "the asks, so a stationary camera joins falsely at most companion_alpha of the time). A camera found after the "
-        "opening day (its round already chosen) opens an episode of its own, with its own targeted round. 1: the "
-        "opening day only.",
+        "opening day's pool began (evidence grows); the opening day's ask is at companion_alpha / 2 and each later one "
+        "at companion_alpha / 2 / (companion_days - 1) (Bonferroni over the asks, so a stationary camera joins falsely "
+        "at most companion_alpha of the time). A camera found after the "
+        "opening day (its round already chosen) opens an episode of its own, with its own targeted round. 7: the "
+        "week after it opens; 1: the opening day only.",
     )
     reopen_after_days: int = Field(
         14, ge=0, le=365,

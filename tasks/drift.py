@@ -752,18 +752,22 @@ def companion_candidates(state: MonitorState, episodes: Mapping[str, Episode], d
     return out
 
 
-def companion_level(cfg: DriftSettings) -> float:
-    """The level of one ask: ``companion_alpha / companion_days`` (an episode asks on up to ``companion_days`` days;
-    Bonferroni over them keeps a stationary camera's chance of joining it falsely at most ``companion_alpha``)."""
-    return cfg.companion_alpha / max(cfg.companion_days, 1)
+def companion_level(cfg: DriftSettings, late: bool = False) -> float:
+    """The level of one ask. An episode asks on up to ``companion_days`` days: the opening day, when its classes were
+    named and a change that reaches every camera shows on most, gets half of ``companion_alpha``, and each later ask
+    an equal share of the other half (all of it when ``companion_days`` is 1). Bonferroni over the asks keeps a
+    stationary camera's chance of joining an episode falsely at most ``companion_alpha``."""
+    if cfg.companion_days <= 1:
+        return 0.0 if late else cfg.companion_alpha
+    return cfg.companion_alpha / 2 / ((cfg.companion_days - 1) if late else 1)
 
 
 def companions(candidates: Mapping[str, tuple[Features, Features]], shifts: Mapping[str, int], cfg: DriftSettings,
-               class_names: Sequence[str], day: str) -> list[Companion]:
+               class_names: Sequence[str], day: str, late: bool = False) -> list[Companion]:
     """The ``candidates`` (camera -> ``(reference, that day's pooled window)``) whose share of a class in
     ``shifts`` (:func:`shifted_classes`) moved the same way, each tested alone (one-sided, whole frames
     permuted: :func:`tasks.drift_stats.share_shift_clustered`), Holm-corrected over every camera and class, at
-    :func:`companion_level`. A camera needs ``cfg.min_frames`` frames and ``cfg.min_boxes`` boxes on both sides.
+    :func:`companion_level` (``late``: an ask after the episode's opening day). A camera needs ``cfg.min_frames`` frames and ``cfg.min_boxes`` boxes on both sides.
 
     Why: a class-mix change that reaches many cameras (a season, a new product) moves each camera's share a
     little, and a camera publishing few frames a day cannot show it alone (the box-level family there has ~20
@@ -787,7 +791,7 @@ def companions(candidates: Mapping[str, tuple[Features, Features]], shifts: Mapp
     if not tested:
         return []
     adjusted = ds.adjust_pvalues([t[5] for t in tested], "holm")
-    level = companion_level(cfg)
+    level = companion_level(cfg, late)
     best: dict[str, Companion] = {}
     for (cam, cls, direction, r, w, _), p in zip(tested, adjusted, strict=True):
         if p < level and (cam not in best or p < best[cam].p):
@@ -841,7 +845,7 @@ def companions_for(day: str, episode: Episode, state: MonitorState, episodes: Ma
             ref = reference.of_camera(cam)
             ref = ref if ref.n_frames >= cfg.min_frames else reference
         candidates[cam] = (ref, window.of_camera(cam))
-    return shifts, companions(candidates, shifts, cfg, class_names, day)
+    return shifts, companions(candidates, shifts, cfg, class_names, day, late=day != episode.opened_on)
 
 
 def asking(episodes: Iterable[Episode], model_version: str, day: str, cfg: DriftSettings) -> list[Episode]:

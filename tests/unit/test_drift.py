@@ -794,7 +794,7 @@ def test_a_camera_whose_share_of_the_named_class_moved_the_same_way_joins_and_on
 
 def test_stationary_cameras_join_an_episode_at_about_the_companion_level_not_more() -> None:
     rng = np.random.default_rng(13)
-    rule = cfg(permutations=199)
+    rule = cfg(permutations=199, companion_days=1)
     joined = 0
     trials = 60
     for t in range(trials):
@@ -803,8 +803,27 @@ def test_stationary_cameras_join_an_episode_at_about_the_companion_level_not_mor
     assert joined / trials <= 0.12  # family-wise 5 % per episode (Holm over 2 cameras x 2 classes), with slack
 
 
+def test_asked_on_every_day_of_a_week_stationary_cameras_still_join_at_about_the_companion_level() -> None:
+    """Seven asks on windows that grow by a day each (as an episode's asks are): Bonferroni over the asks (half the
+    level on the first, the rest shared by the six after) keeps a stationary camera's chance of joining the episode
+    at any of them at about companion_alpha, not 7 x."""
+    rng = np.random.default_rng(14)
+    rule = cfg(permutations=199, companion_days=7)
+    trials, joined = 40, 0
+    for t in range(trials):
+        refs = {c: synth(rng, c, "ref", 100) for c in ("cam1", "cam2")}
+        window = {c: synth(rng, c, f"t{t}", 20) for c in ("cam1", "cam2")}
+        any_join = False
+        for k in range(rule.companion_days):
+            window = {c: Features.concat([w, synth(rng, c, f"t{t}", 20)]) for c, w in window.items()}
+            any_join |= bool(companions({c: (refs[c], window[c]) for c in refs}, {"star": 1}, rule, CLASSES,
+                                        f"t{t}d{k}", late=k > 0))
+        joined += any_join
+    assert joined / trials <= 0.12
+
+
 def test_an_episode_opened_on_a_class_mix_change_is_joined_by_its_companions_who_then_leave_like_any_camera() -> None:
-    rule = cfg(alarm_consecutive_days=2, close_after_clean_days=2)
+    rule = cfg(alarm_consecutive_days=2, close_after_clean_days=2, companion_days=1)
     d = days(6)
     seq = {x: {"cam0": Verdict("cam0", x, "drift" if i < 3 else "clean", ["class_mix:chi2"] if i < 3 else []),
                "cam1": Verdict("cam1", x, "clean"), "cam2": Verdict("cam2", x, "clean")} for i, x in enumerate(d)}
@@ -836,16 +855,20 @@ def test_an_episode_opened_on_a_class_mix_change_is_joined_by_its_companions_who
 
 def test_each_ask_is_at_the_companion_level_spread_over_the_days_an_episode_asks() -> None:
     rng = np.random.default_rng(12)
-    rule = cfg(permutations_refine=9999)
+    rule = cfg(permutations_refine=9999, companion_days=1)
     refs = {c: synth(rng, c, "ref", 168) for c in ("cam1", "cam4")}
     cands = {c: (refs[c], _more_stars(synth(rng, c, "d", 72), rng, g)) for c, g in (("cam1", 0.06), ("cam4", 0.03))}
     one = companions(cands, {"star": 1}, rule, CLASSES, "d")
     assert companion_level(rule) == rule.companion_alpha
+    assert companion_level(rule, late=True) == 0.0  # companion_days 1: no later asks
     week = cfg(permutations_refine=9999, companion_days=7)
-    assert companion_level(week) == pytest.approx(rule.companion_alpha / 7)
-    found = companions(cands, {"star": 1}, week, CLASSES, "d")
-    assert [c.camera for c in found] == [c.camera for c in one if c.p < rule.companion_alpha / 7]
-    assert len(found) < len(one) or all(c.p < companion_level(week) for c in one)
+    assert companion_level(week) == pytest.approx(rule.companion_alpha / 2)  # half on the opening day
+    assert companion_level(week, late=True) == pytest.approx(rule.companion_alpha / 12)  # the rest over 6 days
+    assert companion_level(week) + 6 * companion_level(week, late=True) == pytest.approx(rule.companion_alpha)
+    for late in (False, True):
+        found = companions(cands, {"star": 1}, week, CLASSES, "d", late=late)
+        assert [c.camera for c in found] == [c.camera for c in one if c.p < companion_level(week, late)]
+    assert any(companion_level(week, True) <= c.p < rule.companion_alpha for c in one)  # the levels tell them apart
 
 
 def test_the_frames_an_ask_reads_grow_from_the_opening_days_pool() -> None:
@@ -883,7 +906,8 @@ def test_a_camera_found_after_the_opening_day_opens_its_own_answered_episode_and
     assert child.signals == ["companion:star"] and child.days == [d[0], d[1], d[2]]
     assert child.status == "closed" and child.closed_on == d[4]  # 2 clean days from joining
     asked.clear()
-    _, once = replay(seq, cfg(alarm_consecutive_days=2, close_after_clean_days=2), "5", companions_of=joining)
+    _, once = replay(seq, cfg(alarm_consecutive_days=2, close_after_clean_days=2, companion_days=1), "5",
+                     companions_of=joining)
     assert [a[0] for a in asked] == [d[1]] and len(once) == 1  # companion_days=1: the opening day only
     # the day's own episode takes a late companion in rather than a second id for the day
     known = {f"drift-v5-{d[2]}": Episode(f"drift-v5-{d[2]}", "5", d[2], ["cam2"], [d[2]])}
