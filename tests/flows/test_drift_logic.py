@@ -497,6 +497,36 @@ def test_the_shrink_note_names_the_first_drifted_day_and_knows_a_camera_already_
     assert "already tiled (320-px tiles" in tiled and "--since 2026-02-10 --variant t320f --variant t160f" in tiled
 
 
+def _class_mix_settings(drift_config: str, **drift: Any) -> tuple[Any, Any, list[str], int]:
+    """The test config with the soaks' class-mix rule (a 2-day pool, one strong signal, refined p-values) and
+    ``drift``: ``(settings, their drift settings, class names, the star's index)``."""
+    from detloop.settings import load_settings
+
+    s = load_settings(drift_config)
+    cfg = s.drift.model_copy(update={"pool_days": 2, "permutations_refine": 9999, "alarm_strong_alpha": 0.002,
+                                     "min_frames": 20, "min_boxes": 20, **drift})
+    s = s.model_copy(update={"drift": cfg})
+    names = list(s.classes)
+    return s, cfg, names, names.index("star") if "star" in names else len(names) - 1
+
+
+def _star_features(rng: Any, n_classes: int, star: int, cam: str, day: str, n: int, stars: float) -> Any:
+    """``n`` frames of 3-8 boxes of ``cam`` on ``day``: the classes at even odds but ``star`` (0.15), then a share
+    ``stars`` of the boxes turned into stars."""
+    import numpy as np
+
+    from tasks.drift import Features
+
+    k = rng.integers(3, 9, n)
+    frame = np.repeat(np.arange(n), k)
+    p = np.full(n_classes, 1.0)
+    p[star] = 0.15
+    cls = rng.choice(n_classes, frame.size, p=p / p.sum())
+    cls = np.where(rng.random(frame.size) < stars, star, cls)
+    return Features(np.full(n, cam), np.full(n, day), rng.normal(0.5, 0.03, n), rng.normal(0.2, 0.02, n), k, None,
+                    frame, rng.uniform(0.5, 0.9, frame.size), cls, rng.normal(7, 0.5, frame.size))
+
+
 def test_a_class_mix_episode_is_joined_by_the_cameras_whose_share_of_that_class_grew_and_the_report_says_why(
         drift_config: str, fakes: Any) -> None:
     """The sixth tiled soak: more stars everywhere from 02-02; cam0 drifted on its class mix, but cam4 (24 frames a
@@ -505,28 +535,15 @@ def test_a_class_mix_episode_is_joined_by_the_cameras_whose_share_of_that_class_
     its evidence, the stationary cam2 does not, and cam1, already in an open episode, is not asked."""
     import numpy as np
 
-    from detloop.settings import load_settings
     from flows.drift import DriftRun, report_markdown, update_episodes
     from tasks.drift import CameraTrack, Episode, Features, MonitorState, compare_day, pooled, verdict
     from tasks.drift_records import save_episodes, save_state
 
-    s = load_settings(drift_config)
-    cfg = s.drift.model_copy(update={"pool_days": 2, "permutations_refine": 9999, "alarm_strong_alpha": 0.002,
-                                     "min_frames": 20, "min_boxes": 20})
-    s = s.model_copy(update={"drift": cfg})
-    names = s.classes
-    star = names.index("star") if "star" in names else len(names) - 1
+    s, cfg, names, star = _class_mix_settings(drift_config)
     rng = np.random.default_rng(3)
 
     def feats(cam: str, day: str, n: int, stars: float) -> Features:
-        k = rng.integers(3, 9, n)
-        frame = np.repeat(np.arange(n), k)
-        p = np.full(len(names), 1.0)
-        p[star] = 0.15
-        cls = rng.choice(len(names), frame.size, p=p / p.sum())
-        cls = np.where(rng.random(frame.size) < stars, star, cls)
-        return Features(np.full(n, cam), np.full(n, day), rng.normal(0.5, 0.03, n), rng.normal(0.2, 0.02, n), k, None,
-                        frame, rng.uniform(0.5, 0.9, frame.size), cls, rng.normal(7, 0.5, frame.size))
+        return _star_features(rng, len(names), star, cam, day, n, stars)
 
     cams = ["cam0", "cam1", "cam2", "cam4"]
     ref = Features.concat([feats(c, "2026-01-30", 168, 0.0) for c in cams])
@@ -570,27 +587,14 @@ def test_a_camera_whose_share_grows_after_a_class_mix_episode_opened_opens_its_o
     stationary cam2 joins nothing, and a re-run adds nothing."""
     import numpy as np
 
-    from detloop.settings import load_settings
     from flows.drift import DriftRun, report_markdown, targeted_round, update_episodes
     from tasks.drift import Features, compare_day, pooled, verdict
 
-    s = load_settings(drift_config)
-    cfg = s.drift.model_copy(update={"pool_days": 2, "permutations_refine": 9999, "alarm_strong_alpha": 0.002,
-                                     "min_frames": 20, "min_boxes": 20, "companion_days": 5})
-    s = s.model_copy(update={"drift": cfg})
-    names = s.classes
-    star = names.index("star") if "star" in names else len(names) - 1
+    s, cfg, names, star = _class_mix_settings(drift_config, companion_days=5)
     rng = np.random.default_rng(5)
 
     def feats(cam: str, day: str, n: int, stars: float) -> Features:
-        k = rng.integers(3, 9, n)
-        frame = np.repeat(np.arange(n), k)
-        p = np.full(len(names), 1.0)
-        p[star] = 0.15
-        cls = rng.choice(len(names), frame.size, p=p / p.sum())
-        cls = np.where(rng.random(frame.size) < stars, star, cls)
-        return Features(np.full(n, cam), np.full(n, day), rng.normal(0.5, 0.03, n), rng.normal(0.2, 0.02, n), k, None,
-                        frame, rng.uniform(0.5, 0.9, frame.size), cls, rng.normal(7, 0.5, frame.size))
+        return _star_features(rng, len(names), star, cam, day, n, stars)
 
     cams = ["cam0", "cam2", "cam4"]
     ref = Features.concat([feats(c, "2026-01-30", 168, 0.0) for c in cams])

@@ -822,11 +822,17 @@ def test_asked_on_every_day_of_a_week_stationary_cameras_still_join_at_about_the
     assert joined / trials <= 0.12
 
 
+def _class_mix_on_cam0(d: list[str], drifted: int) -> dict[str, dict[str, Verdict]]:
+    """cam0 drifted on its class mix the first ``drifted`` days of ``d``, clean after; cam1 and cam2 always clean."""
+    return {x: {"cam0": Verdict("cam0", x, "drift" if i < drifted else "clean",
+                                ["class_mix:chi2"] if i < drifted else []),
+                "cam1": Verdict("cam1", x, "clean"), "cam2": Verdict("cam2", x, "clean")} for i, x in enumerate(d)}
+
+
 def test_an_episode_opened_on_a_class_mix_change_is_joined_by_its_companions_who_then_leave_like_any_camera() -> None:
     rule = cfg(alarm_consecutive_days=2, close_after_clean_days=2, companion_days=1)
     d = days(6)
-    seq = {x: {"cam0": Verdict("cam0", x, "drift" if i < 3 else "clean", ["class_mix:chi2"] if i < 3 else []),
-               "cam1": Verdict("cam1", x, "clean"), "cam2": Verdict("cam2", x, "clean")} for i, x in enumerate(d)}
+    seq = _class_mix_on_cam0(d, 3)
     asked: list[tuple[str, str, list[str]]] = []
 
     def joining(day: str, e: Episode, st: MonitorState, known: Any) -> tuple[dict[str, int], list[Companion]]:
@@ -885,8 +891,7 @@ def test_the_frames_an_ask_reads_grow_from_the_opening_days_pool() -> None:
 def test_a_camera_found_after_the_opening_day_opens_its_own_answered_episode_and_the_asks_stop_after_their_days() -> None:
     rule = cfg(alarm_consecutive_days=2, close_after_clean_days=2, companion_days=3)
     d = days(7)
-    seq = {x: {"cam0": Verdict("cam0", x, "drift" if i < 5 else "clean", ["class_mix:chi2"] if i < 5 else []),
-               "cam1": Verdict("cam1", x, "clean"), "cam2": Verdict("cam2", x, "clean")} for i, x in enumerate(d)}
+    seq = _class_mix_on_cam0(d, 5)
     asked: list[tuple[str, str, list[str]]] = []
 
     def joining(day: str, e: Episode, st: MonitorState, known: Any) -> tuple[dict[str, int], list[Companion]]:
