@@ -767,7 +767,8 @@ def companions(candidates: Mapping[str, tuple[Features, Features]], shifts: Mapp
     """The ``candidates`` (camera -> ``(reference, that day's pooled window)``) whose share of a class in
     ``shifts`` (:func:`shifted_classes`) moved the same way, each tested alone (one-sided, whole frames
     permuted: :func:`tasks.drift_stats.share_shift_clustered`), Holm-corrected over every camera and class, at
-    :func:`companion_level` (``late``: an ask after the episode's opening day). A camera needs ``cfg.min_frames`` frames and ``cfg.min_boxes`` boxes on both sides.
+    :func:`companion_level` (``late``: an ask after the episode's opening day). A camera needs ``cfg.min_frames``
+    frames and ``cfg.min_boxes`` boxes on both sides.
 
     Why: a class-mix change that reaches many cameras (a season, a new product) moves each camera's share a
     little, and a camera publishing few frames a day cannot show it alone (the box-level family there has ~20
