@@ -935,10 +935,16 @@ class DriftSettings(_Model):
     reopen_after_days: int = Field(
         14, ge=0, le=365,
         description="A camera still drifting this many days after its answered episode opened (its targeted round "
-        "created, the champion unchanged) leaves it for a new episode, which starts a new targeted round; a camera "
-        "carried to a new champion from an answered episode opens no new episode before then either, unless it drifts "
-        "against its traffic since the onset (docs/drift.md); 0: never (an episode then lasts until its cameras are "
-        "clean or the champion changes, and a new champion asks again).",
+        "created, the champion unchanged) leaves it for a new episode, which starts a new targeted round; 0: never ("
+        "then an episode lasts until its cameras are clean or the champion changes, and a new champion asks again).",
+    )
+    hold_days: int = Field(
+        7, ge=0, le=365,
+        description="A camera carried to a new champion from an answered episode (its round promoted) opens no new "
+        "episode for this many days from that episode's opening while its days are like its traffic since the onset "
+        "(held; a new drift is asked about at once). Each earlier answered episode of the same drift doubles it "
+        "(7, 14, 28 days): a drift the label-free estimate never sees recovered is asked about ever less often, and "
+        "the first follow-up comes while it is fresh (docs/drift.md). 0: no hold (every new champion asks again).",
     )
     live_rounds: int = Field(4, ge=1, le=100, description="Control arms of the last N rounds pooled for live mAP.")
     live_min_frames: int = Field(

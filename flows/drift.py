@@ -211,17 +211,23 @@ def carry_unrecovered(settings: Settings, clients: Any, version: str, production
 
 def answered_graces(settings: Settings, store: Any, carried: Mapping[str, Mapping[str, Any]]) -> dict[str, Grace]:
     """Each carried camera's grace (:func:`tasks.drift.answered_grace`): the episode it was carried from, when its
-    targeted round answered it, holds it from a new episode for ``drift.reopen_after_days`` from its opening."""
-    from tasks.drift import answered_grace
+    targeted round answered it, holds it from a new episode for ``drift.hold_days`` from its opening, doubled for
+    each answered episode of the same drift before it (:func:`tasks.drift.answered_before`)."""
+    from tasks.drift import answered_before, answered_grace
     from tasks.drift_records import list_episodes
     from tasks.rounds import unpromoted_rounds
 
-    if not carried or settings.drift.reopen_after_days <= 0:
+    if not carried or settings.drift.hold_days <= 0:
         return {}
-    known = {e.episode_id: e for e in list_episodes(store, settings)}
+    episodes = list_episodes(store, settings)
+    known = {e.episode_id: e for e in episodes}
     source = {cam: known.get(str(info.get("from_episode"))) for cam, info in carried.items()}
-    failed = unpromoted_rounds(store, settings, {e.round_id for e in source.values() if e is not None and e.round_id})
-    graces = {cam: answered_grace(e, settings.drift.reopen_after_days, failed) for cam, e in source.items()}
+    mine = [e for e in episodes if e.round_id  # the answered episodes of the carried drifts
+            and any(c in carried and e.opened_on >= str(carried[c]["onset"]) for c in e.cameras)]
+    failed = unpromoted_rounds(store, settings, {e.round_id for e in mine})
+    graces = {cam: answered_grace(e, settings.drift.hold_days, failed,
+                                  answered_before(mine, cam, e, str(carried[cam]["onset"]), failed) if e else 0)
+              for cam, e in source.items()}
     return {cam: g for cam, g in graces.items() if g is not None}
 
 
@@ -304,7 +310,7 @@ def release_carried(run: DriftRun, tolerance: float, min_boxes: int = 1, estimat
         days = sorted(d for d, cams in run.held.items() if cam in cams)
         run.notes.append(f"{cam}: its drift was answered (episode {g.episode_id}, round {g.round_id}) and its days "
                          f"{days[0]}..{days[-1]} are like its traffic since the onset: held from a new episode until "
-                         f"{g.until} (drift.reopen_after_days) unless it drifts again")
+                         f"{g.until} (drift.hold_days) unless it drifts again")
 
 
 def ensure_days(settings: Settings, clients: Any, version: str, reference: Features, days: list[date],
@@ -500,7 +506,9 @@ def report_markdown(run: DriftRun, settings: Settings, episodes: list[Episode]) 
            f"{d.alarm_consecutive_days} drifted day(s) in a row and a camera leaves it after "
            f"{d.close_after_clean_days} clean day(s)"
            + (f"; a camera still drifting {d.reopen_after_days} day(s) after its answered episode opened starts a new "
-              "one" if d.reopen_after_days else "") + ".\n"]
+              "one" if d.reopen_after_days else "")
+           + (f"; a camera carried from an answered episode is held from a new one for {d.hold_days} day(s) from its "
+              "opening, doubled for each earlier answer of the same drift" if d.hold_days else "") + ".\n"]
     rows = []
     for cam in run.cameras:
         last = _last_sufficient(run, cam)

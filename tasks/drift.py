@@ -1114,17 +1114,35 @@ class Grace:
     until: str
 
 
-def answered_grace(episode: Episode | None, reopen_after_days: int,
-                   unpromoted: Mapping[str, str] | None = None) -> Grace | None:
+def hold_span(hold_days: int, answered_before: int) -> int:
+    """Days a carried camera is held from its answered episode's opening (pure): ``hold_days``, doubled for each
+    earlier answered episode of the same drift (``answered_before``): 7, 14, 28, ... A drift the label-free estimate
+    never sees recovered (the repaint's under-reads) then costs a round every 7, 14, 28 days, ever fewer, and the
+    first follow-up comes while the drift is fresh, when a second round helps most. 0 when ``hold_days`` is 0."""
+    return hold_days * 2 ** max(0, answered_before) if hold_days > 0 else 0
+
+
+def answered_grace(episode: Episode | None, hold_days: int, unpromoted: Mapping[str, str] | None = None,
+                   answered_before: int = 0) -> Grace | None:
     """The grace a carried camera gets from ``episode``, the episode of an earlier champion it was carried from:
-    an answered episode (its targeted round set) is given ``reopen_after_days`` from its opening, as an answered
-    episode of an unchanged champion is (:func:`stale`), whether or not the champion changed since. None when the
-    episode was not answered, when its round was trained without a promotion (``unpromoted``: the answer failed,
-    :func:`answered_in_vain`), or when ``reopen_after_days`` is 0 (then a champion change is what asks again)."""
-    if episode is None or reopen_after_days <= 0 or not episode.round_id or episode.round_id in (unpromoted or {}):
+    an answered episode (its targeted round set) holds it :func:`hold_span` days from its opening
+    (``answered_before``: the answered episodes of the same drift before it, :func:`answered_before`). None when
+    the episode was not answered, when its round was trained without a promotion (``unpromoted``: the answer
+    failed, :func:`answered_in_vain`), or when ``hold_days`` is 0 (then a champion change is what asks again)."""
+    if episode is None or hold_days <= 0 or not episode.round_id or episode.round_id in (unpromoted or {}):
         return None
-    until = date.fromisoformat(episode.opened_on) + timedelta(days=reopen_after_days)
+    until = date.fromisoformat(episode.opened_on) + timedelta(days=hold_span(hold_days, answered_before))
     return Grace(episode.episode_id, episode.round_id, until.isoformat())
+
+
+def answered_before(episodes: Iterable[Episode], camera: str, episode: Episode, onset: str,
+                    unpromoted: Mapping[str, str] | None = None) -> int:
+    """The answered episodes of ``camera``'s drift before ``episode`` (pure): those holding the camera, opened before
+    it and on or after the drift's ``onset`` (its first drifted day across champions), whose round was set and not
+    trained without a promotion. What doubles the camera's hold (:func:`hold_span`)."""
+    return sum(1 for e in episodes
+               if camera in e.cameras and e.episode_id != episode.episode_id and e.round_id
+               and e.round_id not in (unpromoted or {}) and onset <= e.opened_on < episode.opened_on)
 
 
 def hold_answered(v: Verdict, grace: Grace | None, recent: Verdict | None) -> tuple[Verdict, bool]:
@@ -1142,7 +1160,7 @@ def hold_answered(v: Verdict, grace: Grace | None, recent: Verdict | None) -> tu
                        f"({', '.join(recent.signals[:4]) or 'signals'}): a new drift"), False
     return replace(v, note=(v.note + "; " if v.note else "") + f"like its traffic since the onset, the drift its "
                    f"episode {grace.episode_id} answered (round {grace.round_id}): no new episode before "
-                   f"{grace.until} (drift.reopen_after_days)"), True
+                   f"{grace.until} (drift.hold_days)"), True
 
 
 # --------------------------------------------------------------------------------------------

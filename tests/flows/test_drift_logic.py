@@ -268,8 +268,8 @@ def test_a_promotion_does_not_make_a_camera_still_drifting_the_new_normal(
 
     The fifth tiled soak: a carried camera whose episode was answered opened a new episode under every champion,
     a round every two days on one camera. Its episode was answered (announced, its round started), so cam1 is held
-    from a new episode until ``drift.reopen_after_days`` after that episode opened, its days being like its traffic
-    since the onset; with ``reopen_after_days: 0`` (no grace) a new episode opens at once, as before."""
+    from a new episode until ``drift.hold_days`` after that episode opened, its days being like its traffic
+    since the onset; with ``hold_days: 0`` (no grace) a new episode opens at once, as before."""
     from detloop.world.publish import publish_world
     from flows.drift import drift_monitor
     from flows.params import DriftParams
@@ -280,7 +280,7 @@ def test_a_promotion_does_not_make_a_camera_still_drifting_the_new_normal(
     data = yaml.safe_load(Path(drift_config).read_text())
     data["drift"]["carry_unrecovered"] = case != "not-carried"
     if case == "carried-no-grace":
-        data["drift"]["reopen_after_days"] = 0
+        data["drift"]["hold_days"] = 0
     Path(drift_config).write_text(yaml.safe_dump(data))
     monkeypatch.setattr("prefect.events.emit_event", lambda **kw: None)
     first = drift_monitor(DriftParams(config=drift_config, as_of=date(2026, 1, 21)))
@@ -307,7 +307,7 @@ def test_a_promotion_does_not_make_a_camera_still_drifting_the_new_normal(
     if case == "carried":
         assert mine == [] and out["opened"] == []
         assert out["held"] and all(c == ["cam1"] and d >= "2026-01-23" for d, c in out["held"].items())
-        assert any("held from a new episode until 2026-02-03" in n for n in out["notes"])
+        assert any("held from a new episode until 2026-01-27" in n for n in out["notes"])  # 7 days
     else:
         assert [e.cameras for e in mine] == [["cam1"]] and out["opened"] == [mine[0].episode_id]
         assert mine[0].opened_on >= "2026-01-23"  # not before v2 took over
@@ -416,6 +416,45 @@ def test_a_carried_camera_that_changes_again_is_not_released_on_its_estimate() -
     assert run.verdicts["2026-02-12"]["cam2"].status == "clean"  # like its recent traffic: released
     held = run.verdicts["2026-02-13"]["cam2"]
     assert held.status == "drift" and "a new drift, held" in held.note and "log_area" in held.note
+
+
+def test_a_carried_cameras_hold_doubles_with_each_earlier_answer_of_its_drift(drift_config: str, fakes: Any) -> None:
+    """:func:`flows.drift.answered_graces` on the stored episodes and rounds: cam3's repaint (onset 01-26) was
+    answered on 01-27 and again on 02-03, so the episode it was carried from (02-03) holds it 14 days, not 7;
+    cam0, carried from the first answer only, 7. A round trained without a promotion answered nothing: carried from
+    it, a camera is not held; before it, it does not count. An episode of an earlier drift does not count either."""
+    from detloop.contracts import RoundRecord
+    from detloop.settings import load_settings
+    from flows.drift import answered_graces
+    from tasks.drift import Episode
+    from tasks.drift_records import save_episodes
+    from tasks.rounds import save_round
+
+    s = load_settings(drift_config)
+    assert s.drift.hold_days == 7  # the default
+
+    def ep(opened: str, cams: list[str]) -> Episode:
+        return Episode(f"drift-v1-{opened}", "1", opened, cams, [opened], round_id=f"r-{opened}")
+
+    older, first, second = ep("2026-01-10", ["cam3"]), ep("2026-01-27", ["cam3", "cam0"]), ep("2026-02-03", ["cam3"])
+    save_episodes(fakes.store, s, [older, first, second])
+    carried = {"cam3": {"onset": "2026-01-26", "from_episode": second.episode_id},
+               "cam0": {"onset": "2026-01-26", "from_episode": first.episode_id},
+               "cam1": {"onset": "2026-01-26", "from_episode": "drift-v1-unknown"}}
+    graces = answered_graces(s, fakes.store, carried)
+    assert {c: g.until for c, g in graces.items()} == {"cam3": "2026-02-17", "cam0": "2026-02-03"}
+
+    def failed(e: Episode) -> None:  # its round trained, its challenger rejected
+        save_round(fakes.store, s, RoundRecord(e.round_id, e.opened_on, f"{e.opened_on}T10:00:00+00:00",
+                                               f"{e.opened_on}T20:00:00+00:00", "trained", "1", 20, 2,
+                                               project=s.label_studio.project_title, reason="drift"))
+        fakes.store.put_json(s.s3.data_bucket, f"rounds/{e.round_id}/result.json", {"promoted": False})
+
+    failed(first)
+    graces = answered_graces(s, fakes.store, carried)
+    assert {c: g.until for c, g in graces.items()} == {"cam3": "2026-02-10"}
+    assert answered_graces(s.model_copy(update={"drift": s.drift.model_copy(update={"hold_days": 0})}),
+                           fakes.store, carried) == {}
 
 
 def test_an_answered_carried_camera_is_held_on_days_like_its_traffic_since_the_onset() -> None:

@@ -278,7 +278,7 @@ def test_a_camera_still_drifting_keeps_its_pre_onset_reference_under_the_next_ch
     reference is its days before the onset, scored by v2 and stored with the reference, read back unchanged by the
     next run, and cam1's days drift against it (the third soak's missed recovery). Its episode under v1 was
     answered (announced with its round), and its days are like its traffic since the onset, so it is held from a
-    new episode until ``drift.reopen_after_days`` after that episode opened (the fifth tiled soak's churn)."""
+    new episode until ``drift.hold_days`` after that episode opened (the fifth tiled soak's churn)."""
     from detloop.world.publish import publish_world
     from flows.drift import drift_monitor
     from flows.params import DriftParams
@@ -312,7 +312,7 @@ def test_a_camera_still_drifting_keeps_its_pre_onset_reference_under_the_next_ch
     assert recent is not None and set(recent.camera.tolist()) == {"cam1"}
     assert sorted(set(recent.day.tolist())) == meta["days"]
     assert "cam1" in out["drifted_cameras"] and ep1.round_id
-    until = (date.fromisoformat(ep1.opened_on) + timedelta(days=s.drift.reopen_after_days)).isoformat()
+    until = (date.fromisoformat(ep1.opened_on) + timedelta(days=s.drift.hold_days)).isoformat()
     assert [e for e in list_episodes(c.store, s) if e.model_version == v2] == [] and out["opened"] == []
     assert out["held"] and all(cams == ["cam1"] and "2026-01-23" <= d < until for d, cams in out["held"].items())
     assert any(f"held from a new episode until {until}" in n for n in out["notes"])

@@ -661,7 +661,7 @@ def test_a_day_that_also_drifts_against_recent_traffic_is_not_released() -> None
 
 def test_an_answered_carried_camera_is_held_from_a_new_episode_until_its_grace_ends() -> None:
     """The fifth tiled soak's churn: a carried camera whose drift an earlier champion's round answered opened a new
-    episode under every champion. Its answered episode gives it ``reopen_after_days`` from its opening
+    episode under every champion. Its answered episode gives it ``hold_days`` from its opening
     (:func:`answered_grace`); a drifted day like its traffic since the onset is held (:func:`hold_answered`) and
     opens no episode (:func:`advance` with ``held``), though its streak grows: once the grace is over, or on a day
     that drifts against that traffic too (a new drift), the episode opens at once."""
@@ -706,6 +706,41 @@ def test_an_answered_carried_camera_is_held_from_a_new_episode_until_its_grace_e
     assert opened == [f"drift-v5-{d[4]}"] and st.cameras["cam3"].episode is None
     st, _, opened = advance(st, d[5], vd(d[5], cam3="drift"), rule, {})
     assert opened == [f"drift-v5-{d[5]}"] and st.cameras["cam3"].episode == opened[0]
+
+
+def test_a_held_camera_is_asked_again_after_a_week_then_ever_less_often() -> None:
+    """The eighth tiled soak: the repaint's round brought cam3 most of the way back, and the 14-day hold left it
+    without a round of its own for the second week (back in 3 weeks, not 2). The hold is ``hold_days`` from the
+    answered episode's opening, doubled for each earlier answered episode of the same drift
+    (:func:`answered_before`, :func:`hold_span`): the first follow-up comes a week on, the later ones ever later."""
+    from tasks.drift import answered_before, answered_grace, hold_span
+
+    assert [hold_span(7, k) for k in range(4)] == [7, 14, 28, 56]
+    assert hold_span(0, 3) == 0
+
+    d = days(40)
+
+    def answered(eid: str, opened: str, cams: list[str], rnd: str | None = "r") -> Episode:
+        return Episode(eid, "4", opened, cams, [opened], [], round_id=f"{rnd}-{eid}" if rnd else None)
+
+    onset = d[1]
+    before = answered("old", d[0], ["cam3"])  # before the onset: another drift's episode
+    e1 = answered("e1", d[2], ["cam3", "cam0"])
+    e2 = answered("e2", d[9], ["cam3"])
+    unanswered = answered("e3", d[12], ["cam3"], rnd=None)
+    other = answered("e4", d[13], ["cam1"])
+    e5 = answered("e5", d[23], ["cam3", "cam1"])
+    eps = [before, e1, e2, unanswered, other, e5]
+    counts = [answered_before(eps, "cam3", e, onset) for e in (e1, e2, e5)]
+    assert counts == [0, 1, 2]
+    graces = [answered_grace(e, 7, None, n) for e, n in zip((e1, e2, e5), counts, strict=True)]
+    assert [g.until for g in graces if g is not None] == [d[9], d[23], days(1, date.fromisoformat(d[23])
+                                                                            + timedelta(days=28))[0]]
+    # a round trained without a promotion answered nothing: it neither holds nor counts
+    failed = {e2.round_id: d[11]}
+    assert answered_before(eps, "cam3", e5, onset, failed) == 1 and answered_grace(e2, 7, failed, 1) is None
+    assert answered_before(eps, "cam0", e5, onset) == 1  # cam0 was in e1 only
+    assert answered_before(eps, "cam3", e1, d[5]) == 0  # a later onset: a new drift, counted afresh
 
 
 def test_a_carried_cameras_recent_traffic_is_its_rows_since_the_onset_when_there_are_enough() -> None:
