@@ -1114,12 +1114,16 @@ class Grace:
     until: str
 
 
+HOLD_MAX_DAYS = 3650  # :func:`hold_span`'s ceiling: ten years
+
+
 def hold_span(hold_days: int, answered_before: int) -> int:
     """Days a carried camera is held from its answered episode's opening (pure): ``hold_days``, doubled for each
     earlier answered episode of the same drift (``answered_before``): 7, 14, 28, ... A drift the label-free estimate
     never sees recovered (the repaint's under-reads) then costs a round every 7, 14, 28 days, ever fewer, and the
-    first follow-up comes while the drift is fresh, when a second round helps most. 0 when ``hold_days`` is 0."""
-    return hold_days * 2 ** max(0, answered_before) if hold_days > 0 else 0
+    first follow-up comes while the drift is fresh, when a second round helps most. 0 when ``hold_days`` is 0; at
+    most ``HOLD_MAX_DAYS`` (a date stays a date however many answers a camera has had)."""
+    return min(hold_days * 2 ** min(max(0, answered_before), 16), HOLD_MAX_DAYS) if hold_days > 0 else 0
 
 
 def answered_grace(episode: Episode | None, hold_days: int, unpromoted: Mapping[str, str] | None = None,
@@ -1137,7 +1141,7 @@ def answered_grace(episode: Episode | None, hold_days: int, unpromoted: Mapping[
 
 def answered_before(episodes: Iterable[Episode], camera: str, episode: Episode, onset: str,
                     unpromoted: Mapping[str, str] | None = None) -> int:
-    """The answered episodes of ``camera``'s drift before ``episode`` (pure): those holding the camera, opened before
+    """The answered episodes of ``camera``'s drift before ``episode`` (pure): those it was in, opened before
     it and on or after the drift's ``onset`` (its first drifted day across champions), whose round was set and not
     trained without a promotion. What doubles the camera's hold (:func:`hold_span`)."""
     return sum(1 for e in episodes

@@ -717,6 +717,7 @@ def test_a_held_camera_is_asked_again_after_a_week_then_ever_less_often() -> Non
 
     assert [hold_span(7, k) for k in range(4)] == [7, 14, 28, 56]
     assert hold_span(0, 3) == 0
+    assert hold_span(7, 500) == 3650  # capped: a date stays a date
 
     d = days(40)
 
