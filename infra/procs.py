@@ -184,16 +184,26 @@ def port_owner(port: int) -> PortOwner | None:
     return None
 
 
-def check_ports_free(host: str, ports: Mapping[str, int]) -> None:
+def check_ports_free(host: str, ports: Mapping[str, int], release_s: float = 0.0) -> None:
     """Raise :class:`StackError` naming the first taken port and its owner.
+
+    A port held by no visible process is waited for up to ``release_s``: a service just killed (SIGKILL, OOM)
+    keeps its sockets until its last thread has exited, after its group leader already shows as gone (seen
+    once in CI: S3 restarted a moment after a kill found 8433 taken by nobody). A port a live process holds
+    fails at once.
 
     Args:
         host: address the service will bind.
         ports: label -> port, e.g. ``{"S3": 8333, "S3 gRPC": 18333}``.
+        release_s: how long to wait for a port whose owner is not visible.
     """
+    deadline = time.monotonic() + release_s
     for label, port in ports.items():
-        if not port_bindable(host, port):
-            raise StackError(port_conflict_message(port, label, port_owner(port)))
+        while not port_bindable(host, port):
+            owner = port_owner(port)
+            if (owner is not None and owner.pid is not None) or time.monotonic() >= deadline:
+                raise StackError(port_conflict_message(port, label, owner))
+            time.sleep(0.2)
 
 
 # --------------------------------------------------------------------------------------------

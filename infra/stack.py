@@ -60,6 +60,7 @@ TITLES = {
 WEED_VOLUME_SIZE_MB = 256
 WEED_MAX_VOLUMES = 1000
 GRPC_OFFSET = 10000
+PORT_RELEASE_S = 20.0  # a port held by no visible process (a service still dying) is waited for this long
 # SeaweedFS on SIGTERM: the filer's graceful gRPC stop waits for its metadata subscribers (the S3 gateway's
 # and its own aggregator's streams, in the same process, which only end with it) until a fixed 15 s timeout,
 # then the volume server waits `-volume.preStopSeconds` (default 10 s; 0 here: a single node has no peer to
@@ -517,7 +518,7 @@ def _current(settings: Settings, service: str, log: Log) -> PidRecord | None:
 
 def _start(settings: Settings, service: str, sec: StackSecrets, log: Log) -> PidRecord:
     paths = stack_paths(settings)
-    procs.check_ports_free(settings.stack.host, service_ports(settings, service))
+    procs.check_ports_free(settings.stack.host, service_ports(settings, service), release_s=PORT_RELEASE_S)
     spec = build_spec(settings, service, sec)
     rec = procs.spawn_detached(service, spec.argv, spec.env, paths.log(service), paths.pid(service), spec.cwd)
     log(f"{service}: started pid {rec.pid} ({service_url(settings, service)}; log {paths.log(service)})")

@@ -37,6 +37,35 @@ def test_check_ports_free_reports_the_owner_of_a_listening_socket() -> None:
     assert procs.port_bindable("127.0.0.1", port)
 
 
+def test_check_ports_free_waits_for_a_port_whose_owner_is_gone_and_not_for_a_live_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dying service's port (bound, no visible owner) is waited for up to ``release_s``; a live owner fails at once."""
+    import time
+
+    calls = {"n": 0}
+
+    def bindable(host: str, port: int) -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3  # released on the fourth look
+
+    monkeypatch.setattr(procs, "port_bindable", bindable)
+    monkeypatch.setattr(procs, "port_owner", lambda port: None)
+    procs.check_ports_free("127.0.0.1", {"S3": 8433}, release_s=5.0)
+    assert calls["n"] == 4
+
+    calls["n"] = -10**6  # never released
+    t0 = time.monotonic()
+    with pytest.raises(StackError, match=r"^port 8433 \(S3\) is already in use \(owner not visible"):
+        procs.check_ports_free("127.0.0.1", {"S3": 8433}, release_s=0.5)
+    assert 0.4 <= time.monotonic() - t0 < 3.0
+
+    monkeypatch.setattr(procs, "port_owner", lambda port: PortOwner(4321, "weed"))
+    t0 = time.monotonic()
+    with pytest.raises(StackError, match=r"taken by pid 4321 \(weed\)"):
+        procs.check_ports_free("127.0.0.1", {"S3": 8433}, release_s=30.0)
+    assert time.monotonic() - t0 < 1.0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
