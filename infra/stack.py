@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -61,12 +62,18 @@ WEED_VOLUME_SIZE_MB = 256
 WEED_MAX_VOLUMES = 1000
 GRPC_OFFSET = 10000
 PORT_RELEASE_S = 20.0  # a port held by no visible process (a service still dying) is waited for this long
-# SeaweedFS on SIGTERM: the filer's graceful gRPC stop waits for its metadata subscribers (the S3 gateway's
-# and its own aggregator's streams, in the same process, which only end with it) until a fixed 15 s timeout,
-# then the volume server waits `-volume.preStopSeconds` (default 10 s; 0 here: a single node has no peer to
-# hand traffic to). Measured: 25.4 s with the default, 15.3 s with 0; it then exits cleanly. The old wait of
-# 3 s ended it with SIGKILL every time; 30 s did once on a loaded machine (a soak and `make test` side by side).
-TERM_TIMEOUT_S = {"s3": 60.0}  # SeaweedFS opens <port>+10000 for gRPC of master, volume, filer and S3
+# SeaweedFS on SIGTERM runs its stop hooks one after the other (SeaweedFS 4.x source): the filer's gRPC graceful
+# stop (waits for its metadata subscribers, the S3 gateway's and its own aggregator's streams in the same process,
+# which only end with it: always its fixed 15 s), the filer's HTTP shutdown (up to 15 s for requests in flight),
+# then the volume server: `-volume.preStopSeconds` (default 10 s; 0 here, a single node has no peer to hand
+# traffic to), its cluster HTTP stop (up to 30 s for connections that are new or busy), its gRPC graceful stop
+# (no limit), then the master. Measured quiet: 25.4 s with the default preStop, 15.3 s with 0. With clients
+# busy the bounded steps alone add up to 60 s: a wait of 3 s ended it with SIGKILL every time, 30 s once on a
+# loaded machine, 60 s once in CI. 90 s covers the bounded steps with room for the last ones.
+TERM_TIMEOUT_S = {"s3": 90.0}
+# A line of a service's log that names a step of its stop (SeaweedFS: "Gracefully stopping gRPC server", "graceful
+# stop cluster http server ...", "volume server has been killed"): the last one says where a killed stop was stuck.
+_STOP_STEP = re.compile(r"stop|killed|shut ?down", re.IGNORECASE)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 RUNNER_MODULE = "flows.serve"
 LS_INSTALL_TIMEOUT_S = 1800
@@ -755,11 +762,29 @@ def down(settings: Settings, log: Log = _noop, services: tuple[str, ...] = SERVI
                 out[service] = "not running"
                 pid_path.unlink(missing_ok=True)
                 continue
-            outcome = procs.stop_group(rec, term_timeout_s=TERM_TIMEOUT_S.get(service, 10.0))
+            log_path = paths.log(service)
+            log_start = log_path.stat().st_size if log_path.is_file() else 0
+            term_s = TERM_TIMEOUT_S.get(service, 10.0)
+            outcome = procs.stop_group(rec, term_timeout_s=term_s)
             pid_path.unlink(missing_ok=True)
             out[service] = outcome
-            log(f"{service}: {outcome}" + ("" if outcome == "not running" else f" (pid {rec.pid})"))
+            msg = f"{service}: {outcome}" + ("" if outcome == "not running" else f" (pid {rec.pid})")
+            if outcome == "killed":
+                steps = stop_steps(log_path, log_start)
+                msg += f": still stopping {term_s:.0f} s after SIGTERM" + (
+                    f"; its last stop step: {steps[-1]}" if steps else "") + f" (log: {log_path})"
+            log(msg)
     return out
+
+
+def stop_steps(log_path: Path, start: int = 0) -> list[str]:
+    """Lines of a service's log, from byte ``start`` on, that name a step of its stop (at most the last 1 MB)."""
+    if not log_path.is_file():
+        return []
+    with open(log_path, "rb") as f:
+        f.seek(max(start, f.seek(0, os.SEEK_END) - 1_000_000))
+        text = f.read().decode(errors="replace")
+    return [line.strip()[:200] for line in text.splitlines() if _STOP_STEP.search(line)]
 
 
 @dataclass(frozen=True)

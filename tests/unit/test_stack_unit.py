@@ -16,7 +16,15 @@ from detloop.settings import REPO_ROOT, load_settings
 from infra import procs
 from infra.procs import PidRecord, PortOwner, StackError
 from infra.secrets import LS_PASSWORD, LS_TOKEN, S3_KEY, S3_SECRET, ensure_secrets, resolve_secrets
-from infra.stack import _base_env, build_spec, client_env, s3_identity_config, service_ports, url_mismatches
+from infra.stack import (
+    _base_env,
+    build_spec,
+    client_env,
+    s3_identity_config,
+    service_ports,
+    stop_steps,
+    url_mismatches,
+)
 
 
 # ---- ports ---------------------------------------------------------------------------------------
@@ -167,6 +175,23 @@ def test_tail_lines(tmp_path: Path) -> None:
     assert procs.tail_lines(p, 3) == ["line 97", "line 98", "line 99"]
     assert procs.tail_lines(tmp_path / "none.log", 3) == []
 
+
+
+def test_stop_steps_are_the_stop_lines_written_after_the_offset(tmp_path: Path) -> None:
+    """What ``down`` quotes when SeaweedFS had to be killed: the steps of THIS stop, not of an earlier one."""
+    p = tmp_path / "s3.log"
+    earlier = "I1207 00:35:07 filer.go:496 Gracefully stopping gRPC server\nI1207 00:35:08 volume.go:481 volume server has been killed\n"
+    p.write_text(earlier + "==== start s3 ====\nI1207 00:36:00 master.go:1 leader is 127.0.0.1\n")
+    start = p.stat().st_size
+    with open(p, "a") as f:
+        f.write("I1207 00:37:00 filer.go:496 Gracefully stopping gRPC server\n"
+                "W1207 00:37:01 s3api.go:813 GetObjectHandler: failed to get entry\n"
+                "I1207 00:37:15 volume.go:554 graceful stop cluster http server ... \n")
+    steps = stop_steps(p, start)
+    assert [s.split(" ", 2)[2] for s in steps] == ["filer.go:496 Gracefully stopping gRPC server",
+                                                  "volume.go:554 graceful stop cluster http server ..."]
+    assert len(stop_steps(p)) == 4  # from the start: the earlier stop's two steps as well
+    assert stop_steps(tmp_path / "missing.log") == []
 
 # ---- secrets -------------------------------------------------------------------------------------
 def test_secrets_generated_once_mode_600_and_stable(tmp_path: Path) -> None:
