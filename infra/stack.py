@@ -67,9 +67,10 @@ PORT_RELEASE_S = 20.0  # a port held by no visible process (a service still dyin
 # which only end with it: always its fixed 15 s), the filer's HTTP shutdown (up to 15 s for requests in flight),
 # then the volume server: `-volume.preStopSeconds` (default 10 s; 0 here, a single node has no peer to hand
 # traffic to), its cluster HTTP stop (up to 30 s for connections that are new or busy), its gRPC graceful stop
-# (no limit), then the master. Measured quiet: 25.4 s with the default preStop, 15.3 s with 0. With clients
-# busy the bounded steps alone add up to 60 s: a wait of 3 s ended it with SIGKILL every time, 30 s once on a
-# loaded machine, 60 s once in CI. 90 s covers the bounded steps with room for the last ones.
+# (no limit), then the master. Measured quiet: 25.4 s with the default preStop, 15.3 s with 0; 15.1 s also with
+# both cores and the disk loaded, with a slow upload in flight, and with raw connections open to the volume port.
+# The bounded steps can add up to 60 s (the source's limits; what made them run long was not reproduced): a wait
+# of 3 s ended it with SIGKILL every time, 30 s once on a loaded machine, 60 s once in CI. 90 s covers them.
 TERM_TIMEOUT_S = {"s3": 90.0}
 # A line of a service's log that names a step of its stop (SeaweedFS: "Gracefully stopping gRPC server", "graceful
 # stop cluster http server ...", "volume server has been killed"): the last one says where a killed stop was stuck.
