@@ -176,7 +176,6 @@ def test_tail_lines(tmp_path: Path) -> None:
     assert procs.tail_lines(tmp_path / "none.log", 3) == []
 
 
-
 def test_stop_steps_are_the_stop_lines_written_after_the_offset(tmp_path: Path) -> None:
     """What ``down`` quotes when SeaweedFS had to be killed: the steps of THIS stop, not of an earlier one."""
     p = tmp_path / "s3.log"
@@ -192,6 +191,7 @@ def test_stop_steps_are_the_stop_lines_written_after_the_offset(tmp_path: Path) 
                                                   "volume.go:554 graceful stop cluster http server ..."]
     assert len(stop_steps(p)) == 4  # from the start: the earlier stop's two steps as well
     assert stop_steps(tmp_path / "missing.log") == []
+
 
 # ---- secrets -------------------------------------------------------------------------------------
 def test_secrets_generated_once_mode_600_and_stable(tmp_path: Path) -> None:
