@@ -307,16 +307,18 @@ def wait_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 
         time.sleep(interval_s)
 
 
+def read_tail(path: Path, start: int = 0, cap: int = 1_000_000) -> str:
+    """A text file from byte ``start`` on, at most its last ``cap`` bytes ("" when missing)."""
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(max(start, f.seek(0, os.SEEK_END) - cap))
+        return f.read().decode(errors="replace")
+
+
 def tail_lines(path: Path, n: int) -> list[str]:
     """The last ``n`` lines of a text file (empty when missing); reads at most the last ~1 MB."""
-    if not path.is_file():
-        return []
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - 1_000_000))
-        data = f.read().decode(errors="replace")
-    return data.splitlines()[-n:] if n > 0 else []
+    return read_tail(path).splitlines()[-n:] if n > 0 else []
 
 
 @contextlib.contextmanager

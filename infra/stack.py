@@ -780,12 +780,7 @@ def down(settings: Settings, log: Log = _noop, services: tuple[str, ...] = SERVI
 
 def stop_steps(log_path: Path, start: int = 0) -> list[str]:
     """Lines of a service's log, from byte ``start`` on, that name a step of its stop (at most the last 1 MB)."""
-    if not log_path.is_file():
-        return []
-    with open(log_path, "rb") as f:
-        f.seek(max(start, f.seek(0, os.SEEK_END) - 1_000_000))
-        text = f.read().decode(errors="replace")
-    return [line.strip()[:200] for line in text.splitlines() if _STOP_STEP.search(line)]
+    return [line.strip()[:200] for line in procs.read_tail(log_path, start).splitlines() if _STOP_STEP.search(line)]
 
 
 @dataclass(frozen=True)
