@@ -125,6 +125,26 @@ def test_efficiency_ci_over_seeds() -> None:
     assert d["text"] == r.estimate.text and len(d["ci"]) == 2
 
 
+def test_efficiency_ci_equals_recomputing_every_draw() -> None:
+    """Each distinct resample is computed once; the interval and shares are those of all draws recomputed."""
+    rng = np.random.default_rng(3)
+    x = np.array([50.0, 100, 150, 200])
+    rnd = [C(x + rng.integers(0, 20, 4), np.sort(rng.uniform(0.1, 0.5, 4))) for _ in range(3)]
+    strat = [C(x + rng.integers(0, 20, 4), np.sort(rng.uniform(0.1, 0.55, 4))) for _ in range(3)]
+    got = efficiency_ci(rnd, strat, n_boot=300, seed=7)
+    draws = np.random.default_rng(7)
+    vals, kinds = [], []
+    for _ in range(300):
+        idx = draws.integers(0, 3, 3)
+        e = label_efficiency(mean_curve([rnd[i] for i in idx])[0], mean_curve([strat[i] for i in idx])[0])
+        vals.append(np.nan if e.kind == "undefined" else (0.0 if e.value is None else e.value))
+        kinds.append(e.kind)
+    assert got.ci == tuple(float(v) for v in np.nanquantile(vals, [0.025, 0.975]))
+    assert got.share_never == kinds.count("never") / 300
+    assert got.share_lower_bound == kinds.count("lower_bound") / 300
+    assert got.ci[0] < got.ci[1]  # the resamples differ: a reuse across different resamples would narrow it
+
+
 # ---- arms and helpers ----------------------------------------------------------------------------
 def test_check_arms_puts_random_first_and_rejects_unknown() -> None:
     assert check_arms(["entropy_sum", "random", "entropy_sum"]) == ["random", "entropy_sum"]
