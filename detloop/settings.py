@@ -431,6 +431,11 @@ class SelectionSettings(_Model):
         "diverse on its own (a camera with too few frames gives its spare share to the others); off: the shares "
         "fall where the scores do. Drift-targeted rounds turn it on (drift.round_balance_cameras).",
     )
+    camera_weights: dict[str, Annotated[float, Field(gt=0.0, le=100.0)]] = Field(
+        default_factory=dict, description="With balance_cameras, each camera's share in proportion to its weight "
+        "here (1 for a camera not named). A drift-targeted round sets it from its episode "
+        "(drift.companion_round_weight).",
+    )
     control_retire: bool = Field(
         True, description="Control frames join the training set once they have served the live-accuracy estimate "
         "of their window (their labels are not paid twice over); off: never trained on.",
@@ -971,8 +976,15 @@ class DriftSettings(_Model):
         "~50 labelled frames of a repainted camera recovering most of its loss where 11 did not.",
     )
     round_balance_cameras: bool = Field(
-        True, description="A targeted round splits its selected arm equally among its episode's cameras "
+        True, description="A targeted round splits its selected arm among its episode's cameras "
         "(selection.balance_cameras), so a new camera's uncertain frames do not take a repainted camera's share.",
+    )
+    companion_round_weight: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="A companion's share of its episode's targeted round, against 1 for a camera that drifted on its "
+        "own: a companion joined on one class's share alone (companion_alpha), with nothing else of its traffic "
+        "moved, where a camera of its own drift saw its images, embeddings or confidences move and needs its frames "
+        "most (docs/drift.md). 1: every camera of the episode alike.",
     )
     carry_unrecovered: bool = Field(
         True, description="A camera the previous champion's monitor last saw drifting (its episode not closed clean "

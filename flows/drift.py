@@ -730,8 +730,8 @@ def episode_companions(run: DriftRun, settings: Settings, day: str, episode: Epi
 
 def targeted_round(settings: Settings, episode: Episode) -> dict[str, Any]:
     """What the episode's round selects: its cameras and drifted days inside the sampling window that ends the
-    day after the episode opened (deterministic per episode)."""
-    from tasks.drift import round_budget
+    day after the episode opened, and each camera's weight in it (companions less; deterministic per episode)."""
+    from tasks.drift import round_budget, round_camera_weights
     from tasks.rounds import RoundFocus, focused_round_id
 
     as_of = date.fromisoformat(episode.opened_on) + timedelta(days=1)
@@ -739,7 +739,8 @@ def targeted_round(settings: Settings, episode: Episode) -> dict[str, Any]:
     dates = [x for x in episode.days if start.isoformat() <= x < as_of.isoformat()]
     return {"round_id": focused_round_id(settings.label_studio.project_title, RoundFocus("drift", episode.episode_id)),
             "as_of": as_of.isoformat(), "cameras": list(episode.cameras), "dates": dates,
-            "budget": round_budget(settings.drift, settings.selection.budget, len(episode.cameras))}
+            "budget": round_budget(settings.drift, settings.selection.budget, len(episode.cameras)),
+            "camera_weights": round_camera_weights(episode, settings.drift)}
 
 
 def announce_episode(settings: Settings, store: Any, episode: Episode, config: str | None,

@@ -66,6 +66,9 @@ class SelectParams(_Params):
     balance_cameras: bool | SkipJsonSchema[None] = Field(
         None, description="Split the selected frames equally among the cameras (leave empty: config; a drift "
         "episode's round: drift.round_balance_cameras).")
+    camera_weights: dict[str, Annotated[float, Field(gt=0.0, le=100.0)]] | SkipJsonSchema[None] = Field(
+        None, description="With balanced cameras, each camera's share in proportion to its weight (1 for a camera "
+        "not named; a drift episode's round: its companions drift.companion_round_weight).")
     force_new_round: bool = Field(
         False, description="Open a new round even if the previous one is still open (default: follow config)."
     )
@@ -80,7 +83,8 @@ class SelectParams(_Params):
             o.setdefault("sampling", {})["window_days"] = self.window_days
         sel = {k: v for k, v in {"budget": self.budget, "strategy": self.strategy, "aggregation": self.aggregation,
                                   "diversity": self.diversity, "control_share": self.control_share,
-                                  "balance_cameras": self.balance_cameras}.items()
+                                  "balance_cameras": self.balance_cameras,
+                                  "camera_weights": self.camera_weights}.items()
                if v is not None}
         if sel:
             o["selection"] = sel

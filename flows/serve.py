@@ -119,6 +119,14 @@ def build_deployments(settings: Settings) -> list[Any]:
     ]
 
 
+def payload_param(name: str, optional: bool = False) -> dict[str, Any]:
+    """A trigger's parameter from the event's payload field ``name``, as JSON (a list or a mapping keeps its type);
+    ``optional``: null when the payload lacks it (an event announced before the field existed)."""
+    fallback = " | default(none)" if optional else ""
+    return {"__prefect_kind": "json",
+            "value": {"__prefect_kind": "jinja", "template": "{{ event.payload." + name + fallback + " | tojson }}"}}
+
+
 def drift_deployments(settings: Settings, common: dict[str, Any]) -> list[Any]:
     """``drift-monitor/check-production-daily`` (cron ``drift.cron``) and ``select-for-labeling/open-drift-round``, which the
     ``detloop.drift.detected`` event starts: one round per episode, on its cameras and days."""
@@ -129,17 +137,14 @@ def drift_deployments(settings: Settings, common: dict[str, Any]) -> list[Any]:
     from flows.loop import select_for_labeling
     from flows.params import configured_defaults
 
-    def as_json(name: str) -> dict[str, Any]:  # a list from the payload keeps its type
-        return {"__prefect_kind": "json",
-                "value": {"__prefect_kind": "jinja", "template": "{{ event.payload." + name + " | tojson }}"}}
-
     on_drift = DeploymentEventTrigger(
         name="drift-detected-starts-targeted-round",
         expect={EVENT_DRIFT_DETECTED},
         match={"prefect.resource.id": "detloop.drift.*"},
         parameters={"params": {"config": "{{ event.payload.config }}", "as_of": "{{ event.payload.as_of }}",
-                               "episode_id": "{{ event.payload.episode_id }}", "budget": as_json("budget"),
-                               "cameras": as_json("cameras"), "dates": as_json("dates")}},
+                               "episode_id": "{{ event.payload.episode_id }}", "budget": payload_param("budget"),
+                               "cameras": payload_param("cameras"), "dates": payload_param("dates"),
+                               "camera_weights": payload_param("camera_weights", optional=True)}},
     )
     return [
         drift_monitor.to_deployment(

@@ -939,6 +939,20 @@ def round_budget(cfg: DriftSettings, selection_budget: int, n_cameras: int) -> i
     return cfg.round_budget or selection_budget
 
 
+def round_camera_weights(episode: Episode, cfg: DriftSettings) -> dict[str, float]:
+    """Each camera's weight in ``episode``'s targeted round (``selection.camera_weights``): 1 for a camera that
+    drifted on its own, ``cfg.companion_round_weight`` for a companion (it joined on one class's share alone, the
+    rest of its traffic unmoved). Only the cameras below 1 are listed; empty when every camera counts alike.
+
+    >>> e = Episode("drift-v7-2026-02-03", "7", "2026-02-03", ["cam3", "cam0", "cam4"], ["2026-02-03"],
+    ...             companions={"cam0": "star share ...", "cam4": "star share ..."})
+    >>> round_camera_weights(e, DriftSettings())
+    {'cam0': 0.5, 'cam4': 0.5}
+    """
+    w = cfg.companion_round_weight
+    return {} if w >= 1.0 else {c: w for c in episode.cameras if c in episode.companions}
+
+
 def stale(episode: Episode, day: str, reopen_after_days: int) -> bool:
     """Whether ``episode`` has been answered (a targeted round was started for it) and opened at least
     ``reopen_after_days`` days before ``day`` (0: never stale)."""

@@ -190,13 +190,33 @@ def equal_quotas(sizes: Sequence[int], k: int) -> list[int]:
     >>> equal_quotas([100, 100], 24), equal_quotas([5, 100, 100], 24), equal_quotas([3, 4], 24)
     ([12, 12], [5, 10, 9], [3, 4])
     """
+    return weighted_quotas(sizes, [1.0] * len(sizes), k)
+
+
+def weighted_quotas(sizes: Sequence[int], weights: Sequence[float], k: int) -> list[int]:
+    """Split ``k`` picks among groups of ``sizes`` frames in proportion to ``weights`` (> 0; pure): no group gets
+    more than it has, a group's spare share goes to the groups with room (in proportion to theirs), and the
+    remainder of the rounding goes to the largest fractions, ties to the groups listed first. Equal weights give
+    :func:`equal_quotas`. ``sum(result) == min(k, sum(sizes))``.
+
+    >>> weighted_quotas([100, 100, 100], [2, 1, 1], 24), weighted_quotas([5, 100, 100], [2, 1, 1], 24)
+    ([12, 6, 6], [5, 10, 9])
+    """
+    if len(weights) != len(sizes) or any(not w > 0 for w in weights):
+        raise ValueError(f"weights must be one positive number per group, got {list(weights)} for {len(sizes)}")
     quota = [0] * len(sizes)
     left = min(max(k, 0), sum(max(n, 0) for n in sizes))
     while left > 0:
         room = [i for i, n in enumerate(sizes) if quota[i] < n]
-        share, extra = divmod(left, len(room))
-        for j, i in enumerate(room):
-            add = min(share + (j < extra), sizes[i] - quota[i])
+        total = sum(weights[i] for i in room)
+        ideal = {i: left * weights[i] / total for i in room}
+        base = {i: int(ideal[i]) for i in room}
+        extra = left - sum(base.values())
+        # the rounding's remainder: largest fractional part first, ties in listing order
+        for i in sorted(room, key=lambda i: (-(ideal[i] - base[i]), i))[:extra]:
+            base[i] += 1
+        for i in room:
+            add = min(base[i], sizes[i] - quota[i])
             quota[i] += add
             left -= add
     return quota
@@ -232,7 +252,8 @@ def select_indices(
             control draw and the selected arm's size;
             the indices it returns are selected first (the rare-class search), the rest as usual.
         groups: ``(F,)`` group (camera) of each frame; with ``settings.balance_cameras`` the picks after the
-            reserved ones are split equally among the groups (:func:`equal_quotas`), each group ranked and made
+            reserved ones are split among the groups in proportion to ``settings.camera_weights`` (1 for a camera
+            not named: equally, :func:`weighted_quotas`), each group ranked and made
             diverse on its own, and listed round-robin (pick order alternates between groups).
 
     Returns:
@@ -267,10 +288,12 @@ def select_indices(
         g = np.asarray(groups, dtype=object)
         names = sorted({str(x) for x in g[order]})
         members = [order[g[order] == name] for name in names]  # each keeps the overall ranking's order
-        quotas = equal_quotas([len(m) for m in members], k)
+        weights = [settings.camera_weights.get(name, 1.0) for name in names]
+        quotas = weighted_quotas([len(m) for m in members], weights, k)
         picks = [_pick(m, q, embeddings, diversity, settings.filter_factor) for m, q in zip(members, quotas, strict=True)]
         sel = np.asarray([p[j] for j in range(max(quotas, default=0)) for p in picks if j < len(p)], np.int64)
-        notes.append("cameras balanced: " + ", ".join(f"{n} {q}" for n, q in zip(names, quotas, strict=True)))
+        notes.append("cameras balanced: " + ", ".join(
+            f"{n} {q}" + (f" (weight {w:g})" if w != 1.0 else "") for n, q, w in zip(names, quotas, weights, strict=True)))
     else:
         sel = np.asarray(_pick(order, k, embeddings, diversity, settings.filter_factor), np.int64)
     sel = np.concatenate([first, sel])

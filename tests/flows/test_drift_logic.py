@@ -220,16 +220,18 @@ def test_an_episode_whose_round_was_never_created_is_announced_again_the_next_da
     assert last["announced_again"] == [] and len(drifted()) == 2
 
 
-def test_a_targeted_round_on_two_cameras_gives_each_an_equal_share_a_weekly_round_does_not_split(
+def test_a_targeted_round_on_two_cameras_gives_each_its_share_a_weekly_round_does_not_split(
         world: Any, drift_config: str, fakes: Any) -> None:
     """An episode on a repainted camera and a new one: the new camera's frames are the more uncertain, and without
-    a split they took the repainted camera's share (the recovery ceiling, docs/benchmarks.md)."""
+    a split they took the repainted camera's share (the recovery ceiling, docs/benchmarks.md). A companion gets
+    half the share of a camera that drifted on its own (the tenth tiled soak, docs/drift.md)."""
     from collections import Counter
 
     from flows.drift import targeted_round
     from flows.loop import select_for_labeling
     from flows.params import SelectParams
     from tasks.drift import Episode
+    from tasks.selection import weighted_quotas
 
     data = yaml.safe_load(Path(drift_config).read_text())
     data["drift"]["round_frames_per_camera"] = 5
@@ -255,6 +257,41 @@ def test_a_targeted_round_on_two_cameras_gives_each_an_equal_share_a_weekly_roun
 
     weekly = select_for_labeling(SelectParams(config=drift_config, as_of=date(2026, 1, 19), budget=6))
     assert not any(n.startswith("cameras balanced") for n in selected(weekly)[1])
+
+    # cam1 a companion (joined on a class's share alone): half cam0's share (drift.companion_round_weight)
+    ep2 = Episode(episode_id="drift-v1-2026-01-21", model_version="1", cameras=["cam0", "cam1"],
+                  opened_on="2026-01-21", days=["2026-01-20", "2026-01-21"], companions={"cam1": "star share ..."})
+    t2 = targeted_round(load_settings(drift_config), ep2)
+    assert t2["camera_weights"] == {"cam1": 0.5}
+    out2 = select_for_labeling(SelectParams(config=drift_config, as_of=t2["as_of"], episode_id=ep2.episode_id,
+                                            cameras=t2["cameras"], dates=t2["dates"], budget=t2["budget"],
+                                            camera_weights=t2["camera_weights"]))
+    counts2, notes2 = selected(out2)
+    k = sum(counts2.values())
+    assert k >= 3 and [counts2["cam0"], counts2["cam1"]] == weighted_quotas([k, k], [1.0, 0.5], k), (counts2, notes2)
+    assert any(n.startswith("cameras balanced: cam0") and "cam1" in n and "(weight 0.5)" in n for n in notes2)
+
+
+def test_the_drift_trigger_passes_the_payloads_lists_and_mappings_and_null_for_a_field_an_older_event_lacks() -> None:
+    """The automation renders each parameter from the event (Prefect's own template renderer): a camera weight
+    mapping keeps its type, and an event announced before ``camera_weights`` existed still starts its round."""
+    import json
+
+    from prefect.server.utilities.user_templates import render_user_template_sync
+
+    from flows.serve import payload_param
+
+    def render(name: str, payload: dict[str, Any], optional: bool = False) -> Any:
+        return json.loads(render_user_template_sync(payload_param(name, optional)["value"]["template"],
+                                                    {"event": {"payload": payload}}))
+
+    assert render("camera_weights", {"camera_weights": {"cam1": 0.5}}, optional=True) == {"cam1": 0.5}
+    assert render("camera_weights", {}, optional=True) is None
+    assert render("cameras", {"cameras": ["cam0", "cam1"]}) == ["cam0", "cam1"]
+    from prefect.server.utilities.user_templates import TemplateRenderError
+
+    with pytest.raises(TemplateRenderError):  # a required field stays required
+        render("cameras", {})
 
 
 @pytest.mark.parametrize("case", ["carried", "carried-no-grace", "not-carried"])

@@ -577,6 +577,24 @@ def test_a_targeted_round_budget_is_per_camera_when_set_else_the_round_or_weekly
     assert round_budget(DriftSettings(round_frames_per_camera=50), 24, 1) == 50
 
 
+def test_a_targeted_round_weighs_companions_less_than_the_cameras_that_drifted_on_their_own() -> None:
+    from detloop.settings import load_settings
+    from flows.drift import targeted_round
+    from tasks.drift import Episode, round_camera_weights
+
+    e = Episode("drift-v7-2026-02-03", "7", "2026-02-03", ["cam3", "cam0", "cam4"], ["2026-02-03"],
+                companions={"cam0": "star share 0.036 -> 0.079", "cam4": "star share 0.037 -> 0.115"})
+    assert round_camera_weights(e, DriftSettings()) == {"cam0": 0.5, "cam4": 0.5}
+    assert round_camera_weights(e, DriftSettings(companion_round_weight=0.25)) == {"cam0": 0.25, "cam4": 0.25}
+    assert round_camera_weights(e, DriftSettings(companion_round_weight=1.0)) == {}  # every camera alike
+    assert round_camera_weights(replace(e, companions={}), DriftSettings()) == {}
+    t = targeted_round(load_settings("configs/test.yaml"), e)
+    assert t["camera_weights"] == {"cam0": 0.5, "cam4": 0.5} and t["cameras"] == ["cam3", "cam0", "cam4"]
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="companion_round_weight"):
+            DriftSettings(companion_round_weight=bad)
+
+
 # ---- cameras a promotion must not make the new normal (drift.carry_unrecovered) --------------------------------
 def test_unrecovered_cameras_are_those_an_earlier_champion_last_saw_drifting() -> None:
     from tasks.drift import Episode, unrecovered_cameras

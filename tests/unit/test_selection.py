@@ -195,6 +195,32 @@ def test_equal_quotas_split_evenly_capped_by_each_group(sizes: list[int], k: int
     assert sum(got) == min(k, sum(sizes)) and all(q <= n for q, n in zip(got, sizes, strict=True))
 
 
+@pytest.mark.parametrize(("sizes", "weights", "k", "want"), [
+    ([100, 100, 100], [2, 1, 1], 24, [12, 6, 6]),
+    ([100, 100, 100, 100, 100], [1, 0.5, 0.5, 0.5, 0.5], 240, [80, 40, 40, 40, 40]),  # an episode and 4 companions
+    ([5, 100, 100], [2, 1, 1], 24, [5, 10, 9]),  # the heavy group's spare share goes to the others
+    ([100, 100], [1, 3], 10, [3, 7]),  # 2.5 / 7.5: a tie of fractions goes to the group listed first
+    ([100, 100], [1, 2], 10, [3, 7]),  # 3.33 / 6.67: the larger fraction gets the remainder
+    ([3, 100], [10, 1], 24, [3, 21]),
+    ([100, 100], [0.5, 0.5], 25, [13, 12]),  # equal weights: equal_quotas, whatever their value
+])
+def test_weighted_quotas_split_in_proportion_capped_by_each_group(sizes: list[int], weights: list[float], k: int,
+                                                                   want: list[int]) -> None:
+    from tasks.selection import weighted_quotas
+
+    got = weighted_quotas(sizes, weights, k)
+    assert got == want
+    assert sum(got) == min(k, sum(sizes)) and all(q <= n for q, n in zip(got, sizes, strict=True))
+
+
+def test_weighted_quotas_refuse_a_weight_that_is_not_positive() -> None:
+    from tasks.selection import weighted_quotas
+
+    for bad in ([1, 0], [1, -1], [1]):
+        with pytest.raises(ValueError, match="positive number per group"):
+            weighted_quotas([10, 10], bad, 5)
+
+
 def skewed_two_cameras(n: int = 60) -> list[ScoredFrame]:
     """cam0's frames all more uncertain than cam1's (a new camera beside a repainted one)."""
     out = []
@@ -221,6 +247,25 @@ def test_balance_cameras_gives_each_camera_its_share_in_alternating_pick_order(d
     # within a camera, the best of that camera is picked first
     first_cam1 = next(f for f in bal.selected if f.frame.camera == "cam1")
     assert first_cam1.uncertainty == pytest.approx(max(f.uncertainty for f in bal.selected if f.frame.camera == "cam1"))
+
+
+def test_balance_cameras_splits_by_camera_weights_and_says_so() -> None:
+    frames = skewed_two_cameras(80)
+    res = select(frames, None, settings(budget=12, balance_cameras=True, camera_weights={"cam0": 0.5}))
+    cams = [f.frame.camera for f in res.selected]
+    assert cams.count("cam0") == 4 and cams.count("cam1") == 8  # 1 : 2, though cam0's frames are the more uncertain
+    assert any(n.startswith("cameras balanced: cam0 4 (weight 0.5), cam1 8") for n in res.notes)
+    # a weight without balance_cameras changes nothing: the shares fall where the scores do
+    plain = select(frames, None, settings(budget=12, camera_weights={"cam0": 0.5}))
+    assert {f.frame.camera for f in plain.selected} == {"cam0"}
+
+
+def test_camera_weights_are_validated_on_load() -> None:
+    from pydantic import ValidationError
+
+    for bad in (0.0, -1.0, 101.0):
+        with pytest.raises(ValidationError, match="camera_weights"):
+            settings(camera_weights={"cam0": bad})
 
 
 def test_balance_cameras_keeps_the_control_arm_and_the_budget() -> None:
