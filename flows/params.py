@@ -64,8 +64,8 @@ class SelectParams(_Params):
     control_share: Annotated[float, Field(ge=0.0, le=0.5)] | SkipJsonSchema[None] = Field(
         None, description="Share of the budget drawn at random (the blind control arm).")
     balance_cameras: bool | SkipJsonSchema[None] = Field(
-        None, description="Split the selected frames equally among the cameras (leave empty: config; a drift "
-        "episode's round: drift.round_balance_cameras).")
+        None, description="Split the selected frames among the cameras, equally or by camera_weights (leave empty: "
+        "config; a drift episode's round: drift.round_balance_cameras).")
     camera_weights: dict[str, Annotated[float, Field(gt=0.0, le=100.0)]] | SkipJsonSchema[None] = Field(
         None, description="With balanced cameras, each camera's share in proportion to its weight (1 for a camera "
         "not named; a drift episode's round: its companions drift.companion_round_weight).")
