@@ -182,23 +182,14 @@ def score_frames(
             "per_strategy": per, "strategy": strat.name, "notes": notes}
 
 
-def equal_quotas(sizes: Sequence[int], k: int) -> list[int]:
-    """Split ``k`` picks equally among groups of ``sizes`` frames (pure): no group gets more than it has, a
-    group's spare share goes to the groups with room, and the remainder of an uneven split goes to the groups
-    listed first. ``sum(result) == min(k, sum(sizes))``.
-
-    >>> equal_quotas([100, 100], 24), equal_quotas([5, 100, 100], 24), equal_quotas([3, 4], 24)
-    ([12, 12], [5, 10, 9], [3, 4])
-    """
-    return weighted_quotas(sizes, [1.0] * len(sizes), k)
-
-
 def weighted_quotas(sizes: Sequence[int], weights: Sequence[float], k: int) -> list[int]:
     """Split ``k`` picks among groups of ``sizes`` frames in proportion to ``weights`` (> 0; pure): no group gets
     more than it has, a group's spare share goes to the groups with room (in proportion to theirs), and the
-    remainder of the rounding goes to the largest fractions, ties to the groups listed first. Equal weights give
-    :func:`equal_quotas`. ``sum(result) == min(k, sum(sizes))``.
+    remainder of the rounding goes to the largest fractions, ties to the groups listed first (with equal weights:
+    an equal split, its remainder to the groups listed first). ``sum(result) == min(k, sum(sizes))``.
 
+    >>> weighted_quotas([100, 100], [1, 1], 24), weighted_quotas([5, 100, 100], [1, 1, 1], 24)
+    ([12, 12], [5, 10, 9])
     >>> weighted_quotas([100, 100, 100], [2, 1, 1], 24), weighted_quotas([5, 100, 100], [2, 1, 1], 24)
     ([12, 6, 6], [5, 10, 9])
     """

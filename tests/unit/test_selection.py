@@ -187,10 +187,10 @@ def test_report_is_json_and_has_scores_per_strategy(tmp_path) -> None:  # type: 
     ([], 5, []),
     ([10, 10], 0, [0, 0]),
 ])
-def test_equal_quotas_split_evenly_capped_by_each_group(sizes: list[int], k: int, want: list[int]) -> None:
-    from tasks.selection import equal_quotas
+def test_equal_weights_split_evenly_capped_by_each_group(sizes: list[int], k: int, want: list[int]) -> None:
+    from tasks.selection import weighted_quotas
 
-    got = equal_quotas(sizes, k)
+    got = weighted_quotas(sizes, [1.0] * len(sizes), k)
     assert got == want
     assert sum(got) == min(k, sum(sizes)) and all(q <= n for q, n in zip(got, sizes, strict=True))
 
@@ -202,7 +202,7 @@ def test_equal_quotas_split_evenly_capped_by_each_group(sizes: list[int], k: int
     ([100, 100], [1, 3], 10, [3, 7]),  # 2.5 / 7.5: a tie of fractions goes to the group listed first
     ([100, 100], [1, 2], 10, [3, 7]),  # 3.33 / 6.67: the larger fraction gets the remainder
     ([3, 100], [10, 1], 24, [3, 21]),
-    ([100, 100], [0.5, 0.5], 25, [13, 12]),  # equal weights: equal_quotas, whatever their value
+    ([100, 100], [0.5, 0.5], 25, [13, 12]),  # equal weights split equally, whatever their value
 ])
 def test_weighted_quotas_split_in_proportion_capped_by_each_group(sizes: list[int], weights: list[float], k: int,
                                                                    want: list[int]) -> None:
