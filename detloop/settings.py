@@ -986,6 +986,13 @@ class DriftSettings(_Model):
         "moved, where a camera of its own drift saw its images, embeddings or confidences move and needs its frames "
         "most (docs/drift.md). 1: every camera of the episode alike.",
     )
+    reasked_round_days: bool = Field(
+        True,
+        description="A camera re-asked (in an earlier episode whose targeted round was created) samples, in its new "
+        "episode's round, its drifted days since that round's window ended (held days and days of the earlier "
+        "episode after its round included), inside the sampling window, not only the new episode's days: its "
+        "drift went on unlabelled meanwhile (docs/drift.md). Off: every camera samples the episode's days.",
+    )
     carry_unrecovered: bool = Field(
         True, description="A camera the previous champion's monitor last saw drifting (its episode not closed clean "
         "when the champion changed) keeps a reference from before its drift began under the new champion, so a "

@@ -730,26 +730,49 @@ def episode_companions(run: DriftRun, settings: Settings, day: str, episode: Epi
 
 def targeted_round(settings: Settings, episode: Episode) -> dict[str, Any]:
     """What the episode's round selects: its cameras and drifted days inside the sampling window that ends the
-    day after the episode opened, and each camera's weight in it (companions less; deterministic per episode)."""
+    day after the episode opened, each re-asked camera's own days (``camera_dates``, from ``episode.round_days``),
+    and each camera's weight in it (companions less; deterministic per episode)."""
     from tasks.drift import round_budget, round_camera_weights
     from tasks.rounds import RoundFocus, focused_round_id
 
-    as_of = date.fromisoformat(episode.opened_on) + timedelta(days=1)
-    start = as_of - timedelta(days=settings.sampling.window_days)
-    dates = [x for x in episode.days if start.isoformat() <= x < as_of.isoformat()]
+    as_of, start = round_window(settings, episode)
+    dates = [x for x in episode.days if start <= x < as_of]
     return {"round_id": focused_round_id(settings.label_studio.project_title, RoundFocus("drift", episode.episode_id)),
-            "as_of": as_of.isoformat(), "cameras": list(episode.cameras), "dates": dates,
+            "as_of": as_of, "cameras": list(episode.cameras), "dates": dates,
             "budget": round_budget(settings.drift, settings.selection.budget, len(episode.cameras)),
-            "camera_weights": round_camera_weights(episode, settings.drift)}
+            "camera_weights": round_camera_weights(episode, settings.drift),
+            "camera_dates": dict(episode.round_days) or None}
+
+
+def round_window(settings: Settings, episode: Episode) -> tuple[str, str]:
+    """``(as_of, start)`` of the episode's round, ISO days: its sampling window ends (exclusive) the day after the
+    episode opened."""
+    as_of = date.fromisoformat(episode.opened_on) + timedelta(days=1)
+    return as_of.isoformat(), (as_of - timedelta(days=settings.sampling.window_days)).isoformat()
+
+
+def episode_round_days(settings: Settings, episode: Episode, episodes: Sequence[Episode],
+                       run: DriftRun) -> dict[str, list[str]]:
+    """Re-asked cameras' days in ``episode``'s round (:func:`tasks.drift.reasked_days`) from ``run``'s verdicts;
+    empty when ``drift.reasked_round_days`` is off."""
+    from tasks.drift import reasked_days
+
+    if not settings.drift.reasked_round_days:
+        return {}
+    as_of, start = round_window(settings, episode)
+    return reasked_days(episode, episodes, {c: run.drifted_days(c) for c in episode.cameras}, start, as_of)
 
 
 def announce_episode(settings: Settings, store: Any, episode: Episode, config: str | None,
-                     as_of: str | None = None) -> Episode:
+                     as_of: str | None = None, round_days: Mapping[str, list[str]] | None = None) -> Episode:
     """Emit ``detloop.drift.detected`` for ``episode`` and record it (with ``as_of``, the monitor's day). The first
     event's id derives from the episode id; an episode announced again (its round never created) gets one per
-    attempt, so the automation sees a new event."""
+    attempt, so the automation sees a new event. ``round_days`` (:func:`episode_round_days`) are recorded at the
+    first announcement; one announced again keeps its recorded days."""
     from tasks.drift_records import mark_episode
 
+    if round_days and not episode.event_id:
+        episode = mark_episode(store, settings, episode.episode_id, round_days=dict(round_days))
     target = targeted_round(settings, episode)
     attempt = max(episode.announcements, 1) if episode.event_id else 0  # records before the count: 1 sent
     eid = drift_event_id(settings.mlflow.model_name,
@@ -757,9 +780,11 @@ def announce_episode(settings: Settings, store: Any, episode: Episode, config: s
     payload = {"episode_id": episode.episode_id, "model": settings.mlflow.model_name,
                "model_version": episode.model_version, "classes": episode.classes, "days": episode.days,
                "statistics": episode.signals, **target, "config": config or ""}
+    own = "".join(f"; {c} also its drifted days since its last round ({len(d)} days from {d[0]})"
+                  for c, d in episode.round_days.items() if d)
     message = (f"drift on {', '.join(episode.cameras)} since {episode.days[0]} (v{episode.model_version}: "
                f"{', '.join(episode.signals[:4])}{' ...' if len(episode.signals) > 4 else ''}); "
-               f"targeted round {target['round_id']}")
+               f"targeted round {target['round_id']}{own}")
     notify(EVENT_DRIFT_DETECTED, drift_resource_id(settings.mlflow.model_name, episode.episode_id), payload, message,
            event_id=eid)
     return mark_episode(store, settings, episode.episode_id, event_id=str(eid), round_id=target["round_id"],
@@ -786,7 +811,8 @@ def drift_monitor(params: DriftParams = DriftParams()) -> dict[str, Any]:  # noq
 
     # 2. episodes: the days not seen yet, in order; each new episode announced once
     to_announce, episodes = update_episodes(settings, clients.store, run)
-    announced = [announce_episode(settings, clients.store, e, params.config, run.as_of) for e in to_announce]
+    announced = [announce_episode(settings, clients.store, e, params.config, run.as_of,
+                                  episode_round_days(settings, e, episodes, run)) for e in to_announce]
     for e in announced:
         log.info("episode %s opened on %s: event emitted, round %s", e.episode_id, ", ".join(e.cameras), e.round_id)
     # 2b. an episode announced on an earlier day whose targeted round was never created (the run its event started

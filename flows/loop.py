@@ -130,7 +130,8 @@ def select_for_labeling(params: SelectParams = SelectParams()) -> dict[str, Any]
         notes: list[str] = ["resumed: stored selection reused"]
         table = ""
     else:
-        run = select_frames(as_of, round_id, params.config, overrides, params.cameras, params.dates)
+        run = select_frames(as_of, round_id, params.config, overrides, params.cameras, params.dates,
+                            camera_dates=params.camera_dates)
         if run.result is None:
             md = f"# Week {as_of}: nothing to label\n\n" + "\n".join(f"- {n}" for n in run.notes or ["empty window"])
             publish_report("select-empty", md, "select-for-labeling: empty window")

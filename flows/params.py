@@ -53,6 +53,9 @@ class SelectParams(_Params):
     cameras: list[str] | SkipJsonSchema[None] = Field(None, description="Only these cameras (leave empty: all).")
     dates: list[date] | SkipJsonSchema[None] = Field(
         None, description="Only these dates inside the window (leave empty: all).")
+    camera_dates: dict[str, list[date]] | SkipJsonSchema[None] = Field(
+        None, description="A camera named here samples these dates (inside the window) instead of `dates` (a drift "
+        "episode's round: a re-asked camera's drifted days since its last round).")
     budget: Annotated[int, Field(ge=1, le=100_000)] | SkipJsonSchema[None] = Field(
         None, description="Frames to send to annotators (control included).")
     strategy: StrategyName | SkipJsonSchema[None] = Field(

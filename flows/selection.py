@@ -216,6 +216,7 @@ def select_frames(
     model_path: str | None = None,
     labelled_counts: list[int] | None = None,
     write: bool = True,
+    camera_dates: dict[str, list[date]] | None = None,
 ) -> SelectionRun:
     """Sample the window ending at ``as_of``, score it with the champion (or ``model_path``), select.
 
@@ -224,7 +225,8 @@ def select_frames(
         run_id: the round id (or a by-hand run id): manifests and reports go under ``runs/<run_id>/``, and
             the selection's random draws are seeded by it (a re-run draws the same).
         config, overrides: the settings (config file, then nested overrides such as a run's budget).
-        cameras, dates: optional focus of the sample.
+        cameras, dates: optional focus of the sample; ``camera_dates``: a named camera's own dates instead of
+            ``dates`` (a drift round's re-asked camera, :func:`flows.drift.targeted_round`).
         model_path: score with this artifact directory or ``.pt`` instead of the registry's champion.
         labelled_counts: boxes per class in the labelled set; None: counted in the champion's training data.
         write: write manifests, predictions and the reports to S3 (False: look only).
@@ -265,9 +267,10 @@ def select_frames(
 
     # 2. sample production frames
     sample = retrying(steps.sample_window, settings)(settings, clients, as_of, cameras, dates,
-                                                     run_id if write else None)
-    notes += sample.notes
-    for note in sample.notes:
+                                                     run_id if write else None, camera_dates=camera_dates)
+    notes += sample.notes + [f"{c} sampled its own days {', '.join(str(d) for d in ds)} (its drifted days since "
+                             "its last round)" for c, ds in sorted((camera_dates or {}).items()) if ds]
+    for note in notes:
         log.info(note)
     if settings.selection.exclude_sent and sample.frames:  # a frame is labelled (and paid for) once
         from tasks.rounds import without_sent

@@ -144,7 +144,8 @@ def drift_deployments(settings: Settings, common: dict[str, Any]) -> list[Any]:
         parameters={"params": {"config": "{{ event.payload.config }}", "as_of": "{{ event.payload.as_of }}",
                                "episode_id": "{{ event.payload.episode_id }}", "budget": payload_param("budget"),
                                "cameras": payload_param("cameras"), "dates": payload_param("dates"),
-                               "camera_weights": payload_param("camera_weights", optional=True)}},
+                               "camera_weights": payload_param("camera_weights", optional=True),
+                               "camera_dates": payload_param("camera_dates", optional=True)}},
     )
     return [
         drift_monitor.to_deployment(

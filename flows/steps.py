@@ -62,10 +62,11 @@ def fetch_round_version(settings: Any, clients: Any, round_id: str) -> Any:
 
 @task(name="sample-window", **NET)
 def sample_window(settings: Any, clients: Any, as_of: date, cameras: list[str] | None, dates: list[date] | None,
-                  run_id: str | None, dedup: bool = True) -> Any:
+                  run_id: str | None, dedup: bool = True, camera_dates: dict[str, list[date]] | None = None) -> Any:
     from tasks.sampling import sample
 
-    return sample(settings, as_of, clients.store, cameras=cameras, dates=dates, run_id=run_id, dedup=dedup)
+    return sample(settings, as_of, clients.store, cameras=cameras, dates=dates, run_id=run_id, dedup=dedup,
+                  camera_dates=camera_dates)
 
 
 @task(name="frames-sent-before", **NET)

@@ -537,6 +537,8 @@ class Episode:
             shrank; :func:`shifted_classes`), asked of the other cameras for ``drift.companion_days`` days;
             ``joined_late``: cameras found after its opening day, camera -> the episode each opened
             (:func:`join_late`).
+        round_days: re-asked cameras' days in its targeted round where more than ``days`` (:func:`reasked_days`),
+            fixed at its first announcement.
     """
 
     episode_id: str
@@ -564,6 +566,7 @@ class Episode:
     companions: dict[str, str] = field(default_factory=dict)  # camera -> why it joined (:func:`companions`)
     shifted: dict[str, int] = field(default_factory=dict)  # class -> direction its share moved (opening day)
     joined_late: dict[str, str] = field(default_factory=dict)  # camera -> the episode it opened as a late companion
+    round_days: dict[str, list[str]] = field(default_factory=dict)  # re-asked camera -> its round's days (reasked_days)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -951,6 +954,37 @@ def round_camera_weights(episode: Episode, cfg: DriftSettings) -> dict[str, floa
     """
     w = cfg.companion_round_weight
     return {} if w >= 1.0 else {c: w for c in episode.cameras if c in episode.companions}
+
+
+def reasked_days(episode: Episode, earlier: Iterable[Episode], drifted: Mapping[str, Iterable[str]], start: str,
+                 end: str) -> dict[str, list[str]]:
+    """The days each re-asked camera of ``episode``'s targeted round samples, where more than the episode's own.
+
+    A camera is re-asked when an earlier episode of it was answered (its ``round_id`` set). That round sampled the
+    days before the day after that episode opened; the camera's drifted days since (``drifted``: camera -> days its
+    verdict was drift, held days included; :meth:`flows.drift.DriftRun.drifted_days`) were offered to no round.
+    They join the episode's days, inside ``[start, end)`` (the round's sampling window, ISO days). Only cameras that
+    gain a day are listed (pure).
+
+    >>> old = Episode("drift-v6-2026-01-27", "6", "2026-01-27", ["cam3"], ["2026-01-26", "2026-01-27"],
+    ...               round_id="r1")
+    >>> new = Episode("drift-v9-2026-02-03", "9", "2026-02-03", ["cam3", "cam0"], ["2026-02-02", "2026-02-03"])
+    >>> drifted = {"cam3": ["2026-01-27", "2026-01-28", "2026-01-30", "2026-02-02"], "cam0": ["2026-01-30"]}
+    >>> reasked_days(new, [old], drifted, "2026-01-28", "2026-02-04")
+    {'cam3': ['2026-01-28', '2026-01-30', '2026-02-02', '2026-02-03']}
+    """
+    own = {d for d in episode.days if start <= d < end}
+    out: dict[str, list[str]] = {}
+    for cam in episode.cameras:
+        last = max((e.opened_on for e in earlier if e.round_id and cam in e.cameras
+                    and e.episode_id != episode.episode_id and e.opened_on < episode.opened_on), default=None)
+        if last is None:
+            continue
+        since = max(start, (date.fromisoformat(last) + timedelta(days=1)).isoformat())
+        extra = {d for d in drifted.get(cam, ()) if since <= d < end} - own
+        if extra:
+            out[cam] = sorted(own | extra)
+    return out
 
 
 def stale(episode: Episode, day: str, reopen_after_days: int) -> bool:

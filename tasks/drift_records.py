@@ -197,7 +197,7 @@ def mark_episode(store: Any, settings: Settings, episode_id: str, **fields: Any)
     from detloop.errors import DataError, NotFound
 
     allowed = {"event_id", "emitted_at", "round_id", "acked_by", "acked_at", "note", "silenced_until",
-               "announcements", "announced_for"}
+               "announcements", "announced_for", "round_days"}
     bad = sorted(set(fields) - allowed)
     if bad:
         raise DataError(f"episode {episode_id}: cannot set {bad}; settable fields are {sorted(allowed)}")

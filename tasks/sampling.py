@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -50,6 +50,14 @@ def window_dates(as_of: date, window_days: int, dates: Iterable[date] | None = N
     return [d for d in all_days if d in wanted]
 
 
+def camera_window_dates(as_of: date, window_days: int, cameras: Iterable[str], dates: Iterable[date] | None = None,
+                        camera_dates: Mapping[str, Iterable[date]] | None = None) -> dict[str, list[date]]:
+    """Each camera's dates inside the window: its own from ``camera_dates`` when named there (a drift round offers
+    a re-asked camera its drifted days since its last round), else ``dates`` (None: every day)."""
+    own = camera_dates or {}
+    return {c: window_dates(as_of, window_days, own[c] if c in own else dates) for c in cameras}
+
+
 def frames_in_window(
     objects: Iterable[Any],
     bucket: str,
@@ -57,12 +65,15 @@ def frames_in_window(
     window_days: int,
     cameras: Sequence[str] | None = None,
     dates: Sequence[date] | None = None,
+    camera_dates: Mapping[str, Sequence[date]] | None = None,
 ) -> list[FrameRef]:
     """Frame refs of listed objects (anything with ``key``, ``size``, ``etag``) inside the window.
 
+    A camera named in ``camera_dates`` keeps its own dates instead of ``dates`` (:func:`camera_window_dates`).
     Keys that are not frames (``camera=<id>/date=<YYYY-MM-DD>/<id>.jpg|png``) are skipped.
     """
     days = set(window_dates(as_of, window_days, dates))
+    own = {c: set(window_dates(as_of, window_days, d)) for c, d in (camera_dates or {}).items()}
     cams = set(cameras) if cameras else None
     out = []
     for o in objects:
@@ -70,7 +81,7 @@ def frames_in_window(
         if parsed is None:
             continue
         cam, day, _ = parsed
-        if day not in days or (cams is not None and cam not in cams):
+        if day not in own.get(cam, days) or (cams is not None and cam not in cams):
             continue
         out.append(FrameRef(bucket=bucket, key=o.key, etag=o.etag, camera=cam, date=day.isoformat(), size=o.size))
     return out
@@ -259,6 +270,7 @@ def list_window(
     as_of: date,
     cameras: Sequence[str] | None = None,
     dates: Sequence[date] | None = None,
+    camera_dates: Mapping[str, Sequence[date]] | None = None,
 ) -> tuple[list[FrameRef], list[Quarantined]]:
     """List production frames in the window, one ``camera=/date=`` prefix at a time (no full-bucket scan).
 
@@ -269,13 +281,13 @@ def list_window(
     bucket = settings.s3.production_bucket
     prefix = settings.s3.production_prefix
     cams = list(cameras) if cameras else list_cameras(store, bucket, prefix)
-    days = window_dates(as_of, settings.sampling.window_days, dates)
+    wd = settings.sampling.window_days
     objs: list[Any] = []
-    for cam in cams:
+    for cam, days in camera_window_dates(as_of, wd, cams, dates, camera_dates).items():
         for d in days:
             objs.extend(store.list(bucket, f"{prefix}camera={cam}/date={d.isoformat()}/"))
     strays = [Quarantined(bucket, o.key, NOT_A_FRAME) for o in objs if parse_frame_key(o.key) is None]
-    return frames_in_window(objs, bucket, as_of, settings.sampling.window_days, cameras, dates), strays
+    return frames_in_window(objs, bucket, as_of, wd, cameras, dates, camera_dates), strays
 
 
 def list_cameras(store: Any, bucket: str, prefix: str) -> list[str]:
@@ -315,6 +327,7 @@ def sample(
     run_id: str | None = None,
     threads: int = 8,
     dedup: bool = True,
+    camera_dates: Mapping[str, Sequence[date]] | None = None,
 ) -> SampleResult:
     """Sample production frames for ``as_of``: list, stratify, validate, dedup, write manifests.
 
@@ -326,7 +339,7 @@ def sample(
         settings: full settings (buckets, ``sampling``).
         as_of: end of the window (exclusive).
         store: the object store (:class:`~detloop.clients.protocols.ObjectStore`).
-        cameras / dates: optional focus.
+        cameras / dates: optional focus; ``camera_dates``: a named camera's own dates instead of ``dates``.
         run_id: when given, manifests go to ``runs/<run_id>/sample_manifest.json`` and
             ``runs/<run_id>/quarantine.json`` in the data bucket.
         threads: download threads.
@@ -337,7 +350,7 @@ def sample(
     """
     sp = settings.sampling
     start, end = window(as_of, sp.window_days)
-    listed, strays = list_window(store, settings, as_of, cameras, dates)
+    listed, strays = list_window(store, settings, as_of, cameras, dates, camera_dates)
     order = stratified_order(listed, sp.per_camera_quota, sp.max_per_camera_per_day, sp.seed)
     stats = {"listed": len(listed), "eligible": len(order), "downloaded": 0, "quarantined": 0,
              "duplicates": 0, "sampled": 0}

@@ -272,6 +272,58 @@ def test_a_targeted_round_on_two_cameras_gives_each_its_share_a_weekly_round_doe
     assert any(n.startswith("cameras balanced: cam0") and "cam1" in n and "(weight 0.5)" in n for n in notes2)
 
 
+def test_a_reasked_cameras_round_samples_its_drifted_days_since_its_last_round(
+        world: Any, drift_config: str, fakes: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cam1 was in an answered episode and drifted on, unasked (held, the champion changed); its new episode's
+    round offers it those days too, recorded at the first announcement (an announcement again keeps them), sent in
+    the event, and sampled by the round; cam0, asked for the first time, samples the episode's days only."""
+    from detloop.settings import load_settings
+    from flows.drift import DriftRun, announce_episode, episode_round_days
+    from flows.loop import select_for_labeling
+    from flows.params import SelectParams
+    from tasks.drift import Episode, Features, Verdict
+    from tasks.drift_records import load_episode, save_episodes
+
+    s = load_settings(drift_config)
+    first = Episode("drift-v1-2026-01-16", "1", "2026-01-16", ["cam1"], ["2026-01-15", "2026-01-16"],
+                    round_id="r-first", status="closed")
+    new = Episode("drift-v2-2026-01-20", "2", "2026-01-20", ["cam0", "cam1"], ["2026-01-19", "2026-01-20"])
+    save_episodes(fakes.store, s, [first, new])
+    days = [f"2026-01-{d}" for d in range(14, 21)]
+    drifting = {"cam1": {"2026-01-15", "2026-01-16", "2026-01-17", "2026-01-18", "2026-01-19", "2026-01-20"},
+                "cam0": {"2026-01-17", "2026-01-19", "2026-01-20"}}  # cam0's lone day 17: asked for no round yet
+    verdicts = {d: {c: Verdict(c, d, "drift" if d in drifting[c] else "clean") for c in ("cam0", "cam1")}
+                for d in days}
+    run = DriftRun("2026-01-21", days, "2", {}, Features.empty(), {}, verdicts, {})
+    got = episode_round_days(s, new, [first, new], run)
+    # the window is the 7 days before the 21st; cam1's first round sampled up to the 16th
+    assert got == {"cam1": ["2026-01-17", "2026-01-18", "2026-01-19", "2026-01-20"]}
+    off = s.model_copy(update={"drift": s.drift.model_copy(update={"reasked_round_days": False})})
+    assert episode_round_days(off, new, [first, new], run) == {}
+
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr("prefect.events.emit_event", lambda **kw: events.append(kw))
+    ep = announce_episode(s, fakes.store, new, drift_config, "2026-01-21", got)
+    assert load_episode(fakes.store, s, new.episode_id).round_days == got and ep.round_days == got
+    again = announce_episode(s, fakes.store, ep, drift_config, "2026-01-22",
+                             {"cam1": ["2026-01-20"]})  # announced again: its recorded days, not new ones
+    assert again.round_days == got
+    payloads = [e["payload"] for e in events]
+    assert [p["camera_dates"] for p in payloads] == [got, got] and payloads[0]["dates"] == ["2026-01-19", "2026-01-20"]
+    assert "cam1 also its drifted days since its last round (4 days from 2026-01-17)" in payloads[0]["message"]
+
+    p = payloads[0]
+    out = select_for_labeling(SelectParams(config=drift_config, as_of=p["as_of"], episode_id=p["episode_id"],
+                                           cameras=p["cameras"], dates=p["dates"], budget=p["budget"],
+                                           camera_dates=p["camera_dates"]))
+    manifest = fakes.store.get_json(world.s3.data_bucket, f"runs/{out['round_id']}/sample_manifest.json")
+    sampled = {(f["camera"], f["date"]) for f in manifest["frames"]}
+    assert {d for c, d in sampled if c == "cam1"} == set(got["cam1"])
+    assert {d for c, d in sampled if c == "cam0"} == {"2026-01-19", "2026-01-20"}
+    notes = fakes.store.get_json(world.s3.data_bucket, f"runs/{out['round_id']}/selection_report.json")["notes"]
+    assert any(n.startswith("cam1 sampled its own days 2026-01-17, 2026-01-18") for n in notes), notes
+
+
 def test_the_drift_trigger_passes_the_payloads_lists_and_mappings_and_null_for_a_field_an_older_event_lacks() -> None:
     """The automation renders each parameter from the event (Prefect's own template renderer): a camera weight
     mapping keeps its type, and an event announced before ``camera_weights`` existed still starts its round."""
@@ -287,6 +339,9 @@ def test_the_drift_trigger_passes_the_payloads_lists_and_mappings_and_null_for_a
 
     assert render("camera_weights", {"camera_weights": {"cam1": 0.5}}, optional=True) == {"cam1": 0.5}
     assert render("camera_weights", {}, optional=True) is None
+    assert render("camera_dates", {"camera_dates": {"cam3": ["2026-01-29", "2026-02-03"]}}, optional=True) == {
+        "cam3": ["2026-01-29", "2026-02-03"]}
+    assert render("camera_dates", {"camera_dates": None}, optional=True) is None
     assert render("cameras", {"cameras": ["cam0", "cam1"]}) == ["cam0", "cam1"]
     from prefect.server.utilities.user_templates import TemplateRenderError
 

@@ -207,6 +207,7 @@ def test_a_dusk_camera_opens_one_episode_one_event_one_targeted_round_beside_a_w
         assert len(runs) == 1 and runs[0].state.is_completed(), runs[0].state.message
         assert runs[0].parameters["params"]["cameras"] == ["cam1"]  # a list, through the trigger
         assert runs[0].parameters["params"]["camera_weights"] == {}  # a mapping: no companion to weigh less
+        assert runs[0].parameters["params"]["camera_dates"] is None  # asked for the first time: the episode's days
         assert len(_drift_events(client, s.mlflow.model_name, ep.episode_id)) == 1
     drift_rounds = [r for r in list_rounds(c.store, s) if r.reason == "drift"]
     assert [(r.round_id, r.status, r.focus_key) for r in drift_rounds] == [(ep.round_id, "open", ep.episode_id)]

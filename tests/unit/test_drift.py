@@ -595,6 +595,39 @@ def test_a_targeted_round_weighs_companions_less_than_the_cameras_that_drifted_o
             DriftSettings(companion_round_weight=bad)
 
 
+def test_a_reasked_camera_samples_its_drifted_days_since_its_last_round_inside_the_window() -> None:
+    """The eleventh tiled soak: cam3's second round had two days of it (238 frames for five cameras), while it had
+    drifted, unasked, on the days since its first round (docs/drift.md)."""
+    from detloop.settings import load_settings
+    from flows.drift import targeted_round
+    from tasks.drift import Episode, reasked_days
+
+    first = Episode("drift-v6-2026-01-27", "6", "2026-01-27", ["cam3", "cam4"], ["2026-01-26", "2026-01-27"],
+                    round_id="r-first")
+    never = Episode("drift-v6-2026-01-30", "6", "2026-01-30", ["cam1"], ["2026-01-29", "2026-01-30"])  # no round
+    new = Episode("drift-v9-2026-02-03", "9", "2026-02-03", ["cam3", "cam0", "cam1"], ["2026-02-02", "2026-02-03"],
+                  companions={"cam0": "star share ..."})
+    drifted = {"cam3": ["2026-01-25", "2026-01-27", "2026-01-28", "2026-01-30", "2026-02-02", "2026-02-05"],
+               "cam0": ["2026-01-30"], "cam1": ["2026-01-29", "2026-01-30"]}
+    got = reasked_days(new, [first, never, new], drifted, "2026-01-28", "2026-02-04")
+    # cam3: from the day after its first episode opened, inside the window, with the new episode's days; cam0 and
+    # cam1 were never in an answered episode: the episode's days only
+    assert got == {"cam3": ["2026-01-28", "2026-01-30", "2026-02-02", "2026-02-03"]}
+    # the window's start bounds it; a later answered episode moves the start; no drifted day since: nothing listed
+    assert reasked_days(new, [first], drifted, "2026-01-30", "2026-02-04") == {
+        "cam3": ["2026-01-30", "2026-02-02", "2026-02-03"]}
+    later = replace(first, episode_id="drift-v6-2026-01-29", opened_on="2026-01-29")
+    assert reasked_days(new, [first, later], drifted, "2026-01-28", "2026-02-04")["cam3"][0] == "2026-01-30"
+    assert reasked_days(new, [first], {"cam3": ["2026-02-02"]}, "2026-01-28", "2026-02-04") == {}
+    # an episode opened after this one is not its past
+    assert reasked_days(first, [first, replace(new, round_id="r-new")], drifted, "2026-01-21", "2026-01-28") == {}
+    # the round's payload carries the recorded days; an episode without them, none
+    s = load_settings("configs/test.yaml")
+    assert targeted_round(s, replace(new, round_days=got))["camera_dates"] == got
+    assert targeted_round(s, new)["camera_dates"] is None
+    assert DriftSettings().reasked_round_days is True
+
+
 # ---- cameras a promotion must not make the new normal (drift.carry_unrecovered) --------------------------------
 def test_unrecovered_cameras_are_those_an_earlier_champion_last_saw_drifting() -> None:
     from tasks.drift import Episode, unrecovered_cameras

@@ -58,6 +58,26 @@ def test_window_excludes_as_of_and_respects_focus() -> None:
     assert {(r.camera, r.date) for r in refs} == {("b", "2026-01-07")}
 
 
+def test_a_camera_with_its_own_dates_samples_them_instead_of_the_rounds_dates() -> None:
+    """A drift round's re-asked camera samples its drifted days since its last round; the others the episode's
+    days; days outside the window stay out whoever asks for them."""
+    from tasks.sampling import camera_window_dates
+
+    days = ["2025-12-31", "2026-01-01", "2026-01-05", "2026-01-07"]
+    objs = keys(["a", "b"], days, 2)
+    own = {"a": [date(2025, 12, 31), date(2026, 1, 1), date(2026, 1, 5), date(2026, 1, 7)]}
+    refs = frames_in_window(objs, "prod", date(2026, 1, 8), 7, dates=[date(2026, 1, 7)], camera_dates=own)
+    assert {(r.camera, r.date) for r in refs} == {("a", "2026-01-01"), ("a", "2026-01-05"), ("a", "2026-01-07"),
+                                                 ("b", "2026-01-07")}
+    assert camera_window_dates(date(2026, 1, 8), 7, ["a", "b"], [date(2026, 1, 7)], own) == {
+        "a": [date(2026, 1, 1), date(2026, 1, 5), date(2026, 1, 7)], "b": [date(2026, 1, 7)]}
+    everything = camera_window_dates(date(2026, 1, 8), 7, ["b"], None, own)  # no round dates: the whole window
+    assert len(everything["b"]) == 7
+    refs = frames_in_window(objs, "prod", date(2026, 1, 8), 7, cameras=["b"], dates=[date(2026, 1, 7)],
+                            camera_dates=own)  # a camera out of focus stays out, own dates or not
+    assert {r.camera for r in refs} == {"b"}
+
+
 def test_stratified_order_quota_caps_and_balance() -> None:
     objs = keys(["a"], ["2026-01-01", "2026-01-02"], 50) + keys(["b"], ["2026-01-01"], 5)
     refs = frames_in_window(objs, "p", date(2026, 1, 3), 7)
