@@ -369,6 +369,8 @@ def test_a_camera_whose_drift_round_was_rejected_gets_a_second_round_without_wai
     with get_client(sync_client=True) as client:
         (run2,) = _wait_for_runs(client, "select-for-labeling/open-drift-round", str(path), new.episode_id)
         assert run2.state.is_completed(), run2.state.message
+        # re-asked, but its drifted days since the first round (the 21st on) are the new episode's own days
+        assert new.round_days == {} and run2.parameters["params"]["camera_dates"] is None
     drift_rounds = sorted((r.round_id, r.focus_key, r.status) for r in list_rounds(c.store, s) if r.reason == "drift")
     assert drift_rounds == sorted([(r1.round_id, ep1.episode_id, "trained"), (new.round_id, new.episode_id, "open")])
     sel = c.store.get_json(s.s3.data_bucket, f"runs/{new.round_id}/selected_frames.json")
