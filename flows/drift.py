@@ -741,7 +741,7 @@ def targeted_round(settings: Settings, episode: Episode) -> dict[str, Any]:
             "as_of": as_of, "cameras": list(episode.cameras), "dates": dates,
             "budget": round_budget(settings.drift, settings.selection.budget, len(episode.cameras)),
             "camera_weights": round_camera_weights(episode, settings.drift),
-            "camera_dates": dict(episode.round_days) or None}
+            "camera_dates": dict(episode.round_days)}
 
 
 def round_window(settings: Settings, episode: Episode) -> tuple[str, str]:

@@ -119,10 +119,12 @@ def build_deployments(settings: Settings) -> list[Any]:
     ]
 
 
-def payload_param(name: str, optional: bool = False) -> dict[str, Any]:
+def payload_param(name: str, mapping: bool = False) -> dict[str, Any]:
     """A trigger's parameter from the event's payload field ``name``, as JSON (a list or a mapping keeps its type);
-    ``optional``: null when the payload lacks it (an event announced before the field existed)."""
-    fallback = " | default(none)" if optional else ""
+    ``mapping``: an optional mapping, ``{}`` when the payload lacks it (an event announced before the field existed)
+    or holds null. Not null: the server checks a run's parameters against the deployment's schema, where the field
+    is a mapping, and refuses to create the run ("None is not of type 'object'")."""
+    fallback = " | default({}, true)" if mapping else ""
     return {"__prefect_kind": "json",
             "value": {"__prefect_kind": "jinja", "template": "{{ event.payload." + name + fallback + " | tojson }}"}}
 
@@ -144,8 +146,8 @@ def drift_deployments(settings: Settings, common: dict[str, Any]) -> list[Any]:
         parameters={"params": {"config": "{{ event.payload.config }}", "as_of": "{{ event.payload.as_of }}",
                                "episode_id": "{{ event.payload.episode_id }}", "budget": payload_param("budget"),
                                "cameras": payload_param("cameras"), "dates": payload_param("dates"),
-                               "camera_weights": payload_param("camera_weights", optional=True),
-                               "camera_dates": payload_param("camera_dates", optional=True)}},
+                               "camera_weights": payload_param("camera_weights", mapping=True),
+                               "camera_dates": payload_param("camera_dates", mapping=True)}},
     )
     return [
         drift_monitor.to_deployment(

@@ -324,29 +324,50 @@ def test_a_reasked_cameras_round_samples_its_drifted_days_since_its_last_round(
     assert any(n.startswith("cam1 sampled its own days 2026-01-17, 2026-01-18") for n in notes), notes
 
 
-def test_the_drift_trigger_passes_the_payloads_lists_and_mappings_and_null_for_a_field_an_older_event_lacks() -> None:
-    """The automation renders each parameter from the event (Prefect's own template renderer): a camera weight
-    mapping keeps its type, and an event announced before ``camera_weights`` existed still starts its round."""
-    import json
+def test_the_drift_trigger_makes_parameters_the_deployment_accepts_from_new_and_older_events() -> None:
+    """The automation renders the run's parameters from the event with Prefect's own hydration, and the server
+    creates the run only if they pass the deployment's parameter schema. A list and a mapping keep their type; an
+    event announced before ``camera_weights`` / ``camera_dates`` existed, or holding null, gives ``{}`` (null is
+    refused: "None is not of type 'object'", which left a round uncreated), and a required field stays required."""
+    import copy
 
-    from prefect.server.utilities.user_templates import render_user_template_sync
+    from prefect.server.events.actions import RunDeployment
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
+    from prefect.utilities.schema_tools.validation import ValidationError, validate
 
-    from flows.serve import payload_param
+    from detloop.settings import load_settings
+    from flows.loop import select_for_labeling
+    from flows.serve import drift_deployments
 
-    def render(name: str, payload: dict[str, Any], optional: bool = False) -> Any:
-        return json.loads(render_user_template_sync(payload_param(name, optional)["value"]["template"],
-                                                    {"event": {"payload": payload}}))
+    (deployment,) = [d for d in drift_deployments(load_settings("configs/test.yaml"), {}) if d.triggers]
+    template = deployment.triggers[0].parameters
+    schema = parameter_schema(select_for_labeling).model_dump_for_openapi()
 
-    assert render("camera_weights", {"camera_weights": {"cam1": 0.5}}, optional=True) == {"cam1": 0.5}
-    assert render("camera_weights", {}, optional=True) is None
-    assert render("camera_dates", {"camera_dates": {"cam3": ["2026-01-29", "2026-02-03"]}}, optional=True) == {
-        "cam3": ["2026-01-29", "2026-02-03"]}
-    assert render("camera_dates", {"camera_dates": None}, optional=True) is None
-    assert render("cameras", {"cameras": ["cam0", "cam1"]}) == ["cam0", "cam1"]
-    from prefect.server.utilities.user_templates import TemplateRenderError
+    def run_parameters(payload: dict[str, Any]) -> dict[str, Any]:
+        parameters = copy.deepcopy(template)
+        RunDeployment._upgrade_v1_templates(parameters)
+        out = hydrate(parameters, HydrationContext(raise_on_error=True, render_jinja=True,
+                                                   jinja_context={"event": {"payload": payload}}))
+        validate(out, schema, raise_on_error=True)  # what the server checks before it creates the run
+        return out["params"]  # type: ignore[no-any-return]
 
-    with pytest.raises(TemplateRenderError):  # a required field stays required
-        render("cameras", {})
+    base = {"config": "c.yaml", "as_of": "2026-02-04", "episode_id": "drift-v9-2026-02-03", "budget": 240,
+            "cameras": ["cam3", "cam0"], "dates": ["2026-02-02", "2026-02-03"]}
+    new = run_parameters({**base, "camera_weights": {"cam0": 0.5},
+                          "camera_dates": {"cam3": ["2026-01-29", "2026-02-03"]}})
+    assert new["cameras"] == ["cam3", "cam0"] and new["budget"] == 240 and new["camera_weights"] == {"cam0": 0.5}
+    assert new["camera_dates"] == {"cam3": ["2026-01-29", "2026-02-03"]}
+    for older in (base, {**base, "camera_weights": None, "camera_dates": None}):
+        got = run_parameters(older)
+        assert got["camera_weights"] == {} and got["camera_dates"] == {}
+    with pytest.raises(ValidationError, match="camera_dates"):  # why not null: the server's own check
+        validate({"params": {**base, "camera_dates": None}}, schema, raise_on_error=True)
+    from prefect.utilities.schema_tools.hydration import InvalidJinja
+
+    missing = {k: v for k, v in base.items() if k != "cameras"}
+    with pytest.raises(InvalidJinja, match="not JSON serializable"):  # a required field stays required
+        run_parameters(missing)
 
 
 @pytest.mark.parametrize("case", ["carried", "carried-no-grace", "not-carried"])

@@ -207,7 +207,7 @@ def test_a_dusk_camera_opens_one_episode_one_event_one_targeted_round_beside_a_w
         assert len(runs) == 1 and runs[0].state.is_completed(), runs[0].state.message
         assert runs[0].parameters["params"]["cameras"] == ["cam1"]  # a list, through the trigger
         assert runs[0].parameters["params"]["camera_weights"] == {}  # a mapping: no companion to weigh less
-        assert runs[0].parameters["params"]["camera_dates"] is None  # asked for the first time: the episode's days
+        assert runs[0].parameters["params"]["camera_dates"] == {}  # asked for the first time: the episode's days
         assert len(_drift_events(client, s.mlflow.model_name, ep.episode_id)) == 1
     drift_rounds = [r for r in list_rounds(c.store, s) if r.reason == "drift"]
     assert [(r.round_id, r.status, r.focus_key) for r in drift_rounds] == [(ep.round_id, "open", ep.episode_id)]
@@ -370,7 +370,7 @@ def test_a_camera_whose_drift_round_was_rejected_gets_a_second_round_without_wai
         (run2,) = _wait_for_runs(client, "select-for-labeling/open-drift-round", str(path), new.episode_id)
         assert run2.state.is_completed(), run2.state.message
         # re-asked, but its drifted days since the first round (the 21st on) are the new episode's own days
-        assert new.round_days == {} and run2.parameters["params"]["camera_dates"] is None
+        assert new.round_days == {} and run2.parameters["params"]["camera_dates"] == {}
     drift_rounds = sorted((r.round_id, r.focus_key, r.status) for r in list_rounds(c.store, s) if r.reason == "drift")
     assert drift_rounds == sorted([(r1.round_id, ep1.episode_id, "trained"), (new.round_id, new.episode_id, "open")])
     sel = c.store.get_json(s.s3.data_bucket, f"runs/{new.round_id}/selected_frames.json")

@@ -624,7 +624,7 @@ def test_a_reasked_camera_samples_its_drifted_days_since_its_last_round_inside_t
     # the round's payload carries the recorded days; an episode without them, none
     s = load_settings("configs/test.yaml")
     assert targeted_round(s, replace(new, round_days=got))["camera_dates"] == got
-    assert targeted_round(s, new)["camera_dates"] is None
+    assert targeted_round(s, new)["camera_dates"] == {}
     assert DriftSettings().reasked_round_days is True
 
 
