@@ -73,7 +73,8 @@ def frames_in_window(
     Keys that are not frames (``camera=<id>/date=<YYYY-MM-DD>/<id>.jpg|png``) are skipped.
     """
     days = set(window_dates(as_of, window_days, dates))
-    own = {c: set(window_dates(as_of, window_days, d)) for c, d in (camera_dates or {}).items()}
+    named = camera_dates or {}
+    own = {c: set(d) for c, d in camera_window_dates(as_of, window_days, named, camera_dates=named).items()}
     cams = set(cameras) if cameras else None
     out = []
     for o in objects:
